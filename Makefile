@@ -1,0 +1,44 @@
+# servekit: the two commands are `make serve` and `make test`.
+# Every target creates/updates .venv first; each step is skipped when already done.
+
+SHELL := /bin/bash
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.servekit-installed
+ARTIFACTS := artifacts
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: serve test lint artifacts bench-raw install clean
+
+install: $(STAMP)
+
+# Reinstall only when the dependency declaration changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+artifacts: $(STAMP)
+	$(PY) -m models.build --out $(ARTIFACTS)
+
+serve: artifacts
+	$(PY) -m servekit serve serve_config.yaml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint artifacts
+	$(PY) -m pytest
+
+bench-raw: artifacts
+	$(PY) bench/raw_runtime.py --store $(ARTIFACTS)
+
+clean:
+	rm -rf $(VENV) $(ARTIFACTS) .mypy_cache .ruff_cache .pytest_cache

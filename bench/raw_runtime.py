@@ -1,0 +1,112 @@
+"""Raw runtime throughput: each example version in-process, no serving in the way.
+
+    python bench/raw_runtime.py [--store artifacts] [--seconds 2] [--out bench/results/raw.json]
+
+Prints texts/s for batch sizes 1, 8, 32, 128 on short (~12 tokens) and long
+(~128 tokens) texts, and writes the same figures as JSON. Serving benchmarks divide
+by these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import ArtifactRef, ArtifactStore, Runtime, RuntimeOptions, load_model
+
+BATCH_SIZES = (1, 8, 32, 128)
+_WORDS = (
+    "search ranking model replica batch latency vector embedding user product query "
+    "catalog shipping review price customer session click cart brand color size"
+).split()
+
+
+def make_texts(n: int, words: int, seed: int = 0) -> list[str]:
+    """Deterministic pseudo-sentences of `words` words (about 1.1 tokens a word)."""
+    out = []
+    for i in range(n):
+        picked = [_WORDS[(seed + i * 7 + j * 13) % len(_WORDS)] for j in range(words)]
+        out.append(" ".join(picked) + f" {i}.")
+    return out
+
+
+def texts_per_second(runtime: Runtime, texts: list[str], batch: int, seconds: float) -> float:
+    """Sustained throughput of `predict_batch` at one batch size."""
+    runtime.predict_batch(texts[:batch])  # warm this shape
+    done = 0
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds:
+        chunk = [texts[(i + k) % len(texts)] for k in range(batch)]
+        runtime.predict_batch(chunk)
+        done += batch
+        i += batch
+    return done / (time.perf_counter() - start)
+
+
+def run(store_dir: Path, seconds: float, versions: list[str] | None) -> dict[str, Any]:
+    """Measure every version in the store's manifest."""
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    entries = manifest["models"]["minilm"]["versions"]
+    store = ArtifactStore()
+    shapes = {"short": make_texts(512, 10), "long": make_texts(512, 110)}
+    results: dict[str, Any] = {}
+    for version, entry in entries.items():
+        if versions and version not in versions:
+            continue
+        ref = ArtifactRef(str(store_dir / entry["file"]), entry["sha256"])
+        runtime = load_model(ref, RuntimeOptions(), store)
+        results[version] = {
+            shape: {
+                str(b): round(texts_per_second(runtime, texts, b, seconds), 1) for b in BATCH_SIZES
+            }
+            for shape, texts in shapes.items()
+        }
+        del runtime
+    return results
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """One row per version and text shape, texts/s per batch size."""
+    header = f"{'version':<10} {'texts':<6}" + "".join(f"{'b' + str(b):>10}" for b in BATCH_SIZES)
+    print(header)
+    print("-" * len(header))
+    for version, shapes in results.items():
+        for shape, row in shapes.items():
+            cells = "".join(f"{row[str(b)]:>10.1f}" for b in BATCH_SIZES)
+            print(f"{version:<10} {shape:<6}{cells}")
+    print("(texts/s, in-process, one runtime at a time)")
+
+
+def main() -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description="raw runtime throughput")
+    parser.add_argument("--store", type=Path, default=Path("artifacts"))
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--version", action="append", help="only these versions")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/raw.json"))
+    args = parser.parse_args()
+    results = run(args.store, args.seconds, args.version)
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "unit": "texts_per_second",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "seconds_per_cell": args.seconds,
+        "results": results,
+    }
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""servekit configuration: the pydantic schema of serve_config.yaml args, and loaders."""

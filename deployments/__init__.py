@@ -1,0 +1,1 @@
+"""servekit Ray Serve deployments and the HTTP API."""

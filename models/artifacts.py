@@ -1,0 +1,198 @@
+"""Artifact references and the store that resolves them into a local, verified cache.
+
+An artifact is a value: a `uri` (a local path, `file://...`, or `s3://bucket/key`)
+and the `sha256` of its bytes. Resolving it downloads the bytes once per machine into
+a cache directory, verifies the checksum, unpacks the model package and returns the
+local directory. Nothing half-written ever becomes visible in the cache: downloads
+and unpacking happen under temporary names and are renamed into place at the end.
+
+S3 access uses boto3's standard configuration chain (environment, shared config,
+instance/pod role); the endpoint may be overridden with `AWS_ENDPOINT_URL_S3` or
+`AWS_ENDPOINT_URL`, as boto3 itself supports. Nothing about credentials lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlparse
+
+from models.errors import (
+    ArtifactChecksumError,
+    ArtifactError,
+    ArtifactNotFoundError,
+    ArtifactStoreUnreachableError,
+)
+from models.package import PackageMeta, read_meta, unpack
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK_BYTES = 1 << 20
+_COMPLETE_MARK = ".servekit-complete"
+DEFAULT_CACHE_DIR = Path(
+    os.environ.get("SERVEKIT_ARTIFACT_CACHE", Path.home() / ".cache" / "servekit" / "artifacts")
+)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """An immutable model artifact: where its bytes are, and what they must hash to."""
+
+    uri: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if not _SHA256.match(self.sha256):
+            raise ValueError("sha256 must be 64 lowercase hex characters")
+        scheme = urlparse(self.uri).scheme
+        if scheme not in ("", "file", "s3"):
+            raise ValueError(f"uri scheme {scheme!r} is not supported (use a path or s3://)")
+        if scheme == "s3":
+            bucket, key = _split_s3(self.uri)
+            if not bucket or not key:
+                raise ValueError("s3 uri must look like s3://bucket/key")
+
+    @property
+    def is_s3(self) -> bool:
+        """Whether the bytes live in S3 (or an S3-compatible store)."""
+        return self.uri.startswith("s3://")
+
+
+@dataclass(frozen=True)
+class ResolvedArtifact:
+    """A verified, unpacked artifact on local disk."""
+
+    ref: ArtifactRef
+    path: Path
+    meta: PackageMeta
+
+
+class ArtifactStore:
+    """Resolves `ArtifactRef`s into a local cache directory, once per machine."""
+
+    def __init__(self, cache_dir: Path | None = None, s3_client: Any | None = None) -> None:
+        self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
+        self._s3_client = s3_client
+
+    def resolve(self, ref: ArtifactRef) -> ResolvedArtifact:
+        """Return the unpacked, checksum-verified package for `ref`, fetching it if needed."""
+        final = self.cache_dir / ref.sha256
+        if (final / _COMPLETE_MARK).is_file():
+            return ResolvedArtifact(ref, final, read_meta(final, ref.uri))
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock(ref.sha256):
+            # Another process may have finished while we waited for the lock.
+            if (final / _COMPLETE_MARK).is_file():
+                return ResolvedArtifact(ref, final, read_meta(final, ref.uri))
+            with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".partial-") as tmp:
+                blob = Path(tmp) / "blob"
+                self._download_verified(ref, blob)
+                staged = Path(tmp) / "package"
+                meta = unpack(blob, staged, ref.uri)
+                (staged / _COMPLETE_MARK).write_text(ref.uri + "\n")
+                if final.exists():  # a stale, incomplete directory from a crash
+                    shutil.rmtree(final)
+                staged.rename(final)
+        return ResolvedArtifact(ref, final, meta)
+
+    def is_cached(self, ref: ArtifactRef) -> bool:
+        """Whether `ref` is already resolved in this cache."""
+        return (self.cache_dir / ref.sha256 / _COMPLETE_MARK).is_file()
+
+    @contextlib.contextmanager
+    def _lock(self, sha256: str) -> Iterator[None]:
+        with (self.cache_dir / f".{sha256}.lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _download_verified(self, ref: ArtifactRef, dest: Path) -> None:
+        digest = hashlib.sha256()
+        with dest.open("wb") as out:
+            for chunk in self._stream(ref):
+                digest.update(chunk)
+                out.write(chunk)
+        actual = digest.hexdigest()
+        if actual != ref.sha256:
+            raise ArtifactChecksumError(
+                ref.uri, f"checksum mismatch: expected sha256 {ref.sha256}, got {actual}"
+            )
+
+    def _stream(self, ref: ArtifactRef) -> Iterator[bytes]:
+        if ref.is_s3:
+            yield from self._stream_s3(ref)
+        else:
+            yield from _stream_local(ref)
+
+    def _stream_s3(self, ref: ArtifactRef) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = _split_s3(ref.uri)
+        try:
+            body = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
+            while chunk := body.read(_CHUNK_BYTES):
+                yield chunk
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
+                raise ArtifactNotFoundError(ref.uri, f"not found in the store ({code})") from e
+            raise ArtifactStoreUnreachableError(
+                ref.uri, f"store refused the request ({code})"
+            ) from e
+        except BotoCoreError as e:
+            raise ArtifactStoreUnreachableError(
+                ref.uri, f"store unreachable ({type(e).__name__})"
+            ) from e
+
+    def _s3(self) -> Any:
+        if self._s3_client is None:
+            self._s3_client = make_s3_client()
+        return self._s3_client
+
+
+def make_s3_client() -> Any:
+    """An S3 client from the standard AWS configuration chain, with bounded timeouts."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"},
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def local_path(uri: str) -> Path:
+    """The filesystem path a local uri names (`file://` or a plain path)."""
+    parsed = urlparse(uri)
+    return Path(parsed.path) if parsed.scheme == "file" else Path(uri)
+
+
+def _stream_local(ref: ArtifactRef) -> Iterator[bytes]:
+    path = local_path(ref.uri)
+    handle: IO[bytes]
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError as e:
+        raise ArtifactNotFoundError(ref.uri, "no such file") from e
+    except OSError as e:
+        raise ArtifactError(ref.uri, f"cannot be read ({type(e).__name__})") from e
+    with handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            yield chunk

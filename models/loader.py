@@ -1,0 +1,27 @@
+"""Pick and load the runtime a resolved package asks for."""
+
+from __future__ import annotations
+
+from models.artifacts import ArtifactRef, ArtifactStore, ResolvedArtifact
+from models.runtime import Runtime, RuntimeOptions
+
+
+def runtime_for(artifact: ResolvedArtifact, options: RuntimeOptions) -> Runtime:
+    """Build (not load) the runtime named by the package's metadata."""
+    if artifact.meta.runtime == "onnx":
+        from models.onnx_runtime import OnnxEmbedder
+
+        return OnnxEmbedder(artifact.path, artifact.meta, options)
+    from models.torch_runtime import TorchEmbedder
+
+    return TorchEmbedder(artifact.path, artifact.meta, options)
+
+
+def load_model(
+    ref: ArtifactRef, options: RuntimeOptions, store: ArtifactStore | None = None
+) -> Runtime:
+    """Resolve an artifact, build its runtime and load it; ready to predict."""
+    artifact = (store or ArtifactStore()).resolve(ref)
+    runtime = runtime_for(artifact, options)
+    runtime.load()
+    return runtime

@@ -1,0 +1,94 @@
+"""The runtime contract: `load`, `ready`, `predict_batch(list) -> list`.
+
+A runtime maps a list of inputs to a list of outputs, exactly one output per input,
+in order. The contract is checked here, once, for every runtime. Runtimes know
+nothing of Ray or HTTP, so they are tested and benchmarked on their own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from models.errors import BatchContractError, InvalidInputError, RuntimeNotReadyError
+from models.package import PackageMeta
+
+Device = Literal["cpu", "gpu"]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a runtime should run, independent of which model it runs."""
+
+    device: Device = "cpu"
+    # 0 lets the runtime pick (ONNX Runtime: one thread per physical core).
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    # Largest number of texts run through the graph at once. Inputs are sorted by
+    # length and cut into micro-batches of this size, so padding stays small.
+    micro_batch_size: int = 64
+    # Half precision on GPU (torch runtime). Ignored on CPU.
+    gpu_fp16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError("thread counts must be >= 0")
+        if self.micro_batch_size < 1:
+            raise ValueError("micro_batch_size must be >= 1")
+
+
+class Runtime(ABC):
+    """Loads one model package and runs batches through it."""
+
+    def __init__(self, package_dir: Path, meta: PackageMeta, options: RuntimeOptions) -> None:
+        self.package_dir = package_dir
+        self.meta = meta
+        self.options = options
+        self._ready = False
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights and warm up; afterwards `ready` is true."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether `predict_batch` may be called."""
+        return self._ready
+
+    @property
+    @abstractmethod
+    def device_name(self) -> str:
+        """Where the model actually runs (for example `cpu` or `cuda:0`)."""
+
+    def predict_batch(self, inputs: Sequence[Any]) -> list[Any]:
+        """Run a batch; return exactly one output per input, in order."""
+        if not self._ready:
+            raise RuntimeNotReadyError("runtime is not loaded")
+        batch = self._check_inputs(inputs)
+        if not batch:
+            return []
+        outputs = self._predict(batch)
+        if len(outputs) != len(batch):
+            raise BatchContractError(len(batch), len(outputs))
+        return outputs
+
+    def _check_inputs(self, inputs: Sequence[Any]) -> list[Any]:
+        return list(inputs)
+
+    @abstractmethod
+    def _predict(self, inputs: list[Any]) -> list[Any]:
+        """Run a non-empty, validated batch."""
+
+
+def check_texts(inputs: Sequence[Any]) -> list[str]:
+    """Validate a batch of texts; the error names the position, never the content."""
+    if isinstance(inputs, str | bytes):
+        raise InvalidInputError("inputs must be a list of strings, not a single string")
+    texts = list(inputs)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInputError(f"input {i} is {type(text).__name__}, expected str")
+    return texts

@@ -1,0 +1,77 @@
+"""Text embedding runtimes: tokenize, run the graph, return L2-normalised vectors.
+
+The graph (ONNX or torch) computes mean pooling over the attention mask and the L2
+normalisation itself, as sentence-transformers does, so a forward pass returns the
+final sentence embeddings.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.package import PackageMeta
+from models.runtime import Runtime, RuntimeOptions, check_texts
+
+Int64Array = npt.NDArray[np.int64]
+Float32Array = npt.NDArray[np.float32]
+
+
+class TextEmbedder(Runtime):
+    """Shared tokenization and micro-batching for text-embedding runtimes."""
+
+    def __init__(self, package_dir: Path, meta: PackageMeta, options: RuntimeOptions) -> None:
+        super().__init__(package_dir, meta, options)
+        self._tokenizer: Any = None
+
+    def _load_tokenizer(self) -> None:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.package_dir / self.meta.tokenizer_file))
+        # The file may carry its own padding/truncation; ours are the model's contract:
+        # truncate at the model's limit (as sentence-transformers does), pad per batch.
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=self.meta.max_seq_length_tokens)
+        self._tokenizer = tokenizer
+
+    def _check_inputs(self, inputs: Sequence[Any]) -> list[Any]:
+        return check_texts(inputs)
+
+    def _predict(self, inputs: list[Any]) -> list[Any]:
+        return list(self.embed(inputs))
+
+    def embed(self, texts: list[str]) -> Float32Array:
+        """Embed texts into an `[n, dim]` float32 array, rows in input order."""
+        return self.embed_counted(texts)[0]
+
+    def embed_counted(self, texts: list[str]) -> tuple[Float32Array, list[int]]:
+        """Embeddings plus the number of tokens each text used after truncation."""
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
+        ids = [enc.ids for enc in encodings]
+        out = np.empty((len(texts), self.meta.embedding_dim), dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        step = self.options.micro_batch_size
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            input_ids, mask = _pad([ids[i] for i in chunk])
+            out[chunk] = self._forward(input_ids, mask)
+        return out, [len(row) for row in ids]
+
+    @abstractmethod
+    def _forward(self, input_ids: Int64Array, attention_mask: Int64Array) -> Float32Array:
+        """Embeddings `[batch, dim]` for one padded micro-batch."""
+
+
+def _pad(batch: list[list[int]]) -> tuple[Int64Array, Int64Array]:
+    width = max(len(row) for row in batch)
+    input_ids = np.zeros((len(batch), width), dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for i, row in enumerate(batch):
+        input_ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return input_ids, mask

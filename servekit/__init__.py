@@ -1,0 +1,1 @@
+"""servekit: production model serving on Ray Serve."""

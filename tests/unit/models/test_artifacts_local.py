@@ -1,0 +1,121 @@
+"""Local artifact store: resolve once, verify, never leave half-written files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models import (
+    ArtifactChecksumError,
+    ArtifactFormatError,
+    ArtifactNotFoundError,
+    ArtifactRef,
+    ArtifactStore,
+)
+from models.package import PackageMeta, TensorSpec, sha256_file, write_package
+
+
+def _meta() -> PackageMeta:
+    return PackageMeta(
+        task="text-embedding",
+        runtime="onnx",
+        model_file="model.onnx",
+        max_seq_length_tokens=8,
+        embedding_dim=4,
+        inputs=(TensorSpec(name="text", datatype="BYTES", shape=(-1,)),),
+        outputs=(TensorSpec(name="embedding", datatype="FP32", shape=(-1, 4)),),
+    )
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> tuple[Path, str]:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.onnx").write_bytes(b"graph bytes")
+    (src / "tokenizer.json").write_text("{}")
+    out = tmp_path / "store" / "m" / "v1.tar"
+    return out, write_package(src, _meta(), out)
+
+
+def _partials(cache: Path) -> list[Path]:
+    return [p for p in cache.iterdir() if p.name.startswith(".partial")] if cache.exists() else []
+
+
+def test_resolve_unpacks_and_verifies(package: tuple[Path, str], tmp_path: Path) -> None:
+    path, digest = package
+    store = ArtifactStore(tmp_path / "cache")
+    resolved = store.resolve(ArtifactRef(str(path), digest))
+    assert (resolved.path / "model.onnx").read_bytes() == b"graph bytes"
+    assert resolved.meta.embedding_dim == 4
+    assert store.is_cached(ArtifactRef(str(path), digest))
+
+
+def test_file_uri_scheme_is_accepted(package: tuple[Path, str], tmp_path: Path) -> None:
+    path, digest = package
+    resolved = ArtifactStore(tmp_path / "cache").resolve(ArtifactRef(f"file://{path}", digest))
+    assert resolved.meta.runtime == "onnx"
+
+
+def test_cache_hit_does_not_read_the_source_again(
+    package: tuple[Path, str], tmp_path: Path
+) -> None:
+    path, digest = package
+    store = ArtifactStore(tmp_path / "cache")
+    first = store.resolve(ArtifactRef(str(path), digest))
+    path.unlink()  # the source is gone; the cache alone must answer
+    second = store.resolve(ArtifactRef(str(path), digest))
+    assert first.path == second.path
+
+
+def test_packing_is_deterministic(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"x" * 1000)
+    one = write_package(src, _meta(), tmp_path / "1.tar")
+    two = write_package(src, _meta(), tmp_path / "2.tar")
+    assert one == two == sha256_file(tmp_path / "1.tar")
+
+
+def test_checksum_mismatch_names_uri_and_leaves_nothing(
+    package: tuple[Path, str], tmp_path: Path
+) -> None:
+    path, _ = package
+    cache = tmp_path / "cache"
+    wrong = "0" * 64
+    with pytest.raises(ArtifactChecksumError) as info:
+        ArtifactStore(cache).resolve(ArtifactRef(str(path), wrong))
+    assert str(path) in str(info.value)
+    assert "checksum mismatch" in str(info.value)
+    assert not (cache / wrong).exists()
+    assert _partials(cache) == []
+
+
+def test_missing_file_names_uri(tmp_path: Path) -> None:
+    uri = str(tmp_path / "nope.tar")
+    with pytest.raises(ArtifactNotFoundError, match=r"nope\.tar"):
+        ArtifactStore(tmp_path / "cache").resolve(ArtifactRef(uri, "a" * 64))
+    assert _partials(tmp_path / "cache") == []
+
+
+def test_not_a_package_is_refused(tmp_path: Path) -> None:
+    blob = tmp_path / "junk.tar"
+    blob.write_bytes(b"not a tar at all")
+    ref = ArtifactRef(str(blob), sha256_file(blob))
+    with pytest.raises(ArtifactFormatError, match=r"junk\.tar"):
+        ArtifactStore(tmp_path / "cache").resolve(ref)
+    assert not (tmp_path / "cache" / ref.sha256).exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "sha", "message"),
+    [
+        ("a.tar", "abc", "64 lowercase hex"),
+        ("a.tar", "A" * 64, "64 lowercase hex"),
+        ("http://x/a.tar", "a" * 64, "scheme 'http'"),
+        ("s3://bucket-only", "a" * 64, "s3://bucket/key"),
+    ],
+)
+def test_invalid_refs_are_refused(uri: str, sha: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ArtifactRef(uri, sha)

@@ -1,0 +1,147 @@
+"""The S3 path of the artifact store, against a real S3-compatible server on 127.0.0.1.
+
+The server (moto's standalone server) runs in its own process; the store talks to it
+over HTTP through boto3, configured only by the standard AWS environment variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models import (
+    ArtifactChecksumError,
+    ArtifactNotFoundError,
+    ArtifactRef,
+    ArtifactStore,
+    ArtifactStoreUnreachableError,
+    RuntimeOptions,
+    load_model,
+)
+
+BUCKET = "servekit-models"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    port = _free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the S3 test server did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> str:
+    # Only the standard AWS variables: the store reads nothing else.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-only")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-only")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_endpoint
+
+
+@pytest.fixture
+def s3(aws_env: str) -> Any:
+    from models.artifacts import make_s3_client
+
+    client = make_s3_client()
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+def test_upload_resolve_cache_hit_and_serve(
+    s3: Any, manifest: dict[str, Any], example_store: Path, tmp_path: Path
+) -> None:
+    entry = manifest["v2"]
+    s3.upload_file(str(example_store / entry["file"]), BUCKET, "minilm/v2.tar")
+    ref = ArtifactRef(f"s3://{BUCKET}/minilm/v2.tar", entry["sha256"])
+    store = ArtifactStore(tmp_path / "cache")
+
+    resolved = store.resolve(ref)
+    assert resolved.meta.runtime == "onnx"
+    assert store.is_cached(ref)
+
+    # Cache hit: the object is gone from the store, the replica still resolves it.
+    s3.delete_object(Bucket=BUCKET, Key="minilm/v2.tar")
+    again = store.resolve(ref)
+    assert again.path == resolved.path
+
+    runtime = load_model(ref, RuntimeOptions(), store=store)
+    (vector,) = runtime.predict_batch(["served from an S3 artifact"])
+    assert vector.shape == (384,)
+
+
+def test_tampered_object_is_refused(
+    s3: Any, manifest: dict[str, Any], example_store: Path, tmp_path: Path
+) -> None:
+    entry = manifest["v2"]
+    tampered = tmp_path / "tampered.tar"
+    shutil.copy(example_store / entry["file"], tampered)
+    with tampered.open("r+b") as handle:
+        handle.seek(4096)
+        handle.write(b"\x00tampered\x00")
+    s3.upload_file(str(tampered), BUCKET, "minilm/v2-tampered.tar")
+    uri = f"s3://{BUCKET}/minilm/v2-tampered.tar"
+    cache = tmp_path / "cache"
+    with pytest.raises(ArtifactChecksumError) as info:
+        ArtifactStore(cache).resolve(ArtifactRef(uri, entry["sha256"]))
+    assert uri in str(info.value)
+    assert not (cache / entry["sha256"]).exists()
+    assert not [p for p in cache.iterdir() if p.name.startswith(".partial")]
+
+
+def test_missing_key_names_uri(s3: Any, tmp_path: Path) -> None:
+    uri = f"s3://{BUCKET}/minilm/does-not-exist.tar"
+    with pytest.raises(ArtifactNotFoundError, match=r"does-not-exist\.tar"):
+        ArtifactStore(tmp_path / "cache").resolve(ArtifactRef(uri, "b" * 64))
+
+
+def test_missing_bucket_names_uri(s3: Any, tmp_path: Path) -> None:
+    uri = "s3://no-such-bucket/minilm/v1.tar"
+    with pytest.raises(ArtifactNotFoundError, match="no-such-bucket"):
+        ArtifactStore(tmp_path / "cache").resolve(ArtifactRef(uri, "b" * 64))
+
+
+def test_unreachable_store_names_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-only")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-only")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    uri = f"s3://{BUCKET}/minilm/v1.tar"
+    with pytest.raises(ArtifactStoreUnreachableError, match="unreachable") as info:
+        ArtifactStore(tmp_path / "cache").resolve(ArtifactRef(uri, "c" * 64))
+    assert uri in str(info.value)
+    assert "test-only" not in str(info.value)

@@ -1,0 +1,115 @@
+"""The runtime contract, checked on the real example versions and on a broken runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models import (
+    ArtifactRef,
+    ArtifactStore,
+    BatchContractError,
+    InvalidInputError,
+    Runtime,
+    RuntimeNotReadyError,
+    RuntimeOptions,
+    load_model,
+    runtime_for,
+)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> ArtifactStore:
+    return ArtifactStore(tmp_path_factory.mktemp("cache"))
+
+
+def _ref(example_store: Path, entry: dict[str, Any]) -> ArtifactRef:
+    return ArtifactRef(str(example_store / entry["file"]), entry["sha256"])
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v1-torch"])
+def test_one_unit_vector_per_input(
+    version: str, manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    runtime = load_model(_ref(example_store, manifest[version]), RuntimeOptions(), cache)
+    assert runtime.ready
+    assert runtime.device_name == "cpu"
+    texts = ["first", "the second one is longer than the first", "", "x" * 3000]
+    out = runtime.predict_batch(texts)
+    assert len(out) == len(texts)
+    for vec in out:
+        assert vec.dtype == np.float32
+        assert vec.shape == (384,)
+        assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-4
+    assert runtime.predict_batch([]) == []
+
+
+def test_micro_batches_keep_input_order(
+    manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    ref = _ref(example_store, manifest["v1"])
+    texts = [("word " * n).strip() for n in (40, 1, 17, 3, 90, 2, 8)]
+    whole = np.stack(
+        load_model(ref, RuntimeOptions(micro_batch_size=64), cache).predict_batch(texts)
+    )
+    small = np.stack(
+        load_model(ref, RuntimeOptions(micro_batch_size=2), cache).predict_batch(texts)
+    )
+    singles = np.stack(
+        [load_model(ref, RuntimeOptions(), cache).predict_batch([t])[0] for t in texts]
+    )
+    assert np.allclose(whole, singles, atol=1e-5)
+    assert np.allclose(small, singles, atol=1e-5)
+
+
+def test_not_loaded_and_bad_inputs(
+    manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    artifact = cache.resolve(_ref(example_store, manifest["v2"]))
+    runtime = runtime_for(artifact, RuntimeOptions(intra_op_threads=1))
+    assert not runtime.ready
+    with pytest.raises(RuntimeNotReadyError):
+        runtime.predict_batch(["text"])
+    runtime.load()
+    with pytest.raises(InvalidInputError, match="input 1 is int"):
+        runtime.predict_batch(["ok", 5])
+    with pytest.raises(InvalidInputError, match="not a single string"):
+        runtime.predict_batch("a string is not a batch")
+
+
+class _DropsOne(Runtime):
+    def load(self) -> None:
+        self._ready = True
+
+    @property
+    def device_name(self) -> str:
+        return "cpu"
+
+    def _predict(self, inputs: list[Any]) -> list[Any]:
+        return inputs[1:]
+
+
+def test_wrong_output_count_is_caught(
+    manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    artifact = cache.resolve(_ref(example_store, manifest["v2"]))
+    runtime = _DropsOne(artifact.path, artifact.meta, RuntimeOptions())
+    runtime.load()
+    with pytest.raises(BatchContractError, match="1 outputs for 2 inputs"):
+        runtime.predict_batch(["a", "b"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"intra_op_threads": -1}, "thread counts"),
+        ({"inter_op_threads": -2}, "thread counts"),
+        ({"micro_batch_size": 0}, "micro_batch_size"),
+    ],
+)
+def test_invalid_options(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RuntimeOptions(**kwargs)  # type: ignore[arg-type]
