@@ -1,0 +1,168 @@
+"""The schema of servekit's part of `serve_config.yaml`.
+
+Two kinds of settings, because Ray Serve treats them differently:
+
+- `AppArgs` is the application's `args:`. Changing it changes the application's code
+  version, so Serve replaces every replica. It declares what exists: models, their
+  immutable versions (artifact uri + sha256, runtime, device) and request limits.
+- `IngressLiveConfig` and `BatchLiveConfig` are deployments' `user_config:`. Serve
+  applies them in place through `reconfigure()`, without restarting replicas. They
+  hold what must change live: traffic weights, batch size and batch wait.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+INGRESS_DEPLOYMENT = "Ingress"
+WEIGHT_TOTAL = 100
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArtifactSpec(_Strict):
+    """Where a version's bytes are and what they hash to."""
+
+    uri: str = Field(
+        min_length=1,
+        description="Local path (relative to `artifact_root`), file:// or s3://bucket/key.",
+    )
+    sha256: Sha256 = Field(description="Hex sha256 of the artifact file; verified on load.")
+
+
+class VersionSpec(_Strict):
+    """One immutable model version."""
+
+    artifact: ArtifactSpec
+    runtime: Literal["onnx", "torch"] = Field(
+        description="Runtime that loads the artifact; must match the package's own metadata."
+    )
+    device: Literal["cpu", "gpu"] = Field(
+        "cpu", description="gpu needs `ray_actor_options.num_gpus` > 0 on its deployment."
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, le=256, description="Threads per inference; 0 lets the runtime choose."
+    )
+    micro_batch_size: int = Field(
+        64, ge=1, le=4096, description="Texts per forward pass inside one batch."
+    )
+
+
+class ModelSpec(_Strict):
+    """A served model name and its versions."""
+
+    task: Literal["text-embedding"] = Field(
+        "text-embedding", description="What the model computes."
+    )
+    versions: dict[Name, VersionSpec] = Field(min_length=1, description="Version name -> spec.")
+
+
+class Limits(_Strict):
+    """Per-request bounds enforced at the ingress before any model work."""
+
+    max_inputs_per_request: int = Field(2048, ge=1, le=100_000)
+    max_input_chars: int = Field(
+        32_768, ge=1, le=10_000_000, description="Longest single text, in characters."
+    )
+    max_body_bytes: int = Field(8_000_000, ge=1024, le=1_000_000_000)
+
+
+class AppArgs(_Strict):
+    """Everything under the application's `args:`."""
+
+    models: dict[Name, ModelSpec] = Field(min_length=1)
+    limits: Limits = Field(default_factory=Limits)
+    request_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Bound on one model call, queueing included."
+    )
+    artifact_root: str | None = Field(
+        None,
+        description="Base folder of relative artifact uris; default: the project folder.",
+    )
+    artifact_cache_dir: str | None = Field(
+        None, description="Replica-side cache of resolved artifacts; default ~/.cache/servekit."
+    )
+
+    @model_validator(mode="after")
+    def _unique_deployment_names(self) -> AppArgs:
+        seen: dict[str, str] = {}
+        for model, spec in self.models.items():
+            for version in spec.versions:
+                name = deployment_name(model, version)
+                if name in seen:
+                    raise ValueError(
+                        f"models.{model}.versions.{version}: deployment name {name!r} "
+                        f"is also produced by {seen[name]}"
+                    )
+                seen[name] = f"models.{model}.versions.{version}"
+        return self
+
+    def deployment_names(self) -> dict[str, tuple[str, str]]:
+        """`<model>-<version>` -> (model, version), for every declared version."""
+        return {
+            deployment_name(model, version): (model, version)
+            for model, spec in self.models.items()
+            for version in spec.versions
+        }
+
+
+class IngressLiveConfig(_Strict):
+    """The ingress deployment's `user_config`: traffic weights, applied live."""
+
+    traffic: dict[Name, dict[Name, int]] = Field(
+        description="model -> version -> weight in percent; weights of a model sum to 100."
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> IngressLiveConfig:
+        for model, weights in self.traffic.items():
+            for version, weight in weights.items():
+                if not 0 <= weight <= WEIGHT_TOTAL:
+                    raise ValueError(
+                        f"traffic.{model}.{version}: weight {weight} is outside 0..100"
+                    )
+            total = sum(weights.values())
+            if total != WEIGHT_TOTAL:
+                raise ValueError(f"traffic.{model}: weights sum to {total}, expected 100")
+        return self
+
+    def check_against(self, args: AppArgs) -> list[str]:
+        """Problems with these weights given the declared models (empty when fine)."""
+        problems = []
+        for model, weights in self.traffic.items():
+            if model not in args.models:
+                problems.append(f"traffic.{model}: model is not declared under args.models")
+                continue
+            for version in weights:
+                if version not in args.models[model].versions:
+                    problems.append(
+                        f"traffic.{model}.{version}: version is not declared under "
+                        f"args.models.{model}.versions"
+                    )
+        for model in args.models:
+            if model not in self.traffic:
+                problems.append(f"traffic.{model}: no weights for a declared model")
+        return problems
+
+
+class BatchLiveConfig(_Strict):
+    """A model deployment's `user_config`: batching, applied live."""
+
+    max_batch_size: int = Field(
+        16, ge=1, le=4096, description="Most requests merged into one model call."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0, le=1.0, description="Longest wait for a batch to fill, in seconds."
+    )
+
+
+def deployment_name(model: str, version: str) -> str:
+    """The Serve deployment that runs one version."""
+    return f"{model}-{version}"

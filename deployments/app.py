@@ -1,0 +1,51 @@
+"""The one composition root: `build_app(args)` binds every deployment.
+
+`serve_config.yaml` names `deployments.app:build_app` as its import path; Serve calls
+it with the application's `args`, then applies the file's per-deployment settings
+(replicas, autoscaling, resources, `user_config`) by deployment name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from configs.schema import INGRESS_DEPLOYMENT, AppArgs, BatchLiveConfig
+from deployments.ingress import Ingress, api
+from deployments.model_server import ModelServer
+
+# Code defaults; serve_config.yaml's `deployments:` entries override them by name.
+_INGRESS_DEFAULTS: dict[str, Any] = {"max_ongoing_requests": 512}
+_MODEL_DEFAULTS: dict[str, Any] = {
+    "max_ongoing_requests": 256,
+    "max_queued_requests": 1024,
+    "graceful_shutdown_timeout_s": 30,
+    "health_check_period_s": 10,
+}
+
+IngressDeployment = serve.deployment(name=INGRESS_DEPLOYMENT)(serve.ingress(api)(Ingress))
+ModelServerDeployment = serve.deployment(name="ModelServer")(ModelServer)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate `args` and bind the ingress plus one deployment per model version."""
+    config = AppArgs.model_validate(args)
+    servers = {}
+    for name, (model, version) in config.deployment_names().items():
+        spec = config.models[model].versions[version]
+        servers[name] = ModelServerDeployment.options(
+            name=name,
+            user_config=BatchLiveConfig().model_dump(),
+            **_MODEL_DEFAULTS,
+        ).bind(
+            model,
+            version,
+            spec.model_dump(mode="json"),
+            config.artifact_root,
+            config.artifact_cache_dir,
+        )
+    return IngressDeployment.options(**_INGRESS_DEFAULTS).bind(
+        config.model_dump(mode="json"), servers
+    )

@@ -1,0 +1,122 @@
+"""Errors that carry their HTTP status, and the one place they become responses.
+
+A 4xx message names the field or header at fault and never echoes what the caller
+sent. A 5xx message says only what a caller can act on, plus the request id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.responses import Response
+
+
+class ServekitError(Exception):
+    """Base of every error the ingress turns into a response."""
+
+    status = 500
+    code = "internal_error"
+    headers: dict[str, str] = {}  # noqa: RUF012 - overridden per class, never mutated
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServekitError):
+    """The request is malformed or breaks a limit."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class TooManyInputs(BadRequest):
+    """More inputs than `limits.max_inputs_per_request`."""
+
+    code = "too_many_inputs"
+
+
+class InputTooLong(BadRequest):
+    """A text longer than `limits.max_input_chars`."""
+
+    code = "input_too_long"
+
+
+class PayloadTooLarge(ServekitError):
+    """The body is larger than `limits.max_body_bytes`."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class NotFound(ServekitError):
+    """No such model, version or route."""
+
+    status = 404
+    code = "not_found"
+
+
+class Overloaded(ServekitError):
+    """Queues are full: retry later."""
+
+    status = 503
+    code = "overloaded"
+    headers = {"Retry-After": "1"}  # noqa: RUF012
+
+
+class Unavailable(ServekitError):
+    """The version has no live replica right now."""
+
+    status = 503
+    code = "unavailable"
+    headers = {"Retry-After": "2"}  # noqa: RUF012
+
+
+class Timeout(ServekitError):
+    """The model call did not finish within `request_timeout_s`."""
+
+    status = 504
+    code = "timeout"
+
+
+class InferenceFailed(ServekitError):
+    """The model raised; details are in the replica's log, never in the response."""
+
+    status = 500
+    code = "inference_failed"
+
+
+def from_validation_error(error: ValidationError, prefix: str = "") -> BadRequest:
+    """A 400 naming the first invalid field, without the offending value."""
+    errors = error.errors(include_input=False, include_url=False)
+    # Unknown fields first: they usually explain the rest (a misspelt field name).
+    first = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    where = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "body")
+    if first["type"] == "extra_forbidden":
+        return BadRequest(f"{where}: unknown field")
+    if first["type"] == "missing":
+        return BadRequest(f"{where}: field required")
+    return BadRequest(f"{where}: {first['msg']}")
+
+
+def error_response(
+    error: ServekitError, request_id: str, oip: bool, extra_headers: dict[str, str]
+) -> Response:
+    """The JSON body for an error: OpenAI-style shape, or the inference protocol's."""
+    message = error.message
+    if error.status >= 500:
+        message = f"{message} (request id {request_id})"
+    body: dict[str, Any]
+    if oip:
+        body = {"error": message}
+    else:
+        body = {"error": {"code": error.code, "message": message, "request_id": request_id}}
+    return Response(
+        orjson.dumps(body),
+        status_code=error.status,
+        media_type="application/json",
+        headers={**error.headers, **extra_headers},
+    )

@@ -1,0 +1,84 @@
+"""Every Prometheus metric servekit defines, in one place.
+
+They are exported through Ray's metrics agent, so one scrape of a node's metrics
+port covers every replica on it; Ray prefixes each name with `ray_` (so
+`servekit_requests_total` is scraped as `ray_servekit_requests_total`) and adds the
+`application`, `deployment` and `replica` tags. Labels are model, version, route and
+status code: never anything taken from request content.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Histogram
+
+LATENCY_BUCKETS_S = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+]  # fmt: skip
+COUNT_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0]
+
+# name -> (kind, description): the catalogue the README and the dashboards use.
+CATALOGUE = {
+    "servekit_requests_total": ("counter", "Requests answered by the ingress, by status code."),
+    "servekit_request_duration_seconds": ("histogram", "Ingress latency per request."),
+    "servekit_inputs_per_request": ("histogram", "Inputs (texts) per request."),
+    "servekit_batch_size": ("histogram", "Inputs per model call after batching."),
+    "servekit_inference_duration_seconds": ("histogram", "Model time per batch."),
+}
+
+
+class IngressMetrics:
+    """The ingress's metrics, created once per replica."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "servekit_requests_total",
+            description=CATALOGUE["servekit_requests_total"][1],
+            tag_keys=("model", "version", "route", "code"),  # type: ignore[arg-type]
+        )
+        self.latency = Histogram(
+            "servekit_request_duration_seconds",
+            description=CATALOGUE["servekit_request_duration_seconds"][1],
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("model", "version", "route"),  # type: ignore[arg-type]
+        )
+        self.inputs = Histogram(
+            "servekit_inputs_per_request",
+            description=CATALOGUE["servekit_inputs_per_request"][1],
+            boundaries=COUNT_BUCKETS,
+            tag_keys=("model", "version"),  # type: ignore[arg-type]
+        )
+
+    def observe(
+        self, model: str, version: str, route: str, code: int, seconds: float, inputs: int
+    ) -> None:
+        """Record one answered request."""
+        self.requests.inc(
+            1, tags={"model": model, "version": version, "route": route, "code": str(code)}
+        )
+        self.latency.observe(seconds, tags={"model": model, "version": version, "route": route})
+        if inputs:
+            self.inputs.observe(inputs, tags={"model": model, "version": version})
+
+
+class ModelMetrics:
+    """A model replica's metrics, tagged with its model and version."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self._tags = {"model": model, "version": version}
+        self.batch_size = Histogram(
+            "servekit_batch_size",
+            description=CATALOGUE["servekit_batch_size"][1],
+            boundaries=COUNT_BUCKETS,
+            tag_keys=("model", "version"),  # type: ignore[arg-type]
+        )
+        self.inference = Histogram(
+            "servekit_inference_duration_seconds",
+            description=CATALOGUE["servekit_inference_duration_seconds"][1],
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("model", "version"),  # type: ignore[arg-type]
+        )
+
+    def observe_batch(self, inputs: int, seconds: float) -> None:
+        """Record one model call."""
+        self.batch_size.observe(inputs, tags=self._tags)
+        self.inference.observe(seconds, tags=self._tags)

@@ -1,0 +1,105 @@
+"""One real local Ray instance per test session, serving a config derived from
+`serve_config.yaml` (same models and artifacts; test-sized limits and autoscaling)."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+APP = "servekit"
+# Test-sized limits, so every limit can be hit with small requests.
+LIMITS = {"max_inputs_per_request": 64, "max_input_chars": 2000, "max_body_bytes": 200_000}
+# minilm-v2 scales fast in tests; serve_config.yaml keeps production delays.
+FAST_AUTOSCALING = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 2,
+    "upscale_delay_s": 1,
+    "downscale_delay_s": 4,
+    "look_back_period_s": 2,
+}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_test_config(http_port: int) -> dict[str, Any]:
+    """`serve_config.yaml` with test ports, limits and autoscaling."""
+    doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    doc = copy.deepcopy(doc)
+    doc["http_options"]["port"] = http_port
+    app = doc["applications"][0]
+    app["args"]["limits"] = LIMITS
+    app["args"]["request_timeout_s"] = 20
+    for entry in app["deployments"]:
+        if entry["name"] == "minilm-v2":
+            entry["autoscaling_config"] = FAST_AUTOSCALING
+        if entry["name"] == "Ingress":
+            entry["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}
+    return dict(doc)
+
+
+@dataclass
+class Service:
+    """The running service under test."""
+
+    base_url: str
+    metrics_url: str
+    config: dict[str, Any]
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An HTTP client bound to the service."""
+        return httpx.Client(base_url=self.base_url, timeout=30, **kwargs)
+
+    def redeploy(self, config: dict[str, Any]) -> None:
+        """Apply a changed config, as `serve deploy` would."""
+        from servekit import local
+
+        local.deploy(config)
+        self.config = config
+
+
+@pytest.fixture(scope="session")
+def service(example_store: Any) -> Iterator[Service]:
+    """Start Ray once, deploy the test config, wait until ready; stop it all at the end."""
+    from servekit import local
+
+    port, metrics_port = free_port(), free_port()
+    config = make_test_config(port)
+    problems = local.check_document(config)
+    assert problems == []
+    local.start_ray(metrics_port=metrics_port)
+    try:
+        local.deploy(config)
+        svc = Service(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", config)
+        _wait_ready(svc)
+        yield svc
+    finally:
+        local.shutdown()
+
+
+def _wait_ready(svc: Service, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    with svc.client() as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get("/v2/health/ready").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+    pytest.fail("service did not become ready")
