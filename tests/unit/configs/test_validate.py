@@ -1,0 +1,66 @@
+"""Config validation: the shipped file is valid; each broken fixture gives its message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configs.validate import validate_file
+from tests.conftest import REPO_ROOT
+
+BROKEN = sorted((Path(__file__).parent / "broken").glob("*.yaml"))
+
+
+def _expected(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: ")
+    return first.removeprefix("# expect: ")
+
+
+def test_shipped_config_is_valid(example_store: Path) -> None:
+    report = validate_file(REPO_ROOT / "serve_config.yaml")
+    assert report.problems == []
+    (app,) = report.apps
+    assert app.ingress.traffic == {"minilm": {"v1": 90, "v2": 10}}
+    assert set(app.batching) == {"minilm-v1", "minilm-v2"}
+
+
+def test_shipped_checksums_match_the_built_store(manifest: dict[str, dict[str, str]]) -> None:
+    (app,) = validate_file(REPO_ROOT / "serve_config.yaml").apps
+    for version, spec in app.args.models["minilm"].versions.items():
+        assert spec.artifact.sha256 == manifest[version]["sha256"], (
+            f"serve_config.yaml's sha256 for minilm/{version} differs from the built artifact"
+        )
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
+def test_broken_config_message(path: Path, example_store: Path) -> None:
+    report = validate_file(path)
+    assert not report.ok
+    expected = _expected(path)
+    assert any(p.startswith(expected) for p in report.problems), report.problems
+
+
+def test_command_line_exit_codes(example_store: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "configs", "validate", str(REPO_ROOT / "serve_config.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    broken = BROKEN[0]
+    bad = subprocess.run(
+        [sys.executable, "-m", "configs", "validate", str(broken)], capture_output=True, text=True
+    )
+    assert bad.returncode == 1
+    assert _expected(broken) in bad.stderr
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.yaml"
+    junk.write_text("applications: [unclosed\n")
+    assert validate_file(junk).problems[0].endswith("not valid YAML")
+    assert validate_file(tmp_path / "nope.yaml").problems[0].endswith("no such file")
