@@ -1,0 +1,46 @@
+"""Prometheus metrics per model and version, scraped from Ray's metrics endpoint."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from deployments.metrics import CATALOGUE
+from tests.integration.conftest import Service
+
+pytestmark = pytest.mark.integration
+
+
+def test_metrics_are_exported_per_model_and_version(service: Service) -> None:
+    with service.client() as client:
+        for version in ("v1", "v2"):
+            r = client.post(
+                "/v1/embeddings",
+                json={"model": "minilm", "input": ["metrics", "zq-marker-7731"]},
+                headers={"X-Model-Version": version},
+            )
+            assert r.status_code == 200
+    wanted = [f"ray_{name}" for name in CATALOGUE]
+
+    def ok(text: str) -> bool:
+        lines = [ln for ln in text.splitlines() if ln.startswith("ray_servekit_requests_total{")]
+        return all(name in text for name in wanted) and any(
+            'model="minilm"' in ln
+            and 'version="v1"' in ln
+            and 'code="200"' in ln
+            and 'route="/v1/embeddings"' in ln
+            for ln in lines
+        )
+
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{service.metrics_url}/metrics", timeout=10).text
+        if ok(text):
+            break
+        time.sleep(1)
+    found = sorted({ln.split("{")[0] for ln in text.splitlines() if "servekit" in ln})
+    assert ok(text), found
+    assert "zq-marker-7731" not in text  # labels never carry request content
