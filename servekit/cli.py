@@ -58,11 +58,12 @@ def _serve(path: Path, metrics_port: int) -> int:
     except (local.DeployError, FileNotFoundError) as e:
         print(e, file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _stop)
     http = doc.get("http_options") or {}
     base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
     try:
         local.start_ray(metrics_port=metrics_port)
+        # After Ray's own start-up, which installs handlers of its own.
+        signal.signal(signal.SIGTERM, _stop)
         local.deploy(doc)
         print(
             f"servekit: serving {path} at {base}\n"

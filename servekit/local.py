@@ -40,6 +40,9 @@ def check_document(doc: Any, check_artifacts: bool = True) -> list[str]:
     report = validate_document(doc, check_artifacts=check_artifacts)
     if not report.ok:
         return report.problems
+    problems = _unknown_deployment_keys(doc)
+    if problems:
+        return problems
     try:
         ServeDeploySchema.model_validate(doc)
     except ValidationError as e:
@@ -55,6 +58,22 @@ def check_document(doc: Any, check_artifacts: bool = True) -> list[str]:
 # headroom) must still be placeable, so the local instance advertises at least this
 # many and the replicas share the real cores.
 LOCAL_MIN_LOGICAL_CPUS = 8
+
+
+def _unknown_deployment_keys(doc: dict[str, Any]) -> list[str]:
+    """Serve ignores misspelt deployment settings; a typo must not pass silently."""
+    from ray.serve.schema import DeploymentSchema
+
+    known = set(DeploymentSchema.model_fields)
+    problems = []
+    for i, app in enumerate(doc.get("applications") or []):
+        for entry in app.get("deployments") or []:
+            for key in sorted(set(entry) - known):
+                problems.append(
+                    f"applications[{i}].deployments[{entry.get('name')}].{key}: "
+                    "unknown field (Ray Serve schema)"
+                )
+    return problems
 
 
 def start_ray(num_cpus: int | None = None, metrics_port: int | None = None) -> None:

@@ -26,7 +26,6 @@ FAST_AUTOSCALING = {
     "target_ongoing_requests": 2,
     "upscale_delay_s": 1,
     "downscale_delay_s": 4,
-    "look_back_period_s": 2,
 }
 
 

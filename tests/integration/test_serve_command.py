@@ -1,0 +1,98 @@
+"""`servekit serve` (what `make serve` runs): up in the foreground, SIGTERM stops it all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.integration.conftest import free_port, make_test_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _session_processes(sid: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "sid=,pid=,comm="], capture_output=True, text=True).stdout
+    return [
+        line.strip() for line in out.splitlines() if line.split() and line.split()[0] == str(sid)
+    ]
+
+
+def test_serve_runs_in_foreground_and_stops_on_sigterm(tmp_path: Path, example_store: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(make_test_config(port)))
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "servekit",
+            "serve",
+            str(config),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    try:
+        deadline = time.monotonic() + 180
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if ready:
+                break
+            time.sleep(1)
+        assert ready, (tmp_path / "serve.log").read_text()[-3000:]
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm", "input": "up"}
+        )
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)
+    deadline = time.monotonic() + 30
+    while _session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _session_processes(proc.pid) == []
+    assert "servekit: stopping" in (tmp_path / "serve.log").read_text()
+
+
+def test_validate_command(tmp_path: Path, example_store: Path) -> None:
+    from tests.conftest import REPO_ROOT
+
+    ok = subprocess.run(
+        [sys.executable, "-m", "servekit", "validate", str(REPO_ROOT / "serve_config.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.yaml"
+    doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    doc["applications"][0]["deployments"][1]["num_replicaz"] = 3
+    bad.write_text(yaml.safe_dump(doc))
+    out = subprocess.run(
+        [sys.executable, "-m", "servekit", "validate", str(bad)], capture_output=True, text=True
+    )
+    assert out.returncode == 1
+    assert "num_replicaz" in out.stderr
+    assert "Ray Serve schema" in out.stderr
