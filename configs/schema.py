@@ -37,6 +37,17 @@ class ArtifactSpec(_Strict):
     sha256: Sha256 = Field(description="Hex sha256 of the artifact file; verified on load.")
 
 
+class FaultInjection(_Strict):
+    """Test-only faults a version's replicas inject into their own answers.
+
+    Off unless written into the config file; nothing in a request can turn it on.
+    It exists to rehearse canary rollback against a version that fails or is slow.
+    """
+
+    error_rate: float = Field(0.0, ge=0, le=1, description="Share of calls that fail.")
+    extra_latency_ms: int = Field(0, ge=0, le=60_000, description="Delay added to every call.")
+
+
 class VersionSpec(_Strict):
     """One immutable model version."""
 
@@ -52,6 +63,9 @@ class VersionSpec(_Strict):
     )
     micro_batch_size: int = Field(
         64, ge=1, le=4096, description="Texts per forward pass inside one batch."
+    )
+    fault_injection: FaultInjection | None = Field(
+        None, description="Test-only: make this version fail or slow down on purpose."
     )
 
 
@@ -113,11 +127,40 @@ class AppArgs(_Strict):
         }
 
 
+class ShadowSpec(_Strict):
+    """Mirror a sample of a model's requests to another version, off the caller's path."""
+
+    version: Name = Field(description="The version that receives the copies.")
+    fraction: float = Field(gt=0, le=1, description="Share of requests mirrored.")
+
+
+class RolloutPolicy(_Strict):
+    """Watch a canary version and take its traffic away when it misbehaves."""
+
+    canary: Name = Field(description="The version under watch.")
+    max_error_rate: float = Field(
+        0.05, ge=0, le=1, description="Failed share of canary calls that triggers rollback."
+    )
+    max_p95_latency_ms: float = Field(
+        1000.0, gt=0, description="p95 of canary call latency that triggers rollback."
+    )
+    window_s: float = Field(60.0, gt=0, le=3600, description="Sliding window judged.")
+    min_requests: int = Field(
+        20, ge=1, description="Canary calls in the window before any judgement."
+    )
+
+
 class IngressLiveConfig(_Strict):
-    """The ingress deployment's `user_config`: traffic weights, applied live."""
+    """The ingress deployment's `user_config`: traffic, shadowing, rollout; applied live."""
 
     traffic: dict[Name, dict[Name, int]] = Field(
         description="model -> version -> weight in percent; weights of a model sum to 100."
+    )
+    shadow: dict[Name, ShadowSpec] = Field(
+        default_factory=dict, description="model -> version mirrored a sample of requests."
+    )
+    rollout: dict[Name, RolloutPolicy] = Field(
+        default_factory=dict, description="model -> canary watch with automatic rollback."
     )
 
     @model_validator(mode="after")
@@ -149,6 +192,23 @@ class IngressLiveConfig(_Strict):
         for model in args.models:
             if model not in self.traffic:
                 problems.append(f"traffic.{model}: no weights for a declared model")
+        for section, entries in (("shadow", self.shadow), ("rollout", self.rollout)):
+            for model, entry in entries.items():
+                version = entry.version if isinstance(entry, ShadowSpec) else entry.canary
+                field = "version" if isinstance(entry, ShadowSpec) else "canary"
+                if model not in args.models:
+                    problems.append(f"{section}.{model}: model is not declared under args.models")
+                elif version not in args.models[model].versions:
+                    problems.append(
+                        f"{section}.{model}.{field}: {version} is not declared under "
+                        f"args.models.{model}.versions"
+                    )
+        for model, policy in self.rollout.items():
+            others = [v for v, w in self.traffic.get(model, {}).items() if w and v != policy.canary]
+            if model in self.traffic and not others:
+                problems.append(
+                    f"rollout.{model}.canary: no other version has traffic to fall back to"
+                )
         return problems
 
 

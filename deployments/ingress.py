@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from configs.schema import AppArgs, IngressLiveConfig, deployment_name
+from configs.schema import AppArgs, IngressLiveConfig
 from deployments import oip
 from deployments.calls import call_version
 from deployments.errors import (
@@ -35,12 +35,10 @@ from deployments.errors import (
     PayloadTooLarge,
     ServekitError,
     TooManyInputs,
-    Unavailable,
     error_response,
 )
 from deployments.logs import get_logger, log_request
 from deployments.metrics import IngressMetrics
-from deployments.model_server import EmbedResult
 from deployments.openai_api import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -48,7 +46,7 @@ from deployments.openai_api import (
     encode_response,
     parse_request,
 )
-from deployments.traffic import TrafficSplitter
+from deployments.router import VersionRouter
 
 VERSION = "0.1.0"
 READY_TTL_S = 5.0
@@ -161,11 +159,10 @@ class Ingress:
 
     def __init__(self, args: dict[str, Any], servers: dict[str, DeploymentHandle[Any]]) -> None:
         self.args = AppArgs.model_validate(args)
-        self.handles: dict[tuple[str, str], DeploymentHandle[Any]] = {}
-        for name, (model, version) in self.args.deployment_names().items():
-            self.handles[(model, version)] = servers[name]
-        self.splitter: TrafficSplitter | None = None
-        self.live_config: IngressLiveConfig | None = None
+        self.handles: dict[tuple[str, str], DeploymentHandle[Any]] = {
+            key: servers[name] for name, key in self.args.deployment_names().items()
+        }
+        self.router = VersionRouter(self.args, self.handles)
         self.metrics = IngressMetrics()
         self.log = get_logger("access")
         self.created = int(time.time())
@@ -175,15 +172,11 @@ class Ingress:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new traffic weights in place; in-flight requests keep their version."""
         live = IngressLiveConfig.model_validate(user_config)
-        problems = live.check_against(self.args)
-        if problems:
-            raise ValueError("; ".join(problems))
-        if self.splitter is None:
-            self.splitter = TrafficSplitter(live.traffic)
-        else:
-            self.splitter.update(live.traffic)
-        self.live_config = live
-        self.log.info("traffic updated", extra={"fields": {"traffic": live.traffic}})
+        self.router.configure(live)
+        self.log.info(
+            "live config applied",
+            extra={"fields": {"traffic": live.traffic, "rollout": list(live.rollout)}},
+        )
 
     # ---- request plumbing -------------------------------------------------------
 
@@ -228,19 +221,6 @@ class Ingress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _choose(self, model: str, pinned: str | None, source: str) -> str:
-        spec = self.args.models.get(model)
-        if spec is None:
-            raise NotFound(f"model: not served here (served: {', '.join(self.args.models)})")
-        if pinned is not None:
-            if pinned not in spec.versions:
-                known = ", ".join(spec.versions)
-                raise NotFound(f"{source}: {model} has no such version (versions: {known})")
-            return pinned
-        if self.splitter is None:
-            raise Unavailable("traffic weights are not configured yet")
-        return self.splitter.pick(model)
-
     def _check_limits(self, texts: list[str], field: str) -> None:
         limits = self.args.limits
         if len(texts) > limits.max_inputs_per_request:
@@ -250,16 +230,6 @@ class Ingress:
         for i, text in enumerate(texts):
             if len(text) > limits.max_input_chars:
                 raise InputTooLong(f"{field}.{i}: longer than {limits.max_input_chars} characters")
-
-    async def _embed(self, model: str, version: str, texts: list[str]) -> EmbedResult:
-        result: EmbedResult = await call_version(
-            self.handles[(model, version)],
-            "embed",
-            (texts,),
-            self.args.request_timeout_s,
-            f"{model}/{version}",
-        )
-        return result
 
     # ---- OpenAI-shaped routes ---------------------------------------------------
 
@@ -273,13 +243,21 @@ class Ingress:
         self,
         request: Request,
         x_model_version: str | None = Header(None, description="Pin a version."),
+        x_routing_key: str | None = Header(
+            None, max_length=256, description="Sticky A/B: same key, same version."
+        ),
     ) -> Response:
-        """Embed one text or a list of texts with the named model."""
+        """Embed one text or a list of texts with the named model.
+
+        Without a pinned version the model's traffic split picks one: at random by
+        weight, or deterministically per routing key (`X-Routing-Key`, else `user`).
+        """
 
         async def work(call: _Call) -> Response:
             body = parse_request(await self._read_body(request))
             call.model = body.model if body.model in self.args.models else "-"
-            version = self._choose(body.model, x_model_version, "X-Model-Version")
+            key = x_routing_key or body.user
+            version = self.router.choose(body.model, x_model_version, "X-Model-Version", key)
             call.version = version
             texts = body.texts()
             call.inputs = len(texts)
@@ -287,7 +265,9 @@ class Ingress:
             dim = self._dimension(body.model, version)
             if body.dimensions is not None and dim is not None and body.dimensions != dim:
                 raise BadRequest(f"dimensions: {body.model} returns {dim} dimensions")
-            vectors, tokens = await self._embed(body.model, version, texts)
+            vectors, tokens = await self.router.embed(body.model, version, texts)
+            if x_model_version is None:
+                self.router.maybe_shadow(body.model, version, texts, vectors)
             content = encode_response(body.model, vectors, tokens, body.encoding_format)
             return Response(content, media_type="application/json")
 
@@ -298,33 +278,27 @@ class Ingress:
         """Every served model with its versions and their current traffic weights."""
 
         async def work(call: _Call) -> Response:
-            data = [self._model_card(name) for name in self.args.models]
+            data = [self.router.card(name, self.created, False) for name in self.args.models]
             return Response(
                 orjson.dumps({"object": "list", "data": data}), media_type="application/json"
             )
 
         return await self._serve(request, "/v1/models", False, work)
 
-    def _model_card(self, model: str) -> dict[str, Any]:
-        weights = self.splitter.weights(model) if self.splitter else {}
-        versions = [
-            {
-                "name": version,
-                "weight": weights.get(version, 0),
-                "runtime": spec.runtime,
-                "device": spec.device,
-                "deployment": deployment_name(model, version),
-                "sha256": spec.artifact.sha256,
-            }
-            for version, spec in self.args.models[model].versions.items()
-        ]
-        return {
-            "id": model,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "servekit",
-            "versions": versions,
-        }
+    @api.get("/v1/models/{name}", summary="One model, with rollout state and recent figures")
+    async def model_detail(self, request: Request, name: str) -> Response:
+        """Versions, configured and effective weights, canary and shadow state, and the
+        last minute's request rate, error rate and p95 per version, as seen by the
+        ingress replica that answers."""
+
+        async def work(call: _Call) -> Response:
+            if name not in self.args.models:
+                raise NotFound("model: not served here")
+            call.model = name
+            card = self.router.card(name, self.created, True)
+            return Response(orjson.dumps(card), media_type="application/json")
+
+        return await self._serve(request, "/v1/models/detail", False, work)
 
     def _dimension(self, model: str, version: str) -> int | None:
         meta = self._meta_cache.get((model, version))
@@ -430,7 +404,8 @@ class Ingress:
     async def _infer(
         self, call: _Call, request: Request, name: str, pinned: str | None, source: str
     ) -> Response:
-        version = self._choose(name, pinned, source)
+        key = request.headers.get("x-routing-key")
+        version = self.router.choose(name, pinned, source, key[:256] if key else None)
         call.model, call.version = name, version
         parsed = oip.parse_infer(
             await self._read_body(request), request.headers.get(oip.HEADER_LENGTH)
@@ -439,7 +414,9 @@ class Ingress:
         if not parsed.texts:
             raise BadRequest("inputs.0: empty tensor")
         self._check_limits(parsed.texts, "inputs.0.data")
-        vectors, _ = await self._embed(name, version, parsed.texts)
+        vectors, _ = await self.router.embed(name, version, parsed.texts)
+        if pinned is None:
+            self.router.maybe_shadow(name, version, parsed.texts, vectors)
         content, headers = oip.encode_infer(
             name, version, parsed.request_id, vectors, parsed.binary_output
         )
@@ -466,7 +443,7 @@ class Ingress:
         return Response(orjson.dumps(body), media_type="application/json")
 
     def _primary(self, model: str) -> str:
-        weights = self.splitter.weights(model) if self.splitter else {}
+        weights = self.router.weights(model)
         if weights:
             return max(weights, key=lambda v: weights[v])
         return next(iter(self.args.models[model].versions))
@@ -482,7 +459,7 @@ class Ingress:
     async def _all_ready(self, models: list[str]) -> bool:
         targets: list[tuple[str, str]] = []
         for model in models:
-            weights = self.splitter.weights(model) if self.splitter else {}
+            weights = self.router.weights(model)
             if not weights:
                 return False
             targets.extend((model, version) for version in weights)

@@ -9,7 +9,7 @@ status code: never anything taken from request content.
 
 from __future__ import annotations
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -23,7 +23,13 @@ CATALOGUE = {
     "servekit_inputs_per_request": ("histogram", "Inputs (texts) per request."),
     "servekit_batch_size": ("histogram", "Inputs per model call after batching."),
     "servekit_inference_duration_seconds": ("histogram", "Model time per batch."),
+    "servekit_traffic_weight": ("gauge", "Effective traffic weight per version, in percent."),
+    "servekit_rollbacks_total": ("counter", "Automatic canary rollbacks."),
+    "servekit_shadow_requests_total": ("counter", "Shadow copies by outcome (ok/error/dropped)."),
+    "servekit_shadow_duration_seconds": ("histogram", "Latency of shadow calls."),
+    "servekit_shadow_cosine": ("histogram", "Cosine of shadow vs primary output, per input."),
 }
+COSINE_BUCKETS = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0]
 
 
 class IngressMetrics:
@@ -82,3 +88,62 @@ class ModelMetrics:
         """Record one model call."""
         self.batch_size.observe(inputs, tags=self._tags)
         self.inference.observe(seconds, tags=self._tags)
+
+
+class RouterMetrics:
+    """Traffic, rollback and shadow metrics of the ingress's version router."""
+
+    def __init__(self) -> None:
+        pair = ("model", "primary", "shadow")
+        self.weights = Gauge(
+            "servekit_traffic_weight",
+            description=CATALOGUE["servekit_traffic_weight"][1],
+            tag_keys=("model", "version"),  # type: ignore[arg-type]
+        )
+        self.rollbacks = Counter(
+            "servekit_rollbacks_total",
+            description=CATALOGUE["servekit_rollbacks_total"][1],
+            tag_keys=("model", "version"),  # type: ignore[arg-type]
+        )
+        self.shadow_requests = Counter(
+            "servekit_shadow_requests_total",
+            description=CATALOGUE["servekit_shadow_requests_total"][1],
+            tag_keys=(*pair, "outcome"),  # type: ignore[arg-type]
+        )
+        self.shadow_latency = Histogram(
+            "servekit_shadow_duration_seconds",
+            description=CATALOGUE["servekit_shadow_duration_seconds"][1],
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=pair,  # type: ignore[arg-type]
+        )
+        self.shadow_cosine = Histogram(
+            "servekit_shadow_cosine",
+            description=CATALOGUE["servekit_shadow_cosine"][1],
+            boundaries=COSINE_BUCKETS,
+            tag_keys=pair,  # type: ignore[arg-type]
+        )
+
+    def weight(self, model: str, version: str, weight: int) -> None:
+        """Record a version's effective weight."""
+        self.weights.set(weight, tags={"model": model, "version": version})
+
+    def rollback(self, model: str, version: str) -> None:
+        """Count an automatic rollback."""
+        self.rollbacks.inc(1, tags={"model": model, "version": version})
+
+    def shadow(
+        self,
+        model: str,
+        primary: str,
+        shadow: str,
+        outcome: str,
+        seconds: float | None = None,
+        cosines: list[float] | None = None,
+    ) -> None:
+        """Record one shadow copy's outcome, latency and divergence."""
+        tags = {"model": model, "primary": primary, "shadow": shadow}
+        self.shadow_requests.inc(1, tags={**tags, "outcome": outcome})
+        if seconds is not None:
+            self.shadow_latency.observe(seconds, tags=tags)
+        for cosine in cosines or ():
+            self.shadow_cosine.observe(cosine, tags=tags)

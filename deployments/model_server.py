@@ -8,6 +8,7 @@ from the deployment's `user_config` and change live through `reconfigure()`.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from ray import serve
 
-from configs.schema import BatchLiveConfig, VersionSpec
+from configs.schema import BatchLiveConfig, FaultInjection, VersionSpec
 from configs.settings import resolve_artifact_uri
 from deployments.logs import get_logger
 from deployments.metrics import ModelMetrics
@@ -67,6 +68,11 @@ class ModelServer:
         # is given, and the event loop stays free to gather the next batch.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self._metrics = ModelMetrics(model, version)
+        if self.spec.fault_injection is not None:
+            self._log.warning(
+                "fault injection is ON for this version (test-only setting)",
+                extra={"fields": self.spec.fault_injection.model_dump()},
+            )
         self._log.info(
             "loaded",
             extra={
@@ -87,6 +93,9 @@ class ModelServer:
 
     async def embed(self, texts: list[str]) -> EmbedResult:
         """Vectors `[len(texts), dim]` and the number of tokens read."""
+        fault = self.spec.fault_injection
+        if fault is not None:
+            await _inject(fault)
         result: EmbedResult = await self._batched(texts)
         return result
 
@@ -139,3 +148,14 @@ class ModelServer:
         """Serve's health probe: a replica whose runtime is not ready is replaced."""
         if not self.runtime.ready:
             raise RuntimeError("runtime is not ready")
+
+
+class InjectedFault(RuntimeError):
+    """A failure the version's `fault_injection` setting asked for."""
+
+
+async def _inject(fault: FaultInjection) -> None:
+    if fault.extra_latency_ms:
+        await asyncio.sleep(fault.extra_latency_ms / 1000)
+    if fault.error_rate and random.random() < fault.error_rate:
+        raise InjectedFault("injected fault (fault_injection is set for this version)")

@@ -29,6 +29,12 @@ FAST_AUTOSCALING = {
 }
 
 
+FAULTY_VERSIONS = {
+    "v2-faulty": {"error_rate": 1.0},
+    "v2-slow": {"extra_latency_ms": 400},
+}
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
@@ -44,11 +50,19 @@ def make_test_config(http_port: int) -> dict[str, Any]:
     app = doc["applications"][0]
     app["args"]["limits"] = LIMITS
     app["args"]["request_timeout_s"] = 20
+    # Canaries that misbehave on purpose (test-only fault injection), without traffic.
+    versions = app["args"]["models"]["minilm"]["versions"]
+    for name, fault in FAULTY_VERSIONS.items():
+        versions[name] = {**versions["v2"], "fault_injection": fault}
+        app["deployments"].append(
+            {"name": f"minilm-{name}", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}
+        )
     for entry in app["deployments"]:
         if entry["name"] == "minilm-v2":
             entry["autoscaling_config"] = FAST_AUTOSCALING
         if entry["name"] == "Ingress":
             entry["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}
+            entry["user_config"]["traffic"]["minilm"].update(dict.fromkeys(FAULTY_VERSIONS, 0))
     return dict(doc)
 
 

@@ -68,8 +68,9 @@ def test_models_lists_versions_and_weights(service: Service) -> None:
         body = client.get("/v1/models").json()
     (card,) = body["data"]
     weights = {v["name"]: v["weight"] for v in card["versions"]}
-    assert weights == {"v1": 90, "v2": 10}
-    assert {v["deployment"] for v in card["versions"]} == {"minilm-v1", "minilm-v2"}
+    assert weights == {"v1": 90, "v2": 10, "v2-faulty": 0, "v2-slow": 0}
+    deployments = {v["deployment"] for v in card["versions"]}
+    assert {"minilm-v1", "minilm-v2"} <= deployments
 
 
 def test_matches_sentence_transformers_through_http(service: Service, report: list[str]) -> None:

@@ -43,3 +43,41 @@ def test_all_zero_is_refused() -> None:
 def test_unseeded_splitter_is_random() -> None:
     splitter = TrafficSplitter({"m": {"v1": 50, "v2": 50}})
     assert {splitter.pick("m") for _ in range(200)} == {"v1", "v2"}
+
+
+def test_sticky_keys_always_get_the_same_version() -> None:
+    splitter = TrafficSplitter({"m": {"v1": 70, "v2": 30}})
+    for i in range(200):
+        key = f"user-{i}"
+        assert len({splitter.pick("m", key) for _ in range(5)}) == 1
+
+
+def test_sticky_shares_follow_weights() -> None:
+    splitter = TrafficSplitter({"m": {"v1": 80, "v2": 20}})
+    seen = Counter(splitter.pick("m", f"user-{i}") for i in range(N))
+    sd = math.sqrt(N * 0.2 * 0.8)
+    assert abs(seen["v2"] - N * 0.2) <= 5 * sd
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"v1": 90, "v2": 10}, {"v1": 80, "v2": 20}),
+        ({"v1": 95, "v2": 5}, {"v1": 50, "v2": 50}),
+        ({"v1": 60, "v2": 10, "v3": 30}, {"v1": 50, "v2": 20, "v3": 30}),
+    ],
+)
+def test_raising_a_candidate_keeps_its_users(before: dict[str, int], after: dict[str, int]) -> None:
+    keys = [f"user-{i}" for i in range(5000)]
+    first = TrafficSplitter({"m": before})
+    on_candidate = {k for k in keys if first.pick("m", k) == "v2"}
+    second = TrafficSplitter({"m": after})
+    assert on_candidate
+    assert all(second.pick("m", k) == "v2" for k in on_candidate)
+
+
+def test_without_version_gives_share_to_heaviest() -> None:
+    from deployments.traffic import without_version
+
+    assert without_version({"v1": 90, "v2": 10}, "v2") == {"v1": 100, "v2": 0}
+    assert without_version({"a": 50, "b": 30, "c": 20}, "c") == {"a": 70, "b": 30, "c": 0}
