@@ -99,6 +99,40 @@ def export_onnx(src: Path, out_file: Path) -> None:
     if program is None:
         raise RuntimeError("the ONNX exporter returned no program")
     program.save(str(out_file))
+    _strip_source_info(out_file)
+
+
+def _strip_source_info(onnx_file: Path) -> None:
+    """Drop the exporter's per-node stack traces and doc strings.
+
+    They name the source files' absolute paths, so the same weights built from two
+    checkouts would hash differently; the graph itself is untouched.
+    """
+    import onnx
+
+    model = onnx.load(str(onnx_file))
+
+    def clean(graph: onnx.GraphProto) -> None:
+        graph.doc_string = ""
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    clean(attr.g)
+                for sub in attr.graphs:
+                    clean(sub)
+        for info in (*graph.input, *graph.output, *graph.value_info):
+            del info.metadata_props[:]
+            info.doc_string = ""
+
+    clean(model.graph)
+    for function in model.functions:
+        function.doc_string = ""
+        for node in function.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+    onnx.save(model, str(onnx_file))
 
 
 def quantize_int8(fp32_file: Path, out_file: Path) -> None:
