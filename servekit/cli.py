@@ -21,10 +21,47 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port")
     check = sub.add_parser("validate", help="check a config without starting anything")
     check.add_argument("config", type=Path, nargs="?", default=Path("serve_config.yaml"))
+    _rollout_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "validate":
         return _validate(args.config)
-    return _serve(args.config, args.metrics_port)
+    if args.command == "serve":
+        return _serve(args.config, args.metrics_port)
+    return _run_rollout_command(args)
+
+
+def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from servekit.rollout_cli import DEFAULT_DASHBOARD, DEFAULT_URL
+
+    for name, text in (
+        ("promote", "give a version a traffic weight, edit the file, show the diff, apply it"),
+        ("rollback", "send all of a model's traffic back to one version and apply it"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("model")
+        if name == "promote":
+            cmd.add_argument("version")
+            cmd.add_argument("--weight", type=int, required=True, help="percent, 0..100")
+        else:
+            cmd.add_argument("--to", help="the version to keep (default: the primary)")
+        cmd.add_argument("--config", type=Path, default=Path("serve_config.yaml"))
+        cmd.add_argument("--dry-run", action="store_true", help="show the diff only")
+        cmd.add_argument("--no-apply", action="store_true", help="write the file, do not deploy")
+        cmd.add_argument("--address", default=DEFAULT_DASHBOARD, help="Ray dashboard address")
+    show = sub.add_parser("status", help="versions, weights, replicas, traffic, rollout state")
+    show.add_argument("--url", default=DEFAULT_URL, help="servekit's HTTP address")
+    show.add_argument("--address", default=DEFAULT_DASHBOARD, help="Ray dashboard address")
+
+
+def _run_rollout_command(args: argparse.Namespace) -> int:
+    from servekit import rollout_cli
+
+    if args.command == "status":
+        return rollout_cli.status(args.url.rstrip("/"), args.address.rstrip("/"))
+    arg = (args.version, args.weight) if args.command == "promote" else args.to
+    return rollout_cli.edit_and_apply(
+        args.config, args.model, args.command, arg, args.dry_run, not args.no_apply, args.address
+    )
 
 
 def _validate(path: Path) -> int:

@@ -1,0 +1,134 @@
+"""`servekit promote`, `servekit rollback` and `servekit status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+from urllib.request import urlopen
+
+import yaml
+
+from servekit.configedit import ConfigFile, EditError, promote, rollback
+
+DEFAULT_DASHBOARD = os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265")
+DEFAULT_URL = os.environ.get("SERVEKIT_URL", "http://127.0.0.1:8000")
+
+
+def edit_and_apply(
+    path: Path, model: str, action: str, arg: Any, dry_run: bool, apply: bool, address: str
+) -> int:
+    """Edit the traffic of `model`, show the diff, validate, write and apply."""
+    from servekit.local import check_document
+
+    try:
+        cfg = ConfigFile.load(path)
+        if action == "promote":
+            version, weight = arg
+            notes = promote(cfg, model, version, weight)
+        else:
+            target = rollback(cfg, model, arg)
+            notes = [f"all traffic of {model} goes to {target}"]
+    except (EditError, FileNotFoundError) as e:
+        print(f"servekit: {e}", file=sys.stderr)
+        return 2
+    diff = cfg.diff()
+    if not diff:
+        print(f"servekit: {path} already says so; nothing to change")
+        return 0
+    print(diff, end="")
+    for note in notes:
+        print(f"note: {note}")
+    problems = check_document(yaml.safe_load(cfg.render()))
+    if problems:
+        for problem in problems:
+            print(f"servekit: the change would make the file invalid: {problem}", file=sys.stderr)
+        return 1
+    if dry_run:
+        print("dry run: nothing written, nothing applied")
+        return 0
+    path.write_text(cfg.render())
+    print(f"wrote {path}")
+    if not apply:
+        return 0
+    return deploy(path, address)
+
+
+def deploy(path: Path, address: str) -> int:
+    """`serve deploy` the file to a running cluster."""
+    serve_cli = Path(sys.executable).with_name("serve")
+    done = subprocess.run([str(serve_cli), "deploy", str(path), "--address", address], check=False)
+    if done.returncode != 0:
+        print(f"servekit: serve deploy to {address} failed", file=sys.stderr)
+        return 1
+    print(f"applied to {address}")
+    return 0
+
+
+def _get(url: str) -> Any:
+    with urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def status(url: str, address: str) -> int:
+    """Print per model: versions, weights, replicas, recent traffic, rollout state."""
+    try:
+        models = [m["id"] for m in _get(f"{url}/v1/models")["data"]]
+        details = [_get(f"{url}/v1/models/{m}") for m in models]
+    except (URLError, OSError, ValueError) as e:
+        print(f"servekit: cannot reach the service at {url} ({e})", file=sys.stderr)
+        return 1
+    replicas = _replicas(address)
+    for detail in details:
+        _print_model(detail, replicas)
+    if replicas is None:
+        print(f"(replica counts unavailable: no Serve API at {address})")
+    return 0
+
+
+def _replicas(address: str) -> dict[str, str] | None:
+    try:
+        apps = _get(f"{address}/api/serve/applications/")["applications"]
+    except (URLError, OSError, ValueError, KeyError):
+        return None
+    counts = {}
+    for app in apps.values():
+        for name, deployment in (app.get("deployments") or {}).items():
+            running = sum(1 for r in deployment.get("replicas", []) if r.get("state") == "RUNNING")
+            target = deployment.get("target_num_replicas", len(deployment.get("replicas", [])))
+            counts[name] = f"{running}/{target}"
+    return counts
+
+
+def _print_model(detail: dict[str, Any], replicas: dict[str, str] | None) -> None:
+    print(f"model {detail['id']}")
+    rollout = detail.get("rollout")
+    if rollout:
+        window = rollout["window"]
+        line = (
+            f"  rollout: canary {rollout['canary']} {rollout['state']} "
+            f"(window {window['requests']} calls, {window['error_rate']:.1%} errors, "
+            f"p95 {window['p95_latency_ms']:.0f} ms)"
+        )
+        print(line + (f": {rollout['reason']}" if rollout.get("reason") else ""))
+    shadow = detail.get("shadow")
+    if shadow:
+        print(f"  shadow: {shadow['fraction']:.0%} of requests to {shadow['version']}")
+        for pair, counts in shadow["pairs"].items():
+            print(f"    {pair}: {counts}")
+    header = (
+        f"  {'version':<12}{'weight':>7}{'config':>7}{'replicas':>10}"
+        f"{'req/s':>8}{'errors':>8}{'p95 ms':>9}"
+    )
+    print(header)
+    for v in detail["versions"]:
+        recent = v["recent"]
+        print(
+            f"  {v['name']:<12}{v['weight']:>7}{v['configured_weight']:>7}"
+            f"{(replicas or {}).get(v['deployment'], '?'):>10}{recent['rate_per_s']:>8.2f}"
+            f"{recent['error_rate']:>8.1%}{recent['p95_latency_ms']:>9.1f}"
+        )
