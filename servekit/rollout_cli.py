@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import yaml
 
@@ -69,8 +69,21 @@ def deploy(path: Path, address: str) -> int:
     return 0
 
 
-def _get(url: str) -> Any:
-    with urlopen(url, timeout=5) as response:
+def ray_auth_headers() -> dict[str, str]:
+    """The Authorization header Ray's dashboard wants when token auth is on.
+
+    The token comes from where Ray itself keeps it: `RAY_AUTH_TOKEN`, the file named
+    by `RAY_AUTH_TOKEN_PATH`, or `~/.ray/auth_token`. It is sent, never printed.
+    """
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        token = path.read_text().strip() if path.is_file() else ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> Any:
+    with urlopen(Request(url, headers=headers or {}), timeout=5) as response:
         return json.loads(response.read())
 
 
@@ -92,7 +105,7 @@ def status(url: str, address: str) -> int:
 
 def _replicas(address: str) -> dict[str, str] | None:
     try:
-        apps = _get(f"{address}/api/serve/applications/")["applications"]
+        apps = _get(f"{address}/api/serve/applications/", ray_auth_headers())["applications"]
     except (URLError, OSError, ValueError, KeyError):
         return None
     counts = {}
