@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test lint artifacts bench-raw install clean
+.PHONY: serve test lint artifacts bench-raw cluster install clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ lint: $(STAMP)
 
 test: lint artifacts
 	$(PY) -m pytest
+
+# Regenerate cluster/rayservice.yaml from serve_config.yaml and cluster/settings.yaml.
+cluster: $(STAMP)
+	$(PY) -m servekit.kube
 
 bench-raw: artifacts
 	$(PY) bench/raw_runtime.py --store $(ARTIFACTS)

@@ -17,15 +17,16 @@ def artifact_root(configured: str | None) -> Path:
     return Path(root) if root else PROJECT_ROOT
 
 
-def resolve_artifact_path(uri: str, configured_root: str | None) -> Path:
-    """The local file a non-S3 artifact uri names."""
-    parsed = urlparse(uri)
-    path = Path(parsed.path) if parsed.scheme == "file" else Path(uri)
-    return path if path.is_absolute() else artifact_root(configured_root) / path
-
-
 def resolve_artifact_uri(uri: str, configured_root: str | None) -> str:
-    """An absolute uri: S3 uris unchanged, local paths made absolute."""
-    if uri.startswith("s3://"):
+    """An absolute uri. S3 uris stay as they are; a relative path is joined to the
+    artifact root, which may itself be an S3 prefix (as on a cluster)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
         return uri
-    return str(resolve_artifact_path(uri, configured_root))
+    path = Path(parsed.path) if parsed.scheme == "file" else Path(uri)
+    if path.is_absolute():
+        return str(path)
+    root = configured_root or os.environ.get("SERVEKIT_ARTIFACT_ROOT")
+    if root and root.startswith("s3://"):
+        return f"{root.rstrip('/')}/{path.as_posix()}"
+    return str(artifact_root(configured_root) / path)

@@ -21,7 +21,7 @@ from configs.schema import (
     BatchLiveConfig,
     IngressLiveConfig,
 )
-from configs.settings import resolve_artifact_path
+from configs.settings import resolve_artifact_uri
 
 IMPORT_PATH = "deployments.app:build_app"
 M = TypeVar("M", bound=BaseModel)
@@ -149,8 +149,9 @@ def _validate_versions(
                 f"{where}.deployments[{name}].ray_actor_options.num_gpus: must be > 0 "
                 f"because args.models.{model}.versions.{version}.device is gpu"
             )
-        if check_artifacts and not spec.artifact.uri.startswith("s3://"):
-            local = resolve_artifact_path(spec.artifact.uri, args.artifact_root)
+        uri = resolve_artifact_uri(spec.artifact.uri, args.artifact_root)
+        if check_artifacts and not uri.startswith("s3://"):
+            local = Path(uri)
             if not local.is_file():
                 problems.append(
                     f"{where}.args.models.{model}.versions.{version}.artifact.uri: "

@@ -23,6 +23,7 @@ CATALOGUE = {
     "servekit_inputs_per_request": ("histogram", "Inputs (texts) per request."),
     "servekit_batch_size": ("histogram", "Inputs per model call after batching."),
     "servekit_inference_duration_seconds": ("histogram", "Model time per batch."),
+    "servekit_replicas": ("gauge", "1 per live model replica; sum by model and version."),
     "servekit_traffic_weight": ("gauge", "Effective traffic weight per version, in percent."),
     "servekit_rollbacks_total": ("counter", "Automatic canary rollbacks."),
     "servekit_shadow_requests_total": ("counter", "Shadow copies by outcome (ok/error/dropped)."),
@@ -83,6 +84,12 @@ class ModelMetrics:
             boundaries=LATENCY_BUCKETS_S,
             tag_keys=("model", "version"),  # type: ignore[arg-type]
         )
+        self.replicas = Gauge(
+            "servekit_replicas",
+            description=CATALOGUE["servekit_replicas"][1],
+            tag_keys=("model", "version"),  # type: ignore[arg-type]
+        )
+        self.replicas.set(1, tags=self._tags)
 
     def observe_batch(self, inputs: int, seconds: float) -> None:
         """Record one model call."""

@@ -1,0 +1,177 @@
+"""The KubeRay RayService manifest: current, schema-valid, and what production needs."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from servekit import kube
+from tests.conftest import REPO_ROOT
+
+CRD = REPO_ROOT.parent / "shared" / "schemas" / "kuberay" / "ray.io_rayservices.yaml"
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(kube.MANIFEST.read_text())
+    return doc
+
+
+def _pods(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    cluster = manifest["spec"]["rayClusterConfig"]
+    groups = [("head", cluster["headGroupSpec"])]
+    groups += [(g["groupName"], g) for g in cluster["workerGroupSpecs"]]
+    return [(name, g, g["template"]) for name, g in groups]
+
+
+def test_manifest_is_current() -> None:
+    assert kube.MANIFEST.read_text() == kube.render(), "stale: run `make cluster`"
+
+
+def test_manifest_matches_kuberay_crd_schema(manifest: dict[str, Any]) -> None:
+    import jsonschema
+
+    if not CRD.is_file():
+        pytest.skip(f"KubeRay CRD schema not present at {CRD}")
+    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    # Strict field validation, as `kubectl apply --validate=strict` does: a field the
+    # schema does not know is an error, not silently pruned.
+    schema = _strict(version["schema"]["openAPIV3Schema"])
+    errors = sorted(
+        jsonschema.Draft7Validator(schema).iter_errors(manifest), key=lambda e: list(e.path)
+    )
+    assert [f"{list(e.path)}: {e.message}" for e in errors] == []
+    assert manifest["apiVersion"] == f"{crd['spec']['group']}/v1"
+    assert manifest["kind"] == crd["spec"]["names"]["kind"]
+
+
+def _strict(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _strict(v) for k, v in node.items()}
+    if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out.setdefault("additionalProperties", False)
+    return out
+
+
+def test_strict_schema_catches_unknown_fields(manifest: dict[str, Any]) -> None:
+    import copy
+
+    import jsonschema
+
+    if not CRD.is_file():
+        pytest.skip(f"KubeRay CRD schema not present at {CRD}")
+    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    schema = _strict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    broken = copy.deepcopy(manifest)
+    broken["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParms"] = {}
+    messages = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(broken)]
+    assert any("rayStartParms" in m for m in messages)
+
+
+def test_embedded_serve_config_is_valid_for_serve_and_servekit(manifest: dict[str, Any]) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from servekit.local import check_document
+
+    embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(embedded)
+    assert check_document(embedded, check_artifacts=False) == []
+    app = embedded["applications"][0]
+    assert app["args"]["artifact_root"].startswith("s3://")
+    assert embedded["http_options"]["host"] == "0.0.0.0"
+    # Everything else is serve_config.yaml itself.
+    local = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    del app["args"]["artifact_root"]
+    embedded["http_options"]["host"] = local["http_options"]["host"]
+    assert embedded == local
+
+
+def test_cluster_shape(manifest: dict[str, Any]) -> None:
+    spec = manifest["spec"]
+    cluster = spec["rayClusterConfig"]
+    assert spec["upgradeStrategy"]["type"] == "NewCluster"
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    for name, group, template in _pods(manifest):
+        pod = template["spec"]
+        (container,) = pod["containers"]
+        assert pod["serviceAccountName"] == "servekit-ray", name
+        assert re.search(r":[0-9][\w.-]*$", container["image"]), f"{name}: image tag not pinned"
+        assert container["resources"]["requests"] == container["resources"]["limits"], name
+        assert {"name": "metrics", "containerPort": 8080} in container["ports"], name
+        if name != "head":
+            assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], name
+    gpu = next(g for n, g, _ in _pods(manifest) if n == "gpu")
+    pod = gpu["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert pod["nodeSelector"]
+    assert gpu["rayStartParams"]["num-gpus"] == "1"
+
+
+def test_podmonitor_selects_the_ray_pods(manifest: dict[str, Any]) -> None:
+    monitor = yaml.safe_load((REPO_ROOT / "cluster" / "monitoring" / "podmonitor.yaml").read_text())
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [manifest["metadata"]["namespace"]]
+    for name, _, template in _pods(manifest):
+        labels = template["metadata"]["labels"]
+        assert selector.items() <= labels.items(), name
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_dockerfile_matches_pyproject() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    ray_pin = next(d for d in project["project"]["dependencies"] if d.startswith("ray["))
+    torch_pin = next(d for d in project["project"]["dependencies"] if d.startswith("torch"))
+    ray_version = ray_pin.split("==")[1]
+    image = re.search(r"ARG RAY_IMAGE=rayproject/ray:(\S+)", dockerfile)
+    assert image is not None
+    assert image.group(1) == f"{ray_version}-py311-cpu"
+    assert project["project"]["requires-python"].startswith(">=3.11")
+    assert f'"{torch_pin}"' in dockerfile
+    for package in project["tool"]["setuptools"]["packages"]:
+        assert f"COPY --chown=ray:users {package} ./{package}" in dockerfile
+    settings = yaml.safe_load((REPO_ROOT / "cluster" / "settings.yaml").read_text())
+    assert settings["ray_version"] == ray_version
+
+
+def test_dashboard_panels_query_servekit_metrics() -> None:
+    import json
+
+    from deployments.metrics import CATALOGUE
+
+    dash = json.loads((REPO_ROOT / "cluster" / "monitoring" / "grafana-dashboard.json").read_text())
+    assert dash["panels"]
+    covered = set()
+    for panel in dash["panels"]:
+        names = {
+            re.sub(r"_(bucket|sum|count)$", "", m)
+            for t in panel["targets"]
+            for m in re.findall(r"\bray_(servekit_[a-z_]+)", t["expr"])
+        }
+        assert names, f"panel {panel['title']!r} queries no servekit metric"
+        unknown = names - set(CATALOGUE)
+        assert unknown == set(), f"panel {panel['title']!r} queries undefined {unknown}"
+        covered |= names
+    assert covered == set(CATALOGUE), f"metrics without a panel: {set(CATALOGUE) - covered}"
+
+
+def test_check_mode_detects_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = tmp_path / "rayservice.yaml"
+    stale.write_text("stale\n")
+    monkeypatch.setattr(kube, "MANIFEST", stale)
+    assert kube.main(["--check"]) == 1
+    assert kube.main([]) == 0
+    assert kube.main(["--check"]) == 0
