@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -53,6 +54,9 @@ def test_metrics_are_exported_per_model_and_version(service: Service) -> None:
         )
 
     text = scrape_until(service, ok)
-    found = sorted({ln.split("{")[0] for ln in text.splitlines() if "servekit" in ln})
-    assert ok(text), found
+    present = sorted(set(re.findall(r"^(ray_servekit_[a-z_]+)", text, re.M)))
+    requests = [
+        ln[:300] for ln in text.splitlines() if ln.startswith("ray_servekit_requests_total{")
+    ]
+    assert ok(text), {"missing": sorted(set(wanted) - set(present)), "requests": requests[:6]}
     assert "zq-marker-7731" not in text  # labels never carry request content
