@@ -33,6 +33,10 @@ class RayNode:
     dashboard: str = ""
     log: Path = field(default_factory=Path)
 
+    def pids(self) -> list[int]:
+        """Live processes of this node."""
+        return _pids_of(self.proc.pid, self.temp_dir)
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the node and every process it started."""
         for pid in _pids_of(self.proc.pid, self.temp_dir):
