@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test lint artifacts bench-raw cluster install clean
+.PHONY: serve test lint artifacts bench bench-raw cluster install clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ test: lint artifacts
 # Regenerate cluster/rayservice.yaml from serve_config.yaml and cluster/settings.yaml.
 cluster: $(STAMP)
 	$(PY) -m servekit.kube
+
+# Serving benchmark: raw vs plain Ray Serve vs servekit (bench/results/latest.json, .png).
+bench: artifacts
+	$(PY) bench/serving.py
 
 bench-raw: artifacts
 	$(PY) bench/raw_runtime.py --store $(ARTIFACTS)

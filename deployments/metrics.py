@@ -9,6 +9,9 @@ status code: never anything taken from request content.
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = [
@@ -31,6 +34,37 @@ CATALOGUE = {
     "servekit_shadow_cosine": ("histogram", "Cosine of shadow vs primary output, per input."),
 }
 COSINE_BUCKETS = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0]
+
+
+class GaugeKeeper:
+    """Re-reports gauge values every few seconds.
+
+    Ray's exporter drops a gauge value some time after it was last set, so a value
+    set once (a replica being up, a traffic weight) would vanish from the scrape.
+    """
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self._values: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Any, float]] = {}
+        self._lock = threading.Lock()
+        self._interval_s = interval_s
+        self._thread: threading.Thread | None = None
+
+    def set(self, gauge: Any, value: float, tags: dict[str, str]) -> None:
+        """Set now and keep re-reporting."""
+        gauge.set(value, tags=tags)
+        with self._lock:
+            self._values[(id(gauge), tuple(sorted(tags.items())))] = (gauge, value)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="gauges")
+                self._thread.start()
+
+    def _run(self) -> None:
+        event = threading.Event()
+        while not event.wait(self._interval_s):
+            with self._lock:
+                items = list(self._values.items())
+            for (_, tags), (gauge, value) in items:
+                gauge.set(value, tags=dict(tags))
 
 
 class IngressMetrics:
@@ -89,7 +123,8 @@ class ModelMetrics:
             description=CATALOGUE["servekit_replicas"][1],
             tag_keys=("model", "version"),  # type: ignore[arg-type]
         )
-        self.replicas.set(1, tags=self._tags)
+        self._keeper = GaugeKeeper()
+        self._keeper.set(self.replicas, 1, self._tags)
 
     def observe_batch(self, inputs: int, seconds: float) -> None:
         """Record one model call."""
@@ -102,6 +137,7 @@ class RouterMetrics:
 
     def __init__(self) -> None:
         pair = ("model", "primary", "shadow")
+        self._keeper = GaugeKeeper()
         self.weights = Gauge(
             "servekit_traffic_weight",
             description=CATALOGUE["servekit_traffic_weight"][1],
@@ -132,7 +168,7 @@ class RouterMetrics:
 
     def weight(self, model: str, version: str, weight: int) -> None:
         """Record a version's effective weight."""
-        self.weights.set(weight, tags={"model": model, "version": version})
+        self._keeper.set(self.weights, weight, {"model": model, "version": version})
 
     def rollback(self, model: str, version: str) -> None:
         """Count an automatic rollback."""

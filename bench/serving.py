@@ -1,0 +1,326 @@
+"""Serving benchmark: raw runtime vs plain Ray Serve vs servekit, in one run.
+
+    python bench/serving.py [--seconds 20] [--warmup 5] [--only raw,plain,servekit]
+
+Workloads (the same for every server): 1-text requests on 1 connection, 1-text
+requests on 16 connections, 32-text requests on 4 connections; a few short sentences
+rotate. Raw throughput is measured in-process for each version with traffic in
+serve_config.yaml and weighted by the split. Prints a table and writes
+bench/results/latest.json (every figure, the ratios, Ray's version and every
+RAY_SERVE_* setting in force) and bench/results/latest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import contextlib
+
+from bench.loadgen import run_load
+from bench.raw_runtime import texts_per_second
+
+SENTENCES = [
+    "red running shoes for trail and road",
+    "wireless noise cancelling headphones",
+    "organic green tea with jasmine flowers",
+    "stainless steel water bottle 750 ml",
+    "ergonomic office chair with lumbar support",
+    "children's picture book about the ocean",
+    "cast iron skillet pre-seasoned 12 inch",
+    "waterproof hiking jacket for women",
+]
+WORKLOADS = [  # name, texts per request, connections
+    ("single_c1", 1, 1),
+    ("single_c16", 1, 16),
+    ("batch32_c4", 32, 4),
+]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bodies(texts_per_request: int) -> list[bytes]:
+    """Request bodies rotating the sentences."""
+    out = []
+    for i in range(len(SENTENCES)):
+        texts = [SENTENCES[(i + k) % len(SENTENCES)] for k in range(texts_per_request)]
+        payload = texts[0] if texts_per_request == 1 else texts
+        out.append(orjson.dumps({"model": "minilm", "input": payload}))
+    return out
+
+
+def raw(seconds: float) -> dict[str, Any]:
+    """In-process throughput of each version with traffic, and the split-weighted mix."""
+    from models import ArtifactRef, ArtifactStore, RuntimeOptions, load_model
+
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    app = doc["applications"][0]
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    weights = {v: w for v, w in ingress["user_config"]["traffic"]["minilm"].items() if w}
+    versions = app["args"]["models"]["minilm"]["versions"]
+    store = ArtifactStore()
+    texts = SENTENCES * 8
+    per_version = {}
+    for version in weights:
+        spec = versions[version]["artifact"]
+        runtime = load_model(
+            ArtifactRef(str(ROOT / spec["uri"]), spec["sha256"]), RuntimeOptions(), store
+        )
+        per_version[version] = {
+            "b1": texts_per_second(runtime, texts, 1, seconds),
+            "b32": texts_per_second(runtime, texts, 32, seconds),
+        }
+        del runtime
+    total = sum(weights.values())
+    mix = {b: sum(per_version[v][b] * w / total for v, w in weights.items()) for b in ("b1", "b32")}
+    return {"weights": weights, "per_version": per_version, "mix": mix}
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    for p in _descendants(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+class Server:
+    """A server under test in its own process tree, with its peak memory sampled."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log: Path) -> None:
+        self.name, self.port, self.peak_rss = name, port, 0
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True, env=env,
+        )  # fmt: skip
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, tree_rss_bytes(self.proc.pid))
+            time.sleep(1)
+
+    def wait_ready(self, probe: bytes, timeout_s: float = 300) -> None:
+        """Until a real request succeeds."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early")
+            try:
+                r = httpx.post(
+                    f"http://127.0.0.1:{self.port}/v1/embeddings", content=probe, timeout=10
+                )
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"{self.name} never became ready")
+
+    def stop(self) -> None:
+        """SIGTERM, then make sure the whole tree is gone."""
+        self._stop.set()
+        self.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=60)
+        for p in _descendants(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+
+
+def measure(server: Server, warmup_s: float, seconds: float) -> dict[str, Any]:
+    """Every workload against one server."""
+    out = {}
+    for name, texts, connections in WORKLOADS:
+        figures = asyncio.run(
+            run_load(
+                "127.0.0.1",
+                server.port,
+                "/v1/embeddings",
+                bodies(texts),
+                connections,
+                warmup_s,
+                seconds,
+            )
+        )
+        out[name] = {
+            "texts_per_s": round(figures.requests * texts / figures.seconds, 1),
+            "requests_per_s": round(figures.requests / figures.seconds, 1),
+            "errors": figures.errors,
+            "p50_ms": round(figures.percentile_ms(0.50), 2),
+            "p99_ms": round(figures.percentile_ms(0.99), 2),
+        }
+        print(f"  {server.name:<22}{name:<12}{out[name]}", flush=True)
+    return out
+
+
+def servers(tmp: Path) -> dict[str, tuple[list[str], int]]:
+    """How to start each configuration: argv and port."""
+    py = sys.executable
+    plain_port, sk_port = free_port(), free_port()
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    doc["http_options"]["port"] = sk_port
+    config = tmp / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return {
+        "plain-ray-serve": ([py, "bench/plain_serve.py", "--port", str(plain_port)], plain_port),
+        "servekit": (
+            [py, "-m", "servekit", "serve", str(config), "--metrics-port", str(free_port())],
+            sk_port,
+        ),
+    }
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Throughput and p50 per configuration and workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["servers"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        xs = [k + i * width for k in range(len(WORKLOADS))]
+        figures = results["servers"][name]["workloads"]
+        axes[0].bar(xs, [figures[w]["texts_per_s"] for w, _, _ in WORKLOADS], width, label=name)
+        axes[1].bar(xs, [figures[w]["p50_ms"] for w, _, _ in WORKLOADS], width, label=name)
+    for ax, title in zip(axes, ("throughput (texts/s)", "p50 latency (ms)"), strict=True):
+        ax.set_xticks([k + width * (len(names) - 1) / 2 for k in range(len(WORKLOADS))])
+        ax.set_xticklabels([w for w, _, _ in WORKLOADS])
+        ax.set_title(title)
+    raw_mix = results["raw"]["mix"]
+    axes[0].axhline(raw_mix["b1"], color="grey", linestyle="--", label="raw batch 1")
+    axes[0].axhline(raw_mix["b32"], color="black", linestyle=":", label="raw batch 32")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    """Run every configuration and write the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--only", default="raw,plain-ray-serve,servekit")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    import ray
+
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "ray_version": ray.__version__,
+        "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
+        "warmup_s": args.warmup,
+        "measure_s": args.seconds,
+        "servers": {},
+    }
+    print("raw (in-process)", flush=True)
+    results["raw"] = raw(min(args.seconds, 10.0))
+    print(f"  {results['raw']}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (argv, port) in servers(Path(tmp)).items():
+            if name not in only:
+                continue
+            server = Server(name, argv, port, Path(tmp) / f"{name}.log")
+            try:
+                server.wait_ready(bodies(1)[0])
+                figures = measure(server, args.warmup, args.seconds)
+            finally:
+                server.stop()
+            results["servers"][name] = {
+                "workloads": figures,
+                "peak_rss_mb": round(server.peak_rss / 2**20),
+            }
+    mix = results["raw"]["mix"]
+    sk = results["servers"].get("servekit", {}).get("workloads")
+    if sk:
+        results["ratios"] = {
+            "single_c1_vs_raw_b1": round(sk["single_c1"]["texts_per_s"] / mix["b1"], 3),
+            "single_c16_vs_raw_b1": round(sk["single_c16"]["texts_per_s"] / mix["b1"], 3),
+            "batch32_c4_vs_raw_b32": round(sk["batch32_c4"]["texts_per_s"] / mix["b32"], 3),
+        }
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """The figures as a table, ratios to raw included."""
+    mix = results["raw"]["mix"]
+    print(f"\nraw mix: batch 1 {mix['b1']:.0f} texts/s, batch 32 {mix['b32']:.0f} texts/s")
+    print(
+        f"{'server':<18}{'workload':<12}{'texts/s':>9}{'vs raw':>8}{'p50 ms':>8}"
+        f"{'p99 ms':>8}{'errors':>7}{'peak MB':>9}"
+    )
+    for name, entry in results["servers"].items():
+        for w, texts, _ in WORKLOADS:
+            f = entry["workloads"][w]
+            base = mix["b1"] if texts == 1 else mix["b32"]
+            print(
+                f"{name:<18}{w:<12}{f['texts_per_s']:>9.0f}{f['texts_per_s'] / base:>8.2f}"
+                f"{f['p50_ms']:>8.1f}{f['p99_ms']:>8.1f}{f['errors']:>7}{entry['peak_rss_mb']:>9}"
+            )
+    if "ratios" in results:
+        print(f"ratios: {results['ratios']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
