@@ -99,13 +99,7 @@ def start_head(log_dir: Path, num_cpus: int = 8, resources: str | None = None) -
     ]  # fmt: skip
     if resources:
         args.append(f"--resources={resources}")
-    proc = subprocess.Popen(
-        args,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=cluster_env(),
-    )
+    proc = _launch(args, log)
     node = RayNode(proc, temp_dir, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", log)
     _wait_dashboard(node)
     return node
@@ -120,14 +114,19 @@ def start_worker(head: RayNode, log_dir: Path, num_cpus: int, resources: str) ->
         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}", "--disable-usage-stats",
     ]  # fmt: skip
-    proc = subprocess.Popen(
+    proc = _launch(args, log)
+    return RayNode(proc, head.temp_dir + "-worker-unused", head.gcs_address, "", log)
+
+
+def _launch(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """`ray start --block` in its own process session, so it can be stopped by ids."""
+    return subprocess.Popen(
         args,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
         env=cluster_env(),
     )
-    return RayNode(proc, head.temp_dir + "-worker-unused", head.gcs_address, "", log)
 
 
 def _wait_dashboard(node: RayNode, timeout_s: float = 90) -> None:
