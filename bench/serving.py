@@ -134,9 +134,11 @@ def tree_rss_bytes(pid: int) -> int:
 class Server:
     """A server under test in its own process tree, with its peak memory sampled."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], port: int, log: Path, env: dict[str, str]
+    ) -> None:
         self.name, self.port, self.peak_rss = name, port, 0
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env}
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
             start_new_session=True, env=env,
@@ -206,21 +208,39 @@ def measure(server: Server, warmup_s: float, seconds: float) -> dict[str, Any]:
     return out
 
 
-def servers(tmp: Path) -> dict[str, tuple[list[str], int]]:
-    """How to start each configuration: argv and port."""
-    py = sys.executable
-    plain_port, sk_port = free_port(), free_port()
+HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def _servekit_config(tmp: Path, name: str, port: int, inline: bool) -> Path:
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    doc["http_options"]["port"] = sk_port
-    config = tmp / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return {
-        "plain-ray-serve": ([py, "bench/plain_serve.py", "--port", str(plain_port)], plain_port),
-        "servekit": (
-            [py, "-m", "servekit", "serve", str(config), "--metrics-port", str(free_port())],
-            sk_port,
-        ),
-    }
+    doc["http_options"]["port"] = port
+    if inline:
+        app = doc["applications"][0]
+        app["args"]["models"]["minilm"]["placement"] = "inline"
+        app["deployments"] = [d for d in app["deployments"] if d["name"] == "Ingress"]
+        app["deployments"][0]["ray_actor_options"] = {"num_cpus": 1}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def servers(tmp: Path) -> dict[str, tuple[list[str], int, dict[str, str]]]:
+    """How to start each configuration: argv, port, extra environment."""
+    py = sys.executable
+    out: dict[str, tuple[list[str], int, dict[str, str]]] = {}
+    port = free_port()
+    out["plain-ray-serve"] = ([py, "bench/plain_serve.py", "--port", str(port)], port, {})
+    for name, inline, env in (
+        ("servekit", False, {}),
+        ("servekit-haproxy", False, HAPROXY),
+        ("servekit-inline", True, {}),
+        ("servekit-inline-haproxy", True, HAPROXY),
+    ):
+        port = free_port()
+        config = _servekit_config(tmp, name, port, inline)
+        argv = [py, "-m", "servekit", "serve", str(config), "--metrics-port", str(free_port())]
+        out[name] = (argv, port, env)
+    return out
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -255,7 +275,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--only", default="raw,plain-ray-serve,servekit")
+    parser.add_argument(
+        "--only",
+        default="plain-ray-serve,servekit,servekit-haproxy,servekit-inline,servekit-inline-haproxy",
+        help="comma-separated configurations (raw is always measured)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -273,10 +297,10 @@ def main() -> int:
     results["raw"] = raw(min(args.seconds, 10.0))
     print(f"  {results['raw']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (argv, port) in servers(Path(tmp)).items():
+        for name, (argv, port, env) in servers(Path(tmp)).items():
             if name not in only:
                 continue
-            server = Server(name, argv, port, Path(tmp) / f"{name}.log")
+            server = Server(name, argv, port, Path(tmp) / f"{name}.log", env)
             try:
                 server.wait_ready(bodies(1)[0])
                 figures = measure(server, args.warmup, args.seconds)
@@ -289,6 +313,7 @@ def main() -> int:
     mix = results["raw"]["mix"]
     sk = results["servers"].get("servekit", {}).get("workloads")
     if sk:
+        # The default config as shipped (serve_config.yaml, `make serve`).
         results["ratios"] = {
             "single_c1_vs_raw_b1": round(sk["single_c1"]["texts_per_s"] / mix["b1"], 3),
             "single_c16_vs_raw_b1": round(sk["single_c16"]["texts_per_s"] / mix["b1"], 3),

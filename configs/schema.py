@@ -76,6 +76,24 @@ class ModelSpec(_Strict):
         "text-embedding", description="What the model computes."
     )
     versions: dict[Name, VersionSpec] = Field(min_length=1, description="Version name -> spec.")
+    placement: Literal["dedicated", "inline"] = Field(
+        "dedicated",
+        description=(
+            "dedicated: each version is its own deployment <model>-<version>. inline: the "
+            "ingress replicas load the versions and run them in-process (small CPU models: "
+            "no extra process hop; the ingress's autoscaling scales them)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _inline_is_cpu(self) -> ModelSpec:
+        if self.placement == "inline":
+            for version, spec in self.versions.items():
+                if spec.device != "cpu":
+                    raise ValueError(
+                        f"versions.{version}.device: inline placement runs on the ingress's CPU"
+                    )
+        return self
 
 
 class Limits(_Strict):
@@ -119,12 +137,33 @@ class AppArgs(_Strict):
         return self
 
     def deployment_names(self) -> dict[str, tuple[str, str]]:
-        """`<model>-<version>` -> (model, version), for every declared version."""
+        """`<model>-<version>` -> (model, version), for every version with a deployment."""
         return {
             deployment_name(model, version): (model, version)
             for model, spec in self.models.items()
+            if spec.placement == "dedicated"
             for version in spec.versions
         }
+
+    def inline_versions(self) -> list[tuple[str, str]]:
+        """(model, version) of every version the ingress runs in-process."""
+        return [
+            (model, version)
+            for model, spec in self.models.items()
+            if spec.placement == "inline"
+            for version in spec.versions
+        ]
+
+
+class BatchLiveConfig(_Strict):
+    """A model deployment's `user_config`: batching, applied live."""
+
+    max_batch_size: int = Field(
+        16, ge=1, le=4096, description="Most requests merged into one model call."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0, le=1.0, description="Longest wait for a batch to fill, in seconds."
+    )
 
 
 class ShadowSpec(_Strict):
@@ -161,6 +200,10 @@ class IngressLiveConfig(_Strict):
     )
     rollout: dict[Name, RolloutPolicy] = Field(
         default_factory=dict, description="model -> canary watch with automatic rollback."
+    )
+    batching: dict[str, BatchLiveConfig] = Field(
+        default_factory=dict,
+        description="<model>-<version> -> batching of versions placed inline in the ingress.",
     )
 
     @model_validator(mode="after")
@@ -203,6 +246,10 @@ class IngressLiveConfig(_Strict):
                         f"{section}.{model}.{field}: {version} is not declared under "
                         f"args.models.{model}.versions"
                     )
+        inline = {deployment_name(m, v) for m, v in args.inline_versions()}
+        for name in self.batching:
+            if name not in inline:
+                problems.append(f"batching.{name}: not a version placed inline")
         for model, policy in self.rollout.items():
             others = [v for v, w in self.traffic.get(model, {}).items() if w and v != policy.canary]
             if model in self.traffic and not others:
@@ -210,17 +257,6 @@ class IngressLiveConfig(_Strict):
                     f"rollout.{model}.canary: no other version has traffic to fall back to"
                 )
         return problems
-
-
-class BatchLiveConfig(_Strict):
-    """A model deployment's `user_config`: batching, applied live."""
-
-    max_batch_size: int = Field(
-        16, ge=1, le=4096, description="Most requests merged into one model call."
-    )
-    batch_wait_timeout_s: float = Field(
-        0.002, ge=0, le=1.0, description="Longest wait for a batch to fill, in seconds."
-    )
 
 
 def deployment_name(model: str, version: str) -> str:

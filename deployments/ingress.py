@@ -37,8 +37,10 @@ from deployments.errors import (
     TooManyInputs,
     error_response,
 )
+from deployments.inline import load_inline
 from deployments.logs import get_logger, log_request
 from deployments.metrics import IngressMetrics
+from deployments.model_server import runtime_metadata
 from deployments.openai_api import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -162,7 +164,7 @@ class Ingress:
         self.handles: dict[tuple[str, str], DeploymentHandle[Any]] = {
             key: servers[name] for name, key in self.args.deployment_names().items()
         }
-        self.router = VersionRouter(self.args, self.handles)
+        self.router = VersionRouter(self.args, self.handles, load_inline(self.args))
         self.metrics = IngressMetrics()
         self.log = get_logger("access")
         self.created = int(time.time())
@@ -450,6 +452,9 @@ class Ingress:
 
     async def _version_meta(self, model: str, version: str) -> dict[str, Any]:
         key = (model, version)
+        batcher = self.router.inline.get(key)
+        if batcher is not None:
+            self._meta_cache[key] = runtime_metadata(batcher.runtime)
         if key not in self._meta_cache:
             self._meta_cache[key] = await call_version(
                 self.handles[key], "metadata", (), READY_PROBE_TIMEOUT_S * 5, f"{model}/{version}"
@@ -471,6 +476,9 @@ class Ingress:
         cached = self._ready_cache.get((model, version))
         if cached and cached[1] > now:
             return cached[0]
+        if (model, version) in self.router.inline:  # loaded before the replica started
+            await self._version_meta(model, version)
+            return True
         try:
             ok = bool(
                 await call_version(

@@ -130,15 +130,7 @@ class ModelServer:
 
     def metadata(self) -> dict[str, Any]:
         """Signature and runtime facts for the inference protocol's metadata routes."""
-        meta = self.runtime.meta
-        return {
-            "runtime": meta.runtime,
-            "device": self.runtime.device_name,
-            "inputs": [t.model_dump() for t in meta.inputs],
-            "outputs": [t.model_dump() for t in meta.outputs],
-            "max_seq_length_tokens": meta.max_seq_length_tokens,
-            "embedding_dim": meta.embedding_dim,
-        }
+        return runtime_metadata(self.runtime)
 
     def ready(self) -> bool:
         """True once the runtime is loaded (a replica only serves after `__init__`)."""
@@ -159,3 +151,16 @@ async def _inject(fault: FaultInjection) -> None:
         await asyncio.sleep(fault.extra_latency_ms / 1000)
     if fault.error_rate and random.random() < fault.error_rate:
         raise InjectedFault("injected fault (fault_injection is set for this version)")
+
+
+def runtime_metadata(runtime: TextEmbedder) -> dict[str, Any]:
+    """Signature and runtime facts of a loaded version."""
+    meta = runtime.meta
+    return {
+        "runtime": meta.runtime,
+        "device": runtime.device_name,
+        "inputs": [t.model_dump() for t in meta.inputs],
+        "outputs": [t.model_dump() for t in meta.outputs],
+        "max_seq_length_tokens": meta.max_seq_length_tokens,
+        "embedding_dim": meta.embedding_dim,
+    }

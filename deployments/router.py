@@ -17,7 +17,14 @@ from ray.serve.handle import DeploymentHandle
 
 from configs.schema import AppArgs, IngressLiveConfig, deployment_name
 from deployments.calls import call_version
-from deployments.errors import NotFound, ServekitError, Unavailable
+from deployments.errors import (
+    InferenceFailed,
+    NotFound,
+    ServekitError,
+    Timeout,
+    Unavailable,
+)
+from deployments.inline import InlineBatcher
 from deployments.logs import get_logger
 from deployments.metrics import RouterMetrics
 from deployments.model_server import EmbedResult
@@ -32,14 +39,20 @@ MAX_SHADOW_IN_FLIGHT = 32
 class VersionRouter:
     """Routes to model versions; one per ingress replica."""
 
-    def __init__(self, args: AppArgs, handles: dict[tuple[str, str], DeploymentHandle[Any]]):
+    def __init__(
+        self,
+        args: AppArgs,
+        handles: dict[tuple[str, str], DeploymentHandle[Any]],
+        inline: dict[tuple[str, str], InlineBatcher] | None = None,
+    ):
         self.args = args
         self.handles = handles
+        self.inline = inline or {}
         self.live: IngressLiveConfig | None = None
         self.splitter: TrafficSplitter | None = None
         self.monitors: dict[str, CanaryMonitor] = {}
         self.rolled_back: dict[str, dict[str, Any]] = {}
-        self.windows = {key: CallWindow(STATUS_WINDOW_S) for key in handles}
+        self.windows = {key: CallWindow(STATUS_WINDOW_S) for key in [*handles, *self.inline]}
         self.shadow_counts: dict[str, dict[str, float]] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
@@ -54,6 +67,10 @@ class VersionRouter:
         if problems:
             raise ValueError("; ".join(problems))
         self.live = live
+        for name, batching in live.batching.items():
+            for (model, version), batcher in self.inline.items():
+                if deployment_name(model, version) == name:
+                    batcher.max_batch_size = batching.max_batch_size
         self.rolled_back = {}
         self.monitors = {model: CanaryMonitor(policy) for model, policy in live.rollout.items()}
         self._apply_weights()
@@ -97,18 +114,35 @@ class VersionRouter:
         """Call a version, recording the outcome for status and canary watch."""
         started = time.perf_counter()
         try:
-            result: EmbedResult = await call_version(
-                self.handles[(model, version)],
-                "embed",
-                (texts,),
-                self.args.request_timeout_s,
-                f"{model}/{version}",
-            )
+            result = await self._call(model, version, texts, f"{model}/{version}")
         except ServekitError as e:
             self._record(model, version, e.status < 500, time.perf_counter() - started)
             raise
         self._record(model, version, True, time.perf_counter() - started)
         return result
+
+    async def _call(self, model: str, version: str, texts: list[str], label: str) -> EmbedResult:
+        batcher = self.inline.get((model, version))
+        if batcher is None:
+            result: EmbedResult = await call_version(
+                self.handles[(model, version)],
+                "embed",
+                (texts,),
+                self.args.request_timeout_s,
+                label,
+            )
+            return result
+        try:
+            return await asyncio.wait_for(batcher.embed(texts), self.args.request_timeout_s)
+        except TimeoutError as e:
+            raise Timeout(f"{label}: no answer within {self.args.request_timeout_s:g} s") from e
+        except ServekitError:
+            raise
+        except Exception as e:
+            self._log.error(
+                "inline model call failed", exc_info=e, extra={"fields": {"target": label}}
+            )
+            raise InferenceFailed(f"{label}: the model failed on this request") from e
 
     def _record(self, model: str, version: str, ok: bool, seconds: float) -> None:
         self.windows[(model, version)].record(ok, seconds)
@@ -164,13 +198,7 @@ class VersionRouter:
         started = time.perf_counter()
         counts["requests"] += 1
         try:
-            shadow_vectors, _ = await call_version(
-                self.handles[(model, shadow)],
-                "embed",
-                (texts,),
-                self.args.request_timeout_s,
-                f"{model}/{shadow} (shadow)",
-            )
+            shadow_vectors, _ = await self._call(model, shadow, texts, f"{model}/{shadow} (shadow)")
         except ServekitError:
             counts["errors"] += 1
             self._metrics.shadow(model, primary, shadow, "error")
@@ -195,7 +223,9 @@ class VersionRouter:
                 "configured_weight": configured.get(version, 0),
                 "runtime": spec.runtime,
                 "device": spec.device,
-                "deployment": deployment_name(model, version),
+                "deployment": deployment_name(model, version)
+                if (model, version) in self.handles
+                else "Ingress (inline)",
                 "sha256": spec.artifact.sha256,
             }
             if detail:

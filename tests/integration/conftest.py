@@ -29,6 +29,9 @@ FAST_AUTOSCALING = {
 }
 
 
+# A second model, the same two versions placed inline in the ingress replica.
+INLINE_MODEL = "minilm-inline"
+
 FAULTY_VERSIONS = {
     "v2-faulty": {"error_rate": 1.0},
     "v2-slow": {"extra_latency_ms": 400},
@@ -57,12 +60,18 @@ def make_test_config(http_port: int) -> dict[str, Any]:
         app["deployments"].append(
             {"name": f"minilm-{name}", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}
         )
+    app["args"]["models"][INLINE_MODEL] = {
+        "placement": "inline",
+        "versions": {v: dict(versions[v]) for v in ("v1", "v2")},
+    }
     for entry in app["deployments"]:
         if entry["name"] == "minilm-v2":
             entry["autoscaling_config"] = FAST_AUTOSCALING
         if entry["name"] == "Ingress":
             entry["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}
             entry["user_config"]["traffic"]["minilm"].update(dict.fromkeys(FAULTY_VERSIONS, 0))
+            entry["user_config"]["traffic"][INLINE_MODEL] = {"v1": 50, "v2": 50}
+            entry["user_config"]["batching"] = {f"{INLINE_MODEL}-v1": {"max_batch_size": 8}}
     return dict(doc)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.integration.conftest import Service
+from tests.integration.conftest import INLINE_MODEL, Service
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +60,13 @@ def test_official_openai_client(service: Service) -> None:
     assert result.usage.prompt_tokens > 0
     # The client's default asks for base64 and decodes it itself.
     models = client.models.list()
-    assert [m.id for m in models.data] == ["minilm"]
+    assert [m.id for m in models.data] == ["minilm", INLINE_MODEL]
 
 
 def test_models_lists_versions_and_weights(service: Service) -> None:
     with service.client() as client:
         body = client.get("/v1/models").json()
-    (card,) = body["data"]
+    card = body["data"][0]
     weights = {v["name"]: v["weight"] for v in card["versions"]}
     assert weights == {"v1": 90, "v2": 10, "v2-faulty": 0, "v2-slow": 0}
     deployments = {v["deployment"] for v in card["versions"]}

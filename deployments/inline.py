@@ -1,0 +1,94 @@
+"""Versions run inside the ingress replica: no process hop between HTTP and the model.
+
+Each inline version has a batcher that never waits when idle: a request arriving
+while no batch runs is dispatched at once; requests arriving while one runs are
+gathered and go together as the next batch (up to `max_batch_size` requests).
+Inference runs in a worker thread (ONNX Runtime releases the GIL), so the event loop
+keeps parsing and encoding other requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from configs.schema import AppArgs, BatchLiveConfig
+from configs.settings import resolve_artifact_uri
+from deployments.metrics import ModelMetrics
+from deployments.model_server import EmbedResult
+from models import ArtifactRef, ArtifactStore, RuntimeOptions, load_model
+from models.text import TextEmbedder
+
+
+class InlineBatcher:
+    """Adaptive batching in front of one in-process runtime."""
+
+    def __init__(self, runtime: TextEmbedder, metrics: ModelMetrics, executor: ThreadPoolExecutor):
+        self.runtime = runtime
+        self.max_batch_size = BatchLiveConfig().max_batch_size
+        self._metrics = metrics
+        self._executor = executor
+        self._queue: list[tuple[list[str], asyncio.Future[EmbedResult]]] = []
+        self._running = False
+
+    async def embed(self, texts: list[str]) -> EmbedResult:
+        """Vectors and token count for one request, batched with concurrent ones."""
+        future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((texts, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch = self._queue[: self.max_batch_size]
+                del self._queue[: len(batch)]
+                flat = [t for texts, _ in batch for t in texts]
+                started = time.perf_counter()
+                try:
+                    vectors, tokens = await loop.run_in_executor(
+                        self._executor, self.runtime.embed_counted, flat
+                    )
+                except Exception as e:  # every waiter learns, none hangs
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(e)
+                    continue
+                self._metrics.observe_batch(len(flat), time.perf_counter() - started)
+                offset = 0
+                for texts, future in batch:
+                    end = offset + len(texts)
+                    if not future.done():
+                        future.set_result((vectors[offset:end], sum(tokens[offset:end])))
+                    offset = end
+        finally:
+            self._running = False
+
+
+def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBatcher]:
+    """Resolve and load every inline version; they share one inference thread."""
+    if not args.inline_versions():
+        return {}
+    store = ArtifactStore(
+        cache_dir=Path(args.artifact_cache_dir) if args.artifact_cache_dir else None
+    )
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inline-infer")
+    out = {}
+    for model, version in args.inline_versions():
+        spec = args.models[model].versions[version]
+        ref = ArtifactRef(
+            resolve_artifact_uri(spec.artifact.uri, args.artifact_root), spec.artifact.sha256
+        )
+        options = RuntimeOptions(
+            intra_op_threads=spec.intra_op_threads, micro_batch_size=spec.micro_batch_size
+        )
+        runtime = load_model(ref, options, store)
+        if not isinstance(runtime, TextEmbedder) or runtime.meta.runtime != spec.runtime:
+            raise ValueError(f"{model}/{version}: artifact does not match runtime {spec.runtime}")
+        out[(model, version)] = InlineBatcher(runtime, ModelMetrics(model, version), executor)
+    return out
