@@ -61,7 +61,13 @@ def edit_and_apply(
 def deploy(path: Path, address: str) -> int:
     """`serve deploy` the file to a running cluster."""
     serve_cli = Path(sys.executable).with_name("serve")
-    done = subprocess.run([str(serve_cli), "deploy", str(path), "--address", address], check=False)
+    env = dict(os.environ)
+    if "RAY_AUTH_MODE" not in env and ray_auth_headers():
+        # A token is at hand (Ray made one for the local instance): let `serve` send it.
+        env["RAY_AUTH_MODE"] = "token"
+    done = subprocess.run(
+        [str(serve_cli), "deploy", str(path), "--address", address], check=False, env=env
+    )
     if done.returncode != 0:
         print(f"servekit: serve deploy to {address} failed", file=sys.stderr)
         return 1
