@@ -264,9 +264,11 @@ class Ingress:
             texts = body.texts()
             call.inputs = len(texts)
             self._check_limits(texts, "input")
-            dim = self._dimension(body.model, version)
-            if body.dimensions is not None and dim is not None and body.dimensions != dim:
-                raise BadRequest(f"dimensions: {body.model} returns {dim} dimensions")
+            if body.dimensions is not None:
+                meta = await self._version_meta(body.model, version)
+                if body.dimensions != meta["embedding_dim"]:
+                    dim = meta["embedding_dim"]
+                    raise BadRequest(f"dimensions: {body.model} returns {dim} dimensions")
             vectors, tokens = await self.router.embed(body.model, version, texts)
             if x_model_version is None:
                 self.router.maybe_shadow(body.model, version, texts, vectors)
@@ -301,10 +303,6 @@ class Ingress:
             return Response(orjson.dumps(card), media_type="application/json")
 
         return await self._serve(request, "/v1/models/detail", False, work)
-
-    def _dimension(self, model: str, version: str) -> int | None:
-        meta = self._meta_cache.get((model, version))
-        return int(meta["embedding_dim"]) if meta else None
 
     # ---- Open Inference Protocol --------------------------------------------------
 

@@ -36,7 +36,7 @@ def _post(service: Service, path: str, **kwargs: Any) -> Any:
         ({"model": SECRET, "input": "x"}, 404, "not_found", "model: not served here"),
         ({"model": "minilm", "input": ["t"] * (LIMITS["max_inputs_per_request"] + 1)}, 400, "too_many_inputs", "at most 64"),
         ({"model": "minilm", "input": ["ok", SECRET * 200]}, 400, "input_too_long", "input.1: longer than 2000"),
-        ({"model": "minilm", "input": "x", "dimensions": 12}, 400, "invalid_request", "dimensions"),
+        ({"model": "minilm", "input": "x", "dimensions": 12}, 400, "invalid_request", "dimensions: minilm returns 384 dimensions"),
     ],
 )  # fmt: skip
 def test_embeddings_bad_requests(

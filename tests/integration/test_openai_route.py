@@ -27,6 +27,13 @@ def test_list_of_texts(service: Service) -> None:
     assert r.headers["x-request-id"]
 
 
+def test_matching_dimensions_are_accepted(service: Service) -> None:
+    with service.client() as client:
+        r = client.post("/v1/embeddings", json={"model": "minilm", "input": "x", "dimensions": 384})
+    assert r.status_code == 200
+    assert len(r.json()["data"][0]["embedding"]) == 384
+
+
 def test_single_string_and_request_id_echo(service: Service) -> None:
     with service.client() as client:
         r = client.post(
