@@ -451,7 +451,7 @@ class Ingress:
     async def _version_meta(self, model: str, version: str) -> dict[str, Any]:
         key = (model, version)
         batcher = self.router.inline.get(key)
-        if batcher is not None:
+        if batcher is not None and key not in self._meta_cache:
             self._meta_cache[key] = runtime_metadata(batcher.runtime)
         if key not in self._meta_cache:
             self._meta_cache[key] = await call_version(

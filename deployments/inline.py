@@ -15,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from configs.schema import AppArgs, BatchLiveConfig
-from configs.settings import resolve_artifact_uri
 from deployments.metrics import ModelMetrics
-from deployments.model_server import EmbedResult
-from models import ArtifactRef, ArtifactStore, RuntimeOptions, load_model
+from deployments.model_server import EmbedResult, load_version, split_batch
+from models import ArtifactStore
 from models.text import TextEmbedder
 
 
@@ -60,12 +59,10 @@ class InlineBatcher:
                             future.set_exception(e)
                     continue
                 self._metrics.observe_batch(len(flat), time.perf_counter() - started)
-                offset = 0
-                for texts, future in batch:
-                    end = offset + len(texts)
+                results = split_batch([len(texts) for texts, _ in batch], vectors, tokens)
+                for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
-                        future.set_result((vectors[offset:end], sum(tokens[offset:end])))
-                    offset = end
+                        future.set_result(result)
         finally:
             self._running = False
 
@@ -81,14 +78,6 @@ def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBatcher]:
     out = {}
     for model, version in args.inline_versions():
         spec = args.models[model].versions[version]
-        ref = ArtifactRef(
-            resolve_artifact_uri(spec.artifact.uri, args.artifact_root), spec.artifact.sha256
-        )
-        options = RuntimeOptions(
-            intra_op_threads=spec.intra_op_threads, micro_batch_size=spec.micro_batch_size
-        )
-        runtime = load_model(ref, options, store)
-        if not isinstance(runtime, TextEmbedder) or runtime.meta.runtime != spec.runtime:
-            raise ValueError(f"{model}/{version}: artifact does not match runtime {spec.runtime}")
+        runtime = load_version(model, version, spec, args.artifact_root, store)
         out[(model, version)] = InlineBatcher(runtime, ModelMetrics(model, version), executor)
     return out

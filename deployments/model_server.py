@@ -44,25 +44,9 @@ class ModelServer:
         self.version = version
         self.spec = VersionSpec.model_validate(spec)
         self._log = get_logger("model").getChild(f"{model}-{version}")
-        ref = ArtifactRef(
-            uri=resolve_artifact_uri(self.spec.artifact.uri, artifact_root),
-            sha256=self.spec.artifact.sha256,
-        )
         store = ArtifactStore(cache_dir=Path(cache_dir) if cache_dir else None)
-        options = RuntimeOptions(
-            device=self.spec.device,
-            intra_op_threads=self.spec.intra_op_threads,
-            micro_batch_size=self.spec.micro_batch_size,
-        )
         started = time.perf_counter()
-        runtime = load_model(ref, options, store)
-        if runtime.meta.runtime != self.spec.runtime:
-            raise ValueError(
-                f"{model}/{version}: config says runtime {self.spec.runtime}, "
-                f"the artifact is {runtime.meta.runtime}"
-            )
-        if not isinstance(runtime, TextEmbedder):
-            raise TypeError(f"{model}/{version}: not a text embedding runtime")
+        runtime = load_version(model, version, self.spec, artifact_root, store)
         self.runtime: TextEmbedder = runtime
         # One inference at a time per replica: the runtime already uses every core it
         # is given, and the event loop stays free to gather the next batch.
@@ -111,12 +95,7 @@ class ModelServer:
             self._executor, self.runtime.embed_counted, flat
         )
         self._metrics.observe_batch(len(flat), time.perf_counter() - started)
-        results: list[EmbedResult] = []
-        offset = 0
-        for texts in requests:
-            end = offset + len(texts)
-            results.append((vectors[offset:end], sum(tokens[offset:end])))
-            offset = end
+        results = split_batch([len(texts) for texts in requests], vectors, tokens)
         if len(results) != len(requests):  # list in, list out
             raise RuntimeError(f"{len(results)} results for {len(requests)} requests")
         return results
@@ -164,3 +143,39 @@ def runtime_metadata(runtime: TextEmbedder) -> dict[str, Any]:
         "max_seq_length_tokens": meta.max_seq_length_tokens,
         "embedding_dim": meta.embedding_dim,
     }
+
+
+def load_version(
+    model: str, version: str, spec: VersionSpec, artifact_root: str | None, store: ArtifactStore
+) -> TextEmbedder:
+    """Resolve, verify and load one version's artifact; refuse a runtime mismatch."""
+    ref = ArtifactRef(
+        uri=resolve_artifact_uri(spec.artifact.uri, artifact_root), sha256=spec.artifact.sha256
+    )
+    options = RuntimeOptions(
+        device=spec.device,
+        intra_op_threads=spec.intra_op_threads,
+        micro_batch_size=spec.micro_batch_size,
+    )
+    runtime = load_model(ref, options, store)
+    if runtime.meta.runtime != spec.runtime:
+        raise ValueError(
+            f"{model}/{version}: config says runtime {spec.runtime}, "
+            f"the artifact is {runtime.meta.runtime}"
+        )
+    if not isinstance(runtime, TextEmbedder):
+        raise TypeError(f"{model}/{version}: not a text embedding runtime")
+    return runtime
+
+
+def split_batch(
+    sizes: list[int], vectors: npt.NDArray[np.float32], tokens: list[int]
+) -> list[EmbedResult]:
+    """Cut a batch's outputs back into one (vectors, token count) per request."""
+    results: list[EmbedResult] = []
+    offset = 0
+    for size in sizes:
+        end = offset + size
+        results.append((vectors[offset:end], sum(tokens[offset:end])))
+        offset = end
+    return results

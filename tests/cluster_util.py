@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from servekit.rollout_cli import ray_auth_headers
-from tests.integration.conftest import free_port
+from tests.conftest import free_port
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,13 @@ ARTIFACTS_DIR = REPO_ROOT / "artifacts"
 
 # Figures tests measure (parity minima, counts) are printed at the end of the run.
 REPORT: list[str] = []
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,7 @@ from tests.cluster_util import (
     start_head,
     start_worker,
 )
-from tests.conftest import REPO_ROOT
-from tests.integration.conftest import free_port
+from tests.conftest import REPO_ROOT, free_port
 from tests.load_util import SteadyLoad
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 APP = "servekit"
 # Test-sized limits, so every limit can be hit with small requests.
@@ -36,13 +35,6 @@ FAULTY_VERSIONS = {
     "v2-faulty": {"error_rate": 1.0},
     "v2-slow": {"extra_latency_ms": 400},
 }
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_test_config(http_port: int) -> dict[str, Any]:

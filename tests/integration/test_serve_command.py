@@ -13,7 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.conftest import free_port, make_test_config
+from tests.conftest import free_port
+from tests.integration.conftest import make_test_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

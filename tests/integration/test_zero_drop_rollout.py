@@ -21,8 +21,7 @@ import pytest
 import yaml
 
 from tests.cluster_util import RayNode, cluster_env, serve_deploy, serve_details, start_head
-from tests.conftest import REPO_ROOT
-from tests.integration.conftest import free_port
+from tests.conftest import REPO_ROOT, free_port
 from tests.load_util import SteadyLoad
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

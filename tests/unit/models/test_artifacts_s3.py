@@ -27,19 +27,14 @@ from models import (
     RuntimeOptions,
     load_model,
 )
+from tests.conftest import free_port
 
 BUCKET = "servekit-models"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen(
         [str(exe), "-H", "127.0.0.1", "-p", str(port)],
@@ -136,7 +131,7 @@ def test_missing_bucket_names_uri(s3: Any, tmp_path: Path) -> None:
 
 
 def test_unreachable_store_names_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-only")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-only")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
