@@ -14,9 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from configs.schema import AppArgs, BatchLiveConfig
+from configs.schema import AppArgs, BatchLiveConfig, FaultInjection
 from deployments.metrics import ModelMetrics
-from deployments.model_server import EmbedResult, load_version, split_batch
+from deployments.model_server import EmbedResult, inject_fault, load_version, split_batch
 from models import ArtifactStore
 from models.text import TextEmbedder
 
@@ -24,8 +24,15 @@ from models.text import TextEmbedder
 class InlineBatcher:
     """Adaptive batching in front of one in-process runtime."""
 
-    def __init__(self, runtime: TextEmbedder, metrics: ModelMetrics, executor: ThreadPoolExecutor):
+    def __init__(
+        self,
+        runtime: TextEmbedder,
+        metrics: ModelMetrics,
+        executor: ThreadPoolExecutor,
+        fault: FaultInjection | None = None,
+    ):
         self.runtime = runtime
+        self._fault = fault
         self.max_batch_size = BatchLiveConfig().max_batch_size
         self._metrics = metrics
         self._executor = executor
@@ -34,6 +41,8 @@ class InlineBatcher:
 
     async def embed(self, texts: list[str]) -> EmbedResult:
         """Vectors and token count for one request, batched with concurrent ones."""
+        if self._fault is not None:
+            await inject_fault(self._fault)
         future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
         self._queue.append((texts, future))
         if not self._running:
@@ -79,5 +88,7 @@ def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBatcher]:
     for model, version in args.inline_versions():
         spec = args.models[model].versions[version]
         runtime = load_version(model, version, spec, args.artifact_root, store)
-        out[(model, version)] = InlineBatcher(runtime, ModelMetrics(model, version), executor)
+        out[(model, version)] = InlineBatcher(
+            runtime, ModelMetrics(model, version), executor, spec.fault_injection
+        )
     return out

@@ -79,7 +79,7 @@ class ModelServer:
         """Vectors `[len(texts), dim]` and the number of tokens read."""
         fault = self.spec.fault_injection
         if fault is not None:
-            await _inject(fault)
+            await inject_fault(fault)
         result: EmbedResult = await self._batched(texts)
         return result
 
@@ -125,7 +125,8 @@ class InjectedFault(RuntimeError):
     """A failure the version's `fault_injection` setting asked for."""
 
 
-async def _inject(fault: FaultInjection) -> None:
+async def inject_fault(fault: FaultInjection) -> None:
+    """Delay and/or fail as a version's test-only `fault_injection` asks."""
     if fault.extra_latency_ms:
         await asyncio.sleep(fault.extra_latency_ms / 1000)
     if fault.error_rate and random.random() < fault.error_rate:
