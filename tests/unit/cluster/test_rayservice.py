@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -13,7 +14,14 @@ import yaml
 from servekit import kube
 from tests.conftest import REPO_ROOT
 
-CRD = REPO_ROOT.parent / "shared" / "schemas" / "kuberay" / "ray.io_rayservices.yaml"
+# KubeRay's published CRD sits beside the project (../shared); another location may be
+# given with KUBERAY_RAYSERVICE_CRD.
+CRD = Path(
+    os.environ.get(
+        "KUBERAY_RAYSERVICE_CRD",
+        REPO_ROOT.parent / "shared" / "schemas" / "kuberay" / "ray.io_rayservices.yaml",
+    )
+)
 
 
 @pytest.fixture(scope="module")
