@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from configs.cluster import ClusterSettings, PodResources, WorkerGroup, load_cluster_settings
-from configs.settings import PROJECT_ROOT
+from configs.settings import PROJECT_ROOT, SERVE_ENV
 from configs.validate import IMPORT_PATH
 from servekit.configedit import ConfigFile
 
@@ -67,7 +67,7 @@ def _container(name: str, image: str, res: PodResources, head: bool, s: ClusterS
         "ports": ports,
         "env": [
             {"name": "AWS_REGION", "value": s.aws_region},
-            {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+            *({"name": k, "value": v} for k, v in SERVE_ENV.items()),
             {"name": "SERVEKIT_ARTIFACT_CACHE", "value": "/tmp/servekit-artifacts"},
         ],
         # Let in-flight requests finish before the pod goes (Serve drains replicas).

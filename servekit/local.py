@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
+from configs.settings import apply_serve_env
 from configs.validate import validate_document
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+apply_serve_env()
 
 
 class DeployError(RuntimeError):

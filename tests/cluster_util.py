@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from configs.settings import SERVE_ENV
 from servekit.rollout_cli import ray_auth_headers
 from tests.conftest import free_port
 
@@ -76,11 +77,25 @@ def cluster_env() -> dict[str, str]:
     """Environment for processes that start or talk to a test cluster.
 
     Test clusters listen on 127.0.0.1 only and run without Ray's token auth, so the
-    `ray`, `serve` and `servekit` commands reach them without a token.
+    `ray`, `serve` and `servekit` commands reach them without a token. They run with
+    the Serve settings servekit ships (the RayService sets the same env).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(SERVE_ENV)
     env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
+def haproxy_ports_env(worker: bool = False) -> dict[str, str]:
+    """Fresh ports for the HAProxy a Ray node runs in front of Serve (its stats and
+    metrics listeners; on a worker node also its HTTP listener): several nodes, or
+    instances, share this machine in the tests, while on a cluster each has its own."""
+    env = {
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+    }
+    if worker:
+        env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(free_port())
     return env
 
 
@@ -99,7 +114,7 @@ def start_head(log_dir: Path, num_cpus: int = 8, resources: str | None = None) -
     ]  # fmt: skip
     if resources:
         args.append(f"--resources={resources}")
-    proc = _launch(args, log)
+    proc = _launch(args, log, haproxy_ports_env())
     node = RayNode(proc, temp_dir, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", log)
     _wait_dashboard(node)
     return node
@@ -114,18 +129,18 @@ def start_worker(head: RayNode, log_dir: Path, num_cpus: int, resources: str) ->
         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}", "--disable-usage-stats",
     ]  # fmt: skip
-    proc = _launch(args, log)
+    proc = _launch(args, log, haproxy_ports_env(worker=True))
     return RayNode(proc, head.temp_dir + "-worker-unused", head.gcs_address, "", log)
 
 
-def _launch(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _launch(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """`ray start --block` in its own process session, so it can be stopped by ids."""
     return subprocess.Popen(
         args,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env=cluster_env(),
+        env={**cluster_env(), **env},
     )
 
 

@@ -25,6 +25,7 @@ from tests.cluster_util import (
     start_worker,
 )
 from tests.conftest import REPO_ROOT, free_port
+from tests.integration.conftest import dedicated_deployment
 from tests.load_util import SteadyLoad
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -54,6 +55,10 @@ def _config(port: int) -> dict[str, Any]:
     doc["proxy_location"] = "HeadOnly"  # both nodes share one machine, hence one port
     doc["http_options"]["port"] = port
     app = doc["applications"][0]
+    # Model replicas on both nodes: the model runs in deployments of its own here.
+    app["args"]["models"]["minilm"]["placement"] = "dedicated"
+    app["deployments"] += [dedicated_deployment(f"minilm-{v}") for v in ("v1", "v2")]
+    app["deployments"][0]["user_config"].pop("batching", None)
     for entry in app["deployments"]:
         entry.pop("autoscaling_config", None)
         if entry["name"] == "Ingress":

@@ -37,14 +37,35 @@ FAULTY_VERSIONS = {
 }
 
 
+def dedicated_deployment(name: str) -> dict[str, Any]:
+    """A `<model>-<version>` deployment entry for a model placed `dedicated`."""
+    return {
+        "name": name,
+        "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002},
+        "max_ongoing_requests": 256,
+        "max_queued_requests": 1024,
+        "graceful_shutdown_timeout_s": 30,
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 2},
+        "ray_actor_options": {"num_cpus": 1},
+    }
+
+
 def make_test_config(http_port: int) -> dict[str, Any]:
-    """`serve_config.yaml` with test ports, limits and autoscaling."""
+    """`serve_config.yaml` with test ports, limits and autoscaling.
+
+    The shipped model runs inline in the Ingress; here it is served twice: as shipped
+    under `minilm-inline`, and with `placement: dedicated` under `minilm`, so both
+    paths run in every test session.
+    """
     doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     doc = copy.deepcopy(doc)
     doc["http_options"]["port"] = http_port
     app = doc["applications"][0]
     app["args"]["limits"] = LIMITS
     app["args"]["request_timeout_s"] = 20
+    shipped = copy.deepcopy(app["args"]["models"]["minilm"])
+    app["args"]["models"]["minilm"]["placement"] = "dedicated"
+    app["deployments"] += [dedicated_deployment(f"minilm-{v}") for v in ("v1", "v2")]
     # Canaries that misbehave on purpose (test-only fault injection), without traffic.
     versions = app["args"]["models"]["minilm"]["versions"]
     for name, fault in FAULTY_VERSIONS.items():
@@ -52,10 +73,7 @@ def make_test_config(http_port: int) -> dict[str, Any]:
         app["deployments"].append(
             {"name": f"minilm-{name}", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}
         )
-    app["args"]["models"][INLINE_MODEL] = {
-        "placement": "inline",
-        "versions": {v: dict(versions[v]) for v in ("v1", "v2")},
-    }
+    app["args"]["models"][INLINE_MODEL] = shipped
     for entry in app["deployments"]:
         if entry["name"] == "minilm-v2":
             entry["autoscaling_config"] = FAST_AUTOSCALING
@@ -64,6 +82,7 @@ def make_test_config(http_port: int) -> dict[str, Any]:
             entry["user_config"]["traffic"]["minilm"].update(dict.fromkeys(FAULTY_VERSIONS, 0))
             entry["user_config"]["traffic"][INLINE_MODEL] = {"v1": 50, "v2": 50}
             entry["user_config"]["batching"] = {f"{INLINE_MODEL}-v1": {"max_batch_size": 8}}
+            entry["ray_actor_options"] = {"num_cpus": 0.5}
     return dict(doc)
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.cluster_util import haproxy_ports_env
 from tests.conftest import free_port
 from tests.integration.conftest import make_test_config
 
@@ -44,7 +45,7 @@ def test_serve_runs_in_foreground_and_stops_on_sigterm(tmp_path: Path, example_s
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **haproxy_ports_env()},
     )
     try:
         deadline = time.monotonic() + 180
@@ -89,7 +90,7 @@ def test_validate_command(tmp_path: Path, example_store: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.yaml"
     doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
-    doc["applications"][0]["deployments"][1]["num_replicaz"] = 3
+    doc["applications"][0]["deployments"][0]["num_replicaz"] = 3
     bad.write_text(yaml.safe_dump(doc))
     out = subprocess.run(
         [sys.executable, "-m", "servekit", "validate", str(bad)], capture_output=True, text=True

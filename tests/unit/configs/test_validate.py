@@ -25,7 +25,10 @@ def test_shipped_config_is_valid(example_store: Path) -> None:
     assert report.problems == []
     (app,) = report.apps
     assert app.ingress.traffic == {"minilm": {"v1": 90, "v2": 10}}
-    assert set(app.batching) == {"minilm-v1", "minilm-v2"}
+    # Shipped inline: both versions batch inside the Ingress, no per-version deployments.
+    assert app.args.models["minilm"].placement == "inline"
+    assert set(app.ingress.batching) == {"minilm-v1", "minilm-v2"}
+    assert app.batching == {}
 
 
 def test_shipped_checksums_match_the_built_store(manifest: dict[str, dict[str, str]]) -> None:
