@@ -25,7 +25,6 @@ from starlette.responses import Response
 STORE = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-@serve.deployment(max_ongoing_requests=256)
 class Embedder:
     """One replica: the v1 ONNX model behind `@serve.batch`."""
 
@@ -63,7 +62,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8010)
     args = parser.parse_args()
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    serve.run(Embedder.bind(), route_prefix="/v1/embeddings", name="plain")
+    app = serve.deployment(max_ongoing_requests=256)(Embedder).bind()
+    serve.run(app, route_prefix="/v1/embeddings", name="plain")
     print("ready", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

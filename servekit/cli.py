@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve a config on a local Ray instance (foreground)")
     serve.add_argument("config", type=Path, nargs="?", default=Path("serve_config.yaml"))
     serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port")
+    serve.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also run Ray's dashboard on 127.0.0.1:8265 (about 1 GB more memory)",
+    )
     check = sub.add_parser("validate", help="check a config without starting anything")
     check.add_argument("config", type=Path, nargs="?", default=Path("serve_config.yaml"))
     _rollout_commands(sub)
@@ -26,12 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         return _validate(args.config)
     if args.command == "serve":
-        return _serve(args.config, args.metrics_port)
+        return _serve(args.config, args.metrics_port, args.dashboard)
     return _run_rollout_command(args)
 
 
+ADDRESS_HELP = (
+    "where to apply: 'local' (the instance `servekit serve` runs here; default), "
+    "a GCS address host:port, or a Ray dashboard URL http://host:8265 (clusters)"
+)
+
+
 def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from servekit.rollout_cli import DEFAULT_DASHBOARD, DEFAULT_URL
+    from servekit.rollout_cli import DEFAULT_ADDRESS, DEFAULT_URL
 
     for name, text in (
         ("promote", "give a version a traffic weight, edit the file, show the diff, apply it"),
@@ -47,17 +58,24 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         cmd.add_argument("--config", type=Path, default=Path("serve_config.yaml"))
         cmd.add_argument("--dry-run", action="store_true", help="show the diff only")
         cmd.add_argument("--no-apply", action="store_true", help="write the file, do not deploy")
-        cmd.add_argument("--address", default=DEFAULT_DASHBOARD, help="Ray dashboard address")
+        cmd.add_argument("--address", default=DEFAULT_ADDRESS, help=ADDRESS_HELP)
+    apply = sub.add_parser("apply", help="apply the whole file to a running instance")
+    apply.add_argument("config", type=Path, nargs="?", default=Path("serve_config.yaml"))
+    apply.add_argument("--address", default=DEFAULT_ADDRESS, help=ADDRESS_HELP)
     show = sub.add_parser("status", help="versions, weights, replicas, traffic, rollout state")
     show.add_argument("--url", default=DEFAULT_URL, help="servekit's HTTP address")
-    show.add_argument("--address", default=DEFAULT_DASHBOARD, help="Ray dashboard address")
+    show.add_argument("--address", default=DEFAULT_ADDRESS, help=ADDRESS_HELP)
 
 
 def _run_rollout_command(args: argparse.Namespace) -> int:
     from servekit import rollout_cli
 
+    # Before Ray is imported: it reads its auth mode once.
+    rollout_cli.token_mode_if_token()
     if args.command == "status":
         return rollout_cli.status(args.url.rstrip("/"), args.address.rstrip("/"))
+    if args.command == "apply":
+        return rollout_cli.deploy(args.config, args.address.rstrip("/"))
     arg = (args.version, args.weight) if args.command == "promote" else args.to
     return rollout_cli.edit_and_apply(
         args.config, args.model, args.command, arg, args.dry_run, not args.no_apply, args.address
@@ -87,7 +105,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _serve(path: Path, metrics_port: int) -> int:
+def _serve(path: Path, metrics_port: int, dashboard: bool) -> int:
     from servekit import local
 
     try:
@@ -98,7 +116,7 @@ def _serve(path: Path, metrics_port: int) -> int:
     http = doc.get("http_options") or {}
     base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
     try:
-        local.start_ray(metrics_port=metrics_port)
+        local.start_ray(metrics_port=metrics_port, dashboard=dashboard)
         # After Ray's own start-up, which installs handlers of its own.
         signal.signal(signal.SIGTERM, _stop)
         local.deploy(doc)
@@ -107,7 +125,10 @@ def _serve(path: Path, metrics_port: int) -> int:
             f"  docs     {base}/docs\n"
             f"  ready    {base}/v2/health/ready\n"
             f"  metrics  http://127.0.0.1:{metrics_port}/metrics\n"
-            "Ctrl-C or SIGTERM stops everything started here.",
+            + (f"  ray      {local.ray_address()}\n")
+            + ("  dashboard http://127.0.0.1:8265\n" if dashboard else "")
+            + "Apply edits to the file: servekit promote|rollback, or serve_config.yaml\n"
+            "changes with `servekit apply`. Ctrl-C or SIGTERM stops everything started here.",
             flush=True,
         )
         while True:

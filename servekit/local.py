@@ -77,17 +77,34 @@ def _unknown_deployment_keys(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
-def start_ray(num_cpus: int | None = None, metrics_port: int | None = None) -> None:
-    """Start (or join) a local Ray instance in the Serve namespace."""
+def start_ray(
+    num_cpus: int | None = None, metrics_port: int | None = None, dashboard: bool = False
+) -> None:
+    """Start (or join) a local Ray instance in the Serve namespace.
+
+    Without Ray's dashboard unless asked: it is a dozen processes and about 1 GB, and
+    nothing servekit does locally needs it (changes are applied as a Ray driver,
+    metrics come from each node's agent)."""
     import ray
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"namespace": "serve", "log_to_driver": True}
+    kwargs: dict[str, Any] = {
+        "namespace": "serve",
+        "log_to_driver": True,
+        "include_dashboard": dashboard,
+    }
     kwargs["num_cpus"] = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_LOGICAL_CPUS)
     if metrics_port is not None:
         kwargs["_metrics_export_port"] = metrics_port
     ray.init(**kwargs)
+
+
+def ray_address() -> str:
+    """The GCS address of the connected instance (what `--address` may name)."""
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
 
 
 def deploy(doc: dict[str, Any], timeout_s: float = 300.0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,11 @@ import yaml
 
 from servekit.configedit import ConfigFile, EditError, promote, rollback
 
-DEFAULT_DASHBOARD = os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265")
+# Where changes are applied: "local" (the instance `servekit serve` runs on this
+# machine, reached as a Ray driver: no dashboard needed), a GCS address (host:port),
+# or a dashboard URL (http://..., as `serve deploy` takes: clusters, KubeRay).
+LOCAL = "local"
+DEFAULT_ADDRESS = os.environ.get("RAY_DASHBOARD_ADDRESS", LOCAL)
 DEFAULT_URL = os.environ.get("SERVEKIT_URL", "http://127.0.0.1:8000")
 
 
@@ -59,18 +64,60 @@ def edit_and_apply(
 
 
 def deploy(path: Path, address: str) -> int:
-    """`serve deploy` the file to a running cluster."""
+    """Apply the file to a running instance: `serve deploy` to a dashboard URL, or
+    as a Ray driver for `local` and GCS addresses."""
+    from servekit import local
+
+    try:
+        local.load_config(path)
+    except (local.DeployError, FileNotFoundError) as e:
+        print(f"servekit: {e}", file=sys.stderr)
+        return 1
+    if not address.startswith(("http://", "https://")):
+        return deploy_as_driver(path, address)
     serve_cli = Path(sys.executable).with_name("serve")
+    token_mode_if_token()  # a token is at hand: let `serve` send it
     env = dict(os.environ)
-    if "RAY_AUTH_MODE" not in env and ray_auth_headers():
-        # A token is at hand (Ray made one for the local instance): let `serve` send it.
-        env["RAY_AUTH_MODE"] = "token"
     done = subprocess.run(
         [str(serve_cli), "deploy", str(path), "--address", address], check=False, env=env
     )
     if done.returncode != 0:
         print(f"servekit: serve deploy to {address} failed", file=sys.stderr)
         return 1
+    print(f"applied to {address}")
+    return 0
+
+
+def token_mode_if_token() -> None:
+    """Ray's local instances run with token auth; a driver sends the token only in
+    token mode, so turn it on when a token is at hand (and nothing says otherwise).
+    Ray reads the mode when it is first imported: call this before."""
+    if "RAY_AUTH_MODE" not in os.environ and ray_auth_headers():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def deploy_as_driver(path: Path, address: str) -> int:
+    """Connect to the instance as a Ray driver and hand Serve the whole file, as
+    `serve deploy` does through the dashboard; the instance keeps running after."""
+    token_mode_if_token()
+    import ray
+
+    from servekit import local
+
+    target = "auto" if address == LOCAL else address
+    try:
+        doc = local.load_config(path)
+        ray.init(address=target, namespace="serve", log_to_driver=False)
+        local.deploy(doc)
+    except local.DeployError as e:
+        print(f"servekit: {e}", file=sys.stderr)
+        return 1
+    except ConnectionError as e:
+        print(f"servekit: no Ray instance at {address} ({e})", file=sys.stderr)
+        return 1
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
     print(f"applied to {address}")
     return 0
 
@@ -105,11 +152,13 @@ def status(url: str, address: str) -> int:
     for detail in details:
         _print_model(detail, replicas)
     if replicas is None:
-        print(f"(replica counts unavailable: no Serve API at {address})")
+        print(f"(replica counts unavailable: no Ray instance reachable at {address})")
     return 0
 
 
 def _replicas(address: str) -> dict[str, str] | None:
+    if not address.startswith(("http://", "https://")):
+        return _replicas_as_driver(address)
     try:
         apps = _get(f"{address}/api/serve/applications/", ray_auth_headers())["applications"]
     except (URLError, OSError, ValueError, KeyError):
@@ -120,6 +169,33 @@ def _replicas(address: str) -> dict[str, str] | None:
             running = sum(1 for r in deployment.get("replicas", []) if r.get("state") == "RUNNING")
             target = deployment.get("target_num_replicas", len(deployment.get("replicas", [])))
             counts[name] = f"{running}/{target}"
+    return counts
+
+
+def _replicas_as_driver(address: str) -> dict[str, str] | None:
+    token_mode_if_token()
+    import ray
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    try:
+        ray.init(
+            address="auto" if address == LOCAL else address,
+            namespace="serve",
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
+        apps = serve.status().applications
+    except (ConnectionError, RuntimeError):
+        return None
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    counts = {}
+    for app in apps.values():
+        for name, deployment in app.deployments.items():
+            states = deployment.replica_states
+            counts[name] = f"{states.get(ReplicaState.RUNNING, 0)}/{sum(states.values())}"
     return counts
 
 

@@ -32,9 +32,10 @@ def replica_actor_ids(deployment: str) -> set[str]:
 def running_replicas(deployment: str) -> int:
     """Replicas Serve reports RUNNING for a deployment."""
     from ray import serve
+    from ray.serve._private.common import ReplicaState
 
     status = serve.status().applications[APP].deployments[deployment]
-    return int(status.replica_states.get("RUNNING", 0))
+    return int(status.replica_states.get(ReplicaState.RUNNING, 0))
 
 
 def _entry(config: dict[str, Any], name: str) -> dict[str, Any]:

@@ -153,8 +153,10 @@ def test_canary_breach_rolls_back_automatically(
     assert weights["v1"] == 100
     assert after == Counter({"v1": 20})
     # The canary's replicas keep running for inspection.
+    from ray.serve._private.common import ReplicaState
+
     status = serve.status().applications["servekit"].deployments[f"minilm-{canary}"]
-    assert status.replica_states.get("RUNNING", 0) == 1
+    assert status.replica_states.get(ReplicaState.RUNNING, 0) == 1
 
     def counted(text: str) -> bool:
         return any(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def test_serve_runs_in_foreground_and_stops_on_sigterm(tmp_path: Path, example_s
             f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm", "input": "up"}
         )
         assert r.status_code == 200
+        _promote_and_status_without_dashboard(tmp_path, config, port)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
     finally:
@@ -77,6 +79,45 @@ def test_serve_runs_in_foreground_and_stops_on_sigterm(tmp_path: Path, example_s
         time.sleep(1)
     assert _session_processes(proc.pid) == []
     assert "servekit: stopping" in (tmp_path / "serve.log").read_text()
+
+
+def _promote_and_status_without_dashboard(tmp_path: Path, config: Path, port: int) -> None:
+    """The instance runs without Ray's dashboard: promote, apply and status reach it
+    as a Ray driver, at the address `servekit serve` printed."""
+    deadline = time.monotonic() + 60
+    log = ""
+    while "Apply" not in log and time.monotonic() < deadline:
+        time.sleep(0.5)
+        log = (tmp_path / "serve.log").read_text()
+    assert "dashboard" not in log.split("servekit: serving", 1)[1].split("Apply", 1)[0]
+    address = re.search(r"^  ray +(\S+)$", log, re.MULTILINE)
+    assert address, log[-2000:]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    base = ["--config", str(config), "--address", address.group(1)]
+    out = subprocess.run(
+        [sys.executable, "-m", "servekit", "promote", "minilm", "v2", "--weight", "50", *base],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"applied to {address.group(1)}" in out.stdout
+    weights = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        detail = httpx.get(f"http://127.0.0.1:{port}/v1/models/minilm", timeout=10).json()
+        weights = {v["name"]: v["weight"] for v in detail["versions"]}
+        if weights["v2"] == 50:
+            break
+        time.sleep(1)
+    assert weights["v2"] == 50, weights
+    assert weights["v1"] == 50, weights
+    out = subprocess.run(
+        [sys.executable, "-m", "servekit", "status", "--url", f"http://127.0.0.1:{port}",
+         "--address", address.group(1)],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "replica counts unavailable" not in out.stdout
+    assert "1/1" in out.stdout, out.stdout
 
 
 def test_validate_command(tmp_path: Path, example_store: Path) -> None:

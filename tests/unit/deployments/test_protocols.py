@@ -43,7 +43,7 @@ def test_openai_request_errors_name_the_field(body: bytes, message: str) -> None
 
 
 def test_openai_response_float_and_base64() -> None:
-    vectors = np.arange(6, dtype=np.float32).reshape(2, 3) / 10
+    vectors = (np.arange(6, dtype=np.float32).reshape(2, 3) / 10).astype(np.float32)
     doc = orjson.loads(encode_response("m", vectors, 7, "float"))
     assert doc["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
     assert doc["data"][1]["embedding"] == pytest.approx([0.3, 0.4, 0.5])
