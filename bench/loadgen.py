@@ -37,13 +37,15 @@ def _request(host: str, port: int, path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """The status, and whether the server asked to close the connection after it."""
     status_line = await reader.readline()
     if not status_line:
         raise ConnectionError("closed")
     status = int(status_line.split()[1])
     length = 0
     chunked = False
+    close = False
     while True:
         line = await reader.readline()
         if line in (b"\r\n", b"\n", b""):
@@ -53,6 +55,8 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
             length = int(value)
         elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
             chunked = True
+        elif name.lower() == "connection" and "close" in value.lower():
+            close = True
     if chunked:
         while True:
             size = int((await reader.readline()).strip(), 16)
@@ -61,7 +65,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
                 break
     else:
         await reader.readexactly(length)
-    return status
+    return status, close
 
 
 async def _connection(
@@ -77,13 +81,16 @@ async def _connection(
             writer.write(payloads[i % len(payloads)])
             i += 1
             try:
-                status = await _read_response(reader)
+                status, close = await _read_response(reader)
             except (ConnectionError, asyncio.IncompleteReadError):
                 out.errors += 1
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)
                 continue
             done = time.perf_counter()
+            if close:  # as any HTTP/1.1 client does: a new connection for the next one
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
             if now >= warm_until:
                 out.latencies_s.append(done - now)
                 if status == 200:

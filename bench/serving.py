@@ -208,20 +208,36 @@ def measure(server: Server, warmup_s: float, seconds: float) -> dict[str, Any]:
     return out
 
 
-HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
-
-
-def _servekit_config(tmp: Path, name: str, port: int, inline: bool) -> Path:
+def _servekit_config(tmp: Path, name: str, port: int, dedicated: bool) -> Path:
+    """serve_config.yaml on a free port; with `dedicated`, the model's versions in
+    deployments of their own (one replica each, as shipped otherwise)."""
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     doc["http_options"]["port"] = port
-    if inline:
+    if dedicated:
         app = doc["applications"][0]
-        app["args"]["models"]["minilm"]["placement"] = "inline"
-        app["deployments"] = [d for d in app["deployments"] if d["name"] == "Ingress"]
-        app["deployments"][0]["ray_actor_options"] = {"num_cpus": 1}
+        app["args"]["models"]["minilm"]["placement"] = "dedicated"
+        ingress = app["deployments"][0]
+        batching = ingress["user_config"].pop("batching", {})
+        ingress["ray_actor_options"] = {"num_cpus": 0.5}
+        for version in app["args"]["models"]["minilm"]["versions"]:
+            name_v = f"minilm-{version}"
+            app["deployments"].append(
+                {
+                    "name": name_v,
+                    "user_config": {
+                        "max_batch_size": batching.get(name_v, {}).get("max_batch_size", 64),
+                        "batch_wait_timeout_s": 0.002,
+                    },
+                    "max_ongoing_requests": 256,
+                    "ray_actor_options": {"num_cpus": 1},
+                }
+            )
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+DEFAULT_PROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
 
 def servers(tmp: Path) -> dict[str, tuple[list[str], int, dict[str, str]]]:
@@ -230,14 +246,13 @@ def servers(tmp: Path) -> dict[str, tuple[list[str], int, dict[str, str]]]:
     out: dict[str, tuple[list[str], int, dict[str, str]]] = {}
     port = free_port()
     out["plain-ray-serve"] = ([py, "bench/plain_serve.py", "--port", str(port)], port, {})
-    for name, inline, env in (
-        ("servekit", False, {}),
-        ("servekit-haproxy", False, HAPROXY),
-        ("servekit-inline", True, {}),
-        ("servekit-inline-haproxy", True, HAPROXY),
+    for name, dedicated, env in (
+        ("servekit", False, {}),  # serve_config.yaml and `servekit serve` as shipped
+        ("servekit-dedicated", True, {}),
+        ("servekit-python-proxy", False, DEFAULT_PROXY),
     ):
         port = free_port()
-        config = _servekit_config(tmp, name, port, inline)
+        config = _servekit_config(tmp, name, port, dedicated)
         argv = [py, "-m", "servekit", "serve", str(config), "--metrics-port", str(free_port())]
         out[name] = (argv, port, env)
     return out
@@ -277,7 +292,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument(
         "--only",
-        default="plain-ray-serve,servekit,servekit-haproxy,servekit-inline,servekit-inline-haproxy",
+        default="plain-ray-serve,servekit,servekit-dedicated,servekit-python-proxy",
         help="comma-separated configurations (raw is always measured)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")

@@ -5,10 +5,12 @@ Never payloads: no texts, no vectors, no headers beyond the request id.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -32,11 +34,59 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+class BatchedLineHandler(logging.Handler):
+    """Formats on the caller's thread, writes from a background one.
+
+    Access lines are collected and written together every `interval_s` (or once
+    `max_lines` wait), so a busy replica pays one write per batch, not per request.
+    Warnings and errors are written at once, with everything queued before them.
+    """
+
+    def __init__(self, stream: TextIO, interval_s: float = 0.25, max_lines: int = 512) -> None:
+        super().__init__()
+        self._stream = stream
+        self._lines: list[str] = []
+        self._guard = threading.Lock()
+        self._interval_s = interval_s
+        self._max_lines = max_lines
+        threading.Thread(target=self._loop, name="log-writer", daemon=True).start()
+        atexit.register(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the formatted line; flush at once for warnings and errors."""
+        try:
+            line = self.format(record)
+        except Exception:  # a broken record must not break the request
+            self.handleError(record)
+            return
+        with self._guard:
+            self._lines.append(line)
+            urgent = record.levelno >= logging.WARNING or len(self._lines) >= self._max_lines
+        if urgent:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every queued line in one go."""
+        with self._guard:
+            lines, self._lines = self._lines, []
+        if lines:
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # the stream is gone (shutdown)
+                pass
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self._interval_s)
+            self.flush()
+
+
 def get_logger(name: str = "") -> logging.Logger:
     """servekit's logger (or a child), writing JSON lines to stderr, set up once."""
     root = logging.getLogger(_LOGGER_NAME)
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = BatchedLineHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
         root.setLevel(logging.INFO)

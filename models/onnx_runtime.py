@@ -25,6 +25,8 @@ class OnnxEmbedder(TextEmbedder):
         opts.intra_op_num_threads = self.options.intra_op_threads
         opts.inter_op_num_threads = self.options.inter_op_threads
         opts.log_severity_level = 3
+        spin = "1" if self.options.allow_spinning else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         providers = ["CPUExecutionProvider"]
         if self.options.device == "gpu":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -27,6 +27,9 @@ class RuntimeOptions:
     # 0 lets the runtime pick (ONNX Runtime: one thread per physical core).
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    # ONNX Runtime's intra-op threads busy-wait between runs (its default): the
+    # fastest for back-to-back runs, but they take CPU from everything else.
+    allow_spinning: bool = True
     # Largest number of texts run through the graph at once. Inputs are sorted by
     # length and cut into micro-batches of this size, so padding stays small.
     micro_batch_size: int = 64
