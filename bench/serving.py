@@ -258,6 +258,18 @@ def servers(tmp: Path) -> dict[str, tuple[list[str], int, dict[str, str]]]:
     return out
 
 
+def serve_env_in_force(name: str, extra: dict[str, str]) -> dict[str, str]:
+    """The RAY_SERVE_* settings a configuration ran with: this environment, servekit's
+    own defaults (which `servekit serve` applies unless set) and the configuration's."""
+    from configs.settings import SERVE_ENV
+
+    env = dict(os.environ)
+    if name.startswith("servekit"):
+        env = {**SERVE_ENV, **env}
+    env.update(extra)
+    return {k: v for k, v in sorted(env.items()) if k.startswith("RAY_SERVE_")}
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     """Throughput and p50 per configuration and workload."""
     import matplotlib
@@ -324,6 +336,7 @@ def main() -> int:
             results["servers"][name] = {
                 "workloads": figures,
                 "peak_rss_mb": round(server.peak_rss / 2**20),
+                "ray_serve_env": serve_env_in_force(name, env),
             }
     mix = results["raw"]["mix"]
     sk = results["servers"].get("servekit", {}).get("workloads")
