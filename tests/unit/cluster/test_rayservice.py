@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from configs.settings import SERVE_ENV
 from servekit import kube
 from tests.conftest import REPO_ROOT
 
@@ -116,6 +117,9 @@ def test_cluster_shape(manifest: dict[str, Any]) -> None:
         assert re.search(r":[0-9][\w.-]*$", container["image"]), f"{name}: image tag not pinned"
         assert container["resources"]["requests"] == container["resources"]["limits"], name
         assert {"name": "metrics", "containerPort": 8080} in container["ports"], name
+        # Every Ray process on every pod runs with servekit's Serve settings (HAProxy).
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV, name
         if name != "head":
             assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], name
     gpu = next(g for n, g, _ in _pods(manifest) if n == "gpu")

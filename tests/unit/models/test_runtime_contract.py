@@ -113,3 +113,14 @@ def test_wrong_output_count_is_caught(
 def test_invalid_options(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RuntimeOptions(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_thread_spinning_reaches_the_onnx_session(
+    spin: bool, manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    runtime = load_model(
+        _ref(example_store, manifest["v1"]), RuntimeOptions(allow_spinning=spin), cache
+    )
+    options = runtime._session.get_session_options()  # type: ignore[attr-defined]
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spin))
