@@ -18,15 +18,15 @@ pytestmark = pytest.mark.integration
 
 
 def replica_actor_ids(deployment: str) -> set[str]:
-    """Ids of the live actors of a deployment's replicas."""
-    import ray
-    from ray.util.state import list_actors
+    """Ids of the actors of a deployment's running replicas, as Serve's controller
+    reports them (the local instance runs without Ray's dashboard)."""
+    from ray.serve.context import _get_global_client
 
-    actors = list_actors(
-        address=ray.get_runtime_context().gcs_address,
-        filters=[("class_name", "=", f"ServeReplica:{APP}:{deployment}"), ("state", "=", "ALIVE")],
-    )
-    return {a.actor_id for a in actors}
+    client = _get_global_client()
+    assert client is not None
+    details = client.get_serve_details()
+    replicas = details["applications"][APP]["deployments"][deployment]["replicas"]
+    return {r["actor_id"] for r in replicas if r["state"] == "RUNNING"}
 
 
 def running_replicas(deployment: str) -> int:
