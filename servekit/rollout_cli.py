@@ -222,8 +222,10 @@ def _print_model(detail: dict[str, Any], replicas: dict[str, str] | None) -> Non
     print(header)
     for v in detail["versions"]:
         recent = v["recent"]
+        # An inline version runs in every Ingress replica.
+        deployment = "Ingress" if v["deployment"].startswith("Ingress") else v["deployment"]
         print(
             f"  {v['name']:<12}{v['weight']:>7}{v['configured_weight']:>7}"
-            f"{(replicas or {}).get(v['deployment'], '?'):>10}{recent['rate_per_s']:>8.2f}"
+            f"{(replicas or {}).get(deployment, '?'):>10}{recent['rate_per_s']:>8.2f}"
             f"{recent['error_rate']:>8.1%}{recent['p95_latency_ms']:>9.1f}"
         )

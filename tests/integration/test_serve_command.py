@@ -117,7 +117,10 @@ def _promote_and_status_without_dashboard(tmp_path: Path, config: Path, port: in
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "replica counts unavailable" not in out.stdout
-    assert "1/1" in out.stdout, out.stdout
+    # Every version, dedicated or inline (counted as its Ingress replicas), has a count.
+    rows = [row.split() for row in out.stdout.splitlines() if re.match(r"  v\d", row)]
+    assert len(rows) >= 6, out.stdout
+    assert all(re.fullmatch(r"\d+/\d+", row[3]) for row in rows), out.stdout
 
 
 def test_validate_command(tmp_path: Path, example_store: Path) -> None:
