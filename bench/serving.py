@@ -315,7 +315,8 @@ def main() -> int:
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "ray_version": ray.__version__,
-        "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
+        # What the shipped config ran with; each configuration's own is under servers.
+        "ray_serve_env": serve_env_in_force("servekit", {}),
         "warmup_s": args.warmup,
         "measure_s": args.seconds,
         "servers": {},

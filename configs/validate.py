@@ -149,10 +149,12 @@ def _validate_versions(
                 f"{where}.deployments[{name}].ray_actor_options.num_gpus: must be > 0 "
                 f"because args.models.{model}.versions.{version}.device is gpu"
             )
+    if not check_artifacts:
+        return batching
     for model, model_spec in args.models.items():
         for version, spec in model_spec.versions.items():
             uri = resolve_artifact_uri(spec.artifact.uri, args.artifact_root)
-            if check_artifacts and not uri.startswith("s3://") and not Path(uri).is_file():
+            if not uri.startswith("s3://") and not Path(uri).is_file():
                 problems.append(
                     f"{where}.args.models.{model}.versions.{version}.artifact.uri: "
                     f"missing artifact, no file at {uri}"

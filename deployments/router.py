@@ -67,10 +67,10 @@ class VersionRouter:
         if problems:
             raise ValueError("; ".join(problems))
         self.live = live
-        for name, batching in live.batching.items():
-            for (model, version), batcher in self.inline.items():
-                if deployment_name(model, version) == name:
-                    batcher.max_batch_size = batching.max_batch_size
+        for (model, version), batcher in self.inline.items():
+            batching = live.batching.get(deployment_name(model, version))
+            if batching is not None:
+                batcher.max_batch_size = batching.max_batch_size
         self.rolled_back = {}
         self.monitors = {model: CanaryMonitor(policy) for model, policy in live.rollout.items()}
         self._apply_weights()

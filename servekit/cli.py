@@ -125,7 +125,7 @@ def _serve(path: Path, metrics_port: int, dashboard: bool) -> int:
             f"  docs     {base}/docs\n"
             f"  ready    {base}/v2/health/ready\n"
             f"  metrics  http://127.0.0.1:{metrics_port}/metrics\n"
-            + (f"  ray      {local.ray_address()}\n")
+            f"  ray      {local.ray_address()}\n"
             + ("  dashboard http://127.0.0.1:8265\n" if dashboard else "")
             + "Apply edits to the file: servekit promote|rollback, or serve_config.yaml\n"
             "changes with `servekit apply`. Ctrl-C or SIGTERM stops everything started here.",

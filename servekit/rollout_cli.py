@@ -1,12 +1,14 @@
-"""`servekit promote`, `servekit rollback` and `servekit status`."""
+"""`servekit promote`, `rollback`, `apply` and `status`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -69,18 +71,15 @@ def deploy(path: Path, address: str) -> int:
     from servekit import local
 
     try:
-        local.load_config(path)
+        doc = local.load_config(path)
     except (local.DeployError, FileNotFoundError) as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 1
-    if not address.startswith(("http://", "https://")):
-        return deploy_as_driver(path, address)
+    if not _is_dashboard_url(address):
+        return deploy_as_driver(doc, address)
     serve_cli = Path(sys.executable).with_name("serve")
     token_mode_if_token()  # a token is at hand: let `serve` send it
-    env = dict(os.environ)
-    done = subprocess.run(
-        [str(serve_cli), "deploy", str(path), "--address", address], check=False, env=env
-    )
+    done = subprocess.run([str(serve_cli), "deploy", str(path), "--address", address], check=False)
     if done.returncode != 0:
         print(f"servekit: serve deploy to {address} failed", file=sys.stderr)
         return 1
@@ -96,28 +95,43 @@ def token_mode_if_token() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def deploy_as_driver(path: Path, address: str) -> int:
-    """Connect to the instance as a Ray driver and hand Serve the whole file, as
-    `serve deploy` does through the dashboard; the instance keeps running after."""
-    token_mode_if_token()
+def _is_dashboard_url(address: str) -> bool:
+    return address.startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _as_driver(address: str) -> Iterator[None]:
+    """Connected to the instance at `address` as a Ray driver; disconnected after,
+    leaving the instance running. Raises ConnectionError when nothing answers."""
     import ray
 
+    try:
+        ray.init(
+            address="auto" if address == LOCAL else address,
+            namespace="serve",
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
+        yield
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def deploy_as_driver(doc: dict[str, Any], address: str) -> int:
+    """Hand Serve a validated config as a Ray driver, as `serve deploy` does through
+    the dashboard."""
     from servekit import local
 
-    target = "auto" if address == LOCAL else address
     try:
-        doc = local.load_config(path)
-        ray.init(address=target, namespace="serve", log_to_driver=False)
-        local.deploy(doc)
+        with _as_driver(address):
+            local.deploy(doc)
     except local.DeployError as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 1
     except ConnectionError as e:
         print(f"servekit: no Ray instance at {address} ({e})", file=sys.stderr)
         return 1
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
     print(f"applied to {address}")
     return 0
 
@@ -157,7 +171,7 @@ def status(url: str, address: str) -> int:
 
 
 def _replicas(address: str) -> dict[str, str] | None:
-    if not address.startswith(("http://", "https://")):
+    if not _is_dashboard_url(address):
         return _replicas_as_driver(address)
     try:
         apps = _get(f"{address}/api/serve/applications/", ray_auth_headers())["applications"]
@@ -173,24 +187,14 @@ def _replicas(address: str) -> dict[str, str] | None:
 
 
 def _replicas_as_driver(address: str) -> dict[str, str] | None:
-    token_mode_if_token()
-    import ray
     from ray import serve
     from ray.serve._private.common import ReplicaState
 
     try:
-        ray.init(
-            address="auto" if address == LOCAL else address,
-            namespace="serve",
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-        )
-        apps = serve.status().applications
+        with _as_driver(address):
+            apps = serve.status().applications
     except (ConnectionError, RuntimeError):
         return None
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
     counts = {}
     for app in apps.values():
         for name, deployment in app.deployments.items():
