@@ -42,7 +42,11 @@ cluster: $(STAMP)
 	$(PY) -m servekit.kube
 
 # Serving benchmark: raw vs plain Ray Serve vs servekit (bench/results/latest.json, .png).
+# Its load generator is wrk (installed here from Debian's packages when missing and
+# possible), else a slower asyncio client; the results say which one ran.
 bench: artifacts
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get install -y -qq wrk >/dev/null 2>&1; } || echo "wrk is not installed: using the asyncio client"
 	$(PY) bench/serving.py
 
 bench-raw: artifacts

@@ -13,7 +13,6 @@ RAY_SERVE_* setting in force) and bench/results/latest.png.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import contextlib
 
-from bench.loadgen import run_load
+from bench.loadgen import run_workload, wrk_path
 from bench.raw_runtime import texts_per_second
 
 SENTENCES = [
@@ -162,7 +161,10 @@ class Server:
                 raise RuntimeError(f"{self.name} exited early")
             try:
                 r = httpx.post(
-                    f"http://127.0.0.1:{self.port}/v1/embeddings", content=probe, timeout=10
+                    f"http://127.0.0.1:{self.port}/v1/embeddings",
+                    content=probe,
+                    headers={"Content-Type": "application/json"},
+                    timeout=10,
                 )
                 if r.status_code == 200:
                     return
@@ -186,23 +188,21 @@ def measure(server: Server, warmup_s: float, seconds: float) -> dict[str, Any]:
     """Every workload against one server."""
     out = {}
     for name, texts, connections in WORKLOADS:
-        figures = asyncio.run(
-            run_load(
-                "127.0.0.1",
-                server.port,
-                "/v1/embeddings",
-                bodies(texts),
-                connections,
-                warmup_s,
-                seconds,
-            )
+        f = run_workload(
+            "127.0.0.1",
+            server.port,
+            "/v1/embeddings",
+            bodies(texts),
+            connections,
+            warmup_s,
+            seconds,
         )
         out[name] = {
-            "texts_per_s": round(figures.requests * texts / figures.seconds, 1),
-            "requests_per_s": round(figures.requests / figures.seconds, 1),
-            "errors": figures.errors,
-            "p50_ms": round(figures.percentile_ms(0.50), 2),
-            "p99_ms": round(figures.percentile_ms(0.99), 2),
+            "texts_per_s": round(f["ok"] * texts / f["seconds"], 1),
+            "requests_per_s": round(f["ok"] / f["seconds"], 1),
+            "errors": f["errors"],
+            "p50_ms": round(f["p50_ms"], 2),
+            "p99_ms": round(f["p99_ms"], 2),
         }
         print(f"  {server.name:<22}{name:<12}{out[name]}", flush=True)
     return out
@@ -246,6 +246,8 @@ def servers(tmp: Path) -> dict[str, tuple[list[str], int, dict[str, str]]]:
     out: dict[str, tuple[list[str], int, dict[str, str]]] = {}
     port = free_port()
     out["plain-ray-serve"] = ([py, "bench/plain_serve.py", "--port", str(port)], port, {})
+    port = free_port()
+    out["fastapi-no-ray"] = ([py, "bench/fastapi_app.py", "--port", str(port)], port, {})
     for name, dedicated, env in (
         ("servekit", False, {}),  # serve_config.yaml and `servekit serve` as shipped
         ("servekit-dedicated", True, {}),
@@ -304,7 +306,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument(
         "--only",
-        default="plain-ray-serve,servekit,servekit-dedicated,servekit-python-proxy",
+        default="fastapi-no-ray,plain-ray-serve,servekit,servekit-dedicated,servekit-python-proxy",
         help="comma-separated configurations (raw is always measured)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
@@ -317,6 +319,7 @@ def main() -> int:
         "ray_version": ray.__version__,
         # What the shipped config ran with; each configuration's own is under servers.
         "ray_serve_env": serve_env_in_force("servekit", {}),
+        "load_generator": "wrk" if wrk_path() else "asyncio (bench/loadgen.py)",
         "warmup_s": args.warmup,
         "measure_s": args.seconds,
         "servers": {},

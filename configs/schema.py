@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -61,12 +68,22 @@ class VersionSpec(_Strict):
     intra_op_threads: int = Field(
         0, ge=0, le=256, description="Threads per inference; 0 lets the runtime choose."
     )
-    intra_op_spinning: bool = Field(
-        False,
-        description="ONNX Runtime's threads busy-wait between runs. Off: measured on 2 "
-        "cores, spinning threads took the CPU the request path needs (1-text requests at "
-        "16 connections: 410 texts/s without, 328 with); on helps a lone caller a little.",
+    intra_op_spinning: Literal["during_run", "always", "never"] = Field(
+        "during_run",
+        description="How ONNX Runtime's threads wait for work. during_run: they busy-wait "
+        "inside a run (no wake-up per parallel step) and sleep once it returns, so they "
+        "leave the CPU to the request path between runs. always: they also spin for a "
+        "while after each run (ONNX Runtime's default). never: they sleep at once. "
+        "true/false are read as always/never.",
     )
+
+    @field_validator("intra_op_spinning", mode="before")
+    @classmethod
+    def _spinning_from_bool(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return "always" if value else "never"
+        return value
+
     micro_batch_size: int = Field(
         64, ge=1, le=4096, description="Texts per forward pass inside one batch."
     )

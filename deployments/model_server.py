@@ -156,7 +156,7 @@ def load_version(
     options = RuntimeOptions(
         device=spec.device,
         intra_op_threads=spec.intra_op_threads,
-        allow_spinning=spec.intra_op_spinning,
+        spinning=spec.intra_op_spinning,
         micro_batch_size=spec.micro_batch_size,
     )
     runtime = load_model(ref, options, store)

@@ -25,8 +25,10 @@ class OnnxEmbedder(TextEmbedder):
         opts.intra_op_num_threads = self.options.intra_op_threads
         opts.inter_op_num_threads = self.options.inter_op_threads
         opts.log_severity_level = 3
-        spin = "1" if self.options.allow_spinning else "0"
+        spin = "0" if self.options.spinning == "never" else "1"
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        stop = "1" if self.options.spinning == "during_run" else "0"
+        opts.add_session_config_entry("session.force_spinning_stop", stop)
         providers = ["CPUExecutionProvider"]
         if self.options.device == "gpu":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -17,6 +17,12 @@ from models.errors import BatchContractError, InvalidInputError, RuntimeNotReady
 from models.package import PackageMeta
 
 Device = Literal["cpu", "gpu"]
+# How ONNX Runtime's intra-op threads wait for work. "always" (its default): they
+# busy-wait between parallel sections and for a while after each run. "during_run":
+# they busy-wait only while a run is in progress and sleep once the last concurrent
+# run returns, so they never take the CPU the request path needs between runs.
+# "never": they sleep at once (each parallel section then pays a wake-up).
+Spinning = Literal["always", "during_run", "never"]
 
 
 @dataclass(frozen=True)
@@ -27,9 +33,8 @@ class RuntimeOptions:
     # 0 lets the runtime pick (ONNX Runtime: one thread per physical core).
     intra_op_threads: int = 0
     inter_op_threads: int = 0
-    # ONNX Runtime's intra-op threads busy-wait between runs (its default): the
-    # fastest for back-to-back runs, but they take CPU from everything else.
-    allow_spinning: bool = True
+    # ONNX Runtime's default; serving uses "during_run" (configs/schema.py).
+    spinning: Spinning = "always"
     # Largest number of texts run through the graph at once. Inputs are sorted by
     # length and cut into micro-batches of this size, so padding stays small.
     micro_batch_size: int = 64

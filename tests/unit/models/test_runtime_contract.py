@@ -19,6 +19,7 @@ from models import (
     load_model,
     runtime_for,
 )
+from models.runtime import Spinning
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +116,21 @@ def test_invalid_options(kwargs: dict[str, int], message: str) -> None:
         RuntimeOptions(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("spin", [True, False])
+@pytest.mark.parametrize(
+    ("spinning", "allow", "stop"),
+    [("always", "1", "0"), ("during_run", "1", "1"), ("never", "0", "0")],
+)
 def test_thread_spinning_reaches_the_onnx_session(
-    spin: bool, manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+    spinning: Spinning,
+    allow: str,
+    stop: str,
+    manifest: dict[str, Any],
+    example_store: Path,
+    cache: ArtifactStore,
 ) -> None:
     runtime = load_model(
-        _ref(example_store, manifest["v1"]), RuntimeOptions(allow_spinning=spin), cache
+        _ref(example_store, manifest["v1"]), RuntimeOptions(spinning=spinning), cache
     )
     options = runtime._session.get_session_options()  # type: ignore[attr-defined]
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spin))
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == allow
+    assert options.get_session_config_entry("session.force_spinning_stop") == stop

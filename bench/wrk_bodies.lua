@@ -1,0 +1,25 @@
+-- wrk script for bench/loadgen.py: POSTs the JSON bodies of a file (one per line)
+-- in rotation, and prints one machine-readable summary line when the run ends.
+local bodies = {}
+local next_body = 0
+
+init = function(args)
+  for line in io.lines(args[1]) do
+    if #line > 0 then bodies[#bodies + 1] = line end
+  end
+  next_body = math.random(#bodies)
+end
+
+request = function()
+  next_body = next_body % #bodies + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[next_body])
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'LOADGEN {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
