@@ -84,7 +84,10 @@ def start_ray(
 
     Without Ray's dashboard unless asked: it is a dozen processes and about 1 GB, and
     nothing servekit does locally needs it (changes are applied as a Ray driver,
-    metrics come from each node's agent)."""
+    metrics come from each node's agent). Without it, the two head processes left that
+    serve nothing on one machine are stopped as well: the autoscaler's monitor (it
+    adds and removes nodes; a local instance has one) and the dashboard head, which
+    then runs only the usage-stats reporter (off): about 200 MB together."""
     import ray
 
     if ray.is_initialized():
@@ -98,6 +101,20 @@ def start_ray(
     if metrics_port is not None:
         kwargs["_metrics_export_port"] = metrics_port
     ray.init(**kwargs)
+    if not dashboard:
+        _stop_idle_head_processes()
+
+
+def _stop_idle_head_processes() -> None:
+    """Stop the autoscaler monitor and the usage-stats-only dashboard head of the
+    instance this process started (never those of an instance it joined)."""
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    if node is None or not node.head:
+        return
+    node.kill_monitor(check_alive=False)
+    node.kill_dashboard(check_alive=False)
 
 
 def ray_address() -> str:

@@ -21,8 +21,8 @@ from tests.integration.conftest import make_test_config
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _session_processes(sid: int) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "sid=,pid=,comm="], capture_output=True, text=True).stdout
+def _session_processes(sid: int, columns: str = "pid=,comm=") -> list[str]:
+    out = subprocess.run(["ps", "-eo", f"sid=,{columns}"], capture_output=True, text=True).stdout
     return [
         line.strip() for line in out.splitlines() if line.split() and line.split()[0] == str(sid)
     ]
@@ -64,6 +64,11 @@ def test_serve_runs_in_foreground_and_stops_on_sigterm(tmp_path: Path, example_s
             f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm", "input": "up"}
         )
         assert r.status_code == 200
+        # The head processes a one-machine instance has no use for are gone.
+        commands = "\n".join(_session_processes(proc.pid, "args="))
+        assert "gcs_server" in commands
+        assert "autoscaler/_private/monitor.py" not in commands
+        assert "dashboard/dashboard.py" not in commands
         _promote_and_status_without_dashboard(tmp_path, config, port)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
