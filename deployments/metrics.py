@@ -9,6 +9,7 @@ status code: never anything taken from request content.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -34,6 +35,72 @@ CATALOGUE = {
     "servekit_shadow_cosine": ("histogram", "Cosine of shadow vs primary output, per input."),
 }
 COSINE_BUCKETS = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0]
+
+
+class RecordBuffer:
+    """Metric points gathered in memory and handed to Ray by a background thread.
+
+    Ray's record call gives up the GIL and has to win it back; on a busy replica that
+    costs 30-40 µs a call instead of 2 µs (py-spy, 1-text requests at 16 connections),
+    and the event loop paid it three times per request. Here the request path only
+    adds to a dict or a list; counters are summed, histogram values recorded one by
+    one when flushed (every `interval_s`, so a scrape lags by at most that much more).
+    """
+
+    def __init__(self, interval_s: float = 0.5, max_pending: int = 50_000) -> None:
+        self._interval_s = interval_s
+        self._max_pending = max_pending
+        self._counts: dict[tuple[Any, tuple[tuple[str, str], ...]], float] = {}
+        self._values: list[tuple[Any, float, dict[str, str]]] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def inc(self, counter: Any, value: float, tags: dict[str, str]) -> None:
+        """Add to a counter."""
+        key = (counter, tuple(tags.items()))
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0.0) + value
+        self._ensure_thread()
+
+    def observe(self, histogram: Any, value: float, tags: dict[str, str]) -> None:
+        """Record a histogram value."""
+        with self._lock:
+            self._values.append((histogram, value, tags))
+            full = len(self._values) >= self._max_pending
+        if full:  # the flusher fell behind: never hold more than max_pending points
+            self.flush()
+        self._ensure_thread()
+
+    def flush(self) -> None:
+        """Hand every pending point to Ray now."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            values, self._values = self._values, []
+        for (counter, tag_items), total in counts.items():
+            counter.inc(total, tags=dict(tag_items))
+        for histogram, value, tags in values:
+            histogram.observe(value, tags=tags)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, daemon=True, name="metrics-flush"
+                    )
+                    self._thread.start()
+
+    def _run(self) -> None:
+        event = threading.Event()
+        while not event.wait(self._interval_s):
+            try:
+                self.flush()
+            except Exception:  # a bad point must not stop the flusher
+                logging.getLogger("servekit.metrics").exception("metrics flush failed")
+
+
+# One per process: every metrics object of a replica hands its points to it.
+RECORDS = RecordBuffer()
 
 
 class GaugeKeeper:
@@ -93,12 +160,14 @@ class IngressMetrics:
         self, model: str, version: str, route: str, code: int, seconds: float, inputs: int
     ) -> None:
         """Record one answered request."""
-        self.requests.inc(
-            1, tags={"model": model, "version": version, "route": route, "code": str(code)}
+        RECORDS.inc(
+            self.requests,
+            1,
+            {"model": model, "version": version, "route": route, "code": str(code)},
         )
-        self.latency.observe(seconds, tags={"model": model, "version": version, "route": route})
+        RECORDS.observe(self.latency, seconds, {"model": model, "version": version, "route": route})
         if inputs:
-            self.inputs.observe(inputs, tags={"model": model, "version": version})
+            RECORDS.observe(self.inputs, inputs, {"model": model, "version": version})
 
 
 class ModelMetrics:
@@ -128,8 +197,8 @@ class ModelMetrics:
 
     def observe_batch(self, inputs: int, seconds: float) -> None:
         """Record one model call."""
-        self.batch_size.observe(inputs, tags=self._tags)
-        self.inference.observe(seconds, tags=self._tags)
+        RECORDS.observe(self.batch_size, inputs, self._tags)
+        RECORDS.observe(self.inference, seconds, self._tags)
 
 
 class RouterMetrics:
