@@ -14,11 +14,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from configs.schema import AppArgs, BatchLiveConfig, FaultInjection
 from deployments.metrics import ModelMetrics
 from deployments.model_server import EmbedResult, inject_fault, load_version, split_batch
 from models import ArtifactStore
 from models.text import TextEmbedder
+
+# Requests up to this size are tokenized on the event loop as they arrive (about
+# 20 us for a few short texts); larger ones in the inference thread.
+LOOP_TOKENIZE_MAX_TEXTS = 16
+LOOP_TOKENIZE_MAX_CHARS = 4096
 
 
 class InlineBatcher:
@@ -36,7 +44,9 @@ class InlineBatcher:
         self.max_batch_size = BatchLiveConfig().max_batch_size
         self._metrics = metrics
         self._executor = executor
-        self._queue: list[tuple[list[str], asyncio.Future[EmbedResult]]] = []
+        self._queue: list[
+            tuple[list[str], list[list[int]] | None, asyncio.Future[EmbedResult]]
+        ] = []
         self._running = False
 
     async def embed(self, texts: list[str]) -> EmbedResult:
@@ -44,7 +54,13 @@ class InlineBatcher:
         if self._fault is not None:
             await inject_fault(self._fault)
         future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((texts, future))
+        # A small request is tokenized here, on the loop, while a batch may be running:
+        # the inference thread then never waits for the GIL to tokenize. Large ones are
+        # tokenized in the inference thread, so the loop never stalls on them.
+        small = len(texts) <= LOOP_TOKENIZE_MAX_TEXTS and sum(map(len, texts)) <= (
+            LOOP_TOKENIZE_MAX_CHARS
+        )
+        self._queue.append((texts, self.runtime.tokenize(texts) if small else None, future))
         if not self._running:
             self._running = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -56,24 +72,33 @@ class InlineBatcher:
             while self._queue:
                 batch = self._queue[: self.max_batch_size]
                 del self._queue[: len(batch)]
-                flat = [t for texts, _ in batch for t in texts]
+                parts = [(texts, ids) for texts, ids, _ in batch]
                 started = time.perf_counter()
                 try:
-                    vectors, tokens = await loop.run_in_executor(
-                        self._executor, self.runtime.embed_counted, flat
-                    )
+                    vectors, tokens = await loop.run_in_executor(self._executor, self._run, parts)
                 except Exception as e:  # every waiter learns, none hangs
-                    for _, future in batch:
+                    for _, _, future in batch:
                         if not future.done():
                             future.set_exception(e)
                     continue
-                self._metrics.observe_batch(len(flat), time.perf_counter() - started)
-                results = split_batch([len(texts) for texts, _ in batch], vectors, tokens)
-                for (_, future), result in zip(batch, results, strict=True):
+                self._metrics.observe_batch(len(tokens), time.perf_counter() - started)
+                results = split_batch([len(texts) for texts, _, _ in batch], vectors, tokens)
+                for (_, _, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)
         finally:
             self._running = False
+
+    def _run(
+        self, parts: list[tuple[list[str], list[list[int]] | None]]
+    ) -> tuple[npt.NDArray[np.float32], list[int]]:
+        """One batch in the inference thread: tokenize what is not yet, then embed."""
+        ids = [
+            row
+            for texts, tokenized in parts
+            for row in (tokenized if tokenized is not None else self.runtime.tokenize(texts))
+        ]
+        return self.runtime.embed_token_ids(ids)
 
 
 def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBatcher]:

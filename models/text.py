@@ -51,9 +51,15 @@ class TextEmbedder(Runtime):
 
     def embed_counted(self, texts: list[str]) -> tuple[Float32Array, list[int]]:
         """Embeddings plus the number of tokens each text used after truncation."""
-        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
-        ids = [enc.ids for enc in encodings]
-        out = np.empty((len(texts), self.meta.embedding_dim), dtype=np.float32)
+        return self.embed_token_ids(self.tokenize(texts))
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, special tokens added, truncated at the model's limit."""
+        return [enc.ids for enc in self._tokenizer.encode_batch(texts, add_special_tokens=True)]
+
+    def embed_token_ids(self, ids: list[list[int]]) -> tuple[Float32Array, list[int]]:
+        """Embeddings of already tokenized texts, plus each one's token count."""
+        out = np.empty((len(ids), self.meta.embedding_dim), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         step = self.options.micro_batch_size
         for start in range(0, len(order), step):

@@ -59,3 +59,29 @@ def test_fault_injection_applies_inline(runtime: Any) -> None:
     )
     with pytest.raises(InjectedFault):
         asyncio.run(batcher.embed(["x"]))
+
+
+def test_small_requests_tokenized_on_arrival_large_ones_in_the_batch(
+    manifest: dict[str, Any], example_store: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from deployments.inline import LOOP_TOKENIZE_MAX_TEXTS
+
+    # fp32 (v1): a text's vector does not depend on its batch-mates.
+    entry = manifest["v1"]
+    ref = ArtifactRef(str(example_store / entry["file"]), entry["sha256"])
+    runtime: Any = load_model(ref, RuntimeOptions(), ArtifactStore(tmp_path))
+    batcher = InlineBatcher(runtime, _Metrics(), ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    small = ["a red shoe", "blue socks"]
+    large = [f"text number {i} about shoes" for i in range(LOOP_TOKENIZE_MAX_TEXTS + 1)]
+    long_one = ["word " * 2000]  # one text over the character bound
+
+    async def run() -> list[Any]:
+        return list(await asyncio.gather(*(batcher.embed(t) for t in (small, large, long_one))))
+
+    results = asyncio.run(run())
+    for texts, (vectors, tokens) in zip((small, large, long_one), results, strict=True):
+        expected, per_text = runtime.embed_counted(texts)
+        np.testing.assert_allclose(vectors, expected, atol=1e-5)
+        assert tokens == sum(per_text)
