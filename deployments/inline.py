@@ -4,7 +4,8 @@ Each inline version has a batcher that never waits when idle: a request arriving
 while no batch runs is dispatched at once; requests arriving while one runs are
 gathered and go together as the next batch (up to `max_batch_size` requests).
 Inference runs in a worker thread (ONNX Runtime releases the GIL), so the event loop
-keeps parsing and encoding other requests meanwhile.
+keeps parsing and encoding other requests meanwhile; small requests are tokenized on
+the loop as they arrive, so that thread rarely needs the GIL.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-
 from configs.schema import AppArgs, BatchLiveConfig, FaultInjection
 from deployments.metrics import ModelMetrics
 from deployments.model_server import EmbedResult, inject_fault, load_version, split_batch
 from models import ArtifactStore
-from models.text import TextEmbedder
+from models.text import Float32Array, TextEmbedder
 
 # Requests up to this size are tokenized on the event loop as they arrive (about
 # 20 us for a few short texts); larger ones in the inference thread.
@@ -91,7 +89,7 @@ class InlineBatcher:
 
     def _run(
         self, parts: list[tuple[list[str], list[list[int]] | None]]
-    ) -> tuple[npt.NDArray[np.float32], list[int]]:
+    ) -> tuple[Float32Array, list[int]]:
         """One batch in the inference thread: tokenize what is not yet, then embed."""
         ids = [
             row
