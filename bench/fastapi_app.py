@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 
 STORE = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -39,10 +39,6 @@ def build_app() -> FastAPI:
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         payload = orjson.dumps({"object": "list", "data": data}, option=orjson.OPT_SERIALIZE_NUMPY)
         return Response(payload, media_type="application/json")
-
-    @app.get("/healthz")
-    def healthz(request: Request) -> dict[str, str]:
-        return {"status": "ok"}
 
     return app
 

@@ -142,9 +142,9 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
-def _wrk_once(url: str, bodies_file: Path, connections: int, seconds: float) -> dict[str, Any]:
-    wrk = wrk_path()
-    assert wrk is not None
+def _wrk_once(
+    wrk: str, url: str, bodies_file: Path, connections: int, seconds: float
+) -> dict[str, Any]:
     argv = [
         wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
         "-s", str(WRK_SCRIPT), url, "--", str(bodies_file),
@@ -156,29 +156,21 @@ def _wrk_once(url: str, bodies_file: Path, connections: int, seconds: float) -> 
     raise RuntimeError(f"wrk printed no summary: {out.stdout[-500:]} {out.stderr[-500:]}")
 
 
-def run_wrk(
-    url_host: str,
-    port: int,
-    path: str,
-    bodies: list[bytes],
-    connections: int,
-    warmup_s: float,
-    measure_s: float,
+def _run_wrk(
+    wrk: str, url: str, bodies: list[bytes], connections: int, warmup_s: float, measure_s: float
 ) -> dict[str, Any]:
     """One workload with wrk: a warm-up run, then the measured run."""
     with tempfile.TemporaryDirectory() as tmp:
         bodies_file = Path(tmp) / "bodies.jsonl"
         bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
-        url = f"http://{url_host}:{port}{path}"
         if warmup_s > 0:
-            _wrk_once(url, bodies_file, connections, warmup_s)
-        r = _wrk_once(url, bodies_file, connections, measure_s)
-    seconds = r["duration_us"] / 1e6
+            _wrk_once(wrk, url, bodies_file, connections, warmup_s)
+        r = _wrk_once(wrk, url, bodies_file, connections, measure_s)
     socket_errors = r["connect"] + r["read"] + r["write"] + r["timeout"]
     return {
         "ok": r["requests"] - r["status"],
         "errors": r["status"] + socket_errors,
-        "seconds": seconds,
+        "seconds": r["duration_us"] / 1e6,
         "p50_ms": r["p50_us"] / 1000,
         "p99_ms": r["p99_us"] / 1000,
     }
@@ -195,8 +187,10 @@ def run_workload(
 ) -> dict[str, Any]:
     """One workload with the lightest client available: ok and failed requests,
     measured seconds, p50 and p99 in milliseconds."""
-    if wrk_path():
-        return run_wrk(url_host, port, path, bodies, connections, warmup_s, measure_s)
+    wrk = wrk_path()
+    if wrk:
+        url = f"http://{url_host}:{port}{path}"
+        return _run_wrk(wrk, url, bodies, connections, warmup_s, measure_s)
     figures = asyncio.run(run_load(url_host, port, path, bodies, connections, warmup_s, measure_s))
     return {
         "ok": figures.requests,

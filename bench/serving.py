@@ -349,8 +349,8 @@ def main() -> int:
     raw_runs.append(raw(min(args.seconds, 10.0)))
     print(f"  {raw_runs[1]}", flush=True)
     results["raw"] = {
-        **raw_runs[-1],
-        "runs": raw_runs,
+        "weights": raw_runs[0]["weights"],
+        "runs": raw_runs,  # each with its per-version figures and mix
         "mix": {b: max(run["mix"][b] for run in raw_runs) for b in ("b1", "b32")},
     }
     mix = results["raw"]["mix"]
