@@ -22,7 +22,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _session_processes(sid: int, columns: str = "pid=,comm=") -> list[str]:
-    out = subprocess.run(["ps", "-eo", f"sid=,{columns}"], capture_output=True, text=True).stdout
+    # -ww: full command lines whatever the terminal width (a long checkout path cuts them at 80).
+    out = subprocess.run(
+        ["ps", "-ww", "-eo", f"sid=,{columns}"], capture_output=True, text=True
+    ).stdout
     return [
         line.strip() for line in out.splitlines() if line.split() and line.split()[0] == str(sid)
     ]
