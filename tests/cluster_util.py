@@ -55,7 +55,7 @@ class RayNode:
 
 def _pids_of(sid: int, temp_dir: str) -> list[int]:
     out = subprocess.run(
-        ["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=False
+        ["ps", "-ww", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=False
     ).stdout
     pids = []
     for line in out.splitlines():
