@@ -84,6 +84,14 @@ class VersionSpec(_Strict):
             return "always" if value else "never"
         return value
 
+    busy_lanes: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Inline ONNX versions on CPU: batches run at once when requests queue "
+        "up, each on one thread of a second session (about the model's size in memory). "
+        "A lone request still runs on all intra_op_threads; 1: one batch at a time.",
+    )
     micro_batch_size: int = Field(
         64, ge=1, le=4096, description="Texts per forward pass inside one batch."
     )
@@ -110,12 +118,15 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _inline_is_cpu(self) -> ModelSpec:
-        if self.placement == "inline":
-            for version, spec in self.versions.items():
-                if spec.device != "cpu":
-                    raise ValueError(
-                        f"versions.{version}.device: inline placement runs on the ingress's CPU"
-                    )
+        for version, spec in self.versions.items():
+            if self.placement == "inline" and spec.device != "cpu":
+                raise ValueError(
+                    f"versions.{version}.device: inline placement runs on the ingress's CPU"
+                )
+            if spec.busy_lanes > 1 and (self.placement != "inline" or spec.runtime != "onnx"):
+                raise ValueError(
+                    f"versions.{version}.busy_lanes: needs placement inline and runtime onnx"
+                )
         return self
 
 

@@ -26,9 +26,18 @@ from models.text import Float32Array, TextEmbedder
 LOOP_TOKENIZE_MAX_TEXTS = 16
 LOOP_TOKENIZE_MAX_CHARS = 4096
 
+# A queued request: its texts, their token ids when tokenized on arrival, its future.
+_Pending = tuple[list[str], list[list[int]] | None, "asyncio.Future[EmbedResult]"]
+
 
 class InlineBatcher:
-    """Adaptive batching in front of one in-process runtime."""
+    """Adaptive batching in front of one in-process runtime.
+
+    A lone request gets the runtime's full session (all its intra-op threads). When
+    requests queue up and the runtime has busy lanes, the queue is split across them:
+    up to `busy_lanes` batches run at once, one thread each, so no run waits at a
+    thread barrier for a core the others hold. The two kinds never overlap.
+    """
 
     def __init__(
         self,
@@ -42,10 +51,10 @@ class InlineBatcher:
         self.max_batch_size = BatchLiveConfig().max_batch_size
         self._metrics = metrics
         self._executor = executor
-        self._queue: list[
-            tuple[list[str], list[list[int]] | None, asyncio.Future[EmbedResult]]
-        ] = []
-        self._running = False
+        self._queue: list[_Pending] = []
+        self._lanes = runtime.busy_lanes
+        self._running = 0  # batches in flight
+        self._solo = False  # the one in flight has the full session
 
     async def embed(self, texts: list[str]) -> EmbedResult:
         """Vectors and token count for one request, batched with concurrent ones."""
@@ -59,58 +68,75 @@ class InlineBatcher:
             LOOP_TOKENIZE_MAX_CHARS
         )
         self._queue.append((texts, self.runtime.tokenize(texts) if small else None, future))
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+        self._dispatch()
         return await future
 
-    async def _drain(self) -> None:
+    def _dispatch(self) -> None:
+        """Start what may start now: a lone request on the full session; a queue split
+        over the free busy lanes; without lanes, the queue as one batch at a time."""
+        while self._queue and not self._solo:
+            if self._running == 0 and (self._lanes == 0 or len(self._queue) == 1):
+                self._start(len(self._queue), solo=True)
+            elif self._lanes > 0 and self._running < self._lanes:
+                free = self._lanes - self._running
+                self._start(-(-len(self._queue) // free), solo=False)
+            else:
+                return
+
+    def _start(self, size: int, solo: bool) -> None:
+        batch = self._queue[: min(size, self.max_batch_size)]
+        del self._queue[: len(batch)]
+        self._running += 1
+        self._solo = solo
+        asyncio.get_running_loop().create_task(self._run_batch(batch, busy=not solo))
+
+    async def _run_batch(self, batch: list[_Pending], busy: bool) -> None:
         loop = asyncio.get_running_loop()
+        parts = [(texts, ids) for texts, ids, _ in batch]
+        started = time.perf_counter()
         try:
-            while self._queue:
-                batch = self._queue[: self.max_batch_size]
-                del self._queue[: len(batch)]
-                parts = [(texts, ids) for texts, ids, _ in batch]
-                started = time.perf_counter()
-                try:
-                    vectors, tokens = await loop.run_in_executor(self._executor, self._run, parts)
-                except Exception as e:  # every waiter learns, none hangs
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(e)
-                    continue
-                self._metrics.observe_batch(len(tokens), time.perf_counter() - started)
-                results = split_batch([len(texts) for texts, _, _ in batch], vectors, tokens)
-                for (_, _, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+            vectors, tokens = await loop.run_in_executor(self._executor, self._run, parts, busy)
+        except Exception as e:  # every waiter learns, none hangs
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+        else:
+            self._metrics.observe_batch(len(tokens), time.perf_counter() - started)
+            results = split_batch([len(texts) for texts, _, _ in batch], vectors, tokens)
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
         finally:
-            self._running = False
+            self._running -= 1
+            self._solo = False
+            self._dispatch()
 
     def _run(
-        self, parts: list[tuple[list[str], list[list[int]] | None]]
+        self, parts: list[tuple[list[str], list[list[int]] | None]], busy: bool
     ) -> tuple[Float32Array, list[int]]:
-        """One batch in the inference thread: tokenize what is not yet, then embed."""
+        """One batch in an inference thread: tokenize what is not yet, then embed."""
         ids = [
             row
             for texts, tokenized in parts
             for row in (tokenized if tokenized is not None else self.runtime.tokenize(texts))
         ]
-        return self.runtime.embed_token_ids(ids)
+        return self.runtime.embed_token_ids(ids, busy=busy)
 
 
 def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBatcher]:
-    """Resolve and load every inline version; they share one inference thread."""
+    """Resolve and load every inline version; they share the inference threads (one,
+    or as many as the most busy lanes a version has)."""
     if not args.inline_versions():
         return {}
     store = ArtifactStore(
         cache_dir=Path(args.artifact_cache_dir) if args.artifact_cache_dir else None
     )
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inline-infer")
+    lanes = max(args.models[m].versions[v].busy_lanes for m, v in args.inline_versions())
+    executor = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="inline-infer")
     out = {}
     for model, version in args.inline_versions():
         spec = args.models[model].versions[version]
-        runtime = load_version(model, version, spec, args.artifact_root, store)
+        runtime = load_version(model, version, spec, args.artifact_root, store, inline=True)
         out[(model, version)] = InlineBatcher(
             runtime, ModelMetrics(model, version), executor, spec.fault_injection
         )

@@ -13,10 +13,12 @@ class OnnxEmbedder(TextEmbedder):
     """Runs an exported sentence-embedding graph with ONNX Runtime."""
 
     _session: Any = None
+    _busy_session: Any = None
     _providers: tuple[str, ...] = ()
 
     def load(self) -> None:
-        """Create the inference session and run one warm-up batch."""
+        """Create the inference session (and, with `busy_lanes` > 1 on CPU, a one-thread
+        session for concurrent busy runs), then run one warm-up batch through each."""
         import onnxruntime as ort
 
         self._load_tokenizer()
@@ -36,18 +38,35 @@ class OnnxEmbedder(TextEmbedder):
                     "device gpu asked for, but this onnxruntime build has no CUDA provider"
                 )
             providers.insert(0, "CUDAExecutionProvider")
-        self._session = ort.InferenceSession(
-            str(self.package_dir / self.meta.model_file), sess_options=opts, providers=providers
-        )
+        path = str(self.package_dir / self.meta.model_file)
+        self._session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         self._providers = tuple(self._session.get_providers())
+        if self.options.busy_lanes > 1 and self.device_name == "cpu":
+            # One thread per run: concurrent runs never meet at a barrier waiting for a
+            # thread that lost its core, which is what two-thread runs do under load.
+            # A one-thread session already is one (no second copy of the weights).
+            self._busy_session = self._session
+            if self.options.intra_op_threads != 1:
+                opts.intra_op_num_threads = 1
+                self._busy_session = ort.InferenceSession(path, opts, providers=providers)
         self._ready = True
         self.predict_batch(["warm up"])
+        if self._busy_session not in (None, self._session):
+            self.embed_token_ids(self.tokenize(["warm up"]), busy=True)
+
+    @property
+    def busy_lanes(self) -> int:
+        """`busy_lanes` from the options when the one-thread session exists, else 0."""
+        return self.options.busy_lanes if self._busy_session is not None else 0
 
     @property
     def device_name(self) -> str:
         """`cuda` when the CUDA provider is active, otherwise `cpu`."""
         return "cuda" if self._providers[:1] == ("CUDAExecutionProvider",) else "cpu"
 
-    def _forward(self, input_ids: Int64Array, attention_mask: Int64Array) -> Float32Array:
-        (out,) = self._session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+    def _forward(
+        self, input_ids: Int64Array, attention_mask: Int64Array, busy: bool = False
+    ) -> Float32Array:
+        session = self._busy_session if busy and self._busy_session is not None else self._session
+        (out,) = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
         return np.asarray(out, dtype=np.float32)

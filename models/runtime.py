@@ -35,6 +35,10 @@ class RuntimeOptions:
     inter_op_threads: int = 0
     # ONNX Runtime's default; serving uses "during_run" (configs/schema.py).
     spinning: Spinning = "always"
+    # Batches run at once when busy, each on one thread (ONNX Runtime on CPU): a
+    # second session with one intra-op thread, shared by up to this many runs. A
+    # lone batch still gets `intra_op_threads`. 1: one batch at a time.
+    busy_lanes: int = 1
     # Largest number of texts run through the graph at once. Inputs are sorted by
     # length and cut into micro-batches of this size, so padding stays small.
     micro_batch_size: int = 64
@@ -44,6 +48,8 @@ class RuntimeOptions:
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError("thread counts must be >= 0")
+        if self.busy_lanes < 1:
+            raise ValueError("busy_lanes must be >= 1")
         if self.micro_batch_size < 1:
             raise ValueError("micro_batch_size must be >= 1")
 

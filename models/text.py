@@ -57,20 +57,31 @@ class TextEmbedder(Runtime):
         """Token ids of each text, special tokens added, truncated at the model's limit."""
         return [enc.ids for enc in self._tokenizer.encode_batch(texts, add_special_tokens=True)]
 
-    def embed_token_ids(self, ids: list[list[int]]) -> tuple[Float32Array, list[int]]:
-        """Embeddings of already tokenized texts, plus each one's token count."""
+    @property
+    def busy_lanes(self) -> int:
+        """Batches that may run at once on one thread each (`embed_token_ids(busy=True)`);
+        0 when this runtime has no such lanes and runs one batch at a time."""
+        return 0
+
+    def embed_token_ids(
+        self, ids: list[list[int]], busy: bool = False
+    ) -> tuple[Float32Array, list[int]]:
+        """Embeddings of already tokenized texts, plus each one's token count. `busy`:
+        run on a one-thread lane, beside other busy runs (see `busy_lanes`)."""
         out = np.empty((len(ids), self.meta.embedding_dim), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         step = self.options.micro_batch_size
         for start in range(0, len(order), step):
             chunk = order[start : start + step]
             input_ids, mask = _pad([ids[i] for i in chunk])
-            out[chunk] = self._forward(input_ids, mask)
+            out[chunk] = self._forward(input_ids, mask, busy)
         return out, [len(row) for row in ids]
 
     @abstractmethod
-    def _forward(self, input_ids: Int64Array, attention_mask: Int64Array) -> Float32Array:
-        """Embeddings `[batch, dim]` for one padded micro-batch."""
+    def _forward(
+        self, input_ids: Int64Array, attention_mask: Int64Array, busy: bool = False
+    ) -> Float32Array:
+        """Embeddings `[batch, dim]` for one padded micro-batch (`busy`: on a lane)."""
 
 
 def _pad(batch: list[list[int]]) -> tuple[Int64Array, Int64Array]:

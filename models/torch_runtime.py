@@ -42,7 +42,9 @@ class TorchEmbedder(TextEmbedder):
         """`cuda:0` on GPU, otherwise `cpu`."""
         return self._device
 
-    def _forward(self, input_ids: Int64Array, attention_mask: Int64Array) -> Float32Array:
+    def _forward(
+        self, input_ids: Int64Array, attention_mask: Int64Array, busy: bool = False
+    ) -> Float32Array:
         import torch
 
         with torch.inference_mode():

@@ -85,3 +85,76 @@ def test_small_requests_tokenized_on_arrival_large_ones_in_the_batch(
         expected, per_text = runtime.embed_counted(texts)
         np.testing.assert_allclose(vectors, expected, atol=1e-5)
         assert tokens == sum(per_text)
+
+
+class _LaneRecorder:
+    """Wraps a runtime's `embed_token_ids`, recording each run's lane and overlap."""
+
+    def __init__(self, runtime: Any, lanes: int) -> None:
+        import threading
+
+        self.runtime, self.lanes = runtime, lanes
+        self.runs: list[tuple[bool, int]] = []  # (busy, runs in flight when it started)
+        self._in_flight = 0
+        self._guard = threading.Lock()
+
+    @property
+    def busy_lanes(self) -> int:
+        return self.lanes
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.runtime.tokenize(texts)  # type: ignore[no-any-return]
+
+    def embed_token_ids(self, ids: list[list[int]], busy: bool = False) -> Any:
+        import time
+
+        with self._guard:
+            self._in_flight += 1
+            self.runs.append((busy, self._in_flight))
+        try:
+            time.sleep(0.02)  # long enough for the others to queue up
+            return self.runtime.embed_token_ids(ids, busy=busy)
+        finally:
+            with self._guard:
+                self._in_flight -= 1
+
+
+def test_lone_request_gets_the_full_session_queued_ones_share_the_lanes(
+    manifest: dict[str, Any], example_store: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    entry = manifest["v1"]
+    ref = ArtifactRef(str(example_store / entry["file"]), entry["sha256"])
+    runtime: Any = load_model(ref, RuntimeOptions(busy_lanes=2), ArtifactStore(tmp_path))
+    assert runtime.busy_lanes == 2
+    recorder = _LaneRecorder(runtime, 2)
+    batcher = InlineBatcher(recorder, _Metrics(), ThreadPoolExecutor(2))  # type: ignore[arg-type]
+    texts = [[f"query {i} about red shoes"] for i in range(7)]
+
+    async def run() -> list[Any]:
+        alone = await batcher.embed(["a lone query"])
+        # A burst: the first finds the batcher idle and runs alone; the six queued
+        # behind it are split over the two lanes once it returns.
+        burst = await asyncio.gather(*(batcher.embed(t) for t in texts))
+        return [alone, *burst]
+
+    results = asyncio.run(run())
+    assert recorder.runs[:2] == [(False, 1), (False, 1)]  # alone, nothing beside them
+    busy = recorder.runs[2:]
+    assert [is_busy for is_busy, _ in busy] == [True, True]  # 3 + 3 over two lanes
+    assert max(overlap for _, overlap in busy) == 2  # at once, never beside a solo run
+    for request, (vectors, _) in zip([["a lone query"], *texts], results, strict=True):
+        np.testing.assert_allclose(vectors, runtime.embed(request), atol=1e-5)
+
+
+def test_without_lanes_one_batch_at_a_time(runtime: Any) -> None:
+    recorder = _LaneRecorder(runtime, 0)
+    batcher = InlineBatcher(recorder, _Metrics(), ThreadPoolExecutor(2))  # type: ignore[arg-type]
+
+    async def run() -> None:
+        await asyncio.gather(*(batcher.embed([f"t{i}"]) for i in range(6)))
+
+    asyncio.run(run())
+    assert {overlap for _, overlap in recorder.runs} == {1}
+    assert not any(busy for busy, _ in recorder.runs)

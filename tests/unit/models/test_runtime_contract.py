@@ -109,6 +109,7 @@ def test_wrong_output_count_is_caught(
         ({"intra_op_threads": -1}, "thread counts"),
         ({"inter_op_threads": -2}, "thread counts"),
         ({"micro_batch_size": 0}, "micro_batch_size"),
+        ({"busy_lanes": 0}, "busy_lanes"),
     ],
 )
 def test_invalid_options(kwargs: dict[str, int], message: str) -> None:
@@ -134,3 +135,35 @@ def test_thread_spinning_reaches_the_onnx_session(
     options = runtime._session.get_session_options()  # type: ignore[attr-defined]
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == allow
     assert options.get_session_config_entry("session.force_spinning_stop") == stop
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_busy_lanes_run_a_one_thread_session_with_the_same_results(
+    version: str, manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    ref = _ref(example_store, manifest[version])
+    runtime: Any = load_model(ref, RuntimeOptions(busy_lanes=2), cache)
+    assert runtime.busy_lanes == 2
+    assert runtime._busy_session is not runtime._session
+    assert runtime._busy_session.get_session_options().intra_op_num_threads == 1
+    texts = ["a red running shoe", "blue wool socks for winter", "x"]
+    ids = runtime.tokenize(texts)
+    solo, solo_tokens = runtime.embed_token_ids(ids)
+    busy, busy_tokens = runtime.embed_token_ids(ids, busy=True)
+    np.testing.assert_allclose(busy, solo, atol=1e-5)
+    assert busy_tokens == solo_tokens
+
+
+def test_one_thread_session_is_its_own_busy_lane(
+    manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    ref = _ref(example_store, manifest["v2"])
+    runtime: Any = load_model(ref, RuntimeOptions(intra_op_threads=1, busy_lanes=2), cache)
+    assert runtime.busy_lanes == 2
+    assert runtime._busy_session is runtime._session  # no second copy of the weights
+    plain: Any = load_model(ref, RuntimeOptions(), cache)
+    assert plain.busy_lanes == 0
+    torch_rt: Any = load_model(
+        _ref(example_store, manifest["v1-torch"]), RuntimeOptions(busy_lanes=2), cache
+    )
+    assert torch_rt.busy_lanes == 0  # lanes are an ONNX Runtime CPU feature
