@@ -1,6 +1,7 @@
 """Raw runtime throughput: each example version in-process, no serving in the way.
 
     python bench/raw_runtime.py [--store artifacts] [--seconds 2] [--out bench/results/raw.json]
+    python bench/raw_runtime.py --lanes   # one batch on all threads vs two one-thread lanes
 
 Prints texts/s for batch sizes 1, 8, 32, 128 on short (~12 tokens) and long
 (~128 tokens) texts, and writes the same figures as JSON. Serving benchmarks divide
@@ -52,6 +53,62 @@ def texts_per_second(runtime: Runtime, texts: list[str], batch: int, seconds: fl
     return done / (time.perf_counter() - start)
 
 
+def lanes_texts_per_second(runtime: Any, texts: list[str], batch: int, seconds: float) -> float:
+    """Throughput of two busy lanes: two threads, each running its own batches on the
+    runtime's one-thread session at the same time (`embed_token_ids(busy=True)`)."""
+    import threading
+
+    ids = runtime.tokenize(texts)
+    runtime.embed_token_ids(ids[:batch], busy=True)
+    done = [0, 0]
+    stop = time.perf_counter() + seconds
+
+    def lane(k: int) -> None:
+        i = k * batch
+        while time.perf_counter() < stop:
+            chunk = [ids[(i + j) % len(ids)] for j in range(batch)]
+            runtime.embed_token_ids(chunk, busy=True)
+            done[k] += batch
+            i += 2 * batch
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=lane, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - start)
+
+
+def run_lanes(store_dir: Path, seconds: float, versions: list[str] | None) -> dict[str, Any]:
+    """Short texts, per batch size: one batch at a time on the default session against
+    two one-thread lanes side by side (what `busy_lanes: 2` does under load)."""
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    store = ArtifactStore()
+    texts = make_texts(512, 10)
+    results: dict[str, Any] = {}
+    for version, entry in manifest["models"]["minilm"]["versions"].items():
+        if (versions and version not in versions) or entry.get("runtime") != "onnx":
+            continue
+        ref = ArtifactRef(str(store_dir / entry["file"]), entry["sha256"])
+        runtime: Any = load_model(ref, RuntimeOptions(busy_lanes=2), store)
+        results[version] = {
+            "one_at_a_time": {
+                str(b): round(texts_per_second(runtime, texts, b, seconds), 1)
+                for b in LANE_BATCH_SIZES
+            },
+            "two_lanes": {
+                str(b): round(lanes_texts_per_second(runtime, texts, b, seconds), 1)
+                for b in LANE_BATCH_SIZES
+            },
+        }
+        del runtime
+    return results
+
+
+LANE_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+
+
 def run(store_dir: Path, seconds: float, versions: list[str] | None) -> dict[str, Any]:
     """Measure every version in the store's manifest."""
     manifest = json.loads((store_dir / "manifest.json").read_text())
@@ -93,7 +150,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--version", action="append", help="only these versions")
     parser.add_argument("--out", type=Path, default=Path("bench/results/raw.json"))
+    parser.add_argument("--lanes", action="store_true", help="all threads vs two lanes")
     args = parser.parse_args()
+    if args.lanes:
+        lanes = run_lanes(args.store, args.seconds, args.version)
+        for version, rows in lanes.items():
+            for mode, row in rows.items():
+                cells = "".join(f"{'b' + b:>6}{v:>8.1f}" for b, v in row.items())
+                print(f"{version:<4} {mode:<14}{cells}")
+        print("(texts/s, short texts, in-process)")
+        return 0
     results = run(args.store, args.seconds, args.version)
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -217,6 +217,11 @@ def _servekit_config(tmp: Path, name: str, port: int, dedicated: bool) -> Path:
     if dedicated:
         app = doc["applications"][0]
         app["args"]["models"]["minilm"]["placement"] = "dedicated"
+        for spec in app["args"]["models"]["minilm"]["versions"].values():
+            # Busy lanes are the inline batcher's; a dedicated version runs one batch
+            # at a time on all of its replica's threads.
+            spec.pop("busy_lanes", None)
+            spec.pop("intra_op_threads", None)
         ingress = app["deployments"][0]
         batching = ingress["user_config"].pop("batching", {})
         ingress["ray_actor_options"] = {"num_cpus": 0.5}

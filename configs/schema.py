@@ -88,9 +88,10 @@ class VersionSpec(_Strict):
         1,
         ge=1,
         le=16,
-        description="Inline ONNX versions on CPU: batches run at once when requests queue "
-        "up, each on one thread of a second session (about the model's size in memory). "
-        "A lone request still runs on all intra_op_threads; 1: one batch at a time.",
+        description="ONNX versions on CPU with inline placement: batches run at once when "
+        "requests queue up, each on one thread of a second session (about the model's size "
+        "in memory). A lone request still runs on all intra_op_threads; 1: one batch at a "
+        "time. A dedicated version runs one batch at a time and ignores it.",
     )
     micro_batch_size: int = Field(
         64, ge=1, le=4096, description="Texts per forward pass inside one batch."
@@ -123,10 +124,8 @@ class ModelSpec(_Strict):
                 raise ValueError(
                     f"versions.{version}.device: inline placement runs on the ingress's CPU"
                 )
-            if spec.busy_lanes > 1 and (self.placement != "inline" or spec.runtime != "onnx"):
-                raise ValueError(
-                    f"versions.{version}.busy_lanes: needs placement inline and runtime onnx"
-                )
+            if spec.busy_lanes > 1 and spec.runtime != "onnx":
+                raise ValueError(f"versions.{version}.busy_lanes: needs runtime onnx")
         return self
 
 

@@ -113,3 +113,12 @@ def test_unknown_route_and_method(service: Service) -> None:
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
     assert wrong_method.status_code in (400, 405)
+
+
+def test_routing_key_over_256_characters_is_400(service: Service) -> None:
+    body = {"model": "minilm", "input": "x"}
+    r = _post(service, "/v1/embeddings", json=body, headers={"X-Routing-Key": "k" * 257})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith("header.x-routing-key: ")
+    ok = _post(service, "/v1/embeddings", json=body, headers={"X-Routing-Key": "k" * 256})
+    assert ok.status_code == 200

@@ -30,9 +30,9 @@ def test_unknown_spinning_policy_names_the_field() -> None:
 
 @pytest.mark.parametrize(
     ("placement", "runtime", "ok"),
-    [("inline", "onnx", True), ("dedicated", "onnx", False), ("inline", "torch", False)],
+    [("inline", "onnx", True), ("dedicated", "onnx", True), ("inline", "torch", False)],
 )
-def test_busy_lanes_need_an_inline_onnx_version(placement: str, runtime: str, ok: bool) -> None:
+def test_busy_lanes_need_an_onnx_version(placement: str, runtime: str, ok: bool) -> None:
     version = {**_BASE, "runtime": runtime, "busy_lanes": 2}
     doc = {"placement": placement, "versions": {"v1": version}}
     if ok:
