@@ -2,8 +2,9 @@
 
 Each inline version has a batcher that never waits when idle: a request arriving
 while no batch runs is dispatched at once; requests arriving while one runs are
-gathered and go together as the next batch (up to `max_batch_size` requests).
-Inference runs in a worker thread (ONNX Runtime releases the GIL), so the event loop
+gathered and go together as the next batch (up to `max_batch_size` requests); with
+busy lanes (`busy_lanes`), the queue is split over that many one-thread runs at once.
+Inference runs in worker threads (ONNX Runtime releases the GIL), so the event loop
 keeps parsing and encoding other requests meanwhile; small requests are tokenized on
 the loop as they arrive, so that thread rarely needs the GIL.
 """
