@@ -37,7 +37,8 @@ class InlineBatcher:
     A lone request gets the runtime's full session (all its intra-op threads). When
     requests queue up and the runtime has busy lanes, the queue is split across them:
     up to `busy_lanes` batches run at once, one thread each, so no run waits at a
-    thread barrier for a core the others hold. The two kinds never overlap.
+    thread barrier for a core the others hold. The two kinds never overlap within a
+    version; versions share the inference threads.
     """
 
     def __init__(
