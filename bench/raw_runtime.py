@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import ArtifactRef, ArtifactStore, Runtime, RuntimeOptions, load_model
 
 BATCH_SIZES = (1, 8, 32, 128)
+LANE_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 _WORDS = (
     "search ranking model replica batch latency vector embedding user product query "
     "catalog shipping review price customer session click cart brand color size"
@@ -104,9 +105,6 @@ def run_lanes(store_dir: Path, seconds: float, versions: list[str] | None) -> di
         }
         del runtime
     return results
-
-
-LANE_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 
 def run(store_dir: Path, seconds: float, versions: list[str] | None) -> dict[str, Any]:

@@ -118,7 +118,7 @@ class ModelSpec(_Strict):
     )
 
     @model_validator(mode="after")
-    def _inline_is_cpu(self) -> ModelSpec:
+    def _versions_fit_placement_and_runtime(self) -> ModelSpec:
         for version, spec in self.versions.items():
             if self.placement == "inline" and spec.device != "cpu":
                 raise ValueError(

@@ -162,8 +162,12 @@ def _body_doc(model: type[BaseModel], binary: bool = False) -> dict[str, Any]:
 
 
 def _request_id(request: Request) -> str:
+    return _id_or_fresh(request.headers.get("x-request-id"))
+
+
+def _id_or_fresh(header: str | None) -> str:
     # Serve's proxy sets x-request-id (the caller's, or a fresh one) and echoes it.
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+    return header or uuid.uuid4().hex
 
 
 @api.exception_handler(RequestValidationError)
@@ -304,7 +308,7 @@ class Ingress:
         """`POST /v1/embeddings` straight from ASGI (see `EmbeddingsRoute`): the same
         work as `embeddings`, without FastAPI's routing and parameter solving."""
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
+        request_id = _id_or_fresh(headers.get(b"x-request-id", b"").decode("latin-1"))
         pinned = headers.get(b"x-model-version")
         key = headers.get(b"x-routing-key")
 
