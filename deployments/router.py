@@ -133,7 +133,8 @@ class VersionRouter:
             )
             return result
         try:
-            return await asyncio.wait_for(batcher.embed(texts), self.args.request_timeout_s)
+            async with asyncio.timeout(self.args.request_timeout_s):  # no extra task
+                return await batcher.embed(texts)
         except TimeoutError as e:
             raise Timeout(f"{label}: no answer within {self.args.request_timeout_s:g} s") from e
         except ServekitError:
