@@ -40,7 +40,7 @@ from deployments.errors import (
     TooManyInputs,
     error_response,
 )
-from deployments.inline import Occupancy, load_inline
+from deployments.inline import load_inline
 from deployments.logs import get_logger, log_request
 from deployments.metrics import IngressMetrics
 from deployments.model_server import runtime_metadata
@@ -203,8 +203,7 @@ class Ingress:
         self.handles: dict[tuple[str, str], DeploymentHandle[Any]] = {
             key: servers[name] for name, key in self.args.deployment_names().items()
         }
-        self.occupancy = Occupancy()  # requests in this replica's handlers now
-        self.router = VersionRouter(self.args, self.handles, load_inline(self.args, self.occupancy))
+        self.router = VersionRouter(self.args, self.handles, load_inline(self.args))
         self.metrics = IngressMetrics()
         self.log = get_logger("access")
         self.created = int(time.time())
@@ -234,7 +233,6 @@ class Ingress:
         started = time.perf_counter()
         request_id = request if isinstance(request, str) else _request_id(request)
         call = _Call()
-        self.occupancy.enter()
         try:
             response = await work(call)
         except ServekitError as e:
@@ -242,8 +240,6 @@ class Ingress:
         except Exception as e:  # an unmapped failure: log it, say nothing internal
             self.log.error("unhandled", exc_info=e, extra={"fields": {"request_id": request_id}})
             response = error_response(InferenceFailed("internal error"), request_id, is_oip, {})
-        finally:
-            self.occupancy.leave()
         if call.version != "-":
             response.headers["X-Model-Version"] = call.version
         status = response.status_code

@@ -8,8 +8,7 @@ Inference runs in worker threads (ONNX Runtime releases the GIL), so the event l
 keeps parsing and encoding other requests meanwhile; small requests are tokenized on
 the loop as they arrive, so that thread rarely needs the GIL. The worker threads run
 at a lower priority than the loop: under load, the loop's parsing and answering is
-what keeps batches full. A small request that is the only one in the replica runs
-right on the loop: there is nothing to overlap, and two thread hand-offs are saved.
+what keeps batches full.
 """
 
 from __future__ import annotations
@@ -31,53 +30,11 @@ from models.text import Float32Array, TextEmbedder
 # 20 us for a few short texts); larger ones in the inference thread.
 LOOP_TOKENIZE_MAX_TEXTS = 16
 LOOP_TOKENIZE_MAX_CHARS = 4096
-# A request alone in the replica runs on the event loop up to this many tokens (a few
-# ms at most); larger ones go to an inference thread, so the loop stays responsive.
-LOOP_RUN_MAX_TOKENS = 512
-# ... and only when the replica had been idle this long before it came (see Occupancy).
-LOOP_RUN_IDLE_GAP_S = 0.0002
 # How much lower than the event loop the inference threads run (nice steps).
 INFERENCE_NICE_STEP = 4
 
 # A queued request: its texts, their token ids when tokenized on arrival, its future.
 _Pending = tuple[list[str], list[list[int]] | None, "asyncio.Future[EmbedResult]"]
-
-
-class Occupancy:
-    """The requests the replica is answering now (the ingress counts them), and whether
-    the newest one came to an idle replica.
-
-    A batcher runs a small request on the event loop only when it is the only one and
-    the replica had been idle for `idle_gap_s` before it came. Right after a request
-    ends, others may already wait unread in the sockets; the gap rule sends the next
-    one to an inference thread, so runs on the loop never follow each other under load.
-    """
-
-    def __init__(self, idle_gap_s: float = LOOP_RUN_IDLE_GAP_S) -> None:
-        self.requests = 0
-        self._idle_gap_s = idle_gap_s
-        self._idle_since = -idle_gap_s  # perf_counter time the count last fell to 0
-        self._newest_came_to_idle = False
-
-    def enter(self) -> None:
-        """A request starts."""
-        gap = time.perf_counter() - self._idle_since
-        self._newest_came_to_idle = self.requests == 0 and gap >= self._idle_gap_s
-        self.requests += 1
-
-    def leave(self) -> None:
-        """A request ends."""
-        self.requests -= 1
-        if self.requests == 0:
-            self._idle_since = time.perf_counter()
-
-    def claim_alone(self) -> bool:
-        """True, once, while the replica's one request is one that came to an idle
-        replica (once: its shadow copy, say, goes to a thread)."""
-        if self.requests == 1 and self._newest_came_to_idle:
-            self._newest_came_to_idle = False
-            return True
-        return False
 
 
 class InlineBatcher:
@@ -96,10 +53,8 @@ class InlineBatcher:
         metrics: ModelMetrics,
         executor: ThreadPoolExecutor,
         fault: FaultInjection | None = None,
-        occupancy: Occupancy | None = None,
     ):
         self.runtime = runtime
-        self._occupancy = occupancy
         self._fault = fault
         self.max_batch_size = BatchLiveConfig().max_batch_size
         self._metrics = metrics
@@ -113,32 +68,16 @@ class InlineBatcher:
         """Vectors and token count for one request, batched with concurrent ones."""
         if self._fault is not None:
             await inject_fault(self._fault)
+        future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
         # A small request is tokenized here, on the loop, while a batch may be running:
         # the inference thread then never waits for the GIL to tokenize. Large ones are
         # tokenized in the inference thread, so the loop never stalls on them.
         small = len(texts) <= LOOP_TOKENIZE_MAX_TEXTS and sum(map(len, texts)) <= (
             LOOP_TOKENIZE_MAX_CHARS
         )
-        ids = self.runtime.tokenize(texts) if small else None
-        if ids is not None and sum(map(len, ids)) <= LOOP_RUN_MAX_TOKENS and self._alone():
-            return self._run_here(ids)
-        future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((texts, ids, future))
+        self._queue.append((texts, self.runtime.tokenize(texts) if small else None, future))
         self._dispatch()
         return await future
-
-    def _alone(self) -> bool:
-        """Nothing else to overlap with: the replica's only request, which came to an
-        idle replica, and no batch of this version running."""
-        occupancy = self._occupancy
-        return self._running == 0 and occupancy is not None and occupancy.claim_alone()
-
-    def _run_here(self, ids: list[list[int]]) -> EmbedResult:
-        """One small request on the event loop, on the full session."""
-        started = time.perf_counter()
-        vectors, tokens = self.runtime.embed_token_ids(ids)
-        self._metrics.observe_batch(len(tokens), time.perf_counter() - started)
-        return vectors, sum(tokens)
 
     def _dispatch(self) -> None:
         """Start what may start now: a lone request on the full session; a queue split
@@ -209,9 +148,7 @@ def _lower_priority() -> None:
         pass
 
 
-def load_inline(
-    args: AppArgs, occupancy: Occupancy | None = None
-) -> dict[tuple[str, str], InlineBatcher]:
+def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBatcher]:
     """Resolve and load every inline version; they share the inference threads (one,
     or as many as the most busy lanes a version has)."""
     if not args.inline_versions():
@@ -226,6 +163,6 @@ def load_inline(
         spec = args.models[model].versions[version]
         runtime = load_version(model, version, spec, args.artifact_root, store, inline=True)
         out[(model, version)] = InlineBatcher(
-            runtime, ModelMetrics(model, version), executor, spec.fault_injection, occupancy
+            runtime, ModelMetrics(model, version), executor, spec.fault_injection
         )
     return out

@@ -160,61 +160,6 @@ def test_without_lanes_one_batch_at_a_time(runtime: Any) -> None:
     assert not any(busy for busy, _ in recorder.runs)
 
 
-class _Threads:
-    """Records which thread each run took: the event loop's or an inference thread."""
-
-    def __init__(self, runtime: Any) -> None:
-        self.runtime = runtime
-        self.busy_lanes = 0
-        self.threads: list[str] = []
-
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        return self.runtime.tokenize(texts)  # type: ignore[no-any-return]
-
-    def embed_token_ids(self, ids: list[list[int]], busy: bool = False) -> Any:
-        import threading
-
-        self.threads.append(threading.current_thread().name)
-        return self.runtime.embed_token_ids(ids, busy=busy)
-
-
-def test_a_small_request_alone_in_the_replica_runs_on_the_loop(runtime: Any) -> None:
-    import threading
-
-    import numpy as np
-
-    from deployments.inline import LOOP_RUN_MAX_TOKENS, Occupancy
-
-    recorder = _Threads(runtime)
-    occupancy = Occupancy(idle_gap_s=0.0)
-    metrics = _Metrics()
-    executor = ThreadPoolExecutor(1, thread_name_prefix="infer")
-    batcher = InlineBatcher(recorder, metrics, executor, occupancy=occupancy)  # type: ignore[arg-type]
-    # Three texts at the 256-token truncation: tokenized on arrival, over the run bound.
-    long_texts = [" ".join(f"w{i}" for i in range(260))] * 3
-    assert sum(map(len, runtime.tokenize(long_texts))) > LOOP_RUN_MAX_TOKENS
-
-    async def run() -> list[Any]:
-        out = []
-        occupancy.enter()  # alone, came to an idle replica: on the loop
-        out.append(await batcher.embed(["a red shoe"]))
-        occupancy.leave()
-        occupancy.enter()
-        out.append(await batcher.embed(long_texts))  # alone but long: a thread
-        occupancy.enter()  # another request in the replica: a thread
-        out.append(await batcher.embed(["a red shoe"]))
-        return out
-
-    results = asyncio.run(run())
-    loop_thread = threading.main_thread().name  # asyncio.run's loop runs here
-    assert recorder.threads[0] == loop_thread
-    assert recorder.threads[1].startswith("infer")
-    assert recorder.threads[2].startswith("infer")
-    np.testing.assert_allclose(results[0][0], results[2][0], atol=1e-6)
-    assert results[0][1] == results[2][1] > 0
-    assert metrics.batches == [1, 3, 1]  # every run is counted (texts), wherever it ran
-
-
 def test_inference_threads_run_below_the_loop_priority() -> None:
     import os
     import sys
@@ -230,28 +175,3 @@ def test_inference_threads_run_below_the_loop_priority() -> None:
     assert theirs.result() == min(19, mine + INFERENCE_NICE_STEP)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # caller as is
     executor.shutdown()
-
-
-def test_occupancy_alone_once_and_only_after_an_idle_gap() -> None:
-    import time
-
-    from deployments.inline import Occupancy
-
-    occupancy = Occupancy(idle_gap_s=0.05)
-    occupancy.enter()
-    assert occupancy.claim_alone()  # the first, to an idle replica
-    assert not occupancy.claim_alone()  # once per request
-    occupancy.leave()
-    time.sleep(0.06)
-    occupancy.enter()
-    occupancy.enter()
-    assert not occupancy.claim_alone()  # two in flight
-    occupancy.leave()
-    assert not occupancy.claim_alone()  # one left, but it came to a busy replica
-    occupancy.leave()
-    occupancy.enter()
-    assert not occupancy.claim_alone()  # right after the last one ended: others may be unread
-    occupancy.leave()
-    time.sleep(0.06)
-    occupancy.enter()
-    assert occupancy.claim_alone()
