@@ -57,6 +57,7 @@ VERSION = "0.1.0"
 READY_TTL_S = 5.0
 NOT_READY_TTL_S = 1.0
 READY_PROBE_TIMEOUT_S = 2.0
+ROUTING_KEY_MAX_CHARS = 256  # X-Routing-Key: longer is a 400 (OpenAI routes), cut (OIP)
 
 
 class ErrorDetail(BaseModel):
@@ -289,7 +290,9 @@ class Ingress:
         request: Request,
         x_model_version: str | None = Header(None, description="Pin a version."),
         x_routing_key: str | None = Header(
-            None, max_length=256, description="Sticky A/B: same key, same version."
+            None,
+            max_length=ROUTING_KEY_MAX_CHARS,
+            description="Sticky A/B: same key, same version.",
         ),
     ) -> Response:
         """Embed one text or a list of texts with the named model.
@@ -322,8 +325,11 @@ class Ingress:
                 yield message.get("body", b"")
 
         async def work(call: _Call) -> Response:
-            if key is not None and len(key) > 256:
-                raise BadRequest("header.x-routing-key: String should have at most 256 characters")
+            if key is not None and len(key) > ROUTING_KEY_MAX_CHARS:
+                raise BadRequest(
+                    "header.x-routing-key: String should have at most "
+                    f"{ROUTING_KEY_MAX_CHARS} characters"
+                )
             declared = headers.get(b"content-length", b"").decode("latin-1")
             body = await self._read_chunks(declared, stream())
             return await self._embed(
@@ -486,7 +492,9 @@ class Ingress:
         self, call: _Call, request: Request, name: str, pinned: str | None, source: str
     ) -> Response:
         key = request.headers.get("x-routing-key")
-        version = self.router.choose(name, pinned, source, key[:256] if key else None)
+        version = self.router.choose(
+            name, pinned, source, key[:ROUTING_KEY_MAX_CHARS] if key else None
+        )
         call.model, call.version = name, version
         parsed = oip.parse_infer(
             await self._read_body(request), request.headers.get(oip.HEADER_LENGTH)

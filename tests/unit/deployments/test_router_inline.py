@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +11,7 @@ import yaml
 from configs.schema import AppArgs
 from deployments.errors import Timeout
 from deployments.router import VersionRouter
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.conftest import REPO_ROOT
 
 
 class _SlowBatcher:
@@ -31,7 +29,7 @@ class _SlowBatcher:
 
 
 def _router(timeout_s: float, batcher: _SlowBatcher) -> VersionRouter:
-    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     args = doc["applications"][0]["args"]
     args["request_timeout_s"] = timeout_s
     return VersionRouter(AppArgs.model_validate(args), {}, {("minilm", "v1"): batcher})  # type: ignore[dict-item]
