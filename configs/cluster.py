@@ -1,12 +1,18 @@
-"""Settings of the Kubernetes deployment: what `cluster/rayservice.yaml` is generated from,
-besides `serve_config.yaml` itself."""
+"""Settings of the Kubernetes deployment: what `cluster/rayservice.yaml` and
+`cluster/networkpolicy.yaml` are generated from, besides `serve_config.yaml` itself."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# A Kubernetes namespace name (an RFC 1123 label).
+Namespace = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+]
 
 
 class _Strict(BaseModel):
@@ -32,11 +38,36 @@ class WorkerGroup(_Strict):
     tolerate_gpu_taint: bool = False
 
 
+class NetworkAccess(_Strict):
+    """Who may open connections to the Ray pods from outside them (the NetworkPolicy).
+
+    Ray pods of the service always reach each other on every port. Everything not
+    listed here is refused: the dashboard (8265), GCS (6379) and Ray client (10001) are
+    reachable only from the KubeRay operator's namespace (the dashboard) and the pods
+    themselves.
+    """
+
+    serve_client_namespaces: list[Namespace] = Field(
+        min_length=1,
+        description="Namespaces whose pods may call the Serve HTTP port (8000).",
+    )
+    operator_namespace: Namespace = Field(
+        "kuberay-system",
+        description="Namespace of the KubeRay operator: it submits the Serve config "
+        "through the dashboard port (8265) and checks the head's Serve proxy (8000).",
+    )
+    monitoring_namespace: Namespace | None = Field(
+        "monitoring",
+        description="Namespace of the Prometheus that scrapes Ray's metrics port; "
+        "null admits no scraper.",
+    )
+
+
 class ClusterSettings(_Strict):
     """`cluster/settings.yaml`."""
 
     name: str = Field(description="RayService name.")
-    namespace: str
+    namespace: Namespace
     image: str = Field(description="Serving image, with a pinned tag (never latest).")
     gpu_image: str = Field(description="Serving image for GPU workers, pinned tag.")
     ray_version: str
@@ -46,6 +77,7 @@ class ClusterSettings(_Strict):
     head: PodResources
     worker_groups: list[WorkerGroup] = Field(min_length=1)
     autoscaler_idle_timeout_s: int = Field(60, ge=0)
+    network: NetworkAccess
 
 
 def load_cluster_settings(path: Path) -> ClusterSettings:

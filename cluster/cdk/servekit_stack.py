@@ -6,10 +6,18 @@ Security properties the tests assert on the synthesized template:
   refuses plain HTTP;
 - the Ray pods' role can be assumed only by the `servekit-ray` service account, and may
   only read that bucket;
-- images are scanned on push and their tags are immutable.
+- images are scanned on push and their tags are immutable;
+- the Kubernetes API endpoint is private to the VPC, or public only to the CIDRs given
+  in the context value `servekit:apiPublicCidrs` (never to every address);
+- NetworkPolicies are enforced (the VPC CNI's network policy agent is on), so the Ray
+  pods' policy in cluster/networkpolicy.yaml takes effect.
 """
 
 from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
 
 from aws_cdk import CfnOutput, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
@@ -21,7 +29,44 @@ from constructs import Construct
 
 NAMESPACE = "servekit"
 SERVICE_ACCOUNT = "servekit-ray"
-KUBERAY_CHART_VERSION = "1.4.2"
+# 1.5.1 is the first operator that sends the Ray token on its dashboard calls
+# (authOptions in cluster/rayservice.yaml); the tests validate against 1.7.0's CRD.
+KUBERAY_CHART_VERSION = "1.7.0"
+# Must match `network.operator_namespace` in cluster/settings.yaml (a test checks it).
+KUBERAY_NAMESPACE = "kuberay-system"
+# Context value: who may reach the Kubernetes API endpoint from the internet, as a list
+# or a comma-separated string of CIDRs (`cdk deploy -c servekit:apiPublicCidrs=...`).
+# Unset: the endpoint is private, reachable only from inside the VPC.
+API_PUBLIC_CIDRS_CONTEXT = "servekit:apiPublicCidrs"
+
+
+def api_public_cidrs(value: object) -> list[str]:
+    """The CIDRs of the context value; refuses anything that opens the endpoint to all."""
+    if value is None or value == "":
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"{API_PUBLIC_CIDRS_CONTEXT}: expected CIDRs, got {value!r}")
+    cidrs = []
+    for item in items:
+        try:
+            network = ipaddress.ip_network(item.strip())
+        except ValueError as e:
+            raise ValueError(f"{API_PUBLIC_CIDRS_CONTEXT}: {item.strip()!r} is no CIDR") from e
+        if network.version != 4 or network.prefixlen == 0:
+            raise ValueError(
+                f"{API_PUBLIC_CIDRS_CONTEXT}: {network} is not allowed; name the IPv4 "
+                "ranges that may reach the API, or leave it unset for a private endpoint"
+            )
+        cidrs.append(str(network))
+    return cidrs
+
+
+def endpoint_access(cidrs: list[str]) -> eks.EndpointAccess:
+    """Private only without CIDRs; otherwise private plus public from those CIDRs."""
+    if not cidrs:
+        return eks.EndpointAccess.PRIVATE
+    return eks.EndpointAccess.PUBLIC_AND_PRIVATE.only_from(*cidrs)
 
 
 class ServekitStack(Stack):
@@ -74,7 +119,19 @@ class ServekitStack(Stack):
             vpc=vpc,
             vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
             default_capacity=0,
-            endpoint_access=eks.EndpointAccess.PUBLIC_AND_PRIVATE,
+            endpoint_access=endpoint_access(
+                api_public_cidrs(self.node.try_get_context(API_PUBLIC_CIDRS_CONTEXT))
+            ),
+        )
+        # The VPC CNI as a managed add-on with its network policy agent on: without it
+        # EKS accepts NetworkPolicies and enforces none of them.
+        eks.CfnAddon(
+            self,
+            "VpcCni",
+            addon_name="vpc-cni",
+            cluster_name=cluster.cluster_name,
+            resolve_conflicts="OVERWRITE",
+            configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
         )
         cluster.add_nodegroup_capacity(
             "Cpu",
@@ -113,7 +170,7 @@ class ServekitStack(Stack):
             chart="kuberay-operator",
             repository="https://ray-project.github.io/kuberay-helm/",
             version=KUBERAY_CHART_VERSION,
-            namespace="kuberay-system",
+            namespace=KUBERAY_NAMESPACE,
             create_namespace=True,
         )
 

@@ -21,17 +21,26 @@ os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
 
 @pytest.fixture(scope="module")
-def template() -> Any:
+def stack_module() -> Any:
+    sys.path.insert(0, str(CDK_DIR))
+    try:
+        import servekit_stack
+    finally:
+        sys.path.remove(str(CDK_DIR))
+    return servekit_stack
+
+
+def _synth(stack_module: Any, context: dict[str, Any] | None = None) -> Any:
     from aws_cdk import App
     from aws_cdk.assertions import Template
 
-    sys.path.insert(0, str(CDK_DIR))
-    try:
-        from servekit_stack import ServekitStack
-    finally:
-        sys.path.remove(str(CDK_DIR))
-    app = App()
-    return Template.from_stack(ServekitStack(app, "Servekit"))
+    app = App(context=context)
+    return Template.from_stack(stack_module.ServekitStack(app, "Servekit"))
+
+
+@pytest.fixture(scope="module")
+def template(stack_module: Any) -> Any:
+    return _synth(stack_module)
 
 
 def _resources(template: Any, kind: str) -> dict[str, Any]:
@@ -156,6 +165,66 @@ def test_node_groups_and_kuberay(template: Any) -> None:
     settings = (REPO_ROOT / "cluster" / "settings.yaml").read_text()
     assert "servekit.io/pool: gpu" in settings
     assert "service_account: servekit-ray" in settings
+
+
+def test_kuberay_supports_token_auth_and_sits_where_the_policy_admits_it(template: Any) -> None:
+    from configs.cluster import load_cluster_settings
+
+    (chart,) = _resources(template, "Custom::AWSCDK-EKS-HelmChart").values()
+    # The operator must send the Ray token on its dashboard calls: KubeRay 1.5.1 or later.
+    version = tuple(int(part) for part in chart["Properties"]["Version"].split("."))
+    assert version >= (1, 5, 1), version
+    # The NetworkPolicy admits the operator's namespace to the dashboard port.
+    settings = load_cluster_settings(REPO_ROOT / "cluster" / "settings.yaml")
+    assert chart["Properties"]["Namespace"] == settings.network.operator_namespace
+
+
+def _api_endpoint(template: Any) -> Any:
+    (cluster,) = _resources(template, "Custom::AWSCDK-EKS-Cluster").values()
+    return cluster["Properties"]["Config"]["resourcesVpcConfig"]
+
+
+def test_api_endpoint_is_private_by_default(template: Any) -> None:
+    endpoint = _api_endpoint(template)
+    assert endpoint["endpointPrivateAccess"] is True
+    assert endpoint["endpointPublicAccess"] is False
+    assert "publicAccessCidrs" not in endpoint
+
+
+def test_api_endpoint_is_public_only_to_the_configured_cidrs(stack_module: Any) -> None:
+    cidrs = "203.0.113.0/24, 198.51.100.7/32"
+    endpoint = _api_endpoint(_synth(stack_module, {stack_module.API_PUBLIC_CIDRS_CONTEXT: cidrs}))
+    assert endpoint["endpointPrivateAccess"] is True
+    assert endpoint["endpointPublicAccess"] is True
+    assert endpoint["publicAccessCidrs"] == ["203.0.113.0/24", "198.51.100.7/32"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0.0.0.0/0", "not allowed"),
+        ("203.0.113.0/24,0.0.0.0/0", "not allowed"),
+        ("::/0", "not allowed"),
+        ("203.0.113.0/33", "is no CIDR"),
+        ("office", "is no CIDR"),
+        (42, "expected CIDRs"),
+    ],
+)
+def test_api_public_cidrs_refuse_the_open_world(
+    stack_module: Any, value: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        stack_module.api_public_cidrs(value)
+    assert stack_module.api_public_cidrs(["198.51.100.7/32"]) == ["198.51.100.7/32"]
+    assert stack_module.api_public_cidrs(None) == []
+
+
+def test_network_policies_are_enforced(template: Any) -> None:
+    # Without the VPC CNI's network policy agent, EKS stores NetworkPolicies and
+    # enforces none: cluster/networkpolicy.yaml would be decoration.
+    (addon,) = _resources(template, "AWS::EKS::Addon").values()
+    assert addon["Properties"]["AddonName"] == "vpc-cni"
+    assert json.loads(addon["Properties"]["ConfigurationValues"]) == {"enableNetworkPolicy": "true"}
 
 
 def test_cfn_lint_passes(tmp_path: Path) -> None:
