@@ -1,11 +1,14 @@
-"""The generic top-level names (`models`, `configs`) must be this project's packages."""
+"""Packaging: the generic top-level names (`models`, `configs`) are this project's
+packages, and the serving image's CPU and GPU variants install what pyproject.toml pins."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +53,63 @@ def test_models_layer_never_imports_ray() -> None:
         )
     ]
     assert offenders == []
+
+
+def _project() -> dict[str, Any]:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _pin(requirements: list[str], name: str) -> str:
+    (pin,) = (r for r in requirements if re.match(rf"{re.escape(name)}\s*==", r))
+    return pin.split("==")[1].strip()
+
+
+def _variants(dockerfile: str) -> dict[str, tuple[str, str]]:
+    """VARIANT -> (torch index, what pip installs), from the Dockerfile's case."""
+    branches = re.findall(
+        r"^\s*(\w+)\) torch_index=(\S+); project=(\"[^\"]+\"|\S+) ;;", dockerfile, re.M
+    )
+    return {name: (index, project.strip('"')) for name, index, project in branches}
+
+
+def test_gpu_extra_is_the_cuda_build_of_the_pinned_runtime() -> None:
+    project = _project()
+    gpu = project["optional-dependencies"]["gpu"]
+    ort_cpu = _pin(project["dependencies"], "onnxruntime")
+    ort_gpu = _pin(gpu, "onnxruntime-gpu")
+    # Serving runs the artifacts the CPU toolchain built: the same major release line.
+    assert ort_gpu.split(".")[0] == ort_cpu.split(".")[0]
+    # torch is not in the extra: the CUDA build comes from PyTorch's CUDA index.
+    assert not any(r.startswith("torch") for r in gpu)
+
+
+def test_dockerfile_builds_each_variant_from_its_own_torch_index() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    project = _project()
+    ray = _pin(project["dependencies"], "ray[serve]")
+    torch = _pin(project["dependencies"], "torch")
+    assert "ARG VARIANT=cpu" in dockerfile
+    assert f"ARG RAY_IMAGE=rayproject/ray:{ray}-py311-cpu" in dockerfile
+    assert f"ARG RAY_GPU_IMAGE=rayproject/ray:{ray}-py311-gpu" in dockerfile
+    assert re.search(r"^FROM \$\{RAY_IMAGE\} AS base-cpu$", dockerfile, re.M)
+    assert re.search(r"^FROM \$\{RAY_GPU_IMAGE\} AS base-gpu$", dockerfile, re.M)
+    assert re.search(r"^FROM base-\$\{VARIANT\}$", dockerfile, re.M)
+    variants = _variants(dockerfile)
+    assert variants == {
+        "cpu": ("https://download.pytorch.org/whl/cpu", "."),
+        "gpu": (variants["gpu"][0], ".[gpu]"),
+    }
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d{3}", variants["gpu"][0])
+    assert f'pip install --index-url "${{torch_index}}" "torch=={torch}"' in dockerfile
+
+
+def test_dockerfile_gpu_variant_keeps_only_onnxruntime_gpu() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    install = dockerfile.index('pip install "${project}"')
+    uninstall = dockerfile.index("pip uninstall -y onnxruntime onnxruntime-gpu")
+    reinstall = dockerfile.index('pip install --no-deps "onnxruntime-gpu==${ort_gpu}"')
+    check = dockerfile.index("'CUDAExecutionProvider' in o.get_available_providers()")
+    # Both packages write the `onnxruntime` module; removing the CPU one after the GPU one
+    # was installed would delete the GPU build's files, so: install, drop both, put back.
+    assert install < uninstall < reinstall < check
+    assert 'if [ "${VARIANT}" = gpu ]' in dockerfile[install:uninstall]
