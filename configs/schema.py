@@ -12,6 +12,7 @@ Two kinds of settings, because Ray Serve treats them differently:
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -27,6 +28,9 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 INGRESS_DEPLOYMENT = "Ingress"
+# `fault_injection` is refused unless the serving processes run with this set to 1:
+# a production config file cannot switch it on by accident.
+FAULT_INJECTION_ENV = "SERVEKIT_ALLOW_FAULT_INJECTION"
 WEIGHT_TOTAL = 100
 
 
@@ -97,8 +101,20 @@ class VersionSpec(_Strict):
         64, ge=1, le=4096, description="Texts per forward pass inside one batch."
     )
     fault_injection: FaultInjection | None = Field(
-        None, description="Test-only: make this version fail or slow down on purpose."
+        None,
+        description="Test-only: make this version fail or slow down on purpose. Refused "
+        f"unless the serving processes run with {FAULT_INJECTION_ENV}=1.",
     )
+
+    @field_validator("fault_injection")
+    @classmethod
+    def _faults_only_in_tests(cls, value: FaultInjection | None) -> FaultInjection | None:
+        if value is not None and os.environ.get(FAULT_INJECTION_ENV) != "1":
+            raise ValueError(
+                f"test-only setting, refused unless {FAULT_INJECTION_ENV}=1 is set in the "
+                "environment of the processes that serve"
+            )
+        return value
 
 
 class ModelSpec(_Strict):
@@ -139,6 +155,24 @@ class Limits(_Strict):
     max_body_bytes: int = Field(8_000_000, ge=1024, le=1_000_000_000)
 
 
+class HealthSettings(_Strict):
+    """How a replica proves its runtime still answers (its `check_health`)."""
+
+    hung_run_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A model run in flight longer than this marks the replica unhealthy "
+        "(Serve then replaces it).",
+    )
+    probe_every_s: float = Field(
+        5.0, gt=0, le=600, description="An idle version is probed at most this often."
+    )
+    probe_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="Bound on one health probe (a one-text inference)."
+    )
+
+
 class AppArgs(_Strict):
     """Everything under the application's `args:`."""
 
@@ -147,6 +181,7 @@ class AppArgs(_Strict):
     request_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Bound on one model call, queueing included."
     )
+    health: HealthSettings = Field(default_factory=HealthSettings)
     artifact_root: str | None = Field(
         None,
         description="Base folder of relative artifact uris; default: the project folder.",
@@ -194,8 +229,36 @@ class BatchLiveConfig(_Strict):
     max_batch_size: int = Field(
         16, ge=1, le=4096, description="Most requests merged into one model call."
     )
+    max_batch_texts: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Most texts in one model call; a single larger request runs alone.",
+    )
     batch_wait_timeout_s: float = Field(
         0.002, ge=0, le=1.0, description="Longest wait for a batch to fill, in seconds."
+    )
+
+
+class InlineBatchingConfig(_Strict):
+    """Batching of a version placed inline in the ingress, applied live."""
+
+    max_batch_size: int = Field(
+        16, ge=1, le=4096, description="Most requests merged into one model call."
+    )
+    max_batch_texts: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Most texts in one model call; a single larger request runs alone.",
+    )
+    max_queued_texts: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="Most texts waiting for this version in one ingress replica; beyond "
+        "it a request is refused at once with 503 and Retry-After (an empty queue admits "
+        "any request).",
     )
 
 
@@ -234,7 +297,7 @@ class IngressLiveConfig(_Strict):
     rollout: dict[Name, RolloutPolicy] = Field(
         default_factory=dict, description="model -> canary watch with automatic rollback."
     )
-    batching: dict[str, BatchLiveConfig] = Field(
+    batching: dict[str, InlineBatchingConfig] = Field(
         default_factory=dict,
         description="<model>-<version> -> batching of versions placed inline in the ingress.",
     )

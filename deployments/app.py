@@ -13,11 +13,16 @@ from ray import serve
 from ray.serve import Application
 
 from configs.schema import INGRESS_DEPLOYMENT, AppArgs, BatchLiveConfig
-from deployments.ingress import Ingress, api
-from deployments.model_server import ModelServer
+from deployments.http.api import api
+from deployments.ingress import Ingress
+from deployments.replicas.model_server import ModelServer, model_server_args
 
 # Code defaults; serve_config.yaml's `deployments:` entries override them by name.
-_INGRESS_DEFAULTS: dict[str, Any] = {"max_ongoing_requests": 512}
+_INGRESS_DEFAULTS: dict[str, Any] = {
+    "max_ongoing_requests": 512,
+    "max_queued_requests": 256,
+    "health_check_period_s": 10,
+}
 _MODEL_DEFAULTS: dict[str, Any] = {
     "max_ongoing_requests": 256,
     "max_queued_requests": 1024,
@@ -34,18 +39,11 @@ def build_app(args: dict[str, Any]) -> Application:
     config = AppArgs.model_validate(args)
     servers = {}
     for name, (model, version) in config.deployment_names().items():
-        spec = config.models[model].versions[version]
         servers[name] = ModelServerDeployment.options(
             name=name,
             user_config=BatchLiveConfig().model_dump(),
             **_MODEL_DEFAULTS,
-        ).bind(
-            model,
-            version,
-            spec.model_dump(mode="json"),
-            config.artifact_root,
-            config.artifact_cache_dir,
-        )
+        ).bind(*model_server_args(config, model, version))
     return IngressDeployment.options(**_INGRESS_DEFAULTS).bind(
         config.model_dump(mode="json"), servers
     )

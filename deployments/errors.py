@@ -1,4 +1,5 @@
-"""Errors that carry their HTTP status, and the one place they become responses.
+"""Errors that carry their HTTP status; `deployments/http/envelope.py` is the one place
+they become responses.
 
 A 4xx message names the field or header at fault and never echoes what the caller
 sent. A 5xx message says only what a caller can act on, plus the request id.
@@ -6,11 +7,7 @@ sent. A 5xx message says only what a caller can act on, plus the request id.
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from pydantic import ValidationError
-from starlette.responses import Response
 
 
 class ServekitError(Exception):
@@ -102,21 +99,8 @@ def from_validation_error(error: ValidationError, prefix: str = "") -> BadReques
     return BadRequest(f"{where}: {first['msg']}")
 
 
-def error_response(
-    error: ServekitError, request_id: str, oip: bool, extra_headers: dict[str, str]
-) -> Response:
-    """The JSON body for an error: OpenAI-style shape, or the inference protocol's."""
-    message = error.message
-    if error.status >= 500:
-        message = f"{message} (request id {request_id})"
-    body: dict[str, Any]
-    if oip:
-        body = {"error": message}
-    else:
-        body = {"error": {"code": error.code, "message": message, "request_id": request_id}}
-    return Response(
-        orjson.dumps(body),
-        status_code=error.status,
-        media_type="application/json",
-        headers={**error.headers, **extra_headers},
-    )
+class MethodNotAllowed(ServekitError):
+    """The route exists, not with this method."""
+
+    status = 405
+    code = "method_not_allowed"

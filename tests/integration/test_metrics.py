@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from deployments.metrics import CATALOGUE
+from deployments.observability.metrics import CATALOGUE
 from tests.integration.conftest import Service
 
 pytestmark = pytest.mark.integration
@@ -36,11 +36,12 @@ def test_metrics_are_exported_per_model_and_version(service: Service) -> None:
                 headers={"X-Model-Version": version},
             )
             assert r.status_code == 200
-    # Shadow and rollback metrics appear with their first event (see test_rollout.py).
+    # Shadow, rollback and drop metrics appear with their first event (see
+    # test_rollout.py and test_overload.py).
     wanted = [
         f"ray_{name}"
         for name in CATALOGUE
-        if not name.startswith(("servekit_shadow", "servekit_rollbacks"))
+        if not name.startswith(("servekit_shadow", "servekit_rollbacks", "servekit_dropped"))
     ]
 
     def ok(text: str) -> bool:

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from deployments.oip import encode_bytes_tensor
+from deployments.http.oip import encode_bytes_tensor
 from tests.integration.conftest import Service
 
 pytestmark = pytest.mark.integration

@@ -162,7 +162,7 @@ def test_dockerfile_matches_pyproject() -> None:
 def test_dashboard_panels_query_servekit_metrics() -> None:
     import json
 
-    from deployments.metrics import CATALOGUE
+    from deployments.observability.metrics import CATALOGUE
 
     dash = json.loads((REPO_ROOT / "cluster" / "monitoring" / "grafana-dashboard.json").read_text())
     assert dash["panels"]

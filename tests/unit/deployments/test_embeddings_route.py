@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from deployments.ingress import EmbeddingsRoute
+from deployments.http.embeddings import EmbeddingsRoute
 
 
 class _Recorder:
@@ -24,19 +24,19 @@ def _call(route: EmbeddingsRoute, method: str, path: str, root_path: str = "") -
     asyncio.run(route(scope, None, None))
 
 
-def test_only_posts_to_the_embeddings_route_take_the_shortcut() -> None:
+def test_only_the_embeddings_route_takes_the_shortcut() -> None:
     recorder = _Recorder()
     route = EmbeddingsRoute(recorder)
     route._ingress = recorder  # type: ignore[assignment]  # as inside a replica
     _call(route, "POST", "/v1/embeddings")
     _call(route, "POST", "/api/v1/embeddings", root_path="/api")  # under a route prefix
-    _call(route, "GET", "/v1/embeddings")  # FastAPI answers 400 for the method
+    _call(route, "GET", "/v1/embeddings")  # the route's one handler answers 405
     _call(route, "POST", "/v1/embeddings/x")
     _call(route, "POST", "/v2/models/minilm/infer")
     assert recorder.calls == [
         "ingress /v1/embeddings",
         "ingress /api/v1/embeddings",
-        "app GET /v1/embeddings",
+        "ingress /v1/embeddings",
         "app POST /v1/embeddings/x",
         "app POST /v2/models/minilm/infer",
     ]

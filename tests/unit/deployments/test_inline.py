@@ -10,17 +10,21 @@ from typing import Any
 import pytest
 
 from configs.schema import FaultInjection
-from deployments.inline import InlineBatcher
-from deployments.model_server import InjectedFault
+from deployments.replicas.inline import InlineBatcher
+from deployments.replicas.loading import InjectedFault
 from models import ArtifactRef, ArtifactStore, RuntimeOptions, load_model
 
 
 class _Metrics:
     def __init__(self) -> None:
         self.batches: list[int] = []
+        self.drops: list[str] = []
 
     def observe_batch(self, inputs: int, seconds: float) -> None:
         self.batches.append(inputs)
+
+    def dropped(self, reason: str, requests: int = 1) -> None:
+        self.drops.append(reason)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def test_small_requests_tokenized_on_arrival_large_ones_in_the_batch(
 ) -> None:
     import numpy as np
 
-    from deployments.inline import LOOP_TOKENIZE_MAX_TEXTS
+    from deployments.replicas.inline import LOOP_TOKENIZE_MAX_TEXTS
 
     # fp32 (v1): a text's vector does not depend on its batch-mates.
     entry = manifest["v1"]
@@ -165,7 +169,7 @@ def test_inference_threads_run_below_the_loop_priority() -> None:
     import sys
     import threading
 
-    from deployments.inline import INFERENCE_NICE_STEP, inference_executor
+    from deployments.replicas.inline import INFERENCE_NICE_STEP, inference_executor
 
     if not sys.platform.startswith("linux"):
         pytest.skip("per-thread priorities are Linux's")

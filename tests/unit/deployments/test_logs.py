@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from deployments.logs import BatchedLineHandler, JsonFormatter, log_request
+from deployments.observability.logs import BatchedLineHandler, JsonFormatter, log_request
 
 
 def _logger(stream: io.StringIO, interval_s: float) -> logging.Logger:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from deployments.metrics import RecordBuffer
+from deployments.observability.metrics import RecordBuffer
 
 
 class FakeMetric:

@@ -9,15 +9,15 @@ import orjson
 import pytest
 
 from deployments.errors import BadRequest
-from deployments.oip import encode_bytes_tensor, encode_infer, parse_infer
-from deployments.openai_api import encode_response, parse_request
+from deployments.http.oip import encode_bytes_tensor, encode_infer, parse_infer
+from deployments.http.openai import encode_response, parse_request
 
 SECRET = "value-that-must-not-come-back"
 
 
 def test_openai_request_forms() -> None:
-    assert parse_request(b'{"model": "m", "input": "x"}').texts() == ["x"]
-    assert parse_request(b'{"model": "m", "input": ["a", "b"], "user": "u1"}').texts() == [
+    assert parse_request(b'{"model": "m", "input": "x"}', 2048).texts() == ["x"]
+    assert parse_request(b'{"model": "m", "input": ["a", "b"], "user": "u1"}', 2048).texts() == [
         "a",
         "b",
     ]
@@ -37,7 +37,7 @@ def test_openai_request_forms() -> None:
 )  # fmt: skip
 def test_openai_request_errors_name_the_field(body: bytes, message: str) -> None:
     with pytest.raises(BadRequest) as info:
-        parse_request(body)
+        parse_request(body, 2048)
     assert message in info.value.message
     assert SECRET not in info.value.message
 
@@ -71,7 +71,7 @@ def _binary_request(texts: list[str]) -> tuple[bytes, str]:
 
 def test_oip_binary_roundtrip() -> None:
     body, length = _binary_request(["héllo", "", "wörld"])
-    parsed = parse_infer(body, length)
+    parsed = parse_infer(body, length, 2048)
     assert parsed.texts == ["héllo", "", "wörld"]
     assert parsed.binary_output
     vectors = np.ones((3, 4), dtype=np.float32)
@@ -86,7 +86,7 @@ def test_oip_json_nested_shape() -> None:
     doc = {
         "inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [["a"], ["b"]]}]
     }
-    parsed = parse_infer(orjson.dumps(doc), None)
+    parsed = parse_infer(orjson.dumps(doc), None, 2048)
     assert parsed.texts == ["a", "b"]
     assert not parsed.binary_output
 
@@ -101,11 +101,11 @@ def test_oip_json_nested_shape() -> None:
 def test_oip_binary_errors(mutate: object, message: str) -> None:
     body, length = _binary_request(["abc", "de"])
     with pytest.raises(BadRequest, match=message):
-        parse_infer(mutate(body), length)  # type: ignore[operator]
+        parse_infer(mutate(body), length, 2048)  # type: ignore[operator]
 
 
 def test_oip_header_length_errors() -> None:
     with pytest.raises(BadRequest, match="not an integer"):
-        parse_infer(b"{}", "abc")
+        parse_infer(b"{}", "abc", 2048)
     with pytest.raises(BadRequest, match="outside the body"):
-        parse_infer(b"{}", "50")
+        parse_infer(b"{}", "50", 2048)

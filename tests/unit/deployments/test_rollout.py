@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from configs.schema import RolloutPolicy
-from deployments.rollout import CallWindow, CanaryMonitor
+from deployments.routing.rollout import CallWindow, CanaryMonitor
 
 
 class Clock:

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from deployments.traffic import TrafficSplitter
+from deployments.routing.traffic import TrafficSplitter
 
 N = 20_000
 
@@ -77,7 +77,7 @@ def test_raising_a_candidate_keeps_its_users(before: dict[str, int], after: dict
 
 
 def test_without_version_gives_share_to_heaviest() -> None:
-    from deployments.traffic import without_version
+    from deployments.routing.traffic import without_version
 
     assert without_version({"v1": 90, "v2": 10}, "v2") == {"v1": 100, "v2": 0}
     assert without_version({"a": 50, "b": 30, "c": 20}, "c") == {"a": 70, "b": 30, "c": 0}

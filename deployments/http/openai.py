@@ -11,6 +11,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.errors import BadRequest, from_validation_error
+from deployments.limits import check_count, refuse_too_many_strings
 
 
 class EmbeddingRequest(BaseModel):
@@ -74,8 +75,10 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def parse_request(body: bytes) -> EmbeddingRequest:
-    """Decode and validate a request body; a clear 400 on anything wrong."""
+def parse_request(body: bytes, max_inputs: int) -> EmbeddingRequest:
+    """Decode and validate a request body; a clear 400 on anything wrong. The number
+    of inputs is bounded before the body is parsed and checked before any item is."""
+    refuse_too_many_strings(body, max_inputs, "input")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -85,11 +88,14 @@ def parse_request(body: bytes) -> EmbeddingRequest:
     unknown = sorted(set(doc) - set(EmbeddingRequest.model_fields))
     if unknown:
         raise BadRequest(f"{unknown[0][:64]}: unknown field")
-    if "input" in doc and not isinstance(doc["input"], str | list):
+    raw = doc.get("input")
+    if raw is not None and not isinstance(raw, str | list):
         raise BadRequest("input: expected a string or a list of strings")
-    if isinstance(doc.get("input"), list) and any(not isinstance(x, str) for x in doc["input"]):
-        bad = next(i for i, x in enumerate(doc["input"]) if not isinstance(x, str))
-        raise BadRequest(f"input.{bad}: expected a string (token arrays are not accepted)")
+    if isinstance(raw, list):
+        check_count(len(raw), max_inputs, "input")
+        if not all(type(x) is str for x in raw):
+            bad = next(i for i, x in enumerate(raw) if not isinstance(x, str))
+            raise BadRequest(f"input.{bad}: expected a string (token arrays are not accepted)")
     try:
         request = EmbeddingRequest.model_validate(doc)
     except ValidationError as e:
@@ -97,9 +103,9 @@ def parse_request(body: bytes) -> EmbeddingRequest:
     texts = request.texts()
     if not texts:
         raise BadRequest("input: empty list")
-    for i, text in enumerate(texts):
-        if not text:
-            raise BadRequest(f"input.{i}: empty string" if len(texts) > 1 else "input: empty")
+    if not all(texts):
+        i = texts.index("")
+        raise BadRequest(f"input.{i}: empty string" if len(texts) > 1 else "input: empty")
     return request
 
 

@@ -18,6 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.errors import BadRequest, from_validation_error
+from deployments.limits import check_count, refuse_too_many_strings
 
 HEADER_LENGTH = "inference-header-content-length"
 INPUT_NAME = "text"
@@ -110,9 +111,12 @@ class ParsedInfer:
     binary_output: bool
 
 
-def parse_infer(body: bytes, header_length: str | None) -> ParsedInfer:
-    """Decode a JSON or binary-extension request into texts; 400 on anything wrong."""
+def parse_infer(body: bytes, header_length: str | None, max_inputs: int) -> ParsedInfer:
+    """Decode a JSON or binary-extension request into texts; 400 on anything wrong.
+    The number of texts is bounded before the body is parsed, checked against the
+    declared shape before any element is decoded."""
     json_part, binary = _split_body(body, header_length)
+    refuse_too_many_strings(json_part, max_inputs, "inputs.0.data")
     try:
         doc = orjson.loads(json_part)
     except orjson.JSONDecodeError as e:
@@ -129,6 +133,7 @@ def parse_infer(body: bytes, header_length: str | None) -> ParsedInfer:
     if len(tensor.shape) == 2 and tensor.shape[1] != 1:
         raise BadRequest("inputs.0.shape: expected [n] or [n, 1]")
     count = tensor.shape[0]
+    check_count(count, max_inputs, "inputs.0.data")
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
         texts = _decode_binary_bytes(binary, size, count)
@@ -155,6 +160,8 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _decode_json_bytes(data: list[Any], count: int) -> list[str]:
+    if len(data) != count:
+        raise BadRequest(f"inputs.0.data: {len(data)} elements for shape [{count}]")
     flat = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in data]
     if len(flat) != count:
         raise BadRequest(f"inputs.0.data: {len(flat)} elements for shape [{count}]")
@@ -167,9 +174,10 @@ def _decode_json_bytes(data: list[Any], count: int) -> list[str]:
 def _decode_binary_bytes(binary: bytes, size: Any, count: int) -> list[str]:
     if not isinstance(size, int) or size != len(binary):
         raise BadRequest("inputs.0.parameters.binary_data_size: does not match the body")
-    texts, offset = [], 0
+    texts: list[str] = []
+    offset = 0
     try:
-        while offset < size:
+        while offset < size and len(texts) <= count:
             (length,) = struct.unpack_from("<I", binary, offset)
             offset += 4
             if offset + length > size:

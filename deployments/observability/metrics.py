@@ -26,6 +26,11 @@ CATALOGUE = {
     "servekit_request_duration_seconds": ("histogram", "Ingress latency per request."),
     "servekit_inputs_per_request": ("histogram", "Inputs (texts) per request."),
     "servekit_batch_size": ("histogram", "Inputs per model call after batching."),
+    "servekit_dropped_requests_total": (
+        "counter",
+        "Requests a version refused or dropped before running them, by reason "
+        "(queue_full, expired, cancelled).",
+    ),
     "servekit_inference_duration_seconds": ("histogram", "Model time per batch."),
     "servekit_replicas": ("gauge", "1 per live model replica; sum by model and version."),
     "servekit_traffic_weight": ("gauge", "Effective traffic weight per version, in percent."),
@@ -192,8 +197,17 @@ class ModelMetrics:
             description=CATALOGUE["servekit_replicas"][1],
             tag_keys=("model", "version"),  # type: ignore[arg-type]
         )
+        self.dropped_requests = Counter(
+            "servekit_dropped_requests_total",
+            description=CATALOGUE["servekit_dropped_requests_total"][1],
+            tag_keys=("model", "version", "reason"),  # type: ignore[arg-type]
+        )
         self._keeper = GaugeKeeper()
         self._keeper.set(self.replicas, 1, self._tags)
+
+    def dropped(self, reason: str, requests: int = 1) -> None:
+        """Count requests not run: queue_full, expired or cancelled."""
+        RECORDS.inc(self.dropped_requests, requests, {**self._tags, "reason": reason})
 
     def observe_batch(self, inputs: int, seconds: float) -> None:
         """Record one model call."""

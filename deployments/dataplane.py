@@ -1,0 +1,125 @@
+"""The one data plane every protocol adapter calls: embed (and, later, search and
+recommend) on parsed values. It picks the version (split, sticky key, pin) once,
+checks what depends on the version, calls it by the request's deadline, mirrors a
+shadow copy, and tells the envelope what the request resolved to."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from configs.schema import AppArgs
+from deployments.errors import BadRequest, NotFound
+from deployments.limits import check_count, check_lengths
+from deployments.routing.router import VersionRouter
+
+READY_TTL_S = 5.0
+NOT_READY_TTL_S = 1.0
+
+
+@dataclass
+class CallRecord:
+    """What one request resolved to, for its log line and metrics."""
+
+    model: str = "-"
+    version: str = "-"
+    inputs: int = 0
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """What `embed` answers: the version that served, its vectors and token count."""
+
+    model: str
+    version: str
+    vectors: npt.NDArray[np.float32]
+    tokens: int
+
+
+class DataPlane:
+    """Embeddings over version backends; readiness and metadata of versions."""
+
+    def __init__(self, args: AppArgs, router: VersionRouter) -> None:
+        self.args = args
+        self.router = router
+        self._ready: dict[tuple[str, str], tuple[bool, float]] = {}
+
+    async def embed(
+        self,
+        call: CallRecord,
+        model: str,
+        texts: list[str],
+        pinned: str | None,
+        pin_source: str,
+        key: str | None,
+        field: str,
+        dimensions: int | None = None,
+    ) -> Embedded:
+        """Embed `texts` with `model`: the pinned version, else the split's (sticky by
+        `key`). `field` names the texts in errors (`input`, `inputs.0.data`)."""
+        call.model = model if model in self.args.models else "-"
+        version = self.router.choose(model, pinned, pin_source, key)
+        call.version, call.inputs = version, len(texts)
+        limits = self.args.limits
+        check_count(len(texts), limits.max_inputs_per_request, field)
+        check_lengths(texts, limits.max_input_chars, field)
+        if dimensions is not None:
+            dim = (await self.metadata(model, version))["embedding_dim"]
+            if dimensions != dim:
+                raise BadRequest(f"dimensions: {model} returns {dim} dimensions")
+        deadline = time.monotonic() + self.args.request_timeout_s
+        vectors, tokens = await self.router.embed(model, version, texts, deadline)
+        if pinned is None:
+            self.router.maybe_shadow(model, version, texts, vectors)
+        return Embedded(model, version, vectors, tokens)
+
+    def check_target(self, model: str, pinned: str | None, source: str) -> None:
+        """404 for a model, or a pinned version, not served here (before any parsing)."""
+        if pinned is not None or model not in self.args.models:
+            self.router.choose(model, pinned, source, None)
+
+    def check_model(self, model: str, version: str | None = None) -> None:
+        """404 for a model (or version) not served here."""
+        spec = self.args.models.get(model)
+        if spec is None:
+            raise NotFound("model: not served here")
+        if version is not None and version not in spec.versions:
+            raise NotFound(f"version: {model} has no such version")
+
+    def primary(self, model: str) -> str:
+        """The version with the most traffic (the first declared when none has any)."""
+        weights = self.router.weights(model)
+        if weights:
+            return max(weights, key=lambda v: weights[v])
+        return next(iter(self.args.models[model].versions))
+
+    async def metadata(self, model: str, version: str) -> dict[str, Any]:
+        """Signature and runtime facts of one version."""
+        return await self.router.backends[(model, version)].metadata()
+
+    async def ready(self, models: list[str]) -> bool:
+        """Whether every version with traffic of `models` has a ready replica."""
+        targets: list[tuple[str, str]] = []
+        for model in models:
+            weights = self.router.weights(model)
+            if not weights:
+                return False
+            targets.extend((model, version) for version in weights)
+        return all(await asyncio.gather(*(self._version_ready(m, v) for m, v in targets)))
+
+    async def _version_ready(self, model: str, version: str) -> bool:
+        backend = self.router.backends[(model, version)]
+        if backend.placement == "inline":  # in this process: no call, no cache
+            return await backend.ready()
+        now = time.monotonic()
+        cached = self._ready.get((model, version))
+        if cached and cached[1] > now:
+            return cached[0]
+        ok = await backend.ready()
+        self._ready[(model, version)] = (ok, now + (READY_TTL_S if ok else NOT_READY_TTL_S))
+        return ok

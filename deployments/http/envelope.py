@@ -1,0 +1,111 @@
+"""The request envelope: request id, bounded body reading, the one place errors become
+responses, and the access line and metrics of every request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from logging import Logger
+from typing import Any, Protocol
+
+import orjson
+from starlette.responses import Response
+
+from deployments.dataplane import CallRecord
+from deployments.errors import InferenceFailed, PayloadTooLarge, ServekitError
+from deployments.observability.logs import log_request
+
+# Logged and counted for a request whose caller went away before the answer.
+CLIENT_CLOSED = 499
+
+
+class RequestMetrics(Protocol):
+    """Where answered requests are recorded."""
+
+    def observe(
+        self, model: str, version: str, route: str, code: int, seconds: float, inputs: int
+    ) -> None:
+        """One answered request."""
+
+
+def request_id(header: str | bytes | None) -> str:
+    """The caller's request id, or a fresh one."""
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    return header[:128] if header else uuid.uuid4().hex
+
+
+def error_response(
+    error: ServekitError, rid: str, oip: bool, extra_headers: dict[str, str] | None = None
+) -> Response:
+    """The JSON body for an error: servekit's `/v1` shape, or the inference protocol's.
+    A 5xx message says only what a caller can act on, plus the request id."""
+    message = error.message
+    if error.status >= 500:
+        message = f"{message} (request id {rid})"
+    body: dict[str, Any]
+    if oip:
+        body = {"error": message}
+    else:
+        body = {"error": {"code": error.code, "message": message, "request_id": rid}}
+    return Response(
+        orjson.dumps(body),
+        status_code=error.status,
+        media_type="application/json",
+        headers={**error.headers, **(extra_headers or {})},
+    )
+
+
+async def read_body(declared: str, stream: AsyncIterator[bytes], limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it is known to exceed `limit` bytes:
+    from `Content-Length` before reading, else while streaming."""
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body: larger than the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body: larger than the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Envelope:
+    """Runs a request's work: maps its failure to the error shape, records metrics and
+    the access line, also for requests whose caller went away."""
+
+    def __init__(self, metrics: RequestMetrics, log: Logger) -> None:
+        self.metrics = metrics
+        self.log = log
+
+    async def run(
+        self,
+        rid: str,
+        route: str,
+        is_oip: bool,
+        work: Callable[[CallRecord], Awaitable[Response]],
+    ) -> Response:
+        """Answer one request with `work`'s response or its error."""
+        started = time.perf_counter()
+        call = CallRecord()
+        try:
+            response = await work(call)
+        except ServekitError as e:
+            response = error_response(e, rid, is_oip)
+        except asyncio.CancelledError:  # the caller went away (or the server stops)
+            self._record(rid, route, call, CLIENT_CLOSED, started)
+            raise
+        except Exception as e:  # an unmapped failure: log it, say nothing internal
+            self.log.error("unhandled", exc_info=e, extra={"fields": {"request_id": rid}})
+            response = error_response(InferenceFailed("internal error"), rid, is_oip)
+        if call.version != "-":
+            response.headers["X-Model-Version"] = call.version
+        self._record(rid, route, call, response.status_code, started)
+        return response
+
+    def _record(self, rid: str, route: str, call: CallRecord, status: int, started: float) -> None:
+        seconds = time.perf_counter() - started
+        self.metrics.observe(call.model, call.version, route, status, seconds, call.inputs)
+        log_request(self.log, rid, route, call.model, call.version, status, started, call.inputs)

@@ -1,0 +1,69 @@
+"""The Open Inference Protocol's routes as the ingress serves them: parse and encode
+around the data plane (`deployments/http/oip.py` has the wire format)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from configs.schema import Limits
+from deployments.dataplane import CallRecord, DataPlane
+from deployments.errors import BadRequest
+from deployments.http import oip
+from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
+from deployments.http.envelope import read_body
+
+
+async def infer(
+    plane: DataPlane,
+    limits: Limits,
+    call: CallRecord,
+    request: Request,
+    name: str,
+    pinned: str | None,
+    source: str,
+) -> Response:
+    """Embed a BYTES tensor of texts; JSON or binary tensor data both ways."""
+    plane.check_target(name, pinned, source)
+    call.model = name
+    raw = await read_body(
+        request.headers.get("content-length", ""), request.stream(), limits.max_body_bytes
+    )
+    parsed = oip.parse_infer(
+        raw, request.headers.get(oip.HEADER_LENGTH), limits.max_inputs_per_request
+    )
+    if not parsed.texts:
+        raise BadRequest("inputs.0: empty tensor")
+    key = request.headers.get("x-routing-key")
+    key = key[:ROUTING_KEY_MAX_CHARS] if key else None
+    out = await plane.embed(call, name, parsed.texts, pinned, source, key, "inputs.0.data")
+    content, headers = oip.encode_infer(
+        name, out.version, parsed.request_id, out.vectors, parsed.binary_output
+    )
+    media = "application/octet-stream" if parsed.binary_output else "application/json"
+    return Response(content, media_type=media, headers=headers)
+
+
+async def metadata(plane: DataPlane, call: CallRecord, name: str, version: str | None) -> Response:
+    """Versions, platform and tensor signature of a model, or of one version."""
+    plane.check_model(name, version)
+    call.model = name
+    target = version or plane.primary(name)
+    call.version = target
+    meta = await plane.metadata(name, target)
+    body: dict[str, Any] = {
+        "name": name,
+        "versions": [version] if version else list(plane.args.models[name].versions),
+        "platform": "onnxruntime_onnx" if meta["runtime"] == "onnx" else "pytorch_torchscript",
+        "inputs": meta["inputs"],
+        "outputs": meta["outputs"],
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def json_response(doc: Any, status: int = 200) -> Response:
+    """A JSON response from a plain document."""
+    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")

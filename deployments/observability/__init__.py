@@ -1,0 +1,1 @@
+"""Metrics and JSON logs of every replica."""

@@ -1,0 +1,244 @@
+"""Versions run inside the ingress replica: no process hop between HTTP and the model.
+
+Each inline version has a batcher that never waits when idle: a request arriving
+while no batch runs is dispatched at once; requests arriving while one runs are
+gathered and go together as the next batch (up to `max_batch_size` requests and
+`max_batch_texts` texts); with busy lanes (`busy_lanes`), the queue is split over
+that many one-thread runs at once. The queue is bounded in texts
+(`max_queued_texts`): beyond it a request is refused at once with a 503, so the
+ones admitted never wait long. A queued request whose caller has gone (timed out,
+disconnected) or whose deadline has passed is dropped before it runs, and counted.
+
+Inference runs in worker threads (ONNX Runtime releases the GIL), so the event loop
+keeps parsing and encoding other requests meanwhile; small requests are tokenized on
+the loop as they arrive, so that thread rarely needs the GIL. The worker threads run
+at a lower priority than the loop: under load, the loop's parsing and answering is
+what keeps batches full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from configs.schema import FaultInjection, InlineBatchingConfig
+from deployments.errors import Overloaded, Timeout
+from deployments.replicas.backend import EmbedResult, split_batch
+from deployments.replicas.loading import Wedge, inject_fault
+from models.text import Float32Array, TextEmbedder
+
+# Requests up to this size are tokenized on the event loop as they arrive (about
+# 20 us for a few short texts); larger ones in the inference thread.
+LOOP_TOKENIZE_MAX_TEXTS = 16
+LOOP_TOKENIZE_MAX_CHARS = 4096
+# How much lower than the event loop the inference threads run (nice steps).
+INFERENCE_NICE_STEP = 4
+
+
+class BatchMetrics(Protocol):
+    """Where a batcher reports its batches and the work it dropped."""
+
+    def observe_batch(self, inputs: int, seconds: float) -> None:
+        """One model run of `inputs` texts."""
+
+    def dropped(self, reason: str, requests: int = 1) -> None:
+        """Requests not run: `queue_full`, `expired` or `cancelled`."""
+
+
+class RunWatcher(Protocol):
+    """Told when model runs start and end (the version's health probe)."""
+
+    def run_started(self) -> int:
+        """A run begins; returns a token."""
+
+    def run_finished(self, token: int, ok: bool = True) -> None:
+        """The run of `token` ended."""
+
+
+@dataclass
+class _Pending:
+    """A queued request: its texts, their token ids when tokenized on arrival, its
+    deadline (`time.monotonic()`, or None) and its future."""
+
+    texts: list[str]
+    ids: list[list[int]] | None
+    deadline: float | None
+    future: asyncio.Future[EmbedResult]
+
+
+class InlineBatcher:
+    """Adaptive batching in front of one in-process runtime.
+
+    A lone request gets the runtime's full session (all its intra-op threads). When
+    requests queue up and the runtime has busy lanes, the queue is split across them:
+    up to `busy_lanes` batches run at once, one thread each, so no run waits at a
+    thread barrier for a core the others hold. The two kinds never overlap within a
+    version; versions share the inference threads.
+    """
+
+    def __init__(
+        self,
+        runtime: TextEmbedder,
+        metrics: BatchMetrics,
+        executor: ThreadPoolExecutor,
+        fault: FaultInjection | None = None,
+        watcher: RunWatcher | None = None,
+    ):
+        self.runtime = runtime
+        self._fault = fault
+        self.configure(InlineBatchingConfig())
+        self._metrics = metrics
+        self._executor = executor
+        self._watcher = watcher
+        self.wedge = Wedge()
+        self._queue: list[_Pending] = []
+        self._queued_texts = 0
+        self._lanes = runtime.busy_lanes
+        self._running = 0  # batches in flight
+        self._solo = False  # the one in flight has the full session
+
+    def configure(self, live: InlineBatchingConfig) -> None:
+        """Apply live batching settings (the next batch uses them)."""
+        self.max_batch_size = live.max_batch_size
+        self.max_batch_texts = live.max_batch_texts
+        self.max_queued_texts = live.max_queued_texts
+
+    def watch(self, watcher: RunWatcher) -> None:
+        """Tell `watcher` when each model run starts and ends."""
+        self._watcher = watcher
+
+    @property
+    def queued_texts(self) -> int:
+        """Texts waiting for a batch."""
+        return self._queued_texts
+
+    async def embed(
+        self, texts: list[str], deadline: float | None = None, probe: bool = False
+    ) -> EmbedResult:
+        """Vectors and token count for one request, batched with concurrent ones.
+        Refused at once (`Overloaded`) when the queue is full; dropped unrun when
+        `deadline` passes or the caller goes away while it waits. `probe`: a health
+        probe, which tests the runtime, so the version's injected faults skip it."""
+        if self._fault is not None and not probe:
+            await inject_fault(self._fault)
+        # Admit any request into an empty queue (a large one must not wait forever).
+        if self._queue and self._queued_texts + len(texts) > self.max_queued_texts:
+            self._metrics.dropped("queue_full")
+            raise Overloaded(
+                f"{self._queued_texts} texts already wait for this version, retry later"
+            )
+        future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
+        # A small request is tokenized here, on the loop, while a batch may be running:
+        # the inference thread then never waits for the GIL to tokenize. Large ones are
+        # tokenized in the inference thread, so the loop never stalls on them.
+        small = len(texts) <= LOOP_TOKENIZE_MAX_TEXTS and sum(map(len, texts)) <= (
+            LOOP_TOKENIZE_MAX_CHARS
+        )
+        ids = self.runtime.tokenize(texts) if small else None
+        self._queue.append(_Pending(texts, ids, deadline, future))
+        self._queued_texts += len(texts)
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        """Start what may start now: a lone request on the full session; a queue split
+        over the free busy lanes; without lanes, the queue as one batch at a time."""
+        self._drop_gone()
+        while self._queue and not self._solo:
+            if self._running == 0 and (self._lanes == 0 or len(self._queue) == 1):
+                self._start(len(self._queue), solo=True)
+            elif self._lanes > 0 and self._running < self._lanes:
+                free = self._lanes - self._running
+                self._start(-(-len(self._queue) // free), solo=False)
+            else:
+                return
+
+    def _drop_gone(self) -> None:
+        """Take out requests nobody waits for any more, before they cost a run."""
+        now = time.monotonic()
+        kept = []
+        for item in self._queue:
+            if item.future.done():  # cancelled: the caller timed out or went away
+                self._metrics.dropped("cancelled")
+            elif item.deadline is not None and now >= item.deadline:
+                self._metrics.dropped("expired")
+                item.future.set_exception(Timeout("the deadline passed before the model ran"))
+            else:
+                kept.append(item)
+                continue
+            self._queued_texts -= len(item.texts)
+        self._queue = kept
+
+    def _start(self, size: int, solo: bool) -> None:
+        batch: list[_Pending] = []
+        texts = 0
+        for item in self._queue[: min(size, self.max_batch_size)]:
+            if batch and texts + len(item.texts) > self.max_batch_texts:
+                break
+            batch.append(item)
+            texts += len(item.texts)
+        del self._queue[: len(batch)]
+        self._queued_texts -= texts
+        self._running += 1
+        self._solo = solo
+        asyncio.get_running_loop().create_task(self._run_batch(batch, busy=not solo))
+
+    async def _run_batch(self, batch: list[_Pending], busy: bool) -> None:
+        loop = asyncio.get_running_loop()
+        parts = [(item.texts, item.ids) for item in batch]
+        started = time.perf_counter()
+        token = self._watcher.run_started() if self._watcher else 0
+        ok = False
+        try:
+            vectors, tokens = await loop.run_in_executor(self._executor, self._run, parts, busy)
+        except Exception as e:  # every waiter learns, none hangs
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(e)
+        else:
+            ok = True
+            self._metrics.observe_batch(len(tokens), time.perf_counter() - started)
+            results = split_batch([len(item.texts) for item in batch], vectors, tokens)
+            for item, result in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+        finally:
+            if self._watcher:
+                self._watcher.run_finished(token, ok)
+            self._running -= 1
+            self._solo = False
+            self._dispatch()
+
+    def _run(
+        self, parts: list[tuple[list[str], list[list[int]] | None]], busy: bool
+    ) -> tuple[Float32Array, list[int]]:
+        """One batch in an inference thread: tokenize what is not yet, then embed."""
+        self.wedge.block_if_engaged()
+        ids = [
+            row
+            for texts, tokenized in parts
+            for row in (tokenized if tokenized is not None else self.runtime.tokenize(texts))
+        ]
+        return self.runtime.embed_token_ids(ids, busy=busy)
+
+
+def inference_executor(workers: int) -> ThreadPoolExecutor:
+    """The inline versions' inference threads, each `INFERENCE_NICE_STEP` below the
+    event loop's priority (raising one's own nice value needs no privilege)."""
+    return ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="inline-infer", initializer=_lower_priority
+    )
+
+
+def _lower_priority() -> None:
+    try:
+        tid = threading.get_native_id()
+        nice = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + INFERENCE_NICE_STEP))
+    except (AttributeError, OSError):  # no per-thread priorities here: run as is
+        pass

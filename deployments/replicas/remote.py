@@ -1,0 +1,128 @@
+"""A dedicated version as a `VersionBackend`: its deployment, called through a handle.
+
+Every call is bounded by the caller's deadline, which travels with it (as the
+seconds left), so the replica drops work whose caller has already given up. A call
+whose replica died is retried once on another replica within the same deadline
+(inference is idempotent). Every failure becomes an error that carries its status:
+no Ray exception reaches the caller unmapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    RayError,
+    RayTaskError,
+    TaskCancelledError,
+)
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    RayServeException,
+    RequestCancelledError,
+)
+from ray.serve.handle import DeploymentHandle
+
+from deployments.errors import (
+    InferenceFailed,
+    Overloaded,
+    ServekitError,
+    Timeout,
+    Unavailable,
+)
+from deployments.observability.logs import get_logger
+from deployments.replicas.backend import EmbedResult, remaining_s
+
+_log = get_logger("calls")
+_REPLICA_GONE = (ActorDiedError, ActorUnavailableError, DeploymentUnavailableError)
+METADATA_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 2.0
+
+
+async def call_version(
+    handle: DeploymentHandle[Any],
+    method: str,
+    args: tuple[Any, ...],
+    deadline: float,
+    label: str,
+    timeout_s: float | None = None,
+) -> Any:
+    """Call `method(*args)` on a version's replicas by `deadline` (`time.monotonic()`);
+    `timeout_s`: the whole budget, named in the 504's message."""
+    budget = timeout_s if timeout_s is not None else remaining_s(deadline)
+    for attempt in (1, 2):
+        response = getattr(handle, method).remote(*args)
+        try:
+            return await asyncio.wait_for(_await(response), remaining_s(deadline))
+        except TimeoutError as e:
+            response.cancel()
+            raise Timeout(f"{label}: no answer within {budget:g} s") from e
+        except _REPLICA_GONE as e:
+            if attempt == 2 or time.monotonic() >= deadline:
+                raise Unavailable(f"{label}: no replica available, retry later") from e
+            _log.warning("replica lost, retrying once", extra={"fields": {"target": label}})
+        except RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ServekitError):  # the replica's own verdict (e.g. expired)
+                raise type(cause)(f"{label}: {cause.message}") from e
+            _log.error("model call failed", exc_info=e, extra={"fields": {"target": label}})
+            raise InferenceFailed(f"{label}: the model failed on this request") from e
+        except BackPressureError as e:
+            raise Overloaded(f"{label}: overloaded, retry later") from e
+        except (RequestCancelledError, TaskCancelledError) as e:
+            raise Unavailable(f"{label}: the call was cancelled, retry later") from e
+        except (RayServeException, RayError) as e:  # anything else Ray raises
+            _log.error("model call failed in Ray", exc_info=e, extra={"fields": {"target": label}})
+            raise Unavailable(f"{label}: the version cannot be reached, retry later") from e
+    raise AssertionError("unreachable")
+
+
+async def _await(response: Any) -> Any:
+    return await response
+
+
+class DedicatedBackend:
+    """One version running as its own deployment (`<model>-<version>`)."""
+
+    placement = "dedicated"
+
+    def __init__(self, label: str, handle: DeploymentHandle[Any], timeout_s: float) -> None:
+        self.label = label
+        self.handle = handle
+        self.timeout_s = timeout_s  # request_timeout_s, for the 504's message
+        self._meta: dict[str, Any] | None = None
+
+    async def embed(self, texts: list[str], deadline: float) -> EmbedResult:
+        """Vectors for `texts` from the version's replicas, by `deadline`."""
+        result: EmbedResult = await call_version(
+            self.handle,
+            "embed",
+            (texts, remaining_s(deadline)),
+            deadline,
+            self.label,
+            self.timeout_s,
+        )
+        return result
+
+    async def metadata(self) -> dict[str, Any]:
+        """Signature and runtime facts, asked once and kept (a version is immutable)."""
+        if self._meta is None:
+            deadline = time.monotonic() + METADATA_TIMEOUT_S
+            self._meta = await call_version(self.handle, "metadata", (), deadline, self.label)
+        return self._meta
+
+    async def ready(self) -> bool:
+        """Whether a replica answers that its runtime is loaded and not wedged."""
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            ok = bool(await call_version(self.handle, "ready", (), deadline, self.label))
+            if ok:
+                await self.metadata()
+            return ok
+        except ServekitError:
+            return False
