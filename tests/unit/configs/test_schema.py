@@ -1,0 +1,68 @@
+"""Test-only settings are refused outside tests: `fault_injection` needs
+SERVEKIT_ALLOW_FAULT_INJECTION=1 in the serving processes' environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from configs.schema import FAULT_INJECTION_ENV, FaultInjection, VersionSpec
+from configs.validate import validate_file
+
+# Configs valid in tests and refused elsewhere; first line: `# expect: <message prefix>`.
+REFUSED = sorted((Path(__file__).parent / "refused_outside_tests").glob("*.yaml"))
+
+SPEC: dict[str, Any] = {
+    "artifact": {"uri": "artifacts/minilm/v1.tar", "sha256": "0" * 64},
+    "runtime": "onnx",
+    "fault_injection": {"error_rate": 0.5, "extra_latency_ms": 10},
+}
+
+
+@pytest.mark.parametrize("value", [None, "0", "true", "yes", " 1"])
+def test_fault_injection_is_refused_without_the_env_setting(
+    monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv(FAULT_INJECTION_ENV, raising=False)
+    else:
+        monkeypatch.setenv(FAULT_INJECTION_ENV, value)
+    with pytest.raises(ValidationError) as caught:
+        VersionSpec.model_validate(SPEC)
+    (error,) = caught.value.errors(include_input=False)
+    assert error["loc"] == ("fault_injection",)
+    assert "test-only setting" in error["msg"]
+    assert "SERVEKIT_ALLOW_FAULT_INJECTION=1" in error["msg"]
+
+
+def test_fault_injection_is_accepted_with_the_env_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FAULT_INJECTION_ENV, "1")
+    spec = VersionSpec.model_validate(SPEC)
+    assert spec.fault_injection == FaultInjection(error_rate=0.5, extra_latency_ms=10)
+
+
+def test_a_version_without_fault_injection_needs_no_env_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(FAULT_INJECTION_ENV, raising=False)
+    spec = VersionSpec.model_validate({k: v for k, v in SPEC.items() if k != "fault_injection"})
+    assert spec.fault_injection is None
+
+
+@pytest.mark.parametrize("path", REFUSED, ids=[p.stem for p in REFUSED])
+def test_refused_outside_tests_config_message(
+    path: Path, monkeypatch: pytest.MonkeyPatch, example_store: Path
+) -> None:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: ")
+    monkeypatch.delenv(FAULT_INJECTION_ENV, raising=False)
+    report = validate_file(path)
+    assert not report.ok
+    assert any(p.startswith(first.removeprefix("# expect: ")) for p in report.problems), (
+        report.problems
+    )
+    monkeypatch.setenv(FAULT_INJECTION_ENV, "1")  # as the test configs run
+    assert validate_file(path).problems == []

@@ -1,0 +1,60 @@
+"""Fakes the data plane's unit tests share: a runtime that can be held inside a run, and
+a recorder of what a batcher reports."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import numpy.typing as npt
+
+DIM = 4
+GATE_TIMEOUT_S = 10.0  # a test that forgets to open the gate fails instead of hanging
+
+
+class FakeRuntime:
+    """Stands in for a `TextEmbedder`: token ids are a text's UTF-8 bytes, and a text's
+    vector is `[its byte count, 0, 0, 0]`. Every run is recorded with the texts it got.
+    While `gate` is cleared, runs block inside the inference thread."""
+
+    ready = True
+    device_name = "cpu"
+
+    def __init__(self, busy_lanes: int = 1) -> None:
+        self.busy_lanes = busy_lanes
+        self.gate = threading.Event()
+        self.gate.set()
+        self.runs: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return [list(text.encode()) for text in texts]
+
+    def embed_token_ids(
+        self, ids: list[list[int]], busy: bool = False
+    ) -> tuple[npt.NDArray[np.float32], list[int]]:
+        with self._lock:
+            self.runs.append([bytes(row).decode() for row in ids])
+        if not self.gate.wait(GATE_TIMEOUT_S):
+            raise RuntimeError("the test never opened the gate")
+        vectors = np.zeros((len(ids), DIM), dtype=np.float32)
+        vectors[:, 0] = [len(row) for row in ids]
+        return vectors, [len(row) for row in ids]
+
+    def ran(self, text: str) -> bool:
+        """Whether any run got `text`."""
+        return any(text in run for run in self.runs)
+
+
+class BatchRecorder:
+    """A `BatchMetrics` that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.drops: list[str] = []
+
+    def observe_batch(self, inputs: int, seconds: float) -> None:
+        self.batches.append(inputs)
+
+    def dropped(self, reason: str, requests: int = 1) -> None:
+        self.drops.extend([reason] * requests)

@@ -1,0 +1,192 @@
+"""One canary judgement for every ingress replica: two routers share an in-process judge,
+their samples make one window, the verdict is decided once and reaches them all."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import yaml
+
+from configs.schema import AppArgs, IngressLiveConfig
+from deployments.errors import InferenceFailed
+from deployments.routing.canary import CanaryJudge
+from deployments.routing.router import VersionRouter
+from tests.conftest import REPO_ROOT
+
+MIN_REQUESTS = 20
+PER_REPLICA = 12  # under MIN_REQUESTS alone, over it together
+
+
+class FakeBackend:
+    """A version that answers, or fails every call (a broken canary)."""
+
+    placement = "inline"
+
+    def __init__(self, label: str, fail: bool = False) -> None:
+        self.label = label
+        self.fail = fail
+
+    async def embed(self, texts: list[str], deadline: float) -> tuple[npt.NDArray[Any], int]:
+        if self.fail:
+            raise InferenceFailed(f"{self.label}: the model failed on this request")
+        return np.ones((len(texts), 4), dtype=np.float32), len(texts)
+
+    async def metadata(self) -> dict[str, Any]:
+        return {}
+
+    async def ready(self) -> bool:
+        return True
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.weights: dict[tuple[str, str], int] = {}
+        self.rollbacks: list[tuple[str, str]] = []
+
+    def weight(self, model: str, version: str, weight: int) -> None:
+        self.weights[(model, version)] = weight
+
+    def rollback(self, model: str, version: str) -> None:
+        self.rollbacks.append((model, version))
+
+    def shadow(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def args() -> AppArgs:
+    doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    return AppArgs.model_validate(doc["applications"][0]["args"])
+
+
+def _live(v1: int = 90, v2: int = 10) -> IngressLiveConfig:
+    return IngressLiveConfig.model_validate(
+        {
+            "traffic": {"minilm": {"v1": v1, "v2": v2}},
+            "rollout": {
+                "minilm": {
+                    "canary": "v2",
+                    "max_error_rate": 0.05,
+                    "window_s": 60,
+                    "min_requests": MIN_REQUESTS,
+                }
+            },
+        }
+    )
+
+
+def _replica(args: AppArgs, live: IngressLiveConfig) -> tuple[VersionRouter, RouterMetrics]:
+    backends: dict[tuple[str, str], Any] = {
+        ("minilm", "v1"): FakeBackend("minilm/v1"),
+        ("minilm", "v2"): FakeBackend("minilm/v2", fail=True),
+    }
+    metrics = RouterMetrics()
+    router = VersionRouter(args, backends, metrics)
+    router.configure(live)
+    return router, metrics
+
+
+def _canary_calls(router: VersionRouter, n: int) -> None:
+    async def calls() -> None:
+        for _ in range(n):
+            with pytest.raises(InferenceFailed):
+                await router.embed("minilm", "v2", ["a red shoe"], time.monotonic() + 5)
+
+    asyncio.run(calls())
+
+
+def _sync(judge: CanaryJudge, replica: str, router: VersionRouter) -> dict[str, Any]:
+    """What `CanarySync.sync_once` does, without the actor in between."""
+    answer = judge.sync(replica, *router.canary_payload())
+    router.apply_judgement(answer)
+    return answer["minilm"]
+
+
+def _picks(router: VersionRouter) -> set[str]:
+    return {router.choose("minilm", None, "traffic", None) for _ in range(500)}
+
+
+def test_each_replica_alone_stays_under_min_requests(args: AppArgs) -> None:
+    for name in ("a", "b"):
+        router, _ = _replica(args, _live())
+        _canary_calls(router, PER_REPLICA)
+        answer = _sync(CanaryJudge(), name, router)  # a judge of its own
+        assert answer["verdict"] is None
+        assert answer["window"]["requests"] == PER_REPLICA
+        assert router.weights("minilm") == {"v1": 90, "v2": 10}
+
+
+def test_samples_of_two_replicas_make_one_verdict_that_reaches_both(args: AppArgs) -> None:
+    judge = CanaryJudge()
+    (a, a_metrics), (b, b_metrics) = _replica(args, _live()), _replica(args, _live())
+    _canary_calls(a, PER_REPLICA)
+    _canary_calls(b, PER_REPLICA)
+
+    first = _sync(judge, "replica-a", a)
+    assert (first["verdict"], first["decided_now"]) == (None, False)
+    assert first["window"]["requests"] == PER_REPLICA
+
+    second = _sync(judge, "replica-b", b)  # 24 failed calls in the one window: breach
+    assert second["decided_now"] is True
+    assert second["window"]["requests"] == 2 * PER_REPLICA
+    verdict = second["verdict"]
+    assert (verdict["version"], verdict["decided_from"]) == ("v2", "replica-b")
+    assert verdict["reason"].startswith("error rate 100.0% over 24 calls")
+    assert b.weights("minilm") == {"v1": 100}  # versions at 0 are not split to
+    assert a.weights("minilm") == {"v1": 90, "v2": 10}  # until its next sync
+
+    third = _sync(judge, "replica-a", a)
+    assert (third["verdict"], third["decided_now"]) == (verdict, False)
+    for router, metrics in ((a, a_metrics), (b, b_metrics)):
+        assert router.weights("minilm") == {"v1": 100}
+        assert metrics.weights[("minilm", "v2")] == 0
+        assert metrics.weights[("minilm", "v1")] == 100
+        assert _picks(router) == {"v1"}
+        assert router.card("minilm", 0, detail=True)["rollout"]["state"] == "rolled_back"
+
+    # Decided once: later syncs, with or without samples, decide nothing new.
+    _canary_calls(a, 5)  # pinned calls after the rollback are not canary samples
+    assert not any(_sync(judge, name, r)["decided_now"] for name, r in (("a", a), ("b", b)))
+    assert [e["version"] for e in judge.verdicts()] == ["v2"]
+    assert a_metrics.rollbacks == []
+    assert b_metrics.rollbacks == [("minilm", "v2")]  # counted by the replica that decided
+
+
+def test_a_restarted_replica_gets_the_verdict_at_its_first_sync(args: AppArgs) -> None:
+    judge = CanaryJudge()
+    a, _ = _replica(args, _live())
+    _canary_calls(a, 2 * PER_REPLICA)
+    assert _sync(judge, "a", a)["decided_now"]
+
+    restarted, metrics = _replica(args, _live())
+    assert restarted.weights("minilm") == {"v1": 90, "v2": 10}
+    answer = _sync(judge, "restarted", restarted)  # no samples of its own
+    assert (answer["decided_now"], answer["verdict"]["version"]) == (False, "v2")
+    assert restarted.weights("minilm") == {"v1": 100}
+    assert _picks(restarted) == {"v1"}
+    assert metrics.rollbacks == []
+    assert len(judge.verdicts()) == 1
+
+
+def test_a_changed_config_does_not_apply_the_old_verdict(args: AppArgs) -> None:
+    judge = CanaryJudge()
+    a, _ = _replica(args, _live())
+    _canary_calls(a, 2 * PER_REPLICA)
+    assert _sync(judge, "a", a)["decided_now"]
+
+    fixed, _ = _replica(args, _live(80, 20))  # a new config: a fixed canary, say
+    answer = _sync(judge, "fixed", fixed)
+    assert (answer["verdict"], answer["window"]["requests"]) == (None, 0)
+    assert fixed.weights("minilm") == {"v1": 80, "v2": 20}
+
+    a.configure(_live(80, 20))  # the replica that rolled back takes the new config too
+    assert a.weights("minilm") == {"v1": 80, "v2": 20}
+    assert _sync(judge, "a", a)["verdict"] is None
+    assert a.weights("minilm") == {"v1": 80, "v2": 20}
+    assert _picks(a) == {"v1", "v2"}
+    assert len(judge.verdicts()) == 1
