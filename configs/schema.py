@@ -260,6 +260,14 @@ class InlineBatchingConfig(_Strict):
         "it a request is refused at once with 503 and Retry-After (an empty queue admits "
         "any request).",
     )
+    max_queue_wait_s: float = Field(
+        0.5,
+        gt=0,
+        le=600,
+        description="Longest a request may expect to wait for its batch: the texts ahead "
+        "of it over the version's measured throughput (texts/s). A request that would "
+        "wait longer is refused at once with 503 and Retry-After.",
+    )
 
 
 class ShadowSpec(_Strict):

@@ -30,7 +30,9 @@ def refuse_too_many_strings(body: bytes, max_inputs: int, field: str) -> None:
     """400 when the body must hold more texts than `max_inputs` allows."""
     if len(body) < 2 * max_inputs:  # too small to hold that many strings: skip the scan
         return
-    if strings_at_least(body) > max_inputs + STRINGS_BESIDES_INPUTS:
+    # Twice the limit: a protocol's free-form parameters may hold strings of their own,
+    # and a flood of millions is still refused before parsing.
+    if strings_at_least(body) > 2 * max_inputs + STRINGS_BESIDES_INPUTS:
         raise TooManyInputs(f"{field}: more than {max_inputs} inputs; at most {max_inputs} allowed")
 
 

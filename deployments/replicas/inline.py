@@ -4,9 +4,11 @@ Each inline version has a batcher that never waits when idle: a request arriving
 while no batch runs is dispatched at once; requests arriving while one runs are
 gathered and go together as the next batch (up to `max_batch_size` requests and
 `max_batch_texts` texts); with busy lanes (`busy_lanes`), the queue is split over
-that many one-thread runs at once. The queue is bounded in texts
-(`max_queued_texts`): beyond it a request is refused at once with a 503, so the
-ones admitted never wait long. A queued request whose caller has gone (timed out,
+that many one-thread runs at once. The queue is bounded in time and in texts: a
+request that would wait longer than `max_queue_wait_s` (the texts ahead of it over
+the version's measured throughput), or find more than `max_queued_texts` waiting,
+is refused at once with a 503, so the ones admitted never wait long, whatever the
+hardware. A queued request whose caller has gone (timed out,
 disconnected) or whose deadline has passed is dropped before it runs, and counted.
 
 Inference runs in worker threads (ONNX Runtime releases the GIL), so the event loop
@@ -38,6 +40,8 @@ LOOP_TOKENIZE_MAX_TEXTS = 16
 LOOP_TOKENIZE_MAX_CHARS = 4096
 # How much lower than the event loop the inference threads run (nice steps).
 INFERENCE_NICE_STEP = 4
+# Weight of the newest batch in the throughput estimate (texts/s).
+RATE_SMOOTHING = 0.3
 
 
 class BatchMetrics(Protocol):
@@ -98,6 +102,8 @@ class InlineBatcher:
         self.wedge = Wedge()
         self._queue: list[_Pending] = []
         self._queued_texts = 0
+        self._running_texts = 0  # texts in the batches in flight
+        self.rate: float | None = None  # texts/s this version gets through, measured
         self._lanes = runtime.busy_lanes
         self._running = 0  # batches in flight
         self._solo = False  # the one in flight has the full session
@@ -107,6 +113,7 @@ class InlineBatcher:
         self.max_batch_size = live.max_batch_size
         self.max_batch_texts = live.max_batch_texts
         self.max_queued_texts = live.max_queued_texts
+        self.max_queue_wait_s = live.max_queue_wait_s
 
     def watch(self, watcher: RunWatcher) -> None:
         """Tell `watcher` when each model run starts and ends."""
@@ -126,12 +133,8 @@ class InlineBatcher:
         probe, which tests the runtime, so the version's injected faults skip it."""
         if self._fault is not None and not probe:
             await inject_fault(self._fault)
-        # Admit any request into an empty queue (a large one must not wait forever).
-        if self._queue and self._queued_texts + len(texts) > self.max_queued_texts:
-            self._metrics.dropped("queue_full")
-            raise Overloaded(
-                f"{self._queued_texts} texts already wait for this version, retry later"
-            )
+        if not probe:
+            self._admit(len(texts))
         future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
         # A small request is tokenized here, on the loop, while a batch may be running:
         # the inference thread then never waits for the GIL to tokenize. Large ones are
@@ -144,6 +147,31 @@ class InlineBatcher:
         self._queued_texts += len(texts)
         self._dispatch()
         return await future
+
+    def expected_wait_s(self, texts: int) -> float:
+        """How long a request of `texts` would wait for its answer, by the measured
+        throughput (0 until a batch has been measured)."""
+        if not self.rate:
+            return 0.0
+        return (self._queued_texts + self._running_texts + texts) / self.rate
+
+    def _admit(self, texts: int) -> None:
+        """Refuse a request that would wait too long. A version with nothing queued
+        admits any request, so a large one is never refused for its size alone."""
+        if not self._queue:
+            return
+        if self._queued_texts + texts > self.max_queued_texts or (
+            self.expected_wait_s(texts) > self.max_queue_wait_s
+        ):
+            self._drop_gone()  # texts nobody waits for any more take no room
+        if self._queued_texts + texts > self.max_queued_texts:
+            reason = f"{self._queued_texts} texts already wait for this version"
+        elif self.expected_wait_s(texts) > self.max_queue_wait_s:
+            reason = f"the wait would exceed {self.max_queue_wait_s:g} s"
+        else:
+            return
+        self._metrics.dropped("queue_full")
+        raise Overloaded(f"{reason}, retry later")
 
     def _dispatch(self) -> None:
         """Start what may start now: a lone request on the full session; a queue split
@@ -184,6 +212,7 @@ class InlineBatcher:
             texts += len(item.texts)
         del self._queue[: len(batch)]
         self._queued_texts -= texts
+        self._running_texts += texts
         self._running += 1
         self._solo = solo
         asyncio.get_running_loop().create_task(self._run_batch(batch, busy=not solo))
@@ -202,7 +231,9 @@ class InlineBatcher:
                     item.future.set_exception(e)
         else:
             ok = True
-            self._metrics.observe_batch(len(tokens), time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._metrics.observe_batch(len(tokens), seconds)
+            self._measure(len(tokens), seconds, busy)
             results = split_batch([len(item.texts) for item in batch], vectors, tokens)
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
@@ -210,9 +241,19 @@ class InlineBatcher:
         finally:
             if self._watcher:
                 self._watcher.run_finished(token, ok)
+            self._running_texts -= sum(len(item.texts) for item in batch)
             self._running -= 1
             self._solo = False
             self._dispatch()
+
+    def _measure(self, texts: int, seconds: float, busy: bool) -> None:
+        """Fold one batch into the throughput estimate; busy lanes run side by side."""
+        rate = texts / max(seconds, 1e-6) * (max(1, self._lanes) if busy else 1)
+        self.rate = (
+            rate
+            if self.rate is None
+            else (RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * self.rate)
+        )
 
     def _run(
         self, parts: list[tuple[list[str], list[list[int]] | None]], busy: bool

@@ -81,7 +81,11 @@ def make_test_config(http_port: int) -> dict[str, Any]:
             entry["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}
             entry["user_config"]["traffic"]["minilm"].update(dict.fromkeys(FAULTY_VERSIONS, 0))
             entry["user_config"]["traffic"][INLINE_MODEL] = {"v1": 50, "v2": 50}
-            entry["user_config"]["batching"] = {f"{INLINE_MODEL}-v1": {"max_batch_size": 8}}
+            shipped_batching = entry["user_config"]["batching"]
+            entry["user_config"]["batching"] = {
+                f"{INLINE_MODEL}-{v}": dict(shipped_batching[f"minilm-{v}"]) for v in ("v1", "v2")
+            }
+            entry["user_config"]["batching"][f"{INLINE_MODEL}-v1"]["max_batch_size"] = 8
             entry["ray_actor_options"] = {"num_cpus": 0.5}
     return dict(doc)
 

@@ -204,12 +204,6 @@ def test_a_request_whose_caller_left_is_dropped_unrun(
     assert batcher.queued_texts == 0
 
 
-@pytest.mark.xfail(
-    reason="admission counts texts whose callers have gone until the next dispatch drops "
-    "them; while a batch runs, those texts alone can fill the queue and every new "
-    "request is refused with 503",
-    raises=Overloaded,
-)
 def test_texts_of_callers_who_left_do_not_fill_the_queue(
     runtime: FakeRuntime, executor: ThreadPoolExecutor
 ) -> None:
