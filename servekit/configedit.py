@@ -2,12 +2,22 @@
 
 Used by `servekit promote` and `servekit rollback`: the file stays the single source
 of truth, and every change to it is a reviewable diff.
+
+`promote` leaves a record of the rollout on the model's line under `traffic`, so
+that `rollback` can undo it without being told what the weights were:
+
+    minilm:  # last promote: v2, from v1=90 v2=10 to v1=50 v2=50 (for servekit rollback)
+
+It lives in the file because the file is what is reviewed, committed and applied
+(here, or by `make cluster` on a cluster): the record travels with the weights it
+describes, changes in the same diff, and cannot disagree with another copy.
 """
 
 from __future__ import annotations
 
 import difflib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +30,57 @@ from configs.validate import IMPORT_PATH
 
 class EditError(ValueError):
     """The requested change does not fit the file."""
+
+
+_RECORD = re.compile(
+    r"#\s*last promote: (?P<version>[^,\s]+), from (?P<before>[^()]*?) "
+    r"to (?P<after>[^()]*?) \(for servekit rollback\)"
+)
+
+
+def _weights_text(weights: dict[str, int]) -> str:
+    return " ".join(f"{v}={w}" for v, w in weights.items())
+
+
+def _parse_weights(text: str) -> dict[str, int]:
+    pairs = [item.split("=", 1) for item in text.split()]
+    return {v: int(w) for v, w in pairs}
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A rollout of one version by `servekit promote`: the weights before its first
+    step and after its last."""
+
+    version: str
+    before: dict[str, int]
+    after: dict[str, int]
+
+    def comment(self) -> str:
+        return (
+            f"# last promote: {self.version}, from {_weights_text(self.before)} "
+            f"to {_weights_text(self.after)} (for servekit rollback)"
+        )
+
+    @classmethod
+    def find(cls, text: str) -> Promotion | None:
+        """The record in a comment, if there is one that reads."""
+        match = _RECORD.search(text)
+        if match is None:
+            return None
+        try:
+            before, after = _parse_weights(match["before"]), _parse_weights(match["after"])
+        except ValueError:
+            return None
+        return cls(match["version"], before, after)
+
+    def describes(self, weights: dict[str, int], declared: list[str]) -> bool:
+        """Whether the weights are still those this promotion wrote (a version added
+        since, at weight 0, changes nothing), over versions still declared."""
+        names = set(weights) | set(self.after)
+        return set(self.before) <= set(declared) and all(
+            weights.get(v, 0) == self.after.get(v, 0) for v in names
+        )
 
 
 def _yaml() -> YAML:
@@ -92,9 +153,53 @@ class ConfigFile:
             raise EditError(f"traffic has no entry for model {model!r}")
         return traffic[model]
 
+    def last_promotion(self, model: str) -> Promotion | None:
+        """The promotion recorded on the model's line under `traffic`, if any."""
+        token = self._comment_token(model)
+        return Promotion.find(token.value) if token is not None else None
+
+    def record_promotion(self, model: str, promotion: Promotion | None) -> None:
+        """Write (or, with None, remove) the record, keeping any other comment."""
+        token = self._comment_token(model)
+        if token is None:
+            if promotion is not None:
+                self.ingress_live()["traffic"].yaml_add_eol_comment(promotion.comment(), model)
+            return
+        first, newline, rest = token.value.partition("\n")
+        kept = _RECORD.sub("", first).rstrip()
+        record = promotion.comment() if promotion is not None else ""
+        first = f"{kept}  {record}" if kept and record else kept or record
+        if first or rest:
+            token.value = first + newline + rest
+        else:
+            self._drop_comment(model)
+
+    def _comment_token(self, model: str) -> Any:
+        # ruamel keeps the comment after `model:` on the traffic mapping's entry and,
+        # for a block mapping value, on the value as well (the same token).
+        self.traffic(model)
+        traffic = self.ingress_live()["traffic"]
+        entry = traffic.ca.items.get(model)
+        if entry is not None and len(entry) > 2 and entry[2] is not None:
+            return entry[2]
+        inner = getattr(traffic[model], "ca", None)
+        return inner.comment[0] if inner is not None and inner.comment else None
+
+    def _drop_comment(self, model: str) -> None:
+        traffic = self.ingress_live()["traffic"]
+        entry = traffic.ca.items.get(model)
+        if entry is not None and len(entry) > 2:
+            entry[2] = None
+        inner = getattr(traffic[model], "ca", None)
+        if inner is not None and inner.comment:
+            inner.comment[0] = None
+
 
 def promote(cfg: ConfigFile, model: str, version: str, weight: int) -> list[str]:
-    """Give `version` `weight` percent; the rest keeps its proportions. Returns notes."""
+    """Give `version` `weight` percent; the rest keeps its proportions. Returns notes.
+
+    The rollout is recorded for `rollback`: steps of the same version in a row are
+    one rollout, so the record keeps the weights from before its first step."""
     declared = cfg.versions(model)
     if version not in declared:
         raise EditError(f"{model} has no version {version!r} (declared: {', '.join(declared)})")
@@ -102,10 +207,14 @@ def promote(cfg: ConfigFile, model: str, version: str, weight: int) -> list[str]
         raise EditError(f"weight {weight} is outside 0..100")
     traffic = cfg.traffic(model)
     current = {v: int(traffic.get(v, 0)) for v in declared}
-    new = split_rest(current, version, weight)
-    for v in declared:
-        if v in traffic or new[v]:
-            traffic[v] = new[v]
+    split = split_rest(current, version, weight)
+    new = {v: split[v] for v in declared}
+    if new != current:
+        last = cfg.last_promotion(model)
+        goes_on = last is not None and last.version == version and last.describes(current, declared)
+        before = last.before if last is not None and goes_on else current
+        _set_weights(traffic, declared, new)
+        cfg.record_promotion(model, Promotion(version, before, new) if new != before else None)
     notes = []
     rollout = cfg.ingress_live().get("rollout") or {}
     policy = rollout.get(model)
@@ -115,17 +224,43 @@ def promote(cfg: ConfigFile, model: str, version: str, weight: int) -> list[str]
     return notes
 
 
-def rollback(cfg: ConfigFile, model: str, to: str | None) -> str:
-    """Send all of a model's traffic to one version; returns that version."""
+def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
+    """Undo the last promotion of a model (its weights return to what they were
+    before it), or, with `to` or without a usable record, send all of the model's
+    traffic to one version. Returns notes saying which happened and why."""
     declared = cfg.versions(model)
     traffic = cfg.traffic(model)
-    target = to or _rollback_target(cfg, model, {v: int(traffic.get(v, 0)) for v in declared})
+    current = {v: int(traffic.get(v, 0)) for v in declared}
+    last = cfg.last_promotion(model)
+    cfg.record_promotion(model, None)
+    if to is None and last is not None and last.describes(current, declared):
+        _set_weights(traffic, declared, {v: last.before.get(v, 0) for v in declared})
+        return [
+            f"undid the last promotion of {model} {last.version}: "
+            f"weights back to {_weights_text(last.before)}"
+        ]
+    why = ""
+    if to is None and last is not None:
+        why = (
+            f"the last promotion recorded ({last.version}, to {_weights_text(last.after)}) "
+            f"is not what the file says now ({_weights_text(current)}): it was edited since"
+        )
+    elif to is None:
+        why = f"no promotion of {model} is recorded in the file"
+    try:
+        target = to or _rollback_target(cfg, model, current)
+    except EditError as e:
+        raise EditError(f"{e} ({why})" if why else str(e)) from e
     if target not in declared:
         raise EditError(f"{model} has no version {target!r} (declared: {', '.join(declared)})")
+    _set_weights(traffic, declared, {v: 100 if v == target else 0 for v in declared})
+    return [*([why] if why else []), f"all traffic of {model} goes to {target}"]
+
+
+def _set_weights(traffic: Any, declared: list[str], weights: dict[str, int]) -> None:
     for v in declared:
-        if v in traffic or v == target:
-            traffic[v] = 100 if v == target else 0
-    return target
+        if v in traffic or weights[v]:
+            traffic[v] = weights[v]
 
 
 def _rollback_target(cfg: ConfigFile, model: str, weights: dict[str, int]) -> str:

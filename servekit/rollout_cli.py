@@ -38,8 +38,7 @@ def edit_and_apply(
             version, weight = arg
             notes = promote(cfg, model, version, weight)
         else:
-            target = rollback(cfg, model, arg)
-            notes = [f"all traffic of {model} goes to {target}"]
+            notes = rollback(cfg, model, arg)
     except (EditError, FileNotFoundError) as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ def test_round_trip_is_byte_identical(config: Path) -> None:
     assert cfg.diff() == ""
 
 
-def test_promote_changes_only_the_weights(config: Path) -> None:
+def test_promote_changes_only_the_weights_and_records_them(config: Path) -> None:
     cfg = ConfigFile.load(config)
     promote(cfg, "minilm", "v2", 50)
     changed = [
@@ -42,7 +42,15 @@ def test_promote_changes_only_the_weights(config: Path) -> None:
         for line in cfg.diff().splitlines()
         if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
     ]
-    assert [line.replace(" ", "") for line in changed] == ["-v1:90", "-v2:10", "+v1:50", "+v2:50"]
+    record = "# last promote: v2, from v1=90 v2=10 to v1=50 v2=50 (for servekit rollback)"
+    assert [" ".join(line.split()) for line in changed] == [
+        "- minilm:",
+        "- v1: 90",
+        "- v2: 10",
+        f"+ minilm: {record}",
+        "+ v1: 50",
+        "+ v2: 50",
+    ]
     assert "# Traffic weights per model" in cfg.render()
 
 
@@ -66,15 +74,118 @@ def test_split_rest(
 
 def test_rollback_to_primary_and_errors(config: Path) -> None:
     cfg = ConfigFile.load(config)
-    assert rollback(cfg, "minilm", None) == "v1"
+    assert rollback(cfg, "minilm", None)[-1] == "all traffic of minilm goes to v1"
     promote(cfg, "minilm", "v2", 50)
-    with pytest.raises(EditError, match="no single primary version"):
-        rollback(cfg, "minilm", None)
-    assert rollback(cfg, "minilm", "v2") == "v2"
+    assert rollback(cfg, "minilm", "v2")[-1] == "all traffic of minilm goes to v2"
     with pytest.raises(EditError, match="not declared"):
         promote(cfg, "nope", "v1", 10)
     with pytest.raises(EditError, match=r"outside 0\.\.100"):
         promote(cfg, "minilm", "v1", 120)
+
+
+def _model_line(cfg: ConfigFile) -> str:
+    """The `minilm:` line under the ingress's traffic."""
+    lines = cfg.render().split("\n          traffic:\n", 1)[1].splitlines()
+    return next(line for line in lines if line.strip().startswith("minilm:"))
+
+
+def _weights(cfg: ConfigFile) -> dict[str, int]:
+    return {v: int(w) for v, w in cfg.traffic("minilm").items()}
+
+
+def test_rollback_undoes_the_last_promotion(config: Path) -> None:
+    original = ConfigFile.load(config).render()
+    cfg = ConfigFile.load(config)
+    promote(cfg, "minilm", "v2", 50)
+    assert _model_line(cfg).strip() == (
+        "minilm:  # last promote: v2, from v1=90 v2=10 to v1=50 v2=50 (for servekit rollback)"
+    )
+    config.write_text(cfg.render())
+
+    cfg = ConfigFile.load(config)  # the record is read back from the file
+    assert rollback(cfg, "minilm", None) == [
+        "undid the last promotion of minilm v2: weights back to v1=90 v2=10"
+    ]
+    assert _weights(cfg) == {"v1": 90, "v2": 10}
+    assert cfg.render() == original  # the record is gone with the promotion
+
+
+def test_steps_of_one_version_are_one_rollout(config: Path) -> None:
+    cfg = ConfigFile.load(config)
+    promote(cfg, "minilm", "v2", 20)
+    promote(cfg, "minilm", "v2", 50)
+    promote(cfg, "minilm", "v2", 80)
+    rollback(cfg, "minilm", None)
+    assert _weights(cfg) == {"v1": 90, "v2": 10}
+    # Another version's promotion starts a new rollout.
+    promote(cfg, "minilm", "v2", 50)
+    promote(cfg, "minilm", "v1", 100)
+    rollback(cfg, "minilm", None)
+    assert _weights(cfg) == {"v1": 50, "v2": 50}
+
+
+def test_promoting_back_to_the_start_leaves_no_record(config: Path) -> None:
+    original = ConfigFile.load(config).render()
+    cfg = ConfigFile.load(config)
+    promote(cfg, "minilm", "v2", 50)
+    promote(cfg, "minilm", "v2", 10)
+    assert cfg.last_promotion("minilm") is None
+    assert cfg.render() == original
+
+
+def test_rollback_after_a_hand_edit_sends_all_to_the_primary(config: Path) -> None:
+    cfg = ConfigFile.load(config)
+    promote(cfg, "minilm", "v2", 50)
+    cfg.traffic("minilm")["v1"], cfg.traffic("minilm")["v2"] = 70, 30  # edited by hand
+    notes = rollback(cfg, "minilm", None)
+    assert notes == [
+        "the last promotion recorded (v2, to v1=50 v2=50) is not what the file says now "
+        "(v1=70 v2=30): it was edited since",
+        "all traffic of minilm goes to v1",
+    ]
+    assert _weights(cfg) == {"v1": 100, "v2": 0}
+    assert cfg.last_promotion("minilm") is None
+
+
+def test_rollback_without_a_usable_record_says_why_it_needs_to(config: Path) -> None:
+    cfg = ConfigFile.load(config)
+    promote(cfg, "minilm", "v2", 30)
+    cfg.traffic("minilm")["v1"], cfg.traffic("minilm")["v2"] = 50, 50
+    with pytest.raises(EditError, match=r"no single primary version; say which with --to \(the"):
+        rollback(cfg, "minilm", None)
+    cfg = ConfigFile.load(config)
+    cfg.traffic("minilm")["v1"], cfg.traffic("minilm")["v2"] = 50, 50
+    with pytest.raises(EditError, match="no promotion of minilm is recorded in the file"):
+        rollback(cfg, "minilm", None)
+
+
+def test_rollback_to_a_named_version_drops_the_record(config: Path) -> None:
+    cfg = ConfigFile.load(config)
+    promote(cfg, "minilm", "v2", 50)
+    assert rollback(cfg, "minilm", "v2") == ["all traffic of minilm goes to v2"]
+    assert _weights(cfg) == {"v1": 0, "v2": 100}
+    assert cfg.last_promotion("minilm") is None
+    assert "last promote" not in cfg.render()
+
+
+def test_the_record_keeps_a_comment_already_on_the_line(config: Path) -> None:
+    text = config.read_text()
+    ingress_model = "          traffic:\n            minilm:\n"
+    assert ingress_model in text
+    config.write_text(
+        text.replace(ingress_model, "          traffic:\n            minilm:   # the embedder\n")
+    )
+    commented = ConfigFile.load(config).render()
+    cfg = ConfigFile.load(config)
+    promote(cfg, "minilm", "v2", 40)
+    assert _model_line(cfg).strip() == (
+        "minilm:   # the embedder  # last promote: v2, from v1=90 v2=10 to v1=60 v2=40 "
+        "(for servekit rollback)"
+    )
+    config.write_text(cfg.render())
+    cfg = ConfigFile.load(config)
+    rollback(cfg, "minilm", None)
+    assert cfg.render() == commented
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -98,6 +209,11 @@ def test_cli_writes_without_applying(config: Path, example_store: Path) -> None:
     assert _traffic(config) == {"v1": 70, "v2": 30}
     out = _cli("rollback", "minilm", "--config", str(config), "--no-apply")
     assert out.returncode == 0, out.stderr
+    assert "note: undid the last promotion of minilm v2: weights back to v1=90 v2=10" in out.stdout
+    assert _traffic(config) == {"v1": 90, "v2": 10}
+    out = _cli("rollback", "minilm", "--config", str(config), "--no-apply")
+    assert out.returncode == 0, out.stderr
+    assert "no promotion of minilm is recorded in the file" in out.stdout
     assert _traffic(config) == {"v1": 100, "v2": 0}
 
 
