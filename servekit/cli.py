@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import yaml
+
+from servekit import instance
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run Ray's dashboard on 127.0.0.1:8265 (about 1 GB more memory)",
     )
+    serve.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=5.0,
+        help="on Ctrl-C or SIGTERM, how long in-flight requests get to finish (seconds)",
+    )
     check = sub.add_parser("validate", help="check a config without starting anything")
     check.add_argument("config", type=Path, nargs="?", default=Path("serve_config.yaml"))
     _rollout_commands(sub)
@@ -31,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         return _validate(args.config)
     if args.command == "serve":
-        return _serve(args.config, args.metrics_port, args.dashboard)
+        return _serve(args.config, args.metrics_port, args.dashboard, args.drain_timeout_s)
     return _run_rollout_command(args)
 
 
@@ -46,7 +58,7 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     for name, text in (
         ("promote", "give a version a traffic weight, edit the file, show the diff, apply it"),
-        ("rollback", "send all of a model's traffic back to one version and apply it"),
+        ("rollback", "undo a model's last promotion (or send all traffic to --to) and apply"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("model")
@@ -54,7 +66,11 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             cmd.add_argument("version")
             cmd.add_argument("--weight", type=int, required=True, help="percent, 0..100")
         else:
-            cmd.add_argument("--to", help="the version to keep (default: the primary)")
+            cmd.add_argument(
+                "--to",
+                help="send all traffic to this version (default: undo the last promotion "
+                "recorded in the file; without one, all traffic to the primary)",
+            )
         cmd.add_argument("--config", type=Path, default=Path("serve_config.yaml"))
         cmd.add_argument("--dry-run", action="store_true", help="show the diff only")
         cmd.add_argument("--no-apply", action="store_true", help="write the file, do not deploy")
@@ -101,11 +117,22 @@ def _validate(path: Path) -> int:
     return 1 if problems else 0
 
 
+# Ctrl-C, a supervisor's SIGTERM, or the terminal going away.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _serve(path: Path, metrics_port: int, dashboard: bool) -> int:
+def _on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
+def _serve(path: Path, metrics_port: int, dashboard: bool, drain_timeout_s: float) -> int:
+    """Serve a config in the foreground until a stop signal; then stop everything
+    started here (see `local.shutdown`) and exit 0."""
     from servekit import local
 
     try:
@@ -114,31 +141,68 @@ def _serve(path: Path, metrics_port: int, dashboard: bool) -> int:
         print(e, file=sys.stderr)
         return 1
     http = doc.get("http_options") or {}
-    base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    host, port = str(http.get("host", "127.0.0.1")), int(http.get("port", 8000))
+    hurry = threading.Event()
+    record = None
+    _on_stop_signals(_stop)
     try:
-        local.start_ray(metrics_port=metrics_port, dashboard=dashboard)
-        # After Ray's own start-up, which installs handlers of its own.
-        signal.signal(signal.SIGTERM, _stop)
+        record = _claim(path, host, port, metrics_port)
+        local.start_ray(metrics_port=metrics_port, dashboard=dashboard, instance_token=record.token)
+        # Again after Ray's start-up, which installs handlers of its own.
+        _on_stop_signals(_stop)
+        record = record.seen()
         local.deploy(doc)
-        print(
-            f"servekit: serving {path} at {base}\n"
-            f"  docs     {base}/docs\n"
-            f"  ready    {base}/v2/health/ready\n"
-            f"  metrics  http://127.0.0.1:{metrics_port}/metrics\n"
-            f"  ray      {local.ray_address()}\n"
-            + ("  dashboard http://127.0.0.1:8265\n" if dashboard else "")
-            + "Apply edits to the file: servekit promote|rollback, or serve_config.yaml\n"
-            "changes with `servekit apply`. Ctrl-C or SIGTERM stops everything started here.",
-            flush=True,
-        )
+        record = record.seen()
+        print(_banner(path, f"http://{host}:{port}", metrics_port, dashboard), flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("servekit: stopping", flush=True)
-        return 0
-    except local.DeployError as e:
+        code = 0
+    except (local.DeployError, instance.InstanceError) as e:
         print(f"servekit: {e}", file=sys.stderr)
-        return 1
+        code = 1
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        local.shutdown()
+        # A second signal while stopping cuts the drain short.
+        _on_stop_signals(lambda signum, frame: hurry.set())
+        began = time.monotonic()
+        known = record.processes if record is not None else []
+        ray_finished = local.shutdown(drain_timeout_s, hurry, known)
+        if record is not None:
+            record.remove()
+    if record is not None:
+        print(f"servekit: stopped in {time.monotonic() - began:.1f} s", flush=True)
+    if not ray_finished:
+        # Ray's shutdown is still waiting for processes that are gone (the signal
+        # reached them too); at interpreter exit it would wait again. Reap them.
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _claim(path: Path, host: str, port: int, metrics_port: int) -> instance.Record:
+    """Stop what earlier instances of this checkout left running, check that the
+    ports are free, and record this instance before it starts anything."""
+    for line in instance.clean_up_earlier(port):
+        print(f"servekit: {line}", flush=True)
+    instance.check_port(host, port, f"http_options.port of {path}")
+    instance.check_port("0.0.0.0", metrics_port, "--metrics-port")
+    return instance.record_this(instance.new_token(), port, path)
+
+
+def _banner(path: Path, base: str, metrics_port: int, dashboard: bool) -> str:
+    from servekit import local
+
+    return (
+        f"servekit: serving {path} at {base}\n"
+        f"  docs     {base}/docs\n"
+        f"  ready    {base}/v2/health/ready\n"
+        f"  metrics  http://127.0.0.1:{metrics_port}/metrics\n"
+        f"  ray      {local.ray_address()}\n"
+        + ("  dashboard http://127.0.0.1:8265\n" if dashboard else "")
+        + "Apply edits to the file: servekit promote|rollback, or serve_config.yaml\n"
+        "changes with `servekit apply`. Ctrl-C or SIGTERM stops everything started here."
+    )

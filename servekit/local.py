@@ -8,7 +8,10 @@ their per-deployment settings and `user_config`, applied by Serve's controller.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,19 @@ import yaml
 
 from configs.settings import apply_serve_env
 from configs.validate import validate_document
+from servekit import instance
 
 apply_serve_env()
+
+# How long in-flight HTTP requests get to finish when a local instance stops.
+DRAIN_TIMEOUT_S = 5.0
+# How long Ray's own shutdown may take before what is left is stopped by its token.
+# It takes well under a second; when the stop signal reached Ray's head processes
+# too (SIGTERM to the process group), it waits many seconds for a GCS that is going
+# away: it is skipped when they have exited already, and cut short otherwise.
+RAY_STOP_TIMEOUT_S = 1.0
+# The token of the instance this process started (None: none, or one it joined).
+_started_token: str | None = None
 
 
 class DeployError(RuntimeError):
@@ -78,7 +92,10 @@ def _unknown_deployment_keys(doc: dict[str, Any]) -> list[str]:
 
 
 def start_ray(
-    num_cpus: int | None = None, metrics_port: int | None = None, dashboard: bool = False
+    num_cpus: int | None = None,
+    metrics_port: int | None = None,
+    dashboard: bool = False,
+    instance_token: str | None = None,
 ) -> None:
     """Start (or join) a local Ray instance in the Serve namespace.
 
@@ -87,9 +104,14 @@ def start_ray(
     metrics come from each node's agent). Without it, the two head processes left that
     serve nothing on one machine are stopped as well: the autoscaler's monitor (it
     adds and removes nodes; a local instance has one) and the dashboard head, which
-    then runs only the usage-stats reporter (off): about 200 MB together."""
+    then runs only the usage-stats reporter (off): about 200 MB together.
+
+    Every process of the instance carries `instance_token` (a fresh one if not
+    given) in its environment, and nothing else does: this process drops it again
+    once Ray is up, so what it starts later is not mistaken for the instance's."""
     import ray
 
+    global _started_token
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {
@@ -100,21 +122,29 @@ def start_ray(
     kwargs["num_cpus"] = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_LOGICAL_CPUS)
     if metrics_port is not None:
         kwargs["_metrics_export_port"] = metrics_port
-    ray.init(**kwargs)
+    token = instance_token or instance.new_token()
+    os.environ[instance.INSTANCE_ENV] = token
+    try:
+        ray.init(**kwargs)
+    finally:
+        del os.environ[instance.INSTANCE_ENV]
+    node = _own_head_node()
+    if node is None:
+        return
+    _started_token = token
     if not dashboard:
-        _stop_idle_head_processes()
+        # The autoscaler monitor and the usage-stats-only dashboard head.
+        node.kill_monitor(check_alive=False)
+        node.kill_dashboard(check_alive=False)
 
 
-def _stop_idle_head_processes() -> None:
-    """Stop the autoscaler monitor and the usage-stats-only dashboard head of the
-    instance this process started (never those of an instance it joined)."""
+def _own_head_node() -> Any:
+    """Ray's head node handle when this process started the instance (None when it
+    joined one)."""
     from ray._private import worker
 
     node = getattr(worker, "_global_node", None)
-    if node is None or not node.head:
-        return
-    node.kill_monitor(check_alive=False)
-    node.kill_dashboard(check_alive=False)
+    return node if node is not None and node.head else None
 
 
 def ray_address() -> str:
@@ -159,13 +189,71 @@ def wait_running(names: list[str], timeout_s: float) -> None:
     raise DeployError(f"applications not running after {timeout_s:g} s ({last})")
 
 
-def shutdown() -> None:
-    """Stop Serve and the Ray instance this process started."""
+def shutdown(
+    drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    hurry: threading.Event | None = None,
+    known: Sequence[Sequence[int]] = (),
+) -> bool:
+    """Stop Serve and the Ray instance this process started, in seconds.
+
+    In-flight HTTP requests get up to `drain_timeout_s` to finish (less once `hurry`
+    is set): HAProxy stops accepting and exits when its open requests are answered.
+    Then Ray stops its processes, and whatever of the instance is still running
+    (HAProxy is a worker's child and outlives a killed worker) is stopped by its
+    token (with the `known` (pid, start ticks) of its processes, and those seen as
+    the stop begins). Returns False when Ray's own shutdown did not finish in time
+    (it is left running in a background thread; the instance's processes are gone
+    regardless).
+
+    Serve's graceful shutdown is not used for an instance that stops entirely:
+    behind HAProxy it holds the ingress replica open for 30 s so that load balancers
+    in front of a cluster can deregister it (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_
+    PERIOD_S), and `serve.shutdown()` gives up only after 30 s. For an instance this
+    process joined, Serve is shut down as `serve shutdown` does."""
     import ray
     from ray import serve
 
-    if ray.is_initialized():
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+    global _started_token
+    token, _started_token = _started_token, None
+    if token is None:
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+        return True
+    known = [*known, *instance.identities(instance.instance_processes(token, known))]
+    drain_http(token, drain_timeout_s, hurry)
+    finished = threading.Event()
+
+    def stop_ray() -> None:
+        ray.shutdown()
+        finished.set()
+
+    if _head_running():
+        threading.Thread(target=stop_ray, name="ray-shutdown", daemon=True).start()
+        finished.wait(RAY_STOP_TIMEOUT_S)
+    instance.sweep(token, known, grace_s=1.0)
+    return finished.is_set()
+
+
+def _head_running() -> bool:
+    """Whether the GCS and the raylet this process started are still running."""
+    from ray._private import ray_constants
+
+    node = _own_head_node()
+    kinds = (ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET)
+    return node is not None and all(
+        info.process.poll() is None for kind in kinds for info in node.all_processes.get(kind, [])
+    )
+
+
+def drain_http(token: str, timeout_s: float, hurry: threading.Event | None = None) -> None:
+    """Soft-stop the instance's HAProxy (SIGUSR1: it closes its listeners, answers
+    the requests it holds, closes idle connections, then exits) and wait for that,
+    at most `timeout_s`."""
+    proxies = [p for p in instance.instance_processes(token) if p.program == "haproxy"]
+    instance.signal_all(proxies, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout_s
+    while proxies and time.monotonic() < deadline and not (hurry and hurry.is_set()):
+        proxies = instance.wait_gone(proxies, 0.1)

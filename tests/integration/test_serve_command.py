@@ -1,102 +1,219 @@
-"""`servekit serve` (what `make serve` runs): up in the foreground, SIGTERM stops it all."""
+"""`servekit serve` (what `make serve` runs): up in the foreground; Ctrl-C or SIGTERM
+stops it all within seconds, in-flight requests answered; a start after a hard kill
+cleans up what the killed one left, and names a foreign holder of its port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
+from servekit import instance
 from tests.cluster_util import haproxy_ports_env
-from tests.conftest import free_port
+from tests.conftest import REPO_ROOT, free_port
 from tests.integration.conftest import make_test_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+# What `make serve` users are promised: stopped within this, nothing left running.
+STOP_BOUND_S = 10.0
+
 
 def _session_processes(sid: int, columns: str = "pid=,comm=") -> list[str]:
+    """Running processes of a session. Zombies are left out: they have exited and hold
+    no port or memory (some containers' init reaps them late)."""
     # -ww: full command lines whatever the terminal width (a long checkout path cuts them at 80).
     out = subprocess.run(
-        ["ps", "-ww", "-eo", f"sid=,{columns}"], capture_output=True, text=True
+        ["ps", "-ww", "-eo", f"sid=,stat=,{columns}"], capture_output=True, text=True
     ).stdout
     return [
-        line.strip() for line in out.splitlines() if line.split() and line.split()[0] == str(sid)
+        line.strip()
+        for line in out.splitlines()
+        if line.split() and line.split()[0] == str(sid) and not line.split()[1].startswith("Z")
     ]
 
 
-def test_serve_runs_in_foreground_and_stops_on_sigterm(tmp_path: Path, example_store: Path) -> None:
-    port, metrics_port = free_port(), free_port()
-    config = tmp_path / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(make_test_config(port)))
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "servekit",
-            "serve",
-            str(config),
-            "--metrics-port",
-            str(metrics_port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **haproxy_ports_env()},
-    )
-    try:
-        deadline = time.monotonic() + 180
-        ready = False
-        while time.monotonic() < deadline and proc.poll() is None:
+@contextlib.contextmanager
+def _serve(config: Path, metrics_port: int, log: Path, env: dict[str, str]) -> Iterator[Any]:
+    """`servekit serve` in its own session, as a terminal or a supervisor runs it;
+    whatever is left of it is killed at the end, by its session."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "servekit", "serve", str(config),
+             "--metrics-port", str(metrics_port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )  # fmt: skip
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            for line in _session_processes(proc.pid, "pid="):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(line.split()[-1]), signal.SIGKILL)
+
+
+def _wait_serving(proc: Any, log: Path, port: int, timeout_s: float = 180) -> None:
+    """Until this process says it serves and answers an embedding on `port`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if "servekit: serving" in log.read_text():
             try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
+                r = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/embeddings",
+                    json={"model": "minilm", "input": "up"},
+                    timeout=30,
+                )
+                if r.status_code == 200:
+                    return
             except httpx.HTTPError:
-                ready = False
-            if ready:
-                break
-            time.sleep(1)
-        assert ready, (tmp_path / "serve.log").read_text()[-3000:]
-        r = httpx.post(
-            f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm", "input": "up"}
-        )
-        assert r.status_code == 200
+                pass
+        time.sleep(1)
+    raise AssertionError(log.read_text()[-3000:])
+
+
+def _stop(proc: Any, signum: int) -> float:
+    """Signal the whole process group; seconds until `servekit serve` exited 0."""
+    began = time.monotonic()
+    os.killpg(proc.pid, signum)
+    assert proc.wait(timeout=60) == 0
+    return time.monotonic() - began
+
+
+def _assert_all_gone(sid: int, port: int) -> None:
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)
+    assert _session_processes(sid, "args=") == []
+    assert not (instance.STATE_DIR / f"serve-{sid}.json").exists()
+
+
+def test_serve_runs_in_foreground_and_stops_on_ctrl_c(
+    tmp_path: Path, example_store: Path, report: list[str]
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    doc = make_test_config(port)
+    slow = doc["applications"][0]["args"]["models"]["minilm"]["versions"]["v2-slow"]
+    slow["fault_injection"] = {"extra_latency_ms": 2500}
+    config, log = tmp_path / "serve_config.yaml", tmp_path / "serve.log"
+    config.write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **haproxy_ports_env()}
+    with _serve(config, metrics_port, log, env) as proc:
+        _wait_serving(proc, log, port)
         # The head processes a one-machine instance has no use for are gone.
         commands = "\n".join(_session_processes(proc.pid, "args="))
         assert "gcs_server" in commands
         assert "autoscaler/_private/monitor.py" not in commands
         assert "dashboard/dashboard.py" not in commands
-        _promote_and_status_without_dashboard(tmp_path, config, port)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=90) == 0
+        _promote_rollback_and_status_without_dashboard(log, config, port)
+        # Ctrl-C, as a terminal sends it: SIGINT to the foreground process group.
+        # A request in flight is answered; a new connection is refused at once.
+        answers: list[int] = []
+        call = threading.Thread(target=_slow_call, args=(port, answers))
+        call.start()
+        time.sleep(1.0)
+        stop_s = _stop(proc, signal.SIGINT)
+        call.join()
+        assert answers == [200]
+        assert stop_s < STOP_BOUND_S, stop_s
+    report.append(f"servekit serve: stopped by Ctrl-C in {stop_s:.1f} s, a 2.5 s request in flight")
+    _assert_all_gone(proc.pid, port)
+    assert "servekit: stopping" in log.read_text()
+
+
+def _slow_call(port: int, answers: list[int]) -> None:
+    r = httpx.post(
+        f"http://127.0.0.1:{port}/v1/embeddings",
+        json={"model": "minilm", "input": "in flight"},
+        headers={"X-Model-Version": "v2-slow"},
+        timeout=30,
+    )
+    answers.append(r.status_code)
+
+
+def test_serve_after_a_hard_kill_and_sigterm_to_its_group(
+    tmp_path: Path, example_store: Path, report: list[str]
+) -> None:
+    """SIGKILL leaves processes behind (HAProxy, Ray's agents): the next start of
+    this checkout stops them and serves on the same ports. SIGTERM to the process
+    group, as a supervisor sends it, reaches Ray's processes too."""
+    port, metrics_port = free_port(), free_port()
+    doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    doc["http_options"]["port"] = port
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **haproxy_ports_env()}
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    with _serve(config, metrics_port, first_log, env) as first:
+        _wait_serving(first, first_log, port)
+        first.kill()
+        first.wait()
+        with _serve(config, metrics_port, second_log, env) as second:
+            _wait_serving(second, second_log, port)
+            assert _session_processes(first.pid, "args=") == [], second_log.read_text()[:2000]
+            # Ray's agents alone outlive a killed instance by half a minute or more.
+            cleaned = (
+                rf"^servekit: stopped \d+ processes left running by an earlier servekit serve "
+                rf"\(pid {first.pid}\) of this checkout: "
+            )
+            assert re.search(cleaned, second_log.read_text(), re.MULTILINE), second_log.read_text()
+            stop_s = _stop(second, signal.SIGTERM)
+            assert stop_s < STOP_BOUND_S, stop_s
+    report.append(f"servekit serve: stopped by SIGTERM to its process group in {stop_s:.1f} s")
+    _assert_all_gone(second.pid, port)
+    assert not (instance.STATE_DIR / f"serve-{first.pid}.json").exists()
+
+
+def test_serve_names_what_holds_its_port(tmp_path: Path, example_store: Path) -> None:
+    port = free_port()
+    doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    doc["http_options"]["port"] = port
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import socket, sys, time; s = socket.socket(); "
+         "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('up', flush=True); "
+         "time.sleep(120)", str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "up\n"
+        log = tmp_path / "serve.log"
+        with _serve(config, free_port(), log, {**os.environ}) as proc:
+            assert proc.wait(timeout=60) == 1
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)
-    deadline = time.monotonic() + 30
-    while _session_processes(proc.pid) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert _session_processes(proc.pid) == []
-    assert "servekit: stopping" in (tmp_path / "serve.log").read_text()
+        holder.kill()
+        holder.wait()
+    assert (
+        f"servekit: port {port} (http_options.port of {config}) is in use by pid {holder.pid} "
+        f"({sys.executable} -c import socket"
+    ) in log.read_text()
 
 
-def _promote_and_status_without_dashboard(tmp_path: Path, config: Path, port: int) -> None:
-    """The instance runs without Ray's dashboard: promote, apply and status reach it
-    as a Ray driver, at the address `servekit serve` printed."""
+def _promote_rollback_and_status_without_dashboard(
+    serve_log: Path, config: Path, port: int
+) -> None:
+    """The instance runs without Ray's dashboard: promote, rollback, apply and status
+    reach it as a Ray driver, at the address `servekit serve` printed. Rollback right
+    after a promotion undoes it."""
     deadline = time.monotonic() + 60
     log = ""
     while "Apply" not in log and time.monotonic() < deadline:
         time.sleep(0.5)
-        log = (tmp_path / "serve.log").read_text()
+        log = serve_log.read_text()
     assert "dashboard" not in log.split("servekit: serving", 1)[1].split("Apply", 1)[0]
     address = re.search(r"^  ray +(\S+)$", log, re.MULTILINE)
     assert address, log[-2000:]
@@ -108,16 +225,14 @@ def _promote_and_status_without_dashboard(tmp_path: Path, config: Path, port: in
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"applied to {address.group(1)}" in out.stdout
-    weights = {}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        detail = httpx.get(f"http://127.0.0.1:{port}/v1/models/minilm", timeout=10).json()
-        weights = {v["name"]: v["weight"] for v in detail["versions"]}
-        if weights["v2"] == 50:
-            break
-        time.sleep(1)
-    assert weights["v2"] == 50, weights
-    assert weights["v1"] == 50, weights
+    assert _weights_become(port, {"v1": 50, "v2": 50})
+    out = subprocess.run(
+        [sys.executable, "-m", "servekit", "rollback", "minilm", *base],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "note: undid the last promotion of minilm v2" in out.stdout
+    assert _weights_become(port, {"v1": 90, "v2": 10})
     out = subprocess.run(
         [sys.executable, "-m", "servekit", "status", "--url", f"http://127.0.0.1:{port}",
          "--address", address.group(1)],
@@ -129,6 +244,19 @@ def _promote_and_status_without_dashboard(tmp_path: Path, config: Path, port: in
     rows = [row.split() for row in out.stdout.splitlines() if re.match(r"  v\d", row)]
     assert len(rows) >= 6, out.stdout
     assert all(re.fullmatch(r"\d+/\d+", row[3]) for row in rows), out.stdout
+
+
+def _weights_become(port: int, expected: dict[str, int], timeout_s: float = 60) -> bool:
+    """Until the service reports these weights (of the versions named)."""
+    deadline = time.monotonic() + timeout_s
+    weights: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        detail = httpx.get(f"http://127.0.0.1:{port}/v1/models/minilm", timeout=10).json()
+        weights = {v["name"]: v["weight"] for v in detail["versions"]}
+        if {v: weights.get(v) for v in expected} == expected:
+            return True
+        time.sleep(1)
+    raise AssertionError(f"weights {weights}, expected {expected}")
 
 
 def test_validate_command(tmp_path: Path, example_store: Path) -> None:

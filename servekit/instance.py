@@ -1,0 +1,315 @@
+"""What a local `servekit serve` instance started, so it can all be stopped, even
+after the instance itself was killed; and who holds a port it needs.
+
+Every Ray process of an instance (the head's processes, the workers the raylet
+starts, the HAProxy a worker starts) is started with `SERVEKIT_INSTANCE=<token>`
+in its environment, a random value no other process has. The instance's processes
+are those whose environment carries the token, their descendants, and the
+processes recorded by pid and start time while the instance ran (Ray's agents
+overwrite their environment with their process title): never a process name.
+`servekit serve` records the token, its pid, its port and those processes in
+`.servekit/serve-<pid>.json` under the project folder; a later start whose
+record's owner is gone stops whatever of that instance still runs.
+
+Linux only (it reads `/proc`); no Ray, no HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from configs.settings import PROJECT_ROOT
+
+INSTANCE_ENV = "SERVEKIT_INSTANCE"
+STATE_DIR = PROJECT_ROOT / ".servekit"
+# How long stopped processes get to exit on SIGTERM before SIGKILL.
+TERM_GRACE_S = 2.0
+
+
+class InstanceError(RuntimeError):
+    """Another instance, or another program, is in the way of a start."""
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A live process: its id and command line."""
+
+    pid: int
+    command: str
+
+    @property
+    def program(self) -> str:
+        """The executable's file name (or the title a process gave itself)."""
+        head = self.command.split(" ", 1)[0] if self.command else "?"
+        return head.rsplit("/", 1)[-1] if head.startswith("/") else self.command[:40]
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} ({self.command or '?'})"
+
+
+def new_token() -> str:
+    """A fresh instance token."""
+    return secrets.token_hex(16)
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name (state is [0])."""
+    raw = _read(f"/proc/{pid}/stat").decode(errors="replace")
+    return raw.rsplit(")", 1)[1].split() if ")" in raw else []
+
+
+def is_running(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie holds no port or memory)."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with the pid, it names one
+    process, even after the pid is reused."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def command_line(pid: int) -> str:
+    """The process's command line, arguments separated by spaces."""
+    return _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def instance_processes(token: str, known: Iterable[Sequence[int]] = ()) -> list[Proc]:
+    """Running processes of an instance (never this one): those carrying its token,
+    the `known` (pid, start ticks) pairs still running, and their descendants."""
+    needle = f"\0{INSTANCE_ENV}={token}\0".encode()
+    parents: dict[int, int] = {}
+    ours: set[int] = set()
+    for pid in _pids():
+        fields = _stat_fields(pid)
+        if pid == os.getpid() or not fields or fields[0] in ("Z", "X"):
+            continue
+        parents[pid] = int(fields[1])
+        if needle in b"\0" + _read(f"/proc/{pid}/environ") + b"\0":
+            ours.add(pid)
+    ours |= {pid for pid, ticks in known if pid in parents and start_ticks(pid) == ticks}
+    grown = True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in ours} - ours
+        ours |= children
+        grown = bool(children)
+    return [Proc(pid, command_line(pid)) for pid in sorted(ours)]
+
+
+def identities(procs: Iterable[Proc]) -> list[list[int]]:
+    """(pid, start ticks) of each process, to find exactly these again later."""
+    found = []
+    for proc in procs:
+        ticks = start_ticks(proc.pid)
+        if ticks is not None:
+            found.append([proc.pid, ticks])
+    return found
+
+
+def signal_all(procs: Iterable[Proc], signum: int) -> None:
+    """Send a signal to each process that still exists."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, signum)
+
+
+def wait_gone(procs: Iterable[Proc], timeout_s: float) -> list[Proc]:
+    """Wait until the processes have exited; returns those still running."""
+    left = list(procs)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [p for p in left if is_running(p.pid)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+def stop(procs: list[Proc], grace_s: float = TERM_GRACE_S) -> list[Proc]:
+    """SIGTERM, then SIGKILL what is still running after `grace_s`; returns what
+    could not be stopped (another user's process)."""
+    signal_all(procs, signal.SIGTERM)
+    left = wait_gone(procs, grace_s)
+    signal_all(left, signal.SIGKILL)
+    return wait_gone(left, 2.0)
+
+
+def sweep(
+    token: str, known: Iterable[Sequence[int]] = (), grace_s: float = TERM_GRACE_S
+) -> list[Proc]:
+    """Stop every process of an instance, including those started while stopping
+    the first ones; returns what was stopped."""
+    known = list(known)
+    stopped: list[Proc] = []
+    for _ in range(3):
+        procs = instance_processes(token, known)
+        if not procs:
+            break
+        stop(procs, grace_s)
+        stopped += procs
+    return stopped
+
+
+@dataclass(frozen=True)
+class Record:
+    """What `.servekit/serve-<pid>.json` says about one `servekit serve`."""
+
+    pid: int
+    start_ticks: int | None
+    token: str
+    port: int
+    config: str
+    # (pid, start ticks) of the instance's processes, as last seen.
+    processes: list[list[int]] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return STATE_DIR / f"serve-{self.pid}.json"
+
+    def owner_running(self) -> bool:
+        """The `servekit serve` that wrote this is still running (same pid, same
+        start time: a reused pid is someone else)."""
+        return is_running(self.pid) and start_ticks(self.pid) == self.start_ticks
+
+    def write(self) -> None:
+        STATE_DIR.mkdir(exist_ok=True)
+        # Never committed, whatever the project's own ignore rules say.
+        (STATE_DIR / ".gitignore").write_text("*\n")
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)) + "\n")
+        tmp.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def seen(self) -> Record:
+        """This record with the instance's processes as they run now, written."""
+        known = identities(instance_processes(self.token, self.processes))
+        record = replace(self, processes=known)
+        record.write()
+        return record
+
+
+def records() -> list[Record]:
+    """Every instance record in the project folder (unreadable ones are skipped)."""
+    found = []
+    for path in sorted(STATE_DIR.glob("serve-*.json")):
+        try:
+            found.append(Record(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue
+    return found
+
+
+def record_this(token: str, port: int, config: Path) -> Record:
+    """Record this process as a `servekit serve` instance, before it starts Ray."""
+    pid = os.getpid()
+    record = Record(pid, start_ticks(pid), token, port, str(config))
+    record.write()
+    return record
+
+
+def clean_up_earlier(port: int) -> list[str]:
+    """Stop what earlier instances of this checkout left running when they were
+    killed; returns a line per instance cleaned. Raises InstanceError when a live
+    instance already serves `port`."""
+    lines = []
+    for record in records():
+        if record.pid == os.getpid():
+            continue
+        if record.owner_running():
+            if record.port == port:
+                raise InstanceError(
+                    f"servekit serve is already running from this checkout on port {port} "
+                    f"(pid {record.pid}, {record.config}); stop it first (Ctrl-C in its "
+                    f"terminal, or kill -TERM {record.pid})"
+                )
+            continue
+        stopped = sweep(record.token, record.processes)
+        record.remove()
+        if stopped:
+            listed = ", ".join(f"{p.program} ({p.pid})" for p in stopped)
+            lines.append(
+                f"stopped {len(stopped)} processes left running by an earlier servekit serve "
+                f"(pid {record.pid}) of this checkout: {listed}"
+            )
+    return lines
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind host:port now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def listeners(port: int) -> list[Proc]:
+    """Processes with a TCP socket listening on `port` (any address), as far as
+    this user can see them."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in _read(table).decode().splitlines()[1:]:
+            cols = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{cols[9]}]")
+    if not inodes:
+        return []
+    holders = []
+    for pid in _pids():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target in inodes:
+                holders.append(Proc(pid, command_line(pid)))
+                break
+    return holders
+
+
+def check_port(host: str, port: int, what: str) -> None:
+    """Raise InstanceError naming the holder when host:port cannot be bound."""
+    if port_free(host, port):
+        return
+    holders = listeners(port)
+    who = (
+        ", ".join(str(p) for p in holders)
+        if holders
+        else "a process this user cannot see (another user's, or it is just closing)"
+    )
+    raise InstanceError(f"port {port} ({what}) is in use by {who}; stop it or choose another port")
