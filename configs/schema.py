@@ -223,8 +223,8 @@ class AppArgs(_Strict):
         ]
 
 
-class BatchLiveConfig(_Strict):
-    """A model deployment's `user_config`: batching, applied live."""
+class _BatchBounds(_Strict):
+    """How large one model call may get: in requests and in texts."""
 
     max_batch_size: int = Field(
         16, ge=1, le=4096, description="Most requests merged into one model call."
@@ -235,23 +235,19 @@ class BatchLiveConfig(_Strict):
         le=100_000,
         description="Most texts in one model call; a single larger request runs alone.",
     )
+
+
+class BatchLiveConfig(_BatchBounds):
+    """A model deployment's `user_config`: batching, applied live."""
+
     batch_wait_timeout_s: float = Field(
         0.002, ge=0, le=1.0, description="Longest wait for a batch to fill, in seconds."
     )
 
 
-class InlineBatchingConfig(_Strict):
+class InlineBatchingConfig(_BatchBounds):
     """Batching of a version placed inline in the ingress, applied live."""
 
-    max_batch_size: int = Field(
-        16, ge=1, le=4096, description="Most requests merged into one model call."
-    )
-    max_batch_texts: int = Field(
-        256,
-        ge=1,
-        le=100_000,
-        description="Most texts in one model call; a single larger request runs alone.",
-    )
     max_queued_texts: int = Field(
         1024,
         ge=1,

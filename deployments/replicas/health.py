@@ -17,6 +17,11 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 
+from configs.schema import HealthSettings
+
+# What a probe embeds: one short text.
+PROBE_TEXT = "health probe"
+
 
 class Unhealthy(RuntimeError):
     """The version's runtime does not answer; Serve replaces the replica."""
@@ -46,6 +51,24 @@ class HealthProbe:
         self._probing: asyncio.Task[object] | None = None
         self.healthy = True
         self.reason = ""
+
+    @classmethod
+    def from_settings(
+        cls, label: str, probe: Callable[[float], Awaitable[object]], settings: HealthSettings
+    ) -> HealthProbe:
+        """A probe with the application's `args.health` settings."""
+        return cls(
+            label,
+            probe,
+            hung_after_s=settings.hung_run_s,
+            fresh_s=settings.probe_every_s,
+            probe_timeout_s=settings.probe_timeout_s,
+        )
+
+    @property
+    def ok(self) -> bool:
+        """The last verdict was good and no run is stuck past `hung_after_s` now."""
+        return self.healthy and self.stuck_for_s() <= self.hung_after_s
 
     def run_started(self) -> int:
         """A model run begins; returns its token for `run_finished`."""

@@ -11,12 +11,10 @@ from deployments.errors import InferenceFailed, ServekitError, Timeout
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import ModelMetrics
 from deployments.replicas.backend import EmbedResult, remaining_s
-from deployments.replicas.health import HealthProbe
+from deployments.replicas.health import PROBE_TEXT, HealthProbe
 from deployments.replicas.inline import InlineBatcher, inference_executor
 from deployments.replicas.loading import load_version, runtime_metadata
 from models import ArtifactStore
-
-HEALTH_PROBE_TEXT = "health probe"
 
 
 class InlineBackend:
@@ -29,12 +27,10 @@ class InlineBackend:
         self.batcher = batcher
         # The probe runs through the batcher, as a request would; the batcher tells it
         # when runs start and end, so a busy version is never probed.
-        self.health = HealthProbe(
+        self.health = HealthProbe.from_settings(
             label,
-            lambda deadline: self.batcher.embed([HEALTH_PROBE_TEXT], deadline, probe=True),
-            hung_after_s=args.health.hung_run_s,
-            fresh_s=args.health.probe_every_s,
-            probe_timeout_s=args.health.probe_timeout_s,
+            lambda deadline: self.batcher.embed([PROBE_TEXT], deadline, probe=True),
+            args.health,
         )
         batcher.watch(self.health)
         self.timeout_s = args.request_timeout_s
@@ -69,7 +65,7 @@ class InlineBackend:
 
     async def ready(self) -> bool:
         """Loaded before the replica started; false while its runtime is wedged."""
-        return self.health.healthy and self.health.stuck_for_s() <= self.health.hung_after_s
+        return self.health.ok
 
 
 def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBackend]:

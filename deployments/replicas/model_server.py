@@ -33,13 +33,12 @@ from deployments.errors import Timeout
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import ModelMetrics
 from deployments.replicas.backend import EmbedResult, split_batch
-from deployments.replicas.health import HealthProbe
+from deployments.replicas.health import PROBE_TEXT, HealthProbe
 from deployments.replicas.loading import Wedge, inject_fault, load_version, runtime_metadata
 from models import ArtifactStore
 from models.text import TextEmbedder
 
 _DEFAULT_BATCH = BatchLiveConfig()
-HEALTH_PROBE_TEXT = "health probe"
 
 
 class _Item(NamedTuple):
@@ -87,15 +86,12 @@ class ModelServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self._metrics = ModelMetrics(model, version)
         self._wedge = Wedge()
-        settings = HealthSettings.model_validate(health or {})
-        self.health = HealthProbe(
+        self.health = HealthProbe.from_settings(
             f"{model}/{version}",
             lambda deadline: self._batched(
-                _Item([HEALTH_PROBE_TEXT], deadline, 1, self.live.max_batch_texts)
+                _Item([PROBE_TEXT], deadline, 1, self.live.max_batch_texts)
             ),
-            hung_after_s=settings.hung_run_s,
-            fresh_s=settings.probe_every_s,
-            probe_timeout_s=settings.probe_timeout_s,
+            HealthSettings.model_validate(health or {}),
         )
         if self.spec.fault_injection is not None:
             self._log.warning(
@@ -179,11 +175,7 @@ class ModelServer:
 
     def ready(self) -> bool:
         """True while the runtime is loaded and its last health verdict is good."""
-        return (
-            self.runtime.ready
-            and self.health.healthy
-            and (self.health.stuck_for_s() <= self.health.hung_after_s)
-        )
+        return self.runtime.ready and self.health.ok
 
     async def check_health(self) -> None:
         """Serve's health probe: raises when the runtime is not loaded or is wedged (a

@@ -123,13 +123,14 @@ def service(example_store: Any) -> Iterator[Service]:
     try:
         local.deploy(config)
         svc = Service(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", config)
-        _wait_ready(svc)
+        wait_ready(svc)
         yield svc
     finally:
         local.shutdown()
 
 
-def _wait_ready(svc: Service, timeout_s: float = 120) -> None:
+def wait_ready(svc: Service, timeout_s: float = 120) -> None:
+    """Block until `/v2/health/ready` answers 200; fail the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     with svc.client() as client:
         while time.monotonic() < deadline:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import INLINE_MODEL, Service
+from tests.integration.conftest import INLINE_MODEL, Service, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,25 +64,12 @@ def hostile(service: Service) -> Iterator[Service]:
     )
     _entry(config, "Ingress")["user_config"]["traffic"]["minilm"][WEDGEABLE] = 0
     service.redeploy(config)
-    _wait_ok(service)
+    wait_ready(service)
     try:
         yield service
     finally:
         service.redeploy(original)
-        _wait_ok(service)
-
-
-def _wait_ok(service: Service, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    with service.client() as client:
-        while time.monotonic() < deadline:
-            try:
-                if client.get("/v2/health/ready").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-    pytest.fail("service not ready after the redeploy")
+        wait_ready(service)
 
 
 def _scale_ingress(service: Service, replicas: int) -> None:
@@ -326,7 +313,7 @@ def test_a_canary_verdict_reaches_every_ingress_replica_and_survives_a_restart(
         victim = f"SERVE_REPLICA::servekit#Ingress#{before[0]}"
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         _wait_running(lambda n: n == 2 and before[0] not in _running("Ingress"), "Ingress")
-        _wait_ok(hostile)
+        wait_ready(hostile)
         after_restart = _versions(client, 60)
         states_after_restart = _states(client)
     report.append(

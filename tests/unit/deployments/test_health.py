@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from configs.schema import AppArgs
-from deployments.replicas.health import HealthProbe, Unhealthy
+from deployments.replicas.health import PROBE_TEXT, HealthProbe, Unhealthy
 from deployments.replicas.inline import InlineBatcher
-from deployments.replicas.inline_backend import HEALTH_PROBE_TEXT, InlineBackend
+from deployments.replicas.inline_backend import InlineBackend
 from tests.conftest import REPO_ROOT
 from tests.unit.deployments.fakes import BatchRecorder, FakeRuntime
 
@@ -201,4 +201,4 @@ def test_an_idle_wedged_inline_runtime_fails_its_probe(batcher: InlineBatcher) -
         asyncio.run(scenario())
     finally:
         batcher.wedge.release()
-    assert runtime.runs == [[HEALTH_PROBE_TEXT]]  # the probe ran through the batcher
+    assert runtime.runs == [[PROBE_TEXT]]  # the probe ran through the batcher

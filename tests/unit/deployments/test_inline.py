@@ -13,18 +13,7 @@ from configs.schema import FaultInjection
 from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.loading import InjectedFault
 from models import ArtifactRef, ArtifactStore, RuntimeOptions, load_model
-
-
-class _Metrics:
-    def __init__(self) -> None:
-        self.batches: list[int] = []
-        self.drops: list[str] = []
-
-    def observe_batch(self, inputs: int, seconds: float) -> None:
-        self.batches.append(inputs)
-
-    def dropped(self, reason: str, requests: int = 1) -> None:
-        self.drops.append(reason)
+from tests.unit.deployments.fakes import BatchRecorder
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +24,7 @@ def runtime(manifest: dict[str, Any], example_store: Path, tmp_path_factory: Any
 
 
 def test_idle_dispatch_then_gathered_batches(runtime: Any) -> None:
-    metrics = _Metrics()
+    metrics = BatchRecorder()
     batcher = InlineBatcher(runtime, metrics, ThreadPoolExecutor(1))  # type: ignore[arg-type]
     batcher.max_batch_size = 4
 
@@ -57,7 +46,7 @@ def test_idle_dispatch_then_gathered_batches(runtime: Any) -> None:
 def test_fault_injection_applies_inline(runtime: Any) -> None:
     batcher = InlineBatcher(
         runtime,
-        _Metrics(),  # type: ignore[arg-type]
+        BatchRecorder(),  # type: ignore[arg-type]
         ThreadPoolExecutor(1),
         FaultInjection(error_rate=1.0),
     )
@@ -76,7 +65,7 @@ def test_small_requests_tokenized_on_arrival_large_ones_in_the_batch(
     entry = manifest["v1"]
     ref = ArtifactRef(str(example_store / entry["file"]), entry["sha256"])
     runtime: Any = load_model(ref, RuntimeOptions(), ArtifactStore(tmp_path))
-    batcher = InlineBatcher(runtime, _Metrics(), ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    batcher = InlineBatcher(runtime, BatchRecorder(), ThreadPoolExecutor(1))  # type: ignore[arg-type]
     small = ["a red shoe", "blue socks"]
     large = [f"text number {i} about shoes" for i in range(LOOP_TOKENIZE_MAX_TEXTS + 1)]
     long_one = ["word " * 2000]  # one text over the character bound
@@ -133,7 +122,7 @@ def test_lone_request_gets_the_full_session_queued_ones_share_the_lanes(
     runtime: Any = load_model(ref, RuntimeOptions(busy_lanes=2), ArtifactStore(tmp_path))
     assert runtime.busy_lanes == 2
     recorder = _LaneRecorder(runtime, 2)
-    batcher = InlineBatcher(recorder, _Metrics(), ThreadPoolExecutor(2))  # type: ignore[arg-type]
+    batcher = InlineBatcher(recorder, BatchRecorder(), ThreadPoolExecutor(2))  # type: ignore[arg-type]
     texts = [[f"query {i} about red shoes"] for i in range(7)]
 
     async def run() -> list[Any]:
@@ -154,7 +143,7 @@ def test_lone_request_gets_the_full_session_queued_ones_share_the_lanes(
 
 def test_without_lanes_one_batch_at_a_time(runtime: Any) -> None:
     recorder = _LaneRecorder(runtime, 0)
-    batcher = InlineBatcher(recorder, _Metrics(), ThreadPoolExecutor(2))  # type: ignore[arg-type]
+    batcher = InlineBatcher(recorder, BatchRecorder(), ThreadPoolExecutor(2))  # type: ignore[arg-type]
 
     async def run() -> None:
         await asyncio.gather(*(batcher.embed([f"t{i}"]) for i in range(6)))
