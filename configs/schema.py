@@ -173,6 +173,55 @@ class HealthSettings(_Strict):
     )
 
 
+class TenantLimits(_Strict):
+    """Limits of a tenant that has none of its own (each may be overridden per tenant
+    and per key through the admin API). Unset: unlimited."""
+
+    requests_per_s: float | None = Field(
+        None, gt=0, description="Requests per second (token bucket of one second)."
+    )
+    texts_per_s: float | None = Field(
+        None, gt=0, description="Texts per second (token bucket of one second)."
+    )
+    monthly_texts: int | None = Field(None, ge=1, description="Texts per calendar month (UTC).")
+
+
+class AuthSettings(_Strict):
+    """Tenant API keys, scopes, quotas and usage metering on the data plane."""
+
+    enabled: bool = Field(True, description="Require an API key on every route but `exempt_paths`.")
+    exempt_paths: list[str] = Field(
+        default_factory=lambda: ["/v2/health/live", "/v2/health/ready", "/-/healthz"],
+        description="Paths answered without a key (liveness and readiness probes).",
+    )
+    refresh_s: float = Field(
+        1.0,
+        gt=0,
+        le=5,
+        description="How often a replica checks the registry for changed keys; a revoked "
+        "key is refused within this (plus one registry read) on every replica.",
+    )
+    rotation_overlap_s: float = Field(
+        86_400, ge=0, description="Default time a rotated key stays valid beside its successor."
+    )
+    default_limits: TenantLimits = Field(
+        default_factory=TenantLimits, description="Limits of tenants created without any."
+    )
+    limiter_fail_open: bool = Field(
+        True,
+        description="Admit requests when the shared limiter (Redis) cannot be reached, "
+        "rather than refusing every tenant.",
+    )
+    usage_flush_s: float = Field(
+        1.0, gt=0, le=60, description="How often counted usage is written to the registry."
+    )
+    metrics_tenants: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Tenant ids with their own Prometheus series; the rest count as `other`.",
+    )
+
+
 class AppArgs(_Strict):
     """Everything under the application's `args:`."""
 
@@ -182,6 +231,7 @@ class AppArgs(_Strict):
         30.0, gt=0, le=600, description="Bound on one model call, queueing included."
     )
     health: HealthSettings = Field(default_factory=HealthSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     artifact_root: str | None = Field(
         None,
         description="Base folder of relative artifact uris; default: the project folder.",

@@ -13,7 +13,9 @@ import asyncio
 from typing import Any
 
 import ray
+from ray import serve
 from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 
 from deployments.observability.logs import get_logger
 from deployments.routing.canary import CanaryJudge
@@ -85,3 +87,12 @@ class CanarySync:
             )
             return
         self._router.apply_judgement(judged)
+
+
+def replica_identity() -> tuple[str, str]:
+    """(application, replica id) of this replica; placeholders outside Serve."""
+    try:
+        context = serve.get_replica_context()
+    except RayServeException:
+        return "local", "local"
+    return context.app_name, str(context.replica_id.unique_id)

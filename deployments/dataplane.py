@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,8 @@ from configs.schema import AppArgs
 from deployments.errors import BadRequest, NotFound
 from deployments.limits import check_count, check_lengths
 from deployments.routing.router import VersionRouter
+from deployments.tenancy.access import Access
+from deployments.tenancy.principal import Principal
 
 READY_TTL_S = 5.0
 NOT_READY_TTL_S = 1.0
@@ -29,6 +31,8 @@ class CallRecord:
     model: str = "-"
     version: str = "-"
     inputs: int = 0
+    principal: Principal | None = None  # None when auth is off (or the route is exempt)
+    headers: dict[str, str] = field(default_factory=dict)  # added to the response
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,10 @@ class Embedded:
 class DataPlane:
     """Embeddings over version backends; readiness and metadata of versions."""
 
-    def __init__(self, args: AppArgs, router: VersionRouter) -> None:
+    def __init__(self, args: AppArgs, router: VersionRouter, access: Access | None = None) -> None:
         self.args = args
         self.router = router
+        self.admission = access.admission if access is not None else None
         self._ready: dict[tuple[str, str], tuple[bool, float]] = {}
 
     async def embed(
@@ -62,11 +67,13 @@ class DataPlane:
     ) -> Embedded:
         """Embed `texts` with `model`: the pinned version, else the split's (sticky by
         `key`). `field` names the texts in errors (`input`, `inputs.0.data`)."""
+        self.authorize(call, model, pinned)
         call.model = model if model in self.args.models else "-"
         version = self.router.choose(model, pinned, pin_source, key)
         call.version, call.inputs = version, len(texts)
         limits = self.args.limits
         check_count(len(texts), limits.max_inputs_per_request, field)
+        await self.admit(call, len(texts))
         check_lengths(texts, limits.max_input_chars, field)
         if dimensions is not None:
             dim = (await self.metadata(model, version))["embedding_dim"]
@@ -78,8 +85,28 @@ class DataPlane:
             self.router.maybe_shadow(model, version, texts, vectors)
         return Embedded(model, version, vectors, tokens)
 
-    def check_target(self, model: str, pinned: str | None, source: str) -> None:
-        """404 for a model, or a pinned version, not served here (before any parsing)."""
+    @staticmethod
+    def authorize(call: CallRecord, model: str, pinned: str | None) -> None:
+        """403 unless the caller's key may use `model` (served or not: no hint which)
+        and, when it names a version, may pin one."""
+        if call.principal is not None:
+            call.principal.check_model(model)
+            if pinned is not None:
+                call.principal.check_pin()
+
+    async def admit(self, call: CallRecord, texts: int) -> None:
+        """Take one request and `texts` texts from the caller's limits (429 when over);
+        the `RateLimit` headers go on the response."""
+        if call.principal is not None and self.admission is not None:
+            call.headers.update(await self.admission.admit(call.principal, texts))
+
+    def check_target(
+        self, model: str, pinned: str | None, source: str, call: CallRecord | None = None
+    ) -> None:
+        """403 for a model or pin the caller may not use, 404 for a model, or a pinned
+        version, not served here (before any parsing)."""
+        if call is not None:
+            self.authorize(call, model, pinned)
         if pinned is not None or model not in self.args.models:
             self.router.choose(model, pinned, source, None)
 

@@ -104,3 +104,35 @@ class MethodNotAllowed(ServekitError):
 
     status = 405
     code = "method_not_allowed"
+
+
+class Unauthorized(ServekitError):
+    """No API key, or one that is unknown, expired or revoked (never says which)."""
+
+    status = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012
+
+    def __init__(self, message: str = "a valid API key is required") -> None:
+        super().__init__(message)
+
+
+class Forbidden(ServekitError):
+    """The key is valid but may not do this (never says which right is missing)."""
+
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, message: str = "this API key may not do that") -> None:
+        super().__init__(message)
+
+
+class RateLimited(ServekitError):
+    """Over a rate limit or the monthly quota: retry after `Retry-After` seconds."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers

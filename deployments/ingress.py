@@ -10,17 +10,18 @@ from typing import Any
 
 from fastapi import Header, Request
 from ray import serve
-from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from configs.schema import AppArgs, IngressLiveConfig, InlineBatchingConfig, deployment_name
-from deployments.canary_sync import CanarySync
+from deployments.canary_sync import CanarySync, replica_identity
 from deployments.dataplane import CallRecord, DataPlane
 from deployments.errors import NotFound
 from deployments.http import inference, oip
+from deployments.http.admin import router as admin_router
 from deployments.http.api import V2_ERRORS, VERSION, OipError, api, body_doc
+from deployments.http.auth import AuthGate, principal_of
 from deployments.http.embeddings import EmbeddingsRoute, serve_embeddings
 from deployments.http.envelope import Envelope, request_id
 from deployments.http.openai import ModelList
@@ -30,6 +31,7 @@ from deployments.replicas.backend import VersionBackend
 from deployments.replicas.inline_backend import InlineBackend, load_inline
 from deployments.replicas.remote import DedicatedBackend
 from deployments.routing.router import VersionRouter
+from deployments.tenancy.access import Access
 
 
 class Ingress:
@@ -44,11 +46,15 @@ class Ingress:
                 f"{model}/{version}", servers[name], self.args.request_timeout_s
             )
         self.router = VersionRouter(self.args, backends, RouterMetrics())
-        self.plane = DataPlane(self.args, self.router)
+        auth = self.args.auth
+        self.access = Access.open(auth, get_logger("auth")) if auth.enabled else None
+        self.exempt_paths = frozenset(auth.exempt_paths)
+        self.plane = DataPlane(self.args, self.router, self.access)
         self.log = get_logger("access")
-        self.envelope = Envelope(IngressMetrics(), self.log)
+        metrics = IngressMetrics(frozenset(auth.metrics_tenants))
+        self.envelope = Envelope(metrics, self.log, self.access)
         self.created = int(time.time())
-        app, replica = _replica_identity()
+        app, replica = replica_identity()
         self.canary = CanarySync(self.router, app, replica)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -56,6 +62,8 @@ class Ingress:
         keep their version. With a rollout policy, the verdicts already decided under
         this config (by any replica) apply before this replica serves."""
         live = IngressLiveConfig.model_validate(user_config)
+        if self.access is not None:
+            self.access.start()
         self.router.configure(live)
         for (model, version), backend in self.inline.items():
             name = deployment_name(model, version)
@@ -67,6 +75,11 @@ class Ingress:
             "live config applied",
             extra={"fields": {"traffic": live.traffic, "rollout": list(live.rollout)}},
         )
+
+    async def __del__(self) -> None:
+        """Serve's replica shutdown: write the usage counted so far."""
+        if self.access is not None:
+            await self.access.close()
 
     async def check_health(self) -> None:
         """Serve's health check: raises while an inline version's runtime is wedged,
@@ -85,9 +98,20 @@ class Ingress:
         """`/v1/embeddings` (see `deployments/http/embeddings.py`)."""
         await serve_embeddings(scope, receive, send, self.plane, self.envelope, self.args.limits)
 
-    async def _run(self, request: Request, route: str, oip_route: bool, work: Any) -> Response:
+    async def _run(
+        self, request: Request, route: str, oip_route: bool, work: Any, texts: bool = False
+    ) -> Response:
+        """Run a route's work in the envelope; routes without texts take one request
+        from the caller's limits here (`texts` routes take theirs in the data plane)."""
         rid = request_id(request.headers.get("x-request-id"))
-        return await self.envelope.run(rid, route, oip_route, work)
+
+        async def admitted(call: CallRecord) -> Response:
+            if not texts:
+                await self.plane.admit(call, 0)
+            response: Response = await work(call)
+            return response
+
+        return await self.envelope.run(rid, route, oip_route, admitted, principal_of(request.scope))
 
     # ---- servekit's own /v1 routes ------------------------------------------------
 
@@ -96,7 +120,10 @@ class Ingress:
         """Every served model with its versions and their current traffic weights."""
 
         async def work(call: CallRecord) -> Response:
-            data = [self.router.card(name, self.created, False) for name in self.args.models]
+            who = call.principal
+            internal = who is None or who.admin
+            names = [n for n in self.args.models if who is None or who.may_use(n)]
+            data = [self.router.card(n, self.created, False, internal) for n in names]
             return inference.json_response({"object": "list", "data": data})
 
         return await self._run(request, "/v1/models", False, work)
@@ -112,7 +139,8 @@ class Ingress:
             if name not in self.args.models:
                 raise NotFound("model: not served here")
             call.model = name
-            return inference.json_response(self.router.card(name, self.created, True))
+            internal = call.principal is None or call.principal.admin
+            return inference.json_response(self.router.card(name, self.created, True, internal))
 
         return await self._run(request, "/v1/models/detail", False, work)
 
@@ -212,16 +240,10 @@ class Ingress:
             "/v2/models/infer",
             True,
             lambda call: inference.infer(self.plane, limits, call, request, name, pinned, source),
+            texts=True,
         )
 
 
-def _replica_identity() -> tuple[str, str]:
-    """(application, replica id) of this replica; placeholders outside Serve."""
-    try:
-        context = serve.get_replica_context()
-    except RayServeException:
-        return "local", "local"
-    return context.app_name, str(context.replica_id.unique_id)
-
-
+api.include_router(admin_router)
 api.add_middleware(EmbeddingsRoute)
+api.add_middleware(AuthGate)  # added last: runs first, ahead of every route

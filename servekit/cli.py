@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import yaml
 
+from deployments.tenancy.access import UnsafeSettings
 from servekit import instance
 
 
@@ -81,10 +83,16 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     show = sub.add_parser("status", help="versions, weights, replicas, traffic, rollout state")
     show.add_argument("--url", default=DEFAULT_URL, help="servekit's HTTP address")
     show.add_argument("--address", default=DEFAULT_ADDRESS, help=ADDRESS_HELP)
+    from servekit import tenants_cli
+
+    tenants_cli.add_commands(sub, DEFAULT_URL)
 
 
 def _run_rollout_command(args: argparse.Namespace) -> int:
-    from servekit import rollout_cli
+    from servekit import rollout_cli, tenants_cli
+
+    if args.command == "tenants":
+        return tenants_cli.run(args)
 
     # Before Ray is imported: it reads its auth mode once.
     rollout_cli.token_mode_if_token()
@@ -147,6 +155,7 @@ def _serve(path: Path, metrics_port: int, dashboard: bool, drain_timeout_s: floa
     _on_stop_signals(_stop)
     try:
         record = _claim(path, host, port, metrics_port)
+        auth_lines = _prepare_auth(doc)
         local.start_ray(metrics_port=metrics_port, dashboard=dashboard, instance_token=record.token)
         # Again after Ray's start-up, which installs handlers of its own.
         _on_stop_signals(_stop)
@@ -154,12 +163,14 @@ def _serve(path: Path, metrics_port: int, dashboard: bool, drain_timeout_s: floa
         local.deploy(doc)
         record = record.seen()
         print(_banner(path, f"http://{host}:{port}", metrics_port, dashboard), flush=True)
+        for line in auth_lines:
+            print(f"  {line}", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("servekit: stopping", flush=True)
         code = 0
-    except (local.DeployError, instance.InstanceError) as e:
+    except (local.DeployError, instance.InstanceError, UnsafeSettings) as e:
         print(f"servekit: {e}", file=sys.stderr)
         code = 1
     finally:
@@ -181,6 +192,17 @@ def _serve(path: Path, metrics_port: int, dashboard: bool, drain_timeout_s: floa
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _prepare_auth(doc: dict[str, Any]) -> list[str]:
+    """Development credentials and tenant for a local instance (see credentials.py)."""
+    from servekit import credentials
+
+    enabled = True
+    for app in doc.get("applications") or []:
+        auth = (app.get("args") or {}).get("auth") or {}
+        enabled = enabled and bool(auth.get("enabled", True))
+    return credentials.prepare_local(enabled)
 
 
 def _claim(path: Path, host: str, port: int, metrics_port: int) -> instance.Record:

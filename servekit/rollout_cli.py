@@ -156,8 +156,11 @@ def _get(url: str, headers: dict[str, str] | None = None) -> Any:
 def status(url: str, address: str) -> int:
     """Print per model: versions, weights, replicas, recent traffic, rollout state."""
     try:
-        models = [m["id"] for m in _get(f"{url}/v1/models")["data"]]
-        details = [_get(f"{url}/v1/models/{m}") for m in models]
+        from servekit.credentials import operator_headers
+
+        auth = operator_headers()
+        models = [m["id"] for m in _get(f"{url}/v1/models", auth)["data"]]
+        details = [_get(f"{url}/v1/models/{m}", auth) for m in models]
     except (URLError, OSError, ValueError) as e:
         print(f"servekit: cannot reach the service at {url} ({e})", file=sys.stderr)
         return 1

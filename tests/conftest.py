@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import secrets
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.pg_server import PgServer
+    from tests.redis_server import RedisServer
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,6 +25,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The test configs use test-only fault injection; production processes never set this.
 os.environ.setdefault("SERVEKIT_ALLOW_FAULT_INJECTION", "1")
+# Auth is on in every service the tests start: per-session secrets and an embedded
+# registry in a temporary folder, inherited by every Ray process the tests start.
+_AUTH_DIR = tempfile.mkdtemp(prefix="servekit-test-auth-")
+atexit.register(shutil.rmtree, _AUTH_DIR, True)
+TEST_SECRETS = {
+    "SERVEKIT_HMAC_SECRET": "test-hmac-" + secrets.token_urlsafe(24),
+    "SERVEKIT_ADMIN_TOKEN": "test-admin-" + secrets.token_urlsafe(24),
+    "SERVEKIT_REGISTRY_DSN": f"sqlite:///{_AUTH_DIR}/registry.db",
+}
+for _name, _value in TEST_SECRETS.items():
+    os.environ[_name] = _value
+for _name in ("SERVEKIT_SECRETS_DIR", "SERVEKIT_AWS_SECRET_ID", "SERVEKIT_REDIS_URL"):
+    os.environ.pop(_name, None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS_DIR = REPO_ROOT / "artifacts"
@@ -60,3 +84,83 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("servekit measurements")
         for line in REPORT:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL 15 server for the whole run (started on first use, ~1 s)."""
+    from tests.pg_server import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> str:
+    """SQLAlchemy URL of a fresh, empty database on the session's PostgreSQL server
+    (one per test: ~30 ms). Longer-lived users call `pg_server.create_database()`."""
+    return pg_server.create_database()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server on 127.0.0.1 for the session (no password, no persistence)."""
+    from tests.redis_server import start_redis
+
+    server = start_redis()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_with_password() -> Iterator[RedisServer]:
+    """A second redis-server that requires a password (`.url` has none; `.password`)."""
+    from tests.redis_server import start_redis
+
+    server = start_redis(password="test-only-" + os.urandom(8).hex())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+TEST_TENANT = "test-tenant"
+
+
+@functools.cache
+def test_api_key() -> str:
+    """A key of the test tenant with every scope and the right to pin versions, made
+    once per session in the tests' registry (every service the tests start uses it)."""
+    from datetime import UTC, datetime
+
+    from stores.registry_sql import open_registry
+    from stores.tenants import SCOPES, RateLimits, issue_key
+
+    registry = open_registry(TEST_SECRETS["SERVEKIT_REGISTRY_DSN"])
+    try:
+        if registry.get_tenant(TEST_TENANT) is None:
+            registry.create_tenant("Tests", RateLimits(), TEST_TENANT)
+        key, _ = issue_key(
+            registry,
+            TEST_SECRETS["SERVEKIT_HMAC_SECRET"].encode(),
+            TEST_TENANT,
+            name="tests",
+            scopes=frozenset(SCOPES),
+            may_pin=True,
+            now=datetime.now(UTC),
+        )
+    finally:
+        registry.close()
+    return key
+
+
+def auth_headers() -> dict[str, str]:
+    """`Authorization` with the test tenant's key."""
+    return {"Authorization": f"Bearer {test_api_key()}"}
+
+
+def operator_headers() -> dict[str, str]:
+    """`Authorization` with the tests' operator credential."""
+    return {"Authorization": f"Bearer {TEST_SECRETS['SERVEKIT_ADMIN_TOKEN']}"}

@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import auth_headers
+
 
 @dataclass
 class LoadResult:
@@ -73,7 +75,7 @@ class SteadyLoad:
     async def _run(self) -> None:
         limits = httpx.Limits(max_connections=self.concurrency)
         async with httpx.AsyncClient(
-            base_url=self.base_url, timeout=self.timeout_s, limits=limits
+            base_url=self.base_url, timeout=self.timeout_s, limits=limits, headers=auth_headers()
         ) as client:
             await asyncio.gather(*(self._worker(client, i) for i in range(self.concurrency)))
 

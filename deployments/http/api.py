@@ -113,7 +113,32 @@ class ServekitAPI(FastAPI):
                 components.setdefault(name, sub)
             components[model.__name__] = doc
         schema["paths"]["/v1/embeddings"] = {"post": EMBEDDINGS_DOC}
+        _document_auth(schema)
         return schema
+
+
+# Answered without a key unless `auth.exempt_paths` says otherwise.
+PUBLIC_PATHS = ("/v2/health/live", "/v2/health/ready")
+
+
+def _document_auth(schema: dict[str, Any]) -> None:
+    """Bearer API keys on every operation but the probes, with their 401/403/429."""
+    schema["components"]["securitySchemes"] = {
+        "apiKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A tenant API key (`sk-...`), or the operator credential.",
+        }
+    }
+    schema["security"] = [{"apiKey": []}]
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            if path in PUBLIC_PATHS:
+                operation["security"] = []
+                continue
+            responses = operation.setdefault("responses", {})
+            for code in ("401", "403", "429"):
+                responses.setdefault(code, {"description": "Error", **_ref("ErrorBody")})
 
 
 api = ServekitAPI(

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from configs.schema import Limits
 from deployments.dataplane import CallRecord, DataPlane
 from deployments.errors import BadRequest, MethodNotAllowed
+from deployments.http.auth import principal_of
 from deployments.http.envelope import Envelope, read_body, request_id
 from deployments.http.openai import encode_response, parse_request
 
@@ -102,7 +103,7 @@ async def serve_embeddings(
         content = encode_response(body.model, out.vectors, out.tokens, body.encoding_format)
         return Response(content, media_type="application/json")
 
-    response = await envelope.run(rid, ROUTE, False, work)
+    response = await envelope.run(rid, ROUTE, False, work, principal_of(scope))
     if response.status_code == 405:
         response.headers["Allow"] = "POST"
     await response(scope, receive, send)

@@ -16,6 +16,8 @@ from starlette.responses import Response
 from deployments.dataplane import CallRecord
 from deployments.errors import InferenceFailed, PayloadTooLarge, ServekitError
 from deployments.observability.logs import log_request
+from deployments.tenancy.access import Access
+from deployments.tenancy.principal import Principal
 
 # Logged and counted for a request whose caller went away before the answer.
 CLIENT_CLOSED = 499
@@ -28,6 +30,9 @@ class RequestMetrics(Protocol):
         self, model: str, version: str, route: str, code: int, seconds: float, inputs: int
     ) -> None:
         """One answered request."""
+
+    def observe_tenant(self, tenant: str, code: int) -> None:
+        """One answered request of an authenticated tenant."""
 
 
 def request_id(header: str | bytes | None) -> str:
@@ -76,9 +81,10 @@ class Envelope:
     """Runs a request's work: maps its failure to the error shape, records metrics and
     the access line, also for requests whose caller went away."""
 
-    def __init__(self, metrics: RequestMetrics, log: Logger) -> None:
+    def __init__(self, metrics: RequestMetrics, log: Logger, access: Access | None = None) -> None:
         self.metrics = metrics
         self.log = log
+        self.usage = access.usage if access is not None else None
 
     async def run(
         self,
@@ -86,10 +92,12 @@ class Envelope:
         route: str,
         is_oip: bool,
         work: Callable[[CallRecord], Awaitable[Response]],
+        principal: Principal | None = None,
     ) -> Response:
-        """Answer one request with `work`'s response or its error."""
+        """Answer one request with `work`'s response or its error; count it against the
+        caller's tenant."""
         started = time.perf_counter()
-        call = CallRecord()
+        call = CallRecord(principal=principal)
         try:
             response = await work(call)
         except ServekitError as e:
@@ -102,10 +110,20 @@ class Envelope:
             response = error_response(InferenceFailed("internal error"), rid, is_oip)
         if call.version != "-":
             response.headers["X-Model-Version"] = call.version
+        if call.headers:
+            response.headers.update(call.headers)
         self._record(rid, route, call, response.status_code, started)
         return response
 
     def _record(self, rid: str, route: str, call: CallRecord, status: int, started: float) -> None:
         seconds = time.perf_counter() - started
         self.metrics.observe(call.model, call.version, route, status, seconds, call.inputs)
-        log_request(self.log, rid, route, call.model, call.version, status, started, call.inputs)
+        tenant = "-"
+        if call.principal is not None:
+            tenant = call.principal.tenant_id
+            self.metrics.observe_tenant(tenant, status)
+            if self.usage is not None and not call.principal.operator:
+                self.usage.add(tenant, call.model, call.inputs, status >= 400)
+        log_request(
+            self.log, rid, route, call.model, call.version, status, started, call.inputs, tenant
+        )

@@ -27,7 +27,7 @@ async def infer(
     source: str,
 ) -> Response:
     """Embed a BYTES tensor of texts; JSON or binary tensor data both ways."""
-    plane.check_target(name, pinned, source)
+    plane.check_target(name, pinned, source, call)
     call.model = name
     raw = await read_body(
         request.headers.get("content-length", ""), request.stream(), limits.max_body_bytes
@@ -49,6 +49,7 @@ async def infer(
 
 async def metadata(plane: DataPlane, call: CallRecord, name: str, version: str | None) -> Response:
     """Versions, platform and tensor signature of a model, or of one version."""
+    plane.authorize(call, name, None)
     plane.check_model(name, version)
     call.model = name
     target = version or plane.primary(name)

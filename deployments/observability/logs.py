@@ -103,13 +103,15 @@ def log_request(
     status: int,
     started: float,
     inputs: int,
+    tenant: str = "-",
 ) -> None:
-    """The access line of one request."""
+    """The access line of one request (the tenant, never the key)."""
     logger.info(
         "request",
         extra={
             "fields": {
                 "request_id": request_id,
+                "tenant": tenant,
                 "route": route,
                 "model": model,
                 "version": version,

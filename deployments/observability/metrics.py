@@ -31,6 +31,11 @@ CATALOGUE = {
         "Requests a version refused or dropped before running them, by reason "
         "(queue_full, expired, cancelled).",
     ),
+    "servekit_tenant_requests_total": (
+        "counter",
+        "Requests per tenant and status code; tenants outside `auth.metrics_tenants` "
+        "count as `other`, so the series stay bounded.",
+    ),
     "servekit_inference_duration_seconds": ("histogram", "Model time per batch."),
     "servekit_replicas": ("gauge", "1 per live model replica; sum by model and version."),
     "servekit_traffic_weight": ("gauge", "Effective traffic weight per version, in percent."),
@@ -142,7 +147,13 @@ class GaugeKeeper:
 class IngressMetrics:
     """The ingress's metrics, created once per replica."""
 
-    def __init__(self) -> None:
+    def __init__(self, tenants: frozenset[str] = frozenset()) -> None:
+        self.tenants = tenants
+        self.tenant_requests = Counter(
+            "servekit_tenant_requests_total",
+            description=CATALOGUE["servekit_tenant_requests_total"][1],
+            tag_keys=("tenant", "code"),  # type: ignore[arg-type]
+        )
         self.requests = Counter(
             "servekit_requests_total",
             description=CATALOGUE["servekit_requests_total"][1],
@@ -173,6 +184,11 @@ class IngressMetrics:
         RECORDS.observe(self.latency, seconds, {"model": model, "version": version, "route": route})
         if inputs:
             RECORDS.observe(self.inputs, inputs, {"model": model, "version": version})
+
+    def observe_tenant(self, tenant: str, code: int) -> None:
+        """Record one request of an authenticated tenant (bounded: named or `other`)."""
+        label = tenant if tenant in self.tenants else "other"
+        RECORDS.inc(self.tenant_requests, 1, {"tenant": label, "code": str(code)})
 
 
 class ModelMetrics:

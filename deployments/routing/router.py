@@ -195,8 +195,10 @@ class VersionRouter:
 
     # ---- reporting --------------------------------------------------------------
 
-    def card(self, model: str, created: int, detail: bool) -> dict[str, Any]:
-        """The model as `/v1/models` shows it; with `detail`, recent figures too."""
+    def card(self, model: str, created: int, detail: bool, internal: bool = True) -> dict[str, Any]:
+        """The model as `/v1/models` shows it; with `detail`, rollout and shadow state
+        too. Without `internal` (callers without the admin scope): only what a caller
+        needs, no checksums, deployments, thresholds or per-version figures."""
         weights = self.weights(model)
         configured = self.live.traffic.get(model, {}) if self.live else {}
         versions = []
@@ -205,15 +207,16 @@ class VersionRouter:
             entry: dict[str, Any] = {
                 "name": version,
                 "weight": weights.get(version, 0),
-                "configured_weight": configured.get(version, 0),
                 "runtime": spec.runtime,
                 "device": spec.device,
-                "deployment": "Ingress (inline)"
-                if backend.placement == "inline"
-                else f"{model}-{version}",
-                "sha256": spec.artifact.sha256,
             }
-            if detail:
+            if internal:
+                entry["configured_weight"] = configured.get(version, 0)
+                entry["deployment"] = (
+                    "Ingress (inline)" if backend.placement == "inline" else f"{model}-{version}"
+                )
+                entry["sha256"] = spec.artifact.sha256
+            if detail and internal:
                 entry["recent"] = self.windows[(model, version)].stats()
             versions.append(entry)
         card: dict[str, Any] = {
@@ -223,7 +226,7 @@ class VersionRouter:
             "owned_by": "servekit",
             "versions": versions,
         }
-        if detail:
+        if detail and internal:
             card["rollout"] = self._rollout_state(model)
             card["shadow"] = self.shadow.state(model)
         return card

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, auth_headers, free_port
 
 APP = "servekit"
 # Test-sized limits, so every limit can be hit with small requests.
@@ -99,7 +99,9 @@ class Service:
     config: dict[str, Any]
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        """An HTTP client bound to the service."""
+        """An HTTP client bound to the service, with the test tenant's key unless
+        `headers` says otherwise."""
+        kwargs.setdefault("headers", auth_headers())
         return httpx.Client(base_url=self.base_url, timeout=30, **kwargs)
 
     def redeploy(self, config: dict[str, Any]) -> None:
@@ -141,3 +143,35 @@ def wait_ready(svc: Service, timeout_s: float = 120) -> None:
                 pass
             time.sleep(0.5)
     pytest.fail("service did not become ready")
+
+
+def entry(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The entry of deployment `name` in a config's first application."""
+    deployments = config["applications"][0]["deployments"]
+    return next(d for d in deployments if d["name"] == name)  # type: ignore[no-any-return]
+
+
+def running_replicas(deployment: str) -> list[str]:
+    """Ids of the running replicas of a deployment."""
+    from ray.serve._private.common import DeploymentID, ReplicaState
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    import ray
+
+    infos = ray.get(
+        controller._dump_replica_states_for_testing.remote(DeploymentID(deployment, "servekit"))
+    )
+    return [r.replica_id.unique_id for r in infos.get([ReplicaState.RUNNING])]
+
+
+def wait_running(ok: Any, deployment: str, timeout_s: float = 90) -> list[str]:
+    """Until `ok(number of running replicas)`; their ids."""
+    deadline = time.monotonic() + timeout_s
+    ids: list[str] = []
+    while time.monotonic() < deadline:
+        ids = running_replicas(deployment)
+        if ok(len(ids)):
+            return ids
+        time.sleep(0.5)
+    pytest.fail(f"{deployment}: running replicas {ids}")

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import auth_headers
 from tests.integration.conftest import APP, INLINE_MODEL, Service
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,9 @@ def test_inline_versions_have_no_deployment(service: Service) -> None:
 
 def test_inline_batches_concurrent_requests(service: Service) -> None:
     async def run() -> list[int]:
-        async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=service.base_url, timeout=60, headers=auth_headers()
+        ) as client:
             rs = await asyncio.gather(
                 *(
                     client.post("/v1/embeddings", json={"model": INLINE_MODEL, "input": f"c{i}"})

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import auth_headers
 from tests.integration.conftest import APP, Service
 
 pytestmark = pytest.mark.integration
@@ -109,7 +110,7 @@ def test_version_autoscales_up_and_down(service: Service, report: list[str]) -> 
     failures: list[int] = []
 
     def load() -> None:
-        with httpx.Client(base_url=service.base_url, timeout=60) as client:
+        with httpx.Client(base_url=service.base_url, timeout=60, headers=auth_headers()) as client:
             while not stop.is_set():
                 r = client.post(
                     "/v1/embeddings",

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from deployments.http.oip import encode_bytes_tensor
+from tests.conftest import auth_headers
 from tests.integration.conftest import Service
 
 pytestmark = pytest.mark.integration
@@ -96,7 +97,9 @@ def test_triton_http_client_unchanged(service: Service) -> None:
     client = httpclient.InferenceServerClient(url=service.base_url.removeprefix("http://"))
     assert client.is_server_live()
     assert client.is_server_ready()
-    assert client.is_model_ready("minilm")
+    # The key travels as the client's per-call headers.
+    auth = auth_headers()
+    assert client.is_model_ready("minilm", headers=auth)
     texts = np.array([t.encode() for t in TEXTS], dtype=np.object_)
     tensor = httpclient.InferInput("text", [len(TEXTS)], "BYTES")
     tensor.set_data_from_numpy(texts, binary_data=True)
@@ -105,6 +108,7 @@ def test_triton_http_client_unchanged(service: Service) -> None:
         inputs=[tensor],
         model_version="v2",
         outputs=[httpclient.InferRequestedOutput("embedding", binary_data=True)],
+        headers=auth,
     )
     vectors = result.as_numpy("embedding")
     assert vectors is not None
@@ -113,7 +117,7 @@ def test_triton_http_client_unchanged(service: Service) -> None:
     # Default request shape of the client: JSON input data, outputs unspecified.
     plain = httpclient.InferInput("text", [1], "BYTES")
     plain.set_data_from_numpy(np.array([b"json path"], dtype=np.object_), binary_data=False)
-    again = client.infer("minilm", inputs=[plain])
+    again = client.infer("minilm", inputs=[plain], headers=auth)
     vectors2 = again.as_numpy("embedding")
     assert vectors2 is not None
     assert vectors2.shape == (1, 384)

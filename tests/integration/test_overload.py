@@ -18,12 +18,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.conftest import INLINE_MODEL, Service, wait_ready
+from tests.conftest import auth_headers
+from tests.integration.conftest import (
+    INLINE_MODEL,
+    Service,
+    entry,
+    running_replicas,
+    wait_ready,
+    wait_running,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,11 +41,6 @@ SHIPPED_LIMITS = {
 }
 WEDGEABLE = "v2-wedgeable"
 REQUEST_TIMEOUT_S = 20
-
-
-def _entry(config: dict[str, Any], name: str) -> dict[str, Any]:
-    deployments = config["applications"][0]["deployments"]
-    return next(d for d in deployments if d["name"] == name)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def hostile(service: Service) -> Iterator[Service]:
             "ray_actor_options": {"num_cpus": 0.25},
         }
     )
-    _entry(config, "Ingress")["user_config"]["traffic"]["minilm"][WEDGEABLE] = 0
+    entry(config, "Ingress")["user_config"]["traffic"]["minilm"][WEDGEABLE] = 0
     service.redeploy(config)
     wait_ready(service)
     try:
@@ -74,37 +76,12 @@ def hostile(service: Service) -> Iterator[Service]:
 
 def _scale_ingress(service: Service, replicas: int) -> None:
     config = copy.deepcopy(service.config)
-    _entry(config, "Ingress")["autoscaling_config"] = {
+    entry(config, "Ingress")["autoscaling_config"] = {
         "min_replicas": replicas,
         "max_replicas": replicas,
     }
     service.redeploy(config)
-    _wait_running(lambda n: n == replicas, "Ingress")
-
-
-def _running(deployment: str) -> list[str]:
-    """Ids of the running replicas of a deployment."""
-    from ray.serve._private.common import DeploymentID, ReplicaState
-    from ray.serve.context import _get_global_client
-
-    controller = _get_global_client()._controller
-    import ray
-
-    infos = ray.get(
-        controller._dump_replica_states_for_testing.remote(DeploymentID(deployment, "servekit"))
-    )
-    return [r.replica_id.unique_id for r in infos.get([ReplicaState.RUNNING])]
-
-
-def _wait_running(ok: Any, deployment: str, timeout_s: float = 90) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    ids: list[str] = []
-    while time.monotonic() < deadline:
-        ids = _running(deployment)
-        if ok(len(ids)):
-            return ids
-        time.sleep(0.5)
-    pytest.fail(f"{deployment}: running replicas {ids}")
+    wait_running(lambda n: n == replicas, "Ingress")
 
 
 def _single(client: httpx.Client, i: int) -> float:
@@ -198,7 +175,10 @@ def _flood(
     async def run() -> None:
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         async with httpx.AsyncClient(
-            base_url=service.base_url, timeout=REQUEST_TIMEOUT_S + 10, limits=limits
+            base_url=service.base_url,
+            timeout=REQUEST_TIMEOUT_S + 10,
+            limits=limits,
+            headers=auth_headers(),
         ) as client:
             until = time.monotonic() + duration_s
             await asyncio.gather(*(client_loop(client, until) for _ in range(clients)))
@@ -288,7 +268,7 @@ def test_a_canary_verdict_reaches_every_ingress_replica_and_survives_a_restart(
 
     _scale_ingress(hostile, 2)
     config = copy.deepcopy(hostile.config)
-    live = _entry(config, "Ingress")["user_config"]
+    live = entry(config, "Ingress")["user_config"]
     live["traffic"]["minilm"].update({"v1": 50, "v2": 0, "v2-faulty": 50})
     live["rollout"] = {
         "minilm": {"canary": "v2-faulty", "max_error_rate": 0.2, "window_s": 60, "min_requests": 20}
@@ -309,10 +289,10 @@ def test_a_canary_verdict_reaches_every_ingress_replica_and_survives_a_restart(
         judge = ray.get_actor(judge_name("servekit"), namespace=NAMESPACE)
         events = [e for e in ray.get(judge.verdicts.remote()) if e["model"] == "minilm"]
         # One Ingress replica is killed; its replacement picks the verdict up.
-        before = _running("Ingress")
+        before = running_replicas("Ingress")
         victim = f"SERVE_REPLICA::servekit#Ingress#{before[0]}"
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-        _wait_running(lambda n: n == 2 and before[0] not in _running("Ingress"), "Ingress")
+        wait_running(lambda n: n == 2 and before[0] not in running_replicas("Ingress"), "Ingress")
         wait_ready(hostile)
         after_restart = _versions(client, 60)
         states_after_restart = _states(client)
@@ -340,14 +320,16 @@ def test_a_wedged_replica_is_replaced_and_traffic_stays_on_healthy_ones(
     from ray import serve
 
     deployment = f"minilm-{WEDGEABLE}"
-    before = _wait_running(lambda n: n == 2, deployment)
+    before = wait_running(lambda n: n == 2, deployment)
     handle = serve.get_deployment_handle(deployment, "servekit")
     wedged = handle.wedge.remote().result()
     assert wedged in before
     started = time.monotonic()
     statuses: Counter[int] = Counter()
     replaced_after = None
-    with httpx.Client(base_url=hostile.base_url, timeout=REQUEST_TIMEOUT_S + 10) as client:
+    with httpx.Client(
+        base_url=hostile.base_url, timeout=REQUEST_TIMEOUT_S + 10, headers=auth_headers()
+    ) as client:
         while time.monotonic() - started < 60:
             r = client.post(
                 "/v1/embeddings",
@@ -355,11 +337,11 @@ def test_a_wedged_replica_is_replaced_and_traffic_stays_on_healthy_ones(
                 headers={"X-Model-Version": WEDGEABLE},
             )
             statuses[r.status_code] += 1
-            running = _running(deployment)
+            running = running_replicas(deployment)
             if wedged not in running and len(running) == 2:
                 replaced_after = time.monotonic() - started
                 break
-        assert replaced_after is not None, (statuses, _running(deployment))
+        assert replaced_after is not None, (statuses, running_replicas(deployment))
         after = Counter(
             client.post(
                 "/v1/embeddings",

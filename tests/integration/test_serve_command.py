@@ -22,7 +22,7 @@ import yaml
 
 from servekit import instance
 from tests.cluster_util import haproxy_ports_env
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, auth_headers, free_port
 from tests.integration.conftest import make_test_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -75,6 +75,7 @@ def _wait_serving(proc: Any, log: Path, port: int, timeout_s: float = 180) -> No
                 r = httpx.post(
                     f"http://127.0.0.1:{port}/v1/embeddings",
                     json={"model": "minilm", "input": "up"},
+                    headers=auth_headers(),
                     timeout=30,
                 )
                 if r.status_code == 200:
@@ -137,7 +138,7 @@ def _slow_call(port: int, answers: list[int]) -> None:
     r = httpx.post(
         f"http://127.0.0.1:{port}/v1/embeddings",
         json={"model": "minilm", "input": "in flight"},
-        headers={"X-Model-Version": "v2-slow"},
+        headers={"X-Model-Version": "v2-slow", **auth_headers()},
         timeout=30,
     )
     answers.append(r.status_code)
@@ -251,7 +252,9 @@ def _weights_become(port: int, expected: dict[str, int], timeout_s: float = 60) 
     deadline = time.monotonic() + timeout_s
     weights: dict[str, int] = {}
     while time.monotonic() < deadline:
-        detail = httpx.get(f"http://127.0.0.1:{port}/v1/models/minilm", timeout=10).json()
+        detail = httpx.get(
+            f"http://127.0.0.1:{port}/v1/models/minilm", headers=auth_headers(), timeout=10
+        ).json()
         weights = {v["name"]: v["weight"] for v in detail["versions"]}
         if {v: weights.get(v) for v in expected} == expected:
             return True

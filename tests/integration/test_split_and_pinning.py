@@ -8,6 +8,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from tests.conftest import auth_headers
 from tests.integration.conftest import Service
 
 pytestmark = pytest.mark.integration
@@ -17,7 +18,9 @@ def test_split_follows_weights(service: Service, report: list[str]) -> None:
     n = 300
 
     async def run() -> Counter[str]:
-        async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=service.base_url, timeout=60, headers=auth_headers()
+        ) as client:
             sem = asyncio.Semaphore(16)
 
             async def one(i: int) -> str:

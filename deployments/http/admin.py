@@ -1,0 +1,530 @@
+"""The admin API (`/admin/v1/...`: tenants, keys, usage) and `GET /v1/usage`.
+
+The operator (the bootstrap admin credential) manages every tenant; a key with the
+`admin` scope manages its own tenant's keys and reads its usage, and sees no other
+tenant (their ids answer 404). Writes reach the registry and this replica's key cache
+at once; the other replicas see them within `auth.refresh_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from starlette.responses import Response
+
+from deployments.dataplane import CallRecord
+from deployments.errors import BadRequest, Forbidden, NotFound
+from deployments.http.api import ERROR_CODES, ErrorBody
+from deployments.http.auth import principal_of
+from deployments.http.envelope import request_id
+from deployments.http.inference import json_response
+from deployments.tenancy.access import Access
+from deployments.tenancy.principal import Principal
+from stores.tenants import SCOPES, ApiKey, RateLimits, Tenant, issue_key
+
+DEFAULT_SCOPES = ["embed", "search", "recommend", "events", "usage"]
+MAX_USAGE_DAYS = 400
+Scope = Literal["embed", "search", "recommend", "events", "usage", "admin"]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (*ERROR_CODES, 401, 403, 429)
+}
+
+router = APIRouter()
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitsBody(_Body):
+    """Rate limits and monthly quota; unset fields fall back (key -> tenant -> none)."""
+
+    requests_per_s: float | None = Field(None, gt=0, le=1e6, description="Requests/s.")
+    texts_per_s: float | None = Field(None, gt=0, le=1e7, description="Texts/s.")
+    monthly_texts: int | None = Field(None, ge=1, description="Texts per calendar month.")
+
+    def value(self) -> RateLimits:
+        """As the registry stores it."""
+        return RateLimits(self.requests_per_s, self.texts_per_s, self.monthly_texts)
+
+
+class TenantCreate(_Body):
+    """A new tenant."""
+
+    name: str = Field(min_length=1, max_length=200)
+    id: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$", description="Default: generated."
+    )
+    limits: LimitsBody | None = Field(None, description="Default: `auth.default_limits`.")
+
+
+class TenantPatch(_Body):
+    """Changes to a tenant."""
+
+    limits: LimitsBody | None = None
+    disabled: bool | None = Field(None, description="A disabled tenant's keys are refused.")
+
+
+class TenantOut(BaseModel):
+    """A tenant."""
+
+    id: str
+    name: str
+    created_at: datetime
+    limits: LimitsBody
+    disabled: bool
+
+
+class KeyCreate(_Body):
+    """A new API key."""
+
+    name: str = Field("default", min_length=1, max_length=200)
+    scopes: list[Scope] = Field(default_factory=lambda: list(DEFAULT_SCOPES))  # type: ignore[arg-type]
+    models: list[str] | None = Field(None, description="Models it may call; default: all.")
+    may_pin: bool = Field(False, description="May choose a version (operator only).")
+    expires_in_s: int | None = Field(None, gt=0, description="Default: never expires.")
+    limits: LimitsBody | None = Field(None, description="Overrides of the tenant's limits.")
+
+
+class RotateBody(_Body):
+    """How long the old key stays valid beside the new one."""
+
+    overlap_s: float | None = Field(None, ge=0, description="Default: auth.rotation_overlap_s.")
+
+
+class KeyOut(BaseModel):
+    """An API key as stored: never the key itself."""
+
+    id: str
+    tenant_id: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    models: list[str] | None
+    may_pin: bool
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    limits: LimitsBody
+    state: Literal["active", "expired", "revoked"]
+
+
+class KeyCreated(KeyOut):
+    """A new key: `key` is shown this once and cannot be read back."""
+
+    key: str
+
+
+class UsageDay(BaseModel):
+    """Counts of one model on one UTC day."""
+
+    day: date
+    model: str
+    requests: int
+    texts: int
+    errors: int
+
+
+class UsageOut(BaseModel):
+    """A tenant's usage over a range of days, with totals."""
+
+    tenant_id: str
+    start: date
+    end: date
+    days: list[UsageDay]
+    requests: int
+    texts: int
+    errors: int
+
+
+def _host() -> Any:
+    return serve.get_replica_context().servable_object
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _limits_out(limits: RateLimits) -> dict[str, Any]:
+    return {
+        "requests_per_s": limits.requests_per_s,
+        "texts_per_s": limits.texts_per_s,
+        "monthly_texts": limits.monthly_texts,
+    }
+
+
+def tenant_doc(tenant: Tenant) -> dict[str, Any]:
+    """A tenant as the API shows it."""
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "created_at": tenant.created_at.isoformat(),
+        "limits": _limits_out(tenant.limits),
+        "disabled": tenant.disabled,
+    }
+
+
+def key_doc(key: ApiKey, now: datetime) -> dict[str, Any]:
+    """A key as the API shows it (no hash, no key)."""
+    state = "active"
+    if key.revoked_at is not None and key.revoked_at <= now:
+        state = "revoked"
+    elif key.expires_at is not None and key.expires_at <= now:
+        state = "expired"
+    return {
+        "id": key.id,
+        "tenant_id": key.tenant_id,
+        "prefix": key.prefix,
+        "name": key.name,
+        "scopes": sorted(key.scopes),
+        "models": sorted(key.models) if key.models is not None else None,
+        "may_pin": key.may_pin,
+        "created_at": key.created_at.isoformat(),
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "limits": _limits_out(key.limits),
+        "state": state,
+    }
+
+
+async def _run(
+    request: Request, route: str, work: Callable[[Access, Principal], Awaitable[Any]]
+) -> Response:
+    """The envelope of an admin call: auth must be on; errors mapped as everywhere."""
+    host = _host()
+
+    async def call_work(call: CallRecord) -> Response:
+        access: Access | None = host.access
+        principal = call.principal
+        if access is None or principal is None:
+            raise NotFound("no such route (auth is off)")
+        await host.plane.admit(call, 0)
+        result = await work(access, principal)
+        return result if isinstance(result, Response) else json_response(result)
+
+    rid = request_id(request.headers.get("x-request-id"))
+    response: Response = await host.envelope.run(
+        rid, route, False, call_work, principal_of(request.scope)
+    )
+    return response
+
+
+def _own(principal: Principal, tenant_id: str) -> None:
+    """404 for another tenant's id (never confirms it exists)."""
+    if not principal.operator and principal.tenant_id != tenant_id:
+        raise NotFound("tenant: no such tenant")
+
+
+async def _tenant(access: Access, principal: Principal, tenant_id: str) -> Tenant:
+    _own(principal, tenant_id)
+    tenant = await asyncio.to_thread(access.registry.get_tenant, tenant_id)
+    if tenant is None:
+        raise NotFound("tenant: no such tenant")
+    return tenant
+
+
+@router.get(
+    "/admin/v1/tenants",
+    summary="List tenants",
+    response_model=list[TenantOut],
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def list_tenants(request: Request) -> Response:
+    """Every tenant (the operator), or the caller's own tenant."""
+
+    async def work(access: Access, principal: Principal) -> Any:
+        tenants = await asyncio.to_thread(access.registry.list_tenants)
+        return [tenant_doc(t) for t in tenants if principal.operator or t.id == principal.tenant_id]
+
+    return await _run(request, "/admin/v1/tenants", work)
+
+
+@router.post(
+    "/admin/v1/tenants",
+    summary="Create a tenant (operator)",
+    response_model=TenantOut,
+    status_code=201,
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def create_tenant(request: Request, body: TenantCreate) -> Response:
+    """A new tenant, with the given limits or `auth.default_limits`."""
+
+    async def work(access: Access, principal: Principal) -> Any:
+        if not principal.operator:
+            raise Forbidden()
+        default = access.settings.default_limits
+        limits = body.limits.value() if body.limits else RateLimits(**default.model_dump())
+        try:
+            tenant = await asyncio.to_thread(
+                access.registry.create_tenant, body.name, limits, body.id
+            )
+        except ValueError as e:
+            raise BadRequest("id: a tenant with this id exists") from e
+        await access.keys.refresh_now()
+        return json_response(tenant_doc(tenant), 201)
+
+    return await _run(request, "/admin/v1/tenants", work)
+
+
+@router.get(
+    "/admin/v1/tenants/{tenant_id}",
+    summary="One tenant",
+    response_model=TenantOut,
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def get_tenant(request: Request, tenant_id: str) -> Response:
+    """A tenant: the operator any, a tenant admin its own."""
+
+    async def work(access: Access, principal: Principal) -> Any:
+        return tenant_doc(await _tenant(access, principal, tenant_id))
+
+    return await _run(request, "/admin/v1/tenants/{id}", work)
+
+
+@router.patch(
+    "/admin/v1/tenants/{tenant_id}",
+    summary="Change a tenant's limits or disable it (operator)",
+    response_model=TenantOut,
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def patch_tenant(request: Request, tenant_id: str, body: TenantPatch) -> Response:
+    """New limits, or disabled (its keys refused on every replica within seconds)."""
+
+    async def work(access: Access, principal: Principal) -> Any:
+        if not principal.operator:
+            raise Forbidden()
+        limits = body.limits.value() if body.limits else None
+        tenant = await asyncio.to_thread(
+            access.registry.update_tenant, tenant_id, limits, body.disabled
+        )
+        if tenant is None:
+            raise NotFound("tenant: no such tenant")
+        await access.keys.refresh_now()
+        return tenant_doc(tenant)
+
+    return await _run(request, "/admin/v1/tenants/{id}", work)
+
+
+@router.get(
+    "/admin/v1/tenants/{tenant_id}/keys",
+    summary="List a tenant's API keys",
+    response_model=list[KeyOut],
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def list_keys(request: Request, tenant_id: str) -> Response:
+    """Every key of the tenant, revoked and expired ones included (never the key)."""
+
+    async def work(access: Access, principal: Principal) -> Any:
+        await _tenant(access, principal, tenant_id)
+        keys = await asyncio.to_thread(access.registry.list_keys, tenant_id)
+        now = _now()
+        return [key_doc(k, now) for k in keys]
+
+    return await _run(request, "/admin/v1/tenants/{id}/keys", work)
+
+
+async def _issue(
+    access: Access, principal: Principal, tenant_id: str, body: KeyCreate
+) -> dict[str, Any]:
+    await _tenant(access, principal, tenant_id)
+    if body.may_pin and not principal.operator:
+        raise Forbidden()
+    now = _now()
+    expires = now + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
+    key, record = await asyncio.to_thread(
+        lambda: issue_key(
+            access.registry,
+            access.keys.secret,
+            tenant_id,
+            name=body.name,
+            scopes=frozenset(body.scopes),
+            models=frozenset(body.models) if body.models is not None else None,
+            may_pin=body.may_pin,
+            expires_at=expires,
+            limits=body.limits.value() if body.limits else RateLimits(),
+            now=now,
+        )
+    )
+    await access.keys.refresh_now()
+    return {**key_doc(record, now), "key": key}
+
+
+@router.post(
+    "/admin/v1/tenants/{tenant_id}/keys",
+    summary="Create an API key (shown once)",
+    response_model=KeyCreated,
+    status_code=201,
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def create_key(request: Request, tenant_id: str, body: KeyCreate) -> Response:
+    """A new key for the tenant; the response is the only time `key` is shown."""
+
+    async def work(access: Access, principal: Principal) -> Any:
+        return json_response(await _issue(access, principal, tenant_id, body), 201)
+
+    return await _run(request, "/admin/v1/tenants/{id}/keys", work)
+
+
+@router.delete(
+    "/admin/v1/tenants/{tenant_id}/keys/{key_id}",
+    summary="Revoke an API key",
+    response_model=KeyOut,
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def revoke_key(request: Request, tenant_id: str, key_id: str) -> Response:
+    """Revoke now: refused on this replica at once, on every replica within seconds."""
+
+    async def work(access: Access, principal: Principal) -> Any:
+        _own(principal, tenant_id)
+        now = _now()
+        key = await asyncio.to_thread(access.registry.revoke_key, tenant_id, key_id, now)
+        if key is None:
+            raise NotFound("key: no such key")
+        await access.keys.refresh_now()
+        return key_doc(key, now)
+
+    return await _run(request, "/admin/v1/tenants/{id}/keys/{key}", work)
+
+
+@router.post(
+    "/admin/v1/tenants/{tenant_id}/keys/{key_id}/rotate",
+    summary="Rotate an API key (new key; the old one expires after an overlap)",
+    response_model=KeyCreated,
+    status_code=201,
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def rotate_key(
+    request: Request, tenant_id: str, key_id: str, body: RotateBody | None = None
+) -> Response:
+    """A new key with the old one's rights; the old key stays valid for `overlap_s`."""
+
+    async def work(access: Access, principal: Principal) -> Any:
+        _own(principal, tenant_id)
+        old = await asyncio.to_thread(access.registry.get_key, tenant_id, key_id)
+        now = _now()
+        if old is None or not old.live(now):
+            raise NotFound("key: no such active key")
+        overlap = body.overlap_s if body and body.overlap_s is not None else None
+        if overlap is None:
+            overlap = access.settings.rotation_overlap_s
+        spec = KeyCreate(
+            name=old.name,
+            scopes=sorted(old.scopes),
+            models=sorted(old.models) if old.models is not None else None,
+            may_pin=old.may_pin and principal.operator,
+            expires_in_s=None,
+            limits=LimitsBody(**_limits_out(old.limits)),
+        )
+        created = await _issue(access, principal, tenant_id, spec)
+        if old.expires_at is not None:
+            created["expires_at"] = old.expires_at.isoformat()
+        await asyncio.to_thread(
+            access.registry.expire_key, tenant_id, key_id, now + timedelta(seconds=overlap)
+        )
+        await access.keys.refresh_now()
+        return json_response(created, 201)
+
+    return await _run(request, "/admin/v1/tenants/{id}/keys/{key}/rotate", work)
+
+
+def _days(start: date | None, end: date | None) -> tuple[date, date]:
+    today = _now().date()
+    end = end or today
+    start = start or end.replace(day=1)
+    if start > end:
+        raise BadRequest("start: after end")
+    if (end - start).days > MAX_USAGE_DAYS:
+        raise BadRequest(f"start: at most {MAX_USAGE_DAYS} days before end")
+    return start, end
+
+
+async def _usage(access: Access, tenant_id: str, start: date, end: date) -> dict[str, Any]:
+    await access.usage.flush()  # this replica's counts so far
+    rows = await asyncio.to_thread(access.registry.usage, tenant_id, start, end)
+    days = [
+        {
+            "day": r.day.isoformat(),
+            "model": r.model,
+            "requests": r.requests,
+            "texts": r.texts,
+            "errors": r.errors,
+        }
+        for r in rows
+    ]
+    return {
+        "tenant_id": tenant_id,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "days": days,
+        "requests": sum(r.requests for r in rows),
+        "texts": sum(r.texts for r in rows),
+        "errors": sum(r.errors for r in rows),
+    }
+
+
+StartDay = Annotated[
+    date | None, Query(description="First UTC day (default: the first of `end`'s month).")
+]
+EndDay = Annotated[date | None, Query(description="Last UTC day (default: today).")]
+
+
+@router.get(
+    "/admin/v1/tenants/{tenant_id}/usage",
+    summary="A tenant's usage",
+    response_model=UsageOut,
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def tenant_usage(
+    request: Request,
+    tenant_id: str,
+    start: StartDay = None,
+    end: EndDay = None,
+) -> Response:
+    """Requests, texts and errors per model and day (counted usage lags by about
+    `auth.usage_flush_s`)."""
+
+    async def work(access: Access, principal: Principal) -> Any:
+        await _tenant(access, principal, tenant_id)
+        return await _usage(access, tenant_id, *_days(start, end))
+
+    return await _run(request, "/admin/v1/tenants/{id}/usage", work)
+
+
+@router.get(
+    "/v1/usage",
+    summary="Your tenant's usage",
+    response_model=UsageOut,
+    responses=ERRORS,
+    tags=["usage"],
+)
+async def own_usage(
+    request: Request,
+    start: StartDay = None,
+    end: EndDay = None,
+) -> Response:
+    """Requests, texts and errors of the calling key's tenant, per model and day."""
+
+    async def work(access: Access, principal: Principal) -> Any:
+        if principal.operator:
+            raise BadRequest("tenant: the operator has no usage; see /admin/v1/tenants/{id}/usage")
+        return await _usage(access, principal.tenant_id, *_days(start, end))
+
+    return await _run(request, "/v1/usage", work)
+
+
+__all__ = ["SCOPES", "router"]

@@ -1,0 +1,67 @@
+"""The caller of one request, as its API key (or the operator credential) allows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deployments.errors import Forbidden
+from stores.tenants import SCOPES, RateLimits
+
+OPERATOR = "operator"  # tenant id of the bootstrap admin credential; not a real tenant
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A resolved caller: its tenant, key and rights."""
+
+    tenant_id: str
+    key_id: str
+    prefix: str
+    scopes: frozenset[str]
+    models: frozenset[str] | None  # None: every model
+    may_pin: bool
+    limits: RateLimits  # effective limits (the key's over the tenant's)
+    subject: str  # whose buckets: the tenant, or the key when it has its own limits
+
+    @property
+    def operator(self) -> bool:
+        """The bootstrap admin credential: every tenant, every right."""
+        return self.tenant_id == OPERATOR
+
+    @property
+    def admin(self) -> bool:
+        """May read internal model details and manage its tenant's keys."""
+        return "admin" in self.scopes
+
+    def require(self, scope: str) -> None:
+        """403 unless the key has `scope`."""
+        if scope not in self.scopes:
+            raise Forbidden()
+
+    def may_use(self, model: str) -> bool:
+        """Whether the key may call `model`."""
+        return self.models is None or model in self.models
+
+    def check_model(self, model: str) -> None:
+        """403 unless the key may call `model` (whether or not it is served)."""
+        if not self.may_use(model):
+            raise Forbidden()
+
+    def check_pin(self) -> None:
+        """403 unless the key may choose a version itself."""
+        if not (self.may_pin or self.admin):
+            raise Forbidden()
+
+
+def operator_principal() -> Principal:
+    """The rights of the bootstrap admin credential."""
+    return Principal(
+        tenant_id=OPERATOR,
+        key_id=OPERATOR,
+        prefix=OPERATOR,
+        scopes=frozenset(SCOPES),
+        models=None,
+        may_pin=True,
+        limits=RateLimits(),
+        subject=OPERATOR,
+    )

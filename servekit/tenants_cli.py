@@ -1,0 +1,132 @@
+"""`servekit tenants ...`: tenants and API keys through the admin API, as the operator
+(the bootstrap admin credential from the configured secrets, or the one a local
+`servekit serve` generated)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote
+from urllib.request import Request, urlopen
+
+from servekit.credentials import operator_headers
+
+SCOPE_HELP = "comma-separated: embed,search,recommend,events,usage,admin"
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], url: str) -> None:
+    """`tenants create|list|usage` and `tenants keys create|list|revoke|rotate`."""
+    tenants = sub.add_parser("tenants", help="tenants and API keys (admin API, as operator)")
+    tenants.add_argument("--url", default=url, help="servekit's HTTP address")
+    verbs = tenants.add_subparsers(dest="verb", required=True)
+    create = verbs.add_parser("create", help="create a tenant")
+    create.add_argument("name")
+    create.add_argument("--id", help="tenant id (default: generated)")
+    _limit_args(create)
+    verbs.add_parser("list", help="list tenants")
+    usage = verbs.add_parser("usage", help="a tenant's usage this month")
+    usage.add_argument("tenant")
+    usage.add_argument("--start", help="first day, YYYY-MM-DD")
+    usage.add_argument("--end", help="last day, YYYY-MM-DD")
+    keys = verbs.add_parser("keys", help="a tenant's API keys").add_subparsers(
+        dest="key_verb", required=True
+    )
+    make = keys.add_parser("create", help="create a key (printed once)")
+    make.add_argument("tenant")
+    make.add_argument("--name", default="default")
+    make.add_argument("--scopes", help=f"{SCOPE_HELP} (default: all but admin)")
+    make.add_argument("--models", help="comma-separated models it may call (default: all)")
+    make.add_argument("--may-pin", action="store_true", help="may choose a version")
+    make.add_argument("--expires-in-s", type=int, help="seconds until it expires")
+    _limit_args(make)
+    listing = keys.add_parser("list", help="list a tenant's keys (never the keys)")
+    listing.add_argument("tenant")
+    for verb, text in (("revoke", "revoke a key now"), ("rotate", "new key; old one expires")):
+        cmd = keys.add_parser(verb, help=text)
+        cmd.add_argument("tenant")
+        cmd.add_argument("key_id")
+        if verb == "rotate":
+            cmd.add_argument("--overlap-s", type=float, help="old key stays valid this long")
+
+
+def _limit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--requests-per-s", type=float)
+    parser.add_argument("--texts-per-s", type=float)
+    parser.add_argument("--monthly-texts", type=int)
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any] | None:
+    values = {
+        "requests_per_s": args.requests_per_s,
+        "texts_per_s": args.texts_per_s,
+        "monthly_texts": args.monthly_texts,
+    }
+    return {k: v for k, v in values.items() if v is not None} or None
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def _call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {**operator_headers(), "Content-Type": "application/json"}
+    request = Request(f"{url}{path}", data=data, method=method, headers=headers)
+    with urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one `servekit tenants` command; print its JSON answer."""
+    url = args.url.rstrip("/")
+    try:
+        result = _dispatch(url, args)
+    except HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = e.reason
+        print(f"servekit: {e.code} {message}", file=sys.stderr)
+        return 1
+    except (URLError, OSError) as e:
+        print(f"servekit: cannot reach the service at {url} ({e})", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    if isinstance(result, dict) and "key" in result:
+        print("The key is shown only this once: store it now.", file=sys.stderr)
+    return 0
+
+
+def _dispatch(url: str, args: argparse.Namespace) -> Any:
+    if args.verb == "create":
+        body: dict[str, Any] = {"name": args.name, "id": args.id, "limits": _limits(args)}
+        return _call(url, "POST", "/admin/v1/tenants", body)
+    if args.verb == "list":
+        return _call(url, "GET", "/admin/v1/tenants")
+    tenant = quote(args.tenant, safe="")
+    if args.verb == "usage":
+        query = "&".join(f"{k}={v}" for k, v in (("start", args.start), ("end", args.end)) if v)
+        return _call(url, "GET", f"/admin/v1/tenants/{tenant}/usage?{query}")
+    keys = f"/admin/v1/tenants/{tenant}/keys"
+    if args.key_verb == "list":
+        return _call(url, "GET", keys)
+    if args.key_verb == "create":
+        body = {
+            "name": args.name,
+            "models": _csv(args.models),
+            "may_pin": args.may_pin,
+            "expires_in_s": args.expires_in_s,
+            "limits": _limits(args),
+        }
+        scopes = _csv(args.scopes)
+        if scopes is not None:
+            body["scopes"] = scopes
+        return _call(url, "POST", keys, body)
+    key = quote(args.key_id, safe="")
+    if args.key_verb == "revoke":
+        return _call(url, "DELETE", f"{keys}/{key}")
+    overlap = {"overlap_s": args.overlap_s} if args.overlap_s is not None else {}
+    return _call(url, "POST", f"{keys}/{key}/rotate", overlap)

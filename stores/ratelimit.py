@@ -1,0 +1,55 @@
+"""Rate limits and monthly quotas: the interface and its values.
+
+Two token buckets (requests/s, texts/s; each holds one second's worth, so a burst of a
+second is allowed) and a monthly text counter per subject (a tenant, or a key with its
+own limits). One `admit` checks all three and takes from all or none, atomically.
+Backends: `EmbeddedLimiter` (this process only: each replica limits alone) and
+`RedisLimiter` (shared by every replica; one round trip per request).
+
+Refusals carry the exact wait until the same request would pass. A request with more
+texts than the texts bucket holds (more than one second's worth) can never pass: it is
+refused with the time to fill the whole bucket, and callers answer 429 (the client should
+split it). A request over the monthly quota is refused until the next month (UTC). A rate
+of zero or less refuses everything (`BLOCKED_RETRY_S`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from stores.tenants import RateLimits
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer of `admit`. When refused, `retry_after_s` says when the same request
+    would be admitted (at least 1 s for a monthly quota: the start of next month)."""
+
+    allowed: bool
+    retry_after_s: float = 0.0
+    # The tightest limit, for the `RateLimit`/`RateLimit-Policy` headers: its name
+    # (`requests`, `texts`, `monthly`), its size, what is left and seconds to reset.
+    policy: str = ""
+    limit: float = 0.0
+    remaining: float = 0.0
+    reset_s: float = 0.0
+
+
+ALLOWED = Decision(True)
+
+
+class LimiterUnavailable(Exception):
+    """The limiter's store did not answer (down, unreachable, too slow). The caller
+    decides whether to fail open (admit) or closed (503); the limiter never guesses."""
+
+
+class Limiter(Protocol):
+    """Admits or refuses one request of `texts` texts for `subject` under `limits`."""
+
+    async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
+        """Take one request and `texts` texts from `subject`'s buckets and month, or
+        nothing when any of them is short. Subjects carry the tenant (`tn_x`, `tn_x/key_y`)."""
+
+    async def close(self) -> None:
+        """Release connections."""

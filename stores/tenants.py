@@ -1,0 +1,213 @@
+"""Tenants, API keys and usage: the values and the registry interface.
+
+A key is shown once, when it is made; the registry keeps only its keyed hash (HMAC-SHA256
+with the server secret) and a short visible prefix that support staff can quote.
+Backends: `stores/registry_sql.py` (SQLite embedded, PostgreSQL in production).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Protocol
+
+# What a key may be allowed to call.
+SCOPES = ("embed", "search", "recommend", "events", "usage", "admin")
+KEY_PREFIX = "sk-"
+VISIBLE_CHARS = 8  # random characters after `sk-` that are stored in the clear
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Token buckets (per second, burst of one second's worth unless given) and a
+    monthly text quota; `None` means unlimited (or, on a key, the tenant's value)."""
+
+    requests_per_s: float | None = None
+    texts_per_s: float | None = None
+    monthly_texts: int | None = None
+
+    def over(self, base: RateLimits) -> RateLimits:
+        """These limits where set, else `base`'s (a key's override over its tenant's)."""
+        return RateLimits(
+            self.requests_per_s if self.requests_per_s is not None else base.requests_per_s,
+            self.texts_per_s if self.texts_per_s is not None else base.texts_per_s,
+            self.monthly_texts if self.monthly_texts is not None else base.monthly_texts,
+        )
+
+    def is_set(self) -> bool:
+        """Whether any limit is set."""
+        return any(
+            v is not None for v in (self.requests_per_s, self.texts_per_s, self.monthly_texts)
+        )
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A customer of the platform: owns keys, catalogs, usage."""
+
+    id: str
+    name: str
+    created_at: datetime
+    limits: RateLimits = RateLimits()
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One API key as stored: never the key itself, only its keyed hash."""
+
+    id: str
+    tenant_id: str
+    prefix: str  # `sk-` plus the visible characters: safe to show and log
+    key_hash: str  # hex HMAC-SHA256 of the whole key under the server secret
+    name: str
+    scopes: frozenset[str]
+    models: frozenset[str] | None  # None: every model
+    may_pin: bool
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    limits: RateLimits = RateLimits()  # overrides of the tenant's limits
+
+    def live(self, now: datetime) -> bool:
+        """Not revoked and not expired at `now`."""
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Counts for one tenant, model and UTC day (added up across replicas)."""
+
+    tenant_id: str
+    model: str
+    day: date
+    requests: int = 0
+    texts: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every tenant and key, as of `generation` (bumped by every write)."""
+
+    generation: int
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    keys: list[ApiKey] = field(default_factory=list)
+
+
+class Registry(Protocol):
+    """Where tenants, keys and usage live. Blocking calls: the serving path never makes
+    them on a request; replicas poll `generation()` and reload a `snapshot()`."""
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+
+    def create_tenant(self, name: str, limits: RateLimits, tenant_id: str | None = None) -> Tenant:
+        """A new tenant; `tenant_id` is generated unless given. Duplicate id: ValueError."""
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        """One tenant, or None."""
+
+    def list_tenants(self) -> list[Tenant]:
+        """Every tenant, oldest first."""
+
+    def update_tenant(
+        self, tenant_id: str, limits: RateLimits | None = None, disabled: bool | None = None
+    ) -> Tenant | None:
+        """Change a tenant's limits or disabled flag; None when there is no such tenant."""
+
+    def add_key(self, key: ApiKey) -> None:
+        """Store a new key (its tenant must exist: else KeyError)."""
+
+    def get_key(self, tenant_id: str, key_id: str) -> ApiKey | None:
+        """One key of a tenant, or None (also for another tenant's key)."""
+
+    def list_keys(self, tenant_id: str) -> list[ApiKey]:
+        """A tenant's keys, revoked and expired included, oldest first."""
+
+    def revoke_key(self, tenant_id: str, key_id: str, at: datetime) -> ApiKey | None:
+        """Revoke at `at` (kept if already revoked earlier); None when not the tenant's."""
+
+    def expire_key(self, tenant_id: str, key_id: str, at: datetime) -> ApiKey | None:
+        """Set the expiry to `at` unless it already expires earlier; None when not found."""
+
+    def generation(self) -> int:
+        """A number that changes with every write to tenants or keys (cheap to poll)."""
+
+    def snapshot(self) -> Snapshot:
+        """Every tenant and key, consistently, with the generation they belong to."""
+
+    def add_usage(self, rows: list[UsageRow]) -> None:
+        """Add these counts to the stored ones (one transaction, rows may repeat)."""
+
+    def usage(self, tenant_id: str, start: date, end: date) -> list[UsageRow]:
+        """A tenant's rows for days in [start, end], by day then model."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def hash_key(secret: bytes, key: str) -> str:
+    """The stored form of a key: hex HMAC-SHA256 under the server secret."""
+    return hmac.new(secret, key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    """(key, visible prefix): `sk-` + 8 visible + 40 secret characters (~206 random bits)."""
+    body = "".join(secrets.choice(_ALPHABET) for _ in range(VISIBLE_CHARS + 40))
+    key = KEY_PREFIX + body
+    return key, key[: len(KEY_PREFIX) + VISIBLE_CHARS]
+
+
+def visible_prefix(key: str) -> str | None:
+    """The visible prefix of something shaped like a key, else None."""
+    n = len(KEY_PREFIX) + VISIBLE_CHARS
+    if not key.startswith(KEY_PREFIX) or len(key) < n + 16 or len(key) > 256:
+        return None
+    return key[:n]
+
+
+def new_id(kind: str) -> str:
+    """A random id such as `tn_3f9a...` or `key_...`."""
+    return f"{kind}_{secrets.token_hex(8)}"
+
+
+def issue_key(
+    registry: Registry,
+    secret: bytes,
+    tenant_id: str,
+    *,
+    name: str,
+    scopes: frozenset[str],
+    models: frozenset[str] | None = None,
+    may_pin: bool = False,
+    expires_at: datetime | None = None,
+    limits: RateLimits = RateLimits(),
+    now: datetime,
+) -> tuple[str, ApiKey]:
+    """Make and store a key for `tenant_id`: (the key, shown once; what is stored)."""
+    unknown = scopes - set(SCOPES)
+    if unknown:
+        raise ValueError(f"scopes: unknown scope {sorted(unknown)[0]!r}")
+    key, prefix = new_key()
+    record = ApiKey(
+        id=new_id("key"),
+        tenant_id=tenant_id,
+        prefix=prefix,
+        key_hash=hash_key(secret, key),
+        name=name,
+        scopes=scopes,
+        models=models,
+        may_pin=may_pin,
+        created_at=now,
+        expires_at=expires_at,
+        limits=limits,
+    )
+    registry.add_key(record)
+    return key, record

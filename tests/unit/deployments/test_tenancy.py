@@ -1,0 +1,204 @@
+"""Keys, rights, admission and metering of the data plane, on the embedded registry
+and limiter (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from deployments.errors import Forbidden, RateLimited, Unavailable
+from deployments.tenancy.admission import Admission, ratelimit_headers
+from deployments.tenancy.keys import KeyCache
+from deployments.tenancy.principal import Principal
+from deployments.tenancy.usage import UsageMeter
+from stores.ratelimit import Decision, LimiterUnavailable
+from stores.ratelimit_embedded import EmbeddedLimiter
+from stores.registry_sql import SqlRegistry, open_registry
+from stores.tenants import SCOPES, RateLimits, UsageRow, issue_key
+
+SECRET = b"unit-test-secret"
+ADMIN = "operator-credential-for-tests"
+LOG = logging.getLogger("test")
+NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> SqlRegistry:
+    reg = open_registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    reg.create_tenant("Acme", RateLimits(requests_per_s=5), "acme")
+    reg.create_tenant("Globex", RateLimits(), "globex")
+    return reg
+
+
+def _key(registry: SqlRegistry, tenant: str = "acme", **kwargs: object) -> str:
+    defaults: dict[str, object] = {"name": "k", "scopes": frozenset({"embed"}), "now": NOW}
+    key, _ = issue_key(registry, SECRET, tenant, **{**defaults, **kwargs})  # type: ignore[arg-type]
+    return key
+
+
+def _cache(registry: SqlRegistry, now: datetime = NOW) -> KeyCache:
+    cache = KeyCache(registry, SECRET, ADMIN, 1.0, LOG, clock=now.timestamp)
+    cache.refresh()
+    return cache
+
+
+def test_a_key_resolves_to_its_tenant_and_rights(registry: SqlRegistry) -> None:
+    key = _key(registry, models=frozenset({"minilm"}))
+    who = _cache(registry).lookup(key)
+    assert who is not None
+    assert (who.tenant_id, who.scopes, who.models) == ("acme", frozenset({"embed"}), {"minilm"})
+    assert who.limits.requests_per_s == 5  # the tenant's
+    assert who.subject == "acme"
+    assert not who.may_pin
+
+
+def test_unknown_wrong_and_malformed_keys_resolve_to_nobody(registry: SqlRegistry) -> None:
+    key = _key(registry)
+    cache = _cache(registry)
+    tampered = key[:-1] + ("a" if key[-1] != "a" else "b")
+    for token in (tampered, "sk-", "nonsense", key + "x", "", "Bearer " + key):
+        assert cache.lookup(token) is None
+    other_secret = KeyCache(registry, b"another secret", None, 1.0, LOG, clock=NOW.timestamp)
+    other_secret.refresh()
+    assert other_secret.lookup(key) is None
+
+
+def test_revoked_expired_and_disabled_are_refused(registry: SqlRegistry) -> None:
+    revoked, expiring, disabled = _key(registry), _key(registry), _key(registry, "globex")
+    cache = _cache(registry)
+    assert all(cache.lookup(k) for k in (revoked, expiring, disabled))
+    key_id = next(k.id for k in registry.list_keys("acme") if cache.lookup(revoked).key_id == k.id)  # type: ignore[union-attr]
+    registry.revoke_key("acme", key_id, NOW)
+    expiring_id = cache.lookup(expiring).key_id  # type: ignore[union-attr]
+    registry.expire_key("acme", expiring_id, NOW + timedelta(seconds=30))
+    registry.update_tenant("globex", disabled=True)
+    assert cache.refresh()  # the generation moved
+    assert cache.lookup(revoked) is None
+    assert cache.lookup(expiring) is not None  # still inside its overlap
+    assert cache.lookup(disabled) is None
+    later = _cache(registry, NOW + timedelta(seconds=31))
+    assert later.lookup(expiring) is None
+    assert not cache.refresh()  # nothing changed since
+
+
+def test_operator_credential_and_key_limits(registry: SqlRegistry) -> None:
+    own = _key(registry, limits=RateLimits(texts_per_s=100))
+    cache = _cache(registry)
+    operator = cache.lookup(ADMIN)
+    assert operator is not None
+    assert operator.operator
+    assert operator.admin
+    who = cache.lookup(own)
+    assert who is not None
+    assert who.limits == RateLimits(requests_per_s=5, texts_per_s=100)
+    assert who.subject == f"acme/{who.key_id}"  # its own buckets
+
+
+def test_serves_known_keys_while_the_registry_is_down(registry: SqlRegistry) -> None:
+    key = _key(registry)
+    cache = _cache(registry)
+
+    def down() -> int:
+        raise OSError("connection refused")
+
+    registry.generation = down  # type: ignore[method-assign]
+    asyncio.run(cache.refresh_now())
+    assert cache.lookup(key) is not None
+
+
+def test_rights() -> None:
+    who = Principal("acme", "k", "sk-x", frozenset({"embed"}), frozenset({"m"}), False,
+                    RateLimits(), "acme")  # fmt: skip
+    who.require("embed")
+    who.check_model("m")
+    for check in (lambda: who.require("admin"), lambda: who.check_model("n"), who.check_pin):
+        with pytest.raises(Forbidden) as e:
+            check()
+        assert e.value.status == 403
+        assert "scope" not in e.value.message
+
+
+def _principal(limits: RateLimits) -> Principal:
+    return Principal("acme", "k", "sk-x", frozenset(SCOPES), None, False, limits, "acme")
+
+
+def test_admission_headers_and_429() -> None:
+    admission = Admission(EmbeddedLimiter(), fail_open=True, log=LOG)
+    who = _principal(RateLimits(requests_per_s=2))
+
+    async def run() -> None:
+        first = await admission.admit(who, 1)
+        assert first["RateLimit-Policy"] == '"requests";q=2;w=1'
+        assert first["RateLimit"].startswith('"requests";r=1;')
+        await admission.admit(who, 1)
+        with pytest.raises(RateLimited) as e:
+            await admission.admit(who, 1)
+        assert e.value.status == 429
+        assert int(e.value.headers["Retry-After"]) >= 1
+        assert "RateLimit" in e.value.headers
+
+    asyncio.run(run())
+
+
+def test_admission_without_limits_does_nothing() -> None:
+    class Exploding:
+        async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
+            raise AssertionError("no limiter call without limits")
+
+        async def close(self) -> None:
+            return None
+
+    admission = Admission(Exploding(), fail_open=True, log=LOG)
+    assert asyncio.run(admission.admit(_principal(RateLimits()), 10)) == {}
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_limiter_down(fail_open: bool) -> None:
+    class Down:
+        async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
+            raise LimiterUnavailable("down")
+
+        async def close(self) -> None:
+            return None
+
+    admission = Admission(Down(), fail_open=fail_open, log=LOG)
+    who = _principal(RateLimits(requests_per_s=1))
+    if fail_open:
+        assert asyncio.run(admission.admit(who, 1)) == {}
+    else:
+        with pytest.raises(Unavailable):
+            asyncio.run(admission.admit(who, 1))
+
+
+def test_ratelimit_headers_monthly() -> None:
+    decision = Decision(True, 0, "monthly", 1000, 250.5, 86_400.2)
+    assert ratelimit_headers(decision) == {
+        "RateLimit-Policy": '"monthly";q=1000;w=2592000',
+        "RateLimit": '"monthly";r=250;t=86401',
+    }
+
+
+def test_usage_meter_counts_and_keeps_counts_when_a_write_fails(registry: SqlRegistry) -> None:
+    day = date(2026, 12, 1)
+    meter = UsageMeter(registry, 1.0, LOG, today=lambda: day)
+    meter.add("acme", "minilm", 3, error=False)
+    meter.add("acme", "minilm", 5, error=True)  # an error's texts are not counted
+    real = registry.add_usage
+
+    def failing(rows: list[UsageRow]) -> None:
+        raise OSError("database down")
+
+    registry.add_usage = failing  # type: ignore[method-assign]
+    asyncio.run(meter.flush())
+    assert meter.pending() == 2
+    meter.add("acme", "minilm", 1, error=False)
+    registry.add_usage = real  # type: ignore[method-assign]
+    asyncio.run(meter.flush())
+    assert meter.pending() == 0
+    (row,) = registry.usage("acme", day, day)
+    assert (row.requests, row.texts, row.errors) == (3, 4, 1)
+    assert registry.usage("globex", day, day) == []
