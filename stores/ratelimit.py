@@ -10,7 +10,7 @@ Refusals carry the exact wait until the same request would pass. A request with 
 texts than the texts bucket holds (more than one second's worth) can never pass: it is
 refused with the time to fill the whole bucket, and callers answer 429 (the client should
 split it). A request over the monthly quota is refused until the next month (UTC). A rate
-of zero or less refuses everything (`BLOCKED_RETRY_S`).
+of zero or less refuses everything (`stores._ratelimit.BLOCKED_RETRY_S`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,119 @@
+"""What both limiters share: bucket sizes, the UTC month, and the choice of the limit a
+`Decision` reports. Pure functions over numbers, no I/O.
+
+A bucket is kept as its level and the time it was measured at; the level at `now` adds
+what refilled since. Keeping the level (a small number) rather than a point in time keeps
+the arithmetic precise at any rate: sums of `n / rate` on a unix time would round off.
+A full bucket and a missing one answer alike, which lets idle subjects be dropped.
+`stores/ratelimit_redis.py` does the same arithmetic in Lua.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from stores.ratelimit import Decision
+from stores.tenants import RateLimits
+
+# The wait a refusal under a rate of zero (or less) reports: such a subject is blocked
+# until someone raises its limit, so clients are told to come back much later.
+BLOCKED_RETRY_S = 3600.0
+# Rounding slack, in tokens: a bucket emptied exactly must not refuse its last token.
+EPSILON = 1e-9
+# A monthly refusal says at least this much (the next month may start in a moment).
+MIN_MONTHLY_RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One limit checked for one request: `wait_s` is 0 when it has room, else the
+    seconds until it would; `limit`, `remaining` and `reset_s` feed the headers."""
+
+    policy: str
+    limit: float
+    remaining: float
+    reset_s: float
+    wait_s: float
+
+
+def capacity(rate: float) -> float:
+    """A bucket holds one second's worth, and at least one."""
+    return max(1.0, rate)
+
+
+def blocked(limits: RateLimits) -> Decision | None:
+    """The refusal for a rate of zero or less (nothing can ever refill), else None."""
+    for rate in (limits.requests_per_s, limits.texts_per_s):
+        if rate is not None and rate <= 0:
+            return Decision(False, retry_after_s=BLOCKED_RETRY_S)
+    return None
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A bucket's level (tokens) as of `at` (unix seconds)."""
+
+    tokens: float
+    at: float
+
+    def full_at(self, rate: float) -> float:
+        """When it is full again, refilling at `rate`."""
+        return self.at + (capacity(rate) - self.tokens) / rate
+
+
+def check_bucket(
+    policy: str, rate: float, state: Bucket | None, now: float, n: int
+) -> tuple[Check, Bucket]:
+    """Check taking `n` from a bucket (None: full); returns the check and the bucket
+    after taking (only to be stored when every limit has room)."""
+    cap = capacity(rate)
+    # Capped at the capacity, so a lowered rate never leaves more than a full bucket; a
+    # clock that stepped back refills nothing (and keeps the later time).
+    at = now if state is None else max(now, state.at)
+    tokens = cap if state is None else min(cap, state.tokens + max(0.0, now - state.at) * rate)
+    if n > cap:
+        # Never fits: tell the caller to back off for as long as filling the bucket takes.
+        wait = cap / rate
+    elif tokens + EPSILON < n:
+        wait = (n - tokens) / rate
+    else:
+        left = max(0.0, tokens - n)
+        return Check(policy, cap, left, (cap - left) / rate, 0.0), Bucket(left, at)
+    return Check(policy, cap, tokens, wait, wait), Bucket(tokens, at)
+
+
+def check_month(limit: int, used: int, now: float, n: int) -> Check:
+    """Check adding `n` texts to a month in which `used` are counted already."""
+    reset_s = max(MIN_MONTHLY_RETRY_S, next_month_start(now) - now)
+    if used + n > limit:
+        return Check("monthly", limit, max(0, limit - used), reset_s, reset_s)
+    return Check("monthly", limit, limit - used - n, reset_s, 0.0)
+
+
+def month_key(now: float) -> int:
+    """The UTC month holding `now`, as YYYYMM."""
+    day = datetime.fromtimestamp(now, UTC)
+    return day.year * 100 + day.month
+
+
+def next_month_start(now: float) -> float:
+    """The unix time at which the UTC month after the one holding `now` starts."""
+    day = datetime.fromtimestamp(now, UTC)
+    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+    return datetime(year, month, 1, tzinfo=UTC).timestamp()
+
+
+def decide(checks: Sequence[Check]) -> Decision:
+    """Refused with the longest wait when any check has none left, else allowed with the
+    tightest limit (the smallest fraction left) for the `RateLimit` headers."""
+    if not checks:
+        return Decision(True)
+    worst = max(checks, key=lambda c: c.wait_s)
+    if worst.wait_s > 0:
+        return Decision(
+            False, worst.wait_s, worst.policy, worst.limit, worst.remaining, worst.reset_s
+        )
+    tight = min(checks, key=lambda c: c.remaining / c.limit if c.limit > 0 else 0.0)
+    return Decision(True, 0.0, tight.policy, tight.limit, tight.remaining, tight.reset_s)

@@ -1,0 +1,217 @@
+"""Rate limits in Redis, shared by every replica: one round trip (EVALSHA) per request.
+
+One Lua script checks and takes atomically, on the server's clock (`TIME`), so replicas
+whose clocks disagree still share one bucket. Per subject there are two keys, both
+carrying the subject in a hash tag (`{...}`) so that Redis Cluster keeps them in one slot:
+- `<prefix>{<subject>}:b`, a hash of each bucket's level and when it was measured
+  (`r`/`rt` requests, `x`/`xt` texts, times in microseconds of the server's clock),
+  expiring when the buckets are full again (an absent bucket is a full one);
+- `<prefix>{<subject>}:m:<YYYYMM>`, the texts counted in that UTC month, expiring a day
+  after the month. The script derives YYYYMM from the server's clock, so it appends it
+  to the key name it is given (the hash tag keeps the key in the declared slot).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from stores._ratelimit import Check, blocked, capacity, decide
+from stores.ratelimit import ALLOWED, Decision, LimiterUnavailable
+from stores.tenants import RateLimits
+
+# Mirrors stores/_ratelimit.py (check_bucket, check_month, the calendar). Numbers leave
+# the script as strings: Redis would truncate a Lua number to an integer.
+_CALENDAR = """
+local function civil(days)  -- days since 1970-01-01 -> year, month (proleptic Gregorian)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+local function first_day(y, m)  -- days since 1970-01-01 of the first of month m
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100)
+    + math.floor((153 * mp + 2) / 5)
+  return era * 146097 + doe - 719468
+end
+
+local function month_of(now)  -- 'YYYYMM' of the month holding now, and when the next starts
+  local y, m = civil(math.floor(now / 86400))
+  local ny, nm = y, m + 1
+  if nm > 12 then ny, nm = y + 1, 1 end
+  return string.format('%04d%02d', y, m), first_day(ny, nm) * 86400
+end
+"""
+
+_ADMIT = """
+-- KEYS[1]: the bucket hash; KEYS[2]: the monthly counter's name without YYYYMM
+-- ARGV: requests_per_s, texts_per_s, monthly_texts ('' when not checked), texts
+local EPSILON = 1e-9
+local MIN_MONTHLY_RETRY = 1
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- exact in a double
+local now = now_us / 1000000
+local rr, xr, mq = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local function num(x) return string.format('%.17g', x) end
+
+-- wait, remaining, reset; then the level and its time (µs) to store if all have room
+local function bucket(rate, tokens, at, take)
+  local cap = math.max(1, rate)
+  local level = cap
+  if tokens and at then
+    level = math.min(cap, tokens + math.max(0, now_us - at) / 1000000 * rate)
+    at = math.max(now_us, at)
+  else
+    at = now_us
+  end
+  if take > cap then return cap / rate, level, cap / rate, level, at end
+  if level + EPSILON < take then
+    local wait = (take - level) / rate
+    return wait, level, wait, level, at
+  end
+  local left = math.max(0, level - take)
+  return 0, left, (cap - left) / rate, left, at
+end
+
+local stored = redis.call('HMGET', KEYS[1], 'r', 'rt', 'x', 'xt')
+local out, ok, fields, full_s = {}, true, {}, 0
+local function report(wait, remaining, reset)
+  if wait > 0 then ok = false end
+  table.insert(out, num(wait)); table.insert(out, num(remaining)); table.insert(out, num(reset))
+end
+local function check(rate, tokens, at, take, name)
+  local wait, remaining, reset, level, level_at = bucket(rate, tonumber(tokens), tonumber(at), take)
+  report(wait, remaining, reset)
+  for _, v in ipairs({name, num(level), name .. 't', num(level_at)}) do table.insert(fields, v) end
+  full_s = math.max(full_s, reset)
+end
+if rr then check(rr, stored[1], stored[2], 1, 'r') end
+if xr then check(xr, stored[3], stored[4], n, 'x') end
+local month_key, next_start
+if mq then
+  local ym
+  ym, next_start = month_of(now)
+  month_key = KEYS[2] .. ym
+  local used = tonumber(redis.call('GET', month_key)) or 0
+  local reset = math.max(MIN_MONTHLY_RETRY, next_start - now)
+  if used + n > mq then report(reset, math.max(0, mq - used), reset)
+  else report(0, mq - used - n, reset) end
+end
+if not ok then return out end
+
+if #fields > 0 then
+  -- a bucket not checked now is forgotten (set again, it starts full); the hash lives
+  -- until the buckets are full again, plus a second
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(full_s * 1000) + 1000)
+end
+if mq and n > 0 then
+  redis.call('INCRBY', month_key, n)
+  redis.call('EXPIREAT', month_key, next_start + 86400)
+end
+return out
+"""
+
+SCRIPT = _CALENDAR + _ADMIT
+DEFAULT_TIMEOUT_S = 0.25
+
+
+class RedisLimiter:
+    """Token buckets and monthly counters in Redis behind the `Limiter` interface.
+
+    Calls are bounded by `timeout_s` (connect and each reply), with one immediate retry
+    on a broken connection (a pooled connection that outlived a Redis restart); anything
+    else the store does wrong raises `LimiterUnavailable`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        password: str | None = None,
+        prefix: str = "servekit:rl:",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        # A password in the url wins over `password` (redis-py's rule for url options).
+        self._client: Redis = Redis.from_url(
+            url,
+            password=password,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        self._script = self._client.register_script(SCRIPT)
+        self._prefix = prefix
+        self._where = _location(self._client.connection_pool.connection_kwargs)
+
+    async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
+        """Take one request and `texts` texts from `subject`'s buckets and month, or
+        nothing when any of them is short (see `stores.ratelimit`); one round trip."""
+        if texts < 0:
+            raise ValueError(f"texts must be >= 0, got {texts}")
+        if not limits.is_set():
+            return ALLOWED
+        refusal = blocked(limits)
+        if refusal is not None:
+            return refusal
+        tagged = f"{self._prefix}{{{subject}}}"
+        args = [_arg(limits.requests_per_s), _arg(limits.texts_per_s)]
+        args += [_arg(limits.monthly_texts), str(texts)]
+        try:
+            reply = await self._script(keys=[f"{tagged}:b", f"{tagged}:m:"], args=args)
+        except RedisError as e:
+            raise LimiterUnavailable(
+                f"rate limit store {self._where} failed: {type(e).__name__}: {e}"
+            ) from e
+        return decide(_checks(limits, [float(v) for v in reply]))
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self._client.aclose()
+
+
+def _arg(value: float | None) -> str:
+    """A limit as the script reads it: '' when not checked."""
+    return "" if value is None else repr(float(value))
+
+
+def _checks(limits: RateLimits, values: list[float]) -> list[Check]:
+    """The script's (wait, remaining, reset) triples, in the order it checked them."""
+    named: list[tuple[str, float]] = []
+    if limits.requests_per_s is not None:
+        named.append(("requests", capacity(limits.requests_per_s)))
+    if limits.texts_per_s is not None:
+        named.append(("texts", capacity(limits.texts_per_s)))
+    if limits.monthly_texts is not None:
+        named.append(("monthly", float(limits.monthly_texts)))
+    if len(values) != 3 * len(named):
+        raise LimiterUnavailable(f"rate limit script answered {len(values)} values")
+    return [
+        Check(policy, limit, values[3 * i + 1], values[3 * i + 2], values[3 * i])
+        for i, (policy, limit) in enumerate(named)
+    ]
+
+
+def _location(kwargs: dict[str, Any]) -> str:
+    """Where the store is, for messages: never the password the url may carry."""
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"

@@ -1,0 +1,238 @@
+"""One contract, both limiters: the embedded one on an injected clock, the Redis one on a
+real redis-server and real (short) waits. What real time adds to a wait is bounded by
+each backend's `slack_s`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from stores._ratelimit import BLOCKED_RETRY_S, next_month_start
+from stores.ratelimit import ALLOWED, Limiter
+from stores.ratelimit_embedded import EmbeddedLimiter
+from stores.ratelimit_redis import RedisLimiter
+from stores.tenants import RateLimits
+from tests.unit.stores.fake_clock import FakeClock
+
+
+@dataclass
+class Backend:
+    """How a test makes a limiter of one kind and lets time pass for it."""
+
+    name: str
+    make: Callable[[], Limiter]
+    now: Callable[[], float]
+    advance: Callable[[float], Awaitable[None]]
+    slack_s: float  # how much shorter a reported wait may be (time passed meanwhile)
+
+    def run(self, body: Callable[[Limiter], Awaitable[None]]) -> None:
+        """Run `body` with a fresh limiter in a new event loop, closing it after."""
+
+        async def main() -> None:
+            limiter = self.make()
+            try:
+                await body(limiter)
+            finally:
+                await limiter.close()
+
+        asyncio.run(main())
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "embedded":
+        clock = FakeClock()
+        return Backend("embedded", lambda: EmbeddedLimiter(clock), clock, clock.advance, 1e-9)
+    url: str = request.getfixturevalue("redis_url")
+    return Backend("redis", lambda: RedisLimiter(url), time.time, asyncio.sleep, 0.05)
+
+
+@pytest.fixture
+def subject() -> str:
+    """A subject no other test uses (the Redis server is shared by the session)."""
+    return f"tn_{uuid.uuid4().hex[:12]}"
+
+
+def assert_wait(backend: Backend, got: float, exact: float) -> None:
+    """`got` is the exact wait, less at most the time that passed since it was exact."""
+    assert exact - backend.slack_s <= got <= exact + 1e-6, (got, exact)
+
+
+def test_burst_up_to_capacity_then_refused_with_retry_after(backend: Backend, subject: str) -> None:
+    limits = RateLimits(requests_per_s=10)
+
+    async def body(limiter: Limiter) -> None:
+        first = await limiter.admit(subject, limits, 1)
+        assert (first.allowed, first.policy, first.limit) == (True, "requests", 10)
+        assert first.remaining == pytest.approx(9, abs=0.5)
+        assert first.reset_s == pytest.approx(0.1, abs=backend.slack_s)
+        for _ in range(9):
+            assert (await limiter.admit(subject, limits, 1)).allowed
+        refused = await limiter.admit(subject, limits, 1)
+        assert not refused.allowed
+        assert refused.policy == "requests"
+        assert_wait(backend, refused.retry_after_s, 0.1)
+
+    backend.run(body)
+
+
+def test_refills_over_time(backend: Backend, subject: str) -> None:
+    limits = RateLimits(requests_per_s=5)
+
+    async def body(limiter: Limiter) -> None:
+        for _ in range(5):
+            assert (await limiter.admit(subject, limits, 0)).allowed
+        refused = await limiter.admit(subject, limits, 0)
+        assert not refused.allowed
+        await backend.advance(refused.retry_after_s + 0.02)
+        assert (await limiter.admit(subject, limits, 0)).allowed
+        again = await limiter.admit(subject, limits, 0)
+        assert not again.allowed
+        assert 0 < again.retry_after_s <= 0.2
+
+    backend.run(body)
+
+
+def test_a_texts_refusal_takes_no_request(backend: Backend, subject: str) -> None:
+    limits = RateLimits(requests_per_s=2, texts_per_s=10)
+
+    async def body(limiter: Limiter) -> None:
+        assert (await limiter.admit(subject, limits, 8)).allowed
+        refused = await limiter.admit(subject, limits, 5)
+        assert (refused.allowed, refused.policy) == (False, "texts")
+        assert_wait(backend, refused.retry_after_s, 0.3)
+        # The refusal left the second request token and the texts where they were.
+        assert (await limiter.admit(subject, limits, 2)).allowed
+        last = await limiter.admit(subject, limits, 0)
+        assert (last.allowed, last.policy) == (False, "requests")
+
+    backend.run(body)
+
+
+def test_a_monthly_refusal_takes_nothing(backend: Backend, subject: str) -> None:
+    limits = RateLimits(requests_per_s=2, monthly_texts=3)
+
+    async def body(limiter: Limiter) -> None:
+        refused = await limiter.admit(subject, limits, 4)
+        assert (refused.allowed, refused.policy) == (False, "monthly")
+        allowed = await limiter.admit(subject, limits, 3)
+        assert (allowed.allowed, allowed.policy, allowed.remaining) == (True, "monthly", 0)
+        assert (await limiter.admit(subject, limits, 0)).allowed  # the second request
+        assert (await limiter.admit(subject, limits, 0)).policy == "requests"
+
+    backend.run(body)
+
+
+def test_monthly_quota_exhausted_until_next_month(backend: Backend, subject: str) -> None:
+    limits = RateLimits(monthly_texts=5)
+
+    async def body(limiter: Limiter) -> None:
+        first = await limiter.admit(subject, limits, 3)
+        until_next = next_month_start(backend.now()) - backend.now()
+        assert (first.allowed, first.policy, first.limit, first.remaining) == (
+            True,
+            "monthly",
+            5,
+            2,
+        )
+        assert first.reset_s == pytest.approx(until_next, abs=1)
+        refused = await limiter.admit(subject, limits, 3)
+        assert (refused.allowed, refused.policy) == (False, "monthly")
+        assert refused.retry_after_s == pytest.approx(until_next, abs=1)
+        assert (await limiter.admit(subject, limits, 2)).allowed
+        assert not (await limiter.admit(subject, limits, 1)).allowed
+        assert (await limiter.admit(subject, limits, 0)).allowed
+
+    backend.run(body)
+
+
+def test_limits_that_are_none_are_not_checked(backend: Backend, subject: str) -> None:
+    async def body(limiter: Limiter) -> None:
+        assert await limiter.admit(subject, RateLimits(), 10**9) is ALLOWED
+        texts_only = RateLimits(texts_per_s=1)
+        for _ in range(30):
+            assert (await limiter.admit(subject + "/a", texts_only, 0)).allowed
+        requests_only = RateLimits(requests_per_s=1)
+        decision = await limiter.admit(subject + "/b", requests_only, 10**6)
+        assert (decision.allowed, decision.policy) == (True, "requests")
+
+    backend.run(body)
+
+
+def test_subjects_do_not_share(backend: Backend, subject: str) -> None:
+    limits = RateLimits(requests_per_s=1, monthly_texts=1)
+    other_tenant = f"tn_{uuid.uuid4().hex[:12]}"
+
+    async def body(limiter: Limiter) -> None:
+        assert (await limiter.admit(subject, limits, 1)).allowed
+        assert not (await limiter.admit(subject, limits, 1)).allowed
+        assert (await limiter.admit(other_tenant, limits, 1)).allowed
+        assert (await limiter.admit(f"{subject}/key_1", limits, 1)).allowed
+
+    backend.run(body)
+
+
+def test_a_request_larger_than_the_bucket_is_refused(backend: Backend, subject: str) -> None:
+    async def body(limiter: Limiter) -> None:
+        limits = RateLimits(texts_per_s=5)
+        refused = await limiter.admit(subject, limits, 6)
+        assert (refused.allowed, refused.policy) == (False, "texts")
+        # Never fits: the wait is the time to fill the whole bucket, even when it is full.
+        assert refused.retry_after_s == pytest.approx(1.0)
+        assert (await limiter.admit(subject, limits, 5)).allowed  # nothing was taken
+        slow = RateLimits(texts_per_s=0.5)  # holds one text, refills in 2 s
+        assert (await limiter.admit(subject + "/slow", slow, 2)).retry_after_s == pytest.approx(2)
+
+    backend.run(body)
+
+
+def test_a_zero_rate_refuses_everything(backend: Backend, subject: str) -> None:
+    async def body(limiter: Limiter) -> None:
+        decision = await limiter.admit(subject, RateLimits(requests_per_s=0), 0)
+        assert (decision.allowed, decision.retry_after_s) == (False, BLOCKED_RETRY_S)
+
+    backend.run(body)
+
+
+def test_negative_texts_are_a_caller_bug(backend: Backend, subject: str) -> None:
+    async def body(limiter: Limiter) -> None:
+        with pytest.raises(ValueError, match="texts"):
+            await limiter.admit(subject, RateLimits(requests_per_s=1), -1)
+
+    backend.run(body)
+
+
+def test_the_tightest_limit_is_reported(backend: Backend, subject: str) -> None:
+    limits = RateLimits(requests_per_s=100, texts_per_s=10, monthly_texts=1000)
+
+    async def body(limiter: Limiter) -> None:
+        texts = await limiter.admit(subject, limits, 5)  # texts: half left
+        assert (texts.policy, texts.limit) == ("texts", 10)
+        assert texts.remaining == pytest.approx(5, abs=0.5)
+        month = await limiter.admit(subject + "/m", RateLimits(100, 10, 8), 4)
+        assert (month.policy, month.remaining) == ("monthly", 4)
+
+    backend.run(body)
+
+
+def test_concurrent_admits_never_over_admit(backend: Backend, subject: str) -> None:
+    async def body(limiter: Limiter) -> None:
+        month = RateLimits(monthly_texts=50)
+        decisions = await asyncio.gather(*(limiter.admit(subject, month, 1) for _ in range(200)))
+        assert sum(d.allowed for d in decisions) == 50
+
+        bucket = RateLimits(requests_per_s=50)
+        started = backend.now()
+        decisions = await asyncio.gather(
+            *(limiter.admit(subject + "/b", bucket, 0) for _ in range(200))
+        )
+        # 50 in the bucket, plus what refilled while the 200 were answered.
+        refilled = int((backend.now() - started) * 50)
+        assert 50 <= sum(d.allowed for d in decisions) <= 50 + refilled
+
+    backend.run(body)
