@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 # A Kubernetes namespace name (an RFC 1123 label).
 Namespace = Annotated[
@@ -16,7 +16,9 @@ Namespace = Annotated[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Errors name the field and what is wrong, never the value: a password written into
+    # the file by mistake must not reach a CI log through them.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class PodResources(_Strict):
@@ -63,6 +65,33 @@ class NetworkAccess(_Strict):
     )
 
 
+class StoreAccess(_Strict):
+    """Where the serving processes on the cluster find the tenant registry, the shared
+    rate limits and their secrets (all created by the CDK stack). They reach the
+    processes as environment variables; no secret value is in this file or the manifest.
+    """
+
+    aws_secret_id: str = Field(
+        min_length=1,
+        description="Secrets Manager secret (name or ARN) whose JSON holds hmac_secret, "
+        "admin_token, redis_password and registry_dsn: SERVEKIT_AWS_SECRET_ID.",
+    )
+    redis_url: str = Field(
+        description="Redis of the shared rate limits, rediss://host:port/db (TLS, no "
+        "password: redis_password is in the secret): SERVEKIT_REDIS_URL.",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _tls_without_password(cls, value: str) -> str:
+        scheme, _, rest = value.partition("://")
+        if scheme != "rediss" or not rest:
+            raise ValueError("expected rediss://host:port/db (TLS: the stack's Redis has no other)")
+        if "@" in rest.split("/", 1)[0]:
+            raise ValueError("holds credentials: the Redis password belongs in the secret")
+        return value
+
+
 class ClusterSettings(_Strict):
     """`cluster/settings.yaml`."""
 
@@ -71,13 +100,16 @@ class ClusterSettings(_Strict):
     image: str = Field(description="Serving image, with a pinned tag (never latest).")
     gpu_image: str = Field(description="Serving image for GPU workers, pinned tag.")
     ray_version: str
-    service_account: str = Field(description="Kubernetes service account with S3 read (IRSA).")
+    service_account: str = Field(
+        description="Kubernetes service account (IRSA): reads the artifacts and the secret."
+    )
     artifact_root: str = Field(description="s3:// prefix the relative artifact uris live under.")
     aws_region: str
     head: PodResources
     worker_groups: list[WorkerGroup] = Field(min_length=1)
     autoscaler_idle_timeout_s: int = Field(60, ge=0)
     network: NetworkAccess
+    stores: StoreAccess
 
 
 def load_cluster_settings(path: Path) -> ClusterSettings:

@@ -1,11 +1,14 @@
 """servekit's AWS footprint: VPC, EKS with CPU and GPU node groups, the artifact bucket,
-the image repository, the Ray pods' IAM role (IRSA) and the KubeRay operator.
+the image repository, the Ray pods' IAM role (IRSA), the KubeRay operator, and the
+stores of multi-tenant auth with their secret (serving_stores.py).
 
 Security properties the tests assert on the synthesized template:
 - the artifact bucket is encrypted, versioned, blocks every kind of public access and
   refuses plain HTTP;
 - the Ray pods' role can be assumed only by the `servekit-ray` service account, and may
-  only read that bucket;
+  only read that bucket and the serving secret, which no other principal may read;
+- the tenant registry (RDS PostgreSQL) and Redis are encrypted, private, and admit
+  only the Ray pods' security group, each on its own port;
 - images are scanned on push and their tags are immutable;
 - the Kubernetes API endpoint is private to the VPC, or public only to the CIDRs given
   in the context value `servekit:apiPublicCidrs` (never to every address);
@@ -26,6 +29,7 @@ from aws_cdk import aws_eks as eks
 from aws_cdk import aws_s3 as s3
 from aws_cdk.lambda_layer_kubectl_v33 import KubectlV33Layer
 from constructs import Construct
+from serving_stores import ServingStores
 
 NAMESPACE = "servekit"
 SERVICE_ACCOUNT = "servekit-ray"
@@ -38,6 +42,9 @@ KUBERAY_NAMESPACE = "kuberay-system"
 # or a comma-separated string of CIDRs (`cdk deploy -c servekit:apiPublicCidrs=...`).
 # Unset: the endpoint is private, reachable only from inside the VPC.
 API_PUBLIC_CIDRS_CONTEXT = "servekit:apiPublicCidrs"
+# Context value: whether the tenant registry's database refuses deletion (default true;
+# `cdk deploy -c servekit:registryDeletionProtection=false` before tearing a stack down).
+REGISTRY_DELETION_PROTECTION_CONTEXT = "servekit:registryDeletionProtection"
 
 
 def api_public_cidrs(value: object) -> list[str]:
@@ -60,6 +67,17 @@ def api_public_cidrs(value: object) -> list[str]:
             )
         cidrs.append(str(network))
     return cidrs
+
+
+def registry_deletion_protection(value: object) -> bool:
+    """The context value as a bool: on unless it says false."""
+    if value is None or isinstance(value, bool):
+        return value is not False
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(
+        f"{REGISTRY_DELETION_PROTECTION_CONTEXT}: expected true or false, got {value!r}"
+    )
 
 
 def endpoint_access(cidrs: list[str]) -> eks.EndpointAccess:
@@ -165,6 +183,21 @@ class ServekitStack(Stack):
         # Read-only, and only this bucket.
         artifacts.grant_read(ray_pods)
 
+        # Managed node groups without a launch template carry the EKS cluster security
+        # group, and with the VPC CNI the pods' traffic leaves through their nodes'
+        # interfaces: that group is what the Ray pods' connections come from.
+        stores = ServingStores(
+            self,
+            "Stores",
+            vpc=vpc,
+            subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS,
+            clients=cluster.cluster_security_group,
+            reader=ray_pods.role,
+            deletion_protection=registry_deletion_protection(
+                self.node.try_get_context(REGISTRY_DELETION_PROTECTION_CONTEXT)
+            ),
+        )
+
         cluster.add_helm_chart(
             "KubeRay",
             chart="kuberay-operator",
@@ -178,3 +211,7 @@ class ServekitStack(Stack):
         CfnOutput(self, "ImageRepositoryUri", value=images.repository_uri)
         CfnOutput(self, "ClusterName", value=cluster.cluster_name)
         CfnOutput(self, "RayPodsRoleArn", value=ray_pods.role.role_arn)
+        # `stores:` in cluster/settings.yaml.
+        CfnOutput(self, "ServingSecretName", value=stores.secret.secret_name)
+        CfnOutput(self, "RedisUrl", value=stores.redis_url)
+        CfnOutput(self, "RegistryEndpoint", value=stores.registry.db_instance_endpoint_address)

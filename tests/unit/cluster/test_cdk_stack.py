@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,39 +12,18 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.unit.cluster.stack_util import (
+    CDK_DIR,
+    as_list,
+    needs_node,
+    ray_pods_role,
+    resources,
+    synth,
+)
 
-CDK_DIR = REPO_ROOT / "cluster" / "cdk"
+pytestmark = needs_node
 
-pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="CDK synthesis needs Node.js")
-os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
-
-
-@pytest.fixture(scope="module")
-def stack_module() -> Any:
-    sys.path.insert(0, str(CDK_DIR))
-    try:
-        import servekit_stack
-    finally:
-        sys.path.remove(str(CDK_DIR))
-    return servekit_stack
-
-
-def _synth(stack_module: Any, context: dict[str, Any] | None = None) -> Any:
-    from aws_cdk import App
-    from aws_cdk.assertions import Template
-
-    app = App(context=context)
-    return Template.from_stack(stack_module.ServekitStack(app, "Servekit"))
-
-
-@pytest.fixture(scope="module")
-def template(stack_module: Any) -> Any:
-    return _synth(stack_module)
-
-
-def _resources(template: Any, kind: str) -> dict[str, Any]:
-    found: dict[str, Any] = template.find_resources(kind)
-    return found
+S3_READ = ("s3:GetObject", "s3:GetBucket", "s3:List")
 
 
 def test_artifact_bucket_is_private_encrypted_versioned(template: Any) -> None:
@@ -87,57 +65,48 @@ def test_artifact_bucket_is_private_encrypted_versioned(template: Any) -> None:
     )
 
 
-def _ray_pods_role(template: Any) -> tuple[str, Any]:
-    """The IRSA role whose trust condition names the servekit-ray service account."""
-    everything = template.to_json()["Resources"]
-    matches = []
-    for name, role in _resources(template, "AWS::IAM::Role").items():
-        trust = json.dumps(role["Properties"]["AssumeRolePolicyDocument"])
-        if "AssumeRoleWithWebIdentity" not in trust:
-            continue
-        # The condition is computed by a CfnJson custom resource at deploy time.
-        condition_ids = [rid for rid in everything if f'"{rid}"' in trust]
-        text = trust + "".join(json.dumps(everything[rid]) for rid in condition_ids)
-        if "system:serviceaccount:servekit:servekit-ray" in text:
-            matches.append((name, role))
-    assert len(matches) == 1
-    return matches[0]
-
-
 def test_ray_pods_role_is_irsa_for_one_service_account(template: Any) -> None:
-    _, role = _ray_pods_role(template)
+    _, role = ray_pods_role(template)
     (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
     assert "StringEquals" in json.dumps(statement["Condition"])
     assert not role["Properties"].get("ManagedPolicyArns")
 
 
-def test_ray_pods_may_only_read_the_artifact_bucket(template: Any) -> None:
-    name, _ = _ray_pods_role(template)
-    (bucket_id,) = _resources(template, "AWS::S3::Bucket")
+def test_ray_pods_may_only_read_the_artifact_bucket_and_the_serving_secret(
+    template: Any,
+) -> None:
+    name, _ = ray_pods_role(template)
+    (bucket_id,) = resources(template, "AWS::S3::Bucket")
+    (secret_id,) = (
+        sid
+        for sid, s in resources(template, "AWS::SecretsManager::Secret").items()
+        if s["Properties"].get("Name") == "servekit/serving"
+    )
     policies = [
         p
-        for p in _resources(template, "AWS::IAM::Policy").values()
+        for p in resources(template, "AWS::IAM::Policy").values()
         if {"Ref": name} in p["Properties"]["Roles"]
     ]
     assert len(policies) == 1
     statements = policies[0]["Properties"]["PolicyDocument"]["Statement"]
     for statement in statements:
         assert statement["Effect"] == "Allow"
-        actions = (
-            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        )
-        assert all(a.startswith(("s3:GetObject", "s3:GetBucket", "s3:List")) for a in actions), (
-            actions
-        )
-        resources = (
-            statement["Resource"]
-            if isinstance(statement["Resource"], list)
-            else [statement["Resource"]]
-        )
-        for resource in resources:
-            assert bucket_id in json.dumps(resource), resource
-            assert resource != "*"
+        assert set(statement) == {"Action", "Effect", "Resource"}, statement
+        actions = as_list(statement["Action"])
+        targets = as_list(statement["Resource"])
+        if all(a.startswith("s3:") for a in actions):
+            assert all(a.startswith(S3_READ) for a in actions), actions
+            for target in targets:
+                assert bucket_id in json.dumps(target), target
+        else:
+            assert sorted(actions) == [
+                "secretsmanager:DescribeSecret",
+                "secretsmanager:GetSecretValue",
+            ]
+            # That one secret: not the generated values it is composed of, nor the
+            # registry's master secret.
+            assert targets == [{"Ref": secret_id}]
 
 
 def test_image_repository_scans_and_pins(template: Any) -> None:
@@ -151,7 +120,7 @@ def test_image_repository_scans_and_pins(template: Any) -> None:
 
 
 def test_node_groups_and_kuberay(template: Any) -> None:
-    groups = list(_resources(template, "AWS::EKS::Nodegroup").values())
+    groups = list(resources(template, "AWS::EKS::Nodegroup").values())
     assert len(groups) == 2
     gpu = next(g for g in groups if g["Properties"].get("AmiType") == "AL2023_x86_64_NVIDIA")
     assert gpu["Properties"]["Taints"] == [
@@ -160,7 +129,7 @@ def test_node_groups_and_kuberay(template: Any) -> None:
     assert gpu["Properties"]["Labels"] == {"servekit.io/pool": "gpu"}
     cpu = next(g for g in groups if g is not gpu)
     assert cpu["Properties"]["Labels"] == {"servekit.io/pool": "cpu"}
-    charts = _resources(template, "Custom::AWSCDK-EKS-HelmChart")
+    charts = resources(template, "Custom::AWSCDK-EKS-HelmChart")
     assert [c["Properties"]["Chart"] for c in charts.values()] == ["kuberay-operator"]
     settings = (REPO_ROOT / "cluster" / "settings.yaml").read_text()
     assert "servekit.io/pool: gpu" in settings
@@ -170,7 +139,7 @@ def test_node_groups_and_kuberay(template: Any) -> None:
 def test_kuberay_supports_token_auth_and_sits_where_the_policy_admits_it(template: Any) -> None:
     from configs.cluster import load_cluster_settings
 
-    (chart,) = _resources(template, "Custom::AWSCDK-EKS-HelmChart").values()
+    (chart,) = resources(template, "Custom::AWSCDK-EKS-HelmChart").values()
     # The operator must send the Ray token on its dashboard calls: KubeRay 1.5.1 or later.
     version = tuple(int(part) for part in chart["Properties"]["Version"].split("."))
     assert version >= (1, 5, 1), version
@@ -180,7 +149,7 @@ def test_kuberay_supports_token_auth_and_sits_where_the_policy_admits_it(templat
 
 
 def _api_endpoint(template: Any) -> Any:
-    (cluster,) = _resources(template, "Custom::AWSCDK-EKS-Cluster").values()
+    (cluster,) = resources(template, "Custom::AWSCDK-EKS-Cluster").values()
     return cluster["Properties"]["Config"]["resourcesVpcConfig"]
 
 
@@ -193,7 +162,7 @@ def test_api_endpoint_is_private_by_default(template: Any) -> None:
 
 def test_api_endpoint_is_public_only_to_the_configured_cidrs(stack_module: Any) -> None:
     cidrs = "203.0.113.0/24, 198.51.100.7/32"
-    endpoint = _api_endpoint(_synth(stack_module, {stack_module.API_PUBLIC_CIDRS_CONTEXT: cidrs}))
+    endpoint = _api_endpoint(synth(stack_module, {stack_module.API_PUBLIC_CIDRS_CONTEXT: cidrs}))
     assert endpoint["endpointPrivateAccess"] is True
     assert endpoint["endpointPublicAccess"] is True
     assert endpoint["publicAccessCidrs"] == ["203.0.113.0/24", "198.51.100.7/32"]
@@ -222,7 +191,7 @@ def test_api_public_cidrs_refuse_the_open_world(
 def test_network_policies_are_enforced(template: Any) -> None:
     # Without the VPC CNI's network policy agent, EKS stores NetworkPolicies and
     # enforces none: cluster/networkpolicy.yaml would be decoration.
-    (addon,) = _resources(template, "AWS::EKS::Addon").values()
+    (addon,) = resources(template, "AWS::EKS::Addon").values()
     assert addon["Properties"]["AddonName"] == "vpc-cni"
     assert json.loads(addon["Properties"]["ConfigurationValues"]) == {"enableNetworkPolicy": "true"}
 

@@ -4,6 +4,7 @@ that lets only the named namespaces reach only the named ports of the Ray pods."
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from configs.cluster import ClusterSettings, load_cluster_settings
 from servekit import kube
 from tests.conftest import REPO_ROOT
+from tests.unit.cluster.stack_util import PRIVATE_SUBNET_ADDRESS
 
 # Ports a Ray pod listens on; besides these, Ray uses many more between its own pods
 # (raylet, object manager, workers), which the "any port" below stands for.
@@ -206,6 +208,52 @@ def test_settings_refuse_bad_network_fields(
     doc["network"].update(change)
     with pytest.raises(ValidationError, match=message):
         ClusterSettings.model_validate(doc)
+
+
+# --- egress: the stores the pods call -------------------------------------------------
+
+REGISTRY, REDIS = 5432, 6379
+
+
+def egress_allowed(policy: dict[str, Any], address: str, port: int) -> bool:
+    """Whether the selected pods may open TCP `port` to `address` outside the cluster,
+    as Kubernetes evaluates an egress NetworkPolicy (no Egress type: anything goes)."""
+    spec = policy["spec"]
+    if "Egress" not in spec["policyTypes"]:
+        return True
+    ip = ipaddress.ip_address(address)
+    for rule in spec.get("egress", []):
+        peers, ports = rule.get("to"), rule.get("ports")
+        to_ok = not peers or any(
+            "ipBlock" in peer
+            and ip in ipaddress.ip_network(peer["ipBlock"]["cidr"])
+            and not any(ip in ipaddress.ip_network(c) for c in peer["ipBlock"].get("except", []))
+            for peer in peers
+        )
+        port_ok = not ports or any(
+            p.get("protocol", "TCP") == "TCP" and p["port"] == port for p in ports
+        )
+        if to_ok and port_ok:
+            return True
+    return False
+
+
+def test_ray_pods_reach_the_registry_and_redis(policy: dict[str, Any]) -> None:
+    for port in (REGISTRY, REDIS):
+        assert egress_allowed(policy, PRIVATE_SUBNET_ADDRESS, port), port
+    # The evaluator refuses what a restricting policy leaves out.
+    closed = copy.deepcopy(policy)
+    closed["spec"]["policyTypes"] = ["Ingress", "Egress"]
+    closed["spec"]["egress"] = [{"to": [{"ipBlock": {"cidr": "10.0.0.0/16"}}], "ports": _tcp(53)}]
+    assert not egress_allowed(closed, PRIVATE_SUBNET_ADDRESS, REGISTRY)
+    closed["spec"]["egress"].append(
+        {"to": [{"ipBlock": {"cidr": "10.0.64.0/19"}}], "ports": _tcp(REGISTRY, REDIS)}
+    )
+    assert egress_allowed(closed, PRIVATE_SUBNET_ADDRESS, REDIS)
+
+
+def _tcp(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": port} for port in ports]
 
 
 # --- token authentication -------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from configs.cluster import ClusterSettings, load_cluster_settings
 from configs.settings import SERVE_ENV
 from servekit import kube
 from tests.conftest import REPO_ROOT
@@ -130,6 +131,44 @@ def test_cluster_shape(manifest: dict[str, Any]) -> None:
     ]
     assert pod["nodeSelector"]
     assert gpu["rayStartParams"]["num-gpus"] == "1"
+
+
+def test_every_container_knows_the_secret_and_redis(manifest: dict[str, Any]) -> None:
+    settings = load_cluster_settings(kube.SETTINGS)
+    for name, _, template in _pods(manifest):
+        (container,) = template["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["SERVEKIT_AWS_SECRET_ID"]["value"] == settings.stores.aws_secret_id, name
+        assert env["SERVEKIT_REDIS_URL"]["value"] == settings.stores.redis_url, name
+        assert env["AWS_REGION"]["value"] == settings.aws_region, name
+        # Production rules: auth on, no development secret, a registry DSN.
+        assert env["SERVEKIT_ENV"]["value"] == "production", name
+        # The secrets themselves come from Secrets Manager with the pod's role: none is
+        # in the manifest, nor a Kubernetes Secret reference to fill by hand. The
+        # registry DSN, password included, is one of them.
+        assert all(set(e) == {"name", "value"} for e in env.values()), name
+        assert not {n for n in env if re.search(r"PASSWORD|HMAC|ADMIN|DSN", n)}, name
+        assert "@" not in env["SERVEKIT_REDIS_URL"]["value"], name
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"redis_url": "redis://redis.internal:6379/0"}, "expected rediss://"),
+        ({"redis_url": "rediss://:hunter2@redis.internal:6379/0"}, "holds credentials"),
+        ({"redis_url": "redis.internal:6379"}, "expected rediss://"),
+        ({"aws_secret_id": ""}, "at least 1 character"),
+        ({"password": "hunter2"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_settings_refuse_bad_store_fields(change: dict[str, Any], message: str) -> None:
+    from pydantic import ValidationError
+
+    doc = load_cluster_settings(kube.SETTINGS).model_dump()
+    doc["stores"].update(change)
+    with pytest.raises(ValidationError, match=message) as caught:
+        ClusterSettings.model_validate(doc)
+    assert "hunter2" not in str(caught.value)
 
 
 def test_podmonitor_selects_the_ray_pods(manifest: dict[str, Any]) -> None:

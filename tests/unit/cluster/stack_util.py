@@ -1,0 +1,74 @@
+"""Synthesizing the CDK app offline, and reading the template it makes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+CDK_DIR = REPO_ROOT / "cluster" / "cdk"
+# An address in the stack's private subnets, where the registry and Redis live (the
+# NetworkPolicy tests check the Ray pods may reach it; the stack's tests that it is).
+PRIVATE_SUBNET_ADDRESS = "10.0.64.20"
+
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="CDK synthesis needs Node.js")
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+
+
+def load_stack_module() -> Any:
+    """`cluster/cdk/servekit_stack.py`, imported as `cdk deploy` imports it."""
+    sys.path.insert(0, str(CDK_DIR))
+    try:
+        import servekit_stack
+    finally:
+        sys.path.remove(str(CDK_DIR))
+    return servekit_stack
+
+
+def synth(stack_module: Any, context: dict[str, Any] | None = None) -> Any:
+    """The stack's `aws_cdk.assertions.Template`, with these context values."""
+    from aws_cdk import App
+    from aws_cdk.assertions import Template
+
+    app = App(context=context)
+    return Template.from_stack(stack_module.ServekitStack(app, "Servekit"))
+
+
+def resources(template: Any, kind: str) -> dict[str, Any]:
+    """The template's resources of one type, by logical id."""
+    found: dict[str, Any] = template.find_resources(kind)
+    return found
+
+
+def one(template: Any, kind: str) -> tuple[str, Any]:
+    """The only resource of a type: its logical id and its definition."""
+    (item,) = resources(template, kind).items()
+    return item
+
+
+def ray_pods_role(template: Any) -> tuple[str, Any]:
+    """The IRSA role whose trust condition names the servekit-ray service account."""
+    everything = template.to_json()["Resources"]
+    matches = []
+    for name, role in resources(template, "AWS::IAM::Role").items():
+        trust = json.dumps(role["Properties"]["AssumeRolePolicyDocument"])
+        if "AssumeRoleWithWebIdentity" not in trust:
+            continue
+        # The condition is computed by a CfnJson custom resource at deploy time.
+        condition_ids = [rid for rid in everything if f'"{rid}"' in trust]
+        text = trust + "".join(json.dumps(everything[rid]) for rid in condition_ids)
+        if "system:serviceaccount:servekit:servekit-ray" in text:
+            matches.append((name, role))
+    assert len(matches) == 1
+    return matches[0]
+
+
+def as_list(value: Any) -> list[Any]:
+    """An IAM policy field that is a value or a list of them, as a list."""
+    return value if isinstance(value, list) else [value]
