@@ -59,6 +59,7 @@ COPY --chown=ray:users servekit ./servekit
 COPY --chown=ray:users models ./models
 COPY --chown=ray:users configs ./configs
 COPY --chown=ray:users deployments ./deployments
+COPY --chown=ray:users stores ./stores
 COPY --chown=ray:users serve_config.yaml ./
 RUN pip install --no-deps .
 

@@ -40,10 +40,11 @@ class LoadFigures:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def _request(host: str, port: int, path: str, body: bytes) -> bytes:
+def _request(host: str, port: int, path: str, body: bytes, auth: str = "") -> bytes:
+    extra = f"Authorization: {auth}\r\n" if auth else ""
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
     )
     return head.encode() + body
 
@@ -120,9 +121,10 @@ async def run_load(
     connections: int,
     warmup_s: float,
     measure_s: float,
+    auth: str = "",
 ) -> LoadFigures:
     """Drive `connections` keep-alive connections; count only after the warm-up."""
-    payloads = [_request(url_host, port, path, b) for b in bodies]
+    payloads = [_request(url_host, port, path, b, auth) for b in bodies]
     out = LoadFigures()
     start = time.perf_counter()
     warm_until = start + warmup_s
@@ -143,11 +145,11 @@ def wrk_path() -> str | None:
 
 
 def _wrk_once(
-    wrk: str, url: str, bodies_file: Path, connections: int, seconds: float
+    wrk: str, url: str, bodies_file: Path, connections: int, seconds: float, auth: str
 ) -> dict[str, Any]:
     argv = [
         wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
-        "-s", str(WRK_SCRIPT), url, "--", str(bodies_file),
+        "-s", str(WRK_SCRIPT), url, "--", str(bodies_file), auth,
     ]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
     for line in out.stdout.splitlines():
@@ -157,15 +159,21 @@ def _wrk_once(
 
 
 def _run_wrk(
-    wrk: str, url: str, bodies: list[bytes], connections: int, warmup_s: float, measure_s: float
+    wrk: str,
+    url: str,
+    bodies: list[bytes],
+    connections: int,
+    warmup_s: float,
+    measure_s: float,
+    auth: str,
 ) -> dict[str, Any]:
     """One workload with wrk: a warm-up run, then the measured run."""
     with tempfile.TemporaryDirectory() as tmp:
         bodies_file = Path(tmp) / "bodies.jsonl"
         bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
         if warmup_s > 0:
-            _wrk_once(wrk, url, bodies_file, connections, warmup_s)
-        r = _wrk_once(wrk, url, bodies_file, connections, measure_s)
+            _wrk_once(wrk, url, bodies_file, connections, warmup_s, auth)
+        r = _wrk_once(wrk, url, bodies_file, connections, measure_s, auth)
     socket_errors = r["connect"] + r["read"] + r["write"] + r["timeout"]
     return {
         "ok": r["requests"] - r["status"],
@@ -184,14 +192,17 @@ def run_workload(
     connections: int,
     warmup_s: float,
     measure_s: float,
+    auth: str = "",
 ) -> dict[str, Any]:
     """One workload with the lightest client available: ok and failed requests,
-    measured seconds, p50 and p99 in milliseconds."""
+    measured seconds, p50 and p99 in milliseconds. `auth`: an Authorization value."""
     wrk = wrk_path()
     if wrk:
         url = f"http://{url_host}:{port}{path}"
-        return _run_wrk(wrk, url, bodies, connections, warmup_s, measure_s)
-    figures = asyncio.run(run_load(url_host, port, path, bodies, connections, warmup_s, measure_s))
+        return _run_wrk(wrk, url, bodies, connections, warmup_s, measure_s, auth)
+    figures = asyncio.run(
+        run_load(url_host, port, path, bodies, connections, warmup_s, measure_s, auth)
+    )
     return {
         "ok": figures.requests,
         "errors": figures.errors,

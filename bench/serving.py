@@ -135,9 +135,15 @@ class Server:
     """A server under test in its own process tree, with its peak memory sampled."""
 
     def __init__(
-        self, name: str, argv: list[str], port: int, log: Path, env: dict[str, str]
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        log: Path,
+        env: dict[str, str],
+        auth: str = "",
     ) -> None:
-        self.name, self.port, self.peak_rss = name, port, 0
+        self.name, self.port, self.peak_rss, self.auth = name, port, 0, auth
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env}
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
@@ -164,7 +170,8 @@ class Server:
                 r = httpx.post(
                     f"http://127.0.0.1:{self.port}/v1/embeddings",
                     content=probe,
-                    headers={"Content-Type": "application/json"},
+                    headers={"Content-Type": "application/json"}
+                    | ({"Authorization": self.auth} if self.auth else {}),
                     timeout=10,
                 )
                 if r.status_code == 200:
@@ -197,6 +204,7 @@ def measure(server: Server, warmup_s: float, seconds: float) -> dict[str, Any]:
             connections,
             warmup_s,
             seconds,
+            server.auth,
         )
         out[name] = {
             "texts_per_s": round(f["ok"] * texts / f["seconds"], 1),
@@ -209,11 +217,14 @@ def measure(server: Server, warmup_s: float, seconds: float) -> dict[str, Any]:
     return out
 
 
-def _servekit_config(tmp: Path, name: str, port: int, dedicated: bool) -> Path:
+def _servekit_config(tmp: Path, name: str, port: int, dedicated: bool, auth: bool = True) -> Path:
     """serve_config.yaml on a free port; with `dedicated`, the model's versions in
-    deployments of their own (one replica each, as shipped otherwise)."""
+    deployments of their own (one replica each, as shipped otherwise); without `auth`,
+    no API keys, limits or metering."""
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     doc["http_options"]["port"] = port
+    if not auth:
+        doc["applications"][0]["args"]["auth"] = {"enabled": False}
     if dedicated:
         app = doc["applications"][0]
         app["args"]["models"]["minilm"]["placement"] = "dedicated"
@@ -256,14 +267,47 @@ def servers(tmp: Path) -> dict[str, tuple[list[str], int, dict[str, str]]]:
     out["fastapi-no-ray"] = ([py, "bench/fastapi_app.py", "--port", str(port)], port, {})
     for name, dedicated, env in (
         ("servekit", False, {}),  # serve_config.yaml and `servekit serve` as shipped
+        ("servekit-auth-off", False, {}),
         ("servekit-dedicated", True, {}),
         ("servekit-python-proxy", False, DEFAULT_PROXY),
     ):
         port = free_port()
-        config = _servekit_config(tmp, name, port, dedicated)
+        config = _servekit_config(tmp, name, port, dedicated, name != "servekit-auth-off")
         argv = [py, "-m", "servekit", "serve", str(config), "--metrics-port", str(free_port())]
         out[name] = (argv, port, env)
     return out
+
+
+def bench_credentials(tmp: Path) -> tuple[dict[str, str], str]:
+    """Secrets and a registry for the servekit configurations, and a key of a tenant
+    whose limits are set (high enough never to refuse) so that every request goes
+    through the limiter, as a limited tenant's would."""
+    import secrets
+    from datetime import UTC, datetime
+
+    from stores.registry_sql import open_registry
+    from stores.tenants import SCOPES, RateLimits, issue_key
+
+    env = {
+        "SERVEKIT_HMAC_SECRET": secrets.token_urlsafe(32),
+        "SERVEKIT_ADMIN_TOKEN": secrets.token_urlsafe(32),
+        "SERVEKIT_REGISTRY_DSN": f"sqlite:///{tmp / 'registry.db'}",
+    }
+    registry = open_registry(env["SERVEKIT_REGISTRY_DSN"])
+    try:
+        limits = RateLimits(requests_per_s=1e6, texts_per_s=1e7, monthly_texts=10**12)
+        registry.create_tenant("Benchmark", limits, "bench")
+        key, _ = issue_key(
+            registry,
+            env["SERVEKIT_HMAC_SECRET"].encode(),
+            "bench",
+            name="bench",
+            scopes=frozenset(SCOPES),
+            now=datetime.now(UTC),
+        )
+    finally:
+        registry.close()
+    return env, key
 
 
 def serve_env_in_force(name: str, extra: dict[str, str]) -> dict[str, str]:
@@ -312,7 +356,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument(
         "--only",
-        default="fastapi-no-ray,plain-ray-serve,servekit,servekit-dedicated,servekit-python-proxy",
+        default="fastapi-no-ray,plain-ray-serve,servekit,servekit-auth-off,servekit-dedicated,"
+        "servekit-python-proxy",
         help="comma-separated configurations (raw is always measured)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
@@ -336,10 +381,19 @@ def main() -> int:
     raw_runs = [raw(min(args.seconds, 10.0))]
     print(f"  {raw_runs[0]}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        auth_env, key = bench_credentials(Path(tmp))
         for name, (argv, port, env) in servers(Path(tmp)).items():
             if name not in only:
                 continue
-            server = Server(name, argv, port, Path(tmp) / f"{name}.log", env)
+            keyed = name.startswith("servekit") and name != "servekit-auth-off"
+            server = Server(
+                name,
+                argv,
+                port,
+                Path(tmp) / f"{name}.log",
+                {**env, **auth_env},
+                f"Bearer {key}" if keyed else "",
+            )
             try:
                 server.wait_ready(bodies(1)[0])
                 figures = measure(server, args.warmup, args.seconds)
@@ -367,6 +421,15 @@ def main() -> int:
             "single_c16_vs_raw_b1": round(sk["single_c16"]["texts_per_s"] / mix["b1"], 3),
             "batch32_c4_vs_raw_b32": round(sk["batch32_c4"]["texts_per_s"] / mix["b32"], 3),
         }
+        off = results["servers"].get("servekit-auth-off", {}).get("workloads")
+        if off:
+            # What auth, limits and metering cost, in the same run.
+            results["ratios"]["auth_on_vs_off_c16"] = round(
+                sk["single_c16"]["texts_per_s"] / off["single_c16"]["texts_per_s"], 3
+            )
+            results["ratios"]["auth_on_vs_off_c1"] = round(
+                sk["single_c1"]["texts_per_s"] / off["single_c1"]["texts_per_s"], 3
+            )
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,18 +1,21 @@
 -- wrk script for bench/loadgen.py: POSTs the JSON bodies of a file (one per line)
 -- in rotation, and prints one machine-readable summary line when the run ends.
+-- An optional second argument is sent as the Authorization header.
 local bodies = {}
 local next_body = 0
+local headers = {["Content-Type"] = "application/json"}
 
 init = function(args)
   for line in io.lines(args[1]) do
     if #line > 0 then bodies[#bodies + 1] = line end
   end
   next_body = math.random(#bodies)
+  if args[2] and #args[2] > 0 then headers["Authorization"] = args[2] end
 end
 
 request = function()
   next_body = next_body % #bodies + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[next_body])
+  return wrk.format("POST", nil, headers, bodies[next_body])
 end
 
 done = function(summary, latency, requests)

@@ -46,8 +46,8 @@ def _relative(path: Path) -> str:
 
 
 def prepare_local(auth_enabled: bool) -> list[str]:
-    """Before a local instance starts: development secrets (unless configured), the
-    embedded registry, a development tenant and key. Sets this process's environment,
+    """Before a local instance starts: development secrets (unless configured) and,
+    unless a registry is configured, the embedded one with a development tenant and key. Sets this process's environment,
     which every Ray process inherits. Returns the lines to print."""
     if not auth_enabled:
         return ["auth is off (args.auth.enabled: false): every caller is served"]
@@ -61,11 +61,12 @@ def prepare_local(auth_enabled: bool) -> list[str]:
                 _write_private(path, DEV_SECRET_PREFIX + secrets.token_urlsafe(32))
         os.environ.setdefault("SERVEKIT_SECRETS_DIR", str(SECRETS_DIR))
         found = load_secrets()
-    if found.get("registry_dsn") is None:
-        os.environ["SERVEKIT_REGISTRY_DSN"] = default_registry_url()
-        found = load_secrets()
+    if found.get("registry_dsn") is not None:
+        return []  # a configured registry: its tenants are the operator's business
     if is_production():
-        return []
+        raise UnsafeSettings("SERVEKIT_ENV=production: secret registry_dsn is not set")
+    os.environ["SERVEKIT_REGISTRY_DSN"] = default_registry_url()
+    found = load_secrets()
     key = _dev_key(found.require("hmac_secret").encode("utf-8"), found.require("registry_dsn"))
     lines = [
         f"API key of the development tenant: {_relative(DEV_KEY_FILE)}",

@@ -97,8 +97,11 @@ class AuthGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authenticate one HTTP call, then pass it on."""
+        if scope["type"] != "http":  # lifespan events run before the replica is built
+            await self.app(scope, receive, send)
+            return
         host = self._host if self._searched else self._find_host()
-        if scope["type"] != "http" or host is None or host.access is None:
+        if host is None or host.access is None:
             await self.app(scope, receive, send)
             return
         path = scope["path"][len(scope.get("root_path", "")) :]
@@ -139,6 +142,8 @@ class AuthGate:
             servable = serve.get_replica_context().servable_object
         except RayServeException:  # not inside a Serve replica: no auth to apply
             return None
+        if not hasattr(servable, "access"):
+            return None  # not built yet: look again on the next call
         self._searched = True
-        self._host = cast(AccessHost, servable) if hasattr(servable, "access") else None
+        self._host = cast(AccessHost, servable)
         return self._host

@@ -105,7 +105,7 @@ def test_no_key_or_a_wrong_key_is_401_everywhere_alike(service: Service) -> None
                 assert r.status_code == 401, (path, headers.keys(), r.text)
                 assert r.headers["WWW-Authenticate"] == "Bearer"
                 error = r.json()["error"]
-                bodies.add(error["message"] if path.startswith("/v1") else str(error))
+                bodies.add(error["message"] if isinstance(error, dict) else error)
             assert len(bodies) == 1  # the same answer whatever was wrong
 
 
@@ -128,8 +128,8 @@ def test_scopes_models_and_pinning(service: Service) -> None:
         ]
         for r in forbidden:
             assert r.status_code == 403, (r.request.url, r.text)
-        messages = {r.json()["error"]["message"] if "error" in r.json() else "" for r in forbidden}
-        messages = {m for m in messages if m}
+        errors = [r.json()["error"] for r in forbidden]
+        messages = {e["message"] if isinstance(e, dict) else e for e in errors}
         assert messages == {"this API key may not do that"}
         listed = client.get("/v1/models").json()["data"]
         assert [m["id"] for m in listed] == [INLINE_MODEL]
@@ -219,11 +219,14 @@ def test_usage_is_counted_exactly(service: Service) -> None:
             assert bad.status_code == 400
         mine = client.get("/v1/usage", headers=_bearer(key)).json()
     assert (mine["requests"], mine["texts"], mine["errors"]) == (9, 21, 2)
-    assert {d["model"] for d in mine["days"]} == {INLINE_MODEL}
+    # The malformed requests never named a model.
+    by_model = {d["model"]: (d["requests"], d["texts"], d["errors"]) for d in mine["days"]}
+    assert by_model == {INLINE_MODEL: (7, 21, 0), "-": (2, 0, 2)}
     with _admin(service) as admin:
         seen = admin.get(f"/admin/v1/tenants/{tenant}/usage").json()
         theirs = admin.get(f"/admin/v1/tenants/{other}/usage").json()
-    assert (seen["requests"], seen["texts"], seen["errors"]) == (9, 21, 2)
+    # ... and now the tenant's own usage read too: every call of the tenant counts.
+    assert (seen["requests"], seen["texts"], seen["errors"]) == (10, 21, 2)
     assert theirs["requests"] == 0
 
 
@@ -343,6 +346,7 @@ def test_rate_limit_is_held_across_replicas(shared: Service, report: list[str]) 
     rate = 4
     tenant = _tenant(shared, {"requests_per_s": rate})
     key, _ = _key(shared, tenant)
+    time.sleep(2.5)  # the other replica learns of the key within auth.refresh_s
     answers: list[int] = []
     lock = threading.Lock()
     stop = time.monotonic() + 3.0
@@ -381,7 +385,7 @@ def test_no_secret_in_any_log_line(service: Service) -> None:
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     secrets = [*TEST_SECRETS.values(), *MADE_KEYS, auth_headers()["Authorization"][7:]]
     secrets = [s for s in secrets if not s.startswith("sqlite")]  # the DSN holds no secret
-    assert len(secrets) > 10
+    assert len(secrets) >= 3, "nothing to search for"
     files = [p for p in logs.rglob("*") if p.is_file()]
     assert files
     found = []

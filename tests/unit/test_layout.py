@@ -89,3 +89,29 @@ def test_importing_models_and_configs_loads_neither_ray_nor_deployments() -> Non
     )
     assert {"models", "configs"} <= loaded
     assert not loaded & {"ray", "deployments"}
+
+
+STORES = _modules("stores")
+NO_HTTP_NO_RAY = {"ray", "deployments", "fastapi", "starlette", "servekit"}
+
+
+@pytest.mark.parametrize("path", STORES, ids=_ids(STORES))
+def test_stores_know_nothing_of_ray_http_or_the_deployments(path: Path) -> None:
+    assert not _top(_imports(path)) & NO_HTTP_NO_RAY
+
+
+TENANCY = _modules("deployments/tenancy")
+
+
+@pytest.mark.parametrize("path", TENANCY, ids=_ids(TENANCY))
+def test_tenancy_is_plain_python(path: Path) -> None:
+    assert not _top(_imports(path)) & {"ray", "fastapi", "starlette"}
+
+
+def test_importing_stores_and_tenancy_loads_no_ray() -> None:
+    loaded = _loaded_after(
+        "import stores.tenants, stores.registry_sql, stores.ratelimit_embedded, "
+        "stores.ratelimit_redis, stores.secrets, deployments.tenancy.access"
+    )
+    assert {"stores", "deployments"} <= loaded
+    assert not loaded & {"ray", "fastapi", "starlette"}

@@ -1,0 +1,145 @@
+"""The ASGI gate ahead of every route, on a bare Starlette app (no Ray)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from configs.schema import AuthSettings
+from deployments.http.auth import PRINCIPAL, AuthGate, bearer, model_in_path, required_scope
+from deployments.tenancy.access import Access
+from deployments.tenancy.admission import Admission
+from deployments.tenancy.keys import KeyCache
+from deployments.tenancy.usage import UsageMeter
+from stores.ratelimit_embedded import EmbeddedLimiter
+from stores.registry_sql import open_registry
+from stores.tenants import RateLimits, issue_key
+
+SECRET = b"gate-secret"
+LOG = logging.getLogger("test")
+
+
+@dataclass
+class Host:
+    access: Access | None
+    exempt_paths: frozenset[str] = frozenset({"/v2/health/ready"})
+
+
+async def _who(request: Request) -> JSONResponse:
+    principal = request.scope.get(PRINCIPAL)
+    return JSONResponse({"tenant": principal.tenant_id if principal else None})
+
+
+APP = Starlette(
+    routes=[
+        Route(path, _who, methods=["GET", "POST"])
+        for path in ("/v1/embeddings", "/v1/models", "/v1/models/{m}", "/v2/health/ready",
+                     "/v2/models/{m}/infer", "/admin/v1/tenants", "/v1/usage")
+    ]
+)  # fmt: skip
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[TestClient, dict[str, str]]:
+    registry = open_registry(f"sqlite:///{tmp_path / 'r.db'}")
+    registry.create_tenant("Acme", RateLimits(), "acme")
+    now = datetime.now(UTC)
+    made = {
+        name: issue_key(registry, SECRET, "acme", name=name, scopes=frozenset(scopes),
+                        models=models, now=now)[0]
+        for name, scopes, models in (
+            ("embed", {"embed"}, None),
+            ("one-model", {"embed"}, frozenset({"a"})),
+            ("usage", {"usage"}, None),
+        )
+    }  # fmt: skip
+    cache = KeyCache(registry, SECRET, "operator-token", 1.0, LOG)
+    cache.refresh()
+    access = Access(
+        AuthSettings(),
+        registry,
+        cache,
+        Admission(EmbeddedLimiter(), True, LOG),
+        UsageMeter(registry, 1.0, LOG),
+    )
+    return TestClient(AuthGate(APP, Host(access))), made
+
+
+def _get(client: TestClient, path: str, key: str | None, method: str = "GET") -> int:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.request(method, path, headers=headers).status_code
+
+
+def test_probes_are_exempt_and_everything_else_needs_a_key(
+    keys: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, _ = keys
+    assert _get(client, "/v2/health/ready", None) == 200
+    for path in ("/v1/embeddings", "/v1/models", "/admin/v1/tenants", "/v1/usage"):
+        r = client.get(path)
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert r.json()["error"]["code"] == "unauthorized"
+    r = client.post("/v2/models/a/infer")
+    assert r.status_code == 401
+    assert set(r.json()) == {"error"}  # the inference protocol's shape on /v2
+
+
+def test_scopes_and_models(keys: tuple[TestClient, dict[str, str]]) -> None:
+    client, made = keys
+    assert client.post(
+        "/v1/embeddings", headers={"Authorization": f"Bearer {made['embed']}"}
+    ).json() == {"tenant": "acme"}  # noqa: E501
+    assert _get(client, "/v1/usage", made["embed"]) == 403
+    assert _get(client, "/v1/usage", made["usage"]) == 200
+    assert _get(client, "/v1/embeddings", made["usage"], "POST") == 403
+    assert _get(client, "/v2/models/a/infer", made["one-model"], "POST") == 200
+    assert _get(client, "/v2/models/b/infer", made["one-model"], "POST") == 403
+    assert _get(client, "/v1/models/b", made["one-model"]) == 403
+    assert _get(client, "/v1/models", made["one-model"]) == 200
+    assert _get(client, "/admin/v1/tenants", made["embed"]) == 403
+    assert _get(client, "/admin/v1/tenants", "operator-token") == 200
+
+
+def test_without_access_the_gate_passes_everything() -> None:
+    client = TestClient(AuthGate(APP, Host(None)))
+    assert client.get("/v1/models").json() == {"tenant": None}
+
+
+@pytest.mark.parametrize(
+    ("path", "scope"),
+    [
+        ("/v1/embeddings", "embed"),
+        ("/v1/search", "search"),
+        ("/v1/catalogs/shoes/items", "search"),
+        ("/v1/recommendations", "recommend"),
+        ("/v1/events", "events"),
+        ("/v1/usage", "usage"),
+        ("/admin/v1/tenants/x/keys", "admin"),
+        ("/v2/models/m/versions/v1/infer", "embed"),
+        ("/v1/models", None),
+        ("/v1/embeddingsX", None),
+        ("/v2/models/m", None),
+    ],
+)
+def test_route_scopes(path: str, scope: str | None) -> None:
+    assert required_scope(path) == scope
+
+
+def test_model_in_path_and_bearer() -> None:
+    assert model_in_path("/v2/models/m/versions/v1/infer") == "m"
+    assert model_in_path("/v1/models/m") == "m"
+    assert model_in_path("/v1/models") is None
+    assert bearer({"headers": [(b"authorization", b"Bearer abc")]}) == "abc"
+    assert bearer({"headers": [(b"authorization", b"bearer  abc ")]}) == "abc"
+    assert bearer({"headers": [(b"authorization", b"Basic abc")]}) is None
+    assert bearer({"headers": []}) is None
