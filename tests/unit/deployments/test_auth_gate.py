@@ -98,7 +98,7 @@ def test_scopes_and_models(keys: tuple[TestClient, dict[str, str]]) -> None:
     client, made = keys
     assert client.post(
         "/v1/embeddings", headers={"Authorization": f"Bearer {made['embed']}"}
-    ).json() == {"tenant": "acme"}  # noqa: E501
+    ).json() == {"tenant": "acme"}
     assert _get(client, "/v1/usage", made["embed"]) == 403
     assert _get(client, "/v1/usage", made["usage"]) == 200
     assert _get(client, "/v1/embeddings", made["usage"], "POST") == 403
