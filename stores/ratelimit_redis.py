@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -133,14 +133,18 @@ return out
 
 SCRIPT = _CALENDAR + _ADMIT
 DEFAULT_TIMEOUT_S = 0.25
+# Each admit holds a connection for one round trip (well under a millisecond on a LAN).
+DEFAULT_MAX_CONNECTIONS = 16
 
 
 class RedisLimiter:
     """Token buckets and monthly counters in Redis behind the `Limiter` interface.
 
-    Calls are bounded by `timeout_s` (connect and each reply), with one immediate retry
-    on a broken connection (a pooled connection that outlived a Redis restart); anything
-    else the store does wrong raises `LimiterUnavailable`.
+    Calls are bounded by `timeout_s` (waiting for one of the `max_connections` pooled
+    connections, connecting, and each reply), with one immediate retry on a broken
+    connection (a pooled connection that outlived a Redis restart); whatever goes wrong
+    with the store raises `LimiterUnavailable`. The pool is bounded so that a burst of
+    requests queues for a few connections instead of opening one each.
     """
 
     def __init__(
@@ -149,18 +153,22 @@ class RedisLimiter:
         password: str | None = None,
         prefix: str = "servekit:rl:",
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         # A password in the url wins over `password` (redis-py's rule for url options).
-        self._client: Redis = Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
             password=password,
+            max_connections=max_connections,
+            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
+        self._client: Redis = Redis.from_pool(pool)
         self._script = self._client.register_script(SCRIPT)
         self._prefix = prefix
-        self._where = _location(self._client.connection_pool.connection_kwargs)
+        self._where = _location(pool.connection_kwargs)
 
     async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
         """Take one request and `texts` texts from `subject`'s buckets and month, or

@@ -1,6 +1,6 @@
 """One contract, both limiters: the embedded one on an injected clock, the Redis one on a
-real redis-server and real (short) waits. What real time adds to a wait is bounded by
-each backend's `slack_s`."""
+real redis-server and real (short) waits. Where real time passes during a test, the
+assertions allow for exactly the time measured."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ class Backend:
     make: Callable[[], Limiter]
     now: Callable[[], float]
     advance: Callable[[float], Awaitable[None]]
-    slack_s: float  # how much shorter a reported wait may be (time passed meanwhile)
 
     def run(self, body: Callable[[Limiter], Awaitable[None]]) -> None:
         """Run `body` with a fresh limiter in a new event loop, closing it after."""
@@ -47,9 +46,10 @@ class Backend:
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "embedded":
         clock = FakeClock()
-        return Backend("embedded", lambda: EmbeddedLimiter(clock), clock, clock.advance, 1e-9)
+        return Backend("embedded", lambda: EmbeddedLimiter(clock), clock, clock.advance)
     url: str = request.getfixturevalue("redis_url")
-    return Backend("redis", lambda: RedisLimiter(url), time.time, asyncio.sleep, 0.05)
+    # A patient timeout: the contract is not about timeouts, and this machine may be busy.
+    return Backend("redis", lambda: RedisLimiter(url, timeout_s=1.0), time.time, asyncio.sleep)
 
 
 @pytest.fixture
@@ -58,25 +58,26 @@ def subject() -> str:
     return f"tn_{uuid.uuid4().hex[:12]}"
 
 
-def assert_wait(backend: Backend, got: float, exact: float) -> None:
-    """`got` is the exact wait, less at most the time that passed since it was exact."""
-    assert exact - backend.slack_s <= got <= exact + 1e-6, (got, exact)
+def assert_wait(backend: Backend, got: float, exact: float, since: float) -> None:
+    """`got` is the wait that was `exact` at `since`, less at most the time passed since."""
+    passed = backend.now() - since
+    assert exact - passed - 1e-6 <= got <= exact + 1e-6, (got, exact, passed)
 
 
 def test_burst_up_to_capacity_then_refused_with_retry_after(backend: Backend, subject: str) -> None:
-    limits = RateLimits(requests_per_s=10)
+    limits = RateLimits(requests_per_s=4)  # holds 4; one more every 0.25 s
 
     async def body(limiter: Limiter) -> None:
+        since = backend.now()
         first = await limiter.admit(subject, limits, 1)
-        assert (first.allowed, first.policy, first.limit) == (True, "requests", 10)
-        assert first.remaining == pytest.approx(9, abs=0.5)
-        assert first.reset_s == pytest.approx(0.1, abs=backend.slack_s)
-        for _ in range(9):
+        assert (first.allowed, first.policy, first.limit) == (True, "requests", 4)
+        assert first.remaining == pytest.approx(3, abs=0.1)
+        assert_wait(backend, first.reset_s, 0.25, since)
+        for _ in range(3):
             assert (await limiter.admit(subject, limits, 1)).allowed
         refused = await limiter.admit(subject, limits, 1)
-        assert not refused.allowed
-        assert refused.policy == "requests"
-        assert_wait(backend, refused.retry_after_s, 0.1)
+        assert (refused.allowed, refused.policy) == (False, "requests")
+        assert_wait(backend, refused.retry_after_s, 0.25, since)
 
     backend.run(body)
 
@@ -102,10 +103,11 @@ def test_a_texts_refusal_takes_no_request(backend: Backend, subject: str) -> Non
     limits = RateLimits(requests_per_s=2, texts_per_s=10)
 
     async def body(limiter: Limiter) -> None:
+        since = backend.now()
         assert (await limiter.admit(subject, limits, 8)).allowed
         refused = await limiter.admit(subject, limits, 5)
         assert (refused.allowed, refused.policy) == (False, "texts")
-        assert_wait(backend, refused.retry_after_s, 0.3)
+        assert_wait(backend, refused.retry_after_s, 0.3, since)
         # The refusal left the second request token and the texts where they were.
         assert (await limiter.admit(subject, limits, 2)).allowed
         last = await limiter.admit(subject, limits, 0)

@@ -45,8 +45,14 @@ def test_two_replicas_share_one_bucket(redis_url: str, subject: str) -> None:
     async def body() -> None:
         replicas = [RedisLimiter(redis_url), RedisLimiter(redis_url)]
         try:
-            limits = RateLimits(requests_per_s=10)
-            answers = [(await replicas[i % 2].admit(subject, limits, 0)).allowed for i in range(12)]
+            # Two requests of 5 texts fill the bucket, which takes 0.5 s to refill one.
+            bucket = RateLimits(texts_per_s=10)
+            answers = [(await replicas[i % 2].admit(subject, bucket, 5)).allowed for i in range(4)]
+            assert answers == [True, True, False, False]
+            month = RateLimits(monthly_texts=10)
+            answers = [
+                (await replicas[i % 2].admit(subject + "/m", month, 1)).allowed for i in range(12)
+            ]
             assert answers == [True] * 10 + [False] * 2
         finally:
             for replica in replicas:
@@ -71,6 +77,24 @@ def test_one_round_trip_per_request(redis_url: str, subject: str) -> None:
             calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
             assert calls["evalsha"] == 5
             assert set(calls) - SCRIPT_COMMANDS - {"config|resetstat", "info"} == {"evalsha"}
+        finally:
+            await limiter.close()
+
+    asyncio.run(body())
+
+
+def test_a_burst_shares_a_few_connections(own_server: RedisServer, subject: str) -> None:
+    async def body() -> None:
+        # (a patient timeout: a busy machine makes the queue for 4 connections slow)
+        limiter = RedisLimiter(own_server.url, max_connections=4, timeout_s=2.0)
+        try:
+            limits = RateLimits(monthly_texts=100)
+            decisions = await asyncio.gather(
+                *(limiter.admit(subject, limits, 1) for _ in range(200))
+            )
+            assert sum(d.allowed for d in decisions) == 100
+            with own_server.client() as client:
+                assert client.info("clients")["connected_clients"] <= 4 + 1  # + this one
         finally:
             await limiter.close()
 
