@@ -1,0 +1,379 @@
+"""The `Registry` contract: the same tests on SQLite (a file in tmp_path) and on a real
+PostgreSQL server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from stores.registry_sql import VERSION_TABLE, SqlRegistry, metadata, open_registry
+from stores.tenants import ApiKey, RateLimits, Registry, UsageRow, hash_key, new_id, new_key
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+SECRET = b"test-secret"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, unmigrated database of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    dsn: str = request.getfixturevalue("pg_dsn")
+    return dsn
+
+
+@pytest.fixture
+def registry(url: str) -> Iterator[SqlRegistry]:
+    """A migrated registry on `url`."""
+    reg = open_registry(url)
+    yield reg
+    reg.close()
+
+
+def make_key(tenant_id: str, created_at: datetime = T0, limits: RateLimits | None = None) -> ApiKey:
+    """A new key of `tenant_id` (its secret is not kept: only the hash is stored)."""
+    key, prefix = new_key()
+    return ApiKey(
+        id=new_id("key"),
+        tenant_id=tenant_id,
+        prefix=prefix,
+        key_hash=hash_key(SECRET, key),
+        name="ci",
+        scopes=frozenset({"embed", "search"}),
+        models=frozenset({"minilm"}),
+        may_pin=True,
+        created_at=created_at,
+        limits=limits or RateLimits(),
+    )
+
+
+def test_sql_registry_is_a_registry(registry: SqlRegistry) -> None:
+    reg: Registry = registry  # checked by mypy
+    assert reg.generation() == 0
+
+
+def test_create_get_and_list_tenants(registry: SqlRegistry) -> None:
+    limits = RateLimits(requests_per_s=5.5, texts_per_s=100.0, monthly_texts=10**10)
+    a = registry.create_tenant("Acme", limits, tenant_id="tn_acme")
+    b = registry.create_tenant("Globex", RateLimits())
+    assert a.id == "tn_acme"
+    assert b.id.startswith("tn_")
+    assert registry.get_tenant("tn_acme") == a
+    assert registry.get_tenant(b.id) == b
+    assert registry.get_tenant("tn_nobody") is None
+    assert registry.list_tenants() == sorted([a, b], key=lambda t: (t.created_at, t.id))
+
+
+def test_duplicate_tenant_id_is_refused(registry: SqlRegistry) -> None:
+    registry.create_tenant("Acme", RateLimits(), tenant_id="tn_acme")
+    generation = registry.generation()
+    with pytest.raises(ValueError, match="tn_acme"):
+        registry.create_tenant("Other", RateLimits(), tenant_id="tn_acme")
+    assert registry.get_tenant("tn_acme").name == "Acme"  # type: ignore[union-attr]
+    assert registry.generation() == generation
+
+
+def test_update_tenant(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits(requests_per_s=1.0))
+    disabled = registry.update_tenant(t.id, disabled=True)
+    assert disabled is not None
+    assert disabled.disabled
+    assert disabled.limits == RateLimits(requests_per_s=1.0)
+    relimited = registry.update_tenant(t.id, limits=RateLimits(monthly_texts=7))
+    assert relimited == registry.get_tenant(t.id)
+    assert relimited is not None
+    assert relimited.disabled
+    assert relimited.limits == RateLimits(monthly_texts=7)
+    assert registry.update_tenant("tn_nobody", disabled=True) is None
+
+
+def test_keys_add_get_list(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits())
+    first = make_key(t.id, T0, RateLimits(texts_per_s=3.0))
+    second = replace(make_key(t.id, T0 + timedelta(seconds=1)), models=None)
+    registry.add_key(second)
+    registry.add_key(first)
+    assert registry.get_key(t.id, first.id) == first
+    assert registry.get_key(t.id, second.id) == second
+    assert registry.get_key(t.id, "key_nobody") is None
+    assert registry.list_keys(t.id) == [first, second]
+
+
+def test_key_for_unknown_tenant_is_refused(registry: SqlRegistry) -> None:
+    with pytest.raises(KeyError):
+        registry.add_key(make_key("tn_nobody"))
+    assert registry.generation() == 0
+
+
+def test_duplicate_key_is_refused(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits())
+    key = make_key(t.id)
+    registry.add_key(key)
+    with pytest.raises(ValueError, match=key.id):
+        registry.add_key(key)
+
+
+def test_another_tenants_key_is_invisible(registry: SqlRegistry) -> None:
+    mine = registry.create_tenant("Acme", RateLimits())
+    theirs = registry.create_tenant("Globex", RateLimits())
+    key = make_key(theirs.id)
+    registry.add_key(key)
+    generation = registry.generation()
+    assert registry.get_key(mine.id, key.id) is None
+    assert registry.revoke_key(mine.id, key.id, T0) is None
+    assert registry.expire_key(mine.id, key.id, T0) is None
+    assert registry.list_keys(mine.id) == []
+    assert registry.get_key(theirs.id, key.id) == key  # untouched
+    assert registry.generation() == generation
+
+
+def test_revoke_keeps_the_earlier_time(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits())
+    key = make_key(t.id)
+    registry.add_key(key)
+    revoked = registry.revoke_key(t.id, key.id, T0 + timedelta(hours=2))
+    assert revoked is not None
+    assert revoked.revoked_at == T0 + timedelta(hours=2)
+    later = registry.revoke_key(t.id, key.id, T0 + timedelta(hours=5))
+    assert later is not None
+    assert later.revoked_at == T0 + timedelta(hours=2)
+    earlier = registry.revoke_key(t.id, key.id, T0 + timedelta(hours=1))
+    assert earlier is not None
+    assert earlier.revoked_at == T0 + timedelta(hours=1)
+    assert not earlier.live(T0 + timedelta(hours=1))
+    assert earlier.live(T0)
+    assert registry.get_key(t.id, key.id) == earlier
+
+
+def test_expire_keeps_the_earlier_time(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits())
+    key = make_key(t.id)
+    registry.add_key(key)
+    expired = registry.expire_key(t.id, key.id, T0 + timedelta(days=30))
+    assert expired is not None
+    assert expired.expires_at == T0 + timedelta(days=30)
+    assert expired.revoked_at is None
+    later = registry.expire_key(t.id, key.id, T0 + timedelta(days=60))
+    assert later is not None
+    assert later.expires_at == T0 + timedelta(days=30)
+    sooner = registry.expire_key(t.id, key.id, T0 + timedelta(days=1))
+    assert sooner is not None
+    assert sooner.expires_at == T0 + timedelta(days=1)
+    assert registry.list_keys(t.id) == [sooner]
+
+
+def test_generation_bumps_on_every_write_and_not_on_reads(registry: SqlRegistry) -> None:
+    seen = [registry.generation()]
+
+    def changed() -> bool:
+        seen.append(registry.generation())
+        return seen[-1] != seen[-2]
+
+    t = registry.create_tenant("Acme", RateLimits())
+    assert changed()
+    registry.update_tenant(t.id, disabled=True)
+    assert changed()
+    key = make_key(t.id)
+    registry.add_key(key)
+    assert changed()
+    registry.revoke_key(t.id, key.id, T0)
+    assert changed()
+    registry.expire_key(t.id, key.id, T0)
+    assert changed()
+    registry.get_tenant(t.id)
+    registry.list_tenants()
+    registry.get_key(t.id, key.id)
+    registry.list_keys(t.id)
+    registry.snapshot()
+    registry.usage(t.id, date(2026, 1, 1), date(2026, 12, 31))
+    registry.add_usage([UsageRow(t.id, "minilm", date(2026, 5, 1), 1, 1, 0)])
+    registry.update_tenant("tn_nobody", disabled=True)
+    assert not changed()
+    assert len(set(seen)) == 6
+
+
+def test_snapshot_is_consistent(registry: SqlRegistry) -> None:
+    a = registry.create_tenant("Acme", RateLimits(requests_per_s=2.0))
+    b = registry.create_tenant("Globex", RateLimits())
+    keys = [make_key(a.id, T0), make_key(b.id, T0 + timedelta(seconds=1))]
+    for key in keys:
+        registry.add_key(key)
+    snap = registry.snapshot()
+    assert snap.generation == registry.generation()
+    assert snap.tenants == {a.id: a, b.id: b}
+    assert snap.keys == keys
+
+
+def test_snapshot_matches_its_generation_under_concurrent_writes(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits())
+    base = registry.generation()
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            registry.add_key(make_key(t.id))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for _ in range(20):
+            snap = registry.snapshot()
+            # Every write since `base` added exactly one key.
+            assert len(snap.keys) == snap.generation - base
+    finally:
+        stop.set()
+        writer.join()
+
+
+def test_usage_adds_up(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits())
+    day = date(2026, 5, 1)
+    registry.add_usage(
+        [
+            UsageRow(t.id, "minilm", day, requests=1, texts=10, errors=0),
+            UsageRow(t.id, "minilm", day, requests=2, texts=5, errors=1),
+            UsageRow(t.id, "ranker", day, requests=1, texts=1, errors=0),
+        ]
+    )
+    registry.add_usage([UsageRow(t.id, "minilm", day, requests=4, texts=4, errors=4)])
+    registry.add_usage([])
+    assert registry.usage(t.id, day, day) == [
+        UsageRow(t.id, "minilm", day, requests=7, texts=19, errors=5),
+        UsageRow(t.id, "ranker", day, requests=1, texts=1, errors=0),
+    ]
+
+
+def test_usage_by_day_range_and_tenant(registry: SqlRegistry) -> None:
+    a = registry.create_tenant("Acme", RateLimits())
+    b = registry.create_tenant("Globex", RateLimits())
+    days = [date(2026, 4, 30), date(2026, 5, 1), date(2026, 5, 2), date(2026, 5, 3)]
+    rows = [UsageRow(a.id, m, d, 1, 2, 0) for d in reversed(days) for m in ("z", "a")]
+    registry.add_usage([*rows, UsageRow(b.id, "a", days[1], 9, 9, 9)])
+    got = registry.usage(a.id, days[1], days[2])
+    assert [(r.day, r.model) for r in got] == [
+        (days[1], "a"),
+        (days[1], "z"),
+        (days[2], "a"),
+        (days[2], "z"),
+    ]
+    assert all(r.tenant_id == a.id and r.requests == 1 for r in got)
+    assert registry.usage(b.id, days[0], days[0]) == []
+
+
+def test_migrate_twice_is_a_no_op(url: str) -> None:
+    first = open_registry(url)
+    try:
+        t = first.create_tenant("Acme", RateLimits())
+        first.migrate()
+        again = open_registry(url)
+        try:
+            assert again.get_tenant(t.id) == t
+            assert again.generation() == first.generation() == 1
+        finally:
+            again.close()
+    finally:
+        first.close()
+
+
+def test_concurrent_migrations(url: str) -> None:
+    registries = [SqlRegistry(url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def migrate(reg: SqlRegistry) -> None:
+        try:
+            reg.migrate()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=migrate, args=(reg,)) for reg in registries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert [reg.generation() for reg in registries] == [0, 0, 0]
+    finally:
+        for reg in registries:
+            reg.close()
+
+
+def test_two_registries_share_one_database(url: str) -> None:
+    one, two = open_registry(url), open_registry(url)
+    try:
+        t = one.create_tenant("Acme", RateLimits())
+        assert two.get_tenant(t.id) == t
+        key = make_key(t.id)
+        two.add_key(key)
+        assert one.get_key(t.id, key.id) == key
+        assert one.generation() == two.generation() == 2
+        one.add_usage([UsageRow(t.id, "minilm", date(2026, 5, 1), 1, 1, 0)])
+        two.add_usage([UsageRow(t.id, "minilm", date(2026, 5, 1), 1, 1, 0)])
+        assert two.usage(t.id, date(2026, 5, 1), date(2026, 5, 1))[0].requests == 2
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.fixture
+def far_east_registry(url: str) -> Iterator[SqlRegistry]:
+    """A registry whose PostgreSQL sessions are not in UTC (timestamptz comes back in the
+    session's zone)."""
+    if url.startswith("postgresql"):
+        url += "?options=-c%20timezone%3DAsia%2FKolkata"
+    reg = open_registry(url)
+    yield reg
+    reg.close()
+
+
+def test_timestamps_come_back_aware_utc(far_east_registry: SqlRegistry) -> None:
+    registry = far_east_registry
+    if registry.url.get_backend_name() == "postgresql":
+        with registry._engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW timezone").scalar() == "Asia/Kolkata"
+    t = registry.create_tenant("Acme", RateLimits())
+    plus_two = timezone(timedelta(hours=2))
+    key = replace(
+        make_key(t.id),
+        created_at=datetime(2026, 5, 1, 14, 0, tzinfo=plus_two),
+        expires_at=datetime(2026, 6, 1, 14, 0, tzinfo=plus_two),
+    )
+    registry.add_key(key)
+    registry.revoke_key(t.id, key.id, datetime(2026, 5, 20, 1, 30, tzinfo=plus_two))
+    got = registry.get_key(t.id, key.id)
+    tenant = registry.get_tenant(t.id)
+    assert got is not None
+    assert tenant is not None
+    stamps = [tenant.created_at, got.created_at, got.expires_at, got.revoked_at]
+    for stamp in stamps:
+        assert stamp is not None
+        assert stamp.tzinfo == UTC
+    assert stamps[1:] == [
+        datetime(2026, 5, 1, 12, 0, tzinfo=UTC),
+        datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
+        datetime(2026, 5, 19, 23, 30, tzinfo=UTC),
+    ]
+    assert abs(tenant.created_at - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+def test_naive_timestamps_are_refused(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits())
+    key = make_key(t.id)
+    registry.add_key(key)
+    with pytest.raises(Exception, match="naive datetime"):
+        registry.revoke_key(t.id, key.id, datetime(2026, 5, 1, 12, 0))
+    assert registry.get_key(t.id, key.id) == key
+
+
+def test_migrations_match_the_tables_the_code_uses(registry: SqlRegistry) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with registry._engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        assert compare_metadata(context, metadata) == []
