@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test lint artifacts bench bench-raw cluster install clean
+.PHONY: serve test lint artifacts servers bench bench-raw cluster install clean
 
 install: $(STAMP)
 
@@ -34,7 +34,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint artifacts
+# The production stores the tests start as real servers (redis-server, PostgreSQL 15).
+servers:
+	@bash scripts/install-servers.sh
+
+test: lint artifacts servers
 	$(PY) -m pytest
 
 # Regenerate cluster/rayservice.yaml from serve_config.yaml and cluster/settings.yaml.
