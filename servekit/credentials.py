@@ -47,8 +47,9 @@ def _relative(path: Path) -> str:
 
 def prepare_local(auth_enabled: bool) -> list[str]:
     """Before a local instance starts: development secrets (unless configured) and,
-    unless a registry is configured, the embedded one with a development tenant and key. Sets this process's environment,
-    which every Ray process inherits. Returns the lines to print."""
+    unless a registry is configured, the embedded one with a development tenant and
+    key. Sets this process's environment, which every Ray process inherits. Returns the
+    lines to print."""
     if not auth_enabled:
         return ["auth is off (args.auth.enabled: false): every caller is served"]
     found = load_secrets()

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-PACKAGES = ("servekit", "models", "configs", "deployments")
+PACKAGES = ("servekit", "models", "configs", "deployments", "stores")
 
 
 def test_declared_packages_are_the_repository_packages() -> None:
@@ -26,7 +26,10 @@ def test_declared_packages_are_the_repository_packages() -> None:
         for p in REPO_ROOT.glob("*/__init__.py")
         if p.parent.name not in ("tests", "bench", "cluster")
     }
-    assert set(declared) == on_disk == set(PACKAGES)
+    # Sub-packages are listed where a top-level one carries data files (migrations).
+    top = {p for p in declared if "." not in p}
+    assert all(p.split(".")[0] in top for p in declared)
+    assert top == on_disk == set(PACKAGES)
 
 
 @pytest.mark.parametrize("name", PACKAGES)
