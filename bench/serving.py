@@ -358,11 +358,10 @@ def main() -> int:
         "--only",
         default="fastapi-no-ray,plain-ray-serve,servekit,servekit-auth-off,servekit-dedicated,"
         "servekit-python-proxy",
-        help="comma-separated configurations (raw is always measured)",
+        help="comma-separated configurations, run in this order (raw is always measured)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
-    only = set(args.only.split(","))
     import ray
 
     results: dict[str, Any] = {
@@ -382,9 +381,9 @@ def main() -> int:
     print(f"  {raw_runs[0]}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         auth_env, key = bench_credentials(Path(tmp))
-        for name, (argv, port, env) in servers(Path(tmp)).items():
-            if name not in only:
-                continue
+        configured = servers(Path(tmp))
+        for name in [n for n in args.only.split(",") if n in configured]:  # in the order given
+            argv, port, env = configured[name]
             keyed = name.startswith("servekit") and name != "servekit-auth-off"
             server = Server(
                 name,

@@ -178,7 +178,7 @@ def _serve(path: Path, metrics_port: int, dashboard: bool, drain_timeout_s: floa
         _on_stop_signals(lambda signum, frame: hurry.set())
         began = time.monotonic()
         known = record.processes if record is not None else []
-        ray_finished = local.shutdown(drain_timeout_s, hurry, known)
+        ray_finished = local.shutdown(drain_timeout_s, hurry, known, _usage_settle_s(doc))
         if record is not None:
             record.remove()
     if record is not None:
@@ -192,6 +192,19 @@ def _serve(path: Path, metrics_port: int, dashboard: bool, drain_timeout_s: floa
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _usage_settle_s(doc: dict[str, Any]) -> float:
+    """How long the replicas need after the last request to write their usage counts:
+    one flush period (and a little), when metering is on."""
+    from configs.schema import AuthSettings
+
+    longest = 0.0
+    for app in doc.get("applications") or []:
+        auth = AuthSettings.model_validate((app.get("args") or {}).get("auth") or {})
+        if auth.enabled:
+            longest = max(longest, auth.usage_flush_s + 0.3)
+    return longest
 
 
 def _prepare_auth(doc: dict[str, Any]) -> list[str]:

@@ -193,8 +193,12 @@ def shutdown(
     drain_timeout_s: float = DRAIN_TIMEOUT_S,
     hurry: threading.Event | None = None,
     known: Sequence[Sequence[int]] = (),
+    settle_s: float = 0.0,
 ) -> bool:
     """Stop Serve and the Ray instance this process started, in seconds.
+
+    After the last request is answered, the replicas get `settle_s` to write what they
+    still hold (usage counts are written every `auth.usage_flush_s`).
 
     In-flight HTTP requests get up to `drain_timeout_s` to finish (less once `hurry`
     is set): HAProxy stops accepting and exits when its open requests are answered.
@@ -224,6 +228,8 @@ def shutdown(
         return True
     known = [*known, *instance.identities(instance.instance_processes(token, known))]
     drain_http(token, drain_timeout_s, hurry)
+    if settle_s > 0 and not (hurry and hurry.is_set()):
+        (hurry or threading.Event()).wait(settle_s)
     finished = threading.Event()
 
     def stop_ray() -> None:

@@ -22,7 +22,7 @@ import yaml
 
 from servekit import instance
 from tests.cluster_util import haproxy_ports_env
-from tests.conftest import REPO_ROOT, auth_headers, free_port
+from tests.conftest import REPO_ROOT, TEST_SECRETS, TEST_TENANT, auth_headers, free_port
 from tests.integration.conftest import make_test_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -121,6 +121,9 @@ def test_serve_runs_in_foreground_and_stops_on_ctrl_c(
         _promote_rollback_and_status_without_dashboard(log, config, port)
         # Ctrl-C, as a terminal sends it: SIGINT to the foreground process group.
         # A request in flight is answered; a new connection is refused at once.
+        # Usage written so far; the request in flight is counted after the stop too.
+        time.sleep(1.5)
+        before = _test_tenant_usage()
         answers: list[int] = []
         call = threading.Thread(target=_slow_call, args=(port, answers))
         call.start()
@@ -129,9 +132,23 @@ def test_serve_runs_in_foreground_and_stops_on_ctrl_c(
         call.join()
         assert answers == [200]
         assert stop_s < STOP_BOUND_S, stop_s
+        assert _test_tenant_usage() == (before[0] + 1, before[1] + 1)
     report.append(f"servekit serve: stopped by Ctrl-C in {stop_s:.1f} s, a 2.5 s request in flight")
     _assert_all_gone(proc.pid, port)
     assert "servekit: stopping" in log.read_text()
+
+
+def _test_tenant_usage() -> tuple[int, int]:
+    """(requests, texts) the registry holds for the test tenant today."""
+    from datetime import UTC, datetime
+
+    from stores.registry_sql import open_registry
+
+    registry = open_registry(TEST_SECRETS["SERVEKIT_REGISTRY_DSN"])
+    today = datetime.now(UTC).date()
+    rows = registry.usage(TEST_TENANT, today, today)
+    registry.close()
+    return sum(r.requests for r in rows), sum(r.texts for r in rows)
 
 
 def _slow_call(port: int, answers: list[int]) -> None:
