@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from configs.schema import AuthSettings
 from deployments.errors import Forbidden, RateLimited, Unavailable
+from deployments.tenancy.access import UnsafeSettings, check_production
 from deployments.tenancy.admission import Admission, ratelimit_headers
 from deployments.tenancy.keys import KeyCache
 from deployments.tenancy.principal import Principal
@@ -18,6 +20,7 @@ from deployments.tenancy.usage import UsageMeter
 from stores.ratelimit import Decision, LimiterUnavailable
 from stores.ratelimit_embedded import EmbeddedLimiter
 from stores.registry_sql import SqlRegistry, open_registry
+from stores.secrets import MissingSecret, Secrets, load_secrets
 from stores.tenants import SCOPES, RateLimits, UsageRow, issue_key
 
 SECRET = b"unit-test-secret"
@@ -202,3 +205,38 @@ def test_usage_meter_counts_and_keeps_counts_when_a_write_fails(registry: SqlReg
     (row,) = registry.usage("acme", day, day)
     assert (row.requests, row.texts, row.errors) == (3, 4, 1)
     assert registry.usage("globex", day, day) == []
+
+
+def _secrets(**values: str) -> Secrets:
+    return load_secrets({f"SERVEKIT_{k.upper()}": v for k, v in values.items()})
+
+
+GOOD = {"hmac_secret": "h" * 40, "admin_token": "a" * 40, "registry_dsn": "postgresql://db/x"}
+
+
+@pytest.mark.parametrize(
+    ("enabled", "values", "refused"),
+    [
+        (False, GOOD, "auth.enabled"),
+        (True, {**GOOD, "hmac_secret": "dev-" + "h" * 40}, "hmac_secret"),
+        (True, {**GOOD, "admin_token": "tiny-token"}, "admin_token"),
+        (True, {k: v for k, v in GOOD.items() if k != "registry_dsn"}, "registry_dsn"),
+        (True, {k: v for k, v in GOOD.items() if k != "hmac_secret"}, "hmac_secret"),
+    ],
+)
+def test_production_refuses_unsafe_settings(
+    monkeypatch: pytest.MonkeyPatch, enabled: bool, values: dict[str, str], refused: str
+) -> None:
+    monkeypatch.setenv("SERVEKIT_ENV", "production")
+    with pytest.raises((UnsafeSettings, MissingSecret), match=refused) as e:
+        check_production(AuthSettings(enabled=enabled), _secrets(**values))
+    assert all(v not in str(e.value) for v in values.values())
+
+
+def test_production_accepts_real_secrets_and_development_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERVEKIT_ENV", "production")
+    check_production(AuthSettings(), _secrets(**GOOD))
+    monkeypatch.delenv("SERVEKIT_ENV")
+    check_production(AuthSettings(enabled=False), _secrets())
