@@ -1,0 +1,95 @@
+"""Tenant catalogs: items, their embeddings per model version, and the change log
+replicas follow. The store is the source of truth; a replica's search index is a cache
+of it. Backend: `stores/catalog_sql.py` (SQLite embedded, PostgreSQL in production, in
+the registry's database).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+# An attribute value: equality on strings, numbers and booleans; ranges on numbers;
+# membership on lists of strings (tags).
+AttrValue = str | int | float | bool | list[str]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalog item as the tenant sent it."""
+
+    id: str
+    text: dict[str, str]  # text fields (title, description, brand, ...): embedded, BM25
+    attributes: dict[str, AttrValue] = field(default_factory=dict)
+    updated_at: datetime | None = None  # set by the store
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change log: an upsert (`item` set) or a delete (`item` None)."""
+
+    seq: int
+    tenant_id: str
+    catalog: str
+    item_id: str
+    item: Item | None
+
+
+@dataclass(frozen=True)
+class CatalogInfo:
+    """A catalog of a tenant."""
+
+    tenant_id: str
+    name: str
+    items: int
+    created_at: datetime
+
+
+class CatalogStore(Protocol):
+    """Items, vectors and the change log. Blocking calls (replicas use threads)."""
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+
+    def upsert(self, tenant_id: str, catalog: str, items: list[Item]) -> int:
+        """Insert or replace items (one transaction, durable when it returns); the
+        sequence number of the last change written."""
+
+    def delete(self, tenant_id: str, catalog: str, item_id: str) -> int | None:
+        """Delete one item; the change's sequence number, None when there was none."""
+
+    def get(self, tenant_id: str, catalog: str, item_id: str) -> Item | None:
+        """One item of the tenant's catalog, or None (also for another tenant's)."""
+
+    def catalogs(self, tenant_id: str) -> list[CatalogInfo]:
+        """The tenant's catalogs."""
+
+    def scan(
+        self, tenant_id: str, catalog: str, after_id: str | None, limit: int
+    ) -> list[Item]:
+        """Items by id, after `after_id`, at most `limit`: a consistent read of the
+        catalog page by page."""
+
+    def head(self) -> int:
+        """The newest sequence number (0 when the log is empty)."""
+
+    def changes(self, after_seq: int, limit: int) -> list[Change]:
+        """Changes with seq > `after_seq`, oldest first, at most `limit`: every tenant."""
+
+    def put_vectors(
+        self, tenant_id: str, catalog: str, space: str, vectors: dict[str, bytes]
+    ) -> None:
+        """Store item embeddings of one embedding space (`model/version`), float32 bytes
+        by item id; items that do not exist (any more) are skipped."""
+
+    def get_vectors(
+        self, tenant_id: str, catalog: str, space: str, item_ids: list[str]
+    ) -> dict[str, bytes]:
+        """Stored embeddings of these items in one space (missing ones left out)."""
+
+    def drop_space(self, space: str) -> int:
+        """Delete every stored embedding of a retired version; how many."""
+
+    def close(self) -> None:
+        """Release connections."""
