@@ -4,6 +4,9 @@ One SQLAlchemy Core layer serves both. Every write to tenants or keys bumps `met
 in its own transaction, first, so writers queue on that one row (or, in SQLite, on the
 database's write lock) and a reader that sees a generation also sees what it covers.
 The schema is owned by the alembic migrations in `stores/migrations/`; `migrate()` runs them.
+The catalog store (`stores/catalog_sql.py`) lives in the same database and shares the
+migration history and the engine and transaction helpers below (`create_sql_engine`,
+`migrate_database`, `writing`, `reading_consistently`).
 """
 
 from __future__ import annotations
@@ -155,36 +158,14 @@ class SqlRegistry:
         """Connect lazily to `url`; call `migrate()` (or use `open_registry`) before use."""
         self.url = make_url(url)
         self._sqlite = self.url.get_backend_name() == "sqlite"
-        self._engine = _sqlite_engine(url) if self._sqlite else _pg_engine(url)
+        self._engine = create_sql_engine(url)
 
     # --- schema ---
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent; safe when several
         processes start at once: PostgreSQL takes an advisory lock, SQLite its write lock)."""
-        for attempt in range(_MIGRATE_ATTEMPTS):
-            try:
-                self._upgrade()
-                return
-            except OperationalError as e:
-                # The busy timeout already waited; a lock taken while opening the file
-                # (switching it to WAL) is the one case worth another try.
-                if not self._sqlite or "locked" not in str(e) or attempt + 1 == _MIGRATE_ATTEMPTS:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-
-    def _upgrade(self) -> None:
-        from alembic import command
-        from alembic.config import Config
-
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self._writing() as conn:
-            if not self._sqlite:
-                # Released at commit: the second process then finds the schema current.
-                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATE_LOCK_ID})
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+        migrate_database(self._engine)
 
     # --- tenants ---
 
@@ -292,7 +273,7 @@ class SqlRegistry:
 
     def snapshot(self) -> Snapshot:
         """Every tenant and key, consistently, with the generation they belong to."""
-        with self._reading_consistently() as conn:
+        with reading_consistently(self._engine) as conn:
             generation = _generation(conn)
             found = {t.id: t for t in _all_tenants(conn)}
             keys = conn.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id))
@@ -350,25 +331,12 @@ class SqlRegistry:
 
     @contextmanager
     def _writing(self, bump: bool = False) -> Iterator[Connection]:
-        """A write transaction, committed on exit. SQLite: `BEGIN IMMEDIATE`, so that it
-        waits for the write lock up front instead of failing when a read turns into a
-        write. `bump`: the generation is bumped first, which queues the writers."""
-        with self._engine.connect() as conn:
-            conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
-            with conn.begin():
-                if bump:
-                    conn.execute(_BUMP)
-                yield conn
-
-    @contextmanager
-    def _reading_consistently(self) -> Iterator[Connection]:
-        """A read-only transaction whose statements all see one moment. SQLite's (WAL)
-        reads do already; PostgreSQL's default isolation gives each statement its own."""
-        with self._engine.connect() as conn:
-            if not self._sqlite:
-                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-            with conn.begin():
-                yield conn
+        """A write transaction, committed on exit. `bump`: the generation is bumped first,
+        which queues the writers."""
+        with writing(self._engine) as conn:
+            if bump:
+                conn.execute(_BUMP)
+            yield conn
 
 
 def open_registry(url: str) -> SqlRegistry:
@@ -382,7 +350,67 @@ def open_registry(url: str) -> SqlRegistry:
     return registry
 
 
-# --- engines ---
+# --- engines, transactions and migrations (shared with the catalog store) ---
+
+
+def create_sql_engine(url: str) -> Engine:
+    """An engine for `url`, SQLite or PostgreSQL, set up as the stores expect."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    return _pg_engine(url)
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction, committed on exit. SQLite: `BEGIN IMMEDIATE`, so that it
+    waits for the write lock up front instead of failing when a read turns into a write
+    (and so that writers are serialized from their first statement)."""
+    with engine.connect() as conn:
+        conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def reading_consistently(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction whose statements all see one moment. SQLite's (WAL)
+    reads do already; PostgreSQL's default isolation gives each statement its own."""
+    with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with conn.begin():
+            yield conn
+
+
+def migrate_database(engine: Engine) -> None:
+    """Bring the database's schema (registry and catalogs: one history) to the newest
+    migration. Idempotent; safe when several processes start at once: PostgreSQL takes an
+    advisory lock, SQLite its write lock."""
+    sqlite_db = engine.dialect.name == "sqlite"
+    for attempt in range(_MIGRATE_ATTEMPTS):
+        try:
+            _upgrade(engine)
+            return
+        except OperationalError as e:
+            # The busy timeout already waited; a lock taken while opening the file
+            # (switching it to WAL) is the one case worth another try.
+            if not sqlite_db or "locked" not in str(e) or attempt + 1 == _MIGRATE_ATTEMPTS:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _upgrade(engine: Engine) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with writing(engine) as conn:
+        if engine.dialect.name != "sqlite":
+            # Released at commit: the second process then finds the schema current.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATE_LOCK_ID})
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
 
 
 def _sqlite_engine(url: str) -> Engine:

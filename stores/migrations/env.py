@@ -1,6 +1,8 @@
-"""Alembic's entry point for the registry schema.
+"""Alembic's entry point for the schema of the registry's database (tenants, keys, usage
+and the catalogs: one history).
 
-Run by `SqlRegistry.migrate()`, which passes an open connection (already inside the
+Run by `stores.registry_sql.migrate_database()` (behind `SqlRegistry.migrate()` and
+`SqlCatalogStore.migrate()`), which passes an open connection (already inside the
 transaction that holds the migration lock) through `config.attributes["connection"]`;
 there is no alembic.ini and no URL here.
 """
@@ -14,7 +16,7 @@ from stores.registry_sql import VERSION_TABLE
 
 connection = context.config.attributes.get("connection")
 if not isinstance(connection, Connection):
-    raise RuntimeError("run the registry migrations through SqlRegistry.migrate()")
+    raise RuntimeError("run the migrations through stores.registry_sql.migrate_database()")
 
 context.configure(
     connection=connection,
