@@ -130,7 +130,7 @@ TEST_TENANT = "test-tenant"
 
 
 @functools.cache
-def test_api_key() -> str:
+def tenant_api_key() -> str:
     """A key of the test tenant with every scope and the right to pin versions, made
     once per session in the tests' registry (every service the tests start uses it)."""
     from datetime import UTC, datetime
@@ -156,9 +156,16 @@ def test_api_key() -> str:
     return key
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tenant_key_exists() -> None:
+    """The test tenant's key exists before any service starts, so every replica knows it
+    from its first request (a key made later is known within `auth.refresh_s`)."""
+    tenant_api_key()
+
+
 def auth_headers() -> dict[str, str]:
     """`Authorization` with the test tenant's key."""
-    return {"Authorization": f"Bearer {test_api_key()}"}
+    return {"Authorization": f"Bearer {tenant_api_key()}"}
 
 
 def operator_headers() -> dict[str, str]:

@@ -100,8 +100,8 @@ class Service:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An HTTP client bound to the service, with the test tenant's key unless
-        `headers` says otherwise."""
-        kwargs.setdefault("headers", auth_headers())
+        `headers` has an Authorization of its own."""
+        kwargs["headers"] = {**auth_headers(), **(kwargs.get("headers") or {})}
         return httpx.Client(base_url=self.base_url, timeout=30, **kwargs)
 
     def redeploy(self, config: dict[str, Any]) -> None:

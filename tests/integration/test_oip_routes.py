@@ -99,7 +99,7 @@ def test_triton_http_client_unchanged(service: Service) -> None:
     assert client.is_server_ready()
     # The key travels as the client's per-call headers.
     auth = auth_headers()
-    assert client.is_model_ready("minilm", headers=auth)
+    assert client.is_model_ready("minilm", headers=dict(auth))
     texts = np.array([t.encode() for t in TEXTS], dtype=np.object_)
     tensor = httpclient.InferInput("text", [len(TEXTS)], "BYTES")
     tensor.set_data_from_numpy(texts, binary_data=True)
@@ -108,7 +108,7 @@ def test_triton_http_client_unchanged(service: Service) -> None:
         inputs=[tensor],
         model_version="v2",
         outputs=[httpclient.InferRequestedOutput("embedding", binary_data=True)],
-        headers=auth,
+        headers=dict(auth),  # the client adds its own headers to the dict it gets
     )
     vectors = result.as_numpy("embedding")
     assert vectors is not None
@@ -117,7 +117,7 @@ def test_triton_http_client_unchanged(service: Service) -> None:
     # Default request shape of the client: JSON input data, outputs unspecified.
     plain = httpclient.InferInput("text", [1], "BYTES")
     plain.set_data_from_numpy(np.array([b"json path"], dtype=np.object_), binary_data=False)
-    again = client.infer("minilm", inputs=[plain], headers=auth)
+    again = client.infer("minilm", inputs=[plain], headers=dict(auth))
     vectors2 = again.as_numpy("embedding")
     assert vectors2 is not None
     assert vectors2.shape == (1, 384)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import test_api_key
+from tests.conftest import tenant_api_key
 from tests.integration.conftest import INLINE_MODEL, Service
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,7 @@ def test_base64_matches_float(service: Service) -> None:
 def test_official_openai_client(service: Service) -> None:
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{service.base_url}/v1", api_key=test_api_key(), max_retries=0)
+    client = OpenAI(base_url=f"{service.base_url}/v1", api_key=tenant_api_key(), max_retries=0)
     result = client.embeddings.create(model="minilm", input=["hello", "world"])
     assert len(result.data) == 2
     assert len(result.data[0].embedding) == 384
