@@ -65,9 +65,7 @@ class CatalogStore(Protocol):
     def catalogs(self, tenant_id: str) -> list[CatalogInfo]:
         """The tenant's catalogs."""
 
-    def scan(
-        self, tenant_id: str, catalog: str, after_id: str | None, limit: int
-    ) -> list[Item]:
+    def scan(self, tenant_id: str, catalog: str, after_id: str | None, limit: int) -> list[Item]:
         """Items by id, after `after_id`, at most `limit`: a consistent read of the
         catalog page by page."""
 
