@@ -222,6 +222,28 @@ class AuthSettings(_Strict):
     )
 
 
+class SearchSettings(_Strict):
+    """Semantic search over tenant catalogs (`/v1/catalogs`, `/v1/search`)."""
+
+    enabled: bool = Field(True, description="Serve catalogs and search.")
+    model: Name | None = Field(
+        None, description="The embedding model of catalogs; default: the first model."
+    )
+    follow_s: float = Field(
+        0.2, gt=0, le=1, description="How often a replica reads the catalog change log."
+    )
+    max_items_per_upsert: int = Field(1000, ge=1, le=10_000)
+    max_k: int = Field(100, ge=1, le=1000, description="Largest `k` of a search.")
+    hybrid_default: bool = Field(
+        True, description="Fuse BM25 with the vector ranking unless the request says."
+    )
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex",
+        description="How hybrid ranking fuses: min-max normalised scores, half each "
+        "(convex), or reciprocal ranks (rrf), which ignores how far ahead an exact match is.",
+    )
+
+
 class AppArgs(_Strict):
     """Everything under the application's `args:`."""
 
@@ -232,6 +254,7 @@ class AppArgs(_Strict):
     )
     health: HealthSettings = Field(default_factory=HealthSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     artifact_root: str | None = Field(
         None,
         description="Base folder of relative artifact uris; default: the project folder.",
@@ -253,6 +276,16 @@ class AppArgs(_Strict):
                     )
                 seen[name] = f"models.{model}.versions.{version}"
         return self
+
+    @model_validator(mode="after")
+    def _search_model_is_served(self) -> AppArgs:
+        if self.search.model is not None and self.search.model not in self.models:
+            raise ValueError(f"search.model: {self.search.model!r} is not among models")
+        return self
+
+    def search_model(self) -> str:
+        """The embedding model of catalogs."""
+        return self.search.model or next(iter(self.models))
 
     def deployment_names(self) -> dict[str, tuple[str, str]]:
         """`<model>-<version>` -> (model, version), for every version with a deployment."""

@@ -85,6 +85,20 @@ class DataPlane:
             self.router.maybe_shadow(model, version, texts, vectors)
         return Embedded(model, version, vectors, tokens)
 
+    async def embed_version(
+        self, call: CallRecord, model: str, version: str, texts: list[str], field: str
+    ) -> npt.NDArray[np.float32]:
+        """Embed with a version the caller did not pin (chosen by a pipeline, e.g. the
+        one whose index serves a search): limits, admission, the request's deadline."""
+        call.model, call.version, call.inputs = model, version, len(texts)
+        limits = self.args.limits
+        check_count(len(texts), limits.max_inputs_per_request, field)
+        await self.admit(call, len(texts))
+        check_lengths(texts, limits.max_input_chars, field)
+        deadline = time.monotonic() + self.args.request_timeout_s
+        vectors, _ = await self.router.embed(model, version, texts, deadline)
+        return vectors
+
     @staticmethod
     def authorize(call: CallRecord, model: str, pinned: str | None) -> None:
         """403 unless the caller's key may use `model` (served or not: no hint which)

@@ -17,7 +17,6 @@ from starlette.types import Receive, Scope, Send
 from configs.schema import AppArgs, IngressLiveConfig, InlineBatchingConfig, deployment_name
 from deployments.canary_sync import CanarySync, replica_identity
 from deployments.dataplane import CallRecord, DataPlane
-from deployments.errors import NotFound
 from deployments.http import inference, oip
 from deployments.http.admin import router as admin_router
 from deployments.http.api import V2_ERRORS, VERSION, OipError, api, body_doc
@@ -25,8 +24,10 @@ from deployments.http.auth import AuthGate, principal_of
 from deployments.http.embeddings import EmbeddingsRoute, serve_embeddings
 from deployments.http.envelope import Envelope, request_id
 from deployments.http.openai import ModelList
+from deployments.http.search_routes import router as search_router
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import IngressMetrics, RouterMetrics
+from deployments.pipelines.wiring import open_search, search_spaces
 from deployments.replicas.backend import VersionBackend
 from deployments.replicas.inline_backend import InlineBackend, load_inline
 from deployments.replicas.remote import DedicatedBackend
@@ -48,14 +49,13 @@ class Ingress:
         self.router = VersionRouter(self.args, backends, RouterMetrics())
         auth = self.args.auth
         self.access = Access.open(auth, get_logger("auth")) if auth.enabled else None
-        self.exempt_paths = frozenset(auth.exempt_paths)
         self.plane = DataPlane(self.args, self.router, self.access)
         self.log = get_logger("access")
         metrics = IngressMetrics(frozenset(auth.metrics_tenants))
         self.envelope = Envelope(metrics, self.log, self.access)
+        self.search = open_search(self.args, self.router, get_logger("search"))
         self.created = int(time.time())
-        app, replica = replica_identity()
-        self.canary = CanarySync(self.router, app, replica)
+        self.canary = CanarySync(self.router, *replica_identity())
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply traffic, shadow, rollout and batching in place; in-flight requests
@@ -68,6 +68,8 @@ class Ingress:
         for (model, version), backend in self.inline.items():
             name = deployment_name(model, version)
             backend.configure(live.batching.get(name, InlineBatchingConfig()))
+        if self.search is not None:
+            await self.search.start(search_spaces(self.args, live))
         if live.rollout:
             await self.canary.sync_once()
             self.canary.start()
@@ -77,9 +79,10 @@ class Ingress:
         )
 
     async def __del__(self) -> None:
-        """Serve's replica shutdown: write the usage counted so far."""
-        if self.access is not None:
-            await self.access.close()
+        """Serve's replica shutdown: write the usage counted so far, stop following."""
+        for part in (self.access, self.search):
+            if part is not None:
+                await part.close()
 
     async def check_health(self) -> None:
         """Serve's health check: raises while an inline version's runtime is wedged,
@@ -119,14 +122,12 @@ class Ingress:
     async def list_models(self, request: Request) -> Response:
         """Every served model with its versions and their current traffic weights."""
 
-        async def work(call: CallRecord) -> Response:
-            who = call.principal
-            internal = who is None or who.admin
-            names = [n for n in self.args.models if who is None or who.may_use(n)]
-            data = [self.router.card(n, self.created, False, internal) for n in names]
-            return inference.json_response({"object": "list", "data": data})
-
-        return await self._run(request, "/v1/models", False, work)
+        return await self._run(
+            request,
+            "/v1/models",
+            False,
+            lambda call: inference.model_list(self.router, self.args, call, self.created),
+        )
 
     @api.get("/v1/models/{name}", summary="One model, with rollout state and recent figures")
     async def model_detail(self, request: Request, name: str) -> Response:
@@ -135,14 +136,12 @@ class Ingress:
         minute's request rate, error rate and p95 per version, as seen by the ingress
         replica that answers."""
 
-        async def work(call: CallRecord) -> Response:
-            if name not in self.args.models:
-                raise NotFound("model: not served here")
-            call.model = name
-            internal = call.principal is None or call.principal.admin
-            return inference.json_response(self.router.card(name, self.created, True, internal))
-
-        return await self._run(request, "/v1/models/detail", False, work)
+        return await self._run(
+            request,
+            "/v1/models/detail",
+            False,
+            lambda call: inference.model_card(self.router, self.args, call, self.created, name),
+        )
 
     # ---- Open Inference Protocol --------------------------------------------------
 
@@ -245,5 +244,6 @@ class Ingress:
 
 
 api.include_router(admin_router)
+api.include_router(search_router)
 api.add_middleware(EmbeddingsRoute)
 api.add_middleware(AuthGate)  # added last: runs first, ahead of every route

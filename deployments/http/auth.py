@@ -73,7 +73,6 @@ class AccessHost(Protocol):
     """What holds a replica's `Access` (the Ingress); None when auth is off."""
 
     access: Access | None
-    exempt_paths: frozenset[str]
 
 
 def check_rights(principal: Principal, path: str) -> None:
@@ -105,7 +104,7 @@ class AuthGate:
             await self.app(scope, receive, send)
             return
         path = scope["path"][len(scope.get("root_path", "")) :]
-        if path in host.exempt_paths:
+        if path in host.access.exempt_paths:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

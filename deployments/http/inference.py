@@ -1,5 +1,6 @@
 """The Open Inference Protocol's routes as the ingress serves them: parse and encode
-around the data plane (`deployments/http/oip.py` has the wire format)."""
+around the data plane (`deployments/http/oip.py` has the wire format); and the model
+cards of `/v1/models`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from configs.schema import Limits
+from configs.schema import AppArgs, Limits
 from deployments.dataplane import CallRecord, DataPlane
-from deployments.errors import BadRequest
+from deployments.errors import BadRequest, NotFound
 from deployments.http import oip
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
 from deployments.http.envelope import read_body
+from deployments.routing.router import VersionRouter
 
 
 async def infer(
@@ -68,3 +70,25 @@ async def metadata(plane: DataPlane, call: CallRecord, name: str, version: str |
 def json_response(doc: Any, status: int = 200) -> Response:
     """A JSON response from a plain document."""
     return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
+
+
+async def model_list(
+    router: VersionRouter, args: AppArgs, call: CallRecord, created: int
+) -> Response:
+    """`/v1/models`: the models the caller's key may use; internals for admins only."""
+    who = call.principal
+    internal = who is None or who.admin
+    names = [n for n in args.models if who is None or who.may_use(n)]
+    data = [router.card(n, created, False, internal) for n in names]
+    return json_response({"object": "list", "data": data})
+
+
+async def model_card(
+    router: VersionRouter, args: AppArgs, call: CallRecord, created: int, name: str
+) -> Response:
+    """`/v1/models/{name}`: one model with rollout state; internals for admins only."""
+    if name not in args.models:
+        raise NotFound("model: not served here")
+    call.model = name
+    internal = call.principal is None or call.principal.admin
+    return json_response(router.card(name, created, True, internal))

@@ -10,6 +10,7 @@ refuses to start."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from dataclasses import dataclass, field
 from logging import Logger
@@ -107,6 +108,11 @@ class Access:
         return cls(
             settings, registry, keys, admission, UsageMeter(registry, settings.usage_flush_s, log)
         )
+
+    @functools.cached_property
+    def exempt_paths(self) -> frozenset[str]:
+        """Paths answered without a key."""
+        return frozenset(self.settings.exempt_paths)
 
     def start(self) -> None:
         """Start the background refresh and flush (once, on the replica's loop)."""

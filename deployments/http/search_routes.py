@@ -1,0 +1,323 @@
+"""Catalogs and search: `PUT/GET/DELETE /v1/catalogs/{catalog}/items...`, `GET
+/v1/catalogs` and `POST /v1/search` (scope `search`). Every catalog belongs to the
+calling key's tenant; another tenant's catalog of the same name is a different one.
+
+A search embeds the query with the version the traffic split (or a sticky key, or a
+pin) picks, and searches that version's index of the catalog, so query and items are
+always in the same embedding space; while a version's index is still being built, the
+most-weighted version whose index is complete answers (a pin to it: 503).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from starlette.responses import Response
+
+from deployments.dataplane import CallRecord
+from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
+from deployments.http.admin import ERRORS
+from deployments.http.auth import principal_of
+from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
+from deployments.http.envelope import request_id
+from deployments.http.inference import json_response
+from deployments.pipelines.catalog_index import Hit
+from deployments.pipelines.filters import FilterError
+from deployments.pipelines.search import SearchService
+from stores.catalog import AttrValue, Item
+
+CATALOG_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
+NO_AUTH_TENANT = "default"  # the one tenant when auth is off
+router = APIRouter(tags=["search"])
+CatalogName = Annotated[str, Path(pattern=CATALOG_PATTERN, description="Catalog name.")]
+ItemId = Annotated[str, Path(min_length=1, max_length=256, description="Item id.")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ItemIn(_Body):
+    """A catalog item: text fields (embedded and matched by BM25) and attributes (for
+    filters)."""
+
+    id: str = Field(min_length=1, max_length=256)
+    text: dict[str, str] = Field(
+        min_length=1, max_length=16, description="Text fields, e.g. title, description, brand."
+    )
+    attributes: dict[str, AttrValue] = Field(
+        default_factory=dict, max_length=64, description="e.g. category, price, tags, in_stock."
+    )
+
+
+class UpsertBody(_Body):
+    """Items to insert or replace."""
+
+    items: list[ItemIn] = Field(min_length=1)
+
+
+class UpsertOut(BaseModel):
+    """What was written: durable, and searchable on every replica within a second."""
+
+    catalog: str
+    upserted: int
+    seq: int
+
+
+class ItemOut(BaseModel):
+    """A stored item."""
+
+    id: str
+    text: dict[str, str]
+    attributes: dict[str, AttrValue]
+    updated_at: str | None
+
+
+class SearchBody(_Body):
+    """A search over one catalog."""
+
+    catalog: str = Field(pattern=CATALOG_PATTERN)
+    query: str = Field(min_length=1)
+    k: int = Field(10, ge=1, description="How many results (at most `search.max_k`).")
+    filters: dict[str, Any] | None = Field(
+        None,
+        description="attribute: value (equality), {gte, gt, lte, lt} (numbers), "
+        "{in: [...]} or {any: [...]} (tags).",
+    )
+    hybrid: bool | None = Field(
+        None, description="Fuse BM25 with the vectors; default: `search.hybrid_default`."
+    )
+    user: str | None = Field(
+        None, max_length=256, description="The end user (sticky version; personalization)."
+    )
+
+
+class SearchHit(BaseModel):
+    """One result."""
+
+    id: str
+    score: float
+    text: dict[str, str]
+    attributes: dict[str, AttrValue]
+
+
+class SearchOut(BaseModel):
+    """Ranked items, the version that embedded the query and the index it searched."""
+
+    object: str
+    catalog: str
+    model: str
+    version: str
+    index: dict[str, Any]
+    data: list[SearchHit]
+
+
+def _host() -> Any:
+    return serve.get_replica_context().servable_object
+
+
+def _tenant(call: CallRecord) -> str:
+    principal = call.principal
+    if principal is None:
+        return NO_AUTH_TENANT
+    if principal.operator:
+        raise BadRequest("tenant: the operator credential has no catalogs; use a tenant's key")
+    return principal.tenant_id
+
+
+def _service(host: Any) -> SearchService:
+    service: SearchService | None = host.search
+    if service is None:
+        raise NotFound("no such route (search is off)")
+    return service
+
+
+async def _run(request: Request, route: str, work: Any) -> Response:
+    host = _host()
+    rid = request_id(request.headers.get("x-request-id"))
+    response: Response = await host.envelope.run(
+        rid, route, False, work, principal_of(request.scope)
+    )
+    return response
+
+
+def _item(item: Item) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "text": item.text,
+        "attributes": item.attributes,
+        "updated_at": item.updated_at.isoformat() if item.updated_at else None,
+    }
+
+
+def _hit(hit: Hit) -> dict[str, Any]:
+    item = hit.item
+    return {"id": item.id, "score": round(hit.score, 6), "text": item.text,
+            "attributes": item.attributes}  # fmt: skip
+
+
+@router.put(
+    "/v1/catalogs/{catalog}/items",
+    summary="Insert or replace catalog items",
+    response_model=UpsertOut,
+    responses=ERRORS,
+)
+async def upsert_items(request: Request, catalog: CatalogName, body: UpsertBody) -> Response:
+    """Durable when answered; searchable here at once and on every replica within 1 s.
+    Each item is embedded by every version that serves search (traffic, shadow, canary)."""
+
+    async def work(call: CallRecord) -> Response:
+        host = _host()
+        service = _service(host)
+        tenant = _tenant(call)
+        settings = host.args.search
+        if len(body.items) > settings.max_items_per_upsert:
+            raise BadRequest(f"items: at most {settings.max_items_per_upsert} per request")
+        limit = host.args.limits.max_input_chars
+        for n, item in enumerate(body.items):
+            for name, text in item.text.items():
+                if len(text) > limit:
+                    raise BadRequest(f"items.{n}.text.{name}: longer than {limit} characters")
+        call.model, call.inputs = host.args.search_model(), len(body.items)
+        await host.plane.admit(call, len(body.items))
+        items = [Item(i.id, i.text, i.attributes) for i in body.items]
+        seq = await service.upsert(tenant, catalog, items)
+        return json_response({"catalog": catalog, "upserted": len(items), "seq": seq})
+
+    return await _run(request, "/v1/catalogs/items", work)
+
+
+@router.get(
+    "/v1/catalogs/{catalog}/items/{item_id}",
+    summary="Read one catalog item",
+    response_model=ItemOut,
+    responses=ERRORS,
+)
+async def get_item(request: Request, catalog: CatalogName, item_id: ItemId) -> Response:
+    """The item as stored."""
+
+    async def work(call: CallRecord) -> Response:
+        host = _host()
+        await host.plane.admit(call, 0)
+        item = await _service(host).get(_tenant(call), catalog, item_id)
+        if item is None:
+            raise NotFound("item: no such item in this catalog")
+        return json_response(_item(item))
+
+    return await _run(request, "/v1/catalogs/items/get", work)
+
+
+@router.delete(
+    "/v1/catalogs/{catalog}/items/{item_id}",
+    summary="Delete one catalog item",
+    responses=ERRORS,
+)
+async def delete_item(request: Request, catalog: CatalogName, item_id: ItemId) -> Response:
+    """Gone from search here at once and on every replica within 1 s."""
+
+    async def work(call: CallRecord) -> Response:
+        host = _host()
+        await host.plane.admit(call, 0)
+        if not await _service(host).delete(_tenant(call), catalog, item_id):
+            raise NotFound("item: no such item in this catalog")
+        return json_response({"id": item_id, "deleted": True})
+
+    return await _run(request, "/v1/catalogs/items/delete", work)
+
+
+@router.get("/v1/catalogs", summary="Your tenant's catalogs", responses=ERRORS)
+async def list_catalogs(request: Request) -> Response:
+    """Catalog names with item counts."""
+
+    async def work(call: CallRecord) -> Response:
+        host = _host()
+        await host.plane.admit(call, 0)
+        service = _service(host)
+        import asyncio
+
+        found = await asyncio.to_thread(service.store.catalogs, _tenant(call))
+        data = [{"name": c.name, "items": c.items, "created_at": c.created_at.isoformat()}
+                for c in found]  # fmt: skip
+        return json_response({"object": "list", "data": data})
+
+    return await _run(request, "/v1/catalogs", work)
+
+
+@router.post("/v1/search", summary="Search a catalog", response_model=SearchOut, responses=ERRORS)
+async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Response:
+    """Ranked items of the catalog: vector similarity with the query, fused with BM25
+    when `hybrid`, restricted by `filters`. `X-Model-Version` pins a version (with the
+    right to pin); `X-Routing-Key` (else `user`) keeps a caller on one version."""
+
+    async def work(call: CallRecord) -> Response:
+        host = _host()
+        service = _service(host)
+        tenant = _tenant(call)
+        settings = host.args.search
+        if body.k > settings.max_k:
+            raise BadRequest(f"k: at most {settings.max_k}")
+        model = host.args.search_model()
+        pinned = request.headers.get("x-model-version")
+        key = (request.headers.get("x-routing-key") or body.user or "")[:ROUTING_KEY_MAX_CHARS]
+        host.plane.authorize(call, model, pinned)
+        version = _version(host, service, tenant, body.catalog, model, pinned, key or None)
+        vector = await host.plane.embed_version(call, model, version, [body.query], "query")
+        hybrid = settings.hybrid_default if body.hybrid is None else body.hybrid
+        started = time.perf_counter()
+        try:
+            result = service.search(
+                tenant, body.catalog, f"{model}/{version}", vector[0], body.query,
+                body.k, body.filters, hybrid, settings.fusion,
+            )  # fmt: skip
+        except FilterError as e:
+            raise BadRequest(str(e)) from e
+        return json_response(
+            {
+                "object": "search.result",
+                "catalog": body.catalog,
+                "model": model,
+                "version": version,
+                "index": {"space": result.space, "seq": result.seq, "hybrid": hybrid,
+                          "search_ms": round((time.perf_counter() - started) * 1000, 3)},
+                "data": [_hit(h) for h in result.hits],
+            }
+        )  # fmt: skip
+
+    return await _run(request, "/v1/search", work)
+
+
+def _version(
+    host: Any,
+    service: SearchService,
+    tenant: str,
+    catalog: str,
+    model: str,
+    pinned: str | None,
+    key: str | None,
+) -> str:
+    """The version whose index answers: the split's (or the pin), unless its index of
+    this catalog is still being built."""
+    chosen: str = host.router.choose(model, pinned, "X-Model-Version", key)
+    ready = service.ready_spaces(tenant, catalog)
+    if f"{model}/{chosen}" in ready:
+        return chosen
+    if pinned is not None:
+        raise Unavailable(f"version: the index of {model}/{pinned} is still being built")
+    weights: dict[str, int] = host.router.weights(model)
+    usable = [v for v in sorted(weights, key=lambda v: -weights[v]) if f"{model}/{v}" in ready]
+    if not usable:
+        raise _Building()
+    return usable[0]
+
+
+class _Building(ServekitError):
+    status = 503
+    code = "index_building"
+    headers = {"Retry-After": "5"}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        super().__init__("no version's index of this catalog is complete yet")

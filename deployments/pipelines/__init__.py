@@ -1,0 +1,1 @@
+"""Pipelines over the data plane (search, later recommend): plain Python, no Ray."""

@@ -1,0 +1,155 @@
+"""A replica's searchable copy of one tenant catalog: items by slot, attribute columns
+for filters, a BM25 index over the text fields, and one vector index per embedding space
+(`model/version`), so a query embedded by a version is only ever compared with item
+vectors of the same version.
+
+Writes come from one follower (the change log) and from this replica's own upserts;
+searches run concurrently. A lock guards the slot tables; the indexes guard themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from deployments.pipelines.filters import AttributeColumns, Mask
+from models.ann import VectorIndex
+from models.fusion import convex, rrf
+from models.lexical import LexicalIndex
+from stores.catalog import Item
+
+CANDIDATES = 50  # per half of a hybrid search, before fusion
+TEXT_WEIGHTS = {"title": 2.0, "name": 2.0}  # BM25: a title word counts twice
+
+
+def item_text(item: Item) -> str:
+    """The text embedded and indexed for an item: its text fields in order."""
+    return ". ".join(v for v in item.text.values() if v)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    item: Item
+    score: float
+
+
+class CatalogIndex:
+    """Items, filters, BM25 and per-space vectors of one catalog."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.slots: dict[str, int] = {}
+        self.items: dict[int, Item] = {}
+        self.attrs = AttributeColumns()
+        self.lexical = LexicalIndex(field_weights=TEXT_WEIGHTS)
+        self.spaces: dict[str, VectorIndex] = {}
+        self.with_vector: dict[str, set[int]] = {}  # space -> slots that have a vector
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def upsert(self, item: Item) -> int:
+        """Add or replace an item; its vectors are dropped until new ones arrive."""
+        with self.lock:
+            slot = self.slots.get(item.id)
+            if slot is None:
+                slot = self.slots[item.id] = self._next
+                self._next += 1
+            self.items[slot] = item
+            self.attrs.set(slot, item.attributes)
+        self.lexical.upsert([slot], [item.text])
+        self._forget_vectors(slot)
+        return slot
+
+    def delete(self, item_id: str) -> bool:
+        """Remove an item everywhere; False when it was not here."""
+        with self.lock:
+            slot = self.slots.pop(item_id, None)
+            if slot is None:
+                return False
+            self.items.pop(slot, None)
+            self.attrs.clear(slot)
+        self.lexical.remove([slot])
+        self._forget_vectors(slot)
+        return True
+
+    def _forget_vectors(self, slot: int) -> None:
+        keys = np.array([slot], dtype=np.uint64)
+        for space, index in self.spaces.items():
+            if slot in self.with_vector[space]:
+                index.remove(keys)
+                self.with_vector[space].discard(slot)
+
+    def set_vectors(self, space: str, vectors: dict[str, npt.NDArray[np.float32]]) -> None:
+        """Vectors of items (by id) in one space; ids no longer here are ignored."""
+        with self.lock:
+            pairs = [(self.slots[i], v) for i, v in vectors.items() if i in self.slots]
+        if not pairs:
+            return
+        matrix = np.stack([v for _, v in pairs]).astype(np.float32)
+        index = self.spaces.get(space)
+        if index is None:
+            index = self.spaces[space] = VectorIndex(matrix.shape[1])
+            self.with_vector[space] = set()
+        keys = np.array([s for s, _ in pairs], dtype=np.uint64)
+        index.upsert(keys, matrix)
+        self.with_vector[space].update(int(k) for k in keys)
+
+    def missing(self, space: str) -> list[Item]:
+        """Items without a vector in `space` (to embed)."""
+        have = self.with_vector.get(space, set())
+        with self.lock:
+            return [item for slot, item in self.items.items() if slot not in have]
+
+    def complete(self, space: str) -> bool:
+        """Whether every item has a vector in `space`."""
+        with self.lock:
+            return len(self.with_vector.get(space, ())) >= len(self.items)
+
+    def drop_space(self, space: str) -> None:
+        """Forget a retired version's vectors."""
+        self.spaces.pop(space, None)
+        self.with_vector.pop(space, None)
+
+    def get(self, item_id: str) -> Item | None:
+        """One item by id."""
+        with self.lock:
+            slot = self.slots.get(item_id)
+            return self.items.get(slot) if slot is not None else None
+
+    def search(
+        self,
+        space: str,
+        vector: npt.NDArray[np.float32] | None,
+        text: str,
+        k: int,
+        filters: dict[str, Any] | None,
+        hybrid: bool,
+        fusion: str = "convex",
+    ) -> list[Hit]:
+        """The k best items: by vector similarity, or fused with BM25 when `hybrid`
+        (`convex`: min-max normalised scores, half each; `rrf`: reciprocal ranks)."""
+        with self.lock:
+            size = self._next
+            allowed: Mask | None = self.attrs.mask(filters, size) if filters else None
+        ranked: list[tuple[int, float]] = []
+        index = self.spaces.get(space)
+        if vector is not None and index is not None and len(index):
+            depth = max(k, CANDIDATES) if hybrid else k
+            keys, scores = index.search(vector, depth, allowed)
+            ranked = [(int(key), float(s)) for key, s in zip(keys, scores, strict=True)]
+        if hybrid:
+            lexical = self.lexical.search(text, max(k, CANDIDATES), allowed)
+            if fusion == "rrf":
+                ranked = rrf([[key for key, _ in ranked], [key for key, _ in lexical]], k)
+            else:
+                ranked = convex(ranked, lexical, 0.5, k)
+        with self.lock:
+            return [Hit(self.items[s], score) for s, score in ranked[:k] if s in self.items]

@@ -1,0 +1,154 @@
+"""Attribute filters of a search request, evaluated over a catalog's attribute columns.
+
+A filter is a mapping of attribute -> condition:
+- a value (string, number, boolean): equality;
+- `{"gte": x, "lte": y, "gt": x, "lt": y}` on numbers: a range (any subset);
+- `{"in": [v, ...]}`: one of the values; `{"any": [tag, ...]}`: a list attribute holding
+  at least one of the tags.
+The result is a boolean mask over the catalog's slots; items without the attribute never
+match a condition on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stores.catalog import AttrValue
+
+Mask = npt.NDArray[np.bool_]
+RANGE_OPS = ("gte", "gt", "lte", "lt")
+MAX_IN_VALUES = 256
+
+
+class FilterError(ValueError):
+    """A filter that cannot be evaluated; the message names the field."""
+
+
+class AttributeColumns:
+    """Attributes by slot: numbers in float64 columns (NaN: missing), other values in
+    inverted lists value -> slots, so equality and membership are set lookups."""
+
+    def __init__(self) -> None:
+        self.capacity = 0
+        self.numbers: dict[str, npt.NDArray[np.float64]] = {}
+        self.values: dict[str, dict[Any, set[int]]] = {}
+        self._held: dict[int, dict[str, AttrValue]] = {}
+
+    def set(self, slot: int, attributes: dict[str, AttrValue]) -> None:
+        """Replace the attributes of `slot`."""
+        self.clear(slot)
+        self._grow(slot + 1)
+        for name, value in attributes.items():
+            if isinstance(value, bool | str):
+                self.values.setdefault(name, {}).setdefault(value, set()).add(slot)
+            elif isinstance(value, int | float):
+                column = self._number_column(name)
+                column[slot] = float(value)
+            elif isinstance(value, list):
+                for tag in value:
+                    self.values.setdefault(name, {}).setdefault(tag, set()).add(slot)
+        self._held[slot] = attributes
+
+    def clear(self, slot: int) -> None:
+        """Forget the attributes of `slot`."""
+        old = self._held.pop(slot, None)
+        if not old:
+            return
+        for name, value in old.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self.numbers[name][slot] = np.nan
+                continue
+            for v in value if isinstance(value, list) else [value]:
+                slots = self.values.get(name, {}).get(v)
+                if slots is not None:
+                    slots.discard(slot)
+
+    def _grow(self, size: int) -> None:
+        if size <= self.capacity:
+            return
+        new = max(size, self.capacity * 2, 1024)
+        for name, column in self.numbers.items():
+            grown = np.full(new, np.nan)
+            grown[: self.capacity] = column
+            self.numbers[name] = grown
+        self.capacity = new
+
+    def _number_column(self, name: str) -> npt.NDArray[np.float64]:
+        column = self.numbers.get(name)
+        if column is None:
+            column = self.numbers[name] = np.full(self.capacity, np.nan)
+        return column
+
+    def mask(self, filters: dict[str, Any], size: int) -> Mask:
+        """Slots (of `size`) whose attributes satisfy every condition."""
+        out = np.ones(size, dtype=np.bool_)
+        for name, condition in filters.items():
+            out &= self._condition(name, condition, size)
+        return out
+
+    def _condition(self, name: str, condition: Any, size: int) -> Mask:
+        where = f"filters.{name}"
+        if isinstance(condition, dict):
+            ops = set(condition)
+            if ops and ops <= set(RANGE_OPS):
+                return self._range(name, condition, size, where)
+            if ops == {"in"}:
+                return self._slots(name, _values(condition["in"], where), size)
+            if ops == {"any"}:
+                return self._slots(name, _values(condition["any"], where), size)
+            raise FilterError(f"{where}: use a value, gte/gt/lte/lt, in or any")
+        if isinstance(condition, bool | str):
+            return self._slots(name, [condition], size)
+        if isinstance(condition, int | float):
+            column = self.numbers.get(name)
+            if column is None:
+                return np.zeros(size, dtype=np.bool_)
+            equal: Mask = _fit(column, size) == float(condition)
+            return equal
+        raise FilterError(f"{where}: a string, number, boolean or an object")
+
+    def _range(self, name: str, condition: dict[str, Any], size: int, where: str) -> Mask:
+        column = self.numbers.get(name)
+        values = _fit(column, size) if column is not None else np.full(size, np.nan)
+        out = ~np.isnan(values)
+        for op, bound in condition.items():
+            if isinstance(bound, bool) or not isinstance(bound, int | float):
+                raise FilterError(f"{where}.{op}: a number")
+            with np.errstate(invalid="ignore"):
+                if op == "gte":
+                    out &= values >= bound
+                elif op == "gt":
+                    out &= values > bound
+                elif op == "lte":
+                    out &= values <= bound
+                else:
+                    out &= values < bound
+        return out
+
+    def _slots(self, name: str, wanted: Iterable[Any], size: int) -> Mask:
+        out = np.zeros(size, dtype=np.bool_)
+        index = self.values.get(name, {})
+        for value in wanted:
+            slots = index.get(value)
+            if slots:
+                picked = np.fromiter((s for s in slots if s < size), dtype=np.int64)
+                out[picked] = True
+        return out
+
+
+def _fit(column: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.float64]:
+    if len(column) >= size:
+        return column[:size]
+    return np.concatenate([column, np.full(size - len(column), np.nan)])
+
+
+def _values(values: Any, where: str) -> list[Any]:
+    if not isinstance(values, list) or not values or len(values) > MAX_IN_VALUES:
+        raise FilterError(f"{where}: a list of 1 to {MAX_IN_VALUES} values")
+    if not all(isinstance(v, str | bool | int | float) for v in values):
+        raise FilterError(f"{where}: values must be strings, numbers or booleans")
+    return values

@@ -1,0 +1,238 @@
+"""Search over tenant catalogs: the replica's catalog indexes, kept current from the
+store's change log, item embeddings per model version, and the search itself.
+
+The store (`stores/catalog_sql.py`) is the source of truth: an upsert is embedded for
+every version that serves the search model (traffic, shadow or canary), written with
+its vectors, applied here at once and by every other replica within `follow_s` (they
+read the vectors the writer stored). A version added later is backfilled: the items
+it lacks vectors for are embedded in the background, and searches use it only when its
+index is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from logging import Logger
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from deployments.pipelines.catalog_index import CatalogIndex, Hit, item_text
+from deployments.pipelines.filters import AttributeColumns
+from stores.catalog import CatalogStore, Change, Item
+
+EmbedFn = Callable[[str, list[str]], Awaitable[npt.NDArray[np.float32]]]
+PAGE = 1000
+BACKFILL_BATCH = 64
+BACKFILL_RETRY_S = 5.0  # after an embedding failure, how soon the backfill tries again
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search answers: the space searched and the hits."""
+
+    space: str
+    hits: list[Hit]
+    seq: int  # the change-log position the replica's indexes reflect
+
+
+def _same(a: Item, b: Item) -> bool:
+    return a.text == b.text and a.attributes == b.attributes
+
+
+class SearchService:
+    """Every catalog of every tenant this replica serves searches for."""
+
+    def __init__(self, store: CatalogStore, embed: EmbedFn, follow_s: float, log: Logger) -> None:
+        self.store = store
+        self.embed = embed
+        self.follow_s = follow_s
+        self.log = log
+        self.catalogs: dict[tuple[str, str], CatalogIndex] = {}
+        self.spaces: list[str] = []
+        self.seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._backfill_task: asyncio.Task[None] | None = None
+        self._backfill_due = False
+        self._lock = asyncio.Lock()  # one writer at a time: follower, upserts, backfill
+
+    # ---- following the store -----------------------------------------------------
+
+    async def start(self, spaces: list[str]) -> None:
+        """Catch up with the change log (first call), set the spaces to keep, backfill."""
+        retired = [s for s in self.spaces if s not in spaces]
+        self.spaces = list(spaces)
+        for index in self.catalogs.values():
+            for space in retired:
+                index.drop_space(space)
+        if self._task is None:
+            await self.follow_once()
+            self._task = asyncio.create_task(self._follow())
+        self._backfill_task = asyncio.create_task(self.backfill())
+
+    async def _follow(self) -> None:
+        last_backfill = time.monotonic()
+        while True:
+            await asyncio.sleep(self.follow_s)
+            if self._backfill_due and time.monotonic() - last_backfill > BACKFILL_RETRY_S:
+                self._backfill_due, last_backfill = False, time.monotonic()
+                self._backfill_task = asyncio.create_task(self.backfill())
+            try:
+                await self.follow_once()
+            except Exception as e:  # the store is down: keep serving, try again
+                self.log.warning(
+                    "catalog change log unreachable", extra={"fields": {"error": type(e).__name__}}
+                )
+                await asyncio.sleep(1.0)
+
+    async def follow_once(self) -> None:
+        """Apply every change after the replica's position."""
+        while True:
+            changes = await asyncio.to_thread(self.store.changes, self.seq, PAGE)
+            if not changes:
+                return
+            async with self._lock:
+                await self._apply(changes)
+            if len(changes) < PAGE:
+                return
+
+    async def _apply(self, changes: list[Change]) -> None:
+        fetch: dict[tuple[str, str], list[str]] = {}
+        for change in changes:
+            key = (change.tenant_id, change.catalog)
+            index = self.catalogs.setdefault(key, CatalogIndex())
+            if change.item is None:
+                index.delete(change.item_id)
+            else:
+                current = index.get(change.item_id)
+                if current is None or not _same(current, change.item):
+                    index.upsert(change.item)
+                    fetch.setdefault(key, []).append(change.item_id)
+            self.seq = max(self.seq, change.seq)
+        for (tenant, catalog), ids in fetch.items():
+            await self._load_vectors(tenant, catalog, ids)
+
+    async def _load_vectors(self, tenant: str, catalog: str, ids: list[str]) -> None:
+        index = self.catalogs[(tenant, catalog)]
+        for space in self.spaces:
+            stored = await asyncio.to_thread(self.store.get_vectors, tenant, catalog, space, ids)
+            index.set_vectors(
+                space, {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
+            )
+
+    async def backfill(self) -> None:
+        """Embed what each kept space lacks (stored vectors first), in batches."""
+        try:
+            for (tenant, catalog), index in list(self.catalogs.items()):
+                for space in list(self.spaces):
+                    await self._backfill(tenant, catalog, index, space)
+        except Exception as e:
+            self._backfill_due = True
+            self.log.warning("backfill stopped", extra={"fields": {"error": type(e).__name__}})
+
+    async def _backfill(self, tenant: str, catalog: str, index: CatalogIndex, space: str) -> None:
+        missing = index.missing(space)
+        if not missing:
+            return
+        await self._load_vectors(tenant, catalog, [i.id for i in missing])
+        missing = index.missing(space)
+        started = time.monotonic()
+        for start in range(0, len(missing), BACKFILL_BATCH):
+            batch = missing[start : start + BACKFILL_BATCH]
+            vectors = await self.embed(space, [item_text(i) for i in batch])
+            by_id = {item.id: vectors[n] for n, item in enumerate(batch)}
+            blobs = {i: v.astype(np.float32).tobytes() for i, v in by_id.items()}
+            await asyncio.to_thread(self.store.put_vectors, tenant, catalog, space, blobs)
+            index.set_vectors(space, by_id)
+        seconds = round(time.monotonic() - started, 2)
+        fields = {"tenant": tenant, "catalog": catalog, "space": space, "items": len(missing)}
+        self.log.info("index backfilled", extra={"fields": {**fields, "seconds": seconds}})
+
+    # ---- what the routes call ----------------------------------------------------
+
+    async def upsert(self, tenant: str, catalog: str, items: list[Item]) -> int:
+        """Embed for every kept space, store items and vectors, apply here; the seq."""
+        texts = [item_text(i) for i in items]
+        vectors = await self._embed_all(texts)
+        seq = await asyncio.to_thread(self.store.upsert, tenant, catalog, items)
+        for space, matrix in vectors.items():
+            blobs = {
+                item.id: matrix[n].astype(np.float32).tobytes() for n, item in enumerate(items)
+            }
+            await asyncio.to_thread(self.store.put_vectors, tenant, catalog, space, blobs)
+        async with self._lock:
+            index = self.catalogs.setdefault((tenant, catalog), CatalogIndex())
+            for item in items:
+                index.upsert(item)
+            for space, matrix in vectors.items():
+                index.set_vectors(space, {item.id: matrix[n] for n, item in enumerate(items)})
+        return seq
+
+    async def _embed_all(self, texts: list[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """Vectors in every kept space that answers; a failing one (a misbehaving
+        canary) is backfilled later, and searches skip it until then. Fails only when
+        no space answers."""
+        vectors: dict[str, npt.NDArray[np.float32]] = {}
+        error: Exception | None = None
+        for space in self.spaces:
+            try:
+                vectors[space] = await self.embed(space, texts)
+            except Exception as e:
+                error = e
+                self._backfill_due = True
+                self.log.warning(
+                    "embedding for the index failed; backfilled later",
+                    extra={"fields": {"space": space, "error": type(e).__name__}},
+                )
+        if error is not None and not vectors:
+            raise error
+        return vectors
+
+    async def delete(self, tenant: str, catalog: str, item_id: str) -> bool:
+        """Delete one item (the store first); False when there was none."""
+        seq = await asyncio.to_thread(self.store.delete, tenant, catalog, item_id)
+        index = self.catalogs.get((tenant, catalog))
+        if index is not None:
+            index.delete(item_id)
+        return seq is not None
+
+    async def get(self, tenant: str, catalog: str, item_id: str) -> Item | None:
+        """One item, from the store (the source of truth)."""
+        return await asyncio.to_thread(self.store.get, tenant, catalog, item_id)
+
+    def ready_spaces(self, tenant: str, catalog: str) -> list[str]:
+        """Kept spaces whose index of this catalog is complete."""
+        index = self.catalogs.get((tenant, catalog))
+        if index is None:
+            return list(self.spaces)
+        return [s for s in self.spaces if index.complete(s)]
+
+    def search(
+        self,
+        tenant: str,
+        catalog: str,
+        space: str,
+        vector: npt.NDArray[np.float32] | None,
+        text: str,
+        k: int,
+        filters: dict[str, Any] | None,
+        hybrid: bool,
+        fusion: str = "convex",
+    ) -> SearchResult:
+        """The k best items of the catalog in `space` (empty for an unknown catalog)."""
+        index = self.catalogs.get((tenant, catalog))
+        if index is None:
+            if filters:
+                AttributeColumns().mask(filters, 0)  # the same 400s as for a catalog
+            return SearchResult(space, [], self.seq)
+        hits = index.search(space, vector, text, k, filters, hybrid, fusion)
+        return SearchResult(space, hits, self.seq)
+
+    async def close(self) -> None:
+        """Stop following."""
+        if self._task is not None:
+            self._task.cancel()

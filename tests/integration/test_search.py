@@ -1,0 +1,268 @@
+"""Catalogs and search from outside: upsert, read, search (vector, hybrid, filtered),
+delete, tenant isolation, the version's own index every time under a split, bad
+requests, and items that survive a restart of every Ingress replica."""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import operator_headers
+from tests.integration.conftest import Service, wait_ready
+
+pytestmark = [pytest.mark.integration]
+
+BRANDS = ["Acme", "Globex", "Initech", "Umbrella", "Hooli"]
+COLORS = ["red", "blue", "black", "white", "green", "grey"]
+KINDS = [
+    ("trail running shoes", "shoes"),
+    ("road running shoes", "shoes"),
+    ("hiking boots", "shoes"),
+    ("wool socks", "socks"),
+    ("rain jacket", "jackets"),
+    ("down jacket", "jackets"),
+]
+
+
+def _items(n: int = 60) -> list[dict[str, Any]]:
+    items = []
+    for i in range(n):
+        brand, color = BRANDS[i % len(BRANDS)], COLORS[(i // 2) % len(COLORS)]
+        kind, category = KINDS[(i // 3) % len(KINDS)]
+        items.append(
+            {
+                "id": f"item-{i}",
+                "text": {
+                    "title": f"{brand} {color} {kind}",
+                    "description": f"{color.capitalize()} {kind} by {brand}, model {i}.",
+                    "sku": f"SKU-{i:05d}",
+                },
+                "attributes": {
+                    "category": category,
+                    "brand": brand,
+                    "price": 20 + (i * 7) % 180,
+                    "in_stock": i % 4 != 0,
+                    "tags": [color, category],
+                },
+            }
+        )
+    return items
+
+
+def _text(item: dict[str, Any]) -> str:
+    return ". ".join(item["text"].values())
+
+
+@pytest.fixture(scope="module")
+def catalog(service: Service) -> tuple[str, list[dict[str, Any]]]:
+    name = f"shop-{uuid.uuid4().hex[:8]}"
+    items = _items()
+    with service.client() as client:
+        r = client.put(f"/v1/catalogs/{name}/items", json={"items": items})
+    assert r.status_code == 200, r.text
+    assert r.json()["upserted"] == len(items)
+    return name, items
+
+
+def _search(client: httpx.Client, body: dict[str, Any], **headers: str) -> dict[str, Any]:
+    r = client.post("/v1/search", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    doc: dict[str, Any] = r.json()
+    return doc
+
+
+def _vectors(client: httpx.Client, version: str, texts: list[str]) -> np.ndarray:
+    r = client.post(
+        "/v1/embeddings",
+        json={"model": "minilm", "input": texts},
+        headers={"X-Model-Version": version},
+    )
+    assert r.status_code == 200, r.text
+    return np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+
+
+def test_items_read_back(service: Service, catalog: tuple[str, list[dict[str, Any]]]) -> None:
+    name, items = catalog
+    with service.client() as client:
+        got = client.get(f"/v1/catalogs/{name}/items/item-7").json()
+        listed = client.get("/v1/catalogs").json()["data"]
+    assert got["text"] == items[7]["text"]
+    assert got["attributes"] == items[7]["attributes"]
+    assert {"name": name, "items": len(items)}.items() <= next(
+        c for c in listed if c["name"] == name
+    ).items()
+
+
+def test_each_version_searches_its_own_index(
+    service: Service, catalog: tuple[str, list[dict[str, Any]]], report: list[str]
+) -> None:
+    """Under the split, every answer comes from the index of the version that embedded
+    the query, and matches exact search with that version's vectors."""
+    name, items = catalog
+    query = "red trail running shoes"
+    seen: set[str] = set()
+    with service.client() as client:
+        exact = {}
+        for version in ("v1", "v2"):
+            matrix = _vectors(client, version, [_text(i) for i in items])
+            q = _vectors(client, version, [query])[0]
+            order = np.argsort(-(matrix @ q))[:5]
+            exact[version] = [items[int(j)]["id"] for j in order]
+        for n in range(40):
+            doc = _search(
+                client,
+                {"catalog": name, "query": query, "k": 5, "hybrid": False},
+                **{"X-Routing-Key": f"user-{n}"},
+            )
+            version = doc["version"]
+            seen.add(version)
+            assert doc["index"]["space"] == f"minilm/{version}"
+            assert [d["id"] for d in doc["data"]] == exact[version]
+    report.append(f"search under the split: versions seen {sorted(seen)}, each matched exact")
+    assert seen == {"v1", "v2"}  # 90/10 over 40 sticky keys: both answer
+
+
+def test_filters_still_return_k(
+    service: Service, catalog: tuple[str, list[dict[str, Any]]]
+) -> None:
+    name, items = catalog
+    socks = [i["id"] for i in items if i["attributes"]["category"] == "socks"]
+    with service.client() as client:
+        doc = _search(client, {"catalog": name, "query": "running shoes", "k": 5,
+                               "filters": {"category": "socks"}})  # fmt: skip
+        assert len(doc["data"]) == min(5, len(socks))
+        assert all(d["attributes"]["category"] == "socks" for d in doc["data"])
+        cheap = _search(client, {"catalog": name, "query": "jacket", "k": 50,
+                                 "filters": {"price": {"lte": 60}, "in_stock": True}})  # fmt: skip
+        expected = {i["id"] for i in items
+                    if i["attributes"]["price"] <= 60 and i["attributes"]["in_stock"]}  # fmt: skip
+        assert {d["id"] for d in cheap["data"]} == expected
+        tagged = _search(client, {"catalog": name, "query": "x", "k": 3,
+                                  "filters": {"tags": {"any": ["green"]}}})  # fmt: skip
+        assert all("green" in d["attributes"]["tags"] for d in tagged["data"])
+
+
+def test_hybrid_finds_the_exact_sku(
+    service: Service, catalog: tuple[str, list[dict[str, Any]]]
+) -> None:
+    name, _ = catalog
+    with service.client() as client:
+        hybrid = _search(client, {"catalog": name, "query": "SKU-00017", "k": 3, "hybrid": True})
+    assert hybrid["data"][0]["id"] == "item-17"
+    assert hybrid["index"]["hybrid"] is True
+
+
+def test_delete_vanishes_and_upsert_replaces(service: Service) -> None:
+    name = f"tmp-{uuid.uuid4().hex[:8]}"
+    items = _items(12)
+    with service.client() as client:
+        assert client.put(f"/v1/catalogs/{name}/items", json={"items": items}).status_code == 200
+        body = {"catalog": name, "query": "SKU-00004", "k": 12}
+        assert "item-4" in [d["id"] for d in _search(client, body)["data"]]
+        assert client.delete(f"/v1/catalogs/{name}/items/item-4").status_code == 200
+        assert client.get(f"/v1/catalogs/{name}/items/item-4").status_code == 404
+        assert client.delete(f"/v1/catalogs/{name}/items/item-4").status_code == 404
+        assert "item-4" not in [d["id"] for d in _search(client, body)["data"]]
+        changed = {**items[5], "text": {"title": "Zanzibar velvet slippers"}}
+        assert (
+            client.put(f"/v1/catalogs/{name}/items", json={"items": [changed]}).status_code == 200
+        )
+        top = _search(client, {"catalog": name, "query": "Zanzibar velvet slippers", "k": 1})
+        assert top["data"][0]["id"] == "item-5"
+        assert top["data"][0]["text"] == {"title": "Zanzibar velvet slippers"}
+
+
+def test_another_tenant_sees_nothing(
+    service: Service, catalog: tuple[str, list[dict[str, Any]]]
+) -> None:
+    name, _ = catalog
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    with service.client(headers=operator_headers()) as admin:
+        assert (
+            admin.post("/admin/v1/tenants", json={"name": tenant, "id": tenant}).status_code == 201
+        )
+        key = admin.post(f"/admin/v1/tenants/{tenant}/keys", json={"scopes": ["search"]}).json()
+    other = {"Authorization": f"Bearer {key['key']}"}
+    with service.client(headers=other) as client:
+        assert client.get(f"/v1/catalogs/{name}/items/item-1").status_code == 404
+        assert client.delete(f"/v1/catalogs/{name}/items/item-1").status_code == 404
+        doc = _search(client, {"catalog": name, "query": "shoes", "k": 5})
+        assert doc["data"] == []
+        assert client.get("/v1/catalogs").json()["data"] == []
+        # Its own catalog of the same name is another catalog.
+        mine = {"items": [{"id": "item-1", "text": {"title": "only mine"}}]}
+        assert client.put(f"/v1/catalogs/{name}/items", json=mine).status_code == 200
+        assert (
+            client.get(f"/v1/catalogs/{name}/items/item-1").json()["text"]
+            == mine["items"][0]["text"]
+        )
+    with service.client() as client:
+        assert (
+            client.get(f"/v1/catalogs/{name}/items/item-1").json()["text"]["title"] != "only mine"
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"catalog": "c", "query": "x", "k": 0}, "k"),
+        ({"catalog": "c", "query": "x", "k": 5000}, "k"),
+        ({"catalog": "c", "query": ""}, "query"),
+        ({"catalog": "bad name!", "query": "x"}, "catalog"),
+        ({"catalog": "c", "query": "x", "filters": {"price": {"gte": "a"}}}, "filters.price.gte"),
+        ({"catalog": "c", "query": "x", "extra": 1}, "extra"),
+    ],
+)
+def test_bad_searches_name_the_field(service: Service, body: dict[str, Any], field: str) -> None:
+    with service.client() as client:
+        r = client.post("/v1/search", json=body)
+    assert r.status_code == 400, r.text
+    assert field in r.json()["error"]["message"]
+
+
+def test_bad_upserts_name_the_field(service: Service) -> None:
+    with service.client() as client:
+        cases = [
+            ({"items": []}, "items"),
+            ({"items": [{"id": "", "text": {"t": "x"}}]}, "items.0.id"),
+            ({"items": [{"id": "a", "text": {}}]}, "items.0.text"),
+            ({"items": [{"id": "a", "text": {"t": "x" * 5000}}]}, "items.0.text.t"),
+            ({"items": [{"id": "a", "text": {"t": "x"}, "attributes": {"p": {"a": 1}}}]},
+             "items.0.attributes.p"),
+        ]  # fmt: skip
+        for body, field in cases:
+            r = client.put("/v1/catalogs/c/items", json=body)
+            assert r.status_code == 400, (body, r.text)
+            assert r.json()["error"]["message"].startswith(field), r.text
+
+
+def test_items_survive_a_restart_of_every_replica(
+    service: Service, catalog: tuple[str, list[dict[str, Any]]]
+) -> None:
+    name, _ = catalog
+    original = copy.deepcopy(service.config)
+    config = copy.deepcopy(service.config)
+    # An args change: Serve restarts every Ingress replica.
+    config["applications"][0]["args"]["search"] = {"follow_s": 0.25}
+    service.redeploy(config)
+    try:
+        wait_ready(service)
+        deadline = time.monotonic() + 60
+        doc: dict[str, Any] = {}
+        with service.client() as client:
+            while time.monotonic() < deadline:
+                r = client.post("/v1/search", json={"catalog": name, "query": "SKU-00017", "k": 1})
+                if r.status_code == 200 and r.json()["data"]:
+                    doc = r.json()
+                    break
+                time.sleep(0.5)
+        assert doc["data"][0]["id"] == "item-17"
+    finally:
+        service.redeploy(original)
+        wait_ready(service)

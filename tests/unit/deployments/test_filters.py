@@ -1,0 +1,77 @@
+"""Attribute filters over a catalog's columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deployments.pipelines.filters import AttributeColumns, FilterError
+
+ITEMS = {
+    0: {"category": "shoes", "price": 50, "tags": ["trail", "waterproof"], "in_stock": True},
+    1: {"category": "shoes", "price": 120.5, "tags": ["road"], "in_stock": False},
+    2: {"category": "socks", "price": 9, "tags": ["trail"], "in_stock": True},
+    3: {"category": "shoes", "brand": "Acme"},
+}
+
+
+@pytest.fixture
+def columns() -> AttributeColumns:
+    cols = AttributeColumns()
+    for slot, attrs in ITEMS.items():
+        cols.set(slot, attrs)  # type: ignore[arg-type]
+    return cols
+
+
+def _match(cols: AttributeColumns, filters: dict[str, object]) -> list[int]:
+    return [int(i) for i in np.flatnonzero(cols.mask(filters, 4))]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"category": "shoes"}, [0, 1, 3]),
+        ({"category": "shoes", "in_stock": True}, [0]),
+        ({"price": {"gte": 10, "lte": 100}}, [0]),
+        ({"price": {"lt": 60}}, [0, 2]),
+        ({"price": 9}, [2]),
+        ({"tags": {"any": ["trail"]}}, [0, 2]),
+        ({"category": {"in": ["socks", "hats"]}}, [2]),
+        ({"brand": "Acme"}, [3]),
+        ({"price": {"gt": 0}, "brand": "Acme"}, []),  # no price: never matches a range
+        ({"color": "red"}, []),
+        ({}, [0, 1, 2, 3]),
+    ],
+)
+def test_conditions(
+    columns: AttributeColumns, filters: dict[str, object], expected: list[int]
+) -> None:
+    assert _match(columns, filters) == expected
+
+
+def test_replacing_and_clearing_attributes(columns: AttributeColumns) -> None:
+    columns.set(0, {"category": "hats", "price": 500})
+    assert _match(columns, {"category": "shoes"}) == [1, 3]
+    assert _match(columns, {"price": {"gte": 400}}) == [0]
+    assert _match(columns, {"tags": {"any": ["waterproof"]}}) == []
+    columns.clear(2)
+    assert _match(columns, {"category": "socks"}) == []
+    columns.set(5000, {"category": "socks"})  # columns grow with the slots
+    assert list(np.flatnonzero(columns.mask({"category": "socks"}, 5001))) == [5000]
+
+
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        ({"price": {"gte": "cheap"}}, "filters.price.gte"),
+        ({"price": {"between": [1, 2]}}, "filters.price"),
+        ({"tags": {"any": []}}, "filters.tags"),
+        ({"tags": {"any": [{"x": 1}]}}, "filters.tags"),
+        ({"category": None}, "filters.category"),
+    ],
+)
+def test_bad_filters_name_the_field(
+    columns: AttributeColumns, filters: dict[str, object], field: str
+) -> None:
+    with pytest.raises(FilterError, match=field.replace(".", r"\.")):
+        columns.mask(filters, 4)

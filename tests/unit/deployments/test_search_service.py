@@ -1,0 +1,147 @@
+"""The search service over a real catalog store: two services on one store stand for two
+replicas (one writes, the other follows the change log), with a deterministic embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from deployments.pipelines.search import SearchService
+from stores.catalog import Item
+from stores.catalog_sql import open_catalog_store
+
+DIM = 32
+LOG = logging.getLogger("test.search")
+
+
+def _embedder(space: str) -> npt.NDArray[np.float32]:
+    return np.frombuffer(hashlib.sha256(space.encode()).digest()[:DIM], dtype=np.uint8)
+
+
+async def fake_embed(space: str, texts: list[str]) -> npt.NDArray[np.float32]:
+    """Bag of words hashed into DIM buckets, rotated per space: the same text gets a
+    different vector in each space, as two model versions would give."""
+    shift = int(_embedder(space)[0]) % DIM
+    out = np.zeros((len(texts), DIM), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in text.lower().replace(".", " ").split():
+            out[row, (int(hashlib.md5(word.encode()).hexdigest(), 16) + shift) % DIM] += 1
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+    return out
+
+
+def _items() -> list[Item]:
+    return [
+        Item(f"i{n}", {"title": f"{color} {kind}", "sku": f"SKU-{n:04d}"},
+             {"category": kind.split()[-1], "price": 10 + n})
+        for n, (color, kind) in enumerate(
+            (c, k) for c in ("red", "blue", "green") for k in ("trail shoes", "wool socks")
+        )
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'catalog.db'}"
+
+
+def _service(url: str) -> SearchService:
+    return SearchService(open_catalog_store(url), fake_embed, 0.05, LOG)
+
+
+def test_a_second_replica_follows_upserts_and_deletes(url: str) -> None:
+    async def run() -> None:
+        writer, follower = _service(url), _service(url)
+        spaces = ["m/v1", "m/v2"]
+        await writer.start(spaces)
+        await follower.start(spaces)
+        await writer.upsert("acme", "shop", _items())
+        q = (await fake_embed("m/v2", ["red trail shoes"]))[0]
+        mine = writer.search("acme", "shop", "m/v2", q, "red trail shoes", 3, None, False)
+        assert mine.hits[0].item.id == "i0"
+        await asyncio.sleep(0.3)  # the follower's poll
+        theirs = follower.search("acme", "shop", "m/v2", q, "red trail shoes", 3, None, False)
+        assert [h.item.id for h in theirs.hits] == [h.item.id for h in mine.hits]
+        assert follower.ready_spaces("acme", "shop") == spaces
+        await writer.delete("acme", "shop", "i0")
+        await asyncio.sleep(0.3)
+        gone = follower.search("acme", "shop", "m/v2", q, "red trail shoes", 6, None, False)
+        assert "i0" not in [h.item.id for h in gone.hits]
+        # Another tenant's catalog of the same name is empty.
+        assert follower.search("globex", "shop", "m/v2", q, "x", 3, None, False).hits == []
+        await writer.close()
+        await follower.close()
+
+    asyncio.run(run())
+
+
+def test_each_space_answers_with_its_own_vectors(url: str) -> None:
+    async def run() -> None:
+        service = _service(url)
+        await service.start(["m/v1", "m/v2"])
+        await service.upsert("acme", "shop", _items())
+        for space in ("m/v1", "m/v2"):
+            q = (await fake_embed(space, ["blue wool socks"]))[0]
+            hits = service.search("acme", "shop", space, q, "blue wool socks", 1, None, False)
+            assert hits.hits[0].item.id == "i3"
+            assert hits.space == space
+        await service.close()
+
+    asyncio.run(run())
+
+
+def test_filters_hybrid_and_sku(url: str) -> None:
+    async def run() -> None:
+        service = _service(url)
+        await service.start(["m/v1"])
+        await service.upsert("acme", "shop", _items())
+        q = (await fake_embed("m/v1", ["shoes"]))[0]
+        socks = service.search("acme", "shop", "m/v1", q, "shoes", 5, {"category": "socks"}, False)
+        assert {h.item.attributes["category"] for h in socks.hits} == {"socks"}
+        assert len(socks.hits) == 3
+        sku = service.search("acme", "shop", "m/v1", q, "SKU-0004", 3, None, True)
+        assert sku.hits[0].item.id == "i4"
+        await service.close()
+
+    asyncio.run(run())
+
+
+def test_a_new_space_is_backfilled_and_a_retired_one_dropped(url: str) -> None:
+    async def run() -> None:
+        service = _service(url)
+        await service.start(["m/v1"])
+        await service.upsert("acme", "shop", _items())
+        await service.start(["m/v1", "m/v3"])
+        assert service._backfill_task is not None
+        await service._backfill_task
+        assert service.ready_spaces("acme", "shop") == ["m/v1", "m/v3"]
+        q = (await fake_embed("m/v3", ["green trail shoes"]))[0]
+        hits = service.search("acme", "shop", "m/v3", q, "green trail shoes", 1, None, False)
+        assert hits.hits[0].item.id == "i4"
+        await service.start(["m/v3"])
+        assert "m/v1" not in service.catalogs[("acme", "shop")].spaces
+        await service.close()
+
+    asyncio.run(run())
+
+
+def test_an_upsert_survives_a_failing_space(url: str) -> None:
+    async def flaky(space: str, texts: list[str]) -> npt.NDArray[np.float32]:
+        if space == "m/canary":
+            raise RuntimeError("canary down")
+        return await fake_embed(space, texts)
+
+    async def run() -> None:
+        service = SearchService(open_catalog_store(url), flaky, 0.05, LOG)
+        await service.start(["m/v1", "m/canary"])
+        await service.upsert("acme", "shop", _items())
+        assert service.ready_spaces("acme", "shop") == ["m/v1"]
+        await service.close()
+
+    asyncio.run(run())
