@@ -8,26 +8,30 @@ all, search expansion the smallest reaching recall@10 >= 0.95 against exact sear
 latency is one query at a time on one thread; size is the serialized index.
 
     index                    build  ef  recall  p50 us  p99 us     MB  add us  remove us
-    usearch f32               26 s  32   0.965     331     658  168.5     705        1.5
-    usearch f16               18 s  32   0.958     254     502   91.7     542        2.2
-    usearch i8 (alone)         9 s 256   0.883     365     651   53.3     266        1.5
-    hnswlib                   15 s  32   0.963     114     228  168.4     355  tombstone
-    faiss IndexHNSWFlat       14 s  24   0.954     123     227  168.0     604    no such
-    VectorIndex (i8 graph)    10 s  32   0.964     136     216  207.8     292        8.7
-    VectorIndex (f16 graph)   17 s  32   0.958     294     474  246.2     610        9.8
+    usearch f32               23 s  32   0.967     253     524  168.5     560        1.5
+    usearch f16               16 s  32   0.960     180     324   91.7     410        2.6
+    usearch i8 (alone)         6 s 256   0.883     281     568   53.3     211        1.4
+    hnswlib                   11 s  48   0.976     170     326  168.4     366  tombstone
+    faiss IndexHNSWFlat       15 s  24   0.954     100     205  168.0     591       none
+    VectorIndex (i8 graph)    10 s  32   0.963     177     335  207.8     537         17
+
+Latencies move by a third between runs on this shared machine: over four runs the p50
+was 86-124 us for faiss, 114-170 for hnswlib, 136-177 for VectorIndex (256 once, with
+the machine busy).
 
 - faiss's HNSW cannot remove an item at all (`remove_ids` is not implemented for it),
-  so it cannot follow a catalog's deletes. hnswlib searches fastest on float32, but
-  deletes only mark tombstones, its capacity is fixed up front, and it stores float32
-  only: a second float32 copy next to the matrix below (322 MB at 100k instead of 208).
+  so it cannot follow a catalog's deletes. hnswlib deletes only mark tombstones, its
+  capacity is fixed up front, and it stores float32 only: a second float32 copy next
+  to the matrix below (322 MB at 100k instead of 208).
 - usearch removes for real and reuses the space, serializes to a buffer, and stores
-  the graph's vectors as int8: a third of float32's size, and its fastest build and
-  walk. int8 alone tops out at 0.88 recall (quantized scores tie); rescoring the walk's
-  candidates with the float32 rows lifts it to 0.964 at ef 32, within 0.02 ms of
-  hnswlib, and every score returned is the exact cosine similarity.
+  the graph's vectors as int8: a third of float32's size, its fastest build, and a
+  faster walk than f16 or f32 at the same expansion. int8 alone tops out at 0.88
+  recall (quantized scores tie); rescoring the walk's candidates with the float32 rows
+  lifts it to 0.963 at ef 32 (an f16 graph, in another run: 0.958, 294 us, 246 MB),
+  and every score returned is the exact cosine similarity.
 - The default search expansion is 48 (recall 0.98 on these data), a margin for real
-  embeddings; set `expansion_search` per index. A tenth of a millisecond is small next
-  to embedding the query, which takes milliseconds.
+  embeddings; set `expansion_search` per index. The tenth of a millisecond between
+  the libraries is small next to embedding the query, which takes milliseconds.
 
 Filters. `allowed` is a boolean mask indexed by key: one gather over the slots turns it
 into a per-slot mask (~0.1 ms at 100k), whatever its selectivity, and attribute
@@ -38,14 +42,15 @@ Two strategies, measured at 100k (ms, p50/p99, recall against exact search over 
 allowed items; "category" filters allow whole clusters, often far from the query):
 
     filter     allowed   exact scan        graph + post-filter      chosen (auto)
-    random  1%   1,020   0.31/0.49  1.000   27.7/42.0   0.844   0.44/0.81  1.000
-    random  2%   2,012   0.46/0.75  1.000    1.2/1.9    0.975   0.59/0.80  1.000
-    random  5%   5,038   2.15/4.12  1.000    0.8/1.4    0.984   0.93/1.45  0.983
-    random 10%   9,993   4.60/6.06  1.000    0.6/1.1    0.981   0.74/1.11  0.981
-    random 50%  50,012   9.40/27.2  1.000    0.4/0.6    0.975   0.61/0.89  0.975
-    categ.  1%   1,099   0.45/0.59  1.000   19.0/44.8   0.816   0.32/0.68  1.000
-    categ. 10%  10,007   5.29/8.09  1.000    1.7/17.0   0.957   4.11/7.87  0.984
-    categ. 50%  50,021   9.14/12.6  1.000    0.7/6.3    0.964   0.70/10.0  0.967
+    random  1%   1,020   0.37/0.67  1.000   28.0/47.1   0.844   0.22/1.07  1.000
+    random  2%   2,012   0.41/0.59  1.000    1.5/2.5    0.975   0.39/0.78  1.000
+    random  5%   5,038   1.82/2.58  1.000    0.7/1.3    0.984   1.12/1.70  0.983
+    random 10%   9,993   3.89/7.12  1.000    0.6/1.2    0.981   0.49/0.87  0.981
+    random 50%  50,012   10.8/21.3  1.000    0.3/0.6    0.975   0.37/0.62  0.975
+    categ.  1%   1,099   0.23/0.40  1.000   16.4/34.3   0.816   0.24/0.46  1.000
+    categ.  5%   5,012   1.66/2.82  1.000    2.6/14.0   0.910   2.81/5.08  0.990
+    categ. 10%  10,007   4.17/5.76  1.000    1.5/16.0   0.957   3.44/6.34  0.984
+    categ. 50%  50,021   10.2/18.4  1.000    0.5/5.6    0.964   0.78/16.7  0.967
 
 - Exact: a gather of the allowed float32 rows and a matrix-vector product, chunked;
   past a fifth of the slots, one product over every row instead (8 ms for all 100k
