@@ -42,6 +42,11 @@ def edit_and_apply(
     except (EditError, FileNotFoundError) as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 2
+    if action == "promote" and arg[1] > 0 and apply and not dry_run:
+        blocker = search_index_blocker(DEFAULT_URL, model, arg[0])
+        if blocker:
+            print(f"servekit: {blocker}", file=sys.stderr)
+            return 1
     diff = cfg.diff()
     if not diff:
         print(f"servekit: {path} already says so; nothing to change")
@@ -153,6 +158,32 @@ def _get(url: str, headers: dict[str, str] | None = None) -> Any:
         return json.loads(response.read())
 
 
+def search_index_blocker(url: str, model: str, version: str) -> str | None:
+    """Why `model/version` may not take search traffic yet (its index of some catalog
+    is incomplete), or None. A service that cannot be asked blocks nothing."""
+    from servekit.credentials import operator_headers
+
+    try:
+        doc = _get(f"{url}/admin/v1/search/indexes", operator_headers())
+    except (URLError, OSError, ValueError):
+        return None
+    space = f"{model}/{version}"
+    catalogs = doc.get("catalogs") or []
+    if not catalogs:
+        return None
+    incomplete = [c for c in catalogs if not c["indexes"].get(space, {}).get("complete")]
+    if not incomplete:
+        return None
+    if space not in doc.get("spaces", []):
+        how = "give it a shadow or a canary first, so its index is built"
+    else:
+        how = f"its backfill is running ({doc['pending'].get(space, 0)} items left)"
+    return (
+        f"{space} has no complete search index for {len(incomplete)} of {len(catalogs)} "
+        f"catalogs: {how}; `servekit status` shows the progress"
+    )
+
+
 def status(url: str, address: str) -> int:
     """Print per model: versions, weights, replicas, recent traffic, rollout state."""
     try:
@@ -167,6 +198,7 @@ def status(url: str, address: str) -> int:
     replicas = _replicas(address)
     for detail in details:
         _print_model(detail, replicas)
+    _print_indexes(url, auth)
     if replicas is None:
         print(f"(replica counts unavailable: no Ray instance reachable at {address})")
     return 0
@@ -203,6 +235,19 @@ def _replicas_as_driver(address: str) -> dict[str, str] | None:
             states = deployment.replica_states
             counts[name] = f"{states.get(ReplicaState.RUNNING, 0)}/{sum(states.values())}"
     return counts
+
+
+def _print_indexes(url: str, auth: dict[str, str]) -> None:
+    try:
+        doc = _get(f"{url}/admin/v1/search/indexes", auth)
+    except (URLError, OSError, ValueError):
+        return
+    catalogs = doc.get("catalogs") or []
+    print(f"search indexes ({len(catalogs)} catalogs, change log at {doc.get('seq', 0)})")
+    for space in doc.get("spaces", []):
+        pending = doc.get("pending", {}).get(space, 0)
+        state = "complete" if pending == 0 else f"backfilling, {pending} items left"
+        print(f"  {space:<20}{state}")
 
 
 def _print_model(detail: dict[str, Any], replicas: dict[str, str] | None) -> None:

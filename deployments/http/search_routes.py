@@ -321,3 +321,27 @@ class _Building(ServekitError):
 
     def __init__(self) -> None:
         super().__init__("no version's index of this catalog is complete yet")
+
+
+@router.get(
+    "/admin/v1/search/indexes",
+    summary="Catalog indexes and their completeness per version",
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def search_indexes(request: Request) -> Response:
+    """Per catalog (the operator: every tenant's; a tenant admin: its own), each kept
+    version's vectors and whether its index is complete, as the answering replica holds
+    them; and per version, the items still to embed (0: searches may use it)."""
+
+    async def work(call: CallRecord) -> Response:
+        host = _host()
+        service = _service(host)
+        principal = call.principal
+        tenant = None if principal is None or principal.operator else principal.tenant_id
+        return json_response(
+            {"seq": service.seq, "spaces": service.spaces, "pending": service.pending(),
+             "catalogs": service.indexes(tenant)}
+        )  # fmt: skip
+
+    return await _run(request, "/admin/v1/search/indexes", work)

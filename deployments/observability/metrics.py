@@ -36,6 +36,11 @@ CATALOGUE = {
         "Requests per tenant and status code; tenants outside `auth.metrics_tenants` "
         "count as `other`, so the series stay bounded.",
     ),
+    "servekit_search_index_pending_items": (
+        "gauge",
+        "Catalog items (all tenants) still without a vector in a version's index, as "
+        "the answering replica sees them: 0 when every index of the version is complete.",
+    ),
     "servekit_inference_duration_seconds": ("histogram", "Model time per batch."),
     "servekit_replicas": ("gauge", "1 per live model replica; sum by model and version."),
     "servekit_traffic_weight": ("gauge", "Effective traffic weight per version, in percent."),
@@ -289,3 +294,19 @@ class RouterMetrics:
             self.shadow_latency.observe(seconds, tags=tags)
         for cosine in cosines or ():
             self.shadow_cosine.observe(cosine, tags=tags)
+
+
+class SearchMetrics:
+    """Index completeness of catalog search, per embedding space."""
+
+    def __init__(self) -> None:
+        self._keeper = GaugeKeeper()
+        self.pending = Gauge(
+            "servekit_search_index_pending_items",
+            description=CATALOGUE["servekit_search_index_pending_items"][1],
+            tag_keys=("space",),
+        )
+
+    def pending_items(self, space: str, items: int) -> None:
+        """Items of `space` still to embed."""
+        self._keeper.set(self.pending, items, {"space": space})

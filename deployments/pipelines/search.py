@@ -26,8 +26,16 @@ from deployments.pipelines.filters import AttributeColumns
 from stores.catalog import CatalogStore, Change, Item
 
 EmbedFn = Callable[[str, list[str]], Awaitable[npt.NDArray[np.float32]]]
+ProgressFn = Callable[[str, int], None]  # (space, items without a vector)
+PROGRESS_EVERY_S = 2.0
 PAGE = 1000
-BACKFILL_BATCH = 64
+BACKFILL_BATCH = 8
+# Backfill embeds at most this share of the time, so live requests keep their latency
+# (and never meet a full queue) while a new version's index is built.
+BACKFILL_DUTY = 0.2
+# A version that has just been given traffic first serves it for a while: its batcher
+# measures its throughput on live requests before backfill adds to its queue.
+BACKFILL_DELAY_S = 10.0
 BACKFILL_RETRY_S = 5.0  # after an embedding failure, how soon the backfill tries again
 
 
@@ -47,8 +55,18 @@ def _same(a: Item, b: Item) -> bool:
 class SearchService:
     """Every catalog of every tenant this replica serves searches for."""
 
-    def __init__(self, store: CatalogStore, embed: EmbedFn, follow_s: float, log: Logger) -> None:
+    def __init__(
+        self,
+        store: CatalogStore,
+        embed: EmbedFn,
+        follow_s: float,
+        log: Logger,
+        progress: ProgressFn | None = None,
+        backfill_delay_s: float = BACKFILL_DELAY_S,
+    ) -> None:
         self.store = store
+        self.backfill_delay_s = backfill_delay_s
+        self.progress = progress
         self.embed = embed
         self.follow_s = follow_s
         self.log = log
@@ -72,12 +90,16 @@ class SearchService:
         if self._task is None:
             await self.follow_once()
             self._task = asyncio.create_task(self._follow())
-        self._backfill_task = asyncio.create_task(self.backfill())
+        self._backfill_task = asyncio.create_task(self.backfill(self.backfill_delay_s))
 
     async def _follow(self) -> None:
-        last_backfill = time.monotonic()
+        last_backfill = last_progress = time.monotonic()
         while True:
             await asyncio.sleep(self.follow_s)
+            if self.progress is not None and time.monotonic() - last_progress > PROGRESS_EVERY_S:
+                last_progress = time.monotonic()
+                for space, pending in self.pending().items():
+                    self.progress(space, pending)
             if self._backfill_due and time.monotonic() - last_backfill > BACKFILL_RETRY_S:
                 self._backfill_due, last_backfill = False, time.monotonic()
                 self._backfill_task = asyncio.create_task(self.backfill())
@@ -124,8 +146,10 @@ class SearchService:
                 space, {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
             )
 
-    async def backfill(self) -> None:
-        """Embed what each kept space lacks (stored vectors first), in batches."""
+    async def backfill(self, delay_s: float = 0.0) -> None:
+        """Embed what each kept space lacks (stored vectors first), in batches, after
+        `delay_s`."""
+        await asyncio.sleep(delay_s)
         try:
             for (tenant, catalog), index in list(self.catalogs.items()):
                 for space in list(self.spaces):
@@ -135,21 +159,34 @@ class SearchService:
             self.log.warning("backfill stopped", extra={"fields": {"error": type(e).__name__}})
 
     async def _backfill(self, tenant: str, catalog: str, index: CatalogIndex, space: str) -> None:
+        """Embed what `space` lacks in small batches, yielding to live traffic: each
+        batch first takes what another replica already stored, and the embedding runs
+        at most `BACKFILL_DUTY` of the time."""
         missing = index.missing(space)
         if not missing:
             return
-        await self._load_vectors(tenant, catalog, [i.id for i in missing])
-        missing = index.missing(space)
-        started = time.monotonic()
+        started, embedded = time.monotonic(), 0
         for start in range(0, len(missing), BACKFILL_BATCH):
             batch = missing[start : start + BACKFILL_BATCH]
+            ids = [i.id for i in batch]
+            stored = await asyncio.to_thread(self.store.get_vectors, tenant, catalog, space, ids)
+            index.set_vectors(
+                space, {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
+            )
+            batch = [i for i in batch if i.id not in stored]
+            if not batch:
+                continue
+            took = time.monotonic()
             vectors = await self.embed(space, [item_text(i) for i in batch])
+            took = time.monotonic() - took
             by_id = {item.id: vectors[n] for n, item in enumerate(batch)}
             blobs = {i: v.astype(np.float32).tobytes() for i, v in by_id.items()}
             await asyncio.to_thread(self.store.put_vectors, tenant, catalog, space, blobs)
             index.set_vectors(space, by_id)
+            embedded += len(batch)
+            await asyncio.sleep(took * (1 / BACKFILL_DUTY - 1))
         seconds = round(time.monotonic() - started, 2)
-        fields = {"tenant": tenant, "catalog": catalog, "space": space, "items": len(missing)}
+        fields = {"tenant": tenant, "catalog": catalog, "space": space, "embedded": embedded}
         self.log.info("index backfilled", extra={"fields": {**fields, "seconds": seconds}})
 
     # ---- what the routes call ----------------------------------------------------
@@ -203,6 +240,31 @@ class SearchService:
     async def get(self, tenant: str, catalog: str, item_id: str) -> Item | None:
         """One item, from the store (the source of truth)."""
         return await asyncio.to_thread(self.store.get, tenant, catalog, item_id)
+
+    def pending(self) -> dict[str, int]:
+        """Per kept space, items of every catalog still without a vector."""
+        out = dict.fromkeys(self.spaces, 0)
+        for index in list(self.catalogs.values()):
+            for space in self.spaces:
+                out[space] += max(0, len(index) - len(index.with_vector.get(space, ())))
+        return out
+
+    def indexes(self, tenant: str | None) -> list[dict[str, Any]]:
+        """Every catalog (of `tenant`, or all) with each kept space's completeness."""
+        rows = []
+        for (owner, catalog), index in sorted(self.catalogs.items()):
+            if tenant is not None and owner != tenant:
+                continue
+            spaces = {
+                space: {
+                    "vectors": len(index.with_vector.get(space, ())),
+                    "complete": index.complete(space),
+                }
+                for space in self.spaces
+            }
+            rows.append({"tenant_id": owner, "catalog": catalog, "items": len(index),
+                         "indexes": spaces})  # fmt: skip
+        return rows
 
     def ready_spaces(self, tenant: str, catalog: str) -> list[str]:
         """Kept spaces whose index of this catalog is complete."""

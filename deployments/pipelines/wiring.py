@@ -30,7 +30,10 @@ def open_search(args: AppArgs, router: VersionRouter, log: Logger) -> SearchServ
         vectors, _ = await router.embed(model, version, texts, deadline)
         return vectors
 
-    return SearchService(store, embed, args.search.follow_s, log)
+    from deployments.observability.metrics import SearchMetrics
+
+    metrics = SearchMetrics()
+    return SearchService(store, embed, args.search.follow_s, log, metrics.pending_items)
 
 
 def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import operator_headers
+from tests.conftest import TEST_TENANT, operator_headers
 from tests.integration.conftest import Service, wait_ready
 
 pytestmark = [pytest.mark.integration]
@@ -266,3 +266,25 @@ def test_items_survive_a_restart_of_every_replica(
     finally:
         service.redeploy(original)
         wait_ready(service)
+
+
+def test_index_completeness_is_shown_and_guards_promote(
+    service: Service, catalog: tuple[str, list[dict[str, Any]]]
+) -> None:
+    from servekit.rollout_cli import search_index_blocker
+
+    name, items = catalog
+    with service.client(headers=operator_headers()) as admin:
+        doc = admin.get("/admin/v1/search/indexes").json()
+    assert doc["spaces"] == ["minilm/v1", "minilm/v2"]
+    assert doc["pending"] == {"minilm/v1": 0, "minilm/v2": 0}
+    mine = next(
+        c for c in doc["catalogs"] if c["catalog"] == name and c["tenant_id"] == TEST_TENANT
+    )
+    assert mine["items"] == len(items)
+    assert mine["indexes"]["minilm/v2"] == {"vectors": len(items), "complete": True}
+    assert search_index_blocker(service.base_url, "minilm", "v2") is None
+    blocked = search_index_blocker(service.base_url, "minilm", "v2-slow")
+    assert blocked is not None
+    assert "minilm/v2-slow has no complete search index" in blocked
+    assert "shadow or a canary" in blocked

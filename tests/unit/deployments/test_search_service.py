@@ -52,7 +52,7 @@ def url(tmp_path: Path) -> str:
 
 
 def _service(url: str) -> SearchService:
-    return SearchService(open_catalog_store(url), fake_embed, 0.05, LOG)
+    return SearchService(open_catalog_store(url), fake_embed, 0.05, LOG, backfill_delay_s=0)
 
 
 def test_a_second_replica_follows_upserts_and_deletes(url: str) -> None:
@@ -65,12 +65,20 @@ def test_a_second_replica_follows_upserts_and_deletes(url: str) -> None:
         q = (await fake_embed("m/v2", ["red trail shoes"]))[0]
         mine = writer.search("acme", "shop", "m/v2", q, "red trail shoes", 3, None, False)
         assert mine.hits[0].item.id == "i0"
-        await asyncio.sleep(0.3)  # the follower's poll
+        head = writer.store.head()
+        for _ in range(100):  # the follower's poll
+            if follower.seq >= head:
+                break
+            await asyncio.sleep(0.05)
         theirs = follower.search("acme", "shop", "m/v2", q, "red trail shoes", 3, None, False)
         assert [h.item.id for h in theirs.hits] == [h.item.id for h in mine.hits]
         assert follower.ready_spaces("acme", "shop") == spaces
         await writer.delete("acme", "shop", "i0")
-        await asyncio.sleep(0.3)
+        head = writer.store.head()
+        for _ in range(100):
+            if follower.seq >= head:
+                break
+            await asyncio.sleep(0.05)
         gone = follower.search("acme", "shop", "m/v2", q, "red trail shoes", 6, None, False)
         assert "i0" not in [h.item.id for h in gone.hits]
         # Another tenant's catalog of the same name is empty.
@@ -138,7 +146,7 @@ def test_an_upsert_survives_a_failing_space(url: str) -> None:
         return await fake_embed(space, texts)
 
     async def run() -> None:
-        service = SearchService(open_catalog_store(url), flaky, 0.05, LOG)
+        service = SearchService(open_catalog_store(url), flaky, 0.05, LOG, backfill_delay_s=0)
         await service.start(["m/v1", "m/canary"])
         await service.upsert("acme", "shop", _items())
         assert service.ready_spaces("acme", "shop") == ["m/v1"]
