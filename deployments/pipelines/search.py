@@ -27,15 +27,17 @@ from stores.catalog import CatalogStore, Change, Item
 
 EmbedFn = Callable[[str, list[str]], Awaitable[npt.NDArray[np.float32]]]
 ProgressFn = Callable[[str, int], None]  # (space, items without a vector)
+IdleFn = Callable[[str], bool]  # whether a space's version has nothing waiting
 PROGRESS_EVERY_S = 2.0
 PAGE = 1000
-BACKFILL_BATCH = 8
+BACKFILL_BATCH = 4
 # Backfill embeds at most this share of the time, so live requests keep their latency
 # (and never meet a full queue) while a new version's index is built.
 BACKFILL_DUTY = 0.2
 # A version that has just been given traffic first serves it for a while: its batcher
 # measures its throughput on live requests before backfill adds to its queue.
 BACKFILL_DELAY_S = 10.0
+IDLE_POLL_S = 0.05
 BACKFILL_RETRY_S = 5.0  # after an embedding failure, how soon the backfill tries again
 
 
@@ -63,8 +65,10 @@ class SearchService:
         log: Logger,
         progress: ProgressFn | None = None,
         backfill_delay_s: float = BACKFILL_DELAY_S,
+        idle: IdleFn | None = None,
     ) -> None:
         self.store = store
+        self.idle = idle
         self.backfill_delay_s = backfill_delay_s
         self.progress = progress
         self.embed = embed
@@ -90,7 +94,10 @@ class SearchService:
         if self._task is None:
             await self.follow_once()
             self._task = asyncio.create_task(self._follow())
-        self._backfill_task = asyncio.create_task(self.backfill(self.backfill_delay_s))
+        if self._backfill_task is None or self._backfill_task.done():
+            self._backfill_task = asyncio.create_task(self.backfill(self.backfill_delay_s))
+        else:
+            self._backfill_due = True
 
     async def _follow(self) -> None:
         last_backfill = last_progress = time.monotonic()
@@ -100,7 +107,12 @@ class SearchService:
                 last_progress = time.monotonic()
                 for space, pending in self.pending().items():
                     self.progress(space, pending)
-            if self._backfill_due and time.monotonic() - last_backfill > BACKFILL_RETRY_S:
+            running = self._backfill_task is not None and not self._backfill_task.done()
+            if (
+                self._backfill_due
+                and not running
+                and time.monotonic() - last_backfill > BACKFILL_RETRY_S
+            ):
                 self._backfill_due, last_backfill = False, time.monotonic()
                 self._backfill_task = asyncio.create_task(self.backfill())
             try:
@@ -123,6 +135,12 @@ class SearchService:
                 return
 
     async def _apply(self, changes: list[Change]) -> None:
+        # Index updates (BM25, graph inserts) take milliseconds per item: off the loop.
+        fetch = await asyncio.to_thread(self._apply_changes, changes)
+        for (tenant, catalog), ids in fetch.items():
+            await self._load_vectors(tenant, catalog, ids)
+
+    def _apply_changes(self, changes: list[Change]) -> dict[tuple[str, str], list[str]]:
         fetch: dict[tuple[str, str], list[str]] = {}
         for change in changes:
             key = (change.tenant_id, change.catalog)
@@ -135,16 +153,14 @@ class SearchService:
                     index.upsert(change.item)
                     fetch.setdefault(key, []).append(change.item_id)
             self.seq = max(self.seq, change.seq)
-        for (tenant, catalog), ids in fetch.items():
-            await self._load_vectors(tenant, catalog, ids)
+        return fetch
 
     async def _load_vectors(self, tenant: str, catalog: str, ids: list[str]) -> None:
         index = self.catalogs[(tenant, catalog)]
         for space in self.spaces:
             stored = await asyncio.to_thread(self.store.get_vectors, tenant, catalog, space, ids)
-            index.set_vectors(
-                space, {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
-            )
+            vectors = {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
+            await asyncio.to_thread(index.set_vectors, space, vectors)
 
     async def backfill(self, delay_s: float = 0.0) -> None:
         """Embed what each kept space lacks (stored vectors first), in batches, after
@@ -176,6 +192,8 @@ class SearchService:
             batch = [i for i in batch if i.id not in stored]
             if not batch:
                 continue
+            while self.idle is not None and not self.idle(space):
+                await asyncio.sleep(IDLE_POLL_S)  # live requests first
             took = time.monotonic()
             vectors = await self.embed(space, [item_text(i) for i in batch])
             took = time.monotonic() - took
@@ -202,12 +220,21 @@ class SearchService:
             }
             await asyncio.to_thread(self.store.put_vectors, tenant, catalog, space, blobs)
         async with self._lock:
-            index = self.catalogs.setdefault((tenant, catalog), CatalogIndex())
-            for item in items:
-                index.upsert(item)
-            for space, matrix in vectors.items():
-                index.set_vectors(space, {item.id: matrix[n] for n, item in enumerate(items)})
+            await asyncio.to_thread(self._apply_upsert, tenant, catalog, items, vectors)
         return seq
+
+    def _apply_upsert(
+        self,
+        tenant: str,
+        catalog: str,
+        items: list[Item],
+        vectors: dict[str, npt.NDArray[np.float32]],
+    ) -> None:
+        index = self.catalogs.setdefault((tenant, catalog), CatalogIndex())
+        for item in items:
+            index.upsert(item)
+        for space, matrix in vectors.items():
+            index.set_vectors(space, {item.id: matrix[n] for n, item in enumerate(items)})
 
     async def _embed_all(self, texts: list[str]) -> dict[str, npt.NDArray[np.float32]]:
         """Vectors in every kept space that answers; a failing one (a misbehaving

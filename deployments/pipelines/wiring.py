@@ -32,8 +32,14 @@ def open_search(args: AppArgs, router: VersionRouter, log: Logger) -> SearchServ
 
     from deployments.observability.metrics import SearchMetrics
 
+    def idle(space: str) -> bool:
+        """Nothing waits for the version's inline batcher (dedicated: always)."""
+        model, version = space.split("/", 1)
+        batcher = getattr(router.backends.get((model, version)), "batcher", None)
+        return batcher is None or batcher.queued_texts == 0
+
     metrics = SearchMetrics()
-    return SearchService(store, embed, args.search.follow_s, log, metrics.pending_items)
+    return SearchService(store, embed, args.search.follow_s, log, metrics.pending_items, idle=idle)
 
 
 def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:

@@ -126,8 +126,7 @@ def test_a_new_space_is_backfilled_and_a_retired_one_dropped(url: str) -> None:
         await service.start(["m/v1"])
         await service.upsert("acme", "shop", _items())
         await service.start(["m/v1", "m/v3"])
-        assert service._backfill_task is not None
-        await service._backfill_task
+        await service.backfill()
         assert service.ready_spaces("acme", "shop") == ["m/v1", "m/v3"]
         q = (await fake_embed("m/v3", ["green trail shoes"]))[0]
         hits = service.search("acme", "shop", "m/v3", q, "green trail shoes", 1, None, False)
