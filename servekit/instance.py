@@ -302,9 +302,19 @@ def listeners(port: int) -> list[Proc]:
     return holders
 
 
+CLOSING_WAIT_S = 5.0  # a port whose holder just stopped may take a moment to free
+
+
 def check_port(host: str, port: int, what: str) -> None:
-    """Raise InstanceError naming the holder when host:port cannot be bound."""
-    if port_free(host, port):
+    """Raise InstanceError naming the holder when host:port cannot be bound. A port
+    nobody visibly holds (its process just stopped) gets a few seconds to free."""
+    deadline = time.monotonic() + CLOSING_WAIT_S
+    while not port_free(host, port):
+        holders = listeners(port)
+        if holders or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    else:
         return
     holders = listeners(port)
     who = (
