@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import secrets
@@ -171,3 +172,34 @@ def auth_headers() -> dict[str, str]:
 def operator_headers() -> dict[str, str]:
     """`Authorization` with the tests' operator credential."""
     return {"Authorization": f"Bearer {TEST_SECRETS['SERVEKIT_ADMIN_TOKEN']}"}
+
+
+@contextlib.contextmanager
+def moto_server(what: str) -> Iterator[str]:
+    """moto's standalone server on 127.0.0.1 (a real AWS-compatible endpoint, not a
+    patched boto3); its URL. `what` names it in the failure when it does not start."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"the {what} test server did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

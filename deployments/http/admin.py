@@ -15,14 +15,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from ray import serve
 from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, Forbidden, NotFound
 from deployments.http.api import ERROR_CODES, ErrorBody
-from deployments.http.auth import principal_of
-from deployments.http.envelope import request_id
+from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.tenancy.access import Access
 from deployments.tenancy.principal import Principal
@@ -143,10 +141,6 @@ class UsageOut(BaseModel):
     errors: int
 
 
-def _host() -> Any:
-    return serve.get_replica_context().servable_object
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -197,7 +191,7 @@ async def _run(
     request: Request, route: str, work: Callable[[Access, Principal], Awaitable[Any]]
 ) -> Response:
     """The envelope of an admin call: auth must be on; errors mapped as everywhere."""
-    host = _host()
+    host = replica_host()
 
     async def call_work(call: CallRecord) -> Response:
         access: Access | None = host.access
@@ -208,11 +202,7 @@ async def _run(
         result = await work(access, principal)
         return result if isinstance(result, Response) else json_response(result)
 
-    rid = request_id(request.headers.get("x-request-id"))
-    response: Response = await host.envelope.run(
-        rid, route, False, call_work, principal_of(request.scope)
-    )
-    return response
+    return await run_route(request, route, call_work)
 
 
 def _own(principal: Principal, tenant_id: str) -> None:

@@ -10,20 +10,19 @@ most-weighted version whose index is complete answers (a pin to it: 503).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
-from ray import serve
 from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
 from deployments.http.admin import ERRORS
-from deployments.http.auth import principal_of
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
-from deployments.http.envelope import request_id
+from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.pipelines.catalog_index import Hit
 from deployments.pipelines.filters import FilterError
@@ -116,10 +115,6 @@ class SearchOut(BaseModel):
     data: list[SearchHit]
 
 
-def _host() -> Any:
-    return serve.get_replica_context().servable_object
-
-
 def _tenant(call: CallRecord) -> str:
     principal = call.principal
     if principal is None:
@@ -134,15 +129,6 @@ def _service(host: Any) -> SearchService:
     if service is None:
         raise NotFound("no such route (search is off)")
     return service
-
-
-async def _run(request: Request, route: str, work: Any) -> Response:
-    host = _host()
-    rid = request_id(request.headers.get("x-request-id"))
-    response: Response = await host.envelope.run(
-        rid, route, False, work, principal_of(request.scope)
-    )
-    return response
 
 
 def _item(item: Item) -> dict[str, Any]:
@@ -171,7 +157,7 @@ async def upsert_items(request: Request, catalog: CatalogName, body: UpsertBody)
     Each item is embedded by every version that serves search (traffic, shadow, canary)."""
 
     async def work(call: CallRecord) -> Response:
-        host = _host()
+        host = replica_host()
         service = _service(host)
         tenant = _tenant(call)
         settings = host.args.search
@@ -188,7 +174,7 @@ async def upsert_items(request: Request, catalog: CatalogName, body: UpsertBody)
         seq = await service.upsert(tenant, catalog, items)
         return json_response({"catalog": catalog, "upserted": len(items), "seq": seq})
 
-    return await _run(request, "/v1/catalogs/items", work)
+    return await run_route(request, "/v1/catalogs/items", work)
 
 
 @router.get(
@@ -201,14 +187,14 @@ async def get_item(request: Request, catalog: CatalogName, item_id: ItemId) -> R
     """The item as stored."""
 
     async def work(call: CallRecord) -> Response:
-        host = _host()
+        host = replica_host()
         await host.plane.admit(call, 0)
         item = await _service(host).get(_tenant(call), catalog, item_id)
         if item is None:
             raise NotFound("item: no such item in this catalog")
         return json_response(_item(item))
 
-    return await _run(request, "/v1/catalogs/items/get", work)
+    return await run_route(request, "/v1/catalogs/items/get", work)
 
 
 @router.delete(
@@ -220,13 +206,13 @@ async def delete_item(request: Request, catalog: CatalogName, item_id: ItemId) -
     """Gone from search here at once and on every replica within 1 s."""
 
     async def work(call: CallRecord) -> Response:
-        host = _host()
+        host = replica_host()
         await host.plane.admit(call, 0)
         if not await _service(host).delete(_tenant(call), catalog, item_id):
             raise NotFound("item: no such item in this catalog")
         return json_response({"id": item_id, "deleted": True})
 
-    return await _run(request, "/v1/catalogs/items/delete", work)
+    return await run_route(request, "/v1/catalogs/items/delete", work)
 
 
 @router.get("/v1/catalogs", summary="Your tenant's catalogs", responses=ERRORS)
@@ -234,17 +220,15 @@ async def list_catalogs(request: Request) -> Response:
     """Catalog names with item counts."""
 
     async def work(call: CallRecord) -> Response:
-        host = _host()
+        host = replica_host()
         await host.plane.admit(call, 0)
         service = _service(host)
-        import asyncio
-
         found = await asyncio.to_thread(service.store.catalogs, _tenant(call))
         data = [{"name": c.name, "items": c.items, "created_at": c.created_at.isoformat()}
                 for c in found]  # fmt: skip
         return json_response({"object": "list", "data": data})
 
-    return await _run(request, "/v1/catalogs", work)
+    return await run_route(request, "/v1/catalogs", work)
 
 
 @router.post("/v1/search", summary="Search a catalog", response_model=SearchOut, responses=ERRORS)
@@ -254,7 +238,7 @@ async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Respo
     right to pin); `X-Routing-Key` (else `user`) keeps a caller on one version."""
 
     async def work(call: CallRecord) -> Response:
-        host = _host()
+        host = replica_host()
         service = _service(host)
         tenant = _tenant(call)
         settings = host.args.search
@@ -287,7 +271,7 @@ async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Respo
             }
         )  # fmt: skip
 
-    return await _run(request, "/v1/search", work)
+    return await run_route(request, "/v1/search", work)
 
 
 def _version(
@@ -335,7 +319,7 @@ async def search_indexes(request: Request) -> Response:
     them; and per version, the items still to embed (0: searches may use it)."""
 
     async def work(call: CallRecord) -> Response:
-        host = _host()
+        host = replica_host()
         service = _service(host)
         principal = call.principal
         tenant = None if principal is None or principal.operator else principal.tenant_id
@@ -344,4 +328,4 @@ async def search_indexes(request: Request) -> Response:
              "catalogs": service.indexes(tenant)}
         )  # fmt: skip
 
-    return await _run(request, "/admin/v1/search/indexes", work)
+    return await run_route(request, "/admin/v1/search/indexes", work)

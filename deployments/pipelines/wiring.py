@@ -11,7 +11,7 @@ import numpy.typing as npt
 from configs.schema import AppArgs, IngressLiveConfig
 from deployments.pipelines.search import SearchService
 from deployments.routing.router import VersionRouter
-from deployments.tenancy.access import default_registry_url
+from deployments.tenancy.access import registry_url
 from stores.secrets import load_secrets
 
 
@@ -22,7 +22,7 @@ def open_search(args: AppArgs, router: VersionRouter, log: Logger) -> SearchServ
         return None
     from stores.catalog_sql import open_catalog_store
 
-    store = open_catalog_store(load_secrets().get("registry_dsn") or default_registry_url())
+    store = open_catalog_store(registry_url(load_secrets()))
 
     async def embed(space: str, texts: list[str]) -> npt.NDArray[np.float32]:
         model, version = space.split("/", 1)

@@ -72,11 +72,17 @@ def open_limiter(secrets: Secrets) -> Limiter:
     return EmbeddedLimiter()
 
 
+def registry_url(secrets: Secrets) -> str:
+    """The database of tenants and catalogs: the `registry_dsn` secret, else the
+    embedded one."""
+    return secrets.get("registry_dsn") or default_registry_url()
+
+
 def open_registry_from(secrets: Secrets) -> Registry:
     """The registry named by the `registry_dsn` secret, else the embedded one."""
     from stores.registry_sql import open_registry
 
-    return open_registry(secrets.get("registry_dsn") or default_registry_url())
+    return open_registry(registry_url(secrets))
 
 
 @dataclass

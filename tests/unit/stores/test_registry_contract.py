@@ -7,7 +7,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +15,6 @@ from stores.tenants import ApiKey, RateLimits, Registry, UsageRow, hash_key, new
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SECRET = b"test-secret"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, unmigrated database of each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    dsn: str = request.getfixturevalue("pg_dsn")
-    return dsn
 
 
 @pytest.fixture

@@ -4,10 +4,6 @@ standalone server on 127.0.0.1, reached through boto3's standard configuration o
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +18,7 @@ from stores.secrets import (
     SecretsError,
     load_secrets,
 )
-from tests.conftest import free_port
+from tests.conftest import moto_server
 
 # Values no message may contain.
 VALUES = {"env": "from-env-9f1c", "file": "from-file-51ab", "dir": "from-dir-77de"}
@@ -31,27 +27,8 @@ AWS_VALUE = "from-aws-3c0e"
 
 @pytest.fixture(scope="module")
 def secretsmanager_endpoint() -> Iterator[str]:
-    port = free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the Secrets Manager test server did not start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with moto_server("Secrets Manager") as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,0 +1,33 @@
+"""Function routes (admin, catalogs, search) run in the replica's Ingress: its envelope
+maps their errors, records their metrics and usage, as for the class's own routes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from deployments.dataplane import CallRecord
+from deployments.http.auth import principal_of
+from deployments.http.envelope import request_id
+
+
+def replica_host() -> Any:
+    """The Ingress object of this replica."""
+    return serve.get_replica_context().servable_object
+
+
+async def run_route(
+    request: Request, route: str, work: Callable[[CallRecord], Awaitable[Response]]
+) -> Response:
+    """Answer one call with `work` inside the replica's envelope, as the caller the auth
+    gate resolved."""
+    host = replica_host()
+    rid = request_id(request.headers.get("x-request-id"))
+    response: Response = await host.envelope.run(
+        rid, route, False, work, principal_of(request.scope)
+    )
+    return response
