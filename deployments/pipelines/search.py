@@ -139,6 +139,8 @@ class SearchService:
         fetch = await asyncio.to_thread(self._apply_changes, changes)
         for (tenant, catalog), ids in fetch.items():
             await self._load_vectors(tenant, catalog, ids)
+        # The position moves once the changes are searchable, vectors included.
+        self.seq = max(self.seq, changes[-1].seq)
 
     def _apply_changes(self, changes: list[Change]) -> dict[tuple[str, str], list[str]]:
         fetch: dict[tuple[str, str], list[str]] = {}
@@ -152,7 +154,6 @@ class SearchService:
                 if current is None or not _same(current, change.item):
                     index.upsert(change.item)
                     fetch.setdefault(key, []).append(change.item_id)
-            self.seq = max(self.seq, change.seq)
         return fetch
 
     async def _load_vectors(self, tenant: str, catalog: str, ids: list[str]) -> None:
