@@ -5,8 +5,9 @@ while no batch runs is dispatched at once; requests arriving while one runs are
 gathered and go together as the next batch (up to `max_batch_size` requests and
 `max_batch_texts` texts); with busy lanes (`busy_lanes`), the queue is split over
 that many one-thread runs at once. The queue is bounded in time and in texts: a
-request that would wait longer than `max_queue_wait_s` (the texts ahead of it over
-the version's measured throughput), or find more than `max_queued_texts` waiting,
+request that would wait longer than `max_queue_wait_s` (the batch running and the
+texts ahead of it, by the version's measured batch cost, see `batch_cost`), or find
+more than `max_queued_texts` waiting,
 is refused at once with a 503, so the ones admitted never wait long, whatever the
 hardware. A queued request whose caller has gone (timed out,
 disconnected) or whose deadline has passed is dropped before it runs, and counted.
@@ -31,6 +32,7 @@ from typing import Protocol
 from configs.schema import FaultInjection, InlineBatchingConfig
 from deployments.errors import Overloaded, Timeout
 from deployments.replicas.backend import EmbedResult, split_batch
+from deployments.replicas.batch_cost import BatchCost
 from deployments.replicas.loading import Wedge, inject_fault
 from models.text import Float32Array, TextEmbedder
 
@@ -40,8 +42,6 @@ LOOP_TOKENIZE_MAX_TEXTS = 16
 LOOP_TOKENIZE_MAX_CHARS = 4096
 # How much lower than the event loop the inference threads run (nice steps).
 INFERENCE_NICE_STEP = 4
-# Weight of the newest batch in the throughput estimate (texts/s).
-RATE_SMOOTHING = 0.3
 
 
 class BatchMetrics(Protocol):
@@ -103,7 +103,7 @@ class InlineBatcher:
         self._queue: list[_Pending] = []
         self._queued_texts = 0
         self._running_texts = 0  # texts in the batches in flight
-        self.rate: float | None = None  # texts/s this version gets through, measured
+        self.cost = BatchCost()  # how long a batch of n texts takes, measured
         self._lanes = runtime.busy_lanes
         self._running = 0  # batches in flight
         self._solo = False  # the one in flight has the full session
@@ -149,11 +149,28 @@ class InlineBatcher:
         return await future
 
     def expected_wait_s(self, texts: int) -> float:
-        """How long a request of `texts` would wait for its answer, by the measured
-        throughput (0 until a batch has been measured)."""
-        if not self.rate:
+        """How long a request of `texts` would wait for its answer: the batches in
+        flight, then the queue (split over the busy lanes) with it, by the measured
+        batch cost (0 until a batch has been measured)."""
+        lanes = max(1, self._lanes)
+        ahead = self.cost.seconds(-(-(self._queued_texts + texts) // lanes), self.max_batch_texts)
+        if ahead is None:
             return 0.0
-        return (self._queued_texts + self._running_texts + texts) / self.rate
+        if self._running:
+            ahead += (
+                self.cost.seconds(-(-self._running_texts // self._running), self.max_batch_texts)
+                or 0.0
+            )
+        return ahead
+
+    def calibrate(self) -> None:
+        """Time two runs (one text, then several) so the first requests' waits are
+        judged by a measured batch cost; the runtime is loaded and warmed up."""
+        self.cost.calibrate(
+            lambda n: self.runtime.embed_token_ids(
+                self.runtime.tokenize(["calibration"] * n), busy=False
+            )
+        )
 
     def _admit(self, texts: int) -> None:
         """Refuse a request that would wait too long. A version with nothing queued
@@ -233,7 +250,7 @@ class InlineBatcher:
             ok = True
             seconds = time.perf_counter() - started
             self._metrics.observe_batch(len(tokens), seconds)
-            self._measure(len(tokens), seconds, busy)
+            self.cost.observe(len(tokens), seconds)
             results = split_batch([len(item.texts) for item in batch], vectors, tokens)
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
@@ -245,15 +262,6 @@ class InlineBatcher:
             self._running -= 1
             self._solo = False
             self._dispatch()
-
-    def _measure(self, texts: int, seconds: float, busy: bool) -> None:
-        """Fold one batch into the throughput estimate; busy lanes run side by side."""
-        rate = texts / max(seconds, 1e-6) * (max(1, self._lanes) if busy else 1)
-        self.rate = (
-            rate
-            if self.rate is None
-            else (RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * self.rate)
-        )
 
     def _run(
         self, parts: list[tuple[list[str], list[list[int]] | None]], busy: bool

@@ -85,5 +85,6 @@ def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBackend]:
         batcher = InlineBatcher(
             runtime, ModelMetrics(model, version), executor, spec.fault_injection
         )
+        batcher.calibrate()
         out[(model, version)] = InlineBackend(f"{model}/{version}", batcher, args)
     return out

@@ -1,0 +1,74 @@
+"""How long a batch of n texts takes on one version, fitted to its recent batches.
+
+A batch costs a fixed part (the call, the session's setup, the padding) plus a part
+per text: t(n) = a + b * n. Counting texts/s alone makes eight single-text batches
+look eight times as long as one batch of eight, which is what the next batch is; on
+a slow phase of the machine that refuses requests that would be answered in time.
+
+The model keeps a shape and a level. The shape, a / b, comes from pairs of
+consecutive batches of clearly different sizes (close in time, so a change of the
+machine's speed between them is rare), smoothed over pairs. The level, b, follows
+every batch's time under that shape, so a slow phase moves it within a few batches
+whatever sizes they have. Two calibration runs at load (one text, then several) give
+the first shape; without one, the cost is per text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+# Weight the past keeps at each new batch (or pair of batches for the shape).
+DECAY = 0.7
+# Two consecutive batches this many texts apart or more measure the shape.
+MIN_SIZE_GAP = 4
+# Texts in the larger calibration batch.
+CALIBRATION_TEXTS = 8
+
+
+class BatchCost:
+    """The t(n) = a + b * n model of one version's batches."""
+
+    def __init__(self) -> None:
+        self._ratio: float | None = None  # a / b
+        self._last: tuple[int, float] | None = None
+        self.fixed_s = 0.0  # a
+        self.per_text_s: float | None = None  # b; None until a batch was seen
+
+    def observe(self, texts: int, seconds: float) -> None:
+        """Fold in one batch of `texts` texts that ran `seconds`."""
+        if texts < 1 or seconds <= 0:
+            return
+        if self._last is not None and abs(texts - self._last[0]) >= MIN_SIZE_GAP:
+            b = (seconds - self._last[1]) / (texts - self._last[0])
+            a = seconds - b * texts
+            if b > 0 and a >= 0:
+                if self._ratio is None:
+                    self._ratio, self.per_text_s = a / b, b
+                else:
+                    self._ratio = DECAY * self._ratio + (1 - DECAY) * a / b
+        self._last = (texts, seconds)
+        ratio = self._ratio or 0.0
+        level = seconds / (ratio + texts)
+        self.per_text_s = (
+            level if self.per_text_s is None else DECAY * self.per_text_s + (1 - DECAY) * level
+        )
+        self.fixed_s = ratio * self.per_text_s
+
+    def seconds(self, texts: int, max_batch_texts: int) -> float | None:
+        """Time to run `texts` texts in batches of at most `max_batch_texts`;
+        None before any batch was measured."""
+        if self.per_text_s is None:
+            return None
+        if texts <= 0:
+            return 0.0
+        batches = -(-texts // max(1, max_batch_texts))
+        return batches * self.fixed_s + texts * self.per_text_s
+
+    def calibrate(self, run: Callable[[int], object]) -> None:
+        """Time `run(1)` and `run(CALIBRATION_TEXTS)` (a warmed-up runtime embedding
+        that many texts) to give the model its first shape."""
+        for texts in (1, CALIBRATION_TEXTS):
+            started = time.perf_counter()
+            run(texts)
+            self.observe(texts, time.perf_counter() - started)
