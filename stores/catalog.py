@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 # An attribute value: equality on strings, numbers and booleans; ranges on numbers;
 # membership on lists of strings (tags).
@@ -25,15 +25,22 @@ class Item:
     updated_at: datetime | None = None  # set by the store
 
 
+# The change log's item id for a change of the catalog itself (its settings); no item
+# may have it (an item id is never empty).
+CATALOG_CHANGE = ""
+
+
 @dataclass(frozen=True)
 class Change:
-    """One entry of the change log: an upsert (`item` set) or a delete (`item` None)."""
+    """One entry of the change log: an upsert (`item` set), a delete (`item` None), or
+    (`item_id` == CATALOG_CHANGE) new catalog settings, in `settings`."""
 
     seq: int
     tenant_id: str
     catalog: str
     item_id: str
     item: Item | None
+    settings: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class CatalogInfo:
     name: str
     items: int
     created_at: datetime
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 class CatalogStore(Protocol):
@@ -61,6 +69,9 @@ class CatalogStore(Protocol):
 
     def get(self, tenant_id: str, catalog: str, item_id: str) -> Item | None:
         """One item of the tenant's catalog, or None (also for another tenant's)."""
+
+    def configure(self, tenant_id: str, catalog: str, settings: dict[str, Any]) -> int:
+        """Replace a catalog's settings (creating the catalog); the change's seq."""
 
     def catalogs(self, tenant_id: str) -> list[CatalogInfo]:
         """The tenant's catalogs."""

@@ -41,11 +41,12 @@ from sqlalchemy import (
     insert,
     make_url,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from stores.catalog import AttrValue, CatalogInfo, Change, Item
+from stores.catalog import CATALOG_CHANGE, AttrValue, CatalogInfo, Change, Item
 from stores.registry_sql import (
     UtcDateTime,
     create_sql_engine,
@@ -84,6 +85,7 @@ catalogs_table = Table(
     Column("tenant_id", _key(_MAX_TENANT_ID), primary_key=True),
     Column("name", _key(64), primary_key=True),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("settings", JSON, nullable=False, server_default=text("'{}'")),  # migration 0003
 )
 
 items_table = Table(
@@ -210,6 +212,29 @@ class SqlCatalogStore:
             row = conn.execute(query).first()
         return None if row is None else _item(row)
 
+    def configure(self, tenant_id: str, catalog: str, settings: dict[str, Any]) -> int:
+        """Replace a catalog's settings (creating the catalog), one change in the log
+        (item id CATALOG_CHANGE) so that every replica applies them; the change's seq."""
+        _check_catalog(tenant_id, catalog)
+        now = datetime.now(UTC)
+        with writing(self._engine) as conn:
+            seq = _take_seqs(conn, 1)
+            row = {"tenant_id": tenant_id, "name": catalog}
+            upsert = self._insert(catalogs_table).values(**row, created_at=now, settings=settings)
+            conn.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=[catalogs_table.c.tenant_id, catalogs_table.c.name],
+                    set_={"settings": settings},
+                )
+            )
+            conn.execute(
+                insert(changes_table).values(
+                    seq=seq, tenant_id=tenant_id, catalog=catalog, item_id=CATALOG_CHANGE,
+                    deleted=False, at=now,
+                )
+            )  # fmt: skip
+        return seq
+
     def catalogs(self, tenant_id: str) -> list[CatalogInfo]:
         """The tenant's catalogs by name, with their item counts."""
         count = (
@@ -221,13 +246,18 @@ class SqlCatalogStore:
             .scalar_subquery()
         )
         query = (
-            select(catalogs_table.c.name, catalogs_table.c.created_at, count.label("n_items"))
+            select(
+                catalogs_table.c.name,
+                catalogs_table.c.created_at,
+                catalogs_table.c.settings,
+                count.label("n_items"),
+            )
             .where(catalogs_table.c.tenant_id == tenant_id)
             .order_by(catalogs_table.c.name)
         )
         with reading_consistently(self._engine) as conn:
             return [
-                CatalogInfo(tenant_id, r.name, int(r.n_items), r.created_at)
+                CatalogInfo(tenant_id, r.name, int(r.n_items), r.created_at, dict(r.settings))
                 for r in conn.execute(query)
             ]
 
@@ -261,6 +291,7 @@ class SqlCatalogStore:
                 items_table.c.text,
                 items_table.c.attributes,
                 items_table.c.updated_at,
+                catalogs_table.c.settings,
             )
             .outerjoin(
                 items_table,
@@ -268,6 +299,14 @@ class SqlCatalogStore:
                     items_table.c.tenant_id == changes_table.c.tenant_id,
                     items_table.c.catalog == changes_table.c.catalog,
                     items_table.c.item_id == changes_table.c.item_id,
+                ),
+            )
+            .outerjoin(
+                catalogs_table,
+                and_(
+                    catalogs_table.c.tenant_id == changes_table.c.tenant_id,
+                    catalogs_table.c.name == changes_table.c.catalog,
+                    changes_table.c.item_id == CATALOG_CHANGE,
                 ),
             )
             .where(changes_table.c.seq > after_seq)
@@ -482,6 +521,9 @@ def _item(row: Row[Any]) -> Item:
 
 
 def _change(row: Row[Any]) -> Change:
+    if row.item_id == CATALOG_CHANGE:  # the settings as they are now
+        settings = dict(row.settings) if row.settings is not None else {}
+        return Change(row.seq, row.tenant_id, row.catalog, row.item_id, None, settings)
     # No body: deleted by this change, or by a later one (whose change follows).
     body = None if row.deleted or row.text is None else _item(row)
     return Change(row.seq, row.tenant_id, row.catalog, row.item_id, body)

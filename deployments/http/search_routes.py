@@ -27,7 +27,7 @@ from deployments.http.inference import json_response
 from deployments.pipelines.catalog_index import Hit
 from deployments.pipelines.filters import FilterError
 from deployments.pipelines.search import SearchService
-from stores.catalog import AttrValue, Item
+from stores.catalog import AttrValue, CatalogInfo, Item
 
 CATALOG_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 NO_AUTH_TENANT = "default"  # the one tenant when auth is off
@@ -76,6 +76,25 @@ class ItemOut(BaseModel):
     updated_at: str | None
 
 
+class CatalogSettingsIn(_Body):
+    """A catalog's settings; a field left out (or null) takes the service default."""
+
+    hybrid: bool | None = Field(
+        None,
+        description="Whether searches of this catalog fuse BM25 with the vectors unless "
+        "the request says; null: `search.hybrid_default`.",
+    )
+
+
+class CatalogOut(BaseModel):
+    """A catalog of the caller's tenant."""
+
+    name: str
+    items: int
+    created_at: str
+    settings: dict[str, Any]
+
+
 class SearchBody(_Body):
     """A search over one catalog."""
 
@@ -88,7 +107,9 @@ class SearchBody(_Body):
         "{in: [...]} or {any: [...]} (tags).",
     )
     hybrid: bool | None = Field(
-        None, description="Fuse BM25 with the vectors; default: `search.hybrid_default`."
+        None,
+        description="Fuse BM25 with the vectors; default: the catalog's `hybrid` setting, "
+        "else `search.hybrid_default`.",
     )
     user: str | None = Field(
         None, max_length=256, description="The end user (sticky version; personalization)."
@@ -215,20 +236,47 @@ async def delete_item(request: Request, catalog: CatalogName, item_id: ItemId) -
     return await run_route(request, "/v1/catalogs/items/delete", work)
 
 
+def _catalog(info: CatalogInfo) -> dict[str, Any]:
+    return {"name": info.name, "items": info.items, "created_at": info.created_at.isoformat(),
+            "settings": info.settings}  # fmt: skip
+
+
 @router.get("/v1/catalogs", summary="Your tenant's catalogs", responses=ERRORS)
 async def list_catalogs(request: Request) -> Response:
-    """Catalog names with item counts."""
+    """Catalog names with item counts and settings."""
 
     async def work(call: CallRecord) -> Response:
         host = replica_host()
         await host.plane.admit(call, 0)
         service = _service(host)
         found = await asyncio.to_thread(service.store.catalogs, _tenant(call))
-        data = [{"name": c.name, "items": c.items, "created_at": c.created_at.isoformat()}
-                for c in found]  # fmt: skip
-        return json_response({"object": "list", "data": data})
+        return json_response({"object": "list", "data": [_catalog(c) for c in found]})
 
     return await run_route(request, "/v1/catalogs", work)
+
+
+@router.put(
+    "/v1/catalogs/{catalog}",
+    summary="Create a catalog or replace its settings",
+    response_model=CatalogOut,
+    responses=ERRORS,
+)
+async def configure_catalog(
+    request: Request, catalog: CatalogName, body: CatalogSettingsIn
+) -> Response:
+    """Settings apply here at once and on every replica within 1 s; the catalog is
+    created if it does not exist (an upsert creates one too, with no settings)."""
+
+    async def work(call: CallRecord) -> Response:
+        host = replica_host()
+        await host.plane.admit(call, 0)
+        service = _service(host)
+        tenant = _tenant(call)
+        await service.configure(tenant, catalog, body.model_dump(exclude_none=True))
+        found = await asyncio.to_thread(service.store.catalogs, tenant)
+        return json_response(_catalog(next(c for c in found if c.name == catalog)))
+
+    return await run_route(request, "/v1/catalogs/settings", work)
 
 
 @router.post("/v1/search", summary="Search a catalog", response_model=SearchOut, responses=ERRORS)
@@ -250,7 +298,11 @@ async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Respo
         host.plane.authorize(call, model, pinned)
         version = _version(host, service, tenant, body.catalog, model, pinned, key or None)
         vector = await host.plane.embed_version(call, model, version, [body.query], "query")
-        hybrid = settings.hybrid_default if body.hybrid is None else body.hybrid
+        hybrid = body.hybrid
+        if hybrid is None:
+            hybrid = service.catalog_settings(tenant, body.catalog).get(
+                "hybrid", settings.hybrid_default
+            )
         started = time.perf_counter()
         try:
             result = service.search(

@@ -50,6 +50,7 @@ class CatalogIndex:
         self.lexical = LexicalIndex(field_weights=TEXT_WEIGHTS)
         self.spaces: dict[str, VectorIndex] = {}
         self.with_vector: dict[str, set[int]] = {}  # space -> slots that have a vector
+        self.settings: dict[str, Any] = {}  # the catalog's own (e.g. hybrid by default)
         self._next = 0
 
     def __len__(self) -> int:

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from deployments.pipelines.catalog_index import CatalogIndex, Hit, item_text
 from deployments.pipelines.filters import AttributeColumns
-from stores.catalog import CatalogStore, Change, Item
+from stores.catalog import CATALOG_CHANGE, CatalogStore, Change, Item
 
 EmbedFn = Callable[[str, list[str]], Awaitable[npt.NDArray[np.float32]]]
 ProgressFn = Callable[[str, int], None]  # (space, items without a vector)
@@ -147,7 +147,9 @@ class SearchService:
         for change in changes:
             key = (change.tenant_id, change.catalog)
             index = self.catalogs.setdefault(key, CatalogIndex())
-            if change.item is None:
+            if change.item_id == CATALOG_CHANGE:
+                index.settings = dict(change.settings or {})
+            elif change.item is None:
                 index.delete(change.item_id)
             else:
                 current = index.get(change.item_id)
@@ -256,6 +258,17 @@ class SearchService:
         if error is not None and not vectors:
             raise error
         return vectors
+
+    async def configure(self, tenant: str, catalog: str, settings: dict[str, Any]) -> int:
+        """Replace a catalog's settings (the store first, then here); the seq."""
+        seq = await asyncio.to_thread(self.store.configure, tenant, catalog, settings)
+        self.catalogs.setdefault((tenant, catalog), CatalogIndex()).settings = dict(settings)
+        return seq
+
+    def catalog_settings(self, tenant: str, catalog: str) -> dict[str, Any]:
+        """A catalog's settings as this replica holds them (empty: none, or no catalog)."""
+        index = self.catalogs.get((tenant, catalog))
+        return index.settings if index is not None else {}
 
     async def delete(self, tenant: str, catalog: str, item_id: str) -> bool:
         """Delete one item (the store first); False when there was none."""

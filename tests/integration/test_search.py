@@ -158,6 +158,32 @@ def test_hybrid_finds_the_exact_sku(
     assert hybrid["index"]["hybrid"] is True
 
 
+def test_a_catalog_default_decides_hybrid_unless_the_request_does(
+    service: Service, catalog: tuple[str, list[dict[str, Any]]]
+) -> None:
+    name, _ = catalog
+    body = {"catalog": name, "query": "SKU-00017", "k": 3}
+    with service.client() as client:
+        assert _search(client, body)["index"]["hybrid"] is True  # search.hybrid_default
+        r = client.put(f"/v1/catalogs/{name}", json={"hybrid": False})
+        assert r.status_code == 200, r.text
+        assert r.json()["settings"] == {"hybrid": False}
+        assert r.json()["items"] == 60
+        assert _search(client, body)["index"]["hybrid"] is False
+        assert _search(client, {**body, "hybrid": True})["index"]["hybrid"] is True
+        listed = {c["name"]: c for c in client.get("/v1/catalogs").json()["data"]}
+        assert listed[name]["settings"] == {"hybrid": False}
+        bad = client.put(f"/v1/catalogs/{name}", json={"hybrid": "often"})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["message"].startswith("hybrid")
+        assert client.put(f"/v1/catalogs/{name}", json={}).json()["settings"] == {}
+        assert _search(client, body)["index"]["hybrid"] is True
+        # A new, empty catalog can be created with its settings before any item.
+        fresh = f"new-{uuid.uuid4().hex[:8]}"
+        made = client.put(f"/v1/catalogs/{fresh}", json={"hybrid": False}).json()
+        assert (made["name"], made["items"], made["settings"]) == (fresh, 0, {"hybrid": False})
+
+
 def test_delete_vanishes_and_upsert_replaces(service: Service) -> None:
     name = f"tmp-{uuid.uuid4().hex[:8]}"
     items = _items(12)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stores.catalog import CatalogStore, Change, Item
+from stores.catalog import CATALOG_CHANGE, CatalogStore, Change, Item
 from stores.catalog_sql import SqlCatalogStore, metadata, open_catalog_store
 from stores.registry_sql import VERSION_TABLE, open_registry
 from stores.tenants import RateLimits
@@ -319,6 +319,34 @@ def test_catalogs_are_created_on_first_upsert_and_counted(store: SqlCatalogStore
     assert [c.created_at for c in later] == [c.created_at for c in first]
 
 
+def test_catalog_settings_are_stored_and_logged(store: SqlCatalogStore) -> None:
+    store.upsert("tn_a", "shoes", [item("a")])
+    seq = store.configure("tn_a", "shoes", {"hybrid": False})
+    assert seq == store.head()
+    created = store.configure("tn_a", "new", {"hybrid": True})  # creates the catalog
+    store.configure("tn_b", "shoes", {"hybrid": True})  # another tenant's, same name
+    by_name = {c.name: c for c in store.catalogs("tn_a")}
+    assert by_name["shoes"].settings == {"hybrid": False}
+    assert (by_name["new"].settings, by_name["new"].items) == ({"hybrid": True}, 0)
+    assert [c.settings for c in store.catalogs("tn_b")] == [{"hybrid": True}]
+    # In the change log as a change of the catalog itself, with the settings as now.
+    store.configure("tn_a", "shoes", {})
+    logged = [c for c in store.changes(0, 100) if c.item_id == CATALOG_CHANGE]
+    assert [(c.seq, c.tenant_id, c.catalog) for c in logged] == [
+        (seq, "tn_a", "shoes"),
+        (created, "tn_a", "new"),
+        (created + 1, "tn_b", "shoes"),
+        (created + 2, "tn_a", "shoes"),
+    ]
+    assert [c.settings for c in logged] == [{}, {"hybrid": True}, {"hybrid": True}, {}]
+    assert all(c.item is None for c in logged)
+    # Items are untouched and an upsert keeps the settings.
+    store.configure("tn_a", "shoes", {"hybrid": True})
+    store.upsert("tn_a", "shoes", [item("b")])
+    shoes = next(c for c in store.catalogs("tn_a") if c.name == "shoes")
+    assert (shoes.items, shoes.settings) == (2, {"hybrid": True})
+
+
 INVALID_IDS = [
     ("", "c", "x", "tenant id"),
     ("t" * 65, "c", "x", "tenant id"),
@@ -410,7 +438,7 @@ def test_registry_and_catalogs_share_one_migration_history(url: str) -> None:
         assert registry.get_tenant(tenant.id) == tenant
         with catalog._engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-            assert context.get_current_heads() == ("0002",)
+            assert context.get_current_heads() == ("0003",)
     finally:
         catalog.close()
         registry.close()
