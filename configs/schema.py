@@ -7,7 +7,8 @@ Two kinds of settings, because Ray Serve treats them differently:
   immutable versions (artifact uri + sha256, runtime, device) and request limits.
 - `IngressLiveConfig` and `BatchLiveConfig` are deployments' `user_config:`. Serve
   applies them in place through `reconfigure()`, without restarting replicas. They
-  hold what must change live: traffic weights, batch size and batch wait.
+  hold what must change live: traffic weights, batch size and batch wait, the
+  embedding cache.
 """
 
 from __future__ import annotations
@@ -372,8 +373,35 @@ class RolloutPolicy(_Strict):
     )
 
 
+class CacheLiveConfig(_Strict):
+    """The embedding cache of the ingress replicas: vectors of texts already embedded,
+    per tenant and version (a memory tier per replica; Redis, shared, when configured)."""
+
+    enabled: bool = Field(True, description="Use the cache at all (false: clear and bypass).")
+    max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        le=64 * 1024**3,
+        description="Bound on the memory tier of one ingress replica, in bytes (vectors "
+        "plus key overhead); the least recently used entries go first. 0: Redis only.",
+    )
+    ttl_s: float = Field(
+        3600.0,
+        gt=0,
+        le=30 * 86_400,
+        description="How long an entry is kept after it is written, in both tiers.",
+    )
+    embeddings: bool = Field(
+        False,
+        description="Cache `/v1/embeddings` and the inference protocol's texts (off: every "
+        "call runs the model, as callers of an embeddings API may expect).",
+    )
+    search: bool = Field(True, description="Cache search queries and catalog items.")
+
+
 class IngressLiveConfig(_Strict):
-    """The ingress deployment's `user_config`: traffic, shadowing, rollout; applied live."""
+    """The ingress deployment's `user_config`: traffic, shadowing, rollout, batching and
+    the embedding cache; applied live."""
 
     traffic: dict[Name, dict[Name, int]] = Field(
         description="model -> version -> weight in percent; weights of a model sum to 100."
@@ -388,6 +416,9 @@ class IngressLiveConfig(_Strict):
         default_factory=dict,
         description="<model>-<version> -> batching of versions placed inline in the ingress.",
     )
+    cache: CacheLiveConfig = Field(
+        default_factory=CacheLiveConfig, description="The embedding cache (see its fields)."
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> IngressLiveConfig:
@@ -401,6 +432,15 @@ class IngressLiveConfig(_Strict):
             if total != WEIGHT_TOTAL:
                 raise ValueError(f"traffic.{model}: weights sum to {total}, expected 100")
         return self
+
+    def versions_in_use(self, model: str) -> set[str]:
+        """Versions of `model` with traffic, a shadow copy or a canary watch."""
+        versions = {v for v, weight in self.traffic.get(model, {}).items() if weight > 0}
+        if (shadow := self.shadow.get(model)) is not None:
+            versions.add(shadow.version)
+        if (rollout := self.rollout.get(model)) is not None:
+            versions.add(rollout.canary)
+        return versions
 
     def check_against(self, args: AppArgs) -> list[str]:
         """Problems with these weights given the declared models (empty when fine)."""

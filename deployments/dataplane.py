@@ -1,7 +1,8 @@
 """The one data plane every protocol adapter calls: embed (and, later, search and
 recommend) on parsed values. It picks the version (split, sticky key, pin) once,
-checks what depends on the version, calls it by the request's deadline, mirrors a
-shadow copy, and tells the envelope what the request resolved to."""
+checks what depends on the version, looks the texts up in the embedding cache, calls
+the version for the rest by the request's deadline, mirrors a shadow copy, and tells
+the envelope what the request resolved to."""
 
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from configs.schema import AppArgs
+from configs.schema import AppArgs, IngressLiveConfig
 from deployments.errors import BadRequest, NotFound
 from deployments.limits import check_count, check_lengths
+from deployments.replicas.backend import EmbedResult
 from deployments.routing.router import VersionRouter
 from deployments.tenancy.access import Access
 from deployments.tenancy.principal import Principal
+from stores.embed_cache import Cached, CacheKey, EmbedCache, MemoryStore, cache_keys
 
 READY_TTL_S = 5.0
 NOT_READY_TTL_S = 1.0
+# What the embedding cache is used for (its live settings switch each on or off).
+EMBEDDINGS, SEARCH = "embeddings", "search"
+NO_TENANT = "-"  # the cache's tenant when auth is off
 
 
 @dataclass
@@ -48,11 +54,36 @@ class Embedded:
 class DataPlane:
     """Embeddings over version backends; readiness and metadata of versions."""
 
-    def __init__(self, args: AppArgs, router: VersionRouter, access: Access | None = None) -> None:
+    def __init__(
+        self,
+        args: AppArgs,
+        router: VersionRouter,
+        access: Access | None = None,
+        cache: EmbedCache | None = None,
+    ) -> None:
         self.args = args
         self.router = router
         self.admission = access.admission if access is not None else None
+        self.cache = cache if cache is not None else EmbedCache(MemoryStore(0))
         self._ready: dict[tuple[str, str], tuple[bool, float]] = {}
+        # The cache's name of each version: its artifact's digest rides along, so a
+        # version name ever pointed at other bytes never meets the old vectors.
+        self._spaces = {
+            (model, version): f"{model}/{version}@{spec.artifact.sha256[:12]}"
+            for model, versions in args.models.items()
+            for version, spec in versions.versions.items()
+        }
+
+    async def configure(self, live: IngressLiveConfig) -> None:
+        """Apply live settings: the router's traffic, shadow and rollout, and the cache's
+        settings and versions (those without traffic, shadow or canary are dropped)."""
+        self.router.configure(live)
+        settings = live.cache
+        uses = [u for u, on in ((EMBEDDINGS, settings.embeddings), (SEARCH, settings.search)) if on]
+        self.cache.configure(settings.enabled, settings.max_bytes, settings.ttl_s, uses)
+        self.cache.retain(
+            [self._spaces[(m, v)] for m in self.args.models for v in live.versions_in_use(m)]
+        )
 
     async def embed(
         self,
@@ -80,10 +111,12 @@ class DataPlane:
             if dimensions != dim:
                 raise BadRequest(f"dimensions: {model} returns {dim} dimensions")
         deadline = time.monotonic() + self.args.request_timeout_s
-        vectors, tokens = await self.router.embed(model, version, texts, deadline)
+        vectors, tokens = await self.embed_cached(
+            EMBEDDINGS, tenant_of(call), model, version, texts, deadline
+        )
         if pinned is None:
             self.router.maybe_shadow(model, version, texts, vectors)
-        return Embedded(model, version, vectors, tokens)
+        return Embedded(model, version, vectors, sum(tokens))
 
     async def embed_version(
         self, call: CallRecord, model: str, version: str, texts: list[str], field: str
@@ -96,8 +129,40 @@ class DataPlane:
         await self.admit(call, len(texts))
         check_lengths(texts, limits.max_input_chars, field)
         deadline = time.monotonic() + self.args.request_timeout_s
-        vectors, _ = await self.router.embed(model, version, texts, deadline)
+        tenant = tenant_of(call)
+        vectors, _ = await self.embed_cached(SEARCH, tenant, model, version, texts, deadline)
         return vectors
+
+    async def embed_cached(
+        self, use: str, tenant: str, model: str, version: str, texts: list[str], deadline: float
+    ) -> EmbedResult:
+        """Vectors and per-text token counts of `texts`, in order: from the cache where
+        it has them (when it serves `use`), the rest embedded by the version (each
+        distinct text once) and stored for `tenant`."""
+        space = self._spaces.get((model, version))
+        if not texts or space is None or not self.cache.serves(use, space):
+            return await self.router.embed(model, version, texts, deadline)
+        keys = cache_keys(tenant, space, texts)
+        found = await self.cache.get(use, keys)
+        rows: dict[CacheKey, int] = {}  # a missing key -> its row among the texts embedded
+        for n, (key, entry) in enumerate(zip(keys, found, strict=True)):
+            if entry is None and key not in rows:
+                rows[key] = n
+        fresh: npt.NDArray[np.float32] | None = None
+        counts: list[int] = []
+        if rows:
+            todo = list(rows.values())
+            fresh, counts = await self.router.embed(
+                model, version, [texts[n] for n in todo], deadline
+            )
+            self.cache.put(
+                [
+                    (keys[n], Cached(fresh[row].astype("<f4").tobytes(), counts[row]))
+                    for row, n in enumerate(todo)
+                ]
+            )
+            rows = {keys[n]: row for row, n in enumerate(todo)}
+        return _assemble(keys, found, rows, fresh, counts)
 
     @staticmethod
     def authorize(call: CallRecord, model: str, pinned: str | None) -> None:
@@ -164,3 +229,31 @@ class DataPlane:
         ok = await backend.ready()
         self._ready[(model, version)] = (ok, now + (READY_TTL_S if ok else NOT_READY_TTL_S))
         return ok
+
+
+def tenant_of(call: CallRecord) -> str:
+    """Whose entries a request's texts are, in the embedding cache: the caller's tenant."""
+    return call.principal.tenant_id if call.principal is not None else NO_TENANT
+
+
+def _assemble(
+    keys: list[CacheKey],
+    found: list[Cached | None],
+    rows: dict[CacheKey, int],
+    fresh: npt.NDArray[np.float32] | None,
+    counts: list[int],
+) -> EmbedResult:
+    """One vector and token count per text, in order: cached, or row `rows[key]` of
+    what the version answered (list in, list out)."""
+    dim = fresh.shape[1] if fresh is not None else len(next(e for e in found if e).vector) // 4
+    vectors = np.empty((len(keys), dim), dtype=np.float32)
+    tokens: list[int] = []
+    for n, (key, entry) in enumerate(zip(keys, found, strict=True)):
+        if entry is not None:
+            vectors[n] = np.frombuffer(entry.vector, dtype="<f4")
+            tokens.append(entry.tokens)
+        else:
+            assert fresh is not None
+            vectors[n] = fresh[rows[key]]
+            tokens.append(counts[rows[key]])
+    return vectors, tokens

@@ -27,7 +27,7 @@ from deployments.http.openai import ModelList
 from deployments.http.search_routes import router as search_router
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import IngressMetrics, RouterMetrics
-from deployments.pipelines.wiring import open_search, search_spaces
+from deployments.pipelines.wiring import open_cache, open_search, search_spaces
 from deployments.replicas.backend import VersionBackend
 from deployments.replicas.inline_backend import InlineBackend, load_inline
 from deployments.replicas.remote import DedicatedBackend
@@ -49,22 +49,22 @@ class Ingress:
         self.router = VersionRouter(self.args, backends, RouterMetrics())
         auth = self.args.auth
         self.access = Access.open(auth, get_logger("auth")) if auth.enabled else None
-        self.plane = DataPlane(self.args, self.router, self.access)
+        self.plane = DataPlane(self.args, self.router, self.access, open_cache(get_logger("cache")))
         self.log = get_logger("access")
         metrics = IngressMetrics(frozenset(auth.metrics_tenants))
         self.envelope = Envelope(metrics, self.log, self.access)
-        self.search = open_search(self.args, self.router, get_logger("search"))
+        self.search = open_search(self.args, self.plane, get_logger("search"))
         self.created = int(time.time())
         self.canary = CanarySync(self.router, *replica_identity())
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply traffic, shadow, rollout and batching in place; in-flight requests
-        keep their version. With a rollout policy, the verdicts already decided under
-        this config (by any replica) apply before this replica serves."""
+        """Apply traffic, shadow, rollout, batching and the embedding cache in place;
+        in-flight requests keep their version. With a rollout policy, the verdicts already
+        decided under this config (by any replica) apply before this replica serves."""
         live = IngressLiveConfig.model_validate(user_config)
         if self.access is not None:
             self.access.start()
-        self.router.configure(live)
+        await self.plane.configure(live)
         for (model, version), backend in self.inline.items():
             name = deployment_name(model, version)
             backend.configure(live.batching.get(name, InlineBatchingConfig()))
@@ -79,8 +79,8 @@ class Ingress:
         )
 
     async def __del__(self) -> None:
-        """Serve's replica shutdown: write the usage counted so far, stop following."""
-        for part in (self.access, self.search):
+        """Serve's replica shutdown: write usage, stop following, finish cache writes."""
+        for part in (self.access, self.search, self.plane.cache):
             if part is not None:
                 await part.close()
 

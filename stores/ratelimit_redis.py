@@ -13,15 +13,10 @@ carrying the subject in a hash tag (`{...}`) so that Redis Cluster keeps them in
 
 from __future__ import annotations
 
-from typing import Any
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from stores._ratelimit import Check, blocked, capacity, decide
+from stores._redis import connect
 from stores.ratelimit import ALLOWED, Decision, LimiterUnavailable
 from stores.tenants import RateLimits
 
@@ -156,19 +151,9 @@ class RedisLimiter:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         # A password in the url wins over `password` (redis-py's rule for url options).
-        pool = BlockingConnectionPool.from_url(
-            url,
-            password=password,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        self._client: Redis = Redis.from_pool(pool)
+        self._client, self._where = connect(url, password, timeout_s, max_connections)
         self._script = self._client.register_script(SCRIPT)
         self._prefix = prefix
-        self._where = _location(pool.connection_kwargs)
 
     async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
         """Take one request and `texts` texts from `subject`'s buckets and month, or
@@ -216,10 +201,3 @@ def _checks(limits: RateLimits, values: list[float]) -> list[Check]:
         Check(policy, limit, values[3 * i + 1], values[3 * i + 2], values[3 * i])
         for i, (policy, limit) in enumerate(named)
     ]
-
-
-def _location(kwargs: dict[str, Any]) -> str:
-    """Where the store is, for messages: never the password the url may carry."""
-    if kwargs.get("path"):
-        return f"unix:{kwargs['path']}"
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"

@@ -1,5 +1,6 @@
-"""Named secrets (the HMAC key for API keys, the admin token, store passwords), resolved
-from where deployments put them, first match wins:
+"""Named secrets (the HMAC key for API keys, the admin token, store passwords, the
+embedding cache's Redis url, which may carry its password), resolved from where
+deployments put them, first match wins:
 1. the environment variable `SERVEKIT_<NAME>`;
 2. the file named by `SERVEKIT_<NAME>_FILE` (one mounted Kubernetes secret key);
 3. the file `<name>` in the directory `SERVEKIT_SECRETS_DIR` (a whole mounted secret);
@@ -22,7 +23,13 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 # Every secret servekit reads; add a name here to make it resolvable.
-SECRET_NAMES: tuple[str, ...] = ("hmac_secret", "admin_token", "registry_dsn", "redis_password")
+SECRET_NAMES: tuple[str, ...] = (
+    "hmac_secret",
+    "admin_token",
+    "registry_dsn",
+    "redis_password",
+    "cache_redis_url",
+)
 ENV_PREFIX = "SERVEKIT_"
 DIR_VAR = "SERVEKIT_SECRETS_DIR"
 AWS_VAR = "SERVEKIT_AWS_SECRET_ID"

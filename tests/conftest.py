@@ -37,7 +37,12 @@ TEST_SECRETS = {
 }
 for _name, _value in TEST_SECRETS.items():
     os.environ[_name] = _value
-for _name in ("SERVEKIT_SECRETS_DIR", "SERVEKIT_AWS_SECRET_ID", "SERVEKIT_REDIS_URL"):
+for _name in (
+    "SERVEKIT_SECRETS_DIR",
+    "SERVEKIT_AWS_SECRET_ID",
+    "SERVEKIT_REDIS_URL",
+    "SERVEKIT_CACHE_REDIS_URL",
+):
     os.environ.pop(_name, None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -36,6 +36,14 @@ class PgServer:
         """The SQLAlchemy URL of `database` on this server (psycopg 3 driver)."""
         return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
+    def checkpoint(self) -> None:
+        """Make every commit so far durable (the server commits asynchronously)."""
+        import psycopg
+
+        conninfo = f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres"
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+
     def create_database(self, prefix: str = "test") -> str:
         """A new, empty database; its SQLAlchemy URL."""
         import psycopg

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
@@ -48,6 +49,22 @@ CATALOGUE = {
     "servekit_shadow_requests_total": ("counter", "Shadow copies by outcome (ok/error/dropped)."),
     "servekit_shadow_duration_seconds": ("histogram", "Latency of shadow calls."),
     "servekit_shadow_cosine": ("histogram", "Cosine of shadow vs primary output, per input."),
+    "servekit_embedding_cache_lookups_total": (
+        "counter",
+        "Texts looked up in the embedding cache, by tier (memory, redis), use (search, "
+        "embeddings) and result (hit, miss). Every text is looked up in memory; a memory "
+        "miss then in Redis when Redis is configured; a Redis miss (or a Redis that did "
+        "not answer in time) is embedded by the model.",
+    ),
+    "servekit_embedding_cache_memory_bytes": (
+        "gauge",
+        "Bytes the memory tier of the embedding cache holds (vectors and key overhead).",
+    ),
+    "servekit_embedding_cache_redis_errors_total": (
+        "counter",
+        "Embedding cache calls to Redis that failed or timed out, by operation (get, put, "
+        "retain); each counts as a miss, never as a failed request.",
+    ),
 }
 COSINE_BUCKETS = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0]
 
@@ -127,6 +144,7 @@ class GaugeKeeper:
 
     def __init__(self, interval_s: float = 5.0) -> None:
         self._values: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Any, float]] = {}
+        self._watched: list[tuple[Any, Callable[[], float]]] = []
         self._lock = threading.Lock()
         self._interval_s = interval_s
         self._thread: threading.Thread | None = None
@@ -147,6 +165,19 @@ class GaugeKeeper:
                 items = list(self._values.items())
             for (_, tags), (gauge, value) in items:
                 gauge.set(value, tags=dict(tags))
+            with self._lock:
+                watched = list(self._watched)
+            for gauge, read in watched:
+                gauge.set(read(), tags={})
+
+    def watch(self, gauge: Any, read: Callable[[], float]) -> None:
+        """Report what `read` answers now and every interval (off the request path)."""
+        gauge.set(read(), tags={})
+        with self._lock:
+            self._watched.append((gauge, read))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="gauges")
+                self._thread.start()
 
 
 class IngressMetrics:
@@ -310,3 +341,37 @@ class SearchMetrics:
     def pending_items(self, space: str, items: int) -> None:
         """Items of `space` still to embed."""
         self._keeper.set(self.pending, items, {"space": space})
+
+
+class CacheMetrics:
+    """The embedding cache's lookups per tier and use, its Redis failures, and the bytes
+    its memory tier holds (read every few seconds, off the request path)."""
+
+    def __init__(self, memory_bytes: Callable[[], float]) -> None:
+        self.lookups = Counter(
+            "servekit_embedding_cache_lookups_total",
+            description=CATALOGUE["servekit_embedding_cache_lookups_total"][1],
+            tag_keys=("tier", "use", "result"),  # type: ignore[arg-type]
+        )
+        self.errors = Counter(
+            "servekit_embedding_cache_redis_errors_total",
+            description=CATALOGUE["servekit_embedding_cache_redis_errors_total"][1],
+            tag_keys=("op",),
+        )
+        self.memory = Gauge(
+            "servekit_embedding_cache_memory_bytes",
+            description=CATALOGUE["servekit_embedding_cache_memory_bytes"][1],
+        )
+        self._keeper = GaugeKeeper()
+        self._keeper.watch(self.memory, memory_bytes)
+
+    def looked_up(self, use: str, tier: str, hits: int, misses: int) -> None:
+        """Texts one tier answered or did not, for one lookup."""
+        if hits:
+            RECORDS.inc(self.lookups, hits, {"tier": tier, "use": use, "result": "hit"})
+        if misses:
+            RECORDS.inc(self.lookups, misses, {"tier": tier, "use": use, "result": "miss"})
+
+    def redis_failed(self, op: str) -> None:
+        """A Redis call that failed or timed out."""
+        RECORDS.inc(self.errors, 1, {"op": op})

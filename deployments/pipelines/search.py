@@ -25,7 +25,8 @@ from deployments.pipelines.catalog_index import CatalogIndex, Hit, item_text
 from deployments.pipelines.filters import AttributeColumns
 from stores.catalog import CATALOG_CHANGE, CatalogStore, Change, Item
 
-EmbedFn = Callable[[str, list[str]], Awaitable[npt.NDArray[np.float32]]]
+# (tenant, space, texts) -> vectors: the tenant owns the catalog (the embedding cache's key)
+EmbedFn = Callable[[str, str, list[str]], Awaitable[npt.NDArray[np.float32]]]
 ProgressFn = Callable[[str, int], None]  # (space, items without a vector)
 IdleFn = Callable[[str], bool]  # whether a space's version has nothing waiting
 PROGRESS_EVERY_S = 2.0
@@ -198,7 +199,7 @@ class SearchService:
             while self.idle is not None and not self.idle(space):
                 await asyncio.sleep(IDLE_POLL_S)  # live requests first
             took = time.monotonic()
-            vectors = await self.embed(space, [item_text(i) for i in batch])
+            vectors = await self.embed(tenant, space, [item_text(i) for i in batch])
             took = time.monotonic() - took
             by_id = {item.id: vectors[n] for n, item in enumerate(batch)}
             blobs = {i: v.astype(np.float32).tobytes() for i, v in by_id.items()}
@@ -215,7 +216,7 @@ class SearchService:
     async def upsert(self, tenant: str, catalog: str, items: list[Item]) -> int:
         """Embed for every kept space, store items and vectors, apply here; the seq."""
         texts = [item_text(i) for i in items]
-        vectors = await self._embed_all(texts)
+        vectors = await self._embed_all(tenant, texts)
         seq = await asyncio.to_thread(self.store.upsert, tenant, catalog, items)
         for space, matrix in vectors.items():
             blobs = {
@@ -239,7 +240,7 @@ class SearchService:
         for space, matrix in vectors.items():
             index.set_vectors(space, {item.id: matrix[n] for n, item in enumerate(items)})
 
-    async def _embed_all(self, texts: list[str]) -> dict[str, npt.NDArray[np.float32]]:
+    async def _embed_all(self, tenant: str, texts: list[str]) -> dict[str, npt.NDArray[np.float32]]:
         """Vectors in every kept space that answers; a failing one (a misbehaving
         canary) is backfilled later, and searches skip it until then. Fails only when
         no space answers."""
@@ -247,7 +248,7 @@ class SearchService:
         error: Exception | None = None
         for space in self.spaces:
             try:
-                vectors[space] = await self.embed(space, texts)
+                vectors[space] = await self.embed(tenant, space, texts)
             except Exception as e:
                 error = e
                 self._backfill_due = True

@@ -1,4 +1,5 @@
-"""Builds the search service of a replica from the args and the live config."""
+"""Builds the search service and the embedding cache of a replica from the args, the
+secrets and the live config."""
 
 from __future__ import annotations
 
@@ -9,13 +10,47 @@ import numpy as np
 import numpy.typing as npt
 
 from configs.schema import AppArgs, IngressLiveConfig
-from deployments.pipelines.search import SearchService
-from deployments.routing.router import VersionRouter
+from deployments.dataplane import NO_TENANT, SEARCH, DataPlane
+from deployments.pipelines.search import EmbedFn, SearchService
 from deployments.tenancy.access import registry_url
+from stores.embed_cache import EmbedCache, EmbedStore, MemoryStore
 from stores.secrets import load_secrets
 
+CACHE_REDIS_SECRET = "cache_redis_url"  # SERVEKIT_CACHE_REDIS_URL, or its file, dir, AWS key
 
-def open_search(args: AppArgs, router: VersionRouter, log: Logger) -> SearchService | None:
+
+def open_cache(log: Logger) -> EmbedCache:
+    """The embedding cache: memory, and Redis when the `cache_redis_url` secret is set
+    (the url may carry the password, hence a secret). Sized and switched on by the
+    live config (`DataPlane.configure`)."""
+    from deployments.observability.metrics import CacheMetrics
+
+    memory = MemoryStore(0)
+    redis: EmbedStore | None = None
+    url = load_secrets().get(CACHE_REDIS_SECRET)
+    if url:
+        from stores.embed_cache_redis import RedisStore
+
+        redis = RedisStore(url)
+        log.info("embedding cache: memory, then Redis", extra={"fields": {"redis": redis.where}})
+    return EmbedCache(memory, redis, CacheMetrics(lambda: memory.bytes), log)
+
+
+def item_embedder(args: AppArgs, plane: DataPlane) -> EmbedFn:
+    """How the search service embeds catalog items: through the embedding cache, as
+    the catalog's tenant (the one tenant of auth off is the cache's `-`, as queries are)."""
+
+    async def embed(tenant: str, space: str, texts: list[str]) -> npt.NDArray[np.float32]:
+        model, version = space.split("/", 1)
+        deadline = time.monotonic() + args.request_timeout_s
+        owner = tenant if args.auth.enabled else NO_TENANT
+        vectors, _ = await plane.embed_cached(SEARCH, owner, model, version, texts, deadline)
+        return vectors
+
+    return embed
+
+
+def open_search(args: AppArgs, plane: DataPlane, log: Logger) -> SearchService | None:
     """The search service over the catalog store (the registry's database), or None
     when `search.enabled` is false."""
     if not args.search.enabled:
@@ -23,12 +58,7 @@ def open_search(args: AppArgs, router: VersionRouter, log: Logger) -> SearchServ
     from stores.catalog_sql import open_catalog_store
 
     store = open_catalog_store(registry_url(load_secrets()))
-
-    async def embed(space: str, texts: list[str]) -> npt.NDArray[np.float32]:
-        model, version = space.split("/", 1)
-        deadline = time.monotonic() + args.request_timeout_s
-        vectors, _ = await router.embed(model, version, texts, deadline)
-        return vectors
+    router = plane.router
 
     from deployments.observability.metrics import SearchMetrics
 
@@ -39,6 +69,7 @@ def open_search(args: AppArgs, router: VersionRouter, log: Logger) -> SearchServ
         return batcher is None or batcher.queued_texts == 0
 
     metrics = SearchMetrics()
+    embed = item_embedder(args, plane)
     return SearchService(store, embed, args.search.follow_s, log, metrics.pending_items, idle=idle)
 
 
@@ -46,11 +77,4 @@ def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:
     """`model/version` of every version of the search model with traffic, a shadow or
     a canary: the embedding spaces catalogs keep an index for."""
     model = args.search_model()
-    versions = {v for v, weight in live.traffic.get(model, {}).items() if weight > 0}
-    shadow = live.shadow.get(model)
-    if shadow is not None:
-        versions.add(shadow.version)
-    rollout = live.rollout.get(model)
-    if rollout is not None:
-        versions.add(rollout.canary)
-    return [f"{model}/{v}" for v in sorted(versions)]
+    return [f"{model}/{v}" for v in sorted(live.versions_in_use(model))]

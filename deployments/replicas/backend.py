@@ -14,8 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-# One request's answer: vectors `[n, dim]` and the tokens the model read.
-EmbedResult = tuple[npt.NDArray[np.float32], int]
+# One request's answer: vectors `[n, dim]` and the tokens the model read for each text
+# (their sum is the request's usage; the embedding cache keeps each text's count).
+EmbedResult = tuple[npt.NDArray[np.float32], list[int]]
 
 
 @runtime_checkable
@@ -47,12 +48,12 @@ def remaining_s(deadline: float) -> float:
 def split_batch(
     sizes: list[int], vectors: npt.NDArray[np.float32], tokens: list[int]
 ) -> list[EmbedResult]:
-    """Cut a batch's outputs back into one (vectors, token count) per request."""
+    """Cut a batch's outputs back into one (vectors, token counts) per request."""
     results: list[EmbedResult] = []
     offset = 0
     for size in sizes:
         end = offset + size
-        results.append((vectors[offset:end], sum(tokens[offset:end])))
+        results.append((vectors[offset:end], tokens[offset:end]))
         offset = end
     if offset != len(vectors):  # list in, list out
         raise RuntimeError(f"{len(vectors)} vectors for {offset} inputs")

@@ -127,7 +127,7 @@ class InlineBatcher:
     async def embed(
         self, texts: list[str], deadline: float | None = None, probe: bool = False
     ) -> EmbedResult:
-        """Vectors and token count for one request, batched with concurrent ones.
+        """Vectors and per-text token counts for one request, batched with concurrent ones.
         Refused at once (`Overloaded`) when the queue is full; dropped unrun when
         `deadline` passes or the caller goes away while it waits. `probe`: a health
         probe, which tests the runtime, so the version's injected faults skip it."""

@@ -118,7 +118,7 @@ class ModelServer:
         self._batched.set_batch_wait_timeout_s(self.live.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     async def embed(self, texts: list[str], timeout_s: float | None = None) -> EmbedResult:
-        """Vectors `[len(texts), dim]` and the number of tokens read. `timeout_s`: what
+        """Vectors `[len(texts), dim]` and the tokens read per text. `timeout_s`: what
         the caller has left; work still queued when it runs out is dropped."""
         fault = self.spec.fault_injection
         if fault is not None:

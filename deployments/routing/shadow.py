@@ -17,7 +17,7 @@ from deployments.errors import ServekitError
 # Shadow copies in flight per ingress replica; beyond this they are dropped, counted.
 MAX_SHADOW_IN_FLIGHT = 32
 
-EmbedCall = Callable[[str, str, list[str]], Awaitable[tuple[np.ndarray[Any, Any], int]]]
+EmbedCall = Callable[[str, str, list[str]], Awaitable[tuple[np.ndarray[Any, Any], list[int]]]]
 
 
 class ShadowMetrics(Protocol):

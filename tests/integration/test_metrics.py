@@ -36,12 +36,17 @@ def test_metrics_are_exported_per_model_and_version(service: Service) -> None:
                 headers={"X-Model-Version": version},
             )
             assert r.status_code == 200
-    # Shadow, rollback and drop metrics appear with their first event (see
-    # test_rollout.py and test_overload.py).
+        search = {"catalog": "metrics", "query": "zq-marker-7731", "user": "one-version"}
+        for _ in range(2):  # the query embedded, then found in the embedding cache
+            r = client.post("/v1/search", json=search)
+            assert r.status_code == 200, r.text
+    # Shadow, rollback, drop and Redis error metrics appear with their first event (see
+    # test_rollout.py and test_overload.py; the test service runs the cache without Redis).
+    skipped = ("servekit_shadow", "servekit_rollbacks", "servekit_dropped")
     wanted = [
         f"ray_{name}"
         for name in CATALOGUE
-        if not name.startswith(("servekit_shadow", "servekit_rollbacks", "servekit_dropped"))
+        if not name.startswith((*skipped, "servekit_embedding_cache_redis"))
     ]
 
     def ok(text: str) -> bool:

@@ -31,10 +31,10 @@ class FakeBackend:
         self.label = label
         self.fail = fail
 
-    async def embed(self, texts: list[str], deadline: float) -> tuple[npt.NDArray[Any], int]:
+    async def embed(self, texts: list[str], deadline: float) -> tuple[npt.NDArray[Any], list[int]]:
         if self.fail:
             raise InferenceFailed(f"{self.label}: the model failed on this request")
-        return np.ones((len(texts), 4), dtype=np.float32), len(texts)
+        return np.ones((len(texts), 4), dtype=np.float32), [1] * len(texts)
 
     async def metadata(self) -> dict[str, Any]:
         return {}

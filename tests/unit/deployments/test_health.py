@@ -176,7 +176,7 @@ def test_a_wedged_inline_runtime_turns_unready_then_unhealthy(batcher: InlineBat
         vectors, tokens = asyncio.run(scenario())
     finally:
         batcher.wedge.release()
-    assert (len(vectors), tokens) == (1, len("stuck"))
+    assert (len(vectors), tokens) == (1, [len("stuck")])
 
 
 def test_an_idle_wedged_inline_runtime_fails_its_probe(batcher: InlineBatcher) -> None:

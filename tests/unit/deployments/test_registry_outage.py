@@ -33,6 +33,9 @@ def test_known_keys_are_served_while_the_registry_is_down(
         cache = KeyCache(registry, SECRET, None, 0.2, log)
         cache.refresh()
         data = server.socket_dir / "data"
+        # The test server commits asynchronously (synchronous_commit=off): write what is
+        # committed to disk first, so the crash below loses the connection, not the data.
+        server.checkpoint()
         _run([str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-w", "-D", str(data)],
              server.socket_dir)  # fmt: skip
         try:

@@ -36,6 +36,12 @@ async def fake_embed(space: str, texts: list[str]) -> npt.NDArray[np.float32]:
     return out
 
 
+async def embed_items(tenant: str, space: str, texts: list[str]) -> npt.NDArray[np.float32]:
+    """What the service calls for items: with the catalog's tenant, which the vectors
+    do not depend on."""
+    return await fake_embed(space, texts)
+
+
 def _items() -> list[Item]:
     return [
         Item(f"i{n}", {"title": f"{color} {kind}", "sku": f"SKU-{n:04d}"},
@@ -52,7 +58,7 @@ def url(tmp_path: Path) -> str:
 
 
 def _service(url: str) -> SearchService:
-    return SearchService(open_catalog_store(url), fake_embed, 0.05, LOG, backfill_delay_s=0)
+    return SearchService(open_catalog_store(url), embed_items, 0.05, LOG, backfill_delay_s=0)
 
 
 def test_a_second_replica_follows_upserts_and_deletes(url: str) -> None:
@@ -139,7 +145,7 @@ def test_a_new_space_is_backfilled_and_a_retired_one_dropped(url: str) -> None:
 
 
 def test_an_upsert_survives_a_failing_space(url: str) -> None:
-    async def flaky(space: str, texts: list[str]) -> npt.NDArray[np.float32]:
+    async def flaky(tenant: str, space: str, texts: list[str]) -> npt.NDArray[np.float32]:
         if space == "m/canary":
             raise RuntimeError("canary down")
         return await fake_embed(space, texts)
@@ -152,3 +158,24 @@ def test_an_upsert_survives_a_failing_space(url: str) -> None:
         await service.close()
 
     asyncio.run(run())
+
+
+def test_items_are_embedded_as_their_catalogs_tenant(url: str) -> None:
+    seen: set[tuple[str, str]] = set()
+
+    async def embed(tenant: str, space: str, texts: list[str]) -> npt.NDArray[np.float32]:
+        seen.add((tenant, space))
+        return await fake_embed(space, texts)
+
+    async def run() -> None:
+        service = SearchService(open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0)
+        await service.start(["m/v1"])
+        await service.upsert("acme", "shop", _items()[:2])  # embedded on upsert
+        await service.upsert("globex", "shop", _items()[2:4])
+        await service.start(["m/v1", "m/v2"])
+        await service.backfill()  # and when a new space is backfilled
+        assert service.ready_spaces("globex", "shop") == ["m/v1", "m/v2"]
+        await service.close()
+
+    asyncio.run(run())
+    assert seen == {(t, s) for t in ("acme", "globex") for s in ("m/v1", "m/v2")}

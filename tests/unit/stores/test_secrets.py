@@ -74,7 +74,13 @@ def assert_no_value(text: str) -> None:
 
 
 def test_the_names() -> None:
-    assert SECRET_NAMES == ("hmac_secret", "admin_token", "registry_dsn", "redis_password")
+    assert SECRET_NAMES == (
+        "hmac_secret",
+        "admin_token",
+        "registry_dsn",
+        "redis_password",
+        "cache_redis_url",
+    )
 
 
 def test_from_the_environment() -> None:

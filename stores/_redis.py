@@ -1,0 +1,37 @@
+"""What the Redis stores share: a client whose every call is bounded, and where it points
+(for messages, never with the password a url may carry)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+
+def connect(
+    url: str, password: str | None, timeout_s: float, max_connections: int
+) -> tuple[Redis, str]:
+    """A client of at most `max_connections` pooled connections, each wait for one of
+    them, each connect and each reply bounded by `timeout_s`, with one immediate retry on
+    a broken connection (a pooled connection that outlived a Redis restart); and where it
+    points. A password in the url wins over `password` (redis-py's rule for url options)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        password=password,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+    return Redis.from_pool(pool), location(pool.connection_kwargs)
+
+
+def location(kwargs: dict[str, Any]) -> str:
+    """Where the store is, for messages: never the password the url may carry."""
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
