@@ -8,13 +8,15 @@ a slow phase of the machine that refuses requests that would be answered in time
 The model keeps a shape and a level. The shape, a / b, comes from pairs of
 consecutive batches of clearly different sizes (close in time, so a change of the
 machine's speed between them is rare), smoothed over pairs. The level, b, follows
-every batch's time under that shape, so a slow phase moves it within a few batches
-whatever sizes they have. Two calibration runs at load (one text, then several) give
-the first shape; without one, the cost is per text.
+every batch's time under that shape (a geometric mean, so one stalled batch moves it
+little), so a slow phase moves it within a few batches whatever sizes they have.
+Two calibration runs at load (one text, then several) give the first shape; without
+one, the cost is per text.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -51,7 +53,9 @@ class BatchCost:
         ratio = self._ratio or 0.0
         level = seconds / (ratio + texts)
         self.per_text_s = (
-            level if self.per_text_s is None else DECAY * self.per_text_s + (1 - DECAY) * level
+            level
+            if self.per_text_s is None
+            else math.exp(DECAY * math.log(self.per_text_s) + (1 - DECAY) * math.log(level))
         )
         self.fixed_s = ratio * self.per_text_s
 

@@ -106,6 +106,7 @@ class InlineBatcher:
         self.cost = BatchCost()  # how long a batch of n texts takes, measured
         self._lanes = runtime.busy_lanes
         self._running = 0  # batches in flight
+        self._inflight: dict[int, tuple[float, int]] = {}  # batch -> (started, texts)
         self._solo = False  # the one in flight has the full session
 
     def configure(self, live: InlineBatchingConfig) -> None:
@@ -149,19 +150,18 @@ class InlineBatcher:
         return await future
 
     def expected_wait_s(self, texts: int) -> float:
-        """How long a request of `texts` would wait for its answer: the batches in
-        flight, then the queue (split over the busy lanes) with it, by the measured
-        batch cost (0 until a batch has been measured)."""
-        lanes = max(1, self._lanes)
-        ahead = self.cost.seconds(-(-(self._queued_texts + texts) // lanes), self.max_batch_texts)
-        if ahead is None:
-            return 0.0
-        if self._running:
-            ahead += (
-                self.cost.seconds(-(-self._running_texts // self._running), self.max_batch_texts)
-                or 0.0
-            )
-        return ahead
+        """How long a request of `texts` would wait for its answer, by the measured
+        batch cost (0 until a batch has been measured): until the first batch in flight
+        ends (its cost less the time it has run), then the queue with it as the next
+        batch (the first lane to free takes the whole queue)."""
+        queue = self.cost.seconds(self._queued_texts + texts, self.max_batch_texts)
+        if queue is None or not self._inflight:
+            return queue or 0.0
+        now = time.perf_counter()
+        return queue + min(
+            max(0.0, (self.cost.seconds(n, self.max_batch_texts) or 0.0) - (now - started))
+            for started, n in self._inflight.values()
+        )
 
     def calibrate(self) -> None:
         """Time two runs (one text, then several) so the first requests' waits are
@@ -232,6 +232,7 @@ class InlineBatcher:
         self._running_texts += texts
         self._running += 1
         self._solo = solo
+        self._inflight[id(batch)] = (time.perf_counter(), texts)
         asyncio.get_running_loop().create_task(self._run_batch(batch, busy=not solo))
 
     async def _run_batch(self, batch: list[_Pending], busy: bool) -> None:
@@ -260,6 +261,7 @@ class InlineBatcher:
                 self._watcher.run_finished(token, ok)
             self._running_texts -= sum(len(item.texts) for item in batch)
             self._running -= 1
+            self._inflight.pop(id(batch), None)
             self._solo = False
             self._dispatch()
 
