@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test lint artifacts servers bench bench-raw cluster install clean
+.PHONY: serve test lint artifacts servers bench bench-raw eval cluster install clean
 
 install: $(STAMP)
 
@@ -45,16 +45,25 @@ test: lint artifacts servers
 cluster: $(STAMP)
 	$(PY) -m servekit.kube
 
-# Serving benchmark: raw vs plain Ray Serve vs servekit (bench/results/latest.json, .png).
+# Serving benchmark: raw vs plain Ray Serve vs servekit (bench/results/latest.json, .png);
+# then /v1/search against an in-process loop, and the embedding cache on and off under a
+# Zipf query stream (bench/results/search.json).
 # Its load generator is wrk (installed here from Debian's packages when missing and
 # possible), else a slower asyncio client; the results say which one ran.
 bench: artifacts
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get install -y -qq wrk >/dev/null 2>&1; } || echo "wrk is not installed: using the asyncio client"
 	$(PY) bench/serving.py
+	$(PY) bench/search.py
 
 bench-raw: artifacts
 	$(PY) bench/raw_runtime.py --store $(ARTIFACTS)
+
+# Search quality: NDCG@10 and recall@10 of every version of the search model, vector vs
+# lexical vs hybrid, on the example catalog's test queries (bench/results/eval.json).
+# Options through EVAL_ARGS, e.g. make eval EVAL_ARGS="--items 5000 --split dev".
+eval: artifacts
+	$(PY) bench/eval.py $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) .mypy_cache .ruff_cache .pytest_cache

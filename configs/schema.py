@@ -240,7 +240,8 @@ class SearchSettings(_Strict):
     )
     fusion: Literal["convex", "rrf"] = Field(
         "convex",
-        description="How hybrid ranking fuses: min-max normalised scores, half each "
+        description="How hybrid ranking fuses: min-max normalised scores, 0.45 the vectors' "
+        "and 0.55 BM25's "
         "(convex), or reciprocal ranks (rrf), which ignores how far ahead an exact match is.",
     )
 

@@ -87,7 +87,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -184,6 +184,11 @@ class _Arrays:
 
 
 def _usearch_index(dim: int, dtype: Dtype, connectivity: int, expansion_add: int) -> Any:
+    # With usearch's extension loaded first, a later `import onnxruntime` crashes the
+    # process (usearch 2.26, onnxruntime 1.32: a replica or a test that builds an index
+    # before it loads a model); the other order is fine, so ONNX Runtime goes first.
+    with suppress(ImportError):
+        import onnxruntime  # noqa: F401
     from usearch.index import Index
 
     return Index(

@@ -3,6 +3,8 @@ their promise of k results, snapshots that restore exactly, searches during writ
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from models.ann import VectorIndex
 from models.errors import ArtifactFormatError, InvalidInputError
+from tests.conftest import REPO_ROOT
 
 DIM = 64
 ITEMS = 20_000
@@ -305,3 +308,17 @@ def test_searches_during_writes_see_only_whole_items() -> None:
             t.join()
     assert not errors, errors[0]
     assert len(index) == 4_000 - 2_000 // 250 * 100
+
+
+def test_a_model_loads_after_an_index_was_built() -> None:
+    # A fresh process builds an index, then loads ONNX Runtime: the order that can crash.
+    code = (
+        "import numpy as np; from models.ann import VectorIndex; "
+        "VectorIndex(4).upsert(np.array([1], np.uint64), np.ones((1, 4), np.float32)); "
+        "import onnxruntime; print(onnxruntime.get_device())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "CPU"
