@@ -186,8 +186,7 @@ def in_process(registry_dsn: str, queries: list[str], batch: int, seconds: float
         items.extend(page)
         after = page[-1].id
     index = CatalogIndex()
-    for item in items:
-        index.upsert(item)
+    index.upsert_many(items)
     runtimes: dict[str, TextEmbedder] = {}
     artifacts = ArtifactStore()
     for version in weights:

@@ -28,6 +28,9 @@ NOT_READY_TTL_S = 1.0
 # What the embedding cache is used for (its live settings switch each on or off).
 EMBEDDINGS, SEARCH = "embeddings", "search"
 NO_TENANT = "-"  # the cache's tenant when auth is off
+# Texts up to this many characters in all are keyed on the event loop (about 4 us per
+# short text); longer requests in a worker thread.
+LOOP_HASH_MAX_CHARS = 4096
 
 
 @dataclass
@@ -134,7 +137,14 @@ class DataPlane:
         return vectors
 
     async def embed_cached(
-        self, use: str, tenant: str, model: str, version: str, texts: list[str], deadline: float
+        self,
+        use: str,
+        tenant: str,
+        model: str,
+        version: str,
+        texts: list[str],
+        deadline: float,
+        cold: bool = False,
     ) -> EmbedResult:
         """Vectors and per-text token counts of `texts`, in order: from the cache where
         it has them (when it serves `use`), the rest embedded by the version (each
@@ -142,7 +152,10 @@ class DataPlane:
         space = self._spaces.get((model, version))
         if not texts or space is None or not self.cache.serves(use, space):
             return await self.router.embed(model, version, texts, deadline)
-        keys = cache_keys(tenant, space, texts)
+        if sum(map(len, texts)) <= LOOP_HASH_MAX_CHARS:
+            keys = cache_keys(tenant, space, texts)
+        else:  # normalizing and hashing long texts would hold the event loop
+            keys = await asyncio.to_thread(cache_keys, tenant, space, texts)
         found = await self.cache.get(use, keys)
         rows: dict[CacheKey, int] = {}  # a missing key -> its row among the texts embedded
         for n, (key, entry) in enumerate(zip(keys, found, strict=True)):
@@ -159,7 +172,8 @@ class DataPlane:
                 [
                     (keys[n], Cached(fresh[row].astype("<f4").tobytes(), counts[row]))
                     for row, n in enumerate(todo)
-                ]
+                ],
+                cold,
             )
             rows = {keys[n]: row for row, n in enumerate(todo)}
         return _assemble(keys, found, rows, fresh, counts)

@@ -135,15 +135,27 @@ class MemoryStore:
                 found.append(entry[0])
         return found
 
-    def store(self, entries: Sequence[tuple[CacheKey, Cached]], ttl_s: float) -> None:
-        """`put_many` without a coroutine. An entry larger than the bound is not kept."""
+    def store(
+        self, entries: Sequence[tuple[CacheKey, Cached]], ttl_s: float, cold: bool = False
+    ) -> None:
+        """`put_many` without a coroutine. An entry larger than the bound is not kept.
+        `cold`: the entries go in as the least recently used (first out unless looked up
+        again; each takes the place of the least recently used), so a bulk write (a
+        catalog's items) never pushes out more than its own size of the coldest."""
         expires = self._clock() + ttl_s
         for key, value in entries:
             self._drop(key)
             size = entry_bytes(key, value)
-            if size <= self.max_bytes:
-                self._entries[key] = (value, expires, size)
-                self.bytes += size
+            if size > self.max_bytes:
+                continue
+            if cold:  # room is made first, so it never evicts itself
+                while self.bytes + size > self.max_bytes:
+                    _, (_, _, gone) = self._entries.popitem(last=False)
+                    self.bytes -= gone
+            self._entries[key] = (value, expires, size)
+            self.bytes += size
+            if cold:
+                self._entries.move_to_end(key, last=False)
         self._evict()
 
     def resize(self, max_bytes: int) -> None:
@@ -287,13 +299,14 @@ class EmbedCache:
         self._metrics.looked_up(use, REDIS, len(fill), len(missing) - len(fill))
         return found
 
-    def put(self, entries: Sequence[tuple[CacheKey, Cached]]) -> None:
-        """Store entries: in memory now, in Redis in the background (dropped when Redis
-        is failing or too many writes are in flight)."""
+    def put(self, entries: Sequence[tuple[CacheKey, Cached]], cold: bool = False) -> None:
+        """Store entries: in memory now (`cold`: as the least recently used), in Redis
+        in the background (dropped when Redis is failing or too many writes are in
+        flight)."""
         entries = self._live_only(entries)  # a version retired while they were embedded
         if not entries or not self.enabled:
             return
-        self.memory.store(entries, self.ttl_s)
+        self.memory.store(entries, self.ttl_s, cold)
         if (
             self.redis is None
             or not self._redis_usable()
@@ -321,8 +334,10 @@ class EmbedCache:
         assert self.redis is not None
         try:
             await self.redis.put_many(entries, ttl_s)
-        except CacheUnavailable as e:
-            self._failed("put", e)
+        except CacheUnavailable:
+            # Counted, but lookups keep asking: a large write can time out where a
+            # lookup answers (writes are dropped, never retried).
+            self._metrics.redis_failed("put")
         except Exception:  # a bug here must not surface as a stray task error
             self._log.exception("embedding cache: writing to Redis failed")
         else:

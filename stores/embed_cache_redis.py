@@ -34,6 +34,10 @@ _TOKENS = struct.Struct("<I")
 _GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 
+# Entries per pipelined write: about 100 kB of MiniLM vectors, well inside the timeout.
+WRITE_CHUNK = 64
+
+
 class RedisStore:
     """Entries in Redis behind the `EmbedStore` interface. Every call is bounded by
     `timeout_s`; whatever goes wrong with the store raises `CacheUnavailable`."""
@@ -62,16 +66,19 @@ class RedisStore:
         return [decode(value) for value in values]
 
     async def put_many(self, entries: Sequence[tuple[CacheKey, Cached]], ttl_s: float) -> None:
-        """`SET ... PX` of each entry and `SADD` of their spaces, in one round trip."""
+        """`SET ... PX` of each entry and `SADD` of their spaces: one round trip per
+        `WRITE_CHUNK` entries, so each fits the short timeout."""
         if not entries:
             return
         ttl_ms = max(1, round(ttl_s * 1000))
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key, value in entries:
-                    pipe.set(self._key(key), encode(value), px=ttl_ms)
-                pipe.sadd(self._spaces, *sorted({key.space for key, _ in entries}))
-                await pipe.execute()
+            for at in range(0, len(entries), WRITE_CHUNK):
+                chunk = entries[at : at + WRITE_CHUNK]
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key, value in chunk:
+                        pipe.set(self._key(key), encode(value), px=ttl_ms)
+                    pipe.sadd(self._spaces, *sorted({key.space for key, _ in chunk}))
+                    await pipe.execute()
         except RedisError as e:
             raise self._unavailable(e) from e
 

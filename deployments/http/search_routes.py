@@ -274,7 +274,10 @@ async def configure_catalog(
         tenant = _tenant(call)
         await service.configure(tenant, catalog, body.model_dump(exclude_none=True))
         found = await asyncio.to_thread(service.store.catalogs, tenant)
-        return json_response(_catalog(next(c for c in found if c.name == catalog)))
+        info = next((c for c in found if c.name == catalog), None)
+        if info is None:  # deleted by another writer since: nothing to show
+            raise NotFound("catalog: no such catalog")
+        return json_response(_catalog(info))
 
     return await run_route(request, "/v1/catalogs/settings", work)
 

@@ -273,8 +273,11 @@ class SearchService:
 
     async def configure(self, tenant: str, catalog: str, settings: dict[str, Any]) -> int:
         """Replace a catalog's settings (the store first, then here); the seq."""
-        seq = await asyncio.to_thread(self.store.configure, tenant, catalog, settings)
-        self.catalogs.setdefault((tenant, catalog), CatalogIndex()).settings = dict(settings)
+        # Under the writers' lock: a change-log page the follower read before this
+        # commit cannot put the old settings back afterwards.
+        async with self._lock:
+            seq = await asyncio.to_thread(self.store.configure, tenant, catalog, settings)
+            self.catalogs.setdefault((tenant, catalog), CatalogIndex()).settings = dict(settings)
         return seq
 
     def catalog_settings(self, tenant: str, catalog: str) -> dict[str, Any]:

@@ -44,7 +44,10 @@ def item_embedder(args: AppArgs, plane: DataPlane) -> EmbedFn:
         model, version = space.split("/", 1)
         deadline = time.monotonic() + args.request_timeout_s
         owner = tenant if args.auth.enabled else NO_TENANT
-        vectors, _ = await plane.embed_cached(SEARCH, owner, model, version, texts, deadline)
+        # Items go in cold: a catalog loaded in bulk never pushes hot queries out.
+        vectors, _ = await plane.embed_cached(
+            SEARCH, owner, model, version, texts, deadline, cold=True
+        )
         return vectors
 
     return embed

@@ -40,6 +40,12 @@ from models.text import Float32Array, TextEmbedder
 # 20 us for a few short texts); larger ones in the inference thread.
 LOOP_TOKENIZE_MAX_TEXTS = 16
 LOOP_TOKENIZE_MAX_CHARS = 4096
+# What the batch cost is calibrated with at load: about the length of a product's
+# title and description (some 50 tokens), not a word, whose cost would be all overhead.
+CALIBRATION_TEXT = (
+    "Lightweight waterproof trail running shoe with a breathable mesh upper, a cushioned "
+    "midsole and a grippy rubber outsole for muddy mountain paths, in forest green."
+)
 # How much lower than the event loop the inference threads run (nice steps).
 INFERENCE_NICE_STEP = 4
 
@@ -168,7 +174,7 @@ class InlineBatcher:
         judged by a measured batch cost; the runtime is loaded and warmed up."""
         self.cost.calibrate(
             lambda n: self.runtime.embed_token_ids(
-                self.runtime.tokenize(["calibration"] * n), busy=False
+                self.runtime.tokenize([CALIBRATION_TEXT] * n), busy=False
             )
         )
 
@@ -183,8 +189,8 @@ class InlineBatcher:
             self._drop_gone()  # texts nobody waits for any more take no room
         if self._queued_texts + texts > self.max_queued_texts:
             reason = f"{self._queued_texts} texts already wait for this version"
-        elif self.expected_wait_s(texts) > self.max_queue_wait_s:
-            reason = f"the wait would exceed {self.max_queue_wait_s:g} s"
+        elif (wait := self.expected_wait_s(texts)) > self.max_queue_wait_s:
+            reason = f"the wait would be about {wait:.2f} s, over {self.max_queue_wait_s:g} s"
         else:
             return
         self._metrics.dropped("queue_full")

@@ -95,6 +95,32 @@ def test_a_second_replica_follows_upserts_and_deletes(url: str) -> None:
     asyncio.run(run())
 
 
+def test_catalog_settings_reach_a_second_replica_in_order(url: str) -> None:
+    async def run() -> None:
+        writer, follower = _service(url), _service(url)
+        await writer.start(["m/v1"])
+        await follower.start(["m/v1"])
+        await writer.upsert("acme", "shop", _items())
+        await writer.configure("acme", "shop", {"hybrid": False})
+        await writer.delete("acme", "shop", "i1")
+        await writer.configure("globex", "shop", {"hybrid": True})  # same name, other tenant
+        assert writer.catalog_settings("acme", "shop") == {"hybrid": False}
+        head = writer.store.head()
+        for _ in range(100):
+            if follower.seq >= head:
+                break
+            await asyncio.sleep(0.05)
+        assert follower.catalog_settings("acme", "shop") == {"hybrid": False}
+        assert follower.catalog_settings("globex", "shop") == {"hybrid": True}
+        assert follower.catalog_settings("acme", "other") == {}
+        assert follower.catalogs["acme", "shop"].get("i1") is None
+        assert len(follower.catalogs["acme", "shop"]) == len(_items()) - 1
+        await writer.close()
+        await follower.close()
+
+    asyncio.run(run())
+
+
 def test_each_space_answers_with_its_own_vectors(url: str) -> None:
     async def run() -> None:
         service = _service(url)

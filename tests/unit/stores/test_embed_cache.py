@@ -227,6 +227,19 @@ def test_memory_is_bounded_in_bytes_least_recently_used_first_out() -> None:
     assert store.bytes == size
 
 
+def test_cold_entries_go_first_unless_used_again() -> None:
+    written, size = _sized(6)
+    store = MemoryStore(4 * size, FakeClock())
+    store.store(written[:2], 60)  # hot: queries in use
+    store.store(written[2:4], 60, cold=True)  # a bulk write of items
+    store.lookup([written[3][0]])  # item 3 is asked for: hot from now on
+    # Two more items into the full store: each takes the least recently used place.
+    store.store(written[4:6], 60, cold=True)
+    held = store.lookup([k for k, _ in written])
+    assert [v is not None for v in held] == [True, True, False, True, False, True]
+    assert store.bytes == 4 * size
+
+
 def test_memory_counts_vector_bytes_and_key_overhead() -> None:
     ((key, value),) = entries("a-tenant", V1, ["x"])
     size = entry_bytes(key, value)
@@ -338,6 +351,28 @@ def test_retiring_a_version_drops_it_now_in_memory_and_soon_in_redis(redis_url: 
         assert await shared.get_many([k for k, _ in old + new]) == [None, None, new[0][1]]
         assert await shared.spaces() == {V2}
         await shared.close()
+        await cache.close()
+
+    asyncio.run(body())
+
+
+def test_a_failed_write_never_turns_lookups_off(own_server: RedisServer) -> None:
+    async def body() -> None:
+        cache, counts = _tiered(own_server.url, _prefix(), timeout_s=1.0)
+        cache.retain([V1])
+        written = entries("acme", V1, ["a", "b"])
+        cache.put(written[:1])
+        await cache.settle()
+        own_server.stop()
+        cache.put(written[1:])
+        await cache.settle()
+        assert counts.failures == ["put"]
+        own_server.start()  # back, empty
+        cache.memory.clear()
+        # Redis is asked at once (no pause after a failed write): a miss, not skipped.
+        assert await cache.get("search", [k for k, _ in written]) == [None, None]
+        assert counts.misses[("search", REDIS)] == 2
+        assert counts.failures == ["put"]
         await cache.close()
 
     asyncio.run(body())
