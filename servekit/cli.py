@@ -83,6 +83,12 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     show = sub.add_parser("status", help="versions, weights, replicas, traffic, rollout state")
     show.add_argument("--url", default=DEFAULT_URL, help="servekit's HTTP address")
     show.add_argument("--address", default=DEFAULT_ADDRESS, help=ADDRESS_HELP)
+    show.add_argument(
+        "--config",
+        type=Path,
+        default=Path("serve_config.yaml"),
+        help="the file to compare with what is deployed",
+    )
     from servekit import tenants_cli
 
     tenants_cli.add_commands(sub, DEFAULT_URL)
@@ -97,7 +103,7 @@ def _run_rollout_command(args: argparse.Namespace) -> int:
     # Before Ray is imported: it reads its auth mode once.
     rollout_cli.token_mode_if_token()
     if args.command == "status":
-        return rollout_cli.status(args.url.rstrip("/"), args.address.rstrip("/"))
+        return rollout_cli.status(args.url.rstrip("/"), args.address.rstrip("/"), args.config)
     if args.command == "apply":
         return rollout_cli.deploy(args.config, args.address.rstrip("/"))
     arg = (args.version, args.weight) if args.command == "promote" else args.to

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -47,24 +48,31 @@ def edit_and_apply(
         if blocker:
             print(f"servekit: {blocker}", file=sys.stderr)
             return 1
-    diff = cfg.diff()
-    if not diff:
-        print(f"servekit: {path} already says so; nothing to change")
-        return 0
-    print(diff, end="")
-    for note in notes:
-        print(f"note: {note}")
+    # Feasibility first: a change that cannot be deployed shows no diff.
     problems = check_document(yaml.safe_load(cfg.render()))
     if problems:
         for problem in problems:
             print(f"servekit: the change would make the file invalid: {problem}", file=sys.stderr)
         return 1
+    diff = cfg.diff()
+    if not diff:
+        if dry_run or not apply:
+            print(f"servekit: {path} already says so; nothing to change")
+            return 0
+        # The file may have been written without being deployed (`--no-apply`, a hand
+        # edit): apply it anyway; Serve changes nothing when the service matches it.
+        print(f"servekit: {path} already says so; applying it, as the service may differ")
+        return deploy(path, address)
+    print(diff, end="")
+    for note in notes:
+        print(f"note: {note}")
     if dry_run:
         print("dry run: nothing written, nothing applied")
         return 0
     path.write_text(cfg.render())
     print(f"wrote {path}")
     if not apply:
+        print(f"not applied: `servekit apply {path}` deploys it")
         return 0
     return deploy(path, address)
 
@@ -184,8 +192,9 @@ def search_index_blocker(url: str, model: str, version: str) -> str | None:
     )
 
 
-def status(url: str, address: str) -> int:
-    """Print per model: versions, weights, replicas, recent traffic, rollout state."""
+def status(url: str, address: str, config: Path | None = None) -> int:
+    """Print per model: versions, weights, replicas, recent traffic, rollout state;
+    and, with `config`, where the file differs from what is deployed."""
     try:
         from servekit.credentials import operator_headers
 
@@ -196,12 +205,61 @@ def status(url: str, address: str) -> int:
         print(f"servekit: cannot reach the service at {url} ({e})", file=sys.stderr)
         return 1
     replicas = _replicas(address)
+    live = _file_live_config(config) if config is not None else None
     for detail in details:
         _print_model(detail, replicas)
+        if live is not None:
+            differences = drift(live, detail)
+            for line in differences:
+                print(f"  differs: {line}")
+            if differences:
+                print(f"  `servekit apply {config}` deploys the file")
     _print_indexes(url, auth)
     if replicas is None:
         print(f"(replica counts unavailable: no Ray instance reachable at {address})")
     return 0
+
+
+def _file_live_config(path: Path) -> dict[str, Any] | None:
+    """The Ingress `user_config` the file declares (None when there is no such file)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+        app = doc["applications"][0]
+        ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+        live: dict[str, Any] = ingress.get("user_config") or {}
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, StopIteration):
+        return None
+    return live
+
+
+def drift(live: dict[str, Any], detail: dict[str, Any]) -> list[str]:
+    """What the file's live config says about one model that the deployed one does not:
+    the configured weights, the canary watched, the shadow version and fraction."""
+    model = detail["id"]
+    out = []
+    deployed = {v["name"]: v["configured_weight"] for v in detail["versions"]}
+    declared = {str(v): int(w) for v, w in (live.get("traffic") or {}).get(model, {}).items()}
+    if {v: w for v, w in declared.items() if w} != {v: w for v, w in deployed.items() if w}:
+        out.append(f"weights: the file says {_weights(declared)}; deployed {_weights(deployed)}")
+    canary = ((live.get("rollout") or {}).get(model) or {}).get("canary")
+    running = (detail.get("rollout") or {}).get("canary")
+    if canary != running:
+        out.append(f"canary: the file says {canary or 'none'}; deployed {running or 'none'}")
+    shadow = (live.get("shadow") or {}).get(model) or {}
+    shadowed = detail.get("shadow") or {}
+    mine = (shadow.get("version"), shadow.get("fraction"))
+    theirs = (shadowed.get("version"), shadowed.get("fraction"))
+    if mine != theirs:
+        out.append(f"shadow: the file says {_shadow(*mine)}; deployed {_shadow(*theirs)}")
+    return out
+
+
+def _weights(weights: dict[str, int]) -> str:
+    return " ".join(f"{v}={w}" for v, w in sorted(weights.items())) or "none"
+
+
+def _shadow(version: str | None, fraction: float | None) -> str:
+    return "none" if version is None else f"{version} at {fraction:.0%}"
 
 
 def _replicas(address: str) -> dict[str, str] | None:
@@ -260,6 +318,9 @@ def _print_model(detail: dict[str, Any], replicas: dict[str, str] | None) -> Non
             f"(window {window['requests']} calls, {window['error_rate']:.1%} errors, "
             f"p95 {window['p95_latency_ms']:.0f} ms)"
         )
+        if rollout.get("decided_at"):
+            at = datetime.fromtimestamp(rollout["decided_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+            line += f", at {at} UTC"
         print(line + (f": {rollout['reason']}" if rollout.get("reason") else ""))
     shadow = detail.get("shadow")
     if shadow:

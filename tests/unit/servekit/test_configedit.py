@@ -217,6 +217,22 @@ def test_cli_writes_without_applying(config: Path, example_store: Path) -> None:
     assert _traffic(config) == {"v1": 100, "v2": 0}
 
 
+def test_cli_applies_what_the_file_already_says(config: Path, example_store: Path) -> None:
+    """Written with --no-apply, then the same promote: the file already says so, but
+    the service may not, so it is applied (here to a dashboard nobody runs: refused)."""
+    out = _cli("promote", "minilm", "v2", "--weight", "20", "--config", str(config), "--no-apply")
+    assert out.returncode == 0, out.stderr
+    assert f"not applied: `servekit apply {config}` deploys it" in out.stdout
+    out = _cli("promote", "minilm", "v2", "--weight", "20", "--config", str(config),
+               "--address", "http://127.0.0.1:9")  # fmt: skip
+    assert "already says so; applying it" in out.stdout
+    assert out.returncode == 1
+    assert "serve deploy to http://127.0.0.1:9 failed" in out.stderr
+    # A dry run of the same stays a no-op.
+    out = _cli("promote", "minilm", "v2", "--weight", "20", "--config", str(config), "--dry-run")
+    assert (out.returncode, "nothing to change" in out.stdout) == (0, True)
+
+
 def test_cli_mistakes_exit_non_zero(config: Path) -> None:
     bad_version = _cli("promote", "minilm", "v7", "--weight", "5", "--config", str(config))
     assert bad_version.returncode == 2

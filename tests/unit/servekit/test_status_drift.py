@@ -1,0 +1,41 @@
+"""`servekit status` says where the file differs from what is deployed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from servekit.rollout_cli import drift
+
+
+def _detail(weights: dict[str, int], canary: str | None = None,
+            shadow: tuple[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    return {
+        "id": "minilm",
+        "versions": [{"name": v, "configured_weight": w} for v, w in weights.items()],
+        "rollout": {"canary": canary, "state": "watching"} if canary else None,
+        "shadow": {"version": shadow[0], "fraction": shadow[1], "pairs": {}} if shadow else None,
+    }
+
+
+def test_a_file_that_matches_shows_nothing() -> None:
+    live = {
+        "traffic": {"minilm": {"v1": 90, "v2": 10}},
+        "rollout": {"minilm": {"canary": "v2", "max_error_rate": 0.02}},
+        "shadow": {"minilm": {"version": "v3", "fraction": 0.1}},
+    }
+    # A version the file leaves out and the service has at 0 is no difference.
+    detail = _detail({"v1": 90, "v2": 10, "v3": 0}, canary="v2", shadow=("v3", 0.1))
+    assert drift(live, detail) == []
+
+
+def test_weights_canary_and_shadow_that_differ_are_named() -> None:
+    live = {
+        "traffic": {"minilm": {"v1": 80, "v2": 20}},
+        "rollout": {"minilm": {"canary": "v2"}},
+    }
+    detail = _detail({"v1": 100, "v2": 0}, shadow=("v2", 0.5))
+    assert drift(live, detail) == [
+        "weights: the file says v1=80 v2=20; deployed v1=100 v2=0",
+        "canary: the file says v2; deployed none",
+        "shadow: the file says none; deployed v2 at 50%",
+    ]
