@@ -89,6 +89,18 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=Path("serve_config.yaml"),
         help="the file to compare with what is deployed",
     )
+    rollout = sub.add_parser("rollout", help="the state of a model's canary watch")
+    verbs = rollout.add_subparsers(dest="verb", required=True)
+    clear = verbs.add_parser(
+        "clear", help="forget a model's canary rollback: the canary gets its weight back"
+    )
+    clear.add_argument("model")
+    clear.add_argument("--config", type=Path, default=Path("serve_config.yaml"))
+    clear.add_argument(
+        "--address",
+        default=DEFAULT_ADDRESS,
+        help="'local' (default) or a GCS address host:port: the judge is a Ray actor",
+    )
     from servekit import tenants_cli
 
     tenants_cli.add_commands(sub, DEFAULT_URL)
@@ -106,6 +118,8 @@ def _run_rollout_command(args: argparse.Namespace) -> int:
         return rollout_cli.status(args.url.rstrip("/"), args.address.rstrip("/"), args.config)
     if args.command == "apply":
         return rollout_cli.deploy(args.config, args.address.rstrip("/"))
+    if args.command == "rollout":
+        return rollout_cli.clear_rollback(args.model, args.address.rstrip("/"), args.config)
     arg = (args.version, args.weight) if args.command == "promote" else args.to
     return rollout_cli.edit_and_apply(
         args.config, args.model, args.command, arg, args.dry_run, not args.no_apply, args.address

@@ -8,7 +8,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,44 @@ def deploy_as_driver(doc: dict[str, Any], address: str) -> int:
         print(f"servekit: no Ray instance at {address} ({e})", file=sys.stderr)
         return 1
     print(f"applied to {address}")
+    return 0
+
+
+def clear_rollback(model: str, address: str, config: Path) -> int:
+    """Tell the application's canary judge to forget `model`'s rollback: every Ingress
+    replica gives the canary its weight back at its next sync and watches it afresh."""
+    from deployments.canary_sync import NAMESPACE, judge_name
+
+    if _is_dashboard_url(address):
+        print("servekit: rollout clear talks to a Ray actor: give the GCS address "
+              "(host:6379) or run it on the head node", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        app = yaml.safe_load(config.read_text())["applications"][0]["name"]
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as e:
+        print(f"servekit: cannot read the application's name from {config} ({e})", file=sys.stderr)
+        return 2
+    import ray
+
+    # Typed loosely: Ray's annotations make a call to it read as never returning.
+    lookup: Callable[..., Any] = ray.get_actor
+    try:
+        with _as_driver(address):
+            try:
+                judge = lookup(judge_name(app), namespace=NAMESPACE)
+            except ValueError:
+                print(f"servekit: {app} has no canary judge (no rollout policy was applied)")
+                return 1
+            reply: Any = judge.clear.remote(model)
+            cleared = int(ray.get(reply, timeout=10))
+    except ConnectionError as e:
+        print(f"servekit: no Ray instance at {address} ({e})", file=sys.stderr)
+        return 1
+    if not cleared:
+        print(f"servekit: {model} has no canary rollback in force; nothing cleared")
+        return 0
+    print(f"cleared the canary rollback of {model}: the canary gets its weight back "
+          "within a second and is watched afresh")  # fmt: skip
     return 0
 
 

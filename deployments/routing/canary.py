@@ -100,6 +100,18 @@ class CanaryJudge:
         self._verdicts[(model, fp)] = verdict
         self.events.append({"model": model, **verdict})
 
+    def clear(self, model: str) -> int:
+        """Forget `model`'s verdicts and windows (an operator's `servekit rollout
+        clear`): its canary gets its weight back and is watched afresh. How many
+        verdicts were in force."""
+        gone = [key for key in self._verdicts if key[0] == model]
+        for key in gone:
+            del self._verdicts[key]
+        for key in [key for key in self._monitors if key[0] == model]:
+            del self._monitors[key]
+        self.events.append({"model": model, "cleared": len(gone), "at": time.time()})
+        return len(gone)
+
     def verdicts(self) -> list[dict[str, Any]]:
         """Every verdict decided since the judge started (for operators and tests)."""
-        return list(self.events)
+        return [e for e in self.events if "cleared" not in e]

@@ -173,6 +173,15 @@ class VersionRouter:
             if model not in self._fingerprints:
                 continue
             self._judged[model] = answer
+            if verdict is None and model in self.rolled_back:
+                # The operator cleared it (`servekit rollout clear`): watched afresh.
+                cleared = self.rolled_back.pop(model)
+                changed = True
+                self._log.warning(
+                    "canary rollback cleared; the canary has its weight back",
+                    extra={"fields": {"model": model, "version": cleared["version"]}},
+                )
+                continue
             if verdict is None or verdict["fingerprint"] != self._fingerprints[model]:
                 continue
             if model not in self.rolled_back:

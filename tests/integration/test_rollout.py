@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -10,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from tests.integration.conftest import Service
 from tests.integration.test_metrics import scrape_until
 
@@ -165,3 +168,22 @@ def test_canary_breach_rolls_back_automatically(
         )
 
     assert counted(scrape_until(service, counted))
+
+    # The operator clears the rollback (the canary was fixed, say): every replica gives
+    # the canary its weight back at its next sync, and watches it afresh.
+    import ray
+
+    cleared = subprocess.run(
+        [sys.executable, "-m", "servekit", "rollout", "clear", "minilm",
+         "--config", str(REPO_ROOT / "serve_config.yaml"),
+         "--address", ray.get_runtime_context().gcs_address],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert cleared.returncode == 0, cleared.stdout + cleared.stderr
+    assert "cleared the canary rollback of minilm" in cleared.stdout
+    deadline = time.monotonic() + 10
+    while _detail(service)["rollout"]["state"] != "watching" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    back = _detail(service)
+    assert back["rollout"]["state"] == "watching"
+    assert {v["name"]: v["weight"] for v in back["versions"]}[canary] == 50

@@ -190,3 +190,30 @@ def test_a_changed_config_does_not_apply_the_old_verdict(args: AppArgs) -> None:
     assert a.weights("minilm") == {"v1": 80, "v2": 20}
     assert _picks(a) == {"v1", "v2"}
     assert len(judge.verdicts()) == 1
+
+
+def test_an_operator_clear_gives_the_canary_back_and_watches_afresh(args: AppArgs) -> None:
+    judge = CanaryJudge()
+    a, _ = _replica(args, _live())
+    b, _ = _replica(args, _live())
+    _canary_calls(a, 2 * PER_REPLICA)
+    assert _sync(judge, "a", a)["decided_now"]
+    _sync(judge, "b", b)
+    assert a.weights("minilm") == b.weights("minilm") == {"v1": 100}
+
+    # Re-applying the same config keeps the verdict (it is state, not a side effect).
+    a.configure(_live())
+    assert _sync(judge, "a", a)["verdict"] is not None
+    assert a.weights("minilm") == {"v1": 100}
+
+    assert judge.clear("minilm") == 1
+    assert judge.clear("other") == 0
+    for name, router in (("a", a), ("b", b)):
+        answer = _sync(judge, name, router)
+        assert (answer["verdict"], answer["window"]["requests"]) == (None, 0)
+        assert router.weights("minilm") == {"v1": 90, "v2": 10}
+        assert router.card("minilm", 0, detail=True)["rollout"]["state"] == "watching"
+    # Watched afresh: a new breach decides a new verdict.
+    _canary_calls(b, 2 * PER_REPLICA)
+    assert _sync(judge, "b", b)["decided_now"]
+    assert len(judge.verdicts()) == 2
