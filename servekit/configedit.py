@@ -216,12 +216,23 @@ def promote(cfg: ConfigFile, model: str, version: str, weight: int) -> list[str]
         _set_weights(traffic, declared, new)
         cfg.record_promotion(model, Promotion(version, before, new) if new != before else None)
     notes = []
-    rollout = cfg.ingress_live().get("rollout") or {}
-    policy = rollout.get(model)
-    if policy is not None and policy.get("canary") == version and weight == 100:
-        del rollout[model]
+    if weight == 100 and _end_watch(cfg, model, version):
         notes.append(f"{version} now takes all traffic: its canary watch is removed")
     return notes
+
+
+def _end_watch(cfg: ConfigFile, model: str, version: str) -> bool:
+    """Remove `model`'s rollout policy when it watches `version` (which is taking all
+    the traffic), and the `rollout` block once it is empty; whether it did."""
+    live = cfg.ingress_live()
+    rollout = live.get("rollout") or {}
+    policy = rollout.get(model)
+    if policy is None or policy.get("canary") != version:
+        return False
+    del rollout[model]
+    if not rollout and "rollout" in live:
+        del live["rollout"]
+    return True
 
 
 def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
@@ -254,7 +265,12 @@ def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
     if target not in declared:
         raise EditError(f"{model} has no version {target!r} (declared: {', '.join(declared)})")
     _set_weights(traffic, declared, {v: 100 if v == target else 0 for v in declared})
-    return [*([why] if why else []), f"all traffic of {model} goes to {target}"]
+    ended = _end_watch(cfg, model, target)
+    return [
+        *([why] if why else []),
+        f"all traffic of {model} goes to {target}",
+        *([f"{target} was the canary: its canary watch is removed"] if ended else []),
+    ]
 
 
 def _set_weights(traffic: Any, declared: list[str], weights: dict[str, int]) -> None:

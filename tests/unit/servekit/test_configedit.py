@@ -168,6 +168,40 @@ def test_rollback_to_a_named_version_drops_the_record(config: Path) -> None:
     assert "last promote" not in cfg.render()
 
 
+def _with_canary_watch(config: Path) -> None:
+    text = config.read_text()
+    anchor = "          traffic:\n"
+    assert anchor in text
+    policy = "          rollout:\n            minilm: {canary: v2, max_error_rate: 0.05}\n"
+    config.write_text(text.replace(anchor, policy + anchor, 1))
+
+
+def _live(cfg: ConfigFile) -> dict[str, object]:
+    doc = yaml.safe_load(cfg.render())
+    ingress = next(d for d in doc["applications"][0]["deployments"] if d["name"] == "Ingress")
+    live: dict[str, object] = ingress["user_config"]
+    return live
+
+
+def test_the_canary_taking_everything_ends_its_watch_either_way(config: Path) -> None:
+    _with_canary_watch(config)
+    cfg = ConfigFile.load(config)
+    assert _live(cfg)["rollout"] == {"minilm": {"canary": "v2", "max_error_rate": 0.05}}
+    assert promote(cfg, "minilm", "v2", 100) == [
+        "v2 now takes all traffic: its canary watch is removed"
+    ]
+    assert "rollout" not in _live(cfg)  # no empty `rollout: {}` left behind
+    cfg = ConfigFile.load(config)
+    assert rollback(cfg, "minilm", "v2") == [
+        "all traffic of minilm goes to v2",
+        "v2 was the canary: its canary watch is removed",
+    ]
+    assert "rollout" not in _live(cfg)
+    cfg = ConfigFile.load(config)  # to the primary: the watch stays
+    assert rollback(cfg, "minilm", "v1")[-1] == "all traffic of minilm goes to v1"
+    assert "rollout" in _live(cfg)
+
+
 def test_the_record_keeps_a_comment_already_on_the_line(config: Path) -> None:
     text = config.read_text()
     ingress_model = "          traffic:\n            minilm:\n"
