@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ DRAIN_TIMEOUT_S = 5.0
 RAY_STOP_TIMEOUT_S = 1.0
 # The token of the instance this process started (None: none, or one it joined).
 _started_token: str | None = None
+
+# How often a long apply says what is still starting.
+PROGRESS_EVERY_S = 5.0
 
 
 class DeployError(RuntimeError):
@@ -154,8 +157,11 @@ def ray_address() -> str:
     return str(ray.get_runtime_context().gcs_address)
 
 
-def deploy(doc: dict[str, Any], timeout_s: float = 300.0) -> None:
-    """Apply a validated config to the connected Ray instance and wait until it runs."""
+def deploy(
+    doc: dict[str, Any], timeout_s: float = 300.0, progress: Callable[[str], None] | None = None
+) -> None:
+    """Apply a validated config to the connected Ray instance and wait until it runs;
+    `progress` is told, every few seconds meanwhile, what is still starting."""
     from ray.serve._private import api as serve_api
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
@@ -167,14 +173,19 @@ def deploy(doc: dict[str, Any], timeout_s: float = 300.0) -> None:
         grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
     )
     client.deploy_apps(config, _blocking=False)
-    wait_running([app.name for app in config.applications], timeout_s)
+    wait_running([app.name for app in config.applications], timeout_s, progress)
 
 
-def wait_running(names: list[str], timeout_s: float) -> None:
-    """Block until every named application is RUNNING; raise on failure or timeout."""
+def wait_running(
+    names: list[str], timeout_s: float, progress: Callable[[str], None] | None = None
+) -> None:
+    """Block until every named application is RUNNING; raise on failure or timeout.
+    `progress` is told every `PROGRESS_EVERY_S` which deployments are still starting."""
     from ray import serve
 
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
+    next_report = started + PROGRESS_EVERY_S
     last = ""
     while time.monotonic() < deadline:
         apps = serve.status().applications
@@ -185,8 +196,30 @@ def wait_running(names: list[str], timeout_s: float) -> None:
         if all(state == "RUNNING" for state in states.values()):
             return
         last = ", ".join(f"{n}={s}" for n, s in states.items())
+        if progress is not None and time.monotonic() >= next_report:
+            next_report += PROGRESS_EVERY_S
+            waiting = [
+                f"{deployment} {_replicas_text(status.replica_states)}"
+                for name in names
+                if name in apps
+                for deployment, status in apps[name].deployments.items()
+                if str(getattr(status.status, "value", status.status)) != "HEALTHY"
+            ]
+            progress(
+                f"still applying ({time.monotonic() - started:.0f} s): "
+                + ("; ".join(waiting) or last)
+            )
         time.sleep(0.5)
     raise DeployError(f"applications not running after {timeout_s:g} s ({last})")
+
+
+def _replicas_text(states: Mapping[Any, int]) -> str:
+    """`1 of 2 replicas running, 1 starting` from Serve's replica states."""
+    by_state = {str(getattr(k, "value", k)).lower(): n for k, n in states.items() if n}
+    running = by_state.pop("running", 0)
+    total = running + sum(by_state.values())
+    rest = ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()))
+    return f"{running} of {total} replicas running" + (f", {rest}" if rest else "")
 
 
 def shutdown(

@@ -137,7 +137,7 @@ def deploy_as_driver(doc: dict[str, Any], address: str) -> int:
 
     try:
         with _as_driver(address):
-            local.deploy(doc)
+            local.deploy(doc, progress=lambda line: print(line, flush=True))
     except local.DeployError as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 1
