@@ -8,6 +8,7 @@ A backend runs one immutable model version: inline in the Ingress replica
 
 from __future__ import annotations
 
+import contextvars
 import time
 from typing import Any, Protocol, runtime_checkable
 
@@ -16,6 +17,12 @@ import numpy.typing as npt
 
 # One request's answer: vectors `[n, dim]` and the tokens the model read for each text
 # (their sum is the request's usage; the embedding cache keeps each text's count).
+# Set in a task whose model failures someone else reports (shadow copies: counted and
+# summarised by the shadower): backends then log no traceback of their own.
+QUIET_FAILURES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "servekit_quiet_failures", default=False
+)
+
 EmbedResult = tuple[npt.NDArray[np.float32], list[int]]
 
 

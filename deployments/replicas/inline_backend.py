@@ -10,7 +10,7 @@ from configs.schema import AppArgs, InlineBatchingConfig
 from deployments.errors import InferenceFailed, ServekitError, Timeout
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import ModelMetrics
-from deployments.replicas.backend import EmbedResult, remaining_s
+from deployments.replicas.backend import QUIET_FAILURES, EmbedResult, remaining_s
 from deployments.replicas.health import PROBE_TEXT, HealthProbe
 from deployments.replicas.inline import InlineBatcher, inference_executor
 from deployments.replicas.loading import load_version, runtime_metadata
@@ -52,9 +52,10 @@ class InlineBackend:
             e.message = f"{self.label}: {e.message}"
             raise
         except Exception as e:
-            self._log.error(
-                "inline model call failed", exc_info=e, extra={"fields": {"target": self.label}}
-            )
+            if not QUIET_FAILURES.get():
+                self._log.error(
+                    "inline model call failed", exc_info=e, extra={"fields": {"target": self.label}}
+                )
             raise InferenceFailed(f"{self.label}: the model failed on this request") from e
 
     async def metadata(self) -> dict[str, Any]:

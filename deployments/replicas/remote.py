@@ -36,7 +36,7 @@ from deployments.errors import (
     Unavailable,
 )
 from deployments.observability.logs import get_logger
-from deployments.replicas.backend import EmbedResult, remaining_s
+from deployments.replicas.backend import QUIET_FAILURES, EmbedResult, remaining_s
 
 _log = get_logger("calls")
 _REPLICA_GONE = (ActorDiedError, ActorUnavailableError, DeploymentUnavailableError)
@@ -70,14 +70,18 @@ async def call_version(
             cause = getattr(e, "cause", None)
             if isinstance(cause, ServekitError):  # the replica's own verdict (e.g. expired)
                 raise type(cause)(f"{label}: {cause.message}") from e
-            _log.error("model call failed", exc_info=e, extra={"fields": {"target": label}})
+            if not QUIET_FAILURES.get():
+                _log.error("model call failed", exc_info=e, extra={"fields": {"target": label}})
             raise InferenceFailed(f"{label}: the model failed on this request") from e
         except BackPressureError as e:
             raise Overloaded(f"{label}: overloaded, retry later") from e
         except (RequestCancelledError, TaskCancelledError) as e:
             raise Unavailable(f"{label}: the call was cancelled, retry later") from e
         except (RayServeException, RayError) as e:  # anything else Ray raises
-            _log.error("model call failed in Ray", exc_info=e, extra={"fields": {"target": label}})
+            if not QUIET_FAILURES.get():
+                _log.error(
+                    "model call failed in Ray", exc_info=e, extra={"fields": {"target": label}}
+                )
             raise Unavailable(f"{label}: the version cannot be reached, retry later") from e
     raise AssertionError("unreachable")
 

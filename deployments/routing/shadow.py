@@ -13,9 +13,14 @@ import numpy as np
 
 from configs.schema import ShadowSpec
 from deployments.errors import ServekitError
+from deployments.observability.logs import get_logger
+from deployments.replicas.backend import QUIET_FAILURES
 
 # Shadow copies in flight per ingress replica; beyond this they are dropped, counted.
 MAX_SHADOW_IN_FLIGHT = 32
+# Failed shadow copies are logged as one warning line at most this often, with a count
+# (callers never see them; the metrics count every one).
+FAILURE_LOG_EVERY_S = 60.0
 
 EmbedCall = Callable[[str, str, list[str]], Awaitable[tuple[np.ndarray[Any, Any], list[int]]]]
 
@@ -38,9 +43,18 @@ class ShadowMetrics(Protocol):
 class Shadower:
     """Mirrors requests as the live config's `shadow` section says."""
 
-    def __init__(self, call: EmbedCall, metrics: ShadowMetrics) -> None:
+    def __init__(
+        self,
+        call: EmbedCall,
+        metrics: ShadowMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._call = call  # (model, version, texts) -> (vectors, tokens)
         self._metrics = metrics
+        self._clock = clock
+        self._log = get_logger("shadow")
+        self._failed: dict[tuple[str, str], int] = {}  # not yet logged, per (model, shadow)
+        self._logged_at: dict[tuple[str, str], float] = {}
         self._rng = random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
         self.specs: dict[str, ShadowSpec] = {}
@@ -78,11 +92,13 @@ class Shadower:
     ) -> None:
         started = time.perf_counter()
         counts["requests"] += 1
+        QUIET_FAILURES.set(True)  # this task's own context: the backend logs no traceback
         try:
             shadow_vectors, _ = await self._call(model, shadow, texts)
-        except ServekitError:
+        except ServekitError as e:
             counts["errors"] += 1
             self._metrics.shadow(model, primary, shadow, "error")
+            self._note_failure(model, shadow, e)
             return
         seconds = time.perf_counter() - started
         cosines = np.einsum("ij,ij->i", vectors, shadow_vectors)
@@ -106,3 +122,27 @@ class Shadower:
                     "mean_cosine": round(counts["cosine_sum"] / texts, 6) if texts else None,
                 }
         return {"version": spec.version, "fraction": spec.fraction, "pairs": pairs}
+
+    def _note_failure(self, model: str, shadow: str, error: ServekitError) -> None:
+        """One warning line for the first failure, then at most one a minute with how
+        many failed since (callers are never affected)."""
+        key = (model, shadow)
+        self._failed[key] = self._failed.get(key, 0) + 1
+        now = self._clock()
+        last = self._logged_at.get(key)
+        if last is not None and now - last < FAILURE_LOG_EVERY_S:
+            return
+        failed = self._failed.pop(key)
+        self._logged_at[key] = now
+        self._log.warning(
+            "shadow copies failing (callers unaffected)",
+            extra={
+                "fields": {
+                    "model": model,
+                    "shadow": shadow,
+                    "failed": failed,
+                    "since_s": round(now - last) if last is not None else 0,
+                    "error": error.message,
+                }
+            },
+        )
