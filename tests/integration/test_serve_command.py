@@ -251,17 +251,38 @@ def _promote_rollback_and_status_without_dashboard(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "note: undid the last promotion of minilm v2" in out.stdout
     assert _weights_become(port, {"v1": 90, "v2": 10})
-    out = subprocess.run(
-        [sys.executable, "-m", "servekit", "status", "--url", f"http://127.0.0.1:{port}",
-         "--address", address.group(1)],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
+    status = [
+        sys.executable,
+        "-m",
+        "servekit",
+        "status",
+        "--url",
+        f"http://127.0.0.1:{port}",
+        *base,
+    ]
+    out = subprocess.run(status, capture_output=True, text=True, env=env, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "differs" not in out.stdout  # the file and the service agree
     assert "replica counts unavailable" not in out.stdout
     # Every version, dedicated or inline (counted as its Ingress replicas), has a count.
     rows = [row.split() for row in out.stdout.splitlines() if re.match(r"  v\d", row)]
     assert len(rows) >= 6, out.stdout
     assert all(re.fullmatch(r"\d+/\d+", row[3]) for row in rows), out.stdout
+    # Written without applying: status names the difference; the same promote, without
+    # --no-apply, applies what the file already says.
+    promote = [sys.executable, "-m", "servekit", "promote", "minilm", "v2", "--weight", "50"]
+    out = subprocess.run([*promote, *base, "--no-apply"], capture_output=True, text=True,
+                         env=env, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "not applied: `servekit apply" in out.stdout
+    out = subprocess.run(status, capture_output=True, text=True, env=env, check=False)
+    assert "differs: weights: the file says" in out.stdout, out.stdout
+    assert "v1=90 v2=10" in out.stdout.split("differs: weights:", 1)[1].splitlines()[0]
+    out = subprocess.run([*promote, *base], capture_output=True, text=True, env=env,
+                         check=False)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "already says so; applying it" in out.stdout
+    assert _weights_become(port, {"v1": 50, "v2": 50})
 
 
 def _weights_become(port: int, expected: dict[str, int], timeout_s: float = 60) -> bool:
