@@ -5,7 +5,8 @@ while no batch runs is dispatched at once; requests arriving while one runs are
 gathered and go together as the next batch (up to `max_batch_size` requests and
 `max_batch_texts` texts); with busy lanes (`busy_lanes`), the queue is split over
 that many one-thread runs at once. The queue is bounded in time and in texts: a
-request that would wait longer than `max_queue_wait_s` (the batch running and the
+request that would not fit in the next batch and would wait longer than
+`max_queue_wait_s` (the batch running and the
 texts ahead of it, by the version's measured batch cost, see `batch_cost`), or find
 more than `max_queued_texts` waiting,
 is refused at once with a 503, so the ones admitted never wait long, whatever the
@@ -180,16 +181,23 @@ class InlineBatcher:
 
     def _admit(self, texts: int) -> None:
         """Refuse a request that would wait too long. A version with nothing queued
-        admits any request, so a large one is never refused for its size alone."""
+        admits any request, so a large one is never refused for its size alone; nor is
+        one that joins the next batch (the queue and it fit in one): that batch runs
+        anyway, so refusing it would shorten nobody's wait, only turn a slow phase of
+        the machine into errors."""
         if not self._queue:
             return
         if self._queued_texts + texts > self.max_queued_texts or (
             self.expected_wait_s(texts) > self.max_queue_wait_s
         ):
             self._drop_gone()  # texts nobody waits for any more take no room
+        joins_next = (
+            self._queued_texts + texts <= self.max_batch_texts
+            and len(self._queue) < self.max_batch_size
+        )
         if self._queued_texts + texts > self.max_queued_texts:
             reason = f"{self._queued_texts} texts already wait for this version"
-        elif (wait := self.expected_wait_s(texts)) > self.max_queue_wait_s:
+        elif not joins_next and (wait := self.expected_wait_s(texts)) > self.max_queue_wait_s:
             reason = f"the wait would be about {wait:.2f} s, over {self.max_queue_wait_s:g} s"
         else:
             return

@@ -108,11 +108,19 @@ def test_the_batcher_judges_the_wait_by_the_batch_cost() -> None:
             wait = batcher.expected_wait_s(1)
             sixth = asyncio.create_task(batcher.embed(["t5"]))  # admitted: 0.17 s < 0.3 s
             await asyncio.sleep(0)
-            # A 200-text request would wait past 0.3 s: refused at once.
+            # A 300-text request would not fit the next batch (256 texts) and would
+            # wait past 0.3 s: refused at once.
             with pytest.raises(Overloaded):
-                await batcher.embed([f"big{i}" for i in range(200)])
+                await batcher.embed([f"big{i}" for i in range(300)])
+            # One that fits the next batch is never refused for the wait, however slow
+            # the machine looks: that batch runs anyway.
+            for _ in range(10):
+                batcher.cost.observe(1, 5.0)
+            assert batcher.expected_wait_s(1) > 0.3
+            joins = asyncio.create_task(batcher.embed(["joins the next batch"]))
+            await asyncio.sleep(0)
             runtime.gate.set()
-            await asyncio.gather(first, sixth, *queued)
+            await asyncio.gather(first, sixth, joins, *queued)
             return wait
 
         wait = asyncio.run(scenario())
