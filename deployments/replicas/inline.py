@@ -181,10 +181,11 @@ class InlineBatcher:
 
     def _admit(self, texts: int) -> None:
         """Refuse a request that would wait too long. A version with nothing queued
-        admits any request, so a large one is never refused for its size alone; nor is
-        one that joins the next batch (the queue and it fit in one): that batch runs
-        anyway, so refusing it would shorten nobody's wait, only turn a slow phase of
-        the machine into errors."""
+        admits any request, so a large one is never refused for its size alone. Nor is
+        one that joins the next batch (the queue and it fit in one) when that batch
+        itself takes no longer than the bound: what is left of the batch in flight is
+        spent whatever is refused, so refusing it would only turn a slow phase of the
+        machine (a replica starting beside this one) into errors."""
         if not self._queue:
             return
         if self._queued_texts + texts > self.max_queued_texts or (
@@ -194,6 +195,8 @@ class InlineBatcher:
         joins_next = (
             self._queued_texts + texts <= self.max_batch_texts
             and len(self._queue) < self.max_batch_size
+            and (self.cost.seconds(self._queued_texts + texts, self.max_batch_texts) or 0.0)
+            <= self.max_queue_wait_s
         )
         if self._queued_texts + texts > self.max_queued_texts:
             reason = f"{self._queued_texts} texts already wait for this version"

@@ -112,13 +112,18 @@ def test_the_batcher_judges_the_wait_by_the_batch_cost() -> None:
             # wait past 0.3 s: refused at once.
             with pytest.raises(Overloaded):
                 await batcher.embed([f"big{i}" for i in range(300)])
-            # One that fits the next batch is never refused for the wait, however slow
-            # the machine looks: that batch runs anyway.
-            for _ in range(10):
-                batcher.cost.observe(1, 5.0)
-            assert batcher.expected_wait_s(1) > 0.3
+            # One that joins the next batch, which itself takes no longer than the
+            # bound, is admitted though what is left of the batch in flight puts the
+            # whole wait over it (0.06 s left + 0.12 s for the next batch > 0.15 s).
+            batcher.configure(InlineBatchingConfig(max_queue_wait_s=0.15))
+            assert batcher.expected_wait_s(1) > 0.15
             joins = asyncio.create_task(batcher.embed(["joins the next batch"]))
             await asyncio.sleep(0)
+            assert batcher.queued_texts == 7
+            # When the next batch alone would take longer, it is refused after all.
+            batcher.configure(InlineBatchingConfig(max_queue_wait_s=0.1))
+            with pytest.raises(Overloaded):
+                await batcher.embed(["one more"])
             runtime.gate.set()
             await asyncio.gather(first, sixth, joins, *queued)
             return wait
