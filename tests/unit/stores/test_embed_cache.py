@@ -459,6 +459,7 @@ def test_a_stuck_redis_costs_a_lookup_at_most_its_short_timeout(own_server: Redi
         cache.retain([V1])
         keys = cache_keys("acme", V1, ["a", "b"])
         assert await cache.get("search", keys) == [None, None]  # connected
+        await cache.settle()  # the retirement `retain` started has finished
         os.kill(pid, signal.SIGSTOP)
         try:
             started = time.monotonic()
