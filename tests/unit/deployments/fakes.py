@@ -58,3 +58,16 @@ class BatchRecorder:
 
     def dropped(self, reason: str, requests: int = 1) -> None:
         self.drops.extend([reason] * requests)
+
+
+class QuietRouterMetrics:
+    """A router's metrics that record nothing."""
+
+    def weight(self, *args: object) -> None:
+        pass
+
+    def rollback(self, *args: object) -> None:
+        pass
+
+    def shadow(self, *args: object, **kwargs: object) -> None:
+        pass

@@ -26,6 +26,7 @@ from stores.embed_cache import EmbedCache, MemoryStore, cache_keys
 from stores.ratelimit_embedded import EmbeddedLimiter
 from stores.tenants import RateLimits
 from tests.conftest import REPO_ROOT
+from tests.unit.deployments.fakes import QuietRouterMetrics
 
 LOG = logging.getLogger("test.dataplane")
 
@@ -54,17 +55,6 @@ class RecordingVersion:
         return True
 
 
-class Quiet:
-    def weight(self, *args: Any) -> None:
-        pass
-
-    def rollback(self, *args: Any) -> None:
-        pass
-
-    def shadow(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 def _args(auth: bool = True) -> AppArgs:
     doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     args = doc["applications"][0]["args"]
@@ -79,7 +69,9 @@ def _live(v1: int = 100, v2: int = 0, **extra: Any) -> IngressLiveConfig:
 def _plane(args: AppArgs | None = None) -> tuple[DataPlane, dict[str, RecordingVersion]]:
     args = args or _args()
     versions = {v: RecordingVersion(f"minilm/{v}", n) for n, v in enumerate(("v1", "v2"), 1)}
-    router = VersionRouter(args, {("minilm", v): b for v, b in versions.items()}, Quiet())
+    router = VersionRouter(
+        args, {("minilm", v): b for v, b in versions.items()}, QuietRouterMetrics()
+    )
     access = SimpleNamespace(admission=Admission(EmbeddedLimiter(), True, LOG))
     cache = EmbedCache(MemoryStore(1 << 20))
     return DataPlane(args, router, access, cache), versions  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from deployments.errors import Timeout
 from deployments.replicas.inline_backend import InlineBackend
 from deployments.routing.router import VersionRouter
 from tests.conftest import REPO_ROOT
+from tests.unit.deployments.fakes import QuietRouterMetrics
 
 
 class _SlowBatcher:
@@ -33,17 +34,6 @@ class _SlowBatcher:
         return [[0.0]] * len(texts), [1] * len(texts)
 
 
-class _Metrics:
-    def weight(self, *args: Any) -> None:
-        pass
-
-    def rollback(self, *args: Any) -> None:
-        pass
-
-    def shadow(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 def _router(timeout_s: float, batcher: _SlowBatcher) -> tuple[VersionRouter, float]:
     doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     args = doc["applications"][0]["args"]
@@ -53,7 +43,7 @@ def _router(timeout_s: float, batcher: _SlowBatcher) -> tuple[VersionRouter, flo
         ("minilm", v): InlineBackend(f"minilm/{v}", batcher, config)  # type: ignore[arg-type]
         for v in ("v1", "v2")
     }
-    return VersionRouter(config, backends, _Metrics()), time.monotonic() + timeout_s
+    return VersionRouter(config, backends, QuietRouterMetrics()), time.monotonic() + timeout_s
 
 
 def test_an_inline_call_past_the_timeout_is_a_504_and_is_cancelled() -> None:

@@ -12,7 +12,7 @@ import signal
 import tarfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from stores.embed_cache import (
 )
 from stores.embed_cache_redis import RedisStore, decode, encode
 from tests.conftest import free_port
-from tests.redis_server import RedisServer, start_redis
+from tests.redis_server import RedisServer
 from tests.unit.stores.fake_clock import FakeClock
 
 DIM = 8
@@ -399,16 +399,6 @@ def test_redis_writes_in_flight_are_bounded(redis_url: str) -> None:
 
 
 # ---- Redis failing: a miss, never an error ------------------------------------------
-
-
-@pytest.fixture
-def own_server() -> Iterator[RedisServer]:
-    """A server of this test's own, to stop and stall."""
-    server = start_redis()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_redis_outage_is_a_miss_logged_once(

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -19,7 +18,7 @@ from stores.ratelimit import ALLOWED, LimiterUnavailable
 from stores.ratelimit_redis import _CALENDAR, RedisLimiter
 from stores.tenants import RateLimits
 from tests.conftest import free_port
-from tests.redis_server import RedisServer, start_redis
+from tests.redis_server import RedisServer
 
 # What the script itself calls.
 SCRIPT_COMMANDS = {"time", "hmget", "get", "del", "hset", "pexpire", "incrby", "expireat"}
@@ -29,16 +28,6 @@ LIMITS = RateLimits(requests_per_s=10, texts_per_s=100, monthly_texts=1000)
 @pytest.fixture
 def subject() -> str:
     return f"tn_{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def own_server() -> Iterator[RedisServer]:
-    """A server of this test's own, to stop and stall."""
-    server = start_redis()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_two_replicas_share_one_bucket(redis_url: str, subject: str) -> None:
