@@ -109,10 +109,8 @@ class InlineBatcher:
         self.wedge = Wedge()
         self._queue: list[_Pending] = []
         self._queued_texts = 0
-        self._running_texts = 0  # texts in the batches in flight
         self.cost = BatchCost()  # how long a batch of n texts takes, measured
         self._lanes = runtime.busy_lanes
-        self._running = 0  # batches in flight
         self._inflight: dict[int, tuple[float, int]] = {}  # batch -> (started, texts)
         self._solo = False  # the one in flight has the full session
 
@@ -212,10 +210,11 @@ class InlineBatcher:
         over the free busy lanes; without lanes, the queue as one batch at a time."""
         self._drop_gone()
         while self._queue and not self._solo:
-            if self._running == 0 and (self._lanes == 0 or len(self._queue) == 1):
+            running = len(self._inflight)  # batches in flight
+            if running == 0 and (self._lanes == 0 or len(self._queue) == 1):
                 self._start(len(self._queue), solo=True)
-            elif self._lanes > 0 and self._running < self._lanes:
-                free = self._lanes - self._running
+            elif self._lanes > 0 and running < self._lanes:
+                free = self._lanes - running
                 self._start(-(-len(self._queue) // free), solo=False)
             else:
                 return
@@ -246,8 +245,6 @@ class InlineBatcher:
             texts += len(item.texts)
         del self._queue[: len(batch)]
         self._queued_texts -= texts
-        self._running_texts += texts
-        self._running += 1
         self._solo = solo
         self._inflight[id(batch)] = (time.perf_counter(), texts)
         asyncio.get_running_loop().create_task(self._run_batch(batch, busy=not solo))
@@ -276,8 +273,6 @@ class InlineBatcher:
         finally:
             if self._watcher:
                 self._watcher.run_finished(token, ok)
-            self._running_texts -= sum(len(item.texts) for item in batch)
-            self._running -= 1
             self._inflight.pop(id(batch), None)
             self._solo = False
             self._dispatch()
