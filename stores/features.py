@@ -1,0 +1,127 @@
+"""The online feature store: one row of stored values per (tenant, feature view, entity),
+changed by atomic merges (what events do) or replaced whole (what materialization does).
+
+A row maps field names to numbers or to lists of strings. Map-valued features (an
+affinity per category) are kept as one numeric field per entry, `<feature>:<key>`
+(feature names never hold a ':'), so that an event adds to one entry without reading
+the rest. `AT_FIELD` holds the time of the newest event the row counts: the row is fresh
+until `AT_FIELD + ttl_s` and then reads as missing (and a merge starts it afresh), on
+both backends alike.
+
+Backends: `SqliteFeatureStore` (`stores/features_sqlite.py`, one file shared by the
+processes of one machine: what `make serve` runs) and `RedisFeatureStore`
+(`stores/features_redis.py`, production: a hash per row, one round trip per read and
+per batch of merges). The tenant is part of every key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+Value = float | list[str]
+Row = dict[str, Value]
+AT_FIELD = "_at"  # the newest event's time (Unix seconds) the row counts
+ENTRY_SEP = ":"  # `<feature>:<key>` for one entry of a map-valued feature
+
+
+class RowKey(NamedTuple):
+    """Whose row: the tenant, the feature view and the entity's id."""
+
+    tenant: str
+    view: str
+    entity: str
+
+
+@dataclass
+class Merge:
+    """What one batch of events does to one row, applied atomically.
+
+    `add`: numbers added to fields (missing fields count from 0); `high` / `low`: a
+    field set to the value when above / below what it holds (or missing); `push`: items
+    put at the front of a list field, newest first, each once (an item already there
+    moves to the front), the list cut to `(items, max_len)`'s length. `at`: the newest
+    event's time, which the row's `AT_FIELD` takes when later.
+    """
+
+    key: RowKey
+    at: float
+    ttl_s: float
+    add: dict[str, float] = field(default_factory=dict)
+    high: dict[str, float] = field(default_factory=dict)
+    low: dict[str, float] = field(default_factory=dict)
+    push: dict[str, tuple[list[str], int]] = field(default_factory=dict)
+
+
+class FeatureStoreUnavailable(Exception):
+    """The online store did not answer (down, unreachable, too slow); never carries a
+    password. Readers answer defaults; writers report features not updated."""
+
+
+class OnlineStore(Protocol):
+    """Rows of feature values, fresh for their view's TTL after their newest event."""
+
+    async def read(self, keys: Sequence[RowKey]) -> list[Row | None]:
+        """Each key's row, in order; None where there is none or it is stale. One round
+        trip for all of them."""
+        ...
+
+    async def merge(self, merges: Sequence[Merge]) -> None:
+        """Apply merges, each atomically on its row (a stale row starts empty)."""
+        ...
+
+    async def replace(self, rows: Sequence[tuple[RowKey, Row, float]]) -> None:
+        """Replace whole rows (`(key, row, ttl_s)`; the row carries `AT_FIELD`)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def check_key(key: RowKey) -> None:
+    """Refuse parts that would make keys ambiguous or unbounded."""
+    if not 0 < len(key.tenant) <= 64 or not 0 < len(key.view) <= 64:
+        raise ValueError("tenant and view have 1 to 64 characters")
+    if not 0 < len(key.entity) <= 256:
+        raise ValueError("an entity id has 1 to 256 characters")
+
+
+def apply_merge(row: Row | None, merge: Merge) -> Row:
+    """`row` after `merge` (the reference semantics; Redis runs the same in Lua)."""
+    out: Row = dict(row or {})
+    for name, delta in merge.add.items():
+        out[name] = _number(out.get(name)) + delta
+    for name, value in merge.high.items():
+        current = out.get(name)
+        if current is None or value > _number(current):
+            out[name] = value
+    for name, value in merge.low.items():
+        current = out.get(name)
+        if current is None or value < _number(current):
+            out[name] = value
+    for name, (items, max_len) in merge.push.items():
+        old = out.get(name)
+        out[name] = pushed(old if isinstance(old, list) else [], items, max_len)
+    current_at = out.get(AT_FIELD)
+    if current_at is None or merge.at > _number(current_at):
+        out[AT_FIELD] = merge.at
+    return out
+
+
+def pushed(old: list[str], items: list[str], max_len: int) -> list[str]:
+    """`items` (newest first) in front of `old`, each item once, at most `max_len`."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for item in [*items, *old]:
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+            if len(out) == max_len:
+                break
+    return out
+
+
+def _number(value: Value | None) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

@@ -1,0 +1,177 @@
+"""The online feature store in Redis, shared by every replica (production).
+
+A row is a hash, `<prefix>{<tenant>}:<view>:<entity>` (the tenant in a hash tag, so that
+Redis Cluster keeps a tenant's rows in one slot), whose fields are the row's fields:
+numbers as their decimal text, lists as JSON. A read is one `HGETALL` per row, all rows
+of a call in one pipeline: one round trip. A batch of merges is one pipeline of one Lua
+script call per row (the script merges atomically on the server, as
+`stores.features.apply_merge` does), so events from many replicas never lose an update.
+Every write sets the row to expire at its newest event's time plus the view's TTL
+(`PEXPIREAT`), so a stale row is gone for readers and merges alike, and Redis frees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from stores._redis import connect
+from stores.features import (
+    AT_FIELD,
+    FeatureStoreUnavailable,
+    Merge,
+    Row,
+    RowKey,
+    Value,
+    check_key,
+)
+
+DEFAULT_PREFIX = "servekit:fs:"
+# Reads sit on the request path: a LAN round trip is well under a millisecond, and a
+# read that takes longer than this answers defaults instead of holding the request.
+DEFAULT_TIMEOUT_S = 0.1
+DEFAULT_MAX_CONNECTIONS = 16
+WRITE_CHUNK = 256  # rows per pipelined write
+
+# ARGV[1]: the row's TTL (s); then (op, field, value) triples: a add, h high, l low,
+# p push (value: JSON [max_len, item, ...], newest item first); the last triple is
+# ('h', '_at', newest event time).
+_MERGE = """
+local key, ttl = KEYS[1], tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  local op, f, v = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if op == 'a' then
+    redis.call('HINCRBYFLOAT', key, f, v)
+  elseif op == 'h' or op == 'l' then
+    local cur = tonumber(redis.call('HGET', key, f))
+    local x = tonumber(v)
+    if cur == nil or (op == 'h' and x > cur) or (op == 'l' and x < cur) then
+      redis.call('HSET', key, f, v)
+    end
+  elseif op == 'p' then
+    local new = cjson.decode(v)
+    local old = redis.call('HGET', key, f)
+    local out, seen, max_len = {}, {}, new[1]
+    local function take(item)
+      if #out < max_len and not seen[item] then
+        seen[item] = true
+        table.insert(out, item)
+      end
+    end
+    for j = 2, #new do take(new[j]) end
+    if old then for _, item in ipairs(cjson.decode(old)) do take(item) end end
+    if #out == 0 then redis.call('HSET', key, f, '[]')
+    else redis.call('HSET', key, f, cjson.encode(out)) end
+  end
+end
+local at = tonumber(redis.call('HGET', key, '_at'))
+redis.call('PEXPIREAT', key, math.floor((at + ttl) * 1000))
+return 1
+"""
+
+
+class RedisFeatureStore:
+    """Rows in Redis hashes behind the `OnlineStore` interface. Every call is bounded by
+    `timeout_s`; whatever goes wrong with Redis raises `FeatureStoreUnavailable`."""
+
+    def __init__(
+        self,
+        url: str,
+        password: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self._client, self.where = connect(url, password, timeout_s, max_connections)
+        self._password = self._client.connection_pool.connection_kwargs.get("password")
+        self._script = self._client.register_script(_MERGE)
+        self._prefix = prefix
+
+    async def read(self, keys: Sequence[RowKey]) -> list[Row | None]:
+        """Each key's row, in order; None where there is none (stale rows have expired)."""
+        if not keys:
+            return []
+        try:
+            if len(keys) == 1:
+                replies = [await self._client.hgetall(self._key(keys[0]))]  # type: ignore[misc]
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hgetall(self._key(key))
+                    replies = await pipe.execute()
+        except RedisError as e:
+            raise self._unavailable(e) from e
+        return [_decode(reply) if reply else None for reply in replies]
+
+    async def merge(self, merges: Sequence[Merge]) -> None:
+        """One script call per row, pipelined: each row merges atomically."""
+        for m in merges:
+            check_key(m.key)
+        try:
+            for at in range(0, len(merges), WRITE_CHUNK):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for m in merges[at : at + WRITE_CHUNK]:
+                        await self._script(keys=[self._key(m.key)], args=_args(m), client=pipe)
+                    await pipe.execute()
+        except RedisError as e:
+            raise self._unavailable(e) from e
+
+    async def replace(self, rows: Sequence[tuple[RowKey, Row, float]]) -> None:
+        """`DEL`, `HSET` and `PEXPIREAT` per row, each row in one transaction."""
+        for key, row, _ in rows:
+            check_key(key)
+            if AT_FIELD not in row:
+                raise ValueError(f"a replaced row carries {AT_FIELD}")
+        try:
+            for at in range(0, len(rows), WRITE_CHUNK):
+                async with self._client.pipeline(transaction=True) as pipe:
+                    for key, row, ttl_s in rows[at : at + WRITE_CHUNK]:
+                        name = self._key(key)
+                        pipe.delete(name)
+                        pipe.hset(name, mapping={f: _encode(v) for f, v in row.items()})
+                        expires = float(row[AT_FIELD]) + ttl_s  # type: ignore[arg-type]
+                        pipe.pexpireat(name, int(expires * 1000))
+                    await pipe.execute()
+        except RedisError as e:
+            raise self._unavailable(e) from e
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self._client.aclose()
+
+    def _key(self, key: RowKey) -> str:
+        return f"{self._prefix}{{{key.tenant}}}:{key.view}:{key.entity}"
+
+    def _unavailable(self, error: RedisError) -> FeatureStoreUnavailable:
+        message = f"feature store {self.where} failed: {type(error).__name__}: {error}"
+        if self._password:  # redis-py's messages do not repeat it; make sure
+            message = message.replace(str(self._password), "***")
+        return FeatureStoreUnavailable(message)
+
+
+def _args(m: Merge) -> list[Any]:
+    args: list[Any] = [repr(float(m.ttl_s))]
+    for name, delta in m.add.items():
+        args += ["a", name, repr(float(delta))]
+    for name, value in m.high.items():
+        args += ["h", name, repr(float(value))]
+    for name, value in m.low.items():
+        args += ["l", name, repr(float(value))]
+    for name, (items, max_len) in m.push.items():
+        args += ["p", name, orjson.dumps([max_len, *items])]
+    return [*args, "h", AT_FIELD, repr(float(m.at))]
+
+
+def _encode(value: Value) -> bytes | str:
+    return orjson.dumps(value) if isinstance(value, list) else repr(float(value))
+
+
+def _decode(raw: dict[bytes, bytes]) -> Row:
+    row: Row = {}
+    for name, value in raw.items():
+        text = name.decode()
+        row[text] = orjson.loads(value) if value[:1] == b"[" else float(value)
+    return row

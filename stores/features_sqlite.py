@@ -1,0 +1,137 @@
+"""The online feature store in one SQLite file: the embedded default (`make serve`).
+
+Every process of the machine opens the same file (WAL mode), so every ingress replica
+reads the rows any of them wrote, as with Redis. A row is one table row: its key, the
+time it goes stale (`expires_at`: the newest event's time plus the view's TTL) and its
+fields as JSON. Merges read, merge (`stores.features.apply_merge`) and write each row
+inside one `BEGIN IMMEDIATE` transaction, so concurrent writers never lose an update.
+Reads run on the caller's thread (a primary-key lookup: microseconds, and WAL readers
+never wait for writers); writes run in a worker thread, since they may wait for the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import orjson
+
+from stores.features import (
+    AT_FIELD,
+    FeatureStoreUnavailable,
+    Merge,
+    Row,
+    RowKey,
+    apply_merge,
+    check_key,
+)
+
+_BUSY_TIMEOUT_MS = 5000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feature_rows (
+    tenant TEXT NOT NULL,
+    view TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (tenant, view, entity)
+) WITHOUT ROWID
+"""
+_READ = "SELECT data FROM feature_rows WHERE tenant=? AND view=? AND entity=? AND expires_at>?"
+_WRITE = "INSERT OR REPLACE INTO feature_rows VALUES (?, ?, ?, ?, ?)"
+
+
+class SqliteFeatureStore:
+    """Rows in one SQLite file behind the `OnlineStore` interface."""
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.where = f"sqlite:{self.path}"
+        self._clock = clock
+        self._reader = self._connect()
+        self._writer = self._connect()
+        self._write_lock = threading.Lock()  # one writing thread per connection
+        with self._write_lock:
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses no committed row
+        return conn
+
+    async def read(self, keys: Sequence[RowKey]) -> list[Row | None]:
+        """Each key's fresh row, in order; None where there is none."""
+        now = self._clock()
+        try:
+            found = [self._reader.execute(_READ, (*key, now)).fetchone() for key in keys]
+        except sqlite3.Error as e:
+            raise FeatureStoreUnavailable(f"feature store {self.where} failed: {e}") from e
+        return [None if row is None else _decode(row[0]) for row in found]
+
+    async def merge(self, merges: Sequence[Merge]) -> None:
+        """Apply merges in one transaction, each on its row (a stale row starts empty)."""
+        for m in merges:
+            check_key(m.key)
+        if merges:
+            await asyncio.to_thread(self._merge, list(merges))
+
+    async def replace(self, rows: Sequence[tuple[RowKey, Row, float]]) -> None:
+        """Replace whole rows in one transaction."""
+        for key, row, _ in rows:
+            check_key(key)
+            if AT_FIELD not in row:
+                raise ValueError(f"a replaced row carries {AT_FIELD}")
+        if rows:
+            values = [(*k, float(r[AT_FIELD]) + ttl, _encode(r)) for k, r, ttl in rows]  # type: ignore[arg-type]
+            await asyncio.to_thread(self._write, lambda c: c.executemany(_WRITE, values))
+
+    async def close(self) -> None:
+        """Close the file."""
+        with self._write_lock:
+            self._writer.close()
+        self._reader.close()
+
+    def _merge(self, merges: list[Merge]) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            now = self._clock()
+            for m in merges:
+                found = conn.execute(_READ, (*m.key, now)).fetchone()
+                row = apply_merge(None if found is None else _decode(found[0]), m)
+                expires = float(row[AT_FIELD]) + m.ttl_s  # type: ignore[arg-type]
+                if expires > now:  # an event older than the TTL leaves no row
+                    conn.execute(_WRITE, (*m.key, expires, _encode(row)))
+
+        self._write(work)
+
+    def _write(self, work: Callable[[sqlite3.Connection], object]) -> None:
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    work(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise FeatureStoreUnavailable(f"feature store {self.where} failed: {e}") from e
+
+
+def _encode(row: Row) -> bytes:
+    return orjson.dumps(row)
+
+
+def _decode(raw: bytes | str) -> Row:
+    data: Row = orjson.loads(raw)
+    return data

@@ -1,0 +1,273 @@
+"""The `OnlineStore` contract: the same cases on the embedded SQLite store (a file in
+tmp_path) and on Redis (a real redis-server the fixtures start), with real short waits
+for freshness. Then what only one backend promises (SQLite: shared by processes; Redis:
+one round trip, down means unavailable)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from stores.features import (
+    AT_FIELD,
+    FeatureStoreUnavailable,
+    Merge,
+    OnlineStore,
+    Row,
+    RowKey,
+    apply_merge,
+    pushed,
+)
+from stores.features_redis import RedisFeatureStore
+from stores.features_sqlite import SqliteFeatureStore
+from tests.redis_server import RedisServer
+
+Body = Callable[[OnlineStore], Awaitable[None]]
+DAY = 86400.0
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], OnlineStore]:
+    """A factory of stores of one backend, all on the same data."""
+    if request.param == "sqlite":
+        return lambda: SqliteFeatureStore(tmp_path / "features.db")
+    url: str = request.getfixturevalue("redis_url")
+    prefix = f"t{uuid.uuid4().hex[:10]}:fs:"  # the server is shared by the session
+    return lambda: RedisFeatureStore(url, prefix=prefix, timeout_s=1.0)
+
+
+def run(make: Callable[[], OnlineStore], body: Body) -> None:
+    async def main() -> None:
+        store = make()
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def key(entity: str = "u1", tenant: str = "tn_a", view: str = "user_activity") -> RowKey:
+    return RowKey(tenant, view, entity)
+
+
+def merge(entity: str = "u1", tenant: str = "tn_a", at: float | None = None, **kw: object) -> Merge:
+    return Merge(key(entity, tenant), time.time() if at is None else at, DAY, **kw)  # type: ignore[arg-type]
+
+
+def test_a_missing_row_reads_none_and_reads_keep_order(
+    make_store: Callable[[], OnlineStore],
+) -> None:
+    async def body(store: OnlineStore) -> None:
+        assert await store.read([]) == []
+        assert await store.read([key("nobody")]) == [None]
+        await store.merge([merge("u2", add={"clicks": 1})])
+        got = await store.read([key("nobody"), key("u2")])
+        assert got[0] is None
+        assert got[1] is not None
+        assert got[1]["clicks"] == 1
+
+    run(make_store, body)
+
+
+def test_merges_add_keep_highs_and_lows_and_push_lists(
+    make_store: Callable[[], OnlineStore],
+) -> None:
+    async def body(store: OnlineStore) -> None:
+        now = time.time()
+        await store.merge(
+            [merge(at=now - 10, add={"clicks": 1, "aff:shoes": 2.5}, high={"last": now - 10},
+                   low={"first": now - 10}, push={"recent": (["i1", "i2"], 3)})]
+        )  # fmt: skip
+        await store.merge(
+            [merge(at=now - 20, add={"clicks": 2, "aff:shoes": 1, "aff:hats": 0.5},
+                   high={"last": now - 20}, low={"first": now - 20},
+                   push={"recent": (["i3", "i1"], 3)})]
+        )  # fmt: skip
+        (row,) = await store.read([key()])
+        assert row == {
+            "clicks": 3,
+            "aff:shoes": 3.5,
+            "aff:hats": 0.5,
+            "last": pytest.approx(now - 10),
+            "first": pytest.approx(now - 20),
+            "recent": ["i3", "i1", "i2"],
+            AT_FIELD: pytest.approx(now - 10),  # the newest event counted
+        }
+        await store.merge([merge(push={"recent": ([], 3)})])
+        (row,) = await store.read([key()])
+        assert row is not None
+        assert row["recent"] == ["i3", "i1", "i2"]
+
+    run(make_store, body)
+
+
+def test_what_memory_holds_agrees_with_the_reference_merge(
+    make_store: Callable[[], OnlineStore],
+) -> None:
+    now = time.time()
+    merges = [
+        merge(at=now - n, add={"n": n, "s:a b": 0.25}, high={"h": n}, low={"l": -n},
+              push={"r": ([f"i{n % 4}", "x/y", "ü"], 4)})
+        for n in range(6)
+    ]  # fmt: skip
+    expected: Row | None = None
+    for m in merges:
+        expected = apply_merge(expected, m)
+
+    async def body(store: OnlineStore) -> None:
+        for m in merges:
+            await store.merge([m])
+        assert await store.read([key()]) == [expected]
+
+    run(make_store, body)
+
+
+def test_concurrent_merges_lose_no_update(make_store: Callable[[], OnlineStore]) -> None:
+    async def body(store: OnlineStore) -> None:
+        others = [make_store() for _ in range(3)]
+        try:
+            writes = [
+                s.merge([merge(add={"events": 1}, push={"r": ([f"i{n}"], 50)})])
+                for n in range(10)
+                for s in [store, *others]
+            ]
+            await asyncio.gather(*writes)
+        finally:
+            for s in others:
+                await s.close()
+        (row,) = await store.read([key()])
+        assert row is not None
+        assert row["events"] == 40
+        assert sorted(row["r"]) == sorted(f"i{n}" for n in range(10))  # type: ignore[arg-type]
+
+    run(make_store, body)
+
+
+def test_tenants_and_views_never_share_a_row(make_store: Callable[[], OnlineStore]) -> None:
+    async def body(store: OnlineStore) -> None:
+        await store.merge([merge(tenant="tn_a", add={"clicks": 5})])
+        await store.merge([merge(tenant="tn_b", add={"clicks": 1})])
+        a, b, other_view = await store.read(
+            [key(tenant="tn_a"), key(tenant="tn_b"), RowKey("tn_a", "item_popularity", "u1")]
+        )
+        assert a is not None
+        assert b is not None
+        assert (a["clicks"], b["clicks"], other_view) == (5, 1, None)
+        # Ids with the separators of either backend's keys stay apart.
+        await store.merge([merge(entity="x:y", tenant="t}n", add={"clicks": 7})])
+        assert await store.read([key(entity="x", tenant="t}n")]) == [None]
+        (row,) = await store.read([key(entity="x:y", tenant="t}n")])
+        assert row is not None
+        assert row["clicks"] == 7
+
+    run(make_store, body)
+
+
+def test_a_row_goes_stale_ttl_after_its_newest_event(make_store: Callable[[], OnlineStore]) -> None:
+    async def body(store: OnlineStore) -> None:
+        now = time.time()
+        # Its newest event was DAY - 0.6 s ago: fresh for 0.6 s more.
+        await store.merge([merge(at=now - DAY + 0.6, add={"clicks": 3})])
+        (row,) = await store.read([key()])
+        assert row is not None
+        await asyncio.sleep(0.9)
+        assert await store.read([key()]) == [None]
+        # A merge on a stale row starts it afresh.
+        await store.merge([merge(add={"clicks": 1})])
+        (row,) = await store.read([key()])
+        assert row is not None
+        assert row["clicks"] == 1
+        # An event older than the TTL leaves no row at all.
+        await store.merge([merge(entity="old", at=now - 2 * DAY, add={"clicks": 1})])
+        assert await store.read([key("old")]) == [None]
+
+    run(make_store, body)
+
+
+def test_replace_writes_whole_rows(make_store: Callable[[], OnlineStore]) -> None:
+    async def body(store: OnlineStore) -> None:
+        now = time.time()
+        await store.merge([merge(add={"clicks": 9, "views": 4})])
+        await store.replace(
+            [
+                (key(), {"clicks": 2.0, "recent": ["a", "b"], AT_FIELD: now}, DAY),
+                (key("u9"), {"recent": [], AT_FIELD: now}, DAY),
+                (key("gone"), {"clicks": 1.0, AT_FIELD: now - 2 * DAY}, DAY),
+            ]
+        )
+        u1, u9, gone = await store.read([key(), key("u9"), key("gone")])
+        assert u1 == {"clicks": 2, "recent": ["a", "b"], AT_FIELD: pytest.approx(now)}
+        assert u9 == {"recent": [], AT_FIELD: pytest.approx(now)}
+        assert gone is None
+        with pytest.raises(ValueError, match=AT_FIELD):
+            await store.replace([(key(), {"clicks": 1.0}, DAY)])
+
+    run(make_store, body)
+
+
+def test_keys_are_bounded(make_store: Callable[[], OnlineStore]) -> None:
+    async def body(store: OnlineStore) -> None:
+        with pytest.raises(ValueError, match="entity id"):
+            await store.merge([merge(entity="x" * 257, add={"n": 1})])
+        with pytest.raises(ValueError, match="tenant"):
+            await store.merge([merge(tenant="", add={"n": 1})])
+
+    run(make_store, body)
+
+
+def test_pushed_keeps_each_item_once_newest_first() -> None:
+    assert pushed(["a", "b", "c"], ["c", "d"], 4) == ["c", "d", "a", "b"]
+    assert pushed(["a"], ["a", "a"], 3) == ["a"]
+    assert pushed(["a", "b"], [], 1) == ["a"]
+
+
+def test_redis_down_is_unavailable(own_server: RedisServer) -> None:
+    async def body() -> None:
+        store = RedisFeatureStore(own_server.url, timeout_s=0.2)
+        try:
+            await store.merge([merge(add={"n": 1})])
+            own_server.stop()
+            with pytest.raises(FeatureStoreUnavailable, match="feature store"):
+                await store.read([key()])
+            with pytest.raises(FeatureStoreUnavailable):
+                await store.merge([merge(add={"n": 1})])
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_redis_password_never_in_the_error(redis_with_password: RedisServer) -> None:
+    async def body() -> None:
+        url = redis_with_password.url.replace("redis://", "redis://:wrong-secret-pw@")
+        store = RedisFeatureStore(url, timeout_s=0.5)
+        try:
+            with pytest.raises(FeatureStoreUnavailable) as e:
+                await store.read([key()])
+            assert "wrong-secret-pw" not in str(e.value)
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_sqlite_rows_are_shared_by_every_store_on_the_file(tmp_path: Path) -> None:
+    async def body() -> None:
+        one = SqliteFeatureStore(tmp_path / "f.db")
+        two = SqliteFeatureStore(tmp_path / "f.db")
+        try:
+            await one.merge([merge(add={"clicks": 1})])
+            (row,) = await two.read([key()])
+            assert row is not None
+            assert row["clicks"] == 1
+        finally:
+            await one.close()
+            await two.close()
+
+    asyncio.run(body())
