@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 artifacts: $(STAMP)
 	$(PY) -m models.build --out $(ARTIFACTS)
 
+# The console shows servekit's own lines; VERBOSE=1 adds Ray's, HAProxy's and the access log.
 serve: artifacts
-	$(PY) -m servekit serve serve_config.yaml
+	$(PY) -m servekit serve serve_config.yaml $(if $(VERBOSE),--verbose)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

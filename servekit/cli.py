@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         default=5.0,
         help="on Ctrl-C or SIGTERM, how long in-flight requests get to finish (seconds)",
     )
+    serve.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's and HAProxy's INFO lines and every request's access line on the "
+        "console too (by default they go to files under .servekit/logs/)",
+    )
     check = sub.add_parser("validate", help="check a config without starting anything")
     check.add_argument("config", type=Path, nargs="?", default=Path("serve_config.yaml"))
     _rollout_commands(sub)
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         return _validate(args.config)
     if args.command == "serve":
-        return _serve(args.config, args.metrics_port, args.dashboard, args.drain_timeout_s)
+        return _serve(
+            args.config, args.metrics_port, args.dashboard, args.drain_timeout_s, args.verbose
+        )
     return _run_rollout_command(args)
 
 
@@ -101,9 +109,10 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=DEFAULT_ADDRESS,
         help="'local' (default) or a GCS address host:port: the judge is a Ray actor",
     )
-    from servekit import tenants_cli
+    from servekit import index_cli, tenants_cli
 
     tenants_cli.add_commands(sub, DEFAULT_URL)
+    index_cli.add_commands(sub, "serve_config.yaml")
 
 
 def _run_rollout_command(args: argparse.Namespace) -> int:
@@ -111,6 +120,10 @@ def _run_rollout_command(args: argparse.Namespace) -> int:
 
     if args.command == "tenants":
         return tenants_cli.run(args)
+    if args.command == "index":
+        from servekit import index_cli
+
+        return index_cli.run(args)
 
     # Before Ray is imported: it reads its auth mode once.
     rollout_cli.token_mode_if_token()
@@ -158,9 +171,14 @@ def _on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> None:
         signal.signal(signum, handler)
 
 
-def _serve(path: Path, metrics_port: int, dashboard: bool, drain_timeout_s: float) -> int:
+def _serve(
+    path: Path, metrics_port: int, dashboard: bool, drain_timeout_s: float, verbose: bool = False
+) -> int:
     """Serve a config in the foreground until a stop signal; then stop everything
     started here (see `local.shutdown`) and exit 0."""
+    # Ray's token auth, chosen here rather than by Ray's default (which warns that it
+    # chose it). Before Ray is imported: it reads the mode once.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     from servekit import local
 
     try:
@@ -176,13 +194,19 @@ def _serve(path: Path, metrics_port: int, dashboard: bool, drain_timeout_s: floa
     try:
         record = _claim(path, host, port, metrics_port)
         auth_lines = _prepare_auth(doc)
-        local.start_ray(metrics_port=metrics_port, dashboard=dashboard, instance_token=record.token)
+        logs = None if verbose else instance.STATE_DIR / "logs"
+        local.start_ray(
+            metrics_port=metrics_port,
+            dashboard=dashboard,
+            instance_token=record.token,
+            quiet_logs=logs,
+        )
         # Again after Ray's start-up, which installs handlers of its own.
         _on_stop_signals(_stop)
         record = record.seen()
         local.deploy(doc)
         record = record.seen()
-        print(_banner(path, f"http://{host}:{port}", metrics_port, dashboard), flush=True)
+        print(_banner(path, f"http://{host}:{port}", metrics_port, dashboard, logs), flush=True)
         for line in auth_lines:
             print(f"  {line}", flush=True)
         while True:
@@ -248,9 +272,18 @@ def _claim(path: Path, host: str, port: int, metrics_port: int) -> instance.Reco
     return instance.record_this(instance.new_token(), port, path)
 
 
-def _banner(path: Path, base: str, metrics_port: int, dashboard: bool) -> str:
+def _banner(path: Path, base: str, metrics_port: int, dashboard: bool, logs: Path | None) -> str:
     from servekit import local
 
+    if logs is None:
+        logs_lines = "  logs     on this console (--verbose)\n"
+    else:
+        shown = _relative(logs)
+        logs_lines = (
+            f"  requests {shown / local.ACCESS_LOG} (one JSON line each; 5xx here too)\n"
+            f"  ray logs {shown / local.RAY_LOGS_LINK}/ (Serve's and HAProxy's in serve/; "
+            "--verbose shows them here)\n"
+        )
     return (
         f"servekit: serving {path} at {base}\n"
         f"  docs     {base}/docs\n"
@@ -258,6 +291,15 @@ def _banner(path: Path, base: str, metrics_port: int, dashboard: bool) -> str:
         f"  metrics  http://127.0.0.1:{metrics_port}/metrics\n"
         f"  ray      {local.ray_address()}\n"
         + ("  dashboard http://127.0.0.1:8265\n" if dashboard else "")
+        + logs_lines
         + "Apply edits to the file: servekit promote|rollback, or serve_config.yaml\n"
         "changes with `servekit apply`. Ctrl-C or SIGTERM stops everything started here."
     )
+
+
+def _relative(path: Path) -> Path:
+    """`path` relative to the working folder when it is under it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path

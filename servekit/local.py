@@ -7,6 +7,7 @@ their per-deployment settings and `user_config`, applied by Serve's controller.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -94,11 +95,33 @@ def _unknown_deployment_keys(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
+def quiet_env(logs_dir: Path) -> dict[str, str]:
+    """The environment of a local instance whose console shows servekit's events only:
+    Serve's components (controller, HAProxy manager, replicas) log to their files
+    alone (`RAY_SERVE_LOG_TO_STDERR=0`, Ray's documented switch; a replica's prints
+    go there too), servekit's access lines go to `logs_dir/access.log`, and its events
+    are written as text."""
+    from deployments.observability import logs
+
+    return {
+        "RAY_SERVE_LOG_TO_STDERR": "0",
+        logs.ACCESS_LOG_ENV: str(logs_dir / ACCESS_LOG),
+        logs.LOG_FORMAT_ENV: "text",
+    }
+
+
+# Under the folder `servekit serve` is given for logs: servekit's access lines, and
+# a link to the Ray session's log folder (Serve's logs are under its serve/).
+ACCESS_LOG = "access.log"
+RAY_LOGS_LINK = "ray"
+
+
 def start_ray(
     num_cpus: int | None = None,
     metrics_port: int | None = None,
     dashboard: bool = False,
     instance_token: str | None = None,
+    quiet_logs: Path | None = None,
 ) -> None:
     """Start (or join) a local Ray instance in the Serve namespace.
 
@@ -111,7 +134,10 @@ def start_ray(
 
     Every process of the instance carries `instance_token` (a fresh one if not
     given) in its environment, and nothing else does: this process drops it again
-    once Ray is up, so what it starts later is not mistaken for the instance's."""
+    once Ray is up, so what it starts later is not mistaken for the instance's.
+
+    With `quiet_logs` (a folder), the console is kept for servekit's own lines (see
+    `quiet_env`): Ray's INFO lines and the access log are written under it instead."""
     import ray
 
     global _started_token
@@ -119,9 +145,16 @@ def start_ray(
         return
     kwargs: dict[str, Any] = {
         "namespace": "serve",
+        # Workers' stderr reaches this console: servekit's events, real warnings.
         "log_to_driver": True,
         "include_dashboard": dashboard,
     }
+    if quiet_logs is not None:
+        quiet_logs.mkdir(parents=True, exist_ok=True)
+        os.environ.update(quiet_env(quiet_logs))
+        kwargs["logging_level"] = logging.WARNING
+        # This driver's own Serve lines ("Started Serve in namespace ...").
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     kwargs["num_cpus"] = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_LOGICAL_CPUS)
     if metrics_port is not None:
         kwargs["_metrics_export_port"] = metrics_port
@@ -135,10 +168,20 @@ def start_ray(
     if node is None:
         return
     _started_token = token
+    if quiet_logs is not None:
+        _link(quiet_logs / RAY_LOGS_LINK, Path(node.get_logs_dir_path()))
     if not dashboard:
         # The autoscaler monitor and the usage-stats-only dashboard head.
         node.kill_monitor(check_alive=False)
         node.kill_dashboard(check_alive=False)
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point `link` at `target`, replacing an earlier link."""
+    tmp = link.with_name(link.name + ".new")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    tmp.replace(link)
 
 
 def _own_head_node() -> Any:
@@ -164,16 +207,36 @@ def deploy(
     `progress` is told, every few seconds meanwhile, what is still starting."""
     from ray.serve._private import api as serve_api
     from ray.serve.config import gRPCOptions
+    from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     config = ServeDeploySchema.model_validate(doc)
-    client = serve_api.serve_start(
-        http_options=config.http_options.model_dump(),
-        proxy_location=config.proxy_location,
-        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
-    )
+    # Serve's options are set when it starts; asked to start again it says, at every
+    # apply, that new options "will not be applied" (which reads as a failure). Only a
+    # real difference is worth a line.
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        client = serve_api.serve_start(
+            http_options=config.http_options.model_dump(),
+            proxy_location=config.proxy_location,
+            grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+        )
+    elif progress is not None:
+        for line in http_options_kept(client.http_config, config.http_options):
+            progress(line)
     client.deploy_apps(config, _blocking=False)
     wait_running([app.name for app in config.applications], timeout_s, progress)
+
+
+def http_options_kept(running: Any, declared: Any) -> list[str]:
+    """The `http_options` the file changes, which the running instance keeps until it
+    restarts (Serve applies them only when it starts)."""
+    return [
+        f"http_options.{name}: the file says {getattr(declared, name)!r}, the running "
+        f"instance keeps {getattr(running, name)!r} until it restarts"
+        for name in sorted(declared.model_fields_set)
+        if getattr(declared, name) != getattr(running, name, None)
+    ]
 
 
 def wait_running(

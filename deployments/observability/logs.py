@@ -1,20 +1,32 @@
 """JSON log lines: one per request, with request id, model, version, status, latency.
 
 Never payloads: no texts, no vectors, no headers beyond the request id.
+
+Where they go: by default every line to stderr (what a cluster's log collector reads).
+A local `servekit serve` keeps its console for servekit's events: it names a file in
+`SERVEKIT_ACCESS_LOG`, which then takes the per-request lines (the console keeps those
+a caller saw fail, 5xx), and asks with `SERVEKIT_LOG_FORMAT=text` for events as one
+readable line each instead of JSON.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import orjson
 
 _LOGGER_NAME = "servekit"
+# A file for the access lines instead of stderr (set for a local instance's processes).
+ACCESS_LOG_ENV = "SERVEKIT_ACCESS_LOG"
+# "text": events as `level logger: message key=value ...` lines; else JSON.
+LOG_FORMAT_ENV = "SERVEKIT_LOG_FORMAT"
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,6 +44,33 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`warning servekit.router: canary rolled back model=minilm version=v2 ...`:
+    an event as a person reads it on a console."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render the record as one line (a traceback follows on its own lines)."""
+        fields = getattr(record, "fields", {})
+        text = " ".join(
+            f"{key}={value if isinstance(value, int | float) else orjson.dumps(value).decode()}"
+            for key, value in fields.items()
+        )
+        line = f"{record.levelname.lower()} {record.name}: {record.getMessage()}"
+        line = f"{line} {text}" if text else line
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def is_access(record: logging.LogRecord) -> bool:
+    """Whether a record is a per-request access line (see `log_request`)."""
+    return bool(getattr(record, "access", False))
+
+
+def _caller_saw_failure(record: logging.LogRecord) -> bool:
+    return int(getattr(record, "fields", {}).get("status", 0)) >= 500
 
 
 class BatchedLineHandler(logging.Handler):
@@ -83,15 +122,36 @@ class BatchedLineHandler(logging.Handler):
 
 
 def get_logger(name: str = "") -> logging.Logger:
-    """servekit's logger (or a child), writing JSON lines to stderr, set up once."""
+    """servekit's logger (or a child), set up once: JSON lines to stderr, or, as the
+    environment asks (see the module's docstring), access lines to a file and events
+    to stderr as text."""
     root = logging.getLogger(_LOGGER_NAME)
     if not root.handlers:
-        handler = BatchedLineHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        root.addHandler(handler)
+        for handler in handlers_from_env(os.environ):
+            root.addHandler(handler)
         root.setLevel(logging.INFO)
         root.propagate = False
     return root.getChild(name) if name else root
+
+
+def handlers_from_env(
+    env: Mapping[str, str], stderr: TextIO | None = None
+) -> list[logging.Handler]:
+    """The handlers servekit's logger gets in an environment like `env`.
+
+    The process's own stderr (`sys.__stderr__`), not `sys.stderr`: Serve points the
+    latter of a replica at its log file when `RAY_SERVE_LOG_TO_STDERR=0`."""
+    console = BatchedLineHandler(stderr or sys.__stderr__ or sys.stderr)
+    text = env.get(LOG_FORMAT_ENV, "").lower() == "text"
+    console.setFormatter(TextFormatter() if text else JsonFormatter())
+    path = env.get(ACCESS_LOG_ENV)
+    if not path:
+        return [console]
+    console.addFilter(lambda r: not is_access(r) or _caller_saw_failure(r))
+    access = BatchedLineHandler(open(path, "a", encoding="utf-8"))  # noqa: SIM115 (process-long)
+    access.setFormatter(JsonFormatter())
+    access.addFilter(is_access)
+    return [console, access]
 
 
 def log_request(
@@ -109,6 +169,7 @@ def log_request(
     logger.info(
         "request",
         extra={
+            "access": True,
             "fields": {
                 "request_id": request_id,
                 "tenant": tenant,
@@ -118,6 +179,6 @@ def log_request(
                 "status": status,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 2),
                 "inputs": inputs,
-            }
+            },
         },
     )

@@ -5,10 +5,18 @@ from __future__ import annotations
 import io
 import logging
 import time
+from pathlib import Path
 
 import orjson
 
-from deployments.observability.logs import BatchedLineHandler, JsonFormatter, log_request
+from deployments.observability.logs import (
+    ACCESS_LOG_ENV,
+    LOG_FORMAT_ENV,
+    BatchedLineHandler,
+    JsonFormatter,
+    handlers_from_env,
+    log_request,
+)
 
 
 def _logger(stream: io.StringIO, interval_s: float) -> logging.Logger:
@@ -43,3 +51,35 @@ def test_a_warning_is_written_at_once_after_what_was_queued() -> None:
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [line.get("request_id", line["msg"]) for line in lines] == ["before", "rollback"]
     assert lines[1]["level"] == "warning"
+
+
+def test_a_local_console_gets_events_and_failed_requests_the_file_every_request(
+    tmp_path: Path,
+) -> None:
+    """What `servekit serve` asks for: access lines in a file, events (and the requests a
+    caller saw fail) on the console as text."""
+    console, path = io.StringIO(), tmp_path / "access.log"
+    env = {ACCESS_LOG_ENV: str(path), LOG_FORMAT_ENV: "text"}
+    logger = logging.getLogger(f"test-local-{id(console)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    for handler in handlers_from_env(env, stderr=console):
+        logger.addHandler(handler)
+    log_request(logger, "ok", "/v1/embeddings", "m", "v1", 200, time.perf_counter(), 1)
+    log_request(logger, "failed", "/v1/embeddings", "m", "v2", 500, time.perf_counter(), 1)
+    logger.warning("canary rolled back", extra={"fields": {"model": "m", "version": "v2"}})
+    for handler in logger.handlers:
+        handler.flush()
+    events = console.getvalue().splitlines()
+    assert events[0].startswith("info test-local-")
+    assert 'request_id="failed"' in events[0]
+    assert events[1].endswith(': canary rolled back model="m" version="v2"')
+    assert len(events) == 2
+    written = [orjson.loads(line) for line in path.read_text().splitlines()]
+    assert [line["request_id"] for line in written] == ["ok", "failed"]
+
+
+def test_by_default_every_line_is_json_on_stderr() -> None:
+    console = io.StringIO()
+    [handler] = handlers_from_env({}, stderr=console)
+    assert isinstance(handler.formatter, JsonFormatter)
