@@ -223,6 +223,16 @@ class AuthSettings(_Strict):
     )
 
 
+class CatalogSnapshotSpec(_Strict):
+    """A catalog snapshot artifact (`servekit index build`): loaded by every replica
+    instead of building the catalog's vector indexes, and seeding the catalog when the
+    store does not have it yet."""
+
+    tenant_id: str = Field(min_length=1, max_length=64, description="The catalog's tenant.")
+    catalog: str = Field(min_length=1, max_length=64, description="The catalog's name.")
+    artifact: ArtifactSpec
+
+
 class SearchSettings(_Strict):
     """Semantic search over tenant catalogs (`/v1/catalogs`, `/v1/search`)."""
 
@@ -244,6 +254,23 @@ class SearchSettings(_Strict):
         "and 0.55 BM25's "
         "(convex), or reciprocal ranks (rrf), which ignores how far ahead an exact match is.",
     )
+    snapshots: list[CatalogSnapshotSpec] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Catalog snapshot artifacts to start from (one per tenant and catalog).",
+    )
+
+    @model_validator(mode="after")
+    def _one_snapshot_per_catalog(self) -> SearchSettings:
+        seen: set[tuple[str, str]] = set()
+        for n, snap in enumerate(self.snapshots):
+            key = (snap.tenant_id, snap.catalog)
+            if key in seen:
+                raise ValueError(
+                    f"search.snapshots[{n}]: a second snapshot of {snap.tenant_id}/{snap.catalog}"
+                )
+            seen.add(key)
+        return self
 
 
 class AppArgs(_Strict):

@@ -159,6 +159,13 @@ def _validate_versions(
                     f"{where}.args.models.{model}.versions.{version}.artifact.uri: "
                     f"missing artifact, no file at {uri}"
                 )
+    for n, snap in enumerate(args.search.snapshots):
+        uri = resolve_artifact_uri(snap.artifact.uri, args.artifact_root)
+        if not uri.startswith("s3://") and not Path(uri).is_file():
+            problems.append(
+                f"{where}.args.search.snapshots[{n}].artifact.uri: "
+                f"missing artifact, no file at {uri} (servekit index build makes one)"
+            )
     return batching
 
 

@@ -81,6 +81,7 @@ answers identically.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -90,7 +91,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 from zipfile import BadZipFile
 
 import numpy as np
@@ -473,6 +474,23 @@ class VectorIndex:
         """Write the index to one file (npz: settings, the usearch graph in its own
         format, keys, live flags, vectors and free slots), atomically."""
         target = Path(path)
+        fields = self._fields()
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, allow_pickle=False, **fields)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def to_bytes(self) -> bytes:
+        """The index as `save` writes it, in memory (to embed in another file)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **self._fields())
+        return buffer.getvalue()
+
+    def _fields(self) -> dict[str, npt.NDArray[Any]]:
         with self._writer:
             meta = {
                 "format": FORMAT,
@@ -489,25 +507,25 @@ class VectorIndex:
             with self._graph_lock:
                 graph = np.frombuffer(self._graph.save(), dtype=np.uint8)
             used, arrays = self._used, self._arrays
-            fields: dict[str, npt.NDArray[Any]] = {
+            return {
                 "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
                 "graph": graph,
-                "keys": arrays.keys[:used],
-                "live": arrays.live[:used],
-                "vectors": arrays.vectors[:used],
+                "keys": arrays.keys[:used].copy(),
+                "live": arrays.live[:used].copy(),
+                "vectors": arrays.vectors[:used].copy(),
                 "free": np.asarray(self._free, np.int64),
             }
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez(f, allow_pickle=False, **fields)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+
+    def vectors(self, keys: npt.ArrayLike) -> Vectors:
+        """The stored (unit-length) vectors of `keys`, in order; KeyError for a key
+        that is not in the index."""
+        wanted = np.asarray(keys, dtype=np.uint64).reshape(-1).tolist()
+        with self._rw.read():
+            slots = [self._slot_of[k] for k in wanted]
+            return self._arrays.vectors[slots].copy()
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
+    def load(cls, path: str | os.PathLike[str] | IO[bytes]) -> VectorIndex:
         """Restore an index written by `save`; it answers every search identically.
         A file that is not such an index raises `ArtifactFormatError`; a missing or
         unreadable one, `OSError`."""

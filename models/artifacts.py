@@ -103,6 +103,26 @@ class ArtifactStore:
                 staged.rename(final)
         return ResolvedArtifact(ref, final, meta)
 
+    def fetch_file(self, ref: ArtifactRef, suffix: str = "") -> Path:
+        """Return a checksum-verified local copy of a single-file artifact (an index
+        snapshot, not a model package), fetching it once per machine."""
+        final = self.cache_dir / f"{ref.sha256}{suffix}"
+        if final.is_file():
+            return final
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock(ref.sha256):
+            if final.is_file():
+                return final
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".partial-")
+            os.close(fd)
+            try:
+                self._download_verified(ref, Path(tmp))
+                os.replace(tmp, final)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return final
+
     def is_cached(self, ref: ArtifactRef) -> bool:
         """Whether `ref` is already resolved in this cache."""
         return (self.cache_dir / ref.sha256 / _COMPLETE_MARK).is_file()

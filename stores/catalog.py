@@ -25,6 +25,11 @@ class Item:
     updated_at: datetime | None = None  # set by the store
 
 
+def item_text(item: Item) -> str:
+    """The text embedded and indexed for an item: its text fields in order."""
+    return ". ".join(v for v in item.text.values() if v)
+
+
 # The change log's item id for a change of the catalog itself (its settings); no item
 # may have it (an item id is never empty).
 CATALOG_CHANGE = ""
@@ -85,6 +90,13 @@ class CatalogStore(Protocol):
 
     def changes(self, after_seq: int, limit: int) -> list[Change]:
         """Changes with seq > `after_seq`, oldest first, at most `limit`: every tenant."""
+
+    def seed(
+        self, tenant_id: str, catalog: str, items: list[Item], vectors: dict[str, dict[str, bytes]]
+    ) -> int | None:
+        """Create a catalog from a snapshot, items (one change each) and their vectors by
+        space in one transaction, only if the catalog does not exist yet: the seq of its
+        last change, or None when it existed (nothing is written)."""
 
     def put_vectors(
         self, tenant_id: str, catalog: str, space: str, vectors: dict[str, bytes]

@@ -182,6 +182,48 @@ class SqlCatalogStore:
             conn.execute(insert(changes_table), [_change_values(r, deleted=False) for r in rows])
         return first + len(latest) - 1
 
+    def seed(
+        self, tenant_id: str, catalog: str, items: list[Item], vectors: dict[str, dict[str, bytes]]
+    ) -> int | None:
+        """Create a catalog from a snapshot, items (one change each) and their vectors by
+        space in one transaction, only if the catalog does not exist yet: the seq of its
+        last change, or None when it existed (nothing is written). Replicas starting
+        together may all call it; the catalog's row decides which one writes."""
+        _check_catalog(tenant_id, catalog)
+        latest = {_checked(item).id: item for item in items}
+        if not latest:
+            raise ValueError("a snapshot seeds at least one item")
+        for space, blobs in vectors.items():
+            _check_space(space)
+            if any(not b or len(b) % 4 for b in blobs.values()):
+                raise ValueError("a vector must be float32 bytes: a non-zero multiple of 4")
+        now = datetime.now(UTC)
+        with writing(self._engine) as conn:
+            first = _take_seqs(conn, len(latest))
+            new_catalog = self._insert(catalogs_table).values(
+                tenant_id=tenant_id, name=catalog, created_at=now
+            )
+            created = new_catalog.on_conflict_do_nothing().returning(catalogs_table.c.name)
+            if conn.execute(created).first() is None:
+                conn.rollback()  # the catalog exists: its items are the truth
+                return None
+            rows = [
+                _item_values(tenant_id, catalog, item, now, first + i)
+                for i, item in enumerate(latest.values())
+            ]
+            conn.execute(self._upsert_items(), rows)
+            conn.execute(insert(changes_table), [_change_values(r, deleted=False) for r in rows])
+            for space, blobs in vectors.items():
+                key = {"tenant_id": tenant_id, "catalog": catalog, "space": space}
+                stored = [
+                    {**key, "item_id": item_id, "vector": blob}
+                    for item_id, blob in blobs.items()
+                    if item_id in latest
+                ]
+                if stored:
+                    conn.execute(self._upsert_vectors(), stored)
+        return first + len(latest) - 1
+
     def delete(self, tenant_id: str, catalog: str, item_id: str) -> int | None:
         """Delete one item and its vectors; the change's seq, None when there was none."""
         _check_catalog(tenant_id, catalog)

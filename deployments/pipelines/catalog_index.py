@@ -21,7 +21,9 @@ from deployments.pipelines.filters import AttributeColumns, Mask
 from models.ann import VectorIndex
 from models.fusion import convex, rrf
 from models.lexical import LexicalIndex
-from stores.catalog import Item
+from stores.catalog import Item, item_text
+
+__all__ = ["CatalogIndex", "Hit", "item_text"]
 
 CANDIDATES = 50  # per half of a hybrid search, before fusion
 # The vector half's weight in a convex fusion, chosen on the dev queries of `make eval`
@@ -29,11 +31,6 @@ CANDIDATES = 50  # per half of a hybrid search, before fusion
 # comes first; lower, paraphrases lose).
 CONVEX_ALPHA = 0.45
 TEXT_WEIGHTS = {"title": 2.0, "name": 2.0}  # BM25: a title word counts twice
-
-
-def item_text(item: Item) -> str:
-    """The text embedded and indexed for an item: its text fields in order."""
-    return ". ".join(v for v in item.text.values() if v)
 
 
 @dataclass(frozen=True)
@@ -60,6 +57,18 @@ class CatalogIndex:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @classmethod
+    def from_snapshot(cls, items: Sequence[Item], spaces: dict[str, VectorIndex]) -> CatalogIndex:
+        """An index of a snapshot's items, whose vector indexes are keyed by position
+        (`models/catalog_snapshot.py`): item n gets slot n, so they serve as they are."""
+        index = cls()
+        if index.upsert_many(items) != list(range(len(items))):
+            raise ValueError("a snapshot's item ids repeat")
+        for space, vectors in spaces.items():
+            index.spaces[space] = vectors
+            index.with_vector[space] = set(range(len(items)))
+        return index
 
     def upsert(self, item: Item) -> int:
         """Add or replace an item; its vectors are dropped until new ones arrive."""

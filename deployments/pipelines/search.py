@@ -23,8 +23,11 @@ import numpy.typing as npt
 
 from deployments.pipelines.catalog_index import CatalogIndex, Hit, item_text
 from deployments.pipelines.filters import AttributeColumns
+from models.catalog_snapshot import CatalogSnapshot
 from stores.catalog import CATALOG_CHANGE, CatalogStore, Change, Item
 
+# (tenant, catalog, loader): a catalog snapshot to start from (verified by the loader)
+SnapshotSource = tuple[str, str, Callable[[], CatalogSnapshot]]
 # (tenant, space, texts) -> vectors: the tenant owns the catalog (the embedding cache's key)
 EmbedFn = Callable[[str, str, list[str]], Awaitable[npt.NDArray[np.float32]]]
 ProgressFn = Callable[[str, int], None]  # (space, items without a vector)
@@ -67,7 +70,16 @@ class SearchService:
         progress: ProgressFn | None = None,
         backfill_delay_s: float = BACKFILL_DELAY_S,
         idle: IdleFn | None = None,
+        snapshots: list[SnapshotSource] | None = None,
+        space_artifacts: dict[str, str] | None = None,
     ) -> None:
+        """`snapshots`: catalogs to start from a snapshot artifact; `space_artifacts`:
+        the model artifact's sha256 of each space, which a snapshot's space must match."""
+        self.snapshots = snapshots or []
+        self.space_artifacts = space_artifacts or {}
+        # Items loaded from a snapshot that the change log has not shown yet: what is
+        # still here once the replica has caught up is not in the store, and goes.
+        self._unconfirmed: dict[tuple[str, str], set[str]] = {}
         self.store = store
         self.idle = idle
         self.backfill_delay_s = backfill_delay_s
@@ -93,12 +105,69 @@ class SearchService:
             for space in retired:
                 index.drop_space(space)
         if self._task is None:
+            for source in self.snapshots:
+                await self._load_snapshot(*source)
             await self.follow_once()
+            self._drop_unconfirmed()
             self._task = asyncio.create_task(self._follow())
         if self._backfill_task is None or self._backfill_task.done():
             self._backfill_task = asyncio.create_task(self.backfill(self.backfill_delay_s))
         else:
             self._backfill_due = True
+
+    async def _load_snapshot(
+        self, tenant: str, catalog: str, load: Callable[[], CatalogSnapshot]
+    ) -> None:
+        """Start a catalog from its snapshot: its items and the vector indexes of kept
+        spaces made by the configured artifact; seed the store when it lacks the catalog.
+        A snapshot that cannot be fetched or read is skipped (the store still has the
+        truth: the catalog is then built from the change log, as without one)."""
+        started = time.monotonic()
+        fields: dict[str, Any] = {"tenant": tenant, "catalog": catalog}
+        try:
+            snapshot = await asyncio.to_thread(load)
+        except Exception as e:
+            self.log.error("catalog snapshot not loaded", extra={"fields": {**fields,
+                           "error": type(e).__name__, "detail": str(e)[:300]}})  # fmt: skip
+            return
+        usable = {
+            space: s.index
+            for space, s in snapshot.spaces.items()
+            if space in self.spaces and self.space_artifacts.get(space) == s.model_sha256
+        }
+        if other := sorted(set(snapshot.spaces) - set(usable)):
+            self.log.warning(
+                "catalog snapshot: spaces not used (not kept, or made by another artifact)",
+                extra={"fields": {**fields, "spaces": other}},
+            )
+        index = await asyncio.to_thread(CatalogIndex.from_snapshot, snapshot.items, usable)
+        existing = await asyncio.to_thread(self.store.catalogs, tenant)
+        seeded = None
+        if catalog not in {c.name for c in existing}:
+            vectors = {space: snapshot.vectors_bytes(space) for space in usable}
+            seeded = await asyncio.to_thread(
+                self.store.seed, tenant, catalog, snapshot.items, vectors
+            )
+        async with self._lock:
+            self.catalogs[(tenant, catalog)] = index
+            self._unconfirmed[(tenant, catalog)] = {item.id for item in snapshot.items}
+        seconds = round(time.monotonic() - started, 2)
+        self.log.info("catalog snapshot loaded", extra={"fields": {**fields, "items": len(index),
+                      "spaces": sorted(usable), "seeded": seeded is not None,
+                      "seconds": seconds}})  # fmt: skip
+
+    def _drop_unconfirmed(self) -> None:
+        """Remove snapshot items the store does not have (deleted, or never seeded)."""
+        for (tenant, catalog), ids in self._unconfirmed.items():
+            index = self.catalogs[(tenant, catalog)]
+            for item_id in ids:
+                index.delete(item_id)
+            if ids:
+                self.log.info(
+                    "catalog snapshot: items the store does not have dropped",
+                    extra={"fields": {"tenant": tenant, "catalog": catalog, "items": len(ids)}},
+                )
+        self._unconfirmed.clear()
 
     async def _follow(self) -> None:
         last_backfill = last_progress = time.monotonic()
@@ -158,6 +227,8 @@ class SearchService:
             key = (change.tenant_id, change.catalog)
             index = self.catalogs.setdefault(key, CatalogIndex())
             if change.item is not None:
+                if (unconfirmed := self._unconfirmed.get(key)) is not None:
+                    unconfirmed.discard(change.item_id)
                 current = index.get(change.item_id)
                 if current is None or not _same(current, change.item):
                     pending.setdefault(key, []).append(change.item)

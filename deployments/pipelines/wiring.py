@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 from logging import Logger
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from configs.schema import AppArgs, IngressLiveConfig
 from deployments.dataplane import NO_TENANT, SEARCH, DataPlane
-from deployments.pipelines.search import EmbedFn, SearchService
+from deployments.pipelines.search import EmbedFn, SearchService, SnapshotSource
 from deployments.tenancy.access import registry_url
 from stores.embed_cache import EmbedCache, EmbedStore, MemoryStore
 from stores.secrets import load_secrets
@@ -73,7 +74,39 @@ def open_search(args: AppArgs, plane: DataPlane, log: Logger) -> SearchService |
 
     metrics = SearchMetrics()
     embed = item_embedder(args, plane)
-    return SearchService(store, embed, args.search.follow_s, log, metrics.pending_items, idle=idle)
+    model = args.search_model()
+    artifacts = {f"{model}/{v}": s.artifact.sha256 for v, s in args.models[model].versions.items()}
+    return SearchService(
+        store,
+        embed,
+        args.search.follow_s,
+        log,
+        metrics.pending_items,
+        idle=idle,
+        snapshots=snapshot_sources(args),
+        space_artifacts=artifacts,
+    )
+
+
+def snapshot_sources(args: AppArgs) -> list[SnapshotSource]:
+    """A loader per declared catalog snapshot: fetched into the artifact cache and
+    checked against its sha256 (once per machine), then read."""
+    from configs.settings import resolve_artifact_uri
+    from models import ArtifactRef, ArtifactStore
+    from models.catalog_snapshot import CatalogSnapshot, read_snapshot
+
+    cache = Path(args.artifact_cache_dir) if args.artifact_cache_dir else None
+    store = ArtifactStore(cache_dir=cache)
+    sources: list[SnapshotSource] = []
+    for spec in args.search.snapshots:
+        uri = resolve_artifact_uri(spec.artifact.uri, args.artifact_root)
+        ref = ArtifactRef(uri=uri, sha256=spec.artifact.sha256)
+
+        def load(ref: ArtifactRef = ref) -> CatalogSnapshot:
+            return read_snapshot(store.fetch_file(ref, ".snapshot"))
+
+        sources.append((spec.tenant_id, spec.catalog, load))
+    return sources
 
 
 def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:
