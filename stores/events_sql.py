@@ -1,0 +1,150 @@
+"""The event log on SQL: SQLite (embedded) and PostgreSQL (production), in the registry's
+database, with the registry's engines, transactions and migration history (0004)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    insert,
+    select,
+)
+
+from stores.events import EVENT_TYPES, Event, StoredEvent
+from stores.registry_sql import (
+    UtcDateTime,
+    create_sql_engine,
+    migrate_database,
+    writing,
+)
+
+_MAX_ID = 256
+
+
+def _key(length: int) -> String:
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
+# The table as the code reads and writes it; migration 0004 creates it (and must agree).
+metadata = MetaData()
+events_table = Table(
+    "events",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("tenant_id", _key(64), nullable=False),
+    Column("user_id", _key(_MAX_ID), nullable=False),
+    Column("item_id", _key(_MAX_ID), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("catalog", _key(64)),
+    Column("received_at", UtcDateTime, nullable=False),
+)
+
+
+class SqlEventLog:
+    """The `EventLog` on SQLite or PostgreSQL. Blocking and thread-safe: each call
+    takes its own pooled connection."""
+
+    def __init__(self, url: str) -> None:
+        """Connect lazily to `url`; call `migrate()` (or use `open_event_log`) first."""
+        self._engine = create_sql_engine(url)
+
+    def migrate(self) -> None:
+        """Bring the database's schema (shared with the registry) to the newest migration."""
+        migrate_database(self._engine)
+
+    def append(self, tenant_id: str, events: list[Event]) -> int:
+        """Append events in one transaction (durable when it returns); the last seq, 0
+        when `events` is empty."""
+        if not 0 < len(tenant_id) <= 64:
+            raise ValueError("a tenant id has 1 to 64 characters")
+        for event in events:
+            _check(event)
+        if not events:
+            return 0
+        now = datetime.now(UTC)
+        rows = [_values(tenant_id, e, now) for e in events]
+        with writing(self._engine) as conn:
+            if self._engine.dialect.name == "sqlite":
+                # One statement per row keeps the returned seq exact on SQLite.
+                last = 0
+                for row in rows:
+                    last = int(conn.execute(insert(events_table).values(**row)).lastrowid or 0)
+                return last
+            seqs = conn.execute(insert(events_table).returning(events_table.c.seq), rows)
+            return max(int(s) for s in seqs.scalars())
+
+    def scan(self, tenant_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        """The tenant's events after `after_seq`, oldest first, at most `limit`."""
+        query = (
+            select(events_table)
+            .where(events_table.c.tenant_id == tenant_id, events_table.c.seq > after_seq)
+            .order_by(events_table.c.seq)
+            .limit(max(0, limit))
+        )
+        with self._engine.connect() as conn:
+            return [_stored(row) for row in conn.execute(query)]
+
+    def for_user(self, tenant_id: str, user: str, limit: int) -> list[StoredEvent]:
+        """The user's newest events, newest first."""
+        query = (
+            select(events_table)
+            .where(events_table.c.tenant_id == tenant_id, events_table.c.user_id == user)
+            .order_by(events_table.c.seq.desc())
+            .limit(max(0, limit))
+        )
+        with self._engine.connect() as conn:
+            return [_stored(row) for row in conn.execute(query)]
+
+    def close(self) -> None:
+        """Release connections."""
+        self._engine.dispose()
+
+
+def open_event_log(url: str) -> SqlEventLog:
+    """An event log on `url` with the database's schema migrated to the newest version."""
+    log = SqlEventLog(url)
+    try:
+        log.migrate()
+    except BaseException:
+        log.close()
+        raise
+    return log
+
+
+def _check(event: Event) -> None:
+    if not 0 < len(event.user) <= _MAX_ID or not 0 < len(event.item) <= _MAX_ID:
+        raise ValueError(f"user and item ids have 1 to {_MAX_ID} characters")
+    if event.type not in EVENT_TYPES:
+        raise ValueError(f"type: one of {', '.join(EVENT_TYPES)}")
+    if event.at.tzinfo is None or event.at.utcoffset() is None:
+        raise ValueError("at: a naive datetime; expected a timezone")
+    if event.catalog is not None and not 0 < len(event.catalog) <= 64:
+        raise ValueError("a catalog name has 1 to 64 characters")
+
+
+def _values(tenant_id: str, event: Event, now: datetime) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant_id,
+        "user_id": event.user,
+        "item_id": event.item,
+        "type": event.type,
+        "at": event.at,
+        "catalog": event.catalog,
+        "received_at": now,
+    }
+
+
+def _stored(row: Row[Any]) -> StoredEvent:
+    event = Event(row.user_id, row.item_id, row.type, row.at, row.catalog)
+    return StoredEvent(int(row.seq), row.tenant_id, event, row.received_at)
