@@ -456,3 +456,40 @@ def test_migrations_match_the_tables_the_code_uses(store: SqlCatalogStore) -> No
         opts = {"version_table": VERSION_TABLE, "include_name": ours}
         context = MigrationContext.configure(conn, opts=opts)
         assert compare_metadata(context, metadata) == []
+
+
+def test_seed_creates_a_catalog_once_with_its_vectors(store: SqlCatalogStore) -> None:
+    items = [item("a", "first"), item("b", "second")]
+    vectors = {"m/v1": {"a": vec(1, 0), "b": vec(0, 1), "gone": vec(1, 1)}}
+    seq = store.seed("acme", "shop", items, vectors)
+    assert seq == store.head()
+    changes = store.changes(0, 10)
+    assert [(c.item_id, c.item is not None) for c in changes] == [("a", True), ("b", True)]
+    assert store.get_vectors("acme", "shop", "m/v1", ["a", "b", "gone"]) == {
+        "a": vec(1, 0),
+        "b": vec(0, 1),
+    }
+    # Replicas starting together all try: the catalog exists, nothing more is written.
+    assert store.seed("acme", "shop", [item("c")], {}) is None
+    assert store.head() == seq
+    assert store.get("acme", "shop", "c") is None
+
+
+def test_seed_never_writes_over_a_catalog_that_exists(store: SqlCatalogStore) -> None:
+    store.upsert("acme", "shop", [item("a", "mine")])
+    head = store.head()
+    assert store.seed("acme", "shop", [item("a", "theirs")], {}) is None
+    assert store.head() == head
+    got = store.get("acme", "shop", "a")
+    assert got is not None
+    assert got.text == {"title": "mine"}
+    # Another tenant's catalog of that name is another catalog.
+    assert store.seed("globex", "shop", [item("a", "theirs")], {}) is not None
+
+
+def test_seed_refuses_bad_input(store: SqlCatalogStore) -> None:
+    with pytest.raises(ValueError, match="at least one item"):
+        store.seed("acme", "shop", [], {})
+    with pytest.raises(ValueError, match="float32"):
+        store.seed("acme", "shop", [item("a")], {"m/v1": {"a": b"abc"}})
+    assert store.head() == 0
