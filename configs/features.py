@@ -145,6 +145,33 @@ class FeatureDefinitions(_Strict):
         return float(self.event_weights.get(event_type, 0.0))  # type: ignore[call-overload]
 
 
+class FeatureSettings(_Strict):
+    """Online features and events (`POST /v1/events`, `GET /v1/features/...`): the
+    application's `args.features`."""
+
+    enabled: bool = Field(True, description="Serve events and online features.")
+    definitions: str | None = Field(
+        None, description="The definitions file (relative: to the project); default "
+        "configs/features.yaml.",
+    )  # fmt: skip
+    max_events_per_request: int = Field(1000, ge=1, le=10_000)
+    max_future_s: float = Field(
+        300.0, ge=0, le=86400, description="How far ahead of the clock an event's time may be."
+    )
+    store_timeout_s: float = Field(
+        0.1, gt=0, le=5, description="Bound on one online store call (Redis); then defaults."
+    )
+
+    @model_validator(mode="after")
+    def _definitions_load(self) -> FeatureSettings:
+        if self.enabled:
+            try:
+                load_definitions(self.definitions)
+            except DefinitionsError as e:
+                raise ValueError(f"definitions: {e}") from e
+        return self
+
+
 class DefinitionsError(ValueError):
     """A definitions file that cannot be used; the message says where and why."""
 

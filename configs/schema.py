@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from configs.features import FeatureSettings
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -284,6 +286,7 @@ class AppArgs(_Strict):
     health: HealthSettings = Field(default_factory=HealthSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
     artifact_root: str | None = Field(
         None,
         description="Base folder of relative artifact uris; default: the project folder.",

@@ -23,10 +23,12 @@ from deployments.http.api import V2_ERRORS, VERSION, OipError, api, body_doc
 from deployments.http.auth import AuthGate, principal_of
 from deployments.http.embeddings import EmbeddingsRoute, serve_embeddings
 from deployments.http.envelope import Envelope, request_id
+from deployments.http.events_routes import router as events_router
 from deployments.http.openai import ModelList
 from deployments.http.search_routes import router as search_router
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import IngressMetrics, RouterMetrics
+from deployments.pipelines.features_wiring import open_features
 from deployments.pipelines.wiring import open_cache, open_search, search_spaces
 from deployments.replicas.backend import VersionBackend
 from deployments.replicas.inline_backend import InlineBackend, load_inline
@@ -54,6 +56,7 @@ class Ingress:
         metrics = IngressMetrics(frozenset(auth.metrics_tenants))
         self.envelope = Envelope(metrics, self.log, self.access)
         self.search = open_search(self.args, self.plane, get_logger("search"))
+        self.features = open_features(self.args, self.search, get_logger("features"))
         self.created = int(time.time())
         self.canary = CanarySync(self.router, *replica_identity())
 
@@ -80,7 +83,7 @@ class Ingress:
 
     async def __del__(self) -> None:
         """Serve's replica shutdown: write usage, stop following, finish cache writes."""
-        for part in (self.access, self.search, self.plane.cache):
+        for part in (self.access, self.search, self.plane.cache, self.features):
             if part is not None:
                 await part.close()
 
@@ -245,5 +248,6 @@ class Ingress:
 
 api.include_router(admin_router)
 api.include_router(search_router)
+api.include_router(events_router)
 api.add_middleware(EmbeddingsRoute)
 api.add_middleware(AuthGate)  # added last: runs first, ahead of every route

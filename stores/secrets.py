@@ -29,6 +29,7 @@ SECRET_NAMES: tuple[str, ...] = (
     "registry_dsn",
     "redis_password",
     "cache_redis_url",
+    "features_redis_url",
 )
 ENV_PREFIX = "SERVEKIT_"
 DIR_VAR = "SERVEKIT_SECRETS_DIR"

@@ -42,6 +42,7 @@ for _name in (
     "SERVEKIT_AWS_SECRET_ID",
     "SERVEKIT_REDIS_URL",
     "SERVEKIT_CACHE_REDIS_URL",
+    "SERVEKIT_FEATURES_REDIS_URL",
 ):
     os.environ.pop(_name, None)
 

@@ -29,6 +29,7 @@ ROUTE_SCOPES: tuple[tuple[str, str], ...] = (
     ("/v1/catalogs", "search"),
     ("/v1/recommendations", "recommend"),
     ("/v1/events", "events"),
+    ("/v1/features", "recommend"),
     ("/v1/usage", "usage"),
     ("/admin/", "admin"),
     ("/dashboard", "admin"),

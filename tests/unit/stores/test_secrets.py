@@ -80,6 +80,7 @@ def test_the_names() -> None:
         "registry_dsn",
         "redis_password",
         "cache_redis_url",
+        "features_redis_url",
     )
 
 

@@ -1,0 +1,224 @@
+"""Interactions and online features: `POST /v1/events` (scope `events`) and
+`GET /v1/features/{entity}/{id}` (scope `recommend`). Every event and every feature row
+belongs to the calling key's tenant.
+
+A batch is checked event by event: the good ones are appended to the durable log before
+the answer (and then merged into the user's and the item's online rows, so the next
+read on any replica sees them), the bad ones are named by index and field. When any
+event is bad the answer is 400 (`invalid_events`), and its body says how many of the
+batch were accepted all the same.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Path, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
+
+from deployments.dataplane import CallRecord
+from deployments.errors import BadRequest, NotFound
+from deployments.http.admin import ERRORS
+from deployments.http.envelope import request_id
+from deployments.http.hosted import replica_host, run_route
+from deployments.http.inference import json_response
+from deployments.http.search_routes import CATALOG_PATTERN, NO_AUTH_TENANT
+from deployments.pipelines.features import FeatureService
+from stores.events import Event
+
+router = APIRouter(tags=["events"])
+INVALID_EVENTS = "invalid_events"
+MAX_ERRORS_LISTED = 100
+
+
+class EventIn(BaseModel):
+    """One interaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str = Field(min_length=1, max_length=256, description="The end user's id.")
+    item: str = Field(min_length=1, max_length=256, description="The catalog item's id.")
+    type: Literal["view", "click", "add_to_cart", "purchase"]
+    timestamp: datetime | float | None = Field(
+        None,
+        description="When it happened: RFC 3339 with a time zone, or Unix seconds; "
+        "default: when received.",
+    )
+
+
+class EventsBody(BaseModel):
+    """A batch of interactions, each checked on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    catalog: str | None = Field(
+        None,
+        pattern=CATALOG_PATTERN,
+        description="The catalog the items belong to (their category, brand, tags and "
+        "price feed affinities); default: the tenant's only catalog, if it has one.",
+    )
+    events: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Events: {user, item, type (view, click, add_to_cart, purchase), timestamp?}.",
+    )
+
+
+class EventError(BaseModel):
+    """Why one event of the batch was refused."""
+
+    index: int
+    field: str
+    message: str
+
+
+class EventsOut(BaseModel):
+    """What the batch did."""
+
+    object: str
+    accepted: int
+    rejected: int
+    seq: int
+    features_updated: bool
+    errors: list[EventError]
+
+
+def _tenant(call: CallRecord) -> str:
+    principal = call.principal
+    if principal is None:
+        return NO_AUTH_TENANT
+    if principal.operator:
+        raise BadRequest("tenant: the operator credential has no end users; use a tenant's key")
+    return principal.tenant_id
+
+
+def _service(host: Any) -> FeatureService:
+    service: FeatureService | None = getattr(host, "features", None)
+    if service is None:
+        raise NotFound("no such route (features are off)")
+    return service
+
+
+def parse_events(
+    raw: list[dict[str, Any]], now: float, max_future_s: float, catalog: str | None
+) -> tuple[list[Event], list[dict[str, Any]]]:
+    """The valid events, and an error per invalid one naming its index and field (the
+    message never repeats what was sent)."""
+    good: list[Event] = []
+    errors: list[dict[str, Any]] = []
+    for index, doc in enumerate(raw):
+        try:
+            event = EventIn.model_validate(doc)
+            at = _time(event.timestamp, now, max_future_s)
+        except ValidationError as e:
+            first = sorted(e.errors(), key=lambda x: x.get("type") != "extra_forbidden")[0]
+            name = ".".join(str(p) for p in first["loc"][:1]) or "event"
+            message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+            errors.append(_error(index, name, message))
+            continue
+        except ValueError as e:
+            errors.append(_error(index, "timestamp", str(e)))
+            continue
+        good.append(Event(event.user, event.item, event.type, at, catalog))
+    return good, errors
+
+
+def _error(index: int, name: str, message: str) -> dict[str, Any]:
+    return {"index": index, "field": f"events.{index}.{name}", "message": message}
+
+
+def _time(value: datetime | float | None, now: float, max_future_s: float) -> datetime:
+    if value is None:
+        return datetime.fromtimestamp(now, UTC)
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("needs a time zone (e.g. Z)")
+        at = value.astimezone(UTC)
+    else:
+        if not 0 <= value < 1e11:
+            raise ValueError("Unix seconds out of range")
+        at = datetime.fromtimestamp(value, UTC)
+    if at.timestamp() > now + max_future_s:
+        raise ValueError(f"more than {max_future_s:g} s in the future")
+    return at
+
+
+@router.post(
+    "/v1/events",
+    summary="Record interactions",
+    response_model=EventsOut,
+    responses=ERRORS,
+)
+async def post_events(request: Request, body: Annotated[EventsBody, Body()]) -> Response:
+    """Durable when answered; the users' and items' online features reflect them at
+    once, on every replica. Bad events are named (index, field) and the rest is kept:
+    400 `invalid_events` with the accepted count when any is bad."""
+
+    async def work(call: CallRecord) -> Response:
+        host = replica_host()
+        service = _service(host)
+        tenant = _tenant(call)
+        settings = host.args.features
+        if len(body.events) > settings.max_events_per_request:
+            raise BadRequest(f"events: at most {settings.max_events_per_request} per request")
+        call.inputs = len(body.events)
+        await host.plane.admit(call, 0)
+        catalog = body.catalog or _only_catalog(host, tenant)
+        good, errors = parse_events(body.events, time.time(), settings.max_future_s, catalog)
+        done = await service.ingest(tenant, good, catalog) if good else None
+        doc: dict[str, Any] = {
+            "object": "events.result",
+            "accepted": len(good),
+            "rejected": len(errors),
+            "seq": done.seq if done else 0,
+            "features_updated": done.features_updated if done else False,
+            "errors": errors[:MAX_ERRORS_LISTED],
+        }
+        if not errors:
+            return json_response(doc)
+        first = errors[0]
+        rid = request_id(request.headers.get("x-request-id"))
+        kept = f"{len(good)} of {len(body.events)} accepted"
+        message = f"{first['field']}: {first['message']} ({kept})"
+        error = {"code": INVALID_EVENTS, "message": message, "request_id": rid}
+        return json_response({"error": error, **doc}, 400)
+
+    return await run_route(request, "/v1/events", work)
+
+
+def _only_catalog(host: Any, tenant: str) -> str | None:
+    """The tenant's catalog when it has exactly one (as this replica holds them)."""
+    search = getattr(host, "search", None)
+    if search is None:
+        return None
+    names = [name for (owner, name) in search.catalogs if owner == tenant]
+    return names[0] if len(names) == 1 else None
+
+
+@router.get(
+    "/v1/features/{entity}/{entity_id}",
+    summary="One user's or item's online features",
+    responses=ERRORS,
+)
+async def get_features(
+    request: Request,
+    entity: Annotated[Literal["user", "item"], Path(description="user or item")],
+    entity_id: Annotated[str, Path(min_length=1, max_length=256)],
+) -> Response:
+    """Every feature view of the entity: its values (defaults where the row is missing
+    or older than the view's TTL), whether a fresh row answered, and `degraded` when the
+    store did not answer (every value a default)."""
+
+    async def work(call: CallRecord) -> Response:
+        host = replica_host()
+        service = _service(host)
+        await host.plane.admit(call, 0)
+        got = await service.read(_tenant(call), entity, entity_id)
+        return json_response(
+            {"object": "features", "entity": entity, "id": entity_id, "views": got.views,
+             "fresh": got.fresh, "degraded": got.degraded}
+        )  # fmt: skip
+
+    return await run_route(request, "/v1/features", work)

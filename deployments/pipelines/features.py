@@ -1,0 +1,243 @@
+"""Online features over the store: events in (durable first, then merged into the rows
+of the user and the item they name), feature values out (defaults for a missing or stale
+row, and for every row while the store is down). Plain Python: no Ray, no HTTP; the
+`servekit features materialize` command uses the same code to build rows in bulk.
+
+What each feature computes is declared in `configs/features.yaml` (see
+`configs/features.py`). Affinities and sums read the item's catalog attributes (an
+attribute, else a text field of that name, e.g. `brand`); an item the catalog does not
+hold (or an event without a catalog) moves only counts, times and recent items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from logging import Logger
+from typing import Any
+
+from configs.features import FeatureDefinitions, FeatureSpec, FeatureViewSpec
+from stores.events import Event, EventLog
+from stores.features import (
+    ENTRY_SEP,
+    FeatureStoreUnavailable,
+    Merge,
+    OnlineStore,
+    Row,
+    RowKey,
+    apply_merge,
+)
+
+# Item attributes by item id, for one tenant's catalog.
+Attributes = dict[str, dict[str, Any]]
+ItemLookup = Callable[[str, str, list[str]], Awaitable[Attributes]]
+
+
+@dataclass
+class Ingested:
+    """What `FeatureService.ingest` did: events appended (`seq` the last), and whether
+    the online rows took them (False while the store is down: the log has them)."""
+
+    accepted: int
+    seq: int
+    features_updated: bool
+
+
+@dataclass
+class FeatureValues:
+    """One entity's features per view, and per view whether a fresh row answered
+    (False: the defaults). `degraded`: the store did not answer."""
+
+    entity: str
+    id: str
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fresh: dict[str, bool] = field(default_factory=dict)
+    degraded: bool = False
+
+
+class FeatureService:
+    """Reads and event ingestion for every tenant; the tenant is in every row key."""
+
+    def __init__(
+        self,
+        definitions: FeatureDefinitions,
+        store: OnlineStore,
+        events: EventLog | None,
+        items: ItemLookup | None,
+        log: Logger,
+    ) -> None:
+        self.definitions = definitions
+        self.store = store
+        self.events = events
+        self.items = items
+        self.log = log
+        self.store_failures = 0  # reads and writes the store did not answer
+
+    async def read(self, tenant: str, entity: str, entity_id: str) -> FeatureValues:
+        """Every view of `entity` for `entity_id`: one round trip to the store."""
+        views = self.definitions.views_of(entity)
+        keys = [RowKey(tenant, name, entity_id) for name in views]
+        out = FeatureValues(entity, entity_id)
+        try:
+            rows: list[Row | None] = await self.store.read(keys)
+        except FeatureStoreUnavailable as e:
+            self._failed("read", e)
+            rows, out.degraded = [None] * len(keys), True
+        for (name, view), row in zip(views.items(), rows, strict=True):
+            out.views[name] = values(view, row)
+            out.fresh[name] = row is not None
+        return out
+
+    async def ingest(self, tenant: str, events: list[Event], catalog: str | None) -> Ingested:
+        """Append `events` to the log (durable when this returns), then merge them into
+        the online rows. A store outage leaves the rows behind the log; never an error."""
+        seq = 0
+        if self.events is not None:
+            seq = await asyncio.to_thread(self.events.append, tenant, events)
+        attrs = await self._attributes(tenant, catalog, events)
+        try:
+            await self.store.merge(self.merges(tenant, events, attrs))
+        except FeatureStoreUnavailable as e:
+            self._failed("merge", e)
+            return Ingested(len(events), seq, False)
+        return Ingested(len(events), seq, True)
+
+    def merges(self, tenant: str, events: Sequence[Event], attrs: Attributes) -> list[Merge]:
+        """The merges `events` make: one per (view, entity) they touch."""
+        out: list[Merge] = []
+        for entity in ("user", "item"):
+            groups: dict[str, list[Event]] = defaultdict(list)
+            for event in events:
+                groups[event.user if entity == "user" else event.item].append(event)
+            for name, view in self.definitions.views_of(entity).items():
+                for entity_id, group in groups.items():
+                    out.append(self._merge(RowKey(tenant, name, entity_id), view, group, attrs))
+        return out
+
+    def rows(
+        self, tenant: str, events: Iterable[Event], attrs: Attributes
+    ) -> list[tuple[RowKey, Row, float]]:
+        """Whole rows from a history of events (materialization): the merges of every
+        event, folded in memory."""
+        history = sorted(events, key=lambda e: e.at)
+        built: dict[RowKey, Row] = {}
+        ttl: dict[RowKey, float] = {}
+        for merge in self.merges(tenant, history, attrs):
+            built[merge.key] = apply_merge(built.get(merge.key), merge)
+            ttl[merge.key] = merge.ttl_s
+        return [(key, row, ttl[key]) for key, row in built.items()]
+
+    async def close(self) -> None:
+        """Release the store and the log."""
+        await self.store.close()
+        if self.events is not None:
+            await asyncio.to_thread(self.events.close)
+
+    def _merge(
+        self, key: RowKey, view: FeatureViewSpec, events: list[Event], attrs: Attributes
+    ) -> Merge:
+        newest_first = sorted(events, key=lambda e: e.at, reverse=True)
+        merge = Merge(key, newest_first[0].at.timestamp(), view.ttl_s)
+        for name, spec in view.features.items():
+            matching = [
+                e for e in newest_first if not spec.event_types or e.type in spec.event_types
+            ]
+            if matching:
+                self._fold(merge, name, spec, matching, attrs)
+        return merge
+
+    def _fold(
+        self, merge: Merge, name: str, spec: FeatureSpec, events: list[Event], attrs: Attributes
+    ) -> None:
+        if spec.kind == "count":
+            merge.add[name] = float(len(events))
+        elif spec.kind == "first_at":
+            merge.low[name] = events[-1].at.timestamp()
+        elif spec.kind == "last_at":
+            merge.high[name] = events[0].at.timestamp()
+        elif spec.kind == "recent_items":
+            merge.push[name] = ([e.item for e in events], spec.max_items)
+        elif spec.kind == "sum":
+            total = sum(_number(attrs.get(e.item, {}).get(spec.attribute or "")) for e in events)
+            if total:
+                merge.add[name] = total
+        else:  # affinity
+            for event in events:
+                weight = self.definitions.weight(event.type)
+                for value in _strings(attrs.get(event.item, {}).get(spec.attribute or "")):
+                    entry = f"{name}{ENTRY_SEP}{value}"
+                    merge.add[entry] = merge.add.get(entry, 0.0) + weight
+
+    async def _attributes(
+        self, tenant: str, catalog: str | None, events: list[Event]
+    ) -> Attributes:
+        if catalog is None or self.items is None:
+            return {}
+        return await self.items(tenant, catalog, sorted({e.item for e in events}))
+
+    def _failed(self, what: str, error: FeatureStoreUnavailable) -> None:
+        self.store_failures += 1
+        self.log.warning(
+            "feature store unavailable", extra={"fields": {"op": what, "error": str(error)}}
+        )
+
+
+def values(view: FeatureViewSpec, row: Row | None) -> dict[str, Any]:
+    """A view's feature values from its row (None: every default)."""
+    if row is None:
+        return {name: spec.default_value() for name, spec in view.features.items()}
+    out: dict[str, Any] = {}
+    for name, spec in view.features.items():
+        if spec.kind == "affinity":
+            out[name] = _affinity(name, spec, row)
+        elif spec.kind == "recent_items":
+            value = row.get(name)
+            out[name] = value if isinstance(value, list) else spec.default_value()
+        else:
+            number = row.get(name)
+            out[name] = _plain(number) if isinstance(number, float | int) else spec.default_value()
+    return out
+
+
+def _affinity(name: str, spec: FeatureSpec, row: Row) -> dict[str, float]:
+    """Shares of the weights per value (summing to 1), the `top_k` largest."""
+    prefix = f"{name}{ENTRY_SEP}"
+    weights = {
+        field[len(prefix) :]: float(value)
+        for field, value in row.items()
+        if field.startswith(prefix) and isinstance(value, float | int) and value > 0
+    }
+    total = sum(weights.values())
+    if not total:
+        default: dict[str, float] = spec.default_value()
+        return default
+    top = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[: spec.top_k]
+    return {k: round(v / total, 6) for k, v in top}
+
+
+def _plain(number: float) -> float | int:
+    """Whole numbers as ints (counts), others as they are."""
+    return int(number) if float(number).is_integer() else float(number)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if math.isfinite(value) else 0.0
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str) and v]
+    return []
+
+
+def item_attributes(attributes: dict[str, Any], text: dict[str, str]) -> dict[str, Any]:
+    """What features read of an item: its attributes, and its text fields where no
+    attribute has the name (the example catalog's `brand` is a text field)."""
+    return {**text, **attributes}
