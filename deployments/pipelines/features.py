@@ -139,7 +139,9 @@ class FeatureService:
     def _merge(
         self, key: RowKey, view: FeatureViewSpec, events: list[Event], attrs: Attributes
     ) -> Merge:
-        newest_first = sorted(events, key=lambda e: e.at, reverse=True)
+        # Of events at the same time, the later in the batch is the newer.
+        order = sorted(enumerate(events), key=lambda p: (p[1].at, p[0]), reverse=True)
+        newest_first = [e for _, e in order]
         merge = Merge(key, newest_first[0].at.timestamp(), view.ttl_s)
         for name, spec in view.features.items():
             matching = [
