@@ -41,8 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--verbose",
         action="store_true",
-        help="Ray's and HAProxy's INFO lines and every request's access line on the "
-        "console too (by default they go to files under .servekit/logs/)",
+        help="Ray's, Serve's and HAProxy's INFO lines and servekit's JSON log (every "
+        "request) on the console (by default they go to files under .servekit/logs/)",
+    )
+    serve.add_argument(
+        "--node-ip-address",
+        default="127.0.0.1",
+        help="the address Ray's servers and the metrics port listen on: 127.0.0.1 "
+        "(default) keeps them on this machine; this machine's address opens them to "
+        "the network (the metrics port then on every interface)",
     )
     check = sub.add_parser("validate", help="check a config without starting anything")
     check.add_argument("config", type=Path, nargs="?", default=Path("serve_config.yaml"))
@@ -52,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.config)
     if args.command == "serve":
         return _serve(
-            args.config, args.metrics_port, args.dashboard, args.drain_timeout_s, args.verbose
+            args.config,
+            args.metrics_port,
+            args.dashboard,
+            args.drain_timeout_s,
+            args.verbose,
+            args.node_ip_address,
         )
     return _run_rollout_command(args)
 
@@ -113,6 +125,9 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     tenants_cli.add_commands(sub, DEFAULT_URL)
     index_cli.add_commands(sub, "serve_config.yaml")
+    from servekit import features_cli
+
+    features_cli.add_commands(sub)
 
 
 def _run_rollout_command(args: argparse.Namespace) -> int:
@@ -120,13 +135,18 @@ def _run_rollout_command(args: argparse.Namespace) -> int:
 
     if args.command == "tenants":
         return tenants_cli.run(args)
+    if args.command == "features":
+        from servekit import features_cli
+
+        return features_cli.run(args)
     if args.command == "index":
         from servekit import index_cli
 
         return index_cli.run(args)
 
-    # Before Ray is imported: it reads its auth mode once.
+    # Before Ray is imported: it reads its auth mode (and whether clusters are on) once.
     rollout_cli.token_mode_if_token()
+    rollout_cli.loopback_if_local(args.address)
     if args.command == "status":
         return rollout_cli.status(args.url.rstrip("/"), args.address.rstrip("/"), args.config)
     if args.command == "apply":
@@ -172,14 +192,18 @@ def _on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> None:
 
 
 def _serve(
-    path: Path, metrics_port: int, dashboard: bool, drain_timeout_s: float, verbose: bool = False
+    path: Path,
+    metrics_port: int,
+    dashboard: bool,
+    drain_timeout_s: float,
+    verbose: bool = False,
+    node_ip_address: str = "127.0.0.1",
 ) -> int:
     """Serve a config in the foreground until a stop signal; then stop everything
     started here (see `local.shutdown`) and exit 0."""
-    # Ray's token auth, chosen here rather than by Ray's default (which warns that it
-    # chose it). Before Ray is imported: it reads the mode once.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     from servekit import local
+
+    local.before_ray(node_ip_address)
 
     try:
         doc = local.load_config(path)
@@ -200,6 +224,7 @@ def _serve(
             dashboard=dashboard,
             instance_token=record.token,
             quiet_logs=logs,
+            node_ip_address=node_ip_address,
         )
         # Again after Ray's start-up, which installs handlers of its own.
         _on_stop_signals(_stop)
@@ -280,7 +305,8 @@ def _banner(path: Path, base: str, metrics_port: int, dashboard: bool, logs: Pat
     else:
         shown = _relative(logs)
         logs_lines = (
-            f"  requests {shown / local.ACCESS_LOG} (one JSON line each; 5xx here too)\n"
+            f"  log      {shown / local.LOG_FILE} (JSON: every request; events with "
+            "tracebacks)\n"
             f"  ray logs {shown / local.RAY_LOGS_LINK}/ (Serve's and HAProxy's in serve/; "
             "--verbose shows them here)\n"
         )

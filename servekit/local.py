@@ -99,20 +99,41 @@ def quiet_env(logs_dir: Path) -> dict[str, str]:
     """The environment of a local instance whose console shows servekit's events only:
     Serve's components (controller, HAProxy manager, replicas) log to their files
     alone (`RAY_SERVE_LOG_TO_STDERR=0`, Ray's documented switch; a replica's prints
-    go there too), servekit's access lines go to `logs_dir/access.log`, and its events
-    are written as text."""
+    go there too); servekit's lines all go to `logs_dir/servekit.log` as JSON, and its
+    events (and requests that failed with a 5xx) to the console as text."""
     from deployments.observability import logs
 
     return {
         "RAY_SERVE_LOG_TO_STDERR": "0",
-        logs.ACCESS_LOG_ENV: str(logs_dir / ACCESS_LOG),
+        logs.LOG_FILE_ENV: str(logs_dir / LOG_FILE),
         logs.LOG_FORMAT_ENV: "text",
     }
 
 
-# Under the folder `servekit serve` is given for logs: servekit's access lines, and
-# a link to the Ray session's log folder (Serve's logs are under its serve/).
-ACCESS_LOG = "access.log"
+def before_ray(node_ip_address: str) -> None:
+    """What `servekit serve` settles before Ray is imported (Ray reads it once then).
+
+    Token auth, chosen here rather than by Ray's default (which warns that it chose
+    it). A loopback `node_ip_address` keeps the instance on this machine: Ray binds its
+    servers (GCS, raylet, object manager, agents, the metrics port) to 127.0.0.1 when
+    that is the node's address, and takes 127.0.0.1 as the node's address only when
+    clusters are off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, its switch for a
+    one-machine instance): given as `_node_ip_address`, it is turned into the
+    machine's own address."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if node_ip_address in LOOPBACK:
+        os.environ[ONE_MACHINE_ENV] = "0"
+
+
+LOOPBACK = ("127.0.0.1", "localhost")
+# Ray's switch between a one-machine instance ("0": everything on the loopback address)
+# and one that other nodes may join.
+ONE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+# Under the folder `servekit serve` is given for logs: servekit's JSON log (every
+# request, every event), and a link to the Ray session's log folder (Serve's logs are
+# under its serve/).
+LOG_FILE = "servekit.log"
 RAY_LOGS_LINK = "ray"
 
 
@@ -122,6 +143,7 @@ def start_ray(
     dashboard: bool = False,
     instance_token: str | None = None,
     quiet_logs: Path | None = None,
+    node_ip_address: str | None = None,
 ) -> None:
     """Start (or join) a local Ray instance in the Serve namespace.
 
@@ -136,8 +158,12 @@ def start_ray(
     given) in its environment, and nothing else does: this process drops it again
     once Ray is up, so what it starts later is not mistaken for the instance's.
 
+    `node_ip_address` is passed on as the node's address (one reachable from elsewhere
+    opens Ray's servers to the network); a loopback one is asked for before Ray is
+    imported (`before_ray`). None: Ray's choice.
+
     With `quiet_logs` (a folder), the console is kept for servekit's own lines (see
-    `quiet_env`): Ray's INFO lines and the access log are written under it instead."""
+    `quiet_env`): Ray's INFO lines and servekit's JSON log are written under it instead."""
     import ray
 
     global _started_token
@@ -149,6 +175,8 @@ def start_ray(
         "log_to_driver": True,
         "include_dashboard": dashboard,
     }
+    if node_ip_address is not None and node_ip_address not in LOOPBACK:
+        kwargs["_node_ip_address"] = node_ip_address
     if quiet_logs is not None:
         quiet_logs.mkdir(parents=True, exist_ok=True)
         os.environ.update(quiet_env(quiet_logs))

@@ -55,15 +55,29 @@ def edit_and_apply(
             print(f"servekit: the change would make the file invalid: {problem}", file=sys.stderr)
         return 1
     diff = cfg.diff()
+    # An apply deploys the whole file: what it already says that is not deployed goes
+    # with the edit, so it is shown too (a hand-added block, an earlier --no-apply).
+    pending = _pending(cfg.text, path, address) if apply or dry_run else None
     if not diff:
         if dry_run or not apply:
             print(f"servekit: {path} already says so; nothing to change")
+            if pending:
+                print(f"the service differs from {path}; applying would deploy:")
+                print(pending, end="")
             return 0
-        # The file may have been written without being deployed (`--no-apply`, a hand
-        # edit): apply it anyway; Serve changes nothing when the service matches it.
+        if pending == "":
+            print(f"servekit: {path} already says so, and so does the service; nothing to apply")
+            return 0
+        # Written without being deployed (`--no-apply`, a hand edit), or the service
+        # cannot be asked: apply it; Serve changes nothing when the service matches it.
         print(f"servekit: {path} already says so; applying it, as the service may differ")
+        if pending:
+            print(pending, end="")
         return deploy(path, address)
     print(diff, end="")
+    if pending:
+        print(f"{path} already differed from the service; applying deploys that too:")
+        print(pending, end="")
     for note in notes:
         print(f"note: {note}")
     if dry_run:
@@ -75,6 +89,36 @@ def edit_and_apply(
         print(f"not applied: `servekit apply {path}` deploys it")
         return 0
     return deploy(path, address)
+
+
+def _pending(text: str, path: Path, address: str) -> str | None:
+    """The diff from what is deployed to the file's `text` (before the edit); None when
+    the service cannot be asked."""
+    from servekit.deployed import deployed_apps, pending_diff
+
+    details = _serve_details(address)
+    if details is None:
+        print(f"note: cannot compare with what is deployed (no answer from {address})")
+        return None
+    return pending_diff(deployed_apps(details), yaml.safe_load(text), str(path))
+
+
+def _serve_details(address: str) -> dict[str, Any] | None:
+    """Serve's instance details (as `serve status` reads them), or None."""
+    if _is_dashboard_url(address):
+        try:
+            details: dict[str, Any] = _get(f"{address}/api/serve/applications/", ray_auth_headers())
+        except (URLError, OSError, ValueError):
+            return None
+        return details
+    from ray.serve.context import _get_global_client
+
+    try:
+        with _as_driver(address):
+            client = _get_global_client(raise_if_no_controller_running=False)
+            return {} if client is None else dict(client.get_serve_details())
+    except (ConnectionError, RuntimeError):
+        return None
 
 
 def deploy(path: Path, address: str) -> int:
@@ -105,6 +149,16 @@ def token_mode_if_token() -> None:
     Ray reads the mode when it is first imported: call this before."""
     if "RAY_AUTH_MODE" not in os.environ and ray_auth_headers():
         os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def loopback_if_local(address: str) -> None:
+    """A driver of the instance `servekit serve` runs here reaches it at the loopback
+    address that instance binds to (see `local.before_ray`): Ray keeps a 127.0.0.1
+    address as given only with clusters off. Before Ray is imported."""
+    from servekit.local import LOOPBACK, ONE_MACHINE_ENV
+
+    if address == LOCAL or address.rsplit(":", 1)[0] in LOOPBACK:
+        os.environ.setdefault(ONE_MACHINE_ENV, "0")
 
 
 def _is_dashboard_url(address: str) -> bool:

@@ -2,11 +2,12 @@
 
 Never payloads: no texts, no vectors, no headers beyond the request id.
 
-Where they go: by default every line to stderr (what a cluster's log collector reads).
-A local `servekit serve` keeps its console for servekit's events: it names a file in
-`SERVEKIT_ACCESS_LOG`, which then takes the per-request lines (the console keeps those
-a caller saw fail, 5xx), and asks with `SERVEKIT_LOG_FORMAT=text` for events as one
-readable line each instead of JSON.
+Where they go: by default every line to stderr, as JSON (what a cluster's log collector
+reads). A local `servekit serve` keeps its console for servekit's events: it names a
+file in `SERVEKIT_LOG_FILE`, which then takes every line as JSON (each request, each
+event with its traceback), and asks with `SERVEKIT_LOG_FORMAT=text` for the console's
+lines (events, and the requests a caller saw fail: 5xx) as one readable line each,
+a few of a kind at most every 10 s.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from typing import Any, TextIO
 import orjson
 
 _LOGGER_NAME = "servekit"
-# A file for the access lines instead of stderr (set for a local instance's processes).
-ACCESS_LOG_ENV = "SERVEKIT_ACCESS_LOG"
-# "text": events as `level logger: message key=value ...` lines; else JSON.
+# A file for every line, the console keeping events (set for a local instance).
+LOG_FILE_ENV = "SERVEKIT_LOG_FILE"
+# "text": console lines as `level logger: message key=value ...`; else JSON.
 LOG_FORMAT_ENV = "SERVEKIT_LOG_FORMAT"
+# On a text console, lines of one kind (logger and message) shown per window.
+REPEAT_BURST = 3
+REPEAT_WINDOW_S = 10.0
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,17 +55,52 @@ class TextFormatter(logging.Formatter):
     an event as a person reads it on a console."""
 
     def format(self, record: logging.LogRecord) -> str:
-        """Render the record as one line (a traceback follows on its own lines)."""
-        fields = getattr(record, "fields", {})
+        """Render the record as one line: an exception as its type and message (the
+        traceback is in the JSON log), lines held back before it as a count."""
+        fields = dict(getattr(record, "fields", {}))
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            fields.setdefault("error", f"{type(error).__name__}: {error}".splitlines()[0])
+        held = getattr(record, "held_back", 0)
+        if held:
+            fields["not_shown_before"] = held
         text = " ".join(
             f"{key}={value if isinstance(value, int | float) else orjson.dumps(value).decode()}"
             for key, value in fields.items()
         )
         line = f"{record.levelname.lower()} {record.name}: {record.getMessage()}"
-        line = f"{line} {text}" if text else line
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
+        return f"{line} {text}" if text else line
+
+
+class RepeatLimit(logging.Filter):
+    """At most `burst` lines of one kind (logger and message) per `window_s`; the next
+    one let through carries how many were held back (`held_back`)."""
+
+    def __init__(
+        self,
+        burst: int = REPEAT_BURST,
+        window_s: float = REPEAT_WINDOW_S,
+        clock: Any = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._burst, self._window_s, self._clock = burst, window_s, clock
+        self._kinds: dict[tuple[str, Any], tuple[float, int, int]] = {}
+        self._guard = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Let the line through unless its kind used up the window."""
+        now = self._clock()
+        with self._guard:
+            started, shown, held = self._kinds.get((record.name, record.msg), (now, 0, 0))
+            if now - started >= self._window_s:
+                started, shown = now, 0
+            if shown >= self._burst:
+                self._kinds[(record.name, record.msg)] = (started, shown, held + 1)
+                return False
+            self._kinds[(record.name, record.msg)] = (started, shown + 1, 0)
+        if held:
+            record.held_back = held
+        return True
 
 
 def is_access(record: logging.LogRecord) -> bool:
@@ -144,14 +183,15 @@ def handlers_from_env(
     console = BatchedLineHandler(stderr or sys.__stderr__ or sys.stderr)
     text = env.get(LOG_FORMAT_ENV, "").lower() == "text"
     console.setFormatter(TextFormatter() if text else JsonFormatter())
-    path = env.get(ACCESS_LOG_ENV)
+    path = env.get(LOG_FILE_ENV)
     if not path:
         return [console]
     console.addFilter(lambda r: not is_access(r) or _caller_saw_failure(r))
-    access = BatchedLineHandler(open(path, "a", encoding="utf-8"))  # noqa: SIM115 (process-long)
-    access.setFormatter(JsonFormatter())
-    access.addFilter(is_access)
-    return [console, access]
+    if text:
+        console.addFilter(RepeatLimit())
+    every = BatchedLineHandler(open(path, "a", encoding="utf-8"))  # noqa: SIM115 (process-long)
+    every.setFormatter(JsonFormatter())
+    return [every, console]
 
 
 def log_request(

@@ -6,14 +6,17 @@ import io
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from deployments.observability.logs import (
-    ACCESS_LOG_ENV,
+    LOG_FILE_ENV,
     LOG_FORMAT_ENV,
+    REPEAT_WINDOW_S,
     BatchedLineHandler,
     JsonFormatter,
+    RepeatLimit,
     handlers_from_env,
     log_request,
 )
@@ -53,30 +56,65 @@ def test_a_warning_is_written_at_once_after_what_was_queued() -> None:
     assert lines[1]["level"] == "warning"
 
 
-def test_a_local_console_gets_events_and_failed_requests_the_file_every_request(
-    tmp_path: Path,
-) -> None:
-    """What `servekit serve` asks for: access lines in a file, events (and the requests a
-    caller saw fail) on the console as text."""
-    console, path = io.StringIO(), tmp_path / "access.log"
-    env = {ACCESS_LOG_ENV: str(path), LOG_FORMAT_ENV: "text"}
+def _local(console: io.StringIO, path: Path, clock: Any = time.monotonic) -> logging.Logger:
+    """A logger set up as in a `servekit serve` instance's processes."""
     logger = logging.getLogger(f"test-local-{id(console)}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
-    for handler in handlers_from_env(env, stderr=console):
+    for handler in handlers_from_env({LOG_FILE_ENV: str(path), LOG_FORMAT_ENV: "text"}, console):
+        for limit in [f for f in handler.filters if isinstance(f, RepeatLimit)]:
+            limit._clock = clock
         logger.addHandler(handler)
+    return logger
+
+
+def _flush(logger: logging.Logger) -> None:
+    for handler in logger.handlers:
+        handler.flush()
+
+
+def test_a_local_console_gets_events_and_failed_requests_the_file_every_line(
+    tmp_path: Path,
+) -> None:
+    """What `servekit serve` asks for: every line in a JSON file; events (and the
+    requests a caller saw fail) on the console, one readable line each."""
+    console, path = io.StringIO(), tmp_path / "servekit.log"
+    logger = _local(console, path)
     log_request(logger, "ok", "/v1/embeddings", "m", "v1", 200, time.perf_counter(), 1)
     log_request(logger, "failed", "/v1/embeddings", "m", "v2", 500, time.perf_counter(), 1)
     logger.warning("canary rolled back", extra={"fields": {"model": "m", "version": "v2"}})
-    for handler in logger.handlers:
-        handler.flush()
+    try:
+        raise ValueError("bad input\nsecond line")
+    except ValueError as e:
+        logger.error("model call failed", exc_info=e, extra={"fields": {"target": "m/v2"}})
+    _flush(logger)
     events = console.getvalue().splitlines()
+    assert len(events) == 3
     assert events[0].startswith("info test-local-")
     assert 'request_id="failed"' in events[0]
     assert events[1].endswith(': canary rolled back model="m" version="v2"')
-    assert len(events) == 2
+    assert events[2].endswith(': model call failed target="m/v2" error="ValueError: bad input"')
     written = [orjson.loads(line) for line in path.read_text().splitlines()]
-    assert [line["request_id"] for line in written] == ["ok", "failed"]
+    assert [line.get("request_id", line["msg"]) for line in written] == [
+        "ok", "failed", "canary rolled back", "model call failed",
+    ]  # fmt: skip
+    assert "Traceback" in written[-1]["exc"]
+
+
+def test_a_text_console_shows_a_few_lines_of_a_kind_then_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    console = io.StringIO()
+    logger = _local(console, tmp_path / "servekit.log", clock=lambda: now[0])
+    for i in range(10):
+        logger.error("model call failed", extra={"fields": {"n": i}})
+    now[0] = REPEAT_WINDOW_S + 1
+    logger.error("model call failed", extra={"fields": {"n": 10}})
+    _flush(logger)
+    shown = console.getvalue().splitlines()
+    assert [line.split(" n=")[1] for line in shown] == ["0", "1", "2", "10 not_shown_before=7"]
+    assert len((tmp_path / "servekit.log").read_text().splitlines()) == 11
 
 
 def test_by_default_every_line_is_json_on_stderr() -> None:
