@@ -225,6 +225,9 @@ class AuthSettings(_Strict):
     )
 
 
+SHARD_DEPLOYMENT = "CatalogShard"
+
+
 class CatalogSnapshotSpec(_Strict):
     """A catalog snapshot artifact (`servekit index build`): loaded by every replica
     instead of building the catalog's vector indexes, and seeding the catalog when the
@@ -255,6 +258,13 @@ class SearchSettings(_Strict):
         description="How hybrid ranking fuses: min-max normalised scores, 0.45 the vectors' "
         "and 0.55 BM25's "
         "(convex), or reciprocal ranks (rrf), which ignores how far ahead an exact match is.",
+    )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Deployments the catalogs' items are split over (CatalogShard-<n>); "
+        "1: the ingress holds them. Searches fan out to every shard and merge.",
     )
     snapshots: list[CatalogSnapshotSpec] = Field(
         default_factory=list,
@@ -318,6 +328,12 @@ class AppArgs(_Strict):
     def search_model(self) -> str:
         """The embedding model of catalogs."""
         return self.search.model or next(iter(self.models))
+
+    def shard_names(self) -> list[str]:
+        """The catalog shards' deployment names (none when the ingress holds the items)."""
+        if not self.search.enabled or self.search.shards == 1:
+            return []
+        return [f"{SHARD_DEPLOYMENT}-{n}" for n in range(self.search.shards)]
 
     def deployment_names(self) -> dict[str, tuple[str, str]]:
         """`<model>-<version>` -> (model, version), for every version with a deployment."""

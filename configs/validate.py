@@ -98,7 +98,7 @@ def _validate_app(
         by_name[entry["name"]] = entry
     if args is None:
         return
-    known = args.deployment_names()
+    known = [*args.deployment_names(), *args.shard_names()]
     for name in by_name:
         if name != INGRESS_DEPLOYMENT and name not in known:
             choices = ", ".join([INGRESS_DEPLOYMENT, *sorted(known)])

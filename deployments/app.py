@@ -12,7 +12,8 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from configs.schema import INGRESS_DEPLOYMENT, AppArgs, BatchLiveConfig
+from configs.schema import INGRESS_DEPLOYMENT, SHARD_DEPLOYMENT, AppArgs, BatchLiveConfig
+from deployments.catalog_shard import CatalogShard
 from deployments.http.api import api
 from deployments.ingress import Ingress
 from deployments.replicas.model_server import ModelServer, model_server_args
@@ -30,12 +31,20 @@ _MODEL_DEFAULTS: dict[str, Any] = {
     "health_check_period_s": 10,
 }
 
+_SHARD_DEFAULTS: dict[str, Any] = {
+    "max_ongoing_requests": 256,
+    "health_check_period_s": 10,
+    "ray_actor_options": {"num_cpus": 0.5},
+}
+
 IngressDeployment = serve.deployment(name=INGRESS_DEPLOYMENT)(serve.ingress(api)(Ingress))
 ModelServerDeployment = serve.deployment(name="ModelServer")(ModelServer)
+CatalogShardDeployment = serve.deployment(name=SHARD_DEPLOYMENT)(CatalogShard)
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Validate `args` and bind the ingress plus one deployment per model version."""
+    """Validate `args` and bind the ingress, one deployment per dedicated model version,
+    and one per catalog shard when `search.shards` > 1."""
     config = AppArgs.model_validate(args)
     servers = {}
     for name, (model, version) in config.deployment_names().items():
@@ -44,6 +53,11 @@ def build_app(args: dict[str, Any]) -> Application:
             user_config=BatchLiveConfig().model_dump(),
             **_MODEL_DEFAULTS,
         ).bind(*model_server_args(config, model, version))
-    return IngressDeployment.options(**_INGRESS_DEFAULTS).bind(
-        config.model_dump(mode="json"), servers
-    )
+    args_json = config.model_dump(mode="json")
+    shards = [
+        CatalogShardDeployment.options(name=name, **_SHARD_DEFAULTS).bind(
+            args_json, n, config.search.shards
+        )
+        for n, name in enumerate(config.shard_names())
+    ]
+    return IngressDeployment.options(**_INGRESS_DEFAULTS).bind(args_json, servers, shards)

@@ -29,7 +29,7 @@ from deployments.http.search_routes import router as search_router
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import IngressMetrics, RouterMetrics
 from deployments.pipelines.features_wiring import open_features
-from deployments.pipelines.wiring import open_cache, open_search, search_spaces
+from deployments.pipelines.wiring import item_embedder, open_cache, open_search, search_spaces
 from deployments.replicas.backend import VersionBackend
 from deployments.replicas.inline_backend import InlineBackend, load_inline
 from deployments.replicas.remote import DedicatedBackend
@@ -40,7 +40,14 @@ from deployments.tenancy.access import Access
 class Ingress:
     """Routes requests to model versions; runs the inline ones in-process."""
 
-    def __init__(self, args: dict[str, Any], servers: dict[str, DeploymentHandle[Any]]) -> None:
+    def __init__(
+        self,
+        args: dict[str, Any],
+        servers: dict[str, DeploymentHandle[Any]],
+        shards: list[DeploymentHandle[Any]] | None = None,
+    ) -> None:
+        """`servers`: the dedicated versions' deployments by name; `shards`: the catalog
+        shards' deployments, when `search.shards` > 1."""
         self.args = AppArgs.model_validate(args)
         self.inline: dict[tuple[str, str], InlineBackend] = load_inline(self.args)
         backends: dict[tuple[str, str], VersionBackend] = dict(self.inline)
@@ -55,7 +62,7 @@ class Ingress:
         self.log = get_logger("access")
         metrics = IngressMetrics(frozenset(auth.metrics_tenants))
         self.envelope = Envelope(metrics, self.log, self.access)
-        self.search = open_search(self.args, self.plane, get_logger("search"))
+        self.search = open_search(self.args, self.plane, get_logger("search"), shards)
         self.features = open_features(self.args, self.search, get_logger("features"))
         self.created = int(time.time())
         self.canary = CanarySync(self.router, *replica_identity())
@@ -80,6 +87,11 @@ class Ingress:
             "live config applied",
             extra={"fields": {"traffic": live.traffic, "rollout": list(live.rollout)}},
         )
+
+    async def embed_for_index(self, tenant: str, space: str, texts: list[str]) -> Any:
+        """Catalog items' vectors for a catalog shard's backfill (the models run here
+        or behind this replica; the shards hold no model)."""
+        return await item_embedder(self.args, self.plane)(tenant, space, texts)
 
     async def __del__(self) -> None:
         """Serve's replica shutdown: write usage, stop following, finish cache writes."""

@@ -124,6 +124,23 @@ def _terms_of(word: str, stem: bool, stopwords: bool) -> tuple[str, ...]:
     return tuple(terms)
 
 
+@dataclass(frozen=True)
+class CorpusStats:
+    """What BM25 needs from the corpus for one query: documents, their total length and
+    each query term's document frequency. Shards of one catalog add theirs up and
+    score with the sum, so their scores equal those of one index over every item."""
+
+    n_docs: int
+    total_length: float
+    df: dict[str, int]
+
+    def __add__(self, other: CorpusStats) -> CorpusStats:
+        df = dict(self.df)
+        for term, n in other.df.items():
+            df[term] = df.get(term, 0) + n
+        return CorpusStats(self.n_docs + other.n_docs, self.total_length + other.total_length, df)
+
+
 @dataclass(frozen=True, slots=True)
 class _Doc:
     """One document's distinct term ids, their weighted counts, its weighted length."""
@@ -348,27 +365,53 @@ class LexicalIndex:
         self._maybe_compact()
         return removed
 
-    def search(self, query: str, k: int, allowed: Mask | None = None) -> list[tuple[int, float]]:
+    def stats(self, query: str) -> CorpusStats:
+        """This index's part of the corpus statistics a search for `query` reads."""
+        state = self._state
+        found = self._query_terms(state, query)
+        df = {term: int(state.df[tid]) for term, tid in found.items()}
+        return CorpusStats(state.n_docs, state.total_length, df)
+
+    def _query_terms(self, state: _State, query: str) -> dict[str, int]:
+        """The query's terms that some document here has, with their ids."""
+        found = {}
+        for term in tokenize(query, stem=self._stem, stopwords=self._stopwords):
+            tid = state.vocab.get(term)
+            if tid is not None and tid < len(state.df) and state.df[tid] > 0:
+                found[term] = tid
+        return found
+
+    def search(
+        self,
+        query: str,
+        k: int,
+        allowed: Mask | None = None,
+        stats: CorpusStats | None = None,
+    ) -> list[tuple[int, float]]:
         """The `k` best (key, BM25 score) for `query`, best first, ties by smaller key.
         `allowed`: a boolean mask indexed by key (keys at or past its end are not
         allowed); every allowed matching document competes, so `k` come back whenever
-        `k` allowed documents match."""
+        `k` allowed documents match. `stats`: the corpus statistics to score with when
+        this index is one shard of a corpus (the sum of every shard's `stats`)."""
         if k < 0:
             raise InvalidInputError("k must be >= 0")
         if allowed is not None and (allowed.dtype != np.bool_ or allowed.ndim != 1):
             raise InvalidInputError("allowed must be a one-dimensional boolean mask")
         state = self._state  # read once: everything below sees one published write
-        ids = set()
-        for term in tokenize(query, stem=self._stem, stopwords=self._stopwords):
-            tid = state.vocab.get(term)
-            if tid is not None and tid < len(state.df) and state.df[tid] > 0:
-                ids.add(tid)
-        if k == 0 or not ids:
+        found = self._query_terms(state, query)
+        if k == 0 or not found:
             return []
-        q = np.array(sorted(ids), np.int32)
-        df = state.df[q].astype(np.float64)
-        idf = np.log1p((state.n_docs - df + 0.5) / (df + 0.5))
-        avgdl = state.total_length / state.n_docs
+        # Terms in text order, not id order: a document's score then sums its terms in
+        # the same order in any index (ids differ between shards), to the last bit.
+        terms = sorted(found)
+        q = np.array([found[t] for t in terms], np.int32)
+        if stats is None:
+            df = state.df[q].astype(np.float64)
+            n_docs, avgdl = state.n_docs, state.total_length / state.n_docs
+        else:  # the whole corpus's, of which this index holds a shard
+            df = np.array([stats.df.get(t, 0) for t in terms], np.float64)
+            n_docs, avgdl = stats.n_docs, stats.total_length / max(1, stats.n_docs)
+        idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
         base = _score(state.base, state.base_live, q, idf, avgdl, self._k1, self._b)
         delta = _score(state.delta, None, q, idf, avgdl, self._k1, self._b)
         keys, scores = np.concatenate([base[0], delta[0]]), np.concatenate([base[1], delta[1]])

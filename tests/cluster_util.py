@@ -163,15 +163,21 @@ def _wait_dashboard(node: RayNode, timeout_s: float = 90) -> None:
 def serve_deploy(config_path: Path, node: RayNode) -> None:
     """`serve deploy` a config file to the node's cluster."""
     serve_cli = Path(sys.executable).with_name("serve")
-    done = subprocess.run(
-        [str(serve_cli), "deploy", str(config_path), "--address", node.dashboard],
-        capture_output=True,
-        text=True,
-        env=cluster_env(),
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"serve deploy failed: {done.stdout[-2000:]} {done.stderr[-3000:]}")
+    # A deploy is idempotent; the dashboard sometimes fails one while the Serve
+    # controller it has just started is still coming up: try again, then report.
+    for attempt in range(3):
+        done = subprocess.run(
+            [str(serve_cli), "deploy", str(config_path), "--address", node.dashboard],
+            capture_output=True,
+            text=True,
+            env=cluster_env(),
+            check=False,
+        )
+        if done.returncode == 0:
+            return
+        if attempt < 2:
+            time.sleep(3)
+    raise RuntimeError(f"serve deploy failed: {done.stdout[-2000:]} {done.stderr[-3000:]}")
 
 
 def serve_details(node: RayNode) -> dict[str, object]:

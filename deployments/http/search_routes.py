@@ -308,7 +308,7 @@ async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Respo
             )
         started = time.perf_counter()
         try:
-            result = service.search(
+            result = await service.query(
                 tenant, body.catalog, f"{model}/{version}", vector[0], body.query,
                 body.k, body.filters, hybrid, settings.fusion,
             )  # fmt: skip

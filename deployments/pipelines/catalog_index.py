@@ -20,10 +20,10 @@ import numpy.typing as npt
 from deployments.pipelines.filters import AttributeColumns, Mask
 from models.ann import VectorIndex
 from models.fusion import convex, rrf
-from models.lexical import LexicalIndex
+from models.lexical import CorpusStats, LexicalIndex
 from stores.catalog import Item, item_text
 
-__all__ = ["CatalogIndex", "Hit", "item_text"]
+__all__ = ["Candidates", "CatalogIndex", "Hit", "fuse", "item_text"]
 
 CANDIDATES = 50  # per half of a hybrid search, before fusion
 # The vector half's weight in a convex fusion, chosen on the dev queries of `make eval`
@@ -39,6 +39,14 @@ class Hit:
 
     item: Item
     score: float
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Each half's best items of one index (or shard), before fusion."""
+
+    vector: list[Hit]
+    lexical: list[Hit]
 
 
 class CatalogIndex:
@@ -149,6 +157,38 @@ class CatalogIndex:
             slot = self.slots.get(item_id)
             return self.items.get(slot) if slot is not None else None
 
+    def term_stats(self, text: str) -> CorpusStats:
+        """This catalog's part of the BM25 statistics of a query (summed over shards)."""
+        return self.lexical.stats(text)
+
+    def candidates(
+        self,
+        space: str,
+        vector: npt.NDArray[np.float32] | None,
+        text: str,
+        k: int,
+        filters: dict[str, Any] | None,
+        hybrid: bool,
+        stats: CorpusStats | None = None,
+    ) -> Candidates:
+        """The best items of each half before fusion: by vector similarity, and by BM25
+        when `hybrid` (scored with `stats`, the whole catalog's, on a shard)."""
+        with self.lock:
+            size = self._next
+            allowed: Mask | None = self.attrs.mask(filters, size) if filters else None
+        wanted = depth(k, hybrid)
+        ranked: list[tuple[int, float]] = []
+        index = self.spaces.get(space)
+        if vector is not None and index is not None and len(index):
+            keys, scores = index.search(vector, wanted, allowed)
+            ranked = [(int(key), float(s)) for key, s in zip(keys, scores, strict=True)]
+        lexical = self.lexical.search(text, wanted, allowed, stats) if hybrid else []
+        with self.lock:
+            return Candidates(
+                [Hit(self.items[s], score) for s, score in ranked if s in self.items],
+                [Hit(self.items[s], score) for s, score in lexical if s in self.items],
+            )
+
     def search(
         self,
         space: str,
@@ -163,20 +203,49 @@ class CatalogIndex:
         """The k best items: by vector similarity, or fused with BM25 when `hybrid`
         (`convex`: min-max normalised scores, the vector half weighing `alpha`; `rrf`:
         reciprocal ranks)."""
-        with self.lock:
-            size = self._next
-            allowed: Mask | None = self.attrs.mask(filters, size) if filters else None
-        ranked: list[tuple[int, float]] = []
-        index = self.spaces.get(space)
-        if vector is not None and index is not None and len(index):
-            depth = max(k, CANDIDATES) if hybrid else k
-            keys, scores = index.search(vector, depth, allowed)
-            ranked = [(int(key), float(s)) for key, s in zip(keys, scores, strict=True)]
-        if hybrid:
-            lexical = self.lexical.search(text, max(k, CANDIDATES), allowed)
-            if fusion == "rrf":
-                ranked = rrf([[key for key, _ in ranked], [key for key, _ in lexical]], k)
-            else:
-                ranked = convex(ranked, lexical, alpha, k)
-        with self.lock:
-            return [Hit(self.items[s], score) for s, score in ranked[:k] if s in self.items]
+        found = self.candidates(space, vector, text, k, filters, hybrid)
+        return fuse([found], k, hybrid, fusion, alpha)
+
+
+def depth(k: int, hybrid: bool) -> int:
+    """Candidates each half contributes: a fusion needs more than the k it keeps."""
+    return max(k, CANDIDATES) if hybrid else k
+
+
+def _best(hits: list[Hit], n: int) -> list[Hit]:
+    # ties by item id: one index and its shards order equal scores alike
+    return sorted(hits, key=lambda h: (-h.score, h.item.id))[:n]
+
+
+def fuse(
+    parts: Sequence[Candidates],
+    k: int,
+    hybrid: bool,
+    fusion: str = "convex",
+    alpha: float = CONVEX_ALPHA,
+) -> list[Hit]:
+    """The k best of the candidates of one index, or of every shard of a catalog: each
+    half's best `depth` merged, then fused when `hybrid`. The shards' halves hold every
+    item of the whole catalog's halves, so the answer is the one index's."""
+    wanted = depth(k, hybrid)
+    vector = _best([h for part in parts for h in part.vector], wanted)
+    if not hybrid:
+        return vector[:k]
+    lexical = _best([h for part in parts for h in part.lexical], wanted)
+    keys: dict[str, int] = {}
+    items: dict[int, Item] = {}
+
+    def ranked(hits: list[Hit]) -> list[tuple[int, float]]:
+        out = []
+        for hit in hits:
+            key = keys.setdefault(hit.item.id, len(keys))
+            items[key] = hit.item
+            out.append((key, hit.score))
+        return out
+
+    vec, lex = ranked(vector), ranked(lexical)
+    if fusion == "rrf":
+        fused = rrf([[key for key, _ in vec], [key for key, _ in lex]], k)
+    else:
+        fused = convex(vec, lex, alpha, k)
+    return [Hit(items[key], score) for key, score in fused[:k]]

@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from deployments.pipelines.catalog_index import CatalogIndex, Hit, item_text
+from deployments.pipelines.catalog_index import Candidates, CatalogIndex, Hit, item_text
 from deployments.pipelines.filters import AttributeColumns
+from deployments.pipelines.shards import ShardSet, catalog_key
 from models.catalog_snapshot import CatalogSnapshot
+from models.lexical import CorpusStats
 from stores.catalog import CATALOG_CHANGE, CatalogStore, Change, Item
 
 # (tenant, catalog, loader): a catalog snapshot to start from (verified by the loader)
@@ -43,6 +45,10 @@ BACKFILL_DUTY = 0.2
 BACKFILL_DELAY_S = 10.0
 IDLE_POLL_S = 0.05
 BACKFILL_RETRY_S = 5.0  # after an embedding failure, how soon the backfill tries again
+
+
+def _nothing(item_id: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,18 @@ class SearchService:
         idle: IdleFn | None = None,
         snapshots: list[SnapshotSource] | None = None,
         space_artifacts: dict[str, str] | None = None,
+        owns: Callable[[str], bool] | None = None,
+        shards: ShardSet | None = None,
     ) -> None:
         """`snapshots`: catalogs to start from a snapshot artifact; `space_artifacts`:
-        the model artifact's sha256 of each space, which a snapshot's space must match."""
+        the model artifact's sha256 of each space, which a snapshot's space must match.
+        `owns`: on a shard, whether an item id is this shard's (the others are never
+        indexed here). `shards`: on an ingress of a sharded catalog, the shards that
+        hold the items (this service then writes to the store and indexes nothing)."""
+        self.owns = owns
+        self.shards = shards
+        if shards is not None:
+            self.owns = _nothing
         self.snapshots = snapshots or []
         self.space_artifacts = space_artifacts or {}
         # Items loaded from a snapshot that the change log has not shown yet: what is
@@ -104,8 +119,10 @@ class SearchService:
         for index in self.catalogs.values():
             for space in retired:
                 index.drop_space(space)
+        if self.shards is not None:
+            await self.shards.start(spaces)
         if self._task is None:
-            for source in self.snapshots:
+            for source in self.snapshots if self.owns is None else []:
                 await self._load_snapshot(*source)
             await self.follow_once()
             self._drop_unconfirmed()
@@ -227,6 +244,8 @@ class SearchService:
             key = (change.tenant_id, change.catalog)
             index = self.catalogs.setdefault(key, CatalogIndex())
             if change.item is not None:
+                if self.owns is not None and not self.owns(change.item_id):
+                    continue  # another shard's
                 if (unconfirmed := self._unconfirmed.get(key)) is not None:
                     unconfirmed.discard(change.item_id)
                 current = index.get(change.item_id)
@@ -318,9 +337,12 @@ class SearchService:
         vectors: dict[str, npt.NDArray[np.float32]],
     ) -> None:
         index = self.catalogs.setdefault((tenant, catalog), CatalogIndex())
-        index.upsert_many(items)
+        mine = [n for n, item in enumerate(items) if self.owns is None or self.owns(item.id)]
+        if not mine:
+            return
+        index.upsert_many([items[n] for n in mine])
         for space, matrix in vectors.items():
-            index.set_vectors(space, {item.id: matrix[n] for n, item in enumerate(items)})
+            index.set_vectors(space, {items[n].id: matrix[n] for n in mine})
 
     async def _embed_all(self, tenant: str, texts: list[str]) -> dict[str, npt.NDArray[np.float32]]:
         """Vectors in every kept space that answers; a failing one (a misbehaving
@@ -394,7 +416,9 @@ class SearchService:
         return rows
 
     def ready_spaces(self, tenant: str, catalog: str) -> list[str]:
-        """Kept spaces whose index of this catalog is complete."""
+        """Kept spaces whose index of this catalog is complete (on every shard)."""
+        if self.shards is not None:
+            return self.shards.ready_spaces(tenant, catalog)
         index = self.catalogs.get((tenant, catalog))
         if index is None:
             return list(self.spaces)
@@ -421,7 +445,62 @@ class SearchService:
         hits = index.search(space, vector, text, k, filters, hybrid, fusion)
         return SearchResult(space, hits, self.seq)
 
+    async def query(
+        self,
+        tenant: str,
+        catalog: str,
+        space: str,
+        vector: npt.NDArray[np.float32] | None,
+        text: str,
+        k: int,
+        filters: dict[str, Any] | None,
+        hybrid: bool,
+        fusion: str = "convex",
+    ) -> SearchResult:
+        """`search`, or on a sharded catalog, every shard's answer merged."""
+        if self.shards is None:
+            return self.search(tenant, catalog, space, vector, text, k, filters, hybrid, fusion)
+        if filters:
+            AttributeColumns().mask(filters, 0)  # a bad filter is the caller's 400, here
+        hits = await self.shards.search(
+            tenant, catalog, space, vector, text, k, filters, hybrid, fusion
+        )
+        return SearchResult(space, hits, self.shards.seq)
+
+    def candidates(
+        self,
+        tenant: str,
+        catalog: str,
+        space: str,
+        vector: npt.NDArray[np.float32] | None,
+        text: str,
+        k: int,
+        filters: dict[str, Any] | None,
+        hybrid: bool,
+        stats: CorpusStats | None,
+    ) -> Candidates:
+        """A shard's part of a search: each half's best items, before fusion."""
+        index = self.catalogs.get((tenant, catalog))
+        if index is None:
+            return Candidates([], [])
+        return index.candidates(space, vector, text, k, filters, hybrid, stats)
+
+    def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None:
+        """A shard's part of a query's BM25 statistics (None: no such catalog here)."""
+        index = self.catalogs.get((tenant, catalog))
+        return None if index is None else index.term_stats(text)
+
+    def status(self) -> dict[str, Any]:
+        """A shard's answer to the ingress's sync: position and complete spaces."""
+        ready = {
+            catalog_key(tenant, catalog): [s for s in self.spaces if index.complete(s)]
+            for (tenant, catalog), index in list(self.catalogs.items())
+        }
+        return {"seq": self.seq, "ready": ready}
+
     async def close(self) -> None:
         """Stop following."""
         if self._task is not None:
             self._task.cancel()
+        if self.shards is not None:
+            await self.shards.close()

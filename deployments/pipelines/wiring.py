@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from logging import Logger
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +14,7 @@ import numpy.typing as npt
 from configs.schema import AppArgs, IngressLiveConfig
 from deployments.dataplane import NO_TENANT, SEARCH, DataPlane
 from deployments.pipelines.search import EmbedFn, SearchService, SnapshotSource
+from deployments.pipelines.shards import ShardSet
 from deployments.tenancy.access import registry_url
 from stores.embed_cache import EmbedCache, EmbedStore, MemoryStore
 from stores.secrets import load_secrets
@@ -54,9 +56,12 @@ def item_embedder(args: AppArgs, plane: DataPlane) -> EmbedFn:
     return embed
 
 
-def open_search(args: AppArgs, plane: DataPlane, log: Logger) -> SearchService | None:
+def open_search(
+    args: AppArgs, plane: DataPlane, log: Logger, shards: list[Any] | None = None
+) -> SearchService | None:
     """The search service over the catalog store (the registry's database), or None
-    when `search.enabled` is false."""
+    when `search.enabled` is false. `shards`: the catalog shards' deployment handles
+    (`search.shards` > 1): the items then live there, and searches fan out."""
     if not args.search.enabled:
         return None
     from stores.catalog_sql import open_catalog_store
@@ -85,6 +90,7 @@ def open_search(args: AppArgs, plane: DataPlane, log: Logger) -> SearchService |
         idle=idle,
         snapshots=snapshot_sources(args),
         space_artifacts=artifacts,
+        shards=ShardSet([HandleShard(h) for h in shards], log) if shards else None,
     )
 
 
@@ -114,3 +120,23 @@ def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:
     a canary: the embedding spaces catalogs keep an index for."""
     model = args.search_model()
     return [f"{model}/{v}" for v in sorted(live.versions_in_use(model))]
+
+
+class HandleShard:
+    """A catalog shard reached through its deployment handle."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def sync(self, spaces: list[str]) -> dict[str, Any]:
+        """Keep these spaces; the shard's status."""
+        result: dict[str, Any] = await self.handle.sync.remote(spaces)
+        return result
+
+    async def term_stats(self, tenant: str, catalog: str, text: str) -> Any:
+        """The shard's part of a query's BM25 statistics."""
+        return await self.handle.term_stats.remote(tenant, catalog, text)
+
+    async def candidates(self, *args: Any) -> Any:
+        """The shard's best items of each half."""
+        return await self.handle.candidates.remote(*args)

@@ -1,0 +1,171 @@
+"""Catalogs split into shards: each shard replica holds the items whose id hashes to it
+(every catalog of every tenant, followed from the store's change log like an ingress
+does), and the ingress fans each search out to every shard and merges.
+
+A search is exact across shards, not approximately so: each shard returns its best
+items of each half (vector and BM25, `depth` each) and the ingress keeps the best
+`depth` of the union before fusing, which are the whole catalog's best `depth`. BM25
+scores depend on corpus statistics (documents, total length, each term's document
+frequency), so a hybrid search first asks every shard for its part of them, and every
+shard then scores with the sum: two fan-outs, both small.
+
+The ingress tells the shards which embedding spaces to keep (the versions with traffic,
+a shadow or a canary) every `SYNC_S`, and each answer says which of its catalogs'
+indexes are complete: a version takes search traffic for a catalog only when every
+shard's index of it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from logging import Logger
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from deployments.errors import ServekitError, Unavailable
+from deployments.pipelines.catalog_index import Candidates, Hit, fuse
+from models.lexical import CorpusStats
+
+SYNC_S = 1.0
+SYNC_TIMEOUT_S = 30.0  # a shard catching up on a long change log answers its first late
+CALL_TIMEOUT_S = 10.0
+
+
+def shard_of(item_id: str, shards: int) -> int:
+    """The shard that holds an item: a stable hash of its id (the same in every process)."""
+    return zlib.crc32(item_id.encode()) % shards
+
+
+def catalog_key(tenant: str, catalog: str) -> str:
+    """A catalog's key in a shard's status (a plain string: it crosses processes)."""
+    return f"{tenant}\x00{catalog}"
+
+
+@dataclass
+class ShardStatus:
+    """What one shard said last: its change-log position and, per catalog it holds,
+    the spaces whose index is complete (a catalog it does not hold: all kept ones)."""
+
+    started: bool = False
+    seq: int = 0
+    ready: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Shard(Protocol):
+    """How the ingress reaches one shard (a deployment handle, wrapped)."""
+
+    async def sync(self, spaces: list[str]) -> dict[str, Any]: ...
+
+    async def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None: ...
+
+    async def candidates(
+        self,
+        tenant: str,
+        catalog: str,
+        space: str,
+        vector: npt.NDArray[np.float32] | None,
+        text: str,
+        k: int,
+        filters: dict[str, Any] | None,
+        hybrid: bool,
+        stats: CorpusStats | None,
+    ) -> Candidates | None: ...
+
+
+class ShardSet:
+    """The ingress's side: fan out, merge, and keep the shards' status."""
+
+    def __init__(self, shards: Sequence[Shard], log: Logger) -> None:
+        self.shards = list(shards)
+        self.log = log
+        self.status = [ShardStatus() for _ in self.shards]
+        self.spaces: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, spaces: list[str]) -> None:
+        """Keep these spaces on every shard; sync now, then every `SYNC_S`."""
+        self.spaces = list(spaces)
+        await self.sync_once()
+        if self._task is None:
+            self._task = asyncio.create_task(self._sync_forever())
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_S)
+            await self.sync_once()
+
+    async def sync_once(self) -> None:
+        """Tell every shard the spaces; record what each answers (a failed shard keeps
+        its last status, and says so in the log)."""
+
+        async def one(n: int, shard: Shard) -> None:
+            try:
+                got = await asyncio.wait_for(shard.sync(self.spaces), SYNC_TIMEOUT_S)
+            except Exception as e:
+                self.log.warning(
+                    "catalog shard did not answer",
+                    extra={"fields": {"shard": n, "error": type(e).__name__}},
+                )
+                return
+            self.status[n] = ShardStatus(True, int(got["seq"]), dict(got["ready"]))
+
+        await asyncio.gather(*(one(n, s) for n, s in enumerate(self.shards)))
+
+    def ready_spaces(self, tenant: str, catalog: str) -> list[str]:
+        """Kept spaces whose index of the catalog is complete on every shard."""
+        key = catalog_key(tenant, catalog)
+        ready = set(self.spaces)
+        for status in self.status:
+            if not status.started:
+                return []
+            ready &= set(status.ready.get(key, self.spaces))
+        return [s for s in self.spaces if s in ready]
+
+    @property
+    def seq(self) -> int:
+        """The change-log position every shard has reached."""
+        return min((s.seq for s in self.status), default=0)
+
+    async def search(
+        self,
+        tenant: str,
+        catalog: str,
+        space: str,
+        vector: npt.NDArray[np.float32] | None,
+        text: str,
+        k: int,
+        filters: dict[str, Any] | None,
+        hybrid: bool,
+        fusion: str,
+    ) -> list[Hit]:
+        """The catalog's k best items, as one index over every shard's items would
+        answer."""
+        stats = None
+        if hybrid:
+            parts = await self._all(lambda s: s.term_stats(tenant, catalog, text))
+            known = [p for p in parts if p is not None]
+            stats = sum(known[1:], known[0]) if known else None
+        found = await self._all(
+            lambda s: s.candidates(tenant, catalog, space, vector, text, k, filters, hybrid, stats)
+        )
+        return fuse([c for c in found if c is not None], k, hybrid, fusion)
+
+    async def _all(self, call: Any) -> list[Any]:
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(call(s) for s in self.shards)), CALL_TIMEOUT_S
+            )
+        except ServekitError:
+            raise
+        except Exception as e:  # a shard replica died or timed out: the caller retries
+            raise Unavailable("search: a catalog shard did not answer; try again") from e
+
+    async def close(self) -> None:
+        """Stop syncing."""
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,178 @@
+"""A catalog split over shards answers every search as the unsharded index does: the
+same items, in the same order, with the same scores, vector-only and hybrid, with
+filters; the ingress indexes nothing itself and waits for every shard's index."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from deployments.pipelines.catalog_index import Candidates
+from deployments.pipelines.search import SearchService
+from deployments.pipelines.shards import ShardSet, shard_of
+from models.lexical import CorpusStats, LexicalIndex
+from stores.catalog import Item
+from stores.catalog_sql import open_catalog_store
+from tests.unit.deployments.test_search_service import LOG
+
+SPACE = "m/v1"
+WORDS = "red blue green trail road wool socks shoes jacket tent stove kettle lamp".split()
+
+
+class InProcessShard:
+    """A shard reached by plain calls (the deployment does the same over a handle)."""
+
+    def __init__(self, service: SearchService) -> None:
+        self.service = service
+
+    async def sync(self, spaces: list[str]) -> dict[str, Any]:
+        await self.service.start(spaces)
+        return self.service.status()
+
+    async def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None:
+        return self.service.term_stats(tenant, catalog, text)
+
+    async def candidates(self, *args: Any) -> Candidates | None:
+        return self.service.candidates(*args)
+
+
+def _items(n: int) -> list[Item]:
+    """Items whose scores do not tie: which of two equal scores makes a cut is
+    arbitrary, in one index as across shards."""
+    rng = random.Random(7)
+    vocab = WORDS + [f"w{i}" for i in range(300)]
+    return [
+        Item(
+            f"sku-{i}",
+            {
+                "title": " ".join(rng.sample(WORDS, 3)),
+                "body": " ".join(rng.choices(vocab, k=rng.randint(5, 40))),
+            },
+            {"price": rng.randint(1, 100), "brand": rng.choice(["acme", "globex"])},
+        )
+        for i in range(n)
+    ]
+
+
+async def embed(tenant: str, space: str, texts: list[str]) -> npt.NDArray[np.float32]:
+    """A vector per text, distinct for distinct texts."""
+    out = np.stack(
+        [np.random.default_rng(zlib.crc32(t.encode())).normal(size=32) for t in texts]
+    ).astype(np.float32)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'catalog.db'}"
+
+
+def test_items_spread_over_shards_stably() -> None:
+    counts = [0, 0, 0]
+    for i in range(3000):
+        counts[shard_of(f"sku-{i}", 3)] += 1
+    assert min(counts) > 900
+    assert shard_of("sku-1", 3) == shard_of("sku-1", 3)
+
+
+def test_bm25_over_shards_with_summed_stats_scores_as_one_index() -> None:
+    docs = [" ".join(random.Random(i).choices(WORDS, k=10)) for i in range(300)]
+    whole = LexicalIndex()
+    whole.upsert(list(range(300)), docs)
+    parts = [LexicalIndex(), LexicalIndex()]
+    for p, part in enumerate(parts):
+        keys = [i for i in range(300) if i % 2 == p]
+        part.upsert(keys, [docs[i] for i in keys])
+    query = "red trail shoes kettle"
+    stats = parts[0].stats(query) + parts[1].stats(query)
+    assert stats == whole.stats(query)
+    merged = sorted(
+        (hit for part in parts for hit in part.search(query, 300, stats=stats)),
+        key=lambda h: (-h[1], h[0]),
+    )
+    expected = sorted(whole.search(query, 300), key=lambda h: (-h[1], h[0]))
+    assert [k for k, _ in merged] == [k for k, _ in expected]
+    assert np.allclose([s for _, s in merged], [s for _, s in expected])
+
+
+def test_two_shards_answer_as_one_index(url: str) -> None:
+    async def run() -> None:
+        one = SearchService(open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0)
+        shards = [
+            SearchService(
+                open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0,
+                owns=lambda item_id, n=n: shard_of(item_id, 2) == n,
+            )
+            for n in range(2)
+        ]  # fmt: skip
+        front = SearchService(
+            open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0,
+            shards=ShardSet([InProcessShard(s) for s in shards], LOG),
+        )  # fmt: skip
+        await one.start([SPACE])
+        await front.start([SPACE])
+        assert front.ready_spaces("acme", "shop") == [SPACE]
+        await front.upsert("acme", "shop", _items(400))  # written through the ingress
+        assert front.catalogs.get(("acme", "shop")) is None or not len(
+            front.catalogs[("acme", "shop")]
+        )  # the ingress holds no item
+        for service in (one, *shards):
+            await service.follow_once()
+        await front.shards.sync_once()  # type: ignore[union-attr]
+        sizes = [len(s.catalogs[("acme", "shop")]) for s in shards]
+        assert sum(sizes) == 400
+        assert min(sizes) > 150
+        assert front.ready_spaces("acme", "shop") == [SPACE]
+        queries = ["red trail shoes", "wool socks", "kettle lamp tent", "blue jacket"]
+        filters: list[dict[str, Any] | None] = [None, {"price": {"lte": 30}}, {"brand": "acme"}]
+        for text in queries:
+            vector: npt.NDArray[np.float32] = (await embed("", SPACE, [text]))[0]
+            for hybrid in (False, True):
+                for fusion in ("convex", "rrf"):
+                    for f in filters:
+                        want = one.search(
+                            "acme", "shop", SPACE, vector, text, 10, f, hybrid, fusion
+                        )
+                        got = await front.query(
+                            "acme", "shop", SPACE, vector, text, 10, f, hybrid, fusion
+                        )
+                        assert [h.item.id for h in got.hits] == [h.item.id for h in want.hits]
+                        assert np.allclose(
+                            [h.score for h in got.hits], [h.score for h in want.hits], atol=1e-6
+                        )
+        # Another tenant's catalog of that name: nothing, on every shard.
+        vector = (await embed("", SPACE, ["red"]))[0]
+        other = await front.query("globex", "shop", SPACE, vector, "red", 5, None, True)
+        assert other.hits == []
+        for service in (one, front, *shards):
+            await service.close()
+
+    asyncio.run(run())
+
+
+def test_a_version_is_ready_only_when_every_shard_is() -> None:
+    async def run() -> None:
+        class Slow(InProcessShard):
+            async def sync(self, spaces: list[str]) -> dict[str, Any]:
+                return {"seq": 3, "ready": {"acme\x00shop": []}}
+
+        class Fine(InProcessShard):
+            async def sync(self, spaces: list[str]) -> dict[str, Any]:
+                return {"seq": 5, "ready": {"acme\x00shop": spaces}}
+
+        shards = ShardSet([Fine(None), Slow(None)], LOG)  # type: ignore[arg-type]
+        assert shards.ready_spaces("acme", "shop") == []  # never synced
+        await shards.start([SPACE])
+        assert shards.ready_spaces("acme", "shop") == []
+        assert shards.ready_spaces("acme", "other") == [SPACE]  # no shard holds it yet
+        assert shards.seq == 3
+        await shards.close()
+
+    asyncio.run(run())
