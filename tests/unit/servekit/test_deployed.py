@@ -50,3 +50,19 @@ def test_an_application_not_deployed_yet_is_all_new() -> None:
     diff = pending_diff(deployed_apps({"applications": {}}), doc, "f.yaml")
     assert diff.startswith("--- deployed: servekit\n+++ f.yaml: servekit\n")
     assert "+import_path: deployments.app:build_app\n" in diff
+
+
+def test_http_options_the_running_instance_keeps_are_named() -> None:
+    """Serve applies `http_options` only when it starts: an apply says which it keeps."""
+    from ray.serve.config import HTTPOptions
+    from ray.serve.schema import HTTPOptionsSchema
+
+    from servekit.local import http_options_kept
+
+    running = HTTPOptions(host="127.0.0.1", port=8000, request_timeout_s=60)
+    same = HTTPOptionsSchema(host="127.0.0.1", port=8000, request_timeout_s=60)
+    assert http_options_kept(running, same) == []
+    moved = HTTPOptionsSchema(host="127.0.0.1", port=8001, request_timeout_s=60)
+    assert http_options_kept(running, moved) == [
+        "http_options.port: the file says 8001, the running instance keeps 8000 until it restarts"
+    ]
