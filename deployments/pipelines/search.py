@@ -393,6 +393,11 @@ class SearchService:
     def pending(self) -> dict[str, int]:
         """Per kept space, items of every catalog still without a vector."""
         out = dict.fromkeys(self.spaces, 0)
+        if self.shards is not None:
+            for row in self.shards.indexes(None):
+                for space in self.spaces:
+                    out[space] += max(0, row["items"] - row["indexes"][space]["vectors"])
+            return out
         for index in list(self.catalogs.values()):
             for space in self.spaces:
                 out[space] += max(0, len(index) - len(index.with_vector.get(space, ())))
@@ -400,6 +405,8 @@ class SearchService:
 
     def indexes(self, tenant: str | None) -> list[dict[str, Any]]:
         """Every catalog (of `tenant`, or all) with each kept space's completeness."""
+        if self.shards is not None:
+            return self.shards.indexes(tenant)
         rows = []
         for (owner, catalog), index in sorted(self.catalogs.items()):
             if tenant is not None and owner != tenant:
@@ -492,11 +499,19 @@ class SearchService:
 
     def status(self) -> dict[str, Any]:
         """A shard's answer to the ingress's sync: position and complete spaces."""
+        catalogs = list(self.catalogs.items())
         ready = {
             catalog_key(tenant, catalog): [s for s in self.spaces if index.complete(s)]
-            for (tenant, catalog), index in list(self.catalogs.items())
+            for (tenant, catalog), index in catalogs
         }
-        return {"seq": self.seq, "ready": ready}
+        sizes = {
+            catalog_key(tenant, catalog): {
+                "items": len(index),
+                "vectors": {s: len(index.with_vector.get(s, ())) for s in self.spaces},
+            }
+            for (tenant, catalog), index in catalogs
+        }
+        return {"seq": self.seq, "ready": ready, "sizes": sizes}
 
     async def close(self) -> None:
         """Stop following."""

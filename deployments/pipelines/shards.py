@@ -54,6 +54,8 @@ class ShardStatus:
     started: bool = False
     seq: int = 0
     ready: dict[str, list[str]] = field(default_factory=dict)
+    # per catalog: {"items": n, "vectors": {space: n}}
+    sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Shard(Protocol):
@@ -112,7 +114,9 @@ class ShardSet:
                     extra={"fields": {"shard": n, "error": type(e).__name__}},
                 )
                 return
-            self.status[n] = ShardStatus(True, int(got["seq"]), dict(got["ready"]))
+            self.status[n] = ShardStatus(
+                True, int(got["seq"]), dict(got["ready"]), dict(got.get("sizes", {}))
+            )
 
         await asyncio.gather(*(one(n, s) for n, s in enumerate(self.shards)))
 
@@ -125,6 +129,29 @@ class ShardSet:
                 return []
             ready &= set(status.ready.get(key, self.spaces))
         return [s for s in self.spaces if s in ready]
+
+    def indexes(self, tenant: str | None) -> list[dict[str, Any]]:
+        """Every catalog (of `tenant`, or all) summed over the shards: items, and per
+        kept space its vectors and whether every shard's index is complete."""
+        keys = sorted({key for status in self.status for key in status.sizes})
+        rows = []
+        for key in keys:
+            owner, catalog = key.split("\x00", 1)
+            if tenant is not None and owner != tenant:
+                continue
+            sizes = [status.sizes.get(key, {}) for status in self.status]
+            ready = set(self.ready_spaces(owner, catalog))
+            spaces = {
+                space: {
+                    "vectors": sum(int(s.get("vectors", {}).get(space, 0)) for s in sizes),
+                    "complete": space in ready,
+                }
+                for space in self.spaces
+            }
+            items = sum(int(s.get("items", 0)) for s in sizes)
+            rows.append({"tenant_id": owner, "catalog": catalog, "items": items,
+                         "indexes": spaces, "shards": len(self.shards)})  # fmt: skip
+        return rows
 
     @property
     def seq(self) -> int:

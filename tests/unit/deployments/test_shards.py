@@ -130,6 +130,11 @@ def test_two_shards_answer_as_one_index(url: str) -> None:
         assert sum(sizes) == 400
         assert min(sizes) > 150
         assert front.ready_spaces("acme", "shop") == [SPACE]
+        (row,) = front.indexes("acme")
+        assert row["items"] == 400
+        assert row["indexes"] == {SPACE: {"vectors": 400, "complete": True}}
+        assert front.pending() == {SPACE: 0}
+        assert front.indexes("globex") == []
         queries = ["red trail shoes", "wool socks", "kettle lamp tent", "blue jacket"]
         filters: list[dict[str, Any] | None] = [None, {"price": {"lte": 30}}, {"brand": "acme"}]
         for text in queries:
