@@ -73,3 +73,29 @@ def test_the_artifact_store_verifies_a_snapshot_file(tmp_path: Path) -> None:
     with pytest.raises(ArtifactChecksumError, match="checksum mismatch"):
         store.fetch_file(ArtifactRef(str(path), "cd" * 32))
     assert not list((tmp_path / "cache").glob(".partial-*"))
+
+
+def test_a_declared_snapshot_is_fetched_and_checked(tmp_path: Path) -> None:
+    from configs.schema import AppArgs
+    from deployments.pipelines.wiring import snapshot_sources
+
+    path = tmp_path / "shop.index"
+    digest = write_snapshot(path, _items(5), {"m/v1": (SHA, _vectors(5))}, threads=1)
+    version = {"artifact": {"uri": "m.tar", "sha256": SHA}, "runtime": "onnx"}
+
+    def args(sha: str) -> AppArgs:
+        return AppArgs.model_validate(
+            {
+                "models": {"m": {"versions": {"v1": version}}},
+                "artifact_cache_dir": str(tmp_path / "cache"),
+                "search": {"snapshots": [{"tenant_id": "acme", "catalog": "shop",
+                                          "artifact": {"uri": str(path), "sha256": sha}}]},
+            }
+        )  # fmt: skip
+
+    ((tenant, catalog, load),) = snapshot_sources(args(digest))
+    assert (tenant, catalog) == ("acme", "shop")
+    assert [i.id for i in load().items] == [f"sku-{i}" for i in range(5)]
+    ((_, _, bad),) = snapshot_sources(args("cd" * 32))
+    with pytest.raises(ArtifactChecksumError):
+        bad()
