@@ -135,7 +135,14 @@ def test_serve_runs_in_foreground_and_stops_on_ctrl_c(
         assert _test_tenant_usage() == (before[0] + 1, before[1] + 1)
     report.append(f"servekit serve: stopped by Ctrl-C in {stop_s:.1f} s, a 2.5 s request in flight")
     _assert_all_gone(proc.pid, port)
-    assert "servekit: stopping" in log.read_text()
+    console = log.read_text()
+    assert "servekit: stopping" in console
+    # A quiet console: servekit's lines only, and the last one says it stopped.
+    assert console.splitlines()[-1].startswith("servekit: stopped in "), console[-2000:]
+    assert "Failed to push error to driver" not in console
+    assert not re.search(r"\bINFO\b", console), console[:3000]
+    assert '"msg":"request"' not in console  # the access log is in the file
+    assert "will not be applied" not in console
 
 
 def _test_tenant_usage() -> tuple[int, int]:
