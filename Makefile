@@ -48,7 +48,8 @@ cluster: $(STAMP)
 
 # Serving benchmark: raw vs plain Ray Serve vs servekit (bench/results/latest.json, .png);
 # then /v1/search against an in-process loop, and the embedding cache on and off under a
-# Zipf query stream (bench/results/search.json).
+# Zipf query stream (bench/results/search.json); then the online read of one user's 20
+# features against a local redis-server (bench/results/features.json, a few seconds).
 # Its load generator is wrk (installed here from Debian's packages when missing and
 # possible), else a slower asyncio client; the results say which one ran.
 bench: artifacts
@@ -56,6 +57,7 @@ bench: artifacts
 	  apt-get install -y -qq wrk >/dev/null 2>&1; } || echo "wrk is not installed: using the asyncio client"
 	$(PY) bench/serving.py
 	$(PY) bench/search.py
+	$(PY) bench/features.py
 
 bench-raw: artifacts
 	$(PY) bench/raw_runtime.py --store $(ARTIFACTS)

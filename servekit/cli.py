@@ -128,6 +128,9 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     from servekit import features_cli
 
     features_cli.add_commands(sub)
+    from servekit import features_cli
+
+    features_cli.add_commands(sub)
 
 
 def _run_rollout_command(args: argparse.Namespace) -> int:
@@ -135,6 +138,10 @@ def _run_rollout_command(args: argparse.Namespace) -> int:
 
     if args.command == "tenants":
         return tenants_cli.run(args)
+    if args.command == "features":
+        from servekit import features_cli
+
+        return features_cli.run(args)
     if args.command == "features":
         from servekit import features_cli
 
