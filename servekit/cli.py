@@ -128,9 +128,6 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     from servekit import features_cli
 
     features_cli.add_commands(sub)
-    from servekit import features_cli
-
-    features_cli.add_commands(sub)
 
 
 def _run_rollout_command(args: argparse.Namespace) -> int:
@@ -138,10 +135,6 @@ def _run_rollout_command(args: argparse.Namespace) -> int:
 
     if args.command == "tenants":
         return tenants_cli.run(args)
-    if args.command == "features":
-        from servekit import features_cli
-
-        return features_cli.run(args)
     if args.command == "features":
         from servekit import features_cli
 
