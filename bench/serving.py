@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import contextlib
 
 from bench.loadgen import run_workload, wrk_path
-from bench.raw_runtime import texts_per_second
+from bench.raw_runtime import lanes_texts_per_second, texts_per_second
 
 SENTENCES = [
     "red running shoes for trail and road",
@@ -94,9 +94,34 @@ def raw(seconds: float) -> dict[str, Any]:
             "b32": texts_per_second(runtime, texts, 32, seconds),
         }
         del runtime
+        per_version[version].update(raw_b16(versions[version], store, texts, seconds))
     total = sum(weights.values())
-    mix = {b: sum(per_version[v][b] * w / total for v, w in weights.items()) for b in ("b1", "b32")}
+    mix = {
+        b: sum(per_version[v][b] * w / total for v, w in weights.items())
+        for b in ("b1", "b32", "b16")
+    }
     return {"weights": weights, "per_version": per_version, "mix": mix}
+
+
+def raw_b16(
+    version: dict[str, Any], store: Any, texts: list[str], seconds: float
+) -> dict[str, float]:
+    """Batches of 16, the best sixteen single-text requests can do, with the version's
+    shipped thread settings as the inline replica runs it: one batch at a time, and
+    (with `busy_lanes` > 1) two one-thread batches at once; `b16` is the faster."""
+    from models import ArtifactRef, RuntimeOptions, load_model
+
+    spec = version["artifact"]
+    options = RuntimeOptions(
+        intra_op_threads=int(version.get("intra_op_threads", 0)),
+        spinning="during_run",
+        busy_lanes=int(version.get("busy_lanes", 1)),
+    )
+    runtime = load_model(ArtifactRef(str(ROOT / spec["uri"]), spec["sha256"]), options, store)
+    one = texts_per_second(runtime, texts, 16, seconds)
+    two = lanes_texts_per_second(runtime, texts, 16, seconds) if options.busy_lanes > 1 else 0.0
+    del runtime
+    return {"b16_one_lane": one, "b16_two_lanes": two, "b16": max(one, two)}
 
 
 def _descendants(pid: int) -> list[int]:
@@ -409,7 +434,7 @@ def main() -> int:
     results["raw"] = {
         "weights": raw_runs[0]["weights"],
         "runs": raw_runs,  # each with its per-version figures and mix
-        "mix": {b: max(run["mix"][b] for run in raw_runs) for b in ("b1", "b32")},
+        "mix": {b: max(run["mix"][b] for run in raw_runs) for b in ("b1", "b32", "b16")},
     }
     mix = results["raw"]["mix"]
     sk = results["servers"].get("servekit", {}).get("workloads")
@@ -419,6 +444,7 @@ def main() -> int:
             "single_c1_vs_raw_b1": round(sk["single_c1"]["texts_per_s"] / mix["b1"], 3),
             "single_c16_vs_raw_b1": round(sk["single_c16"]["texts_per_s"] / mix["b1"], 3),
             "batch32_c4_vs_raw_b32": round(sk["batch32_c4"]["texts_per_s"] / mix["b32"], 3),
+            "single_c16_vs_raw_b16": round(sk["single_c16"]["texts_per_s"] / mix["b16"], 3),
         }
         off = results["servers"].get("servekit-auth-off", {}).get("workloads")
         if off:
@@ -440,7 +466,10 @@ def main() -> int:
 def print_table(results: dict[str, Any]) -> None:
     """The figures as a table, ratios to raw included."""
     mix = results["raw"]["mix"]
-    print(f"\nraw mix: batch 1 {mix['b1']:.0f} texts/s, batch 32 {mix['b32']:.0f} texts/s")
+    print(
+        f"\nraw mix: batch 1 {mix['b1']:.0f} texts/s, batch 16 {mix['b16']:.0f} texts/s, "
+        f"batch 32 {mix['b32']:.0f} texts/s"
+    )
     print(
         f"{'server':<23}{'workload':<12}{'texts/s':>9}{'vs raw':>8}{'p50 ms':>8}"
         f"{'p99 ms':>8}{'errors':>7}{'peak MB':>9}"
