@@ -329,7 +329,19 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
+    merge_into(args.out.with_name("latest.json"), results["ratios"])
     return 0
+
+
+def merge_into(latest: Path, ratios: dict[str, float]) -> None:
+    """Add the search ratios to the serving benchmark's `ratios` (`make bench` runs it
+    just before), so one file shows the whole platform against its limits."""
+    if not latest.is_file():
+        return
+    doc = json.loads(latest.read_text())
+    doc.setdefault("ratios", {}).update(ratios)
+    latest.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"added the search ratios to {latest}")
 
 
 def print_table(results: dict[str, Any]) -> None:
