@@ -125,6 +125,9 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     tenants_cli.add_commands(sub, DEFAULT_URL)
     index_cli.add_commands(sub, "serve_config.yaml")
+    from servekit import contract
+
+    contract.add_commands(sub)
     from servekit import features_cli
 
     features_cli.add_commands(sub)
@@ -143,6 +146,10 @@ def _run_rollout_command(args: argparse.Namespace) -> int:
         from servekit import index_cli
 
         return index_cli.run(args)
+    if args.command == "api":
+        from servekit import contract
+
+        return contract.run(args)
 
     # Before Ray is imported: it reads its auth mode (and whether clusters are on) once.
     rollout_cli.token_mode_if_token()

@@ -35,6 +35,12 @@ class RequestMetrics(Protocol):
         """One answered request of an authenticated tenant."""
 
 
+# Every response says which version of servekit's API answered (`/v1` only grows: see
+# the README's versioning policy and api/openapi.json).
+API_VERSION_HEADER = "API-Version"
+API_VERSION = "1"
+
+
 def request_id(header: str | bytes | None) -> str:
     """The caller's request id, or a fresh one."""
     if isinstance(header, bytes):
@@ -59,7 +65,7 @@ def error_response(
         orjson.dumps(body),
         status_code=error.status,
         media_type="application/json",
-        headers={**error.headers, **(extra_headers or {})},
+        headers={**error.headers, **(extra_headers or {}), API_VERSION_HEADER: API_VERSION},
     )
 
 
@@ -108,6 +114,7 @@ class Envelope:
         except Exception as e:  # an unmapped failure: log it, say nothing internal
             self.log.error("unhandled", exc_info=e, extra={"fields": {"request_id": rid}})
             response = error_response(InferenceFailed("internal error"), rid, is_oip)
+        response.headers[API_VERSION_HEADER] = API_VERSION
         if call.version != "-":
             response.headers["X-Model-Version"] = call.version
         if call.headers:

@@ -1,0 +1,216 @@
+"""The API contract: the OpenAPI document the service serves, committed as
+`api/openapi.json`, and the rules a change to `/v1` must keep.
+
+    servekit api write        # regenerate api/openapi.json from the code
+    servekit api check        # exit 1 when the committed document is stale, or breaks
+                              # /v1 against api/openapi.released.json undeclared
+
+`/v1` only grows. Against the released document, a change is breaking when it removes
+a path or an operation, removes a response field, narrows a type (a type changed, an
+enum value gone, a bound tightened), or adds a required request field or parameter.
+A breaking change passes only when `api/changes.yaml` declares it (its path and why);
+`servekit api release` makes the current document the released one and clears the
+declarations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENT = ROOT / "api" / "openapi.json"
+RELEASED = ROOT / "api" / "openapi.released.json"
+DECLARED = ROOT / "api" / "changes.yaml"
+STABLE_PREFIXES = ("/v1/", "/admin/v1/")
+METHODS = ("get", "put", "post", "delete", "patch")
+# A bound that narrows when it grows (minimums) or when it shrinks (maximums).
+LOWER_BOUNDS = ("minimum", "exclusiveMinimum", "minLength", "minItems")
+UPPER_BOUNDS = ("maximum", "exclusiveMaximum", "maxLength", "maxItems")
+
+
+def generate() -> dict[str, Any]:
+    """The document the code serves (the same `openapi()` the ingress answers with)."""
+    import deployments.app  # noqa: F401  (binds every route onto the app)
+    from deployments.http.api import api
+
+    doc: dict[str, Any] = json.loads(json.dumps(api.openapi(), sort_keys=True))
+    return doc
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The committed form: sorted keys, two-space indents, a final newline."""
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def _resolve(doc: dict[str, Any], schema: Any, depth: int = 0) -> Any:
+    """A schema with its `$ref`s followed (to a bounded depth: schemas may recurse)."""
+    if not isinstance(schema, dict) or depth > 8:
+        return schema
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return _resolve(doc, doc.get("components", {}).get("schemas", {}).get(name, {}), depth + 1)
+    return schema
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    if "type" in schema:
+        kind = schema["type"]
+        return set(kind) if isinstance(kind, list) else {kind}
+    found: set[str] = set()
+    for key in ("anyOf", "oneOf"):
+        for option in schema.get(key, []):
+            found |= _types(option) if isinstance(option, dict) else set()
+    return found
+
+
+def _narrowed(old_doc: dict[str, Any], old: Any, new_doc: dict[str, Any], new: Any, where: str,
+              response: bool, depth: int = 0) -> Iterator[str]:  # fmt: skip
+    """How `new` accepts less than `old` (a request) or promises less (a response)."""
+    old, new = _resolve(old_doc, old, depth), _resolve(new_doc, new, depth)
+    if not isinstance(old, dict) or not isinstance(new, dict) or depth > 8:
+        return
+    old_types, new_types = _types(old), _types(new)
+    if old_types and new_types and not old_types <= new_types and not response:
+        yield f"{where}: type {sorted(old_types)} narrowed to {sorted(new_types)}"
+    if old_types and new_types and not new_types <= old_types and response:
+        yield f"{where}: type {sorted(old_types)} changed to {sorted(new_types)}"
+    if "enum" in old and "enum" in new and not set(old["enum"]) <= set(new["enum"]):
+        gone = sorted(set(map(str, old["enum"])) - set(map(str, new["enum"])))
+        yield f"{where}: enum values removed: {', '.join(gone)}"
+    if not response:
+        for bound in LOWER_BOUNDS:
+            if bound in new and (bound not in old or new[bound] > old[bound]):
+                yield f"{where}: {bound} tightened to {new[bound]}"
+        for bound in UPPER_BOUNDS:
+            if bound in new and (bound not in old or new[bound] < old[bound]):
+                yield f"{where}: {bound} tightened to {new[bound]}"
+    old_props, new_props = old.get("properties", {}), new.get("properties", {})
+    for name, prop in old_props.items():
+        here = f"{where}.{name}"
+        if name not in new_props:
+            if response:
+                yield f"{here}: response field removed"
+            continue
+        yield from _narrowed(old_doc, prop, new_doc, new_props[name], here, response, depth + 1)
+    if not response:
+        added = set(new.get("required", [])) - set(old.get("required", []))
+        for name in sorted(added):
+            yield f"{where}.{name}: new required field"
+    if "items" in old and "items" in new:
+        yield from _narrowed(
+            old_doc, old["items"], new_doc, new["items"], f"{where}[]", response, depth + 1
+        )
+
+
+def _json_schema(operation: dict[str, Any], status: str | None) -> Any:
+    part = (
+        operation.get("requestBody")
+        if status is None
+        else operation.get("responses", {}).get(status)
+    )
+    return (part or {}).get("content", {}).get("application/json", {}).get("schema")
+
+
+def breaking(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Every breaking change of the stable paths from `old` to `new`."""
+    found: list[str] = []
+    for path, old_ops in sorted(old.get("paths", {}).items()):
+        if not path.startswith(STABLE_PREFIXES):
+            continue
+        new_ops = new.get("paths", {}).get(path)
+        if new_ops is None:
+            found.append(f"{path}: path removed")
+            continue
+        for method in METHODS:
+            if method not in old_ops:
+                continue
+            where = f"{method.upper()} {path}"
+            if method not in new_ops:
+                found.append(f"{where}: operation removed")
+                continue
+            op_old, op_new = old_ops[method], new_ops[method]
+            old_params = {(p["name"], p["in"]): p for p in op_old.get("parameters", [])}
+            for p in op_new.get("parameters", []):
+                key = (p["name"], p["in"])
+                if p.get("required") and (
+                    key not in old_params or not old_params[key].get("required")
+                ):
+                    found.append(f"{where}: new required {p['in']} parameter {p['name']}")
+            body_old, body_new = _json_schema(op_old, None), _json_schema(op_new, None)
+            if body_old is not None and body_new is not None:
+                found += _narrowed(old, body_old, new, body_new, f"{where} request", False)
+            for status in op_old.get("responses", {}):
+                if not status.startswith("2"):
+                    continue
+                got_old, got_new = _json_schema(op_old, status), _json_schema(op_new, status)
+                if got_old is not None and got_new is not None:
+                    found += _narrowed(old, got_old, new, got_new, f"{where} {status}", True)
+    return found
+
+
+def declared(path: Path = DECLARED) -> list[dict[str, str]]:
+    """The breaking changes declared since the last release (path, why)."""
+    if not path.is_file():
+        return []
+    doc = yaml.safe_load(path.read_text()) or {}
+    changes = doc.get("breaking", []) or []
+    for n, change in enumerate(changes):
+        if not isinstance(change, dict) or not change.get("change") or not change.get("why"):
+            raise ValueError(f"{path}: breaking[{n}]: needs 'change' and 'why'")
+    return list(changes)
+
+
+def undeclared(problems: list[str], changes: list[dict[str, str]]) -> list[str]:
+    """The breaking changes no declaration names (a declaration names the start of one)."""
+    return [p for p in problems if not any(p.startswith(c["change"]) for c in changes)]
+
+
+def check(document: Path = DOCUMENT, released: Path = RELEASED) -> list[str]:
+    """What is wrong with the committed contract; empty when nothing is."""
+    current = generate()
+    if not document.is_file() or json.loads(document.read_text()) != current:
+        return [f"{document.relative_to(ROOT)} is stale: run `servekit api write`"]
+    if not released.is_file():
+        return [f"{released.relative_to(ROOT)} is missing: run `servekit api release`"]
+    problems = breaking(json.loads(released.read_text()), current)
+    return [
+        f"breaking, undeclared in api/changes.yaml: {p}" for p in undeclared(problems, declared())
+    ]
+
+
+def add_commands(sub: Any) -> None:
+    """Register `api write|check|release` on the command line's subparsers."""
+    api = sub.add_parser("api", help="the OpenAPI contract: write, check, release")
+    verbs = api.add_subparsers(dest="api_verb", required=True)
+    verbs.add_parser("write", help="regenerate api/openapi.json from the code")
+    verbs.add_parser("check", help="fail on a stale document or an undeclared breaking change")
+    verbs.add_parser("release", help="make the current document the released one")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run an `api` verb; the exit code."""
+    if args.api_verb == "write":
+        DOCUMENT.parent.mkdir(exist_ok=True)
+        DOCUMENT.write_text(render(generate()))
+        print(f"wrote {DOCUMENT.relative_to(ROOT)}")
+        return 0
+    if args.api_verb == "release":
+        RELEASED.write_text(render(generate()))
+        DECLARED.write_text(
+            "# Breaking changes to /v1 since the last release: change, why.\nbreaking: []\n"
+        )
+        print(f"wrote {RELEASED.relative_to(ROOT)}; declarations cleared")
+        return 0
+    problems = check()
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print("the contract is current and /v1 only grew")
+    return 1 if problems else 0

@@ -1,0 +1,95 @@
+"""The API contract: the committed document is the one the code serves, and a change to
+/v1 that breaks callers is caught unless declared."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servekit import contract
+
+
+@pytest.fixture(scope="module")
+def current() -> dict[str, Any]:
+    return contract.generate()
+
+
+def test_the_committed_contract_is_current_and_only_grew() -> None:
+    assert contract.check() == []
+
+
+def _schema(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = doc["components"]["schemas"][name]
+    return schema
+
+
+def _response_schema(doc: dict[str, Any], path: str, method: str) -> dict[str, Any]:
+    op = doc["paths"][path][method]
+    ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    return _schema(doc, ref.rsplit("/", 1)[-1])
+
+
+def _request_schema(doc: dict[str, Any], path: str, method: str) -> dict[str, Any]:
+    op = doc["paths"][path][method]
+    ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    return _schema(doc, ref.rsplit("/", 1)[-1])
+
+
+def test_removing_a_response_field_is_breaking(current: dict[str, Any]) -> None:
+    new = copy.deepcopy(current)
+    response = _response_schema(new, "/v1/search", "post")
+    field = sorted(response["properties"])[0]
+    del response["properties"][field]
+    found = contract.breaking(current, new)
+    assert any(f"POST /v1/search 200.{field}: response field removed" in p for p in found), found
+
+
+def test_removed_paths_new_required_fields_and_narrowed_types_are_breaking(
+    current: dict[str, Any],
+) -> None:
+    new = copy.deepcopy(current)
+    del new["paths"]["/v1/usage"]
+    body = _request_schema(new, "/v1/search", "post")
+    body.setdefault("required", []).append("shiny")
+    body["properties"]["shiny"] = {"type": "string"}
+    body["properties"]["query"] = {**body["properties"]["query"], "maxLength": 3}
+    found = contract.breaking(current, new)
+    assert "/v1/usage: path removed" in found
+    assert any(p.endswith("request.shiny: new required field") for p in found), found
+    assert any("request.query: maxLength tightened to 3" in p for p in found), found
+
+
+def test_growth_is_not_breaking(current: dict[str, Any]) -> None:
+    new = copy.deepcopy(current)
+    new["paths"]["/v1/new-thing"] = {"get": {"responses": {"200": {"description": "ok"}}}}
+    body = _request_schema(new, "/v1/search", "post")
+    body["properties"]["optional_extra"] = {"type": "boolean"}
+    response = _response_schema(new, "/v1/search", "post")
+    response["properties"]["more"] = {"type": "string"}
+    assert contract.breaking(current, new) == []
+    # /v2 (the inference protocol) and unversioned paths are not /v1's contract.
+    del new["paths"]["/v2/health/live"]
+    assert contract.breaking(current, new) == []
+
+
+def test_a_declared_breaking_change_passes(tmp_path: Path) -> None:
+    problems = ["DELETE /v1/thing: operation removed", "/v1/other: path removed"]
+    declared = tmp_path / "changes.yaml"
+    declared.write_text(
+        "breaking:\n  - change: 'DELETE /v1/thing'\n    why: replaced by PUT with state\n"
+    )
+    changes = contract.declared(declared)
+    assert contract.undeclared(problems, changes) == ["/v1/other: path removed"]
+    declared.write_text("breaking:\n  - change: '/v1/x'\n")
+    with pytest.raises(ValueError, match="needs 'change' and 'why'"):
+        contract.declared(declared)
+
+
+def test_the_document_is_written_in_one_stable_form(current: dict[str, Any]) -> None:
+    text = contract.render(current)
+    assert text == contract.render(json.loads(text))
+    assert text.endswith("\n")
