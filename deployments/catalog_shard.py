@@ -16,7 +16,7 @@ from ray import serve
 
 from configs.schema import INGRESS_DEPLOYMENT, AppArgs
 from deployments.observability.logs import get_logger
-from deployments.pipelines.catalog_index import Candidates
+from deployments.pipelines.catalog_index import Candidates, SearchQuery
 from deployments.pipelines.search import SearchService
 from deployments.pipelines.shards import shard_of
 from deployments.tenancy.access import registry_url
@@ -64,22 +64,9 @@ class CatalogShard:
         """This shard's part of a query's BM25 statistics."""
         return self.service.term_stats(tenant, catalog, text)
 
-    def candidates(
-        self,
-        tenant: str,
-        catalog: str,
-        space: str,
-        vector: npt.NDArray[np.float32] | None,
-        text: str,
-        k: int,
-        filters: dict[str, Any] | None,
-        hybrid: bool,
-        stats: CorpusStats | None,
-    ) -> Candidates:
+    def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates:
         """This shard's best items of each half of a search."""
-        return self.service.candidates(
-            tenant, catalog, space, vector, text, k, filters, hybrid, stats
-        )
+        return self.service.candidates(q, stats)
 
     async def __del__(self) -> None:
         """Serve's replica shutdown: stop following."""

@@ -24,7 +24,7 @@ from deployments.http.admin import ERRORS
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
-from deployments.pipelines.catalog_index import Hit
+from deployments.pipelines.catalog_index import Hit, SearchQuery
 from deployments.pipelines.filters import FilterError
 from deployments.pipelines.search import SearchService
 from stores.catalog import AttrValue, CatalogInfo, Item
@@ -309,8 +309,10 @@ async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Respo
         started = time.perf_counter()
         try:
             result = await service.query(
-                tenant, body.catalog, f"{model}/{version}", vector[0], body.query,
-                body.k, body.filters, hybrid, settings.fusion,
+                SearchQuery(
+                    tenant, body.catalog, f"{model}/{version}", vector[0], body.query, body.k,
+                    body.filters, hybrid, settings.fusion,
+                )
             )  # fmt: skip
         except FilterError as e:
             raise BadRequest(str(e)) from e

@@ -23,7 +23,7 @@ from models.fusion import convex, rrf
 from models.lexical import CorpusStats, LexicalIndex
 from stores.catalog import Item, item_text
 
-__all__ = ["Candidates", "CatalogIndex", "Hit", "fuse", "item_text"]
+__all__ = ["Candidates", "CatalogIndex", "Hit", "SearchQuery", "fuse", "item_text"]
 
 CANDIDATES = 50  # per half of a hybrid search, before fusion
 # The vector half's weight in a convex fusion, chosen on the dev queries of `make eval`
@@ -39,6 +39,22 @@ class Hit:
 
     item: Item
     score: float
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One search: whose catalog, which embedding space, the query's vector and text,
+    how many results, the filters and how to rank."""
+
+    tenant: str
+    catalog: str
+    space: str
+    vector: npt.NDArray[np.float32] | None
+    text: str
+    k: int
+    filters: dict[str, Any] | None
+    hybrid: bool
+    fusion: str = "convex"
 
 
 @dataclass(frozen=True)
@@ -161,7 +177,12 @@ class CatalogIndex:
         """This catalog's part of the BM25 statistics of a query (summed over shards)."""
         return self.lexical.stats(text)
 
-    def candidates(
+    def candidates(self, q: SearchQuery, stats: CorpusStats | None = None) -> Candidates:
+        """The best items of each half before fusion: by vector similarity, and by BM25
+        when `q.hybrid` (scored with `stats`, the whole catalog's, on a shard)."""
+        return self._candidates(q.space, q.vector, q.text, q.k, q.filters, q.hybrid, stats)
+
+    def _candidates(
         self,
         space: str,
         vector: npt.NDArray[np.float32] | None,
@@ -169,10 +190,8 @@ class CatalogIndex:
         k: int,
         filters: dict[str, Any] | None,
         hybrid: bool,
-        stats: CorpusStats | None = None,
+        stats: CorpusStats | None,
     ) -> Candidates:
-        """The best items of each half before fusion: by vector similarity, and by BM25
-        when `hybrid` (scored with `stats`, the whole catalog's, on a shard)."""
         with self.lock:
             size = self._next
             allowed: Mask | None = self.attrs.mask(filters, size) if filters else None
@@ -203,7 +222,7 @@ class CatalogIndex:
         """The k best items: by vector similarity, or fused with BM25 when `hybrid`
         (`convex`: min-max normalised scores, the vector half weighing `alpha`; `rrf`:
         reciprocal ranks)."""
-        found = self.candidates(space, vector, text, k, filters, hybrid)
+        found = self._candidates(space, vector, text, k, filters, hybrid, None)
         return fuse([found], k, hybrid, fusion, alpha)
 
 

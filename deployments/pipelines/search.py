@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from deployments.pipelines.catalog_index import Candidates, CatalogIndex, Hit, item_text
+from deployments.pipelines.catalog_index import (
+    Candidates,
+    CatalogIndex,
+    Hit,
+    SearchQuery,
+    item_text,
+)
 from deployments.pipelines.filters import AttributeColumns
 from deployments.pipelines.shards import ShardSet, catalog_key
 from models.catalog_snapshot import CatalogSnapshot
@@ -452,45 +458,20 @@ class SearchService:
         hits = index.search(space, vector, text, k, filters, hybrid, fusion)
         return SearchResult(space, hits, self.seq)
 
-    async def query(
-        self,
-        tenant: str,
-        catalog: str,
-        space: str,
-        vector: npt.NDArray[np.float32] | None,
-        text: str,
-        k: int,
-        filters: dict[str, Any] | None,
-        hybrid: bool,
-        fusion: str = "convex",
-    ) -> SearchResult:
+    async def query(self, q: SearchQuery) -> SearchResult:
         """`search`, or on a sharded catalog, every shard's answer merged."""
         if self.shards is None:
-            return self.search(tenant, catalog, space, vector, text, k, filters, hybrid, fusion)
-        if filters:
-            AttributeColumns().mask(filters, 0)  # a bad filter is the caller's 400, here
-        hits = await self.shards.search(
-            tenant, catalog, space, vector, text, k, filters, hybrid, fusion
-        )
-        return SearchResult(space, hits, self.shards.seq)
+            return self.search(
+                q.tenant, q.catalog, q.space, q.vector, q.text, q.k, q.filters, q.hybrid, q.fusion
+            )
+        if q.filters:
+            AttributeColumns().mask(q.filters, 0)  # a bad filter is the caller's 400, here
+        return SearchResult(q.space, await self.shards.search(q), self.shards.seq)
 
-    def candidates(
-        self,
-        tenant: str,
-        catalog: str,
-        space: str,
-        vector: npt.NDArray[np.float32] | None,
-        text: str,
-        k: int,
-        filters: dict[str, Any] | None,
-        hybrid: bool,
-        stats: CorpusStats | None,
-    ) -> Candidates:
+    def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates:
         """A shard's part of a search: each half's best items, before fusion."""
-        index = self.catalogs.get((tenant, catalog))
-        if index is None:
-            return Candidates([], [])
-        return index.candidates(space, vector, text, k, filters, hybrid, stats)
+        index = self.catalogs.get((q.tenant, q.catalog))
+        return Candidates([], []) if index is None else index.candidates(q, stats)
 
     def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None:
         """A shard's part of a query's BM25 statistics (None: no such catalog here)."""

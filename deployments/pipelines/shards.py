@@ -24,11 +24,8 @@ from dataclasses import dataclass, field
 from logging import Logger
 from typing import Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
-
 from deployments.errors import ServekitError, Unavailable
-from deployments.pipelines.catalog_index import Candidates, Hit, fuse
+from deployments.pipelines.catalog_index import Candidates, Hit, SearchQuery, fuse
 from models.lexical import CorpusStats
 
 SYNC_S = 1.0
@@ -65,18 +62,7 @@ class Shard(Protocol):
 
     async def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None: ...
 
-    async def candidates(
-        self,
-        tenant: str,
-        catalog: str,
-        space: str,
-        vector: npt.NDArray[np.float32] | None,
-        text: str,
-        k: int,
-        filters: dict[str, Any] | None,
-        hybrid: bool,
-        stats: CorpusStats | None,
-    ) -> Candidates | None: ...
+    async def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates: ...
 
 
 class ShardSet:
@@ -158,29 +144,16 @@ class ShardSet:
         """The change-log position every shard has reached."""
         return min((s.seq for s in self.status), default=0)
 
-    async def search(
-        self,
-        tenant: str,
-        catalog: str,
-        space: str,
-        vector: npt.NDArray[np.float32] | None,
-        text: str,
-        k: int,
-        filters: dict[str, Any] | None,
-        hybrid: bool,
-        fusion: str,
-    ) -> list[Hit]:
+    async def search(self, q: SearchQuery) -> list[Hit]:
         """The catalog's k best items, as one index over every shard's items would
         answer."""
         stats = None
-        if hybrid:
-            parts = await self._all(lambda s: s.term_stats(tenant, catalog, text))
+        if q.hybrid:
+            parts = await self._all(lambda s: s.term_stats(q.tenant, q.catalog, q.text))
             known = [p for p in parts if p is not None]
             stats = sum(known[1:], known[0]) if known else None
-        found = await self._all(
-            lambda s: s.candidates(tenant, catalog, space, vector, text, k, filters, hybrid, stats)
-        )
-        return fuse([c for c in found if c is not None], k, hybrid, fusion)
+        found = await self._all(lambda s: s.candidates(q, stats))
+        return fuse([c for c in found if c is not None], q.k, q.hybrid, q.fusion)
 
     async def _all(self, call: Any) -> list[Any]:
         try:

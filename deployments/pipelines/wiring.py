@@ -137,6 +137,6 @@ class HandleShard:
         """The shard's part of a query's BM25 statistics."""
         return await self.handle.term_stats.remote(tenant, catalog, text)
 
-    async def candidates(self, *args: Any) -> Any:
+    async def candidates(self, q: Any, stats: Any) -> Any:
         """The shard's best items of each half."""
-        return await self.handle.candidates.remote(*args)
+        return await self.handle.candidates.remote(q, stats)

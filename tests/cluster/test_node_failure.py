@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +20,12 @@ from tests.cluster_util import (
     RayNode,
     serve_deploy,
     serve_details,
-    start_head,
-    start_worker,
 )
 from tests.conftest import REPO_ROOT, free_port
 from tests.integration.conftest import dedicated_deployment
 from tests.load_util import SteadyLoad
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[tuple[RayNode, RayNode]]:
-    head = start_head(tmp_path, num_cpus=4, resources='{"servekit_head": 1}')
-    worker = None
-    try:
-        worker = start_worker(head, tmp_path, num_cpus=4, resources='{"servekit_worker": 1}')
-        yield head, worker
-    finally:
-        if worker is not None:
-            worker.stop(signal.SIGKILL)
-        head.stop()
 
 
 def _alive_nodes(head: RayNode) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster_util import RayNode, serve_deploy, serve_details, start_head, start_worker
+from tests.cluster_util import RayNode, serve_deploy, serve_details
 from tests.conftest import REPO_ROOT, auth_headers, free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -30,19 +29,6 @@ WORDS = (
     "lamp waterproof light warm breathable grip cushioned packable insulated durable"
 ).split()
 BRANDS = ["Acme", "Globex", "Initech", "Umbrella"]
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[tuple[RayNode, RayNode]]:
-    head = start_head(tmp_path, num_cpus=4, resources='{"servekit_head": 1}')
-    worker = None
-    try:
-        worker = start_worker(head, tmp_path, num_cpus=4, resources='{"servekit_worker": 1}')
-        yield head, worker
-    finally:
-        if worker is not None:
-            worker.stop()
-        head.stop()
 
 
 def _app(base: dict[str, Any], name: str, shards: int) -> dict[str, Any]:

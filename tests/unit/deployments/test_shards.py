@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from deployments.pipelines.catalog_index import Candidates
+from deployments.pipelines.catalog_index import Candidates, SearchQuery
 from deployments.pipelines.search import SearchService
 from deployments.pipelines.shards import ShardSet, shard_of
 from models.lexical import CorpusStats, LexicalIndex
@@ -39,8 +39,8 @@ class InProcessShard:
     async def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None:
         return self.service.term_stats(tenant, catalog, text)
 
-    async def candidates(self, *args: Any) -> Candidates | None:
-        return self.service.candidates(*args)
+    async def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates | None:
+        return self.service.candidates(q, stats)
 
 
 def _items(n: int) -> list[Item]:
@@ -146,7 +146,7 @@ def test_two_shards_answer_as_one_index(url: str) -> None:
                             "acme", "shop", SPACE, vector, text, 10, f, hybrid, fusion
                         )
                         got = await front.query(
-                            "acme", "shop", SPACE, vector, text, 10, f, hybrid, fusion
+                            SearchQuery("acme", "shop", SPACE, vector, text, 10, f, hybrid, fusion)
                         )
                         assert [h.item.id for h in got.hits] == [h.item.id for h in want.hits]
                         assert np.allclose(
@@ -154,7 +154,9 @@ def test_two_shards_answer_as_one_index(url: str) -> None:
                         )
         # Another tenant's catalog of that name: nothing, on every shard.
         vector = (await embed("", SPACE, ["red"]))[0]
-        other = await front.query("globex", "shop", SPACE, vector, "red", 5, None, True)
+        other = await front.query(
+            SearchQuery("globex", "shop", SPACE, vector, "red", 5, None, True)
+        )
         assert other.hits == []
         for service in (one, front, *shards):
             await service.close()
