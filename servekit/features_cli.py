@@ -1,6 +1,8 @@
 """`servekit features materialize FILE.parquet --tenant T`: batch materialization of a
 history of interactions into the online store the service reads (the `features_redis_url`
 secret's Redis, else the embedded SQLite file beside the embedded registry).
+`servekit features rebuild --tenant T` does the same from the durable event log (every
+event `POST /v1/events` acknowledged), e.g. after Redis lost its data.
 
 The file holds one interaction a row: `user`, `item`, `type` (view, click, add_to_cart,
 purchase) and `timestamp` (a Parquet timestamp, UTC when it has no zone, or Unix
@@ -46,14 +48,26 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     make.add_argument(
         "--definitions", help="feature definitions file (default: configs/features.yaml)"
     )
+    rebuild = verbs.add_parser(
+        "rebuild", help="rebuild a tenant's online rows from the event log (after a data loss)"
+    )
+    rebuild.add_argument("--tenant", required=True)
+    rebuild.add_argument(
+        "--catalog", help="the catalog of the items' attributes (default: each event's own)"
+    )
+    rebuild.add_argument("--definitions", help="feature definitions file")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `features materialize`; 0 when done, 1 with a message when not."""
+    """Run `features materialize` or `rebuild`; 0 when done, 1 with a message when not."""
     try:
-        report = asyncio.run(materialize(args.parquet, args.tenant, args.catalog, args.definitions))
+        if args.verb == "rebuild":
+            report = asyncio.run(rebuild(args.tenant, args.catalog, args.definitions))
+        else:
+            path, definitions = args.parquet, args.definitions
+            report = asyncio.run(materialize(path, args.tenant, args.catalog, definitions))
     except MaterializeError as e:
-        print(f"servekit features materialize: {e}", file=sys.stderr)
+        print(f"servekit features {args.verb}: {e}", file=sys.stderr)
         return 1
     print(report)
     return 0
@@ -63,18 +77,54 @@ async def materialize(
     path: Path, tenant: str, catalog: str | None, definitions_path: str | None
 ) -> str:
     """Read, fold and write; a one-line report."""
+    started = time.perf_counter()
+    events, skipped = read_events(path)
+    attrs = item_attributes(tenant, catalog, {e.item for e in events}) if catalog else {}
+    return await write_rows(tenant, events, attrs, definitions_path, skipped, started)
+
+
+async def rebuild(tenant: str, catalog: str | None, definitions_path: str | None) -> str:
+    """The tenant's events from the log, folded and written; a one-line report."""
+    from deployments.tenancy.access import registry_url
+    from stores.events_sql import open_event_log
+    from stores.secrets import load_secrets
+
+    started = time.perf_counter()
+    log = open_event_log(registry_url(load_secrets()))
+    events: list[Event] = []
+    try:
+        after = 0
+        while page := log.scan(tenant, after, 10_000):
+            events += [s.event for s in page]
+            after = page[-1].seq
+    finally:
+        log.close()
+    attrs: dict[str, dict[str, Any]] = {}
+    catalogs = {catalog} if catalog else {e.catalog for e in events if e.catalog}
+    for name in sorted(catalogs):
+        wanted = {e.item for e in events if catalog or e.catalog == name}
+        attrs.update(item_attributes(tenant, name, wanted))
+    return await write_rows(tenant, events, attrs, definitions_path, [], started)
+
+
+async def write_rows(
+    tenant: str,
+    events: list[Event],
+    attrs: dict[str, dict[str, Any]],
+    definitions_path: str | None,
+    skipped: list[str],
+    started: float,
+) -> str:
+    """Fold `events` into whole rows and replace them in the store; the report."""
     from configs.features import DefinitionsError, load_definitions
     from deployments.pipelines.features import FeatureService
     from deployments.pipelines.features_wiring import open_online_store
     from stores.features import FeatureStoreUnavailable
 
-    started = time.perf_counter()
     try:
         definitions = load_definitions(definitions_path)
     except DefinitionsError as e:
         raise MaterializeError(str(e)) from e
-    events, skipped = read_events(path)
-    attrs = item_attributes(tenant, catalog, {e.item for e in events}) if catalog else {}
     log = logging.getLogger("servekit.features")
     store = open_online_store(5.0, log)
     service = FeatureService(definitions, store, None, None, log)

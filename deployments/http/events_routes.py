@@ -168,6 +168,7 @@ async def post_events(request: Request, body: Annotated[EventsBody, Body()]) -> 
         catalog = body.catalog or _only_catalog(host, tenant)
         good, errors = parse_events(body.events, time.time(), settings.max_future_s, catalog)
         done = await service.ingest(tenant, good, catalog) if good else None
+        service.counted(len(good), len(errors))
         doc: dict[str, Any] = {
             "object": "events.result",
             "accepted": len(good),

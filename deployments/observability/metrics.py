@@ -65,6 +65,16 @@ CATALOGUE = {
         "Embedding cache calls to Redis that failed or timed out, by operation (get, put, "
         "retain); each counts as a miss, never as a failed request.",
     ),
+    "servekit_events_total": (
+        "counter",
+        "Events of POST /v1/events, by outcome: accepted (appended to the log) or rejected "
+        "(named in the answer).",
+    ),
+    "servekit_feature_store_errors_total": (
+        "counter",
+        "Online feature store calls that failed or timed out, by operation (read: the "
+        "request answered defaults, flagged degraded; merge: events logged, rows behind).",
+    ),
 }
 COSINE_BUCKETS = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0]
 
@@ -374,4 +384,31 @@ class CacheMetrics:
 
     def redis_failed(self, op: str) -> None:
         """A Redis call that failed or timed out."""
+        RECORDS.inc(self.errors, 1, {"op": op})
+
+
+class FeatureMetrics:
+    """Events taken and refused, and the online feature store's failures."""
+
+    def __init__(self) -> None:
+        self.events = Counter(
+            "servekit_events_total",
+            description=CATALOGUE["servekit_events_total"][1],
+            tag_keys=("outcome",),
+        )
+        self.errors = Counter(
+            "servekit_feature_store_errors_total",
+            description=CATALOGUE["servekit_feature_store_errors_total"][1],
+            tag_keys=("op",),
+        )
+
+    def events_seen(self, accepted: int, rejected: int) -> None:
+        """One batch's events, accepted and rejected."""
+        if accepted:
+            RECORDS.inc(self.events, accepted, {"outcome": "accepted"})
+        if rejected:
+            RECORDS.inc(self.events, rejected, {"outcome": "rejected"})
+
+    def store_failed(self, op: str) -> None:
+        """A store call that failed or timed out."""
         RECORDS.inc(self.errors, 1, {"op": op})

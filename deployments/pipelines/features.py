@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import Logger
-from typing import Any
+from typing import Any, Protocol
 
 from configs.features import FeatureDefinitions, FeatureSpec, FeatureViewSpec
 from stores.events import Event, EventLog
@@ -34,6 +34,16 @@ from stores.features import (
 # Item attributes by item id, for one tenant's catalog.
 Attributes = dict[str, dict[str, Any]]
 ItemLookup = Callable[[str, str, list[str]], Awaitable[Attributes]]
+
+
+class Meter(Protocol):
+    """Where the service counts events and store failures (Prometheus in a replica)."""
+
+    def events_seen(self, accepted: int, rejected: int) -> None:
+        """One batch's events, accepted and rejected."""
+
+    def store_failed(self, op: str) -> None:
+        """A store call that failed or timed out."""
 
 
 @dataclass
@@ -68,8 +78,10 @@ class FeatureService:
         events: EventLog | None,
         items: ItemLookup | None,
         log: Logger,
+        meter: Meter | None = None,
     ) -> None:
         self.definitions = definitions
+        self.meter = meter
         self.store = store
         self.events = events
         self.items = items
@@ -104,6 +116,11 @@ class FeatureService:
             self._failed("merge", e)
             return Ingested(len(events), seq, False)
         return Ingested(len(events), seq, True)
+
+    def counted(self, accepted: int, rejected: int) -> None:
+        """Count one batch's events (accepted ones are in the log)."""
+        if self.meter is not None:
+            self.meter.events_seen(accepted, rejected)
 
     def merges(self, tenant: str, events: Sequence[Event], attrs: Attributes) -> list[Merge]:
         """The merges `events` make: one per (view, entity) they touch."""
@@ -182,6 +199,8 @@ class FeatureService:
 
     def _failed(self, what: str, error: FeatureStoreUnavailable) -> None:
         self.store_failures += 1
+        if self.meter is not None:
+            self.meter.store_failed(what)
         self.log.warning(
             "feature store unavailable", extra={"fields": {"op": what, "error": str(error)}}
         )

@@ -77,9 +77,11 @@ def open_features(
     settings = args.features
     if not settings.enabled:
         return None
+    from deployments.observability.metrics import FeatureMetrics
     from stores.events_sql import open_event_log
 
     definitions = load_definitions(settings.definitions)
     store = open_online_store(settings.store_timeout_s, log)
     events = open_event_log(registry_url(load_secrets()))
-    return FeatureService(definitions, store, events, catalog_items(search), log)
+    meter = FeatureMetrics()
+    return FeatureService(definitions, store, events, catalog_items(search), log, meter)

@@ -190,11 +190,26 @@ class DownStore:
         pass
 
 
+class Meter:
+    """Counts as the replica's Prometheus metrics would."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+        self.events: list[tuple[int, int]] = []
+
+    def store_failed(self, op: str) -> None:
+        self.failed.append(op)
+
+    def events_seen(self, accepted: int, rejected: int) -> None:
+        self.events.append((accepted, rejected))
+
+
 def test_a_store_outage_reads_defaults_and_keeps_the_events(
     definitions: FeatureDefinitions, log: SqlEventLog
 ) -> None:
     async def body() -> None:
-        svc = FeatureService(definitions, DownStore(), log, lookup, LOG)
+        meter = Meter()
+        svc = FeatureService(definitions, DownStore(), log, lookup, LOG, meter)
         done = await svc.ingest("tn_a", [ev("u1", "shoe", "click")], "shop")
         assert (done.accepted, done.features_updated) == (1, False)
         assert [s.event.item for s in log.for_user("tn_a", "u1", 5)] == ["shoe"]
@@ -203,6 +218,9 @@ def test_a_store_outage_reads_defaults_and_keeps_the_events(
         assert got.fresh == {"user_activity": False}
         assert got.views["user_activity"]["clicks"] == 0
         assert svc.store_failures == 2
+        assert meter.failed == ["merge", "read"]
+        svc.counted(1, 2)
+        assert meter.events == [(1, 2)]
 
     asyncio.run(body())
 

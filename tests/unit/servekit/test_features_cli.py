@@ -130,3 +130,35 @@ def test_a_file_without_a_column_or_not_parquet_is_refused(
     assert "not a Parquet file" in capsys.readouterr().err
     assert main(["features", "materialize", str(tmp_path / "none"), "--tenant", "tn_a"]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_rebuild_from_the_event_log_after_redis_lost_its_data(
+    registry: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from datetime import UTC, datetime
+
+    from stores.events import Event
+    from stores.events_sql import open_event_log
+
+    monkeypatch.setenv("SERVEKIT_FEATURES_REDIS_URL", redis_url)
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    at = datetime.now(UTC)
+    log = open_event_log(registry)
+    log.append("tn_a", [Event(user, "boot", "purchase", at, "shop"),
+                        Event(user, "sock", "view", at, "shop")])  # fmt: skip
+    log.append("tn_b", [Event(user, "boot", "view", at, None)])
+    log.close()
+    assert main(["features", "rebuild", "--tenant", "tn_a"]) == 0
+    assert "materialized 2 events of tenant tn_a into 3 rows" in capsys.readouterr().out
+    mine, theirs = read(
+        RedisFeatureStore(redis_url),
+        RowKey("tn_a", "user_activity", user),
+        RowKey("tn_b", "user_activity", user),
+    )
+    assert (mine["purchases"], mine["views"]) == (1, 1)
+    assert mine["category_affinity:shoes"] == 8
+    assert mine["recent_items"] == ["sock", "boot"]
+    assert theirs is None
