@@ -37,6 +37,11 @@ class StoredEvent:
     received_at: datetime
 
 
+class EventLogUnavailable(Exception):
+    """The log's database did not take the events: nothing was appended, nothing may be
+    acknowledged (callers answer 503 and the client retries)."""
+
+
 class EventLog(Protocol):
     """Append-only interactions per tenant. Blocking calls (replicas use threads)."""
 
@@ -45,7 +50,8 @@ class EventLog(Protocol):
 
     def append(self, tenant_id: str, events: list[Event]) -> int:
         """Append events in one transaction, durable when it returns; the seq of the
-        last one (the tenant's events keep their order)."""
+        last one (the tenant's events keep their order). `EventLogUnavailable` when the
+        database fails."""
 
     def scan(self, tenant_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
         """The tenant's events with seq > `after_seq`, oldest first, at most `limit`."""

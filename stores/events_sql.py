@@ -17,8 +17,9 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.exc import DBAPIError
 
-from stores.events import EVENT_TYPES, Event, StoredEvent
+from stores.events import EVENT_TYPES, Event, EventLogUnavailable, StoredEvent
 from stores.registry_sql import (
     UtcDateTime,
     create_sql_engine,
@@ -74,6 +75,12 @@ class SqlEventLog:
             return 0
         now = datetime.now(UTC)
         rows = [_values(tenant_id, e, now) for e in events]
+        try:
+            return self._append(rows)
+        except DBAPIError as e:  # the database: down, unreachable, refusing
+            raise EventLogUnavailable(f"event log failed: {type(e.orig).__name__}") from e
+
+    def _append(self, rows: list[dict[str, Any]]) -> int:
         with writing(self._engine) as conn:
             if self._engine.dialect.name == "sqlite":
                 # One statement per row keeps the returned seq exact on SQLite.

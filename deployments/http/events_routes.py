@@ -20,14 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
-from deployments.errors import BadRequest, NotFound
+from deployments.errors import BadRequest, NotFound, Unavailable
 from deployments.http.admin import ERRORS
 from deployments.http.envelope import request_id
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.http.search_routes import CATALOG_PATTERN, NO_AUTH_TENANT
 from deployments.pipelines.features import FeatureService
-from stores.events import Event
+from stores.events import Event, EventLogUnavailable
 
 router = APIRouter(tags=["events"])
 INVALID_EVENTS = "invalid_events"
@@ -114,7 +114,7 @@ def parse_events(
             at = _time(event.timestamp, now, max_future_s)
         except ValidationError as e:
             first = sorted(e.errors(), key=lambda x: x.get("type") != "extra_forbidden")[0]
-            name = ".".join(str(p) for p in first["loc"][:1]) or "event"
+            name = ".".join(str(p) for p in first["loc"][:1])
             message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
             errors.append(_error(index, name, message))
             continue
@@ -126,7 +126,8 @@ def parse_events(
 
 
 def _error(index: int, name: str, message: str) -> dict[str, Any]:
-    return {"index": index, "field": f"events.{index}.{name}", "message": message}
+    field = f"events.{index}.{name}" if name else f"events.{index}"
+    return {"index": index, "field": field, "message": message}
 
 
 def _time(value: datetime | float | None, now: float, max_future_s: float) -> datetime:
@@ -167,7 +168,10 @@ async def post_events(request: Request, body: Annotated[EventsBody, Body()]) -> 
         await host.plane.admit(call, 0)
         catalog = body.catalog or _only_catalog(host, tenant)
         good, errors = parse_events(body.events, time.time(), settings.max_future_s, catalog)
-        done = await service.ingest(tenant, good, catalog) if good else None
+        try:
+            done = await service.ingest(tenant, good, catalog) if good else None
+        except EventLogUnavailable as e:  # nothing kept: the client retries the batch
+            raise Unavailable("events: the event log is unavailable; nothing was kept") from e
         service.counted(len(good), len(errors))
         doc: dict[str, Any] = {
             "object": "events.result",

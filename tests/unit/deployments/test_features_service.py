@@ -299,3 +299,11 @@ def test_parse_keeps_the_good_events_and_names_the_bad_fields() -> None:
     assert "time zone" in errors[3]["message"]
     assert errors[4]["message"] == "unknown field"
     assert not any("secret-value" in e["message"] or "like" in e["message"] for e in errors)
+
+
+def test_an_event_that_is_not_an_object_is_named_by_its_index() -> None:
+    good, errors = parse_events(
+        [{"user": "u", "item": "i", "type": "view"}, 7], time.time(), 300, None
+    )  # type: ignore[list-item]
+    assert len(good) == 1
+    assert [(e["index"], e["field"]) for e in errors] == [(1, "events.1")]

@@ -102,3 +102,15 @@ def test_migration_matches_the_table_the_code_uses(log: SqlEventLog) -> None:
         context = MigrationContext.configure(conn, opts=opts)
         diff = [d for d in compare_metadata(context, metadata) if d[0] != "remove_index"]
         assert diff == []
+
+
+def test_a_database_that_does_not_answer_is_unavailable() -> None:
+    from stores.events import EventLogUnavailable
+    from tests.conftest import free_port
+
+    log = SqlEventLog(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+    try:
+        with pytest.raises(EventLogUnavailable, match="event log failed: OperationalError"):
+            log.append("tn_a", [ev("u1", "i1")])
+    finally:
+        log.close()
