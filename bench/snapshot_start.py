@@ -27,9 +27,9 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployments.pipelines.search import SearchService  # noqa: E402
-from models.catalog_snapshot import CatalogSnapshot, read_snapshot  # noqa: E402
-from stores.catalog_sql import open_catalog_store  # noqa: E402
+from deployments.pipelines.search import SearchService
+from models.catalog_snapshot import CatalogSnapshot, read_snapshot
+from stores.catalog_sql import open_catalog_store
 
 LOG = logging.getLogger("bench.snapshot")
 

@@ -114,7 +114,21 @@ class ServekitAPI(FastAPI):
             components[model.__name__] = doc
         schema["paths"]["/v1/embeddings"] = {"post": EMBEDDINGS_DOC}
         _document_auth(schema)
+        _drop_empty_examples(schema)
         return schema
+
+
+def _drop_empty_examples(node: Any) -> None:
+    """Remove `example: {}`: Serve's rewrite of the routes gives every parameter and
+    body one, saying nothing, so the served document equals the one built at import."""
+    if isinstance(node, dict):
+        if node.get("example") == {}:
+            del node["example"]
+        for value in node.values():
+            _drop_empty_examples(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_empty_examples(value)
 
 
 # Answered without a key unless `auth.exempt_paths` says otherwise.
