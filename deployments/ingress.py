@@ -1,6 +1,5 @@
-"""The HTTP front door's routes. Each route parses and encodes through an adapter in
-`deployments/http/` and does its work through the one data plane
-(`deployments/dataplane.py`); `deployments/app.py` makes `Ingress` a Serve deployment."""
+"""The HTTP front door's routes: each parses and encodes through `deployments/http/` and
+works through the one data plane; `deployments/app.py` makes `Ingress` a deployment."""
 
 from __future__ import annotations
 
@@ -14,47 +13,37 @@ from ray.serve.handle import DeploymentHandle
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from configs.schema import AppArgs, IngressLiveConfig, InlineBatchingConfig, deployment_name
+from configs.schema import AppArgs, IngressLiveConfig
 from deployments.canary_sync import CanarySync, replica_identity
 from deployments.dataplane import CallRecord, DataPlane
-from deployments.http import inference, oip
-from deployments.http.admin import router as admin_router
+from deployments.http import admin, events_routes, inference, oip, search_routes
 from deployments.http.api import V2_ERRORS, VERSION, OipError, api, body_doc
 from deployments.http.auth import AuthGate, principal_of
 from deployments.http.embeddings import EmbeddingsRoute, serve_embeddings
 from deployments.http.envelope import Envelope, request_id
-from deployments.http.events_routes import router as events_router
 from deployments.http.openai import ModelList
-from deployments.http.search_routes import router as search_router
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import IngressMetrics, RouterMetrics
 from deployments.pipelines.features_wiring import open_features
 from deployments.pipelines.wiring import item_embedder, open_cache, open_search, search_spaces
-from deployments.replicas.backend import VersionBackend
-from deployments.replicas.inline_backend import InlineBackend, load_inline
-from deployments.replicas.remote import DedicatedBackend
+from deployments.replicas.inline_backend import InlineBackend, configure_inline, load_inline
+from deployments.replicas.remote import version_backends
 from deployments.routing.router import VersionRouter
 from deployments.tenancy.access import Access
+
+Handles = dict[str, DeploymentHandle[Any]]
+Shards = list[DeploymentHandle[Any]] | None
 
 
 class Ingress:
     """Routes requests to model versions; runs the inline ones in-process."""
 
-    def __init__(
-        self,
-        args: dict[str, Any],
-        servers: dict[str, DeploymentHandle[Any]],
-        shards: list[DeploymentHandle[Any]] | None = None,
-    ) -> None:
+    def __init__(self, args: dict[str, Any], servers: Handles, shards: Shards = None) -> None:
         """`servers`: the dedicated versions' deployments by name; `shards`: the catalog
         shards' deployments, when `search.shards` > 1."""
         self.args = AppArgs.model_validate(args)
         self.inline: dict[tuple[str, str], InlineBackend] = load_inline(self.args)
-        backends: dict[tuple[str, str], VersionBackend] = dict(self.inline)
-        for name, (model, version) in self.args.deployment_names().items():
-            backends[(model, version)] = DedicatedBackend(
-                f"{model}/{version}", servers[name], self.args.request_timeout_s
-            )
+        backends = version_backends(self.args, servers, self.inline)
         self.router = VersionRouter(self.args, backends, RouterMetrics())
         auth = self.args.auth
         self.access = Access.open(auth, get_logger("auth")) if auth.enabled else None
@@ -75,9 +64,7 @@ class Ingress:
         if self.access is not None:
             self.access.start()
         await self.plane.configure(live)
-        for (model, version), backend in self.inline.items():
-            name = deployment_name(model, version)
-            backend.configure(live.batching.get(name, InlineBatchingConfig()))
+        configure_inline(self.inline, live.batching)
         if self.search is not None:
             await self.search.start(search_spaces(self.args, live))
         if live.rollout:
@@ -89,8 +76,7 @@ class Ingress:
         )
 
     async def embed_for_index(self, tenant: str, space: str, texts: list[str]) -> Any:
-        """Catalog items' vectors for a catalog shard's backfill (the models run here
-        or behind this replica; the shards hold no model)."""
+        """Item vectors for a catalog shard's backfill (the shards hold no model)."""
         return await item_embedder(self.args, self.plane)(tenant, space, texts)
 
     async def __del__(self) -> None:
@@ -136,7 +122,6 @@ class Ingress:
     @api.get("/v1/models", summary="List served models", response_model=ModelList)
     async def list_models(self, request: Request) -> Response:
         """Every served model with its versions and their current traffic weights."""
-
         return await self._run(
             request,
             "/v1/models",
@@ -150,7 +135,6 @@ class Ingress:
         canary window and verdict are shared by every ingress replica), and the last
         minute's request rate, error rate and p95 per version, as seen by the ingress
         replica that answers."""
-
         return await self._run(
             request,
             "/v1/models/detail",
@@ -258,8 +242,7 @@ class Ingress:
         )
 
 
-api.include_router(admin_router)
-api.include_router(search_router)
-api.include_router(events_router)
+for _routes in (admin.router, search_routes.router, events_routes.router):
+    api.include_router(_routes)
 api.add_middleware(EmbeddingsRoute)
 api.add_middleware(AuthGate)  # added last: runs first, ahead of every route

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from configs.schema import AppArgs, InlineBatchingConfig
+from configs.schema import AppArgs, InlineBatchingConfig, deployment_name
 from deployments.errors import InferenceFailed, ServekitError, Timeout
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import ModelMetrics
@@ -89,3 +89,11 @@ def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBackend]:
         batcher.calibrate()
         out[(model, version)] = InlineBackend(f"{model}/{version}", batcher, args)
     return out
+
+
+def configure_inline(
+    inline: dict[tuple[str, str], InlineBackend], batching: dict[str, InlineBatchingConfig]
+) -> None:
+    """Apply the live batching settings (by `<model>-<version>`) to each inline version."""
+    for (model, version), backend in inline.items():
+        backend.configure(batching.get(deployment_name(model, version), InlineBatchingConfig()))

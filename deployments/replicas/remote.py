@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ray.exceptions import (
@@ -28,6 +29,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
+from configs.schema import AppArgs
 from deployments.errors import (
     InferenceFailed,
     Overloaded,
@@ -36,7 +38,7 @@ from deployments.errors import (
     Unavailable,
 )
 from deployments.observability.logs import get_logger
-from deployments.replicas.backend import QUIET_FAILURES, EmbedResult, remaining_s
+from deployments.replicas.backend import QUIET_FAILURES, EmbedResult, VersionBackend, remaining_s
 
 _log = get_logger("calls")
 _REPLICA_GONE = (ActorDiedError, ActorUnavailableError, DeploymentUnavailableError)
@@ -130,3 +132,16 @@ class DedicatedBackend:
             return ok
         except ServekitError:
             return False
+
+
+def version_backends(
+    args: AppArgs, servers: dict[str, Any], inline: Mapping[tuple[str, str], VersionBackend]
+) -> dict[tuple[str, str], VersionBackend]:
+    """Every version's backend: the inline ones, and one per dedicated version over its
+    deployment's handle (`servers`, by deployment name)."""
+    backends: dict[tuple[str, str], VersionBackend] = dict(inline)
+    for name, (model, version) in args.deployment_names().items():
+        backends[(model, version)] = DedicatedBackend(
+            f"{model}/{version}", servers[name], args.request_timeout_s
+        )
+    return backends

@@ -45,7 +45,7 @@ class InProcessShard:
 
 def _items(n: int) -> list[Item]:
     """Items whose scores do not tie: which of two equal scores makes a cut is
-    arbitrary, in one index as across shards."""
+    arbitrary, in one index as across shards (slots break BM25's ties)."""
     rng = random.Random(7)
     vocab = WORDS + [f"w{i}" for i in range(300)]
     return [
@@ -53,7 +53,8 @@ def _items(n: int) -> list[Item]:
             f"sku-{i}",
             {
                 "title": " ".join(rng.sample(WORDS, 3)),
-                "body": " ".join(rng.choices(vocab, k=rng.randint(5, 40))),
+                # a length of its own: no two BM25 scores tie
+                "body": " ".join(rng.choices(vocab, k=5 + i)),
             },
             {"price": rng.randint(1, 100), "brand": rng.choice(["acme", "globex"])},
         )
