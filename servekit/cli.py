@@ -87,6 +87,12 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         if name == "promote":
             cmd.add_argument("version")
             cmd.add_argument("--weight", type=int, required=True, help="percent, 0..100")
+            cmd.add_argument(
+                "--allow-incomplete-index",
+                action="store_true",
+                help="give traffic although the version's search index of some catalog is "
+                "still incomplete (searches keep to versions whose index is, until it is)",
+            )
         else:
             cmd.add_argument(
                 "--to",
@@ -162,8 +168,9 @@ def _run_rollout_command(args: argparse.Namespace) -> int:
         return rollout_cli.clear_rollback(args.model, args.address.rstrip("/"), args.config)
     arg = (args.version, args.weight) if args.command == "promote" else args.to
     return rollout_cli.edit_and_apply(
-        args.config, args.model, args.command, arg, args.dry_run, not args.no_apply, args.address
-    )
+        args.config, args.model, args.command, arg, args.dry_run, not args.no_apply, args.address,
+        getattr(args, "allow_incomplete_index", False),
+    )  # fmt: skip
 
 
 def _validate(path: Path) -> int:

@@ -28,9 +28,17 @@ DEFAULT_URL = os.environ.get("SERVEKIT_URL", "http://127.0.0.1:8000")
 
 
 def edit_and_apply(
-    path: Path, model: str, action: str, arg: Any, dry_run: bool, apply: bool, address: str
+    path: Path,
+    model: str,
+    action: str,
+    arg: Any,
+    dry_run: bool,
+    apply: bool,
+    address: str,
+    allow_incomplete_index: bool = False,
 ) -> int:
-    """Edit the traffic of `model`, show the diff, validate, write and apply."""
+    """Edit the traffic of `model`, show the diff, validate, write and apply. A promote
+    refuses a version whose search index is incomplete unless `allow_incomplete_index`."""
     from servekit.local import check_document
 
     try:
@@ -43,7 +51,7 @@ def edit_and_apply(
     except (EditError, FileNotFoundError) as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 2
-    if action == "promote" and arg[1] > 0 and apply and not dry_run:
+    if action == "promote" and arg[1] > 0 and apply and not dry_run and not allow_incomplete_index:
         blocker = search_index_blocker(DEFAULT_URL, model, arg[0])
         if blocker:
             print(f"servekit: {blocker}", file=sys.stderr)
