@@ -130,12 +130,16 @@ def test_abusive_bodies_are_refused_fast_and_spare_the_neighbour(
     finally:
         stop.set()
         thread.join()
-    limit = 2 * _p99(idle) + 0.010
+    # The ingress parses a body on its event loop, so a neighbour's request can wait
+    # behind at most one refusal in progress: the bound is the idle tail, that one
+    # refusal, and scheduling noise. A neighbour starved by the abuse waits behind many.
+    longest_refusal = max(s for _, s, _ in refusals) if refusals else 0.0
+    limit = 2 * _p99(idle) + longest_refusal + 0.010
     report.append(
         f"abusive 8 MB bodies ({items} one-character texts, 4/s): {len(refusals)} refused, "
         f"median refusal {statistics.median(s for _, s, _ in refusals) * 1000:.0f} ms; "
         f"neighbour p99 idle {_p99(idle) * 1000:.1f} ms, under abuse {_p99(loaded) * 1000:.1f} ms "
-        f"(bound {limit * 1000:.1f} ms)"
+        f"(bound {limit * 1000:.1f} ms: twice the idle p99, the longest refusal, 10 ms)"
     )
     assert refusals
     assert {status for status, _, _ in refusals} == {400}
