@@ -21,7 +21,6 @@ from deployments.http.api import V2_ERRORS, VERSION, OipError, api, body_doc
 from deployments.http.auth import AuthGate, principal_of
 from deployments.http.embeddings import EmbeddingsRoute, serve_embeddings
 from deployments.http.envelope import Envelope, request_id
-from deployments.http.openai import ModelList
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import IngressMetrics, RouterMetrics
 from deployments.pipelines.features_wiring import open_features
@@ -119,7 +118,7 @@ class Ingress:
 
     # ---- servekit's own /v1 routes ------------------------------------------------
 
-    @api.get("/v1/models", summary="List served models", response_model=ModelList)
+    @api.get("/v1/models", **inference.LIST_DOC)
     async def list_models(self, request: Request) -> Response:
         """Every served model with its versions and their current traffic weights."""
         return await self._run(
@@ -129,7 +128,7 @@ class Ingress:
             lambda call: inference.model_list(self.router, self.args, call, self.created),
         )
 
-    @api.get("/v1/models/{name}", summary="One model, with rollout state and recent figures")
+    @api.get("/v1/models/{name}", **inference.CARD_DOC)
     async def model_detail(self, request: Request, name: str) -> Response:
         """Versions, configured and effective weights, canary and shadow state (the
         canary window and verdict are shared by every ingress replica), and the last

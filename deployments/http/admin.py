@@ -19,9 +19,9 @@ from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, Forbidden, NotFound
-from deployments.http.api import ERROR_CODES, ErrorBody
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
+from deployments.http.route_docs import example, responses
 from deployments.tenancy.access import Access
 from deployments.tenancy.principal import Principal
 from stores.tenants import SCOPES, ApiKey, RateLimits, Tenant, issue_key
@@ -29,11 +29,29 @@ from stores.tenants import SCOPES, ApiKey, RateLimits, Tenant, issue_key
 DEFAULT_SCOPES = ["embed", "search", "recommend", "events", "usage"]
 MAX_USAGE_DAYS = 400
 Scope = Literal["embed", "search", "recommend", "events", "usage", "admin"]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (*ERROR_CODES, 401, 403, 429)
-}
+# Every admin route answers 404 while auth is off (there are no tenants then).
+ERRORS = responses(400, 404)
+READ = responses(404)
 
 router = APIRouter()
+_LIMITS = {"requests_per_s": 50.0, "texts_per_s": 2000.0, "monthly_texts": None}
+TENANT_EXAMPLE = {"id": "acme", "name": "Acme", "created_at": "2026-11-02T09:30:00Z",
+                  "limits": _LIMITS, "disabled": False}  # fmt: skip
+KEY_EXAMPLE = {
+    "id": "k_5f1c2a", "tenant_id": "acme", "prefix": "sk-ab12cd34", "name": "search backend",
+    "scopes": ["embed", "search"], "models": ["minilm"], "may_pin": False,
+    "created_at": "2026-11-02T09:31:00Z", "expires_at": None, "revoked_at": None,
+    "limits": {"requests_per_s": None, "texts_per_s": None, "monthly_texts": None},
+    "state": "active",
+}  # fmt: skip
+USAGE_EXAMPLE = {
+    "tenant_id": "acme", "start": "2026-12-01", "end": "2026-12-02",
+    "days": [{"day": "2026-12-01", "model": "minilm", "requests": 1200, "texts": 5400,
+              "errors": 3},
+             {"day": "2026-12-02", "model": "minilm", "requests": 800, "texts": 3100,
+              "errors": 0}],
+    "requests": 2000, "texts": 8500, "errors": 3,
+}  # fmt: skip
 
 
 class _Body(BaseModel):
@@ -47,6 +65,12 @@ class LimitsBody(_Body):
     texts_per_s: float | None = Field(None, gt=0, le=1e7, description="Texts/s.")
     monthly_texts: int | None = Field(None, ge=1, description="Texts per calendar month.")
 
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {"requests_per_s": 50, "texts_per_s": 2000, "monthly_texts": None}
+        )
+    )
+
     def value(self) -> RateLimits:
         """As the registry stores it."""
         return RateLimits(self.requests_per_s, self.texts_per_s, self.monthly_texts)
@@ -54,6 +78,12 @@ class LimitsBody(_Body):
 
 class TenantCreate(_Body):
     """A new tenant."""
+
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {"name": "Acme", "id": "acme", "limits": {"requests_per_s": 50, "texts_per_s": 2000}}
+        )
+    )
 
     name: str = Field(min_length=1, max_length=200)
     id: str | None = Field(
@@ -65,12 +95,18 @@ class TenantCreate(_Body):
 class TenantPatch(_Body):
     """Changes to a tenant."""
 
+    model_config = ConfigDict(
+        json_schema_extra=example({"limits": {"requests_per_s": 100}}, {"disabled": True})
+    )
+
     limits: LimitsBody | None = None
     disabled: bool | None = Field(None, description="A disabled tenant's keys are refused.")
 
 
 class TenantOut(BaseModel):
     """A tenant."""
+
+    model_config = ConfigDict(json_schema_extra=example(TENANT_EXAMPLE))
 
     id: str
     name: str
@@ -81,6 +117,14 @@ class TenantOut(BaseModel):
 
 class KeyCreate(_Body):
     """A new API key."""
+
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {"name": "search backend", "scopes": ["embed", "search"], "models": ["minilm"]},
+            {"name": "nightly batch", "scopes": ["embed"], "expires_in_s": 86400,
+             "limits": {"texts_per_s": 500}},
+        )
+    )  # fmt: skip
 
     name: str = Field("default", min_length=1, max_length=200)
     scopes: list[Scope] = Field(default_factory=lambda: list(DEFAULT_SCOPES))  # type: ignore[arg-type]
@@ -93,11 +137,15 @@ class KeyCreate(_Body):
 class RotateBody(_Body):
     """How long the old key stays valid beside the new one."""
 
+    model_config = ConfigDict(json_schema_extra=example({"overlap_s": 3600}))
+
     overlap_s: float | None = Field(None, ge=0, description="Default: auth.rotation_overlap_s.")
 
 
 class KeyOut(BaseModel):
     """An API key as stored: never the key itself."""
+
+    model_config = ConfigDict(json_schema_extra=example(KEY_EXAMPLE))
 
     id: str
     tenant_id: str
@@ -116,6 +164,10 @@ class KeyOut(BaseModel):
 class KeyCreated(KeyOut):
     """A new key: `key` is shown this once and cannot be read back."""
 
+    model_config = ConfigDict(
+        json_schema_extra=example({**KEY_EXAMPLE, "key": "sk-ab12cd34" + "x" * 40})
+    )
+
     key: str
 
 
@@ -131,6 +183,8 @@ class UsageDay(BaseModel):
 
 class UsageOut(BaseModel):
     """A tenant's usage over a range of days, with totals."""
+
+    model_config = ConfigDict(json_schema_extra=example(USAGE_EXAMPLE))
 
     tenant_id: str
     start: date
@@ -223,7 +277,7 @@ async def _tenant(access: Access, principal: Principal, tenant_id: str) -> Tenan
     "/admin/v1/tenants",
     summary="List tenants",
     response_model=list[TenantOut],
-    responses=ERRORS,
+    responses=READ,
     tags=["admin"],
 )
 async def list_tenants(request: Request) -> Response:
@@ -268,7 +322,7 @@ async def create_tenant(request: Request, body: TenantCreate) -> Response:
     "/admin/v1/tenants/{tenant_id}",
     summary="One tenant",
     response_model=TenantOut,
-    responses=ERRORS,
+    responses=READ,
     tags=["admin"],
 )
 async def get_tenant(request: Request, tenant_id: str) -> Response:
@@ -309,7 +363,7 @@ async def patch_tenant(request: Request, tenant_id: str, body: TenantPatch) -> R
     "/admin/v1/tenants/{tenant_id}/keys",
     summary="List a tenant's API keys",
     response_model=list[KeyOut],
-    responses=ERRORS,
+    responses=READ,
     tags=["admin"],
 )
 async def list_keys(request: Request, tenant_id: str) -> Response:
@@ -371,7 +425,7 @@ async def create_key(request: Request, tenant_id: str, body: KeyCreate) -> Respo
     "/admin/v1/tenants/{tenant_id}/keys/{key_id}",
     summary="Revoke an API key",
     response_model=KeyOut,
-    responses=ERRORS,
+    responses=READ,
     tags=["admin"],
 )
 async def revoke_key(request: Request, tenant_id: str, key_id: str) -> Response:

@@ -7,6 +7,7 @@ document is written here from the same request and response models.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,39 +16,26 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from deployments.errors import BadRequest, MethodNotAllowed, NotFound, ServekitError
-from deployments.http import oip
-from deployments.http.envelope import error_response, request_id
+from deployments.http import deprecation, oip
+from deployments.http.envelope import API_VERSION_HEADER, error_response, request_id
 from deployments.http.openai import EmbeddingRequest, EmbeddingResponse
+from deployments.http.route_docs import (
+    STATUSES,
+    ErrorBody,
+    OipError,
+    openapi_responses,
+    restore_examples,
+)
+
+__all__ = ["ERROR_CODES", "V2_ERRORS", "VERSION", "ErrorBody", "OipError", "api", "body_doc"]
 
 VERSION = "0.1.0"
 ERROR_CODES = (400, 404, 413, 500, 503, 504)
-
-
-class ErrorDetail(BaseModel):
-    """Body of every error on `/v1` routes."""
-
-    code: str
-    message: str
-    request_id: str
-
-
-class ErrorBody(BaseModel):
-    """`{"error": {...}}`."""
-
-    error: ErrorDetail
-
-
-class OipError(BaseModel):
-    """Error body on `/v2` routes, as the inference protocol defines it."""
-
-    error: str
-
-
-V1_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in ERROR_CODES}
 V2_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OipError} for code in ERROR_CODES}
-_HAND_READ_BODIES = (EmbeddingRequest, EmbeddingResponse, ErrorBody, oip.InferenceRequest)
+_HAND_READ_BODIES = (EmbeddingRequest, EmbeddingResponse, ErrorBody, OipError, oip.InferenceRequest)
 
 
 def body_doc(model: type[BaseModel], binary: bool = False) -> dict[str, Any]:
@@ -57,8 +45,12 @@ def body_doc(model: type[BaseModel], binary: bool = False) -> dict[str, Any]:
     }
     if binary:
         content["application/octet-stream"] = {
-            "schema": {"type": "string", "format": "binary"},
-            "description": "JSON header of Inference-Header-Content-Length bytes, then tensors.",
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "JSON header of Inference-Header-Content-Length bytes, "
+                "then tensors.",
+            }
         }
     return {"requestBody": {"required": True, "content": content}}
 
@@ -92,13 +84,19 @@ EMBEDDINGS_DOC: dict[str, Any] = {
     **body_doc(EmbeddingRequest),
     "responses": {
         "200": {"description": "Successful Response", **_ref("EmbeddingResponse")},
-        **{str(code): {"description": "Error", **_ref("ErrorBody")} for code in ERROR_CODES},
+        **openapi_responses(400, 404, 413, 504),
     },
 }
 
 
 class ServekitAPI(FastAPI):
-    """FastAPI whose OpenAPI document also describes the hand-read request bodies."""
+    """FastAPI whose OpenAPI document also describes the hand-read request bodies, and
+    whose every response carries the contract's headers (API version, deprecation)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """Starlette's stack, inside `ContractHeaders` (outermost: the auth gate's
+        refusals and the embeddings fast path's answers carry the headers too)."""
+        return deprecation.ContractHeaders(super().build_middleware_stack(), lambda: self.routes)
 
     def openapi(self) -> dict[str, Any]:
         """Not cached: Serve rewrites the routes (the `self` parameter) after import,
@@ -113,9 +111,44 @@ class ServekitAPI(FastAPI):
                 components.setdefault(name, sub)
             components[model.__name__] = doc
         schema["paths"]["/v1/embeddings"] = {"post": EMBEDDINGS_DOC}
+        restore_examples(schema, self.routes)
         _document_auth(schema)
+        _drop_unanswered_422(schema)
+        deprecation.document(schema, self.routes)
+        _document_api_version(schema)
         _drop_empty_examples(schema)
         return schema
+
+
+def _drop_unanswered_422(schema: dict[str, Any]) -> None:
+    """Remove the 422 FastAPI documents for every route with parameters: validation
+    errors answer 400 with the error envelope here (see `_invalid`)."""
+    validation = "#/components/schemas/HTTPValidationError"
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422", {})
+            if response.get("content", {}).get("application/json", {}).get("schema") == {
+                "$ref": validation
+            }:
+                del operation["responses"]["422"]
+    if validation not in json.dumps(schema["paths"]):
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(name, None)
+
+
+def _document_api_version(schema: dict[str, Any]) -> None:
+    """Every response carries `API-Version` (see `deprecation.ContractHeaders`)."""
+    schema["components"]["headers"] = {
+        API_VERSION_HEADER: {
+            "description": "The version of servekit's API that answered (`/v1` only grows).",
+            "schema": {"type": "string", "example": "1"},
+        }
+    }
+    ref = {"$ref": f"#/components/headers/{API_VERSION_HEADER}"}
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                response.setdefault("headers", {})[API_VERSION_HEADER] = ref
 
 
 def _drop_empty_examples(node: Any) -> None:
@@ -151,8 +184,21 @@ def _document_auth(schema: dict[str, Any]) -> None:
                 operation["security"] = []
                 continue
             responses = operation.setdefault("responses", {})
-            for code in ("401", "403", "429"):
-                responses.setdefault(code, {"description": "Error", **_ref("ErrorBody")})
+            for code, doc in _refusals(path.startswith("/v2")).items():
+                responses.setdefault(code, doc)
+
+
+def _refusals(oip_route: bool) -> dict[str, dict[str, Any]]:
+    """The auth gate's and the rate limits' refusals, in the route's error shape."""
+    if not oip_route:
+        return openapi_responses()
+    out = {}
+    for code, doc in openapi_responses().items():
+        if int(code) in (401, 403, 429):
+            example = {"error": STATUSES[int(code)].message}
+            content = {"schema": {"$ref": "#/components/schemas/OipError"}, "example": example}
+            out[code] = {**doc, "content": {"application/json": content}}
+    return out
 
 
 api = ServekitAPI(

@@ -21,10 +21,10 @@ from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, Unavailable
-from deployments.http.admin import ERRORS
 from deployments.http.envelope import request_id
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
+from deployments.http.route_docs import REQUEST_ID, example, responses
 from deployments.http.search_routes import CATALOG_PATTERN, NO_AUTH_TENANT
 from deployments.pipelines.features import FeatureService
 from stores.events import Event, EventLogUnavailable
@@ -32,6 +32,24 @@ from stores.events import Event, EventLogUnavailable
 router = APIRouter(tags=["events"])
 INVALID_EVENTS = "invalid_events"
 MAX_ERRORS_LISTED = 100
+_RESULT = {"object": "events.result", "accepted": 2, "rejected": 0, "seq": 90412,
+           "features_updated": True, "errors": []}  # fmt: skip
+_INVALID = {
+    "error": {"code": INVALID_EVENTS, "request_id": REQUEST_ID,
+              "message": "events.1.type: Input should be 'view', 'click', 'add_to_cart' or "
+              "'purchase' (1 of 2 accepted)"},
+    **_RESULT, "accepted": 1, "rejected": 1,
+    "errors": [{"index": 1, "field": "events.1.type",
+                "message": "Input should be 'view', 'click', 'add_to_cart' or 'purchase'"}],
+}  # fmt: skip
+_FEATURES = {
+    "object": "features", "entity": "user", "id": "u-829",
+    "views": {"user_activity": {"recent_items": ["sku-1042", "sku-77"], "views": 12,
+                                "clicks": 3, "purchases": 1,
+                                "category_affinity": {"shoes": 0.75, "jackets": 0.25},
+                                "spend": 89.9, "last_event_at": 1764670500}},
+    "fresh": {"user_activity": True}, "degraded": False,
+}  # fmt: skip
 
 
 class EventIn(BaseModel):
@@ -52,7 +70,15 @@ class EventIn(BaseModel):
 class EventsBody(BaseModel):
     """A batch of interactions, each checked on its own."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example(
+            {"catalog": "products", "events": [
+                {"user": "u-829", "item": "sku-1042", "type": "click"},
+                {"user": "u-829", "item": "sku-1042", "type": "purchase",
+                 "timestamp": "2026-12-02T10:15:00Z"}]}
+        ),
+    )  # fmt: skip
 
     catalog: str | None = Field(
         None,
@@ -76,6 +102,8 @@ class EventError(BaseModel):
 
 class EventsOut(BaseModel):
     """What the batch did."""
+
+    model_config = ConfigDict(json_schema_extra=example(_RESULT))
 
     object: str
     accepted: int
@@ -150,7 +178,8 @@ def _time(value: datetime | float | None, now: float, max_future_s: float) -> da
     "/v1/events",
     summary="Record interactions",
     response_model=EventsOut,
-    responses=ERRORS,
+    # 404 while features are off; 503 when the event log does not take the batch.
+    responses=responses(400, 404, errors={400: _INVALID}),
 )
 async def post_events(request: Request, body: Annotated[EventsBody, Body()]) -> Response:
     """Durable when answered; the users' and items' online features reflect them at
@@ -205,7 +234,7 @@ def _only_catalog(host: Any, tenant: str) -> str | None:
 @router.get(
     "/v1/features/{entity}/{entity_id}",
     summary="One user's or item's online features",
-    responses=ERRORS,
+    responses=responses(400, 404, example=_FEATURES),
 )
 async def get_features(
     request: Request,

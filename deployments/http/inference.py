@@ -16,7 +16,40 @@ from deployments.errors import BadRequest, NotFound
 from deployments.http import oip
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
 from deployments.http.envelope import read_body
+from deployments.http.openai import ModelList
+from deployments.http.route_docs import responses
 from deployments.routing.router import VersionRouter
+
+_RECENT = {"requests": 412, "rate_per_s": 6.867, "error_rate": 0.0, "p95_latency_ms": 18.4}
+CARD_EXAMPLE: dict[str, Any] = {
+    "id": "minilm",
+    "object": "model",
+    "created": 1767225600,
+    "owned_by": "servekit",
+    "versions": [
+        {"name": "v1", "weight": 90, "runtime": "onnx", "device": "cpu",
+         "configured_weight": 90, "deployment": "Ingress (inline)",
+         "sha256": "9f2c" + "0" * 60, "recent": _RECENT},
+        {"name": "v2", "weight": 10, "runtime": "onnx", "device": "cpu",
+         "configured_weight": 10, "deployment": "minilm-v2",
+         "sha256": "41ab" + "0" * 60, "recent": {**_RECENT, "requests": 45}},
+    ],
+    "rollout": {"canary": "v2", "state": "watching", "reason": None, "decided_at": None,
+                "policy": {"canary": "v2", "max_error_rate": 0.05, "max_p95_latency_ms": 1000.0,
+                           "window_s": 60.0, "min_requests": 20},
+                "window": {**_RECENT, "requests": 45}},
+    "shadow": None,
+}  # fmt: skip
+# The route decorators' documentation of `/v1/models` and `/v1/models/{name}`.
+LIST_DOC: dict[str, Any] = {
+    "summary": "List served models",
+    "response_model": ModelList,
+    "responses": responses(),
+}
+CARD_DOC: dict[str, Any] = {
+    "summary": "One model, with rollout state and recent figures",
+    "responses": responses(404, example=CARD_EXAMPLE),
+}
 
 
 async def infer(

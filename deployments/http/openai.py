@@ -11,13 +11,21 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.errors import BadRequest, from_validation_error
+from deployments.http.route_docs import example
 from deployments.limits import check_count, refuse_too_many_strings
 
 
 class EmbeddingRequest(BaseModel):
     """`POST /v1/embeddings` body, as the OpenAI clients send it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra=example(
+            {"model": "minilm", "input": ["red running shoes", "a waterproof jacket"]},
+            {"model": "minilm", "input": "red running shoes", "encoding_format": "base64"},
+        ),
+    )
 
     model: str = Field(min_length=1, max_length=128, description="Served model name.")
     input: str | list[str] = Field(description="One text, or a list of texts.")
@@ -52,6 +60,17 @@ class Usage(BaseModel):
 class EmbeddingResponse(BaseModel):
     """`POST /v1/embeddings` response (documented; built by `encode_response`)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.0213, -0.0491]}],
+                "model": "minilm",
+                "usage": {"prompt_tokens": 5, "total_tokens": 5},
+            }
+        )
+    )
+
     object: Literal["list"] = "list"
     data: list[EmbeddingData]
     model: str
@@ -70,6 +89,26 @@ class ModelCard(BaseModel):
 
 class ModelList(BaseModel):
     """`GET /v1/models` response."""
+
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": "minilm",
+                        "object": "model",
+                        "created": 1767225600,
+                        "owned_by": "servekit",
+                        "versions": [
+                            {"name": "v1", "weight": 90, "runtime": "onnx", "device": "cpu"},
+                            {"name": "v2", "weight": 10, "runtime": "onnx", "device": "cpu"},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
 
     object: Literal["list"] = "list"
     data: list[ModelCard]

@@ -20,10 +20,10 @@ from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
-from deployments.http.admin import ERRORS
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
+from deployments.http.route_docs import example, responses
 from deployments.pipelines.catalog_index import Hit, SearchQuery
 from deployments.pipelines.filters import FilterError
 from deployments.pipelines.search import SearchService
@@ -34,6 +34,16 @@ NO_AUTH_TENANT = "default"  # the one tenant when auth is off
 router = APIRouter(tags=["search"])
 CatalogName = Annotated[str, Path(pattern=CATALOG_PATTERN, description="Catalog name.")]
 ItemId = Annotated[str, Path(min_length=1, max_length=256, description="Item id.")]
+# 404 while search is off; 400 also for the operator credential, which has no catalogs.
+ERRORS = responses(400, 404)
+_SHOE = {
+    "id": "sku-1042",
+    "text": {"title": "Trail running shoe", "description": "Light, grippy, waterproof."},
+    "attributes": {"category": "shoes", "price": 89.9, "tags": ["running", "outdoor"],
+                   "in_stock": True},
+}  # fmt: skip
+_CATALOG = {"name": "products", "items": 1200, "created_at": "2026-11-02T09:40:00+00:00",
+            "settings": {"hybrid": True}}  # fmt: skip
 
 
 class _Body(BaseModel):
@@ -56,11 +66,17 @@ class ItemIn(_Body):
 class UpsertBody(_Body):
     """Items to insert or replace."""
 
+    model_config = ConfigDict(json_schema_extra=example({"items": [_SHOE]}))
+
     items: list[ItemIn] = Field(min_length=1)
 
 
 class UpsertOut(BaseModel):
     """What was written: durable, and searchable on every replica within a second."""
+
+    model_config = ConfigDict(
+        json_schema_extra=example({"catalog": "products", "upserted": 1, "seq": 5187})
+    )
 
     catalog: str
     upserted: int
@@ -70,6 +86,10 @@ class UpsertOut(BaseModel):
 class ItemOut(BaseModel):
     """A stored item."""
 
+    model_config = ConfigDict(
+        json_schema_extra=example({**_SHOE, "updated_at": "2026-12-01T18:02:11+00:00"})
+    )
+
     id: str
     text: dict[str, str]
     attributes: dict[str, AttrValue]
@@ -78,6 +98,8 @@ class ItemOut(BaseModel):
 
 class CatalogSettingsIn(_Body):
     """A catalog's settings; a field left out (or null) takes the service default."""
+
+    model_config = ConfigDict(json_schema_extra=example({"hybrid": True}))
 
     hybrid: bool | None = Field(
         None,
@@ -89,6 +111,8 @@ class CatalogSettingsIn(_Body):
 class CatalogOut(BaseModel):
     """A catalog of the caller's tenant."""
 
+    model_config = ConfigDict(json_schema_extra=example(_CATALOG))
+
     name: str
     items: int
     created_at: str
@@ -97,6 +121,15 @@ class CatalogOut(BaseModel):
 
 class SearchBody(_Body):
     """A search over one catalog."""
+
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {"catalog": "products", "query": "waterproof running shoes", "k": 5},
+            {"catalog": "products", "query": "running shoes", "k": 10, "hybrid": True,
+             "filters": {"category": "shoes", "price": {"lte": 120}, "tags": {"any": ["trail"]}},
+             "user": "u-829"},
+        ),
+    )  # fmt: skip
 
     catalog: str = Field(pattern=CATALOG_PATTERN)
     query: str = Field(min_length=1)
@@ -127,6 +160,15 @@ class SearchHit(BaseModel):
 
 class SearchOut(BaseModel):
     """Ranked items, the version that embedded the query and the index it searched."""
+
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {"object": "search.result", "catalog": "products", "model": "minilm",
+             "version": "v1",
+             "index": {"space": "minilm/v1", "seq": 5187, "hybrid": True, "search_ms": 1.84},
+             "data": [{**_SHOE, "score": 0.8123}]}
+        )
+    )  # fmt: skip
 
     object: str
     catalog: str
@@ -221,7 +263,7 @@ async def get_item(request: Request, catalog: CatalogName, item_id: ItemId) -> R
 @router.delete(
     "/v1/catalogs/{catalog}/items/{item_id}",
     summary="Delete one catalog item",
-    responses=ERRORS,
+    responses=responses(400, 404, example={"id": "sku-1042", "deleted": True}),
 )
 async def delete_item(request: Request, catalog: CatalogName, item_id: ItemId) -> Response:
     """Gone from search here at once and on every replica within 1 s."""
@@ -241,7 +283,11 @@ def _catalog(info: CatalogInfo) -> dict[str, Any]:
             "settings": info.settings}  # fmt: skip
 
 
-@router.get("/v1/catalogs", summary="Your tenant's catalogs", responses=ERRORS)
+@router.get(
+    "/v1/catalogs",
+    summary="Your tenant's catalogs",
+    responses=responses(400, 404, example={"object": "list", "data": [_CATALOG]}),
+)
 async def list_catalogs(request: Request) -> Response:
     """Catalog names with item counts and settings."""
 
@@ -282,7 +328,12 @@ async def configure_catalog(
     return await run_route(request, "/v1/catalogs/settings", work)
 
 
-@router.post("/v1/search", summary="Search a catalog", response_model=SearchOut, responses=ERRORS)
+@router.post(
+    "/v1/search",
+    summary="Search a catalog",
+    response_model=SearchOut,
+    responses=responses(400, 404, 504),
+)
 async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Response:
     """Ranked items of the catalog: vector similarity with the query, fused with BM25
     when `hybrid`, restricted by `filters`. `X-Model-Version` pins a version (with the
@@ -355,6 +406,18 @@ def _version(
     return usable[0]
 
 
+INDEXES_EXAMPLE = {
+    "seq": 5187,
+    "spaces": ["minilm/v1", "minilm/v2"],
+    "pending": {"minilm/v1": 0, "minilm/v2": 310},
+    "catalogs": [
+        {"tenant_id": "acme", "catalog": "products", "items": 1200,
+         "indexes": {"minilm/v1": {"vectors": 1200, "complete": True},
+                     "minilm/v2": {"vectors": 890, "complete": False}}},
+    ],
+}  # fmt: skip
+
+
 class _Building(ServekitError):
     status = 503
     code = "index_building"
@@ -367,7 +430,7 @@ class _Building(ServekitError):
 @router.get(
     "/admin/v1/search/indexes",
     summary="Catalog indexes and their completeness per version",
-    responses=ERRORS,
+    responses=responses(404, example=INDEXES_EXAMPLE),
     tags=["admin"],
 )
 async def search_indexes(request: Request) -> Response:
