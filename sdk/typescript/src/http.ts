@@ -1,0 +1,282 @@
+/**
+ * One call to the service: URL, headers, a timeout per attempt (an `AbortSignal`),
+ * retries as `retry.ts` decides, and every error answer turned into an `APIError`.
+ */
+
+import { APIConnectionError, APIError, APITimeoutError, ServekitError } from "./errors.js";
+import { type Backoff, DEFAULT_BACKOFF, neverSent, RETRY_STATUSES, type RetryMode, retryDelayMs, sleep } from "./retry.js";
+
+export const DEFAULT_BASE_URL = "http://127.0.0.1:8000";
+export const DEFAULT_TIMEOUT_MS = 60_000;
+export const DEFAULT_MAX_RETRIES = 2;
+
+/** How a client is set up; every field is optional. */
+export interface ClientOptions {
+  /** The service, e.g. `https://api.example.com`; default: `SERVEKIT_BASE_URL`, else
+   * `http://127.0.0.1:8000` (what `make serve` listens on). */
+  baseUrl?: string;
+  /** A tenant API key (`sk-...`) or the operator credential; default:
+   * `SERVEKIT_API_KEY`. `null`: send none (a service with auth off). */
+  apiKey?: string | null;
+  /** Time allowed for one attempt, answer body included (default 60000). */
+  timeoutMs?: number;
+  /** Retries after the first attempt (default 2); 0 turns retrying off. */
+  maxRetries?: number;
+  /** Waiting between attempts. */
+  backoff?: Partial<Backoff>;
+  /** Headers sent with every call. */
+  headers?: Record<string, string>;
+  /** The `fetch` to use (default: the platform's). */
+  fetch?: typeof globalThis.fetch;
+  /** Told before each retry (for logs and metrics). */
+  onRetry?: (retry: RetryInfo) => void;
+}
+
+/** Options of one call. */
+export interface RequestOptions {
+  /** Aborts the call, retries and waits included; the call then rejects with the
+   * signal's reason. */
+  signal?: AbortSignal;
+  /** Overrides the client's `timeoutMs` for this call. */
+  timeoutMs?: number;
+  /** Overrides the client's `maxRetries` for this call. */
+  maxRetries?: number;
+  /** Extra headers for this call. */
+  headers?: Record<string, string>;
+  /** Sent as `X-Request-ID` (the same on every attempt); default: a fresh one. */
+  requestId?: string;
+}
+
+/** Options of a call that runs a model (embeddings, search, recommendations). */
+export interface ModelRequestOptions extends RequestOptions {
+  /** Pin a version (`X-Model-Version`; the key needs the right to pin). */
+  version?: string;
+  /** Sticky A/B (`X-Routing-Key`): the same key gets the same version. */
+  routingKey?: string;
+}
+
+/** What `onRetry` is told. */
+export interface RetryInfo {
+  method: string;
+  path: string;
+  requestId: string;
+  /** 1 for the first retry. */
+  retry: number;
+  /** How long the client waits before it. */
+  delayMs: number;
+  /** Why: the refused attempt's error (an `APIError` or an `APIConnectionError`). */
+  error: ServekitError;
+}
+
+/** A successful answer with what its headers said. */
+export interface ApiResponse<T> {
+  data: T;
+  status: number;
+  headers: Headers;
+  /** The request id the service logged the call under. */
+  requestId: string;
+  /** `X-Model-Version`: the version that served the call, when a model ran. */
+  modelVersion: string | undefined;
+}
+
+/** One call as the client methods describe it. */
+export interface Call {
+  method: "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
+  path: string;
+  query?: Record<string, string | undefined>;
+  body?: unknown;
+  retry: RetryMode;
+}
+
+type Env = Record<string, string | undefined>;
+
+function env(): Env {
+  const proc = (globalThis as { process?: { env?: Env } }).process;
+  return proc?.env ?? {};
+}
+
+/** Sends calls to one service. */
+export class Transport {
+  readonly baseUrl: string;
+  readonly timeoutMs: number;
+  readonly maxRetries: number;
+  readonly backoff: Backoff;
+  private readonly apiKey: string | null;
+  private readonly headers: Record<string, string>;
+  private readonly fetch: typeof globalThis.fetch;
+  private readonly onRetry: ((retry: RetryInfo) => void) | undefined;
+
+  constructor(options: ClientOptions = {}) {
+    const vars = env();
+    this.baseUrl = (options.baseUrl ?? vars["SERVEKIT_BASE_URL"] ?? DEFAULT_BASE_URL).replace(/\/+$/, "");
+    const key = options.apiKey === undefined ? vars["SERVEKIT_API_KEY"] : options.apiKey;
+    if (key === undefined || key === "") {
+      throw new ServekitError("no API key: pass `apiKey` or set SERVEKIT_API_KEY (apiKey: null sends none)");
+    }
+    this.apiKey = key;
+    this.timeoutMs = nonNegative("timeoutMs", options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    this.maxRetries = nonNegative("maxRetries", options.maxRetries ?? DEFAULT_MAX_RETRIES);
+    this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.headers = { ...options.headers };
+    const platformFetch = (globalThis as { fetch?: typeof globalThis.fetch }).fetch;
+    const chosen = options.fetch ?? platformFetch;
+    if (chosen === undefined) throw new ServekitError("no fetch: pass `fetch` (this platform has none)");
+    this.fetch = chosen;
+    this.onRetry = options.onRetry;
+  }
+
+  /** Send one call, retrying as its mode allows; its parsed answer. */
+  async request<T>(call: Call, options: RequestOptions & Partial<ModelRequestOptions> = {}): Promise<ApiResponse<T>> {
+    const requestId = options.requestId ?? freshId();
+    const maxRetries = nonNegative("maxRetries", options.maxRetries ?? this.maxRetries);
+    const timeoutMs = nonNegative("timeoutMs", options.timeoutMs ?? this.timeoutMs);
+    const url = this.url(call);
+    const init = { method: call.method, headers: this.headersOf(call, options, requestId), body: bodyOf(call) };
+    for (let retry = 0; ; retry++) {
+      let error: ServekitError;
+      let retryable: boolean;
+      let retryAfterS: number | undefined;
+      try {
+        const answer = await this.attempt(url, init, timeoutMs, options.signal);
+        if (answer.response.ok) return answered<T>(answer, requestId);
+        const failed = errorOf(answer, requestId);
+        error = failed;
+        retryable = RETRY_STATUSES.has(failed.status);
+        retryAfterS = failed.retryAfterS;
+      } catch (e) {
+        if (options.signal?.aborted) throw options.signal.reason;
+        if (!(e instanceof APIConnectionError)) throw e;
+        error = e;
+        retryable = call.retry === "idempotent" || neverSent(e.cause);
+      }
+      const delayMs = retryable && retry < maxRetries ? retryDelayMs(retry, retryAfterS, this.backoff) : undefined;
+      if (delayMs === undefined) throw error;
+      this.onRetry?.({ method: call.method, path: call.path, requestId, retry: retry + 1, delayMs, error });
+      await sleep(delayMs, options.signal);
+    }
+  }
+
+  private url(call: Call): string {
+    const query = new URLSearchParams();
+    for (const [name, value] of Object.entries(call.query ?? {})) {
+      if (value !== undefined) query.set(name, value);
+    }
+    const search = query.toString();
+    return `${this.baseUrl}${call.path}${search ? `?${search}` : ""}`;
+  }
+
+  private headersOf(call: Call, options: Partial<ModelRequestOptions>, requestId: string): Record<string, string> {
+    const headers: Record<string, string> = { Accept: "application/json", ...this.headers };
+    if (this.apiKey !== null) headers["Authorization"] = `Bearer ${this.apiKey}`;
+    if (call.body !== undefined) headers["Content-Type"] = "application/json";
+    if (options.version !== undefined) headers["X-Model-Version"] = options.version;
+    if (options.routingKey !== undefined) headers["X-Routing-Key"] = options.routingKey;
+    headers["X-Request-ID"] = requestId;
+    return { ...headers, ...options.headers };
+  }
+
+  /** One attempt: the answer and its whole body, or an `APIConnectionError`. */
+  private async attempt(url: string, init: RequestInit, timeoutMs: number, signal?: AbortSignal): Promise<Answer> {
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(new DOMException("timed out", "TimeoutError")), timeoutMs);
+    const unlink = link(signal, timeout);
+    const requestId = String((init.headers as Record<string, string>)["X-Request-ID"]);
+    try {
+      const response = await this.fetch(url, { ...init, signal: timeout.signal });
+      const text = await response.text();
+      return { response, text };
+    } catch (e) {
+      if (signal?.aborted) throw signal.reason;
+      if (timeout.signal.aborted) {
+        throw new APITimeoutError(`no answer within ${timeoutMs} ms`, requestId, { cause: e });
+      }
+      throw new APIConnectionError(`connection failed: ${describe(e)}`, requestId, { cause: e });
+    } finally {
+      clearTimeout(timer);
+      unlink();
+    }
+  }
+}
+
+interface Answer {
+  response: Response;
+  text: string;
+}
+
+function answered<T>({ response, text }: Answer, sentId: string): ApiResponse<T> {
+  let data: unknown = undefined;
+  if (text !== "") {
+    try {
+      data = JSON.parse(text);
+    } catch (e) {
+      throw new ServekitError(`the answer (${response.status}) is not JSON`, { cause: e });
+    }
+  }
+  return {
+    data: data as T,
+    status: response.status,
+    headers: response.headers,
+    requestId: response.headers.get("x-request-id") ?? sentId,
+    modelVersion: response.headers.get("x-model-version") ?? undefined,
+  };
+}
+
+/** The `APIError` for an error answer: servekit's `{"error": {code, message,
+ * request_id}}`, the inference protocol's `{"error": "..."}`, or anything else. */
+function errorOf({ response, text }: Answer, sentId: string): APIError {
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON (a proxy's page): keep the text
+  }
+  const error = (body as { error?: unknown } | null)?.error;
+  let code = `http_${response.status}`;
+  let message = response.statusText || `HTTP ${response.status}`;
+  let requestId = response.headers.get("x-request-id") ?? sentId;
+  if (typeof error === "object" && error !== null) {
+    const fields = error as { code?: unknown; message?: unknown; request_id?: unknown };
+    if (typeof fields.code === "string") code = fields.code;
+    if (typeof fields.message === "string") message = fields.message;
+    if (typeof fields.request_id === "string") requestId = fields.request_id;
+  } else if (typeof error === "string") {
+    message = error;
+  } else if (typeof body === "string" && body.trim() !== "") {
+    message = body.trim().slice(0, 200);
+  }
+  return APIError.from({ status: response.status, code, message, requestId, headers: response.headers, body });
+}
+
+function bodyOf(call: Call): string | undefined {
+  return call.body === undefined ? undefined : JSON.stringify(call.body);
+}
+
+/** Abort `target` when `signal` aborts; returns the unlinker. */
+function link(signal: AbortSignal | undefined, target: AbortController): () => void {
+  if (signal === undefined) return () => {};
+  if (signal.aborted) {
+    target.abort(signal.reason);
+    return () => {};
+  }
+  const onAbort = (): void => target.abort(signal.reason);
+  signal.addEventListener("abort", onAbort, { once: true });
+  return () => signal.removeEventListener("abort", onAbort);
+}
+
+function describe(error: unknown): string {
+  const cause = (error as { cause?: { code?: unknown; message?: unknown } } | null)?.cause;
+  if (typeof cause?.code === "string") return cause.code;
+  if (typeof cause?.message === "string" && cause.message !== "") return cause.message;
+  return error instanceof Error ? error.message : String(error);
+}
+
+function freshId(): string {
+  const crypto = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  if (crypto?.randomUUID !== undefined) return crypto.randomUUID().replaceAll("-", "");
+  return Array.from({ length: 32 }, () => Math.floor(Math.random() * 16).toString(16)).join("");
+}
+
+function nonNegative(name: string, value: number): number {
+  if (!Number.isFinite(value) || value < 0) throw new ServekitError(`${name}: must be a number >= 0`);
+  return value;
+}

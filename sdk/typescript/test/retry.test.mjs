@@ -1,0 +1,251 @@
+// Retries, timeouts and error answers the live service cannot be made to give on demand
+// (a dropped connection, a proxy's page, a refusal that asks for an hour), against a
+// local HTTP server that misbehaves on purpose. The service's own answers are tested
+// in service.test.mjs.
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { after, describe, test } from "node:test";
+
+import {
+  APIConnectionError,
+  APIError,
+  APITimeoutError,
+  AuthenticationError,
+  InternalServerError,
+  parseRetryAfter,
+  RateLimitError,
+  retryDelayMs,
+  ServekitClient,
+  ServekitError,
+  ServiceUnavailableError,
+} from "@servekit/client";
+
+/** A server answering each request with the next of `script`'s steps (the last one
+ * repeats); records what it received. */
+async function scripted(script) {
+  const seen = [];
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (chunk) => (body += chunk));
+    req.on("end", () => {
+      seen.push({ method: req.method, url: req.url, headers: req.headers, body });
+      const step = script[Math.min(seen.length - 1, script.length - 1)];
+      step(req, res);
+    });
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  return {
+    url,
+    seen,
+    close: () => new Promise((resolve) => {
+      server.closeAllConnections();
+      server.close(resolve);
+    }),
+  };
+}
+
+const json = (status, body, headers = {}) => (req, res) => {
+  res.writeHead(status, { "content-type": "application/json", ...headers });
+  res.end(JSON.stringify(body));
+};
+const refuse = (status, retryAfter) =>
+  json(status, { error: { code: status === 429 ? "rate_limited" : "overloaded", message: "later", request_id: "rid-1" } },
+    retryAfter === undefined ? {} : { "retry-after": retryAfter });
+const drop = (req, res) => req.socket.destroy(); // the request arrived; no answer comes back
+const hang = () => {}; // never answers
+const ok = json(200, { object: "search.result", data: [] });
+
+function client(url, extra = {}) {
+  const retries = [];
+  const made = new ServekitClient({
+    baseUrl: url,
+    apiKey: "sk-test",
+    backoff: { initialDelayMs: 1, maxDelayMs: 4 },
+    onRetry: (info) => retries.push(info),
+    ...extra,
+  });
+  return { client: made, retries };
+}
+
+const SEARCH = { catalog: "c", query: "q" };
+const EVENTS = { events: [{ user: "u", item: "i", type: "click" }] };
+
+describe("retries", () => {
+  let servers = [];
+  const serve = async (script) => {
+    const server = await scripted(script);
+    servers.push(server);
+    return server;
+  };
+  after(async () => {
+    await Promise.all(servers.map((s) => s.close()));
+  });
+
+  test("503 and 429 are retried after Retry-After, with the same request id", async () => {
+    const server = await serve([refuse(503, "0"), refuse(429, "0"), ok]);
+    const { client: c, retries } = client(server.url);
+    const found = await c.search(SEARCH, { requestId: "my-id" });
+    assert.deepEqual(found.data, []);
+    assert.equal(server.seen.length, 3);
+    assert.deepEqual(retries.map((r) => r.error.status), [503, 429]);
+    assert.deepEqual(retries.map((r) => r.delayMs), [0, 0]); // Retry-After: 0, honoured
+    assert.deepEqual(new Set(server.seen.map((s) => s.headers["x-request-id"])), new Set(["my-id"]));
+    assert.equal(server.seen[0].headers.authorization, "Bearer sk-test");
+  });
+
+  test("a Retry-After in seconds is waited for, plus at most 10%", async () => {
+    const server = await serve([refuse(503, "1"), ok]);
+    const { client: c, retries } = client(server.url);
+    await c.search(SEARCH);
+    assert.equal(retries.length, 1);
+    assert.ok(retries[0].delayMs >= 1000 && retries[0].delayMs <= 1100, String(retries[0].delayMs));
+  });
+
+  test("a refusal asking for longer than maxRetryAfterS is thrown at once", async () => {
+    const server = await serve([refuse(429, "3600")]);
+    const { client: c, retries } = client(server.url);
+    const error = await c.search(SEARCH).catch((e) => e);
+    assert.ok(error instanceof RateLimitError);
+    assert.equal(error.retryAfterS, 3600);
+    assert.equal(error.requestId, "rid-1");
+    assert.equal(retries.length, 0);
+    assert.equal(server.seen.length, 1);
+  });
+
+  test("retries stop after maxRetries; the last refusal is thrown", async () => {
+    const server = await serve([refuse(503, "0")]);
+    const { client: c } = client(server.url, { maxRetries: 3 });
+    const error = await c.search(SEARCH).catch((e) => e);
+    assert.ok(error instanceof ServiceUnavailableError);
+    assert.ok(error instanceof InternalServerError);
+    assert.equal(server.seen.length, 4);
+    await c.search(SEARCH, { maxRetries: 0 }).catch(() => {});
+    assert.equal(server.seen.length, 5);
+  });
+
+  test("other errors are not retried", async () => {
+    for (const [status, cls] of [[500, InternalServerError], [401, AuthenticationError], [400, APIError]]) {
+      const server = await serve([json(status, { error: { code: "x", message: "no", request_id: "r" } }), ok]);
+      const { client: c, retries } = client(server.url);
+      const error = await c.search(SEARCH).catch((e) => e);
+      assert.ok(error instanceof cls, `${status}: ${error}`);
+      assert.equal(error.status, status);
+      assert.equal(retries.length, 0);
+    }
+  });
+
+  test("a lost answer is retried for a read, never for events", async () => {
+    const server = await serve([drop]);
+    const { client: c, retries } = client(server.url, { maxRetries: 2 });
+    const read = await c.search(SEARCH).catch((e) => e);
+    assert.ok(read instanceof APIConnectionError);
+    assert.equal(server.seen.length, 3);
+    assert.equal(retries.length, 2);
+    const write = await c.events.send(EVENTS).catch((e) => e);
+    assert.ok(write instanceof APIConnectionError);
+    assert.equal(server.seen.length, 4); // sent once: it may have been kept
+    // The same holds for the other calls that are not idempotent.
+    await c.admin.tenants.create({ name: "t" }).catch(() => {});
+    await c.admin.keys.create("t").catch(() => {});
+    await c.admin.keys.rotate("t", "k").catch(() => {});
+    assert.equal(server.seen.length, 7);
+    // ... while PUT, PATCH and DELETE are resent.
+    await c.catalogs.upsertItems("c", [{ id: "i", text: { title: "t" } }]).catch(() => {});
+    await c.admin.tenants.update("t", { disabled: true }).catch(() => {});
+    await c.catalogs.deleteItem("c", "i").catch(() => {});
+    assert.equal(server.seen.length, 16);
+  });
+
+  test("events are retried when the service refused them (429, 503: nothing kept)", async () => {
+    const server = await serve([refuse(503, "0"), refuse(429, "0"), json(200, { accepted: 1 })]);
+    const { client: c } = client(server.url);
+    const result = await c.events.send(EVENTS);
+    assert.equal(result.accepted, 1);
+    assert.equal(server.seen.length, 3);
+    assert.deepEqual(server.seen.map((s) => JSON.parse(s.body)), [EVENTS, EVENTS, EVENTS]);
+  });
+
+  test("a connection never made is retried even for events", async () => {
+    const server = await serve([ok]);
+    const url = server.url;
+    await server.close();
+    servers = servers.filter((s) => s !== server);
+    const { client: c, retries } = client(url, { maxRetries: 2 });
+    const error = await c.events.send(EVENTS).catch((e) => e);
+    assert.ok(error instanceof APIConnectionError, String(error));
+    assert.match(error.message, /ECONNREFUSED/);
+    assert.equal(retries.length, 2);
+  });
+
+  test("a timeout is an APITimeoutError; reads are retried", async () => {
+    const server = await serve([hang]);
+    const { client: c, retries } = client(server.url, { timeoutMs: 50, maxRetries: 1 });
+    const error = await c.models.list().catch((e) => e);
+    assert.ok(error instanceof APITimeoutError, String(error));
+    assert.equal(server.seen.length, 2);
+    assert.equal(retries.length, 1);
+    const write = await c.events.send(EVENTS).catch((e) => e);
+    assert.ok(write instanceof APITimeoutError);
+    assert.equal(server.seen.length, 3);
+  });
+
+  test("the caller's signal stops the call, waits included, with its reason", async () => {
+    const server = await serve([refuse(503, "30")]);
+    const { client: c } = client(server.url);
+    const controller = new AbortController();
+    const pending = c.search(SEARCH, { signal: controller.signal }).catch((e) => e);
+    while (server.seen.length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    controller.abort(new Error("user went away"));
+    const error = await pending;
+    assert.equal(error.message, "user went away");
+    assert.equal(server.seen.length, 1);
+    const early = await c.search(SEARCH, { signal: AbortSignal.abort() }).catch((e) => e);
+    assert.equal(early.name, "AbortError");
+  });
+
+  test("an answer that is not servekit's shape still becomes an APIError", async () => {
+    const server = await serve([(req, res) => {
+      res.writeHead(502, { "content-type": "text/html" });
+      res.end("<html>bad gateway</html>");
+    }]);
+    const { client: c } = client(server.url);
+    const error = await c.search(SEARCH).catch((e) => e);
+    assert.ok(error instanceof APIError);
+    assert.equal(error.code, "http_502");
+    assert.equal(error.message, "<html>bad gateway</html>");
+    assert.equal(typeof error.requestId, "string");
+  });
+});
+
+describe("settings", () => {
+  test("the key comes from SERVEKIT_API_KEY; none at all is refused", () => {
+    const saved = process.env.SERVEKIT_API_KEY;
+    try {
+      delete process.env.SERVEKIT_API_KEY;
+      assert.throws(() => new ServekitClient(), ServekitError);
+      assert.doesNotThrow(() => new ServekitClient({ apiKey: null }));
+      process.env.SERVEKIT_API_KEY = "sk-env";
+      assert.doesNotThrow(() => new ServekitClient());
+    } finally {
+      if (saved === undefined) delete process.env.SERVEKIT_API_KEY;
+      else process.env.SERVEKIT_API_KEY = saved;
+    }
+  });
+
+  test("Retry-After as seconds or an HTTP date", () => {
+    assert.equal(parseRetryAfter("5"), 5);
+    assert.equal(parseRetryAfter("Wed, 21 Oct 2015 07:28:10 GMT", Date.UTC(2015, 9, 21, 7, 28, 0)), 10);
+    assert.equal(parseRetryAfter("soon"), undefined);
+    assert.equal(parseRetryAfter(null), undefined);
+  });
+
+  test("backoff without Retry-After doubles, is capped, and is jittered", () => {
+    const backoff = { initialDelayMs: 100, maxDelayMs: 1000, maxRetryAfterS: 60 };
+    assert.equal(retryDelayMs(0, undefined, backoff, () => 0), 50);
+    assert.equal(retryDelayMs(0, undefined, backoff, () => 1), 100);
+    assert.equal(retryDelayMs(3, undefined, backoff, () => 1), 800);
+    assert.equal(retryDelayMs(9, undefined, backoff, () => 1), 1000);
+    assert.equal(retryDelayMs(0, 61, backoff), undefined);
+  });
+});
