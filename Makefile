@@ -16,11 +16,12 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(STAMP)
 
-# Reinstall only when the dependency declaration changes.
-$(STAMP): pyproject.toml
+# Reinstall only when the dependency declaration changes. The Python SDK (sdk/python,
+# its own package) is installed beside servekit, editable, for its tests.
+$(STAMP): pyproject.toml sdk/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]" -e ./sdk/python
 	@touch $@
 
 artifacts: $(STAMP)

@@ -1,0 +1,328 @@
+"""The asynchronous client: the same methods as `Client`, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from datetime import date
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from servekit_client import _routes as r
+from servekit_client._base import (
+    Route,
+    TimeoutLike,
+    body,
+    build,
+    connection_error,
+    day,
+    finish,
+    path,
+    pin_headers,
+    query,
+    resolve,
+    with_options,
+)
+from servekit_client._retry import RetryPolicy, retry_after_s, retry_exception, retry_status
+from servekit_client.models import (
+    ApiKey,
+    Catalog,
+    CatalogList,
+    CreatedApiKey,
+    Embeddings,
+    EventsResult,
+    Features,
+    Item,
+    ItemDeleted,
+    Limits,
+    ModelDetail,
+    ModelList,
+    SearchIndexes,
+    SearchResult,
+    Tenant,
+    UpsertResult,
+    UsageReport,
+)
+from servekit_client.types import EventInput, ItemInput, LimitsInput, Scope
+
+T = TypeVar("T")
+_sleep = asyncio.sleep  # replaced by the tests of the retry loop
+
+
+class AsyncClient:
+    """servekit's API over HTTP, for asyncio (reuse one client per event loop).
+
+    `api_key` defaults to `SERVEKIT_API_KEY`, `base_url` to `SERVEKIT_URL`, else
+    `http://127.0.0.1:8000`. `timeout` (seconds, or an `httpx.Timeout`) bounds each
+    attempt. Calls answered 429 or 503, and calls that could not connect, are retried up
+    to `max_retries` times with exponential backoff and jitter, waiting `Retry-After`
+    when the service gives one; see `RetryPolicy` for the rest. Use as an async context
+    manager, or await `close()`.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: TimeoutLike = None,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = resolve(api_key, base_url, timeout, max_retries, retry)
+        self._http = httpx.AsyncClient(
+            base_url=self._settings.base_url,
+            headers=self._settings.headers,
+            timeout=self._settings.timeout,
+            transport=transport,
+        )
+        self.admin = AsyncAdmin(self)
+
+    @property
+    def base_url(self) -> str:
+        """The service's address."""
+        return self._settings.base_url
+
+    def with_options(
+        self, *, timeout: TimeoutLike = None, max_retries: int | None = None
+    ) -> AsyncClient:
+        """A client sharing this one's connections, with another timeout or retry count."""
+        other = object.__new__(AsyncClient)
+        other._settings = with_options(self._settings, timeout, max_retries)
+        other._http = self._http
+        other.admin = AsyncAdmin(other)
+        return other
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _send(
+        self,
+        route: Route[T],
+        url: str | None = None,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> T:
+        """One call: sent, retried while the policy allows, answered or raised."""
+        policy = self._settings.retry
+        request, rid = build(
+            self._http, route, url or route.path, json, params, headers, self._settings.timeout
+        )
+        retry = 0
+        while True:
+            try:
+                response = await self._http.send(request)
+            except httpx.TransportError as e:
+                wait = policy.delay_s(retry, None) if retry_exception(e, route.idempotent) else None
+                if wait is None:
+                    raise connection_error(e, rid) from e
+            else:
+                wait = None
+                if retry_status(response.status_code):
+                    wait = policy.delay_s(retry, retry_after_s(response.headers.get("retry-after")))
+                if wait is None:
+                    return finish(route, response, rid)
+            await _sleep(wait)
+            retry += 1
+
+    # ---- /v1 ---------------------------------------------------------------------
+
+    async def embed(
+        self,
+        input: str | Sequence[str],
+        *,
+        model: str,
+        encoding_format: Literal["float", "base64"] | None = None,
+        dimensions: int | None = None,
+        user: str | None = None,
+        model_version: str | None = None,
+        routing_key: str | None = None,
+    ) -> Embeddings:
+        """Embed a text or a list of texts (`POST /v1/embeddings`). `model_version` pins
+        a version (a key with the right to pin); `routing_key` (else `user`) keeps a
+        caller on one version of the traffic split."""
+        doc = body(
+            input=input if isinstance(input, str) else list(input),
+            model=model,
+            encoding_format=encoding_format,
+            dimensions=dimensions,
+            user=user,
+        )
+        return await self._send(r.EMBED, json=doc, headers=pin_headers(model_version, routing_key))
+
+    async def search(
+        self,
+        catalog: str,
+        query: str,
+        *,
+        k: int | None = None,
+        filters: Mapping[str, Any] | None = None,
+        hybrid: bool | None = None,
+        user: str | None = None,
+        model_version: str | None = None,
+        routing_key: str | None = None,
+    ) -> SearchResult:
+        """Search a catalog (`POST /v1/search`): the `k` best items (default 10),
+        restricted by `filters`, fused with BM25 when `hybrid`."""
+        doc = body(catalog=catalog, query=query, k=k, filters=filters, hybrid=hybrid, user=user)
+        return await self._send(r.SEARCH, json=doc, headers=pin_headers(model_version, routing_key))
+
+    async def list_catalogs(self) -> CatalogList:
+        """The tenant's catalogs with item counts and settings (`GET /v1/catalogs`)."""
+        return await self._send(r.LIST_CATALOGS)
+
+    async def configure_catalog(self, catalog: str, *, hybrid: bool | None = None) -> Catalog:
+        """Create a catalog or replace its settings (`PUT /v1/catalogs/{catalog}`); a
+        setting left out takes the service default."""
+        url = path(r.CONFIGURE_CATALOG, catalog=catalog)
+        return await self._send(r.CONFIGURE_CATALOG, url, json=body(hybrid=hybrid))
+
+    async def upsert_items(self, catalog: str, items: Sequence[ItemInput]) -> UpsertResult:
+        """Insert or replace items (`PUT /v1/catalogs/{catalog}/items`): durable when
+        answered, searchable on every replica within a second."""
+        url = path(r.UPSERT_ITEMS, catalog=catalog)
+        return await self._send(r.UPSERT_ITEMS, url, json=body(items=list(items)))
+
+    async def get_item(self, catalog: str, item_id: str) -> Item:
+        """One stored item (`GET /v1/catalogs/{catalog}/items/{item_id}`)."""
+        url = path(r.GET_ITEM, catalog=catalog, item_id=item_id)
+        return await self._send(r.GET_ITEM, url)
+
+    async def delete_item(self, catalog: str, item_id: str) -> ItemDeleted:
+        """Delete an item (`DELETE /v1/catalogs/{catalog}/items/{item_id}`); one already
+        gone raises `NotFoundError`."""
+        url = path(r.DELETE_ITEM, catalog=catalog, item_id=item_id)
+        return await self._send(r.DELETE_ITEM, url)
+
+    async def send_events(
+        self, events: Sequence[EventInput], *, catalog: str | None = None
+    ) -> EventsResult:
+        """Record interactions (`POST /v1/events`). When some events are invalid the
+        rest are kept and `InvalidEventsError` says which (its `result`). Not repeated
+        after a lost answer: the service cannot tell a repeated batch from a new one."""
+        return await self._send(r.SEND_EVENTS, json=body(catalog=catalog, events=list(events)))
+
+    async def get_features(self, entity: Literal["user", "item"], entity_id: str) -> Features:
+        """A user's or an item's online features (`GET /v1/features/{entity}/{id}`)."""
+        url = path(r.GET_FEATURES, entity=entity, entity_id=entity_id)
+        return await self._send(r.GET_FEATURES, url)
+
+    async def list_models(self) -> ModelList:
+        """Served models, their versions and current weights (`GET /v1/models`)."""
+        return await self._send(r.LIST_MODELS)
+
+    async def get_model(self, name: str) -> ModelDetail:
+        """One model with rollout state (`GET /v1/models/{name}`)."""
+        return await self._send(r.GET_MODEL, path(r.GET_MODEL, name=name))
+
+    async def get_usage(
+        self, *, start: date | str | None = None, end: date | str | None = None
+    ) -> UsageReport:
+        """The calling key's tenant's usage per model and UTC day (`GET /v1/usage`);
+        default: from the first of `end`'s month to today."""
+        return await self._send(r.GET_USAGE, params=query(start=day(start), end=day(end)))
+
+
+class AsyncAdmin:
+    """The admin API (`/admin/v1`): the operator manages every tenant, a key with the
+    `admin` scope its own tenant's keys and usage."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list_tenants(self) -> list[Tenant]:
+        """Every tenant (the operator), or the caller's own."""
+        return await self._client._send(r.LIST_TENANTS)
+
+    async def create_tenant(
+        self,
+        name: str,
+        *,
+        id: str | None = None,
+        limits: Limits | LimitsInput | None = None,
+    ) -> Tenant:
+        """A new tenant (operator); `id` default: generated."""
+        return await self._client._send(r.CREATE_TENANT, json=body(name=name, id=id, limits=limits))
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        """One tenant."""
+        return await self._client._send(r.GET_TENANT, path(r.GET_TENANT, tenant_id=tenant_id))
+
+    async def update_tenant(
+        self,
+        tenant_id: str,
+        *,
+        limits: Limits | LimitsInput | None = None,
+        disabled: bool | None = None,
+    ) -> Tenant:
+        """New limits, or disable a tenant (its keys refused) (operator)."""
+        url = path(r.UPDATE_TENANT, tenant_id=tenant_id)
+        return await self._client._send(
+            r.UPDATE_TENANT, url, json=body(limits=limits, disabled=disabled)
+        )
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKey]:
+        """Every key of a tenant, revoked and expired ones included (never the key)."""
+        return await self._client._send(r.LIST_KEYS, path(r.LIST_KEYS, tenant_id=tenant_id))
+
+    async def create_key(
+        self,
+        tenant_id: str,
+        *,
+        name: str | None = None,
+        scopes: Sequence[Scope] | None = None,
+        models: Sequence[str] | None = None,
+        may_pin: bool | None = None,
+        expires_in_s: int | None = None,
+        limits: Limits | LimitsInput | None = None,
+    ) -> CreatedApiKey:
+        """A new key; `key` is in this answer only. Defaults: every scope but `admin`,
+        every model, never expires, the tenant's limits."""
+        doc = body(
+            name=name,
+            scopes=list(scopes) if scopes is not None else None,
+            models=list(models) if models is not None else None,
+            may_pin=may_pin,
+            expires_in_s=expires_in_s,
+            limits=limits,
+        )
+        return await self._client._send(
+            r.CREATE_KEY, path(r.CREATE_KEY, tenant_id=tenant_id), json=doc
+        )
+
+    async def revoke_key(self, tenant_id: str, key_id: str) -> ApiKey:
+        """Revoke a key now, on every replica within seconds."""
+        url = path(r.REVOKE_KEY, tenant_id=tenant_id, key_id=key_id)
+        return await self._client._send(r.REVOKE_KEY, url)
+
+    async def rotate_key(
+        self, tenant_id: str, key_id: str, *, overlap_s: float | None = None
+    ) -> CreatedApiKey:
+        """A new key with the old one's rights; the old one stays valid for `overlap_s`
+        (default: the service's `auth.rotation_overlap_s`)."""
+        url = path(r.ROTATE_KEY, tenant_id=tenant_id, key_id=key_id)
+        return await self._client._send(r.ROTATE_KEY, url, json=body(overlap_s=overlap_s))
+
+    async def tenant_usage(
+        self, tenant_id: str, *, start: date | str | None = None, end: date | str | None = None
+    ) -> UsageReport:
+        """A tenant's usage per model and UTC day."""
+        url = path(r.TENANT_USAGE, tenant_id=tenant_id)
+        return await self._client._send(
+            r.TENANT_USAGE, url, params=query(start=day(start), end=day(end))
+        )
+
+    async def search_indexes(self) -> SearchIndexes:
+        """Per catalog, each version's index and whether it is complete."""
+        return await self._client._send(r.SEARCH_INDEXES)

@@ -1,0 +1,95 @@
+"""When a failed call is tried again, and after how long: plain functions, no I/O.
+
+A call is retried on 429 and 503 and when the service could not be reached. The service
+answers 429 and 503 before doing anything (over a limit, queues full, a store that did
+not take the write: nothing kept), so those are safe to repeat for every route. A
+connection that broke or timed out after the request was sent may have done the work:
+that is retried only for idempotent routes (reads, PUT, DELETE, PATCH).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+RETRY_STATUSES = frozenset({429, 503})
+# Raised before a byte of the request reached the service: always safe to repeat.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# The request may have reached the service: repeat only what is idempotent.
+MAYBE_SENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded; `Retry-After` wins when it is given.
+
+    The n-th retry (n from 0) waits between half and all of
+    `min(max_delay_s, initial_delay_s * 2**n)`. A `Retry-After` up to
+    `max_retry_after_s` is waited in full (plus up to 10% jitter); a longer one (a
+    monthly quota, say) is not waited for: the error is raised at once, carrying it.
+    """
+
+    max_retries: int = 2
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+    max_retry_after_s: float = 60.0
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("max_retries: must be 0 or more")
+        if not 0 <= self.initial_delay_s <= self.max_delay_s:
+            raise ValueError("initial_delay_s: must be between 0 and max_delay_s")
+        if self.max_retry_after_s < 0:
+            raise ValueError("max_retry_after_s: must be 0 or more")
+
+    def backoff_s(self, retry: int) -> float:
+        """The jittered wait before retry number `retry` (0-based)."""
+        ceiling = min(self.max_delay_s, self.initial_delay_s * 2.0**retry)
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+
+    def delay_s(self, retry: int, retry_after: float | None) -> float | None:
+        """How long to wait before retry number `retry`; None: do not retry."""
+        if retry >= self.max_retries:
+            return None
+        if retry_after is None:
+            return self.backoff_s(retry)
+        if retry_after > self.max_retry_after_s:
+            return None
+        return retry_after + self.rng.uniform(0, retry_after / 10)
+
+
+def retry_status(status: int) -> bool:
+    """Whether an answer with this status may be tried again (any route)."""
+    return status in RETRY_STATUSES
+
+
+def retry_exception(error: Exception, idempotent: bool) -> bool:
+    """Whether a call that raised `error` may be tried again."""
+    if isinstance(error, NOT_SENT):
+        return True
+    return idempotent and isinstance(error, MAYBE_SENT)
+
+
+def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
+    """`Retry-After` in seconds: delta-seconds or an HTTP date; None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)

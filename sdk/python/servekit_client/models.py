@@ -1,0 +1,303 @@
+"""Typed responses of servekit's API.
+
+Each model names the schema of the OpenAPI document (`api/openapi.json`) it mirrors in
+`openapi_schema`; a test of the repository fails when a model's fields or types drift
+from that schema. Models whose route the document leaves untyped have `openapi_schema =
+None` and are checked against the live service instead.
+
+Unknown fields are kept (`model_extra`), not refused: `/v1` only grows, so a response
+may carry fields newer than this package.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "ApiKey",
+    "AttrValue",
+    "Catalog",
+    "CatalogList",
+    "CreatedApiKey",
+    "EmbeddingData",
+    "Embeddings",
+    "EventError",
+    "EventsResult",
+    "Features",
+    "Item",
+    "ItemDeleted",
+    "Limits",
+    "ModelCard",
+    "ModelDetail",
+    "ModelList",
+    "SearchHit",
+    "SearchIndexes",
+    "SearchResult",
+    "Tenant",
+    "TokenUsage",
+    "UpsertResult",
+    "UsageDay",
+    "UsageReport",
+]
+
+# An item attribute's value (for filters): as the service stores it.
+AttrValue = str | int | float | bool | list[str]
+
+
+class ApiModel(BaseModel):
+    """Base of every response model."""
+
+    model_config = ConfigDict(extra="allow")
+    openapi_schema: ClassVar[str | None] = None
+
+
+# ---- embeddings -------------------------------------------------------------------
+
+
+class TokenUsage(ApiModel):
+    """Tokens an embeddings call counted."""
+
+    openapi_schema = "Usage"
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingData(ApiModel):
+    """One input's vector: floats, or base64-packed float32 with `encoding_format`."""
+
+    openapi_schema = "EmbeddingData"
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Embeddings(ApiModel):
+    """`POST /v1/embeddings` (OpenAI's shape)."""
+
+    openapi_schema = "EmbeddingResponse"
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: TokenUsage
+
+
+# ---- catalogs and search -------------------------------------------------------
+
+
+class Catalog(ApiModel):
+    """A catalog of the caller's tenant."""
+
+    openapi_schema = "CatalogOut"
+    name: str
+    items: int
+    created_at: str
+    settings: dict[str, Any]
+
+
+class CatalogList(ApiModel):
+    """`GET /v1/catalogs`."""
+
+    object: str
+    data: list[Catalog]
+
+
+class Item(ApiModel):
+    """A stored catalog item."""
+
+    openapi_schema = "ItemOut"
+    id: str
+    text: dict[str, str]
+    attributes: dict[str, AttrValue]
+    updated_at: str | None
+
+
+class ItemDeleted(ApiModel):
+    """`DELETE /v1/catalogs/{catalog}/items/{item_id}`."""
+
+    id: str
+    deleted: bool
+
+
+class UpsertResult(ApiModel):
+    """What an upsert wrote: durable, searchable on every replica within a second."""
+
+    openapi_schema = "UpsertOut"
+    catalog: str
+    upserted: int
+    seq: int
+
+
+class SearchHit(ApiModel):
+    """One search result."""
+
+    openapi_schema = "SearchHit"
+    id: str
+    score: float
+    text: dict[str, str]
+    attributes: dict[str, AttrValue]
+
+
+class SearchResult(ApiModel):
+    """Ranked items, the version that embedded the query and the index it searched."""
+
+    openapi_schema = "SearchOut"
+    object: str
+    catalog: str
+    model: str
+    version: str
+    index: dict[str, Any]
+    data: list[SearchHit]
+
+
+class SearchIndexes(ApiModel):
+    """`GET /admin/v1/search/indexes`: per catalog, each version's index completeness."""
+
+    seq: int
+    spaces: list[str]
+    pending: dict[str, int]
+    catalogs: list[dict[str, Any]]
+
+
+# ---- events and features --------------------------------------------------------
+
+
+class EventError(ApiModel):
+    """Why one event of a batch was refused."""
+
+    openapi_schema = "EventError"
+    index: int
+    field: str
+    message: str
+
+
+class EventsResult(ApiModel):
+    """What a batch of events did."""
+
+    openapi_schema = "EventsOut"
+    object: str
+    accepted: int
+    rejected: int
+    seq: int
+    features_updated: bool
+    errors: list[EventError]
+
+
+class Features(ApiModel):
+    """`GET /v1/features/{entity}/{id}`: values per feature view, whether a fresh row
+    answered each view, and `degraded` when the store did not answer."""
+
+    object: str
+    entity: str
+    id: str
+    views: dict[str, dict[str, Any]]
+    fresh: dict[str, bool]
+    degraded: bool
+
+
+# ---- models ---------------------------------------------------------------------
+
+
+class ModelCard(ApiModel):
+    """A served model with its versions and their current traffic weights."""
+
+    openapi_schema = "ModelCard"
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "servekit"
+    versions: list[dict[str, Any]]
+
+
+class ModelList(ApiModel):
+    """`GET /v1/models`."""
+
+    openapi_schema = "ModelList"
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ModelDetail(ApiModel):
+    """`GET /v1/models/{name}`: the card, and for admins rollout and shadow state."""
+
+    id: str
+    object: str
+    created: int
+    owned_by: str
+    versions: list[dict[str, Any]]
+    rollout: dict[str, Any] | None = None
+    shadow: dict[str, Any] | None = None
+
+
+# ---- tenants, keys, usage -------------------------------------------------------
+
+
+class Limits(ApiModel):
+    """Rate limits and monthly quota; unset: falls back (key -> tenant -> none)."""
+
+    openapi_schema = "LimitsBody"
+    requests_per_s: float | None = None
+    texts_per_s: float | None = None
+    monthly_texts: int | None = None
+
+
+class Tenant(ApiModel):
+    """A tenant."""
+
+    openapi_schema = "TenantOut"
+    id: str
+    name: str
+    created_at: datetime
+    limits: Limits
+    disabled: bool
+
+
+class ApiKey(ApiModel):
+    """An API key as stored: never the key itself."""
+
+    openapi_schema = "KeyOut"
+    id: str
+    tenant_id: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    models: list[str] | None
+    may_pin: bool
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    limits: Limits
+    state: Literal["active", "expired", "revoked"]
+
+
+class CreatedApiKey(ApiKey):
+    """A new key: `key` is shown this once and cannot be read back."""
+
+    openapi_schema = "KeyCreated"
+    key: str
+
+
+class UsageDay(ApiModel):
+    """Counts of one model on one UTC day."""
+
+    openapi_schema = "UsageDay"
+    day: date
+    model: str
+    requests: int
+    texts: int
+    errors: int
+
+
+class UsageReport(ApiModel):
+    """A tenant's usage over a range of days, with totals."""
+
+    openapi_schema = "UsageOut"
+    tenant_id: str
+    start: date
+    end: date
+    days: list[UsageDay]
+    requests: int
+    texts: int
+    errors: int

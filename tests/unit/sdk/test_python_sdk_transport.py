@@ -1,0 +1,445 @@
+"""The Python SDK's transport layer against scripted HTTP answers (httpx.MockTransport):
+settings from arguments and the environment, each method's request line, retries with
+backoff, jitter and `Retry-After`, what is never repeated, and how errors are mapped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+
+import servekit_client
+from servekit_client import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncClient,
+    Client,
+    GatewayTimeoutError,
+    InternalServerError,
+    InvalidEventsError,
+    NotFoundError,
+    RateLimitError,
+    RetryPolicy,
+    ServiceUnavailableError,
+    UnexpectedResponseError,
+    _async,
+    _sync,
+)
+from servekit_client._retry import retry_after_s
+from servekit_client._routes import ROUTES
+
+Handler = Callable[[httpx.Request], httpx.Response]
+SEARCH_OUT = {"object": "search.result", "catalog": "c", "model": "m", "version": "v1",
+              "index": {}, "data": []}  # fmt: skip
+EVENTS_OUT = {"object": "events.result", "accepted": 1, "rejected": 0, "seq": 3,
+              "features_updated": True, "errors": []}  # fmt: skip
+FAST = RetryPolicy(max_retries=3, initial_delay_s=0.2, max_delay_s=1.0, rng=random.Random(7))
+
+# Each method with arguments, and the path it must call.
+CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any], str]] = {
+    "embed": ((["a"],), {"model": "m"}, "/v1/embeddings"),
+    "search": (("c", "q"), {}, "/v1/search"),
+    "list_catalogs": ((), {}, "/v1/catalogs"),
+    "configure_catalog": (("c",), {"hybrid": True}, "/v1/catalogs/c"),
+    "upsert_items": (("c", [{"id": "i", "text": {"t": "x"}}]), {}, "/v1/catalogs/c/items"),
+    "get_item": (("c", "a b"), {}, "/v1/catalogs/c/items/a%20b"),
+    "delete_item": (("c", "i"), {}, "/v1/catalogs/c/items/i"),
+    "send_events": (([{"user": "u", "item": "i", "type": "view"}],), {}, "/v1/events"),
+    "get_features": (("user", "u"), {}, "/v1/features/user/u"),
+    "list_models": ((), {}, "/v1/models"),
+    "get_model": (("minilm",), {}, "/v1/models/minilm"),
+    "get_usage": ((), {"start": "2026-01-01"}, "/v1/usage"),
+    "admin.list_tenants": ((), {}, "/admin/v1/tenants"),
+    "admin.create_tenant": (("Acme",), {"id": "acme"}, "/admin/v1/tenants"),
+    "admin.get_tenant": (("acme",), {}, "/admin/v1/tenants/acme"),
+    "admin.update_tenant": (("acme",), {"disabled": True}, "/admin/v1/tenants/acme"),
+    "admin.list_keys": (("acme",), {}, "/admin/v1/tenants/acme/keys"),
+    "admin.create_key": (("acme",), {"scopes": ["search"]}, "/admin/v1/tenants/acme/keys"),
+    "admin.revoke_key": (("acme", "k1"), {}, "/admin/v1/tenants/acme/keys/k1"),
+    "admin.rotate_key": (("acme", "k1"), {}, "/admin/v1/tenants/acme/keys/k1/rotate"),
+    "admin.tenant_usage": (("acme",), {}, "/admin/v1/tenants/acme/usage"),
+    "admin.search_indexes": ((), {}, "/admin/v1/search/indexes"),
+}
+
+
+def _answer(status: int, doc: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, json=doc, headers=headers)
+
+
+def _error(status: int, code: str, message: str = "m", **headers: str) -> httpx.Response:
+    doc = {"error": {"code": code, "message": message, "request_id": "rid-from-body"}}
+    return _answer(status, doc, headers)
+
+
+class Script:
+    """Answers requests in order; records what was sent."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits of the retry loops, recorded instead of slept."""
+    waits: list[float] = []
+
+    async def asleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(_sync, "_sleep", waits.append)
+    monkeypatch.setattr(_async, "_sleep", asleep)
+    return waits
+
+
+@pytest.fixture(autouse=True)
+def _no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SERVEKIT_API_KEY", raising=False)
+    monkeypatch.delenv("SERVEKIT_URL", raising=False)
+
+
+def _client(script: Handler, **kwargs: Any) -> Client:
+    kwargs.setdefault("retry", FAST)
+    return Client("sk-test", "http://svc", transport=httpx.MockTransport(script), **kwargs)
+
+
+def _call(client: Client | AsyncClient, name: str, *args: Any, **kwargs: Any) -> Any:
+    target: Any = client.admin if name.startswith("admin.") else client
+    result = getattr(target, name.removeprefix("admin."))(*args, **kwargs)
+    if isinstance(client, AsyncClient):
+        return asyncio.run(result)
+    return result
+
+
+# ---- settings ------------------------------------------------------------------
+
+
+def test_key_and_url_come_from_the_arguments_first() -> None:
+    script = Script(_answer(200, SEARCH_OUT))
+    client = _client(script)
+    client.search("c", "q")
+    sent = script.requests[0]
+    assert sent.headers["authorization"] == "Bearer sk-test"
+    assert str(sent.url) == "http://svc/v1/search"
+    assert sent.headers["user-agent"].startswith("servekit-client-python/")
+
+
+def test_key_and_url_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVEKIT_API_KEY", "sk-env\n")
+    monkeypatch.setenv("SERVEKIT_URL", "https://api.example.com/servekit/")
+    script = Script(_answer(200, SEARCH_OUT))
+    client = Client(transport=httpx.MockTransport(script))
+    client.search("c", "q")
+    assert script.requests[0].headers["authorization"] == "Bearer sk-env"
+    assert str(script.requests[0].url) == "https://api.example.com/servekit/v1/search"
+
+
+def test_without_a_key_no_authorization_is_sent() -> None:
+    script = Script(_answer(200, SEARCH_OUT))
+    Client(transport=httpx.MockTransport(script)).search("c", "q")
+    assert "authorization" not in script.requests[0].headers
+    assert str(script.requests[0].url) == "http://127.0.0.1:8000/v1/search"
+
+
+def test_a_url_without_a_scheme_is_refused() -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        Client("k", "localhost:8000")
+
+
+def test_bad_retry_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_retries"):
+        RetryPolicy(max_retries=-1)
+    with pytest.raises(ValueError, match="initial_delay_s"):
+        RetryPolicy(initial_delay_s=10, max_delay_s=1)
+
+
+def test_timeouts_reach_every_request() -> None:
+    script = Script(_answer(200, SEARCH_OUT), _answer(200, SEARCH_OUT))
+    client = _client(script, timeout=2.5)
+    client.search("c", "q")
+    client.with_options(timeout=httpx.Timeout(9.0)).search("c", "q")
+    first, second = (r.extensions["timeout"] for r in script.requests)
+    assert first == {"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}
+    assert second == {"connect": 9.0, "read": 9.0, "write": 9.0, "pool": 9.0}
+
+
+# ---- every method's request ----------------------------------------------------
+
+
+def test_every_route_has_a_call_here() -> None:
+    assert set(CALLS) == set(ROUTES)
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_each_method_calls_its_route(name: str, kind: type[Client | AsyncClient]) -> None:
+    args, kwargs, want = CALLS[name]
+    script = Script(_error(404, "not_found"))
+    transport: Any = httpx.MockTransport(script)
+    client = kind("k", "http://svc", transport=transport)
+    with pytest.raises(NotFoundError):
+        _call(client, name, *args, **kwargs)
+    (sent,) = script.requests
+    assert sent.method == ROUTES[name].method
+    assert sent.url.raw_path.decode().split("?")[0] == want
+
+
+def test_bodies_leave_out_what_was_not_given() -> None:
+    script = Script(_answer(200, SEARCH_OUT))
+    _client(script).search("c", "q", k=3, model_version="v2", routing_key="u-1")
+    sent = script.requests[0]
+    assert json.loads(sent.content) == {"catalog": "c", "query": "q", "k": 3}
+    assert (sent.headers["x-model-version"], sent.headers["x-routing-key"]) == ("v2", "u-1")
+
+
+def test_event_times_and_days_are_sent_as_text() -> None:
+    at = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    script = Script(_answer(200, EVENTS_OUT), _error(404, "not_found"))
+    client = _client(script)
+    client.send_events([{"user": "u", "item": "i", "type": "view", "timestamp": at}])
+    with pytest.raises(NotFoundError):
+        client.get_usage(start=at.date(), end=at.date())
+    assert json.loads(script.requests[0].content)["events"][0]["timestamp"].startswith(
+        "2026-12-01T09:30:00"
+    )
+    assert script.requests[1].url.params["start"] == "2026-12-01"
+
+
+# ---- retries -------------------------------------------------------------------
+
+
+def test_429_waits_retry_after_then_succeeds(sleeps: list[float]) -> None:
+    script = Script(_error(429, "rate_limited", **{"Retry-After": "2"}), _answer(200, SEARCH_OUT))
+    assert _client(script).search("c", "q").catalog == "c"
+    assert len(script.requests) == 2
+    (wait,) = sleeps
+    assert 2.0 <= wait <= 2.2
+
+
+def test_retry_after_as_an_http_date() -> None:
+    now = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
+    when = format_datetime(now + timedelta(seconds=30), usegmt=True)
+    assert retry_after_s(when, now) == 30.0
+    assert retry_after_s(format_datetime(now - timedelta(seconds=5), usegmt=True), now) == 0.0
+    assert retry_after_s("soon", now) is None
+    assert retry_after_s(None, now) is None
+
+
+def test_503_backs_off_exponentially_with_jitter(sleeps: list[float]) -> None:
+    script = Script(*[_error(503, "overloaded")] * 4)
+    with pytest.raises(ServiceUnavailableError) as caught:
+        _client(script).search("c", "q")
+    assert len(script.requests) == 4  # the call and max_retries=3 retries
+    assert caught.value.status == 503
+    # Each wait lies in [ceiling/2, ceiling], the ceiling doubling up to max_delay_s.
+    for wait, ceiling in zip(sleeps, (0.2, 0.4, 0.8), strict=True):
+        assert ceiling / 2 <= wait <= ceiling
+    assert len(set(sleeps)) == 3
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    policy = RetryPolicy(max_retries=20, initial_delay_s=0.5, max_delay_s=4.0, rng=random.Random(1))
+    waits = [policy.backoff_s(9) for _ in range(200)]
+    assert all(2.0 <= w <= 4.0 for w in waits)
+    assert max(waits) - min(waits) > 1.0
+
+
+def test_a_retry_after_beyond_the_bound_is_not_waited_for(sleeps: list[float]) -> None:
+    script = Script(
+        _error(429, "rate_limited", "monthly text quota exceeded", **{"Retry-After": "86400"})
+    )
+    with pytest.raises(RateLimitError) as caught:
+        _client(script).search("c", "q")
+    assert sleeps == []
+    assert caught.value.retry_after_s == 86400
+    assert caught.value.code == "rate_limited"
+
+
+def test_no_retries_when_max_retries_is_zero(sleeps: list[float]) -> None:
+    script = Script(_error(503, "overloaded"))
+    with pytest.raises(ServiceUnavailableError):
+        _client(script, max_retries=0).search("c", "q")
+    assert (len(script.requests), sleeps) == (1, [])
+
+
+def test_every_attempt_carries_the_same_request_id(sleeps: list[float]) -> None:
+    script = Script(_error(503, "overloaded"), _answer(200, SEARCH_OUT))
+    _client(script).search("c", "q")
+    ids = {r.headers["x-request-id"] for r in script.requests}
+    assert len(ids) == 1
+    assert len(ids.pop()) == 32
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_other_server_errors_are_not_repeated(status: int, sleeps: list[float]) -> None:
+    script = Script(_error(status, "x"))
+    with pytest.raises(InternalServerError):
+        _client(script).search("c", "q")
+    assert len(script.requests) == 1
+
+
+def test_events_are_repeated_on_429_and_503_the_service_did_not_act(sleeps: list[float]) -> None:
+    events = [{"user": "u", "item": "i", "type": "view"}]
+    script = Script(
+        _error(429, "rate_limited", **{"Retry-After": "1"}),
+        _error(503, "unavailable", "events: the event log is unavailable; nothing was kept"),
+        _answer(200, EVENTS_OUT),
+    )
+    assert _client(script).send_events(events).accepted == 1  # type: ignore[list-item]
+    assert len(script.requests) == 3
+
+
+def test_a_connection_refused_is_repeated_for_any_route(sleeps: list[float]) -> None:
+    refused = httpx.ConnectError("connection refused")
+    script = Script(refused, _answer(200, EVENTS_OUT))
+    events: Any = [{"user": "u", "item": "i", "type": "view"}]
+    assert _client(script).send_events(events).seq == 3
+    assert len(script.requests) == 2
+
+
+def test_a_lost_answer_is_repeated_for_a_search(sleeps: list[float]) -> None:
+    script = Script(httpx.ReadTimeout("timed out"), _answer(200, SEARCH_OUT))
+    assert _client(script).search("c", "q").version == "v1"
+    assert len(script.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [httpx.ReadTimeout("timed out"), httpx.RemoteProtocolError("closed"), httpx.ReadError("reset")],
+)
+@pytest.mark.parametrize(
+    "name", ["send_events", "admin.create_tenant", "admin.create_key", "admin.rotate_key"]
+)
+def test_a_lost_answer_is_never_repeated_for_a_call_that_may_have_acted(
+    name: str, lost: Exception, sleeps: list[float]
+) -> None:
+    args, kwargs, _ = CALLS[name]
+    script = Script(lost, _answer(500, {}))
+    with pytest.raises(APIConnectionError) as caught:
+        _call(_client(script), name, *args, **kwargs)
+    assert len(script.requests) == 1
+    assert sleeps == []
+    assert caught.value.request_id == script.requests[0].headers["x-request-id"]
+    assert isinstance(caught.value, APITimeoutError) == isinstance(lost, httpx.TimeoutException)
+
+
+def test_the_async_client_retries_the_same_way(sleeps: list[float]) -> None:
+    script = Script(
+        _error(429, "rate_limited", **{"Retry-After": "1"}),
+        httpx.ConnectError("refused"),
+        _answer(200, SEARCH_OUT),
+    )
+
+    async def run() -> str:
+        async with AsyncClient(
+            "k", "http://svc", retry=FAST, transport=httpx.MockTransport(script)
+        ) as c:
+            return (await c.search("c", "q")).version
+
+    assert asyncio.run(run()) == "v1"
+    assert len(script.requests) == 3
+    assert 1.0 <= sleeps[0] <= 1.1
+    assert 0.1 <= sleeps[1] <= 0.4
+
+
+def test_the_async_client_never_repeats_a_lost_event_batch(sleeps: list[float]) -> None:
+    script = Script(httpx.ReadTimeout("timed out"))
+    client = AsyncClient("k", "http://svc", retry=FAST, transport=httpx.MockTransport(script))
+    with pytest.raises(APITimeoutError):
+        asyncio.run(client.send_events([{"user": "u", "item": "i", "type": "view"}]))
+    assert len(script.requests) == 1
+
+
+# ---- errors --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, servekit_client.BadRequestError),
+        (401, servekit_client.AuthenticationError),
+        (403, servekit_client.PermissionDeniedError),
+        (404, servekit_client.NotFoundError),
+        (405, servekit_client.MethodNotAllowedError),
+        (413, servekit_client.PayloadTooLargeError),
+        (422, servekit_client.UnprocessableEntityError),
+        (500, servekit_client.InternalServerError),
+        (504, GatewayTimeoutError),
+    ],
+)
+def test_each_status_has_its_exception(status: int, cls: type[Exception]) -> None:
+    script = Script(_error(status, "some_code", "k: at most 100"))
+    with pytest.raises(cls) as caught:
+        _client(script).search("c", "q")
+    error: Any = caught.value
+    assert (error.status, error.code, error.message) == (status, "some_code", "k: at most 100")
+    assert error.request_id == "rid-from-body"
+    assert str(error) == f"{status} some_code: k: at most 100 (request id rid-from-body)"
+
+
+def test_a_proxys_error_page_still_says_status_and_request_id() -> None:
+    page = httpx.Response(502, text="<html>Bad Gateway</html>", headers={"X-Request-ID": "rid-h"})
+    with pytest.raises(InternalServerError) as caught:
+        _client(Script(page)).search("c", "q")
+    assert (caught.value.status, caught.value.code) == (502, "http_502")
+    assert caught.value.request_id == "rid-h"
+    assert "Bad Gateway" in caught.value.message
+
+
+def test_an_empty_error_falls_back_to_the_request_id_sent() -> None:
+    script = Script(httpx.Response(500))
+    with pytest.raises(InternalServerError) as caught:
+        _client(script).search("c", "q")
+    assert caught.value.request_id == script.requests[0].headers["x-request-id"]
+    assert caught.value.message == "Internal Server Error"
+
+
+def test_invalid_events_carry_what_was_kept() -> None:
+    doc = {
+        "error": {
+            "code": "invalid_events",
+            "message": "events.1.type: bad (1 of 2 accepted)",
+            "request_id": "r",
+        },
+        **EVENTS_OUT,
+        "rejected": 1,
+        "errors": [{"index": 1, "field": "events.1.type", "message": "bad"}],
+    }
+    with pytest.raises(InvalidEventsError) as caught:
+        _client(Script(_answer(400, doc))).send_events([])
+    result = caught.value.result
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert result.errors[0].field == "events.1.type"
+
+
+def test_a_success_of_the_wrong_shape_is_named() -> None:
+    script = Script(_answer(200, {"object": "search.result"}))
+    with pytest.raises(UnexpectedResponseError, match="catalog: Field required"):
+        _client(script).search("c", "q")
+
+
+def test_unknown_response_fields_are_kept() -> None:
+    script = Script(_answer(200, {**SEARCH_OUT, "took_ms": 3}))
+    result = _client(script).search("c", "q")
+    assert result.model_extra == {"took_ms": 3}
+
+
+def test_a_deprecated_route_warns_with_its_sunset() -> None:
+    headers = {"Deprecation": "@1767225600", "Sunset": "Wed, 01 Jul 2026 00:00:00 GMT"}
+    script = Script(_answer(200, SEARCH_OUT, headers))
+    with pytest.warns(DeprecationWarning, match="POST /v1/search is deprecated.*01 Jul 2026"):
+        _client(script).search("c", "q")
