@@ -6,11 +6,13 @@
                               # /v1 against api/openapi.released.json undeclared
 
 `/v1` only grows. Against the released document, a change is breaking when it removes
-a path or an operation, removes a response field, narrows a type (a type changed, an
-enum value gone, a bound tightened), or adds a required request field or parameter.
-A breaking change passes only when `api/changes.yaml` declares it (its path and why);
-`servekit api release` makes the current document the released one and clears the
-declarations.
+a path, an operation or a field, narrows a type (a type changed, an enum value gone, a
+bound tightened), adds a required request field or parameter, or moves a deprecation's
+sunset earlier. Deprecating is not breaking; removing what was deprecated is not
+breaking once its sunset (`x-deprecation.sunset`, see `deployments/http/deprecation.py`)
+has passed. A breaking change passes only when `api/changes.yaml` declares it (its path
+and why); `servekit api release` makes the current document the released one and clears
+the declarations.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +73,30 @@ def _types(schema: dict[str, Any]) -> set[str]:
     return found
 
 
+def _sunset(node: dict[str, Any]) -> date | None:
+    """The sunset day of a deprecated operation or field, if it has one."""
+    if not node.get("deprecated"):
+        return None
+    day = (node.get("x-deprecation") or {}).get("sunset")
+    return date.fromisoformat(day) if isinstance(day, str) else None
+
+
+def _removal(node: dict[str, Any], today: date) -> str | None:
+    """Why removing `node` breaks callers (None: deprecated, and its sunset has come)."""
+    sunset = _sunset(node)
+    if sunset is None:
+        return "deprecated, no sunset" if node.get("deprecated") else ""
+    return None if sunset <= today else f"before its sunset {sunset.isoformat()}"
+
+
+def _removed(what: str, node: dict[str, Any], today: date) -> Iterator[str]:
+    why = _removal(node, today)
+    if why is not None:
+        yield f"{what} ({why})" if why else what
+
+
 def _narrowed(old_doc: dict[str, Any], old: Any, new_doc: dict[str, Any], new: Any, where: str,
-              response: bool, depth: int = 0) -> Iterator[str]:  # fmt: skip
+              response: bool, today: date, depth: int = 0) -> Iterator[str]:  # fmt: skip
     """How `new` accepts less than `old` (a request) or promises less (a response)."""
     old, new = _resolve(old_doc, old, depth), _resolve(new_doc, new, depth)
     if not isinstance(old, dict) or not isinstance(new, dict) or depth > 8:
@@ -95,17 +120,19 @@ def _narrowed(old_doc: dict[str, Any], old: Any, new_doc: dict[str, Any], new: A
     for name, prop in old_props.items():
         here = f"{where}.{name}"
         if name not in new_props:
-            if response:
-                yield f"{here}: response field removed"
+            kind = "response" if response else "request"
+            yield from _removed(f"{here}: {kind} field removed", prop, today)
             continue
-        yield from _narrowed(old_doc, prop, new_doc, new_props[name], here, response, depth + 1)
+        yield from _narrowed(
+            old_doc, prop, new_doc, new_props[name], here, response, today, depth + 1
+        )
     if not response:
         added = set(new.get("required", [])) - set(old.get("required", []))
         for name in sorted(added):
             yield f"{where}.{name}: new required field"
     if "items" in old and "items" in new:
         yield from _narrowed(
-            old_doc, old["items"], new_doc, new["items"], f"{where}[]", response, depth + 1
+            old_doc, old["items"], new_doc, new["items"], f"{where}[]", response, today, depth + 1
         )
 
 
@@ -118,24 +145,32 @@ def _json_schema(operation: dict[str, Any], status: str | None) -> Any:
     return (part or {}).get("content", {}).get("application/json", {}).get("schema")
 
 
-def breaking(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Every breaking change of the stable paths from `old` to `new`."""
+def breaking(old: dict[str, Any], new: dict[str, Any], today: date | None = None) -> list[str]:
+    """Every breaking change of the stable paths from `old` to `new` (`today`: the UTC
+    day that sunsets are compared with)."""
+    today = today or datetime.now(UTC).date()
     found: list[str] = []
     for path, old_ops in sorted(old.get("paths", {}).items()):
         if not path.startswith(STABLE_PREFIXES):
             continue
         new_ops = new.get("paths", {}).get(path)
         if new_ops is None:
-            found.append(f"{path}: path removed")
+            gone = [_removal(old_ops[m], today) for m in METHODS if m in old_ops]
+            why = "; ".join(sorted({w for w in gone if w}))
+            if any(w is not None for w in gone):
+                found.append(f"{path}: path removed ({why})" if why else f"{path}: path removed")
             continue
         for method in METHODS:
             if method not in old_ops:
                 continue
             where = f"{method.upper()} {path}"
             if method not in new_ops:
-                found.append(f"{where}: operation removed")
+                found += _removed(f"{where}: operation removed", old_ops[method], today)
                 continue
             op_old, op_new = old_ops[method], new_ops[method]
+            old_sunset, new_sunset = _sunset(op_old), _sunset(op_new)
+            if old_sunset and new_sunset and new_sunset < old_sunset:
+                found.append(f"{where}: sunset moved earlier, to {new_sunset.isoformat()}")
             old_params = {(p["name"], p["in"]): p for p in op_old.get("parameters", [])}
             for p in op_new.get("parameters", []):
                 key = (p["name"], p["in"])
@@ -145,13 +180,13 @@ def breaking(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                     found.append(f"{where}: new required {p['in']} parameter {p['name']}")
             body_old, body_new = _json_schema(op_old, None), _json_schema(op_new, None)
             if body_old is not None and body_new is not None:
-                found += _narrowed(old, body_old, new, body_new, f"{where} request", False)
+                found += _narrowed(old, body_old, new, body_new, f"{where} request", False, today)
             for status in op_old.get("responses", {}):
                 if not status.startswith("2"):
                     continue
                 got_old, got_new = _json_schema(op_old, status), _json_schema(op_new, status)
                 if got_old is not None and got_new is not None:
-                    found += _narrowed(old, got_old, new, got_new, f"{where} {status}", True)
+                    found += _narrowed(old, got_old, new, got_new, f"{where} {status}", True, today)
     return found
 
 

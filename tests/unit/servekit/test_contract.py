@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,68 @@ def test_the_document_is_written_in_one_stable_form(current: dict[str, Any]) -> 
     text = contract.render(current)
     assert text == contract.render(json.loads(text))
     assert text.endswith("\n")
+
+
+TODAY = date(2027, 1, 1)
+
+
+def _deprecate(node: dict[str, Any], sunset: str | None) -> None:
+    node["deprecated"] = True
+    node["x-deprecation"] = {"on": "2026-06-01", **({"sunset": sunset} if sunset else {})}
+
+
+def test_deprecating_a_route_or_a_field_is_not_breaking(current: dict[str, Any]) -> None:
+    new = copy.deepcopy(current)
+    _deprecate(new["paths"]["/v1/usage"]["get"], "2027-07-01")
+    response = _response_schema(new, "/v1/search", "post")
+    _deprecate(response["properties"][sorted(response["properties"])[0]], "2027-07-01")
+    assert contract.breaking(current, new, TODAY) == []
+
+
+def test_removing_a_deprecated_route_is_breaking_until_its_sunset(
+    current: dict[str, Any],
+) -> None:
+    released = copy.deepcopy(current)
+    _deprecate(released["paths"]["/v1/usage"]["get"], "2027-07-01")
+    _deprecate(released["paths"]["/v1/catalogs"]["get"], None)
+    new = copy.deepcopy(released)
+    del new["paths"]["/v1/usage"], new["paths"]["/v1/catalogs"]["get"]
+    assert contract.breaking(released, new, TODAY) == [
+        "GET /v1/catalogs: operation removed (deprecated, no sunset)",
+        "/v1/usage: path removed (before its sunset 2027-07-01)",
+    ]
+    after = contract.breaking(released, new, date(2027, 7, 1))
+    assert after == ["GET /v1/catalogs: operation removed (deprecated, no sunset)"]
+    # Declared, a removal before the sunset passes (the declaration names its start).
+    declared = [{"change": "/v1/usage: path removed", "why": "moved to /v1/usage/days"}]
+    found = contract.breaking(released, new, TODAY)
+    assert contract.undeclared(found, declared) == [found[0]]
+
+
+def test_removing_a_deprecated_field_is_breaking_until_its_sunset(
+    current: dict[str, Any],
+) -> None:
+    released = copy.deepcopy(current)
+    response = _response_schema(released, "/v1/search", "post")
+    field = sorted(response["properties"])[0]
+    _deprecate(response["properties"][field], "2027-07-01")
+    new = copy.deepcopy(released)
+    del _response_schema(new, "/v1/search", "post")["properties"][field]
+    assert contract.breaking(released, new, TODAY) == [
+        f"POST /v1/search 200.{field}: response field removed (before its sunset 2027-07-01)"
+    ]
+    assert contract.breaking(released, new, date(2027, 7, 2)) == []
+
+
+def test_a_removed_request_field_and_an_earlier_sunset_are_breaking(
+    current: dict[str, Any],
+) -> None:
+    released = copy.deepcopy(current)
+    _deprecate(released["paths"]["/v1/usage"]["get"], "2027-07-01")
+    new = copy.deepcopy(released)
+    new["paths"]["/v1/usage"]["get"]["x-deprecation"]["sunset"] = "2027-03-01"
+    del _request_schema(new, "/v1/search", "post")["properties"]["hybrid"]
+    assert contract.breaking(released, new, TODAY) == [
+        "POST /v1/search request.hybrid: request field removed",
+        "GET /v1/usage: sunset moved earlier, to 2027-03-01",
+    ]
