@@ -34,6 +34,7 @@ from servekit_client import (
 )
 from servekit_client._retry import retry_after_s
 from servekit_client._routes import ROUTES
+from tests.conftest import free_port
 
 Handler = Callable[[httpx.Request], httpx.Response]
 SEARCH_OUT = {"object": "search.result", "catalog": "c", "model": "m", "version": "v1",
@@ -362,6 +363,16 @@ def test_the_async_client_never_repeats_a_lost_event_batch(sleeps: list[float]) 
     with pytest.raises(APITimeoutError):
         asyncio.run(client.send_events([{"user": "u", "item": "i", "type": "view"}]))
     assert len(script.requests) == 1
+
+
+def test_an_unreachable_service_is_a_connection_error(sleeps: list[float]) -> None:
+    policy = RetryPolicy(max_retries=1, initial_delay_s=0.05, max_delay_s=0.1)
+    client = Client("sk-x", f"http://127.0.0.1:{free_port()}", retry=policy)
+    with pytest.raises(APIConnectionError) as caught:
+        client.list_models()
+    assert "ConnectError" in str(caught.value)
+    assert len(caught.value.request_id) == 32
+    assert len(sleeps) == 1
 
 
 # ---- errors --------------------------------------------------------------------
