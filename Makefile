@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test lint artifacts servers bench bench-raw eval index cluster install clean
+.PHONY: sdk-ts serve test lint artifacts servers bench bench-raw eval index cluster install clean
 
 install: $(STAMP)
 
@@ -40,7 +40,16 @@ lint: $(STAMP)
 servers:
 	@bash scripts/install-servers.sh
 
-test: lint artifacts servers
+# The TypeScript SDK's development dependencies (typescript, openapi-typescript) from the
+# npm registry, again only when its lock file changes; its tests build it.
+SDK_TS := sdk/typescript
+sdk-ts: $(SDK_TS)/node_modules/.package-lock.json
+
+$(SDK_TS)/node_modules/.package-lock.json: $(SDK_TS)/package.json $(SDK_TS)/package-lock.json
+	cd $(SDK_TS) && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
+test: lint artifacts servers sdk-ts
 	$(PY) -m pytest
 
 # Regenerate cluster/rayservice.yaml from serve_config.yaml and cluster/settings.yaml.
