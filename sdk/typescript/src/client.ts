@@ -11,6 +11,8 @@ import type * as T from "./types.js";
 export class ServekitClient {
   /** `POST /v1/embeddings` (OpenAI-compatible). */
   readonly embeddings: EmbeddingsApi;
+  /** `POST /v1/recommendations`: items for a user. */
+  readonly recommendations: RecommendationsApi;
   /** `/v1/catalogs`: catalogs and their items. */
   readonly catalogs: CatalogsApi;
   /** `POST /v1/events`: interactions. */
@@ -28,6 +30,7 @@ export class ServekitClient {
   constructor(options: ClientOptions = {}) {
     this.transport = new Transport(options);
     this.embeddings = new EmbeddingsApi(this.transport);
+    this.recommendations = new RecommendationsApi(this.transport);
     this.catalogs = new CatalogsApi(this.transport);
     this.events = new EventsApi(this.transport);
     this.features = new FeaturesApi(this.transport);
@@ -76,6 +79,15 @@ export class EmbeddingsApi extends Resource {
   /** Vectors for one text or a list (retried: it only reads). */
   async create(body: T.EmbeddingRequest, options?: ModelRequestOptions): Promise<T.EmbeddingResponse> {
     return data(this.transport, { method: "POST", path: "/v1/embeddings", body, retry: "idempotent" }, options);
+  }
+}
+
+/** `POST /v1/recommendations`. */
+export class RecommendationsApi extends Resource {
+  /** Ranked items of a catalog for a user (retried: it only reads). */
+  async create(body: T.RecommendationsRequest, options?: ModelRequestOptions): Promise<T.RecommendationsResponse> {
+    const call: Call = { method: "POST", path: "/v1/recommendations", body, retry: "idempotent" };
+    return data(this.transport, call, options);
   }
 }
 
@@ -160,11 +172,14 @@ export class UsageApi extends Resource {
 export class AdminApi extends Resource {
   readonly tenants: TenantsApi;
   readonly keys: KeysApi;
+  /** What the dashboard shows (`/admin/v1/dashboard/...`). */
+  readonly dashboard: DashboardApi;
 
   constructor(transport: Transport) {
     super(transport);
     this.tenants = new TenantsApi(transport);
     this.keys = new KeysApi(transport);
+    this.dashboard = new DashboardApi(transport);
   }
 
   /** `GET /admin/v1/search/indexes`: each catalog's index completeness per version. */
@@ -229,5 +244,18 @@ export class KeysApi extends Resource {
   async rotate(tenantId: string, keyId: string, body: T.KeyRotate = {}, options?: RequestOptions): Promise<T.ApiKeyCreated> {
     const path = `/admin/v1/tenants/${seg(tenantId)}/keys/${seg(keyId)}/rotate`;
     return data(this.transport, { method: "POST", path, body, retry: "refusals" }, options);
+  }
+}
+
+/** `/admin/v1/dashboard`. */
+export class DashboardApi extends Resource {
+  /** Models with weights and rollout state, replicas, today's usage per tenant. */
+  async state(options?: RequestOptions): Promise<T.DashboardState> {
+    return data(this.transport, { method: "GET", path: "/admin/v1/dashboard/state", retry: "idempotent" }, options);
+  }
+
+  /** servekit's counters and histograms, summed over replicas and nodes. */
+  async metrics(options?: RequestOptions): Promise<T.MetricsSnapshot> {
+    return data(this.transport, { method: "GET", path: "/admin/v1/dashboard/metrics", retry: "idempotent" }, options);
   }
 }

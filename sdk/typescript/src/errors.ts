@@ -98,6 +98,11 @@ export class MethodNotAllowedError extends APIError {
   override name = "MethodNotAllowedError";
 }
 
+/** 409: the request conflicts with the current state. */
+export class ConflictError extends APIError {
+  override name = "ConflictError";
+}
+
 /** 413: the body is larger than the service's limit. */
 export class PayloadTooLargeError extends APIError {
   override name = "PayloadTooLargeError";
@@ -134,6 +139,7 @@ const BY_STATUS: Record<number, new (fields: ErrorFields) => APIError> = {
   403: PermissionDeniedError,
   404: NotFoundError,
   405: MethodNotAllowedError,
+  409: ConflictError,
   413: PayloadTooLargeError,
   422: UnprocessableEntityError,
   429: RateLimitError,

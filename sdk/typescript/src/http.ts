@@ -7,18 +7,18 @@ import { APIConnectionError, APIError, APITimeoutError, ServekitError } from "./
 import { type Backoff, DEFAULT_BACKOFF, neverSent, RETRY_STATUSES, type RetryMode, retryDelayMs, sleep } from "./retry.js";
 
 export const DEFAULT_BASE_URL = "http://127.0.0.1:8000";
-export const DEFAULT_TIMEOUT_MS = 60_000;
+export const DEFAULT_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_RETRIES = 2;
 
 /** How a client is set up; every field is optional. */
 export interface ClientOptions {
-  /** The service, e.g. `https://api.example.com`; default: `SERVEKIT_BASE_URL`, else
+  /** The service, e.g. `https://api.example.com`; default: `SERVEKIT_URL`, else
    * `http://127.0.0.1:8000` (what `make serve` listens on). */
   baseUrl?: string;
   /** A tenant API key (`sk-...`) or the operator credential; default:
    * `SERVEKIT_API_KEY`. `null`: send none (a service with auth off). */
   apiKey?: string | null;
-  /** Time allowed for one attempt, answer body included (default 60000). */
+  /** Time allowed for one attempt, answer body included (default 30000). */
   timeoutMs?: number;
   /** Retries after the first attempt (default 2); 0 turns retrying off. */
   maxRetries?: number;
@@ -108,7 +108,7 @@ export class Transport {
 
   constructor(options: ClientOptions = {}) {
     const vars = env();
-    this.baseUrl = (options.baseUrl ?? vars["SERVEKIT_BASE_URL"] ?? DEFAULT_BASE_URL).replace(/\/+$/, "");
+    this.baseUrl = (options.baseUrl ?? vars["SERVEKIT_URL"] ?? DEFAULT_BASE_URL).replace(/\/+$/, "");
     const key = options.apiKey === undefined ? vars["SERVEKIT_API_KEY"] : options.apiKey;
     if (key === undefined || key === "") {
       throw new ServekitError("no API key: pass `apiKey` or set SERVEKIT_API_KEY (apiKey: null sends none)");

@@ -1,6 +1,6 @@
 /**
  * servekit's TypeScript client: `new ServekitClient()` reads `SERVEKIT_API_KEY` (and
- * `SERVEKIT_BASE_URL`), then every `/v1` route and the admin API are methods.
+ * `SERVEKIT_URL`), then every `/v1` route and the admin API are methods.
  */
 
 export * from "./client.js";

@@ -4,6 +4,50 @@
  */
 
 export interface paths {
+    "/admin/v1/dashboard/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Dashboard: counters and histogram buckets of the whole service
+         * @description servekit's request, latency, cache, shadow and tenant series, summed over every
+         *     replica on every node (totals since each replica started; a replica that stops takes
+         *     its part of a total with it). A tenant admin sees its own tenant's series only.
+         */
+        get: operations["dashboard_metrics_admin_v1_dashboard_metrics_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/dashboard/state": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Dashboard: models, weights, rollout, replicas, today's usage
+         * @description Every model the key may use with its versions' weights (effective and
+         *     configured), canary verdict and shadow divergence; the application's deployments
+         *     with running replicas; today's usage per tenant (a tenant admin: its own).
+         */
+        get: operations["dashboard_state_admin_v1_dashboard_state_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/admin/v1/search/indexes": {
         parameters: {
             query?: never;
@@ -352,6 +396,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/recommendations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Recommend items to a user
+         * @description The two-stage recommender over the user's online features: candidates from the
+         *     version's item index, reordered by its ranker; a user without history (or any user
+         *     while the feature store is down, flagged `degraded`) gets the tenant's popular
+         *     items. `filters` hold for every answer.
+         */
+        post: operations["recommend_v1_recommendations_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/search": {
         parameters: {
             query?: never;
@@ -561,6 +628,14 @@ export interface components {
         /**
          * CatalogOut
          * @description A catalog of the caller's tenant.
+         * @example {
+         *       "created_at": "2026-11-02T09:40:00+00:00",
+         *       "items": 1200,
+         *       "name": "products",
+         *       "settings": {
+         *         "hybrid": true
+         *       }
+         *     }
          */
         CatalogOut: {
             /** Created At */
@@ -577,6 +652,9 @@ export interface components {
         /**
          * CatalogSettingsIn
          * @description A catalog's settings; a field left out (or null) takes the service default.
+         * @example {
+         *       "hybrid": true
+         *     }
          */
         CatalogSettingsIn: {
             /**
@@ -584,6 +662,80 @@ export interface components {
              * @description Whether searches of this catalog fuse BM25 with the vectors unless the request says; null: `search.hybrid_default`.
              */
             hybrid?: boolean | null;
+        };
+        /**
+         * CounterSeries
+         * @description A counter's total, summed over replicas and nodes.
+         */
+        CounterSeries: {
+            /** Labels */
+            labels: {
+                [key: string]: string;
+            };
+            /** Name */
+            name: string;
+            /** Value */
+            value: number;
+        };
+        /**
+         * DashboardState
+         * @description What the dashboard shows that is not a time series.
+         */
+        DashboardState: {
+            /** Application */
+            application: string;
+            /**
+             * At
+             * @description Server time, Unix seconds.
+             */
+            at: number;
+            /**
+             * Day
+             * @description The UTC day of `usage`.
+             */
+            day: string;
+            /** Deployments */
+            deployments: components["schemas"]["DeploymentState"][];
+            /**
+             * Models
+             * @description As `GET /v1/models/{name}` shows them.
+             */
+            models: {
+                [key: string]: unknown;
+            }[];
+            /**
+             * Refresh S
+             * @description How often the page reads this and the metrics.
+             */
+            refresh_s: number;
+            /**
+             * Usage
+             * @description Most requests first.
+             */
+            usage: components["schemas"]["TenantUsageToday"][];
+        };
+        /**
+         * DeploymentState
+         * @description One deployment of the application, as Serve's controller counts its replicas.
+         */
+        DeploymentState: {
+            /** Name */
+            name: string;
+            /**
+             * Replicas
+             * @description Replicas in any state (starting, stopping too).
+             */
+            replicas: number;
+            /**
+             * Running
+             * @description Replicas running.
+             */
+            running: number;
+            /**
+             * Status
+             * @description HEALTHY, UPDATING, UPSCALING, DOWNSCALING, UNHEALTHY.
+             */
+            status: string;
         };
         /**
          * EmbeddingData
@@ -604,6 +756,18 @@ export interface components {
         /**
          * EmbeddingRequest
          * @description `POST /v1/embeddings` body, as the OpenAI clients send it.
+         * @example {
+         *       "input": [
+         *         "red running shoes",
+         *         "a waterproof jacket"
+         *       ],
+         *       "model": "minilm"
+         *     }
+         * @example {
+         *       "encoding_format": "base64",
+         *       "input": "red running shoes",
+         *       "model": "minilm"
+         *     }
          */
         EmbeddingRequest: {
             /**
@@ -639,6 +803,24 @@ export interface components {
         /**
          * EmbeddingResponse
          * @description `POST /v1/embeddings` response (documented; built by `encode_response`).
+         * @example {
+         *       "data": [
+         *         {
+         *           "embedding": [
+         *             0.0213,
+         *             -0.0491
+         *           ],
+         *           "index": 0,
+         *           "object": "embedding"
+         *         }
+         *       ],
+         *       "model": "minilm",
+         *       "object": "list",
+         *       "usage": {
+         *         "prompt_tokens": 5,
+         *         "total_tokens": 5
+         *       }
+         *     }
          */
         EmbeddingResponse: {
             /** Data */
@@ -687,6 +869,22 @@ export interface components {
         /**
          * EventsBody
          * @description A batch of interactions, each checked on its own.
+         * @example {
+         *       "catalog": "products",
+         *       "events": [
+         *         {
+         *           "item": "sku-1042",
+         *           "type": "click",
+         *           "user": "u-829"
+         *         },
+         *         {
+         *           "item": "sku-1042",
+         *           "timestamp": "2026-12-02T10:15:00Z",
+         *           "type": "purchase",
+         *           "user": "u-829"
+         *         }
+         *       ]
+         *     }
          */
         EventsBody: {
             /**
@@ -705,6 +903,14 @@ export interface components {
         /**
          * EventsOut
          * @description What the batch did.
+         * @example {
+         *       "accepted": 2,
+         *       "errors": [],
+         *       "features_updated": true,
+         *       "object": "events.result",
+         *       "rejected": 0,
+         *       "seq": 90412
+         *     }
          */
         EventsOut: {
             /** Accepted */
@@ -720,10 +926,31 @@ export interface components {
             /** Seq */
             seq: number;
         };
-        /** HTTPValidationError */
-        HTTPValidationError: {
-            /** Detail */
-            detail?: components["schemas"]["ValidationError"][];
+        /**
+         * HistogramSeries
+         * @description A histogram's cumulative bucket counts, summed over replicas and nodes.
+         */
+        HistogramSeries: {
+            /**
+             * Bounds
+             * @description Upper bounds of the buckets (+Inf is `count`).
+             */
+            bounds: number[];
+            /** Count */
+            count: number;
+            /**
+             * Counts
+             * @description Observations <= each bound.
+             */
+            counts: number[];
+            /** Labels */
+            labels: {
+                [key: string]: string;
+            };
+            /** Name */
+            name: string;
+            /** Sum */
+            sum: number;
         };
         /**
          * InferenceRequest
@@ -790,6 +1017,23 @@ export interface components {
         /**
          * ItemOut
          * @description A stored item.
+         * @example {
+         *       "attributes": {
+         *         "category": "shoes",
+         *         "in_stock": true,
+         *         "price": 89.9,
+         *         "tags": [
+         *           "running",
+         *           "outdoor"
+         *         ]
+         *       },
+         *       "id": "sku-1042",
+         *       "text": {
+         *         "description": "Light, grippy, waterproof.",
+         *         "title": "Trail running shoe"
+         *       },
+         *       "updated_at": "2026-12-01T18:02:11+00:00"
+         *     }
          */
         ItemOut: {
             /** Attributes */
@@ -808,6 +1052,26 @@ export interface components {
         /**
          * KeyCreate
          * @description A new API key.
+         * @example {
+         *       "models": [
+         *         "minilm"
+         *       ],
+         *       "name": "search backend",
+         *       "scopes": [
+         *         "embed",
+         *         "search"
+         *       ]
+         *     }
+         * @example {
+         *       "expires_in_s": 86400,
+         *       "limits": {
+         *         "texts_per_s": 500
+         *       },
+         *       "name": "nightly batch",
+         *       "scopes": [
+         *         "embed"
+         *       ]
+         *     }
          */
         KeyCreate: {
             /**
@@ -839,6 +1103,30 @@ export interface components {
         /**
          * KeyCreated
          * @description A new key: `key` is shown this once and cannot be read back.
+         * @example {
+         *       "created_at": "2026-11-02T09:31:00Z",
+         *       "expires_at": null,
+         *       "id": "k_5f1c2a",
+         *       "key": "sk-ab12cd34xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+         *       "limits": {
+         *         "monthly_texts": null,
+         *         "requests_per_s": null,
+         *         "texts_per_s": null
+         *       },
+         *       "may_pin": false,
+         *       "models": [
+         *         "minilm"
+         *       ],
+         *       "name": "search backend",
+         *       "prefix": "sk-ab12cd34",
+         *       "revoked_at": null,
+         *       "scopes": [
+         *         "embed",
+         *         "search"
+         *       ],
+         *       "state": "active",
+         *       "tenant_id": "acme"
+         *     }
          */
         KeyCreated: {
             /**
@@ -876,6 +1164,29 @@ export interface components {
         /**
          * KeyOut
          * @description An API key as stored: never the key itself.
+         * @example {
+         *       "created_at": "2026-11-02T09:31:00Z",
+         *       "expires_at": null,
+         *       "id": "k_5f1c2a",
+         *       "limits": {
+         *         "monthly_texts": null,
+         *         "requests_per_s": null,
+         *         "texts_per_s": null
+         *       },
+         *       "may_pin": false,
+         *       "models": [
+         *         "minilm"
+         *       ],
+         *       "name": "search backend",
+         *       "prefix": "sk-ab12cd34",
+         *       "revoked_at": null,
+         *       "scopes": [
+         *         "embed",
+         *         "search"
+         *       ],
+         *       "state": "active",
+         *       "tenant_id": "acme"
+         *     }
          */
         KeyOut: {
             /**
@@ -911,6 +1222,10 @@ export interface components {
         /**
          * LimitsBody
          * @description Rate limits and monthly quota; unset fields fall back (key -> tenant -> none).
+         * @example {
+         *       "requests_per_s": 50,
+         *       "texts_per_s": 2000
+         *     }
          */
         LimitsBody: {
             /**
@@ -928,6 +1243,31 @@ export interface components {
              * @description Texts/s.
              */
             texts_per_s?: number | null;
+        };
+        /**
+         * MetricsSnapshot
+         * @description Totals since each replica started: rates come from two snapshots' difference.
+         */
+        MetricsSnapshot: {
+            /**
+             * At
+             * @description Server time, Unix seconds.
+             */
+            at: number;
+            /** Counters */
+            counters: components["schemas"]["CounterSeries"][];
+            /** Histograms */
+            histograms: components["schemas"]["HistogramSeries"][];
+            /**
+             * Nodes
+             * @description Nodes whose metrics endpoint answered.
+             */
+            nodes: number;
+            /**
+             * Nodes Failed
+             * @description Nodes whose endpoint did not answer in time.
+             */
+            nodes_failed: number;
         };
         /**
          * ModelCard
@@ -957,6 +1297,31 @@ export interface components {
         /**
          * ModelList
          * @description `GET /v1/models` response.
+         * @example {
+         *       "data": [
+         *         {
+         *           "created": 1767225600,
+         *           "id": "minilm",
+         *           "object": "model",
+         *           "owned_by": "servekit",
+         *           "versions": [
+         *             {
+         *               "device": "cpu",
+         *               "name": "v1",
+         *               "runtime": "onnx",
+         *               "weight": 90
+         *             },
+         *             {
+         *               "device": "cpu",
+         *               "name": "v2",
+         *               "runtime": "onnx",
+         *               "weight": 10
+         *             }
+         *           ]
+         *         }
+         *       ],
+         *       "object": "list"
+         *     }
          */
         ModelList: {
             /** Data */
@@ -991,6 +1356,122 @@ export interface components {
         OipError: {
             /** Error */
             error: string;
+        };
+        /**
+         * RecommendBody
+         * @description Whom to recommend for, from which catalog, how many, within which filters.
+         * @example {
+         *       "exclude_seen": true,
+         *       "filters": {
+         *         "in_stock": true
+         *       },
+         *       "k": 5,
+         *       "user": "u-829"
+         *     }
+         * @example {
+         *       "catalog": "products",
+         *       "context": {
+         *         "item": "sku-77"
+         *       },
+         *       "user": "u-829"
+         *     }
+         */
+        RecommendBody: {
+            /**
+             * Catalog
+             * @description The catalog to recommend from; default: the tenant's only catalog.
+             */
+            catalog?: string | null;
+            /**
+             * Context
+             * @description Where the user is: `item` (the item being looked at) steers the candidates towards it; other keys are recorded only.
+             */
+            context?: {
+                [key: string]: string;
+            } | null;
+            /**
+             * Exclude Seen
+             * @description Leave out items the user touched recently.
+             * @default true
+             */
+            exclude_seen?: boolean;
+            /**
+             * Filters
+             * @description As for search: equality, {gte, gt, lte, lt}, {in}, {any}.
+             */
+            filters?: {
+                [key: string]: unknown;
+            } | null;
+            /**
+             * K
+             * @description How many items (at most `recommendations.max_k`).
+             * @default 10
+             */
+            k?: number;
+            /**
+             * User
+             * @description The end user (as in events).
+             */
+            user: string;
+        };
+        /**
+         * RecommendOut
+         * @description Ranked items, and the versions and sources that produced them.
+         * @example {
+         *       "catalog": "products",
+         *       "data": [
+         *         {
+         *           "attributes": {
+         *             "brand": "Northpeak",
+         *             "category": "shoes",
+         *             "price": 89
+         *           },
+         *           "id": "sku-1042",
+         *           "score": 0.8312,
+         *           "text": {
+         *             "title": "Trail running shoe"
+         *           }
+         *         }
+         *       ],
+         *       "degraded": false,
+         *       "index": {
+         *         "candidates": 50,
+         *         "space": "recommender/v1"
+         *       },
+         *       "model": "recommender",
+         *       "object": "recommendations",
+         *       "source": "model",
+         *       "user": "u-829",
+         *       "version": "v1"
+         *     }
+         */
+        RecommendOut: {
+            /** Catalog */
+            catalog: string;
+            /** Data */
+            data: components["schemas"]["SearchHit"][];
+            /**
+             * Degraded
+             * @description The feature store did not answer: popular items.
+             */
+            degraded: boolean;
+            /** Index */
+            index: {
+                [key: string]: unknown;
+            };
+            /** Model */
+            model: string;
+            /** Object */
+            object: string;
+            /**
+             * Source
+             * @description model: the two stages; popular: cold start or degraded.
+             */
+            source: string;
+            /** User */
+            user: string;
+            /** Version */
+            version: string;
         };
         /**
          * RequestInput
@@ -1052,6 +1533,9 @@ export interface components {
         /**
          * RotateBody
          * @description How long the old key stays valid beside the new one.
+         * @example {
+         *       "overlap_s": 3600
+         *     }
          */
         RotateBody: {
             /**
@@ -1063,6 +1547,29 @@ export interface components {
         /**
          * SearchBody
          * @description A search over one catalog.
+         * @example {
+         *       "catalog": "products",
+         *       "k": 5,
+         *       "query": "waterproof running shoes"
+         *     }
+         * @example {
+         *       "catalog": "products",
+         *       "filters": {
+         *         "category": "shoes",
+         *         "price": {
+         *           "lte": 120
+         *         },
+         *         "tags": {
+         *           "any": [
+         *             "trail"
+         *           ]
+         *         }
+         *       },
+         *       "hybrid": true,
+         *       "k": 10,
+         *       "query": "running shoes",
+         *       "user": "u-829"
+         *     }
          */
         SearchBody: {
             /** Catalog */
@@ -1114,6 +1621,37 @@ export interface components {
         /**
          * SearchOut
          * @description Ranked items, the version that embedded the query and the index it searched.
+         * @example {
+         *       "catalog": "products",
+         *       "data": [
+         *         {
+         *           "attributes": {
+         *             "category": "shoes",
+         *             "in_stock": true,
+         *             "price": 89.9,
+         *             "tags": [
+         *               "running",
+         *               "outdoor"
+         *             ]
+         *           },
+         *           "id": "sku-1042",
+         *           "score": 0.8123,
+         *           "text": {
+         *             "description": "Light, grippy, waterproof.",
+         *             "title": "Trail running shoe"
+         *           }
+         *         }
+         *       ],
+         *       "index": {
+         *         "hybrid": true,
+         *         "search_ms": 1.84,
+         *         "seq": 5187,
+         *         "space": "minilm/v1"
+         *       },
+         *       "model": "minilm",
+         *       "object": "search.result",
+         *       "version": "v1"
+         *     }
          */
         SearchOut: {
             /** Catalog */
@@ -1146,6 +1684,14 @@ export interface components {
         /**
          * TenantCreate
          * @description A new tenant.
+         * @example {
+         *       "id": "acme",
+         *       "limits": {
+         *         "requests_per_s": 50,
+         *         "texts_per_s": 2000
+         *       },
+         *       "name": "Acme"
+         *     }
          */
         TenantCreate: {
             /**
@@ -1161,6 +1707,17 @@ export interface components {
         /**
          * TenantOut
          * @description A tenant.
+         * @example {
+         *       "created_at": "2026-11-02T09:30:00Z",
+         *       "disabled": false,
+         *       "id": "acme",
+         *       "limits": {
+         *         "monthly_texts": null,
+         *         "requests_per_s": 50,
+         *         "texts_per_s": 2000
+         *       },
+         *       "name": "Acme"
+         *     }
          */
         TenantOut: {
             /**
@@ -1179,6 +1736,14 @@ export interface components {
         /**
          * TenantPatch
          * @description Changes to a tenant.
+         * @example {
+         *       "limits": {
+         *         "requests_per_s": 100
+         *       }
+         *     }
+         * @example {
+         *       "disabled": true
+         *     }
          */
         TenantPatch: {
             /**
@@ -1187,6 +1752,20 @@ export interface components {
              */
             disabled?: boolean | null;
             limits?: components["schemas"]["LimitsBody"] | null;
+        };
+        /**
+         * TenantUsageToday
+         * @description A tenant's counted usage today (UTC), every model together.
+         */
+        TenantUsageToday: {
+            /** Errors */
+            errors: number;
+            /** Requests */
+            requests: number;
+            /** Tenant Id */
+            tenant_id: string;
+            /** Texts */
+            texts: number;
         };
         /**
          * TensorMetadata
@@ -1203,6 +1782,26 @@ export interface components {
         /**
          * UpsertBody
          * @description Items to insert or replace.
+         * @example {
+         *       "items": [
+         *         {
+         *           "attributes": {
+         *             "category": "shoes",
+         *             "in_stock": true,
+         *             "price": 89.9,
+         *             "tags": [
+         *               "running",
+         *               "outdoor"
+         *             ]
+         *           },
+         *           "id": "sku-1042",
+         *           "text": {
+         *             "description": "Light, grippy, waterproof.",
+         *             "title": "Trail running shoe"
+         *           }
+         *         }
+         *       ]
+         *     }
          */
         UpsertBody: {
             /** Items */
@@ -1211,6 +1810,11 @@ export interface components {
         /**
          * UpsertOut
          * @description What was written: durable, and searchable on every replica within a second.
+         * @example {
+         *       "catalog": "products",
+         *       "seq": 5187,
+         *       "upserted": 1
+         *     }
          */
         UpsertOut: {
             /** Catalog */
@@ -1252,6 +1856,30 @@ export interface components {
         /**
          * UsageOut
          * @description A tenant's usage over a range of days, with totals.
+         * @example {
+         *       "days": [
+         *         {
+         *           "day": "2026-12-01",
+         *           "errors": 3,
+         *           "model": "minilm",
+         *           "requests": 1200,
+         *           "texts": 5400
+         *         },
+         *         {
+         *           "day": "2026-12-02",
+         *           "errors": 0,
+         *           "model": "minilm",
+         *           "requests": 800,
+         *           "texts": 3100
+         *         }
+         *       ],
+         *       "end": "2026-12-02",
+         *       "errors": 3,
+         *       "requests": 2000,
+         *       "start": "2026-12-01",
+         *       "tenant_id": "acme",
+         *       "texts": 8500
+         *     }
          */
         UsageOut: {
             /** Days */
@@ -1275,28 +1903,446 @@ export interface components {
             /** Texts */
             texts: number;
         };
-        /** ValidationError */
-        ValidationError: {
-            /** Context */
-            ctx?: Record<string, never>;
-            /** Input */
-            input?: unknown;
-            /** Location */
-            loc: (string | number)[];
-            /** Message */
-            msg: string;
-            /** Error Type */
-            type: string;
-        };
     };
     responses: never;
     parameters: never;
     requestBodies: never;
-    headers: never;
+    headers: {
+        /** @description The version of servekit's API that answered (`/v1` only grows). */
+        "API-Version": string;
+    };
     pathItems: never;
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    dashboard_metrics_admin_v1_dashboard_metrics_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "at": 1764640000,
+                     *       "counters": [
+                     *         {
+                     *           "labels": {
+                     *             "code": "200",
+                     *             "model": "minilm",
+                     *             "route": "/v1/embeddings",
+                     *             "version": "v1"
+                     *           },
+                     *           "name": "servekit_requests_total",
+                     *           "value": 1520
+                     *         }
+                     *       ],
+                     *       "histograms": [
+                     *         {
+                     *           "bounds": [
+                     *             0.005,
+                     *             0.01,
+                     *             0.025
+                     *           ],
+                     *           "count": 1520,
+                     *           "counts": [
+                     *             300,
+                     *             1400,
+                     *             1510
+                     *           ],
+                     *           "labels": {
+                     *             "model": "minilm",
+                     *             "route": "/v1/embeddings",
+                     *             "version": "v1"
+                     *           },
+                     *           "name": "servekit_request_duration_seconds",
+                     *           "sum": 11.9
+                     *         }
+                     *       ],
+                     *       "nodes": 1,
+                     *       "nodes_failed": 0
+                     *     }
+                     */
+                    "application/json": components["schemas"]["MetricsSnapshot"];
+                };
+            };
+            /** @description The request is malformed or breaks a limit; the message names the field. */
+            400: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No API key, or one that is unknown, expired or revoked. */
+            401: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is valid but may not call this route or model. */
+            403: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such resource (or not the caller's). */
+            404: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Over a rate limit or the monthly quota. */
+            429: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An internal failure; the message carries only the request id. */
+            500: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    dashboard_state_admin_v1_dashboard_state_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "application": "servekit",
+                     *       "at": 1764640000,
+                     *       "day": "2026-12-02",
+                     *       "deployments": [
+                     *         {
+                     *           "name": "Ingress",
+                     *           "replicas": 2,
+                     *           "running": 2,
+                     *           "status": "HEALTHY"
+                     *         }
+                     *       ],
+                     *       "models": [
+                     *         {
+                     *           "id": "minilm",
+                     *           "object": "model",
+                     *           "rollout": null,
+                     *           "shadow": {
+                     *             "fraction": 0.1,
+                     *             "pairs": {
+                     *               "v1->v2": {
+                     *                 "dropped": 0,
+                     *                 "errors": 0,
+                     *                 "mean_cosine": 0.998,
+                     *                 "requests": 40
+                     *               }
+                     *             },
+                     *             "version": "v2"
+                     *           },
+                     *           "versions": [
+                     *             {
+                     *               "configured_weight": 90,
+                     *               "deployment": "Ingress (inline)",
+                     *               "device": "cpu",
+                     *               "name": "v1",
+                     *               "recent": {
+                     *                 "error_rate": 0,
+                     *                 "p95_latency_ms": 12.4,
+                     *                 "rate_per_s": 6.87,
+                     *                 "requests": 412
+                     *               },
+                     *               "runtime": "onnx",
+                     *               "weight": 90
+                     *             }
+                     *           ]
+                     *         }
+                     *       ],
+                     *       "refresh_s": 5,
+                     *       "usage": [
+                     *         {
+                     *           "errors": 3,
+                     *           "requests": 1520,
+                     *           "tenant_id": "acme",
+                     *           "texts": 8211
+                     *         }
+                     *       ]
+                     *     }
+                     */
+                    "application/json": components["schemas"]["DashboardState"];
+                };
+            };
+            /** @description The request is malformed or breaks a limit; the message names the field. */
+            400: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No API key, or one that is unknown, expired or revoked. */
+            401: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is valid but may not call this route or model. */
+            403: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such resource (or not the caller's). */
+            404: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Over a rate limit or the monthly quota. */
+            429: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An internal failure; the message carries only the request id. */
+            500: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     search_indexes_admin_v1_search_indexes_get: {
         parameters: {
             query?: never;
@@ -1309,90 +2355,164 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "catalogs": [
+                     *         {
+                     *           "catalog": "products",
+                     *           "indexes": {
+                     *             "minilm/v1": {
+                     *               "complete": true,
+                     *               "vectors": 1200
+                     *             },
+                     *             "minilm/v2": {
+                     *               "complete": false,
+                     *               "vectors": 890
+                     *             }
+                     *           },
+                     *           "items": 1200,
+                     *           "tenant_id": "acme"
+                     *         }
+                     *       ],
+                     *       "pending": {
+                     *         "minilm/v1": 0,
+                     *         "minilm/v2": 310
+                     *       },
+                     *       "seq": 5187,
+                     *       "spaces": [
+                     *         "minilm/v1",
+                     *         "minilm/v2"
+                     *       ]
+                     *     }
+                     */
                     "application/json": unknown;
                 };
             };
-            /** @description Bad Request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -1410,90 +2530,134 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TenantOut"][];
                 };
             };
-            /** @description Bad Request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -1515,99 +2679,153 @@ export interface operations {
             /** @description Successful Response */
             201: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TenantOut"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -1627,99 +2845,134 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TenantOut"];
                 };
             };
-            /** @description Bad Request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -1743,99 +2996,153 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TenantOut"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -1855,99 +3162,134 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["KeyOut"][];
                 };
             };
-            /** @description Bad Request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -1971,99 +3313,153 @@ export interface operations {
             /** @description Successful Response */
             201: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["KeyCreated"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -2084,99 +3480,134 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["KeyOut"];
                 };
             };
-            /** @description Bad Request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -2201,99 +3632,153 @@ export interface operations {
             /** @description Successful Response */
             201: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["KeyCreated"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -2318,99 +3803,153 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["UsageOut"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -2428,90 +3967,168 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "data": [
+                     *         {
+                     *           "created_at": "2026-11-02T09:40:00+00:00",
+                     *           "items": 1200,
+                     *           "name": "products",
+                     *           "settings": {
+                     *             "hybrid": true
+                     *           }
+                     *         }
+                     *       ],
+                     *       "object": "list"
+                     *     }
+                     */
                     "application/json": unknown;
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -2536,99 +4153,153 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["CatalogOut"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -2653,99 +4324,153 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["UpsertOut"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -2768,99 +4493,153 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ItemOut"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -2883,99 +4662,159 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "deleted": true,
+                     *       "id": "sku-1042"
+                     *     }
+                     */
                     "application/json": unknown;
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -3002,90 +4841,191 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["EmbeddingResponse"];
                 };
             };
-            /** @description Error */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description The body is larger than `limits.max_body_bytes`. */
             413: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "payload_too_large",
+                     *         "message": "body: larger than the 1048576-byte limit",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description The model did not answer within `request_timeout_s`. */
             504: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "timeout",
+                     *         "message": "minilm/v1: no answer within 10 s (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -3107,99 +5047,165 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["EventsOut"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "accepted": 1,
+                     *       "error": {
+                     *         "code": "invalid_events",
+                     *         "message": "events.1.type: Input should be 'view', 'click', 'add_to_cart' or 'purchase' (1 of 2 accepted)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       },
+                     *       "errors": [
+                     *         {
+                     *           "field": "events.1.type",
+                     *           "index": 1,
+                     *           "message": "Input should be 'view', 'click', 'add_to_cart' or 'purchase'"
+                     *         }
+                     *       ],
+                     *       "features_updated": true,
+                     *       "object": "events.result",
+                     *       "rejected": 1,
+                     *       "seq": 90412
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -3221,99 +5227,181 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "degraded": false,
+                     *       "entity": "user",
+                     *       "fresh": {
+                     *         "user_activity": true
+                     *       },
+                     *       "id": "u-829",
+                     *       "object": "features",
+                     *       "views": {
+                     *         "user_activity": {
+                     *           "category_affinity": {
+                     *             "jackets": 0.25,
+                     *             "shoes": 0.75
+                     *           },
+                     *           "clicks": 3,
+                     *           "last_event_at": 1764670500,
+                     *           "purchases": 1,
+                     *           "recent_items": [
+                     *             "sku-1042",
+                     *             "sku-77"
+                     *           ],
+                     *           "spend": 89.9,
+                     *           "views": 12
+                     *         }
+                     *       }
+                     *     }
+                     */
                     "application/json": unknown;
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -3331,36 +5419,115 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ModelList"];
                 };
             };
-            /** @description Error */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An internal failure; the message carries only the request id. */
+            500: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -3380,45 +5547,362 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "created": 1767225600,
+                     *       "id": "minilm",
+                     *       "object": "model",
+                     *       "owned_by": "servekit",
+                     *       "rollout": {
+                     *         "canary": "v2",
+                     *         "decided_at": null,
+                     *         "policy": {
+                     *           "canary": "v2",
+                     *           "max_error_rate": 0.05,
+                     *           "max_p95_latency_ms": 1000,
+                     *           "min_requests": 20,
+                     *           "window_s": 60
+                     *         },
+                     *         "reason": null,
+                     *         "state": "watching",
+                     *         "window": {
+                     *           "error_rate": 0,
+                     *           "p95_latency_ms": 18.4,
+                     *           "rate_per_s": 6.867,
+                     *           "requests": 45
+                     *         }
+                     *       },
+                     *       "shadow": null,
+                     *       "versions": [
+                     *         {
+                     *           "configured_weight": 90,
+                     *           "deployment": "Ingress (inline)",
+                     *           "device": "cpu",
+                     *           "name": "v1",
+                     *           "recent": {
+                     *             "error_rate": 0,
+                     *             "p95_latency_ms": 18.4,
+                     *             "rate_per_s": 6.867,
+                     *             "requests": 412
+                     *           },
+                     *           "runtime": "onnx",
+                     *           "sha256": "9f2c000000000000000000000000000000000000000000000000000000000000",
+                     *           "weight": 90
+                     *         },
+                     *         {
+                     *           "configured_weight": 10,
+                     *           "deployment": "minilm-v2",
+                     *           "device": "cpu",
+                     *           "name": "v2",
+                     *           "recent": {
+                     *             "error_rate": 0,
+                     *             "p95_latency_ms": 18.4,
+                     *             "rate_per_s": 6.867,
+                     *             "requests": 45
+                     *           },
+                     *           "runtime": "onnx",
+                     *           "sha256": "41ab000000000000000000000000000000000000000000000000000000000000",
+                     *           "weight": 10
+                     *         }
+                     *       ]
+                     *     }
+                     */
                     "application/json": unknown;
                 };
             };
-            /** @description Error */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Validation Error */
-            422: {
+            /** @description No such resource (or not the caller's). */
+            404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Error */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An internal failure; the message carries only the request id. */
+            500: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    recommend_v1_recommendations_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RecommendBody"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecommendOut"];
+                };
+            };
+            /** @description The request is malformed or breaks a limit; the message names the field. */
+            400: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No API key, or one that is unknown, expired or revoked. */
+            401: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is valid but may not call this route or model. */
+            403: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such resource (or not the caller's). */
+            404: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Over a rate limit or the monthly quota. */
+            429: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An internal failure; the message carries only the request id. */
+            500: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -3440,99 +5924,172 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["SearchOut"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Gateway Timeout */
+            /** @description The model did not answer within `request_timeout_s`. */
             504: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "timeout",
+                     *         "message": "minilm/v1: no answer within 10 s (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -3555,99 +6112,153 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["UsageOut"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The request is malformed or breaks a limit; the message names the field. */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "unauthorized",
+                     *         "message": "a valid API key is required",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Forbidden */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "forbidden",
+                     *         "message": "this API key may not do that",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such resource (or not the caller's). */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "not_found",
+                     *         "message": "item: no such item",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Request Entity Too Large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too Many Requests */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "rate_limited",
+                     *         "message": "requests per second exceeded: retry after 1 s",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description An internal failure; the message carries only the request id. */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "inference_failed",
+                     *         "message": "internal error (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description Overloaded or briefly unavailable: retry after `Retry-After` seconds. */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Gateway Timeout */
-            504: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "overloaded",
+                     *         "message": "minilm/v1: overloaded, retry later (request id 4bf92f3577b34da6a3ce929d0e0e4736)",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
@@ -3665,37 +6276,64 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ServerMetadata"];
                 };
             };
-            /** @description Error */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "a valid API key is required"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "this API key may not do that"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "requests per second exceeded: retry after 1 s"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
         };
@@ -3712,6 +6350,7 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3734,6 +6373,7 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3743,6 +6383,7 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3765,6 +6406,7 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3774,33 +6416,49 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "a valid API key is required"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "this API key may not do that"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
             /** @description Not Found */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3810,33 +6468,38 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Error */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "requests per second exceeded: retry after 1 s"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
             /** @description Internal Server Error */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3846,6 +6509,7 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3855,6 +6519,7 @@ export interface operations {
             /** @description Gateway Timeout */
             504: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3878,7 +6543,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["InferenceRequest"];
-                /** @description JSON header of Inference-Header-Content-Length bytes, then tensors. */
                 "application/octet-stream": string;
             };
         };
@@ -3886,6 +6550,7 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3895,33 +6560,49 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "a valid API key is required"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "this API key may not do that"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
             /** @description Not Found */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3931,33 +6612,38 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Error */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "requests per second exceeded: retry after 1 s"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
             /** @description Internal Server Error */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3967,6 +6653,7 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3976,6 +6663,7 @@ export interface operations {
             /** @description Gateway Timeout */
             504: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3998,6 +6686,7 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4007,33 +6696,49 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "a valid API key is required"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "this API key may not do that"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
             /** @description Not Found */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4043,33 +6748,38 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Error */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "requests per second exceeded: retry after 1 s"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
             /** @description Internal Server Error */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4079,6 +6789,7 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4088,6 +6799,7 @@ export interface operations {
             /** @description Gateway Timeout */
             504: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4111,6 +6823,7 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4120,33 +6833,49 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "a valid API key is required"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "this API key may not do that"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
             /** @description Not Found */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4156,33 +6885,38 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Error */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "requests per second exceeded: retry after 1 s"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
             /** @description Internal Server Error */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4192,6 +6926,7 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4201,6 +6936,7 @@ export interface operations {
             /** @description Gateway Timeout */
             504: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4222,7 +6958,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["InferenceRequest"];
-                /** @description JSON header of Inference-Header-Content-Length bytes, then tensors. */
                 "application/octet-stream": string;
             };
         };
@@ -4230,6 +6965,7 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4239,33 +6975,49 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "a valid API key is required"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Error */
+            /** @description The key is valid but may not call this route or model. */
             403: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "this API key may not do that"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
             /** @description Not Found */
             404: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4275,33 +7027,38 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Error */
+            /** @description Over a rate limit or the monthly quota. */
             429: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    RateLimit?: string;
+                    /** @description The tightest of the caller's limits and what is left of it (draft-ietf-httpapi-ratelimit-headers). */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ErrorBody"];
+                    /**
+                     * @example {
+                     *       "error": "requests per second exceeded: retry after 1 s"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OipError"];
                 };
             };
             /** @description Internal Server Error */
             500: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4311,6 +7068,7 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -4320,6 +7078,7 @@ export interface operations {
             /** @description Gateway Timeout */
             504: {
                 headers: {
+                    "API-Version": components["headers"]["API-Version"];
                     [name: string]: unknown;
                 };
                 content: {

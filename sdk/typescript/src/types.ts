@@ -49,6 +49,10 @@ export type DeletedItem = Documented<
   { id: string; deleted: boolean }
 >;
 
+// ---- /v1/recommendations --------------------------------------------------------------
+export type RecommendationsRequest = Schemas["RecommendBody"];
+export type RecommendationsResponse = Schemas["RecommendOut"];
+
 // ---- /v1/events and /v1/features -------------------------------------------------------
 export type EventsRequest = Schemas["EventsBody"];
 export type EventsResult = Schemas["EventsOut"];
@@ -105,6 +109,9 @@ export type SearchIndexes = Documented<
     }[];
   }
 >;
+
+export type DashboardState = Schemas["DashboardState"];
+export type MetricsSnapshot = Schemas["MetricsSnapshot"];
 
 // ---- errors ----------------------------------------------------------------------------
 export type ErrorBody = Schemas["ErrorBody"];
