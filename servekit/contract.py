@@ -2,8 +2,9 @@
 `api/openapi.json`, and the rules a change to `/v1` must keep.
 
     servekit api write        # regenerate api/openapi.json from the code
-    servekit api check        # exit 1 when the committed document is stale, or breaks
-                              # /v1 against api/openapi.released.json undeclared
+    servekit api check        # exit 1 when the committed document is stale, breaks
+                              # /v1 against api/openapi.released.json undeclared, or
+                              # lacks a route's examples or error responses
 
 `/v1` only grows. Against the released document, a change is breaking when it removes
 a path, an operation or a field, narrows a type (a type changed, an enum value gone, a
@@ -243,9 +244,14 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {RELEASED.relative_to(ROOT)}; declarations cleared")
         return 0
+    from servekit import contract_docs
+
     problems = check()
+    if not problems:  # current: the committed document is the served one
+        committed = json.loads(DOCUMENT.read_text())
+        problems = contract_docs.undocumented(committed) + contract_docs.invalid_examples(committed)
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
-        print("the contract is current and /v1 only grew")
+        print("the contract is current, documented, and /v1 only grew")
     return 1 if problems else 0
