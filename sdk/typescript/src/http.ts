@@ -30,6 +30,21 @@ export interface ClientOptions {
   fetch?: typeof globalThis.fetch;
   /** Told before each retry (for logs and metrics). */
   onRetry?: (retry: RetryInfo) => void;
+  /** Told when the service answers with `Deprecation` (RFC 9745); default: one
+   * `console.warn` per method and path. */
+  onDeprecated?: (notice: DeprecationNotice) => void;
+}
+
+/** A route the service marked deprecated, with its `Sunset` (RFC 8594) and links. */
+export interface DeprecationNotice {
+  method: string;
+  path: string;
+  /** The `Deprecation` header (`@<Unix seconds>`: since when). */
+  deprecation: string;
+  /** The `Sunset` header (an HTTP date), when the service gave one. */
+  sunset: string | undefined;
+  /** The `Link` header (the deprecation's documentation), when given. */
+  link: string | undefined;
 }
 
 /** Options of one call. */
@@ -105,6 +120,8 @@ export class Transport {
   private readonly headers: Record<string, string>;
   private readonly fetch: typeof globalThis.fetch;
   private readonly onRetry: ((retry: RetryInfo) => void) | undefined;
+  private readonly onDeprecated: (notice: DeprecationNotice) => void;
+  private readonly warned = new Set<string>();
 
   constructor(options: ClientOptions = {}) {
     const vars = env();
@@ -123,6 +140,7 @@ export class Transport {
     if (chosen === undefined) throw new ServekitError("no fetch: pass `fetch` (this platform has none)");
     this.fetch = chosen;
     this.onRetry = options.onRetry;
+    this.onDeprecated = options.onDeprecated ?? ((notice) => this.warnOnce(notice));
   }
 
   /** Send one call, retrying as its mode allows; its parsed answer. */
@@ -138,6 +156,7 @@ export class Transport {
       let retryAfterS: number | undefined;
       try {
         const answer = await this.attempt(url, init, timeoutMs, options.signal);
+        this.checkDeprecation(call, answer.response.headers);
         if (answer.response.ok) return answered<T>(answer, requestId);
         const failed = errorOf(answer, requestId);
         error = failed;
@@ -154,6 +173,22 @@ export class Transport {
       this.onRetry?.({ method: call.method, path: call.path, requestId, retry: retry + 1, delayMs, error });
       await sleep(delayMs, options.signal);
     }
+  }
+
+  private checkDeprecation(call: Call, headers: Headers): void {
+    const deprecation = headers.get("deprecation");
+    if (deprecation === null) return;
+    const sunset = headers.get("sunset") ?? undefined;
+    const link = headers.get("link") ?? undefined;
+    this.onDeprecated({ method: call.method, path: call.path, deprecation, sunset, link });
+  }
+
+  private warnOnce(notice: DeprecationNotice): void {
+    const route = `${notice.method} ${notice.path}`;
+    if (this.warned.has(route)) return;
+    this.warned.add(route);
+    const until = notice.sunset === undefined ? "" : `; it stops answering after ${notice.sunset}`;
+    console.warn(`servekit: ${route} is deprecated${until}${notice.link === undefined ? "" : ` (${notice.link})`}`);
   }
 
   private url(call: Call): string {

@@ -13,6 +13,7 @@ export {
   DEFAULT_BASE_URL,
   DEFAULT_MAX_RETRIES,
   DEFAULT_TIMEOUT_MS,
+  type DeprecationNotice,
   type ModelRequestOptions,
   type RequestOptions,
   type RetryInfo,

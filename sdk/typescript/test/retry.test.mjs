@@ -218,6 +218,34 @@ describe("retries", () => {
   });
 });
 
+describe("deprecation", () => {
+  test("a Deprecation header is told once per route, with Sunset and Link", async () => {
+    const headers = { deprecation: "@1800057600", sunset: "Thu, 15 Jul 2027 00:00:00 GMT", link: '<https://x>; rel="deprecation"' };
+    const server = await scripted([json(200, { data: [] }, headers)]);
+    try {
+      const told = [];
+      const c = new ServekitClient({ baseUrl: server.url, apiKey: "k", onDeprecated: (n) => told.push(n) });
+      await c.models.list();
+      assert.deepEqual(told, [{ method: "GET", path: "/v1/models", deprecation: "@1800057600",
+        sunset: headers.sunset, link: headers.link }]);
+      const warned = [];
+      const original = console.warn;
+      console.warn = (line) => warned.push(line);
+      try {
+        const quiet = new ServekitClient({ baseUrl: server.url, apiKey: "k" });
+        await quiet.models.list();
+        await quiet.models.list();
+      } finally {
+        console.warn = original;
+      }
+      assert.equal(warned.length, 1);
+      assert.match(warned[0], /GET \/v1\/models is deprecated; it stops answering after Thu, 15 Jul 2027/);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe("settings", () => {
   test("the key comes from SERVEKIT_API_KEY; none at all is refused", () => {
     const saved = process.env.SERVEKIT_API_KEY;

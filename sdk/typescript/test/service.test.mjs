@@ -143,6 +143,31 @@ describe("against the service", { skip }, () => {
     assert.equal(mixed.result.errors[0].field, "events.1.type");
   });
 
+  test("recommendations: a user's items of the catalog, never what they have seen", async () => {
+    const catalog = unique("sdk-rec");
+    const items = ["hat", "scarf", "glove", "mug", "lamp", "boot"].map((id, n) => ({
+      id, text: { title: `${id} number ${n}` }, attributes: { category: n % 2 ? "wear" : "home", price: 10 + n },
+    }));
+    await tenant.catalogs.upsertItems(catalog, items);
+    const user = unique("u");
+    await tenant.events.send({ catalog, events: [{ user, item: "boot", type: "purchase" }] });
+    let got;
+    for (let tries = 0; got === undefined; tries++) {
+      // A catalog just written may not be known to the recommender yet (404).
+      got = await tenant.recommendations.create({ user, catalog, k: 3 }).catch((e) => {
+        if (!(e instanceof NotFoundError) || tries >= 60) throw e;
+        return new Promise((done) => setTimeout(() => done(undefined), 500));
+      });
+    }
+    assert.equal(got.catalog, catalog);
+    assert.ok(got.data.length >= 1 && got.data.length <= 3, JSON.stringify(got.data));
+    for (const hit of got.data) assert.ok(items.some((i) => i.id === hit.id), hit.id);
+    assert.ok(!got.data.some((hit) => hit.id === "boot")); // exclude_seen defaults to true
+    const bad = await tenant.recommendations.create({ user, catalog, k: 0 }).catch((e) => e);
+    assert.ok(bad instanceof BadRequestError, String(bad));
+    assert.match(bad.message, /^k:/);
+  });
+
   test("models and usage", async () => {
     const models = await tenant.models.list();
     assert.ok(models.data.some((m) => m.id === "minilm"));
@@ -180,6 +205,10 @@ describe("against the service", { skip }, () => {
     assert.equal(usage.tenant_id, id);
     const indexes = await operator.admin.searchIndexes();
     assert.equal(typeof indexes.seq, "number");
+    const state = await operator.admin.dashboard.state();
+    assert.equal(typeof state.at, "number");
+    const metrics = await operator.admin.dashboard.metrics();
+    assert.ok(Array.isArray(metrics.counters));
     const foreign = await tenant.admin.tenants.get(id).catch((e) => e);
     assert.ok(foreign instanceof NotFoundError, String(foreign)); // never confirms it exists
   });
