@@ -2,8 +2,9 @@
 
 - The tenant registry: RDS PostgreSQL 15, storage encrypted, TLS forced, in the private
   subnets, not publicly accessible, its master password generated into its own secret.
-- Shared rate limits: an ElastiCache Redis 7 replication group (primary and replica in
-  two zones), encrypted at rest and in transit, AUTH token required.
+- Redis: an ElastiCache Redis 7 replication group (primary and replica in two zones),
+  encrypted at rest and in transit, AUTH token required. It holds the shared rate limits,
+  the embedding cache's shared tier and the online features, each in its own database.
 - The serving secret (`SERVING_SECRET_NAME`): one JSON object with the keys the serving
   processes read (`SECRET_KEYS`). Only the Ray pods' role may read it: it alone is
   granted GetSecretValue on it, and the secret's resource policy denies everyone else.
@@ -27,8 +28,22 @@ from constructs import Construct
 # cluster/settings.yaml; a test checks they agree). A fixed name, so the settings need
 # no stack output for it.
 SERVING_SECRET_NAME = "servekit/serving"
-SECRET_KEYS = ("hmac_secret", "admin_token", "redis_password", "registry_dsn")
+SECRET_KEYS = (
+    "hmac_secret",
+    "admin_token",
+    "redis_password",
+    "registry_dsn",
+    "cache_redis_url",
+    "features_redis_url",
+)
 REDIS_PORT = 6379
+# Redis databases, one per use, so that none of them reads or deletes another's keys
+# (the cache deletes a retired version's keys by SCAN in the database its url names).
+# The rate limits' url (the RedisUrl output, SERVEKIT_REDIS_URL) carries no password:
+# they read redis_password. The others are secrets, the password in their url.
+RATE_LIMITS_DB = 0
+CACHE_DB = 1
+FEATURES_DB = 2
 REDIS_ENGINE_VERSION = "7.1"
 REGISTRY_PORT = 5432
 REGISTRY_DATABASE = "servekit"
@@ -69,7 +84,7 @@ class ServingStores(Construct):
         self.redis = elasticache.CfnReplicationGroup(
             self,
             "Redis",
-            replication_group_description="servekit shared rate limits",
+            replication_group_description="servekit rate limits, embedding cache, features",
             engine="redis",
             engine_version=REDIS_ENGINE_VERSION,
             cache_node_type="cache.t4g.medium",
@@ -136,12 +151,19 @@ class ServingStores(Construct):
             f"@{self.registry.db_instance_endpoint_address}:{self.registry.db_instance_endpoint_port}"
             f"/{REGISTRY_DATABASE}?sslmode=require"
         )
+        # The Redis urls likewise: the password as a dynamic reference to its generated
+        # secret, the same one Redis's AUTH token is resolved from.
+        password = redis_password.secret_value
         values = {
             "hmac_secret": hmac_secret.secret_value,
             "admin_token": admin_token.secret_value,
-            "redis_password": redis_password.secret_value,
+            "redis_password": password,
             # Only dynamic references and the endpoint: nothing secret in plain text.
             "registry_dsn": SecretValue.unsafe_plain_text(dsn),
+            "cache_redis_url": SecretValue.unsafe_plain_text(self._redis_url(CACHE_DB, password)),
+            "features_redis_url": SecretValue.unsafe_plain_text(
+                self._redis_url(FEATURES_DB, password)
+            ),
         }
         assert tuple(values) == SECRET_KEYS
         self.secret = secretsmanager.Secret(
@@ -167,9 +189,17 @@ class ServingStores(Construct):
 
     @property
     def redis_url(self) -> str:
-        """`rediss://host:port/0`: TLS, and no password (that is in the secret)."""
+        """The rate limits' `rediss://host:port/0`: TLS, and no password (that is in
+        the secret)."""
+        return self._redis_url(RATE_LIMITS_DB)
+
+    def _redis_url(self, database: int, password: SecretValue | None = None) -> str:
+        """`rediss://[:<password>@]host:port/<database>` on the primary endpoint."""
+        # The generated password has no punctuation: it stands in the userinfo as it is.
+        userinfo = "" if password is None else f":{password.unsafe_unwrap()}@"
         address = self.redis.attr_primary_end_point_address
-        return f"rediss://{address}:{self.redis.attr_primary_end_point_port}/0"
+        port = self.redis.attr_primary_end_point_port
+        return f"rediss://{userinfo}{address}:{port}/{database}"
 
     def _generated(self, construct_id: str, key: str) -> secretsmanager.Secret:
         # A secret per generated value: Secrets Manager generates one value per secret.

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import pytest
+from redis.connection import SSLConnection, parse_url
 
 from configs.cluster import load_cluster_settings
 from servekit import kube
@@ -26,7 +27,16 @@ from tests.unit.cluster.stack_util import (
 pytestmark = needs_node
 
 SERVING_SECRET = "servekit/serving"
-SECRET_KEYS = {"hmac_secret", "admin_token", "redis_password", "registry_dsn"}
+SECRET_KEYS = {
+    "hmac_secret",
+    "admin_token",
+    "redis_password",
+    "registry_dsn",
+    "cache_redis_url",
+    "features_redis_url",
+}
+# The Redis database of each url in the secret; the rate limits' url (settings) has 0.
+REDIS_DATABASES = {"cache_redis_url": 1, "features_redis_url": 2}
 # `{{resolve:secretsmanager:<secret>:SecretString:<json key>::}}`, the secret a Ref.
 DYNAMIC_REFERENCE = r"\{\{resolve:secretsmanager:<Ref:(\w+)>:SecretString:(\w*)::\}\}"
 
@@ -79,6 +89,8 @@ def _serving_values(template: Any) -> dict[str, str]:
 def test_serving_secret_holds_generated_values_and_no_literal_secret(template: Any) -> None:
     values = _serving_values(template)
     assert set(values) == SECRET_KEYS
+    description = _serving_secret(template)[1]["Properties"]["Description"]
+    assert all(key in description for key in SECRET_KEYS), description
     sources = set()
     for key in ("hmac_secret", "admin_token", "redis_password"):
         found = re.fullmatch(DYNAMIC_REFERENCE, values[key])
@@ -122,6 +134,68 @@ def test_registry_dsn_is_composed_from_the_instance_and_its_generated_password(
     assert not generator.get("IncludeSpace")
     assert db["Properties"]["MasterUsername"] == "servekit"
     assert db["Properties"]["DBName"] == "servekit"
+
+
+def _redis_url(template: Any, key: str) -> tuple[str, int]:
+    """The generated secret a Redis url of the serving secret takes its password from
+    (its logical id), and the url's database; fails unless the url is TLS to the stack's
+    Redis with the password only as a dynamic reference."""
+    redis_id, _ = one(template, "AWS::ElastiCache::ReplicationGroup")
+    url = _serving_values(template)[key]
+    found = re.fullmatch(
+        rf"rediss://:{DYNAMIC_REFERENCE}"
+        rf"@<GetAtt:{redis_id}\.PrimaryEndPoint\.Address>:<GetAtt:{redis_id}\.PrimaryEndPoint\.Port>"
+        r"/(\d+)",
+        url,
+    )
+    assert found is not None, f"{key}: {url}"
+    source, json_key, database = found.groups()
+    assert json_key == "", f"{key}: the whole generated value is the password"
+    return source, int(database)
+
+
+@pytest.mark.parametrize("key", sorted(REDIS_DATABASES))
+def test_redis_urls_are_composed_from_the_endpoint_and_the_generated_password(
+    template: Any, key: str
+) -> None:
+    source, database = _redis_url(template, key)
+    assert database == REDIS_DATABASES[key]
+    # The password Redis's AUTH token is, and the secret's redis_password.
+    _, redis = one(template, "AWS::ElastiCache::ReplicationGroup")
+    token = re.fullmatch(DYNAMIC_REFERENCE, _text(redis["Properties"]["AuthToken"]))
+    password = re.fullmatch(DYNAMIC_REFERENCE, _serving_values(template)["redis_password"])
+    assert token is not None
+    assert password is not None
+    assert source == token.group(1) == password.group(1)
+    generator = _generated(template, source)
+    assert generator["ExcludePunctuation"] is True  # stands in the userinfo unescaped
+
+
+@pytest.mark.parametrize("key", sorted(REDIS_DATABASES))
+def test_the_redis_urls_resolve_to_what_the_stores_connect_to(template: Any, key: str) -> None:
+    # The url as CloudFormation resolves it, read the way the stores read it (redis-py).
+    redis_id, _ = one(template, "AWS::ElastiCache::ReplicationGroup")
+    password = "Ab3" * 21
+    url = (
+        re.sub(DYNAMIC_REFERENCE, password, _serving_values(template)[key])
+        .replace(f"<GetAtt:{redis_id}.PrimaryEndPoint.Address>", "master.redis.example")
+        .replace(f"<GetAtt:{redis_id}.PrimaryEndPoint.Port>", "6379")
+    )
+    options = parse_url(url)
+    assert options["connection_class"] is SSLConnection
+    assert options["password"] == password
+    assert not options.get("username")
+    assert (options["host"], options["port"]) == ("master.redis.example", 6379)
+    assert options["db"] == REDIS_DATABASES[key]
+
+
+def test_rate_limits_cache_and_features_use_separate_redis_databases(template: Any) -> None:
+    settings = load_cluster_settings(kube.SETTINGS)
+    rate_limits = parse_url(settings.stores.redis_url)["db"]
+    output = _text(template.to_json()["Outputs"]["RedisUrl"]["Value"])
+    assert int(output.rsplit("/", 1)[1]) == rate_limits
+    databases = [rate_limits] + [_redis_url(template, key)[1] for key in REDIS_DATABASES]
+    assert len(set(databases)) == len(databases), databases
 
 
 def _statements(template: Any) -> list[tuple[str, dict[str, Any], list[Any]]]:
