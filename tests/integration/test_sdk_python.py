@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -189,6 +190,38 @@ def test_the_admin_api_end_to_end(url: str) -> None:
             _exact(answer)
 
 
+def test_recommendations_through_both_clients(url: str, tenant_key: str) -> None:
+    catalog = f"sdk-{uuid.uuid4().hex[:8]}"
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    # While the catalog's recommender index is built the route answers 503 with
+    # Retry-After: the client waits it out.
+    with Client(tenant_key, url, max_retries=8) as client:
+        client.upsert_items(catalog, ITEMS)
+        got = client.recommend(user, catalog=catalog, k=2)
+        assert got.user == user
+        assert len(got.data) == 2
+        assert {h.id for h in got.data} <= {"boot", "sock", "cap"}
+        _exact(got)
+        client.send_events([{"user": user, "item": "boot", "type": "purchase"}], catalog=catalog)
+
+    async def run() -> list[str]:
+        async with AsyncClient(tenant_key, url, max_retries=8) as client:
+            seen = await client.recommend(user, catalog=catalog, k=3, context={"item": "sock"})
+            return [h.id for h in seen.data]
+
+    assert "boot" not in asyncio.run(run())  # seen: left out
+
+
+def test_the_dashboards_data(url: str) -> None:
+    with _operator(url) as op:
+        state = op.admin.dashboard_state()
+        metrics = op.admin.dashboard_metrics()
+    assert "Ingress" in [d.name for d in state.deployments]
+    assert metrics.nodes >= 1
+    for answer in (state, metrics):
+        _exact(answer)
+
+
 def test_errors_name_the_field_and_keep_the_request_id(url: str) -> None:
     user = f"u-{uuid.uuid4().hex[:8]}"
     with Client(tenant_api_key(), url) as client:
@@ -265,8 +298,15 @@ def test_the_readme_example_runs_from_a_fresh_install(url: str, tmp_path: Path) 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    # A copy of the package's source, so the build writes nothing into the repository.
+    source = tmp_path / "servekit-client"
+    shutil.copytree(
+        REPO_ROOT / "sdk" / "python",
+        source,
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".*"),
+    )
     done = subprocess.run(
-        [*pip, "install", str(REPO_ROOT / "sdk" / "python")],
+        [*pip, "install", str(source)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -185,5 +185,5 @@ def _warn_deprecated(route: Route[Any], response: httpx.Response) -> None:
     sunset = response.headers.get("sunset")
     until = f"; it goes away after {sunset}" if sunset else ""
     warnings.warn(
-        f"{route.method} {route.path} is deprecated{until}", DeprecationWarning, stacklevel=4
+        f"{route.method} {route.path} is deprecated{until}", DeprecationWarning, stacklevel=5
     )

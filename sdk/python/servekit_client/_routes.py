@@ -5,10 +5,10 @@ is the schema the document names.
 
 Idempotent: a repeat has the effect of one call, so a call whose answer was lost may
 be sent again. GET, PUT, DELETE and PATCH (which sets values) are; so are the POSTs that
-only read (embeddings, search). The other POSTs create something each time (a tenant, a
-key, a rotated key) or append (`/v1/events`: a batch carries no id the service could
-recognise a repeat by), so they are repeated only when the service certainly did not
-act: see `_retry.py`.
+only read (embeddings, search, recommendations). The other POSTs create something each
+time (a tenant, a key, a rotated key) or append (`/v1/events`: a batch carries no id the
+service could recognise a repeat by), so they are repeated only when the service
+certainly did not act: see `_retry.py`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ from servekit_client.models import (
     Catalog,
     CatalogList,
     CreatedApiKey,
+    DashboardState,
     Embeddings,
     EventsResult,
     Features,
     Item,
     ItemDeleted,
+    MetricsSnapshot,
     ModelDetail,
     ModelList,
+    Recommendations,
     SearchIndexes,
     SearchResult,
     Tenant,
@@ -37,6 +40,9 @@ from servekit_client.models import (
 
 EMBED: Route[Embeddings] = Route("POST", "/v1/embeddings", Embeddings, idempotent=True)
 SEARCH: Route[SearchResult] = Route("POST", "/v1/search", SearchResult, idempotent=True)
+RECOMMEND: Route[Recommendations] = Route(
+    "POST", "/v1/recommendations", Recommendations, idempotent=True
+)
 LIST_CATALOGS: Route[CatalogList] = Route("GET", "/v1/catalogs", CatalogList, idempotent=True)
 CONFIGURE_CATALOG: Route[Catalog] = Route("PUT", "/v1/catalogs/{catalog}", Catalog, idempotent=True)
 UPSERT_ITEMS: Route[UpsertResult] = Route(
@@ -83,11 +89,18 @@ TENANT_USAGE: Route[UsageReport] = Route(
 SEARCH_INDEXES: Route[SearchIndexes] = Route(
     "GET", "/admin/v1/search/indexes", SearchIndexes, idempotent=True
 )
+DASHBOARD_STATE: Route[DashboardState] = Route(
+    "GET", "/admin/v1/dashboard/state", DashboardState, idempotent=True
+)
+DASHBOARD_METRICS: Route[MetricsSnapshot] = Route(
+    "GET", "/admin/v1/dashboard/metrics", MetricsSnapshot, idempotent=True
+)
 
 # The client method that calls each route.
 ROUTES: dict[str, Route[Any]] = {
     "embed": EMBED,
     "search": SEARCH,
+    "recommend": RECOMMEND,
     "list_catalogs": LIST_CATALOGS,
     "configure_catalog": CONFIGURE_CATALOG,
     "upsert_items": UPSERT_ITEMS,
@@ -108,4 +121,6 @@ ROUTES: dict[str, Route[Any]] = {
     "admin.rotate_key": ROTATE_KEY,
     "admin.tenant_usage": TENANT_USAGE,
     "admin.search_indexes": SEARCH_INDEXES,
+    "admin.dashboard_state": DASHBOARD_STATE,
+    "admin.dashboard_metrics": DASHBOARD_METRICS,
 }

@@ -30,14 +30,17 @@ from servekit_client.models import (
     Catalog,
     CatalogList,
     CreatedApiKey,
+    DashboardState,
     Embeddings,
     EventsResult,
     Features,
     Item,
     ItemDeleted,
     Limits,
+    MetricsSnapshot,
     ModelDetail,
     ModelList,
+    Recommendations,
     SearchIndexes,
     SearchResult,
     Tenant,
@@ -177,6 +180,32 @@ class Client:
         restricted by `filters`, fused with BM25 when `hybrid`."""
         doc = body(catalog=catalog, query=query, k=k, filters=filters, hybrid=hybrid, user=user)
         return self._send(r.SEARCH, json=doc, headers=pin_headers(model_version, routing_key))
+
+    def recommend(
+        self,
+        user: str,
+        *,
+        k: int | None = None,
+        catalog: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        exclude_seen: bool | None = None,
+        context: Mapping[str, str] | None = None,
+        model_version: str | None = None,
+        routing_key: str | None = None,
+    ) -> Recommendations:
+        """Items for one end user (`POST /v1/recommendations`): the `k` best (default
+        10) of `catalog` (default: the tenant's only one) within `filters`, leaving out
+        what the user touched recently unless `exclude_seen=False`; `context` says where
+        the user is (`item`: the item being looked at)."""
+        doc = body(
+            user=user,
+            k=k,
+            catalog=catalog,
+            filters=filters,
+            exclude_seen=exclude_seen,
+            context=context,
+        )
+        return self._send(r.RECOMMEND, json=doc, headers=pin_headers(model_version, routing_key))
 
     def list_catalogs(self) -> CatalogList:
         """The tenant's catalogs with item counts and settings (`GET /v1/catalogs`)."""
@@ -320,3 +349,12 @@ class Admin:
     def search_indexes(self) -> SearchIndexes:
         """Per catalog, each version's index and whether it is complete."""
         return self._client._send(r.SEARCH_INDEXES)
+
+    def dashboard_state(self) -> DashboardState:
+        """What the dashboard shows: models with weights and rollout state, deployments
+        with replicas, today's usage per tenant (a tenant admin: its own)."""
+        return self._client._send(r.DASHBOARD_STATE)
+
+    def dashboard_metrics(self) -> MetricsSnapshot:
+        """servekit's counters and histograms, summed over every replica on every node."""
+        return self._client._send(r.DASHBOARD_METRICS)

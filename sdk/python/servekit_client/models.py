@@ -21,22 +21,29 @@ __all__ = [
     "AttrValue",
     "Catalog",
     "CatalogList",
+    "CounterSeries",
     "CreatedApiKey",
+    "DashboardState",
+    "DeploymentState",
     "EmbeddingData",
     "Embeddings",
     "EventError",
     "EventsResult",
     "Features",
+    "HistogramSeries",
     "Item",
     "ItemDeleted",
     "Limits",
+    "MetricsSnapshot",
     "ModelCard",
     "ModelDetail",
     "ModelList",
+    "Recommendations",
     "SearchHit",
     "SearchIndexes",
     "SearchResult",
     "Tenant",
+    "TenantUsageToday",
     "TokenUsage",
     "UpsertResult",
     "UsageDay",
@@ -148,6 +155,22 @@ class SearchResult(ApiModel):
     catalog: str
     model: str
     version: str
+    index: dict[str, Any]
+    data: list[SearchHit]
+
+
+class Recommendations(ApiModel):
+    """`POST /v1/recommendations`: ranked items, the version that ranked them, and
+    `source` (model: the two stages; popular: a cold start, or `degraded`)."""
+
+    openapi_schema = "RecommendOut"
+    object: str
+    catalog: str
+    user: str
+    model: str
+    version: str
+    source: str
+    degraded: bool
     index: dict[str, Any]
     data: list[SearchHit]
 
@@ -301,3 +324,72 @@ class UsageReport(ApiModel):
     requests: int
     texts: int
     errors: int
+
+
+# ---- the dashboard's data --------------------------------------------------------
+
+
+class DeploymentState(ApiModel):
+    """A deployment of the application and its replicas."""
+
+    openapi_schema = "DeploymentState"
+    name: str
+    status: str
+    running: int
+    replicas: int
+
+
+class TenantUsageToday(ApiModel):
+    """One tenant's counts of the day."""
+
+    openapi_schema = "TenantUsageToday"
+    tenant_id: str
+    requests: int
+    texts: int
+    errors: int
+
+
+class DashboardState(ApiModel):
+    """`GET /admin/v1/dashboard/state`: models with weights and rollout state,
+    deployments with replicas, today's usage per tenant."""
+
+    openapi_schema = "DashboardState"
+    at: float
+    refresh_s: float
+    application: str
+    models: list[dict[str, Any]]
+    deployments: list[DeploymentState]
+    day: str
+    usage: list[TenantUsageToday]
+
+
+class CounterSeries(ApiModel):
+    """A counter's total, summed over every replica."""
+
+    openapi_schema = "CounterSeries"
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class HistogramSeries(ApiModel):
+    """A histogram's cumulative bucket counts, summed over every replica."""
+
+    openapi_schema = "HistogramSeries"
+    name: str
+    labels: dict[str, str]
+    bounds: list[float]
+    counts: list[float]
+    count: float
+    sum: float
+
+
+class MetricsSnapshot(ApiModel):
+    """`GET /admin/v1/dashboard/metrics`: servekit's series over every node."""
+
+    openapi_schema = "MetricsSnapshot"
+    at: float
+    nodes: int
+    nodes_failed: int
+    counters: list[CounterSeries]
+    histograms: list[HistogramSeries]

@@ -47,6 +47,7 @@ FAST = RetryPolicy(max_retries=3, initial_delay_s=0.2, max_delay_s=1.0, rng=rand
 CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any], str]] = {
     "embed": ((["a"],), {"model": "m"}, "/v1/embeddings"),
     "search": (("c", "q"), {}, "/v1/search"),
+    "recommend": (("u-1",), {"k": 3}, "/v1/recommendations"),
     "list_catalogs": ((), {}, "/v1/catalogs"),
     "configure_catalog": (("c",), {"hybrid": True}, "/v1/catalogs/c"),
     "upsert_items": (("c", [{"id": "i", "text": {"t": "x"}}]), {}, "/v1/catalogs/c/items"),
@@ -67,6 +68,8 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any], str]] = {
     "admin.rotate_key": (("acme", "k1"), {}, "/admin/v1/tenants/acme/keys/k1/rotate"),
     "admin.tenant_usage": (("acme",), {}, "/admin/v1/tenants/acme/usage"),
     "admin.search_indexes": ((), {}, "/admin/v1/search/indexes"),
+    "admin.dashboard_state": ((), {}, "/admin/v1/dashboard/state"),
+    "admin.dashboard_metrics": ((), {}, "/admin/v1/dashboard/metrics"),
 }
 
 
