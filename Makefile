@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml sdk/python/pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]" -e ./sdk/python
 	@touch $@
 
+# The embedding model's versions, then the example recommender (trained, about 4 minutes
+# on 2 cores the first time); each is skipped when an intact build is there.
 artifacts: $(STAMP)
 	$(PY) -m models.build --out $(ARTIFACTS)
+	$(PY) -m models.recommender_build --out $(ARTIFACTS)
 
 # The console shows servekit's own lines; VERBOSE=1 adds Ray's, HAProxy's and the access log.
 serve: artifacts
@@ -36,7 +39,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# The production stores the tests start as real servers (redis-server, PostgreSQL 15).
+# The production stores the tests start as real servers (redis-server, PostgreSQL 15),
+# and headless Chromium with its WebDriver for the dashboard's test.
 servers:
 	@bash scripts/install-servers.sh
 
@@ -59,7 +63,9 @@ cluster: $(STAMP)
 # Serving benchmark: raw vs plain Ray Serve vs servekit (bench/results/latest.json, .png);
 # then /v1/search against an in-process loop, and the embedding cache on and off under a
 # Zipf query stream (bench/results/search.json); then the online read of one user's 20
-# features against a local redis-server (bench/results/features.json, a few seconds).
+# features against a local redis-server (bench/results/features.json, a few seconds); then
+# /v1/recommendations against a single-text embedding and an in-process loop
+# (bench/results/recommend.json).
 # Its load generator is wrk (installed here from Debian's packages when missing and
 # possible), else a slower asyncio client; the results say which one ran.
 bench: artifacts
@@ -68,15 +74,19 @@ bench: artifacts
 	$(PY) bench/serving.py
 	$(PY) bench/search.py
 	$(PY) bench/features.py
+	$(PY) bench/recommend.py
 
 bench-raw: artifacts
 	$(PY) bench/raw_runtime.py --store $(ARTIFACTS)
 
 # Search quality: NDCG@10 and recall@10 of every version of the search model, vector vs
 # lexical vs hybrid, on the example catalog's test queries (bench/results/eval.json).
-# Options through EVAL_ARGS, e.g. make eval EVAL_ARGS="--items 5000 --split dev".
+# Options through EVAL_ARGS, e.g. make eval EVAL_ARGS="--items 5000 --split dev". Then the
+# recommender against popularity and co-occurrence, and personalized search against plain
+# search (bench/results/eval_recommend.json).
 eval: artifacts
 	$(PY) bench/eval.py $(EVAL_ARGS)
+	$(PY) bench/eval_recommend.py
 
 # The example catalog's snapshot artifact (artifacts/catalog/products.index): its items
 # with a ready vector index per version of the search model, for args.search.snapshots.

@@ -123,8 +123,10 @@ class VersionSpec(_Strict):
 class ModelSpec(_Strict):
     """A served model name and its versions."""
 
-    task: Literal["text-embedding"] = Field(
-        "text-embedding", description="What the model computes."
+    task: Literal["text-embedding", "recommendation"] = Field(
+        "text-embedding",
+        description="What the model computes. recommendation: a two-tower recommender and "
+        "its ranker (`/v1/recommendations`), ONNX, placed inline.",
     )
     versions: dict[Name, VersionSpec] = Field(min_length=1, description="Version name -> spec.")
     placement: Literal["dedicated", "inline"] = Field(
@@ -145,6 +147,10 @@ class ModelSpec(_Strict):
                 )
             if spec.busy_lanes > 1 and spec.runtime != "onnx":
                 raise ValueError(f"versions.{version}.busy_lanes: needs runtime onnx")
+            if self.task == "recommendation" and spec.runtime != "onnx":
+                raise ValueError(f"versions.{version}.runtime: a recommender runs on onnx")
+        if self.task == "recommendation" and self.placement != "inline":
+            raise ValueError("placement: a recommender runs inline (its towers are small)")
         return self
 
 
@@ -285,6 +291,21 @@ class SearchSettings(_Strict):
         return self
 
 
+class RecommendationSettings(_Strict):
+    """`/v1/recommendations` (with a model of task `recommendation` under `models`)."""
+
+    max_k: int = Field(100, ge=1, le=1000, description="Largest `k` of a request.")
+    candidates: int = Field(
+        150, ge=1, le=1000, description="The towers' candidates the ranker reorders (at least k)."
+    )
+    popular_window_s: float = Field(
+        2_592_000, gt=0, description="Events within this window make an item popular."
+    )
+    popular_refresh_s: float = Field(
+        5.0, gt=0, le=3600, description="How often a replica re-reads the popular items."
+    )
+
+
 class AppArgs(_Strict):
     """Everything under the application's `args:`."""
 
@@ -297,6 +318,7 @@ class AppArgs(_Strict):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
+    recommendations: RecommendationSettings = Field(default_factory=RecommendationSettings)
     artifact_root: str | None = Field(
         None,
         description="Base folder of relative artifact uris; default: the project folder.",
@@ -325,9 +347,32 @@ class AppArgs(_Strict):
             raise ValueError(f"search.model: {self.search.model!r} is not among models")
         return self
 
+    @model_validator(mode="after")
+    def _recommender_fits(self) -> AppArgs:
+        recommenders = [m for m, spec in self.models.items() if spec.task == "recommendation"]
+        if len(recommenders) > 1:
+            raise ValueError(f"models: one recommender at most (found {', '.join(recommenders)})")
+        if recommenders and not self.search.enabled:
+            raise ValueError(f"models.{recommenders[0]}: recommendations need search.enabled")
+        if recommenders and self.search.shards > 1:
+            raise ValueError(f"models.{recommenders[0]}: recommendations need search.shards: 1")
+        if recommenders and not self.features.enabled:
+            raise ValueError(f"models.{recommenders[0]}: recommendations need features.enabled")
+        if self.search.model is not None and self.search.model in recommenders:
+            raise ValueError(f"search.model: {self.search.model!r} is a recommender")
+        if len(recommenders) == len(self.models):
+            raise ValueError("models: a recommender needs a text-embedding model beside it")
+        return self
+
     def search_model(self) -> str:
         """The embedding model of catalogs."""
-        return self.search.model or next(iter(self.models))
+        return self.search.model or next(
+            m for m, spec in self.models.items() if spec.task == "text-embedding"
+        )
+
+    def recommender(self) -> str | None:
+        """The recommender model's name (None: recommendations are off)."""
+        return next((m for m, s in self.models.items() if s.task == "recommendation"), None)
 
     def shard_names(self) -> list[str]:
         """The catalog shards' deployment names (none when the ingress holds the items)."""
@@ -345,11 +390,12 @@ class AppArgs(_Strict):
         }
 
     def inline_versions(self) -> list[tuple[str, str]]:
-        """(model, version) of every version the ingress runs in-process."""
+        """(model, version) of every embedding version the ingress runs in-process
+        (a recommender's versions are loaded by the recommendation service)."""
         return [
             (model, version)
             for model, spec in self.models.items()
-            if spec.placement == "inline"
+            if spec.placement == "inline" and spec.task == "text-embedding"
             for version in spec.versions
         ]
 

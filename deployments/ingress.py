@@ -21,9 +21,11 @@ from deployments.http.api import V2_ERRORS, VERSION, OipError, api, body_doc
 from deployments.http.auth import AuthGate, principal_of
 from deployments.http.embeddings import EmbeddingsRoute, serve_embeddings
 from deployments.http.envelope import Envelope, request_id
+from deployments.http.recommend_routes import router as recommend_router
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import IngressMetrics, RouterMetrics
 from deployments.pipelines.features_wiring import open_features
+from deployments.pipelines.recommend_wiring import open_recommend
 from deployments.pipelines.wiring import item_embedder, open_cache, open_search, search_spaces
 from deployments.replicas.inline_backend import InlineBackend, configure_inline, load_inline
 from deployments.replicas.remote import version_backends
@@ -52,6 +54,7 @@ class Ingress:
         self.envelope = Envelope(metrics, self.log, self.access)
         self.search = open_search(self.args, self.plane, get_logger("search"), shards)
         self.features = open_features(self.args, self.search, get_logger("features"))
+        self.recommend = open_recommend(self.args, backends, self.search, self.features)
         self.created = int(time.time())
         self.canary = CanarySync(self.router, *replica_identity())
 
@@ -69,10 +72,8 @@ class Ingress:
         if live.rollout:
             await self.canary.sync_once()
             self.canary.start()
-        self.log.info(
-            "live config applied",
-            extra={"fields": {"traffic": live.traffic, "rollout": list(live.rollout)}},
-        )
+        fields = {"traffic": live.traffic, "rollout": list(live.rollout)}
+        self.log.info("live config applied", extra={"fields": fields})
 
     async def embed_for_index(self, tenant: str, space: str, texts: list[str]) -> Any:
         """Item vectors for a catalog shard's backfill (the shards hold no model)."""
@@ -243,5 +244,6 @@ class Ingress:
 
 for _routes in (admin.router, search_routes.router, events_routes.router):
     api.include_router(_routes)
+api.include_router(recommend_router)
 api.add_middleware(EmbeddingsRoute)
 api.add_middleware(AuthGate)  # added last: runs first, ahead of every route

@@ -99,10 +99,10 @@ def export_onnx(src: Path, out_file: Path) -> None:
     if program is None:
         raise RuntimeError("the ONNX exporter returned no program")
     program.save(str(out_file))
-    _strip_source_info(out_file)
+    strip_source_info(out_file)
 
 
-def _strip_source_info(onnx_file: Path) -> None:
+def strip_source_info(onnx_file: Path) -> None:
     """Drop the exporter's per-node stack traces and doc strings.
 
     They name the source files' absolute paths, so the same weights built from two

@@ -39,7 +39,9 @@ class PackageMeta(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format_version: int = Field(FORMAT_VERSION, description="Package format version.")
-    task: Literal["text-embedding"] = Field(description="What the model computes.")
+    task: Literal["text-embedding", "recommendation"] = Field(
+        description="What the model computes."
+    )
     runtime: Literal["onnx", "torch"] = Field(description="The runtime that loads the package.")
     model_file: str = Field(description="Graph (onnx) or weights directory entry (torch).")
     tokenizer_file: str = Field("tokenizer.json", description="Fast tokenizer definition.")

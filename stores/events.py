@@ -59,5 +59,11 @@ class EventLog(Protocol):
     def for_user(self, tenant_id: str, user: str, limit: int) -> list[StoredEvent]:
         """The user's newest events, newest first, at most `limit`."""
 
+    def popular(
+        self, tenant_id: str, since: datetime, weights: dict[str, float], limit: int
+    ) -> list[tuple[str, float]]:
+        """The tenant's items with the most weighted events at or after `since` (each
+        event weighing `weights[type]`), most first (ties by item id), at most `limit`."""
+
     def close(self) -> None:
         """Release connections."""

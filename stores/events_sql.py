@@ -14,7 +14,10 @@ from sqlalchemy import (
     Row,
     String,
     Table,
+    case,
+    func,
     insert,
+    literal,
     select,
 )
 from sqlalchemy.exc import DBAPIError
@@ -112,6 +115,29 @@ class SqlEventLog:
         )
         with self._engine.connect() as conn:
             return [_stored(row) for row in conn.execute(query)]
+
+    def popular(
+        self, tenant_id: str, since: datetime, weights: dict[str, float], limit: int
+    ) -> list[tuple[str, float]]:
+        """The tenant's items with the most weighted events since `since`, most first."""
+        c = events_table.c
+        weight = case(
+            *((c.type == kind, literal(float(w))) for kind, w in sorted(weights.items())),
+            else_=literal(0.0),
+        )
+        total = func.sum(weight).label("weight")
+        query = (
+            select(c.item_id, total)
+            .where(c.tenant_id == tenant_id, c.at >= since)
+            .group_by(c.item_id)
+            .order_by(total.desc(), c.item_id)
+            .limit(max(0, limit))
+        )
+        try:
+            with self._engine.connect() as conn:
+                return [(str(item), float(w)) for item, w in conn.execute(query) if w > 0]
+        except DBAPIError as e:
+            raise EventLogUnavailable(f"event log failed: {type(e.orig).__name__}") from e
 
     def close(self) -> None:
         """Release connections."""

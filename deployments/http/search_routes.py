@@ -26,7 +26,9 @@ from deployments.http.inference import json_response
 from deployments.http.route_docs import example, responses
 from deployments.pipelines.catalog_index import Hit, SearchQuery
 from deployments.pipelines.filters import FilterError
+from deployments.pipelines.personalize import depth, personalize
 from deployments.pipelines.search import SearchService
+from models.recommender import Profile
 from stores.catalog import AttrValue, CatalogInfo, Item
 
 CATALOG_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
@@ -145,7 +147,10 @@ class SearchBody(_Body):
         "else `search.hybrid_default`.",
     )
     user: str | None = Field(
-        None, max_length=256, description="The end user (sticky version; personalization)."
+        None,
+        max_length=256,
+        description="The end user: keeps them on one version, and reorders the best "
+        "candidates by their category and brand affinities (online features).",
     )
 
 
@@ -178,7 +183,7 @@ class SearchOut(BaseModel):
     data: list[SearchHit]
 
 
-def _tenant(call: CallRecord) -> str:
+def search_tenant(call: CallRecord) -> str:
     principal = call.principal
     if principal is None:
         return NO_AUTH_TENANT
@@ -222,7 +227,7 @@ async def upsert_items(request: Request, catalog: CatalogName, body: UpsertBody)
     async def work(call: CallRecord) -> Response:
         host = replica_host()
         service = _service(host)
-        tenant = _tenant(call)
+        tenant = search_tenant(call)
         settings = host.args.search
         if len(body.items) > settings.max_items_per_upsert:
             raise BadRequest(f"items: at most {settings.max_items_per_upsert} per request")
@@ -252,7 +257,7 @@ async def get_item(request: Request, catalog: CatalogName, item_id: ItemId) -> R
     async def work(call: CallRecord) -> Response:
         host = replica_host()
         await host.plane.admit(call, 0)
-        item = await _service(host).get(_tenant(call), catalog, item_id)
+        item = await _service(host).get(search_tenant(call), catalog, item_id)
         if item is None:
             raise NotFound("item: no such item in this catalog")
         return json_response(_item(item))
@@ -271,7 +276,7 @@ async def delete_item(request: Request, catalog: CatalogName, item_id: ItemId) -
     async def work(call: CallRecord) -> Response:
         host = replica_host()
         await host.plane.admit(call, 0)
-        if not await _service(host).delete(_tenant(call), catalog, item_id):
+        if not await _service(host).delete(search_tenant(call), catalog, item_id):
             raise NotFound("item: no such item in this catalog")
         return json_response({"id": item_id, "deleted": True})
 
@@ -295,7 +300,7 @@ async def list_catalogs(request: Request) -> Response:
         host = replica_host()
         await host.plane.admit(call, 0)
         service = _service(host)
-        found = await asyncio.to_thread(service.store.catalogs, _tenant(call))
+        found = await asyncio.to_thread(service.store.catalogs, search_tenant(call))
         return json_response({"object": "list", "data": [_catalog(c) for c in found]})
 
     return await run_route(request, "/v1/catalogs", work)
@@ -317,7 +322,7 @@ async def configure_catalog(
         host = replica_host()
         await host.plane.admit(call, 0)
         service = _service(host)
-        tenant = _tenant(call)
+        tenant = search_tenant(call)
         await service.configure(tenant, catalog, body.model_dump(exclude_none=True))
         found = await asyncio.to_thread(service.store.catalogs, tenant)
         info = next((c for c in found if c.name == catalog), None)
@@ -342,7 +347,7 @@ async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Respo
     async def work(call: CallRecord) -> Response:
         host = replica_host()
         service = _service(host)
-        tenant = _tenant(call)
+        tenant = search_tenant(call)
         settings = host.args.search
         if body.k > settings.max_k:
             raise BadRequest(f"k: at most {settings.max_k}")
@@ -350,23 +355,30 @@ async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Respo
         pinned = request.headers.get("x-model-version")
         key = (request.headers.get("x-routing-key") or body.user or "")[:ROUTING_KEY_MAX_CHARS]
         host.plane.authorize(call, model, pinned)
-        version = _version(host, service, tenant, body.catalog, model, pinned, key or None)
+        version = index_version(host, service, tenant, body.catalog, model, pinned, key or None)
         vector = await host.plane.embed_version(call, model, version, [body.query], "query")
         hybrid = body.hybrid
         if hybrid is None:
             hybrid = service.catalog_settings(tenant, body.catalog).get(
                 "hybrid", settings.hybrid_default
             )
+        features = getattr(host, "features", None) if body.user else None
         started = time.perf_counter()
         try:
             result = await service.query(
                 SearchQuery(
-                    tenant, body.catalog, f"{model}/{version}", vector[0], body.query, body.k,
-                    body.filters, hybrid, settings.fusion,
+                    tenant, body.catalog, f"{model}/{version}", vector[0], body.query,
+                    depth(body.k, features is not None), body.filters, hybrid, settings.fusion,
                 )
             )  # fmt: skip
         except FilterError as e:
             raise BadRequest(str(e)) from e
+        hits, personal = result.hits[: body.k], False
+        if features is not None and body.user:
+            got = await features.read(tenant, "user", body.user)
+            profile = Profile.from_features(got.views)
+            personal = not got.degraded and not profile.cold
+            hits = personalize(result.hits, profile, body.k) if personal else hits
         return json_response(
             {
                 "object": "search.result",
@@ -374,15 +386,16 @@ async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Respo
                 "model": model,
                 "version": version,
                 "index": {"space": result.space, "seq": result.seq, "hybrid": hybrid,
+                          "personalized": personal,
                           "search_ms": round((time.perf_counter() - started) * 1000, 3)},
-                "data": [_hit(h) for h in result.hits],
+                "data": [_hit(h) for h in hits],
             }
         )  # fmt: skip
 
     return await run_route(request, "/v1/search", work)
 
 
-def _version(
+def index_version(
     host: Any,
     service: SearchService,
     tenant: str,

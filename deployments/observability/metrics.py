@@ -65,6 +65,12 @@ CATALOGUE = {
         "Embedding cache calls to Redis that failed or timed out, by operation (get, put, "
         "retain); each counts as a miss, never as a failed request.",
     ),
+    "servekit_recommendations_total": (
+        "counter",
+        "Answers of /v1/recommendations by recommender version, source (model: the two "
+        "stages; popular: a user without history, or the feature store down) and degraded "
+        "(true: the feature store did not answer).",
+    ),
     "servekit_events_total": (
         "counter",
         "Events of POST /v1/events, by outcome: accepted (appended to the log) or rejected "
@@ -385,6 +391,22 @@ class CacheMetrics:
     def redis_failed(self, op: str) -> None:
         """A Redis call that failed or timed out."""
         RECORDS.inc(self.errors, 1, {"op": op})
+
+
+class RecommendMetrics:
+    """Recommendation answers by version, source and whether degraded."""
+
+    def __init__(self) -> None:
+        self.answers = Counter(
+            "servekit_recommendations_total",
+            description=CATALOGUE["servekit_recommendations_total"][1],
+            tag_keys=("version", "source", "degraded"),  # type: ignore[arg-type]
+        )
+
+    def served(self, version: str, source: str, degraded: bool, seconds: float) -> None:
+        """One answer."""
+        tags = {"version": version, "source": source, "degraded": str(degraded).lower()}
+        RECORDS.inc(self.answers, 1, tags)
 
 
 class FeatureMetrics:

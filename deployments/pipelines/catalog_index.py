@@ -10,7 +10,7 @@ searches run concurrently. A lock guards the slot tables; the indexes guard them
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +172,35 @@ class CatalogIndex:
         with self.lock:
             slot = self.slots.get(item_id)
             return self.items.get(slot) if slot is not None else None
+
+    def vectors_of(self, space: str, ids: Sequence[str]) -> npt.NDArray[np.float32]:
+        """The vectors of those of `ids` that have one in `space` (rows in that order)."""
+        index = self.spaces.get(space)
+        with self.lock:
+            have = self.with_vector.get(space, set())
+            slots = [s for i in ids if (s := self.slots.get(i)) is not None and s in have]
+        if index is None or not slots:
+            return np.zeros((0, 0), np.float32)
+        return index.vectors(slots)
+
+    def matching(
+        self, ids: Sequence[str] | None, filters: dict[str, Any] | None, limit: int
+    ) -> list[Item]:
+        """Items satisfying `filters`: those of `ids` in that order, or (None) every item
+        in slot order; at most `limit`. A bad filter raises `FilterError`."""
+        with self.lock:
+            allowed = self.attrs.mask(filters, self._next) if filters else None
+            if ids is None:
+                slots: Iterable[int] = sorted(self.items)
+            else:
+                slots = [s for i in ids if (s := self.slots.get(i)) is not None]
+            out = []
+            for slot in slots:
+                if slot in self.items and (allowed is None or allowed[slot]):
+                    out.append(self.items[slot])
+                    if len(out) >= limit:
+                        break
+            return out
 
     def term_stats(self, text: str) -> CorpusStats:
         """This catalog's part of the BM25 statistics of a query (summed over shards)."""

@@ -103,6 +103,22 @@ class FeatureService:
             out.fresh[name] = row is not None
         return out
 
+    async def read_view(
+        self, tenant: str, view_name: str, ids: Sequence[str]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One view's values for many entities in one round trip (defaults for missing
+        rows); and whether the store did not answer (every value then a default)."""
+        view = self.definitions.feature_views[view_name]
+        try:
+            rows: list[Row | None] = await self.store.read(
+                [RowKey(tenant, view_name, i) for i in ids]
+            )
+            degraded = False
+        except FeatureStoreUnavailable as e:
+            self._failed("read", e)
+            rows, degraded = [None] * len(ids), True
+        return [values(view, row) for row in rows], degraded
+
     async def ingest(self, tenant: str, events: list[Event], catalog: str | None) -> Ingested:
         """Append `events` to the log (durable when this returns), then merge them into
         the online rows. A store outage leaves the rows behind the log; never an error."""

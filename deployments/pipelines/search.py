@@ -38,11 +38,14 @@ from stores.catalog import CATALOG_CHANGE, CatalogStore, Change, Item
 SnapshotSource = tuple[str, str, Callable[[], CatalogSnapshot]]
 # (tenant, space, texts) -> vectors: the tenant owns the catalog (the embedding cache's key)
 EmbedFn = Callable[[str, str, list[str]], Awaitable[npt.NDArray[np.float32]]]
+# (space, items) -> vectors: a model that reads whole items (a recommender's item tower)
+ItemVectorFn = Callable[[str, list[Item]], npt.NDArray[np.float32]]
 ProgressFn = Callable[[str, int], None]  # (space, items without a vector)
 IdleFn = Callable[[str], bool]  # whether a space's version has nothing waiting
 PROGRESS_EVERY_S = 2.0
 PAGE = 1000
 BACKFILL_BATCH = 4
+ITEM_MODEL_BATCH = 512  # an item tower embeds a batch in milliseconds: no duty limit
 # Backfill embeds at most this share of the time, so live requests keep their latency
 # (and never meet a full queue) while a new version's index is built.
 BACKFILL_DUTY = 0.2
@@ -94,6 +97,8 @@ class SearchService:
         hold the items (this service then writes to the store and indexes nothing)."""
         self.owns = owns
         self.shards = shards
+        # (model, its vectors) of a model whose spaces read whole items (the recommender)
+        self.item_model: tuple[str, ItemVectorFn] | None = None
         if shards is not None:
             self.owns = _nothing
         self.snapshots = snapshots or []
@@ -294,8 +299,10 @@ class SearchService:
         if not missing:
             return
         started, embedded = time.monotonic(), 0
-        for start in range(0, len(missing), BACKFILL_BATCH):
-            batch = missing[start : start + BACKFILL_BATCH]
+        cheap = self._item_space(space)
+        size = ITEM_MODEL_BATCH if cheap else BACKFILL_BATCH
+        for start in range(0, len(missing), size):
+            batch = missing[start : start + size]
             ids = [i.id for i in batch]
             stored = await asyncio.to_thread(self.store.get_vectors, tenant, catalog, space, ids)
             index.set_vectors(
@@ -304,11 +311,11 @@ class SearchService:
             batch = [i for i in batch if i.id not in stored]
             if not batch:
                 continue
-            while self.idle is not None and not self.idle(space):
+            while not cheap and self.idle is not None and not self.idle(space):
                 await asyncio.sleep(IDLE_POLL_S)  # live requests first
             took = time.monotonic()
-            vectors = await self.embed(tenant, space, [item_text(i) for i in batch])
-            took = time.monotonic() - took
+            vectors = await self._vectors(tenant, space, batch)
+            took = 0.0 if cheap else time.monotonic() - took
             by_id = {item.id: vectors[n] for n, item in enumerate(batch)}
             blobs = {i: v.astype(np.float32).tobytes() for i, v in by_id.items()}
             await asyncio.to_thread(self.store.put_vectors, tenant, catalog, space, blobs)
@@ -321,10 +328,18 @@ class SearchService:
 
     # ---- what the routes call ----------------------------------------------------
 
+    def _item_space(self, space: str) -> bool:
+        return self.item_model is not None and space.startswith(f"{self.item_model[0]}/")
+
+    async def _vectors(self, tenant: str, space: str, items: list[Item]) -> npt.NDArray[np.float32]:
+        """Vectors of items in one space: by the item model, or the texts embedded."""
+        if self.item_model is not None and self._item_space(space):
+            return await asyncio.to_thread(self.item_model[1], space, items)
+        return await self.embed(tenant, space, [item_text(i) for i in items])
+
     async def upsert(self, tenant: str, catalog: str, items: list[Item]) -> int:
         """Embed for every kept space, store items and vectors, apply here; the seq."""
-        texts = [item_text(i) for i in items]
-        vectors = await self._embed_all(tenant, texts)
+        vectors = await self._embed_all(tenant, items)
         seq = await asyncio.to_thread(self.store.upsert, tenant, catalog, items)
         for space, matrix in vectors.items():
             blobs = {
@@ -350,7 +365,9 @@ class SearchService:
         for space, matrix in vectors.items():
             index.set_vectors(space, {items[n].id: matrix[n] for n in mine})
 
-    async def _embed_all(self, tenant: str, texts: list[str]) -> dict[str, npt.NDArray[np.float32]]:
+    async def _embed_all(
+        self, tenant: str, items: list[Item]
+    ) -> dict[str, npt.NDArray[np.float32]]:
         """Vectors in every kept space that answers; a failing one (a misbehaving
         canary) is backfilled later, and searches skip it until then. Fails only when
         no space answers."""
@@ -358,7 +375,7 @@ class SearchService:
         error: Exception | None = None
         for space in self.spaces:
             try:
-                vectors[space] = await self.embed(tenant, space, texts)
+                vectors[space] = await self._vectors(tenant, space, items)
             except Exception as e:
                 error = e
                 self._backfill_due = True

@@ -116,10 +116,10 @@ def snapshot_sources(args: AppArgs) -> list[SnapshotSource]:
 
 
 def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:
-    """`model/version` of every version of the search model with traffic, a shadow or
-    a canary: the embedding spaces catalogs keep an index for."""
-    model = args.search_model()
-    return [f"{model}/{v}" for v in sorted(live.versions_in_use(model))]
+    """`model/version` of every version of the search model, and of the recommender,
+    with traffic, a shadow or a canary: the spaces catalogs keep an index for."""
+    models = [args.search_model(), *([r] if (r := args.recommender()) else [])]
+    return [f"{m}/{v}" for m in models for v in sorted(live.versions_in_use(m))]
 
 
 class HandleShard:

@@ -137,9 +137,11 @@ class DedicatedBackend:
 def version_backends(
     args: AppArgs, servers: dict[str, Any], inline: Mapping[tuple[str, str], VersionBackend]
 ) -> dict[tuple[str, str], VersionBackend]:
-    """Every version's backend: the inline ones, and one per dedicated version over its
-    deployment's handle (`servers`, by deployment name)."""
-    backends: dict[tuple[str, str], VersionBackend] = dict(inline)
+    """Every version's backend: the inline ones, the recommender's (loaded here), and
+    one per dedicated version over its deployment's handle (`servers`, by name)."""
+    from deployments.replicas.recommender_backend import load_recommenders
+
+    backends: dict[tuple[str, str], VersionBackend] = {**inline, **load_recommenders(args)}
     for name, (model, version) in args.deployment_names().items():
         backends[(model, version)] = DedicatedBackend(
             f"{model}/{version}", servers[name], args.request_timeout_s

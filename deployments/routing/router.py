@@ -142,6 +142,11 @@ class VersionRouter:
         """Mirror a sampled copy of a served request to the model's shadow version."""
         self.shadow.maybe_shadow(model, primary, texts, vectors)
 
+    def record(self, model: str, version: str, ok: bool, seconds: float) -> None:
+        """Count a call a pipeline made to a version (a recommender's) for status and
+        the canary watch."""
+        self._record(model, version, ok, seconds)
+
     def _record(self, model: str, version: str, ok: bool, seconds: float) -> None:
         self.windows[(model, version)].record(ok, seconds)
         policy = self._policy(model)

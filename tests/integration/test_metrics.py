@@ -42,13 +42,20 @@ def test_metrics_are_exported_per_model_and_version(service: Service) -> None:
             assert r.status_code == 200, r.text
     # Shadow, rollback, drop and Redis error metrics appear with their first event (see
     # test_rollout.py and test_overload.py; the test service runs the cache without Redis);
-    # so do the events' and the feature store's (test_events.py).
+    # so do the events' and the feature store's (test_events.py) and the recommendations'
+    # (test_recommendations.py).
     skipped = ("servekit_shadow", "servekit_rollbacks", "servekit_dropped")
     wanted = [
         f"ray_{name}"
         for name in CATALOGUE
         if not name.startswith(
-            (*skipped, "servekit_embedding_cache_redis", "servekit_events", "servekit_feature")
+            (
+                *skipped,
+                "servekit_embedding_cache_redis",
+                "servekit_events",
+                "servekit_feature",
+                "servekit_recommendations",
+            )
         )
     ]
 

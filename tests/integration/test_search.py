@@ -302,8 +302,9 @@ def test_index_completeness_is_shown_and_guards_promote(
     name, items = catalog
     with service.client(headers=operator_headers()) as admin:
         doc = admin.get("/admin/v1/search/indexes").json()
-    assert doc["spaces"] == ["minilm/v1", "minilm/v2"]
-    assert doc["pending"] == {"minilm/v1": 0, "minilm/v2": 0}
+    # The recommender's item vectors are kept beside the search model's.
+    assert doc["spaces"] == ["minilm/v1", "minilm/v2", "recommender/v1"]
+    assert doc["pending"] == {"minilm/v1": 0, "minilm/v2": 0, "recommender/v1": 0}
     mine = next(
         c for c in doc["catalogs"] if c["catalog"] == name and c["tenant_id"] == TEST_TENANT
     )

@@ -24,7 +24,9 @@ def test_shipped_config_is_valid(example_store: Path) -> None:
     report = validate_file(REPO_ROOT / "serve_config.yaml")
     assert report.problems == []
     (app,) = report.apps
-    assert app.ingress.traffic == {"minilm": {"v1": 90, "v2": 10}}
+    assert app.ingress.traffic == {"minilm": {"v1": 90, "v2": 10}, "recommender": {"v1": 100}}
+    assert app.args.recommender() == "recommender"
+    assert app.args.search_model() == "minilm"
     # Shipped inline: both versions batch inside the Ingress, no per-version deployments.
     assert app.args.models["minilm"].placement == "inline"
     assert set(app.ingress.batching) == {"minilm-v1", "minilm-v2"}
@@ -36,6 +38,13 @@ def test_shipped_checksums_match_the_built_store(manifest: dict[str, dict[str, s
     for version, spec in app.args.models["minilm"].versions.items():
         assert spec.artifact.sha256 == manifest[version]["sha256"], (
             f"serve_config.yaml's sha256 for minilm/{version} differs from the built artifact"
+        )
+    import json
+
+    built = json.loads((REPO_ROOT / "artifacts" / "recommender" / "manifest.json").read_text())
+    for version, spec in app.args.models["recommender"].versions.items():
+        assert spec.artifact.sha256 == built["versions"][version]["sha256"], (
+            f"serve_config.yaml's sha256 for recommender/{version} differs from the built one"
         )
 
 

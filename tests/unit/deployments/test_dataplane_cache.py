@@ -59,6 +59,7 @@ def _args(auth: bool = True) -> AppArgs:
     doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     args = doc["applications"][0]["args"]
     args["auth"] = {"enabled": auth}
+    args["models"].pop("recommender")  # the embedding model's cache only
     return AppArgs.model_validate(args)
 
 

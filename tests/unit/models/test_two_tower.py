@@ -43,13 +43,27 @@ def test_training_is_deterministic(items: list) -> None:
     assert np.allclose(np.linalg.norm(a.item_vectors, axis=1), 1, atol=1e-5)
 
 
-def test_the_built_recommender_beats_popularity_and_exports(items: list, tmp_path: Path) -> None:
+def test_the_built_recommender_beats_popularity_and_packages(items: list, tmp_path: Path) -> None:
+    from models import ArtifactRef, ArtifactStore
+    from models.recommender import Profile, Recommender
+    from stores.catalog import Item
+
     manifest = build(items, tmp_path, users=600, epochs=3, seed=0)
     scores = manifest["eval"]
-    assert scores["test_users"] > 100
-    assert scores["recall@10"] > 1.5 * scores["popularity_recall@10"]
-    assert scores["ndcg@10"] > scores["popularity_ndcg@10"]
-    assert manifest["onnx_parity_max_abs"] < 1e-4
-    on_disk = json.loads((tmp_path / "manifest.json").read_text())
-    for entry in on_disk["files"].values():
-        assert (tmp_path / entry["file"]).is_file()
+    assert scores["users"]["test_users"] > 100
+    ranked, popular = scores["two-tower + ranker"], scores["popularity"]
+    assert ranked["recall@10"] > 1.5 * popular["recall@10"]
+    assert ranked["ndcg@10"] > popular["ndcg@10"]
+    on_disk = json.loads((tmp_path / "recommender" / "manifest.json").read_text())
+    entry = on_disk["versions"]["v1"]
+    store = ArtifactStore(cache_dir=tmp_path / "cache")
+    package = store.resolve(ArtifactRef(uri=str(tmp_path / entry["file"]), sha256=entry["sha256"]))
+    assert package.meta.task == "recommendation"
+    served = Recommender(package.path)
+    vectors = served.item_vectors([*items[:5], Item("new", {"title": "never seen"}, {})])
+    assert vectors.shape == (6, 64)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    profile = Profile([items[0].id], {"shoes": 1.0}, {}, {"view": 3, "click": 1})
+    user = served.user_vector(profile, vectors[:1])
+    assert user.shape == (64,)
+    assert served.ranker.score(np.zeros((2, 7), np.float32)).shape == (2,)

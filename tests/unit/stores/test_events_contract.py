@@ -114,3 +114,25 @@ def test_a_database_that_does_not_answer_is_unavailable() -> None:
             log.append("tn_a", [ev("u1", "i1")])
     finally:
         log.close()
+
+
+def test_popular_items_weigh_each_event_type_within_the_window(log: SqlEventLog) -> None:
+    weights = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
+    log.append("tn_a", [ev("u1", "old", "purchase", minutes=-120)])
+    log.append(
+        "tn_a",
+        [ev("u1", "viewed", "view"), ev("u2", "viewed", "view"), ev("u3", "viewed", "view"),
+         ev("u1", "bought", "purchase"), ev("u2", "clicked", "click"),
+         ev("u3", "tie-b", "click"), ev("u3", "tie-a", "click")],
+    )  # fmt: skip
+    log.append("tn_b", [ev("u1", "other-tenant", "purchase")])
+    since = T0 - timedelta(minutes=60)
+    got = log.popular("tn_a", since, weights, 10)
+    assert got == [("bought", 8.0), ("viewed", 3.0), ("clicked", 2.0), ("tie-a", 2.0),
+                   ("tie-b", 2.0)]  # fmt: skip
+    assert log.popular("tn_a", since, weights, 2) == got[:2]
+    assert log.popular("tn_a", T0 - timedelta(hours=3), weights, 1) == [("bought", 8.0)]
+    assert [i for i, _ in log.popular("tn_a", T0 - timedelta(hours=3), weights, 10)].count(
+        "old"
+    ) == 1
+    assert log.popular("tn_c", since, weights, 10) == []

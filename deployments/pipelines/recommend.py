@@ -1,0 +1,259 @@
+"""Recommendations for one user of a tenant: online features in, two stages out.
+
+1. The user's features (one round trip to the online store).
+2. Candidates: the chosen recommender version's user tower over those features and the
+   vectors of the user's recent items, searched in that version's index of the catalog
+   (the item tower's vectors, kept like a search model's: backfilled, followed, dropped
+   with the version), within the filters.
+3. Ranking: the version's ranker over each candidate's features (the towers' score, the
+   item's popularity and recency from its online row, the user's affinities, price).
+
+An item in `context` steers the candidates (the user vector plus its vector); for a user
+without history the answer is the items most like it. A user without history (and no
+such item), or any user while the feature store does not answer (flagged `degraded`),
+gets the tenant's popular items within the filters: the event log's most engaged items
+of the window, re-read every few seconds, topped up from the catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from logging import Logger
+from typing import Any, Protocol
+
+import numpy as np
+
+from configs.schema import RecommendationSettings
+from deployments.pipelines.catalog_index import CatalogIndex, Hit
+from deployments.pipelines.features import FeatureService
+from deployments.pipelines.search import SearchService
+from models.recommender import ItemStats, Profile, Recommender, rank_features
+from models.two_tower import EVENT_WEIGHTS
+from stores.catalog import Item
+from stores.events import EventLog
+
+POPULAR_LIMIT = 1000  # popular items kept per tenant, before filters
+STALE_WAIT_S = 0.05  # how long a request waits for a re-read before the stale list
+ITEM_VIEW = "item_popularity"
+USER_VIEW = "user_activity"
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    """One request: whose user, which catalog, the version chosen for it."""
+
+    tenant: str
+    catalog: str
+    user: str
+    version: str  # of the recommender model
+    k: int
+    filters: dict[str, Any] | None
+    exclude_seen: bool
+    context_item: str | None = None  # the item being looked at: steers the candidates
+
+
+@dataclass
+class Recommendations:
+    """What a request answers: ranked hits, where they came from, and how."""
+
+    hits: list[Hit]
+    source: str  # "model": the two stages; "popular": cold start or degraded
+    degraded: bool  # the feature store did not answer
+    candidates: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class RecommendMeter(Protocol):
+    """Where the service counts answers (Prometheus in a replica)."""
+
+    def served(self, version: str, source: str, degraded: bool, seconds: float) -> None:
+        """One answer: the version, its source (model, popular), whether degraded."""
+
+
+class CatalogMissing(LookupError):
+    """The tenant has no catalog of that name on this replica."""
+
+
+class PopularItems:
+    """Each tenant's most engaged items of the window, from the shared event log: every
+    replica reads the same answer, re-read at most every `refresh_s`."""
+
+    def __init__(self, events: EventLog | None, settings: RecommendationSettings,
+                 log: Logger) -> None:  # fmt: skip
+        self.events = events
+        self.settings = settings
+        self.log = log
+        self._lists: dict[str, tuple[float, list[str]]] = {}
+        self._refreshing: dict[str, asyncio.Task[list[str]]] = {}
+
+    async def of(self, tenant: str) -> list[str]:
+        """The tenant's popular item ids, most first: re-read when older than
+        `popular_refresh_s` (the stale list answers when the read is slow; the first
+        call waits for it)."""
+        now = time.monotonic()
+        cached = self._lists.get(tenant)
+        if cached is not None and now - cached[0] < self.settings.popular_refresh_s:
+            return cached[1]
+        task = self._refreshing.get(tenant)
+        if task is None or task.done():
+            task = self._refreshing[tenant] = asyncio.create_task(self._read(tenant))
+        if cached is None:
+            return await asyncio.shield(task)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), STALE_WAIT_S)
+        except TimeoutError:
+            return cached[1]
+
+    async def _read(self, tenant: str) -> list[str]:
+        if self.events is None:
+            return []
+        since = datetime.fromtimestamp(time.time() - self.settings.popular_window_s, UTC)
+        try:
+            rows = await asyncio.to_thread(
+                self.events.popular, tenant, since, EVENT_WEIGHTS, POPULAR_LIMIT
+            )
+        except Exception as e:  # the log is down: keep what we had
+            self.log.warning(
+                "popular items not read", extra={"fields": {"error": type(e).__name__}}
+            )
+            return self._lists.get(tenant, (0.0, []))[1]
+        ids = [item for item, _ in rows]
+        self._lists[tenant] = (time.monotonic(), ids)
+        return ids
+
+
+class RecommendService:
+    """Recommendations over the catalogs the search service keeps."""
+
+    def __init__(
+        self,
+        model: str,
+        versions: dict[str, Recommender],
+        search: SearchService,
+        features: FeatureService,
+        popular: PopularItems,
+        settings: RecommendationSettings,
+        meter: RecommendMeter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.meter = meter
+        self.model = model
+        self.versions = versions
+        self.search = search
+        self.features = features
+        self.popular = popular
+        self.settings = settings
+        self.clock = clock
+
+    def served(self, version: str, got: Recommendations) -> None:
+        """Count one answer."""
+        if self.meter is not None:
+            seconds = sum(got.timings_ms.values()) / 1000
+            self.meter.served(version, got.source, got.degraded, seconds)
+
+    def space(self, version: str) -> str:
+        """The catalog index space of a version's item vectors."""
+        return f"{self.model}/{version}"
+
+    def item_vectors(self, space: str, items: list[Item]) -> np.ndarray[Any, Any]:
+        """Item-tower vectors of `items` by the version of `space` (for the indexes)."""
+        return self.versions[space.split("/", 1)[1]].item_vectors(items)
+
+    async def recommend(self, q: RecommendQuery) -> Recommendations:
+        """The k best items for the user (see the module's description)."""
+        index = self.search.catalogs.get((q.tenant, q.catalog))
+        if index is None:
+            raise CatalogMissing(q.catalog)
+        started = time.perf_counter()
+        got = await self.features.read(q.tenant, "user", q.user)
+        profile = Profile.from_features(got.views)
+        seen = profile.seen(got.views) if q.exclude_seen else set()
+        recommender = self.versions[q.version]
+        space = self.space(q.version)
+        context = np.zeros((0, 0), np.float32)
+        if q.context_item is not None:
+            context = index.vectors_of(space, [q.context_item])
+            seen.add(q.context_item)
+        timings = {"features": _ms(started)}
+        like_this = profile.cold and len(context) > 0
+        if not like_this and (got.degraded or profile.cold):
+            hits = await self._popular(q, index, seen, set())
+            return Recommendations(hits, "popular", got.degraded, 0, timings)
+        step = time.perf_counter()
+        if like_this:  # nothing known of the user: items like the one in view
+            vector = context[0]
+        else:
+            vector = recommender.user_vector(profile, index.vectors_of(space, profile.recent))
+            if len(context):  # the user's taste, steered towards the item in view
+                vector = vector + context[0]
+                vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        wanted = max(self.settings.candidates, q.k) + len(seen)
+        found = await asyncio.to_thread(index.search, space, vector, "", wanted, q.filters, False)
+        found = [h for h in found if h.item.id not in seen]
+        timings["candidates"] = _ms(step)
+        step = time.perf_counter()
+        if like_this:
+            hits = found[: q.k]
+        else:
+            hits = await self._rank(q.tenant, recommender, index, profile, found)
+        timings["rank"] = _ms(step)
+        if len(hits) < q.k:  # a small catalog, or filters few items pass
+            taken = {h.item.id for h in hits}
+            hits += await self._popular(q, index, seen, taken)
+        return Recommendations(hits[: q.k], "model", False, len(found), timings)
+
+    async def _rank(
+        self,
+        tenant: str,
+        recommender: Recommender,
+        index: CatalogIndex,
+        profile: Profile,
+        found: list[Hit],
+    ) -> list[Hit]:
+        if not found:
+            return []
+        ids = [h.item.id for h in found]
+        rows, _ = await self.features.read_view(tenant, ITEM_VIEW, ids)
+        stats = [_item_stats(row) for row in rows]
+        recent = index.matching(profile.recent, None, len(profile.recent))
+        prices = [item.attributes.get("price") for item in recent]
+        features = rank_features(
+            [h.score for h in found], [h.item for h in found], stats, profile, prices,
+            self.clock(),
+        )  # fmt: skip
+        scores = recommender.ranker.score(features)
+        order = np.argsort(-scores, kind="stable")
+        return [Hit(found[n].item, float(scores[n])) for n in order]
+
+    async def _popular(
+        self, q: RecommendQuery, index: CatalogIndex, seen: set[str], taken: set[str]
+    ) -> list[Hit]:
+        """Popular items within the filters (then the catalog's), not seen nor taken."""
+        skip = seen | taken
+        want = q.k - len(taken)
+        ids = [i for i in await self.popular.of(q.tenant) if i not in skip]
+        items = index.matching(ids, q.filters, want)
+        if len(items) < want:
+            have = skip | {i.id for i in items}
+            extra = index.matching(None, q.filters, want + len(have))
+            items += [i for i in extra if i.id not in have][: want - len(items)]
+        n = len(items)
+        return [Hit(item, round(1.0 - r / max(1, n), 6)) for r, item in enumerate(items)]
+
+
+def _item_stats(row: dict[str, Any]) -> ItemStats:
+    weighted = sum(
+        float(row.get(name, 0) or 0) * EVENT_WEIGHTS[kind]
+        for name, kind in (("views", "view"), ("clicks", "click"),
+                           ("add_to_carts", "add_to_cart"), ("purchases", "purchase"))
+    )  # fmt: skip
+    last = row.get("last_event_at")
+    return ItemStats(weighted, float(last) if isinstance(last, int | float) else 0.0)
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)

@@ -1,0 +1,47 @@
+"""Builds a replica's recommendation service from the args: the recommender's loaded
+versions, the search service's catalogs (which then keep each version's item vectors)
+and the feature service; the event log for popular items."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from configs.schema import AppArgs
+from deployments.observability.logs import get_logger
+from deployments.pipelines.features import FeatureService
+from deployments.pipelines.recommend import PopularItems, RecommendService
+from deployments.pipelines.search import SearchService
+from deployments.replicas.recommender_backend import RecommenderBackend
+
+
+def open_recommend(
+    args: AppArgs,
+    backends: Mapping[tuple[str, str], Any],
+    search: SearchService | None,
+    features: FeatureService | None,
+) -> RecommendService | None:
+    """The service, or None without a recommender model; `backends`: every version's
+    (the recommender's are taken). The search service's catalogs start keeping the
+    recommender's spaces (the item tower's vectors)."""
+    model = args.recommender()
+    if model is None or search is None or features is None:
+        return None
+    log = get_logger("recommend")
+    versions = {
+        version: b.recommender
+        for (name, version), b in backends.items()
+        if name == model and isinstance(b, RecommenderBackend)
+    }
+    popular = PopularItems(features.events, args.recommendations, log)
+    from deployments.observability.metrics import RecommendMetrics
+
+    service = RecommendService(
+        model, versions, search, features, popular, args.recommendations, RecommendMetrics()
+    )
+
+    def vectors(space: str, items: list[Any]) -> Any:
+        return service.item_vectors(space, items)
+
+    search.item_model = (model, vectors)
+    return service

@@ -1,0 +1,175 @@
+"""The recommendation pipeline over real parts, without Ray: the built recommender
+package, the catalog store and event log on SQLite, the online features on a real
+redis-server. Redis going away degrades answers to popular items (flagged), loses no
+acknowledged event, and a rebuild from the log brings the user's features back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from configs.features import load_definitions
+from configs.schema import RecommendationSettings
+from deployments.pipelines.features import FeatureService
+from deployments.pipelines.features_wiring import catalog_items
+from deployments.pipelines.recommend import (
+    CatalogMissing,
+    PopularItems,
+    RecommendQuery,
+    RecommendService,
+)
+from deployments.pipelines.search import SearchService
+from models import ArtifactRef, ArtifactStore
+from models.recommender import Recommender
+from stores.catalog import Item
+from stores.catalog_sql import open_catalog_store
+from stores.events import Event
+from stores.events_sql import open_event_log
+from stores.features_redis import RedisFeatureStore
+from tests.conftest import ARTIFACTS_DIR
+from tests.redis_server import RedisServer
+
+LOG = logging.getLogger("test")
+TENANT = "tn-rec"
+SPACE = "recommender/v1"
+
+
+def _package() -> tuple[Path, str]:
+    manifest = ARTIFACTS_DIR / "recommender" / "manifest.json"
+    if not manifest.is_file():
+        pytest.fail("the recommender is not built: run `make artifacts`")
+    import json
+
+    entry = json.loads(manifest.read_text())["versions"]["v1"]
+    return ARTIFACTS_DIR / entry["file"], str(entry["sha256"])
+
+
+@pytest.fixture(scope="module")
+def recommender(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    path, sha = _package()
+    store = ArtifactStore(cache_dir=tmp_path_factory.mktemp("cache"))
+    return Recommender(store.resolve(ArtifactRef(uri=str(path), sha256=sha)).path)
+
+
+def _items() -> list[Item]:
+    out = []
+    for category, brand in (("hats", "Hatters"), ("socks", "Woolly"), ("mugs", "Clayworks")):
+        for n in range(12):
+            out.append(
+                Item(f"{category}-{n}", {"title": f"{category} number {n}", "brand": brand},
+                     {"category": category, "brand": brand, "price": 10.0 + n})
+            )  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    from tests.conftest import free_port
+
+    server = RedisServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def parts(
+    tmp_path: Path, redis_server: RedisServer, recommender: Recommender
+) -> Iterator[dict[str, Any]]:
+    url = f"sqlite:///{tmp_path}/registry.db"
+    catalogs = open_catalog_store(url)
+
+    async def no_text_model(tenant: str, space: str, texts: list[str]) -> Any:
+        raise AssertionError("only the recommender's space is kept here")
+
+    search = SearchService(catalogs, no_text_model, 0.05, LOG, backfill_delay_s=0)
+    events = open_event_log(url)
+    store = RedisFeatureStore(redis_server.url, timeout_s=0.2)
+    features = FeatureService(load_definitions(None), store, events, catalog_items(search), LOG)
+    settings = RecommendationSettings(popular_refresh_s=0.01)
+    service = RecommendService(
+        "recommender", {"v1": recommender}, search, features,
+        PopularItems(events, settings, LOG), settings,
+    )  # fmt: skip
+    search.item_model = ("recommender", service.item_vectors)
+    yield {"search": search, "features": features, "service": service, "events": events,
+           "redis": redis_server}  # fmt: skip
+    asyncio.run(search.close())
+    catalogs.close()
+    events.close()
+
+
+def _query(user: str, **kw: Any) -> RecommendQuery:
+    base: dict[str, Any] = {"k": 5, "filters": None, "exclude_seen": True}
+    return RecommendQuery(TENANT, "shop", user, "v1", **{**base, **kw})
+
+
+def _event(user: str, item: str, kind: str) -> Event:
+    from datetime import UTC, datetime
+
+    return Event(user, item, kind, datetime.now(UTC), "shop")
+
+
+def test_recommendations_follow_events_and_survive_a_redis_outage(parts: dict[str, Any]) -> None:
+    search, features = parts["search"], parts["features"]
+    service: RecommendService = parts["service"]
+
+    async def run() -> None:
+        await search.start([SPACE])
+        await search.upsert(TENANT, "shop", _items())
+        index = search.catalogs[(TENANT, "shop")]
+        assert index.complete(SPACE)
+        vectors = index.vectors_of(SPACE, ["hats-1", "socks-1"])
+        assert vectors.shape == (2, 64)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+        cold = await service.recommend(_query("ann"))
+        assert cold.source == "popular"
+        assert not cold.degraded
+
+        done = await features.ingest(
+            TENANT, [_event("ann", "hats-1", "purchase"), _event("ann", "hats-2", "click")], "shop"
+        )
+        assert done.features_updated
+        warm = await service.recommend(_query("ann", k=6))
+        assert warm.source == "model"
+        ids = [h.item.id for h in warm.hits]
+        assert len(ids) == 6
+        assert not {"hats-1", "hats-2"} & set(ids)
+        assert sum(i.startswith("hats") for i in ids) >= 3, ids
+        socks = await service.recommend(_query("ann", filters={"category": "socks"}))
+        assert {h.item.attributes["category"] for h in socks.hits} == {"socks"}
+
+        parts["redis"].stop()
+        down = await service.recommend(_query("ann", filters={"category": "mugs"}))
+        assert down.degraded
+        assert down.source == "popular"
+        assert {h.item.attributes["category"] for h in down.hits} == {"mugs"}
+        kept = await features.ingest(TENANT, [_event("ann", "socks-4", "purchase")], "shop")
+        assert kept.accepted == 1
+        assert not kept.features_updated  # the log has it; the rows are behind
+        logged = [s.event.item for s in parts["events"].scan(TENANT, 0, 100)]
+        assert logged == ["hats-1", "hats-2", "socks-4"]
+
+        parts["redis"].start()  # empty: no persistence
+        after = await service.recommend(_query("ann"))
+        assert after.source == "popular"  # the rows are gone until rebuilt
+        history = [s.event for s in parts["events"].scan(TENANT, 0, 100)]
+        lookup = catalog_items(search)
+        assert lookup is not None
+        attrs = await lookup(TENANT, "shop", [e.item for e in history])
+        rows = features.rows(TENANT, history, attrs)
+        await features.store.replace(rows)
+        rebuilt = await service.recommend(_query("ann"))
+        assert rebuilt.source == "model"
+        assert not {"hats-1", "hats-2", "socks-4"} & {h.item.id for h in rebuilt.hits}
+
+        with pytest.raises(CatalogMissing):
+            await service.recommend(RecommendQuery(TENANT, "absent", "ann", "v1", 5, None, True))
+
+    asyncio.run(run())
