@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from configs.schema import AppArgs, IngressLiveConfig
 from deployments.canary_sync import CanarySync, replica_identity
 from deployments.dataplane import CallRecord, DataPlane
-from deployments.http import admin, events_routes, inference, oip, search_routes
+from deployments.http import admin, dashboard, events_routes, inference, oip, search_routes
 from deployments.http.api import V2_ERRORS, VERSION, OipError, api, body_doc
 from deployments.http.auth import AuthGate, principal_of
 from deployments.http.embeddings import EmbeddingsRoute, serve_embeddings
@@ -242,7 +242,7 @@ class Ingress:
         )
 
 
-for _routes in (admin.router, search_routes.router, events_routes.router):
+for _routes in (admin.router, dashboard.router, search_routes.router, events_routes.router):
     api.include_router(_routes)
 api.include_router(recommend_router)
 api.add_middleware(EmbeddingsRoute)

@@ -32,8 +32,15 @@ ROUTE_SCOPES: tuple[tuple[str, str], ...] = (
     ("/v1/features", "recommend"),
     ("/v1/usage", "usage"),
     ("/admin/", "admin"),
-    ("/dashboard", "admin"),
 )
+# The dashboard's page and scripts: static files holding no data, answered without a key
+# (a browser opening a page cannot send one); its data comes from /admin/v1/dashboard/...
+PAGE_PREFIX = "/dashboard"
+
+
+def is_page(path: str) -> bool:
+    """Whether `path` is the dashboard's page or one of its files."""
+    return path == PAGE_PREFIX or path.startswith(PAGE_PREFIX + "/")
 
 
 def required_scope(path: str) -> str | None:
@@ -112,6 +119,9 @@ class AuthGate:
         token = bearer(scope)
         principal = host.access.keys.lookup(token) if token else None
         if principal is None:
+            if is_page(path):  # checked only here: nothing added to a keyed request
+                await self.app(scope, receive, send)
+                return
             await self._refuse(Unauthorized(), "-", scope, receive, send, path, started)
             return
         try:
