@@ -144,7 +144,7 @@ export class Transport {
   }
 
   /** Send one call, retrying as its mode allows; its parsed answer. */
-  async request<T>(call: Call, options: RequestOptions & Partial<ModelRequestOptions> = {}): Promise<ApiResponse<T>> {
+  async request<T>(call: Call, options: ModelRequestOptions = {}): Promise<ApiResponse<T>> {
     const requestId = options.requestId ?? freshId();
     const maxRetries = nonNegative("maxRetries", options.maxRetries ?? this.maxRetries);
     const timeoutMs = nonNegative("timeoutMs", options.timeoutMs ?? this.timeoutMs);
@@ -155,7 +155,7 @@ export class Transport {
       let retryable: boolean;
       let retryAfterS: number | undefined;
       try {
-        const answer = await this.attempt(url, init, timeoutMs, options.signal);
+        const answer = await this.attempt(url, init, timeoutMs, requestId, options.signal);
         this.checkDeprecation(call, answer.response.headers);
         if (answer.response.ok) return answered<T>(answer, requestId);
         const failed = errorOf(answer, requestId);
@@ -200,7 +200,7 @@ export class Transport {
     return `${this.baseUrl}${call.path}${search ? `?${search}` : ""}`;
   }
 
-  private headersOf(call: Call, options: Partial<ModelRequestOptions>, requestId: string): Record<string, string> {
+  private headersOf(call: Call, options: ModelRequestOptions, requestId: string): Record<string, string> {
     const headers: Record<string, string> = { Accept: "application/json", ...this.headers };
     if (this.apiKey !== null) headers["Authorization"] = `Bearer ${this.apiKey}`;
     if (call.body !== undefined) headers["Content-Type"] = "application/json";
@@ -211,11 +211,16 @@ export class Transport {
   }
 
   /** One attempt: the answer and its whole body, or an `APIConnectionError`. */
-  private async attempt(url: string, init: RequestInit, timeoutMs: number, signal?: AbortSignal): Promise<Answer> {
+  private async attempt(
+    url: string,
+    init: RequestInit,
+    timeoutMs: number,
+    requestId: string,
+    signal?: AbortSignal,
+  ): Promise<Answer> {
     const timeout = new AbortController();
     const timer = setTimeout(() => timeout.abort(new DOMException("timed out", "TimeoutError")), timeoutMs);
     const unlink = link(signal, timeout);
-    const requestId = String((init.headers as Record<string, string>)["X-Request-ID"]);
     try {
       const response = await this.fetch(url, { ...init, signal: timeout.signal });
       const text = await response.text();

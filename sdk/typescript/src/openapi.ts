@@ -1384,7 +1384,7 @@ export interface components {
             catalog?: string | null;
             /**
              * Context
-             * @description Where the user is: `item` (the item being looked at) steers the candidates towards it; other keys are recorded only.
+             * @description Where the user is: `item` (the item being looked at) steers the candidates towards it (a user without history gets the items most like it); other keys are ignored.
              */
             context?: {
                 [key: string]: string;
@@ -1596,7 +1596,7 @@ export interface components {
             query: string;
             /**
              * User
-             * @description The end user (sticky version; personalization).
+             * @description The end user: keeps them on one version, and reorders the best candidates by their category and brand affinities (online features).
              */
             user?: string | null;
         };
@@ -1975,25 +1975,6 @@ export interface operations {
                     "application/json": components["schemas"]["MetricsSnapshot"];
                 };
             };
-            /** @description The request is malformed or breaks a limit; the message names the field. */
-            400: {
-                headers: {
-                    "API-Version": components["headers"]["API-Version"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    /**
-                     * @example {
-                     *       "error": {
-                     *         "code": "invalid_request",
-                     *         "message": "k: Input should be greater than or equal to 1",
-                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
-                     *       }
-                     *     }
-                     */
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
@@ -2027,25 +2008,6 @@ export interface operations {
                      *       "error": {
                      *         "code": "forbidden",
                      *         "message": "this API key may not do that",
-                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
-                     *       }
-                     *     }
-                     */
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description No such resource (or not the caller's). */
-            404: {
-                headers: {
-                    "API-Version": components["headers"]["API-Version"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    /**
-                     * @example {
-                     *       "error": {
-                     *         "code": "not_found",
-                     *         "message": "item: no such item",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -2198,25 +2160,6 @@ export interface operations {
                     "application/json": components["schemas"]["DashboardState"];
                 };
             };
-            /** @description The request is malformed or breaks a limit; the message names the field. */
-            400: {
-                headers: {
-                    "API-Version": components["headers"]["API-Version"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    /**
-                     * @example {
-                     *       "error": {
-                     *         "code": "invalid_request",
-                     *         "message": "k: Input should be greater than or equal to 1",
-                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
-                     *       }
-                     *     }
-                     */
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description No API key, or one that is unknown, expired or revoked. */
             401: {
                 headers: {
@@ -2250,25 +2193,6 @@ export interface operations {
                      *       "error": {
                      *         "code": "forbidden",
                      *         "message": "this API key may not do that",
-                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
-                     *       }
-                     *     }
-                     */
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description No such resource (or not the caller's). */
-            404: {
-                headers: {
-                    "API-Version": components["headers"]["API-Version"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    /**
-                     * @example {
-                     *       "error": {
-                     *         "code": "not_found",
-                     *         "message": "item: no such item",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
