@@ -65,11 +65,17 @@ describe("installed from the packed tarball into a fresh project", () => {
     // The package has no dependencies: installing its tarball needs no registry.
     run("npm", ["install", "--offline", "--ignore-scripts", "--no-audit", "--no-fund", tarball], app);
     writeFileSync(join(app, "example.ts"), readmeExample());
-    for (const name of ["example", "broken"]) {
+    // A CommonJS module of the app (.cts): TypeScript resolves the package's "require" types.
+    writeFileSync(join(app, "cjs.cts"), [
+      'import { APIError, ServekitClient } from "@servekit/client";',
+      "const client: ServekitClient = new ServekitClient({ apiKey: null });",
+      "export = { client, isError: (e: unknown): e is APIError => e instanceof APIError };",
+    ].join("\n"));
+    for (const name of ["example", "broken", "cjs"]) {
       writeFileSync(join(app, `tsconfig.${name}.json`), JSON.stringify({
         compilerOptions: { target: "ES2022", module: "NodeNext", moduleResolution: "NodeNext",
           lib: ["ES2022", "DOM"], types: [], strict: true, outDir: "out" },
-        files: [`${name}.ts`],
+        files: [name === "cjs" ? "cjs.cts" : `${name}.ts`],
       }));
     }
   });
@@ -80,6 +86,12 @@ describe("installed from the packed tarball into a fresh project", () => {
     assert.equal(run("node", ["-e", `const m = require("@servekit/client"); ${loaded}`], app).trim(), "function function");
     const esm = `const m = await import("@servekit/client"); ${loaded}`;
     assert.equal(run("node", ["--input-type=module", "-e", esm], app).trim(), "function function");
+  });
+
+  test("a CommonJS module type-checks against the CommonJS declarations", () => {
+    const listed = run(process.execPath, [TSC, "--noEmit", "--listFiles", "-p", "tsconfig.cjs.json"], app);
+    assert.match(listed, /@servekit[/\\]client[/\\]dist[/\\]cjs[/\\]index\.d\.ts/);
+    assert.doesNotMatch(listed, /dist[/\\]esm[/\\]/);
   });
 
   test("the README's TypeScript example type-checks (tsc --noEmit)", () => {
