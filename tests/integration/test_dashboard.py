@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import TEST_SECRETS, operator_headers
+from tests.conftest import TEST_SECRETS, TEST_TENANT, operator_headers
 from tests.integration.conftest import Service, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -54,8 +54,15 @@ def browser() -> Iterator[Any]:
         chrome.quit()
 
 
+ITEMS = [
+    {"id": f"dash-{n}", "text": {"title": f"{word} lamp {n}"}, "attributes": {"n": n}}
+    for n, word in enumerate(["desk", "floor", "reading", "wall", "table", "clip"] * 2)
+]
+
+
 class Traffic:
-    """Embeddings and searches, a few a second, in a thread, while a test runs."""
+    """Embeddings, searches and recommendations on a small catalog, a few a second, in a
+    thread, while a test runs."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -65,14 +72,18 @@ class Traffic:
 
     def _run(self) -> None:
         with self.service.client() as client:
+            put = client.put("/v1/catalogs/dashboard/items", json={"items": ITEMS})
+            self.codes.append(put.status_code)
             i = 0
             while not self.stopped.is_set():
                 i += 1
                 for model in ("minilm", "minilm-inline"):
                     body = {"model": model, "input": [f"dashboard {i}", "dashboard"]}
                     self.codes.append(client.post("/v1/embeddings", json=body).status_code)
-                search = {"catalog": "dashboard", "query": f"dashboard {i % 3}"}
+                search = {"catalog": "dashboard", "query": ITEMS[i % 6]["text"]["title"]}
                 self.codes.append(client.post("/v1/search", json=search).status_code)
+                wanted = {"catalog": "dashboard", "user": f"dashboard-user-{i % 3}"}
+                self.codes.append(client.post("/v1/recommendations", json=wanted).status_code)
                 self.stopped.wait(0.3)
 
     def __enter__(self) -> Traffic:
@@ -176,6 +187,21 @@ def test_the_page_and_its_data_routes(service: Service) -> None:
     deployments = {d["name"]: d for d in state["deployments"]}
     assert deployments["Ingress"]["running"] >= 1
     assert deployments["minilm-v1"]["running"] >= 1
+
+
+def test_a_tenant_admin_sees_its_own_tenant_only(service: Service) -> None:
+    """The test tenant's key has the admin scope: its own usage and tenant series only."""
+    with service.client() as client:
+        assert client.post("/v1/embeddings", json={"model": "minilm", "input": "x"}).is_success
+        state = client.get("/admin/v1/dashboard/state").json()
+        metrics = client.get("/admin/v1/dashboard/metrics").json()
+    assert [u["tenant_id"] for u in state["usage"]] == [TEST_TENANT]
+    tenants = {
+        c["labels"]["tenant"]
+        for c in metrics["counters"]
+        if c["name"] == "servekit_tenant_requests_total"
+    }
+    assert tenants <= {TEST_TENANT}  # never `other` (every other tenant) nor another's
 
 
 def test_a_wrong_key_is_refused_and_forgotten(service: Service, browser: Any) -> None:
