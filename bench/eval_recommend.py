@@ -38,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from deployments.pipelines.personalize import AFFINITY_WEIGHT
 from models.recommender import F32, Recommender
 from models.two_tower import DIM, UserInputs
 
@@ -78,9 +79,15 @@ def read_log(path: Path) -> list[Any]:
 
 
 def personalized_search(
-    items: Sequence[Any], train: Sequence[Any], test: Sequence[Any], users: int
+    items: Sequence[Any],
+    train: Sequence[Any],
+    test: Sequence[Any],
+    users: int,
+    offset: int = 0,
+    weights: Sequence[float] = (AFFINITY_WEIGHT,),
 ) -> dict[str, Any]:
-    """Plain against personalized search over test users' favourite categories."""
+    """Plain against personalized search over test users' favourite categories (the
+    `users` test users from `offset` on, in id order), at each affinity weight."""
     import yaml
 
     from configs.schema import AppArgs
@@ -103,7 +110,7 @@ def personalized_search(
     truth = relevant(test)
     _, states = examples(items, train)
     ids = [item.id for item in items]
-    chosen = sorted(u for u in truth if u in states)[:users]
+    chosen = sorted(u for u in truth if u in states)[offset : offset + users]
     queries: dict[str, tuple[str, dict[str, int]]] = {}
     for user in chosen:
         top = Counter(category[i] for i in truth[user]).most_common(1)[0][0]
@@ -112,13 +119,14 @@ def personalized_search(
     texts = sorted({q for q, _ in queries.values()})
     qvec = dict(zip(texts, space.embed(texts), strict=True))
     hybrid = args.search.hybrid_default
-    sums = {"plain": [0.0, 0.0], "personalized": [0.0, 0.0]}
+    names = {w: "personalized" if len(weights) == 1 else f"personalized {w:g}" for w in weights}
+    sums = {"plain": [0.0, 0.0], **{name: [0.0, 0.0] for name in names.values()}}
     for user, (text, graded) in queries.items():
         found = index.search(space.name, qvec[text], text, DEPTH, None, hybrid, fusion)
-        runs = {
-            "plain": [h.item.id for h in found[:K]],
-            "personalized": [h.item.id for h in personalize(found, profile(states[user], ids), K)],
-        }
+        liked = profile(states[user], ids)
+        runs = {"plain": [h.item.id for h in found[:K]]}
+        for w, name in names.items():
+            runs[name] = [h.item.id for h in personalize(found, liked, K, w)]
         for name, ranked in runs.items():
             sums[name][0] += recall_at_k(ranked, graded, K)
             sums[name][1] += ndcg_at_k(ranked, graded, K)
@@ -129,9 +137,10 @@ def personalized_search(
     }
     out["users"] = len(queries)
     out["space"] = space.name
-    out["ndcg_lift"] = round(
-        out["personalized"][f"ndcg@{K}"] / max(1e-9, out["plain"][f"ndcg@{K}"]), 3
-    )
+    out["ndcg_lift"] = {
+        name: round(out[name][f"ndcg@{K}"] / max(1e-9, out["plain"][f"ndcg@{K}"]), 3)
+        for name in names.values()
+    }
     return out
 
 
@@ -146,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--users", type=int, default=1000, help="personalized-search users")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many test users")
+    parser.add_argument("--weights", default=str(AFFINITY_WEIGHT), help="affinity weights")
     parser.add_argument("--catalog", type=Path, help="items (JSON lines); default: the example")
     parser.add_argument("--interactions", type=Path, help="a parquet log over those items")
     parser.add_argument("--test-days", type=float, default=10.0, help="the log's last days")
@@ -185,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     for method, row in scores.items():
         if method != "users":
             print(f"  {method:20s} recall@10 {row['recall@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}")
-    search = personalized_search(items, train, test, args.users)
+    weights = [float(w) for w in args.weights.split(",") if w]
+    search = personalized_search(items, train, test, args.users, args.offset, weights)
     print(f"search over {search['users']} users' favourite categories ({search['space']}):")
-    for name in ("plain", "personalized"):
+    for name in ["plain", *search["ndcg_lift"]]:
         row = search[name]
         print(f"  {name:20s} recall@10 {row['recall@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}")
     report = {

@@ -9,6 +9,7 @@ catalog is still being built, the most-weighted version whose index is complete 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
@@ -28,7 +29,12 @@ from deployments.http.search_routes import (
     search_tenant,
 )
 from deployments.pipelines.filters import FilterError
-from deployments.pipelines.recommend import CatalogMissing, RecommendQuery, RecommendService
+from deployments.pipelines.recommend import (
+    CatalogMissing,
+    Recommendations,
+    RecommendQuery,
+    RecommendService,
+)
 
 router = APIRouter(tags=["recommendations"])
 
@@ -138,6 +144,8 @@ async def recommend(request: Request, body: Annotated[RecommendBody, Body()]) ->
         finally:  # for status and the canary watch, as any version's calls
             host.router.record(model, version, ok, time.perf_counter() - started)
         service.served(version, got)
+        if pinned is None:
+            _mirror(host, service, query, [h.item.id for h in got.hits])
         return json_response(
             {"object": "recommendations", "catalog": catalog, "user": body.user, "model": model,
              "version": version, "source": got.source, "degraded": got.degraded,
@@ -148,6 +156,23 @@ async def recommend(request: Request, body: Annotated[RecommendBody, Body()]) ->
         )  # fmt: skip
 
     return await run_route(request, "/v1/recommendations", work)
+
+
+def _mirror(host: Any, service: RecommendService, query: RecommendQuery, ids: list[str]) -> None:
+    """A sampled copy to the recommender's shadow version (once its index of the catalog
+    is complete), off the caller's path; the agreement is the share of these items the
+    shadow also answers."""
+
+    async def run(shadow: str) -> Recommendations:
+        return await service.recommend(replace(query, version=shadow))
+
+    def agreement(answer: Recommendations) -> list[float]:
+        return [len(set(ids) & {h.item.id for h in answer.hits}) / max(1, len(ids))]
+
+    def ready(shadow: str) -> bool:
+        return service.space(shadow) in host.search.ready_spaces(query.tenant, query.catalog)
+
+    host.router.shadow.maybe_mirror(service.model, query.version, run, agreement, ready)
 
 
 def _only_catalog(host: Any, tenant: str) -> str:

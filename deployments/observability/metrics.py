@@ -48,7 +48,11 @@ CATALOGUE = {
     "servekit_rollbacks_total": ("counter", "Automatic canary rollbacks."),
     "servekit_shadow_requests_total": ("counter", "Shadow copies by outcome (ok/error/dropped)."),
     "servekit_shadow_duration_seconds": ("histogram", "Latency of shadow calls."),
-    "servekit_shadow_cosine": ("histogram", "Cosine of shadow vs primary output, per input."),
+    "servekit_shadow_cosine": (
+        "histogram",
+        "Agreement of a shadow copy with the primary, per input: the cosine of the two "
+        "vectors; for a recommender, the share of the primary's items the shadow answered.",
+    ),
     "servekit_embedding_cache_lookups_total": (
         "counter",
         "Texts looked up in the embedding cache, by tier (memory, redis), use (search, "

@@ -63,9 +63,35 @@ class Shadower:
     def maybe_shadow(
         self, model: str, primary: str, texts: list[str], vectors: np.ndarray[Any, Any]
     ) -> None:
-        """Send a sampled copy of a served request to the model's shadow version."""
+        """Send a sampled copy of a served request to the model's shadow version; the
+        agreement is each text's cosine between the two versions' vectors."""
+
+        async def run(shadow: str) -> np.ndarray[Any, Any]:
+            shadow_vectors, _ = await self._call(model, shadow, texts)
+            return shadow_vectors
+
+        def agreement(shadow_vectors: np.ndarray[Any, Any]) -> list[float]:
+            cosines: list[float] = np.einsum("ij,ij->i", vectors, shadow_vectors).tolist()
+            return cosines
+
+        self.maybe_mirror(model, primary, run, agreement)
+
+    def maybe_mirror(
+        self,
+        model: str,
+        primary: str,
+        run: Callable[[str], Awaitable[Any]],
+        agreement: Callable[[Any], list[float]],
+        ready: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Mirror a sampled share of served requests to the model's shadow version:
+        `run(shadow)` repeats the request with it, off the caller's path, and
+        `agreement(its answer)` says how far it agrees with the primary's, per input (1:
+        the same). `ready(shadow)`: whether the shadow can answer yet (else skipped)."""
         spec = self.specs.get(model)
         if spec is None or spec.version == primary or self._rng.random() >= spec.fraction:
+            return
+        if ready is not None and not ready(spec.version):
             return
         counts = self.counts.setdefault(
             f"{primary}->{spec.version}",
@@ -76,35 +102,35 @@ class Shadower:
             self._metrics.shadow(model, primary, spec.version, "dropped")
             return
         task = asyncio.create_task(
-            self._shadow(model, primary, spec.version, texts, vectors, counts)
+            self._mirror(model, primary, spec.version, run, agreement, counts)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _shadow(
+    async def _mirror(
         self,
         model: str,
         primary: str,
         shadow: str,
-        texts: list[str],
-        vectors: np.ndarray[Any, Any],
+        run: Callable[[str], Awaitable[Any]],
+        agreement: Callable[[Any], list[float]],
         counts: dict[str, float],
     ) -> None:
         started = time.perf_counter()
         counts["requests"] += 1
         QUIET_FAILURES.set(True)  # this task's own context: the backend logs no traceback
         try:
-            shadow_vectors, _ = await self._call(model, shadow, texts)
+            answer = await run(shadow)
         except ServekitError as e:
             counts["errors"] += 1
             self._metrics.shadow(model, primary, shadow, "error")
             self._note_failure(model, shadow, e)
             return
         seconds = time.perf_counter() - started
-        cosines = np.einsum("ij,ij->i", vectors, shadow_vectors)
-        counts["cosine_sum"] += float(cosines.sum())
-        counts["texts"] += len(cosines)
-        self._metrics.shadow(model, primary, shadow, "ok", seconds, cosines.tolist())
+        agreed = agreement(answer)
+        counts["cosine_sum"] += float(sum(agreed))
+        counts["texts"] += len(agreed)
+        self._metrics.shadow(model, primary, shadow, "ok", seconds, agreed)
 
     def state(self, model: str) -> dict[str, Any] | None:
         """The model's shadow spec and the copies' figures, for `/v1/models/{name}`."""

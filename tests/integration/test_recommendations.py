@@ -5,6 +5,7 @@ answers, bad requests name the field, and the recommender is a version like any.
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from collections import Counter
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import operator_headers
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, entry, wait_ready
 
 pytestmark = [pytest.mark.integration]
 
@@ -50,7 +51,8 @@ def _tenant(service: Service) -> dict[str, str]:
         made = admin.post("/admin/v1/tenants", json={"name": tenant, "id": tenant})
         assert made.status_code == 201, made.text
         scopes = ["search", "events", "recommend", "embed"]
-        key = admin.post(f"/admin/v1/tenants/{tenant}/keys", json={"scopes": scopes}).json()
+        body = {"scopes": scopes, "may_pin": True}
+        key = admin.post(f"/admin/v1/tenants/{tenant}/keys", json=body).json()
     return {"Authorization": f"Bearer {key['key']}"}
 
 
@@ -209,7 +211,8 @@ def test_the_recommender_is_a_version_like_any(service: Service, shop: dict[str,
         r = client.post(
             "/v1/recommendations", json={"user": "u"}, headers={"X-Model-Version": "v9"}
         )
-        assert r.status_code in (403, 404), r.text
+        assert r.status_code == 404, r.text
+        assert "version" in r.json()["error"]["message"]
         r = client.post("/v1/embeddings", json={"model": "recommender", "input": "hats"})
         assert r.status_code == 400, r.text
         assert "/v1/recommendations" in r.json()["error"]["message"]
@@ -243,3 +246,56 @@ def test_search_with_a_user_leans_to_their_affinities(
 
     assert hats(mine) == 5
     assert hats(mine) > hats(plain)
+
+
+def test_a_second_version_is_shadowed_split_and_pinned_like_any(
+    service: Service, shop: dict[str, str]
+) -> None:
+    """v2 (the same package under another name) added with a shadow: its item index is
+    backfilled, the shadow copies agree fully, and a split and a pin reach it."""
+    original = copy.deepcopy(service.config)
+    config = copy.deepcopy(service.config)
+    versions = config["applications"][0]["args"]["models"]["recommender"]["versions"]
+    versions["v2"] = copy.deepcopy(versions["v1"])
+    live = entry(config, "Ingress")["user_config"]
+    live["traffic"]["recommender"] = {"v1": 100, "v2": 0}
+    live["shadow"] = {"recommender": {"version": "v2", "fraction": 1.0}}
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    service.redeploy(config)
+    try:
+        wait_ready(service)
+        with service.client(headers=shop) as client:
+            _ready(client, "shop")
+            _events(client, user, ["mugs-2", "mugs-5"], "purchase")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # v2's index backfills in the background
+                r = client.post("/v1/recommendations", json={"user": user},
+                                headers={"X-Model-Version": "v2"})  # fmt: skip
+                if r.status_code == 200:
+                    break
+                time.sleep(0.5)
+            assert r.status_code == 200, r.text
+            assert r.json()["version"] == "v2"
+            assert r.json()["index"]["space"] == "recommender/v2"
+            for _ in range(10):
+                assert _recommend(client, {"user": user})["version"] == "v1"
+        time.sleep(1)
+        with service.client(headers=operator_headers()) as admin:
+            card = admin.get("/v1/models/recommender").json()
+        pair = card["shadow"]["pairs"]["v1->v2"]
+        assert pair["requests"] >= 5, card["shadow"]
+        assert pair["errors"] == 0
+        assert pair["mean_cosine"] == 1.0  # the same package: the same items
+        live["shadow"] = {}
+        live["traffic"]["recommender"] = {"v1": 0, "v2": 100}
+        service.redeploy(config)
+        with service.client(headers=shop) as client:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if _recommend(client, {"user": user})["version"] == "v2":
+                    break
+                time.sleep(0.3)
+            assert _recommend(client, {"user": user})["version"] == "v2"
+    finally:
+        service.redeploy(original)
+        wait_ready(service)
