@@ -27,6 +27,12 @@ class OnnxEmbedder(TextEmbedder):
         opts.intra_op_num_threads = self.options.intra_op_threads
         opts.inter_op_num_threads = self.options.inter_op_threads
         opts.log_severity_level = 3
+        # No CPU memory arena: an arena keeps the largest batch's activations for good
+        # (one per session, so three on the shipped inline versions); without it they
+        # go back to the allocator after each run. Batches up to 128 texts through
+        # v1's two sessions and v2 left 109 MB resident with arenas, 33 MB without,
+        # at the same throughput (see the README's Performance section).
+        opts.enable_cpu_mem_arena = False
         spin = "0" if self.options.spinning == "never" else "1"
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         stop = "1" if self.options.spinning == "during_run" else "0"

@@ -20,9 +20,12 @@ import yaml
 
 from configs.settings import apply_serve_env
 from configs.validate import validate_document
-from servekit import instance
+from servekit import instance, ray_worker
 
 apply_serve_env()
+
+# Run by every worker process of an instance started here before its first task.
+WORKER_SETUP_HOOK = "servekit.ray_worker.setup"
 
 # How long in-flight HTTP requests get to finish when a local instance stops.
 DRAIN_TIMEOUT_S = 5.0
@@ -163,12 +166,22 @@ def start_ray(
     imported (`before_ray`). None: Ray's choice.
 
     With `quiet_logs` (a folder), the console is kept for servekit's own lines (see
-    `quiet_env`): Ray's INFO lines and servekit's JSON log are written under it instead."""
+    `quiet_env`): Ray's INFO lines and servekit's JSON log are written under it instead.
+
+    Neither this process nor the instance's workers import pyarrow for Ray's Arrow
+    serializers (`ray_worker.skip_arrow_serializers`): every worker runs
+    `ray_worker.setup` first. It is named in the variable a job's
+    `worker_process_setup_hook` becomes, set in the environment the instance's
+    processes inherit rather than given as the job's runtime_env: a runtime_env makes
+    Ray start two more workers (about 80 MB each) that then sit idle, because the
+    ones it started at first do not match it."""
     import ray
+    from ray._private import ray_constants
 
     global _started_token
     if ray.is_initialized():
         return
+    ray_worker.skip_arrow_serializers()
     kwargs: dict[str, Any] = {
         "namespace": "serve",
         # Workers' stderr reaches this console: servekit's events, real warnings.
@@ -187,11 +200,16 @@ def start_ray(
     if metrics_port is not None:
         kwargs["_metrics_export_port"] = metrics_port
     token = instance_token or instance.new_token()
-    os.environ[instance.INSTANCE_ENV] = token
+    own_env = {
+        instance.INSTANCE_ENV: token,
+        ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR: WORKER_SETUP_HOOK,
+    }
+    os.environ.update(own_env)
     try:
         ray.init(**kwargs)
     finally:
-        del os.environ[instance.INSTANCE_ENV]
+        for name in own_env:
+            del os.environ[name]
     node = _own_head_node()
     if node is None:
         return

@@ -154,6 +154,17 @@ def test_busy_lanes_run_a_one_thread_session_with_the_same_results(
     assert busy_tokens == solo_tokens
 
 
+def test_sessions_run_without_a_cpu_memory_arena(
+    manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    # An arena would keep the largest batch's activations resident in each session.
+    runtime: Any = load_model(
+        _ref(example_store, manifest["v1"]), RuntimeOptions(busy_lanes=2), cache
+    )
+    for session in (runtime._session, runtime._busy_session):
+        assert session.get_session_options().enable_cpu_mem_arena is False
+
+
 def test_one_thread_session_is_its_own_busy_lane(
     manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
 ) -> None:
