@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS feature_rows (
 ) WITHOUT ROWID
 """
 _READ = "SELECT data FROM feature_rows WHERE tenant=? AND view=? AND entity=? AND expires_at>?"
+_READ_MANY = (
+    "SELECT entity, data FROM feature_rows WHERE tenant=? AND view=? AND entity IN ({marks})"
+    " AND expires_at>?"
+)
+_READ_CHUNK = 500  # entities per statement (well under SQLite's bound on parameters)
 _WRITE = "INSERT OR REPLACE INTO feature_rows VALUES (?, ?, ?, ?, ?)"
 
 
@@ -73,10 +78,28 @@ class SqliteFeatureStore:
         """Each key's fresh row, in order; None where there is none."""
         now = self._clock()
         try:
-            found = [self._reader.execute(_READ, (*key, now)).fetchone() for key in keys]
+            if len(keys) == 1:  # one user's row: the request path's common read
+                found = self._reader.execute(_READ, (*keys[0], now)).fetchone()
+                return [None if found is None else _decode(found[0])]
+            rows = self._read_many(keys, now)
         except sqlite3.Error as e:
             raise FeatureStoreUnavailable(f"feature store {self.where} failed: {e}") from e
-        return [None if row is None else _decode(row[0]) for row in found]
+        return [None if (data := rows.get(key)) is None else _decode(data) for key in keys]
+
+    def _read_many(self, keys: Sequence[RowKey], now: float) -> dict[RowKey, str]:
+        """Rows of many keys, one statement per (tenant, view) and chunk of entities."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for tenant, view, entity in keys:
+            groups.setdefault((tenant, view), []).append(entity)
+        out: dict[RowKey, str] = {}
+        for (tenant, view), entities in groups.items():
+            for at in range(0, len(entities), _READ_CHUNK):
+                chunk = entities[at : at + _READ_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = _READ_MANY.format(marks=marks)
+                for entity, data in self._reader.execute(query, (tenant, view, *chunk, now)):
+                    out[RowKey(tenant, view, entity)] = data
+        return out
 
     async def merge(self, merges: Sequence[Merge]) -> None:
         """Apply merges in one transaction, each on its row (a stale row starts empty)."""

@@ -103,21 +103,22 @@ class FeatureService:
             out.fresh[name] = row is not None
         return out
 
-    async def read_view(
+    async def read_rows(
         self, tenant: str, view_name: str, ids: Sequence[str]
-    ) -> tuple[list[dict[str, Any]], bool]:
-        """One view's values for many entities in one round trip (defaults for missing
-        rows); and whether the store did not answer (every value then a default)."""
-        view = self.definitions.feature_views[view_name]
+    ) -> tuple[list[Row | None], bool]:
+        """One view's stored rows for many entities in one round trip (None: missing or
+        past the view's TTL), for readers that take a few fields of many rows; and
+        whether the store did not answer (every row then None)."""
+        if view_name not in self.definitions.feature_views:
+            raise KeyError(f"no feature view {view_name!r}")
         try:
             rows: list[Row | None] = await self.store.read(
                 [RowKey(tenant, view_name, i) for i in ids]
             )
-            degraded = False
+            return rows, False
         except FeatureStoreUnavailable as e:
             self._failed("read", e)
-            rows, degraded = [None] * len(ids), True
-        return [values(view, row) for row in rows], degraded
+            return [None] * len(ids), True
 
     async def ingest(self, tenant: str, events: list[Event], catalog: str | None) -> Ingested:
         """Append `events` to the log (durable when this returns), then merge them into

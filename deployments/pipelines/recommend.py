@@ -35,10 +35,15 @@ from models.recommender import ItemStats, Profile, Recommender, rank_features
 from models.two_tower import EVENT_WEIGHTS
 from stores.catalog import Item
 from stores.events import EventLog
+from stores.features import Row
 
 POPULAR_LIMIT = 1000  # popular items kept per tenant, before filters
 STALE_WAIT_S = 0.05  # how long a request waits for a re-read before the stale list
 ITEM_VIEW = "item_popularity"
+# The view's counts and what one event of each kind weighs (the feature definitions').
+_COUNT_WEIGHTS = (("views", EVENT_WEIGHTS["view"]), ("clicks", EVENT_WEIGHTS["click"]),
+                  ("add_to_carts", EVENT_WEIGHTS["add_to_cart"]),
+                  ("purchases", EVENT_WEIGHTS["purchase"]))  # fmt: skip
 USER_VIEW = "user_activity"
 
 
@@ -217,7 +222,7 @@ class RecommendService:
         if not found:
             return []
         ids = [h.item.id for h in found]
-        rows, _ = await self.features.read_view(tenant, ITEM_VIEW, ids)
+        rows, _ = await self.features.read_rows(tenant, ITEM_VIEW, ids)
         stats = [_item_stats(row) for row in rows]
         recent = index.matching(profile.recent, None, len(profile.recent))
         prices = [item.attributes.get("price") for item in recent]
@@ -245,12 +250,15 @@ class RecommendService:
         return [Hit(item, round(1.0 - r / max(1, n), 6)) for r, item in enumerate(items)]
 
 
-def _item_stats(row: dict[str, Any]) -> ItemStats:
-    weighted = sum(
-        float(row.get(name, 0) or 0) * EVENT_WEIGHTS[kind]
-        for name, kind in (("views", "view"), ("clicks", "click"),
-                           ("add_to_carts", "add_to_cart"), ("purchases", "purchase"))
-    )  # fmt: skip
+def _item_stats(row: Row | None) -> ItemStats:
+    """What the ranker reads of an item's `item_popularity` row (None: no events)."""
+    if row is None:
+        return ItemStats()
+    weighted = 0.0
+    for name, weight in _COUNT_WEIGHTS:
+        value = row.get(name)
+        if isinstance(value, int | float):
+            weighted += float(value) * weight
     last = row.get("last_event_at")
     return ItemStats(weighted, float(last) if isinstance(last, int | float) else 0.0)
 
