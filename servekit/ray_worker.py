@@ -17,9 +17,14 @@ def skip_arrow_serializers() -> None:
     them on a local instance, for types servekit never passes between processes.
     Arrow objects still travel if anything sends one (pickled, as without pyarrow's
     serializers), and pyarrow itself stays importable."""
-    from ray._private import arrow_serialization
-
-    arrow_serialization._register_custom_datasets_serializers = _no_arrow_serializers
+    # A worker whose setup raises exits, so a Ray without this hook point is left as is
+    # (tests/unit/servekit/test_ray_worker.py fails then, to say so).
+    try:
+        from ray._private import arrow_serialization
+    except ImportError:
+        return
+    if hasattr(arrow_serialization, "_register_custom_datasets_serializers"):
+        arrow_serialization._register_custom_datasets_serializers = _no_arrow_serializers
 
 
 def _no_arrow_serializers(serialization_context: object) -> None:
