@@ -9,7 +9,9 @@ model on real inputs, `ranker.json` and the package metadata: what `serve_config
 names with its sha256), `recommender/interactions.parquet` (the log, for `servekit
 features materialize`) and `recommender/manifest.json` (the files' sha256, the settings
 and the evaluation). Deterministic for one seed: training runs on one thread, and the
-exported graphs carry no source paths. Skipped when an intact build is there.
+exported graphs carry no source paths. Across machines the same bytes also need the same
+numeric kernels: `make artifacts` runs this with them pinned (AVX2 in torch, MKL, numpy
+and OpenBLAS; see PINNED_NUMERICS in the Makefile). Skipped when an intact build is there.
 """
 
 from __future__ import annotations
