@@ -68,7 +68,7 @@ def test_official_openai_client(service: Service) -> None:
     assert result.usage.prompt_tokens > 0
     # The client's default asks for base64 and decodes it itself.
     models = client.models.list()
-    assert [m.id for m in models.data] == ["minilm", INLINE_MODEL]
+    assert [m.id for m in models.data] == ["minilm", "recommender", INLINE_MODEL]
 
 
 def test_models_lists_versions_and_weights(service: Service) -> None:
