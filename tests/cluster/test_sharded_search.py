@@ -37,6 +37,7 @@ def _app(base: dict[str, Any], name: str, shards: int) -> dict[str, Any]:
     minilm = app["args"]["models"]["minilm"]
     minilm["versions"] = {"v1": minilm["versions"]["v1"]}  # one version: half the memory
     app["args"]["search"] = {"shards": shards, "max_k": 300}
+    app["args"]["models"].pop("recommender")  # recommendations keep to one index
     on_head = {"num_cpus": 0.5, "resources": {"servekit_head": 0.01}}
     deployments = []
     for entry in app["deployments"]:
@@ -46,6 +47,7 @@ def _app(base: dict[str, Any], name: str, shards: int) -> dict[str, Any]:
             entry["ray_actor_options"] = on_head
             live = entry["user_config"]
             live["traffic"]["minilm"] = {"v1": 100}
+            live["traffic"].pop("recommender")
             live.get("batching", {}).pop("minilm-v2", None)
             live.pop("shadow", None)
             live.pop("rollout", None)
