@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from configs.schema import FAULT_INJECTION_ENV, FaultInjection, VersionSpec
+from configs.schema import FAULT_INJECTION_ENV, AppArgs, FaultInjection, VersionSpec
 from configs.validate import validate_file
 
 # Configs valid in tests and refused elsewhere; first line: `# expect: <message prefix>`.
@@ -66,3 +66,26 @@ def test_refused_outside_tests_config_message(
     )
     monkeypatch.setenv(FAULT_INJECTION_ENV, "1")  # as the test configs run
     assert validate_file(path).problems == []
+
+
+def test_a_recommender_needs_what_it_reads() -> None:
+    embed = {"artifact": {"uri": "a", "sha256": "0" * 64}, "runtime": "onnx"}
+    rec = {"task": "recommendation", "placement": "inline", "versions": {"v1": embed}}
+    args = {"models": {"m": {"versions": {"v1": embed}}, "r": rec}}
+    ok = AppArgs.model_validate(args)
+    assert ok.recommender() == "r"
+    assert ok.search_model() == "m"
+    assert ok.inline_versions() == []  # the recommender's versions load elsewhere
+    cases = [
+        ({**args, "search": {"shards": 2}}, "recommendations need search.shards: 1"),
+        ({**args, "search": {"enabled": False}}, "recommendations need search.enabled"),
+        ({**args, "features": {"enabled": False}}, "recommendations need features.enabled"),
+        ({"models": {"r": rec}}, "a recommender needs a text-embedding model beside it"),
+        ({**args, "search": {"model": "r"}}, "search.model: 'r' is a recommender"),
+        ({"models": {**args["models"], "r2": rec}}, "one recommender at most"),  # type: ignore[dict-item]
+        ({"models": {"m": args["models"]["m"], "r": {**rec, "placement": "dedicated"}}},
+         "a recommender runs inline"),
+    ]  # fmt: skip
+    for doc, message in cases:
+        with pytest.raises(ValidationError, match=message):
+            AppArgs.model_validate(doc)
