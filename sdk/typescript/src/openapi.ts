@@ -751,7 +751,7 @@ export interface components {
              * @default embedding
              * @constant
              */
-            object: "embedding";
+            object?: "embedding";
         };
         /**
          * EmbeddingRequest
@@ -775,14 +775,14 @@ export interface components {
              * @description Accepted only when equal to the model's dimension.
              * @default null
              */
-            dimensions: number | null;
+            dimensions?: number | null;
             /**
              * Encoding Format
              * @description `base64`: each vector as little-endian float32 bytes.
              * @default float
              * @enum {string}
              */
-            encoding_format: "float" | "base64";
+            encoding_format?: "float" | "base64";
             /**
              * Input
              * @description One text, or a list of texts.
@@ -798,7 +798,7 @@ export interface components {
              * @description Caller's end-user id.
              * @default null
              */
-            user: string | null;
+            user?: string | null;
         };
         /**
          * EmbeddingResponse
@@ -832,7 +832,7 @@ export interface components {
              * @default list
              * @constant
              */
-            object: "list";
+            object?: "list";
             usage: components["schemas"]["Usage"];
         };
         /**
@@ -961,19 +961,19 @@ export interface components {
              * Id
              * @default null
              */
-            id: string | null;
+            id?: string | null;
             /** Inputs */
             inputs: components["schemas"]["RequestInput"][];
             /**
              * Outputs
              * @default null
              */
-            outputs: components["schemas"]["RequestOutput"][] | null;
+            outputs?: components["schemas"]["RequestOutput"][] | null;
             /**
              * Parameters
              * @default null
              */
-            parameters: {
+            parameters?: {
                 [key: string]: unknown;
             } | null;
         };
@@ -1086,7 +1086,7 @@ export interface components {
              * @description May choose a version (operator only).
              * @default false
              */
-            may_pin: boolean;
+            may_pin?: boolean;
             /**
              * Models
              * @description Models it may call; default: all.
@@ -1096,7 +1096,7 @@ export interface components {
              * Name
              * @default default
              */
-            name: string;
+            name?: string;
             /** Scopes */
             scopes?: ("embed" | "search" | "recommend" | "events" | "usage" | "admin")[];
         };
@@ -1283,12 +1283,12 @@ export interface components {
              * @default model
              * @constant
              */
-            object: "model";
+            object?: "model";
             /**
              * Owned By
              * @default servekit
              */
-            owned_by: string;
+            owned_by?: string;
             /** Versions */
             versions: {
                 [key: string]: unknown;
@@ -1331,7 +1331,7 @@ export interface components {
              * @default list
              * @constant
              */
-            object: "list";
+            object?: "list";
         };
         /**
          * ModelMetadata
@@ -1394,7 +1394,7 @@ export interface components {
              * @description Leave out items the user touched recently.
              * @default true
              */
-            exclude_seen: boolean;
+            exclude_seen?: boolean;
             /**
              * Filters
              * @description As for search: equality, {gte, gt, lte, lt}, {in}, {any}.
@@ -1407,7 +1407,7 @@ export interface components {
              * @description How many items (at most `recommendations.max_k`).
              * @default 10
              */
-            k: number;
+            k?: number;
             /**
              * User
              * @description The end user (as in events).
@@ -1482,7 +1482,7 @@ export interface components {
              * Data
              * @default null
              */
-            data: unknown[] | null;
+            data?: unknown[] | null;
             /** Datatype */
             datatype: string;
             /** Name */
@@ -1491,7 +1491,7 @@ export interface components {
              * Parameters
              * @default null
              */
-            parameters: {
+            parameters?: {
                 [key: string]: unknown;
             } | null;
             /** Shape */
@@ -1508,7 +1508,7 @@ export interface components {
              * Parameters
              * @default null
              */
-            parameters: {
+            parameters?: {
                 [key: string]: unknown;
             } | null;
         };
@@ -1591,7 +1591,7 @@ export interface components {
              * @description How many results (at most `search.max_k`).
              * @default 10
              */
-            k: number;
+            k?: number;
             /** Query */
             query: string;
             /**
