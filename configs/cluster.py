@@ -74,7 +74,8 @@ class StoreAccess(_Strict):
     aws_secret_id: str = Field(
         min_length=1,
         description="Secrets Manager secret (name or ARN) whose JSON holds hmac_secret, "
-        "admin_token, redis_password and registry_dsn: SERVEKIT_AWS_SECRET_ID.",
+        "admin_token, redis_password, registry_dsn, cache_redis_url (the embedding "
+        "cache) and features_redis_url (the online features): SERVEKIT_AWS_SECRET_ID.",
     )
     redis_url: str = Field(
         description="Redis of the shared rate limits, rediss://host:port/db (TLS, no "
