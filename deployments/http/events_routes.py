@@ -25,7 +25,7 @@ from deployments.http.envelope import request_id
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.http.route_docs import REQUEST_ID, example, responses
-from deployments.http.search_routes import CATALOG_PATTERN, NO_AUTH_TENANT
+from deployments.http.search_routes import CATALOG_PATTERN, caller_tenant
 from deployments.pipelines.features import FeatureService
 from stores.events import Event, EventLogUnavailable
 
@@ -114,12 +114,7 @@ class EventsOut(BaseModel):
 
 
 def _tenant(call: CallRecord) -> str:
-    principal = call.principal
-    if principal is None:
-        return NO_AUTH_TENANT
-    if principal.operator:
-        raise BadRequest("tenant: the operator credential has no end users; use a tenant's key")
-    return principal.tenant_id
+    return caller_tenant(call, "end users")
 
 
 def _service(host: Any) -> FeatureService:

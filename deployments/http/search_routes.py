@@ -184,11 +184,18 @@ class SearchOut(BaseModel):
 
 
 def search_tenant(call: CallRecord) -> str:
+    """The caller's tenant, whose catalogs the call reads and writes."""
+    return caller_tenant(call, "catalogs")
+
+
+def caller_tenant(call: CallRecord, owned: str) -> str:
+    """The tenant of the calling key (`NO_AUTH_TENANT` with auth off); 400 for the
+    operator's credential, which owns no `owned` (catalogs, end users)."""
     principal = call.principal
     if principal is None:
         return NO_AUTH_TENANT
     if principal.operator:
-        raise BadRequest("tenant: the operator credential has no catalogs; use a tenant's key")
+        raise BadRequest(f"tenant: the operator credential has no {owned}; use a tenant's key")
     return principal.tenant_id
 
 
