@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -35,6 +36,21 @@ SERVE_ENV: dict[str, str] = {
     "RAY_worker_niceness": "0",
     "TOKENIZERS_PARALLELISM": "false",
 }
+
+
+# How long a thread may hold the GIL while another waits for it (CPython's default is
+# 5 ms). A serving replica's event loop shares the GIL with its worker threads (catalog
+# searches, store reads, model calls that release it only part of the time): with the
+# default, each time the loop gives the GIL up for a socket it may wait 5 ms to get it
+# back, and requests queue while cores idle. Set at replica start (measured on 2 cores,
+# same run: recommendations at 16 connections 150-175 -> 195-205/s, embeddings
+# 334-386 -> 404-465/s; 0.5 ms was no better than 1 ms).
+GIL_SWITCH_INTERVAL_S = 0.001
+
+
+def tune_interpreter() -> None:
+    """What a serving replica sets in its own interpreter before it serves."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 
 def apply_serve_env() -> None:

@@ -15,6 +15,7 @@ import numpy.typing as npt
 from ray import serve
 
 from configs.schema import INGRESS_DEPLOYMENT, AppArgs
+from configs.settings import tune_interpreter
 from deployments.observability.logs import get_logger
 from deployments.pipelines.catalog_index import Candidates, SearchQuery
 from deployments.pipelines.search import SearchService
@@ -30,6 +31,7 @@ class CatalogShard:
     def __init__(self, args: dict[str, Any], shard: int, shards: int) -> None:
         from stores.catalog_sql import open_catalog_store
 
+        tune_interpreter()
         self.args = AppArgs.model_validate(args)
         self.shard, self.shards = shard, shards
         store = open_catalog_store(registry_url(load_secrets()))

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from configs.schema import AppArgs, IngressLiveConfig
+from configs.settings import tune_interpreter
 from deployments.canary_sync import CanarySync, replica_identity
 from deployments.dataplane import CallRecord, DataPlane
 from deployments.http import admin, dashboard, events_routes, inference, oip, search_routes
@@ -40,8 +41,8 @@ class Ingress:
     """Routes requests to model versions; runs the inline ones in-process."""
 
     def __init__(self, args: dict[str, Any], servers: Handles, shards: Shards = None) -> None:
-        """`servers`: the dedicated versions' deployments by name; `shards`: the catalog
-        shards' deployments, when `search.shards` > 1."""
+        """`servers`: dedicated versions' deployments by name; `shards`: catalog shards'."""
+        tune_interpreter()
         self.args = AppArgs.model_validate(args)
         self.inline: dict[tuple[str, str], InlineBackend] = load_inline(self.args)
         backends = version_backends(self.args, servers, self.inline)
@@ -86,8 +87,7 @@ class Ingress:
                 await part.close()
 
     async def check_health(self) -> None:
-        """Serve's health check: raises while an inline version's runtime is wedged,
-        so Serve replaces this replica (dedicated versions check their own)."""
+        """Serve's health check: raises while an inline version's runtime is wedged."""
         await asyncio.gather(*(backend.health.check() for backend in self.inline.values()))
 
     def wedge(self, model: str, version: str) -> str:
@@ -106,7 +106,7 @@ class Ingress:
         self, request: Request, route: str, oip_route: bool, work: Any, texts: bool = False
     ) -> Response:
         """Run a route's work in the envelope; routes without texts take one request
-        from the caller's limits here (`texts` routes take theirs in the data plane)."""
+        from the caller's limits here (`texts` routes, in the data plane)."""
         rid = request_id(request.headers.get("x-request-id"))
 
         async def admitted(call: CallRecord) -> Response:
