@@ -266,9 +266,11 @@ def _servekit_config(tmp: Path, name: str, port: int, dedicated: bool, auth: boo
             app["deployments"].append(
                 {
                     "name": name_v,
+                    # The inline version's batch bounds.
                     "user_config": {
-                        "max_batch_size": batching.get(name_v, {}).get("max_batch_size", 64),
-                        "batch_wait_timeout_s": 0.002,
+                        k: v
+                        for k, v in batching.get(name_v, {}).items()
+                        if k in ("max_batch_size", "max_batch_texts")
                     },
                     "max_ongoing_requests": 256,
                     "ray_actor_options": {"num_cpus": 1},

@@ -414,14 +414,6 @@ class _BatchBounds(_Strict):
     )
 
 
-class BatchLiveConfig(_BatchBounds):
-    """A model deployment's `user_config`: batching, applied live."""
-
-    batch_wait_timeout_s: float = Field(
-        0.002, ge=0, le=1.0, description="Longest wait for a batch to fill, in seconds."
-    )
-
-
 class InlineBatchingConfig(_BatchBounds):
     """Batching of a version placed inline in the ingress, applied live."""
 
@@ -440,6 +432,38 @@ class InlineBatchingConfig(_BatchBounds):
         description="Longest a request may expect to wait for its batch: the texts ahead "
         "of it over the version's measured throughput (texts/s). A request that would "
         "wait longer is refused at once with 503 and Retry-After.",
+    )
+
+
+class BatchLiveConfig(InlineBatchingConfig):
+    """A dedicated version's `user_config`: its replica's batching, applied live. The
+    replica batches as an inline version does (a request arriving while it is idle runs
+    at once; requests arriving while a batch runs go together next); its queue bounds
+    refuse nothing unless set."""
+
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        le=1.0,
+        description="How long a request arriving at an idle replica waits for others to "
+        "join its batch, in seconds; 0: it runs at once.",
+    )
+    # Unlike inline, no refusal by default: Serve's max_queued_requests bounds the
+    # queue in front of the replica, and the request's deadline the wait.
+    max_queued_texts: int = Field(
+        1_000_000,
+        ge=1,
+        le=1_000_000,
+        description="Most texts waiting in one replica; beyond it a request is refused at "
+        "once with 503 and Retry-After (an empty queue admits any request).",
+    )
+    max_queue_wait_s: float = Field(
+        600,
+        gt=0,
+        le=600,
+        description="Longest a request may expect to wait for its batch in the replica, by "
+        "its measured throughput; a request that would wait longer is refused at once "
+        "with 503 and Retry-After.",
     )
 
 

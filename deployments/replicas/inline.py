@@ -1,6 +1,8 @@
 """Versions run inside the ingress replica: no process hop between HTTP and the model.
 
-Each inline version has a batcher that never waits when idle: a request arriving
+Each inline version has a batcher (a dedicated version's replica runs the same one,
+where `batch_wait_s` may hold an idle replica's first request back a little) that
+never waits when idle: a request arriving
 while no batch runs is dispatched at once; requests arriving while one runs are
 gathered and go together as the next batch (up to `max_batch_size` requests and
 `max_batch_texts` texts); with busy lanes (`busy_lanes`), the queue is split over
@@ -113,9 +115,14 @@ class InlineBatcher:
         self._lanes = runtime.busy_lanes
         self._inflight: dict[int, tuple[float, int]] = {}  # batch -> (started, texts)
         self._solo = False  # the one in flight has the full session
+        self.batch_wait_s = 0.0  # how long an idle batcher waits for a batch to fill
+        self._waiting: asyncio.TimerHandle | None = None
+        self._waited = False  # the queue waited once; it goes next, full or not
 
-    def configure(self, live: InlineBatchingConfig) -> None:
-        """Apply live batching settings (the next batch uses them)."""
+    def configure(self, live: InlineBatchingConfig, batch_wait_s: float = 0.0) -> None:
+        """Apply live batching settings (the next batch uses them). `batch_wait_s`: how
+        long a request arriving while no batch runs waits for others (0: not at all)."""
+        self.batch_wait_s = batch_wait_s
         self.max_batch_size = live.max_batch_size
         self.max_batch_texts = live.max_batch_texts
         self.max_queued_texts = live.max_queued_texts
@@ -211,6 +218,8 @@ class InlineBatcher:
         self._drop_gone()
         while self._queue and not self._solo:
             running = len(self._inflight)  # batches in flight
+            if running == 0 and self._wait_to_fill():
+                return
             if running == 0 and (self._lanes == 0 or len(self._queue) == 1):
                 self._start(len(self._queue), solo=True)
             elif self._lanes > 0 and running < self._lanes:
@@ -218,6 +227,24 @@ class InlineBatcher:
                 self._start(-(-len(self._queue) // free), solo=False)
             else:
                 return
+
+    def _wait_to_fill(self) -> bool:
+        """Whether an idle batcher holds its queue back to let more requests join (once,
+        `batch_wait_s`, unless the next batch is full already)."""
+        full = len(self._queue) >= self.max_batch_size or self._queued_texts >= self.max_batch_texts
+        if self.batch_wait_s <= 0 or self._waited or full:
+            if self._waiting is not None:
+                self._waiting.cancel()
+                self._waiting = None
+            return False
+        if self._waiting is None:
+            self._waiting = asyncio.get_running_loop().call_later(self.batch_wait_s, self._end_wait)
+        return True
+
+    def _end_wait(self) -> None:
+        self._waiting = None
+        self._waited = True
+        self._dispatch()
 
     def _drop_gone(self) -> None:
         """Take out requests nobody waits for any more, before they cost a run."""
@@ -246,6 +273,7 @@ class InlineBatcher:
         del self._queue[: len(batch)]
         self._queued_texts -= texts
         self._solo = solo
+        self._waited = False
         self._inflight[id(batch)] = (time.perf_counter(), texts)
         asyncio.get_running_loop().create_task(self._run_batch(batch, busy=not solo))
 

@@ -1,70 +1,96 @@
-"""A dedicated version's batches are bounded in requests and in texts through the one size
-Serve's batcher knows (`batch_size`)."""
+"""A dedicated version's replica batches as an inline version does, with its live settings;
+`batch_wait_timeout_s` lets an idle replica hold a batch back for others to join."""
 
 from __future__ import annotations
 
-import itertools
-import random
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
-from deployments.replicas.model_server import _Item, batch_size
+import numpy as np
+import pytest
 
-
-def _items(sizes: list[int], max_batch_size: int, max_batch_texts: int) -> list[_Item]:
-    return [_Item(["t"] * n, 0.0, max_batch_size, max_batch_texts) for n in sizes]
-
-
-def _cases() -> list[tuple[int, int, list[int]]]:
-    """(max_batch_size, max_batch_texts, request sizes): every small case, then random
-    longer queues; no request over max_batch_texts."""
-    cases = []
-    for max_size, max_texts in itertools.product(range(1, 7), range(1, 9)):
-        for n in range(1, 4):
-            for sizes in itertools.product(range(1, max_texts + 1), repeat=n):
-                cases.append((max_size, max_texts, list(sizes)))
-    rng = random.Random(11)
-    for _ in range(5000):
-        max_size, max_texts = rng.randrange(1, 40), rng.randrange(1, 300)
-        sizes = [rng.randrange(1, max_texts + 1) for _ in range(rng.randrange(1, 50))]
-        cases.append((max_size, max_texts, sizes))
-    return cases
+from configs.schema import BatchLiveConfig
+from deployments.errors import Timeout
+from deployments.replicas.inline import InlineBatcher
+from deployments.replicas.model_server import ModelServer
+from tests.unit.deployments.fakes import BatchRecorder, FakeRuntime
 
 
-def test_within_max_batch_texts_exactly_when_both_bounds_hold() -> None:
-    for max_size, max_texts, sizes in _cases():
-        both_hold = len(sizes) <= max_size and sum(sizes) <= max_texts
-        size = batch_size(_items(sizes, max_size, max_texts))
-        assert (size <= max_texts) == both_hold, (max_size, max_texts, sizes, size)
-        assert size >= min(sum(sizes), max_texts)  # never below the texts it holds
+def _batcher(wait_s: float, max_batch_size: int = 16) -> tuple[InlineBatcher, BatchRecorder]:
+    metrics = BatchRecorder()
+    batcher = InlineBatcher(FakeRuntime(), metrics, ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    batcher.configure(BatchLiveConfig(max_batch_size=max_batch_size), wait_s)
+    return batcher, metrics
 
 
-def test_an_oversized_request_counts_as_max_batch_texts() -> None:
-    for max_size, max_texts in [(1, 1), (4, 8), (16, 256), (64, 128)]:
-        assert batch_size(_items([max_texts * 3], max_size, max_texts)) == max_texts
-        assert batch_size(_items([max_texts + 1], max_size, max_texts)) == max_texts
-        # Alone it fits Serve's bound and runs; with any other request it does not.
-        assert batch_size(_items([max_texts * 3, 1], max_size, max_texts)) > max_texts
-        assert batch_size(_items([1, max_texts * 3], max_size, max_texts)) > max_texts
+def test_without_a_wait_an_idle_batcher_runs_the_first_request_alone() -> None:
+    batcher, metrics = _batcher(0.0)
+
+    async def run() -> None:
+        await asyncio.gather(*(batcher.embed([f"t{i}"]) for i in range(3)))
+
+    asyncio.run(run())
+    assert metrics.batches == [1, 2]
 
 
-def test_the_newest_item_carries_the_live_bounds() -> None:
-    # Queued under (2 requests, 8 texts), then the live config changed to (4, 8).
-    old = _Item(["t"], 0.0, 2, 8)
-    new = _Item(["t"], 0.0, 4, 8)
-    assert batch_size([old, old, old]) > 8  # 3 requests > 2
-    assert batch_size([old, old, new]) <= 8  # 3 requests <= 4
+def test_a_wait_lets_requests_join_and_a_full_batch_goes_at_once() -> None:
+    # A wait far longer than any test: only a full batch can end it.
+    batcher, metrics = _batcher(3600.0, max_batch_size=3)
+
+    async def run() -> None:
+        await asyncio.gather(*(batcher.embed([f"t{i}"]) for i in range(3)))
+
+    asyncio.run(run())
+    assert metrics.batches == [3]
 
 
-def test_greedy_batches_as_serve_fills_them_stay_within_both_bounds() -> None:
-    """Serve adds queued items to a batch while the size stays within its bound (set
-    to `max_batch_texts`); a first item alone over the bound would be refused."""
-    rng = random.Random(7)
-    for _ in range(200):
-        max_size, max_texts = rng.randrange(1, 20), rng.randrange(1, 64)
-        queue = _items([rng.randrange(1, 2 * max_texts) for _ in range(50)], max_size, max_texts)
-        while queue:
-            assert batch_size(queue[:1]) <= max_texts  # never refused
-            batch = [queue.pop(0)]
-            while queue and batch_size([*batch, queue[0]]) <= max_texts:
-                batch.append(queue.pop(0))
-            assert len(batch) <= max_size
-            assert len(batch) == 1 or sum(len(i.texts) for i in batch) <= max_texts
+def test_a_lone_request_runs_when_the_wait_ends() -> None:
+    batcher, metrics = _batcher(0.01)
+    vectors, tokens = asyncio.run(batcher.embed(["alone"]))
+    assert vectors.shape == (1, 4)
+    assert tokens == [5]
+    assert metrics.batches == [1]
+
+
+@pytest.fixture(scope="module")
+def server(manifest: dict[str, Any], example_store: Path, tmp_path_factory: Any) -> ModelServer:
+    entry = manifest["v2"]
+    spec = {
+        "artifact": {"uri": str(example_store / entry["file"]), "sha256": entry["sha256"]},
+        "runtime": "onnx",
+        "device": "cpu",
+    }
+    return ModelServer("minilm", "v2", spec, cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+def test_the_replica_applies_live_settings(server: ModelServer) -> None:
+    server.reconfigure({"max_batch_size": 7, "batch_wait_timeout_s": 0.01})
+    assert server.batch_settings() == {
+        "max_batch_size": 7,
+        "max_batch_texts": 256,
+        "batch_wait_timeout_s": 0.01,
+        "max_queued_texts": 1_000_000,
+        "max_queue_wait_s": 600,
+    }
+    server.reconfigure({})
+    assert server.batch_settings()["batch_wait_timeout_s"] == 0.0
+
+
+def test_the_replica_answers_each_request_its_own_vectors(server: ModelServer) -> None:
+    requests = [["a red shoe"], ["blue socks", "a green hat"], ["tea"]]
+
+    async def run() -> list[Any]:
+        return list(await asyncio.gather(*(server.embed(texts, 30.0) for texts in requests)))
+
+    for texts, (vectors, tokens) in zip(requests, asyncio.run(run()), strict=True):
+        expected, per_text = server.runtime.embed_counted(texts)
+        assert vectors.shape == (len(texts), 384)
+        np.testing.assert_allclose(vectors, expected, atol=0.05)  # int8: batch-mates matter
+        assert tokens == per_text
+
+
+def test_work_whose_deadline_has_passed_is_dropped_unrun(server: ModelServer) -> None:
+    with pytest.raises(Timeout):
+        asyncio.run(server.embed(["too late"], 0.0))
