@@ -1,5 +1,10 @@
 """A dedicated version as a `VersionBackend`: its deployment, called through a handle.
 
+Calls go over the replicas' gRPC servers (`_by_reference=False`, arguments and answers
+pickled) rather than as Ray actor calls: no object store, no core-worker task per
+call. In the same service a call took half the time and half the CPU on each side
+(`bench/hop.py`, see the README's Performance section).
+
 Every call is bounded by the caller's deadline, which travels with it (as the
 seconds left), so the replica drops work whose caller has already given up. A call
 whose replica died is retried once on another replica within the same deadline
@@ -14,6 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import grpc
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
@@ -79,12 +85,19 @@ async def call_version(
             raise Overloaded(f"{label}: overloaded, retry later") from e
         except (RequestCancelledError, TaskCancelledError) as e:
             raise Unavailable(f"{label}: the call was cancelled, retry later") from e
-        except (RayServeException, RayError) as e:  # anything else Ray raises
+        except (RayServeException, RayError, grpc.aio.AioRpcError) as e:  # anything else
             if not QUIET_FAILURES.get():
                 _log.error(
                     "model call failed in Ray", exc_info=e, extra={"fields": {"target": label}}
                 )
             raise Unavailable(f"{label}: the version cannot be reached, retry later") from e
+        # Over gRPC, what the replica raised arrives as itself, not as a RayTaskError.
+        except ServekitError as e:  # the replica's own verdict (e.g. expired)
+            raise type(e)(f"{label}: {e.message}") from e
+        except Exception as e:
+            if not QUIET_FAILURES.get():
+                _log.error("model call failed", exc_info=e, extra={"fields": {"target": label}})
+            raise InferenceFailed(f"{label}: the model failed on this request") from e
     raise AssertionError("unreachable")
 
 
@@ -99,7 +112,9 @@ class DedicatedBackend:
 
     def __init__(self, label: str, handle: DeploymentHandle[Any], timeout_s: float) -> None:
         self.label = label
-        self.handle = handle
+        self.handle = handle.options(
+            _by_reference=False, request_serialization="pickle", response_serialization="pickle"
+        )
         self.timeout_s = timeout_s  # request_timeout_s, for the 504's message
         self._meta: dict[str, Any] | None = None
 
