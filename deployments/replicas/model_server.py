@@ -26,6 +26,7 @@ from configs.schema import (
     HealthSettings,
     VersionSpec,
 )
+from configs.settings import tune_interpreter
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import ModelMetrics
 from deployments.replicas.backend import EmbedResult
@@ -47,6 +48,7 @@ class ModelServer:
         cache_dir: str | None = None,
         health: dict[str, Any] | None = None,
     ) -> None:
+        tune_interpreter()
         self.model = model
         self.version = version
         self.spec = VersionSpec.model_validate(spec)
