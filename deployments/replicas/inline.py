@@ -115,7 +115,6 @@ class InlineBatcher:
         self._lanes = runtime.busy_lanes
         self._inflight: dict[int, tuple[float, int]] = {}  # batch -> (started, texts)
         self._solo = False  # the one in flight has the full session
-        self.batch_wait_s = 0.0  # how long an idle batcher waits for a batch to fill
         self._waiting: asyncio.TimerHandle | None = None
         self._waited = False  # the queue waited once; it goes next, full or not
 

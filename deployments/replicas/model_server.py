@@ -57,12 +57,12 @@ class ModelServer:
         started = time.perf_counter()
         runtime = load_version(model, version, self.spec, artifact_root, store)
         self.runtime = runtime
-        self.live = BatchLiveConfig()
         # One inference at a time per replica: the runtime already uses every core it
         # is given, and the event loop stays free to gather the next batch.
         self.batcher = InlineBatcher(
             runtime, ModelMetrics(model, version), inference_executor(1), self.spec.fault_injection
         )
+        self.reconfigure({})  # the dedicated defaults, until Serve applies user_config
         self.batcher.calibrate()
         self.health = HealthProbe.from_settings(
             f"{model}/{version}",
@@ -89,8 +89,8 @@ class ModelServer:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply live batching settings without a restart."""
-        self.live = BatchLiveConfig.model_validate(user_config or {})
-        self.batcher.configure(self.live, self.live.batch_wait_timeout_s)
+        live = BatchLiveConfig.model_validate(user_config or {})
+        self.batcher.configure(live, live.batch_wait_timeout_s)
 
     async def embed(self, texts: list[str], timeout_s: float | None = None) -> EmbedResult:
         """Vectors `[len(texts), dim]` and the tokens read per text. `timeout_s`: what

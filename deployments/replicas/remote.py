@@ -74,13 +74,9 @@ async def call_version(
             if attempt == 2 or time.monotonic() >= deadline:
                 raise Unavailable(f"{label}: no replica available, retry later") from e
             _log.warning("replica lost, retrying once", extra={"fields": {"target": label}})
-        except RayTaskError as e:
+        except RayTaskError as e:  # an actor call: what the replica raised, wrapped
             cause = getattr(e, "cause", None)
-            if isinstance(cause, ServekitError):  # the replica's own verdict (e.g. expired)
-                raise type(cause)(f"{label}: {cause.message}") from e
-            if not QUIET_FAILURES.get():
-                _log.error("model call failed", exc_info=e, extra={"fields": {"target": label}})
-            raise InferenceFailed(f"{label}: the model failed on this request") from e
+            raise _from_replica(cause if isinstance(cause, ServekitError) else e, label) from e
         except BackPressureError as e:
             raise Overloaded(f"{label}: overloaded, retry later") from e
         except (RequestCancelledError, TaskCancelledError) as e:
@@ -91,14 +87,19 @@ async def call_version(
                     "model call failed in Ray", exc_info=e, extra={"fields": {"target": label}}
                 )
             raise Unavailable(f"{label}: the version cannot be reached, retry later") from e
-        # Over gRPC, what the replica raised arrives as itself, not as a RayTaskError.
-        except ServekitError as e:  # the replica's own verdict (e.g. expired)
-            raise type(e)(f"{label}: {e.message}") from e
-        except Exception as e:
-            if not QUIET_FAILURES.get():
-                _log.error("model call failed", exc_info=e, extra={"fields": {"target": label}})
-            raise InferenceFailed(f"{label}: the model failed on this request") from e
+        except Exception as e:  # over gRPC, what the replica raised arrives as itself
+            raise _from_replica(e, label) from e
     raise AssertionError("unreachable")
+
+
+def _from_replica(raised: Exception, label: str) -> ServekitError:
+    """What a version's replica raised, as the caller's error: the replica's own verdict
+    (e.g. expired) under the version's label; any other failure a logged 500."""
+    if isinstance(raised, ServekitError):
+        return type(raised)(f"{label}: {raised.message}")
+    if not QUIET_FAILURES.get():
+        _log.error("model call failed", exc_info=raised, extra={"fields": {"target": label}})
+    return InferenceFailed(f"{label}: the model failed on this request")
 
 
 async def _await(response: Any) -> Any:
