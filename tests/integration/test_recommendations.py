@@ -91,6 +91,14 @@ def _events(client: httpx.Client, user: str, items: list[str], kind: str) -> Non
     assert r.status_code == 200, r.text
 
 
+def _known(client: httpx.Client, user: str) -> None:
+    """Wait, within the promised second, until the user's events show in their features."""
+    sent = time.monotonic()
+    while _recommend(client, {"user": user})["source"] != "model":
+        assert time.monotonic() - sent <= 1.0, f"{user}'s events not reflected within 1 s"
+        time.sleep(0.05)
+
+
 def test_a_new_user_gets_the_tenants_popular_items(service: Service, shop: dict[str, str]) -> None:
     with service.client(headers=shop) as client:
         for n in range(4):  # other users make two lamps the tenant's most engaged items
@@ -147,7 +155,7 @@ def test_filters_hold_for_a_known_user(service: Service, shop: dict[str, str]) -
     user = f"u-{uuid.uuid4().hex[:8]}"
     with service.client(headers=shop) as client:
         _events(client, user, ["mugs-1", "mugs-2"], "purchase")
-        time.sleep(0.3)
+        _known(client, user)
         body = {"user": user, "k": 6, "filters": {"category": "lamps", "price": {"lte": 50}}}
         doc = _recommend(client, body)
         in_stock = _recommend(client, {"user": user, "k": 10, "filters": {"in_stock": True}})
@@ -178,8 +186,7 @@ def test_one_tenants_events_never_move_anothers_answers(
         _ready(client, "shop")
     with service.client(headers=shop) as client:
         _events(client, user, ["hats-1", "hats-2"], "purchase")
-        time.sleep(0.3)
-        assert _recommend(client, {"user": user})["source"] == "model"
+        _known(client, user)
     with service.client(headers=other) as client:
         theirs = _recommend(client, {"user": user})
     assert theirs["source"] == "popular"
@@ -229,7 +236,7 @@ def test_search_with_a_user_leans_to_their_affinities(
     user = f"u-{uuid.uuid4().hex[:8]}"
     with service.client(headers=shop) as client:
         _events(client, user, ["hats-3", "hats-6"], "purchase")
-        time.sleep(0.3)
+        _known(client, user)
         body = {"catalog": "shop", "query": "model", "k": 5}
         plain = client.post("/v1/search", json=body)
         mine = client.post("/v1/search", json={**body, "user": user})
