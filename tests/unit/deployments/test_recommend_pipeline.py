@@ -43,7 +43,7 @@ SPACE = "recommender/v1"
 def _package() -> tuple[Path, str]:
     manifest = ARTIFACTS_DIR / "recommender" / "manifest.json"
     if not manifest.is_file():
-        pytest.fail("the recommender is not built: run `make artifacts`")
+        pytest.fail("the recommender is not built: run `make models`")
     import json
 
     entry = json.loads(manifest.read_text())["versions"]["v1"]
