@@ -7,6 +7,9 @@ sent. A 5xx message says only what a caller can act on, plus the request id.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from pydantic import ValidationError
 
 
@@ -97,6 +100,22 @@ def from_validation_error(error: ValidationError, prefix: str = "") -> BadReques
     if first["type"] == "missing":
         return BadRequest(f"{where}: field required")
     return BadRequest(f"{where}: {first['msg']}")
+
+
+def request_invalid(errors: Sequence[Mapping[str, Any]]) -> BadRequest:
+    """A 400 naming the first invalid field of a request's parameters or body, as
+    FastAPI's validation reports them (`loc` starting with `body`, `query` or `path`);
+    without the offending value."""
+    errors = errors or [{"loc": (), "msg": "invalid request"}]
+    # Unknown fields first: they usually explain the rest (a misspelt field name).
+    first = sorted(errors, key=lambda e: e.get("type") != "extra_forbidden")[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    if len(loc) > 1 and loc[0] in ("body", "query", "path"):
+        loc = loc[1:]  # the field's own name, as the /v1 routes read by hand say it
+    where = ".".join(loc) or "body"
+    if first.get("type") == "extra_forbidden":
+        return BadRequest(f"{where}: unknown field")
+    return BadRequest(f"{where}: {first.get('msg', 'invalid')}")
 
 
 class MethodNotAllowed(ServekitError):

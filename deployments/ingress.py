@@ -11,18 +11,18 @@ from fastapi import Header, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from configs.schema import AppArgs, IngressLiveConfig
 from configs.settings import tune_interpreter
 from deployments.canary_sync import CanarySync, replica_identity
 from deployments.dataplane import CallRecord, DataPlane
-from deployments.http import admin, dashboard, events_routes, inference, oip, search_routes
+from deployments.http import admin, dashboard, embeddings, events_routes, inference, oip
+from deployments.http import recommend_routes as recommend
+from deployments.http import search_routes as search
 from deployments.http.api import V2_ERRORS, VERSION, OipError, api, body_doc
 from deployments.http.auth import AuthGate, principal_of
-from deployments.http.embeddings import EmbeddingsRoute, serve_embeddings
 from deployments.http.envelope import Envelope, request_id
-from deployments.http.recommend_routes import router as recommend_router
+from deployments.http.hot import HotRoutes
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import IngressMetrics, RouterMetrics
 from deployments.pipelines.features_wiring import open_features
@@ -97,10 +97,6 @@ class Ingress:
             raise PermissionError("wedge needs fault_injection on this version")
         backend.batcher.wedge.engage()
         return str(serve.get_replica_context().replica_id.unique_id)
-
-    async def embeddings_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """`/v1/embeddings` (see `deployments/http/embeddings.py`)."""
-        await serve_embeddings(scope, receive, send, self.plane, self.envelope, self.args.limits)
 
     async def _run(
         self, request: Request, route: str, oip_route: bool, work: Any, texts: bool = False
@@ -242,8 +238,10 @@ class Ingress:
         )
 
 
-for _routes in (admin.router, dashboard.router, search_routes.router, events_routes.router):
+for _routes in (admin.router, dashboard.router, search.router, events_routes.router):
     api.include_router(_routes)
-api.include_router(recommend_router)
-api.add_middleware(EmbeddingsRoute)
+api.include_router(recommend.router)
+hot = {embeddings.ROUTE: embeddings.serve_embeddings, search.SEARCH_ROUTE: search.serve_search,
+       recommend.ROUTE: recommend.serve_recommend}  # fmt: skip
+api.add_middleware(HotRoutes, routes=hot)
 api.add_middleware(AuthGate)  # added last: runs first, ahead of every route

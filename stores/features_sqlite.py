@@ -5,8 +5,12 @@ reads the rows any of them wrote, as with Redis. A row is one table row: its key
 time it goes stale (`expires_at`: the newest event's time plus the view's TTL) and its
 fields as JSON. Merges read, merge (`stores.features.apply_merge`) and write each row
 inside one `BEGIN IMMEDIATE` transaction, so concurrent writers never lose an update.
-Reads run on the caller's thread (a primary-key lookup: microseconds, and WAL readers
-never wait for writers); writes run in a worker thread, since they may wait for the lock.
+One row's read runs on the caller's thread (a primary-key lookup: microseconds, and WAL
+readers never wait for writers). A read of many rows (a recommendation's candidates) runs
+in the store's reader thread as one statement that answers one JSON object of every row
+found, so SQLite's whole search runs without Python's GIL, released once, rather than
+once per row (a replica's other threads each win it back in turn), while the event loop
+serves other requests. Writes run in a worker thread, since they may wait for the lock.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -42,9 +47,10 @@ CREATE TABLE IF NOT EXISTS feature_rows (
 ) WITHOUT ROWID
 """
 _READ = "SELECT data FROM feature_rows WHERE tenant=? AND view=? AND entity=? AND expires_at>?"
+# Every row found as one JSON object {entity: row} (rows are JSON text; NULL: none).
 _READ_MANY = (
-    "SELECT entity, data FROM feature_rows WHERE tenant=? AND view=? AND entity IN ({marks})"
-    " AND expires_at>?"
+    "SELECT '{{' || group_concat(json_quote(entity) || ':' || CAST(data AS TEXT), ',') || '}}'"
+    " FROM feature_rows WHERE tenant=? AND view=? AND entity IN ({marks}) AND expires_at>?"
 )
 _READ_CHUNK = 500  # entities per statement (well under SQLite's bound on parameters)
 _WRITE = "INSERT OR REPLACE INTO feature_rows VALUES (?, ?, ?, ?, ?)"
@@ -59,6 +65,8 @@ class SqliteFeatureStore:
         self.where = f"sqlite:{self.path}"
         self._clock = clock
         self._reader = self._connect()
+        self._bulk = self._connect()  # used only by the reader thread
+        self._bulk_thread = ThreadPoolExecutor(1, thread_name_prefix="features-read")
         self._writer = self._connect()
         self._write_lock = threading.Lock()  # one writing thread per connection
         with self._write_lock:
@@ -81,24 +89,31 @@ class SqliteFeatureStore:
             if len(keys) == 1:  # one user's row: the request path's common read
                 found = self._reader.execute(_READ, (*keys[0], now)).fetchone()
                 return [None if found is None else _decode(found[0])]
-            rows = self._read_many(keys, now)
+            if not keys:
+                return []
+            loop = asyncio.get_running_loop()
+            rows = await loop.run_in_executor(self._bulk_thread, self._read_many, keys, now)
         except sqlite3.Error as e:
             raise FeatureStoreUnavailable(f"feature store {self.where} failed: {e}") from e
-        return [None if (data := rows.get(key)) is None else _decode(data) for key in keys]
+        return [rows.get(key[:2], {}).get(key[2]) for key in keys]
 
-    def _read_many(self, keys: Sequence[RowKey], now: float) -> dict[RowKey, str]:
-        """Rows of many keys, one statement per (tenant, view) and chunk of entities."""
+    def _read_many(
+        self, keys: Sequence[RowKey], now: float
+    ) -> dict[tuple[str, str], dict[str, Row]]:
+        """Rows of many keys by (tenant, view), then entity: one statement per (tenant,
+        view) and chunk of entities."""
         groups: dict[tuple[str, str], list[str]] = {}
         for tenant, view, entity in keys:
             groups.setdefault((tenant, view), []).append(entity)
-        out: dict[RowKey, str] = {}
-        for (tenant, view), entities in groups.items():
+        out: dict[tuple[str, str], dict[str, Row]] = {}
+        for group, entities in groups.items():
+            found = out.setdefault(group, {})
             for at in range(0, len(entities), _READ_CHUNK):
                 chunk = entities[at : at + _READ_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                query = _READ_MANY.format(marks=marks)
-                for entity, data in self._reader.execute(query, (tenant, view, *chunk, now)):
-                    out[RowKey(tenant, view, entity)] = data
+                query = _READ_MANY.format(marks=",".join("?" * len(chunk)))
+                (data,) = self._bulk.execute(query, (*group, *chunk, now)).fetchone()
+                if data is not None:
+                    found.update(orjson.loads(data))
         return out
 
     async def merge(self, merges: Sequence[Merge]) -> None:
@@ -122,6 +137,8 @@ class SqliteFeatureStore:
         """Close the file."""
         with self._write_lock:
             self._writer.close()
+        self._bulk_thread.shutdown()
+        self._bulk.close()
         self._reader.close()
 
     def _merge(self, merges: list[Merge]) -> None:

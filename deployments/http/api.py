@@ -18,7 +18,13 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from deployments.errors import BadRequest, MethodNotAllowed, NotFound, ServekitError
+from deployments.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServekitError,
+    request_invalid,
+)
 from deployments.http import deprecation, oip
 from deployments.http.envelope import API_VERSION_HEADER, error_response, request_id
 from deployments.http.openai import EmbeddingRequest, EmbeddingResponse
@@ -219,16 +225,7 @@ def _framework_error(request: Request, error: ServekitError) -> Response:
 
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-    errors = exc.errors() or [{"loc": (), "msg": "invalid request"}]
-    # Unknown fields first: they usually explain the rest (a misspelt field name).
-    first = sorted(errors, key=lambda e: e.get("type") != "extra_forbidden")[0]
-    loc = [str(p) for p in first.get("loc", ())]
-    if len(loc) > 1 and loc[0] in ("body", "query", "path"):
-        loc = loc[1:]  # the field's own name, as the /v1 routes read by hand say it
-    where = ".".join(loc) or "body"
-    if first.get("type") == "extra_forbidden":
-        return _framework_error(request, BadRequest(f"{where}: unknown field"))
-    return _framework_error(request, BadRequest(f"{where}: {first.get('msg', 'invalid')}"))
+    return _framework_error(request, request_invalid(exc.errors()))
 
 
 @api.exception_handler(HTTPException)

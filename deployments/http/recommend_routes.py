@@ -14,12 +14,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
 from deployments.http.hosted import replica_host, run_route
+from deployments.http.hot import serve_json
 from deployments.http.inference import json_response
 from deployments.http.route_docs import example, responses
 from deployments.http.search_routes import (
@@ -99,8 +102,11 @@ def _service(host: Any) -> RecommendService:
     return service
 
 
+ROUTE = "/v1/recommendations"
+
+
 @router.post(
-    "/v1/recommendations",
+    ROUTE,
     summary="Recommend items to a user",
     response_model=RecommendOut,
     responses=responses(400, 404),
@@ -110,52 +116,61 @@ async def recommend(request: Request, body: Annotated[RecommendBody, Body()]) ->
     version's item index, reordered by its ranker; a user without history (or any user
     while the feature store is down, flagged `degraded`) gets the tenant's popular
     items. `filters` hold for every answer."""
+    return await run_route(
+        request, ROUTE, lambda call: recommend_work(replica_host(), call, body, request.headers)
+    )
 
-    async def work(call: CallRecord) -> Response:
-        host = replica_host()
-        service = _service(host)
-        tenant = search_tenant(call)
-        settings = host.args.recommendations
-        if body.k > settings.max_k:
-            raise BadRequest(f"k: at most {settings.max_k}")
-        catalog = body.catalog or _only_catalog(host, tenant)
-        model = service.model
-        pinned = request.headers.get("x-model-version")
-        key = (request.headers.get("x-routing-key") or body.user)[:ROUTING_KEY_MAX_CHARS]
-        host.plane.authorize(call, model, pinned)
-        call.model, call.inputs = model, 1
-        await host.plane.admit(call, 0)
-        version = index_version(host, host.search, tenant, catalog, model, pinned, key)
-        call.version = version
-        query = RecommendQuery(
-            tenant, catalog, body.user, version, body.k, body.filters, body.exclude_seen,
-            (body.context or {}).get("item"),
-        )  # fmt: skip
-        started, ok = time.perf_counter(), False
-        try:
-            got = await service.recommend(query)
-            ok = True
-        except FilterError as e:
-            ok = True  # the caller's mistake, not the version's
-            raise BadRequest(str(e)) from e
-        except CatalogMissing as e:
-            ok = True
-            raise NotFound(f"catalog: no catalog named {e.args[0]!r}") from e
-        finally:  # for status and the canary watch, as any version's calls
-            host.router.record(model, version, ok, time.perf_counter() - started)
-        service.served(version, got)
-        if pinned is None:
-            _mirror(host, service, query, [h.item.id for h in got.hits])
-        return json_response(
-            {"object": "recommendations", "catalog": catalog, "user": body.user, "model": model,
-             "version": version, "source": got.source, "degraded": got.degraded,
-             "index": {"space": service.space(version), "candidates": got.candidates,
-                       "timings_ms": got.timings_ms},
-             "data": [{"id": h.item.id, "score": round(h.score, 6), "text": h.item.text,
-                       "attributes": h.item.attributes} for h in got.hits]}
-        )  # fmt: skip
 
-    return await run_route(request, "/v1/recommendations", work)
+async def serve_recommend(host: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    """The route straight from ASGI (`deployments/http/hot.py`)."""
+    await serve_json(host, scope, receive, send, ROUTE, RecommendBody, recommend_work)
+
+
+async def recommend_work(
+    host: Any, call: CallRecord, body: RecommendBody, headers: Headers
+) -> Response:
+    """One recommendation, as the caller `call`."""
+    service = _service(host)
+    tenant = search_tenant(call)
+    settings = host.args.recommendations
+    if body.k > settings.max_k:
+        raise BadRequest(f"k: at most {settings.max_k}")
+    catalog = body.catalog or _only_catalog(host, tenant)
+    model = service.model
+    pinned = headers.get("x-model-version")
+    key = (headers.get("x-routing-key") or body.user)[:ROUTING_KEY_MAX_CHARS]
+    host.plane.authorize(call, model, pinned)
+    call.model, call.inputs = model, 1
+    await host.plane.admit(call, 0)
+    version = index_version(host, host.search, tenant, catalog, model, pinned, key)
+    call.version = version
+    query = RecommendQuery(
+        tenant, catalog, body.user, version, body.k, body.filters, body.exclude_seen,
+        (body.context or {}).get("item"),
+    )  # fmt: skip
+    started, ok = time.perf_counter(), False
+    try:
+        got = await service.recommend(query)
+        ok = True
+    except FilterError as e:
+        ok = True  # the caller's mistake, not the version's
+        raise BadRequest(str(e)) from e
+    except CatalogMissing as e:
+        ok = True
+        raise NotFound(f"catalog: no catalog named {e.args[0]!r}") from e
+    finally:  # for status and the canary watch, as any version's calls
+        host.router.record(model, version, ok, time.perf_counter() - started)
+    service.served(version, got)
+    if pinned is None:
+        _mirror(host, service, query, [h.item.id for h in got.hits])
+    return json_response(
+        {"object": "recommendations", "catalog": catalog, "user": body.user, "model": model,
+         "version": version, "source": got.source, "degraded": got.degraded,
+         "index": {"space": service.space(version), "candidates": got.candidates,
+                   "timings_ms": got.timings_ms},
+         "data": [{"id": h.item.id, "score": round(h.score, 6), "text": h.item.text,
+                   "attributes": h.item.attributes} for h in got.hits]}
+    )  # fmt: skip
 
 
 def _mirror(host: Any, service: RecommendService, query: RecommendQuery, ids: list[str]) -> None:

@@ -16,12 +16,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
 from deployments.http.hosted import replica_host, run_route
+from deployments.http.hot import serve_json
 from deployments.http.inference import json_response
 from deployments.http.route_docs import example, responses
 from deployments.pipelines.catalog_index import Hit, SearchQuery
@@ -340,8 +343,11 @@ async def configure_catalog(
     return await run_route(request, "/v1/catalogs/settings", work)
 
 
+SEARCH_ROUTE = "/v1/search"
+
+
 @router.post(
-    "/v1/search",
+    SEARCH_ROUTE,
     summary="Search a catalog",
     response_model=SearchOut,
     responses=responses(400, 404, 504),
@@ -350,56 +356,63 @@ async def search(request: Request, body: Annotated[SearchBody, Body()]) -> Respo
     """Ranked items of the catalog: vector similarity with the query, fused with BM25
     when `hybrid`, restricted by `filters`. `X-Model-Version` pins a version (with the
     right to pin); `X-Routing-Key` (else `user`) keeps a caller on one version."""
+    return await run_route(
+        request, SEARCH_ROUTE, lambda call: search_work(replica_host(), call, body, request.headers)
+    )
 
-    async def work(call: CallRecord) -> Response:
-        host = replica_host()
-        service = _service(host)
-        tenant = search_tenant(call)
-        settings = host.args.search
-        if body.k > settings.max_k:
-            raise BadRequest(f"k: at most {settings.max_k}")
-        model = host.args.search_model()
-        pinned = request.headers.get("x-model-version")
-        key = (request.headers.get("x-routing-key") or body.user or "")[:ROUTING_KEY_MAX_CHARS]
-        host.plane.authorize(call, model, pinned)
-        version = index_version(host, service, tenant, body.catalog, model, pinned, key or None)
-        vector = await host.plane.embed_version(call, model, version, [body.query], "query")
-        hybrid = body.hybrid
-        if hybrid is None:
-            hybrid = service.catalog_settings(tenant, body.catalog).get(
-                "hybrid", settings.hybrid_default
+
+async def serve_search(host: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    """The route straight from ASGI (`deployments/http/hot.py`)."""
+    await serve_json(host, scope, receive, send, SEARCH_ROUTE, SearchBody, search_work)
+
+
+async def search_work(host: Any, call: CallRecord, body: SearchBody, headers: Headers) -> Response:
+    """One search, as the caller `call`."""
+    service = _service(host)
+    tenant = search_tenant(call)
+    settings = host.args.search
+    if body.k > settings.max_k:
+        raise BadRequest(f"k: at most {settings.max_k}")
+    model = host.args.search_model()
+    pinned = headers.get("x-model-version")
+    key = (headers.get("x-routing-key") or body.user or "")[:ROUTING_KEY_MAX_CHARS]
+    host.plane.authorize(call, model, pinned)
+    version = index_version(host, service, tenant, body.catalog, model, pinned, key or None)
+    vector = await host.plane.embed_version(call, model, version, [body.query], "query")
+    hybrid = body.hybrid
+    if hybrid is None:
+        hybrid = service.catalog_settings(tenant, body.catalog).get(
+            "hybrid", settings.hybrid_default
+        )
+    features = getattr(host, "features", None) if body.user else None
+    started = time.perf_counter()
+    try:
+        result = await service.query(
+            SearchQuery(
+                tenant, body.catalog, f"{model}/{version}", vector[0], body.query,
+                depth(body.k, features is not None), body.filters, hybrid, settings.fusion,
             )
-        features = getattr(host, "features", None) if body.user else None
-        started = time.perf_counter()
-        try:
-            result = await service.query(
-                SearchQuery(
-                    tenant, body.catalog, f"{model}/{version}", vector[0], body.query,
-                    depth(body.k, features is not None), body.filters, hybrid, settings.fusion,
-                )
-            )  # fmt: skip
-        except FilterError as e:
-            raise BadRequest(str(e)) from e
-        hits, personal = result.hits[: body.k], False
-        if features is not None and body.user:
-            got = await features.read(tenant, "user", body.user)
-            profile = Profile.from_features(got.views)
-            personal = not got.degraded and not profile.cold
-            hits = personalize(result.hits, profile, body.k) if personal else hits
-        return json_response(
-            {
-                "object": "search.result",
-                "catalog": body.catalog,
-                "model": model,
-                "version": version,
-                "index": {"space": result.space, "seq": result.seq, "hybrid": hybrid,
-                          "personalized": personal,
-                          "search_ms": round((time.perf_counter() - started) * 1000, 3)},
-                "data": [_hit(h) for h in hits],
-            }
         )  # fmt: skip
-
-    return await run_route(request, "/v1/search", work)
+    except FilterError as e:
+        raise BadRequest(str(e)) from e
+    hits, personal = result.hits[: body.k], False
+    if features is not None and body.user:
+        got = await features.read(tenant, "user", body.user)
+        profile = Profile.from_features(got.views)
+        personal = not got.degraded and not profile.cold
+        hits = personalize(result.hits, profile, body.k) if personal else hits
+    return json_response(
+        {
+            "object": "search.result",
+            "catalog": body.catalog,
+            "model": model,
+            "version": version,
+            "index": {"space": result.space, "seq": result.seq, "hybrid": hybrid,
+                      "personalized": personal,
+                      "search_ms": round((time.perf_counter() - started) * 1000, 3)},
+            "data": [_hit(h) for h in hits],
+        }
+    )  # fmt: skip
 
 
 def index_version(

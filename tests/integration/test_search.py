@@ -252,6 +252,26 @@ def test_bad_searches_name_the_field(service: Service, body: dict[str, Any], fie
     assert field in r.json()["error"]["message"]
 
 
+def test_the_json_routes_refuse_what_they_cannot_read(service: Service) -> None:
+    """Search and recommendations are served straight from ASGI: a body that is not JSON
+    or not an object, a missing body and another method get the same clear answers as
+    every route."""
+    with service.client() as client:
+        for route in ("/v1/search", "/v1/recommendations"):
+            r = client.post(route, content=b'{"catalog": ')
+            assert (r.status_code, r.json()["error"]["message"]) == (400, "body: not valid JSON")
+            r = client.post(route, json=["catalog"])
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["message"].startswith("body: "), r.text
+            r = client.post(route)
+            assert (r.status_code, r.json()["error"]["message"]) == (400, "body: Field required")
+            r = client.get(route)
+            assert r.status_code == 405, r.text
+            assert r.headers["allow"] == "POST"
+            assert r.json()["error"]["code"] == "method_not_allowed"
+            assert r.headers["x-request-id"]
+
+
 def test_bad_upserts_name_the_field(service: Service) -> None:
     with service.client() as client:
         cases = [

@@ -169,6 +169,37 @@ def test_tenants_and_views_never_share_a_row(make_store: Callable[[], OnlineStor
     run(make_store, body)
 
 
+def test_a_read_of_many_rows_answers_each_key_in_order(
+    make_store: Callable[[], OnlineStore],
+) -> None:
+    """A recommendation's read: hundreds of keys at once (more than one statement's
+    worth), repeated and missing ones, ids that need quoting, two tenants and views."""
+    odd = ['q"uote', "back\\slash", "ctl\x01\n", "ünï😀", "{json}:,"]
+    ids = [f"sku-{n}" for n in range(1200)] + odd
+
+    async def body(store: OnlineStore) -> None:
+        now = time.time()
+        rows = [(key(i, view="item_popularity"), {"views": n, AT_FIELD: now}, DAY)
+                for n, i in enumerate(ids) if n % 3]  # fmt: skip
+        rows.append((key("sku-1", "tn_b", "item_popularity"), {"views": -1, AT_FIELD: now}, DAY))
+        rows.append((key("sku-2", view="item_popularity"), {"views": 2, AT_FIELD: now - DAY}, DAY))
+        await store.replace(rows)
+        wanted = [*ids, "sku-4", "sku-1", "nobody"]
+        keys = [key(i, view="item_popularity") for i in wanted]
+        keys.append(key("sku-1", "tn_b", "item_popularity"))
+        keys.append(key("sku-1"))  # another view
+        got = await store.read(keys)
+        expected: list[object] = []
+        for i in wanted:
+            n = ids.index(i) if i in ids else 0
+            fresh = i in ids and n % 3 and i != "sku-2"
+            expected.append({"views": n, AT_FIELD: pytest.approx(now)} if fresh else None)
+        expected += [{"views": -1, AT_FIELD: pytest.approx(now)}, None]
+        assert got == expected
+
+    run(make_store, body)
+
+
 def test_a_row_goes_stale_ttl_after_its_newest_event(make_store: Callable[[], OnlineStore]) -> None:
     async def body(store: OnlineStore) -> None:
         now = time.time()
