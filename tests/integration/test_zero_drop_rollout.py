@@ -100,6 +100,12 @@ def test_promote_add_and_retire_versions_with_zero_drops(
     config = tmp_path / "serve_config.yaml"
     doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     doc["http_options"]["port"] = port
+    # What this test counts is requests lost to the rollout, not load shedding (see
+    # test_overload.py): while a new Ingress replica loads its models beside the old one
+    # on this 2-core machine, the shipped 0.5 s wait bound may shed a request.
+    ingress = next(d for d in _app(doc)["deployments"] if d["name"] == "Ingress")
+    for batching in ingress["user_config"]["batching"].values():
+        batching["max_queue_wait_s"] = 2.0
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     serve_deploy(config, head)
     _wait_running(head, base_url)
@@ -125,9 +131,8 @@ def test_promote_add_and_retire_versions_with_zero_drops(
         }  # fmt: skip
         ingress = next(d for d in _app(doc)["deployments"] if d["name"] == "Ingress")
         ingress["user_config"]["traffic"]["minilm"]["v3"] = 0
-        # The torch build runs slower than the ONNX ones on this 2-core machine and
-        # starts while the old replica still serves: its queue bound is set for that
-        # (what this test counts is requests lost to the rollout, not load shedding).
+        # The torch build runs slower than the ONNX ones and starts while the old
+        # replica still serves: its queue bound too, as above.
         ingress["user_config"].setdefault("batching", {})["minilm-v3"] = {"max_queue_wait_s": 2.0}
         config.write_text(yaml.safe_dump(doc, sort_keys=False))
         serve_deploy(config, head)
