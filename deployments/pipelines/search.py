@@ -224,11 +224,13 @@ class SearchService:
     async def follow_once(self) -> None:
         """Apply every change after the replica's position."""
         while True:
-            changes = await asyncio.to_thread(self.store.changes, self.seq, PAGE)
-            if not changes:
-                return
+            # Read and applied under the writers' lock: a page read before a local write
+            # (settings, an upsert, a delete) never lands after it, putting older state
+            # back until the next page.
             async with self._lock:
-                await self._apply(changes)
+                changes = await asyncio.to_thread(self.store.changes, self.seq, PAGE)
+                if changes:
+                    await self._apply(changes)
             if len(changes) < PAGE:
                 return
 
@@ -389,8 +391,7 @@ class SearchService:
 
     async def configure(self, tenant: str, catalog: str, settings: dict[str, Any]) -> int:
         """Replace a catalog's settings (the store first, then here); the seq."""
-        # Under the writers' lock: a change-log page the follower read before this
-        # commit cannot put the old settings back afterwards.
+        # Under the writers' lock, as the follower reads and applies its pages.
         async with self._lock:
             seq = await asyncio.to_thread(self.store.configure, tenant, catalog, settings)
             self.catalogs.setdefault((tenant, catalog), CatalogIndex()).settings = dict(settings)
@@ -404,9 +405,10 @@ class SearchService:
     async def delete(self, tenant: str, catalog: str, item_id: str) -> bool:
         """Delete one item (the store first); False when there was none."""
         seq = await asyncio.to_thread(self.store.delete, tenant, catalog, item_id)
-        index = self.catalogs.get((tenant, catalog))
-        if index is not None:
-            index.delete(item_id)
+        async with self._lock:  # after any page the follower read before the delete
+            index = self.catalogs.get((tenant, catalog))
+            if index is not None:
+                index.delete(item_id)
         return seq is not None
 
     async def get(self, tenant: str, catalog: str, item_id: str) -> Item | None:

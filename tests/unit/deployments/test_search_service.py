@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -117,6 +119,37 @@ def test_catalog_settings_reach_a_second_replica_in_order(url: str) -> None:
         assert len(follower.catalogs["acme", "shop"]) == len(_items()) - 1
         await writer.close()
         await follower.close()
+
+    asyncio.run(run())
+
+
+def test_a_page_read_before_a_local_write_never_lands_after_it(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica's follower holds a change-log page with a catalog's old settings while
+    the same replica writes new ones: the new settings are what it holds after both."""
+
+    async def run() -> None:
+        service = _service(url)  # not started: this test drives its follower
+        await service.configure("acme", "shop", {"hybrid": False})  # in the log
+        read, release = threading.Event(), threading.Event()
+        changes = service.store.changes
+
+        def held_changes(after: int, limit: int) -> list[Any]:
+            page = changes(after, limit)
+            read.set()
+            release.wait(5)
+            return page
+
+        monkeypatch.setattr(service.store, "changes", held_changes)
+        follow = asyncio.create_task(service.follow_once())
+        await asyncio.to_thread(read.wait, 5)  # the follower holds the old settings
+        write = asyncio.create_task(service.configure("acme", "shop", {}))
+        await asyncio.sleep(0.1)  # the write goes as far as it can
+        release.set()
+        await asyncio.gather(follow, write)
+        assert service.catalog_settings("acme", "shop") == {}
+        await service.close()
 
     asyncio.run(run())
 
