@@ -88,11 +88,15 @@ class InferenceFailed(ServekitError):
     code = "inference_failed"
 
 
+def _first_error(errors: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The error a 400 names: unknown fields first, as they usually explain the rest (a
+    misspelt field name); else the first reported."""
+    return sorted(errors, key=lambda e: e.get("type") != "extra_forbidden")[0]
+
+
 def from_validation_error(error: ValidationError, prefix: str = "") -> BadRequest:
     """A 400 naming the first invalid field, without the offending value."""
-    errors = error.errors(include_input=False, include_url=False)
-    # Unknown fields first: they usually explain the rest (a misspelt field name).
-    first = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")[0]
+    first = _first_error(error.errors(include_input=False, include_url=False))
     loc = ".".join(str(part) for part in first["loc"])
     where = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "body")
     if first["type"] == "extra_forbidden":
@@ -106,9 +110,7 @@ def request_invalid(errors: Sequence[Mapping[str, Any]]) -> BadRequest:
     """A 400 naming the first invalid field of a request's parameters or body, as
     FastAPI's validation reports them (`loc` starting with `body`, `query` or `path`);
     without the offending value."""
-    errors = errors or [{"loc": (), "msg": "invalid request"}]
-    # Unknown fields first: they usually explain the rest (a misspelt field name).
-    first = sorted(errors, key=lambda e: e.get("type") != "extra_forbidden")[0]
+    first = _first_error(errors or [{"loc": (), "msg": "invalid request"}])
     loc = [str(p) for p in first.get("loc", ())]
     if len(loc) > 1 and loc[0] in ("body", "query", "path"):
         loc = loc[1:]  # the field's own name, as the /v1 routes read by hand say it
