@@ -5,7 +5,8 @@ of a core at 550 requests/s. The asyncio client below is the fallback where wrk 
 missing; it spends noticeably more CPU on the same cores, which lowers every served
 configuration's figures (never the raw ones), so results record which one ran.
 Both keep each connection busy back to back for a fixed time, count only after a
-warm-up, and count any non-2xx answer or broken connection as an error.
+warm-up, and count any non-2xx answer or broken connection as an error; the non-2xx
+answers are also counted by status (`statuses`), so an error figure says what it was.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class LoadFigures:
     errors: int = 0
     seconds: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
 
     def percentile_ms(self, q: float) -> float:
         """Latency percentile in milliseconds."""
@@ -109,6 +111,7 @@ async def _connection(
                     out.requests += 1
                 else:
                     out.errors += 1
+                    out.statuses[str(status)] = out.statuses.get(str(status), 0) + 1
     finally:
         writer.close()
 
@@ -181,6 +184,7 @@ def _run_wrk(
         "seconds": r["duration_us"] / 1e6,
         "p50_ms": r["p50_us"] / 1000,
         "p99_ms": r["p99_us"] / 1000,
+        "statuses": dict(r.get("statuses") or {}),
     }
 
 
@@ -194,8 +198,9 @@ def run_workload(
     measure_s: float,
     auth: str = "",
 ) -> dict[str, Any]:
-    """One workload with the lightest client available: ok and failed requests,
-    measured seconds, p50 and p99 in milliseconds. `auth`: an Authorization value."""
+    """One workload with the lightest client available: ok and failed requests, the
+    failed ones' statuses, measured seconds, p50 and p99 in milliseconds. `auth`: an
+    Authorization value."""
     wrk = wrk_path()
     if wrk:
         url = f"http://{url_host}:{port}{path}"
@@ -209,4 +214,5 @@ def run_workload(
         "seconds": figures.seconds,
         "p50_ms": figures.percentile_ms(0.50),
         "p99_ms": figures.percentile_ms(0.99),
+        "statuses": figures.statuses,
     }

@@ -84,7 +84,8 @@ def workload(port: int, key: str, path: str, bodies: list[bytes], connections: i
     f = run_workload("127.0.0.1", port, path, bodies, connections, warmup, seconds,
                      f"Bearer {key}")  # fmt: skip
     return {"requests_per_s": round(f["ok"] / f["seconds"], 1), "errors": f["errors"],
-            "p50_ms": round(f["p50_ms"], 2), "p99_ms": round(f["p99_ms"], 2)}  # fmt: skip
+            "error_statuses": f["statuses"], "p50_ms": round(f["p50_ms"], 2),
+            "p99_ms": round(f["p99_ms"], 2)}  # fmt: skip
 
 
 def in_process(env: dict[str, str], users: list[str], seconds: float) -> dict[str, Any]:

@@ -157,6 +157,7 @@ def workload(
     return {
         "requests_per_s": round(f["ok"] / f["seconds"], 1),
         "errors": f["errors"],
+        "error_statuses": f["statuses"],
         "p50_ms": round(f["p50_ms"], 2),
         "p99_ms": round(f["p99_ms"], 2),
     }

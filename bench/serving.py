@@ -235,6 +235,7 @@ def measure(server: Server, warmup_s: float, seconds: float) -> dict[str, Any]:
             "texts_per_s": round(f["ok"] * texts / f["seconds"], 1),
             "requests_per_s": round(f["ok"] / f["seconds"], 1),
             "errors": f["errors"],
+            "error_statuses": f["statuses"],
             "p50_ms": round(f["p50_ms"], 2),
             "p99_ms": round(f["p99_ms"], 2),
         }
