@@ -22,7 +22,7 @@ from deployments.http import search_routes as search
 from deployments.http.api import V2_ERRORS, VERSION, OipError, api, body_doc
 from deployments.http.auth import AuthGate, principal_of
 from deployments.http.envelope import Envelope, request_id
-from deployments.http.hot import HotRoutes
+from deployments.http.hot import HotRoutes, routes_first
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import IngressMetrics, RouterMetrics
 from deployments.pipelines.features_wiring import open_features
@@ -244,4 +244,5 @@ api.include_router(recommend.router)
 hot = {embeddings.ROUTE: embeddings.serve_embeddings, search.SEARCH_ROUTE: search.serve_search,
        recommend.ROUTE: recommend.serve_recommend}  # fmt: skip
 api.add_middleware(HotRoutes, routes=hot)
+routes_first(api.router, hot)
 api.add_middleware(AuthGate)  # added last: runs first, ahead of every route

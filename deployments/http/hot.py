@@ -11,7 +11,7 @@ the same model and answers the same errors as FastAPI does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -19,7 +19,9 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.exceptions import RayServeException
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deployments.dataplane import CallRecord
@@ -61,6 +63,36 @@ class HotRoutes:
         except RayServeException:  # not inside a Serve replica
             return None
         return self._ingress
+
+
+def routes_first(router: Router, paths: Iterable[str]) -> None:
+    """Put the routes of `paths` at the head of `router`'s list. Serve finds each HTTP
+    request's route (its metrics' `route` label) by walking the app's routes in order,
+    and for a path no route declares walks them twice (the trailing-slash retry): on the
+    replica's event loop, 107 us a `/v1/embeddings` request and about 50 us a search or
+    recommendation with the routes in declaration order, against one match at the head.
+    A path with no route of its own (`/v1/embeddings`, documented by hand) gets one here,
+    out of the OpenAPI document, answering 404 as before should a call reach it outside a
+    replica (in one, `HotRoutes` serves the path first). Dispatch stays the same as long
+    as no route of another path matches these paths too (a unit test holds the app's
+    routes to it); each path's own routes keep their order."""
+    wanted = list(paths)
+    declared: dict[str, list[BaseRoute]] = {p: [] for p in wanted}
+    rest: list[BaseRoute] = []
+    for route in router.routes:
+        path: str = getattr(route, "path", "")
+        declared.get(path, rest).append(route)
+    head: list[BaseRoute] = []
+    for path in wanted:
+        head += declared[path] or [Route(path, _NoRoute(), include_in_schema=False)]
+    router.routes[:] = head + rest
+
+
+class _NoRoute:
+    """ASGI: the 404 the app answers for a path it has no route for."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise HTTPException(status_code=404)
 
 
 def body_stream(receive: Receive) -> AsyncIterator[bytes]:
