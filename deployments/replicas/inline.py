@@ -6,7 +6,8 @@ never waits when idle: a request arriving
 while no batch runs is dispatched at once; requests arriving while one runs are
 gathered and go together as the next batch (up to `max_batch_size` requests and
 `max_batch_texts` texts); with busy lanes (`busy_lanes`), the queue is split over
-that many one-thread runs at once. The queue is bounded in time and in texts: a
+that many one-thread runs at once (a lane that frees while another runs takes the share
+that ends the queue soonest, not all of it). The queue is bounded in time and in texts: a
 request that would not fit in the next batch and would wait longer than
 `max_queue_wait_s` (the batch running and the
 texts ahead of it, by the version's measured batch cost, see `batch_cost`), or find
@@ -162,17 +163,53 @@ class InlineBatcher:
 
     def expected_wait_s(self, texts: int) -> float:
         """How long a request of `texts` would wait for its answer, by the measured
-        batch cost (0 until a batch has been measured): until the first batch in flight
-        ends (its cost less the time it has run), then the queue with it as the next
-        batch (the first lane to free takes the whole queue)."""
+        batch cost (0 until a batch has been measured). Without lanes (or behind a lone
+        run on the full session): until the first batch in flight ends (its cost less
+        the time it has run), then the queue with it as the next batch. With lanes, the
+        queue is shared by the lanes as they free (see `_lane_share`): the work in
+        flight and queued over the lanes, each batch paying its fixed part, and never
+        less than the first lane to free running this request alone."""
         queue = self.cost.seconds(self._queued_texts + texts, self.max_batch_texts)
         if queue is None or not self._inflight:
             return queue or 0.0
+        remaining = self._remaining_s()
+        if self._lanes < 2 or self._solo:
+            return queue + min(remaining)
+        lanes = self._lanes
+        shared = (sum(remaining) + queue + (lanes - 1) * self.cost.fixed_s) / lanes
+        return max(shared, min(remaining) + (self.cost.seconds(texts, self.max_batch_texts) or 0.0))
+
+    def _remaining_s(self) -> list[float]:
+        """What is left of each batch in flight, by the measured cost."""
         now = time.perf_counter()
-        return queue + min(
+        return [
             max(0.0, (self.cost.seconds(n, self.max_batch_texts) or 0.0) - (now - started))
             for started, n in self._inflight.values()
-        )
+        ]
+
+    def _lane_share(self, free: int) -> int:
+        """How many queued requests a lane that frees takes. With other lanes free too,
+        an even share. With the others busy, the share that ends the queue soonest: what
+        it takes against what is left, which the next lane to free takes when its batch
+        ends; taking the whole queue would leave that lane idle while this one runs
+        twice as long (a few large requests answered one lane's run late, each time)."""
+        size = -(-len(self._queue) // free)
+        if free > 1 or self.cost.per_text_s is None or not self._inflight:
+            return size
+        other = min(self._remaining_s())
+        total = self._queued_texts
+        best, best_end = 1, float("inf")
+        taken = 0
+        for k, item in enumerate(self._queue[: self.max_batch_size], start=1):
+            if k > 1 and taken + len(item.texts) > self.max_batch_texts:
+                break
+            taken += len(item.texts)
+            mine = self.cost.seconds(taken, self.max_batch_texts) or 0.0
+            rest = self.cost.seconds(total - taken, self.max_batch_texts) or 0.0
+            end = max(mine, other + rest if taken < total else 0.0)
+            if end <= best_end:  # on a tie, the larger batch
+                best, best_end = k, end
+        return best
 
     def calibrate(self) -> None:
         """Time two runs (one text, then several) so the first requests' waits are
@@ -222,8 +259,7 @@ class InlineBatcher:
             if running == 0 and (self._lanes == 0 or len(self._queue) == 1):
                 self._start(len(self._queue), solo=True)
             elif self._lanes > 0 and running < self._lanes:
-                free = self._lanes - running
-                self._start(-(-len(self._queue) // free), solo=False)
+                self._start(self._lane_share(self._lanes - running), solo=False)
             else:
                 return
 
@@ -279,18 +315,18 @@ class InlineBatcher:
     async def _run_batch(self, batch: list[_Pending], busy: bool) -> None:
         loop = asyncio.get_running_loop()
         parts = [(item.texts, item.ids) for item in batch]
-        started = time.perf_counter()
         token = self._watcher.run_started() if self._watcher else 0
         ok = False
         try:
-            vectors, tokens = await loop.run_in_executor(self._executor, self._run, parts, busy)
+            vectors, tokens, seconds = await loop.run_in_executor(
+                self._executor, self._run, parts, busy
+            )
         except Exception as e:  # every waiter learns, none hangs
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(e)
         else:
             ok = True
-            seconds = time.perf_counter() - started
             self._metrics.observe_batch(len(tokens), seconds)
             self.cost.observe(len(tokens), seconds)
             results = split_batch([len(item.texts) for item in batch], vectors, tokens)
@@ -306,15 +342,20 @@ class InlineBatcher:
 
     def _run(
         self, parts: list[tuple[list[str], list[list[int]] | None]], busy: bool
-    ) -> tuple[Float32Array, list[int]]:
-        """One batch in an inference thread: tokenize what is not yet, then embed."""
+    ) -> tuple[Float32Array, list[int], float]:
+        """One batch in an inference thread: tokenize what is not yet, then embed; with
+        the seconds it ran. Timed here, not from the loop: a batch waiting for a thread
+        another version's batch holds would count that wait as its own cost, and one
+        version's burst would make the other refuse requests."""
+        started = time.perf_counter()
         self.wedge.block_if_engaged()
         ids = [
             row
             for texts, tokenized in parts
             for row in (tokenized if tokenized is not None else self.runtime.tokenize(texts))
         ]
-        return self.runtime.embed_token_ids(ids, busy=busy)
+        vectors, tokens = self.runtime.embed_token_ids(ids, busy=busy)
+        return vectors, tokens, time.perf_counter() - started
 
 
 def inference_executor(workers: int) -> ThreadPoolExecutor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from configs.schema import InlineBatchingConfig
 from deployments.errors import Overloaded
 from deployments.replicas.batch_cost import BatchCost
-from deployments.replicas.inline import InlineBatcher
+from deployments.replicas.inline import InlineBatcher, _Pending
 from tests.unit.deployments.fakes import BatchRecorder, FakeRuntime
 
 
@@ -132,3 +133,81 @@ def test_the_batcher_judges_the_wait_by_the_batch_cost() -> None:
         wait = asyncio.run(scenario())
         runtime.gate.set()
     assert 0.110 <= wait <= 0.060 + 0.110 + 1e-9
+
+
+# ---- with busy lanes: the queue shared by the lanes as they free ---------------
+
+
+def _lanes_batcher(
+    executor: ThreadPoolExecutor, lanes: int, in_flight: list[tuple[float, int]], queued: list[int]
+) -> InlineBatcher:
+    """A batcher with `lanes` busy lanes, batches of (seconds run so far, texts) in
+    flight and requests of `queued` texts waiting, on the line t(n) = 10 ms + 5 ms * n
+    (32 texts: 170 ms on one lane)."""
+    batcher = InlineBatcher(FakeRuntime(busy_lanes=lanes), BatchRecorder(), executor)  # type: ignore[arg-type]
+    batcher.cost = _line(0.010, 0.005)
+    now = time.perf_counter()
+    for i, (ran_s, texts) in enumerate(in_flight):
+        batcher._inflight[i] = (now - ran_s, texts)
+    loop = asyncio.new_event_loop()
+    for i, texts in enumerate(queued):
+        batcher._queue.append(_Pending([f"q{i}"] * texts, None, None, loop.create_future()))
+        batcher._queued_texts += texts
+    loop.close()
+    return batcher
+
+
+def test_a_freed_lane_leaves_its_share_to_the_lane_about_to_free() -> None:
+    """4 callers of 32 texts on two lanes: a lane frees with two requests queued. When
+    the other lane's batch is nearly done, taking one ends the queue at 180 ms (that
+    lane takes the other in 10 ms); taking both, at 330 ms, a whole run later."""
+    with ThreadPoolExecutor(1) as executor:
+        nearly_done = _lanes_batcher(executor, 2, [(0.160, 32)], [32, 32])
+        assert nearly_done._lane_share(free=1) == 1
+        # When the other lane has just started its batch, it frees no sooner than
+        # this one runs both: one batch of two is as soon, and batches more.
+        just_started = _lanes_batcher(executor, 2, [(0.0, 32)], [32, 32])
+        assert just_started._lane_share(free=1) == 2
+        # Both lanes free: an even share each, whatever the cost says.
+        idle = _lanes_batcher(executor, 2, [], [32, 32, 32])
+        assert idle._lane_share(free=2) == 2
+
+
+def test_with_lanes_the_wait_counts_the_queue_shared_over_them() -> None:
+    """Two batches of 32 texts just started, one request of 32 waiting, one more of 32
+    arriving: one lane would take 170 ms + 330 ms for both (0.5 s, over a 0.4 s bound);
+    two lanes take one each as they free, 340 ms."""
+    with ThreadPoolExecutor(1) as executor:
+        one_lane = _lanes_batcher(executor, 1, [(0.0, 32)], [32])
+        assert one_lane.expected_wait_s(32) == pytest.approx(0.500, abs=0.005)
+        two_lanes = _lanes_batcher(executor, 2, [(0.0, 32), (0.0, 32)], [32])
+        assert two_lanes.expected_wait_s(32) == pytest.approx(0.340, abs=0.005)
+        # A flood is still refused: 40 requests of 32 texts queued is seconds of work
+        # however the lanes share it.
+        flood = _lanes_batcher(executor, 2, [(0.0, 32), (0.0, 32)], [32] * 40)
+        assert flood.expected_wait_s(32) > 3.0
+
+
+def test_a_batch_waiting_for_a_thread_another_version_holds_is_not_timed_as_its_cost() -> None:
+    """Two versions share one inference thread. While the first holds it for 300 ms,
+    the second's batch waits; its cost is what it ran, not that wait."""
+    held, other = FakeRuntime(), FakeRuntime()
+    with ThreadPoolExecutor(1) as executor:
+        first = InlineBatcher(held, BatchRecorder(), executor)  # type: ignore[arg-type]
+        second = InlineBatcher(other, BatchRecorder(), executor)  # type: ignore[arg-type]
+
+        async def scenario() -> None:
+            held.gate.clear()
+            blocking = asyncio.create_task(first.embed(["holds the thread"]))
+            await asyncio.sleep(0)
+            waiting = asyncio.create_task(second.embed(["waits for it"]))
+            await asyncio.sleep(0.3)
+            held.gate.set()
+            await asyncio.gather(blocking, waiting)
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            held.gate.set()
+    assert first.cost.seconds(1, 64) >= 0.25  # type: ignore[operator]
+    assert second.cost.seconds(1, 64) < 0.1  # type: ignore[operator]
