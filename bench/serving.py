@@ -6,7 +6,10 @@ Workloads (the same for every server): 1-text requests on 1 connection, 1-text
 requests on 16 connections, 32-text requests on 4 connections; a few short sentences
 rotate. Raw throughput is measured in-process for each version with traffic in
 serve_config.yaml and weighted by the split, before and after the servers; ratios use
-the faster of the two. Prints a table and writes
+the faster of the two. Raw batch 1 is measured once more while servekit as shipped runs
+idle beside it (`single_c1_vs_raw_b1_beside_service`: the one-connection ratio on a
+machine shared with the cluster, as the service's own requests are). Prints a table
+and writes
 bench/results/latest.json (every figure, the ratios, Ray's version and every
 RAY_SERVE_* setting in force) and bench/results/latest.png.
 """
@@ -72,8 +75,9 @@ def bodies(texts_per_request: int) -> list[bytes]:
     return out
 
 
-def raw(seconds: float) -> dict[str, Any]:
-    """In-process throughput of each version with traffic, and the split-weighted mix."""
+def raw(seconds: float, only_b1: bool = False) -> dict[str, Any]:
+    """In-process throughput of each version with traffic, and the split-weighted mix;
+    `only_b1`: batch 1 alone."""
     from models import ArtifactRef, ArtifactStore, RuntimeOptions, load_model
 
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
@@ -89,16 +93,16 @@ def raw(seconds: float) -> dict[str, Any]:
         runtime = load_model(
             ArtifactRef(str(ROOT / spec["uri"]), spec["sha256"]), RuntimeOptions(), store
         )
-        per_version[version] = {
-            "b1": texts_per_second(runtime, texts, 1, seconds),
-            "b32": texts_per_second(runtime, texts, 32, seconds),
-        }
+        per_version[version] = {"b1": texts_per_second(runtime, texts, 1, seconds)}
+        if not only_b1:
+            per_version[version]["b32"] = texts_per_second(runtime, texts, 32, seconds)
         del runtime
-        per_version[version].update(raw_b16(versions[version], store, texts, seconds))
+        if not only_b1:
+            per_version[version].update(raw_b16(versions[version], store, texts, seconds))
     total = sum(weights.values())
     mix = {
         b: sum(per_version[v][b] * w / total for v, w in weights.items())
-        for b in ("b1", "b32", "b16")
+        for b in (("b1",) if only_b1 else ("b1", "b32", "b16"))
     }
     return {"weights": weights, "per_version": per_version, "mix": mix}
 
@@ -407,6 +411,7 @@ def main() -> int:
     print("raw (in-process), before the servers", flush=True)
     raw_runs = [raw(min(args.seconds, 10.0))]
     print(f"  {raw_runs[0]}", flush=True)
+    beside: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         auth_env, key = bench_credentials(Path(tmp))
         configured = servers(Path(tmp))
@@ -423,6 +428,12 @@ def main() -> int:
             )
             try:
                 server.wait_ready(bodies(1)[0])
+                if name == "servekit":
+                    # Raw batch 1 again while the service runs idle beside it (Ray's
+                    # processes and their timers): how much of the one-connection gap is
+                    # the machine shared with the cluster rather than the request path.
+                    beside = raw(min(args.seconds, 5.0), only_b1=True)
+                    print(f"  raw beside the idle service: {beside}", flush=True)
                 figures = measure(server, args.warmup, args.seconds)
             finally:
                 server.stop()
@@ -449,6 +460,11 @@ def main() -> int:
             "batch32_c4_vs_raw_b32": round(sk["batch32_c4"]["texts_per_s"] / mix["b32"], 3),
             "single_c16_vs_raw_b16": round(sk["single_c16"]["texts_per_s"] / mix["b16"], 3),
         }
+        if beside is not None:
+            results["raw"]["b1_beside_idle_service"] = beside
+            results["ratios"]["single_c1_vs_raw_b1_beside_service"] = round(
+                sk["single_c1"]["texts_per_s"] / beside["mix"]["b1"], 3
+            )
         off = results["servers"].get("servekit-auth-off", {}).get("workloads")
         if off:
             # What auth, limits and metering cost, in the same run.
