@@ -193,17 +193,12 @@ class InlineBatcher:
         it takes against what is left, which the next lane to free takes when its batch
         ends; taking the whole queue would leave that lane idle while this one runs
         twice as long (a few large requests answered one lane's run late, each time)."""
-        size = -(-len(self._queue) // free)
         if free > 1 or self.cost.per_text_s is None or not self._inflight:
-            return size
+            return -(-len(self._queue) // free)
         other = min(self._remaining_s())
         total = self._queued_texts
         best, best_end = 1, float("inf")
-        taken = 0
-        for k, item in enumerate(self._queue[: self.max_batch_size], start=1):
-            if k > 1 and taken + len(item.texts) > self.max_batch_texts:
-                break
-            taken += len(item.texts)
+        for k, taken in enumerate(self._batch_texts(len(self._queue)), start=1):
             mine = self.cost.seconds(taken, self.max_batch_texts) or 0.0
             rest = self.cost.seconds(total - taken, self.max_batch_texts) or 0.0
             end = max(mine, other + rest if taken < total else 0.0)
@@ -297,14 +292,22 @@ class InlineBatcher:
             self._queued_texts -= len(item.texts)
         self._queue = kept
 
-    def _start(self, size: int, solo: bool) -> None:
-        batch: list[_Pending] = []
+    def _batch_texts(self, size: int) -> list[int]:
+        """The texts in each batch the queue's head could make, of 1, 2, ... requests up
+        to `size` (and `max_batch_size`), within `max_batch_texts` (the first request
+        always goes, whatever its size)."""
+        out: list[int] = []
         texts = 0
         for item in self._queue[: min(size, self.max_batch_size)]:
-            if batch and texts + len(item.texts) > self.max_batch_texts:
+            if out and texts + len(item.texts) > self.max_batch_texts:
                 break
-            batch.append(item)
             texts += len(item.texts)
+            out.append(texts)
+        return out
+
+    def _start(self, size: int, solo: bool) -> None:
+        sizes = self._batch_texts(size)
+        batch, texts = self._queue[: len(sizes)], sizes[-1]
         del self._queue[: len(batch)]
         self._queued_texts -= texts
         self._solo = solo
