@@ -7,14 +7,15 @@ while no batch runs is dispatched at once; requests arriving while one runs are
 gathered and go together as the next batch (up to `max_batch_size` requests and
 `max_batch_texts` texts); with busy lanes (`busy_lanes`), the queue is split over
 that many one-thread runs at once (a lane that frees while another runs takes the share
-that ends the queue soonest, not all of it). The queue is bounded in time and in texts: a
-request that would not fit in the next batch and would wait longer than
-`max_queue_wait_s` (the batch running and the
-texts ahead of it, by the version's measured batch cost, see `batch_cost`), or find
-more than `max_queued_texts` waiting,
-is refused at once with a 503, so the ones admitted never wait long, whatever the
-hardware. A queued request whose caller has gone (timed out,
-disconnected) or whose deadline has passed is dropped before it runs, and counted.
+that ends the queue soonest, not all of it). The versions of a replica share its
+inference threads (`threads.SharedThreads`): a batch starts only on a free thread.
+The queue is bounded in time and in texts: a request that would not fit in the next
+batch and would wait longer than `max_queue_wait_s` (the batches running and the
+texts ahead of it, every version's, by each version's measured batch cost, see
+`batch_cost`), or find more than `max_queued_texts` waiting, is refused at once with
+a 503, so the ones admitted never wait long, whatever the hardware. A queued request
+whose caller has gone (timed out, disconnected) or whose deadline has passed is
+dropped before it runs, and counted.
 
 Inference runs in worker threads (ONNX Runtime releases the GIL), so the event loop
 keeps parsing and encoding other requests meanwhile; small requests are tokenized on
@@ -26,11 +27,8 @@ what keeps batches full.
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from configs.schema import FaultInjection, InlineBatchingConfig
@@ -38,6 +36,7 @@ from deployments.errors import Overloaded, Timeout
 from deployments.replicas.backend import EmbedResult, split_batch
 from deployments.replicas.batch_cost import BatchCost
 from deployments.replicas.loading import Wedge, inject_fault
+from deployments.replicas.threads import SharedThreads
 from models.text import Float32Array, TextEmbedder
 
 # Requests up to this size are tokenized on the event loop as they arrive (about
@@ -50,8 +49,6 @@ CALIBRATION_TEXT = (
     "Lightweight waterproof trail running shoe with a breathable mesh upper, a cushioned "
     "midsole and a grippy rubber outsole for muddy mountain paths, in forest green."
 )
-# How much lower than the event loop the inference threads run (nice steps).
-INFERENCE_NICE_STEP = 4
 
 
 class BatchMetrics(Protocol):
@@ -77,12 +74,13 @@ class RunWatcher(Protocol):
 @dataclass
 class _Pending:
     """A queued request: its texts, their token ids when tokenized on arrival, its
-    deadline (`time.monotonic()`, or None) and its future."""
+    deadline (`time.monotonic()`, or None), its future and when it arrived."""
 
     texts: list[str]
     ids: list[list[int]] | None
     deadline: float | None
     future: asyncio.Future[EmbedResult]
+    arrived: float = field(default_factory=time.perf_counter)
 
 
 class InlineBatcher:
@@ -92,14 +90,14 @@ class InlineBatcher:
     requests queue up and the runtime has busy lanes, the queue is split across them:
     up to `busy_lanes` batches run at once, one thread each, so no run waits at a
     thread barrier for a core the others hold. The two kinds never overlap within a
-    version; versions share the inference threads.
+    version; versions share the inference threads (`threads`), each batch holding one.
     """
 
     def __init__(
         self,
         runtime: TextEmbedder,
         metrics: BatchMetrics,
-        executor: ThreadPoolExecutor,
+        threads: SharedThreads,
         fault: FaultInjection | None = None,
         watcher: RunWatcher | None = None,
     ):
@@ -107,17 +105,17 @@ class InlineBatcher:
         self._fault = fault
         self.configure(InlineBatchingConfig())
         self._metrics = metrics
-        self._executor = executor
+        self._threads = threads
         self._watcher = watcher
         self.wedge = Wedge()
         self._queue: list[_Pending] = []
         self._queued_texts = 0
         self.cost = BatchCost()  # how long a batch of n texts takes, measured
-        self._lanes = runtime.busy_lanes
-        self._inflight: dict[int, tuple[float, int]] = {}  # batch -> (started, texts)
+        self._lanes = min(runtime.busy_lanes, threads.workers)
         self._solo = False  # the one in flight has the full session
         self._waiting: asyncio.TimerHandle | None = None
         self._waited = False  # the queue waited once; it goes next, full or not
+        threads.join(self)
 
     def configure(self, live: InlineBatchingConfig, batch_wait_s: float = 0.0) -> None:
         """Apply live batching settings (the next batch uses them). `batch_wait_s`: how
@@ -163,29 +161,38 @@ class InlineBatcher:
 
     def expected_wait_s(self, texts: int) -> float:
         """How long a request of `texts` would wait for its answer, by the measured
-        batch cost (0 until a batch has been measured). Without lanes (or behind a lone
-        run on the full session): until the first batch in flight ends (its cost less
-        the time it has run), then the queue with it as the next batch. With lanes, the
-        queue is shared by the lanes as they free (see `_lane_share`): the work in
-        flight and queued over the lanes, each batch paying its fixed part, and never
-        less than the first lane to free running this request alone."""
+        batch cost (0 until a batch has been measured). With nothing running: the queue
+        with it as the next batch. Without lanes (or behind a lone run on the full
+        session): until this version's batch running ends (with none, and every thread
+        held, the first thread to free), then the queue. With lanes, the queue is shared
+        by the threads as they free (see `_lane_share`): the work running and queued,
+        this version's and the other versions' (ahead of it), over the lanes, each batch
+        paying its fixed part, and never less than the first thread to free running
+        this request alone."""
         queue = self.cost.seconds(self._queued_texts + texts, self.max_batch_texts)
-        if queue is None or not self._inflight:
+        held = self._threads.remaining_s()
+        if queue is None or not held:
             return queue or 0.0
-        remaining = self._remaining_s()
         if self._lanes < 2 or self._solo:
-            return queue + min(remaining)
+            mine = self._threads.remaining_s(self)
+            first = min(mine) if mine else (min(held) if self._threads.free() < 1 else 0.0)
+            return queue + first
         lanes = self._lanes
-        shared = (sum(remaining) + queue + (lanes - 1) * self.cost.fixed_s) / lanes
-        return max(shared, min(remaining) + (self.cost.seconds(texts, self.max_batch_texts) or 0.0))
+        ahead = sum(held) + self._threads.queued_s(besides=self) + queue
+        shared = (ahead + (lanes - 1) * self.cost.fixed_s) / lanes
+        return max(shared, min(held) + self.batch_seconds(texts))
 
-    def _remaining_s(self) -> list[float]:
-        """What is left of each batch in flight, by the measured cost."""
-        now = time.perf_counter()
-        return [
-            max(0.0, (self.cost.seconds(n, self.max_batch_texts) or 0.0) - (now - started))
-            for started, n in self._inflight.values()
-        ]
+    def batch_seconds(self, texts: int) -> float:
+        """How long a batch of `texts` texts runs, by the measured cost (0 before)."""
+        return self.cost.seconds(texts, self.max_batch_texts) or 0.0
+
+    def queued_seconds(self) -> float:
+        """How long the queued requests take to run, by the measured cost."""
+        return self.batch_seconds(self._queued_texts)
+
+    def head_arrival(self) -> float | None:
+        """When the oldest queued request arrived; None with none queued."""
+        return self._queue[0].arrived if self._queue else None
 
     def _lane_share(self, free: int) -> int:
         """How many queued requests a lane that frees takes. With other lanes free too,
@@ -193,9 +200,10 @@ class InlineBatcher:
         it takes against what is left, which the next lane to free takes when its batch
         ends; taking the whole queue would leave that lane idle while this one runs
         twice as long (a few large requests answered one lane's run late, each time)."""
-        if free > 1 or self.cost.per_text_s is None or not self._inflight:
+        held = self._threads.remaining_s()
+        if free > 1 or self.cost.per_text_s is None or not held:
             return -(-len(self._queue) // free)
-        other = min(self._remaining_s())
+        other = min(held)
         total = self._queued_texts
         best, best_end = 1, float("inf")
         for k, taken in enumerate(self._batch_texts(len(self._queue)), start=1):
@@ -244,19 +252,27 @@ class InlineBatcher:
         raise Overloaded(f"{reason}, retry later")
 
     def _dispatch(self) -> None:
-        """Start what may start now: a lone request on the full session; a queue split
-        over the free busy lanes; without lanes, the queue as one batch at a time."""
+        """Start what may start now, on the threads the versions share."""
+        self._threads.dispatch()
+
+    def start_next(self) -> bool:
+        """Start this version's next batch on a free thread if it may now: a lone request
+        on the full session; a share of the queue on a free busy lane; without lanes,
+        the queue as one batch at a time. Whether it started one."""
         self._drop_gone()
-        while self._queue and not self._solo:
-            running = len(self._inflight)  # batches in flight
-            if running == 0 and self._wait_to_fill():
-                return
-            if running == 0 and (self._lanes == 0 or len(self._queue) == 1):
-                self._start(len(self._queue), solo=True)
-            elif self._lanes > 0 and running < self._lanes:
-                self._start(self._lane_share(self._lanes - running), solo=False)
-            else:
-                return
+        if not self._queue or self._solo:
+            return False
+        running = len(self._threads.held_by(self))
+        if running == 0 and self._wait_to_fill():
+            return False
+        if running == 0 and (self._lanes == 0 or len(self._queue) == 1):
+            self._start(len(self._queue), solo=True)
+        elif self._lanes > 0 and running < self._lanes:
+            free = min(self._lanes - running, self._threads.free())
+            self._start(self._lane_share(free), solo=False)
+        else:
+            return False
+        return True
 
     def _wait_to_fill(self) -> bool:
         """Whether an idle batcher holds its queue back to let more requests join (once,
@@ -312,7 +328,7 @@ class InlineBatcher:
         self._queued_texts -= texts
         self._solo = solo
         self._waited = False
-        self._inflight[id(batch)] = (time.perf_counter(), texts)
+        self._threads.hold(id(batch), self, texts)
         asyncio.get_running_loop().create_task(self._run_batch(batch, busy=not solo))
 
     async def _run_batch(self, batch: list[_Pending], busy: bool) -> None:
@@ -322,7 +338,7 @@ class InlineBatcher:
         ok = False
         try:
             vectors, tokens, seconds = await loop.run_in_executor(
-                self._executor, self._run, parts, busy
+                self._threads.executor, self._run, parts, busy
             )
         except Exception as e:  # every waiter learns, none hangs
             for item in batch:
@@ -339,9 +355,8 @@ class InlineBatcher:
         finally:
             if self._watcher:
                 self._watcher.run_finished(token, ok)
-            self._inflight.pop(id(batch), None)
             self._solo = False
-            self._dispatch()
+            self._threads.release(id(batch))
 
     def _run(
         self, parts: list[tuple[list[str], list[list[int]] | None]], busy: bool
@@ -359,20 +374,3 @@ class InlineBatcher:
         ]
         vectors, tokens = self.runtime.embed_token_ids(ids, busy=busy)
         return vectors, tokens, time.perf_counter() - started
-
-
-def inference_executor(workers: int) -> ThreadPoolExecutor:
-    """The inline versions' inference threads, each `INFERENCE_NICE_STEP` below the
-    event loop's priority (raising one's own nice value needs no privilege)."""
-    return ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="inline-infer", initializer=_lower_priority
-    )
-
-
-def _lower_priority() -> None:
-    try:
-        tid = threading.get_native_id()
-        nice = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + INFERENCE_NICE_STEP))
-    except (AttributeError, OSError):  # no per-thread priorities here: run as is
-        pass

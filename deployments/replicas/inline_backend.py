@@ -12,8 +12,9 @@ from deployments.observability.logs import get_logger
 from deployments.observability.metrics import ModelMetrics
 from deployments.replicas.backend import QUIET_FAILURES, EmbedResult, remaining_s
 from deployments.replicas.health import PROBE_TEXT, HealthProbe
-from deployments.replicas.inline import InlineBatcher, inference_executor
+from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.loading import load_version, runtime_metadata
+from deployments.replicas.threads import SharedThreads
 from models import ArtifactStore
 
 
@@ -78,13 +79,13 @@ def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBackend]:
         cache_dir=Path(args.artifact_cache_dir) if args.artifact_cache_dir else None
     )
     lanes = max(args.models[m].versions[v].busy_lanes for m, v in args.inline_versions())
-    executor = inference_executor(lanes)
+    threads = SharedThreads(lanes)
     out = {}
     for model, version in args.inline_versions():
         spec = args.models[model].versions[version]
         runtime = load_version(model, version, spec, args.artifact_root, store, inline=True)
         batcher = InlineBatcher(
-            runtime, ModelMetrics(model, version), executor, spec.fault_injection
+            runtime, ModelMetrics(model, version), threads, spec.fault_injection
         )
         batcher.calibrate()
         out[(model, version)] = InlineBackend(f"{model}/{version}", batcher, args)

@@ -31,8 +31,9 @@ from deployments.observability.logs import get_logger
 from deployments.observability.metrics import ModelMetrics
 from deployments.replicas.backend import EmbedResult
 from deployments.replicas.health import PROBE_TEXT, HealthProbe
-from deployments.replicas.inline import InlineBatcher, inference_executor
+from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.loading import load_version, runtime_metadata
+from deployments.replicas.threads import SharedThreads
 from models import ArtifactStore
 
 
@@ -60,7 +61,7 @@ class ModelServer:
         # One inference at a time per replica: the runtime already uses every core it
         # is given, and the event loop stays free to gather the next batch.
         self.batcher = InlineBatcher(
-            runtime, ModelMetrics(model, version), inference_executor(1), self.spec.fault_injection
+            runtime, ModelMetrics(model, version), SharedThreads(1), self.spec.fault_injection
         )
         self.reconfigure({})  # the dedicated defaults, until Serve applies user_config
         self.batcher.calibrate()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -12,6 +11,7 @@ from configs.schema import InlineBatchingConfig
 from deployments.errors import Overloaded
 from deployments.replicas.batch_cost import BatchCost
 from deployments.replicas.inline import InlineBatcher, _Pending
+from deployments.replicas.threads import SharedThreads
 from tests.unit.deployments.fakes import BatchRecorder, FakeRuntime
 
 
@@ -92,7 +92,7 @@ def test_the_batcher_judges_the_wait_by_the_batch_cost() -> None:
     text takes 60 ms, texts/s alone would predict 7 x 60 ms = 0.42 s; with the queue
     as one batch it is at most 60 ms (what is left of the one running) + 110 ms."""
     runtime = FakeRuntime()
-    with ThreadPoolExecutor(1) as executor:
+    with SharedThreads(1) as executor:
         batcher = InlineBatcher(runtime, BatchRecorder(), executor)  # type: ignore[arg-type]
         batcher.configure(InlineBatchingConfig(max_queue_wait_s=0.3))
         batcher.cost.observe(1, 0.012)
@@ -139,16 +139,17 @@ def test_the_batcher_judges_the_wait_by_the_batch_cost() -> None:
 
 
 def _lanes_batcher(
-    executor: ThreadPoolExecutor, lanes: int, in_flight: list[tuple[float, int]], queued: list[int]
+    lanes: int, in_flight: list[tuple[float, int]], queued: list[int]
 ) -> InlineBatcher:
     """A batcher with `lanes` busy lanes, batches of (seconds run so far, texts) in
     flight and requests of `queued` texts waiting, on the line t(n) = 10 ms + 5 ms * n
     (32 texts: 170 ms on one lane)."""
-    batcher = InlineBatcher(FakeRuntime(busy_lanes=lanes), BatchRecorder(), executor)  # type: ignore[arg-type]
+    threads = SharedThreads(2)  # no thread starts: nothing runs
+    batcher = InlineBatcher(FakeRuntime(busy_lanes=lanes), BatchRecorder(), threads)  # type: ignore[arg-type]
     batcher.cost = _line(0.010, 0.005)
     now = time.perf_counter()
     for i, (ran_s, texts) in enumerate(in_flight):
-        batcher._inflight[i] = (now - ran_s, texts)
+        threads.hold(i, batcher, texts, started=now - ran_s)
     loop = asyncio.new_event_loop()
     for i, texts in enumerate(queued):
         batcher._queue.append(_Pending([f"q{i}"] * texts, None, None, loop.create_future()))
@@ -161,38 +162,36 @@ def test_a_freed_lane_leaves_its_share_to_the_lane_about_to_free() -> None:
     """4 callers of 32 texts on two lanes: a lane frees with two requests queued. When
     the other lane's batch is nearly done, taking one ends the queue at 180 ms (that
     lane takes the other in 10 ms); taking both, at 330 ms, a whole run later."""
-    with ThreadPoolExecutor(1) as executor:
-        nearly_done = _lanes_batcher(executor, 2, [(0.160, 32)], [32, 32])
-        assert nearly_done._lane_share(free=1) == 1
-        # When the other lane has just started its batch, it frees no sooner than
-        # this one runs both: one batch of two is as soon, and batches more.
-        just_started = _lanes_batcher(executor, 2, [(0.0, 32)], [32, 32])
-        assert just_started._lane_share(free=1) == 2
-        # Both lanes free: an even share each, whatever the cost says.
-        idle = _lanes_batcher(executor, 2, [], [32, 32, 32])
-        assert idle._lane_share(free=2) == 2
+    nearly_done = _lanes_batcher(2, [(0.160, 32)], [32, 32])
+    assert nearly_done._lane_share(free=1) == 1
+    # When the other lane has just started its batch, it frees no sooner than
+    # this one runs both: one batch of two is as soon, and batches more.
+    just_started = _lanes_batcher(2, [(0.0, 32)], [32, 32])
+    assert just_started._lane_share(free=1) == 2
+    # Both lanes free: an even share each, whatever the cost says.
+    idle = _lanes_batcher(2, [], [32, 32, 32])
+    assert idle._lane_share(free=2) == 2
 
 
 def test_with_lanes_the_wait_counts_the_queue_shared_over_them() -> None:
     """Two batches of 32 texts just started, one request of 32 waiting, one more of 32
     arriving: one lane would take 170 ms + 330 ms for both (0.5 s, over a 0.4 s bound);
     two lanes take one each as they free, 340 ms."""
-    with ThreadPoolExecutor(1) as executor:
-        one_lane = _lanes_batcher(executor, 1, [(0.0, 32)], [32])
-        assert one_lane.expected_wait_s(32) == pytest.approx(0.500, abs=0.005)
-        two_lanes = _lanes_batcher(executor, 2, [(0.0, 32), (0.0, 32)], [32])
-        assert two_lanes.expected_wait_s(32) == pytest.approx(0.340, abs=0.005)
-        # A flood is still refused: 40 requests of 32 texts queued is seconds of work
-        # however the lanes share it.
-        flood = _lanes_batcher(executor, 2, [(0.0, 32), (0.0, 32)], [32] * 40)
-        assert flood.expected_wait_s(32) > 3.0
+    one_lane = _lanes_batcher(1, [(0.0, 32)], [32])
+    assert one_lane.expected_wait_s(32) == pytest.approx(0.500, abs=0.005)
+    two_lanes = _lanes_batcher(2, [(0.0, 32), (0.0, 32)], [32])
+    assert two_lanes.expected_wait_s(32) == pytest.approx(0.340, abs=0.005)
+    # A flood is still refused: 40 requests of 32 texts queued is seconds of work
+    # however the lanes share it.
+    flood = _lanes_batcher(2, [(0.0, 32), (0.0, 32)], [32] * 40)
+    assert flood.expected_wait_s(32) > 3.0
 
 
 def test_a_batch_waiting_for_a_thread_another_version_holds_is_not_timed_as_its_cost() -> None:
     """Two versions share one inference thread. While the first holds it for 300 ms,
     the second's batch waits; its cost is what it ran, not that wait."""
     held, other = FakeRuntime(), FakeRuntime()
-    with ThreadPoolExecutor(1) as executor:
+    with SharedThreads(1) as executor:
         first = InlineBatcher(held, BatchRecorder(), executor)  # type: ignore[arg-type]
         second = InlineBatcher(other, BatchRecorder(), executor)  # type: ignore[arg-type]
 
@@ -211,3 +210,54 @@ def test_a_batch_waiting_for_a_thread_another_version_holds_is_not_timed_as_its_
             held.gate.set()
     assert first.cost.seconds(1, 64) >= 0.25  # type: ignore[operator]
     assert second.cost.seconds(1, 64) < 0.1  # type: ignore[operator]
+
+
+# ---- versions sharing the inference threads ---------------------------------------
+
+
+def test_a_version_judges_its_wait_by_every_version_holding_the_threads() -> None:
+    """v1 holds both threads with two batches of 32 just started and queues one more;
+    a request of 32 to v2, whose own lanes are idle, waits for those threads as they
+    free: (170 + 170 + 170 + 170 + 10) ms over two threads, not its own 170 ms."""
+    v1 = _lanes_batcher(2, [(0.0, 32), (0.0, 32)], [32])
+    v2 = InlineBatcher(FakeRuntime(busy_lanes=2), BatchRecorder(), v1._threads)  # type: ignore[arg-type]
+    v2.cost = _line(0.010, 0.005)
+    assert v2.expected_wait_s(32) == pytest.approx(0.345, abs=0.005)
+    # v1's own wait counts what v2 has queued ahead of it the same way: the two held
+    # batches, v2's 32 texts, its own 64 as one batch, over two threads.
+    loop = asyncio.new_event_loop()
+    v2._queue.append(_Pending(["v2"] * 32, None, None, loop.create_future()))
+    v2._queued_texts += 32
+    loop.close()
+    assert v1.expected_wait_s(32) == pytest.approx(0.425, abs=0.005)
+
+
+def test_a_thread_that_frees_goes_to_the_oldest_request_whichever_its_version() -> None:
+    """Two versions, two lanes each, two threads, both held by v1's batches. A request
+    to v2 arrives, then one to v1: neither starts (a batch handed to busy threads would
+    wait with its requests fixed). The first thread to free goes to v2's request,
+    queued first; the next to v1's."""
+    r1, r2 = FakeRuntime(busy_lanes=2), FakeRuntime(busy_lanes=2)
+    with SharedThreads(2) as threads:
+        v1 = InlineBatcher(r1, BatchRecorder(), threads)  # type: ignore[arg-type]
+        v2 = InlineBatcher(r2, BatchRecorder(), threads)  # type: ignore[arg-type]
+
+        async def scenario() -> None:
+            threads.hold(1, v1, 8)
+            threads.hold(2, v1, 8)
+            older = asyncio.create_task(v2.embed(["v2 first"]))
+            await asyncio.sleep(0.01)
+            newer = asyncio.create_task(v1.embed(["v1 after"]))
+            await asyncio.sleep(0.05)
+            assert not r1.runs
+            assert not r2.runs
+            threads.release(1)
+            await older
+            assert r2.runs == [["v2 first"]]
+            assert not r1.runs
+            threads.release(2)
+            await newer
+            assert r1.runs == [["v1 after"]]
+
+        asyncio.run(scenario())
+    assert threads.free() == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from configs.schema import AppArgs
 from deployments.replicas.health import PROBE_TEXT, HealthProbe, Unhealthy
 from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.inline_backend import InlineBackend
+from deployments.replicas.threads import SharedThreads
 from tests.conftest import REPO_ROOT
 from tests.unit.deployments.fakes import BatchRecorder, FakeRuntime
 
@@ -143,11 +143,11 @@ def _args(**health: float) -> AppArgs:
 
 @pytest.fixture
 def batcher() -> Iterator[InlineBatcher]:
-    executor = ThreadPoolExecutor(1)
+    executor = SharedThreads(1)
     batcher = InlineBatcher(FakeRuntime(), BatchRecorder(), executor)  # type: ignore[arg-type]
     yield batcher
     batcher.wedge.release()  # the hung inference thread returns
-    executor.shutdown(wait=True)
+    executor.shutdown()
 
 
 def test_a_wedged_inline_runtime_turns_unready_then_unhealthy(batcher: InlineBatcher) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from configs.schema import FaultInjection
 from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.loading import InjectedFault
+from deployments.replicas.threads import SharedThreads
 from models import ArtifactRef, ArtifactStore, RuntimeOptions, load_model
 from tests.unit.deployments.fakes import BatchRecorder
 
@@ -25,7 +25,7 @@ def runtime(manifest: dict[str, Any], example_store: Path, tmp_path_factory: Any
 
 def test_idle_dispatch_then_gathered_batches(runtime: Any) -> None:
     metrics = BatchRecorder()
-    batcher = InlineBatcher(runtime, metrics, ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    batcher = InlineBatcher(runtime, metrics, SharedThreads(1))  # type: ignore[arg-type]
     batcher.max_batch_size = 4
 
     async def run() -> list[Any]:
@@ -47,7 +47,7 @@ def test_fault_injection_applies_inline(runtime: Any) -> None:
     batcher = InlineBatcher(
         runtime,
         BatchRecorder(),  # type: ignore[arg-type]
-        ThreadPoolExecutor(1),
+        SharedThreads(1),
         FaultInjection(error_rate=1.0),
     )
     with pytest.raises(InjectedFault):
@@ -65,7 +65,7 @@ def test_small_requests_tokenized_on_arrival_large_ones_in_the_batch(
     entry = manifest["v1"]
     ref = ArtifactRef(str(example_store / entry["file"]), entry["sha256"])
     runtime: Any = load_model(ref, RuntimeOptions(), ArtifactStore(tmp_path))
-    batcher = InlineBatcher(runtime, BatchRecorder(), ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    batcher = InlineBatcher(runtime, BatchRecorder(), SharedThreads(1))  # type: ignore[arg-type]
     small = ["a red shoe", "blue socks"]
     large = [f"text number {i} about shoes" for i in range(LOOP_TOKENIZE_MAX_TEXTS + 1)]
     long_one = ["word " * 2000]  # one text over the character bound
@@ -122,7 +122,7 @@ def test_lone_request_gets_the_full_session_queued_ones_share_the_lanes(
     runtime: Any = load_model(ref, RuntimeOptions(busy_lanes=2), ArtifactStore(tmp_path))
     assert runtime.busy_lanes == 2
     recorder = _LaneRecorder(runtime, 2)
-    batcher = InlineBatcher(recorder, BatchRecorder(), ThreadPoolExecutor(2))  # type: ignore[arg-type]
+    batcher = InlineBatcher(recorder, BatchRecorder(), SharedThreads(2))  # type: ignore[arg-type]
     texts = [[f"query {i} about red shoes"] for i in range(7)]
 
     async def run() -> list[Any]:
@@ -143,7 +143,7 @@ def test_lone_request_gets_the_full_session_queued_ones_share_the_lanes(
 
 def test_without_lanes_one_batch_at_a_time(runtime: Any) -> None:
     recorder = _LaneRecorder(runtime, 0)
-    batcher = InlineBatcher(recorder, BatchRecorder(), ThreadPoolExecutor(2))  # type: ignore[arg-type]
+    batcher = InlineBatcher(recorder, BatchRecorder(), SharedThreads(2))  # type: ignore[arg-type]
 
     async def run() -> None:
         await asyncio.gather(*(batcher.embed([f"t{i}"]) for i in range(6)))
@@ -158,7 +158,7 @@ def test_inference_threads_run_below_the_loop_priority() -> None:
     import sys
     import threading
 
-    from deployments.replicas.inline import INFERENCE_NICE_STEP, inference_executor
+    from deployments.replicas.threads import INFERENCE_NICE_STEP, inference_executor
 
     if not sys.platform.startswith("linux"):
         pytest.skip("per-thread priorities are Linux's")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from configs.schema import InlineBatchingConfig
 from deployments.errors import Overloaded, Timeout
 from deployments.replicas.inline import InlineBatcher
+from deployments.replicas.threads import SharedThreads
 from tests.unit.deployments.fakes import BatchRecorder, FakeRuntime
 
 
@@ -25,14 +25,14 @@ def runtime() -> Iterator[FakeRuntime]:
 
 
 @pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    executor = ThreadPoolExecutor(1)
+def executor() -> Iterator[SharedThreads]:
+    executor = SharedThreads(1)
     yield executor
-    executor.shutdown(wait=True)
+    executor.shutdown()
 
 
 def _batcher(
-    runtime: FakeRuntime, executor: ThreadPoolExecutor, **live: int
+    runtime: FakeRuntime, executor: SharedThreads, **live: int
 ) -> tuple[InlineBatcher, BatchRecorder]:
     metrics = BatchRecorder()
     batcher = InlineBatcher(runtime, metrics, executor)  # type: ignore[arg-type]
@@ -69,7 +69,7 @@ def _texts(prefix: str, n: int) -> list[str]:
 # ---- the queue, bounded in texts -----------------------------------------------
 
 
-def test_queue_is_bounded_in_texts(runtime: FakeRuntime, executor: ThreadPoolExecutor) -> None:
+def test_queue_is_bounded_in_texts(runtime: FakeRuntime, executor: SharedThreads) -> None:
     batcher, metrics = _batcher(runtime, executor, max_queued_texts=10)
 
     async def then() -> list[Any]:
@@ -92,7 +92,7 @@ def test_queue_is_bounded_in_texts(runtime: FakeRuntime, executor: ThreadPoolExe
     assert not runtime.ran("one too many")
 
 
-def test_an_empty_queue_admits_any_size(runtime: FakeRuntime, executor: ThreadPoolExecutor) -> None:
+def test_an_empty_queue_admits_any_size(runtime: FakeRuntime, executor: SharedThreads) -> None:
     batcher, metrics = _batcher(runtime, executor, max_queued_texts=10)
 
     async def then() -> Any:
@@ -133,16 +133,14 @@ def _run_queued(
     return results
 
 
-def test_batches_are_bounded_in_requests(
-    runtime: FakeRuntime, executor: ThreadPoolExecutor
-) -> None:
+def test_batches_are_bounded_in_requests(runtime: FakeRuntime, executor: SharedThreads) -> None:
     batcher, metrics = _batcher(runtime, executor, max_batch_size=3, max_batch_texts=100)
     _run_queued(runtime, batcher, [[f"r{i}"] for i in range(7)])
     assert [len(run) for run in runtime.runs] == [1, 3, 3, 1]
     assert metrics.batches == [1, 3, 3, 1]
 
 
-def test_batches_are_bounded_in_texts(runtime: FakeRuntime, executor: ThreadPoolExecutor) -> None:
+def test_batches_are_bounded_in_texts(runtime: FakeRuntime, executor: SharedThreads) -> None:
     batcher, metrics = _batcher(runtime, executor, max_batch_size=100, max_batch_texts=5)
     _run_queued(runtime, batcher, [_texts(f"r{i}.", 2) for i in range(5)])
     assert [len(run) for run in runtime.runs] == [1, 4, 4, 2]
@@ -150,7 +148,7 @@ def test_batches_are_bounded_in_texts(runtime: FakeRuntime, executor: ThreadPool
 
 
 def test_a_request_over_max_batch_texts_runs_alone(
-    runtime: FakeRuntime, executor: ThreadPoolExecutor
+    runtime: FakeRuntime, executor: SharedThreads
 ) -> None:
     batcher, _ = _batcher(runtime, executor, max_batch_size=100, max_batch_texts=5)
     _run_queued(runtime, batcher, [_texts("big", 8), ["x"], ["y"]])
@@ -161,7 +159,7 @@ def test_a_request_over_max_batch_texts_runs_alone(
 
 
 def test_a_request_whose_deadline_passed_while_queued_is_dropped_unrun(
-    runtime: FakeRuntime, executor: ThreadPoolExecutor
+    runtime: FakeRuntime, executor: SharedThreads
 ) -> None:
     batcher, metrics = _batcher(runtime, executor)
 
@@ -184,7 +182,7 @@ def test_a_request_whose_deadline_passed_while_queued_is_dropped_unrun(
 
 
 def test_a_request_whose_caller_left_is_dropped_unrun(
-    runtime: FakeRuntime, executor: ThreadPoolExecutor
+    runtime: FakeRuntime, executor: SharedThreads
 ) -> None:
     batcher, metrics = _batcher(runtime, executor)
 
@@ -205,7 +203,7 @@ def test_a_request_whose_caller_left_is_dropped_unrun(
 
 
 def test_texts_of_callers_who_left_do_not_fill_the_queue(
-    runtime: FakeRuntime, executor: ThreadPoolExecutor
+    runtime: FakeRuntime, executor: SharedThreads
 ) -> None:
     batcher, metrics = _batcher(runtime, executor, max_queued_texts=4)
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,13 @@ from configs.schema import BatchLiveConfig
 from deployments.errors import Timeout
 from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.model_server import ModelServer
+from deployments.replicas.threads import SharedThreads
 from tests.unit.deployments.fakes import BatchRecorder, FakeRuntime
 
 
 def _batcher(wait_s: float, max_batch_size: int = 16) -> tuple[InlineBatcher, BatchRecorder]:
     metrics = BatchRecorder()
-    batcher = InlineBatcher(FakeRuntime(), metrics, ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    batcher = InlineBatcher(FakeRuntime(), metrics, SharedThreads(1))  # type: ignore[arg-type]
     batcher.configure(BatchLiveConfig(max_batch_size=max_batch_size), wait_s)
     return batcher, metrics
 

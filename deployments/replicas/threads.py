@@ -1,0 +1,129 @@
+"""The inference threads a replica's versions share, and which batches hold them.
+
+Every inline version of an ingress replica runs its batches on one pool of threads (a
+dedicated replica's one version on its own). A batch starts only when a thread is
+free: handed to a busy pool it would wait with its requests fixed, while waiting in
+its version's queue it keeps gathering. When a thread frees, the version whose oldest
+queued request came first starts its next batch, one batch per pick, so two versions
+under load take turns and neither waits behind the other's whole queue. The threads'
+holders are what a request's expected wait counts: the work of every version ahead of
+it, not only its own version's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+# How much lower than the event loop the inference threads run (nice steps).
+INFERENCE_NICE_STEP = 4
+
+
+class Member(Protocol):
+    """A version's batcher, as the shared threads see it."""
+
+    def batch_seconds(self, texts: int) -> float:
+        """How long a batch of `texts` texts of this version runs (0 before measured)."""
+
+    def queued_seconds(self) -> float:
+        """How long this version's queued requests take to run."""
+
+    def head_arrival(self) -> float | None:
+        """When this version's oldest queued request arrived; None with none queued."""
+
+    def start_next(self) -> bool:
+        """Start this version's next batch on a free thread if it may now; whether it did."""
+
+
+class SharedThreads:
+    """`workers` inference threads, the batches holding them and the versions waiting."""
+
+    def __init__(self, workers: int):
+        self.workers = max(1, workers)
+        self.executor = inference_executor(self.workers)
+        self._members: list[Member] = []
+        self._held: dict[int, tuple[Member, float, int]] = {}  # batch -> (version, started, texts)
+        self._dispatching = False
+
+    def __enter__(self) -> SharedThreads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the threads once their batches end."""
+        self.executor.shutdown(wait=True)
+
+    def join(self, member: Member) -> None:
+        """`member` runs its batches on these threads."""
+        self._members.append(member)
+
+    def free(self) -> int:
+        """Threads no batch holds."""
+        return self.workers - len(self._held)
+
+    def held_by(self, member: Member) -> list[tuple[float, int]]:
+        """(started, texts) of each batch `member` has running."""
+        return [(started, n) for m, started, n in self._held.values() if m is member]
+
+    def hold(self, batch: int, member: Member, texts: int, started: float | None = None) -> None:
+        """`member`'s batch `batch` of `texts` texts takes a thread."""
+        self._held[batch] = (member, time.perf_counter() if started is None else started, texts)
+
+    def release(self, batch: int) -> None:
+        """`batch` ended: its thread goes to the versions waiting."""
+        self._held.pop(batch, None)
+        self.dispatch()
+
+    def remaining_s(self, member: Member | None = None) -> list[float]:
+        """What is left of each batch running (of `member`'s only, when given), by its
+        version's measured cost."""
+        now = time.perf_counter()
+        return [
+            max(0.0, m.batch_seconds(n) - (now - started))
+            for m, started, n in self._held.values()
+            if member is None or m is member
+        ]
+
+    def queued_s(self, besides: Member) -> float:
+        """How long the other versions' queued requests take to run."""
+        return sum(m.queued_seconds() for m in self._members if m is not besides)
+
+    def dispatch(self) -> None:
+        """Give the free threads to the waiting versions, oldest queued request first,
+        one batch per pick."""
+        if self._dispatching:  # a member starting a batch asked again: this loop goes on
+            return
+        self._dispatching = True
+        try:
+            while self.free() > 0:
+                waiting = [
+                    (t, i)
+                    for i, m in enumerate(self._members)
+                    if (t := m.head_arrival()) is not None
+                ]
+                if not any(self._members[i].start_next() for _, i in sorted(waiting)):
+                    return
+        finally:
+            self._dispatching = False
+
+
+def inference_executor(workers: int) -> ThreadPoolExecutor:
+    """Inference threads, each `INFERENCE_NICE_STEP` below the event loop's priority
+    (raising one's own nice value needs no privilege)."""
+    return ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="inline-infer", initializer=_lower_priority
+    )
+
+
+def _lower_priority() -> None:
+    try:
+        tid = threading.get_native_id()
+        nice = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + INFERENCE_NICE_STEP))
+    except (AttributeError, OSError):  # no per-thread priorities here: run as is
+        pass
