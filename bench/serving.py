@@ -249,7 +249,8 @@ def measure(server: Server, warmup_s: float, seconds: float) -> dict[str, Any]:
 
 def _servekit_config(tmp: Path, name: str, port: int, dedicated: bool, auth: bool = True) -> Path:
     """serve_config.yaml on a free port; with `dedicated`, the model's versions in
-    deployments of their own (one replica each, as shipped otherwise); without `auth`,
+    deployments of their own (one replica each, the shipped thread settings and busy
+    lanes, as shipped otherwise); without `auth`,
     no API keys, limits or metering."""
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     doc["http_options"]["port"] = port
@@ -258,11 +259,6 @@ def _servekit_config(tmp: Path, name: str, port: int, dedicated: bool, auth: boo
     if dedicated:
         app = doc["applications"][0]
         app["args"]["models"]["minilm"]["placement"] = "dedicated"
-        for spec in app["args"]["models"]["minilm"]["versions"].values():
-            # Busy lanes are the inline batcher's; a dedicated version runs one batch
-            # at a time on all of its replica's threads.
-            spec.pop("busy_lanes", None)
-            spec.pop("intra_op_threads", None)
         ingress = app["deployments"][0]
         batching = ingress["user_config"].pop("batching", {})
         ingress["ray_actor_options"] = {"num_cpus": 0.5}

@@ -95,10 +95,10 @@ class VersionSpec(_Strict):
         1,
         ge=1,
         le=16,
-        description="ONNX versions on CPU with inline placement: batches run at once when "
+        description="ONNX versions on CPU, inline or dedicated: batches run at once when "
         "requests queue up, each on one thread of a second session (about the model's size "
         "in memory). A lone request still runs on all intra_op_threads; 1: one batch at a "
-        "time. A dedicated version runs one batch at a time and ignores it.",
+        "time.",
     )
     micro_batch_size: int = Field(
         64, ge=1, le=4096, description="Texts per forward pass inside one batch."

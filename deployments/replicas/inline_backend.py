@@ -83,7 +83,7 @@ def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBackend]:
     out = {}
     for model, version in args.inline_versions():
         spec = args.models[model].versions[version]
-        runtime = load_version(model, version, spec, args.artifact_root, store, inline=True)
+        runtime = load_version(model, version, spec, args.artifact_root, store)
         batcher = InlineBatcher(
             runtime, ModelMetrics(model, version), threads, spec.fault_injection
         )

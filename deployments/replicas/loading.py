@@ -19,10 +19,8 @@ def load_version(
     spec: VersionSpec,
     artifact_root: str | None,
     store: ArtifactStore,
-    inline: bool = False,
 ) -> TextEmbedder:
-    """Resolve, verify and load one version's artifact; refuse a runtime mismatch.
-    `inline`: loaded by the ingress's batcher, the only user of busy lanes."""
+    """Resolve, verify and load one version's artifact; refuse a runtime mismatch."""
     ref = ArtifactRef(
         uri=resolve_artifact_uri(spec.artifact.uri, artifact_root), sha256=spec.artifact.sha256
     )
@@ -30,7 +28,7 @@ def load_version(
         device=spec.device,
         intra_op_threads=spec.intra_op_threads,
         spinning=spec.intra_op_spinning,
-        busy_lanes=spec.busy_lanes if inline else 1,
+        busy_lanes=spec.busy_lanes,
         micro_batch_size=spec.micro_batch_size,
     )
     runtime = load_model(ref, options, store)

@@ -58,10 +58,12 @@ class ModelServer:
         started = time.perf_counter()
         runtime = load_version(model, version, self.spec, artifact_root, store)
         self.runtime = runtime
-        # One inference at a time per replica: the runtime already uses every core it
-        # is given, and the event loop stays free to gather the next batch.
+        # A lone request runs on all the runtime's threads; with busy lanes, queued
+        # ones run as that many one-thread batches at once, as inline. Inference runs
+        # in threads, so the event loop stays free to gather the next batch.
+        threads = SharedThreads(max(1, runtime.busy_lanes))
         self.batcher = InlineBatcher(
-            runtime, ModelMetrics(model, version), SharedThreads(1), self.spec.fault_injection
+            runtime, ModelMetrics(model, version), threads, self.spec.fault_injection
         )
         self.reconfigure({})  # the dedicated defaults, until Serve applies user_config
         self.batcher.calibrate()

@@ -202,15 +202,24 @@ def test_a_flood_gets_fast_refusals_and_served_requests_wait_little(
 ) -> None:
     # One ingress replica, as `make serve` runs: 64 well-behaved clients.
     _scale_ingress(hostile, 1)
-    statuses, served, refused = _flood(hostile, 64, 15.0, honour_retry_after=True)
+    clients, seconds = 64, 15.0
+    statuses, served, refused = _flood(hostile, clients, seconds, honour_retry_after=True)
+    # Unbounded, a served request would wait for every client's request ahead of it:
+    # all their texts at the rate the flood was served. The bound (0.5 s of queue, by
+    # the measured batch cost) keeps the median well under that; 1.5 s, or on a machine
+    # too slow for that, 40 % of the unbounded wait.
+    texts_per_s = statuses[200] * 32 / seconds
+    unbounded_s = clients * 32 / texts_per_s if texts_per_s else float("inf")
+    limit = max(1.5, 0.4 * unbounded_s)
     report.append(
         f"64 clients x 32 texts, 15 s, 1 ingress replica: {dict(statuses)}; served "
-        f"{_ms(served)}; refused {_ms(refused)}"
+        f"{_ms(served)} ({texts_per_s:.0f} texts/s; unbounded about {unbounded_s:.1f} s, "
+        f"limit {limit:.2f} s); refused {_ms(refused)}"
     )
     assert set(statuses) <= {200, 503}
     assert statuses[503] > 0
     assert statuses[200] > 0
-    assert statistics.median(served) < 1.5
+    assert statistics.median(served) < limit
 
 
 def test_ten_times_the_sustainable_load_never_hangs_and_recovers(

@@ -94,3 +94,34 @@ def test_the_replica_answers_each_request_its_own_vectors(server: ModelServer) -
 def test_work_whose_deadline_has_passed_is_dropped_unrun(server: ModelServer) -> None:
     with pytest.raises(Timeout):
         asyncio.run(server.embed(["too late"], 0.0))
+
+
+def test_a_dedicated_replica_runs_queued_batches_on_its_busy_lanes(
+    manifest: dict[str, Any], example_store: Path, tmp_path: Path
+) -> None:
+    """`busy_lanes: 2` on a dedicated version: a one-thread session beside the full one,
+    two inference threads, and a burst answered as two batches at once, each request
+    its own vectors."""
+    entry = manifest["v1"]
+    spec = {
+        "artifact": {"uri": str(example_store / entry["file"]), "sha256": entry["sha256"]},
+        "runtime": "onnx",
+        "device": "cpu",
+        "intra_op_threads": 2,
+        "busy_lanes": 2,
+    }
+    server = ModelServer("minilm", "v1", spec, cache_dir=str(tmp_path))
+    assert server.runtime.busy_lanes == 2
+    assert server.batcher._threads.workers == 2
+    recorder = BatchRecorder()
+    server.batcher._metrics = recorder
+    requests = [[f"query {i} about trail shoes"] for i in range(9)]
+
+    async def run() -> list[Any]:
+        return list(await asyncio.gather(*(server.embed(texts, 30.0) for texts in requests)))
+
+    answers = asyncio.run(run())
+    assert recorder.batches[0] == 1  # the first alone, the eight queued behind it shared
+    assert recorder.batches[1:] == [4, 4]
+    for texts, (vectors, _) in zip(requests, answers, strict=True):
+        np.testing.assert_allclose(vectors, server.runtime.embed(texts), atol=1e-5)
