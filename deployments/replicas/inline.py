@@ -207,8 +207,8 @@ class InlineBatcher:
         total = self._queued_texts
         best, best_end = 1, float("inf")
         for k, taken in enumerate(self._batch_texts(len(self._queue)), start=1):
-            mine = self.cost.seconds(taken, self.max_batch_texts) or 0.0
-            rest = self.cost.seconds(total - taken, self.max_batch_texts) or 0.0
+            mine = self.batch_seconds(taken)
+            rest = self.batch_seconds(total - taken)
             end = max(mine, other + rest if taken < total else 0.0)
             if end <= best_end:  # on a tie, the larger batch
                 best, best_end = k, end
@@ -239,8 +239,7 @@ class InlineBatcher:
         joins_next = (
             self._queued_texts + texts <= self.max_batch_texts
             and len(self._queue) < self.max_batch_size
-            and (self.cost.seconds(self._queued_texts + texts, self.max_batch_texts) or 0.0)
-            <= self.max_queue_wait_s
+            and self.batch_seconds(self._queued_texts + texts) <= self.max_queue_wait_s
         )
         if self._queued_texts + texts > self.max_queued_texts:
             reason = f"{self._queued_texts} texts already wait for this version"

@@ -46,7 +46,6 @@ class SharedThreads:
         self.executor = inference_executor(self.workers)
         self._members: list[Member] = []
         self._held: dict[int, tuple[Member, float, int]] = {}  # batch -> (version, started, texts)
-        self._dispatching = False
 
     def __enter__(self) -> SharedThreads:
         return self
@@ -95,21 +94,14 @@ class SharedThreads:
 
     def dispatch(self) -> None:
         """Give the free threads to the waiting versions, oldest queued request first,
-        one batch per pick."""
-        if self._dispatching:  # a member starting a batch asked again: this loop goes on
-            return
-        self._dispatching = True
-        try:
-            while self.free() > 0:
-                waiting = [
-                    (t, i)
-                    for i, m in enumerate(self._members)
-                    if (t := m.head_arrival()) is not None
-                ]
-                if not any(self._members[i].start_next() for _, i in sorted(waiting)):
-                    return
-        finally:
-            self._dispatching = False
+        one batch per pick. Starting a batch never calls back here at once: its run, a
+        fill timer and a dropped request's waiter all go on the loop later."""
+        while self.free() > 0:
+            waiting = [
+                (t, i) for i, m in enumerate(self._members) if (t := m.head_arrival()) is not None
+            ]
+            if not any(self._members[i].start_next() for _, i in sorted(waiting)):
+                return
 
 
 def inference_executor(workers: int) -> ThreadPoolExecutor:
