@@ -110,7 +110,12 @@ class InlineBatcher:
         self.wedge = Wedge()
         self._queue: list[_Pending] = []
         self._queued_texts = 0
-        self.cost = BatchCost()  # how long a batch of n texts takes, measured
+        # How long a batch of n texts takes, measured per kind of run: on the full
+        # session (a lone request; every batch without lanes) and on one busy lane,
+        # which takes about twice as long per text: one model judging both would
+        # see a burst's batches at the speed of the lone requests before it.
+        self.cost = BatchCost()
+        self.lane_cost = BatchCost()
         self._lanes = min(runtime.busy_lanes, threads.workers)
         self._solo = False  # the one in flight has the full session
         self._waiting: asyncio.TimerHandle | None = None
@@ -161,34 +166,56 @@ class InlineBatcher:
 
     def expected_wait_s(self, texts: int) -> float:
         """How long a request of `texts` would wait for its answer, by the measured
-        batch cost (0 until a batch has been measured). With nothing running: the queue
-        with it as the next batch. Without lanes (or behind a lone run on the full
-        session): until this version's batch running ends (with none, and every thread
-        held, the first thread to free), then the queue. With lanes, the queue is shared
-        by the threads as they free (see `_lane_share`): the work running and queued,
-        this version's and the other versions' (ahead of it), over the lanes, each batch
-        paying its fixed part, and never less than the first thread to free running
-        this request alone."""
-        queue = self.cost.seconds(self._queued_texts + texts, self.max_batch_texts)
+        batch cost of the kind of run that will take it (0 until a batch has been
+        measured). With nothing running: the queue with it as the next batch. Without
+        lanes (or with one): until this version's batch running ends (with none, and
+        every thread held, the first thread to free), then the queue. With lanes, the
+        queue is shared by the threads as they free (see `_lane_share`): the work
+        running and queued, this version's and the other versions' (ahead of it), over
+        the lanes, each batch paying its fixed part, and never less than the first
+        thread to free running this request alone. A lone run on the full session
+        holds every lane until it ends."""
+        busy = self._runs_busy(len(self._queue) + 1)
+        cost = self._cost(busy)
+        queue = cost.seconds(self._queued_texts + texts, self.max_batch_texts)
         held = self._threads.remaining_s()
         if queue is None or not held:
             return queue or 0.0
-        if self._lanes < 2 or self._solo:
-            mine = self._threads.remaining_s(self)
+        mine = self._threads.remaining_s(self)
+        if self._lanes < 2:
             first = min(mine) if mine else (min(held) if self._threads.free() < 1 else 0.0)
             return queue + first
         lanes = self._lanes
         ahead = sum(held) + self._threads.queued_s(besides=self) + queue
-        shared = (ahead + (lanes - 1) * self.cost.fixed_s) / lanes
-        return max(shared, min(held) + self.batch_seconds(texts))
+        first = min(held)
+        if self._solo and mine:
+            ahead += (lanes - 1) * mine[0]
+            first = mine[0]
+        shared = (ahead + (lanes - 1) * cost.fixed_s) / lanes
+        return max(shared, first + self.batch_seconds(texts, busy))
 
-    def batch_seconds(self, texts: int) -> float:
-        """How long a batch of `texts` texts runs, by the measured cost (0 before)."""
-        return self.cost.seconds(texts, self.max_batch_texts) or 0.0
+    def batch_seconds(self, texts: int, busy: bool = False) -> float:
+        """How long a batch of `texts` texts runs on the full session or (`busy`) on a
+        busy lane, by the measured cost (0 before)."""
+        return self._cost(busy).seconds(texts, self.max_batch_texts) or 0.0
 
     def queued_seconds(self) -> float:
         """How long the queued requests take to run, by the measured cost."""
-        return self.batch_seconds(self._queued_texts)
+        return self.batch_seconds(self._queued_texts, self._runs_busy(len(self._queue)))
+
+    def _cost(self, busy: bool) -> BatchCost:
+        """The cost model of a run on a busy lane (`busy`) or on the full session; the
+        full session's until a lane run was measured."""
+        lane = busy and self._lanes > 0 and self.lane_cost.per_text_s is not None
+        return self.lane_cost if lane else self.cost
+
+    def _runs_busy(self, requests: int) -> bool:
+        """Whether `requests` queued requests run on busy lanes: with lanes, when they
+        are more than one or a batch of this version runs on a lane (a lone request
+        after a lone run gets the full session)."""
+        if self._lanes == 0:
+            return False
+        return requests > 1 or (not self._solo and bool(self._threads.held_by(self)))
 
     def head_arrival(self) -> float | None:
         """When the oldest queued request arrived; None with none queued."""
@@ -201,27 +228,29 @@ class InlineBatcher:
         ends; taking the whole queue would leave that lane idle while this one runs
         twice as long (a few large requests answered one lane's run late, each time)."""
         held = self._threads.remaining_s()
-        if free > 1 or self.cost.per_text_s is None or not held:
+        if free > 1 or self._cost(True).per_text_s is None or not held:
             return -(-len(self._queue) // free)
         other = min(held)
         total = self._queued_texts
         best, best_end = 1, float("inf")
         for k, taken in enumerate(self._batch_texts(len(self._queue)), start=1):
-            mine = self.batch_seconds(taken)
-            rest = self.batch_seconds(total - taken)
+            mine = self.batch_seconds(taken, busy=True)
+            rest = self.batch_seconds(total - taken, busy=True)
             end = max(mine, other + rest if taken < total else 0.0)
             if end <= best_end:  # on a tie, the larger batch
                 best, best_end = k, end
         return best
 
     def calibrate(self) -> None:
-        """Time two runs (one text, then several) so the first requests' waits are
-        judged by a measured batch cost; the runtime is loaded and warmed up."""
-        self.cost.calibrate(
-            lambda n: self.runtime.embed_token_ids(
-                self.runtime.tokenize([CALIBRATION_TEXT] * n), busy=False
-            )
-        )
+        """Time two runs (one text, then several) on the full session, and with lanes
+        two on a busy lane, so the first requests' waits are judged by measured batch
+        costs; the runtime is loaded and warmed up."""
+        self.cost.calibrate(lambda n: self._calibration_run(n, busy=False))
+        if self._lanes > 0:
+            self.lane_cost.calibrate(lambda n: self._calibration_run(n, busy=True))
+
+    def _calibration_run(self, texts: int, busy: bool) -> None:
+        self.runtime.embed_token_ids(self.runtime.tokenize([CALIBRATION_TEXT] * texts), busy=busy)
 
     def _admit(self, texts: int) -> None:
         """Refuse a request that would wait too long. A version with nothing queued
@@ -239,7 +268,10 @@ class InlineBatcher:
         joins_next = (
             self._queued_texts + texts <= self.max_batch_texts
             and len(self._queue) < self.max_batch_size
-            and self.batch_seconds(self._queued_texts + texts) <= self.max_queue_wait_s
+            and self.batch_seconds(
+                self._queued_texts + texts, self._runs_busy(len(self._queue) + 1)
+            )
+            <= self.max_queue_wait_s
         )
         if self._queued_texts + texts > self.max_queued_texts:
             reason = f"{self._queued_texts} texts already wait for this version"
@@ -327,7 +359,7 @@ class InlineBatcher:
         self._queued_texts -= texts
         self._solo = solo
         self._waited = False
-        self._threads.hold(id(batch), self, texts)
+        self._threads.hold(id(batch), self, texts, busy=not solo)
         asyncio.get_running_loop().create_task(self._run_batch(batch, busy=not solo))
 
     async def _run_batch(self, batch: list[_Pending], busy: bool) -> None:
@@ -346,7 +378,7 @@ class InlineBatcher:
         else:
             ok = True
             self._metrics.observe_batch(len(tokens), seconds)
-            self.cost.observe(len(tokens), seconds)
+            (self.lane_cost if busy else self.cost).observe(len(tokens), seconds)
             results = split_batch([len(item.texts) for item in batch], vectors, tokens)
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():

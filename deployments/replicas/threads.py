@@ -25,8 +25,9 @@ INFERENCE_NICE_STEP = 4
 class Member(Protocol):
     """A version's batcher, as the shared threads see it."""
 
-    def batch_seconds(self, texts: int) -> float:
-        """How long a batch of `texts` texts of this version runs (0 before measured)."""
+    def batch_seconds(self, texts: int, busy: bool = False) -> float:
+        """How long a batch of `texts` texts of this version runs (0 before measured),
+        on its full session or (`busy`) on one busy lane."""
 
     def queued_seconds(self) -> float:
         """How long this version's queued requests take to run."""
@@ -45,7 +46,8 @@ class SharedThreads:
         self.workers = max(1, workers)
         self.executor = inference_executor(self.workers)
         self._members: list[Member] = []
-        self._held: dict[int, tuple[Member, float, int]] = {}  # batch -> (version, started, texts)
+        # batch -> (version, started, texts, on a busy lane)
+        self._held: dict[int, tuple[Member, float, int, bool]] = {}
 
     def __enter__(self) -> SharedThreads:
         return self
@@ -67,11 +69,20 @@ class SharedThreads:
 
     def held_by(self, member: Member) -> list[tuple[float, int]]:
         """(started, texts) of each batch `member` has running."""
-        return [(started, n) for m, started, n in self._held.values() if m is member]
+        return [(started, n) for m, started, n, _ in self._held.values() if m is member]
 
-    def hold(self, batch: int, member: Member, texts: int, started: float | None = None) -> None:
-        """`member`'s batch `batch` of `texts` texts takes a thread."""
-        self._held[batch] = (member, time.perf_counter() if started is None else started, texts)
+    def hold(
+        self,
+        batch: int,
+        member: Member,
+        texts: int,
+        busy: bool = False,
+        started: float | None = None,
+    ) -> None:
+        """`member`'s batch `batch` of `texts` texts takes a thread (`busy`: it runs on
+        a busy lane, else on the version's full session)."""
+        when = time.perf_counter() if started is None else started
+        self._held[batch] = (member, when, texts, busy)
 
     def release(self, batch: int) -> None:
         """`batch` ended: its thread goes to the versions waiting."""
@@ -80,11 +91,11 @@ class SharedThreads:
 
     def remaining_s(self, member: Member | None = None) -> list[float]:
         """What is left of each batch running (of `member`'s only, when given), by its
-        version's measured cost."""
+        version's measured cost of the kind of run it is."""
         now = time.perf_counter()
         return [
-            max(0.0, m.batch_seconds(n) - (now - started))
-            for m, started, n in self._held.values()
+            max(0.0, m.batch_seconds(n, busy) - (now - started))
+            for m, started, n, busy in self._held.values()
             if member is None or m is member
         ]
 

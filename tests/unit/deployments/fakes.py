@@ -4,6 +4,8 @@ a recorder of what a batcher reports."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -20,8 +22,12 @@ class FakeRuntime:
     ready = True
     device_name = "cpu"
 
-    def __init__(self, busy_lanes: int = 1) -> None:
+    def __init__(
+        self, busy_lanes: int = 1, run_seconds: Callable[[int, bool], float] | None = None
+    ) -> None:
         self.busy_lanes = busy_lanes
+        self.run_seconds = run_seconds  # (texts, busy) -> how long a run takes
+        self.busy_runs: list[bool] = []
         self.gate = threading.Event()
         self.gate.set()
         self.runs: list[list[str]] = []
@@ -35,6 +41,9 @@ class FakeRuntime:
     ) -> tuple[npt.NDArray[np.float32], list[int]]:
         with self._lock:
             self.runs.append([bytes(row).decode() for row in ids])
+            self.busy_runs.append(busy)
+        if self.run_seconds is not None:
+            time.sleep(self.run_seconds(len(ids), busy))
         if not self.gate.wait(GATE_TIMEOUT_S):
             raise RuntimeError("the test never opened the gate")
         vectors = np.zeros((len(ids), DIM), dtype=np.float32)

@@ -139,17 +139,24 @@ def test_the_batcher_judges_the_wait_by_the_batch_cost() -> None:
 
 
 def _lanes_batcher(
-    lanes: int, in_flight: list[tuple[float, int]], queued: list[int]
+    lanes: int,
+    in_flight: list[tuple[float, int]],
+    queued: list[int],
+    full: BatchCost | None = None,
+    solo: bool = False,
 ) -> InlineBatcher:
     """A batcher with `lanes` busy lanes, batches of (seconds run so far, texts) in
-    flight and requests of `queued` texts waiting, on the line t(n) = 10 ms + 5 ms * n
-    (32 texts: 170 ms on one lane)."""
+    flight (on lanes, or one lone run on the full session when `solo`) and requests of
+    `queued` texts waiting, on the line t(n) = 10 ms + 5 ms * n on a lane (32 texts:
+    170 ms), and `full` (else the same line) on the full session."""
     threads = SharedThreads(2)  # no thread starts: nothing runs
     batcher = InlineBatcher(FakeRuntime(busy_lanes=lanes), BatchRecorder(), threads)  # type: ignore[arg-type]
-    batcher.cost = _line(0.010, 0.005)
+    batcher.lane_cost = _line(0.010, 0.005)
+    batcher.cost = full or _line(0.010, 0.005)
+    batcher._solo = solo
     now = time.perf_counter()
     for i, (ran_s, texts) in enumerate(in_flight):
-        threads.hold(i, batcher, texts, started=now - ran_s)
+        threads.hold(i, batcher, texts, busy=not solo, started=now - ran_s)
     loop = asyncio.new_event_loop()
     for i, texts in enumerate(queued):
         batcher._queue.append(_Pending([f"q{i}"] * texts, None, None, loop.create_future()))
@@ -210,6 +217,56 @@ def test_a_batch_waiting_for_a_thread_another_version_holds_is_not_timed_as_its_
             held.gate.set()
     assert first.cost.seconds(1, 64) >= 0.25  # type: ignore[operator]
     assert second.cost.seconds(1, 64) < 0.1  # type: ignore[operator]
+
+
+def test_a_burst_is_judged_at_the_speed_of_the_lanes_that_run_it() -> None:
+    """The full session runs a text twice as fast as a lane (as two threads against
+    one). Two lane batches of 32 just started, one request of 32 queued, one more
+    arriving: the lanes take 340 ms, though the lone requests before the burst ran
+    at 2.5 ms a text, by which the wait would look half that."""
+    fast = _line(0.005, 0.0025)
+    burst = _lanes_batcher(2, [(0.0, 32), (0.0, 32)], [32], full=fast)
+    assert burst.expected_wait_s(32) == pytest.approx(0.340, abs=0.005)
+    # Behind a lone run of 32 texts on the full session (85 ms, holding both lanes):
+    # the queue starts when it ends, shared by the lanes: 85 + 170 ms.
+    behind = _lanes_batcher(2, [(0.0, 32)], [32], full=fast, solo=True)
+    assert behind.expected_wait_s(32) == pytest.approx(0.255, abs=0.005)
+    # What a lone request would cost next is the full session's, not a lane's.
+    idle = _lanes_batcher(2, [], [], full=fast)
+    assert idle.expected_wait_s(32) == pytest.approx(0.085, abs=0.001)
+
+
+def test_lone_runs_and_lane_runs_are_costed_apart() -> None:
+    """Calibration times both kinds of run; a lone request moves the full session's
+    cost only, a burst's lane batches the lanes' only."""
+    runtime = FakeRuntime(
+        busy_lanes=2, run_seconds=lambda n, busy: (0.004 + 0.002 * n) * (2 if busy else 1)
+    )
+    with SharedThreads(2) as threads:
+        batcher = InlineBatcher(runtime, BatchRecorder(), threads)  # type: ignore[arg-type]
+        batcher.calibrate()
+        assert runtime.busy_runs == [False, False, True, True]
+        assert batcher.cost.per_text_s == pytest.approx(0.002, rel=0.3)
+        assert batcher.lane_cost.per_text_s == pytest.approx(0.004, rel=0.3)
+        lanes_before = batcher.lane_cost.per_text_s
+
+        async def scenario() -> None:
+            for i in range(5):
+                await batcher.embed([f"lone {i}"])
+            assert batcher.lane_cost.per_text_s == lanes_before
+            runtime.gate.clear()
+            first = asyncio.create_task(batcher.embed(["first"]))
+            await asyncio.sleep(0.01)
+            queued = [asyncio.create_task(batcher.embed([f"q{i}"] * 4)) for i in range(4)]
+            await asyncio.sleep(0)
+            full_before = batcher.cost.per_text_s
+            runtime.gate.set()
+            await asyncio.gather(first, *queued)
+            assert runtime.busy_runs[-3:] == [False, True, True]
+            assert batcher.lane_cost.per_text_s != lanes_before
+            assert batcher.cost.per_text_s != full_before  # the lone "first"
+
+        asyncio.run(scenario())
 
 
 # ---- versions sharing the inference threads ---------------------------------------
