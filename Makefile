@@ -27,8 +27,9 @@ $(STAMP): pyproject.toml sdk/python/pyproject.toml
 # The embedding model's versions, then the example recommender (trained, about 4 minutes
 # on 2 cores the first time); each is skipped when an intact build is there. The
 # recommender's training pins its numeric code paths (AVX2 kernels in torch, MKL, numpy
-# and OpenBLAS; one thread), so every x86-64 machine builds the bytes serve_config.yaml
-# names (the same seed alone gives the same bytes only on the same kind of CPU).
+# and OpenBLAS; one thread) and takes no sum from MKL (see models/two_tower.py), so every
+# x86-64 machine builds the bytes serve_config.yaml names (the same seed alone gives the
+# same bytes only on the same kind of CPU).
 PINNED_NUMERICS := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 OPENBLAS_CORETYPE=Haswell \
 	NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR" OMP_NUM_THREADS=1 \
 	OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1

@@ -13,7 +13,11 @@ the same ANN index search uses, one per model version.
 
 Training: every click, add-to-cart and purchase before the split is a positive, with the
 user's features as they were just before it (the event weights of the feature
-definitions); in-batch softmax over the batch's positives. Deterministic for one seed.
+definitions); in-batch softmax over the batch's positives. Deterministic for one seed,
+and the same bytes on any x86-64 CPU: the build pins ATen's kernels to AVX2, and every
+matrix product of training and of the vectors it ships runs in numpy's OpenBLAS, which
+the build pins to one kernel (its MKL, torch's BLAS, gave different sums on different
+CPUs even told to keep to AVX2). The exported graphs keep ONNX's own matrix products.
 """
 
 from __future__ import annotations
@@ -134,16 +138,85 @@ def user_inputs(
     return out
 
 
+# While the towers are exported, their linear layers are traced as plain ones.
+_EXPORTING = {"on": False}
+
+
+def _blas_matmul(a: Any, b: Any) -> Any:
+    """`a @ b` (2-D float32 tensors) in numpy's BLAS, with its gradient likewise."""
+    import torch
+
+    class BlasMatmul(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, a: Any, b: Any) -> Any:
+            ctx.save_for_backward(a, b)
+            return torch.from_numpy(a.detach().numpy() @ b.detach().numpy())
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            a, b = ctx.saved_tensors
+            g = grad.detach().contiguous().numpy()
+            return (
+                torch.from_numpy(g @ b.detach().numpy().T),
+                torch.from_numpy(a.detach().numpy().T @ g),
+            )
+
+    return BlasMatmul.apply(a, b)
+
+
+class _Adam:
+    """Adam (Kingma and Ba; torch's defaults), with its square roots taken in numpy:
+    torch's run in MKL's vector math, whose results differ between CPUs."""
+
+    def __init__(self, params: list[Any], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:  # fmt: skip
+        import torch
+
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        import torch
+
+        self.steps += 1
+        b1, b2 = self.betas
+        step_size = self.lr / (1 - b1**self.steps)
+        root_correction = math.sqrt(1 - b2**self.steps)
+        with torch.no_grad():
+            for p, m, v in zip(self.params, self.m, self.v, strict=True):
+                if p.grad is None:
+                    continue
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                root = torch.from_numpy(np.sqrt(v.numpy()))
+                p.addcdiv_(m, root.div_(root_correction).add_(self.eps), value=-step_size)
+
+
 def _modules() -> Any:
     import torch
     from torch import nn
+
+    class Linear(nn.Linear):
+        """A linear layer whose product runs in numpy's BLAS (see the module's doc),
+        exported as a plain one."""
+
+        def forward(self, x: Any) -> Any:
+            if _EXPORTING["on"]:
+                return super().forward(x)
+            return _blas_matmul(x, self.weight.t()) + self.bias
 
     class ItemTower(nn.Module):
         def __init__(self, shared: nn.ModuleDict) -> None:
             super().__init__()
             self.shared = shared
             self.tokens = nn.Embedding(TOKEN_BUCKETS, DIM, padding_idx=0)
-            self.mlp = nn.Sequential(nn.Linear(3 * DIM + 1, 128), nn.ReLU(), nn.Linear(128, DIM))
+            self.mlp = nn.Sequential(Linear(3 * DIM + 1, 128), nn.ReLU(), Linear(128, DIM))
 
         def forward(self, tokens: Any, category: Any, brand: Any, price: Any) -> Any:
             mask = (tokens > 0).unsqueeze(-1).float()
@@ -157,7 +230,7 @@ def _modules() -> Any:
             super().__init__()
             self.shared = shared
             self.mlp = nn.Sequential(
-                nn.Linear(3 * DIM + len(ACTIVITY), 128), nn.ReLU(), nn.Linear(128, DIM)
+                Linear(3 * DIM + len(ACTIVITY), 128), nn.ReLU(), Linear(128, DIM)
             )
 
         def forward(
@@ -282,7 +355,7 @@ def train(
     params = list(item_tower.parameters()) + [
         p for name, p in user_tower.named_parameters() if not name.startswith("shared.")
     ]
-    optimizer = torch.optim.Adam(params, lr=3e-3)
+    optimizer = _Adam(params, lr=3e-3)
     rng = np.random.default_rng(seed)
     u = rows.users
     for epoch in range(epochs):
@@ -305,7 +378,7 @@ def train(
             item = item_tower(
                 t["tokens"][pos], t["category"][pos], t["brand"][pos], t["price"][pos]
             )
-            logits = user @ item.T / temperature
+            logits = _blas_matmul(user, item.T) / temperature
             # the same item twice in a batch is not a negative of itself
             same = pos.unsqueeze(0) == pos.unsqueeze(1)
             logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), -1e9)
@@ -335,14 +408,20 @@ def export(model: TwoTower, out_dir: Any) -> dict[str, str]:
         torch.from_numpy(inputs.brand), torch.from_numpy(inputs.price),
     )  # fmt: skip
     names = ["tokens", "category", "brand", "price"]
-    _save(model.item_tower, item_args, names, "item_vector", batch, out / "item_tower.onnx")
     u = user_inputs([({"c": 1.0}, {"b": 1.0}, {"view": 1})] * 2)
     user_args = (
         torch.zeros(2, DIM), torch.from_numpy(u.categories), torch.from_numpy(u.category_weights),
         torch.from_numpy(u.brands), torch.from_numpy(u.brand_weights), torch.from_numpy(u.activity),
     )  # fmt: skip
-    names = ["history", "categories", "category_weights", "brands", "brand_weights", "activity"]
-    _save(model.user_tower, user_args, names, "user_vector", batch, out / "user_tower.onnx")
+    user_names = ["history", "categories", "category_weights", "brands", "brand_weights"]
+    user_names.append("activity")
+    _EXPORTING["on"] = True
+    try:
+        _save(model.item_tower, item_args, names, "item_vector", batch, out / "item_tower.onnx")
+        _save(model.user_tower, user_args, user_names, "user_vector", batch,
+              out / "user_tower.onnx")  # fmt: skip
+    finally:
+        _EXPORTING["on"] = False
     return {"item_tower": "item_tower.onnx", "user_tower": "user_tower.onnx"}
 
 

@@ -5,6 +5,9 @@ ONNX towers that answer as the trained ones."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,43 @@ def test_training_is_deterministic(items: list) -> None:
     b = train(items, rows, epochs=1, seed=5, log=lambda _: None)
     assert np.array_equal(a.item_vectors, b.item_vectors)
     assert np.allclose(np.linalg.norm(a.item_vectors, axis=1), 1, atol=1e-5)
+
+
+# What the build pins (the Makefile's PINNED_NUMERICS), less the BLAS settings varied below.
+_PINNED = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "OPENBLAS_CORETYPE": "Haswell",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+_TRAIN_AND_HASH = """
+import hashlib
+from models.example_catalog import generate as generate_catalog
+from models.example_interactions import generate, split
+from models.two_tower import examples, train
+items = generate_catalog(1500, seed=1).items
+rows, _ = examples(items, split(generate(items, users=120, seed=2))[0])
+model = train(items, rows, epochs=1, seed=5, log=lambda _: None)
+print(hashlib.sha256(model.item_vectors.tobytes()).hexdigest())
+"""
+
+
+def test_training_takes_no_sum_from_torchs_blas() -> None:
+    """The same bytes whichever code path torch's MKL (and oneDNN) would take: their
+    sums differ between CPUs even told to keep to AVX2, so the shipped sha256 held on
+    one kind of machine only. Each run is a fresh process, the way the build runs."""
+    digests = set()
+    for blas in ({"MKL_CBWR": "AVX2"}, {"MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}):
+        env = {**os.environ, **_PINNED, **blas}
+        run = subprocess.run(
+            [sys.executable, "-c", _TRAIN_AND_HASH],
+            env=env, capture_output=True, text=True, timeout=300, check=True,
+            cwd=Path(__file__).resolve().parents[3],
+        )  # fmt: skip
+        digests.add(run.stdout.strip().splitlines()[-1])
+    assert len(digests) == 1, digests
 
 
 def test_the_built_recommender_beats_popularity_and_packages(items: list, tmp_path: Path) -> None:
