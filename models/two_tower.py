@@ -22,6 +22,7 @@ CPUs even told to keep to AVX2). The exported graphs keep ONNX's own matrix prod
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections import Counter, defaultdict, deque
@@ -144,6 +145,12 @@ _EXPORTING = {"on": False}
 
 def _blas_matmul(a: Any, b: Any) -> Any:
     """`a @ b` (2-D float32 tensors) in numpy's BLAS, with its gradient likewise."""
+    return _blas_matmul_function().apply(a, b)
+
+
+@functools.cache
+def _blas_matmul_function() -> Any:
+    """The autograd function of `_blas_matmul`, defined once torch is imported."""
     import torch
 
     class BlasMatmul(torch.autograd.Function):
@@ -161,7 +168,7 @@ def _blas_matmul(a: Any, b: Any) -> Any:
                 torch.from_numpy(a.detach().numpy().T @ g),
             )
 
-    return BlasMatmul.apply(a, b)
+    return BlasMatmul
 
 
 class _Adam:
@@ -413,8 +420,9 @@ def export(model: TwoTower, out_dir: Any) -> dict[str, str]:
         torch.zeros(2, DIM), torch.from_numpy(u.categories), torch.from_numpy(u.category_weights),
         torch.from_numpy(u.brands), torch.from_numpy(u.brand_weights), torch.from_numpy(u.activity),
     )  # fmt: skip
-    user_names = ["history", "categories", "category_weights", "brands", "brand_weights"]
-    user_names.append("activity")
+    user_names = [
+        "history", "categories", "category_weights", "brands", "brand_weights", "activity",
+    ]  # fmt: skip
     _EXPORTING["on"] = True
     try:
         _save(model.item_tower, item_args, names, "item_vector", batch, out / "item_tower.onnx")

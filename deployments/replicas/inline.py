@@ -117,7 +117,6 @@ class InlineBatcher:
         self.cost = BatchCost()
         self.lane_cost = BatchCost()
         self._lanes = min(runtime.busy_lanes, threads.workers)
-        self._solo = False  # the one in flight has the full session
         self._waiting: asyncio.TimerHandle | None = None
         self._waited = False  # the queue waited once; it goes next, full or not
         threads.join(self)
@@ -203,6 +202,11 @@ class InlineBatcher:
         """How long the queued requests take to run, by the measured cost."""
         return self.batch_seconds(self._queued_texts, self._runs_busy(len(self._queue)))
 
+    @property
+    def _solo(self) -> bool:
+        """Whether this version's batch in flight is a lone run on the full session."""
+        return any(not busy for _, _, busy in self._threads.held_by(self))
+
     def _cost(self, busy: bool) -> BatchCost:
         """The cost model of a run on a busy lane (`busy`) or on the full session; the
         full session's until a lane run was measured."""
@@ -215,7 +219,7 @@ class InlineBatcher:
         after a lone run gets the full session)."""
         if self._lanes == 0:
             return False
-        return requests > 1 or (not self._solo and bool(self._threads.held_by(self)))
+        return requests > 1 or any(busy for _, _, busy in self._threads.held_by(self))
 
     def head_arrival(self) -> float | None:
         """When the oldest queued request arrived; None with none queued."""
@@ -357,7 +361,6 @@ class InlineBatcher:
         batch, texts = self._queue[: len(sizes)], sizes[-1]
         del self._queue[: len(batch)]
         self._queued_texts -= texts
-        self._solo = solo
         self._waited = False
         self._threads.hold(id(batch), self, texts, busy=not solo)
         asyncio.get_running_loop().create_task(self._run_batch(batch, busy=not solo))
@@ -386,7 +389,6 @@ class InlineBatcher:
         finally:
             if self._watcher:
                 self._watcher.run_finished(token, ok)
-            self._solo = False
             self._threads.release(id(batch))
 
     def _run(

@@ -67,9 +67,9 @@ class SharedThreads:
         """Threads no batch holds."""
         return self.workers - len(self._held)
 
-    def held_by(self, member: Member) -> list[tuple[float, int]]:
-        """(started, texts) of each batch `member` has running."""
-        return [(started, n) for m, started, n, _ in self._held.values() if m is member]
+    def held_by(self, member: Member) -> list[tuple[float, int, bool]]:
+        """(started, texts, on a busy lane) of each batch `member` has running."""
+        return [(started, n, busy) for m, started, n, busy in self._held.values() if m is member]
 
     def hold(
         self,

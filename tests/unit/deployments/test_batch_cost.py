@@ -153,7 +153,6 @@ def _lanes_batcher(
     batcher = InlineBatcher(FakeRuntime(busy_lanes=lanes), BatchRecorder(), threads)  # type: ignore[arg-type]
     batcher.lane_cost = _line(0.010, 0.005)
     batcher.cost = full or _line(0.010, 0.005)
-    batcher._solo = solo
     now = time.perf_counter()
     for i, (ran_s, texts) in enumerate(in_flight):
         threads.hold(i, batcher, texts, busy=not solo, started=now - ran_s)
