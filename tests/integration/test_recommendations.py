@@ -237,11 +237,16 @@ def test_search_with_a_user_leans_to_their_affinities(
         _events(client, user, ["hats-3", "hats-6"], "purchase")
         _known(client, {"user": user})
         body = {"catalog": "shop", "query": "model", "k": 5}
-        plain = client.post("/v1/search", json=body)
-        mine = client.post("/v1/search", json={**body, "user": user})
-        stranger = client.post("/v1/search", json={**body, "user": "nobody-at-all"})
+        # One routing key for the three: the same version of the search model answers
+        # each (without it, `user` would pick the stranger's by the split, and the plain
+        # search's at random: 90/10 in the shipped config).
+        one = {"X-Routing-Key": f"k-{user}"}
+        plain = client.post("/v1/search", json=body, headers=one)
+        mine = client.post("/v1/search", json={**body, "user": user}, headers=one)
+        stranger = client.post("/v1/search", json={**body, "user": "nobody-at-all"}, headers=one)
     for r in (plain, mine, stranger):
         assert r.status_code == 200, r.text
+    assert len({r.json()["index"]["space"] for r in (plain, mine, stranger)}) == 1
     assert plain.json()["index"]["personalized"] is False
     assert stranger.json()["index"]["personalized"] is False
     assert [d["id"] for d in stranger.json()["data"]] == [d["id"] for d in plain.json()["data"]]
