@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import functools
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -53,11 +54,28 @@ ARTIFACTS_DIR = REPO_ROOT / "artifacts"
 REPORT: list[str] = []
 
 
+# Ports handed to servers the tests start: below the kernel's ephemeral range (32768 and
+# up), where an outgoing connection or a process binding port 0 (Ray starts dozens) can
+# take a port between the pick and the server's bind, and clear of Ray's worker ports
+# (10002-19999) and Serve's replica ports (30000-31000).
+_PORTS = range(20000, 30000)
+_HANDED_OUT: set[int] = set()
+_PICK = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now, and not handed out before in this run."""
+    while True:
+        port = _PICK.choice(_PORTS)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 @pytest.fixture(scope="session")
