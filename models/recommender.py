@@ -20,7 +20,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -84,9 +84,9 @@ class Profile:
         return out
 
 
-@dataclass(frozen=True)
-class ItemStats:
-    """What the online store knows of one item (the `item_popularity` view)."""
+class ItemStats(NamedTuple):
+    """What the online store knows of one item (the `item_popularity` view); a named
+    tuple, made 150 times a request, for its cheap construction."""
 
     weighted_events: float = 0.0
     last_event_at: float = 0.0
@@ -141,7 +141,7 @@ def rank_features(
 ) -> F32:
     """The ranker's inputs for each candidate (rows in `RANK_FEATURES` order);
     `recent_prices`: the prices of the user's recent items (non-numbers are skipped).
-    Column by column: a request ranks 150 candidates."""
+    A request ranks 150 candidates: what each needs of its item is read in one pass."""
     n = len(items)
     out = np.zeros((n, len(RANK_FEATURES)), np.float32)
     if not n:
@@ -152,27 +152,35 @@ def rank_features(
     last = np.fromiter((s.last_event_at for s in stats), np.float64, n)
     days = np.maximum((now - last) / 86_400, 0.0)
     out[:, 2] = np.where(last > 0, np.exp(-days / RECENCY_DAYS), 0.0)
-    categories, brands = profile.categories, profile.brands
-    out[:, 3] = [categories.get(str(_attr(i, "category")), 0.0) for i in items]
-    out[:, 4] = [brands.get(str(_attr(i, "brand")), 0.0) for i in items]
+    categories, brands, seen = profile.categories, profile.brands, set(profile.recent)
+    category, brand, price, priced, touched = [], [], [], [], []
+    for item in items:
+        attributes, text = item.attributes, item.text
+        value: Any = attributes.get("category")  # else the text field of that name
+        category.append(
+            categories.get(str(text.get("category", "") if value is None else value), 0.0)
+        )
+        value = attributes.get("brand")  # the example's brand is a text field
+        brand.append(brands.get(str(text.get("brand", "") if value is None else value), 0.0))
+        value = attributes.get("price")
+        if value is None:
+            value = text.get("price", "")
+        number = _is_number(value)
+        priced.append(number)
+        price.append(math.log1p(max(0.0, float(value))) if number else 0.0)
+        touched.append(1.0 if item.id in seen else 0.0)
+    out[:, 3] = category
+    out[:, 4] = brand
     prices = [_log_price(p) for p in recent_prices if _is_number(p)]
     if prices:
-        mine = np.fromiter((_log_price(_attr(i, "price")) for i in items), np.float64, n)
-        has = np.fromiter((_is_number(_attr(i, "price")) for i in items), np.bool_, n)
-        out[:, 5] = np.where(has, np.abs(mine - float(np.mean(prices))), 0.0)
-    seen = set(profile.recent)
-    out[:, 6] = [1.0 if i.id in seen else 0.0 for i in items]
+        mine = np.array(price, np.float64)
+        out[:, 5] = np.where(np.array(priced, np.bool_), np.abs(mine - float(np.mean(prices))), 0.0)
+    out[:, 6] = touched
     return out
 
 
-def _attr(item: Item, name: str) -> Any:
-    """An attribute, else the text field of that name (the example's `brand`), else ''."""
-    value = item.attributes.get(name)
-    return item.text.get(name, "") if value is None else value
-
-
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _log_price(value: Any) -> float:

@@ -53,6 +53,12 @@ _READ_MANY = (
     " FROM feature_rows WHERE tenant=? AND view=? AND entity IN ({marks}) AND expires_at>?"
 )
 _READ_CHUNK = 500  # entities per statement (well under SQLite's bound on parameters)
+# Reads of up to this many rows run on the calling thread (the replica's event loop), as
+# one user's row does: a recommendation's 150 candidates take about 0.2 ms here (500:
+# 0.35 ms), less than handing the read to a thread and back costs under load (measured:
+# recommendations at 16 connections +22 %, at one +16 %). Larger reads go to the reader
+# thread, so the loop never waits long.
+_INLINE_KEYS = 500
 _WRITE = "INSERT OR REPLACE INTO feature_rows VALUES (?, ?, ?, ?, ?)"
 
 
@@ -91,14 +97,19 @@ class SqliteFeatureStore:
                 return [None if found is None else _decode(found[0])]
             if not keys:
                 return []
-            loop = asyncio.get_running_loop()
-            rows = await loop.run_in_executor(self._bulk_thread, self._read_many, keys, now)
+            if len(keys) <= _INLINE_KEYS:
+                rows = self._read_many(keys, now, self._reader)
+            else:
+                loop = asyncio.get_running_loop()
+                rows = await loop.run_in_executor(
+                    self._bulk_thread, self._read_many, keys, now, self._bulk
+                )
         except sqlite3.Error as e:
             raise FeatureStoreUnavailable(f"feature store {self.where} failed: {e}") from e
         return [rows.get(key[:2], {}).get(key[2]) for key in keys]
 
     def _read_many(
-        self, keys: Sequence[RowKey], now: float
+        self, keys: Sequence[RowKey], now: float, conn: sqlite3.Connection
     ) -> dict[tuple[str, str], dict[str, Row]]:
         """Rows of many keys by (tenant, view), then entity: one statement per (tenant,
         view) and chunk of entities."""
@@ -111,7 +122,7 @@ class SqliteFeatureStore:
             for at in range(0, len(entities), _READ_CHUNK):
                 chunk = entities[at : at + _READ_CHUNK]
                 query = _READ_MANY.format(marks=",".join("?" * len(chunk)))
-                (data,) = self._bulk.execute(query, (*group, *chunk, now)).fetchone()
+                (data,) = conn.execute(query, (*group, *chunk, now)).fetchone()
                 if data is not None:
                     found.update(orjson.loads(data))
         return out

@@ -196,6 +196,8 @@ def test_a_read_of_many_rows_answers_each_key_in_order(
             expected.append({"views": n, AT_FIELD: pytest.approx(now)} if fresh else None)
         expected += [{"views": -1, AT_FIELD: pytest.approx(now)}, None]
         assert got == expected
+        # a recommendation's size (the embedded store reads it on the caller's thread)
+        assert await store.read(keys[:140] + keys[-5:]) == expected[:140] + expected[-5:]
 
     run(make_store, body)
 
