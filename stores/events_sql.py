@@ -86,11 +86,11 @@ class SqlEventLog:
     def _append(self, rows: list[dict[str, Any]]) -> int:
         with writing(self._engine) as conn:
             if self._engine.dialect.name == "sqlite":
-                # One statement per row keeps the returned seq exact on SQLite.
-                last = 0
-                for row in rows:
-                    last = int(conn.execute(insert(events_table).values(**row)).lastrowid or 0)
-                return last
+                # One statement for every row; the seq is SQLite's rowid, and this
+                # transaction holds the database's write lock, so the connection's last
+                # inserted rowid is the batch's last seq.
+                conn.execute(insert(events_table), rows)
+                return int(conn.execute(select(func.last_insert_rowid())).scalar_one())
             seqs = conn.execute(insert(events_table).returning(events_table.c.seq), rows)
             return max(int(s) for s in seqs.scalars())
 

@@ -76,9 +76,12 @@ def test_bad_events_are_refused_whole(log: SqlEventLog) -> None:
 
 
 def test_concurrent_appends_lose_nothing(log: SqlEventLog) -> None:
+    returned: dict[int, tuple[str, str]] = {}
+
     def writer(n: int) -> None:
         for k in range(5):
-            log.append("tn_a", [ev(f"u{n}", f"i{k}"), ev(f"u{n}", f"j{k}")])
+            seq = log.append("tn_a", [ev(f"u{n}", f"i{k}"), ev(f"u{n}", f"j{k}")])
+            returned[seq] = (f"u{n}", f"j{k}")
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
     for t in threads:
@@ -88,6 +91,8 @@ def test_concurrent_appends_lose_nothing(log: SqlEventLog) -> None:
     got = log.scan("tn_a", 0, 1000)
     assert len(got) == 40
     assert len({s.seq for s in got}) == 40
+    # each append answered the seq of its own batch's last event
+    assert {s.seq: (s.event.user, s.event.item) for s in got if s.seq in returned} == returned
 
 
 def test_migration_matches_the_table_the_code_uses(log: SqlEventLog) -> None:
