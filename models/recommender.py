@@ -155,19 +155,11 @@ def rank_features(
     categories, brands, seen = profile.categories, profile.brands, set(profile.recent)
     category, brand, price, priced, touched = [], [], [], [], []
     for item in items:
-        attributes, text = item.attributes, item.text
-        value: Any = attributes.get("category")  # else the text field of that name
-        category.append(
-            categories.get(str(text.get("category", "") if value is None else value), 0.0)
-        )
-        value = attributes.get("brand")  # the example's brand is a text field
-        brand.append(brands.get(str(text.get("brand", "") if value is None else value), 0.0))
-        value = attributes.get("price")
-        if value is None:
-            value = text.get("price", "")
-        number = _is_number(value)
-        priced.append(number)
-        price.append(math.log1p(max(0.0, float(value))) if number else 0.0)
+        category.append(categories.get(str(_attr(item, "category")), 0.0))
+        brand.append(brands.get(str(_attr(item, "brand")), 0.0))
+        value = _attr(item, "price")
+        priced.append(_is_number(value))
+        price.append(_log_price(value))
         touched.append(1.0 if item.id in seen else 0.0)
     out[:, 3] = category
     out[:, 4] = brand
@@ -177,6 +169,12 @@ def rank_features(
         out[:, 5] = np.where(np.array(priced, np.bool_), np.abs(mine - float(np.mean(prices))), 0.0)
     out[:, 6] = touched
     return out
+
+
+def _attr(item: Item, name: str) -> Any:
+    """An attribute, else the text field of that name (the example's `brand`), else ''."""
+    value = item.attributes.get(name)
+    return item.text.get(name, "") if value is None else value
 
 
 def _is_number(value: Any) -> bool:
