@@ -38,6 +38,16 @@ SERVE_ENV: dict[str, str] = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
+# What a local instance (`servekit serve`, `make serve`, the tests' instance) sets
+# besides, and the RayService does not:
+#   RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=2: how long an ingress replica that
+#     is being replaced or retired keeps answering after it left HAProxy's list. Ray's
+#     default, 30 s, lets load balancers in front of a cluster deregister it, and the
+#     cluster keeps it. On one machine HAProxy is all there is in front, Ray rewrites
+#     its list itself and it retries a refused connection on another replica: 2 s
+#     covers that, where 30 s added half a minute to every local rollout that replaces
+#     the Ingress (a change under `args`, its replicas scaled down).
+LOCAL_SERVE_ENV: dict[str, str] = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 # How long a thread may hold the GIL while another waits for it (CPython's default is
 # 5 ms). A serving replica's event loop shares the GIL with its worker threads (catalog
@@ -60,8 +70,9 @@ def tune_interpreter() -> None:
 
 
 def apply_serve_env() -> None:
-    """Put servekit's Ray Serve settings into this process's environment."""
-    for key, value in SERVE_ENV.items():
+    """Put servekit's Ray Serve settings for a local instance into this process's
+    environment (a value already there wins)."""
+    for key, value in {**SERVE_ENV, **LOCAL_SERVE_ENV}.items():
         os.environ.setdefault(key, value)
 
 

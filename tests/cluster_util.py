@@ -39,18 +39,23 @@ class RayNode:
         return _pids_of(self.proc.pid, self.temp_dir)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the node and every process it started."""
+        """Stop the node and every process it started: a signal to each, then SIGKILL
+        to what still runs after 10 s (a node's `ray start --block` waited out the 30 s
+        it was given each time, and its processes another 30: a minute of every
+        cluster test's teardown)."""
         for pid in _pids_of(self.proc.pid, self.temp_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=30)
-        deadline = time.monotonic() + 30
+            self.proc.wait(timeout=8)
+        deadline = time.monotonic() + 2
         while _pids_of(self.proc.pid, self.temp_dir) and time.monotonic() < deadline:
             time.sleep(0.5)
         for pid in _pids_of(self.proc.pid, self.temp_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
 
 
 def _pids_of(sid: int, temp_dir: str) -> list[int]:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from configs.cluster import ClusterSettings, load_cluster_settings
-from configs.settings import SERVE_ENV
+from configs.settings import LOCAL_SERVE_ENV, SERVE_ENV
 from servekit import kube
 from tests.conftest import REPO_ROOT
 
@@ -121,6 +121,8 @@ def test_cluster_shape(manifest: dict[str, Any]) -> None:
         # Every Ray process on every pod runs with servekit's Serve settings (HAProxy).
         env = {e["name"]: e["value"] for e in container["env"]}
         assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV, name
+        # ...and Ray's drain for the load balancers in front of a cluster, not the local one.
+        assert not set(LOCAL_SERVE_ENV) & set(env), name
         if name != "head":
             assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], name
     gpu = next(g for n, g, _ in _pods(manifest) if n == "gpu")
