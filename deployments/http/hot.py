@@ -28,6 +28,7 @@ from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, MethodNotAllowed, request_invalid
 from deployments.http.auth import principal_of
 from deployments.http.envelope import read_body, request_id
+from deployments.replicas.traffic import REPLICA_TRAFFIC, Traffic
 
 # A hot route's handler: the replica's Ingress and the ASGI call.
 Handler = Callable[[Any, Scope, Receive, Send], Awaitable[None]]
@@ -41,21 +42,29 @@ class HotRoutes:
     Ingress; everything else, and every route outside a Serve replica, goes on to
     FastAPI."""
 
-    def __init__(self, app: ASGIApp, routes: Mapping[str, Handler]) -> None:
+    def __init__(
+        self, app: ASGIApp, routes: Mapping[str, Handler], traffic: Traffic = REPLICA_TRAFFIC
+    ) -> None:
         self.app = app
         self.routes = routes
+        self.traffic = traffic  # every HTTP call is counted in flight
         self._ingress: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI call."""
-        if scope["type"] == "http":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.traffic.enter(scope.get("client"))
+        try:
             handler = self.routes.get(scope["path"][len(scope.get("root_path", "")) :])
-            if handler is not None:
-                ingress = self._ingress or self._find_ingress()
-                if ingress is not None:
-                    await handler(ingress, scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+            ingress = None if handler is None else self._ingress or self._find_ingress()
+            if handler is not None and ingress is not None:
+                await handler(ingress, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            self.traffic.leave()
 
     def _find_ingress(self) -> Any:
         try:

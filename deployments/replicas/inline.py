@@ -21,7 +21,9 @@ Inference runs in worker threads (ONNX Runtime releases the GIL), so the event l
 keeps parsing and encoding other requests meanwhile; small requests are tokenized on
 the loop as they arrive, so that thread rarely needs the GIL. The worker threads run
 at a lower priority than the loop: under load, the loop's parsing and answering is
-what keeps batches full.
+what keeps batches full. A replica serving one caller at a time (`traffic`) runs a
+lone small request on the loop itself: nothing else waits for the loop then, and the
+hand-off to a thread and back is spared.
 """
 
 from __future__ import annotations
@@ -37,12 +39,16 @@ from deployments.replicas.backend import EmbedResult, split_batch
 from deployments.replicas.batch_cost import BatchCost
 from deployments.replicas.loading import Wedge, inject_fault
 from deployments.replicas.threads import SharedThreads
+from deployments.replicas.traffic import Traffic
 from models.text import Float32Array, TextEmbedder
 
 # Requests up to this size are tokenized on the event loop as they arrive (about
 # 20 us for a few short texts); larger ones in the inference thread.
 LOOP_TOKENIZE_MAX_TEXTS = 16
 LOOP_TOKENIZE_MAX_CHARS = 4096
+# The longest run (by the measured batch cost) a replica serving one request at a time
+# makes on its event loop rather than in an inference thread.
+LOOP_RUN_MAX_S = 0.02
 # What the batch cost is calibrated with at load: about the length of a product's
 # title and description (some 50 tokens), not a word, whose cost would be all overhead.
 CALIBRATION_TEXT = (
@@ -100,8 +106,12 @@ class InlineBatcher:
         threads: SharedThreads,
         fault: FaultInjection | None = None,
         watcher: RunWatcher | None = None,
+        traffic: Traffic | None = None,
     ):
         self.runtime = runtime
+        # The replica's requests in flight: while it serves one at a time, a small
+        # request runs on the event loop (None: always in the inference threads).
+        self._traffic = traffic
         self._fault = fault
         self.configure(InlineBatchingConfig())
         self._metrics = metrics
@@ -158,10 +168,45 @@ class InlineBatcher:
             LOOP_TOKENIZE_MAX_CHARS
         )
         ids = self.runtime.tokenize(texts) if small else None
+        if ids is not None and not probe and self._runs_here(len(texts)):
+            return self._run_here(texts, ids)
         self._queue.append(_Pending(texts, ids, deadline, future))
         self._queued_texts += len(texts)
         self._dispatch()
         return await future
+
+    def _runs_here(self, texts: int) -> bool:
+        """Whether a small request runs on the event loop: the replica serves one request
+        at a time (see `traffic`), nothing is queued or running on any inference thread,
+        no fill wait is set, the run is short and the runtime is not wedged (a probe
+        never runs here: it must notice a runtime that hangs)."""
+        return (
+            self._traffic is not None
+            and self._traffic.sequential()
+            and not self._queue
+            and self._threads.free() == self._threads.workers
+            and self.batch_wait_s <= 0
+            and not self.wedge.engaged
+            and (cost := self.cost.seconds(texts, self.max_batch_texts)) is not None
+            and cost <= LOOP_RUN_MAX_S
+        )
+
+    def _run_here(self, texts: list[str], ids: list[list[int]]) -> EmbedResult:
+        """One lone request's run on the event loop, on the full session: the hand-off
+        to an inference thread and back (about 0.15 ms, and a thread waking on a core
+        that idled) is spared; the loop has nothing else to do meanwhile."""
+        token = self._watcher.run_started() if self._watcher else 0
+        ok = False
+        try:
+            vectors, tokens, seconds = self._run([(texts, ids)], False)
+            ok = True
+        finally:
+            if self._watcher:
+                self._watcher.run_finished(token, ok)
+        self._metrics.observe_batch(len(tokens), seconds)
+        self.cost.observe(len(tokens), seconds)
+        (result,) = split_batch([len(texts)], vectors, tokens)
+        return result
 
     def expected_wait_s(self, texts: int) -> float:
         """How long a request of `texts` would wait for its answer, by the measured

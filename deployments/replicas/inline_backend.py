@@ -15,6 +15,7 @@ from deployments.replicas.health import PROBE_TEXT, HealthProbe
 from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.loading import load_version, runtime_metadata
 from deployments.replicas.threads import SharedThreads
+from deployments.replicas.traffic import REPLICA_TRAFFIC
 from models import ArtifactStore
 
 
@@ -85,7 +86,11 @@ def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBackend]:
         spec = args.models[model].versions[version]
         runtime = load_version(model, version, spec, args.artifact_root, store)
         batcher = InlineBatcher(
-            runtime, ModelMetrics(model, version), threads, spec.fault_injection
+            runtime,
+            ModelMetrics(model, version),
+            threads,
+            spec.fault_injection,
+            traffic=REPLICA_TRAFFIC,
         )
         batcher.calibrate()
         out[(model, version)] = InlineBackend(f"{model}/{version}", batcher, args)

@@ -168,3 +168,88 @@ def test_inference_threads_run_below_the_loop_priority() -> None:
     assert theirs.result() == min(19, mine + INFERENCE_NICE_STEP)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # caller as is
     executor.shutdown()
+
+
+class _ThreadRecorder:
+    """Wraps a runtime's `embed_token_ids`, recording the thread each run ran on."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.threads: list[int] = []
+
+    @property
+    def busy_lanes(self) -> int:
+        return 0
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.runtime.tokenize(texts)  # type: ignore[no-any-return]
+
+    def embed_token_ids(self, ids: list[list[int]], busy: bool = False) -> Any:
+        import threading
+
+        self.threads.append(threading.get_ident())
+        return self.runtime.embed_token_ids(ids, busy=busy)
+
+
+def test_one_request_at_a_time_runs_on_the_loop_concurrent_ones_in_threads(
+    manifest: dict[str, Any], example_store: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    import threading
+
+    import numpy as np
+
+    from deployments.replicas import inline
+    from deployments.replicas.inline import LOOP_TOKENIZE_MAX_TEXTS
+    from deployments.replicas.traffic import Traffic
+
+    # Runs of any measured length go on the loop; the bound is tested below.
+    monkeypatch.setattr(inline, "LOOP_RUN_MAX_S", 60.0)
+
+    entry = manifest["v1"]
+    ref = ArtifactRef(str(example_store / entry["file"]), entry["sha256"])
+    runtime: Any = load_model(ref, RuntimeOptions(), ArtifactStore(tmp_path))
+    recorder = _ThreadRecorder(runtime)
+    traffic = Traffic(quiet_s=60)
+    metrics = BatchRecorder()
+    batcher = InlineBatcher(recorder, metrics, SharedThreads(1), traffic=traffic)  # type: ignore[arg-type]
+    batcher.calibrate()
+    loop_thread = threading.get_ident()
+    texts = ["a red running shoe", "blue socks"]
+    expected, per_text = runtime.embed_counted(texts)
+
+    async def call(batch: list[str], probe: bool = False) -> tuple[Any, int]:
+        recorder.threads.clear()
+        vectors, tokens = await batcher.embed(batch, probe=probe)
+        if batch == texts:
+            np.testing.assert_allclose(vectors, expected, atol=1e-5)
+            assert tokens == per_text
+        return vectors, recorder.threads[0]
+
+    async def run() -> None:
+        traffic.enter()  # one request in flight: this one
+        _, ran_on = await call(texts)
+        assert ran_on == loop_thread
+        assert metrics.batches[-1] == 2  # measured and counted as any batch
+        _, ran_on = await call(texts, probe=True)  # a probe must see a hung runtime
+        assert ran_on != loop_thread
+        large = [f"text {i}" for i in range(LOOP_TOKENIZE_MAX_TEXTS + 1)]
+        _, ran_on = await call(large)  # tokenized in the thread, run there
+        assert ran_on != loop_thread
+        monkeypatch.setattr(inline, "LOOP_RUN_MAX_S", 0.0)  # longer than the bound
+        _, ran_on = await call(texts)
+        assert ran_on != loop_thread
+        monkeypatch.setattr(inline, "LOOP_RUN_MAX_S", 60.0)
+        _, ran_on = await call(texts)
+        assert ran_on == loop_thread
+        traffic.enter()  # a second caller: from now on, threads
+        traffic.leave()
+        _, ran_on = await call(texts)
+        assert ran_on != loop_thread
+        traffic.leave()
+
+    asyncio.run(run())
+    batcher_without = InlineBatcher(recorder, BatchRecorder(), SharedThreads(1))  # type: ignore[arg-type]
+    batcher_without.calibrate()
+    recorder.threads.clear()
+    asyncio.run(batcher_without.embed(texts))  # no traffic given (a dedicated replica)
+    assert recorder.threads[0] != loop_thread
