@@ -168,20 +168,22 @@ class InlineBatcher:
             LOOP_TOKENIZE_MAX_CHARS
         )
         ids = self.runtime.tokenize(texts) if small else None
-        if ids is not None and not probe and self._runs_here(len(texts)):
+        if ids is not None and not probe and self._runs_here(len(texts), deadline):
             return self._run_here(texts, ids)
         self._queue.append(_Pending(texts, ids, deadline, future))
         self._queued_texts += len(texts)
         self._dispatch()
         return await future
 
-    def _runs_here(self, texts: int) -> bool:
+    def _runs_here(self, texts: int, deadline: float | None) -> bool:
         """Whether a small request runs on the event loop: the replica serves one request
         at a time (see `traffic`), nothing is queued or running on any inference thread,
-        no fill wait is set, the run is short and the runtime is not wedged (a probe
-        never runs here: it must notice a runtime that hangs)."""
+        no fill wait is set, the run is short, the deadline has not passed (the queue
+        drops such work) and the runtime is not wedged (a probe never runs here: it
+        must notice a runtime that hangs)."""
         return (
             self._traffic is not None
+            and (deadline is None or time.monotonic() < deadline)
             and self._traffic.sequential()
             and not self._queue
             and self._threads.free() == self._threads.workers

@@ -34,6 +34,7 @@ from deployments.replicas.health import PROBE_TEXT, HealthProbe
 from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.loading import load_version, runtime_metadata
 from deployments.replicas.threads import SharedThreads
+from deployments.replicas.traffic import Traffic
 from models import ArtifactStore
 
 
@@ -62,8 +63,15 @@ class ModelServer:
         # ones run as that many one-thread batches at once, as inline. Inference runs
         # in threads, so the event loop stays free to gather the next batch.
         threads = SharedThreads(max(1, runtime.busy_lanes))
+        # Calls in flight and their callers: while one caller that serves one request at
+        # a time calls, a lone small request runs on the event loop (as inline).
+        self.traffic = Traffic()
         self.batcher = InlineBatcher(
-            runtime, ModelMetrics(model, version), threads, self.spec.fault_injection
+            runtime,
+            ModelMetrics(model, version),
+            threads,
+            self.spec.fault_injection,
+            traffic=self.traffic,
         )
         self.reconfigure({})  # the dedicated defaults, until Serve applies user_config
         self.batcher.calibrate()
@@ -95,11 +103,19 @@ class ModelServer:
         live = BatchLiveConfig.model_validate(user_config or {})
         self.batcher.configure(live, live.batch_wait_timeout_s)
 
-    async def embed(self, texts: list[str], timeout_s: float | None = None) -> EmbedResult:
+    async def embed(
+        self, texts: list[str], timeout_s: float | None = None, caller: str | None = None
+    ) -> EmbedResult:
         """Vectors `[len(texts), dim]` and the tokens read per text. `timeout_s`: what
-        the caller has left; work still queued when it runs out is dropped (`Timeout`)."""
+        the caller has left; work still queued when it runs out is dropped (`Timeout`).
+        `caller`: the calling replica's id while it serves one request at a time (None:
+        it serves several at once, or does not say)."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else 3600.0)
-        return await self.batcher.embed(texts, deadline)
+        self.traffic.enter(caller, concurrent=caller is None)
+        try:
+            return await self.batcher.embed(texts, deadline)
+        finally:
+            self.traffic.leave()
 
     def batch_settings(self) -> dict[str, float]:
         """The batching settings in effect (for operators and tests)."""

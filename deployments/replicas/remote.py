@@ -45,6 +45,7 @@ from deployments.errors import (
 )
 from deployments.observability.logs import get_logger
 from deployments.replicas.backend import QUIET_FAILURES, EmbedResult, VersionBackend, remaining_s
+from deployments.replicas.traffic import caller_if_sequential
 
 _log = get_logger("calls")
 _REPLICA_GONE = (ActorDiedError, ActorUnavailableError, DeploymentUnavailableError)
@@ -120,11 +121,13 @@ class DedicatedBackend:
         self._meta: dict[str, Any] | None = None
 
     async def embed(self, texts: list[str], deadline: float) -> EmbedResult:
-        """Vectors for `texts` from the version's replicas, by `deadline`."""
+        """Vectors for `texts` from the version's replicas, by `deadline`; the call names
+        this replica while it serves one request at a time (the version's replica may
+        then run it on its event loop, see `traffic`)."""
         result: EmbedResult = await call_version(
             self.handle,
             "embed",
-            (texts, remaining_s(deadline)),
+            (texts, remaining_s(deadline), caller_if_sequential()),
             deadline,
             self.label,
             self.timeout_s,

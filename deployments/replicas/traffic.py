@@ -20,6 +20,7 @@ the shortcut). Nor can idle time: under CPU contention the loop itself waits for
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 
 # How long after two requests overlapped the replica counts as concurrent.
@@ -41,11 +42,16 @@ class Traffic:
         self._last: Client = None
         self._last_at = -float("inf")
 
-    def enter(self, client: Client = None) -> None:
-        """A request arrived on the connection from `client` (host, port)."""
+    def enter(self, client: Client = None, concurrent: bool = False) -> None:
+        """A request arrived on the connection from `client` (host, port); `concurrent`:
+        its caller says it is not serving one request at a time."""
         now = self._clock()
         self.in_flight += 1
-        if self.in_flight > 1 or (client != self._last and now - self._last_at < self.quiet_s):
+        if (
+            concurrent
+            or self.in_flight > 1
+            or (client != self._last and now - self._last_at < self.quiet_s)
+        ):
             self._overlapped_at = now
         self._last, self._last_at = client, now
 
@@ -61,3 +67,12 @@ class Traffic:
 # The replica's own: its HTTP entry counts requests, its inline versions read it (one
 # replica per process).
 REPLICA_TRAFFIC = Traffic()
+# Who this process is to the dedicated versions it calls: a replica serving one request
+# at a time names itself with each call, so a version's replica can tell one caller at a
+# time from several (gRPC calls share one connection).
+CALLER_ID = uuid.uuid4().hex
+
+
+def caller_if_sequential() -> str | None:
+    """This process's caller id while its replica serves one request at a time."""
+    return CALLER_ID if REPLICA_TRAFFIC.sequential() else None

@@ -125,3 +125,50 @@ def test_a_dedicated_replica_runs_queued_batches_on_its_busy_lanes(
     assert recorder.batches[1:] == [4, 4]
     for texts, (vectors, _) in zip(requests, answers, strict=True):
         np.testing.assert_allclose(vectors, server.runtime.embed(texts), atol=1e-5)
+
+
+def test_one_caller_at_a_time_runs_on_the_loop_several_in_threads(
+    server: ModelServer, monkeypatch: Any
+) -> None:
+    """The caller names itself while it serves one request at a time: its lone requests
+    run on the replica's event loop; another caller, or a call that names none, sends
+    the replica back to its threads for the quiet time."""
+    import threading
+
+    from deployments.replicas import inline
+    from deployments.replicas.traffic import Traffic
+
+    monkeypatch.setattr(inline, "LOOP_RUN_MAX_S", 60.0)  # any measured run goes
+    now = [100.0]
+    traffic = Traffic(quiet_s=0.5, clock=lambda: now[0])
+    monkeypatch.setattr(server, "traffic", traffic)
+    monkeypatch.setattr(server.batcher, "_traffic", traffic)
+    ran_on: list[int] = []
+    real = server.runtime.embed_token_ids
+
+    def recorded(ids: Any, busy: bool = False) -> Any:
+        ran_on.append(threading.get_ident())
+        return real(ids, busy=busy)
+
+    monkeypatch.setattr(server.runtime, "embed_token_ids", recorded)
+
+    async def call(caller: str | None) -> bool:
+        ran_on.clear()
+        vectors, _ = await server.embed(["a red shoe"], 30.0, caller)
+        assert vectors.shape == (1, 384)
+        now[0] += 0.01
+        return ran_on[0] == threading.get_ident()
+
+    async def run() -> list[bool]:
+        here = [await call("ingress-a"), await call("ingress-a")]
+        here += [await call("ingress-b"), await call("ingress-a")]  # two callers
+        now[0] += 1.0
+        here.append(await call("ingress-a"))
+        here.append(await call(None))  # a caller serving several at once
+        now[0] += 1.0
+        with pytest.raises(Timeout):  # a passed deadline is dropped, not run
+            await server.embed(["too late"], 0.0, "ingress-a")
+        return here
+
+    assert asyncio.run(run()) == [True, True, False, False, True, False]
+    assert traffic.in_flight == 0
