@@ -1,87 +1,83 @@
-"""Requests in flight: when a replica counts as serving one request at a time."""
+"""The in-ingress traffic split: realised shares stay within statistical bounds."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+import math
+import random
+from collections import Counter
 
 import pytest
 
-from deployments.http.hot import HotRoutes
-from deployments.replicas.traffic import Traffic
+from deployments.routing.traffic import TrafficSplitter
+
+N = 20_000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_one_at_a_time_is_sequential_an_overlap_is_remembered() -> None:
-    clock = Clock()
-    traffic = Traffic(quiet_s=0.5, clock=clock)
-    assert traffic.sequential()
-    for _ in range(3):  # one caller, one request after the other
-        traffic.enter()
-        assert traffic.sequential()
-        traffic.leave()
-    traffic.enter()
-    traffic.enter()  # a second caller while the first is served
-    assert not traffic.sequential()
-    traffic.leave()
-    assert not traffic.sequential()  # one left in flight, but they overlapped just now
-    clock.now += 0.4
-    assert not traffic.sequential()
-    clock.now += 0.1
-    assert traffic.sequential()
-    traffic.leave()
-    traffic.leave()  # never below zero
-    assert traffic.in_flight == 0
+@pytest.mark.parametrize(
+    "weights",
+    [{"v1": 90, "v2": 10}, {"v1": 50, "v2": 50}, {"a": 1, "b": 99}, {"a": 20, "b": 30, "c": 50}],
+)
+def test_realised_split_within_bounds(weights: dict[str, int]) -> None:
+    splitter = TrafficSplitter({"m": weights}, rng=random.Random(7))
+    seen = Counter(splitter.pick("m") for _ in range(N))
+    for version, weight in weights.items():
+        p = weight / 100
+        sd = math.sqrt(N * p * (1 - p))
+        assert abs(seen[version] - N * p) <= 5 * sd + 1, (version, seen)
 
 
-def test_a_request_on_another_connection_is_an_overlap() -> None:
-    """While a run holds the loop, the next callers' requests wait in their sockets and
-    reach the handler one by one: their connections tell that they came together."""
-    clock = Clock()
-    traffic = Traffic(quiet_s=0.5, clock=clock)
-    for _ in range(3):  # one caller on one kept-alive connection
-        traffic.enter(("127.0.0.1", 5001))
-        assert traffic.sequential()
-        traffic.leave()
-        clock.now += 0.003
-    traffic.enter(("127.0.0.1", 5002))  # another connection, right after
-    assert not traffic.sequential()
-    traffic.leave()
-    clock.now += 0.6
-    traffic.enter(("127.0.0.1", 5002))  # a caller alone again for a while
-    assert traffic.sequential()
-    traffic.leave()
-    clock.now += 0.6
-    traffic.enter(("127.0.0.1", 5003))  # a new connection after a quiet spell
-    assert traffic.sequential()
+def test_zero_weight_is_never_picked_and_update_is_atomic() -> None:
+    splitter = TrafficSplitter({"m": {"v1": 100, "v2": 0}}, rng=random.Random(1))
+    assert {splitter.pick("m") for _ in range(1000)} == {"v1"}
+    assert splitter.weights("m") == {"v1": 100}
+    splitter.update({"m": {"v1": 0, "v2": 100}})
+    assert {splitter.pick("m") for _ in range(1000)} == {"v2"}
+    assert splitter.weights("m") == {"v2": 100}
 
 
-def test_every_http_call_is_counted_until_it_ends_even_when_it_fails() -> None:
-    traffic = Traffic(quiet_s=10)
-    seen: list[int] = []
+def test_all_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"traffic\.m: no version has a weight above 0"):
+        TrafficSplitter({"m": {"v1": 0}})
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(traffic.in_flight)
-        if scope.get("path") == "/fails":
-            raise RuntimeError("boom")
 
-    routes = HotRoutes(app, {}, traffic)
+def test_unseeded_splitter_is_random() -> None:
+    splitter = TrafficSplitter({"m": {"v1": 50, "v2": 50}})
+    assert {splitter.pick("m") for _ in range(200)} == {"v1", "v2"}
 
-    async def run() -> None:
-        client = ("127.0.0.1", 5001)
-        await routes({"type": "http", "path": "/v1/models", "client": client}, None, None)
-        with pytest.raises(RuntimeError):
-            await routes({"type": "http", "path": "/fails", "client": client}, None, None)
-        await routes({"type": "lifespan"}, None, None)  # not a request
 
-    asyncio.run(run())
-    assert seen == [1, 1, 0]
-    assert traffic.in_flight == 0
-    assert traffic.sequential()
+def test_sticky_keys_always_get_the_same_version() -> None:
+    splitter = TrafficSplitter({"m": {"v1": 70, "v2": 30}})
+    for i in range(200):
+        key = f"user-{i}"
+        assert len({splitter.pick("m", key) for _ in range(5)}) == 1
+
+
+def test_sticky_shares_follow_weights() -> None:
+    splitter = TrafficSplitter({"m": {"v1": 80, "v2": 20}})
+    seen = Counter(splitter.pick("m", f"user-{i}") for i in range(N))
+    sd = math.sqrt(N * 0.2 * 0.8)
+    assert abs(seen["v2"] - N * 0.2) <= 5 * sd
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"v1": 90, "v2": 10}, {"v1": 80, "v2": 20}),
+        ({"v1": 95, "v2": 5}, {"v1": 50, "v2": 50}),
+        ({"v1": 60, "v2": 10, "v3": 30}, {"v1": 50, "v2": 20, "v3": 30}),
+    ],
+)
+def test_raising_a_candidate_keeps_its_users(before: dict[str, int], after: dict[str, int]) -> None:
+    keys = [f"user-{i}" for i in range(5000)]
+    first = TrafficSplitter({"m": before})
+    on_candidate = {k for k in keys if first.pick("m", k) == "v2"}
+    second = TrafficSplitter({"m": after})
+    assert on_candidate
+    assert all(second.pick("m", k) == "v2" for k in on_candidate)
+
+
+def test_without_version_gives_share_to_heaviest() -> None:
+    from deployments.routing.traffic import without_version
+
+    assert without_version({"v1": 90, "v2": 10}, "v2") == {"v1": 100, "v2": 0}
+    assert without_version({"a": 50, "b": 30, "c": 20}, "c") == {"a": 70, "b": 30, "c": 0}
