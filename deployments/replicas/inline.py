@@ -183,10 +183,10 @@ class InlineBatcher:
         must notice a runtime that hangs)."""
         return (
             self._traffic is not None
-            and (deadline is None or time.monotonic() < deadline)
-            and self._traffic.sequential()
             and not self._queue
             and self._threads.free() == self._threads.workers
+            and self._traffic.sequential()
+            and (deadline is None or time.monotonic() < deadline)
             and self.batch_wait_s <= 0
             and not self.wedge.engaged
             and (cost := self.cost.seconds(texts, self.max_batch_texts)) is not None

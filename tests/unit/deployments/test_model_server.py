@@ -16,6 +16,7 @@ from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.model_server import ModelServer
 from deployments.replicas.threads import SharedThreads
 from tests.unit.deployments.fakes import BatchRecorder, FakeRuntime
+from tests.unit.stores.fake_clock import FakeClock
 
 
 def _batcher(wait_s: float, max_batch_size: int = 16) -> tuple[InlineBatcher, BatchRecorder]:
@@ -139,8 +140,8 @@ def test_one_caller_at_a_time_runs_on_the_loop_several_in_threads(
     from deployments.replicas.traffic import Traffic
 
     monkeypatch.setattr(inline, "LOOP_RUN_MAX_S", 60.0)  # any measured run goes
-    now = [100.0]
-    traffic = Traffic(quiet_s=0.5, clock=lambda: now[0])
+    clock = FakeClock()
+    traffic = Traffic(quiet_s=0.5, clock=clock)
     monkeypatch.setattr(server, "traffic", traffic)
     monkeypatch.setattr(server.batcher, "_traffic", traffic)
     ran_on: list[int] = []
@@ -156,16 +157,16 @@ def test_one_caller_at_a_time_runs_on_the_loop_several_in_threads(
         ran_on.clear()
         vectors, _ = await server.embed(["a red shoe"], 30.0, caller)
         assert vectors.shape == (1, 384)
-        now[0] += 0.01
+        await clock.advance(0.01)
         return ran_on[0] == threading.get_ident()
 
     async def run() -> list[bool]:
         here = [await call("ingress-a"), await call("ingress-a")]
         here += [await call("ingress-b"), await call("ingress-a")]  # two callers
-        now[0] += 1.0
+        await clock.advance(1.0)
         here.append(await call("ingress-a"))
         here.append(await call(None))  # a caller serving several at once
-        now[0] += 1.0
+        await clock.advance(1.0)
         with pytest.raises(Timeout):  # a passed deadline is dropped, not run
             await server.embed(["too late"], 0.0, "ingress-a")
         return here

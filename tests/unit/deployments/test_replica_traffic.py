@@ -9,18 +9,11 @@ import pytest
 
 from deployments.http.hot import HotRoutes
 from deployments.replicas.traffic import Traffic
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.stores.fake_clock import FakeClock
 
 
 def test_one_at_a_time_is_sequential_an_overlap_is_remembered() -> None:
-    clock = Clock()
+    clock = FakeClock()
     traffic = Traffic(quiet_s=0.5, clock=clock)
     assert traffic.sequential()
     for _ in range(3):  # one caller, one request after the other
@@ -44,7 +37,7 @@ def test_one_at_a_time_is_sequential_an_overlap_is_remembered() -> None:
 def test_a_request_on_another_connection_is_an_overlap() -> None:
     """While a run holds the loop, the next callers' requests wait in their sockets and
     reach the handler one by one: their connections tell that they came together."""
-    clock = Clock()
+    clock = FakeClock()
     traffic = Traffic(quiet_s=0.5, clock=clock)
     for _ in range(3):  # one caller on one kept-alive connection
         traffic.enter(("127.0.0.1", 5001))
