@@ -2,6 +2,7 @@
 
     python bench/raw_runtime.py [--store artifacts] [--seconds 2] [--out bench/results/raw.json]
     python bench/raw_runtime.py --lanes   # one batch on all threads vs two one-thread lanes
+    python bench/raw_runtime.py --latency 3000   # batch-1 run times: p50, p90, p99, max
 
 Prints texts/s for batch sizes 1, 8, 32, 128 on short (~12 tokens) and long
 (~128 tokens) texts, and writes the same figures as JSON. Serving benchmarks divide
@@ -107,6 +108,42 @@ def run_lanes(store_dir: Path, seconds: float, versions: list[str] | None) -> di
     return results
 
 
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and the longest of run times given in seconds, in milliseconds."""
+    if not seconds:
+        raise ValueError("no run times")
+    ordered = sorted(seconds)
+
+    def at(q: float) -> float:
+        return round(ordered[round(q * (len(ordered) - 1))] * 1000, 2)
+
+    return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "max_ms": at(1.0)}
+
+
+def run_latency(store_dir: Path, runs: int, versions: list[str] | None) -> dict[str, Any]:
+    """Batch-1 run times, one short text after another, each version on the sessions a
+    replica runs it with (threads spinning only during a run, two busy lanes): the
+    model's own spread on this machine, with whatever else runs beside it."""
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    store = ArtifactStore()
+    texts = make_texts(512, 10)
+    results: dict[str, Any] = {}
+    for version, entry in manifest["models"]["minilm"]["versions"].items():
+        if versions and version not in versions:
+            continue
+        ref = ArtifactRef(str(store_dir / entry["file"]), entry["sha256"])
+        runtime = load_model(ref, RuntimeOptions(spinning="during_run", busy_lanes=2), store)
+        runtime.predict_batch(texts[:1])
+        took = []
+        for i in range(runs):
+            started = time.perf_counter()
+            runtime.predict_batch([texts[i % len(texts)]])
+            took.append(time.perf_counter() - started)
+        results[version] = percentiles_ms(took)
+        del runtime
+    return results
+
+
 def run(store_dir: Path, seconds: float, versions: list[str] | None) -> dict[str, Any]:
     """Measure every version in the store's manifest."""
     manifest = json.loads((store_dir / "manifest.json").read_text())
@@ -149,7 +186,13 @@ def main() -> int:
     parser.add_argument("--version", action="append", help="only these versions")
     parser.add_argument("--out", type=Path, default=Path("bench/results/raw.json"))
     parser.add_argument("--lanes", action="store_true", help="all threads vs two lanes")
+    parser.add_argument("--latency", type=int, metavar="RUNS", help="batch-1 run times")
     args = parser.parse_args()
+    if args.latency:
+        for version, figures in run_latency(args.store, args.latency, args.version).items():
+            print(f"{version:<4} " + "  ".join(f"{k[:-3]} {v:.2f}" for k, v in figures.items()))
+        print(f"(ms, batch 1, {args.latency} runs a version, in-process)")
+        return 0
     if args.lanes:
         lanes = run_lanes(args.store, args.seconds, args.version)
         for version, rows in lanes.items():
