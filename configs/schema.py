@@ -304,6 +304,12 @@ class RecommendationSettings(_Strict):
     popular_refresh_s: float = Field(
         5.0, gt=0, le=3600, description="How often a replica re-reads the popular items."
     )
+    worker_process: bool = Field(
+        True,
+        description="Run recommendations in a process of their own beside each Ingress "
+        "replica, started at its first recommendation (the request path stays in the "
+        "Ingress); false: on the Ingress's event loop.",
+    )
 
 
 class AppArgs(_Strict):

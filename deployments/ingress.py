@@ -82,7 +82,8 @@ class Ingress:
 
     async def __del__(self) -> None:
         """Serve's replica shutdown: write usage, stop following, finish cache writes."""
-        for part in (self.access, self.search, self.plane.cache, self.features):
+        worker = self.recommend.worker if self.recommend is not None else None
+        for part in (self.access, self.search, self.plane.cache, self.features, worker):
             if part is not None:
                 await part.close()
 

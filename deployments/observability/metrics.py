@@ -72,8 +72,9 @@ CATALOGUE = {
     "servekit_recommendations_total": (
         "counter",
         "Answers of /v1/recommendations by recommender version, source (model: the two "
-        "stages; popular: a user without history, or the feature store down) and degraded "
-        "(true: the feature store did not answer).",
+        "stages; popular: a user without history, or the feature store down), degraded "
+        "(true: the feature store did not answer) and process (worker: the replica's "
+        "recommendation worker; ingress: the replica's own event loop).",
     ),
     "servekit_events_total": (
         "counter",
@@ -404,12 +405,15 @@ class RecommendMetrics:
         self.answers = Counter(
             "servekit_recommendations_total",
             description=CATALOGUE["servekit_recommendations_total"][1],
-            tag_keys=("version", "source", "degraded"),  # type: ignore[arg-type]
+            tag_keys=("version", "source", "degraded", "process"),  # type: ignore[arg-type]
         )
 
-    def served(self, version: str, source: str, degraded: bool, seconds: float) -> None:
+    def served(
+        self, version: str, source: str, degraded: bool, seconds: float, process: str = "ingress"
+    ) -> None:
         """One answer."""
-        tags = {"version": version, "source": source, "degraded": str(degraded).lower()}
+        tags = {"version": version, "source": source, "degraded": str(degraded).lower(),
+                "process": process}  # fmt: skip
         RECORDS.inc(self.answers, 1, tags)
 
 

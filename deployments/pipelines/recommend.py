@@ -70,13 +70,27 @@ class Recommendations:
     degraded: bool  # the feature store did not answer
     candidates: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    process: str = "ingress"  # which answered: "worker" (`recommend_process.py`) or here
 
 
 class RecommendMeter(Protocol):
     """Where the service counts answers (Prometheus in a replica)."""
 
-    def served(self, version: str, source: str, degraded: bool, seconds: float) -> None:
-        """One answer: the version, its source (model, popular), whether degraded."""
+    def served(
+        self, version: str, source: str, degraded: bool, seconds: float, process: str = "ingress"
+    ) -> None:
+        """One answer: the version, its source (model, popular), whether degraded, which
+        process answered (worker, ingress)."""
+
+
+class Worker(Protocol):
+    """A process that answers recommendations for this one (`recommend_process.py`)."""
+
+    async def recommend(self, q: RecommendQuery) -> Recommendations | None:
+        """Its answer, or None: answer here."""
+
+    async def close(self) -> None:
+        """Stop it."""
 
 
 class CatalogMissing(LookupError):
@@ -153,12 +167,14 @@ class RecommendService:
         self.popular = popular
         self.settings = settings
         self.clock = clock
+        # Where recommendations run when it answers (`recommend_process.py`); None: here.
+        self.worker: Worker | None = None
 
     def served(self, version: str, got: Recommendations) -> None:
         """Count one answer."""
         if self.meter is not None:
             seconds = sum(got.timings_ms.values()) / 1000
-            self.meter.served(version, got.source, got.degraded, seconds)
+            self.meter.served(version, got.source, got.degraded, seconds, got.process)
 
     def space(self, version: str) -> str:
         """The catalog index space of a version's item vectors."""
@@ -169,10 +185,19 @@ class RecommendService:
         return self.versions[space.split("/", 1)[1]].item_vectors(items)
 
     async def recommend(self, q: RecommendQuery) -> Recommendations:
-        """The k best items for the user (see the module's description)."""
+        """The k best items for the user (see the module's description): from the
+        recommendation worker when there is one and it answers, else here."""
         index = self.search.catalogs.get((q.tenant, q.catalog))
         if index is None:
             raise CatalogMissing(q.catalog)
+        if self.worker is not None:
+            got = await self.worker.recommend(q)
+            if got is not None:
+                return got
+        return await self.recommend_here(q, index)
+
+    async def recommend_here(self, q: RecommendQuery, index: CatalogIndex) -> Recommendations:
+        """The two stages on this process's event loop."""
         started = time.perf_counter()
         got = await self.features.read(q.tenant, "user", q.user)
         profile = Profile.from_features(got.views)

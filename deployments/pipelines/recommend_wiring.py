@@ -44,4 +44,12 @@ def open_recommend(
         return service.item_vectors(space, items)
 
     search.item_model = (model, vectors)
+    if args.recommendations.worker_process:
+        from deployments.pipelines.recommend_process import RecommendWorker
+        from deployments.replicas.traffic import REPLICA_TRAFFIC
+
+        # One caller at a time is answered here: the hand-over would only add latency.
+        service.worker = RecommendWorker(
+            args.model_dump_json(), log, here_when=REPLICA_TRAFFIC.sequential
+        )
     return service

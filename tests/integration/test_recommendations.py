@@ -310,3 +310,50 @@ def test_a_second_version_is_shadowed_split_and_pinned_like_any(
     finally:
         service.redeploy(original)
         wait_ready(service)
+
+
+def test_concurrent_recommendations_are_answered_by_the_replicas_worker(
+    service: Service, shop: dict[str, str]
+) -> None:
+    """Callers at once: the replica hands recommendations to its worker process, which
+    answers what the replica answers on its own loop (the same stores, the same model),
+    and says so in the metrics (`process="worker"`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.integration.test_metrics import scrape_until
+
+    users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    with service.client(headers=shop) as client:
+        for n, user in enumerate(users):
+            category = list(CATEGORIES)[n]
+            _events(client, user, [f"{category}-1", f"{category}-2"], "purchase")
+            _known(client, {"user": user, "k": 8})
+        alone = {u: [d["id"] for d in _recommend(client, {"user": u, "k": 8})["data"]]
+                 for u in users}  # fmt: skip
+
+    def worker_answers(text: str) -> float:
+        lines = [line for line in text.splitlines()
+                 if line.startswith("ray_servekit_recommendations_total{")
+                 and 'process="worker"' in line]  # fmt: skip
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    def caller(n: int, deadline: float) -> list[tuple[str, list[str]]]:
+        got = []
+        with service.client(headers=shop) as client:
+            while time.monotonic() < deadline:
+                user = users[n % len(users)]
+                r = client.post("/v1/recommendations", json={"user": user, "k": 8})
+                assert r.status_code == 200, r.text
+                got.append((user, [d["id"] for d in r.json()["data"]]))
+        return got
+
+    before = worker_answers(scrape_until(service, lambda _: True, 1))
+    deadline = time.monotonic() + 8
+    with ThreadPoolExecutor(16) as pool:
+        answers = [a for f in [pool.submit(caller, n, deadline) for n in range(16)]
+                   for a in f.result()]  # fmt: skip
+    assert len(answers) > 100
+    for user, ids in answers:
+        assert ids == alone[user]
+    text = scrape_until(service, lambda t: worker_answers(t) > before, 60)
+    assert worker_answers(text) > before, "no recommendation was answered by a worker"

@@ -1,0 +1,242 @@
+"""The recommendation worker: its wire format, and a real worker process over real
+stores (the catalog store and event log on SQLite, the embedded online store, the built
+recommender) answering exactly what the same service answers in-process; killed, it is
+answered for here and comes back; stopped mid-request, it is replaced and the requests
+waiting on it are answered here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+import yaml
+
+from configs.features import load_definitions
+from configs.schema import AppArgs
+from configs.settings import PROJECT_ROOT
+from deployments.pipelines.catalog_index import Hit
+from deployments.pipelines.features import FeatureService
+from deployments.pipelines.features_wiring import catalog_items, embedded_path
+from deployments.pipelines.filters import FilterError
+from deployments.pipelines.recommend import (
+    PopularItems,
+    Recommendations,
+    RecommendQuery,
+    RecommendService,
+)
+from deployments.pipelines.recommend_process import (
+    MAX_FRAME,
+    Frames,
+    RecommendWorker,
+    answer_doc,
+    answer_of,
+    frame,
+    query_doc,
+    query_of,
+)
+from deployments.pipelines.search import SearchService
+from deployments.replicas.recommender_backend import load_recommenders
+from stores.catalog import Item
+from stores.catalog_sql import open_catalog_store
+from stores.events import Event
+from stores.events_sql import open_event_log
+from stores.features_sqlite import SqliteFeatureStore
+
+LOG = logging.getLogger("test")
+TENANT = "tn-worker"
+
+
+def test_frames_are_split_and_joined_whatever_the_chunks() -> None:
+    docs = [[1, ["a", "shop", "u", "v1", 5, None, True, None]], {"x": "é" * 300}, [2, None]]
+    stream = b"".join(frame(d) for d in docs)
+    for size in (1, 3, 7, len(stream)):
+        frames = Frames()
+        got = []
+        for at in range(0, len(stream), size):
+            got += frames.feed(stream[at : at + size])
+        assert got == docs
+
+
+def test_a_frame_over_the_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match="a frame of"):
+        Frames().feed((MAX_FRAME + 1).to_bytes(4, "big") + b"{}")
+
+
+def test_queries_and_answers_cross_the_wire_unchanged() -> None:
+    q = RecommendQuery("t", "shop", "u-1", "v2", 7, {"price": {"lt": 20}}, False, "sku-9")
+    assert query_of(query_doc(q)) == q
+    got = Recommendations(
+        [Hit(Item("sku-1", {"title": "Hat"}, {"price": 12.5, "tags": ["a"]}), 0.75)],
+        "model", False, 150, {"features": 0.1, "rank": 0.4},
+    )  # fmt: skip
+    back = answer_of(answer_doc(got))
+    assert back.process == "worker"
+    back.process = "ingress"
+    assert back == got
+
+
+def _items() -> list[Item]:
+    out = []
+    for category, brand in (("hats", "Hatters"), ("socks", "Woolly"), ("mugs", "Clayworks")):
+        for n in range(15):
+            out.append(
+                Item(f"{category}-{n}", {"title": f"{category} number {n}", "brand": brand},
+                     {"category": category, "brand": brand, "price": 10.0 + n})
+            )  # fmt: skip
+    return out
+
+
+def _events() -> list[Event]:
+    now = datetime.now(UTC)
+    likes = {"ann": "hats", "bob": "socks", "cy": "mugs"}
+    return [
+        Event(user, f"{category}-{n}", kind, now, "shop")
+        for user, category in likes.items()
+        for n, kind in ((1, "purchase"), (2, "click"), (3, "view"), (4, "add_to_cart"))
+    ]
+
+
+@pytest.fixture
+def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """The shipped args over stores in `tmp_path`, the catalog and events in them, and
+    the same service as the worker builds, in this process."""
+    dsn = f"sqlite:///{tmp_path}/registry.db"
+    monkeypatch.setenv("SERVEKIT_REGISTRY_DSN", dsn)
+    doc = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    raw = doc["applications"][0]["args"]
+    raw["artifact_root"] = str(PROJECT_ROOT)
+    raw["artifact_cache_dir"] = str(tmp_path / "cache")
+    raw["search"] = {**raw.get("search", {}), "follow_s": 0.05}
+    args = AppArgs.model_validate(raw)
+    catalogs, events = open_catalog_store(dsn), open_event_log(dsn)
+
+    async def no_text(tenant: str, space: str, texts: list[str]) -> Any:
+        raise AssertionError("only the recommender's space is kept here")
+
+    search = SearchService(catalogs, no_text, 0.05, LOG, backfill_delay_s=0)
+    store = SqliteFeatureStore(embedded_path(dsn))
+    features = FeatureService(load_definitions(None), store, events, catalog_items(search), LOG)
+    versions = {v: b.recommender for (_, v), b in load_recommenders(args).items()}
+    service = RecommendService(
+        "recommender", versions, search, features,
+        PopularItems(events, args.recommendations, LOG), args.recommendations,
+    )  # fmt: skip
+    search.item_model = ("recommender", service.item_vectors)
+
+    async def load() -> None:
+        await search.start([service.space(v) for v in versions])
+        await search.upsert(TENANT, "shop", _items())
+        await features.ingest(TENANT, _events(), "shop")
+
+    asyncio.run(load())
+    yield {"args": args, "service": service, "search": search}
+    asyncio.run(search.close())
+    catalogs.close()
+    events.close()
+
+
+def _query(user: str, **kw: Any) -> RecommendQuery:
+    base: dict[str, Any] = {"k": 6, "filters": None, "exclude_seen": True}
+    return RecommendQuery(TENANT, "shop", user, "v1", **{**base, **kw})
+
+
+async def _until_up(worker: RecommendWorker, q: RecommendQuery) -> Recommendations:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        got = await worker.recommend(q)
+        if got is not None:
+            return got
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the worker did not answer: {worker.status()}")
+
+
+def _same(a: Recommendations, b: Recommendations) -> None:
+    def items(r: Recommendations) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        return [(h.item.id, h.item.text, dict(h.item.attributes)) for h in r.hits]
+
+    assert items(a) == items(b)
+    assert [h.score for h in a.hits] == pytest.approx([h.score for h in b.hits], abs=1e-6)
+    assert (a.source, a.degraded, a.candidates) == (b.source, b.degraded, b.candidates)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])  # uvloop: a replica's loop
+def test_a_worker_answers_as_the_service_does_here_and_comes_back_after_a_kill(
+    stores: dict[str, Any], loop: str
+) -> None:
+    service: RecommendService = stores["service"]
+    worker = RecommendWorker(stores["args"].model_dump_json(), LOG, restart_after_s=0.2)
+
+    async def run() -> None:
+        first = _query("ann")
+        assert await worker.recommend(first) is None  # starting: answered here
+        got = await _until_up(worker, first)
+        assert worker.state == "up"
+        assert got.source == "model"
+        index = stores["search"].catalogs[(TENANT, "shop")]
+        for user, kw in (("ann", {}), ("bob", {"k": 3}), ("cy", {"exclude_seen": False}),
+                         ("nobody", {}), ("ann", {"filters": {"category": "mugs"}}),
+                         ("bob", {"context_item": "mugs-7"})):  # fmt: skip
+            q = _query(user, **kw)
+            from_worker = await worker.recommend(q)
+            assert from_worker is not None
+            _same(from_worker, await service.recommend_here(q, index))
+        many = await asyncio.gather(*(worker.recommend(_query(u)) for u in ["ann", "bob"] * 8))
+        assert all(g is not None and g.source == "model" for g in many)
+        with pytest.raises(FilterError):
+            await worker.recommend(_query("ann", filters={"price": {"between": 3}}))
+        unknown = RecommendQuery(TENANT, "other", "ann", "v1", 5, None, True)
+        assert await worker.recommend(unknown) is None  # not indexed there: answered here
+
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while worker.state == "up" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert worker.state == "down"
+        assert await worker.recommend(first) is None  # answered here meanwhile
+        await asyncio.sleep(0.3)
+        back = await _until_up(worker, first)
+        assert back.source == "model"
+        assert worker.pid not in (None, pid)
+        await worker.close()
+
+    if loop == "uvloop":
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+    assert worker.pid is None
+
+
+def test_a_stalled_worker_is_replaced_and_its_requests_are_answered_here(
+    stores: dict[str, Any],
+) -> None:
+    worker = RecommendWorker(stores["args"].model_dump_json(), LOG, stall_s=0.4, restart_after_s=60)
+
+    async def run() -> None:
+        await _until_up(worker, _query("ann"))
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            got = await asyncio.gather(*(worker.recommend(_query("bob")) for _ in range(3)))
+            assert got == [None, None, None]
+            assert time.monotonic() - started < 3
+            assert worker.state == "down"
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # replaced: killed
+                os.kill(pid, signal.SIGCONT)
+        await worker.close()
+
+    asyncio.run(run())
