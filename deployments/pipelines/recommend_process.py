@@ -145,10 +145,13 @@ class RecommendWorker:
         stall_s: float = STALL_S,
         restart_after_s: float = RESTART_AFTER_S,
         here_when: Callable[[], bool] | None = None,
+        store_failed: Callable[[str], None] | None = None,
     ) -> None:
         """`here_when`: whether to answer on the caller's loop even with the worker up
         (a replica serving one request at a time: the hand-over would only add latency)."""
         self.here_when = here_when
+        # Where the worker's online-store failures are counted (the replica's meter).
+        self.store_failed = store_failed
         self.args_json = args_json
         self.log = log
         self.stall_s = stall_s
@@ -198,6 +201,10 @@ class RecommendWorker:
             self.fallbacks += 1
             return None
         self.answered += 1
+        if self.store_failed is not None:
+            for op, n in doc.get("store_failed", {}).items():
+                for _ in range(n):
+                    self.store_failed(op)
         return answer_of(doc)
 
     def _start_if_due(self) -> None:
@@ -320,13 +327,23 @@ class RecommendWorker:
 
 
 class _StoreErrors:
-    """The feature service's meter in the worker: its failures go to its log."""
+    """The feature service's meter in the worker: its store failures, handed to the
+    Ingress with the next answer (the replica's metrics count them)."""
+
+    def __init__(self) -> None:
+        self.failed: dict[str, int] = {}
 
     def events_seen(self, accepted: int, rejected: int) -> None:
         """The worker ingests no events."""
 
     def store_failed(self, op: str) -> None:
-        """Logged by the feature service itself."""
+        """One failed store call (`read`)."""
+        self.failed[op] = self.failed.get(op, 0) + 1
+
+    def take(self) -> dict[str, int]:
+        """The failures since the last call."""
+        failed, self.failed = self.failed, {}
+        return failed
 
 
 class _Requests(asyncio.Protocol):
@@ -385,13 +402,14 @@ async def serve_worker(args_json: str, socket_path: str) -> None:
         raise RuntimeError("the recommendation worker embeds no text")
 
     search = SearchService(open_catalog_store(dsn), no_texts, args.search.follow_s, log)
+    errors = _StoreErrors()
     features = FeatureService(
         load_definitions(args.features.definitions),
         open_online_store(args.features.store_timeout_s, log),
         open_event_log(dsn),
         catalog_items(search),
         log,
-        _StoreErrors(),
+        errors,
     )
     versions = {v: b.recommender for (_, v), b in load_recommenders(args).items()}
     service = RecommendService(
@@ -406,7 +424,10 @@ async def serve_worker(args_json: str, socket_path: str) -> None:
         index = search.catalogs.get((q.tenant, q.catalog))
         if index is None or not index.complete(service.space(q.version)):
             return {"error": "not_indexed"}
-        return answer_doc(await service.recommend(q))
+        out = answer_doc(await service.recommend(q))
+        if failed := errors.take():
+            out["store_failed"] = failed
+        return out
 
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(lambda: _Requests(answer), socket_path)

@@ -49,7 +49,11 @@ def open_recommend(
         from deployments.replicas.traffic import REPLICA_TRAFFIC
 
         # One caller at a time is answered here: the hand-over would only add latency.
+        meter = features.meter
         service.worker = RecommendWorker(
-            args.model_dump_json(), log, here_when=REPLICA_TRAFFIC.sequential
+            args.model_dump_json(),
+            log,
+            here_when=REPLICA_TRAFFIC.sequential,
+            store_failed=meter.store_failed if meter is not None else None,
         )
     return service

@@ -50,7 +50,9 @@ from stores.catalog import Item
 from stores.catalog_sql import open_catalog_store
 from stores.events import Event
 from stores.events_sql import open_event_log
+from stores.features_redis import RedisFeatureStore
 from stores.features_sqlite import SqliteFeatureStore
+from tests.redis_server import RedisServer
 
 LOG = logging.getLogger("test")
 TENANT = "tn-worker"
@@ -106,12 +108,21 @@ def _events() -> list[Event]:
     ]
 
 
-@pytest.fixture
-def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """The shipped args over stores in `tmp_path`, the catalog and events in them, and
-    the same service as the worker builds, in this process."""
+@pytest.fixture(params=["embedded"])
+def stores(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    """The shipped args over stores in `tmp_path` (the online features embedded, or on a
+    real redis-server with the param `redis`), the catalog and events in them, and the
+    same service as the worker builds, in this process."""
     dsn = f"sqlite:///{tmp_path}/registry.db"
     monkeypatch.setenv("SERVEKIT_REGISTRY_DSN", dsn)
+    redis = None
+    if request.param == "redis":
+        from tests.conftest import free_port
+
+        redis = RedisServer(free_port()).start()
+        monkeypatch.setenv("SERVEKIT_FEATURES_REDIS_URL", redis.url)
     doc = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
     raw = doc["applications"][0]["args"]
     raw["artifact_root"] = str(PROJECT_ROOT)
@@ -124,7 +135,9 @@ def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str
         raise AssertionError("only the recommender's space is kept here")
 
     search = SearchService(catalogs, no_text, 0.05, LOG, backfill_delay_s=0)
-    store = SqliteFeatureStore(embedded_path(dsn))
+    store: Any = SqliteFeatureStore(embedded_path(dsn))
+    if redis is not None:
+        store = RedisFeatureStore(redis.url, timeout_s=0.2)
     features = FeatureService(load_definitions(None), store, events, catalog_items(search), LOG)
     versions = {v: b.recommender for (_, v), b in load_recommenders(args).items()}
     service = RecommendService(
@@ -139,7 +152,9 @@ def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str
         await features.ingest(TENANT, _events(), "shop")
 
     asyncio.run(load())
-    yield {"args": args, "service": service, "search": search}
+    yield {"args": args, "service": service, "search": search, "redis": redis}
+    if redis is not None:
+        redis.stop()
     asyncio.run(search.close())
     catalogs.close()
     events.close()
@@ -237,6 +252,28 @@ def test_a_stalled_worker_is_replaced_and_its_requests_are_answered_here(
         finally:
             with contextlib.suppress(ProcessLookupError):  # replaced: killed
                 os.kill(pid, signal.SIGCONT)
+        await worker.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("stores", ["redis"], indirect=True)
+def test_with_redis_down_the_worker_answers_degraded_and_its_failures_are_counted(
+    stores: dict[str, Any],
+) -> None:
+    failed: list[str] = []
+    worker = RecommendWorker(stores["args"].model_dump_json(), LOG, store_failed=failed.append)
+
+    async def run() -> None:
+        known = await _until_up(worker, _query("ann"))
+        assert (known.source, known.degraded) == ("model", False)
+        assert failed == []
+        stores["redis"].stop()
+        got = await worker.recommend(_query("ann"))
+        assert got is not None
+        assert (got.source, got.degraded, got.process) == ("popular", True, "worker")
+        assert len(got.hits) == 6
+        assert failed == ["read"]
         await worker.close()
 
     asyncio.run(run())
