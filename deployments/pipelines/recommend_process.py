@@ -433,6 +433,9 @@ async def serve_worker(args_json: str, socket_path: str) -> None:
     server = await loop.create_unix_server(lambda: _Requests(answer), socket_path)
     sys.stdout.buffer.write(READY)
     sys.stdout.flush()
+    # The replica reads nothing after that line: whatever a library prints from now on
+    # goes to stderr (the replica's log) and never fills a pipe no one drains.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     # Until the replica goes: its end of stdin closes then, however it ended.
     await loop.run_in_executor(None, sys.stdin.buffer.read)
     server.close()
