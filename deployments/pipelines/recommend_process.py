@@ -157,8 +157,6 @@ class RecommendWorker:
         self.stall_s = stall_s
         self.restart_after_s = restart_after_s
         self.state = "idle"  # starting, up, down (restarts after RESTART_AFTER_S)
-        self.answered = 0  # recommendations the worker gave
-        self.fallbacks = 0  # asked of it, answered here
         self._process: asyncio.subprocess.Process | None = None
         self._answers: _Answers | None = None
         self._task: asyncio.Task[None] | None = None
@@ -198,9 +196,7 @@ class RecommendWorker:
         if doc is None or "error" in doc:
             if doc is not None and doc["error"] == "filter":
                 raise FilterError(doc["detail"])
-            self.fallbacks += 1
             return None
-        self.answered += 1
         if self.store_failed is not None:
             for op, n in doc.get("store_failed", {}).items():
                 for _ in range(n):
@@ -316,11 +312,6 @@ class RecommendWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), 5)
         self._ended = []
-
-    def status(self) -> dict[str, Any]:
-        """For the replica's status: the worker's state and what it answered."""
-        return {"state": self.state, "pid": self.pid, "answered": self.answered,
-                "answered_here": self.fallbacks}  # fmt: skip
 
 
 # ---- the worker's side ----------------------------------------------------------------

@@ -172,7 +172,7 @@ async def _until_up(worker: RecommendWorker, q: RecommendQuery) -> Recommendatio
         if got is not None:
             return got
         await asyncio.sleep(0.1)
-    raise AssertionError(f"the worker did not answer: {worker.status()}")
+    raise AssertionError(f"the worker did not answer: {worker.state}, pid {worker.pid}")
 
 
 def _same(a: Recommendations, b: Recommendations) -> None:
