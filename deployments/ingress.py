@@ -25,6 +25,7 @@ from deployments.http.envelope import Envelope, request_id
 from deployments.http.hot import HotRoutes, routes_first
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import IngressMetrics, RouterMetrics
+from deployments.pipelines import wiring
 from deployments.pipelines.features_wiring import open_features
 from deployments.pipelines.recommend_wiring import open_recommend
 from deployments.pipelines.wiring import item_embedder, open_cache, open_search, search_spaces
@@ -81,11 +82,10 @@ class Ingress:
         return await item_embedder(self.args, self.plane)(tenant, space, texts)
 
     async def __del__(self) -> None:
-        """Serve's replica shutdown: write usage, stop following, finish cache writes."""
+        """Serve's replica shutdown: the worker first, then each part whatever the others do."""
         worker = self.recommend.worker if self.recommend is not None else None
-        for part in (self.access, self.search, self.plane.cache, self.features, worker):
-            if part is not None:
-                await part.close()
+        parts = [worker, self.access, self.search, self.plane.cache, self.features]
+        await wiring.close_parts(parts, self.log)
 
     async def check_health(self) -> None:
         """Serve's health check: raises while an inline version's runtime is wedged."""

@@ -53,6 +53,8 @@ READY = b"ready\n"
 def frame(doc: Any) -> bytes:
     """One message: its length (4 bytes, big-endian), then its JSON."""
     body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if len(body) > MAX_FRAME:  # the other side would refuse it and drop the connection
+        raise ValueError(f"a frame of {len(body)} bytes")
     return _HEADER.pack(len(body)) + body
 
 
@@ -113,7 +115,7 @@ def answer_of(doc: dict[str, Any]) -> Recommendations:
 class _Answers(asyncio.Protocol):
     """The worker's answers, each to the request waiting for it."""
 
-    def __init__(self, on_lost: Callable[[], None]) -> None:
+    def __init__(self, on_lost: Callable[[_Answers], None]) -> None:
         self.frames = Frames()
         self.waiting: dict[int, asyncio.Future[Any]] = {}
         self.on_lost = on_lost
@@ -132,7 +134,7 @@ class _Answers(asyncio.Protocol):
                 future.set_result(answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.on_lost()
+        self.on_lost(self)
 
 
 class RecommendWorker:
@@ -184,15 +186,26 @@ class RecommendWorker:
             return None
         self._next += 1
         number = self._next
+        try:
+            data = frame([number, query_doc(q)])
+        except (TypeError, ValueError):  # a value JSON cannot carry, or too big: here
+            return None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not answers.waiting:
             answers.last_answer = time.monotonic()  # the stall clock starts now
         answers.waiting[number] = future
-        answers.transport.write(frame([number, query_doc(q)]))
+        answers.transport.write(data)
         try:
-            doc = await future
+            # A whole stalled worker is noticed by `_watch_stalls` within `stall_s`; one
+            # answer lost while others flow is given up on here, twice that late.
+            doc = await asyncio.wait_for(future, 2 * self.stall_s)
+        except TimeoutError:
+            self.log.warning("recommendation answer overdue: answered here")
+            return None
         finally:
             answers.waiting.pop(number, None)
+        if doc is not None:
+            self._failures = 0  # it answers: the next restart waits the least again
         if doc is None or "error" in doc:
             if doc is not None and doc["error"] == "filter":
                 raise FilterError(doc["detail"])
@@ -234,15 +247,20 @@ class RecommendWorker:
             if line != READY:
                 raise RuntimeError("the worker stopped before it was ready")
             loop = asyncio.get_running_loop()
-            _, answers = await loop.create_unix_connection(
+            transport, answers = await loop.create_unix_connection(
                 lambda: _Answers(self._lost), socket_path
             )
+            if self.state != "starting":  # closed meanwhile
+                transport.close()
+                return
             self._answers = answers
             # Connected: the socket's name is no longer needed, and a replica killed
             # later leaves no folder behind.
             self._tmp.cleanup()
             self._tmp = None
-            self.state, self._failures = "up", 0
+            # `_failures` goes back to 0 at its first answer, not here: a worker that
+            # dies soon after each start is restarted ever later.
+            self.state = "up"
             self._watch = asyncio.create_task(self._watch_stalls())
             self.log.info(
                 "recommendation worker up",
@@ -271,8 +289,8 @@ class RecommendWorker:
                 )
                 self._fail()
 
-    def _lost(self) -> None:
-        if self.state == "up":
+    def _lost(self, answers: _Answers) -> None:
+        if self.state == "up" and answers is self._answers:  # not an earlier worker's
             self.log.warning("recommendation worker gone: answering here until it is back")
             self._fail()
 
@@ -281,6 +299,9 @@ class RecommendWorker:
         self.state, self._down_since = "down", time.monotonic()
         self._failures += 1
         answers, self._answers = self._answers, None
+        watch, self._watch = self._watch, None
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
         if answers is not None:
             for future in answers.waiting.values():
                 if not future.done():
@@ -363,8 +384,12 @@ class _Requests(asyncio.Protocol):
             doc = {"error": "filter", "detail": str(e)}
         except Exception as e:  # answered by the Ingress instead
             doc = {"error": type(e).__name__}
+        try:
+            data = frame([number, doc])
+        except (TypeError, ValueError):  # not for JSON, or too big: the Ingress answers
+            data = frame([number, {"error": "encode"}])
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame([number, doc]))
+            self.transport.write(data)
 
 
 async def serve_worker(args_json: str, socket_path: str) -> None:
@@ -430,9 +455,10 @@ async def serve_worker(args_json: str, socket_path: str) -> None:
     # Until the replica goes: its end of stdin closes then, however it ended.
     await loop.run_in_executor(None, sys.stdin.buffer.read)
     server.close()
-    await search.close()
     # The replica's temporary folder: it may have gone without removing it.
     shutil.rmtree(Path(socket_path).parent, ignore_errors=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(search.close(), 5)
 
 
 def main() -> None:

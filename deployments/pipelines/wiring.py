@@ -1,12 +1,13 @@
 """Builds the search service and the embedding cache of a replica from the args, the
-secrets and the live config."""
+secrets and the live config; closes a replica's parts when it goes."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from logging import Logger
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -140,3 +141,22 @@ class HandleShard:
     async def candidates(self, q: Any, stats: Any) -> Any:
         """The shard's best items of each half."""
         return await self.handle.candidates.remote(q, stats)
+
+
+class Closeable(Protocol):
+    """A replica's part that holds something to let go of (a store, a process)."""
+
+    async def close(self) -> None:
+        """Let it go."""
+
+
+async def close_parts(parts: Sequence[Closeable | None], log: Logger) -> None:
+    """Close each part in order, whatever the others do (a replica's shutdown)."""
+    for part in parts:
+        if part is None:
+            continue
+        try:
+            await part.close()
+        except Exception as e:
+            fields = {"part": type(part).__name__, "error": type(e).__name__}
+            log.warning("a part did not close", extra={"fields": fields})

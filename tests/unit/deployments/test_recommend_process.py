@@ -87,6 +87,87 @@ def test_queries_and_answers_cross_the_wire_unchanged() -> None:
     assert back == got
 
 
+def test_an_answer_json_cannot_carry_goes_back_as_an_error() -> None:
+    from deployments.pipelines.recommend_process import _Requests
+
+    class Transport:
+        def __init__(self) -> None:
+            self.sent = Frames()
+            self.got: list[Any] = []
+
+        def is_closing(self) -> bool:
+            return False
+
+        def write(self, data: bytes) -> None:
+            self.got += self.sent.feed(data)
+
+    async def answer(query: list[Any]) -> dict[str, Any]:
+        return {"hits": [], "id": 2**70} if query[2] == "wide" else {"hits": []}
+
+    async def run() -> list[Any]:
+        requests, transport = _Requests(answer), Transport()
+        requests.connection_made(transport)  # type: ignore[arg-type]
+        requests.data_received(frame([1, ["t", "c", "wide"]]) + frame([2, ["t", "c", "u"]]))
+        await asyncio.gather(*requests.tasks)
+        return transport.got
+
+    assert sorted(asyncio.run(run())) == [[1, {"error": "encode"}], [2, {"hits": []}]]
+    with pytest.raises(ValueError, match="a frame of"):
+        frame("x" * (MAX_FRAME + 1))
+
+
+def test_one_lost_answer_is_answered_here_while_the_worker_stays(tmp_path: Path) -> None:
+    """A worker that answers every request but one: that caller is answered here after
+    twice the stall time; the worker stays, its restart wait back at the least once it
+    answers; a late goodbye from an earlier worker's connection changes nothing."""
+    from deployments.pipelines.recommend_process import _Answers
+
+    answer = answer_doc(Recommendations([], "popular", False, 0, {}))
+
+    class FakeWorker(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.frames = Frames()
+
+        def data_received(self, data: bytes) -> None:
+            for number, query in self.frames.feed(data):
+                if query[2] != "lost":
+                    self.transport.write(frame([number, answer]))  # type: ignore[attr-defined]
+
+    async def run() -> None:
+        worker = RecommendWorker("{}", LOG, stall_s=0.3)
+        loop = asyncio.get_running_loop()
+        path = str(tmp_path / "w.sock")
+        server = await loop.create_unix_server(FakeWorker, path)
+        _, answers = await loop.create_unix_connection(lambda: _Answers(worker._lost), path)
+        worker._answers, worker.state, worker._failures = answers, "up", 3
+        worker._watch = asyncio.create_task(worker._watch_stalls())
+
+        async def steady() -> list[Recommendations | None]:
+            out = []
+            for _ in range(20):  # answers keep flowing while one is lost
+                out.append(await worker.recommend(_query("u")))
+                await asyncio.sleep(0.04)
+            return out
+
+        started = time.monotonic()
+        lost, flowing = await asyncio.gather(worker.recommend(_query("lost")), steady())
+        assert lost is None
+        assert 0.6 <= time.monotonic() - started < 2
+        assert all(r is not None and r.source == "popular" for r in flowing)
+        assert (worker.state, worker._failures, answers.waiting) == ("up", 0, {})
+        worker._lost(_Answers(worker._lost))  # an earlier worker's connection, closed late
+        assert worker.state == "up"
+        assert await worker.recommend(_query("u")) is not None
+        answers.transport.close()  # type: ignore[union-attr]  # its own: answered here
+        await asyncio.sleep(0.05)
+        assert worker.state == "down"
+        assert worker._watch is None
+        server.close()
+
+    asyncio.run(run())
+
+
 def _items() -> list[Item]:
     out = []
     for category, brand in (("hats", "Hatters"), ("socks", "Woolly"), ("mugs", "Clayworks")):
@@ -277,3 +358,26 @@ def test_with_redis_down_the_worker_answers_degraded_and_its_failures_are_counte
         await worker.close()
 
     asyncio.run(run())
+
+
+def test_a_replicas_parts_all_close_whatever_one_of_them_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from deployments.pipelines.wiring import close_parts
+
+    closed: list[str] = []
+
+    class Part:
+        def __init__(self, name: str, fails: bool = False) -> None:
+            self.name, self.fails = name, fails
+
+        async def close(self) -> None:
+            closed.append(self.name)
+            if self.fails:
+                raise OSError("disk gone")
+
+    parts = [Part("worker", fails=True), None, Part("access"), Part("cache")]
+    with caplog.at_level(logging.WARNING, logger="test"):
+        asyncio.run(close_parts(parts, LOG))
+    assert closed == ["worker", "access", "cache"]
+    assert [r.message for r in caplog.records] == ["a part did not close"]
