@@ -247,12 +247,9 @@ class RecommendWorker:
             if line != READY:
                 raise RuntimeError("the worker stopped before it was ready")
             loop = asyncio.get_running_loop()
-            transport, answers = await loop.create_unix_connection(
+            _, answers = await loop.create_unix_connection(
                 lambda: _Answers(self._lost), socket_path
             )
-            if self.state != "starting":  # closed meanwhile
-                transport.close()
-                return
             self._answers = answers
             # Connected: the socket's name is no longer needed, and a replica killed
             # later leaves no folder behind.
