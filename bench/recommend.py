@@ -7,11 +7,12 @@ servekit runs as shipped (`servekit serve`, serve_config.yaml, auth on, the embe
 feature store) with `--items` products of the example catalog and `--users` users whose
 events (the example interactions over those items) went through `POST /v1/events`.
 The service's replica answers recommendations arriving together through its
-recommendation worker (`deployments/pipelines/recommend_process.py`), one caller at a
-time on its own loop. Measured: at one connection, the p50 of a recommendation against the p50 of a
-single-text embedding (goal: at most 2x); at 16 connections, recommendations per second
-against a loop in this process running the same steps on the same stores, one request
-after another (features, user tower, candidates from the version's index, ranking; goal:
+recommendation workers (`deployments/pipelines/recommend_process.py`, as many as
+`recommendations.worker_processes`), one caller at a time on its own loop. Measured: at
+one connection, the p50 of a recommendation against the p50 of a single-text embedding
+(goal: at most 2x); at 16 connections, recommendations per second against a loop in
+this process running the same steps on the same stores, one request after another
+(features, user tower, candidates from the version's index, ranking; goal:
 at least 0.8x). Writes bench/results/recommend.json and adds the ratios to latest.json.
 """
 
@@ -81,52 +82,62 @@ def load(port: int, key: str, items: list[dict[str, Any]], users: int) -> list[s
     return sorted({e.user for e in log})
 
 
-def worker_pid(root: int) -> int | None:
-    """The service's recommendation worker process (None: not running)."""
+def worker_pids(root: int) -> list[int]:
+    """The service's recommendation worker processes (none: not running)."""
     from bench.serving import _descendants
 
+    out = []
     for pid in _descendants(root):
         try:
             if (
                 b"deployments.pipelines.recommend_process"
                 in Path(f"/proc/{pid}/cmdline").read_bytes()
             ):
-                return pid
+                out.append(pid)
         except OSError:
             continue
-    return None
+    return out
 
 
-def worker_rss_mb(root: int) -> int | None:
-    """Resident memory of the service's recommendation worker (None: not running)."""
-    pid = worker_pid(root)
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if pid is not None and line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    return None
+def worker_rss_mb(root: int) -> list[int]:
+    """Resident memory of each of the service's recommendation workers."""
+    out = []
+    for pid in worker_pids(root):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out.append(round(int(line.split()[1]) / 1024))
+        except OSError:
+            continue
+    return out
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds the processes have used (-1: one of them is gone)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, IndexError, ValueError):
+            return -1.0
+    return total
 
 
 def settle_worker(root: int, port: int, key: str, recs: list[bytes]) -> float:
-    """Start the replica's recommendation worker (requests at once start it) and wait
-    until it has caught up with the catalog store (its CPU quiet for a second), so that
-    no measurement runs beside its start; the seconds that took."""
+    """Start the replica's recommendation workers (requests at once start them) and wait
+    until they have caught up with the catalog store (their CPU quiet for a second), so
+    that no measurement runs beside their start; the seconds that took."""
     started = time.monotonic()
     workload(port, key, "/v1/recommendations", recs, 16, 0, 2)
-    ticks = os.sysconf("SC_CLK_TCK")
     last = -1.0
     while time.monotonic() - started < 180:
-        pid = worker_pid(root)
-        if pid is None and time.monotonic() - started > 30:
+        pids = worker_pids(root)
+        if not pids and time.monotonic() - started > 30:
             break  # no worker (`recommendations.worker_process: false`)
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu = (int(fields[11]) + int(fields[12])) / ticks
-        except (OSError, IndexError, ValueError):
-            cpu = -1.0
-        if pid is not None and 0 <= cpu - last < 0.05:
+        cpu = _cpu_s(pids)
+        if pids and 0 <= cpu - last < 0.05 * len(pids):
             break
         last = cpu
         time.sleep(1)
@@ -232,7 +243,7 @@ def main() -> int:
             recs = [orjson.dumps({"user": rng.choice(users), "catalog": CATALOG, "k": K})
                     for _ in range(2000)]  # fmt: skip
             waited = settle_worker(server.proc.pid, server.port, key, recs)
-            print(f"  recommendation worker up and caught up after {waited} s", flush=True)
+            print(f"  recommendation workers up and caught up after {waited} s", flush=True)
             texts = [orjson.dumps({"model": "minilm", "input": f"{i['text']['title']}"})
                      for i in items[:2000]]  # fmt: skip
             served = {
@@ -247,8 +258,8 @@ def main() -> int:
                 print(f"  {name}: {figures}", flush=True)
             worker_mb = worker_rss_mb(server.proc.pid)
             peak_mb = round(server.peak_rss / 2**20)
-            print(f"  peak memory {peak_mb} MB, of it the recommendation worker "
-                  f"{worker_mb} MB", flush=True)  # fmt: skip
+            print(f"  peak memory {peak_mb} MB, of it the recommendation workers "
+                  f"{' + '.join(map(str, worker_mb)) or 0} MB", flush=True)  # fmt: skip
         finally:
             server.stop()
         loop = in_process(env, users, args.seconds)

@@ -170,6 +170,17 @@ class RecommendWorker:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     @property
+    def up(self) -> bool:
+        """Whether it is up and connected: a request would be handed to it."""
+        answers = self._answers
+        return self.state == "up" and answers is not None and answers.transport is not None
+
+    @property
+    def waiting(self) -> int:
+        """Its requests waiting for an answer."""
+        return len(self._answers.waiting) if self._answers is not None else 0
+
+    @property
     def pid(self) -> int | None:
         """The worker process's id while it runs."""
         return self._process.pid if self._process is not None else None
@@ -179,8 +190,8 @@ class RecommendWorker:
         restarting, stalled, `here_when`, or the worker has not indexed the version or
         catalog)."""
         answers = self._answers
-        if self.state != "up" or answers is None or answers.transport is None:
-            self._start_if_due()
+        if not self.up or answers is None or answers.transport is None:
+            self.start_if_due()
             return None
         if self.here_when is not None and self.here_when():
             return None
@@ -216,7 +227,8 @@ class RecommendWorker:
                     self.store_failed(op)
         return answer_of(doc)
 
-    def _start_if_due(self) -> None:
+    def start_if_due(self) -> None:
+        """Start it when it never ran, or when it failed and its restart wait is over."""
         wait_s = min(RESTART_MAX_S, self.restart_after_s * 2 ** max(0, self._failures - 1))
         due = self.state == "idle" or (
             self.state == "down" and time.monotonic() - self._down_since > wait_s
@@ -330,6 +342,36 @@ class RecommendWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), 5)
         self._ended = []
+
+
+class WorkerPool:
+    """Several recommendation workers beside one replica (`worker_processes`): each
+    request goes to the worker with the fewest answers outstanding among those up; with
+    none up it is answered here, and the workers due to start, start."""
+
+    def __init__(self, workers: list[RecommendWorker]) -> None:
+        self.workers = workers
+
+    @property
+    def pids(self) -> list[int]:
+        """The running workers' process ids."""
+        return [w.pid for w in self.workers if w.pid is not None]
+
+    async def recommend(self, q: RecommendQuery) -> Recommendations | None:
+        """The least busy worker's answer, or None: answer here."""
+        up = []
+        for worker in self.workers:
+            if worker.up:
+                up.append(worker)
+            else:
+                worker.start_if_due()
+        if not up:
+            return None
+        return await min(up, key=lambda w: w.waiting).recommend(q)
+
+    async def close(self) -> None:
+        """Stop every worker, whatever each of the others does."""
+        await asyncio.gather(*(w.close() for w in self.workers), return_exceptions=True)
 
 
 # ---- the worker's side ----------------------------------------------------------------

@@ -45,15 +45,19 @@ def open_recommend(
 
     search.item_model = (model, vectors)
     if args.recommendations.worker_process:
-        from deployments.pipelines.recommend_process import RecommendWorker
+        from deployments.pipelines.recommend_process import RecommendWorker, WorkerPool
         from deployments.replicas.traffic import REPLICA_TRAFFIC
 
         # One caller at a time is answered here: the hand-over would only add latency.
         meter = features.meter
-        service.worker = RecommendWorker(
-            args.model_dump_json(),
-            log,
-            here_when=REPLICA_TRAFFIC.sequential,
-            store_failed=meter.store_failed if meter is not None else None,
-        )
+        workers = [
+            RecommendWorker(
+                args.model_dump_json(),
+                log,
+                here_when=REPLICA_TRAFFIC.sequential,
+                store_failed=meter.store_failed if meter is not None else None,
+            )
+            for _ in range(args.recommendations.worker_processes)
+        ]
+        service.worker = workers[0] if len(workers) == 1 else WorkerPool(workers)
     return service

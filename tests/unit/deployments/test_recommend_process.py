@@ -38,6 +38,7 @@ from deployments.pipelines.recommend_process import (
     MAX_FRAME,
     Frames,
     RecommendWorker,
+    WorkerPool,
     answer_doc,
     answer_of,
     frame,
@@ -312,6 +313,53 @@ def test_a_worker_answers_as_the_service_does_here_and_comes_back_after_a_kill(
     else:
         asyncio.run(run())
     assert worker.pid is None
+
+
+def test_a_pool_shares_requests_among_its_workers_and_one_killed_leaves_the_other(
+    stores: dict[str, Any],
+) -> None:
+    args = stores["args"].model_dump_json()
+    pool = WorkerPool([RecommendWorker(args, LOG, restart_after_s=60) for _ in range(2)])
+    service: RecommendService = stores["service"]
+
+    async def run() -> None:
+        first = _query("ann")
+        assert await pool.recommend(first) is None  # none up yet: both start, answered here
+        assert [w.state for w in pool.workers] == ["starting", "starting"]
+        deadline = time.monotonic() + 90
+        while not all(w.up for w in pool.workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(set(pool.pids)) == 2
+        served: list[int] = []
+        for worker in pool.workers:  # which worker answered each request
+            original = worker.recommend
+
+            async def counted(q: RecommendQuery, w: RecommendWorker = worker,
+                              call: Any = original) -> Recommendations | None:  # fmt: skip
+                served.append(pool.workers.index(w))
+                return await call(q)
+
+            worker.recommend = counted  # type: ignore[method-assign]
+        many = await asyncio.gather(*(pool.recommend(_query(u)) for u in ["ann", "bob"] * 8))
+        index = stores["search"].catalogs[(TENANT, "shop")]
+        assert all(g is not None for g in many)
+        _same(many[0], await service.recommend_here(_query("ann"), index))  # type: ignore[arg-type]
+        assert set(served) == {0, 1}  # both took requests while the other was busy
+
+        pid = pool.workers[0].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pool.workers[0].up and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        served.clear()
+        after = await asyncio.gather(*(pool.recommend(_query(u)) for u in ["ann", "bob"] * 4))
+        assert all(g is not None for g in after)  # the other worker answers them all
+        assert set(served) == {1}
+        await pool.close()
+
+    asyncio.run(run())
+    assert pool.pids == []
 
 
 def test_a_stalled_worker_is_replaced_and_its_requests_are_answered_here(
