@@ -511,7 +511,7 @@ def print_table(results: dict[str, Any]) -> None:
         f"batch 32 {mix['b32']:.0f} texts/s"
     )
     print(
-        f"{'server':<23}{'workload':<12}{'texts/s':>9}{'vs raw':>8}{'p50 ms':>8}"
+        f"{'server':<27}{'workload':<12}{'texts/s':>9}{'vs raw':>8}{'p50 ms':>8}"
         f"{'p99 ms':>8}{'errors':>7}{'peak MB':>9}"
     )
     for name, entry in results["servers"].items():
@@ -524,7 +524,7 @@ def print_table(results: dict[str, Any]) -> None:
                 f = run[w]
                 base = mix["b1"] if texts == 1 else mix["b32"]
                 print(
-                    f"{label:<23}{w:<12}{f['texts_per_s']:>9.0f}{f['texts_per_s'] / base:>8.2f}"
+                    f"{label:<27}{w:<12}{f['texts_per_s']:>9.0f}{f['texts_per_s'] / base:>8.2f}"
                     f"{f['p50_ms']:>8.1f}{f['p99_ms']:>8.1f}{f['errors']:>7}"
                     f"{entry['peak_rss_mb']:>9}"
                 )
