@@ -103,6 +103,12 @@ class VersionSpec(_Strict):
     micro_batch_size: int = Field(
         64, ge=1, le=4096, description="Texts per forward pass inside one batch."
     )
+    gpu_graphs: bool = Field(
+        True,
+        description="Torch versions on gpu: replay CUDA graphs, one per padded batch shape "
+        "(rows to a power of two up to micro_batch_size, tokens to a multiple of 16), "
+        "captured when the replica loads. false: launch every kernel eagerly.",
+    )
     fault_injection: FaultInjection | None = Field(
         None,
         description="Test-only: make this version fail or slow down on purpose. Refused "

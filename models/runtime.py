@@ -44,6 +44,9 @@ class RuntimeOptions:
     micro_batch_size: int = 64
     # Half precision on GPU (torch runtime). Ignored on CPU.
     gpu_fp16: bool = True
+    # Replay CUDA graphs, one per padded batch shape (torch runtime on GPU; see
+    # models/cuda_graphs.py). Ignored on CPU.
+    gpu_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:

@@ -1,12 +1,15 @@
-"""PyTorch text embedder: CPU, or CUDA with fp16 when a GPU is present."""
+"""PyTorch text embedder: CPU, or CUDA with fp16 and CUDA graphs when a GPU is present."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.text import Float32Array, Int64Array, TextEmbedder
+
+if TYPE_CHECKING:
+    from models.cuda_graphs import ShapeGraphs
 
 
 class TorchEmbedder(TextEmbedder):
@@ -14,6 +17,7 @@ class TorchEmbedder(TextEmbedder):
 
     _model: Any = None
     _device: str = "cpu"
+    _graphs: ShapeGraphs | None = None
 
     def load(self) -> None:
         """Load safetensors weights onto the device and run one warm-up batch."""
@@ -34,8 +38,25 @@ class TorchEmbedder(TextEmbedder):
         if self._device.startswith("cuda") and self.options.gpu_fp16:
             model = model.half()
         self._model = model
+        if self._device.startswith("cuda") and self.options.gpu_graphs:
+            from models.cuda_graphs import ShapeGraphs
+
+            self._graphs = ShapeGraphs(
+                model,
+                self._device,
+                rows_top=self.options.micro_batch_size,
+                width_top=self.meta.max_seq_length_tokens,
+            )
+            self._graphs.prepare()
         self._ready = True
         self.predict_batch(["warm up"])
+
+    @property
+    def cuda_graphs(self) -> int:
+        """CUDA graphs serving batches (one per padded shape); 0 when the model runs
+        eagerly (on CPU, with `gpu_graphs` off, or after a capture failed)."""
+        graphs = self._graphs
+        return graphs.count if graphs is not None and graphs.active else 0
 
     @property
     def device_name(self) -> str:
@@ -47,6 +68,10 @@ class TorchEmbedder(TextEmbedder):
     ) -> Float32Array:
         import torch
 
+        if self._graphs is not None:
+            replayed = self._graphs.run(input_ids, attention_mask)
+            if replayed is not None:
+                return replayed
         with torch.inference_mode():
             ids = torch.from_numpy(input_ids).to(self._device, non_blocking=True)
             mask = torch.from_numpy(attention_mask).to(self._device, non_blocking=True)

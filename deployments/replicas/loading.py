@@ -30,6 +30,7 @@ def load_version(
         spinning=spec.intra_op_spinning,
         busy_lanes=spec.busy_lanes,
         micro_batch_size=spec.micro_batch_size,
+        gpu_graphs=spec.gpu_graphs,
     )
     runtime = load_model(ref, options, store)
     if runtime.meta.runtime != spec.runtime:

@@ -16,6 +16,7 @@ import pytest
 
 from models import ArtifactRef, ArtifactStore, Runtime, RuntimeOptions, load_model
 from models.runtime import Device
+from models.torch_runtime import TorchEmbedder
 from tests.parity.test_minilm_parity import TEXTS
 
 pytestmark = pytest.mark.gpu
@@ -25,11 +26,17 @@ LATENCY_RUNS = 200
 
 
 def _load(
-    manifest: dict[str, Any], store_dir: Path, cache: ArtifactStore, version: str, device: Device
+    manifest: dict[str, Any],
+    store_dir: Path,
+    cache: ArtifactStore,
+    version: str,
+    device: Device,
+    **options: Any,
 ) -> Runtime:
     entry = manifest[version]
     ref = ArtifactRef(str(store_dir / entry["file"]), entry["sha256"])
-    return load_model(ref, RuntimeOptions(device=device, micro_batch_size=len(TEXTS)), cache)
+    opts = RuntimeOptions(device=device, micro_batch_size=len(TEXTS), **options)
+    return load_model(ref, opts, cache)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +86,37 @@ def test_torch_fp16_on_gpu_matches_cpu_fp32(
         f"batch 1 on {cuda_torch}: p50 {p50:.2f} ms, p99 {p99:.2f} ms"
     )
     assert low >= MIN_COSINE, f"per-text cosines: {np.round(cos, 5).tolist()}"
+
+
+def test_torch_cuda_graphs_match_eager_on_every_batch_shape(
+    cuda_torch: str,
+    manifest: dict[str, Any],
+    example_store: Path,
+    cache: ArtifactStore,
+    report: list[str],
+) -> None:
+    graphs = _load(manifest, example_store, cache, "v1-torch", "gpu")
+    eager = _load(manifest, example_store, cache, "v1-torch", "gpu", gpu_graphs=False)
+    assert isinstance(graphs, TorchEmbedder)
+    assert isinstance(eager, TorchEmbedder)
+    assert graphs._graphs is not None
+    assert graphs._graphs.failure is None, graphs._graphs.failure
+    # Every bucket was captured at load: 12 texts a micro-batch -> rows 1, 2, 4, 8, 12.
+    assert graphs.cuda_graphs == 5 * 10
+    assert eager.cuda_graphs == 0
+    low, cos = _min_cosine(graphs, eager)
+    assert low >= 0.9999, f"per-text cosines: {np.round(cos, 5).tolist()}"
+    # Batches of every size, each padded to its own bucket, in input order.
+    for n in range(1, len(TEXTS) + 1):
+        got = np.stack(graphs.predict_batch(TEXTS[:n]))
+        want = np.stack(eager.predict_batch(TEXTS[:n]))
+        assert (got * want).sum(axis=1).min() >= 0.9999, n
+    p50_graphs, p99_graphs = _batch1_latency_ms(graphs)
+    p50_eager, p99_eager = _batch1_latency_ms(eager)
+    report.append(
+        f"gpu v1-torch fp16, batch 1 on {cuda_torch}: CUDA graphs p50 {p50_graphs:.2f} / "
+        f"p99 {p99_graphs:.2f} ms, eager p50 {p50_eager:.2f} / p99 {p99_eager:.2f} ms"
+    )
 
 
 def test_onnx_on_cuda_matches_cpu_fp32(
