@@ -161,7 +161,9 @@ def min_cosine(a: Any, b: Any) -> float:
     return round(float(cos.min()), 6)
 
 
-def run(store_dir: Path, seconds: float) -> dict[str, Any]:
+def run(store_dir: Path, seconds: float, only: str = "all") -> dict[str, Any]:
+    """`only`: "torch" (the three torch variants), "onnx" (ONNX Runtime's CUDA provider,
+    against `v1` on the CPU) or "all"."""
     import torch
 
     manifest = json.loads((store_dir / "manifest.json").read_text())
@@ -178,14 +180,19 @@ def run(store_dir: Path, seconds: float) -> dict[str, Any]:
         load_s[id(runtime)] = round(time.perf_counter() - start, 2)
         return runtime
 
-    cpu = load("v1-torch")
+    cpu = load("v1" if only == "onnx" else "v1-torch")
     reference = cpu.embed(PARITY_TEXTS)
+    big = texts_of_tokens(cpu, BIG_ROWS, BIG_TOKENS)
+    if only == "onnx":
+        return {
+            "environment": environment(),
+            "results": {"onnx_cuda": onnx_cuda(load, reference, big, seconds)},
+        }
     variants: dict[str, TorchEmbedder] = {
         "eager_fp32": load("v1-torch", device="gpu", gpu_fp16=False, gpu_graphs=False),
         "eager_fp16": load("v1-torch", device="gpu", gpu_graphs=False),
         "graphs_fp16": load("v1-torch", device="gpu"),
     }
-    big = texts_of_tokens(cpu, BIG_ROWS, BIG_TOKENS)
     ids, mask = _pad(cpu.tokenize(big))
     assert ids.shape == (BIG_ROWS, BIG_TOKENS)
     gpu_ids = torch.from_numpy(ids).to("cuda:0")
@@ -207,7 +214,8 @@ def run(store_dir: Path, seconds: float) -> dict[str, Any]:
             row["graph_failure"] = graphs.failure
         results[name] = row
         print(name, json.dumps(row), flush=True)
-    results["onnx_cuda"] = onnx_cuda(load, reference, big, seconds)
+    if only == "all":
+        results["onnx_cuda"] = onnx_cuda(load, reference, big, seconds)
     return {
         "environment": environment(),
         "results": results,
@@ -215,18 +223,33 @@ def run(store_dir: Path, seconds: float) -> dict[str, Any]:
     }
 
 
-def onnx_cuda(load: Any, reference: Any, big: list[str], seconds: float) -> dict[str, Any]:
+def onnx_cuda(
+    load: Any, reference: Any, big: list[str], seconds: float, device: str = "gpu"
+) -> dict[str, Any]:
     """ONNX Runtime's CUDA provider on `v1`, when this machine's onnxruntime has it."""
     import onnxruntime as ort
 
     providers = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in providers:
+    if device == "gpu" and "CUDAExecutionProvider" not in providers:
         return {"skipped": f"onnxruntime {ort.__version__} has providers {providers}"}
-    runtime = load("v1", device="gpu")
+    runtime = load("v1", device=device)
+    ids, mask = _pad(runtime.tokenize(big))
+
+    def forward() -> None:
+        runtime._forward(ids, mask)
+
+    forward()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        forward()
+        done += len(big)
     return {
         "device": runtime.device_name,
+        "onnxruntime": ort.__version__,
         "min_cosine_vs_cpu_fp32": min_cosine(runtime.embed(PARITY_TEXTS), reference),
         "batch1_ms": batch1_latency(runtime),
+        # tokenized already; the copies in and out included
+        "forward_256x128_texts_per_s": round(done / (time.perf_counter() - start)),
         "end_to_end_256x128_texts_per_s": round(end_to_end(runtime, big, seconds)),
         "mixed_1_64_texts_per_s": round(mixed_batches(runtime)),
     }
@@ -355,6 +378,7 @@ def main() -> int:
     parser.add_argument("--store", type=Path, default=Path("artifacts"))
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput figure")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
+    parser.add_argument("--only", choices=("all", "torch", "onnx"), default="all")
     parser.add_argument("--http", action="store_true", help="also servekit over HTTP")
     parser.add_argument("--http-seconds", type=float, default=10.0, help="per workload")
     args = parser.parse_args()
@@ -363,11 +387,11 @@ def main() -> int:
     if not torch.cuda.is_available():
         print(f"no CUDA device: torch {torch.__version__} sees none", file=sys.stderr)
         return 2
-    report = run(args.store, args.seconds)
+    report = run(args.store, args.seconds, args.only)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["ratios"], indent=2), flush=True)
-    if args.http:
+    print(json.dumps(report.get("ratios", report["results"]), indent=2), flush=True)
+    if args.http and args.only != "onnx":
         report["http"] = http(args.store, args.http_seconds, warmup=3.0)
         c1 = report["http"]["workloads"]["single_c1"]
         raw = report["results"]["graphs_fp16"]["batch1_ms"]
