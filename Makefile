@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: sdk-ts serve test lint models artifacts servers bench bench-raw eval index cluster install clean
+.PHONY: sdk-ts serve test lint models artifacts servers bench bench-gpu bench-raw eval index cluster install clean
 
 install: $(STAMP)
 
@@ -90,6 +90,13 @@ bench: models
 	$(PY) bench/search.py
 	$(PY) bench/features.py
 	$(PY) bench/recommend.py
+
+# On a machine with an NVIDIA GPU and the CUDA builds installed (see the README): the
+# example model on CUDA, eager PyTorch against the served runtime, ONNX Runtime's CUDA
+# provider, and servekit over HTTP with each version dedicated on the GPU.
+bench-gpu: models
+	$(PY) bench/gpu.py --http --out bench/results/gpu-torch.json
+	$(PY) bench/gpu.py --only onnx --http --out bench/results/gpu-onnx.json
 
 bench-raw: models
 	$(PY) bench/raw_runtime.py --store $(ARTIFACTS)

