@@ -276,6 +276,10 @@ def test_check_mode_detects_a_stale_network_policy(
     stale = tmp_path / "networkpolicy.yaml"
     stale.write_text("stale\n")
     monkeypatch.setattr(kube, "NETWORK_POLICY", stale)
+    # `main` writes every manifest: the RayService one goes to a copy, never the repo's.
+    current = tmp_path / "rayservice.yaml"
+    current.write_text(kube.render())
+    monkeypatch.setattr(kube, "MANIFEST", current)
     assert kube.main(["--check"]) == 1
     assert kube.main([]) == 0
     assert stale.read_text() == kube.render_network_policy()

@@ -226,6 +226,10 @@ def test_check_mode_detects_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     stale = tmp_path / "rayservice.yaml"
     stale.write_text("stale\n")
     monkeypatch.setattr(kube, "MANIFEST", stale)
+    # `main` writes every manifest: the NetworkPolicy goes to a copy, never the repo's.
+    current = tmp_path / "networkpolicy.yaml"
+    current.write_text(kube.render_network_policy())
+    monkeypatch.setattr(kube, "NETWORK_POLICY", current)
     assert kube.main(["--check"]) == 1
     assert kube.main([]) == 0
     assert kube.main(["--check"]) == 0
