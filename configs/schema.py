@@ -106,8 +106,9 @@ class VersionSpec(_Strict):
     gpu_graphs: bool = Field(
         True,
         description="Torch versions on gpu: replay CUDA graphs, one per padded batch shape "
-        "(rows to a power of two up to micro_batch_size, tokens to a multiple of 16), "
-        "captured when the replica loads. false: launch every kernel eagerly.",
+        "(rows to a power of two up to micro_batch_size, at most 256; tokens to a multiple "
+        "of 16), captured when the replica loads; larger micro-batches run eagerly. false: "
+        "launch every kernel eagerly.",
     )
     fault_injection: FaultInjection | None = Field(
         None,

@@ -39,12 +39,12 @@ class TorchEmbedder(TextEmbedder):
             model = model.half()
         self._model = model
         if self._device.startswith("cuda") and self.options.gpu_graphs:
-            from models.cuda_graphs import ShapeGraphs
+            from models.cuda_graphs import MAX_ROWS, ShapeGraphs
 
             self._graphs = ShapeGraphs(
                 model,
                 self._device,
-                rows_top=self.options.micro_batch_size,
+                rows_top=min(self.options.micro_batch_size, MAX_ROWS),
                 width_top=self.meta.max_seq_length_tokens,
             )
             self._graphs.prepare()
