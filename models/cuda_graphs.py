@@ -86,14 +86,12 @@ class ShapeGraphs:
     """
 
     def __init__(self, model: Any, device: str, rows_top: int, width_top: int) -> None:
-        import torch
-
         self._model = model
         self._device = device
         self.rows_top = rows_top
         self.width_top = width_top
         self._graphs: dict[tuple[int, int], _Graph] = {}
-        self._pool = torch.cuda.graph_pool_handle()
+        self._pool: Any = None  # the memory pool every graph shares, from the first capture
         self._lock = threading.Lock()
         self.failure: str | None = None
         self.capture_s = 0.0
@@ -161,6 +159,8 @@ class ShapeGraphs:
     def _capture(self, rows: int, width: int) -> _Graph:
         import torch
 
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         with torch.inference_mode():
             ids = torch.zeros((rows, width), dtype=torch.int64, device=self._device)
             mask = torch.zeros((rows, width), dtype=torch.int64, device=self._device)

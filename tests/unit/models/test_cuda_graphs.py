@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models import ArtifactRef, ArtifactStore, RuntimeOptions, load_model
-from models.cuda_graphs import buckets, pad_to, row_bucket, width_bucket
+from models.cuda_graphs import ShapeGraphs, buckets, pad_to, row_bucket, width_bucket
 from models.text import _pad
 from models.torch_runtime import TorchEmbedder
 
@@ -88,3 +88,40 @@ def test_a_batch_padded_to_its_bucket_embeds_like_the_batch(torch_cpu: Any) -> N
         padded = model(torch.from_numpy(pids), torch.from_numpy(pmask)).numpy()
     assert np.isfinite(padded).all()
     np.testing.assert_allclose(padded[: len(texts)], plain, atol=2e-6)
+
+
+def test_a_failed_capture_turns_graphs_off_and_the_runtime_answers_eagerly(
+    torch_cpu: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = torch_cpu
+    assert isinstance(runtime, TorchEmbedder)
+    texts = ["red running shoes", "a", "the quick brown fox jumps over the lazy dog " * 3]
+    want = runtime.embed(texts)
+    graphs = ShapeGraphs(runtime._model, "cpu", rows_top=8, width_top=256)
+    calls: list[tuple[int, int]] = []
+
+    def refuse(rows: int, width: int) -> Any:
+        calls.append((rows, width))
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphs, "_capture", refuse)
+    monkeypatch.setattr(runtime, "_graphs", graphs)
+    ids, mask = _pad(runtime.tokenize(texts))
+    assert graphs.run(ids, mask) is None
+    assert not graphs.active
+    assert graphs.failure == "RuntimeError: operation not permitted when stream is capturing"
+    assert runtime.cuda_graphs == 0
+    np.testing.assert_allclose(runtime.embed(texts), want, atol=1e-6)
+    graphs.prepare()  # stays off: no second attempt, no capture per request
+    assert graphs.run(ids, mask) is None
+    assert calls == [(4, 32)]
+
+
+def test_batches_past_the_buckets_run_eagerly_without_a_capture(torch_cpu: Any) -> None:
+    graphs = ShapeGraphs(torch_cpu._model, "cpu", rows_top=2, width_top=16)
+    ids, mask = _pad(torch_cpu.tokenize(["a", "b", "c"]))
+    assert graphs.run(ids, mask) is None  # 3 rows > 2
+    ids, mask = _pad(torch_cpu.tokenize(["word " * 40]))
+    assert graphs.run(ids, mask) is None  # 42 tokens > 16
+    assert graphs.active
+    assert graphs.count == 0
