@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -42,8 +43,9 @@ class Member(Protocol):
 class SharedThreads:
     """`workers` inference threads, the batches holding them and the versions waiting."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, clock: Callable[[], float] = time.perf_counter):
         self.workers = max(1, workers)
+        self._clock = clock  # when batches start, and how long they have run
         self.executor = inference_executor(self.workers)
         self._members: list[Member] = []
         # batch -> (version, started, texts, on a busy lane)
@@ -81,7 +83,7 @@ class SharedThreads:
     ) -> None:
         """`member`'s batch `batch` of `texts` texts takes a thread (`busy`: it runs on
         a busy lane, else on the version's full session)."""
-        when = time.perf_counter() if started is None else started
+        when = self._clock() if started is None else started
         self._held[batch] = (member, when, texts, busy)
 
     def release(self, batch: int) -> None:
@@ -92,7 +94,7 @@ class SharedThreads:
     def remaining_s(self, member: Member | None = None) -> list[float]:
         """What is left of each batch running (of `member`'s only, when given), by its
         version's measured cost of the kind of run it is."""
-        now = time.perf_counter()
+        now = self._clock()
         return [
             max(0.0, m.batch_seconds(n, busy) - (now - started))
             for m, started, n, busy in self._held.values()

@@ -149,11 +149,13 @@ def _lanes_batcher(
     flight (on lanes, or one lone run on the full session when `solo`) and requests of
     `queued` texts waiting, on the line t(n) = 10 ms + 5 ms * n on a lane (32 texts:
     170 ms), and `full` (else the same line) on the full session."""
-    threads = SharedThreads(2)  # no thread starts: nothing runs
+    # No thread starts: nothing runs. The clock stands still, so the batches have run
+    # exactly `ran_s` however long the test takes to reach its assertions.
+    now = time.perf_counter()
+    threads = SharedThreads(2, clock=lambda: now)
     batcher = InlineBatcher(FakeRuntime(busy_lanes=lanes), BatchRecorder(), threads)  # type: ignore[arg-type]
     batcher.lane_cost = _line(0.010, 0.005)
     batcher.cost = full or _line(0.010, 0.005)
-    now = time.perf_counter()
     for i, (ran_s, texts) in enumerate(in_flight):
         threads.hold(i, batcher, texts, busy=not solo, started=now - ran_s)
     loop = asyncio.new_event_loop()
