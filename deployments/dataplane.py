@@ -106,13 +106,15 @@ class DataPlane:
         version = self.router.choose(model, pinned, pin_source, key)
         call.version, call.inputs = version, len(texts)
         limits = self.args.limits
+        # Every check of the request itself before admission: a refused request
+        # takes nothing from the caller's rate limits or monthly quota.
         check_count(len(texts), limits.max_inputs_per_request, field)
-        await self.admit(call, len(texts))
         check_lengths(texts, limits.max_input_chars, field)
         if dimensions is not None:
             dim = (await self.metadata(model, version))["embedding_dim"]
             if dimensions != dim:
                 raise BadRequest(f"dimensions: {model} returns {dim} dimensions")
+        await self.admit(call, len(texts))
         deadline = time.monotonic() + self.args.request_timeout_s
         vectors, tokens = await self.embed_cached(
             EMBEDDINGS, tenant_of(call), model, version, texts, deadline
@@ -129,8 +131,8 @@ class DataPlane:
         call.model, call.version, call.inputs = model, version, len(texts)
         limits = self.args.limits
         check_count(len(texts), limits.max_inputs_per_request, field)
-        await self.admit(call, len(texts))
         check_lengths(texts, limits.max_input_chars, field)
+        await self.admit(call, len(texts))
         deadline = time.monotonic() + self.args.request_timeout_s
         tenant = tenant_of(call)
         vectors, _ = await self.embed_cached(SEARCH, tenant, model, version, texts, deadline)

@@ -111,6 +111,8 @@ def request_invalid(errors: Sequence[Mapping[str, Any]]) -> BadRequest:
     FastAPI's validation reports them (`loc` starting with `body`, `query` or `path`);
     without the offending value."""
     first = _first_error(errors or [{"loc": (), "msg": "invalid request"}])
+    if first.get("type") == "json_invalid":  # its `loc` is a character offset, no field
+        return BadRequest("body: not valid JSON")
     loc = [str(p) for p in first.get("loc", ())]
     if len(loc) > 1 and loc[0] in ("body", "query", "path"):
         loc = loc[1:]  # the field's own name, as the /v1 routes read by hand say it

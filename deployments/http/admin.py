@@ -54,8 +54,14 @@ USAGE_EXAMPLE = {
 }  # fmt: skip
 
 
+# Bounds that keep every value storable (a 64-bit column, a date before year 10000):
+# past them a request is refused with a 400 naming the field, never a 500 after a write.
+MAX_MONTHLY_TEXTS = 10**15
+MAX_KEY_LIFETIME_S = 100 * 365 * 86400
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LimitsBody(_Body):
@@ -63,7 +69,9 @@ class LimitsBody(_Body):
 
     requests_per_s: float | None = Field(None, gt=0, le=1e6, description="Requests/s.")
     texts_per_s: float | None = Field(None, gt=0, le=1e7, description="Texts/s.")
-    monthly_texts: int | None = Field(None, ge=1, description="Texts per calendar month.")
+    monthly_texts: int | None = Field(
+        None, ge=1, le=MAX_MONTHLY_TEXTS, description="Texts per calendar month."
+    )
 
     model_config = ConfigDict(
         json_schema_extra=example(
@@ -130,7 +138,9 @@ class KeyCreate(_Body):
     scopes: list[Scope] = Field(default_factory=lambda: list(DEFAULT_SCOPES))  # type: ignore[arg-type]
     models: list[str] | None = Field(None, description="Models it may call; default: all.")
     may_pin: bool = Field(False, description="May choose a version (operator only).")
-    expires_in_s: int | None = Field(None, gt=0, description="Default: never expires.")
+    expires_in_s: int | None = Field(
+        None, gt=0, le=MAX_KEY_LIFETIME_S, description="Default: never expires."
+    )
     limits: LimitsBody | None = Field(None, description="Overrides of the tenant's limits.")
 
 
@@ -139,7 +149,9 @@ class RotateBody(_Body):
 
     model_config = ConfigDict(json_schema_extra=example({"overlap_s": 3600}))
 
-    overlap_s: float | None = Field(None, ge=0, description="Default: auth.rotation_overlap_s.")
+    overlap_s: float | None = Field(
+        None, ge=0, le=MAX_KEY_LIFETIME_S, description="Default: auth.rotation_overlap_s."
+    )
 
 
 class KeyOut(BaseModel):
@@ -379,13 +391,21 @@ async def list_keys(request: Request, tenant_id: str) -> Response:
 
 
 async def _issue(
-    access: Access, principal: Principal, tenant_id: str, body: KeyCreate
+    access: Access,
+    principal: Principal,
+    tenant_id: str,
+    body: KeyCreate,
+    rotated: ApiKey | None = None,
 ) -> dict[str, Any]:
+    """Issue a key as `body` says; for a rotation, `rotated` is the old key, whose
+    expiry and pin right the new one keeps (rotating grants nothing new)."""
     await _tenant(access, principal, tenant_id)
-    if body.may_pin and not principal.operator:
+    if body.may_pin and not principal.operator and rotated is None:
         raise Forbidden()
     now = _now()
     expires = now + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
+    if rotated is not None:
+        expires = rotated.expires_at
     key, record = await asyncio.to_thread(
         lambda: issue_key(
             access.registry,
@@ -469,16 +489,15 @@ async def rotate_key(
             name=old.name,
             scopes=sorted(old.scopes),
             models=sorted(old.models) if old.models is not None else None,
-            may_pin=old.may_pin and principal.operator,
-            expires_in_s=None,
+            may_pin=old.may_pin,
             limits=LimitsBody(**_limits_out(old.limits)),
         )
-        created = await _issue(access, principal, tenant_id, spec)
+        created = await _issue(access, principal, tenant_id, spec, rotated=old)
+        # The old key ends after the overlap, or sooner if it was to expire sooner.
+        until = now + timedelta(seconds=overlap)
         if old.expires_at is not None:
-            created["expires_at"] = old.expires_at.isoformat()
-        await asyncio.to_thread(
-            access.registry.expire_key, tenant_id, key_id, now + timedelta(seconds=overlap)
-        )
+            until = min(until, old.expires_at)
+        await asyncio.to_thread(access.registry.expire_key, tenant_id, key_id, until)
         await access.keys.refresh_now()
         return json_response(created, 201)
 

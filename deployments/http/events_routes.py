@@ -159,7 +159,10 @@ def _time(value: datetime | float | None, now: float, max_future_s: float) -> da
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("needs a time zone (e.g. Z)")
-        at = value.astimezone(UTC)
+        try:
+            at = value.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00
+            raise ValueError("out of range") from None
     else:
         if not 0 <= value < 1e11:
             raise ValueError("Unix seconds out of range")
@@ -227,7 +230,7 @@ def _only_catalog(host: Any, tenant: str) -> str | None:
 
 
 @router.get(
-    "/v1/features/{entity}/{entity_id}",
+    "/v1/features/{entity}/{entity_id:path}",
     summary="One user's or item's online features",
     responses=responses(400, 404, example=_FEATURES),
 )

@@ -11,11 +11,13 @@ most-weighted version whose index is complete answers (a pin to it: 503).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -52,7 +54,25 @@ _CATALOG = {"name": "products", "items": 1200, "created_at": "2026-11-02T09:40:0
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _attribute(value: Any) -> AttrValue:
+    """An attribute value as the JSON body has it; one error naming the attribute
+    otherwise (not one per kind of value it could have been), NaN and infinities
+    included, which no store can hold."""
+    if isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise PydanticCustomError(
+        "attribute_value", "a string, a finite number, true or false, or a list of strings"
+    )
+
+
+AttrIn = Annotated[AttrValue, PlainValidator(_attribute, json_schema_input_type=AttrValue)]
 
 
 class ItemIn(_Body):
@@ -63,7 +83,7 @@ class ItemIn(_Body):
     text: dict[str, str] = Field(
         min_length=1, max_length=16, description="Text fields, e.g. title, description, brand."
     )
-    attributes: dict[str, AttrValue] = Field(
+    attributes: dict[str, AttrIn] = Field(
         default_factory=dict, max_length=64, description="e.g. category, price, tags, in_stock."
     )
 
@@ -256,7 +276,7 @@ async def upsert_items(request: Request, catalog: CatalogName, body: UpsertBody)
 
 
 @router.get(
-    "/v1/catalogs/{catalog}/items/{item_id}",
+    "/v1/catalogs/{catalog}/items/{item_id:path}",
     summary="Read one catalog item",
     response_model=ItemOut,
     responses=ERRORS,
@@ -276,7 +296,7 @@ async def get_item(request: Request, catalog: CatalogName, item_id: ItemId) -> R
 
 
 @router.delete(
-    "/v1/catalogs/{catalog}/items/{item_id}",
+    "/v1/catalogs/{catalog}/items/{item_id:path}",
     summary="Delete one catalog item",
     responses=responses(400, 404, example={"id": "sku-1042", "deleted": True}),
 )

@@ -206,6 +206,60 @@ def test_revoke_rotate_and_expire(service: Service) -> None:
         assert states[old_id] == "expired"
 
 
+def test_rotating_an_expiring_key_keeps_its_end(service: Service) -> None:
+    """The new key ends when the old one would have (stored so, not only said so), and
+    an overlap longer than the old key's life does not extend it."""
+    tenant = _tenant(service)
+    _, old_id = _key(service, tenant, expires_in_s=3600)
+    with _admin(service) as admin:
+        r = admin.post(f"/admin/v1/tenants/{tenant}/keys/{old_id}/rotate", json={"overlap_s": 7200})
+        assert r.status_code == 201, r.text
+        MADE_KEYS.append(r.json()["key"])
+        keys = {k["id"]: k for k in admin.get(f"/admin/v1/tenants/{tenant}/keys").json()}
+    ends = {keys[old_id]["expires_at"], keys[r.json()["id"]]["expires_at"], r.json()["expires_at"]}
+    assert len(ends) == 1
+    assert None not in ends
+
+
+def test_admin_values_past_their_bounds_are_400_and_write_nothing(service: Service) -> None:
+    tenant = _tenant(service)
+    key, key_id = _key(service, tenant)
+    keys = f"/admin/v1/tenants/{tenant}/keys"
+    bodies = [
+        (f"{keys}/{key_id}/rotate", '{"overlap_s": 1e400}', "overlap_s"),
+        (f"{keys}/{key_id}/rotate", '{"overlap_s": 400000000000}', "overlap_s"),
+        (keys, '{"expires_in_s": 400000000000}', "expires_in_s"),
+        (keys, '{"limits": {"monthly_texts": 10000000000000000000000}}', "limits.monthly_texts"),
+        ("/admin/v1/tenants", '{"name": "x", "limits": {"monthly_texts": 1e400}}', "limits"),
+    ]
+    with _admin(service) as admin:
+        before = admin.get(keys).json()
+        for path, raw, field in bodies:
+            r = admin.post(path, content=raw, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400, (path, raw, r.text)
+            assert r.json()["error"]["message"].startswith(f"{field}"), r.text
+        assert admin.get(keys).json() == before
+    with httpx.Client(base_url=service.base_url, timeout=30) as client:
+        assert _embed(client, key).status_code == 200  # not expired by a failed rotation
+
+
+def test_a_refused_request_takes_nothing_from_the_quota(service: Service) -> None:
+    quota = _tenant(service, {"monthly_texts": 5})
+    key, _ = _key(service, quota)
+    too_long = ["ok"] * 4 + ["x" * 2001]  # the integration config's max_input_chars: 2000
+    with httpx.Client(base_url=service.base_url, timeout=30) as client:
+        for _ in range(3):
+            r = client.post(
+                "/v1/embeddings",
+                json={"model": INLINE_MODEL, "input": too_long},
+                headers=_bearer(key),
+            )
+            assert r.status_code == 400
+            assert r.json()["error"]["code"] == "input_too_long"
+        assert _embed(client, key, texts=5).status_code == 200
+        assert _embed(client, key, texts=1).status_code == 429
+
+
 def test_usage_is_counted_exactly(service: Service) -> None:
     tenant, other = _tenant(service), _tenant(service)
     key, _ = _key(service, tenant)

@@ -120,6 +120,29 @@ def test_bad_events_are_named_and_the_rest_is_kept(service: Service, catalog: st
             assert r.json()["error"]["message"].startswith(field), r.text
 
 
+def test_a_user_id_with_a_slash_has_features_and_a_timestamp_past_utc_is_named(
+    service: Service, catalog: str
+) -> None:
+    user = f"team/u-{uuid.uuid4().hex[:8]}"
+    events = [
+        {"user": user, "item": "boot", "type": "view"},
+        {"user": user, "item": "sock", "type": "view", "timestamp": "0001-01-01T00:00:00+05:00"},
+    ]
+    with service.client() as client:
+        r = client.post("/v1/events", json={"catalog": catalog, "events": events})
+        assert r.status_code == 400, r.text
+        assert [(e["field"], e["message"]) for e in r.json()["errors"]] == [
+            ("events.1.timestamp", "out of range")
+        ]
+        sent = time.monotonic()
+        while True:
+            doc = _features(client, user.replace("/", "%2F"))
+            if doc["fresh"]["user_activity"] or time.monotonic() - sent > 5:
+                break
+            time.sleep(0.05)
+    assert doc["views"]["user_activity"]["recent_items"] == ["boot"]
+
+
 def test_one_tenants_events_never_move_anothers_features(service: Service, catalog: str) -> None:
     user = f"u-{uuid.uuid4().hex[:8]}"
     other = _tenant_key(service, ["events", "recommend"])

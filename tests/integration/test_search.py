@@ -204,6 +204,42 @@ def test_delete_vanishes_and_upsert_replaces(service: Service) -> None:
         assert top["data"][0]["text"] == {"title": "Zanzibar velvet slippers"}
 
 
+def test_an_item_id_with_a_slash_is_read_and_deleted_like_any(service: Service) -> None:
+    """The SDKs send `a/b` as `a%2Fb`; the server reads it back as one id."""
+    name = f"tmp-{uuid.uuid4().hex[:8]}"
+    items = [{"id": "shoes/trail-7", "text": {"title": "Trail shoe"}}]
+    with service.client() as client:
+        assert client.put(f"/v1/catalogs/{name}/items", json={"items": items}).status_code == 200
+        got = client.get(f"/v1/catalogs/{name}/items/shoes%2Ftrail-7")
+        assert got.status_code == 200, got.text
+        assert got.json()["id"] == "shoes/trail-7"
+        assert client.delete(f"/v1/catalogs/{name}/items/shoes%2Ftrail-7").status_code == 200
+        assert client.get(f"/v1/catalogs/{name}/items/shoes%2Ftrail-7").status_code == 404
+
+
+ATTRIBUTE_KINDS = "a string, a finite number, true or false, or a list of strings"
+
+
+def test_items_no_store_can_hold_are_refused_by_field(service: Service) -> None:
+    name = f"tmp-{uuid.uuid4().hex[:8]}"
+    bodies = [
+        ('{"items": [{"id": "a", "text": {"t": "x"}}, '
+         '{"id": "b", "text": {"t": "y"}, "attributes": {"price": NaN}}]}',
+         "items.1.attributes.price: " + ATTRIBUTE_KINDS),
+        ('{"items": [', "body: not valid JSON"),
+    ]  # fmt: skip
+    with service.client() as client:
+        for raw, message in bodies:
+            r = client.put(
+                f"/v1/catalogs/{name}/items",
+                content=raw,
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["message"] == message
+        assert client.get(f"/v1/catalogs/{name}/items/a").status_code == 404
+
+
 def test_another_tenant_sees_nothing(
     service: Service, catalog: tuple[str, list[dict[str, Any]]]
 ) -> None:

@@ -307,3 +307,19 @@ def test_an_event_that_is_not_an_object_is_named_by_its_index() -> None:
     )  # type: ignore[list-item]
     assert len(good) == 1
     assert [(e["index"], e["field"]) for e in errors] == [(1, "events.1")]
+
+
+def test_a_timestamp_past_the_calendar_in_utc_is_named_and_the_batch_kept() -> None:
+    """Valid in its own offset, outside years 1-9999 once in UTC: a 400 entry for the
+    event, the others stored."""
+    raw: list[dict[str, Any]] = [
+        {"user": "u", "item": "i1", "type": "view", "timestamp": "0001-01-01T00:00:00+05:00"},
+        {"user": "u", "item": "i2", "type": "view"},
+        {"user": "u", "item": "i3", "type": "view", "timestamp": "9999-12-31T23:59:59-05:00"},
+    ]
+    good, errors = parse_events(raw, time.time(), 300, None)
+    assert [e.item for e in good] == ["i2"]
+    assert [(e["field"], e["message"]) for e in errors] == [
+        ("events.0.timestamp", "out of range"),
+        ("events.2.timestamp", "out of range"),
+    ]
