@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, Forbidden, NotFound
+from deployments.http.fields import StoredText
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.http.route_docs import example, responses
@@ -93,7 +94,7 @@ class TenantCreate(_Body):
         )
     )
 
-    name: str = Field(min_length=1, max_length=200)
+    name: StoredText = Field(min_length=1, max_length=200)
     id: str | None = Field(
         None, pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$", description="Default: generated."
     )
@@ -134,9 +135,9 @@ class KeyCreate(_Body):
         )
     )  # fmt: skip
 
-    name: str = Field("default", min_length=1, max_length=200)
+    name: StoredText = Field("default", min_length=1, max_length=200)
     scopes: list[Scope] = Field(default_factory=lambda: list(DEFAULT_SCOPES))  # type: ignore[arg-type]
-    models: list[str] | None = Field(None, description="Models it may call; default: all.")
+    models: list[StoredText] | None = Field(None, description="Models it may call; default: all.")
     may_pin: bool = Field(False, description="May choose a version (operator only).")
     expires_in_s: int | None = Field(
         None, gt=0, le=MAX_KEY_LIFETIME_S, description="Default: never expires."

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, Unavailable
 from deployments.http.envelope import request_id
+from deployments.http.fields import StoredText
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.http.route_docs import REQUEST_ID, example, responses
@@ -57,8 +58,8 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user: str = Field(min_length=1, max_length=256, description="The end user's id.")
-    item: str = Field(min_length=1, max_length=256, description="The catalog item's id.")
+    user: StoredText = Field(min_length=1, max_length=256, description="The end user's id.")
+    item: StoredText = Field(min_length=1, max_length=256, description="The catalog item's id.")
     type: Literal["view", "click", "add_to_cart", "purchase"]
     timestamp: datetime | float | None = Field(
         None,
@@ -237,7 +238,7 @@ def _only_catalog(host: Any, tenant: str) -> str | None:
 async def get_features(
     request: Request,
     entity: Annotated[Literal["user", "item"], Path(description="user or item")],
-    entity_id: Annotated[str, Path(min_length=1, max_length=256)],
+    entity_id: Annotated[StoredText, Path(min_length=1, max_length=256)],
 ) -> Response:
     """Every feature view of the entity: its values (defaults where the row is missing
     or older than the view's TTL), whether a fresh row answered, and `degraded` when the

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
+from deployments.http.fields import StoredText
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.hot import serve_json
 from deployments.http.inference import json_response
@@ -59,7 +60,9 @@ class RecommendBody(BaseModel):
         ),
     )
 
-    user: str = Field(min_length=1, max_length=256, description="The end user (as in events).")
+    user: StoredText = Field(
+        min_length=1, max_length=256, description="The end user (as in events)."
+    )
     k: int = Field(10, ge=1, description="How many items (at most `recommendations.max_k`).")
     catalog: str | None = Field(
         None,

@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
+from deployments.http.fields import StoredText
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.hot import serve_json
 from deployments.http.inference import json_response
@@ -40,7 +41,7 @@ CATALOG_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 NO_AUTH_TENANT = "default"  # the one tenant when auth is off
 router = APIRouter(tags=["search"])
 CatalogName = Annotated[str, Path(pattern=CATALOG_PATTERN, description="Catalog name.")]
-ItemId = Annotated[str, Path(min_length=1, max_length=256, description="Item id.")]
+ItemId = Annotated[StoredText, Path(min_length=1, max_length=256, description="Item id.")]
 # 404 while search is off; 400 also for the operator credential, which has no catalogs.
 ERRORS = responses(400, 404)
 _SHOE = {
@@ -79,7 +80,7 @@ class ItemIn(_Body):
     """A catalog item: text fields (embedded and matched by BM25) and attributes (for
     filters)."""
 
-    id: str = Field(min_length=1, max_length=256)
+    id: StoredText = Field(min_length=1, max_length=256)
     text: dict[str, str] = Field(
         min_length=1, max_length=16, description="Text fields, e.g. title, description, brand."
     )
@@ -169,7 +170,7 @@ class SearchBody(_Body):
         description="Fuse BM25 with the vectors; default: the catalog's `hybrid` setting, "
         "else `search.hybrid_default`.",
     )
-    user: str | None = Field(
+    user: StoredText | None = Field(
         None,
         max_length=256,
         description="The end user: keeps them on one version, and reorders the best "

@@ -257,8 +257,11 @@ def _affinity(name: str, spec: FeatureSpec, row: Row) -> dict[str, float]:
 
 
 def _plain(number: float) -> float | int:
-    """Whole numbers as ints (counts), others as they are."""
-    return int(number) if float(number).is_integer() else float(number)
+    """Whole numbers as ints (counts), others to 6 decimals: Redis adds in long double
+    and SQLite's rows in double, so three purchases at 89.9 read 269.7 from one and
+    269.70000000000005 from the other; rounded, both backends answer alike."""
+    rounded = round(float(number), 6)
+    return int(rounded) if rounded.is_integer() else rounded
 
 
 def _number(value: Any) -> float:

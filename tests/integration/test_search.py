@@ -238,6 +238,9 @@ def test_items_no_store_can_hold_are_refused_by_field(service: Service) -> None:
             assert r.status_code == 400, r.text
             assert r.json()["error"]["message"] == message
         assert client.get(f"/v1/catalogs/{name}/items/a").status_code == 404
+        nul = client.get(f"/v1/catalogs/{name}/items/a%00b")
+        assert nul.status_code == 400, nul.text
+        assert nul.json()["error"]["message"] == "item_id: must not contain NUL characters"
 
 
 def test_another_tenant_sees_nothing(

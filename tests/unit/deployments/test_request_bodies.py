@@ -11,7 +11,9 @@ from pydantic import BaseModel, ValidationError
 
 from deployments.errors import from_validation_error, request_invalid
 from deployments.http.admin import KeyCreate, LimitsBody, RotateBody, TenantCreate
-from deployments.http.search_routes import ItemIn
+from deployments.http.events_routes import EventIn
+from deployments.http.recommend_routes import RecommendBody
+from deployments.http.search_routes import ItemIn, SearchBody
 
 
 def _refusal(model: type[BaseModel], raw: str, prefix: str = "") -> str:
@@ -71,3 +73,26 @@ def test_a_body_that_is_not_json_is_named_as_the_body() -> None:
     the hot routes say for the same body."""
     errors = [{"type": "json_invalid", "loc": ("body", 11), "msg": "JSON decode error"}]
     assert request_invalid(errors).message == "body: not valid JSON"
+
+
+@pytest.mark.parametrize(
+    ("model", "doc", "field"),
+    [
+        (EventIn, {"user": "u\x00x", "item": "i", "type": "view"}, "user"),
+        (EventIn, {"user": "u", "item": "i\x00", "type": "view"}, "item"),
+        (ItemIn, {"id": "sku\x001", "text": {"t": "a"}}, "id"),
+        (RecommendBody, {"user": "\x00"}, "user"),
+        (SearchBody, {"catalog": "c", "query": "q", "user": "a\x00"}, "user"),
+        (TenantCreate, {"name": "Acme\x00"}, "name"),
+        (KeyCreate, {"name": "k\x00"}, "name"),
+        (KeyCreate, {"models": ["minilm", "m\x00"]}, "models.1"),
+    ],
+)
+def test_a_nul_character_in_a_stored_string_is_named(
+    model: type[BaseModel], doc: dict[str, Any], field: str
+) -> None:
+    """PostgreSQL's text cannot hold NUL (SQLite's can): both backends refuse it alike."""
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(doc)
+    message = from_validation_error(caught.value).message
+    assert message == f"{field}: must not contain NUL characters"

@@ -107,6 +107,24 @@ def test_merges_add_keep_highs_and_lows_and_push_lists(
     run(make_store, body)
 
 
+def test_sums_read_back_alike_on_both_backends(make_store: Callable[[], OnlineStore]) -> None:
+    """Redis adds in long double, SQLite's rows in double; the feature values agree."""
+    from configs.features import load_definitions
+    from deployments.pipelines.features import values
+
+    view = load_definitions().feature_views["user_activity"]
+
+    async def body(store: OnlineStore) -> None:
+        for _ in range(3):
+            await store.merge([merge(add={"spend": 89.9, "purchases": 1})])
+        (row,) = await store.read([key()])
+        got = values(view, row)
+        assert (got["spend"], got["purchases"]) == (269.7, 3)
+        assert type(got["purchases"]) is int
+
+    run(make_store, body)
+
+
 def test_what_memory_holds_agrees_with_the_reference_merge(
     make_store: Callable[[], OnlineStore],
 ) -> None:
