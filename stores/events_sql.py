@@ -31,6 +31,8 @@ from stores.registry_sql import (
 )
 
 _MAX_ID = 256
+# The first key of the event log's advisory locks on PostgreSQL (the second: the tenant).
+_LOCK_SPACE = 0x5E4E
 
 
 def _key(length: int) -> String:
@@ -91,6 +93,13 @@ class SqlEventLog:
                 # inserted rowid is the batch's last seq.
                 conn.execute(insert(events_table), rows)
                 return int(conn.execute(select(func.last_insert_rowid())).scalar_one())
+            # PostgreSQL hands out a BIGSERIAL's numbers at insert, not at commit: two
+            # appends of one tenant could commit out of order, and a reader that had
+            # scanned past the later one's seq would never see the earlier one. The
+            # tenant's lock, held until commit, queues its appends, so its seqs become
+            # visible in order; other tenants' appends do not wait.
+            tenant = rows[0]["tenant_id"]
+            conn.execute(select(func.pg_advisory_xact_lock(_LOCK_SPACE, func.hashtext(tenant))))
             seqs = conn.execute(insert(events_table).returning(events_table.c.seq), rows)
             return max(int(s) for s in seqs.scalars())
 
