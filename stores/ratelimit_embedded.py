@@ -1,16 +1,27 @@
 """Rate limits kept in this process: each replica limits alone (what `make serve` runs).
 
-Every `admit` runs without awaiting, so the event loop makes it atomic; no locks. The
+Every `admit` decides without awaiting, so the event loop makes it atomic; no locks. The
 work per call is constant: one dictionary entry per subject, and at most a few idle
 entries dropped per call.
+
+Monthly quotas, given a store of counts (the registry's database), hold across restarts
+and across the replicas on that database: the texts admitted here are added to the
+stored counts every `sync_s` off the request path, and each sync reads back every
+subject's stored count, so a replica sees the month as stored plus what it admitted
+since (the others' last second aside). A replica starting in a month loads the stored
+counts before it admits against a quota; while the store does not answer, it counts in
+memory and tries again each `sync_s`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from stores._ratelimit import (
     Bucket,
@@ -26,6 +37,18 @@ from stores.tenants import RateLimits
 
 # Idle entries dropped per call at most, so that no single request pays for a sweep.
 _EVICT_PER_CALL = 8
+LOG = logging.getLogger("servekit.limits")
+LOAD_WAIT_S = 1.0  # the longest a request waits for a month's stored counts
+
+
+class MonthCounts(Protocol):
+    """Where monthly counts are kept (the registry)."""
+
+    def add_month_texts(self, counts: dict[tuple[int, str], int]) -> None:
+        """Add texts per (month YYYYMM, subject) to the stored counts."""
+
+    def month_texts(self, month: int) -> dict[str, int]:
+        """Every subject's stored count of `month`."""
 
 
 @dataclass
@@ -45,11 +68,26 @@ class EmbeddedLimiter:
     month ends: dropping one would hand its subject a fresh quota.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        counts: MonthCounts | None = None,
+        sync_s: float = 1.0,
+    ) -> None:
         self._clock = clock
         self._buckets: OrderedDict[str, _Buckets] = OrderedDict()
         self._month = 0  # YYYYMM that `_used` counts
+        # Stored counts of `_month` as of the last sync (everything, without a store).
         self._used: dict[str, int] = {}
+        # Admitted here and not stored yet, per (month, subject).
+        self._pending: dict[tuple[int, str], int] = {}
+        self._counts = counts
+        self._sync_s = sync_s
+        self._synced_month = 0  # the month whose stored counts `_used` holds
+        self._load_tried = 0  # the month whose first request waited for a load
+        self._failing = False  # the last sync failed
+        self._sync_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
 
     async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
         """Take one request and `texts` texts from `subject`'s buckets and month, or
@@ -61,6 +99,8 @@ class EmbeddedLimiter:
         refusal = blocked(limits)
         if refusal is not None:
             return refusal
+        if self._counts is not None and limits.monthly_texts is not None:
+            await self._load_month()
         now = self._clock()
         self._evict(now)
         entry = self._buckets.get(subject) or _Buckets()
@@ -82,11 +122,79 @@ class EmbeddedLimiter:
             if taken.requests is not None or taken.texts is not None:
                 self._take(subject, taken, limits, now)
             if limits.monthly_texts is not None and texts:
-                self._used[subject] = self._used.get(subject, 0) + texts
+                if self._counts is None:
+                    self._used[subject] = self._used.get(subject, 0) + texts
+                else:
+                    key = (self._month, subject)
+                    self._pending[key] = self._pending.get(key, 0) + texts
         return decision
 
     async def close(self) -> None:
-        """Nothing to release; the counters go with the process."""
+        """Stop syncing and store what was admitted since the last sync."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._counts is not None and self._pending:
+            await self.sync()
+
+    async def sync(self) -> bool:
+        """Store the texts admitted since the last sync and read back every subject's
+        stored count of this month; False (and counting goes on in memory) when the
+        store did not answer."""
+        assert self._counts is not None
+        counts = self._counts
+        async with self._sync_lock:
+            month = month_key(self._clock())
+            flushing = dict(self._pending)
+
+            def store() -> dict[str, int]:
+                counts.add_month_texts(flushing)
+                return counts.month_texts(month)
+
+            try:
+                stored = await asyncio.to_thread(store)
+            except Exception as e:  # the store's own errors: down, locked, refusing
+                if not self._failing:  # once an outage, not every second
+                    LOG.warning(
+                        "monthly quota counts not stored (%s); counting in memory",
+                        type(e).__name__,
+                    )
+                self._failing = True
+                return False
+            if self._failing:
+                LOG.warning("monthly quota counts stored again")
+                self._failing = False
+            # No await from here on: the counts and what is pending change together.
+            for key, n in flushing.items():
+                left = self._pending.get(key, 0) - n
+                if left:
+                    self._pending[key] = left
+                else:
+                    self._pending.pop(key, None)
+            if month >= self._month:
+                self._month, self._used, self._synced_month = month, stored, month
+            return True
+
+    async def _load_month(self) -> None:
+        """Before the first decision against a quota in a month: the stored counts. One
+        request per month and replica waits for them, at most `LOAD_WAIT_S`; past that,
+        or when the store failed, requests are decided on what memory holds while the
+        background sync goes on trying."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        month = month_key(self._clock())
+        if month in (self._synced_month, self._load_tried):
+            return
+        self._load_tried = month
+        # Not cancelled at the wait's end: a sync that stored counts must also take
+        # them off what is pending, or they would count twice.
+        await asyncio.wait([asyncio.ensure_future(self.sync())], timeout=LOAD_WAIT_S)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._sync_s)
+            if self._pending or self._load_tried:
+                await self.sync()
 
     def __len__(self) -> int:
         """Subjects whose buckets are not full (what memory holds besides the months)."""
@@ -106,11 +214,12 @@ class EmbeddedLimiter:
             self._buckets.pop(subject, None)  # full: nothing to remember
 
     def _used_by(self, subject: str, now: float) -> int:
-        """Texts counted for `subject` this month; a new month forgets the last one."""
+        """Texts counted for `subject` this month (stored, plus admitted here since the
+        last sync); a new month forgets the last one."""
         month = month_key(now)
         if month != self._month:
             self._month, self._used = month, {}
-        return self._used.get(subject, 0)
+        return self._used.get(subject, 0) + self._pending.get((month, subject), 0)
 
     def _evict(self, now: float) -> None:
         # The oldest change comes first; stop at the first entry that is still filling

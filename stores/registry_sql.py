@@ -139,6 +139,15 @@ usage = Table(
     Column("errors", BigInteger, nullable=False),
 )
 
+# Texts the embedded limiter admitted per subject and month (migration 0005).
+month_texts = Table(
+    "month_texts",
+    metadata,
+    Column("subject", String(200), primary_key=True),
+    Column("month", Integer, primary_key=True),  # YYYYMM, UTC
+    Column("texts", BigInteger, nullable=False),
+)
+
 meta = Table(
     "meta",
     metadata,
@@ -322,6 +331,32 @@ class SqlRegistry:
                 UsageRow(r.tenant_id, r.model, r.day, r.requests, r.texts, r.errors)
                 for r in conn.execute(query)
             ]
+
+    # --- monthly quota counts (the embedded limiter's) ---
+
+    def add_month_texts(self, counts: dict[tuple[int, str], int]) -> None:
+        """Add texts per (month, subject) to the stored counts, in one transaction."""
+        if not counts:
+            return
+        insert = (sqlite.insert if self._sqlite else postgresql.insert)(month_texts)
+        upsert = insert.on_conflict_do_update(
+            index_elements=[month_texts.c.subject, month_texts.c.month],
+            set_={"texts": month_texts.c.texts + insert.excluded.texts},
+        )
+        params = [
+            {"subject": subject, "month": month, "texts": n}
+            for (month, subject), n in sorted(counts.items())
+        ]
+        with self._writing() as conn:
+            conn.execute(upsert, params)
+
+    def month_texts(self, month: int) -> dict[str, int]:
+        """Every subject's stored count of `month` (YYYYMM)."""
+        query = select(month_texts.c.subject, month_texts.c.texts).where(
+            month_texts.c.month == month
+        )
+        with self._engine.connect() as conn:
+            return {str(subject): int(n) for subject, n in conn.execute(query)}
 
     def close(self) -> None:
         """Release connections."""

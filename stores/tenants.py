@@ -149,6 +149,12 @@ class Registry(Protocol):
     def usage(self, tenant_id: str, start: date, end: date) -> list[UsageRow]:
         """A tenant's rows for days in [start, end], by day then model."""
 
+    def add_month_texts(self, counts: dict[tuple[int, str], int]) -> None:
+        """Add texts per (month YYYYMM, quota subject) to the stored counts."""
+
+    def month_texts(self, month: int) -> dict[str, int]:
+        """Every quota subject's stored count of `month` (YYYYMM)."""
+
     def close(self) -> None:
         """Release connections."""
 

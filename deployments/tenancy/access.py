@@ -60,8 +60,9 @@ def check_production(settings: AuthSettings, secrets: Secrets) -> None:
         raise UnsafeSettings("SERVEKIT_ENV=production: secret registry_dsn is required")
 
 
-def open_limiter(secrets: Secrets) -> Limiter:
-    """Redis when `SERVEKIT_REDIS_URL` is set, else this process alone."""
+def open_limiter(secrets: Secrets, registry: Registry) -> Limiter:
+    """Redis when `SERVEKIT_REDIS_URL` is set, else this process's buckets, with the
+    monthly counts kept in the registry (so a quota holds across restarts and replicas)."""
     url = os.environ.get(REDIS_URL_ENV)
     if url:
         from stores.ratelimit_redis import RedisLimiter
@@ -69,7 +70,7 @@ def open_limiter(secrets: Secrets) -> Limiter:
         return RedisLimiter(url, password=secrets.get("redis_password"))
     from stores.ratelimit_embedded import EmbeddedLimiter
 
-    return EmbeddedLimiter()
+    return EmbeddedLimiter(counts=registry)
 
 
 def registry_url(secrets: Secrets) -> str:
@@ -110,7 +111,7 @@ class Access:
             log,
         )
         keys.refresh()
-        admission = Admission(open_limiter(secrets), settings.limiter_fail_open, log)
+        admission = Admission(open_limiter(secrets, registry), settings.limiter_fail_open, log)
         return cls(
             settings, registry, keys, admission, UsageMeter(registry, settings.usage_flush_s, log)
         )
