@@ -93,6 +93,12 @@ class UtcDateTime(TypeDecorator[datetime]):
 # The tables as the code reads and writes them; the migrations create them (and must agree).
 metadata = MetaData()
 
+
+def _bytes(length: int) -> String:
+    """A string column compared byte by byte on PostgreSQL too ("C"), as SQLite does."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 tenants = Table(
     "tenants",
     metadata,
@@ -131,8 +137,9 @@ api_keys = Table(
 usage = Table(
     "usage",
     metadata,
-    Column("tenant_id", String(64), primary_key=True),
-    Column("model", String(200), primary_key=True),
+    # Byte order on PostgreSQL as in SQLite (migration 0006): a day's rows by model name.
+    Column("tenant_id", _bytes(64), primary_key=True),
+    Column("model", _bytes(200), primary_key=True),
     Column("day", Date, primary_key=True),
     Column("requests", BigInteger, nullable=False),
     Column("texts", BigInteger, nullable=False),

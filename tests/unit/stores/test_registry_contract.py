@@ -255,6 +255,32 @@ def test_usage_by_day_range_and_tenant(registry: SqlRegistry) -> None:
     assert registry.usage(b.id, days[0], days[0]) == []
 
 
+def test_a_days_usage_is_in_byte_order_of_model_names(registry: SqlRegistry) -> None:
+    """As SQLite compares, whatever the PostgreSQL database's locale would say."""
+    from sqlalchemy import text
+
+    t = registry.create_tenant("Acme", RateLimits())
+    day = date(2026, 5, 1)
+    registry.add_usage(
+        [UsageRow(t.id, m, day, 1, 1, 0) for m in ("a", "minilm_l12", "B", "minilm-l6")]
+    )
+    assert [r.model for r in registry.usage(t.id, day, day)] == [
+        "B",
+        "a",
+        "minilm-l6",
+        "minilm_l12",
+    ]
+    if registry.url.get_backend_name() == "postgresql":
+        with registry._engine.connect() as conn:
+            collations = conn.execute(
+                text(
+                    "SELECT column_name, collation_name FROM information_schema.columns "
+                    "WHERE table_name = 'usage' AND column_name IN ('tenant_id', 'model')"
+                )
+            ).all()
+        assert sorted(collations) == [("model", "C"), ("tenant_id", "C")]
+
+
 def test_migrate_twice_is_a_no_op(url: str) -> None:
     first = open_registry(url)
     try:
