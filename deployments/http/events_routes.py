@@ -22,7 +22,7 @@ from starlette.responses import Response
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, Unavailable
 from deployments.http.envelope import request_id
-from deployments.http.fields import StoredText
+from deployments.http.fields import PathId, StoredText
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.http.route_docs import REQUEST_ID, example, responses
@@ -58,8 +58,8 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user: StoredText = Field(min_length=1, max_length=256, description="The end user's id.")
-    item: StoredText = Field(min_length=1, max_length=256, description="The catalog item's id.")
+    user: PathId = Field(min_length=1, max_length=256, description="The end user's id.")
+    item: PathId = Field(min_length=1, max_length=256, description="The catalog item's id.")
     type: Literal["view", "click", "add_to_cart", "purchase"]
     timestamp: datetime | float | None = Field(
         None,

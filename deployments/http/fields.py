@@ -18,3 +18,15 @@ def _no_nul(value: str) -> str:
 # cannot hold NUL where SQLite's can, so both backends refuse it here alike, as a 400
 # naming the field, instead of PostgreSQL failing the write after the request was taken.
 StoredText = Annotated[str, AfterValidator(_no_nul)]
+
+
+def _not_a_dot_segment(value: str) -> str:
+    if value in (".", ".."):
+        raise PydanticCustomError("dot_segment", "must not be . or .. (a URL path cannot carry it)")
+    return value
+
+
+# An id that is later read back through a URL path (`/v1/catalogs/c/items/{id}`,
+# `/v1/features/user/{id}`): `.` and `..` are resolved away by every URL library, so
+# such an id could be written but never read or deleted.
+PathId = Annotated[StoredText, AfterValidator(_not_a_dot_segment)]

@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
-from deployments.http.fields import StoredText
+from deployments.http.fields import PathId, StoredText
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.hot import serve_json
 from deployments.http.inference import json_response
@@ -80,7 +80,7 @@ class ItemIn(_Body):
     """A catalog item: text fields (embedded and matched by BM25) and attributes (for
     filters)."""
 
-    id: StoredText = Field(min_length=1, max_length=256)
+    id: PathId = Field(min_length=1, max_length=256)
     text: dict[str, str] = Field(
         min_length=1, max_length=16, description="Text fields, e.g. title, description, brand."
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from typing import Any, Literal, TypeVar
 
@@ -24,7 +24,13 @@ from servekit_client._base import (
     resolve,
     with_options,
 )
-from servekit_client._retry import RetryPolicy, retry_after_s, retry_exception, retry_status
+from servekit_client._retry import (
+    NOT_SENT,
+    RetryPolicy,
+    retry_after_s,
+    retry_answer,
+    retry_exception,
+)
 from servekit_client.models import (
     ApiKey,
     Catalog,
@@ -81,6 +87,7 @@ class AsyncClient:
             timeout=self._settings.timeout,
             transport=transport,
         )
+        self._owns_http = True
         self.admin = AsyncAdmin(self)
 
     @property
@@ -95,12 +102,14 @@ class AsyncClient:
         other = object.__new__(AsyncClient)
         other._settings = with_options(self._settings, timeout, max_retries)
         other._http = self._http
+        other._owns_http = False  # closing it leaves this client's connections open
         other.admin = AsyncAdmin(other)
         return other
 
     async def close(self) -> None:
-        """Close the connections."""
-        await self._http.aclose()
+        """Close the connections (a `with_options` client's belong to its parent: kept)."""
+        if self._owns_http:
+            await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -116,13 +125,17 @@ class AsyncClient:
         json: Any = None,
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        done_on_404: Callable[[], T] | None = None,
     ) -> T:
-        """One call: sent, retried while the policy allows, answered or raised."""
+        """One call: sent, retried while the policy allows, answered or raised.
+        `done_on_404`: the answer when a repeat, sent after an attempt whose answer was
+        lost, finds nothing (a delete that the lost attempt already did)."""
         policy = self._settings.retry
         request, rid = build(
             self._http, route, url or route.path, json, params, headers, self._settings.timeout
         )
         retry = 0
+        lost = False  # an attempt may have reached the service, its answer did not come
         while True:
             try:
                 response = await self._http.send(request)
@@ -130,9 +143,12 @@ class AsyncClient:
                 wait = policy.delay_s(retry, None) if retry_exception(e, route.idempotent) else None
                 if wait is None:
                     raise connection_error(e, rid) from e
+                lost = lost or not isinstance(e, NOT_SENT)
             else:
                 wait = None
-                if retry_status(response.status_code):
+                if lost and done_on_404 is not None and response.status_code == 404:
+                    return done_on_404()
+                if retry_answer(response, route.idempotent):
                     wait = policy.delay_s(retry, retry_after_s(response.headers.get("retry-after")))
                 if wait is None:
                     return finish(route, response, rid)
@@ -232,9 +248,11 @@ class AsyncClient:
 
     async def delete_item(self, catalog: str, item_id: str) -> ItemDeleted:
         """Delete an item (`DELETE /v1/catalogs/{catalog}/items/{item_id}`); one already
-        gone raises `NotFoundError`."""
+        gone raises `NotFoundError`, unless an earlier attempt of this call, whose answer
+        was lost, deleted it."""
         url = path(r.DELETE_ITEM, catalog=catalog, item_id=item_id)
-        return await self._send(r.DELETE_ITEM, url)
+        done = ItemDeleted(id=item_id, deleted=True)
+        return await self._send(r.DELETE_ITEM, url, done_on_404=lambda: done)
 
     async def send_events(
         self, events: Sequence[EventInput], *, catalog: str | None = None

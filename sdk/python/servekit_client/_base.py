@@ -7,7 +7,7 @@ import dataclasses
 import os
 import uuid
 import warnings
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -110,7 +110,12 @@ def body(**fields: Any) -> dict[str, Any]:
 
 
 def day(value: date | str | None) -> str | None:
-    """A query parameter's UTC day."""
+    """A query parameter's UTC day (a `datetime` is a `date` too: its UTC day; a naive
+    one is taken as UTC)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+        return value.date().isoformat()
     return value.isoformat() if isinstance(value, date) else value
 
 
@@ -120,7 +125,12 @@ def query(**params: str | None) -> dict[str, str]:
 
 
 def path(route: Route[Any], **params: str) -> str:
-    """The route's path with its parameters filled in, each percent-encoded."""
+    """The route's path with its parameters filled in, each percent-encoded. An empty
+    value, `.` or `..` is refused: a URL cannot carry it as a segment (`..` would climb
+    to another route)."""
+    for name, value in params.items():
+        if str(value) in ("", ".", ".."):
+            raise ValueError(f"{name}: {str(value)!r} cannot be sent as a URL path segment")
     return route.path.format(**{name: quote(str(v), safe="") for name, v in params.items()})
 
 

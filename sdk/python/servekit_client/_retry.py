@@ -2,9 +2,11 @@
 
 A call is retried on 429 and 503 and when the service could not be reached. The service
 answers 429 and 503 before doing anything (over a limit, queues full, a store that did
-not take the write: nothing kept), so those are safe to repeat for every route. A
-connection that broke or timed out after the request was sent may have done the work:
-that is retried only for idempotent routes (reads, PUT, DELETE, PATCH).
+not take the write: nothing kept), so those are safe to repeat for every route; but a
+503 from a proxy in between (no servekit error envelope) may come after the proxy passed
+the request on, so for routes that are not idempotent only servekit's own 503 is
+repeated. A connection that broke or timed out after the request was sent may have done
+the work: that is retried only for idempotent routes (reads, PUT, DELETE, PATCH).
 """
 
 from __future__ import annotations
@@ -63,9 +65,22 @@ class RetryPolicy:
         return retry_after + self.rng.uniform(0, retry_after / 10)
 
 
-def retry_status(status: int) -> bool:
-    """Whether an answer with this status may be tried again (any route)."""
-    return status in RETRY_STATUSES
+def retry_answer(response: httpx.Response, idempotent: bool) -> bool:
+    """Whether an error answer may be tried again: 429 always, 503 on idempotent routes,
+    and on the others only when servekit itself answered it (its error envelope)."""
+    status = response.status_code
+    if status not in RETRY_STATUSES:
+        return False
+    return status == 429 or idempotent or _from_the_service(response)
+
+
+def _from_the_service(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    detail = body.get("error") if isinstance(body, dict) else None
+    return isinstance(detail, dict) and isinstance(detail.get("code"), str)
 
 
 def retry_exception(error: Exception, idempotent: bool) -> bool:

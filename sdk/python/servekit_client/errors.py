@@ -42,6 +42,14 @@ class ServekitError(Exception):
     """Base of every exception this package raises."""
 
 
+def _rebuilt(cls: type[APIError], state: dict[str, Any]) -> APIError:
+    """An exception from its attributes (what `pickle` and `copy` call)."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
+
+
 class APIError(ServekitError):
     """A call that did not succeed; `request_id` finds it in the service's logs."""
 
@@ -49,6 +57,11 @@ class APIError(ServekitError):
         super().__init__(message)
         self.message = message
         self.request_id = request_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled and copied by attributes: the constructors take keywords, which the
+        default (positional `args`) cannot give back; so errors cross process pools."""
+        return (_rebuilt, (type(self), dict(self.__dict__)))
 
     def __str__(self) -> str:
         return f"{self.message} (request id {self.request_id})"

@@ -59,9 +59,11 @@ async function data<R>(transport: Transport, call: Call, options?: ModelRequestO
   return (await transport.request<R>(call, options)).data;
 }
 
-/** A path segment, escaped. */
+/** A path segment, escaped. `.` and `..` are refused: a URL keeps neither as a segment
+ * (fetch resolves them, `%2E%2E` included), so the call would reach another route. */
 function seg(value: string): string {
   if (value === "") throw new TypeError("a path parameter is empty");
+  if (value === "." || value === "..") throw new TypeError(`a path parameter is "${value}", which a URL cannot carry`);
   return encodeURIComponent(value);
 }
 
@@ -116,11 +118,12 @@ export class CatalogsApi extends Resource {
     return data(this.transport, { method: "GET", path, retry: "idempotent" }, options);
   }
 
-  /** Delete one item. A retry after a lost answer may find it gone already
-   * (`NotFoundError`). */
+  /** Delete one item; one already gone throws `NotFoundError`, unless an earlier
+   * attempt of this call, whose answer was lost, deleted it. */
   async deleteItem(catalog: string, itemId: string, options?: RequestOptions): Promise<T.DeletedItem> {
     const path = `/v1/catalogs/${seg(catalog)}/items/${seg(itemId)}`;
-    return data(this.transport, { method: "DELETE", path, retry: "idempotent" }, options);
+    const doneOn404 = (): T.DeletedItem => ({ id: itemId, deleted: true });
+    return data(this.transport, { method: "DELETE", path, retry: "idempotent", doneOn404 }, options);
   }
 }
 

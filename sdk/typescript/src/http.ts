@@ -101,6 +101,9 @@ export interface Call {
   query?: Record<string, string | undefined>;
   body?: unknown;
   retry: RetryMode;
+  /** The answer when a repeat sent after a lost answer finds nothing (404): a delete
+   * that the lost attempt already did. */
+  doneOn404?: () => unknown;
 }
 
 type Env = Record<string, string | undefined>;
@@ -116,7 +119,7 @@ export class Transport {
   readonly timeoutMs: number;
   readonly maxRetries: number;
   readonly backoff: Backoff;
-  private readonly apiKey: string | null;
+  readonly #apiKey: string | null; // a private field: never shown by console.log or JSON.stringify
   private readonly headers: Record<string, string>;
   private readonly fetch: typeof globalThis.fetch;
   private readonly onRetry: ((retry: RetryInfo) => void) | undefined;
@@ -130,7 +133,7 @@ export class Transport {
     if (key === undefined || key === "") {
       throw new ServekitError("no API key: pass `apiKey` or set SERVEKIT_API_KEY (apiKey: null sends none)");
     }
-    this.apiKey = key;
+    this.#apiKey = key;
     this.timeoutMs = nonNegative("timeoutMs", options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     this.maxRetries = nonNegative("maxRetries", options.maxRetries ?? DEFAULT_MAX_RETRIES);
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
@@ -150,6 +153,7 @@ export class Transport {
     const timeoutMs = nonNegative("timeoutMs", options.timeoutMs ?? this.timeoutMs);
     const url = this.url(call);
     const init = { method: call.method, headers: this.headersOf(call, options, requestId), body: bodyOf(call) };
+    let lost = false; // an attempt may have reached the service; its answer did not come
     for (let retry = 0; ; retry++) {
       let error: ServekitError;
       let retryable: boolean;
@@ -158,15 +162,19 @@ export class Transport {
         const answer = await this.attempt(url, init, timeoutMs, requestId, options.signal);
         this.checkDeprecation(call, answer.response.headers);
         if (answer.response.ok) return answered<T>(answer, requestId);
+        if (lost && call.doneOn404 !== undefined && answer.response.status === 404) {
+          return { ...answered<T>({ ...answer, text: "" }, requestId), data: call.doneOn404() as T, status: 200 };
+        }
         const failed = errorOf(answer, requestId);
         error = failed;
-        retryable = RETRY_STATUSES.has(failed.status);
+        retryable = retryableAnswer(failed, call.retry);
         retryAfterS = failed.retryAfterS;
       } catch (e) {
         if (options.signal?.aborted) throw options.signal.reason;
         if (!(e instanceof APIConnectionError)) throw e;
         error = e;
         retryable = call.retry === "idempotent" || neverSent(e.cause);
+        lost = lost || !neverSent(e.cause);
       }
       const delayMs = retryable && retry < maxRetries ? retryDelayMs(retry, retryAfterS, this.backoff) : undefined;
       if (delayMs === undefined) throw error;
@@ -202,7 +210,7 @@ export class Transport {
 
   private headersOf(call: Call, options: ModelRequestOptions, requestId: string): Record<string, string> {
     const headers: Record<string, string> = { Accept: "application/json", ...this.headers };
-    if (this.apiKey !== null) headers["Authorization"] = `Bearer ${this.apiKey}`;
+    if (this.#apiKey !== null) headers["Authorization"] = `Bearer ${this.#apiKey}`;
     if (call.body !== undefined) headers["Content-Type"] = "application/json";
     if (options.version !== undefined) headers["X-Model-Version"] = options.version;
     if (options.routingKey !== undefined) headers["X-Routing-Key"] = options.routingKey;
@@ -263,6 +271,15 @@ function answered<T>({ response, text }: Answer, sentId: string): ApiResponse<T>
 
 /** The `APIError` for an error answer: servekit's `{"error": {code, message,
  * request_id}}`, the inference protocol's `{"error": "..."}`, or anything else. */
+/** Whether an error answer may be tried again: 429 always (refused before anything was
+ * done); 503 on calls that may repeat, and on the others only when servekit itself said
+ * so (its error envelope): a proxy's 503 may come after it passed the request on. */
+function retryableAnswer(failed: APIError, mode: RetryMode): boolean {
+  if (!RETRY_STATUSES.has(failed.status)) return false;
+  if (failed.status !== 503 || mode === "idempotent") return true;
+  return !failed.code.startsWith("http_");
+}
+
 function errorOf({ response, text }: Answer, sentId: string): APIError {
   let body: unknown = text;
   try {

@@ -166,6 +166,35 @@ describe("retries", () => {
     assert.deepEqual(server.seen.map((s) => JSON.parse(s.body)), [EVENTS, EVENTS, EVENTS]);
   });
 
+  test("a proxy's 503 (no servekit envelope) is not repeated for calls that may have acted", async () => {
+    const page = (req, res) => {
+      res.writeHead(503, { "content-type": "text/plain" });
+      res.end("upstream connect error or disconnect/reset before headers");
+    };
+    const server = await serve([page]);
+    const { client: c, retries } = client(server.url, { maxRetries: 2 });
+    const sent = await c.events.send(EVENTS).catch((e) => e);
+    assert.ok(sent instanceof ServiceUnavailableError);
+    assert.equal(sent.code, "http_503");
+    await c.admin.tenants.create({ name: "t" }).catch(() => {});
+    await c.admin.keys.create("t").catch(() => {});
+    await c.admin.keys.rotate("t", "k").catch(() => {});
+    assert.equal(server.seen.length, 4); // once each
+    assert.equal(retries.length, 0);
+    await c.search(SEARCH).catch(() => {}); // a read is repeated
+    assert.equal(server.seen.length, 7);
+  });
+
+  test("a delete whose answer was lost is done when the repeat finds nothing", async () => {
+    const gone = json(404, { error: { code: "not_found", message: "item: no such item", request_id: "r" } });
+    const server = await serve([drop, gone]);
+    const { client: c } = client(server.url, { maxRetries: 2 });
+    assert.deepEqual(await c.catalogs.deleteItem("c", "sku-1"), { id: "sku-1", deleted: true });
+    assert.equal(server.seen.length, 2);
+    const again = await c.catalogs.deleteItem("c", "sku-1").catch((e) => e); // no lost answer
+    assert.equal(again.status, 404);
+  });
+
   test("a connection never made is retried even for events", async () => {
     const server = await serve([ok]);
     const url = server.url;
@@ -243,6 +272,22 @@ describe("deprecation", () => {
     } finally {
       await server.close();
     }
+  });
+});
+
+describe("paths and secrets", () => {
+  test("an id a URL cannot carry (empty, . or ..) is refused before sending", async () => {
+    const { client: c } = client("http://127.0.0.1:9");
+    for (const id of ["", ".", ".."]) {
+      await assert.rejects(c.catalogs.getItem("c", id), TypeError);
+    }
+  });
+
+  test("the API key shows neither in console.log nor in JSON", async () => {
+    const { inspect } = await import("node:util");
+    const { client: c } = client("http://127.0.0.1:9", { apiKey: "sk-very-secret-key" });
+    assert.ok(!inspect(c, { depth: 10, showHidden: true }).includes("sk-very-secret"));
+    assert.ok(!JSON.stringify(c).includes("sk-very-secret"));
   });
 });
 

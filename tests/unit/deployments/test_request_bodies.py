@@ -96,3 +96,25 @@ def test_a_nul_character_in_a_stored_string_is_named(
         model.model_validate(doc)
     message = from_validation_error(caught.value).message
     assert message == f"{field}: must not contain NUL characters"
+
+
+@pytest.mark.parametrize("value", [".", ".."])
+@pytest.mark.parametrize(
+    ("model", "doc", "field"),
+    [
+        (EventIn, {"user": "{}", "item": "i", "type": "view"}, "user"),
+        (EventIn, {"user": "u", "item": "{}", "type": "view"}, "item"),
+        (ItemIn, {"id": "{}", "text": {"t": "a"}}, "id"),
+    ],
+)
+def test_an_id_a_url_cannot_carry_is_refused_at_write(
+    model: type[BaseModel], doc: dict[str, Any], field: str, value: str
+) -> None:
+    """Written, it could never be read or deleted: every URL library drops the segment."""
+    filled = {k: value if v == "{}" else v for k, v in doc.items()}
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(filled)
+    message = from_validation_error(caught.value).message
+    assert message == f"{field}: must not be . or .. (a URL path cannot carry it)"
+    ok = {k: "..." if v == "{}" else v for k, v in doc.items()}
+    model.model_validate(ok)  # three dots are a name like any

@@ -121,6 +121,11 @@ def _client(script: Handler, **kwargs: Any) -> Client:
     return Client("sk-test", "http://svc", transport=httpx.MockTransport(script), **kwargs)
 
 
+def _transport(kind: type[Client | AsyncClient], script: Handler) -> Any:
+    """A scripted transport; httpx's serves the sync and the async client alike."""
+    return httpx.MockTransport(script)
+
+
 def _call(client: Client | AsyncClient, name: str, *args: Any, **kwargs: Any) -> Any:
     target: Any = client.admin if name.startswith("admin.") else client
     result = getattr(target, name.removeprefix("admin."))(*args, **kwargs)
@@ -457,3 +462,108 @@ def test_a_deprecated_route_warns_with_its_sunset() -> None:
     script = Script(_answer(200, SEARCH_OUT, headers))
     with pytest.warns(DeprecationWarning, match="POST /v1/search is deprecated.*01 Jul 2026"):
         _client(script).search("c", "q")
+
+
+# ---- what a proxy's 503, a lost delete, odd ids and days do ------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["send_events", "admin.create_tenant", "admin.create_key", "admin.rotate_key"]
+)
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_a_proxys_503_is_not_repeated_for_a_call_that_may_have_acted(
+    name: str, kind: type[Client | AsyncClient], sleeps: list[float]
+) -> None:
+    """A proxy may answer 503 after it passed the request on: only servekit's own 503
+    (its error envelope: nothing was done) is repeated for these calls."""
+    args, kwargs, _ = CALLS[name]
+    page = httpx.Response(503, text="upstream connect error or disconnect/reset before headers")
+    script = Script(page, _answer(500, {}))
+    client = kind("sk-test", "http://svc", transport=_transport(kind, script), retry=FAST)
+    with pytest.raises(ServiceUnavailableError) as caught:
+        _call(client, name, *args, **kwargs)
+    assert caught.value.code == "http_503"
+    assert len(script.requests) == 1
+    assert sleeps == []
+
+
+def test_a_proxys_503_is_repeated_for_a_read(sleeps: list[float]) -> None:
+    script = Script(httpx.Response(503, text="<html>busy</html>"), _answer(200, SEARCH_OUT))
+    assert _client(script).search("c", "q").version == "v1"
+    assert len(script.requests) == 2
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_a_delete_whose_answer_was_lost_is_done_when_the_repeat_finds_nothing(
+    kind: type[Client | AsyncClient], sleeps: list[float]
+) -> None:
+    script = Script(httpx.ReadTimeout("timed out"), _error(404, "not_found", "item: no such item"))
+    client = kind("sk-test", "http://svc", transport=_transport(kind, script), retry=FAST)
+    done = _call(client, "delete_item", "c", "sku-1")
+    assert (done.id, done.deleted) == ("sku-1", True)
+    assert len(script.requests) == 2
+    # Without a lost answer first, an item already gone is still NotFoundError.
+    gone = Script(_error(404, "not_found", "item: no such item"))
+    again = kind("sk-test", "http://svc", transport=_transport(kind, gone), retry=FAST)
+    with pytest.raises(NotFoundError):
+        _call(again, "delete_item", "c", "sku-1")
+    # A connection refused (never sent) is no lost answer either.
+    refused = Script(httpx.ConnectError("refused"), _error(404, "not_found", "item: gone"))
+    third = kind("sk-test", "http://svc", transport=_transport(kind, refused), retry=FAST)
+    with pytest.raises(NotFoundError):
+        _call(third, "delete_item", "c", "sku-1")
+
+
+@pytest.mark.parametrize("item_id", ["", ".", ".."])
+def test_an_id_a_url_cannot_carry_is_refused_before_sending(item_id: str) -> None:
+    script = Script()
+    with pytest.raises(ValueError, match="item_id"):
+        _client(script).get_item("c", item_id)
+    assert script.requests == []
+
+
+def test_odd_characters_in_ids_are_sent_as_one_segment() -> None:
+    item = {"id": "x", "text": {}, "attributes": {}, "updated_at": None}
+    script = Script(*[_answer(200, item)] * 3)
+    client = _client(script)
+    for item_id in ("a/b", "...", "x?y#z%"):
+        client.get_item("c", item_id)
+    assert [r.url.raw_path for r in script.requests] == [
+        b"/v1/catalogs/c/items/a%2Fb",
+        b"/v1/catalogs/c/items/...",
+        b"/v1/catalogs/c/items/x%3Fy%23z%25",
+    ]
+
+
+def test_a_datetime_is_sent_as_its_utc_day() -> None:
+    usage = {"tenant_id": "t", "start": "2026-01-01", "end": "2026-01-02",
+             "days": [], "requests": 0, "texts": 0, "errors": 0}  # fmt: skip
+    script = Script(_answer(200, usage), _answer(200, usage))
+    client = _client(script)
+    late = datetime(2026, 1, 1, 23, 30, tzinfo=UTC) - timedelta(hours=-1)  # 00:30 UTC, 2 Jan
+    client.get_usage(start=late.astimezone(), end=datetime(2026, 1, 2, 9, 0))
+    client.get_usage(start=datetime(2026, 1, 2, 3, 0, tzinfo=UTC))
+    params = [dict(r.url.params) for r in script.requests]
+    assert params == [{"start": "2026-01-02", "end": "2026-01-02"}, {"start": "2026-01-02"}]
+
+
+def test_closing_a_with_options_client_keeps_the_parents_connections() -> None:
+    script = Script(_answer(200, SEARCH_OUT), _answer(200, SEARCH_OUT))
+    client = _client(script)
+    with client.with_options(timeout=5) as quick:
+        quick.search("c", "q")
+    assert client.search("c", "q").version == "v1"
+    client.close()
+
+
+def test_errors_survive_pickling_and_copying() -> None:
+    import copy
+    import pickle
+
+    script = Script(_error(404, "not_found", "item: no such item"))
+    with pytest.raises(NotFoundError) as caught:
+        _client(script).get_item("c", "i")
+    for again in (pickle.loads(pickle.dumps(caught.value)), copy.copy(caught.value)):
+        assert type(again) is NotFoundError
+        assert (again.status, again.code, again.request_id) == (404, "not_found", "rid-from-body")
+        assert str(again) == str(caught.value)
