@@ -46,6 +46,11 @@ class VersionBackend(Protocol):
         """Whether the version can serve now (loaded, and not wedged)."""
         ...
 
+    def spare(self) -> bool:
+        """Whether work that nobody waits for (a shadow copy) may run now without
+        delaying a request that someone does wait for."""
+        ...
+
 
 def remaining_s(deadline: float) -> float:
     """Seconds left until a `time.monotonic()` deadline (never below 0)."""

@@ -144,6 +144,10 @@ class InlineBatcher:
         """Tell `watcher` when each model run starts and ends."""
         self._watcher = watcher
 
+    def threads_idle(self) -> bool:
+        """Whether the shared inference threads run nothing and nothing waits for them."""
+        return self._threads.idle()
+
     @property
     def queued_texts(self) -> int:
         """Texts waiting for a batch."""

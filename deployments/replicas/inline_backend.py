@@ -70,6 +70,11 @@ class InlineBackend:
         """Loaded before the replica started; false while its runtime is wedged."""
         return self.health.ok
 
+    def spare(self) -> bool:
+        """Only while the replica's inference threads are idle and nothing is queued:
+        a shadow copy never waits in front of, or beside, a caller's request."""
+        return self.batcher.threads_idle()
+
 
 def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBackend]:
     """Resolve and load every inline version; they share the inference threads (one,

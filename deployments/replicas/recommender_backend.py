@@ -38,6 +38,10 @@ class RecommenderBackend:
         """Loaded before the replica started."""
         return True
 
+    def spare(self) -> bool:
+        """Recommendation shadows are bounded by the shadower's cap per version."""
+        return True
+
 
 def load_recommenders(args: AppArgs) -> dict[tuple[str, str], RecommenderBackend]:
     """Resolve, verify and load every version of the recommender (none: empty)."""

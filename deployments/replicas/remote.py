@@ -141,6 +141,11 @@ class DedicatedBackend:
             self._meta = await call_version(self.handle, "metadata", (), deadline, self.label)
         return self._meta
 
+    def spare(self) -> bool:
+        """Its replicas' load is not seen from here: the shadower's cap on copies in
+        flight per version is what bounds them."""
+        return True
+
     async def ready(self) -> bool:
         """Whether a replica answers that its runtime is loaded and not wedged."""
         try:

@@ -69,6 +69,10 @@ class SharedThreads:
         """Threads no batch holds."""
         return self.workers - len(self._held)
 
+    def idle(self) -> bool:
+        """No batch running and none waiting, of any version."""
+        return not self._held and all(m.head_arrival() is None for m in self._members)
+
     def held_by(self, member: Member) -> list[tuple[float, int, bool]]:
         """(started, texts, on a busy lane) of each batch `member` has running."""
         return [(started, n, busy) for m, started, n, busy in self._held.values() if m is member]

@@ -139,8 +139,11 @@ class VersionRouter:
     def maybe_shadow(
         self, model: str, primary: str, texts: list[str], vectors: np.ndarray[Any, Any]
     ) -> None:
-        """Mirror a sampled copy of a served request to the model's shadow version."""
-        self.shadow.maybe_shadow(model, primary, texts, vectors)
+        """Mirror a sampled copy of a served request to the model's shadow version, when
+        that version has room now (inline: idle inference threads); else it is dropped."""
+        self.shadow.maybe_shadow(
+            model, primary, texts, vectors, spare=lambda v: self.backends[(model, v)].spare()
+        )
 
     def record(self, model: str, version: str, ok: bool, seconds: float) -> None:
         """Count a call a pipeline made to a version (a recommender's) for status and

@@ -12,12 +12,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from configs.schema import ShadowSpec
-from deployments.errors import ServekitError
+from deployments.errors import InferenceFailed, ServekitError
 from deployments.observability.logs import get_logger
 from deployments.replicas.backend import QUIET_FAILURES
 
-# Shadow copies in flight per ingress replica; beyond this they are dropped, counted.
+# Shadow copies in flight per ingress replica, and per shadow version; beyond either
+# they are dropped, counted. Per version, so that copies never fill the queue that the
+# version's own callers (it may be the canary too) wait in.
 MAX_SHADOW_IN_FLIGHT = 32
+MAX_SHADOW_IN_FLIGHT_PER_VERSION = 4
 # Failed shadow copies are logged as one warning line at most this often, with a count
 # (callers never see them; the metrics count every one).
 FAILURE_LOG_EVERY_S = 60.0
@@ -57,14 +60,21 @@ class Shadower:
         self._logged_at: dict[tuple[str, str], float] = {}
         self._rng = random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[tuple[str, str], int] = {}  # per (model, shadow)
         self.specs: dict[str, ShadowSpec] = {}
         self.counts: dict[str, dict[str, float]] = {}
 
     def maybe_shadow(
-        self, model: str, primary: str, texts: list[str], vectors: np.ndarray[Any, Any]
+        self,
+        model: str,
+        primary: str,
+        texts: list[str],
+        vectors: np.ndarray[Any, Any],
+        spare: Callable[[str], bool] | None = None,
     ) -> None:
         """Send a sampled copy of a served request to the model's shadow version; the
-        agreement is each text's cosine between the two versions' vectors."""
+        agreement is each text's cosine between the two versions' vectors. `spare`:
+        whether the shadow version has room now (else the copy is dropped, counted)."""
 
         async def run(shadow: str) -> np.ndarray[Any, Any]:
             shadow_vectors, _ = await self._call(model, shadow, texts)
@@ -74,7 +84,7 @@ class Shadower:
             cosines: list[float] = np.einsum("ij,ij->i", vectors, shadow_vectors).tolist()
             return cosines
 
-        self.maybe_mirror(model, primary, run, agreement)
+        self.maybe_mirror(model, primary, run, agreement, spare=spare)
 
     def maybe_mirror(
         self,
@@ -83,6 +93,7 @@ class Shadower:
         run: Callable[[str], Awaitable[Any]],
         agreement: Callable[[Any], list[float]],
         ready: Callable[[str], bool] | None = None,
+        spare: Callable[[str], bool] | None = None,
     ) -> None:
         """Mirror a sampled share of served requests to the model's shadow version:
         `run(shadow)` repeats the request with it, off the caller's path, and
@@ -97,15 +108,29 @@ class Shadower:
             f"{primary}->{spec.version}",
             {"requests": 0, "errors": 0, "dropped": 0, "cosine_sum": 0.0, "texts": 0},
         )
-        if len(self._tasks) >= MAX_SHADOW_IN_FLIGHT:
+        key = (model, spec.version)
+        if (
+            len(self._tasks) >= MAX_SHADOW_IN_FLIGHT
+            or self._in_flight.get(key, 0) >= MAX_SHADOW_IN_FLIGHT_PER_VERSION
+            or (spare is not None and not spare(spec.version))
+        ):
             counts["dropped"] += 1
             self._metrics.shadow(model, primary, spec.version, "dropped")
             return
         task = asyncio.create_task(
             self._mirror(model, primary, spec.version, run, agreement, counts)
         )
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._landed(key))
+
+    def _landed(self, key: tuple[str, str]) -> None:
+        left = self._in_flight.get(key, 0) - 1
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
 
     async def _mirror(
         self,
@@ -127,7 +152,14 @@ class Shadower:
             self._note_failure(model, shadow, e)
             return
         seconds = time.perf_counter() - started
-        agreed = agreement(answer)
+        try:
+            agreed = agreement(answer)
+        except ValueError as e:  # e.g. a shadow whose vectors have another dimension
+            counts["errors"] += 1
+            self._metrics.shadow(model, primary, shadow, "error")
+            failure = InferenceFailed(f"{model}/{shadow}: its answers cannot be compared ({e})")
+            self._note_failure(model, shadow, failure)
+            return
         counts["cosine_sum"] += float(sum(agreed))
         counts["texts"] += len(agreed)
         self._metrics.shadow(model, primary, shadow, "ok", seconds, agreed)

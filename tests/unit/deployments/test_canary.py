@@ -42,6 +42,9 @@ class FakeBackend:
     async def ready(self) -> bool:
         return True
 
+    def spare(self) -> bool:
+        return True
+
 
 class RouterMetrics:
     def __init__(self) -> None:

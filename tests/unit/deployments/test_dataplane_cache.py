@@ -54,6 +54,9 @@ class RecordingVersion:
     async def ready(self) -> bool:
         return True
 
+    def spare(self) -> bool:
+        return True
+
 
 def _args(auth: bool = True) -> AppArgs:
     doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())

@@ -253,3 +253,23 @@ def test_one_request_at_a_time_runs_on_the_loop_concurrent_ones_in_threads(
     recorder.threads.clear()
     asyncio.run(batcher_without.embed(texts))  # no traffic given (a dedicated replica)
     assert recorder.threads[0] != loop_thread
+
+
+def test_the_threads_are_idle_only_with_nothing_running_or_waiting(runtime: Any) -> None:
+    """What a shadow copy asks before it runs inline (`InlineBackend.spare`)."""
+    recorder = _LaneRecorder(runtime, 0)  # each run takes 20 ms
+    threads = SharedThreads(1)
+    batcher = InlineBatcher(recorder, BatchRecorder(), threads)  # type: ignore[arg-type]
+    seen: list[bool] = []
+
+    async def run() -> None:
+        seen.append(batcher.threads_idle())
+        first = asyncio.ensure_future(batcher.embed(["one"]))
+        second = asyncio.ensure_future(batcher.embed(["two"]))
+        await asyncio.sleep(0.005)
+        seen.append(batcher.threads_idle())  # one runs, one waits
+        await asyncio.gather(first, second)
+        seen.append(batcher.threads_idle())
+
+    asyncio.run(run())
+    assert seen == [True, False, True]

@@ -50,6 +50,7 @@ def test_failures_are_counted_and_summarised_without_tracebacks() -> None:
         async def burst(n: int) -> None:
             for _ in range(n):
                 shadower.maybe_shadow("minilm", "v1", ["a"], np.ones((1, 4), np.float32))
+                await asyncio.sleep(0.001)  # each copy lands before the next (cap per version)
             await asyncio.sleep(0.01)
 
         asyncio.run(burst(5))
@@ -67,3 +68,89 @@ def test_failures_are_counted_and_summarised_without_tracebacks() -> None:
     assert [r.fields["failed"] for r in lines] == [1, 8]  # type: ignore[attr-defined]
     assert all(r.exc_info is None for r in lines)
     assert shadower.counts["v1->v2"]["errors"] == 9
+
+
+def _shadower(call: Any, metrics: _Metrics) -> Shadower:
+    shadower = Shadower(call, metrics)
+    shadower.specs = {"minilm": ShadowSpec(version="v2", fraction=1.0)}
+    return shadower
+
+
+def test_a_copy_is_dropped_when_the_shadow_version_has_no_room() -> None:
+    """Inline, room means idle inference threads: a copy never queues in front of, or
+    beside, a caller's request (the shadow may be the canary, judged by its callers)."""
+    calls: list[list[str]] = []
+
+    async def call(model: str, version: str, texts: list[str]) -> Any:
+        calls.append(texts)
+        return np.ones((len(texts), 4), np.float32), [1] * len(texts)
+
+    metrics = _Metrics()
+    shadower = _shadower(call, metrics)
+    room = {"v2": False}
+
+    async def body() -> None:
+        vectors = np.ones((1, 4), np.float32)
+        shadower.maybe_shadow("minilm", "v1", ["a"], vectors, spare=room.__getitem__)
+        room["v2"] = True
+        shadower.maybe_shadow("minilm", "v1", ["b"], vectors, spare=room.__getitem__)
+        await asyncio.sleep(0.01)
+
+    asyncio.run(body())
+    assert calls == [["b"]]
+    assert metrics.outcomes == ["dropped", "ok"]
+    assert shadower.counts["v1->v2"]["dropped"] == 1
+
+
+def test_copies_in_flight_are_capped_per_shadow_version() -> None:
+    from deployments.routing.shadow import MAX_SHADOW_IN_FLIGHT_PER_VERSION
+
+    started: list[str] = []
+
+    async def body() -> None:
+        release = asyncio.Event()
+
+        async def slow(model: str, version: str, texts: list[str]) -> Any:
+            started.append(texts[0])
+            await release.wait()
+            return np.ones((1, 4), np.float32), [1]
+
+        metrics = _Metrics()
+        shadower = _shadower(slow, metrics)
+        for i in range(10):
+            shadower.maybe_shadow("minilm", "v1", [str(i)], np.ones((1, 4), np.float32))
+        await asyncio.sleep(0.01)
+        assert len(started) == MAX_SHADOW_IN_FLIGHT_PER_VERSION
+        release.set()
+        await asyncio.sleep(0.01)
+        # Landed copies make room again.
+        shadower.maybe_shadow("minilm", "v1", ["late"], np.ones((1, 4), np.float32))
+        await asyncio.sleep(0.01)
+        assert started[-1] == "late"
+        assert metrics.outcomes.count("dropped") == 10 - MAX_SHADOW_IN_FLIGHT_PER_VERSION
+
+    asyncio.run(body())
+
+
+def test_a_shadow_answering_another_dimension_is_an_error_not_a_crash() -> None:
+    async def wider(model: str, version: str, texts: list[str]) -> Any:
+        return np.ones((len(texts), 8), np.float32), [1] * len(texts)
+
+    metrics = _Metrics()
+    shadower = _shadower(wider, metrics)
+    records = _Records()
+    logger = logging.getLogger("servekit.shadow")
+    logger.addHandler(records)
+    try:
+
+        async def body() -> None:
+            shadower.maybe_shadow("minilm", "v1", ["a"], np.ones((1, 4), np.float32))
+            await asyncio.sleep(0.01)
+
+        asyncio.run(body())
+    finally:
+        logger.removeHandler(records)
+    assert metrics.outcomes == ["error"]
+    assert shadower.counts["v1->v2"]["errors"] == 1
+    (line,) = [r for r in records.records if r.getMessage().startswith("shadow copies failing")]
+    assert "cannot be compared" in line.fields["error"]  # type: ignore[attr-defined]
