@@ -27,7 +27,53 @@ DEFAULT_ADDRESS = os.environ.get("RAY_DASHBOARD_ADDRESS", LOCAL)
 DEFAULT_URL = os.environ.get("SERVEKIT_URL", "http://127.0.0.1:8000")
 
 
+@contextlib.contextmanager
+def _editing(path: Path) -> Iterator[None]:
+    """Hold the file's edit lock (`.<file>.lock` beside it): a second `promote` or
+    `rollback` on the same file waits, then edits what the first one wrote."""
+    import fcntl
+
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace the file's content in one step (a reader sees the old file or the new,
+    never a truncated one), keeping its permissions."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+    os.replace(tmp, path)
+
+
 def edit_and_apply(
+    path: Path,
+    model: str,
+    action: str,
+    arg: Any,
+    dry_run: bool,
+    apply: bool,
+    address: str,
+    allow_incomplete_index: bool = False,
+) -> int:
+    """Edit the traffic of `model`, show the diff, validate, write and apply, holding
+    the file's edit lock throughout (see `_edit_and_apply`)."""
+    if not path.is_file():
+        print(f"servekit: {path}: no such file", file=sys.stderr)
+        return 2
+    with _editing(path):
+        return _edit_and_apply(
+            path, model, action, arg, dry_run, apply, address, allow_incomplete_index
+        )
+
+
+def _edit_and_apply(
     path: Path,
     model: str,
     action: str,
@@ -91,7 +137,11 @@ def edit_and_apply(
     if dry_run:
         print("dry run: nothing written, nothing applied")
         return 0
-    path.write_text(cfg.render())
+    if path.read_text() != cfg.text:  # edited meanwhile, by hand or another tool
+        print(f"servekit: {path} changed while this edit was prepared; run it again",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    _write_atomically(path, cfg.render())
     print(f"wrote {path}")
     if not apply:
         print(f"not applied: `servekit apply {path}` deploys it")
@@ -220,8 +270,8 @@ def clear_rollback(model: str, address: str, config: Path) -> int:
               "(host:6379) or run it on the head node", file=sys.stderr)  # fmt: skip
         return 2
     try:
-        app = yaml.safe_load(config.read_text())["applications"][0]["name"]
-    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as e:
+        app = _servekit_app(yaml.safe_load(config.read_text()))["name"]
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, StopIteration) as e:
         print(f"servekit: cannot read the application's name from {config} ({e})", file=sys.stderr)
         return 2
     import ray
@@ -320,11 +370,18 @@ def status(url: str, address: str, config: Path | None = None) -> int:
     return 0
 
 
+def _servekit_app(doc: Any) -> Any:
+    """servekit's application in a Serve config (found by its import path, as validation
+    and edits find it: a file may hold other applications, before it too)."""
+    from configs.validate import IMPORT_PATH
+
+    return next(a for a in doc["applications"] if a.get("import_path") == IMPORT_PATH)
+
+
 def _file_live_config(path: Path) -> dict[str, Any] | None:
     """The Ingress `user_config` the file declares (None when there is no such file)."""
     try:
-        doc = yaml.safe_load(path.read_text())
-        app = doc["applications"][0]
+        app = _servekit_app(yaml.safe_load(path.read_text()))
         ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
         live: dict[str, Any] = ingress.get("user_config") or {}
     except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, StopIteration):

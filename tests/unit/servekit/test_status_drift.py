@@ -39,3 +39,26 @@ def test_weights_canary_and_shadow_that_differ_are_named() -> None:
         "canary: the file says v2; deployed none",
         "shadow: the file says none; deployed v2 at 50%",
     ]
+
+
+def test_the_file_is_read_at_servekits_application_wherever_it_stands(tmp_path: Any) -> None:
+    """A Serve config may hold other applications, before servekit's too."""
+    import yaml
+
+    from configs.validate import IMPORT_PATH
+    from servekit.rollout_cli import _file_live_config
+
+    live = {"traffic": {"minilm": {"v1": 100}}}
+    doc = {
+        "applications": [
+            {"name": "other", "import_path": "other.app:app", "deployments": []},
+            {
+                "name": "servekit",
+                "import_path": IMPORT_PATH,
+                "deployments": [{"name": "Ingress", "user_config": live}],
+            },
+        ]
+    }
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert _file_live_config(path) == live
