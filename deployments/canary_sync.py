@@ -70,14 +70,14 @@ class CanarySync:
 
     async def sync_once(self) -> None:
         """Hand over the samples taken since the last sync and apply the answer."""
-        policies, samples = self._router.canary_payload()
+        policies, samples, known = self._router.canary_payload()
         if not policies:
             return
         try:
             if self._actor is None:
                 self._actor = judge_actor(self._app)
             judged = await asyncio.wait_for(
-                self._actor.sync.remote(self._replica, policies, samples), SYNC_TIMEOUT_S
+                self._actor.sync.remote(self._replica, policies, samples, known), SYNC_TIMEOUT_S
             )
         except (RayError, TimeoutError) as e:
             self._actor = None  # look it up again next time

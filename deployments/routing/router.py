@@ -161,16 +161,20 @@ class VersionRouter:
 
     # ---- the shared canary judge --------------------------------------------------
 
-    def canary_payload(self) -> tuple[dict[str, tuple[str, dict[str, Any]]], dict[str, Samples]]:
+    def canary_payload(
+        self,
+    ) -> tuple[dict[str, tuple[str, dict[str, Any]]], dict[str, Samples], dict[str, Any]]:
         """What to hand the judge now: the watched models' policies (with their
-        config fingerprints) and the samples taken since the last hand-over."""
+        config fingerprints), the samples taken since the last hand-over, and the
+        verdicts this replica acts on (a restarted judge takes them back)."""
         policies = {
             model: (self._fingerprints[model], policy.model_dump())
             for model, policy in (self.live.rollout.items() if self.live else ())
         }
         samples = {model: thin(taken) for model, taken in self._samples.items() if taken}
         self._samples = {model: [] for model in policies}
-        return policies, samples
+        known = {model: dict(verdict) for model, verdict in self.rolled_back.items()}
+        return policies, samples, known
 
     def apply_judgement(self, judged: Mapping[str, dict[str, Any]]) -> None:
         """Apply what the judge answered: verdicts in force take the canary's traffic

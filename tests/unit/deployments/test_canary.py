@@ -222,3 +222,56 @@ def test_an_operator_clear_gives_the_canary_back_and_watches_afresh(args: AppArg
     _canary_calls(b, 2 * PER_REPLICA)
     assert _sync(judge, "b", b)["decided_now"]
     assert len(judge.verdicts()) == 2
+
+
+def test_a_restarted_judge_takes_the_verdict_back_from_the_replicas(args: AppArgs) -> None:
+    """The judge keeps verdicts in memory; a restart is not an operator's clear."""
+    judge = CanaryJudge()
+    a, _ = _replica(args, _live())
+    b, _ = _replica(args, _live())
+    _canary_calls(a, 2 * PER_REPLICA)
+    assert _sync(judge, "a", a)["decided_now"]
+    _sync(judge, "b", b)
+    assert a.weights("minilm") == b.weights("minilm") == {"v1": 100}
+
+    restarted = CanaryJudge()  # the actor came back empty
+    for name, router in (("a", a), ("b", b)):
+        answer = _sync(restarted, name, router)
+        assert answer["verdict"] is not None
+        assert router.weights("minilm") == {"v1": 100}
+    fresh, _ = _replica(args, _live())  # a replica that never saw the verdict
+    assert _sync(restarted, "fresh", fresh)["verdict"]["version"] == "v2"
+    assert fresh.weights("minilm") == {"v1": 100}
+    # An operator's clear on the restarted judge still clears: not handed back again.
+    assert restarted.clear("minilm") == 1
+    for name, router in (("a", a), ("b", b), ("fresh", fresh)):
+        assert _sync(restarted, name, router)["verdict"] is None
+        assert router.weights("minilm") == {"v1": 90, "v2": 10}
+
+
+def test_a_config_left_and_applied_again_later_is_watched_afresh(args: AppArgs) -> None:
+    """promote -> rolled back -> rollback -> days later the same promote: a fresh watch,
+    not the old verdict."""
+    from deployments.routing.canary import FORGET_AFTER_S
+
+    now = [1000.0]
+    judge = CanaryJudge(clock=lambda: now[0])
+    a, _ = _replica(args, _live())
+    _canary_calls(a, 2 * PER_REPLICA)
+    assert _sync(judge, "a", a)["decided_now"]
+    assert a.weights("minilm") == {"v1": 100}
+
+    a.configure(_live(100, 0))  # `servekit rollback`: another config
+    _sync(judge, "a", a)
+    now[0] += FORGET_AFTER_S / 2
+    a.configure(_live())  # the same promote again, soon: the verdict still stands
+    assert _sync(judge, "a", a)["verdict"] is not None
+    assert a.weights("minilm") == {"v1": 100}
+
+    a.configure(_live(100, 0))
+    _sync(judge, "a", a)
+    now[0] += FORGET_AFTER_S + 1  # no replica ran the promoted config for that long
+    a.configure(_live())
+    answer = _sync(judge, "a", a)
+    assert (answer["verdict"], answer["window"]["requests"]) == (None, 0)
+    assert a.weights("minilm") == {"v1": 90, "v2": 10}
