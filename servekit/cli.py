@@ -93,6 +93,12 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                 help="give traffic although the version's search index of some catalog is "
                 "still incomplete (searches keep to versions whose index is, until it is)",
             )
+            cmd.add_argument(
+                "--url",
+                default=DEFAULT_URL,
+                help="servekit's HTTP address, asked whether the version's search indexes "
+                "are complete (default: SERVEKIT_URL, else http://127.0.0.1:8000)",
+            )
         else:
             cmd.add_argument(
                 "--to",
@@ -170,6 +176,7 @@ def _run_rollout_command(args: argparse.Namespace) -> int:
     return rollout_cli.edit_and_apply(
         args.config, args.model, args.command, arg, args.dry_run, not args.no_apply, args.address,
         getattr(args, "allow_incomplete_index", False),
+        getattr(args, "url", rollout_cli.DEFAULT_URL).rstrip("/"),
     )  # fmt: skip
 
 

@@ -61,15 +61,17 @@ def edit_and_apply(
     apply: bool,
     address: str,
     allow_incomplete_index: bool = False,
+    url: str = DEFAULT_URL,
 ) -> int:
     """Edit the traffic of `model`, show the diff, validate, write and apply, holding
-    the file's edit lock throughout (see `_edit_and_apply`)."""
+    the file's edit lock throughout (see `_edit_and_apply`). `url`: servekit's HTTP
+    address, asked whether the promoted version's search indexes are complete."""
     if not path.is_file():
         print(f"servekit: {path}: no such file", file=sys.stderr)
         return 2
     with _editing(path):
         return _edit_and_apply(
-            path, model, action, arg, dry_run, apply, address, allow_incomplete_index
+            path, model, action, arg, dry_run, apply, address, allow_incomplete_index, url
         )
 
 
@@ -82,9 +84,11 @@ def _edit_and_apply(
     apply: bool,
     address: str,
     allow_incomplete_index: bool = False,
+    url: str = DEFAULT_URL,
 ) -> int:
     """Edit the traffic of `model`, show the diff, validate, write and apply. A promote
-    refuses a version whose search index is incomplete unless `allow_incomplete_index`."""
+    refuses a version whose search index is incomplete unless `allow_incomplete_index`
+    (a dry run says so, refusing nothing)."""
     from servekit.local import check_document
 
     try:
@@ -97,9 +101,11 @@ def _edit_and_apply(
     except (EditError, FileNotFoundError) as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 2
-    if action == "promote" and arg[1] > 0 and apply and not dry_run and not allow_incomplete_index:
-        blocker = search_index_blocker(DEFAULT_URL, model, arg[0])
-        if blocker:
+    if action == "promote" and arg[1] > 0 and (apply or dry_run) and not allow_incomplete_index:
+        blocker = search_index_blocker(url, model, arg[0], unasked=_cannot_ask)
+        if blocker and dry_run:
+            print(f"note: applying would be refused: {blocker}")
+        elif blocker:
             print(f"servekit: {blocker}", file=sys.stderr)
             return 1
     # Feasibility first: a change that cannot be deployed shows no diff.
@@ -316,14 +322,28 @@ def _get(url: str, headers: dict[str, str] | None = None) -> Any:
         return json.loads(response.read())
 
 
-def search_index_blocker(url: str, model: str, version: str) -> str | None:
+def _cannot_ask(url: str, space: str, error: Exception) -> None:
+    print(f"note: could not ask {url} whether {space} has complete search indexes "
+          f"({type(error).__name__}); not checked. Pass --url with servekit's HTTP "
+          "address to check.")  # fmt: skip
+
+
+def search_index_blocker(
+    url: str,
+    model: str,
+    version: str,
+    unasked: Callable[[str, str, Exception], None] | None = None,
+) -> str | None:
     """Why `model/version` may not take search traffic yet (its index of some catalog
-    is incomplete), or None. A service that cannot be asked blocks nothing."""
+    is incomplete), or None. A service that cannot be asked blocks nothing; `unasked`
+    is told so (the command line prints a note)."""
     from servekit.credentials import operator_headers
 
     try:
         doc = _get(f"{url}/admin/v1/search/indexes", operator_headers())
-    except (URLError, OSError, ValueError):
+    except (URLError, OSError, ValueError) as e:
+        if unasked is not None:
+            unasked(url, f"{model}/{version}", e)
         return None
     space = f"{model}/{version}"
     catalogs = doc.get("catalogs") or []

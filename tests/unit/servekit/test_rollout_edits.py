@@ -67,3 +67,17 @@ def test_an_edit_of_a_file_changed_meanwhile_is_not_written(
     assert codes == [1]
     assert config.read_text().endswith("# edited by hand meanwhile\n")
     assert _traffic(config)["minilm"] == {"v1": 90, "v2": 10}
+
+
+def test_a_promote_that_cannot_ask_about_search_indexes_says_so(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    code = edit_and_apply(config, "minilm", "promote", ("v2", 30), True, True, "local", url=url)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"note: could not ask {url} whether minilm/v2 has complete search indexes" in out
+    assert "Pass --url" in out
+    assert "dry run: nothing written, nothing applied" in out
