@@ -39,6 +39,7 @@ from stores.tenants import RateLimits
 _EVICT_PER_CALL = 8
 LOG = logging.getLogger("servekit.limits")
 LOAD_WAIT_S = 1.0  # the longest a request waits for a month's stored counts
+CLOSE_WAIT_S = 5.0  # the longest closing waits to store what is pending
 
 
 class MonthCounts(Protocol):
@@ -135,7 +136,8 @@ class EmbeddedLimiter:
             self._task.cancel()
             self._task = None
         if self._counts is not None and self._pending:
-            await self.sync()
+            # Bounded: a store that hangs must not hold a replica's shutdown.
+            await asyncio.wait([asyncio.ensure_future(self.sync())], timeout=CLOSE_WAIT_S)
 
     async def sync(self) -> bool:
         """Store the texts admitted since the last sync and read back every subject's
