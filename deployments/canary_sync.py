@@ -24,11 +24,16 @@ from deployments.routing.router import VersionRouter
 SYNC_INTERVAL_S = 0.5
 SYNC_TIMEOUT_S = 5.0
 NAMESPACE = "serve"
+# Raised whenever `CanaryJudge.sync` changes its arguments: replicas of a new release
+# then find a judge of their own instead of calling a detached one an earlier release
+# left running on the cluster (which would refuse every call). The earlier judge's
+# verdicts do not carry over: replicas of the new release watch every canary afresh.
+JUDGE_PROTOCOL = 2
 
 
 def judge_name(app: str) -> str:
-    """The judge actor's name for one Serve application."""
-    return f"servekit-canary-judge-{app}"
+    """The judge actor's name for one Serve application and judge protocol."""
+    return f"servekit-canary-judge-{app}-v{JUDGE_PROTOCOL}"
 
 
 def judge_actor(app: str) -> Any:

@@ -58,6 +58,13 @@ class NotFound(ServekitError):
     code = "not_found"
 
 
+class Conflict(ServekitError):
+    """The request conflicts with the resource's current state."""
+
+    status = 409
+    code = "conflict"
+
+
 class Overloaded(ServekitError):
     """Queues are full: retry later."""
 

@@ -33,7 +33,8 @@ def _editing(path: Path) -> Iterator[None]:
     `rollback` on the same file waits, then edits what the first one wrote."""
     import fcntl
 
-    lock = path.with_name(f".{path.name}.lock")
+    real = path.resolve()  # the file a symlink names: every link to it shares the lock
+    lock = real.with_name(f".{real.name}.lock")
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -44,12 +45,14 @@ def _editing(path: Path) -> Iterator[None]:
 
 def _write_atomically(path: Path, text: str) -> None:
     """Replace the file's content in one step (a reader sees the old file or the new,
-    never a truncated one), keeping its permissions."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    never a truncated one), keeping its permissions; a symlink stays a link, its
+    target is what is replaced."""
+    real = path.resolve()
+    tmp = real.with_name(f".{real.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     with contextlib.suppress(OSError):
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-    os.replace(tmp, path)
+        os.chmod(tmp, real.stat().st_mode & 0o7777)
+    os.replace(tmp, real)
 
 
 def edit_and_apply(

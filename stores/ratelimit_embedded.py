@@ -85,7 +85,10 @@ class EmbeddedLimiter:
         self._counts = counts
         self._sync_s = sync_s
         self._synced_month = 0  # the month whose stored counts `_used` holds
-        self._load_tried = 0  # the month whose first request waited for a load
+        # The load of a month's stored counts that its first requests wait for.
+        self._load: asyncio.Future[bool] | None = None
+        self._loading_month = 0
+        self._load_until = 0.0  # loop time past which no request waits for it
         self._failing = False  # the last sync failed
         self._sync_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -131,7 +134,9 @@ class EmbeddedLimiter:
         return decision
 
     async def close(self) -> None:
-        """Stop syncing and store what was admitted since the last sync."""
+        """Stop syncing and store what was admitted since the last sync. A sync under
+        way finishes first (its counts are stored and taken off what is pending
+        together; cancelled halfway, they would be stored twice)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -178,25 +183,32 @@ class EmbeddedLimiter:
             return True
 
     async def _load_month(self) -> None:
-        """Before the first decision against a quota in a month: the stored counts. One
-        request per month and replica waits for them, at most `LOAD_WAIT_S`; past that,
-        or when the store failed, requests are decided on what memory holds while the
-        background sync goes on trying."""
+        """Before the first decisions against a quota in a month: the stored counts.
+        Every request arriving while they load waits for the same load, until at most
+        `LOAD_WAIT_S` after it began; past that, or when the store failed, requests are
+        decided on what memory holds while the background sync goes on trying."""
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         month = month_key(self._clock())
-        if month in (self._synced_month, self._load_tried):
+        if month == self._synced_month:
             return
-        self._load_tried = month
-        # Not cancelled at the wait's end: a sync that stored counts must also take
-        # them off what is pending, or they would count twice.
-        await asyncio.wait([asyncio.ensure_future(self.sync())], timeout=LOAD_WAIT_S)
+        loop = asyncio.get_running_loop()
+        if self._load is None or self._loading_month != month:
+            self._loading_month = month
+            # Never cancelled at a wait's end: a sync that stored counts must also take
+            # them off what is pending, or they would count twice.
+            self._load = asyncio.ensure_future(self.sync())
+            self._load_until = loop.time() + LOAD_WAIT_S
+        left = self._load_until - loop.time()
+        if not self._load.done() and left > 0:
+            await asyncio.wait([self._load], timeout=left)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._sync_s)
-            if self._pending or self._load_tried:
-                await self.sync()
+            if self._pending or self._loading_month:
+                # Shielded: cancelling the loop (close) lets a sync under way finish.
+                await asyncio.shield(self.sync())
 
     def __len__(self) -> int:
         """Subjects whose buckets are not full (what memory holds besides the months)."""

@@ -125,6 +125,7 @@ api_keys = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime),
     Column("revoked_at", UtcDateTime),
+    Column("rotated_at", UtcDateTime),  # migration 0007
     Column("requests_per_s", Float),
     Column("texts_per_s", Float),
     Column("monthly_texts", BigInteger),
@@ -257,6 +258,29 @@ class SqlRegistry:
     def revoke_key(self, tenant_id: str, key_id: str, at: datetime) -> ApiKey | None:
         """Revoke at `at` (kept if already revoked earlier); None when not the tenant's."""
         return self._set_earliest(api_keys.c.revoked_at, tenant_id, key_id, at)
+
+    def rotate_out(
+        self, tenant_id: str, key_id: str, until: datetime, now: datetime
+    ) -> ApiKey | None:
+        """Mark a key rotated at `now`, valid until `until` at the latest, in one step
+        and only once: None when it is not the tenant's key or was rotated already."""
+        when = bindparam("until", until, type_=UtcDateTime)
+        column = api_keys.c.expires_at
+        earliest = case((column.is_(None) | (column > when), when), else_=column)
+        with self._writing(bump=True) as conn:
+            changed = conn.execute(
+                api_keys.update()
+                .where(
+                    api_keys.c.id == key_id,
+                    api_keys.c.tenant_id == tenant_id,
+                    api_keys.c.rotated_at.is_(None),
+                )
+                .values(expires_at=earliest, rotated_at=bindparam("now", now, type_=UtcDateTime))
+            )
+            if changed.rowcount == 0:
+                conn.rollback()
+                return None
+            return _one_key(conn, tenant_id, key_id)
 
     def expire_key(self, tenant_id: str, key_id: str, at: datetime) -> ApiKey | None:
         """Set the expiry to `at` unless it already expires earlier; None when not found."""
@@ -551,6 +575,7 @@ def _key(row: Row[Any]) -> ApiKey:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         limits=_limits(row),
+        rotated_at=row.rotated_at,
     )
 
 
@@ -567,6 +592,7 @@ def _key_values(key: ApiKey) -> dict[str, Any]:
         "created_at": key.created_at,
         "expires_at": key.expires_at,
         "revoked_at": key.revoked_at,
+        "rotated_at": key.rotated_at,
         **_limit_values(key.limits),
     }
 

@@ -72,6 +72,7 @@ class ApiKey:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     limits: RateLimits = RateLimits()  # overrides of the tenant's limits
+    rotated_at: datetime | None = None  # when a replacement was issued (once per key)
 
     def live(self, now: datetime) -> bool:
         """Not revoked and not expired at `now`."""
@@ -133,6 +134,12 @@ class Registry(Protocol):
 
     def revoke_key(self, tenant_id: str, key_id: str, at: datetime) -> ApiKey | None:
         """Revoke at `at` (kept if already revoked earlier); None when not the tenant's."""
+
+    def rotate_out(
+        self, tenant_id: str, key_id: str, until: datetime, now: datetime
+    ) -> ApiKey | None:
+        """Mark a key rotated at `now`, valid until `until` at the latest, in one step
+        and only once: None when it is not the tenant's key or was rotated already."""
 
     def expire_key(self, tenant_id: str, key_id: str, at: datetime) -> ApiKey | None:
         """Set the expiry to `at` unless it already expires earlier; None when not found."""

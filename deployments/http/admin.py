@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
-from deployments.errors import BadRequest, Forbidden, NotFound
+from deployments.errors import BadRequest, Conflict, Forbidden, NotFound
 from deployments.http.fields import StoredText
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
@@ -469,7 +469,7 @@ async def revoke_key(request: Request, tenant_id: str, key_id: str) -> Response:
     summary="Rotate an API key (new key; the old one expires after an overlap)",
     response_model=KeyCreated,
     status_code=201,
-    responses=ERRORS,
+    responses=responses(400, 404, 409),
     tags=["admin"],
 )
 async def rotate_key(
@@ -483,6 +483,10 @@ async def rotate_key(
         now = _now()
         if old is None or not old.live(now):
             raise NotFound("key: no such active key")
+        if old.rotated_at is not None:
+            # Its replacement would inherit the end of this key's overlap, not the end
+            # it was created with: rotate the key that replaced it instead.
+            raise Conflict("key: already rotated; rotate the key that replaced it")
         overlap = body.overlap_s if body and body.overlap_s is not None else None
         if overlap is None:
             overlap = access.settings.rotation_overlap_s
@@ -494,11 +498,15 @@ async def rotate_key(
             limits=LimitsBody(**_limits_out(old.limits)),
         )
         created = await _issue(access, principal, tenant_id, spec, rotated=old)
-        # The old key ends after the overlap, or sooner if it was to expire sooner.
+        # The old key ends after the overlap, or sooner if it was to expire sooner;
+        # marked rotated in the same step, once: a rotation that lost a race to
+        # another takes back the key it issued.
         until = now + timedelta(seconds=overlap)
-        if old.expires_at is not None:
-            until = min(until, old.expires_at)
-        await asyncio.to_thread(access.registry.expire_key, tenant_id, key_id, until)
+        claimed = await asyncio.to_thread(access.registry.rotate_out, tenant_id, key_id, until, now)
+        if claimed is None:
+            await asyncio.to_thread(access.registry.revoke_key, tenant_id, created["id"], now)
+            await access.keys.refresh_now()
+            raise Conflict("key: already rotated; rotate the key that replaced it")
         await access.keys.refresh_now()
         return json_response(created, 201)
 

@@ -221,6 +221,27 @@ def test_rotating_an_expiring_key_keeps_its_end(service: Service) -> None:
     assert None not in ends
 
 
+def test_a_key_is_rotated_once_and_its_replacement_next(service: Service) -> None:
+    """Rotating the old key again (a re-run script) would hand out a key that ends with
+    the old one's overlap: refused; the replacement is what rotates next."""
+    tenant = _tenant(service)
+    _, old_id = _key(service, tenant)
+    keys = f"/admin/v1/tenants/{tenant}/keys"
+    with _admin(service) as admin:
+        first = admin.post(f"{keys}/{old_id}/rotate", json={"overlap_s": 600})
+        assert first.status_code == 201, first.text
+        MADE_KEYS.append(first.json()["key"])
+        again = admin.post(f"{keys}/{old_id}/rotate", json={"overlap_s": 600})
+        assert again.status_code == 409, again.text
+        assert again.json()["error"]["message"].startswith("key: already rotated")
+        listed = admin.get(keys).json()
+        assert len(listed) == 2  # nothing issued by the refused rotation
+        assert first.json()["expires_at"] is None
+        nxt = admin.post(f"{keys}/{first.json()['id']}/rotate", json={"overlap_s": 0})
+        assert nxt.status_code == 201, nxt.text
+        MADE_KEYS.append(nxt.json()["key"])
+
+
 def test_admin_values_past_their_bounds_are_400_and_write_nothing(service: Service) -> None:
     tenant = _tenant(service)
     key, key_id = _key(service, tenant)

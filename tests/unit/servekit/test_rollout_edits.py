@@ -81,3 +81,14 @@ def test_a_promote_that_cannot_ask_about_search_indexes_says_so(
     assert f"note: could not ask {url} whether minilm/v2 has complete search indexes" in out
     assert "Pass --url" in out
     assert "dry run: nothing written, nothing applied" in out
+
+
+def test_a_symlinked_config_stays_a_link_and_its_target_is_edited(config: Path) -> None:
+    link = config.with_name("linked.yaml")
+    link.symlink_to(config)
+    codes: list[int] = []
+    _promote(link, 30, codes)
+    assert codes == [0]
+    assert link.is_symlink()
+    assert _traffic(config)["minilm"] == {"v1": 70, "v2": 30}
+    assert (config.parent / f".{config.name}.lock").exists()  # one lock, at the target

@@ -438,7 +438,7 @@ def test_registry_and_catalogs_share_one_migration_history(url: str) -> None:
         assert registry.get_tenant(tenant.id) == tenant
         with catalog._engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-            assert context.get_current_heads() == ("0006",)
+            assert context.get_current_heads() == ("0007",)
     finally:
         catalog.close()
         registry.close()

@@ -137,3 +137,50 @@ def test_the_background_sync_stores_what_was_admitted(registry: SqlRegistry) -> 
 
     asyncio.run(body())
     assert registry.month_texts(month_key(START)) == {"tn_a": 3}
+
+
+class _Slow:
+    """A store of counts that takes a while to answer (a busy database)."""
+
+    def __init__(self, inner: SqlRegistry, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+
+    def add_month_texts(self, counts: dict[tuple[int, str], int]) -> None:
+        import time
+
+        time.sleep(self.seconds)
+        self.inner.add_month_texts(counts)
+
+    def month_texts(self, month: int) -> dict[str, int]:
+        return self.inner.month_texts(month)
+
+
+def test_requests_arriving_while_the_month_loads_wait_for_the_same_load(
+    registry: SqlRegistry,
+) -> None:
+    registry.add_month_texts({(month_key(START), "tn_a"): 10})  # used up before a restart
+    store = _Slow(registry, 0.2)
+
+    async def body() -> list[bool]:
+        limiter = EmbeddedLimiter(FakeClock(), counts=store, sync_s=HOUR)
+        decisions = await asyncio.gather(*(limiter.admit("tn_a", QUOTA, 1) for _ in range(20)))
+        await limiter.close()
+        return [d.allowed for d in decisions]
+
+    assert asyncio.run(body()) == [False] * 20
+    assert registry.month_texts(month_key(START)) == {"tn_a": 10}
+
+
+def test_closing_during_a_sync_stores_each_text_once(registry: SqlRegistry) -> None:
+    store = _Slow(registry, 0.3)
+
+    async def body() -> None:
+        limiter = EmbeddedLimiter(FakeClock(), counts=store, sync_s=0.05)
+        assert (await limiter.admit("tn_a", QUOTA, 1)).allowed  # loads (0.3 s), then counts
+        assert (await limiter.admit("tn_a", QUOTA, 9)).allowed
+        await asyncio.sleep(0.15)  # the background sync is storing the 10 now
+        await limiter.close()
+
+    asyncio.run(body())
+    assert registry.month_texts(month_key(START)) == {"tn_a": 10}

@@ -157,6 +157,38 @@ def test_expire_keeps_the_earlier_time(registry: SqlRegistry) -> None:
     assert registry.list_keys(t.id) == [sooner]
 
 
+def test_a_key_is_rotated_out_once_keeping_the_earlier_end(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits())
+    other = registry.create_tenant("Globex", RateLimits())
+    key = make_key(t.id)
+    registry.add_key(key)
+    registry.expire_key(t.id, key.id, T0 + timedelta(days=30))
+    assert registry.rotate_out(other.id, key.id, T0 + timedelta(days=1), T0) is None
+    out = registry.rotate_out(t.id, key.id, T0 + timedelta(days=60), T0)
+    assert out is not None
+    assert (out.rotated_at, out.expires_at) == (T0, T0 + timedelta(days=30))
+    assert registry.rotate_out(t.id, key.id, T0 + timedelta(days=1), T0) is None  # once
+    assert registry.get_key(t.id, key.id) == out
+    assert registry.snapshot().keys[0].rotated_at == T0
+
+
+def test_concurrent_rotations_of_one_key_claim_it_once(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits())
+    key = make_key(t.id)
+    registry.add_key(key)
+    won: list[bool] = []
+
+    def rotate() -> None:
+        won.append(registry.rotate_out(t.id, key.id, T0 + timedelta(hours=1), T0) is not None)
+
+    threads = [threading.Thread(target=rotate) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won) == [False] * 5 + [True]
+
+
 def test_generation_bumps_on_every_write_and_not_on_reads(registry: SqlRegistry) -> None:
     seen = [registry.generation()]
 
