@@ -49,6 +49,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from stores.catalog import CATALOG_CHANGE, AttrValue, CatalogInfo, Change, Item
 from stores.registry_sql import (
     UtcDateTime,
+    byte_ordered,
     create_sql_engine,
     migrate_database,
     reading_consistently,
@@ -63,16 +64,11 @@ _MAX_SPACE = 200  # as the registry's model names
 _CHUNK = 500
 
 
-def _key(length: int) -> String:
-    """A key column: byte order in PostgreSQL ("C"), as in SQLite (see migration 0002)."""
-    return String(length).with_variant(String(length, collation="C"), "postgresql")
-
-
 def _item_key() -> list[Column[str]]:
     return [
-        Column("tenant_id", _key(_MAX_TENANT_ID), primary_key=True),
-        Column("catalog", _key(64), primary_key=True),
-        Column("item_id", _key(_MAX_ITEM_ID), primary_key=True),
+        Column("tenant_id", byte_ordered(_MAX_TENANT_ID), primary_key=True),
+        Column("catalog", byte_ordered(64), primary_key=True),
+        Column("item_id", byte_ordered(_MAX_ITEM_ID), primary_key=True),
     ]
 
 
@@ -82,8 +78,8 @@ metadata = MetaData()
 catalogs_table = Table(
     "catalogs",
     metadata,
-    Column("tenant_id", _key(_MAX_TENANT_ID), primary_key=True),
-    Column("name", _key(64), primary_key=True),
+    Column("tenant_id", byte_ordered(_MAX_TENANT_ID), primary_key=True),
+    Column("name", byte_ordered(64), primary_key=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("settings", JSON, nullable=False, server_default=text("'{}'")),  # migration 0003
 )
@@ -117,9 +113,9 @@ changes_table = Table(
     "catalog_changes",
     metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
-    Column("tenant_id", _key(_MAX_TENANT_ID), nullable=False),
-    Column("catalog", _key(64), nullable=False),
-    Column("item_id", _key(_MAX_ITEM_ID), nullable=False),
+    Column("tenant_id", byte_ordered(_MAX_TENANT_ID), nullable=False),
+    Column("catalog", byte_ordered(64), nullable=False),
+    Column("item_id", byte_ordered(_MAX_ITEM_ID), nullable=False),
     Column("deleted", Boolean, nullable=False),
     Column("at", UtcDateTime, nullable=False),
 )

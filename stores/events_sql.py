@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from stores.events import EVENT_TYPES, Event, EventLogUnavailable, StoredEvent
 from stores.registry_sql import (
     UtcDateTime,
+    byte_ordered,
     create_sql_engine,
     migrate_database,
     writing,
@@ -35,10 +36,6 @@ _MAX_ID = 256
 _LOCK_SPACE = 0x5E4E
 
 
-def _key(length: int) -> String:
-    return String(length).with_variant(String(length, collation="C"), "postgresql")
-
-
 # The table as the code reads and writes it; migration 0004 creates it (and must agree).
 metadata = MetaData()
 events_table = Table(
@@ -47,12 +44,12 @@ events_table = Table(
     Column(
         "seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
     ),
-    Column("tenant_id", _key(64), nullable=False),
-    Column("user_id", _key(_MAX_ID), nullable=False),
-    Column("item_id", _key(_MAX_ID), nullable=False),
+    Column("tenant_id", byte_ordered(64), nullable=False),
+    Column("user_id", byte_ordered(_MAX_ID), nullable=False),
+    Column("item_id", byte_ordered(_MAX_ID), nullable=False),
     Column("type", String(16), nullable=False),
     Column("at", UtcDateTime, nullable=False),
-    Column("catalog", _key(64)),
+    Column("catalog", byte_ordered(64)),
     Column("received_at", UtcDateTime, nullable=False),
 )
 

@@ -94,8 +94,9 @@ class UtcDateTime(TypeDecorator[datetime]):
 metadata = MetaData()
 
 
-def _bytes(length: int) -> String:
-    """A string column compared byte by byte on PostgreSQL too ("C"), as SQLite does."""
+def byte_ordered(length: int) -> String:
+    """A string column compared byte by byte on PostgreSQL too ("C"), as SQLite does:
+    key columns, whose order paging and listings rely on (see migration 0002)."""
     return String(length).with_variant(String(length, collation="C"), "postgresql")
 
 
@@ -139,8 +140,8 @@ usage = Table(
     "usage",
     metadata,
     # Byte order on PostgreSQL as in SQLite (migration 0006): a day's rows by model name.
-    Column("tenant_id", _bytes(64), primary_key=True),
-    Column("model", _bytes(200), primary_key=True),
+    Column("tenant_id", byte_ordered(64), primary_key=True),
+    Column("model", byte_ordered(200), primary_key=True),
     Column("day", Date, primary_key=True),
     Column("requests", BigInteger, nullable=False),
     Column("texts", BigInteger, nullable=False),
