@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 from urllib.error import URLError
 from urllib.request import Request, urlopen
 
@@ -25,6 +26,7 @@ from servekit.configedit import ConfigFile, EditError, promote, rollback
 LOCAL = "local"
 DEFAULT_ADDRESS = os.environ.get("RAY_DASHBOARD_ADDRESS", LOCAL)
 DEFAULT_URL = os.environ.get("SERVEKIT_URL", "http://127.0.0.1:8000")
+P = ParamSpec("P")
 
 
 @contextlib.contextmanager
@@ -55,6 +57,25 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, real)
 
 
+Edit = Callable[Concatenate[Path, P], int]
+
+
+def _holding_edit_lock(edit: Edit[P]) -> Edit[P]:
+    """Run `edit(path, ...)` holding the file's edit lock from reading it to applying
+    it (see `_editing`); a missing file is refused first (exit 2)."""
+
+    @functools.wraps(edit)
+    def locked(path: Path, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        if not path.is_file():
+            print(f"servekit: {path}: no such file", file=sys.stderr)
+            return 2
+        with _editing(path):
+            return edit(path, *args, **kwargs)
+
+    return locked
+
+
+@_holding_edit_lock
 def edit_and_apply(
     path: Path,
     model: str,
@@ -67,31 +88,9 @@ def edit_and_apply(
     url: str = DEFAULT_URL,
 ) -> int:
     """Edit the traffic of `model`, show the diff, validate, write and apply, holding
-    the file's edit lock throughout (see `_edit_and_apply`). `url`: servekit's HTTP
-    address, asked whether the promoted version's search indexes are complete."""
-    if not path.is_file():
-        print(f"servekit: {path}: no such file", file=sys.stderr)
-        return 2
-    with _editing(path):
-        return _edit_and_apply(
-            path, model, action, arg, dry_run, apply, address, allow_incomplete_index, url
-        )
-
-
-def _edit_and_apply(
-    path: Path,
-    model: str,
-    action: str,
-    arg: Any,
-    dry_run: bool,
-    apply: bool,
-    address: str,
-    allow_incomplete_index: bool = False,
-    url: str = DEFAULT_URL,
-) -> int:
-    """Edit the traffic of `model`, show the diff, validate, write and apply. A promote
-    refuses a version whose search index is incomplete unless `allow_incomplete_index`
-    (a dry run says so, refusing nothing)."""
+    the file's edit lock throughout. A promote refuses a version whose search index is
+    incomplete unless `allow_incomplete_index` (a dry run says so, refusing nothing);
+    `url`: servekit's HTTP address, asked whether those indexes are complete."""
     from servekit.local import check_document
 
     try:
