@@ -112,6 +112,20 @@ def _sync(judge: CanaryJudge, replica: str, router: VersionRouter) -> dict[str, 
     return answer["minilm"]
 
 
+def _rolled_back_on_two_replicas(
+    args: AppArgs,
+) -> tuple[CanaryJudge, VersionRouter, VersionRouter]:
+    """A judge, and two replicas whose canary it rolled back from one's calls."""
+    judge = CanaryJudge()
+    a, _ = _replica(args, _live())
+    b, _ = _replica(args, _live())
+    _canary_calls(a, 2 * PER_REPLICA)
+    assert _sync(judge, "a", a)["decided_now"]
+    _sync(judge, "b", b)
+    assert a.weights("minilm") == b.weights("minilm") == {"v1": 100}
+    return judge, a, b
+
+
 def _picks(router: VersionRouter) -> set[str]:
     return {router.choose("minilm", None, "traffic", None) for _ in range(500)}
 
@@ -198,13 +212,7 @@ def test_a_changed_config_does_not_apply_the_old_verdict(args: AppArgs) -> None:
 
 
 def test_an_operator_clear_gives_the_canary_back_and_watches_afresh(args: AppArgs) -> None:
-    judge = CanaryJudge()
-    a, _ = _replica(args, _live())
-    b, _ = _replica(args, _live())
-    _canary_calls(a, 2 * PER_REPLICA)
-    assert _sync(judge, "a", a)["decided_now"]
-    _sync(judge, "b", b)
-    assert a.weights("minilm") == b.weights("minilm") == {"v1": 100}
+    judge, a, b = _rolled_back_on_two_replicas(args)
 
     # Re-applying the same config keeps the verdict (it is state, not a side effect).
     a.configure(_live())
@@ -226,13 +234,7 @@ def test_an_operator_clear_gives_the_canary_back_and_watches_afresh(args: AppArg
 
 def test_a_restarted_judge_takes_the_verdict_back_from_the_replicas(args: AppArgs) -> None:
     """The judge keeps verdicts in memory; a restart is not an operator's clear."""
-    judge = CanaryJudge()
-    a, _ = _replica(args, _live())
-    b, _ = _replica(args, _live())
-    _canary_calls(a, 2 * PER_REPLICA)
-    assert _sync(judge, "a", a)["decided_now"]
-    _sync(judge, "b", b)
-    assert a.weights("minilm") == b.weights("minilm") == {"v1": 100}
+    _, a, b = _rolled_back_on_two_replicas(args)
 
     restarted = CanaryJudge()  # the actor came back empty
     for name, router in (("a", a), ("b", b)):
