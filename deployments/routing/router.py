@@ -93,9 +93,10 @@ class VersionRouter:
             self.splitter = TrafficSplitter(weights)
         else:
             self.splitter.update(weights)
-        for model, by_version in weights.items():
+        for model in weights:
+            shown = self.splitter.weights(model)
             for version in self.args.models[model].versions:
-                self._metrics.weight(model, version, by_version.get(version, 0))
+                self._metrics.weight(model, version, shown.get(version, 0))
 
     # ---- choosing ---------------------------------------------------------------
 

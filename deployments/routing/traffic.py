@@ -5,7 +5,8 @@ a session id) the choice is deterministic and monotone: weighted rendezvous hash
 gives each version a score `-weight / ln(u)` where `u` is a hash of (model, version,
 key) in (0, 1), and the highest score wins. Raising a version's weight only raises
 its scores, so every key already on it stays on it; the share of keys each version
-gets is still weight / total.
+gets is still weight / total. A version taken out (a canary rolled back) gives its keys
+to the others in proportion to their weights, and no key moves between the others.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from configs.schema import WEIGHT_TOTAL
 
 
 @dataclass(frozen=True)
@@ -77,18 +80,21 @@ class TrafficSplitter:
         return table.versions[bisect.bisect_right(table.cumulative, point)]
 
     def weights(self, model: str) -> dict[str, int]:
-        """Current weights of the versions with traffic."""
+        """Each version's share of traffic in whole percent (summing to 100, by largest
+        remainder when the weights do not), of the versions with traffic."""
         table = self._tables.get(model)
-        return dict(zip(table.versions, table.weights, strict=True)) if table else {}
+        if table is None:
+            return {}
+        exact = [w * WEIGHT_TOTAL / table.total for w in table.weights]
+        shares = [math.floor(x) for x in exact]
+        by_remainder = sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])
+        for i in by_remainder[: WEIGHT_TOTAL - sum(shares)]:
+            shares[i] += 1
+        return dict(zip(table.versions, shares, strict=True))
 
 
 def without_version(weights: Mapping[str, int], version: str) -> dict[str, int]:
-    """Weights with `version` at 0 and its share given to the heaviest other version."""
-    out = dict(weights)
-    share = out.get(version, 0)
-    out[version] = 0
-    others = [v for v in out if v != version]
-    if share and others:
-        primary = max(others, key=lambda v: out[v])
-        out[primary] += share
-    return out
+    """Weights with `version` at 0. The others keep theirs: the split, by weight over
+    their total, then gives them its traffic in proportion, and each key that was on
+    one of them stays there (scaling every score alike changes no key's pick)."""
+    return {**weights, version: 0}

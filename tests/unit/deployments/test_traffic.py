@@ -76,8 +76,30 @@ def test_raising_a_candidate_keeps_its_users(before: dict[str, int], after: dict
     assert all(second.pick("m", k) == "v2" for k in on_candidate)
 
 
-def test_without_version_gives_share_to_heaviest() -> None:
+def test_without_version_spreads_its_keys_and_moves_no_other() -> None:
+    """A rolled-back canary's keys go to the others by weight; no key moves between the
+    healthy versions (an A/B test beside the canary keeps its users)."""
     from deployments.routing.traffic import without_version
 
-    assert without_version({"v1": 90, "v2": 10}, "v2") == {"v1": 100, "v2": 0}
-    assert without_version({"a": 50, "b": 30, "c": 20}, "c") == {"a": 70, "b": 30, "c": 0}
+    assert without_version({"v1": 90, "v2": 10}, "v2") == {"v1": 90, "v2": 0}
+    before = {"v1": 50, "v2": 40, "v3": 10}
+    after = without_version(before, "v3")
+    keys = [f"user-{i}" for i in range(20000)]
+    first, second = TrafficSplitter({"m": before}), TrafficSplitter({"m": after})
+    moved = Counter(second.pick("m", k) for k in keys if first.pick("m", k) == "v3")
+    assert all(
+        second.pick("m", k) == first.pick("m", k) for k in keys if first.pick("m", k) != "v3"
+    )
+    assert set(moved) == {"v1", "v2"}
+    assert moved["v1"] / sum(moved.values()) == pytest.approx(50 / 90, abs=0.05)
+    assert second.weights("m") == {"v1": 56, "v2": 44}
+
+
+def test_shown_weights_sum_to_100() -> None:
+    assert TrafficSplitter({"m": {"a": 50, "b": 30}}).weights("m") == {"a": 63, "b": 37}
+    assert TrafficSplitter({"m": {"a": 1, "b": 1, "c": 1}}).weights("m") == {
+        "a": 34,
+        "b": 33,
+        "c": 33,
+    }
+    assert TrafficSplitter({"m": {"a": 70, "b": 30}}).weights("m") == {"a": 70, "b": 30}
