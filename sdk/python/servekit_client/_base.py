@@ -20,6 +20,7 @@ from servekit_client.errors import (
     REQUEST_ID_HEADER,
     APIConnectionError,
     APITimeoutError,
+    DeprecatedRouteWarning,
     UnexpectedResponseError,
     error_for,
 )
@@ -195,5 +196,5 @@ def _warn_deprecated(route: Route[Any], response: httpx.Response) -> None:
     sunset = response.headers.get("sunset")
     until = f"; it goes away after {sunset}" if sunset else ""
     warnings.warn(
-        f"{route.method} {route.path} is deprecated{until}", DeprecationWarning, stacklevel=5
+        f"{route.method} {route.path} is deprecated{until}", DeprecatedRouteWarning, stacklevel=5
     )

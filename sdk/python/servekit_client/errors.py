@@ -20,6 +20,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",
+    "DeprecatedRouteWarning",
     "GatewayTimeoutError",
     "InternalServerError",
     "InvalidEventsError",
@@ -224,3 +225,10 @@ def error_for(response: httpx.Response, sent_request_id: str) -> APIStatusError:
             pass
     cls = _BY_STATUS.get(status, InternalServerError if status >= 500 else APIStatusError)
     return cls(**kwargs)
+
+
+class DeprecatedRouteWarning(FutureWarning):
+    """A route the service marks deprecated was called. A `FutureWarning`, which
+    Python shows by default wherever it is raised (a `DeprecationWarning` is hidden
+    outside `__main__`, so a backend calling the route would never see it); silence
+    it with `warnings.filterwarnings("ignore", category=DeprecatedRouteWarning)`."""

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +25,7 @@ from servekit_client import (
     APITimeoutError,
     AsyncClient,
     Client,
+    DeprecatedRouteWarning,
     GatewayTimeoutError,
     InternalServerError,
     InvalidEventsError,
@@ -460,8 +465,31 @@ def test_unknown_response_fields_are_kept() -> None:
 def test_a_deprecated_route_warns_with_its_sunset() -> None:
     headers = {"Deprecation": "@1767225600", "Sunset": "Wed, 01 Jul 2026 00:00:00 GMT"}
     script = Script(_answer(200, SEARCH_OUT, headers))
-    with pytest.warns(DeprecationWarning, match="POST /v1/search is deprecated.*01 Jul 2026"):
+    with pytest.warns(DeprecatedRouteWarning, match="POST /v1/search is deprecated.*01 Jul 2026"):
         _client(script).search("c", "q")
+
+
+def test_the_deprecation_warning_shows_under_default_filters(tmp_path: Path) -> None:
+    """Python's default filters hide a `DeprecationWarning` raised outside `__main__`
+    (a backend's module calling the client); the route's warning must still show."""
+    answer = f"httpx.Response(200, json={SEARCH_OUT!r}, headers={{'Deprecation': '@1767225600'}})"
+    (tmp_path / "backend.py").write_text(
+        "import httpx\n"
+        "from servekit_client import Client\n"
+        "def call():\n"
+        f"    transport = httpx.MockTransport(lambda request: {answer})\n"
+        "    Client(api_key='k', base_url='http://t', transport=transport).search('c', 'q')\n"
+    )
+    (tmp_path / "main.py").write_text("import backend\nbackend.call()\n")
+    run = subprocess.run(
+        [sys.executable, "main.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"},
+    )
+    assert "DeprecatedRouteWarning: POST /v1/search is deprecated" in run.stderr
 
 
 # ---- what a proxy's 503, a lost delete, odd ids and days do ------------------------
