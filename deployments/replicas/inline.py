@@ -29,6 +29,7 @@ hand-off to a thread and back is spared.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,12 +50,18 @@ LOOP_TOKENIZE_MAX_CHARS = 4096
 # The longest run (by the measured batch cost) a replica serving one request at a time
 # makes on its event loop rather than in an inference thread.
 LOOP_RUN_MAX_S = 0.02
+# A replica logs its refusals for time at most this often per version (a burst of 503s
+# is one line, with how many were refused since the last).
+REFUSAL_LOG_EVERY_S = 10.0
 # What the batch cost is calibrated with at load: about the length of a product's
 # title and description (some 50 tokens), not a word, whose cost would be all overhead.
 CALIBRATION_TEXT = (
     "Lightweight waterproof trail running shoe with a breathable mesh upper, a cushioned "
     "midsole and a grippy rubber outsole for muddy mountain paths, in forest green."
 )
+
+
+log = logging.getLogger("servekit.batching")
 
 
 class BatchMetrics(Protocol):
@@ -107,8 +114,10 @@ class InlineBatcher:
         fault: FaultInjection | None = None,
         watcher: RunWatcher | None = None,
         traffic: Traffic | None = None,
+        label: str = "",
     ):
         self.runtime = runtime
+        self.label = label  # model/version, in the log
         # The replica's requests in flight: while it serves one at a time, a small
         # request runs on the event loop (None: always in the inference threads).
         self._traffic = traffic
@@ -129,6 +138,8 @@ class InlineBatcher:
         self._lanes = min(runtime.busy_lanes, threads.workers)
         self._waiting: asyncio.TimerHandle | None = None
         self._waited = False  # the queue waited once; it goes next, full or not
+        self._refused_since_log = 0
+        self._refusal_logged_at = -REFUSAL_LOG_EVERY_S
         threads.join(self)
 
     def configure(self, live: InlineBatchingConfig, batch_wait_s: float = 0.0) -> None:
@@ -335,7 +346,36 @@ class InlineBatcher:
         else:
             return
         self._metrics.dropped("queue_full")
+        self._log_refusal(reason)
         raise Overloaded(f"{reason}, retry later")
+
+    def _log_refusal(self, reason: str) -> None:
+        """One warning per `REFUSAL_LOG_EVERY_S` with what the estimate was made of: an
+        operator reading a 503 sees whether the queue was long or the measured batch
+        cost was high (a slow phase of the machine)."""
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at < REFUSAL_LOG_EVERY_S:
+            return
+        lane, full = self.lane_cost, self.cost
+        log.warning(
+            "request refused: %s (%d refused since the last line); version=%s "
+            "queued=%d requests/%d texts running=%s; batch cost: full session %.2f ms + %.2f ms/text, "
+            "busy lane %s",
+            reason,
+            self._refused_since_log,
+            self.label,
+            len(self._queue),
+            self._queued_texts,
+            [f"{r * 1000:.1f} ms left" for r in self._threads.remaining_s()],
+            full.fixed_s * 1000,
+            (full.per_text_s or 0.0) * 1000,
+            "unmeasured"
+            if lane.per_text_s is None
+            else f"{lane.fixed_s * 1000:.2f} ms + {lane.per_text_s * 1000:.2f} ms/text",
+        )
+        self._refused_since_log = 0
+        self._refusal_logged_at = now
 
     def _dispatch(self) -> None:
         """Start what may start now, on the threads the versions share."""

@@ -96,6 +96,7 @@ def load_inline(args: AppArgs) -> dict[tuple[str, str], InlineBackend]:
             threads,
             spec.fault_injection,
             traffic=REPLICA_TRAFFIC,
+            label=f"{model}/{version}",
         )
         batcher.calibrate()
         out[(model, version)] = InlineBackend(f"{model}/{version}", batcher, args)

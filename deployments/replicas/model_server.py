@@ -72,6 +72,7 @@ class ModelServer:
             threads,
             self.spec.fault_injection,
             traffic=self.traffic,
+            label=f"{model}/{version}",
         )
         self.reconfigure({})  # the dedicated defaults, until Serve applies user_config
         self.batcher.calibrate()

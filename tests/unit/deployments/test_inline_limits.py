@@ -92,6 +92,41 @@ def test_queue_is_bounded_in_texts(runtime: FakeRuntime, executor: SharedThreads
     assert not runtime.ran("one too many")
 
 
+def test_refusals_are_logged_once_per_interval_with_their_count(
+    runtime: FakeRuntime,
+    executor: SharedThreads,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst of 503s is one warning, naming the version, the reason and what the
+    estimate was made of; the next line says how many were refused since."""
+    batcher, _ = _batcher(runtime, executor, max_queued_texts=2)
+    batcher.label = "minilm/v1"
+    clock = [1000.0]
+    monkeypatch.setattr("deployments.replicas.inline.time.monotonic", lambda: clock[0])
+
+    async def then() -> None:
+        waiting = asyncio.create_task(batcher.embed(_texts("a", 2)))
+        await asyncio.sleep(0)
+        for _ in range(3):
+            with pytest.raises(Overloaded):
+                await batcher.embed(["refused"])
+        clock[0] += 10.0
+        with pytest.raises(Overloaded):
+            await batcher.embed(["refused"])
+        runtime.gate.set()
+        await waiting
+
+    with caplog.at_level("WARNING", logger="servekit.batching"):
+        _while_busy(runtime, batcher, then)
+    lines = [r.getMessage() for r in caplog.records if r.name == "servekit.batching"]
+    assert len(lines) == 2
+    assert lines[0].startswith("request refused: 2 texts already wait for this version (1 ")
+    assert "version=minilm/v1 queued=1 requests/2 texts" in lines[0]
+    assert "batch cost: full session" in lines[0]
+    assert "(3 refused since the last line)" in lines[1]
+
+
 def test_an_empty_queue_admits_any_size(runtime: FakeRuntime, executor: SharedThreads) -> None:
     batcher, metrics = _batcher(runtime, executor, max_queued_texts=10)
 
