@@ -360,8 +360,8 @@ class InlineBatcher:
         lane, full = self.lane_cost, self.cost
         log.warning(
             "request refused: %s (%d refused since the last line); version=%s "
-            "queued=%d requests/%d texts running=%s; batch cost: full session %.2f ms + %.2f ms/text, "
-            "busy lane %s",
+            "queued=%d requests/%d texts running=%s; "
+            "batch cost: full session %.2f ms + %.2f ms/text, busy lane %s",
             reason,
             self._refused_since_log,
             self.label,
