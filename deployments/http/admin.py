@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
@@ -24,7 +24,7 @@ from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.http.route_docs import example, responses
 from deployments.tenancy.access import Access
-from deployments.tenancy.principal import Principal
+from deployments.tenancy.principal import RESERVED_TENANT_IDS, Principal
 from stores.tenants import SCOPES, ApiKey, RateLimits, Tenant, issue_key
 
 DEFAULT_SCOPES = ["embed", "search", "recommend", "events", "usage"]
@@ -99,6 +99,13 @@ class TenantCreate(_Body):
         None, pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$", description="Default: generated."
     )
     limits: LimitsBody | None = Field(None, description="Default: `auth.default_limits`.")
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value in RESERVED_TENANT_IDS:
+            raise ValueError(f"{value!r} is reserved")
+        return value
 
 
 class TenantPatch(_Body):

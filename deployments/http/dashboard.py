@@ -223,6 +223,13 @@ async def dashboard_state(request: Request) -> Response:
         host = replica_host()
         names = [n for n in host.args.models if principal is None or principal.may_use(n)]
         application, deployments = await _deployments()
+        hidden = {
+            f"{model}-{version}"
+            for model, spec in host.args.models.items()
+            if model not in names
+            for version in spec.versions
+        }
+        deployments = [d for d in deployments if d["name"] not in hidden]
         day = datetime.now(UTC).date()
         return {
             "at": time.time(),
@@ -247,7 +254,8 @@ async def dashboard_state(request: Request) -> Response:
 async def dashboard_metrics(request: Request) -> Response:
     """servekit's request, latency, cache, shadow and tenant series, summed over every
     replica on every node (totals since each replica started; a replica that stops takes
-    its part of a total with it). A tenant admin sees its own tenant's series only."""
+    its part of a total with it). A tenant admin sees its own tenant's series (when
+    `auth.metrics_tenants` names it) and the series of the models its key may use."""
 
     async def work(principal: Principal | None) -> Any:
         at, texts, failed = await _scrape()
@@ -255,7 +263,9 @@ async def dashboard_metrics(request: Request) -> Response:
         for text in texts:
             snapshot.add_exposition(text)
         if principal is not None and not principal.operator:
-            snapshot.only_tenant(principal.tenant_id)
+            named = replica_host().args.auth.metrics_tenants
+            tenant = principal.tenant_id if principal.tenant_id in named else None
+            snapshot.for_tenant(tenant, principal.may_use)
         return {"at": at, "nodes": len(texts), "nodes_failed": failed, **snapshot.document()}
 
     return await _run(request, "/admin/v1/dashboard/metrics", work)

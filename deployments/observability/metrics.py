@@ -16,6 +16,8 @@ from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
+from deployments.tenancy.principal import POOLED_TENANT
+
 LATENCY_BUCKETS_S = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ]  # fmt: skip
@@ -244,7 +246,7 @@ class IngressMetrics:
 
     def observe_tenant(self, tenant: str, code: int) -> None:
         """Record one request of an authenticated tenant (bounded: named or `other`)."""
-        label = tenant if tenant in self.tenants else "other"
+        label = tenant if tenant in self.tenants else POOLED_TENANT
         RECORDS.inc(self.tenant_requests, 1, {"tenant": label, "code": str(code)})
 
 

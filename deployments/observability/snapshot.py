@@ -11,6 +11,7 @@ and quantiles from the difference of two snapshots, as Prometheus's `rate()` doe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ HISTOGRAMS: dict[str, tuple[str, ...]] = {
     "servekit_shadow_cosine": ("model", "primary", "shadow"),
 }
 TENANT_LABEL = "tenant"
+MODEL_LABEL = "model"
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -74,12 +76,21 @@ class Snapshot:
             bound = float(labels["le"])
             histogram.buckets[bound] = histogram.buckets.get(bound, 0.0) + value
 
-    def only_tenant(self, tenant: str) -> None:
-        """Drop every other tenant's series (what a tenant's admin key may see)."""
+    def for_tenant(self, tenant: str | None, may_use: Callable[[str], bool]) -> None:
+        """Keep what a tenant's admin key may see: its own tenant's series (none when
+        `tenant` is None: a tenant without series of its own is counted in the pooled
+        one, which is every other tenant's too) and the series of the models the key
+        may use (series without a model label stay: the cache's)."""
         self.counters = {
             key: value
             for key, value in self.counters.items()
             if dict(key[1]).get(TENANT_LABEL, tenant) == tenant
+            and (MODEL_LABEL not in dict(key[1]) or may_use(dict(key[1])[MODEL_LABEL]))
+        }
+        self.histograms = {
+            key: value
+            for key, value in self.histograms.items()
+            if MODEL_LABEL not in dict(key[1]) or may_use(dict(key[1])[MODEL_LABEL])
         }
 
     def document(self) -> dict[str, Any]:

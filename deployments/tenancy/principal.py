@@ -8,6 +8,11 @@ from deployments.errors import Forbidden
 from stores.tenants import SCOPES, RateLimits
 
 OPERATOR = "operator"  # tenant id of the bootstrap admin credential; not a real tenant
+# The metrics' label of the tenants without series of their own (`auth.metrics_tenants`).
+POOLED_TENANT = "other"
+# Ids no tenant may take: a tenant by either name would read as the operator in logs
+# and usage, or as every unnamed tenant in the metrics.
+RESERVED_TENANT_IDS = frozenset({OPERATOR, POOLED_TENANT})
 
 
 @dataclass(frozen=True)
@@ -22,11 +27,14 @@ class Principal:
     may_pin: bool
     limits: RateLimits  # effective limits (the key's over the tenant's)
     subject: str  # whose buckets: the tenant, or the key when it has its own limits
+    # The bootstrap admin credential (every tenant, every right): set by
+    # `operator_principal` only, never derived from a tenant id a key could carry.
+    is_operator: bool = False
 
     @property
     def operator(self) -> bool:
         """The bootstrap admin credential: every tenant, every right."""
-        return self.tenant_id == OPERATOR
+        return self.is_operator
 
     @property
     def admin(self) -> bool:
@@ -64,4 +72,5 @@ def operator_principal() -> Principal:
         may_pin=True,
         limits=RateLimits(),
         subject=OPERATOR,
+        is_operator=True,
     )

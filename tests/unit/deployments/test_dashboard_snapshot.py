@@ -117,7 +117,7 @@ def test_only_servekits_series_of_the_dashboard_are_read() -> None:
 
 def test_a_tenant_sees_only_its_own_tenant_series() -> None:
     snapshot = _snapshot(NODE_A)
-    snapshot.only_tenant("acme")
+    snapshot.for_tenant("acme", lambda model: True)
     tenants = [
         c["labels"]["tenant"]
         for c in snapshot.document()["counters"]
@@ -125,6 +125,28 @@ def test_a_tenant_sees_only_its_own_tenant_series() -> None:
     ]
     assert tenants == ["acme"]
     assert any(c["name"] == "servekit_requests_total" for c in snapshot.document()["counters"])
+
+
+def test_a_tenant_without_series_of_its_own_sees_no_pooled_one() -> None:
+    """Tenants outside `auth.metrics_tenants` share the pooled series: none of it is
+    one tenant's to see."""
+    snapshot = _snapshot(NODE_A)
+    snapshot.for_tenant(None, lambda model: True)
+    names = {c["name"] for c in snapshot.document()["counters"]}
+    assert "servekit_tenant_requests_total" not in names
+    assert "servekit_requests_total" in names
+
+
+def test_a_key_sees_only_the_models_it_may_use() -> None:
+    snapshot = _snapshot(NODE_A)
+    snapshot.for_tenant("acme", lambda model: model == "other-model")
+    document = snapshot.document()
+    assert all(c["labels"].get("model") in (None, "other-model") for c in document["counters"])
+    assert all(h["labels"].get("model") in (None, "other-model") for h in document["histograms"])
+    assert any(c["name"] == "servekit_tenant_requests_total" for c in document["counters"])
+    everything = _snapshot(NODE_A)
+    everything.for_tenant("acme", lambda model: model == "minilm")
+    assert any(h["labels"].get("model") == "minilm" for h in everything.document()["histograms"])
 
 
 def test_an_empty_exposition_is_an_empty_snapshot() -> None:

@@ -125,6 +125,26 @@ def test_rights() -> None:
         assert "scope" not in e.value.message
 
 
+def test_only_the_operator_credential_is_the_operator() -> None:
+    """A key of a tenant whose id reads `operator` (made before the id was reserved,
+    or written to the registry by hand) is that tenant's key, nothing more."""
+    from pydantic import ValidationError
+
+    from deployments.http.admin import TenantCreate
+    from deployments.tenancy.principal import operator_principal
+
+    key = Principal("operator", "k", "sk-x", frozenset(SCOPES), None, True, RateLimits(),
+                    "operator")  # fmt: skip
+    assert not key.operator
+    assert operator_principal().operator
+    for reserved in ("operator", "other"):
+        with pytest.raises(ValidationError) as e:
+            TenantCreate(name="x", id=reserved)
+        assert e.value.errors()[0]["loc"] == ("id",)
+        assert "reserved" in e.value.errors()[0]["msg"]
+    assert TenantCreate(name="x", id="others").id == "others"
+
+
 def _principal(limits: RateLimits) -> Principal:
     return Principal("acme", "k", "sk-x", frozenset(SCOPES), None, False, limits, "acme")
 
