@@ -11,6 +11,7 @@ batch were accepted all the same.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -193,6 +194,8 @@ async def post_events(request: Request, body: Annotated[EventsBody, Body()]) -> 
         if len(body.events) > settings.max_events_per_request:
             raise BadRequest(f"events: at most {settings.max_events_per_request} per request")
         call.inputs = len(body.events)
+        if body.catalog is not None:
+            await _check_catalog(host, tenant, body.catalog)
         await host.plane.admit(call, 0)
         catalog = body.catalog or _only_catalog(host, tenant)
         good, errors = parse_events(body.events, time.time(), settings.max_future_s, catalog)
@@ -219,6 +222,18 @@ async def post_events(request: Request, body: Annotated[EventsBody, Body()]) -> 
         return json_response({"error": error, **doc}, 400)
 
     return await run_route(request, "/v1/events", work)
+
+
+async def _check_catalog(host: Any, tenant: str, catalog: str) -> None:
+    """404 for a catalog the tenant does not have (a typo would be kept in the log and
+    leave every attribute feature still): known to this replica, or else to the store
+    (made since this replica last looked, or held by the search shards)."""
+    search = getattr(host, "search", None)
+    if search is None or (tenant, catalog) in search.catalogs:
+        return
+    found = await asyncio.to_thread(search.store.catalogs, tenant)
+    if not any(info.name == catalog for info in found):
+        raise NotFound("catalog: no such catalog")
 
 
 def _only_catalog(host: Any, tenant: str) -> str | None:

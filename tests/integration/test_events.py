@@ -118,6 +118,12 @@ def test_bad_events_are_named_and_the_rest_is_kept(service: Service, catalog: st
             r = client.post("/v1/events", json=body)
             assert r.status_code == 400, r.text
             assert r.json()["error"]["message"].startswith(field), r.text
+        # A catalog the tenant does not have (a typo) keeps nothing either.
+        events = [{"user": user, "item": "boot", "type": "purchase"}]
+        r = client.post("/v1/events", json={"catalog": "no-such-catalog", "events": events})
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["message"] == "catalog: no such catalog"
+        assert _features(client, user)["views"]["user_activity"]["purchases"] == 0
 
 
 def test_a_user_id_with_a_slash_has_features_and_a_timestamp_past_utc_is_named(
