@@ -35,6 +35,12 @@ INGRESS_DEPLOYMENT = "Ingress"
 # a production config file cannot switch it on by accident.
 FAULT_INJECTION_ENV = "SERVEKIT_ALLOW_FAULT_INJECTION"
 WEIGHT_TOTAL = 100
+# Bounds that keep every tenant value storable (a 64-bit column, a date before year
+# 10000), for the file's `auth` settings and the admin API's bodies alike.
+MAX_REQUESTS_PER_S = 1e6
+MAX_TEXTS_PER_S = 1e7
+MAX_MONTHLY_TEXTS = 10**15
+MAX_KEY_LIFETIME_S = 100 * 365 * 86400
 
 
 class _Strict(BaseModel):
@@ -193,17 +199,26 @@ class TenantLimits(_Strict):
     """Limits of a tenant that has none of its own (each may be overridden per tenant
     and per key through the admin API). Unset: unlimited."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     requests_per_s: float | None = Field(
-        None, gt=0, description="Requests per second (token bucket of one second)."
+        None,
+        gt=0,
+        le=MAX_REQUESTS_PER_S,
+        description="Requests per second (token bucket of one second).",
     )
     texts_per_s: float | None = Field(
-        None, gt=0, description="Texts per second (token bucket of one second)."
+        None, gt=0, le=MAX_TEXTS_PER_S, description="Texts per second (token bucket of one second)."
     )
-    monthly_texts: int | None = Field(None, ge=1, description="Texts per calendar month (UTC).")
+    monthly_texts: int | None = Field(
+        None, ge=1, le=MAX_MONTHLY_TEXTS, description="Texts per calendar month (UTC)."
+    )
 
 
 class AuthSettings(_Strict):
     """Tenant API keys, scopes, quotas and usage metering on the data plane."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     enabled: bool = Field(True, description="Require an API key on every route but `exempt_paths`.")
     exempt_paths: list[str] = Field(
@@ -218,7 +233,10 @@ class AuthSettings(_Strict):
         "key is refused within this (plus one registry read) on every replica.",
     )
     rotation_overlap_s: float = Field(
-        86_400, ge=0, description="Default time a rotated key stays valid beside its successor."
+        86_400,
+        ge=0,
+        le=MAX_KEY_LIFETIME_S,
+        description="Default time a rotated key stays valid beside its successor.",
     )
     default_limits: TenantLimits = Field(
         default_factory=TenantLimits, description="Limits of tenants created without any."
