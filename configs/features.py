@@ -185,6 +185,10 @@ def load_definitions(path: str | Path | None = None) -> FeatureDefinitions:
         doc = yaml.safe_load(where.read_text())
     except FileNotFoundError as e:
         raise DefinitionsError(f"{where}: no such file") from e
+    except IsADirectoryError as e:
+        raise DefinitionsError(f"{where}: a folder, expected a file") from e
+    except OSError as e:
+        raise DefinitionsError(f"{where}: cannot be read ({e.strerror})") from e
     except yaml.YAMLError as e:
         raise DefinitionsError(f"{where}: not valid YAML") from e
     try:

@@ -143,10 +143,11 @@ def _validate_versions(
         )
         if live is not None:
             batching[name] = live
-        gpus = (entry.get("ray_actor_options") or {}).get("num_gpus", 0) or 0
-        if spec.device == "gpu" and not gpus > 0:
+        options = f"{where}.deployments[{name}].ray_actor_options"
+        gpus = _num_gpus(entry.get("ray_actor_options"), options, problems)
+        if gpus is not None and spec.device == "gpu" and not gpus > 0:
             problems.append(
-                f"{where}.deployments[{name}].ray_actor_options.num_gpus: must be > 0 "
+                f"{options}.num_gpus: must be > 0 "
                 f"because args.models.{model}.versions.{version}.device is gpu"
             )
     if not check_artifacts:
@@ -167,6 +168,23 @@ def _validate_versions(
                 f"missing artifact, no file at {uri} (servekit index build makes one)"
             )
     return batching
+
+
+def _num_gpus(options: Any, where: str, problems: list[str]) -> float | None:
+    """`num_gpus` of a deployment's `ray_actor_options` (0 when unset); None, with a
+    problem, when it is not a number (Ray would take "1", the comparison would not)."""
+    if options is None:
+        return 0.0
+    if not isinstance(options, dict):
+        problems.append(f"{where}: expected a mapping")
+        return None
+    gpus = options.get("num_gpus")
+    if gpus is None:
+        return 0.0
+    if isinstance(gpus, bool) or not isinstance(gpus, int | float):
+        problems.append(f"{where}.num_gpus: expected a number, for example 1 (not quoted)")
+        return None
+    return float(gpus)
 
 
 def _parse(model: type[M], data: Any, base: str, problems: list[str]) -> M | None:

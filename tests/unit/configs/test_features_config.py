@@ -67,6 +67,8 @@ def test_a_missing_or_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("entities: [")
     with pytest.raises(DefinitionsError, match="not valid YAML"):
         load_definitions(tmp_path / "bad.yaml")
+    with pytest.raises(DefinitionsError, match="a folder, expected a file"):
+        load_definitions(tmp_path)
 
 
 def test_args_refuse_definitions_that_do_not_load(tmp_path: Path) -> None:
@@ -75,5 +77,7 @@ def test_args_refuse_definitions_that_do_not_load(tmp_path: Path) -> None:
     assert AppArgs.model_validate(args).features.definitions is None
     with pytest.raises(ValidationError, match=r"features\n.*definitions: .*no such file"):
         AppArgs.model_validate({**args, "features": {"definitions": str(tmp_path / "x.yaml")}})
+    with pytest.raises(ValidationError, match=r"features\n.*definitions: .*a folder"):
+        AppArgs.model_validate({**args, "features": {"definitions": str(tmp_path)}})
     off = AppArgs.model_validate({**args, "features": {"enabled": False, "definitions": "x"}})
     assert not off.features.enabled
