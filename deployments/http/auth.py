@@ -14,8 +14,7 @@ from ray.serve.exceptions import RayServeException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deployments.errors import ServekitError, Unauthorized
-from deployments.http.envelope import error_response, request_id
-from deployments.observability.logs import get_logger, log_request
+from deployments.http.envelope import Envelope, error_response, request_id
 from deployments.tenancy.access import Access
 from deployments.tenancy.principal import Principal
 
@@ -78,9 +77,11 @@ def bearer(scope: Scope) -> str | None:
 
 
 class AccessHost(Protocol):
-    """What holds a replica's `Access` (the Ingress); None when auth is off."""
+    """What holds a replica's `Access` (the Ingress); None when auth is off. Its
+    envelope records the calls the gate refuses."""
 
     access: Access | None
+    envelope: Envelope
 
 
 def check_rights(principal: Principal, path: str) -> None:
@@ -100,7 +101,6 @@ class AuthGate:
         self.app = app
         self._host = host  # found in the replica on first use unless given
         self._searched = host is not None
-        self.log = get_logger("access")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authenticate one HTTP call, then pass it on."""
@@ -144,7 +144,8 @@ class AuthGate:
     ) -> None:
         rid = request_id(dict(scope["headers"]).get(b"x-request-id"))
         response = error_response(error, rid, path.startswith("/v2"))
-        log_request(self.log, rid, path[:64], "-", "-", error.status, started, 0, tenant)
+        assert self._host is not None  # a refusal needs the host's access
+        self._host.envelope.refused(rid, path, error.status, tenant, started)
         await response(scope, receive, send)
 
     def _find_host(self) -> AccessHost | None:

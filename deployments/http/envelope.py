@@ -122,6 +122,17 @@ class Envelope:
         self._record(rid, route, call, response.status_code, started)
         return response
 
+    def refused(self, rid: str, path: str, status: int, tenant: str, started: float) -> None:
+        """Record a call the auth gate refused (401/403) as the answered ones are: in
+        the requests series (model, version and route `-`: the path is the caller's and
+        unbounded), the tenant's when its key was known, and the access log. Not in
+        the tenant's usage: nothing was served."""
+        seconds = time.perf_counter() - started
+        self.metrics.observe("-", "-", "-", status, seconds, 0)
+        if tenant != "-":
+            self.metrics.observe_tenant(tenant, status)
+        log_request(self.log, rid, path[:64], "-", "-", status, started, 0, tenant)
+
     def _record(self, rid: str, route: str, call: CallRecord, status: int, started: float) -> None:
         seconds = time.perf_counter() - started
         self.metrics.observe(call.model, call.version, route, status, seconds, call.inputs)

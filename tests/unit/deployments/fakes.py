@@ -80,3 +80,19 @@ class QuietRouterMetrics:
 
     def shadow(self, *args: object, **kwargs: object) -> None:
         pass
+
+
+class RequestRecorder:
+    """The requests and tenant series recorded (an `Envelope`'s metrics)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str, int]] = []
+        self.tenants: list[tuple[str, int]] = []
+
+    def observe(
+        self, model: str, version: str, route: str, code: int, seconds: float, inputs: int
+    ) -> None:
+        self.requests.append((model, version, route, code))
+
+    def observe_tenant(self, tenant: str, code: int) -> None:
+        self.tenants.append((tenant, code))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from configs.schema import AuthSettings
 from deployments.http.auth import PRINCIPAL, AuthGate, bearer, model_in_path, required_scope
+from deployments.http.envelope import Envelope
 from deployments.tenancy.access import Access
 from deployments.tenancy.admission import Admission
 from deployments.tenancy.keys import KeyCache
@@ -23,6 +24,7 @@ from deployments.tenancy.usage import UsageMeter
 from stores.ratelimit_embedded import EmbeddedLimiter
 from stores.registry_sql import open_registry
 from stores.tenants import RateLimits, issue_key
+from tests.unit.deployments.fakes import RequestRecorder
 
 SECRET = b"gate-secret"
 LOG = logging.getLogger("test")
@@ -31,6 +33,11 @@ LOG = logging.getLogger("test")
 @dataclass
 class Host:
     access: Access | None
+    metrics: RequestRecorder = field(default_factory=RequestRecorder)
+
+    @property
+    def envelope(self) -> Envelope:
+        return Envelope(self.metrics, LOG)
 
 
 async def _who(request: Request) -> JSONResponse:
@@ -49,6 +56,12 @@ APP = Starlette(
 
 @pytest.fixture
 def keys(tmp_path: Path) -> tuple[TestClient, dict[str, str]]:
+    client, made, _ = _gate(tmp_path)
+    return client, made
+
+
+def _gate(tmp_path: Path) -> tuple[TestClient, dict[str, str], Host]:
+    """A gate over a registry with one tenant and three keys, and its host."""
     registry = open_registry(f"sqlite:///{tmp_path / 'r.db'}")
     registry.create_tenant("Acme", RateLimits(), "acme")
     now = datetime.now(UTC)
@@ -70,7 +83,8 @@ def keys(tmp_path: Path) -> tuple[TestClient, dict[str, str]]:
         Admission(EmbeddedLimiter(), True, LOG),
         UsageMeter(registry, 1.0, LOG),
     )
-    return TestClient(AuthGate(APP, Host(access))), made
+    host = Host(access)
+    return TestClient(AuthGate(APP, host)), made, host
 
 
 def _get(client: TestClient, path: str, key: str | None, method: str = "GET") -> int:
@@ -107,6 +121,17 @@ def test_scopes_and_models(keys: tuple[TestClient, dict[str, str]]) -> None:
     assert _get(client, "/v1/models", made["one-model"]) == 200
     assert _get(client, "/admin/v1/tenants", made["embed"]) == 403
     assert _get(client, "/admin/v1/tenants", "operator-token") == 200
+
+
+def test_refusals_are_counted(tmp_path: Path) -> None:
+    """A 401 or 403 shows in the requests series (model, version and route `-`: the
+    path is the caller's), a 403 in its tenant's too; what passes is the app's to count."""
+    client, made, host = _gate(tmp_path)
+    assert _get(client, "/v1/embeddings/../../anything", None, "POST") == 401
+    assert _get(client, "/v1/usage", made["embed"]) == 403
+    assert _get(client, "/v1/usage", made["usage"]) == 200
+    assert host.metrics.requests == [("-", "-", "-", 401), ("-", "-", "-", 403)]
+    assert host.metrics.tenants == [("acme", 403)]
 
 
 def test_without_access_the_gate_passes_everything() -> None:

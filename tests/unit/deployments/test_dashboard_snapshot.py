@@ -5,7 +5,7 @@ auth gate answering its page without a key and its data only with one."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from configs.schema import AuthSettings
 from deployments.http.auth import AuthGate, is_page, required_scope
+from deployments.http.envelope import Envelope
 from deployments.observability.snapshot import Snapshot
 from deployments.tenancy.access import Access
 from deployments.tenancy.admission import Admission
@@ -23,6 +24,7 @@ from deployments.tenancy.keys import KeyCache
 from deployments.tenancy.usage import UsageMeter
 from stores.ratelimit_embedded import EmbeddedLimiter
 from stores.registry_sql import open_registry
+from tests.unit.deployments.fakes import RequestRecorder
 
 NODE_A = """\
 # HELP ray_servekit_requests_total Requests answered by the ingress, by status code.
@@ -165,6 +167,9 @@ def test_the_page_answers_without_a_key_and_its_data_needs_admin() -> None:
 @dataclass
 class _Host:
     access: Access
+    envelope: Envelope = field(
+        default_factory=lambda: Envelope(RequestRecorder(), logging.getLogger("test"))
+    )
 
 
 async def _ok(request: Request) -> PlainTextResponse:
