@@ -7,10 +7,17 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
-# A Kubernetes namespace name (an RFC 1123 label).
-Namespace = Annotated[
+# A DNS-1123 label: what Kubernetes takes as a namespace, a RayService or a group name.
+DnsLabel = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
 ]
 
@@ -32,12 +39,18 @@ class PodResources(_Strict):
 class WorkerGroup(_Strict):
     """A KubeRay worker group the autoscaler sizes between min and max."""
 
-    name: str
+    name: DnsLabel
     min_replicas: int = Field(ge=0)
     max_replicas: int = Field(ge=1)
     resources: PodResources
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerate_gpu_taint: bool = False
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> WorkerGroup:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas: above max_replicas")
+        return self
 
 
 class NetworkAccess(_Strict):
@@ -49,16 +62,16 @@ class NetworkAccess(_Strict):
     themselves.
     """
 
-    serve_client_namespaces: list[Namespace] = Field(
+    serve_client_namespaces: list[DnsLabel] = Field(
         min_length=1,
         description="Namespaces whose pods may call the Serve HTTP port (8000).",
     )
-    operator_namespace: Namespace = Field(
+    operator_namespace: DnsLabel = Field(
         "kuberay-system",
         description="Namespace of the KubeRay operator: it submits the Serve config "
         "through the dashboard port (8265) and checks the head's Serve proxy (8000).",
     )
-    monitoring_namespace: Namespace | None = Field(
+    monitoring_namespace: DnsLabel | None = Field(
         "monitoring",
         description="Namespace of the Prometheus that scrapes Ray's metrics port; "
         "null admits no scraper.",
@@ -96,8 +109,8 @@ class StoreAccess(_Strict):
 class ClusterSettings(_Strict):
     """`cluster/settings.yaml`."""
 
-    name: str = Field(description="RayService name.")
-    namespace: Namespace
+    name: DnsLabel = Field(description="RayService name.")
+    namespace: DnsLabel
     image: str = Field(description="Serving image, with a pinned tag (never latest).")
     gpu_image: str = Field(description="Serving image for GPU workers, pinned tag.")
     ray_version: str
@@ -111,6 +124,25 @@ class ClusterSettings(_Strict):
     autoscaler_idle_timeout_s: int = Field(60, ge=0)
     network: NetworkAccess
     stores: StoreAccess
+
+    @field_validator("image", "gpu_image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if "@sha256:" in value:
+            return value
+        tag = value.rsplit("/", 1)[-1].partition(":")[2]
+        if not tag or tag == "latest":
+            raise ValueError("expected a pinned tag (repository:1.2.3) or digest, never latest")
+        return value
+
+    @field_validator("worker_groups")
+    @classmethod
+    def _unique_group_names(cls, groups: list[WorkerGroup]) -> list[WorkerGroup]:
+        names = [group.name for group in groups]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"name used by more than one group: {', '.join(twice)}")
+        return groups
 
 
 def load_cluster_settings(path: Path) -> ClusterSettings:
