@@ -6,6 +6,7 @@ the registry's database).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -13,6 +14,26 @@ from typing import Any, Protocol
 # An attribute value: equality on strings, numbers and booleans; ranges on numbers;
 # membership on lists of strings (tags).
 AttrValue = str | int | float | bool | list[str]
+# The largest integer an attribute may hold: every JSON reader (a JavaScript number, a
+# float64 filter column, orjson's 64 bits) holds the integers up to here exactly.
+MAX_SAFE_INTEGER = 2**53 - 1
+ATTRIBUTE_KINDS = "a string, a finite number, true or false, or a list of strings"
+
+
+def attribute_problem(value: object) -> str | None:
+    """Why `value` cannot be an attribute value, or None when it can: a string, a
+    boolean, an integer within +-`MAX_SAFE_INTEGER`, a finite float or a list of strings."""
+    if isinstance(value, str | bool):
+        return None
+    if isinstance(value, int):
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return None
+        return f"an integer from -{MAX_SAFE_INTEGER} to {MAX_SAFE_INTEGER}"
+    if isinstance(value, float) and math.isfinite(value):
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return None
+    return ATTRIBUTE_KINDS
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from stores.catalog import CATALOG_CHANGE, AttrValue, CatalogInfo, Change, Item
+from stores.catalog import CATALOG_CHANGE, CatalogInfo, Change, Item, attribute_problem
 from stores.registry_sql import (
     UtcDateTime,
     byte_ordered,
@@ -505,17 +505,12 @@ def _checked(item: Item) -> Item:
     _check_item_id(item.id)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in item.text.items()):
         raise ValueError("an item's text maps field names to strings")
-    if not all(isinstance(k, str) and _is_attr(v) for k, v in item.attributes.items()):
-        raise ValueError(
-            "an item's attributes map names to strings, numbers, booleans or lists of strings"
-        )
+    for name, value in item.attributes.items():
+        if not isinstance(name, str):
+            raise ValueError("an item's attributes map names to values")
+        if (problem := attribute_problem(value)) is not None:
+            raise ValueError(f"attributes.{name}: {problem}")
     return item
-
-
-def _is_attr(value: AttrValue) -> bool:
-    if isinstance(value, list):
-        return all(isinstance(v, str) for v in value)
-    return isinstance(value, str | int | float | bool)
 
 
 # --- rows and values ---

@@ -11,7 +11,6 @@ most-weighted version whose index is complete answers (a pin to it: 503).
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from typing import Annotated, Any
 
@@ -35,7 +34,7 @@ from deployments.pipelines.filters import FilterError
 from deployments.pipelines.personalize import depth, personalize
 from deployments.pipelines.search import SearchService
 from models.recommender import Profile
-from stores.catalog import AttrValue, CatalogInfo, Item
+from stores.catalog import AttrValue, CatalogInfo, Item, attribute_problem
 
 CATALOG_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 NO_AUTH_TENANT = "default"  # the one tenant when auth is off
@@ -60,17 +59,13 @@ class _Body(BaseModel):
 
 def _attribute(value: Any) -> AttrValue:
     """An attribute value as the JSON body has it; one error naming the attribute
-    otherwise (not one per kind of value it could have been), NaN and infinities
-    included, which no store can hold."""
-    if isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise PydanticCustomError(
-        "attribute_value", "a string, a finite number, true or false, or a list of strings"
-    )
+    otherwise (not one per kind of value it could have been): NaN, infinities and
+    integers past what every JSON reader holds exactly (2^53) included."""
+    problem = attribute_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("attribute_value", problem)
+    attribute: AttrValue = value
+    return attribute
 
 
 AttrIn = Annotated[AttrValue, PlainValidator(_attribute, json_schema_input_type=AttrValue)]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stores.catalog import AttrValue
+from stores.catalog import MAX_SAFE_INTEGER, AttrValue
 
 Mask = npt.NDArray[np.bool_]
 RANGE_OPS = ("gte", "gt", "lte", "lt")
@@ -39,15 +39,20 @@ class AttributeColumns:
         self._held: dict[int, dict[str, AttrValue]] = {}
 
     def set(self, slot: int, attributes: dict[str, AttrValue]) -> None:
-        """Replace the attributes of `slot`."""
+        """Replace the attributes of `slot`; a number no float64 holds raises
+        `OverflowError` before anything is written."""
+        numbers = {
+            name: float(value)
+            for name, value in attributes.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
         self.clear(slot)
         self._grow(slot + 1)
         for name, value in attributes.items():
             if isinstance(value, bool | str):
                 self.values.setdefault(name, {}).setdefault(value, set()).add(slot)
-            elif isinstance(value, int | float):
-                column = self._number_column(name)
-                column[slot] = float(value)
+            elif name in numbers:
+                self._number_column(name)[slot] = numbers[name]
             elif isinstance(value, list):
                 for tag in value:
                     self.values.setdefault(name, {}).setdefault(tag, set()).add(slot)
@@ -104,10 +109,11 @@ class AttributeColumns:
         if isinstance(condition, bool | str):
             return self._slots(name, [condition], size)
         if isinstance(condition, int | float):
+            value = _number(condition, where)
             column = self.numbers.get(name)
             if column is None:
                 return np.zeros(size, dtype=np.bool_)
-            equal: Mask = _fit(column, size) == float(condition)
+            equal: Mask = _fit(column, size) == value
             return equal
         raise FilterError(f"{where}: a string, number, boolean or an object")
 
@@ -115,9 +121,10 @@ class AttributeColumns:
         column = self.numbers.get(name)
         values = _fit(column, size) if column is not None else np.full(size, np.nan)
         out = ~np.isnan(values)
-        for op, bound in condition.items():
-            if isinstance(bound, bool) or not isinstance(bound, int | float):
+        for op, raw in condition.items():
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise FilterError(f"{where}.{op}: a number")
+            bound = _number(raw, f"{where}.{op}")
             with np.errstate(invalid="ignore"):
                 if op == "gte":
                     out &= values >= bound
@@ -144,6 +151,14 @@ def _fit(column: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.float64]:
     if len(column) >= size:
         return column[:size]
     return np.concatenate([column, np.full(size - len(column), np.nan)])
+
+
+def _number(value: int | float, where: str) -> float:
+    """A number of a filter as its column compares it; an integer past what an
+    attribute may hold (2^53) names the field."""
+    if isinstance(value, int) and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        raise FilterError(f"{where}: an integer from -{MAX_SAFE_INTEGER} to {MAX_SAFE_INTEGER}")
+    return float(value)
 
 
 def _values(values: Any, where: str) -> list[Any]:

@@ -32,7 +32,7 @@ from deployments.pipelines.filters import AttributeColumns
 from deployments.pipelines.shards import ShardSet, catalog_key
 from models.catalog_snapshot import CatalogSnapshot
 from models.lexical import CorpusStats
-from stores.catalog import CATALOG_CHANGE, CatalogStore, Change, Item
+from stores.catalog import CATALOG_CHANGE, CatalogStore, Change, Item, attribute_problem
 
 # (tenant, catalog, loader): a catalog snapshot to start from (verified by the loader)
 SnapshotSource = tuple[str, str, Callable[[], CatalogSnapshot]]
@@ -67,6 +67,14 @@ class SearchResult:
     space: str
     hits: list[Hit]
     seq: int  # the change-log position the replica's indexes reflect
+
+
+def _unindexable(item: Item) -> str | None:
+    """Why an item cannot be indexed (an attribute no filter column holds), or None."""
+    for name, value in item.attributes.items():
+        if (problem := attribute_problem(value)) is not None:
+            return f"attributes.{name}: {problem}"
+    return None
 
 
 def _same(a: Item, b: Item) -> bool:
@@ -250,8 +258,7 @@ class SearchService:
 
         def flush(key: tuple[str, str]) -> None:
             if items := pending.pop(key, None):
-                self.catalogs[key].upsert_many(items)
-                fetch.setdefault(key, []).extend(i.id for i in items)
+                fetch.setdefault(key, []).extend(self._index_items(key, items))
 
         for change in changes:
             key = (change.tenant_id, change.catalog)
@@ -261,6 +268,10 @@ class SearchService:
                     continue  # another shard's
                 if (unconfirmed := self._unconfirmed.get(key)) is not None:
                     unconfirmed.discard(change.item_id)
+                if (problem := _unindexable(change.item)) is not None:
+                    flush(key)  # its earlier versions first: this one replaces them
+                    self._skip(key, change.item_id, problem)
+                    continue
                 current = index.get(change.item_id)
                 if current is None or not _same(current, change.item):
                     pending.setdefault(key, []).append(change.item)
@@ -273,6 +284,35 @@ class SearchService:
         for key in list(pending):
             flush(key)
         return fetch
+
+    def _index_items(self, key: tuple[str, str], items: list[Item]) -> list[str]:
+        """Add or replace items in one write; should that fail, item by item, an item
+        that cannot be indexed logged and left out. The ids indexed."""
+        index = self.catalogs[key]
+        try:
+            index.upsert_many(items)
+            return [i.id for i in items]
+        except Exception:
+            done = []
+            for item in items:
+                try:
+                    index.upsert_many([item])
+                    done.append(item.id)
+                except Exception as e:
+                    self._skip(key, item.id, f"{type(e).__name__}: {str(e)[:200]}")
+            return done
+
+    def _skip(self, key: tuple[str, str], item_id: str, problem: str) -> None:
+        """Leave out a stored item this replica cannot index (written before the store
+        refused such items, or by another writer): not searchable, instead of a replica
+        that cannot start. Its older version, if indexed, goes too."""
+        self.catalogs[key].delete(item_id)
+        tenant, catalog = key
+        self.log.error(
+            "catalog item not indexed",
+            extra={"fields": {"tenant": tenant, "catalog": catalog, "item": item_id[:256],
+                              "problem": problem}},
+        )  # fmt: skip
 
     async def _load_vectors(self, tenant: str, catalog: str, ids: list[str]) -> None:
         index = self.catalogs[(tenant, catalog)]

@@ -68,6 +68,8 @@ def test_replacing_and_clearing_attributes(columns: AttributeColumns) -> None:
         ({"tags": {"any": []}}, "filters.tags"),
         ({"tags": {"any": [{"x": 1}]}}, "filters.tags"),
         ({"category": None}, "filters.category"),
+        ({"price": 10**400}, "filters.price"),
+        ({"price": {"lte": 2**64}}, "filters.price.lte"),
     ],
 )
 def test_bad_filters_name_the_field(
@@ -75,3 +77,9 @@ def test_bad_filters_name_the_field(
 ) -> None:
     with pytest.raises(FilterError, match=field.replace(".", r"\.")):
         columns.mask(filters, 4)
+
+
+def test_a_number_no_column_holds_changes_nothing(columns: AttributeColumns) -> None:
+    with pytest.raises(OverflowError):
+        columns.set(0, {"category": "hats", "price": 10**400})
+    assert _match(columns, {"category": "shoes", "price": 50}) == [0]

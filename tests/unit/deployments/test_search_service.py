@@ -238,3 +238,31 @@ def test_items_are_embedded_as_their_catalogs_tenant(url: str) -> None:
 
     asyncio.run(run())
     assert seen == {(t, s) for t in ("acme", "globex") for s in ("m/v1", "m/v2")}
+
+
+def test_a_stored_item_no_replica_can_index_is_logged_and_left_out(
+    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An item stored before such values were refused (or by another writer) neither
+    stops a replica's start nor keeps the catalog's other items from search."""
+    store = open_catalog_store(url)
+    store.upsert("acme", "shop", [_items()[0]])
+    monkeypatch.setattr("stores.catalog_sql._checked", lambda item: item)
+    poison = Item("i0", {"title": "x"}, {"n": 10**400})
+    store.upsert("acme", "shop", [poison, *_items()[1:]])
+    monkeypatch.undo()
+
+    async def run() -> None:
+        service = _service(url)
+        with caplog.at_level(logging.ERROR, logger=LOG.name):
+            await service.start(["m/v1"])
+        assert service.seq == store.head()
+        index = service.catalogs["acme", "shop"]
+        assert index.get("i0") is None
+        assert len(index) == len(_items()) - 1
+        await service.backfill()
+        assert service.ready_spaces("acme", "shop") == ["m/v1"]
+        assert {r.getMessage() for r in caplog.records} == {"catalog item not indexed"}
+        await service.close()
+
+    asyncio.run(run())

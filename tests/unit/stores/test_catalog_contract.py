@@ -493,3 +493,23 @@ def test_seed_refuses_bad_input(store: SqlCatalogStore) -> None:
     with pytest.raises(ValueError, match="float32"):
         store.seed("acme", "shop", [item("a")], {"m/v1": {"a": b"abc"}})
     assert store.head() == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [10**400, 2**64, 2**53, -(2**53), float("nan"), float("inf")],
+    ids=["10^400", "2^64", "2^53", "-2^53", "nan", "inf"],
+)
+def test_an_attribute_no_json_reader_holds_is_refused(store: SqlCatalogStore, value: float) -> None:
+    with pytest.raises(ValueError, match=r"attributes\.n: "):
+        store.upsert("tn_a", "c", [item("x", n=value)])
+    with pytest.raises(ValueError, match=r"attributes\.n: "):
+        store.seed("tn_a", "c", [item("x", n=value)], {})
+    assert store.head() == 0
+    assert store.get("tn_a", "c", "x") is None
+
+
+def test_the_largest_safe_integers_are_stored_exactly(store: SqlCatalogStore) -> None:
+    sent = item("x", top=2**53 - 1, bottom=-(2**53 - 1))
+    store.upsert("tn_a", "c", [sent])
+    assert same(store.get("tn_a", "c", "x"), sent)
