@@ -44,7 +44,10 @@ MAX_KEY_LIFETIME_S = 100 * 365 * 86400
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Errors name the field and what is wrong, never the value: Serve prints a failed
+    # build's error into its status and logs, and a secret typed into `args` by mistake
+    # must not reach them.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class ArtifactSpec(_Strict):
