@@ -6,7 +6,10 @@ affinity per category) are kept as one numeric field per entry, `<feature>:<key>
 (feature names never hold a ':'), so that an event adds to one entry without reading
 the rest. `AT_FIELD` holds the time of the newest event the row counts: the row is fresh
 until `AT_FIELD + ttl_s` and then reads as missing (and a merge starts it afresh), on
-both backends alike.
+both backends alike. A list field (recent items) is ordered by its items' event times,
+which `times_field(name)` holds beside it, in the list's order, as decimal texts (exact
+on both backends); a row written before the times were kept reads as it was, and its
+items count as of the row's `AT_FIELD` when the next merge orders them.
 
 Backends: `SqliteFeatureStore` (`stores/features_sqlite.py`, one file shared by the
 processes of one machine: what `make serve` runs) and `RedisFeatureStore`
@@ -40,9 +43,10 @@ class Merge:
 
     `add`: numbers added to fields (missing fields count from 0); `high` / `low`: a
     field set to the value when above / below what it holds (or missing); `push`: items
-    put at the front of a list field, newest first, each once (an item already there
-    moves to the front), the list cut to `(items, max_len)`'s length. `at`: the newest
-    event's time, which the row's `AT_FIELD` takes when later.
+    with their events' times put in a list field (`(items, max_len)`), which keeps each
+    item once at its newest time, newest first, cut to `max_len` (see `pushed`): a late
+    event takes its place by its time, never the front. `at`: the newest event's time,
+    which the row's `AT_FIELD` takes when later.
     """
 
     key: RowKey
@@ -51,7 +55,7 @@ class Merge:
     add: dict[str, float] = field(default_factory=dict)
     high: dict[str, float] = field(default_factory=dict)
     low: dict[str, float] = field(default_factory=dict)
-    push: dict[str, tuple[list[str], int]] = field(default_factory=dict)
+    push: dict[str, tuple[list[tuple[str, float]], int]] = field(default_factory=dict)
 
 
 class FeatureStoreUnavailable(Exception):
@@ -102,25 +106,44 @@ def apply_merge(row: Row | None, merge: Merge) -> Row:
         if current is None or value < _number(current):
             out[name] = value
     for name, (items, max_len) in merge.push.items():
-        old = out.get(name)
-        out[name] = pushed(old if isinstance(old, list) else [], items, max_len)
+        kept = pushed(_timed(out, name), [(item, repr(float(at))) for item, at in items], max_len)
+        out[name] = [item for item, _ in kept]
+        out[times_field(name)] = [at for _, at in kept]
     current_at = out.get(AT_FIELD)
     if current_at is None or merge.at > _number(current_at):
         out[AT_FIELD] = merge.at
     return out
 
 
-def pushed(old: list[str], items: list[str], max_len: int) -> list[str]:
-    """`items` (newest first) in front of `old`, each item once, at most `max_len`."""
-    seen: set[str] = set()
-    out: list[str] = []
-    for item in [*items, *old]:
-        if item not in seen:
-            seen.add(item)
-            out.append(item)
-            if len(out) == max_len:
-                break
-    return out
+def times_field(name: str) -> str:
+    """The field holding the event times of list field `name`'s items, in its order (a
+    reserved name: feature names start with a letter)."""
+    return f"{AT_FIELD}{ENTRY_SEP}{name}"
+
+
+def pushed(
+    old: list[tuple[str, str]], new: list[tuple[str, str]], max_len: int
+) -> list[tuple[str, str]]:
+    """`(item, time)` pairs of `new` and `old`, each item once at its newest time, newest
+    first, at most `max_len`. Of equal times, `new` comes before `old` (a later merge is
+    the newer), each in its own order. Times are decimal texts, compared as numbers."""
+    best: dict[str, tuple[float, int, str]] = {}
+    for n, (item, at) in enumerate([*new, *old]):
+        if item not in best or float(at) > best[item][0]:
+            best[item] = (float(at), n, at)
+    order = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[1][1]))
+    return [(item, at) for item, (_, _, at) in order[:max_len]]
+
+
+def _timed(row: Row, name: str) -> list[tuple[str, str]]:
+    """List field `name`'s items with their times; items stored without one (rows from
+    before the times were kept) count as of the row's newest event."""
+    items, times = row.get(name), row.get(times_field(name))
+    if not isinstance(items, list):
+        return []
+    times = times if isinstance(times, list) else []
+    fallback = repr(_number(row.get(AT_FIELD)))
+    return [(item, times[n] if n < len(times) else fallback) for n, item in enumerate(items)]
 
 
 def _number(value: Value | None) -> float:

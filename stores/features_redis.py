@@ -27,6 +27,7 @@ from stores.features import (
     RowKey,
     Value,
     check_key,
+    times_field,
 )
 
 DEFAULT_PREFIX = "servekit:fs:"
@@ -37,10 +38,50 @@ DEFAULT_MAX_CONNECTIONS = 16
 WRITE_CHUNK = 256  # rows per pipelined write
 
 # ARGV[1]: the row's TTL (s); then (op, field, value) triples: a add, h high, l low,
-# p push (value: JSON [max_len, item, ...], newest item first); the last triple is
-# ('h', '_at', newest event time).
+# p push (value: JSON [max_len, times field, item, time, ...], times as decimal texts);
+# the last triple is ('h', '_at', newest event time). A push runs `stores.features.pushed`
+# over the new items and the stored ones (those stored without a time: as of `_at`).
 _MERGE = """
 local key, ttl = KEYS[1], tonumber(ARGV[1])
+local function push(f, v)
+  local new = cjson.decode(v)
+  local max_len, tf = new[1], new[2]
+  local cands = {}
+  for j = 3, #new, 2 do table.insert(cands, {new[j], new[j + 1]}) end
+  local old = redis.call('HGET', key, f)
+  if old then
+    local times = redis.call('HGET', key, tf)
+    times = times and cjson.decode(times) or {}
+    local fallback = redis.call('HGET', key, '_at') or '0.0'
+    for j, item in ipairs(cjson.decode(old)) do
+      table.insert(cands, {item, times[j] or fallback})
+    end
+  end
+  local best, order = {}, {}
+  for n, p in ipairs(cands) do
+    local b, t = best[p[1]], tonumber(p[2])
+    if b == nil then
+      b = {p[1], t, n, p[2]}
+      best[p[1]] = b
+      table.insert(order, b)
+    elseif t > b[2] then
+      b[2], b[3], b[4] = t, n, p[2]
+    end
+  end
+  table.sort(order, function(x, y)
+    if x[2] ~= y[2] then return x[2] > y[2] end
+    return x[3] < y[3]
+  end)
+  local items, times = {}, {}
+  for j = 1, math.min(max_len, #order) do
+    items[j], times[j] = order[j][1], order[j][4]
+  end
+  if #items == 0 then
+    redis.call('HSET', key, f, '[]', tf, '[]')
+  else
+    redis.call('HSET', key, f, cjson.encode(items), tf, cjson.encode(times))
+  end
+end
 for i = 2, #ARGV, 3 do
   local op, f, v = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if op == 'a' then
@@ -52,19 +93,7 @@ for i = 2, #ARGV, 3 do
       redis.call('HSET', key, f, v)
     end
   elseif op == 'p' then
-    local new = cjson.decode(v)
-    local old = redis.call('HGET', key, f)
-    local out, seen, max_len = {}, {}, new[1]
-    local function take(item)
-      if #out < max_len and not seen[item] then
-        seen[item] = true
-        table.insert(out, item)
-      end
-    end
-    for j = 2, #new do take(new[j]) end
-    if old then for _, item in ipairs(cjson.decode(old)) do take(item) end end
-    if #out == 0 then redis.call('HSET', key, f, '[]')
-    else redis.call('HSET', key, f, cjson.encode(out)) end
+    push(f, v)
   end
 end
 local at = tonumber(redis.call('HGET', key, '_at'))
@@ -161,7 +190,8 @@ def _args(m: Merge) -> list[Any]:
     for name, value in m.low.items():
         args += ["l", name, repr(float(value))]
     for name, (items, max_len) in m.push.items():
-        args += ["p", name, orjson.dumps([max_len, *items])]
+        timed = [x for item, at in items for x in (item, repr(float(at)))]
+        args += ["p", name, orjson.dumps([max_len, times_field(name), *timed])]
     return [*args, "h", AT_FIELD, repr(float(m.at))]
 
 

@@ -195,7 +195,7 @@ class FeatureService:
         elif spec.kind == "last_at":
             merge.high[name] = events[0].at.timestamp()
         elif spec.kind == "recent_items":
-            merge.push[name] = ([e.item for e in events], spec.max_items)
+            merge.push[name] = ([(e.item, e.at.timestamp()) for e in events], spec.max_items)
         elif spec.kind == "sum":
             total = sum(_number(attrs.get(e.item, {}).get(spec.attribute or "")) for e in events)
             if total:

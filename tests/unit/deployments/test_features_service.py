@@ -250,6 +250,31 @@ def test_materialized_rows_equal_what_the_events_would_have_built(
     asyncio.run(body())
 
 
+def test_a_late_event_does_not_push_newer_items_out(
+    definitions: FeatureDefinitions, tmp_path: Path, log: SqlEventLog
+) -> None:
+    """Recent items are ordered by the events' times, not by arrival, so the online row
+    and the one rebuilt from the same events agree."""
+    history = [ev("u1", f"new{n}", "view", 1800 - 90 * n) for n in range(20)]
+    history.append(ev("u1", "old", "view", 10 * 86400))
+
+    async def body() -> None:
+        svc = service(definitions, tmp_path, log)
+        for event in history:
+            await svc.ingest("tn_a", [event], "shop")
+        online = (await svc.read("tn_a", "user", "u1")).views["user_activity"]
+        assert online["recent_items"] == [f"new{n}" for n in reversed(range(20))]
+        bulk = FeatureService(
+            definitions, SqliteFeatureStore(tmp_path / "bulk.db"), None, None, LOG
+        )
+        await bulk.store.replace(bulk.rows("tn_a", history, CATALOG))
+        assert (await bulk.read("tn_a", "user", "u1")).views["user_activity"] == online
+        await svc.close()
+        await bulk.close()
+
+    asyncio.run(body())
+
+
 def test_merges_touch_one_row_per_view_and_entity(definitions: FeatureDefinitions) -> None:
     svc = FeatureService(definitions, DownStore(), None, None, LOG)
     merges: list[Merge] = svc.merges(

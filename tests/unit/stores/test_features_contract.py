@@ -22,6 +22,7 @@ from stores.features import (
     RowKey,
     apply_merge,
     pushed,
+    times_field,
 )
 from stores.features_redis import RedisFeatureStore
 from stores.features_sqlite import SqliteFeatureStore
@@ -82,27 +83,82 @@ def test_merges_add_keep_highs_and_lows_and_push_lists(
         now = time.time()
         await store.merge(
             [merge(at=now - 10, add={"clicks": 1, "aff:shoes": 2.5}, high={"last": now - 10},
-                   low={"first": now - 10}, push={"recent": (["i1", "i2"], 3)})]
+                   low={"first": now - 10},
+                   push={"recent": ([("i1", now - 10), ("i2", now - 10)], 3)})]
         )  # fmt: skip
         await store.merge(
-            [merge(at=now - 20, add={"clicks": 2, "aff:shoes": 1, "aff:hats": 0.5},
-                   high={"last": now - 20}, low={"first": now - 20},
-                   push={"recent": (["i3", "i1"], 3)})]
+            [merge(at=now - 5, add={"clicks": 2, "aff:shoes": 1, "aff:hats": 0.5},
+                   high={"last": now - 5}, low={"first": now - 5},
+                   push={"recent": ([("i3", now - 5), ("i1", now - 5)], 3)})]
         )  # fmt: skip
         (row,) = await store.read([key()])
         assert row == {
             "clicks": 3,
             "aff:shoes": 3.5,
             "aff:hats": 0.5,
-            "last": pytest.approx(now - 10),
-            "first": pytest.approx(now - 20),
+            "last": pytest.approx(now - 5),
+            "first": pytest.approx(now - 10),
             "recent": ["i3", "i1", "i2"],
-            AT_FIELD: pytest.approx(now - 10),  # the newest event counted
+            times_field("recent"): [repr(now - 5), repr(now - 5), repr(now - 10)],
+            AT_FIELD: pytest.approx(now - 5),  # the newest event counted
         }
         await store.merge([merge(push={"recent": ([], 3)})])
         (row,) = await store.read([key()])
         assert row is not None
         assert row["recent"] == ["i3", "i1", "i2"]
+
+    run(make_store, body)
+
+
+def test_a_late_event_takes_its_place_by_time_not_the_front(
+    make_store: Callable[[], OnlineStore],
+) -> None:
+    """Events may arrive dated in the past: the list keeps the newest by event time."""
+    now = time.time()
+
+    def view(item: str, at: float) -> Merge:
+        return Merge(key(), at, 30 * DAY, add={"views": 1}, push={"recent": ([(item, at)], 20)})
+
+    async def body(store: OnlineStore) -> None:
+        for n in range(20):  # the last 30 minutes
+            await store.merge([view(f"new{n}", now - 1800 + 90 * n)])
+        await store.merge([view("old", now - 10 * DAY)])
+        await store.merge([view("new3", now - 10 * DAY)])  # seen since: keeps its newest time
+        (row,) = await store.read([key()])
+        assert row is not None
+        assert row["recent"] == [f"new{n}" for n in reversed(range(20))]
+        assert row["views"] == 22
+        assert row[AT_FIELD] == pytest.approx(now - 1800 + 90 * 19)
+        # one older than the newest but newer than the oldest kept goes between them
+        await store.merge([view("mid", now - 1800 + 90 * 9.5)])
+        (row,) = await store.read([key()])
+        assert row is not None
+        assert row["recent"][9:12] == ["new10", "mid", "new9"]
+        assert row["recent"][-1] == "new1"  # new0, the oldest, made room
+
+    run(make_store, body)
+
+
+def test_a_list_stored_without_times_still_reads_and_merges(
+    make_store: Callable[[], OnlineStore],
+) -> None:
+    """A row from before the items' times were kept: it reads as it was; its items count
+    as of the row's newest event when the next merge orders them."""
+    now = time.time()
+
+    async def body(store: OnlineStore) -> None:
+        await store.replace([(key(), {"recent": ["b", "a"], AT_FIELD: now - 60}, DAY)])
+        assert await store.read([key()]) == [{"recent": ["b", "a"], AT_FIELD: now - 60}]
+        await store.merge([merge(at=now, push={"recent": ([("c", now)], 4)})])
+        await store.merge([merge(at=now - 3600, push={"recent": ([("z", now - 3600)], 4)})])
+        await store.merge([merge(at=now - 60, push={"recent": ([("a", now - 60)], 4)})])
+        (row,) = await store.read([key()])
+        assert row == {
+            "recent": ["c", "a", "b", "z"],
+            times_field("recent"): [repr(now), repr(now - 60), repr(now - 60),
+                                    repr(now - 3600)],
+            AT_FIELD: now,
+        }  # fmt: skip
 
     run(make_store, body)
 
@@ -131,7 +187,7 @@ def test_what_memory_holds_agrees_with_the_reference_merge(
     now = time.time()
     merges = [
         merge(at=now - n, add={"n": n, "s:a b": 0.25}, high={"h": n}, low={"l": -n},
-              push={"r": ([f"i{n % 4}", "x/y", "ü"], 4)})
+              push={"r": ([(f"i{n % 4}", now - n), ("x/y", now - n), ("ü", now - 2 * n)], 4)})
         for n in range(6)
     ]  # fmt: skip
     expected: Row | None = None
@@ -151,7 +207,7 @@ def test_concurrent_merges_lose_no_update(make_store: Callable[[], OnlineStore])
         others = [make_store() for _ in range(3)]
         try:
             writes = [
-                s.merge([merge(add={"events": 1}, push={"r": ([f"i{n}"], 50)})])
+                s.merge([merge(add={"events": 1}, push={"r": ([(f"i{n}", time.time())], 50)})])
                 for n in range(10)
                 for s in [store, *others]
             ]
@@ -272,10 +328,14 @@ def test_keys_are_bounded(make_store: Callable[[], OnlineStore]) -> None:
     run(make_store, body)
 
 
-def test_pushed_keeps_each_item_once_newest_first() -> None:
-    assert pushed(["a", "b", "c"], ["c", "d"], 4) == ["c", "d", "a", "b"]
-    assert pushed(["a"], ["a", "a"], 3) == ["a"]
-    assert pushed(["a", "b"], [], 1) == ["a"]
+def test_pushed_keeps_each_item_once_at_its_newest_time_newest_first() -> None:
+    old = [("a", "3.0"), ("b", "2.0"), ("c", "1.0")]
+    assert pushed(old, [("c", "2.5"), ("d", "2.0")], 4) == [
+        ("a", "3.0"), ("c", "2.5"), ("d", "2.0"), ("b", "2.0")
+    ]  # fmt: skip
+    assert pushed(old, [("z", "0.5")], 3) == old  # older than every item kept
+    assert pushed([("a", "10.0")], [("a", "9.0"), ("a", "11.0")], 3) == [("a", "11.0")]
+    assert pushed(old, [], 1) == [("a", "3.0")]
 
 
 def test_redis_down_is_unavailable(own_server: RedisServer) -> None:
