@@ -9,9 +9,9 @@
    item's popularity and recency from its online row, the user's affinities, price).
 
 An item in `context` steers the candidates (the user vector plus its vector); for a user
-without history the answer is the items most like it. A user without history (and no
-such item), or any user while the feature store does not answer (flagged `degraded`),
-gets the tenant's popular items within the filters: the event log's most engaged items
+without history, or any user while the feature store does not answer (flagged
+`degraded`), the answer is the items most like it. Without such an item, they get the
+tenant's popular items within the filters: the event log's most engaged items
 of the window, re-read every few seconds, topped up from the catalog.
 """
 
@@ -236,7 +236,7 @@ class RecommendService:
         if len(hits) < q.k:  # a small catalog, or filters few items pass
             taken = {h.item.id for h in hits}
             hits += await self._popular(q, index, seen, taken)
-        return Recommendations(hits[: q.k], "model", False, len(found), timings)
+        return Recommendations(hits[: q.k], "model", got.degraded, len(found), timings)
 
     async def _rank(
         self,

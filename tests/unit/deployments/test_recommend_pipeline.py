@@ -31,6 +31,7 @@ from stores.catalog import Item
 from stores.catalog_sql import open_catalog_store
 from stores.events import Event
 from stores.events_sql import open_event_log
+from stores.features import FeatureStoreUnavailable
 from stores.features_redis import RedisFeatureStore
 from tests.conftest import ARTIFACTS_DIR
 from tests.redis_server import RedisServer
@@ -171,5 +172,44 @@ def test_recommendations_follow_events_and_survive_a_redis_outage(parts: dict[st
 
         with pytest.raises(CatalogMissing):
             await service.recommend(RecommendQuery(TENANT, "absent", "ann", "v1", 5, None, True))
+
+    asyncio.run(run())
+
+
+class _DownStore:
+    """An online store that never answers."""
+
+    async def read(self, keys: Any) -> Any:
+        raise FeatureStoreUnavailable("feature store down")
+
+    async def merge(self, merges: Any) -> None:
+        raise FeatureStoreUnavailable("feature store down")
+
+    async def replace(self, rows: Any) -> None:
+        raise FeatureStoreUnavailable("feature store down")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_an_answer_steered_by_the_item_in_view_says_when_the_store_is_down(
+    parts: dict[str, Any],
+) -> None:
+    search, features = parts["search"], parts["features"]
+    service: RecommendService = parts["service"]
+
+    async def run() -> None:
+        await search.start([SPACE])
+        await search.upsert(TENANT, "shop", _items())
+        up = await service.recommend(_query("ann", context_item="hats-1"))
+        assert (up.source, up.degraded) == ("model", False)
+        features.store, redis = _DownStore(), features.store
+        try:
+            down = await service.recommend(_query("ann", context_item="hats-1"))
+        finally:
+            features.store = redis
+        assert down.source == "model"  # the items most like the one in view
+        assert "hats-1" not in {h.item.id for h in down.hits}
+        assert down.degraded
 
     asyncio.run(run())
