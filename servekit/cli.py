@@ -231,8 +231,8 @@ def _serve(
     except (local.DeployError, FileNotFoundError) as e:
         print(e, file=sys.stderr)
         return 1
-    http = doc.get("http_options") or {}
-    host, port = str(http.get("host", "127.0.0.1")), int(http.get("port", 8000))
+    host, port = _local_http(doc)
+    settle_s = _usage_settle_s(doc)
     hurry = threading.Event()
     record = None
     _on_stop_signals(_stop)
@@ -268,7 +268,7 @@ def _serve(
         _on_stop_signals(lambda signum, frame: hurry.set())
         began = time.monotonic()
         known = record.processes if record is not None else []
-        ray_finished = local.shutdown(drain_timeout_s, hurry, known, _usage_settle_s(doc))
+        ray_finished = local.shutdown(drain_timeout_s, hurry, known, settle_s)
         if record is not None:
             record.remove()
     if record is not None:
@@ -284,14 +284,41 @@ def _serve(
     return code
 
 
+# Serve's own default host is 0.0.0.0 (every interface): a local instance keeps to
+# this machine unless the file says otherwise.
+LOCAL_HOST = "127.0.0.1"
+
+
+def _local_http(doc: dict[str, Any]) -> tuple[str, int]:
+    """The host and port a local instance serves HTTP on; the host is written into
+    `doc`'s `http_options` (127.0.0.1) when the file leaves it out."""
+    http = dict(doc.get("http_options") or {})
+    if http.get("host") is None:
+        http["host"] = LOCAL_HOST
+    doc["http_options"] = http
+    return str(http["host"]), int(http.get("port", 8000))
+
+
 def _usage_settle_s(doc: dict[str, Any]) -> float:
-    """How long the replicas need after the last request to write their usage counts:
-    one flush period (and a little), when metering is on."""
+    """How long servekit's replicas need after the last request to write their usage
+    counts: one flush period (and a little), when metering is on. Never raises (the
+    stop it times must happen): unreadable `args.auth` counts as the default."""
+    from pydantic import ValidationError
+
     from configs.schema import AuthSettings
+    from configs.validate import IMPORT_PATH
 
     longest = 0.0
     for app in doc.get("applications") or []:
-        auth = AuthSettings.model_validate((app.get("args") or {}).get("auth") or {})
+        if not isinstance(app, dict) or app.get("import_path") != IMPORT_PATH:
+            continue
+        args = app.get("args")
+        try:
+            auth = AuthSettings.model_validate(
+                (args.get("auth") if isinstance(args, dict) else None) or {}
+            )
+        except ValidationError:
+            auth = AuthSettings()
         if auth.enabled:
             longest = max(longest, auth.usage_flush_s + 0.3)
     return longest
