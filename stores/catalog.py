@@ -86,9 +86,16 @@ class CatalogStore(Protocol):
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""
 
-    def upsert(self, tenant_id: str, catalog: str, items: list[Item]) -> int:
-        """Insert or replace items (one transaction, durable when it returns); the
-        sequence number of the last change written."""
+    def upsert(
+        self,
+        tenant_id: str,
+        catalog: str,
+        items: list[Item],
+        vectors: dict[str, dict[str, bytes]] | None = None,
+    ) -> int:
+        """Insert or replace items with their new vectors by space (float32 bytes by
+        item id), in one transaction, durable when it returns; the items' other vectors
+        are deleted. The sequence number of the last change written."""
 
     def delete(self, tenant_id: str, catalog: str, item_id: str) -> int | None:
         """Delete one item; the change's sequence number, None when there was none."""

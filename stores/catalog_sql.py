@@ -148,13 +148,22 @@ class SqlCatalogStore:
 
     # --- items ---
 
-    def upsert(self, tenant_id: str, catalog: str, items: list[Item]) -> int:
+    def upsert(
+        self,
+        tenant_id: str,
+        catalog: str,
+        items: list[Item],
+        vectors: dict[str, dict[str, bytes]] | None = None,
+    ) -> int:
         """Insert or replace items (an id given twice: the last wins), one change each, in
-        one transaction; their stored vectors are deleted (the text may have changed: the
-        caller stores new ones). The catalog is created on its first upsert. The seq of
+        one transaction with their new `vectors` by space (float32 bytes by item id;
+        those of ids not upserted are ignored); their other stored vectors are deleted
+        (the text may have changed). A follower that sees the change thus sees the
+        vectors the writer had. The catalog is created on its first upsert. The seq of
         the last change written (the head when `items` is empty)."""
         _check_catalog(tenant_id, catalog)
         latest = {_checked(item).id: item for item in items}
+        _check_vectors(vectors or {})
         if not latest:
             return self.head()
         now = datetime.now(UTC)
@@ -176,6 +185,7 @@ class SqlCatalogStore:
                     )
                 )
             conn.execute(insert(changes_table), [_change_values(r, deleted=False) for r in rows])
+            self._write_vectors(conn, tenant_id, catalog, vectors or {}, latest)
         return first + len(latest) - 1
 
     def seed(
@@ -189,10 +199,7 @@ class SqlCatalogStore:
         latest = {_checked(item).id: item for item in items}
         if not latest:
             raise ValueError("a snapshot seeds at least one item")
-        for space, blobs in vectors.items():
-            _check_space(space)
-            if any(not b or len(b) % 4 for b in blobs.values()):
-                raise ValueError("a vector must be float32 bytes: a non-zero multiple of 4")
+        _check_vectors(vectors)
         now = datetime.now(UTC)
         with writing(self._engine) as conn:
             first = _take_seqs(conn, len(latest))
@@ -209,16 +216,27 @@ class SqlCatalogStore:
             ]
             conn.execute(self._upsert_items(), rows)
             conn.execute(insert(changes_table), [_change_values(r, deleted=False) for r in rows])
-            for space, blobs in vectors.items():
-                key = {"tenant_id": tenant_id, "catalog": catalog, "space": space}
-                stored = [
-                    {**key, "item_id": item_id, "vector": blob}
-                    for item_id, blob in blobs.items()
-                    if item_id in latest
-                ]
-                if stored:
-                    conn.execute(self._upsert_vectors(), stored)
+            self._write_vectors(conn, tenant_id, catalog, vectors, latest)
         return first + len(latest) - 1
+
+    def _write_vectors(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        catalog: str,
+        vectors: dict[str, dict[str, bytes]],
+        items: dict[str, Item],
+    ) -> None:
+        """Within a writer's transaction: the vectors of `items` (others ignored)."""
+        for space, blobs in vectors.items():
+            key = {"tenant_id": tenant_id, "catalog": catalog, "space": space}
+            stored = [
+                {**key, "item_id": item_id, "vector": blob}
+                for item_id, blob in blobs.items()
+                if item_id in items
+            ]
+            if stored:
+                conn.execute(self._upsert_vectors(), stored)
 
     def delete(self, tenant_id: str, catalog: str, item_id: str) -> int | None:
         """Delete one item and its vectors; the change's seq, None when there was none."""
@@ -493,6 +511,13 @@ def _check_item_id(item_id: str) -> None:
 def _check_space(space: str) -> None:
     if not 0 < len(space) <= _MAX_SPACE:
         raise ValueError(f"an embedding space has 1 to {_MAX_SPACE} characters")
+
+
+def _check_vectors(vectors: dict[str, dict[str, bytes]]) -> None:
+    for space, blobs in vectors.items():
+        _check_space(space)
+        if any(not b or len(b) % 4 for b in blobs.values()):
+            raise ValueError("a vector must be float32 bytes: a non-zero multiple of 4")
 
 
 def _check_limit(limit: int) -> None:

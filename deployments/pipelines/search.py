@@ -315,11 +315,16 @@ class SearchService:
         )  # fmt: skip
 
     async def _load_vectors(self, tenant: str, catalog: str, ids: list[str]) -> None:
+        """The stored vectors of items just applied, in every kept space; an item a
+        space has none for (its writer's embedding failed, or it was stored without)
+        is embedded by a backfill, which the follower starts within `BACKFILL_RETRY_S`."""
         index = self.catalogs[(tenant, catalog)]
         for space in self.spaces:
             stored = await asyncio.to_thread(self.store.get_vectors, tenant, catalog, space, ids)
             vectors = {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
             await asyncio.to_thread(index.set_vectors, space, vectors)
+            if len(stored) < len(set(ids)):
+                self._backfill_due = True
 
     async def backfill(self, delay_s: float = 0.0) -> None:
         """Embed what each kept space lacks (stored vectors first), in batches, after
@@ -380,14 +385,14 @@ class SearchService:
         return await self.embed(tenant, space, [item_text(i) for i in items])
 
     async def upsert(self, tenant: str, catalog: str, items: list[Item]) -> int:
-        """Embed for every kept space, store items and vectors, apply here; the seq."""
+        """Embed for every kept space, store items and vectors (one transaction: a
+        follower that sees the items sees their vectors), apply here; the seq."""
         vectors = await self._embed_all(tenant, items)
-        seq = await asyncio.to_thread(self.store.upsert, tenant, catalog, items)
-        for space, matrix in vectors.items():
-            blobs = {
-                item.id: matrix[n].astype(np.float32).tobytes() for n, item in enumerate(items)
-            }
-            await asyncio.to_thread(self.store.put_vectors, tenant, catalog, space, blobs)
+        blobs = {
+            space: {item.id: matrix[n].astype(np.float32).tobytes() for n, item in enumerate(items)}
+            for space, matrix in vectors.items()
+        }
+        seq = await asyncio.to_thread(self.store.upsert, tenant, catalog, items, blobs)
         async with self._lock:
             await asyncio.to_thread(self._apply_upsert, tenant, catalog, items, vectors)
         return seq

@@ -266,3 +266,70 @@ def test_a_stored_item_no_replica_can_index_is_logged_and_left_out(
         await service.close()
 
     asyncio.run(run())
+
+
+class _Hooked:
+    """A catalog store that runs `hook` once, right after an upsert commits."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.hook: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def upsert(self, *args: Any) -> int:
+        seq: int = self.store.upsert(*args)
+        if self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        return seq
+
+
+def test_a_follower_that_reads_an_upsert_at_once_reads_its_vectors(url: str) -> None:
+    """Another replica that polls the change log the moment an upsert commits finds
+    the item's vectors with it: it can search the item without embedding it."""
+
+    async def run() -> None:
+        hooked = _Hooked(open_catalog_store(url))
+        writer = SearchService(hooked, embed_items, 3600, LOG, backfill_delay_s=3600)  # type: ignore[arg-type]
+        follower = SearchService(
+            open_catalog_store(url), embed_items, 3600, LOG, backfill_delay_s=3600
+        )
+        await writer.start(["m/v1"])
+        await follower.start(["m/v1"])
+        loop = asyncio.get_running_loop()
+        hooked.hook = lambda: asyncio.run_coroutine_threadsafe(follower.follow_once(), loop).result(
+            5
+        )
+        await writer.upsert("acme", "shop", _items())
+        assert follower.seq == writer.store.head()
+        assert follower.ready_spaces("acme", "shop") == ["m/v1"]
+        assert follower.pending() == {"m/v1": 0}
+        await writer.close()
+        await follower.close()
+
+    asyncio.run(run())
+
+
+def test_a_follower_backfills_an_item_stored_without_a_vector(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item whose writer stored no vector in a space (its embedding failed there)
+    is embedded by each follower's backfill: the follower's index becomes complete."""
+    monkeypatch.setattr("deployments.pipelines.search.BACKFILL_RETRY_S", 0.0)
+
+    async def run() -> None:
+        follower = _service(url)
+        await follower.start(["m/v1"])
+        await asyncio.sleep(0.1)  # the start's backfill: nothing to embed yet
+        head = follower.store.upsert("acme", "shop", _items())  # items, no vectors
+        for _ in range(100):
+            if follower.seq >= head and follower.pending() == {"m/v1": 0}:
+                break
+            await asyncio.sleep(0.05)
+        assert len(follower.catalogs["acme", "shop"]) == len(_items())
+        assert follower.ready_spaces("acme", "shop") == ["m/v1"]
+        await follower.close()
+
+    asyncio.run(run())

@@ -513,3 +513,25 @@ def test_the_largest_safe_integers_are_stored_exactly(store: SqlCatalogStore) ->
     sent = item("x", top=2**53 - 1, bottom=-(2**53 - 1))
     store.upsert("tn_a", "c", [sent])
     assert same(store.get("tn_a", "c", "x"), sent)
+
+
+def test_an_upsert_writes_its_items_vectors_in_its_transaction(store: SqlCatalogStore) -> None:
+    vectors = {
+        SPACE: {"x": vec(1, 2), "y": vec(3, 4), "gone": vec(5, 6)},
+        OTHER_SPACE: {"x": vec(7)},
+    }
+    store.upsert("tn_a", "c", [item("x"), item("y")], vectors)
+    assert store.get_vectors("tn_a", "c", SPACE, ["x", "y", "gone"]) == {
+        "x": vec(1, 2),
+        "y": vec(3, 4),
+    }
+    assert store.get_vectors("tn_a", "c", OTHER_SPACE, ["x", "y"]) == {"x": vec(7)}
+    # The new text's vectors replace the item's; a space the upsert has none for has none.
+    store.upsert("tn_a", "c", [item("x", "new")], {SPACE: {"x": vec(9, 9)}})
+    assert store.get_vectors("tn_a", "c", SPACE, ["x", "y"]) == {"x": vec(9, 9), "y": vec(3, 4)}
+    assert store.get_vectors("tn_a", "c", OTHER_SPACE, ["x"]) == {}
+    head = store.head()
+    with pytest.raises(ValueError, match="float32"):
+        store.upsert("tn_a", "c", [item("z")], {SPACE: {"z": b"abc"}})
+    assert store.head() == head
+    assert store.get("tn_a", "c", "z") is None
