@@ -17,6 +17,12 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
+from configs.schema import (
+    MAX_KEY_LIFETIME_S,
+    MAX_MONTHLY_TEXTS,
+    MAX_REQUESTS_PER_S,
+    MAX_TEXTS_PER_S,
+)
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, Conflict, Forbidden, NotFound
 from deployments.http.fields import StoredText
@@ -55,12 +61,6 @@ USAGE_EXAMPLE = {
 }  # fmt: skip
 
 
-# Bounds that keep every value storable (a 64-bit column, a date before year 10000):
-# past them a request is refused with a 400 naming the field, never a 500 after a write.
-MAX_MONTHLY_TEXTS = 10**15
-MAX_KEY_LIFETIME_S = 100 * 365 * 86400
-
-
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -68,8 +68,10 @@ class _Body(BaseModel):
 class LimitsBody(_Body):
     """Rate limits and monthly quota; unset fields fall back (key -> tenant -> none)."""
 
-    requests_per_s: float | None = Field(None, gt=0, le=1e6, description="Requests/s.")
-    texts_per_s: float | None = Field(None, gt=0, le=1e7, description="Texts/s.")
+    requests_per_s: float | None = Field(
+        None, gt=0, le=MAX_REQUESTS_PER_S, description="Requests/s."
+    )
+    texts_per_s: float | None = Field(None, gt=0, le=MAX_TEXTS_PER_S, description="Texts/s.")
     monthly_texts: int | None = Field(
         None, ge=1, le=MAX_MONTHLY_TEXTS, description="Texts per calendar month."
     )
