@@ -19,12 +19,12 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stores.events import EVENT_TYPES, Event
+from stores.events import EVENT_TYPES, Event, EventLog
 
 COLUMNS = ("user", "item", "type", "timestamp")
 BATCH_ROWS = 65_536
@@ -84,27 +84,48 @@ async def materialize(
 
 
 async def rebuild(tenant: str, catalog: str | None, definitions_path: str | None) -> str:
-    """The tenant's events from the log, folded and written; a one-line report."""
+    """The tenant's events from the log, folded and written; a one-line report. Events
+    the log takes meanwhile are replayed into the rows written (see `write_rows`)."""
     from deployments.tenancy.access import registry_url
     from stores.events_sql import open_event_log
     from stores.secrets import load_secrets
 
     started = time.perf_counter()
     log = open_event_log(registry_url(load_secrets()))
-    events: list[Event] = []
     try:
-        after = 0
-        while page := log.scan(tenant, after, 10_000):
-            events += [s.event for s in page]
-            after = page[-1].seq
+        events, seq = _scan(log, tenant, 0)
+        attrs: dict[str, dict[str, Any]] = {}
+        _attributes(tenant, catalog, events, attrs)
+
+        def later() -> tuple[list[Event], dict[str, dict[str, Any]]]:
+            newer, _ = _scan(log, tenant, seq)
+            _attributes(tenant, catalog, [e for e in newer if e.item not in attrs], attrs)
+            return newer, attrs
+
+        return await write_rows(tenant, events, attrs, definitions_path, [], started, later)
     finally:
         log.close()
-    attrs: dict[str, dict[str, Any]] = {}
+
+
+def _scan(log: EventLog, tenant: str, after: int) -> tuple[list[Event], int]:
+    """The tenant's events after seq `after`, read in pages to the log's end; the last
+    seq read (`after` when none)."""
+    events: list[Event] = []
+    while page := log.scan(tenant, after, 10_000):
+        events += [s.event for s in page]
+        after = page[-1].seq
+    return events, after
+
+
+def _attributes(
+    tenant: str, catalog: str | None, events: list[Event], attrs: dict[str, dict[str, Any]]
+) -> None:
+    """Add the attributes of the events' items to `attrs`, from `catalog` or else each
+    event's own."""
     catalogs = {catalog} if catalog else {e.catalog for e in events if e.catalog}
     for name in sorted(catalogs):
         wanted = {e.item for e in events if catalog or e.catalog == name}
         attrs.update(item_attributes(tenant, name, wanted))
-    return await write_rows(tenant, events, attrs, definitions_path, [], started)
 
 
 async def write_rows(
@@ -114,8 +135,17 @@ async def write_rows(
     definitions_path: str | None,
     skipped: list[str],
     started: float,
+    later: Callable[[], tuple[list[Event], dict[str, dict[str, Any]]]] | None = None,
 ) -> str:
-    """Fold `events` into whole rows and replace them in the store; the report."""
+    """Fold `events` into whole rows and replace them in the store; the report.
+
+    `later`: the events the log took after `events` (with their items' attributes). A
+    replica merges each event online just after appending it, so one merged after the
+    scan but before its row is replaced is wiped by the replacement: after each batch of
+    rows, every later event is read (to the log's end) and merged again into the rows
+    just written. An event in the log by then whose online merge lands on the new row
+    instead is counted twice by counts, sums and affinities (lists and times take it
+    once); none is lost."""
     from configs.features import DefinitionsError, load_definitions
     from deployments.pipelines.features import FeatureService
     from deployments.pipelines.features_wiring import open_online_store
@@ -128,10 +158,18 @@ async def write_rows(
     log = logging.getLogger("servekit.features")
     store = open_online_store(5.0, log)
     service = FeatureService(definitions, store, None, None, log)
+    replayed = 0
     try:
         rows = service.rows(tenant, events, attrs)
         for at in range(0, len(rows), WRITE_ROWS):
-            await store.replace(rows[at : at + WRITE_ROWS])
+            chunk = rows[at : at + WRITE_ROWS]
+            await store.replace(chunk)
+            if later is not None:
+                newer, newer_attrs = await asyncio.to_thread(later)
+                written = {key for key, _, _ in chunk}
+                merges = service.merges(tenant, newer, newer_attrs)
+                await store.merge([m for m in merges if m.key in written])
+                replayed = max(replayed, len(newer))
     except FeatureStoreUnavailable as e:
         raise MaterializeError(str(e)) from e
     except ValueError as e:  # a tenant or id out of bounds
@@ -145,6 +183,8 @@ async def write_rows(
         f"materialized {len(events)} events of tenant {tenant} into {len(rows)} rows "
         f"({users} users, {items} items) in {where} in {time.perf_counter() - started:.1f} s"
     ]
+    if replayed:
+        lines.append(f"{replayed} events arrived meanwhile: merged again into the rows written")
     if skipped:
         lines.append(f"skipped {len(skipped)} rows: {'; '.join(skipped[:5])}")
     return "\n".join(lines)

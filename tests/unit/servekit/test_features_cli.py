@@ -162,3 +162,53 @@ def test_rebuild_from_the_event_log_after_redis_lost_its_data(
     assert mine["category_affinity:shoes"] == 8
     assert mine["recent_items"] == ["sock", "boot"]
     assert theirs is None
+
+
+def test_rebuild_keeps_events_merged_online_between_its_scan_and_its_write(
+    registry: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replica appends and merges events after the rebuild read the log, before it
+    replaces the rows (which wipes what those merges did): the rebuild merges them again
+    into the rows it wrote, and leaves the rows it did not write alone."""
+    import logging
+    from datetime import UTC, datetime
+
+    from configs.features import load_definitions
+    from deployments.pipelines.features import FeatureService
+    from stores.events import Event
+    from stores.events_sql import open_event_log
+
+    at = datetime.now(UTC)
+    path = embedded_path(registry)
+    log = open_event_log(registry)
+    log.append("tn_a", [Event("u1", "boot", "purchase", at, "shop")])
+    replica = FeatureService(
+        load_definitions(), SqliteFeatureStore(path), log, None, logging.getLogger("test")
+    )
+    late = [Event("u1", "sock", "view", at, "shop"), Event("u2", "boot", "click", at, "shop")]
+    replace = SqliteFeatureStore.replace
+
+    async def after_the_scan(store: SqliteFeatureStore, rows: Any) -> None:
+        if late:
+            await replica.ingest("tn_a", late[:], None)
+            late.clear()
+        await replace(store, rows)
+
+    monkeypatch.setattr(SqliteFeatureStore, "replace", after_the_scan)
+    assert main(["features", "rebuild", "--tenant", "tn_a"]) == 0
+    asyncio.run(replica.close())
+    u1, u2, boot, sock = read(
+        SqliteFeatureStore(path),
+        RowKey("tn_a", "user_activity", "u1"),
+        RowKey("tn_a", "user_activity", "u2"),
+        RowKey("tn_a", "item_popularity", "boot"),
+        RowKey("tn_a", "item_popularity", "sock"),
+    )
+    assert (u1["events"], u1["purchases"], u1["views"]) == (2, 1, 1)
+    assert u1["recent_items"] == ["sock", "boot"]
+    assert u1["category_affinity:socks"] == 1  # the late item's attributes, from its catalog
+    assert (u2["events"], u2["clicks"]) == (1, 1)  # not written by the rebuild: once
+    assert (boot["events"], sock["events"]) == (2, 1)
+    out = capsys.readouterr().out
+    assert "materialized 1 events of tenant tn_a into 2 rows" in out
+    assert "2 events arrived meanwhile: merged again" in out
