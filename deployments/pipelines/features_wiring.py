@@ -5,6 +5,7 @@ attributes (the search service's catalogs, in this replica's memory)."""
 
 from __future__ import annotations
 
+import asyncio
 from logging import Logger
 from pathlib import Path
 
@@ -52,9 +53,26 @@ def open_online_store(timeout_s: float, log: Logger) -> OnlineStore:
 
 
 def catalog_items(search: SearchService | None) -> ItemLookup | None:
-    """Item attributes from the search service's catalogs (None without search)."""
+    """Item attributes from the search service's catalogs (None without search): from
+    this replica's index, or, on the ingress of sharded catalogs (whose items the shards
+    hold, not this replica), from the catalog store."""
     if search is None:
         return None
+    if search.shards is not None:
+        store = search.store
+
+        def read(tenant: str, catalog: str, item_ids: list[str]) -> Attributes:
+            found: Attributes = {}
+            for item_id in dict.fromkeys(item_ids):
+                item = store.get(tenant, catalog, item_id)
+                if item is not None:
+                    found[item_id] = item_attributes(item.attributes, item.text)
+            return found
+
+        async def from_store(tenant: str, catalog: str, item_ids: list[str]) -> Attributes:
+            return await asyncio.to_thread(read, tenant, catalog, item_ids)
+
+        return from_store
 
     async def lookup(tenant: str, catalog: str, item_ids: list[str]) -> Attributes:
         index = search.catalogs.get((tenant, catalog))
