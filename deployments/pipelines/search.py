@@ -392,8 +392,11 @@ class SearchService:
             space: {item.id: matrix[n].astype(np.float32).tobytes() for n, item in enumerate(items)}
             for space, matrix in vectors.items()
         }
-        seq = await asyncio.to_thread(self.store.upsert, tenant, catalog, items, blobs)
+        # Written and applied under the writers' lock, as `delete` and `configure`: this
+        # replica applies its own writes in the store's order, so a delete that commits
+        # after this upsert is never undone here by the upsert's apply.
         async with self._lock:
+            seq = await asyncio.to_thread(self.store.upsert, tenant, catalog, items, blobs)
             await asyncio.to_thread(self._apply_upsert, tenant, catalog, items, vectors)
         return seq
 
@@ -449,8 +452,10 @@ class SearchService:
 
     async def delete(self, tenant: str, catalog: str, item_id: str) -> bool:
         """Delete one item (the store first); False when there was none."""
-        seq = await asyncio.to_thread(self.store.delete, tenant, catalog, item_id)
-        async with self._lock:  # after any page the follower read before the delete
+        # Under the writers' lock: after any page the follower read before the delete,
+        # and in the store's order with this replica's upserts.
+        async with self._lock:
+            seq = await asyncio.to_thread(self.store.delete, tenant, catalog, item_id)
             index = self.catalogs.get((tenant, catalog))
             if index is not None:
                 index.delete(item_id)

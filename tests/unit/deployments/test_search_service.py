@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -269,11 +270,13 @@ def test_a_stored_item_no_replica_can_index_is_logged_and_left_out(
 
 
 class _Hooked:
-    """A catalog store that runs `hook` once, right after an upsert commits."""
+    """A catalog store that runs `hook` once, right after an upsert (or with
+    `on_delete`, a delete) commits."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
         self.hook: Any = None
+        self.on_delete: Any = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -282,6 +285,13 @@ class _Hooked:
         seq: int = self.store.upsert(*args)
         if self.hook is not None:
             hook, self.hook = self.hook, None
+            hook()
+        return seq
+
+    def delete(self, *args: Any) -> int | None:
+        seq: int | None = self.store.delete(*args)
+        if self.on_delete is not None:
+            hook, self.on_delete = self.on_delete, None
             hook()
         return seq
 
@@ -331,5 +341,62 @@ def test_a_follower_backfills_an_item_stored_without_a_vector(
         assert len(follower.catalogs["acme", "shop"]) == len(_items())
         assert follower.ready_spaces("acme", "shop") == ["m/v1"]
         await follower.close()
+
+    asyncio.run(run())
+
+
+class _Meanwhile:
+    """A store hook that starts `work` on the loop and gives it time to run as far as
+    it can while the store call that ran the hook has committed but not returned."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, work: Any) -> None:
+        self.loop, self.work = loop, work
+        self.done: Any = None
+
+    def __call__(self) -> None:
+        self.done = asyncio.run_coroutine_threadsafe(self.work(), self.loop)
+        time.sleep(0.3)
+
+
+def test_a_delete_after_an_upsert_is_not_undone_by_the_upserts_apply(url: str) -> None:
+    """A delete (and the follower's poll) that commit while an upsert of the same item
+    is between its store write and its local apply: the item stays deleted here."""
+
+    async def run() -> None:
+        hooked = _Hooked(open_catalog_store(url))
+        service = SearchService(hooked, embed_items, 3600, LOG, backfill_delay_s=3600)  # type: ignore[arg-type]
+        await service.start(["m/v1"])
+
+        async def delete() -> None:
+            await service.delete("acme", "shop", "i0")
+            await service.follow_once()
+
+        hooked.hook = meanwhile = _Meanwhile(asyncio.get_running_loop(), delete)
+        await service.upsert("acme", "shop", _items())
+        await asyncio.wrap_future(meanwhile.done)
+        await service.follow_once()
+        assert service.store.get("acme", "shop", "i0") is None
+        assert service.catalogs["acme", "shop"].get("i0") is None
+        await service.close()
+
+    asyncio.run(run())
+
+
+def test_an_upsert_after_a_delete_is_not_undone_by_the_deletes_apply(url: str) -> None:
+    async def run() -> None:
+        hooked = _Hooked(open_catalog_store(url))
+        service = SearchService(hooked, embed_items, 3600, LOG, backfill_delay_s=3600)  # type: ignore[arg-type]
+        await service.start(["m/v1"])
+        await service.upsert("acme", "shop", _items())
+
+        async def upsert() -> None:
+            await service.upsert("acme", "shop", [_items()[0]])
+
+        hooked.on_delete = meanwhile = _Meanwhile(asyncio.get_running_loop(), upsert)
+        await service.delete("acme", "shop", "i0")
+        await asyncio.wrap_future(meanwhile.done)
+        assert service.store.get("acme", "shop", "i0") is not None
+        assert service.catalogs["acme", "shop"].get("i0") is not None
+        await service.close()
 
     asyncio.run(run())
