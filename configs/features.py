@@ -124,7 +124,9 @@ class FeatureDefinitions(_Strict):
     entities: dict[Literal["user", "item"], EntitySpec]
     event_weights: dict[EventType, float] = Field(
         default_factory=lambda: dict(_DEFAULT_WEIGHTS),
-        description="How much one event of each type adds to an affinity.",
+        description=(
+            "How much one event of each type adds to an affinity and to an item's popularity."
+        ),
     )
     feature_views: dict[FeatureName, FeatureViewSpec] = Field(min_length=1)
 
@@ -144,6 +146,10 @@ class FeatureDefinitions(_Strict):
     def weight(self, event_type: str) -> float:
         """An event type's affinity weight (0 when not listed)."""
         return float(self.event_weights.get(event_type, 0.0))  # type: ignore[call-overload]
+
+    def weights(self) -> dict[str, float]:
+        """Every listed event type's weight (what popular items are ranked by too)."""
+        return {str(kind): float(w) for kind, w in self.event_weights.items()}
 
 
 class FeatureSettings(_Strict):

@@ -8,6 +8,7 @@ every read.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -60,10 +61,16 @@ class EventLog(Protocol):
         """The user's newest events, newest first, at most `limit`."""
 
     def popular(
-        self, tenant_id: str, since: datetime, weights: dict[str, float], limit: int
+        self,
+        tenant_id: str,
+        since: datetime,
+        weights: Mapping[str, float],
+        limit: int,
+        catalog: str | None = None,
     ) -> list[tuple[str, float]]:
         """The tenant's items with the most weighted events at or after `since` (each
-        event weighing `weights[type]`), most first (ties by item id), at most `limit`."""
+        event weighing `weights[type]`), most first (ties by item id), at most `limit`;
+        with `catalog`, of the events naming it or no catalog."""
 
     def close(self) -> None:
         """Release connections."""

@@ -3,6 +3,7 @@ database, with the registry's engines, transactions and migration history (0004)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,9 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
+    true,
 )
 from sqlalchemy.exc import DBAPIError
 
@@ -123,9 +126,15 @@ class SqlEventLog:
             return [_stored(row) for row in conn.execute(query)]
 
     def popular(
-        self, tenant_id: str, since: datetime, weights: dict[str, float], limit: int
+        self,
+        tenant_id: str,
+        since: datetime,
+        weights: Mapping[str, float],
+        limit: int,
+        catalog: str | None = None,
     ) -> list[tuple[str, float]]:
-        """The tenant's items with the most weighted events since `since`, most first."""
+        """The tenant's items with the most weighted events since `since`, most first
+        (with `catalog`: of its events and those that named none)."""
         c = events_table.c
         weight = case(
             *((c.type == kind, literal(float(w))) for kind, w in sorted(weights.items())),
@@ -134,7 +143,11 @@ class SqlEventLog:
         total = func.sum(weight).label("weight")
         query = (
             select(c.item_id, total)
-            .where(c.tenant_id == tenant_id, c.at >= since)
+            .where(
+                c.tenant_id == tenant_id,
+                c.at >= since,
+                true() if catalog is None else or_(c.catalog == catalog, c.catalog.is_(None)),
+            )
             .group_by(c.item_id)
             .order_by(total.desc(), c.item_id)
             .limit(max(0, limit))

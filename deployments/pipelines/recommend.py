@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from logging import Logger
@@ -102,24 +102,28 @@ class PopularItems:
     replica reads the same answer, re-read at most every `refresh_s`."""
 
     def __init__(self, events: EventLog | None, settings: RecommendationSettings,
-                 log: Logger) -> None:  # fmt: skip
+                 log: Logger, weights: Mapping[str, float] = EVENT_WEIGHTS) -> None:  # fmt: skip
+        """`weights`: what each event type weighs (the feature definitions'
+        `event_weights`)."""
         self.events = events
         self.settings = settings
         self.log = log
-        self._lists: dict[str, tuple[float, list[str]]] = {}
-        self._refreshing: dict[str, asyncio.Task[list[str]]] = {}
+        self.weights = dict(weights)
+        self._lists: dict[tuple[str, str], tuple[float, list[str]]] = {}
+        self._refreshing: dict[tuple[str, str], asyncio.Task[list[str]]] = {}
 
-    async def of(self, tenant: str) -> list[str]:
-        """The tenant's popular item ids, most first: re-read when older than
-        `popular_refresh_s` (the stale list answers when the read is slow; the first
-        call waits for it)."""
+    async def of(self, tenant: str, catalog: str) -> list[str]:
+        """The popular item ids of the tenant's catalog (its events, and those that
+        named no catalog), most first: re-read when older than `popular_refresh_s` (the
+        stale list answers when the read is slow; the first call waits for it)."""
         now = time.monotonic()
-        cached = self._lists.get(tenant)
+        key = (tenant, catalog)
+        cached = self._lists.get(key)
         if cached is not None and now - cached[0] < self.settings.popular_refresh_s:
             return cached[1]
-        task = self._refreshing.get(tenant)
+        task = self._refreshing.get(key)
         if task is None or task.done():
-            task = self._refreshing[tenant] = asyncio.create_task(self._read(tenant))
+            task = self._refreshing[key] = asyncio.create_task(self._read(tenant, catalog))
         if cached is None:
             return await asyncio.shield(task)
         try:
@@ -127,21 +131,21 @@ class PopularItems:
         except TimeoutError:
             return cached[1]
 
-    async def _read(self, tenant: str) -> list[str]:
+    async def _read(self, tenant: str, catalog: str) -> list[str]:
         if self.events is None:
             return []
         since = datetime.fromtimestamp(time.time() - self.settings.popular_window_s, UTC)
         try:
             rows = await asyncio.to_thread(
-                self.events.popular, tenant, since, EVENT_WEIGHTS, POPULAR_LIMIT
+                self.events.popular, tenant, since, self.weights, POPULAR_LIMIT, catalog
             )
         except Exception as e:  # the log is down: keep what we had
             self.log.warning(
                 "popular items not read", extra={"fields": {"error": type(e).__name__}}
             )
-            return self._lists.get(tenant, (0.0, []))[1]
+            return self._lists.get((tenant, catalog), (0.0, []))[1]
         ids = [item for item, _ in rows]
-        self._lists[tenant] = (time.monotonic(), ids)
+        self._lists[(tenant, catalog)] = (time.monotonic(), ids)
         return ids
 
 
@@ -269,7 +273,7 @@ class RecommendService:
         """Popular items within the filters (then the catalog's), not seen nor taken."""
         skip = seen | taken
         want = q.k - len(taken)
-        ids = [i for i in await self.popular.of(q.tenant) if i not in skip]
+        ids = [i for i in await self.popular.of(q.tenant, q.catalog) if i not in skip]
         items = index.matching(ids, q.filters, want)
         if len(items) < want:
             have = skip | {i.id for i in items}

@@ -469,7 +469,8 @@ async def serve_worker(args_json: str, socket_path: str) -> None:
     versions = {v: b.recommender for (_, v), b in load_recommenders(args).items()}
     service = RecommendService(
         model, versions, search, features,
-        PopularItems(features.events, args.recommendations, log), args.recommendations,
+        PopularItems(features.events, args.recommendations, log,
+                     features.definitions.weights()), args.recommendations,
     )  # fmt: skip
     search.item_model = (model, service.item_vectors)
     await search.start([service.space(v) for v in versions])

@@ -33,7 +33,9 @@ def open_recommend(
         for (name, version), b in backends.items()
         if name == model and isinstance(b, RecommenderBackend)
     }
-    popular = PopularItems(features.events, args.recommendations, log)
+    popular = PopularItems(
+        features.events, args.recommendations, log, features.definitions.weights()
+    )
     from deployments.observability.metrics import RecommendMetrics
 
     service = RecommendService(

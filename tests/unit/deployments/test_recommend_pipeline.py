@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,29 @@ def test_an_answer_steered_by_the_item_in_view_says_when_the_store_is_down(
         assert down.degraded
 
     asyncio.run(run())
+
+
+def test_popular_items_rank_by_the_definitions_weights_within_the_catalog(
+    tmp_path: Path,
+) -> None:
+    """What a cold user gets: the catalog's items ranked by the feature definitions'
+    `event_weights` (here a view outweighs a purchase), never another catalog's."""
+    events = open_event_log(f"sqlite:///{tmp_path / 'events.db'}")
+    now = datetime.now(UTC)
+    events.append(
+        "acme",
+        [Event("u1", "viewed", "view", now, "shop"), Event("u2", "viewed", "view", now, "shop"),
+         Event("u1", "bought", "purchase", now, "shop"),
+         Event("u3", "mug", "purchase", now, "kitchen")],
+    )  # fmt: skip
+    settings = RecommendationSettings()
+
+    async def run() -> None:
+        popular = PopularItems(events, settings, LOG, {"view": 10.0, "purchase": 1.0})
+        assert await popular.of("acme", "shop") == ["viewed", "bought"]
+        assert await popular.of("acme", "kitchen") == ["mug"]
+        default = PopularItems(events, settings, LOG)  # the shipped weights: purchase 8x
+        assert await default.of("acme", "shop") == ["bought", "viewed"]
+
+    asyncio.run(run())
+    events.close()

@@ -175,3 +175,20 @@ def test_popular_items_weigh_each_event_type_within_the_window(log: SqlEventLog)
         "old"
     ) == 1
     assert log.popular("tn_c", since, weights, 10) == []
+
+
+def test_popular_items_of_one_catalog(log: SqlEventLog) -> None:
+    """A catalog's popular items: its events and those that named no catalog, never
+    another catalog's (whose items would fill the list and leave it nothing)."""
+    weights = {"view": 1.0, "purchase": 8.0}
+    at = T0 - timedelta(minutes=1)
+    log.append(
+        "tn_a",
+        [Event("u1", "shoe", "view", at, "shop"), Event("u1", "mug", "purchase", at, "kitchen"),
+         Event("u2", "sock", "view", at, None), Event("u2", "shoe", "view", at, "shop")],
+    )  # fmt: skip
+    since = T0 - timedelta(minutes=60)
+    assert log.popular("tn_a", since, weights, 10, "shop") == [("shoe", 2.0), ("sock", 1.0)]
+    assert log.popular("tn_a", since, weights, 10, "kitchen") == [("mug", 8.0), ("sock", 1.0)]
+    assert [i for i, _ in log.popular("tn_a", since, weights, 10)] == ["mug", "shoe", "sock"]
+    assert log.popular("tn_b", since, weights, 10, "shop") == []
