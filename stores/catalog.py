@@ -6,6 +6,7 @@ the registry's database).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,6 +45,16 @@ class Item:
     text: dict[str, str]  # text fields (title, description, brand, ...): embedded, BM25
     attributes: dict[str, AttrValue] = field(default_factory=dict)
     updated_at: datetime | None = None  # set by the store
+
+
+def same_body(a: Item, b: Item) -> bool:
+    """Whether two items have the same text and attributes, as JSON says them: `1`
+    and `true`, or `1` and `1.0`, differ (Python's `==` equates them)."""
+    return _canonical(a) == _canonical(b)
+
+
+def _canonical(item: Item) -> str:
+    return json.dumps([item.text, item.attributes], sort_keys=True)
 
 
 def item_text(item: Item) -> str:
@@ -127,10 +138,17 @@ class CatalogStore(Protocol):
         last change, or None when it existed (nothing is written)."""
 
     def put_vectors(
-        self, tenant_id: str, catalog: str, space: str, vectors: dict[str, bytes]
-    ) -> None:
+        self,
+        tenant_id: str,
+        catalog: str,
+        space: str,
+        vectors: dict[str, bytes],
+        made_from: dict[str, Item] | None = None,
+    ) -> list[str]:
         """Store item embeddings of one embedding space (`model/version`), float32 bytes
-        by item id; items that do not exist (any more) are skipped."""
+        by item id; items that do not exist (any more) are skipped, and with `made_from`
+        (the items as they were embedded, by id) so are items whose text or attributes
+        changed since. The ids written."""
 
     def get_vectors(
         self, tenant_id: str, catalog: str, space: str, item_ids: list[str]

@@ -46,7 +46,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from stores.catalog import CATALOG_CHANGE, CatalogInfo, Change, Item, attribute_problem
+from stores.catalog import (
+    CATALOG_CHANGE,
+    CatalogInfo,
+    Change,
+    Item,
+    attribute_problem,
+    same_body,
+)
 from stores.registry_sql import (
     UtcDateTime,
     byte_ordered,
@@ -375,25 +382,40 @@ class SqlCatalogStore:
     # --- vectors ---
 
     def put_vectors(
-        self, tenant_id: str, catalog: str, space: str, vectors: dict[str, bytes]
-    ) -> None:
+        self,
+        tenant_id: str,
+        catalog: str,
+        space: str,
+        vectors: dict[str, bytes],
+        made_from: dict[str, Item] | None = None,
+    ) -> list[str]:
         """Store (or replace) embeddings of one space, float32 bytes by item id; items
-        that do not exist (any more) are skipped."""
+        that do not exist (any more) are skipped, and with `made_from` (the items as
+        they were embedded) so are those upserted since with another text or other
+        attributes: a slow embedding never leaves the old text's vector for good. The
+        ids written. Checked and written under the change log's lock, so no upsert
+        commits between the check and the write."""
         _check_catalog(tenant_id, catalog)
         _check_space(space)
         for item_id, vector in vectors.items():
             _check_item_id(item_id)
             if not vector or len(vector) % 4:
                 raise ValueError("a vector must be float32 bytes: a non-zero multiple of 4")
+        written: list[str] = []
         if not vectors:
-            return
+            return written
         with writing(self._engine) as conn:
             _lock_log(conn)
             for chunk in _chunks(sorted(vectors)):
-                query = select(items_table.c.item_id).where(
+                query = select(items_table).where(
                     _in_catalog(items_table, tenant_id, catalog, chunk)
                 )
-                present = conn.execute(query).scalars().all()
+                present = [
+                    row.item_id
+                    for row in conn.execute(query)
+                    if made_from is None
+                    or (row.item_id in made_from and same_body(_item(row), made_from[row.item_id]))
+                ]
                 rows = [
                     {
                         "tenant_id": tenant_id,
@@ -406,6 +428,8 @@ class SqlCatalogStore:
                 ]
                 if rows:
                     conn.execute(self._upsert_vectors(), rows)
+                written.extend(sorted(present))
+        return written
 
     def get_vectors(
         self, tenant_id: str, catalog: str, space: str, item_ids: list[str]

@@ -32,7 +32,14 @@ from deployments.pipelines.filters import AttributeColumns
 from deployments.pipelines.shards import ShardSet, catalog_key
 from models.catalog_snapshot import CatalogSnapshot
 from models.lexical import CorpusStats
-from stores.catalog import CATALOG_CHANGE, CatalogStore, Change, Item, attribute_problem
+from stores.catalog import (
+    CATALOG_CHANGE,
+    CatalogStore,
+    Change,
+    Item,
+    attribute_problem,
+    same_body,
+)
 
 # (tenant, catalog, loader): a catalog snapshot to start from (verified by the loader)
 SnapshotSource = tuple[str, str, Callable[[], CatalogSnapshot]]
@@ -351,10 +358,13 @@ class SearchService:
         for start in range(0, len(missing), size):
             batch = missing[start : start + size]
             ids = [i.id for i in batch]
-            stored = await asyncio.to_thread(self.store.get_vectors, tenant, catalog, space, ids)
-            index.set_vectors(
-                space, {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
-            )
+            async with self._lock:  # the writers' lock: no apply in between
+                stored = await asyncio.to_thread(
+                    self.store.get_vectors, tenant, catalog, space, ids
+                )
+                index.set_vectors(
+                    space, {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
+                )
             batch = [i for i in batch if i.id not in stored]
             if not batch:
                 continue
@@ -363,15 +373,39 @@ class SearchService:
             took = time.monotonic()
             vectors = await self._vectors(tenant, space, batch)
             took = 0.0 if cheap else time.monotonic() - took
-            by_id = {item.id: vectors[n] for n, item in enumerate(batch)}
-            blobs = {i: v.astype(np.float32).tobytes() for i, v in by_id.items()}
-            await asyncio.to_thread(self.store.put_vectors, tenant, catalog, space, blobs)
-            index.set_vectors(space, by_id)
-            embedded += len(batch)
+            embedded += await self._keep_vectors(tenant, catalog, index, space, batch, vectors)
             await asyncio.sleep(took * (1 / BACKFILL_DUTY - 1))
         seconds = round(time.monotonic() - started, 2)
         fields = {"tenant": tenant, "catalog": catalog, "space": space, "embedded": embedded}
         self.log.info("index backfilled", extra={"fields": {**fields, "seconds": seconds}})
+
+    async def _keep_vectors(
+        self,
+        tenant: str,
+        catalog: str,
+        index: CatalogIndex,
+        space: str,
+        items: list[Item],
+        vectors: npt.NDArray[np.float32],
+    ) -> int:
+        """Store and index the vectors a backfill made of `items`, each only while the
+        item is still what was embedded, in the store and here (an upsert during the
+        embedding brought its own vectors): how many were kept."""
+        made_from = {item.id: item for item in items}
+        by_id = {item.id: vectors[n] for n, item in enumerate(items)}
+        blobs = {i: v.astype(np.float32).tobytes() for i, v in by_id.items()}
+        async with self._lock:
+            written = await asyncio.to_thread(
+                self.store.put_vectors, tenant, catalog, space, blobs, made_from
+            )
+            current = {i: index.get(i) for i in written}
+            kept = {
+                i: by_id[i]
+                for i, item in current.items()
+                if item is not None and same_body(item, made_from[i])
+            }
+            index.set_vectors(space, kept)
+        return len(kept)
 
     # ---- what the routes call ----------------------------------------------------
 

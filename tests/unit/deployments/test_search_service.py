@@ -400,3 +400,30 @@ def test_an_upsert_after_a_delete_is_not_undone_by_the_deletes_apply(url: str) -
         await service.close()
 
     asyncio.run(run())
+
+
+def test_a_backfill_keeps_no_vector_of_a_text_replaced_while_it_embedded(url: str) -> None:
+    """An item upserted again while a backfill embeds its old text: the store and the
+    index end with the new text's vector in the backfilled space."""
+    service: SearchService
+
+    async def embed(tenant: str, space: str, texts: list[str]) -> npt.NDArray[np.float32]:
+        if space == "m/v2" and "red trail shoes. SKU-0000" in texts:
+            await service.upsert("acme", "shop", [Item("i0", {"title": "orange hat"})])
+        return await fake_embed(space, texts)
+
+    async def run() -> None:
+        nonlocal service
+        service = SearchService(open_catalog_store(url), embed, 3600, LOG, backfill_delay_s=3600)
+        await service.start(["m/v1"])
+        await service.upsert("acme", "shop", _items())
+        await service.start(["m/v1", "m/v2"])
+        await service.backfill()
+        new = (await fake_embed("m/v2", ["orange hat"]))[0]
+        stored = service.store.get_vectors("acme", "shop", "m/v2", ["i0"])["i0"]
+        assert np.allclose(np.frombuffer(stored, dtype=np.float32), new)
+        assert np.allclose(service.catalogs["acme", "shop"].vectors_of("m/v2", ["i0"])[0], new)
+        assert service.ready_spaces("acme", "shop") == ["m/v1", "m/v2"]
+        await service.close()
+
+    asyncio.run(run())

@@ -535,3 +535,15 @@ def test_an_upsert_writes_its_items_vectors_in_its_transaction(store: SqlCatalog
         store.upsert("tn_a", "c", [item("z")], {SPACE: {"z": b"abc"}})
     assert store.head() == head
     assert store.get("tn_a", "c", "z") is None
+
+
+def test_vectors_made_from_an_item_since_replaced_are_not_stored(store: SqlCatalogStore) -> None:
+    embedded = {"x": item("x", "red shoe", n=1), "y": item("y"), "z": item("z", on=1)}
+    store.upsert("tn_a", "c", list(embedded.values()))
+    store.upsert("tn_a", "c", [item("x", "blue sock", n=1), item("z", on=True)])
+    blobs = {"x": vec(1), "y": vec(2), "z": vec(3), "gone": vec(4)}
+    assert store.put_vectors("tn_a", "c", SPACE, blobs, embedded) == ["y"]
+    assert store.get_vectors("tn_a", "c", SPACE, list(blobs)) == {"y": vec(2)}
+    current = {"x": item("x", "blue sock", n=1), "z": item("z", on=True)}
+    assert store.put_vectors("tn_a", "c", SPACE, blobs, current) == ["x", "z"]
+    assert store.put_vectors("tn_a", "c", OTHER_SPACE, blobs) == ["x", "y", "z"]
