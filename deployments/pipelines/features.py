@@ -139,8 +139,13 @@ class FeatureService:
         if self.meter is not None:
             self.meter.events_seen(accepted, rejected)
 
-    def merges(self, tenant: str, events: Sequence[Event], attrs: Attributes) -> list[Merge]:
-        """The merges `events` make: one per (view, entity) they touch."""
+    def merges(
+        self, tenant: str, events: Sequence[Event], attrs: Attributes, history: bool = False
+    ) -> list[Merge]:
+        """The merges `events` make: one per (view, entity) they touch. `history`: the
+        events are a whole history in time order, and each row counts only those after
+        its last gap of the view's TTL or more (where the row went stale, as online it
+        would have, and started again from nothing)."""
         out: list[Merge] = []
         for entity in ("user", "item"):
             groups: dict[str, list[Event]] = defaultdict(list)
@@ -148,21 +153,20 @@ class FeatureService:
                 groups[event.user if entity == "user" else event.item].append(event)
             for name, view in self.definitions.views_of(entity).items():
                 for entity_id, group in groups.items():
-                    out.append(self._merge(RowKey(tenant, name, entity_id), view, group, attrs))
+                    kept = _since_last_gap(group, view.ttl_s) if history else group
+                    out.append(self._merge(RowKey(tenant, name, entity_id), view, kept, attrs))
         return out
 
     def rows(
         self, tenant: str, events: Iterable[Event], attrs: Attributes
     ) -> list[tuple[RowKey, Row, float]]:
-        """Whole rows from a history of events (materialization): the merges of every
-        event, folded in memory."""
+        """Whole rows from a history of events (materialization), as the events merged
+        one after another online would have left them, a row gone stale included."""
         history = sorted(events, key=lambda e: e.at)
-        built: dict[RowKey, Row] = {}
-        ttl: dict[RowKey, float] = {}
-        for merge in self.merges(tenant, history, attrs):
-            built[merge.key] = apply_merge(built.get(merge.key), merge)
-            ttl[merge.key] = merge.ttl_s
-        return [(key, row, ttl[key]) for key, row in built.items()]
+        return [
+            (merge.key, apply_merge(None, merge), merge.ttl_s)
+            for merge in self.merges(tenant, history, attrs, history=True)
+        ]
 
     async def close(self) -> None:
         """Release the store and the log."""
@@ -276,6 +280,16 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [v for v in value if isinstance(v, str) and v]
     return []
+
+
+def _since_last_gap(events: list[Event], ttl_s: float) -> list[Event]:
+    """The events (in time order) after the last gap of `ttl_s` or more between two of
+    them: all of them without one."""
+    start = 0
+    for n in range(1, len(events)):
+        if (events[n].at - events[n - 1].at).total_seconds() >= ttl_s:
+            start = n
+    return events[start:]
 
 
 def item_attributes(attributes: dict[str, Any], text: dict[str, str]) -> dict[str, Any]:

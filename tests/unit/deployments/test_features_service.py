@@ -250,6 +250,36 @@ def test_materialized_rows_equal_what_the_events_would_have_built(
     asyncio.run(body())
 
 
+def test_a_rebuilt_row_starts_again_after_a_gap_longer_than_its_ttl(
+    definitions: FeatureDefinitions, tmp_path: Path, log: SqlEventLog
+) -> None:
+    """Online, a row gone stale (its TTL past its newest event) starts again from
+    nothing at the next event; a row rebuilt from the same history does the same."""
+    day = 86400.0
+    history = [
+        ev("u1", "a", "view", 50 * day),
+        ev("u1", "b", "view", 45 * day),
+        ev("u1", "c", "view", 10 * day),  # 35 days after b: the 30-day row went stale
+        ev("u1", "d", "view", 0),
+    ]
+
+    async def body() -> None:
+        live = service(definitions, tmp_path / "live", log)
+        for event in history:
+            await live.ingest("tn_a", [event], "shop")
+        online = (await live.read("tn_a", "user", "u1")).views["user_activity"]
+        assert (online["views"], online["recent_items"]) == (2, ["d", "c"])
+        bulk = FeatureService(
+            definitions, SqliteFeatureStore(tmp_path / "bulk.db"), None, None, LOG
+        )
+        await bulk.store.replace(bulk.rows("tn_a", history, CATALOG))
+        assert (await bulk.read("tn_a", "user", "u1")).views["user_activity"] == online
+        await live.close()
+        await bulk.close()
+
+    asyncio.run(body())
+
+
 def test_a_late_event_does_not_push_newer_items_out(
     definitions: FeatureDefinitions, tmp_path: Path, log: SqlEventLog
 ) -> None:
