@@ -44,7 +44,7 @@ from models.example_catalog_data import (
     Department,
     Leaf,
 )
-from stores.catalog import AttrValue, Item
+from stores.catalog import AttrValue, Item, item_problem
 
 DEFAULT_ITEMS = 50_000
 IN_STOCK_SHARE = 0.88
@@ -380,7 +380,9 @@ def write_items(items: Iterable[Item], path: Path) -> None:
 
 def read_items(path: Path) -> list[Item]:
     """Items from a JSON-lines file: `{"id", "text": {field: str}, "attributes": {...}}`
-    a line; a line that is not one names its number."""
+    a line, each as the items route takes it (`null`, `NaN` or an integer past 2^53 in
+    an attribute is refused, as a snapshot must not hold what no replica can index); a
+    line that is not one names its number and the field."""
     items = []
     with path.open() as lines:
         for n, line in enumerate(lines, start=1):
@@ -393,7 +395,13 @@ def read_items(path: Path) -> list[Item]:
                     raise TypeError("id must be a string and text an object")
                 if not all(isinstance(v, str) for v in text.values()):
                     raise TypeError("text fields must be strings")
-                items.append(Item(row["id"], dict(text), dict(row.get("attributes") or {})))
+                attributes = row.get("attributes", {})
+                if not isinstance(attributes, dict):
+                    raise TypeError("attributes: an object")
+                item = Item(row["id"], dict(text), dict(attributes))
+                if (problem := item_problem(item)) is not None:
+                    raise ValueError(problem)
+                items.append(item)
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{n}: not a catalog item ({e})") from e
     return items

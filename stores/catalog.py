@@ -47,6 +47,37 @@ class Item:
     updated_at: datetime | None = None  # set by the store
 
 
+MAX_ITEM_ID = 256
+MAX_TEXT_FIELDS = 16
+MAX_ATTRIBUTES = 64
+
+
+def item_problem(item: Item) -> str | None:
+    """What makes `item` one the items route would refuse, naming the field (`id`,
+    `text.title`, `attributes.price`), or None: for items that come another way (a
+    snapshot, a JSON-lines file), so that they meet the same rules."""
+    item_id: object = item.id
+    if not isinstance(item_id, str) or not 0 < len(item_id) <= MAX_ITEM_ID:
+        return f"id: a string of 1 to {MAX_ITEM_ID} characters"
+    if "\x00" in item_id or item_id in (".", ".."):
+        return "id: no NUL character, and not . or .."
+    text: object = item.text
+    if not isinstance(text, dict) or not 0 < len(text) <= MAX_TEXT_FIELDS:
+        return f"text: an object of 1 to {MAX_TEXT_FIELDS} text fields"
+    for name, value in text.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            return f"text.{name}: a string"
+    attributes: object = item.attributes
+    if not isinstance(attributes, dict) or len(attributes) > MAX_ATTRIBUTES:
+        return f"attributes: an object of at most {MAX_ATTRIBUTES} attributes"
+    for name, value in attributes.items():
+        if not isinstance(name, str):
+            return "attributes: names are strings"
+        if (problem := attribute_problem(value)) is not None:
+            return f"attributes.{name}: {problem}"
+    return None
+
+
 def same_body(a: Item, b: Item) -> bool:
     """Whether two items have the same text and attributes, as JSON says them: `1`
     and `true`, or `1` and `1.0`, differ (Python's `==` equates them)."""

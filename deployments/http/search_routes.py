@@ -34,7 +34,15 @@ from deployments.pipelines.filters import FilterError
 from deployments.pipelines.personalize import depth, personalize
 from deployments.pipelines.search import SearchService
 from models.recommender import Profile
-from stores.catalog import AttrValue, CatalogInfo, Item, attribute_problem
+from stores.catalog import (
+    MAX_ATTRIBUTES,
+    MAX_ITEM_ID,
+    MAX_TEXT_FIELDS,
+    AttrValue,
+    CatalogInfo,
+    Item,
+    attribute_problem,
+)
 
 CATALOG_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 NO_AUTH_TENANT = "default"  # the one tenant when auth is off
@@ -75,12 +83,17 @@ class ItemIn(_Body):
     """A catalog item: text fields (embedded and matched by BM25) and attributes (for
     filters)."""
 
-    id: PathId = Field(min_length=1, max_length=256)
+    # The limits `stores.catalog.item_problem` applies to items that come another way.
+    id: PathId = Field(min_length=1, max_length=MAX_ITEM_ID)
     text: dict[str, str] = Field(
-        min_length=1, max_length=16, description="Text fields, e.g. title, description, brand."
+        min_length=1,
+        max_length=MAX_TEXT_FIELDS,
+        description="Text fields, e.g. title, description, brand.",
     )
     attributes: dict[str, AttrIn] = Field(
-        default_factory=dict, max_length=64, description="e.g. category, price, tags, in_stock."
+        default_factory=dict,
+        max_length=MAX_ATTRIBUTES,
+        description="e.g. category, price, tags, in_stock.",
     )
 
 

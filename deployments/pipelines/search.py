@@ -30,6 +30,7 @@ from deployments.pipelines.catalog_index import (
 )
 from deployments.pipelines.filters import AttributeColumns
 from deployments.pipelines.shards import ShardSet, catalog_key
+from models.ann import VectorIndex
 from models.catalog_snapshot import CatalogSnapshot
 from models.lexical import CorpusStats
 from stores.catalog import (
@@ -38,6 +39,7 @@ from stores.catalog import (
     Change,
     Item,
     attribute_problem,
+    item_problem,
     same_body,
 )
 
@@ -163,16 +165,41 @@ class SearchService:
     ) -> None:
         """Start a catalog from its snapshot: its items and the vector indexes of kept
         spaces made by the configured artifact; seed the store when it lacks the catalog.
-        A snapshot that cannot be fetched or read is skipped (the store still has the
+        A snapshot that cannot be fetched, read, indexed or seeded, or that holds an item
+        the items route would refuse, is logged and skipped (the store still has the
         truth: the catalog is then built from the change log, as without one)."""
         started = time.monotonic()
         fields: dict[str, Any] = {"tenant": tenant, "catalog": catalog}
         try:
-            snapshot = await asyncio.to_thread(load)
+            snapshot, index, usable = await self._index_snapshot(load, fields)
+            existing = await asyncio.to_thread(self.store.catalogs, tenant)
+            seeded = None
+            if catalog not in {c.name for c in existing}:
+                vectors = {space: snapshot.vectors_bytes(space) for space in usable}
+                seeded = await asyncio.to_thread(
+                    self.store.seed, tenant, catalog, snapshot.items, vectors
+                )
         except Exception as e:
             self.log.error("catalog snapshot not loaded", extra={"fields": {**fields,
                            "error": type(e).__name__, "detail": str(e)[:300]}})  # fmt: skip
             return
+        async with self._lock:
+            self.catalogs[(tenant, catalog)] = index
+            self._unconfirmed[(tenant, catalog)] = {item.id for item in snapshot.items}
+        seconds = round(time.monotonic() - started, 2)
+        self.log.info("catalog snapshot loaded", extra={"fields": {**fields, "items": len(index),
+                      "spaces": sorted(usable), "seeded": seeded is not None,
+                      "seconds": seconds}})  # fmt: skip
+
+    async def _index_snapshot(
+        self, load: Callable[[], CatalogSnapshot], fields: dict[str, Any]
+    ) -> tuple[CatalogSnapshot, CatalogIndex, dict[str, VectorIndex]]:
+        """The snapshot, its items checked, and the index made of it with the usable
+        spaces (kept, and made by the configured artifact)."""
+        snapshot = await asyncio.to_thread(load)
+        for n, item in enumerate(snapshot.items):
+            if (problem := item_problem(item)) is not None:
+                raise ValueError(f"items.{n}.{problem}")
         usable = {
             space: s.index
             for space, s in snapshot.spaces.items()
@@ -184,20 +211,7 @@ class SearchService:
                 extra={"fields": {**fields, "spaces": other}},
             )
         index = await asyncio.to_thread(CatalogIndex.from_snapshot, snapshot.items, usable)
-        existing = await asyncio.to_thread(self.store.catalogs, tenant)
-        seeded = None
-        if catalog not in {c.name for c in existing}:
-            vectors = {space: snapshot.vectors_bytes(space) for space in usable}
-            seeded = await asyncio.to_thread(
-                self.store.seed, tenant, catalog, snapshot.items, vectors
-            )
-        async with self._lock:
-            self.catalogs[(tenant, catalog)] = index
-            self._unconfirmed[(tenant, catalog)] = {item.id for item in snapshot.items}
-        seconds = round(time.monotonic() - started, 2)
-        self.log.info("catalog snapshot loaded", extra={"fields": {**fields, "items": len(index),
-                      "spaces": sorted(usable), "seeded": seeded is not None,
-                      "seconds": seconds}})  # fmt: skip
+        return snapshot, index, usable
 
     def _drop_unconfirmed(self) -> None:
         """Remove snapshot items the store does not have (deleted, or never seeded)."""

@@ -169,3 +169,54 @@ def test_a_snapshot_that_cannot_be_read_is_skipped(url: str) -> None:
         await service.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (Item("i9", {"title": "x"}, {"color": None}), "items.6.attributes.color"),  # type: ignore[dict-item]
+        (Item("i9", {"title": "x"}, {"size": float("nan")}), "items.6.attributes.size"),
+        (Item("i9", {"title": "x"}, {"n": 2**64}), "items.6.attributes.n"),
+        (Item("", {"title": "x"}), "items.6.id"),
+        (Item("..", {"title": "x"}), "items.6.id"),
+        (Item("i9", {}), "items.6.text"),
+    ],
+)
+def test_a_snapshot_with_an_item_the_api_refuses_is_logged_and_skipped(
+    url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: Item, field: str
+) -> None:
+    """Such an item would fail the index build or the seeding: the replica starts
+    without the snapshot, from the store."""
+    items = [*_items(), bad]
+    vectors = asyncio.run(fake_embed(SPACE, [item_text(i) or "x" for i in items]))
+    path = tmp_path / "bad.index"
+    write_snapshot(path, items, {SPACE: (SHA, vectors)}, threads=1)
+
+    async def run() -> None:
+        store = open_catalog_store(url)
+        store.upsert("acme", "shop", [Item("i5", {"title": "orange hat"})])
+        service = _service(url, lambda: read_snapshot(path), Counting())
+        await service.start([SPACE])
+        assert sorted(service.catalogs[("acme", "shop")].slots) == ["i5"]
+        await service.close()
+
+    asyncio.run(run())
+    (record,) = [r for r in caplog.records if r.getMessage() == "catalog snapshot not loaded"]
+    assert record.fields["detail"].startswith(f"{field}: ")  # type: ignore[attr-defined]
+
+
+def test_a_snapshot_that_cannot_seed_the_store_is_skipped(
+    url: str, snapshot: Callable[[], CatalogSnapshot], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def run() -> None:
+        service = _service(url, snapshot, Counting())
+
+        def down(*args: object) -> None:
+            raise OSError("the database is down")
+
+        monkeypatch.setattr(service.store, "seed", down)
+        await service.start([SPACE])
+        assert ("acme", "shop") not in service.catalogs  # the store has nothing: no catalog
+        await service.close()
+
+    asyncio.run(run())

@@ -141,6 +141,32 @@ def test_items_round_trip_through_json_lines(tmp_path: Path) -> None:
         read_items(path)
 
 
+_X = '"text": {"title": "x"}'
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        (f'{{"id": "a", {_X}, "attributes": {{"color": null}}}}', "attributes.color"),
+        (f'{{"id": "a", {_X}, "attributes": {{"size": NaN}}}}', "attributes.size"),
+        (f'{{"id": "a", {_X}, "attributes": {{"n": 1{"0" * 30}}}}}', "attributes.n"),
+        (f'{{"id": "a", {_X}, "attributes": []}}', "attributes"),
+        ('{"id": "", "text": {"title": "x"}}', "id"),
+        ('{"id": "..", "text": {"title": "x"}}', "id"),
+        ('{"id": "a", "text": {}}', "text"),
+    ],
+)  # fmt: skip
+def test_an_item_the_api_refuses_is_named_by_line_and_field(
+    tmp_path: Path, line: str, field: str
+) -> None:
+    """What `servekit index build --items` reads: a snapshot never holds an item the
+    items route would refuse (no replica could index it)."""
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"id": "ok", "text": {"title": "x"}}\n' + line + "\n")
+    with pytest.raises(ValueError, match=rf"items.jsonl:2: not a catalog item \({field}: "):
+        read_items(path)
+
+
 def test_the_command_writes_the_catalog_and_its_queries(tmp_path: Path) -> None:
     out = tmp_path / "catalog" / "products.jsonl"
     assert main(["--out", str(out), "--items", "600", "--queries", "40"]) == 0
