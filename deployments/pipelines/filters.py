@@ -3,8 +3,10 @@
 A filter is a mapping of attribute -> condition:
 - a value (string, number, boolean): equality;
 - `{"gte": x, "lte": y, "gt": x, "lt": y}` on numbers: a range (any subset);
-- `{"in": [v, ...]}`: one of the values; `{"any": [tag, ...]}`: a list attribute holding
-  at least one of the tags.
+- `{"in": [v, ...]}`: equal to one of the values (strings, numbers, booleans, mixed);
+  `{"any": [tag, ...]}`: a list attribute holding at least one of the tags.
+A boolean is never equal to a number: `1` does not match `true`, nor `true` match `1`;
+`42` and `42.0` are the same number.
 The result is a boolean mask over the catalog's slots; items without the attribute never
 match a condition on it.
 """
@@ -50,7 +52,7 @@ class AttributeColumns:
         self._grow(slot + 1)
         for name, value in attributes.items():
             if isinstance(value, bool | str):
-                self.values.setdefault(name, {}).setdefault(value, set()).add(slot)
+                self.values.setdefault(name, {}).setdefault(_key(value), set()).add(slot)
             elif name in numbers:
                 self._number_column(name)[slot] = numbers[name]
             elif isinstance(value, list):
@@ -68,7 +70,7 @@ class AttributeColumns:
                 self.numbers[name][slot] = np.nan
                 continue
             for v in value if isinstance(value, list) else [value]:
-                slots = self.values.get(name, {}).get(v)
+                slots = self.values.get(name, {}).get(_key(v))
                 if slots is not None:
                     slots.discard(slot)
 
@@ -106,15 +108,8 @@ class AttributeColumns:
             if ops == {"any"}:
                 return self._slots(name, _values(condition["any"], where), size)
             raise FilterError(f"{where}: use a value, gte/gt/lte/lt, in or any")
-        if isinstance(condition, bool | str):
-            return self._slots(name, [condition], size)
-        if isinstance(condition, int | float):
-            value = _number(condition, where)
-            column = self.numbers.get(name)
-            if column is None:
-                return np.zeros(size, dtype=np.bool_)
-            equal: Mask = _fit(column, size) == value
-            return equal
+        if isinstance(condition, bool | str | int | float):
+            return self._slots(name, _values([condition], where), size)
         raise FilterError(f"{where}: a string, number, boolean or an object")
 
     def _range(self, name: str, condition: dict[str, Any], size: int, where: str) -> Mask:
@@ -137,10 +132,18 @@ class AttributeColumns:
         return out
 
     def _slots(self, name: str, wanted: Iterable[Any], size: int) -> Mask:
+        """Slots equal to one of `wanted`: numbers in the number column, strings and
+        booleans (and tags) in the inverted lists."""
         out = np.zeros(size, dtype=np.bool_)
         index = self.values.get(name, {})
+        numbers = [float(v) for v in wanted if _is_number(v)]
+        column = self.numbers.get(name)
+        if numbers and column is not None:
+            out |= np.isin(_fit(column, size), numbers)
         for value in wanted:
-            slots = index.get(value)
+            if _is_number(value):
+                continue
+            slots = index.get(_key(value))
             if slots:
                 picked = np.fromiter((s for s in slots if s < size), dtype=np.int64)
                 out[picked] = True
@@ -162,8 +165,22 @@ def _number(value: int | float, where: str) -> float:
 
 
 def _values(values: Any, where: str) -> list[Any]:
+    """The values of an `in` or `any` (or one value), numbers checked."""
     if not isinstance(values, list) or not values or len(values) > MAX_IN_VALUES:
         raise FilterError(f"{where}: a list of 1 to {MAX_IN_VALUES} values")
     if not all(isinstance(v, str | bool | int | float) for v in values):
         raise FilterError(f"{where}: values must be strings, numbers or booleans")
+    for value in values:
+        if _is_number(value):
+            _number(value, where)
     return values
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _key(value: Any) -> Any:
+    """A value's key in the inverted lists: a boolean's apart from every number's, as
+    Python's `1 == True` (same hash) would otherwise let `1` find `true`."""
+    return (bool, value) if isinstance(value, bool) else value

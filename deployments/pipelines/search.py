@@ -86,10 +86,6 @@ def _unindexable(item: Item) -> str | None:
     return None
 
 
-def _same(a: Item, b: Item) -> bool:
-    return a.text == b.text and a.attributes == b.attributes
-
-
 class SearchService:
     """Every catalog of every tenant this replica serves searches for."""
 
@@ -294,7 +290,7 @@ class SearchService:
                     self._skip(key, change.item_id, problem)
                     continue
                 current = index.get(change.item_id)
-                if current is None or not _same(current, change.item):
+                if current is None or not same_body(current, change.item):
                     pending.setdefault(key, []).append(change.item)
                 continue
             flush(key)

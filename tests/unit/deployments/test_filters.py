@@ -37,6 +37,16 @@ def _match(cols: AttributeColumns, filters: dict[str, object]) -> list[int]:
         ({"price": 9}, [2]),
         ({"tags": {"any": ["trail"]}}, [0, 2]),
         ({"category": {"in": ["socks", "hats"]}}, [2]),
+        ({"price": {"in": [9, 50]}}, [0, 2]),
+        ({"price": {"in": [120.5, "shoes"]}}, [1]),
+        ({"price": {"in": [9.0]}}, [2]),
+        ({"price": 50.0}, [0]),
+        ({"category": {"in": ["socks", 9]}}, [2]),
+        ({"in_stock": {"in": [True]}}, [0, 2]),
+        ({"in_stock": {"in": [1]}}, []),  # a number is never a boolean
+        ({"in_stock": {"in": [0]}}, []),
+        ({"in_stock": 1}, []),
+        ({"price": {"in": [True]}}, []),
         ({"brand": "Acme"}, [3]),
         ({"price": {"gt": 0}, "brand": "Acme"}, []),  # no price: never matches a range
         ({"color": "red"}, []),
@@ -83,3 +93,14 @@ def test_a_number_no_column_holds_changes_nothing(columns: AttributeColumns) -> 
     with pytest.raises(OverflowError):
         columns.set(0, {"category": "hats", "price": 10**400})
     assert _match(columns, {"category": "shoes", "price": 50}) == [0]
+
+
+def test_a_boolean_and_a_number_never_match_each_other() -> None:
+    cols = AttributeColumns()
+    cols.set(0, {"flag": 1, "level": True})
+    cols.set(1, {"flag": True, "level": 1})
+    assert list(np.flatnonzero(cols.mask({"flag": True}, 2))) == [1]
+    assert list(np.flatnonzero(cols.mask({"flag": {"in": [1]}}, 2))) == [0]
+    assert list(np.flatnonzero(cols.mask({"level": {"in": [True]}}, 2))) == [0]
+    cols.clear(1)
+    assert list(np.flatnonzero(cols.mask({"flag": {"in": [True, 1]}}, 2))) == [0]

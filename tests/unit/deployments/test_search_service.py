@@ -427,3 +427,23 @@ def test_a_backfill_keeps_no_vector_of_a_text_replaced_while_it_embedded(url: st
         await service.close()
 
     asyncio.run(run())
+
+
+def test_an_attribute_from_1_to_true_reaches_a_follower(url: str) -> None:
+    async def run() -> None:
+        writer, follower = _service(url), _service(url)
+        await writer.start(["m/v1"])
+        await follower.start(["m/v1"])
+        await writer.upsert("acme", "shop", [Item("x", {"title": "a"}, {"flag": 1})])
+        await follower.follow_once()
+        await writer.upsert("acme", "shop", [Item("x", {"title": "a"}, {"flag": True})])
+        await follower.follow_once()
+        got = follower.catalogs["acme", "shop"].get("x")
+        assert got is not None
+        assert type(got.attributes["flag"]) is bool
+        matching = follower.catalogs["acme", "shop"].matching(None, {"flag": True}, 5)
+        assert [i.id for i in matching] == ["x"]
+        await writer.close()
+        await follower.close()
+
+    asyncio.run(run())
