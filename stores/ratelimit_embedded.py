@@ -147,40 +147,57 @@ class EmbeddedLimiter:
     async def sync(self) -> bool:
         """Store the texts admitted since the last sync and read back every subject's
         stored count of this month; False (and counting goes on in memory) when the
-        store did not answer."""
+        store did not answer. Counts the store added are off what is pending even when
+        the read back fails, so that no sync adds them again."""
         assert self._counts is not None
         counts = self._counts
         async with self._sync_lock:
             month = month_key(self._clock())
             flushing = dict(self._pending)
 
-            def store() -> dict[str, int]:
-                counts.add_month_texts(flushing)
-                return counts.month_texts(month)
+            def store() -> tuple[dict[str, int] | None, Exception | None]:
+                counts.add_month_texts(flushing)  # raising: nothing was stored
+                try:
+                    return counts.month_texts(month), None
+                except Exception as e:  # stored, but not read back
+                    return None, e
 
             try:
-                stored = await asyncio.to_thread(store)
+                stored, error = await asyncio.to_thread(store)
             except Exception as e:  # the store's own errors: down, locked, refusing
-                if not self._failing:  # once an outage, not every second
-                    LOG.warning(
-                        "monthly quota counts not stored (%s); counting in memory",
-                        type(e).__name__,
-                    )
-                self._failing = True
-                return False
+                return self._failed("not stored", e)
+            # No await from here on: the counts and what is pending change together.
+            # Stored now, whether or not the read back answered: counted once more
+            # on the next sync otherwise.
+            self._stored(flushing)
+            if stored is None:
+                assert error is not None
+                return self._failed("stored but not read back", error)
             if self._failing:
                 LOG.warning("monthly quota counts stored again")
                 self._failing = False
-            # No await from here on: the counts and what is pending change together.
-            for key, n in flushing.items():
-                left = self._pending.get(key, 0) - n
-                if left:
-                    self._pending[key] = left
-                else:
-                    self._pending.pop(key, None)
             if month >= self._month:
                 self._month, self._used, self._synced_month = month, stored, month
             return True
+
+    def _stored(self, flushed: dict[tuple[int, str], int]) -> None:
+        """Move counts the store has added from what is pending to what is stored."""
+        for (month, subject), n in flushed.items():
+            left = self._pending.get((month, subject), 0) - n
+            if left:
+                self._pending[(month, subject)] = left
+            else:
+                self._pending.pop((month, subject), None)
+            if month == self._month:  # until a read back brings the stored counts
+                self._used[subject] = self._used.get(subject, 0) + n
+
+    def _failed(self, what: str, error: Exception) -> bool:
+        if not self._failing:  # once an outage, not every second
+            LOG.warning(
+                "monthly quota counts %s (%s); counting in memory", what, type(error).__name__
+            )
+        self._failing = True
+        return False
 
     async def _load_month(self) -> None:
         """Before the first decisions against a quota in a month: the stored counts.

@@ -184,3 +184,44 @@ def test_closing_during_a_sync_stores_each_text_once(registry: SqlRegistry) -> N
 
     asyncio.run(body())
     assert registry.month_texts(month_key(START)) == {"tn_a": 10}
+
+
+class _ReadFails:
+    """A store of counts whose next reads fail after the add before them committed."""
+
+    def __init__(self, inner: SqlRegistry) -> None:
+        self.inner = inner
+        self.failing_reads = 0
+
+    def add_month_texts(self, counts: dict[tuple[int, str], int]) -> None:
+        self.inner.add_month_texts(counts)
+
+    def month_texts(self, month: int) -> dict[str, int]:
+        if self.failing_reads:
+            self.failing_reads -= 1
+            raise ConnectionError("connection reset")
+        return self.inner.month_texts(month)
+
+
+def test_counts_stored_before_a_failed_read_are_not_stored_again(
+    registry: SqlRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _ReadFails(registry)
+
+    async def body() -> None:
+        limiter = EmbeddedLimiter(FakeClock(), counts=store, sync_s=HOUR)
+        assert (await limiter.admit("tn_a", QUOTA, 6)).allowed
+        store.failing_reads = 1
+        assert not await limiter.sync()  # the 6 were added; reading them back failed
+        assert not (await limiter.admit("tn_a", QUOTA, 5)).allowed  # the 6 still count
+        assert await limiter.sync()
+        assert (await limiter.admit("tn_a", QUOTA, 4)).allowed
+        await limiter.close()
+
+    asyncio.run(body())
+    assert registry.month_texts(month_key(START)) == {"tn_a": 10}
+    warnings = [r.getMessage() for r in caplog.records if "quota counts" in r.getMessage()]
+    assert warnings == [
+        "monthly quota counts stored but not read back (ConnectionError); counting in memory",
+        "monthly quota counts stored again",
+    ]
