@@ -489,6 +489,17 @@ class _Building(ServekitError):
         super().__init__("no version's index of this catalog is complete yet")
 
 
+def indexes_doc(service: SearchService, call: CallRecord) -> dict[str, Any]:
+    """What `/admin/v1/search/indexes` answers `call`: a tenant admin's catalogs and
+    their pending items only; the change log's position (every tenant's writes) to the
+    operator (and with auth off) alone."""
+    principal = call.principal
+    tenant = None if principal is None or principal.operator else principal.tenant_id
+    doc = {"spaces": service.spaces, "pending": service.pending(tenant),
+           "catalogs": service.indexes(tenant)}  # fmt: skip
+    return doc if tenant is not None else {"seq": service.seq, **doc}
+
+
 @router.get(
     "/admin/v1/search/indexes",
     summary="Catalog indexes and their completeness per version",
@@ -503,11 +514,6 @@ async def search_indexes(request: Request) -> Response:
     async def work(call: CallRecord) -> Response:
         host = replica_host()
         service = _service(host)
-        principal = call.principal
-        tenant = None if principal is None or principal.operator else principal.tenant_id
-        return json_response(
-            {"seq": service.seq, "spaces": service.spaces, "pending": service.pending(),
-             "catalogs": service.indexes(tenant)}
-        )  # fmt: skip
+        return json_response(indexes_doc(service, call))
 
     return await run_route(request, "/admin/v1/search/indexes", work)

@@ -509,15 +509,18 @@ class SearchService:
         """One item, from the store (the source of truth)."""
         return await asyncio.to_thread(self.store.get, tenant, catalog, item_id)
 
-    def pending(self) -> dict[str, int]:
-        """Per kept space, items of every catalog still without a vector."""
+    def pending(self, tenant: str | None = None) -> dict[str, int]:
+        """Per kept space, items still without a vector, of every catalog (or only of
+        `tenant`'s)."""
         out = dict.fromkeys(self.spaces, 0)
         if self.shards is not None:
-            for row in self.shards.indexes(None):
+            for row in self.shards.indexes(tenant):
                 for space in self.spaces:
                     out[space] += max(0, row["items"] - row["indexes"][space]["vectors"])
             return out
-        for index in list(self.catalogs.values()):
+        for (owner, _), index in list(self.catalogs.items()):
+            if tenant is not None and owner != tenant:
+                continue
             for space in self.spaces:
                 out[space] += max(0, len(index) - len(index.with_vector.get(space, ())))
         return out
