@@ -105,6 +105,7 @@ class DataPlane:
         call.model = model if model in self.args.models else "-"
         version = self.router.choose(model, pinned, pin_source, key)
         call.version, call.inputs = version, len(texts)
+        self.check_embedder(model)
         limits = self.args.limits
         # Every check of the request itself before admission: a refused request
         # takes nothing from the caller's rate limits or monthly quota.
@@ -199,11 +200,19 @@ class DataPlane:
         self, model: str, pinned: str | None, source: str, call: CallRecord | None = None
     ) -> None:
         """403 for a model or pin the caller may not use, 404 for a model, or a pinned
-        version, not served here (before any parsing)."""
+        version, not served here, 400 for a model that embeds no texts (before any
+        parsing)."""
         if call is not None:
             self.authorize(call, model, pinned)
         if pinned is not None or model not in self.args.models:
             self.router.choose(model, pinned, source, None)
+        self.check_embedder(model)
+
+    def check_embedder(self, model: str) -> None:
+        """400 for a served model that embeds no texts (a recommender), before the
+        request is admitted: a refused request takes nothing from the caller's limits."""
+        if self.args.models[model].task != "text-embedding":
+            raise BadRequest(f"model: {model} is a recommender; call /v1/recommendations")
 
     def check_model(self, model: str, version: str | None = None) -> None:
         """404 for a model (or version) not served here."""

@@ -18,7 +18,9 @@ import yaml
 
 from configs.schema import AppArgs, IngressLiveConfig
 from deployments.dataplane import EMBEDDINGS, NO_TENANT, SEARCH, CallRecord, DataPlane
+from deployments.errors import BadRequest
 from deployments.pipelines.wiring import item_embedder
+from deployments.replicas.recommender_backend import RecommenderBackend
 from deployments.routing.router import VersionRouter
 from deployments.tenancy.admission import Admission
 from deployments.tenancy.principal import Principal
@@ -58,11 +60,12 @@ class RecordingVersion:
         return True
 
 
-def _args(auth: bool = True) -> AppArgs:
+def _args(auth: bool = True, recommender: bool = False) -> AppArgs:
     doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     args = doc["applications"][0]["args"]
     args["auth"] = {"enabled": auth}
-    args["models"].pop("recommender")  # the embedding model's cache only
+    if not recommender:
+        args["models"].pop("recommender")  # the embedding model's cache only
     return AppArgs.model_validate(args)
 
 
@@ -73,9 +76,11 @@ def _live(v1: int = 100, v2: int = 0, **extra: Any) -> IngressLiveConfig:
 def _plane(args: AppArgs | None = None) -> tuple[DataPlane, dict[str, RecordingVersion]]:
     args = args or _args()
     versions = {v: RecordingVersion(f"minilm/{v}", n) for n, v in enumerate(("v1", "v2"), 1)}
-    router = VersionRouter(
-        args, {("minilm", v): b for v, b in versions.items()}, QuietRouterMetrics()
-    )
+    backends: dict[tuple[str, str], Any] = {("minilm", v): b for v, b in versions.items()}
+    if "recommender" in args.models:
+        no_model: Any = None  # its work is the recommend pipeline's, not the data plane's
+        backends[("recommender", "v1")] = RecommenderBackend("recommender/v1", no_model, {})
+    router = VersionRouter(args, backends, QuietRouterMetrics())
     access = SimpleNamespace(admission=Admission(EmbeddedLimiter(), True, LOG))
     cache = EmbedCache(MemoryStore(1 << 20))
     return DataPlane(args, router, access, cache), versions  # type: ignore[arg-type]
@@ -176,6 +181,30 @@ def test_admission_counts_every_text_cached_or_not() -> None:
     headers = asyncio.run(three())
     assert versions["v1"].calls == [["a", "b", "c", "d"]]
     assert headers["RateLimit"].startswith('"monthly";r=88;')
+
+
+def test_a_recommender_is_refused_before_admission() -> None:
+    """Embedding with a model that embeds no texts is a 400 that takes nothing from the
+    caller's limits, on `/v1/embeddings` and on the inference protocol's routes."""
+    plane, versions = _plane(_args(recommender=True))
+    live = {"traffic": {"minilm": {"v1": 100}, "recommender": {"v1": 100}}}
+    asyncio.run(plane.configure(IngressLiveConfig.model_validate(live)))
+    limits = RateLimits(monthly_texts=3)
+    message = "model: recommender is a recommender; call /v1/recommendations"
+    for pinned in (None, "v1"):
+        with pytest.raises(BadRequest) as info:
+            plane.check_target("recommender", pinned, "version", _call("acme", limits))
+        assert info.value.message == message
+        call = _call("acme", limits)
+        embed = plane.embed(call, "recommender", ["a", "b"], pinned, "version", None, "input")
+        with pytest.raises(BadRequest) as info:
+            asyncio.run(embed)
+        assert info.value.message == message
+    call = _call("acme", limits)
+    out = asyncio.run(plane.embed(call, "minilm", ["a", "b"], None, "version", None, "input"))
+    assert out.vectors.shape == (2, 4)
+    assert call.headers["RateLimit"].startswith('"monthly";r=1;')
+    assert versions["v1"].calls == [["a", "b"]]
 
 
 def test_a_retired_version_is_dropped_and_no_longer_cached() -> None:
