@@ -151,7 +151,9 @@ class KeyCreate(_Body):
     expires_in_s: int | None = Field(
         None, gt=0, le=MAX_KEY_LIFETIME_S, description="Default: never expires."
     )
-    limits: LimitsBody | None = Field(None, description="Overrides of the tenant's limits.")
+    limits: LimitsBody | None = Field(
+        None, description="The key's own limits, within the tenant's (a request must fit both)."
+    )
 
 
 class RotateBody(_Body):

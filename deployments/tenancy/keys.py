@@ -32,8 +32,7 @@ def _ts(value: object) -> float:
 
 
 def principal_of(key: ApiKey, tenant: Tenant) -> Principal:
-    """What a key of `tenant` may do."""
-    own = key.limits.is_set()
+    """What a key of `tenant` may do: within the tenant's limits, and its own."""
     return Principal(
         tenant_id=key.tenant_id,
         key_id=key.id,
@@ -41,8 +40,9 @@ def principal_of(key: ApiKey, tenant: Tenant) -> Principal:
         scopes=key.scopes,
         models=key.models,
         may_pin=key.may_pin,
-        limits=key.limits.over(tenant.limits),
-        subject=f"{key.tenant_id}/{key.id}" if own else key.tenant_id,
+        limits=tenant.limits,
+        subject=key.tenant_id,
+        key_limits=key.limits,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deployments.errors import Forbidden
 from stores.tenants import SCOPES, RateLimits
@@ -25,11 +25,19 @@ class Principal:
     scopes: frozenset[str]
     models: frozenset[str] | None  # None: every model
     may_pin: bool
-    limits: RateLimits  # effective limits (the key's over the tenant's)
-    subject: str  # whose buckets: the tenant, or the key when it has its own limits
+    limits: RateLimits  # the tenant's limits, counted for the whole tenant
+    subject: str  # whose buckets those are: the tenant
     # The bootstrap admin credential (every tenant, every right): set by
     # `operator_principal` only, never derived from a tenant id a key could carry.
     is_operator: bool = False
+    # The key's own limits (none: only the tenant's apply), counted for the key alone
+    # and always within the tenant's: a request must fit both.
+    key_limits: RateLimits = field(default_factory=RateLimits)
+
+    @property
+    def key_subject(self) -> str:
+        """Whose buckets the key's own limits are."""
+        return f"{self.tenant_id}/{self.key_id}"
 
     @property
     def operator(self) -> bool:

@@ -320,10 +320,14 @@ def test_rate_limits_and_monthly_quota(service: Service) -> None:
         assert refused.headers["RateLimit-Policy"] == '"requests";q=2;w=1'
         assert refused.json()["error"]["code"] == "rate_limited"
         assert answers[0].headers["RateLimit"].startswith('"requests";r=')
-        # A key's own limit overrides the tenant's.
+        # A key's own limits narrow its tenant's, never widen them.
         own, _ = _key(service, slow, limits={"requests_per_s": 100})
-        assert all(_embed(client, own).status_code == 200 for _ in range(6))
-        assert _embed(client, quota_key, texts=5).status_code == 200
+        assert [_embed(client, own).status_code for _ in range(6)].count(429) >= 3
+        narrow, _ = _key(service, quota, limits={"monthly_texts": 2})
+        mine = _embed(client, narrow, texts=3)
+        assert mine.status_code == 429
+        assert mine.headers["RateLimit-Policy"].startswith('"monthly";q=2')
+        assert _embed(client, quota_key, texts=5).status_code == 200  # the tenant's 5 untouched
         over = _embed(client, quota_key, texts=1)
         assert over.status_code == 429
         assert over.headers["RateLimit-Policy"].startswith('"monthly";q=5')

@@ -15,7 +15,8 @@ export interface paths {
          * Dashboard: counters and histogram buckets of the whole service
          * @description servekit's request, latency, cache, shadow and tenant series, summed over every
          *     replica on every node (totals since each replica started; a replica that stops takes
-         *     its part of a total with it). A tenant admin sees its own tenant's series only.
+         *     its part of a total with it). A tenant admin sees its own tenant's series (when
+         *     `auth.metrics_tenants` names it) and the series of the models its key may use.
          */
         get: operations["dashboard_metrics_admin_v1_dashboard_metrics_get"];
         put?: never;
@@ -1079,7 +1080,7 @@ export interface components {
              * @description Default: never expires.
              */
             expires_in_s?: number | null;
-            /** @description Overrides of the tenant's limits. */
+            /** @description The key's own limits, within the tenant's (a request must fit both). */
             limits?: components["schemas"]["LimitsBody"] | null;
             /**
              * May Pin

@@ -97,8 +97,41 @@ def test_operator_credential_and_key_limits(registry: SqlRegistry) -> None:
     assert operator.admin
     who = cache.lookup(own)
     assert who is not None
-    assert who.limits == RateLimits(requests_per_s=5, texts_per_s=100)
-    assert who.subject == f"acme/{who.key_id}"  # its own buckets
+    assert who.limits == RateLimits(requests_per_s=5)  # the tenant's, for the tenant
+    assert who.subject == "acme"
+    assert who.key_limits == RateLimits(texts_per_s=100)  # and its own, for itself
+    assert who.key_subject == f"acme/{who.key_id}"
+
+
+def test_keys_with_limits_of_their_own_share_their_tenants_quota(
+    registry: SqlRegistry,
+) -> None:
+    """Three keys with a rate of their own and a tenant quota of 100 texts: 100 texts in
+    all, not 100 each; a key whose own limits are far above the tenant's (made by the
+    tenant's admin) gets no more than the tenant has; a key over its own limit is
+    refused without taking from the tenant."""
+    registry.update_tenant("acme", limits=RateLimits(monthly_texts=100))
+    keys = [_key(registry, limits=RateLimits(requests_per_s=50)) for _ in range(3)]
+    generous = _key(
+        registry, limits=RateLimits(requests_per_s=1e6, texts_per_s=1e7, monthly_texts=10**15)
+    )
+    narrow = _key(registry, limits=RateLimits(monthly_texts=10))
+    cache = _cache(registry)
+    admission = Admission(EmbeddedLimiter(), fail_open=True, log=LOG)
+
+    async def run() -> None:
+        who = [cache.lookup(k) for k in (*keys, generous, narrow)]
+        assert all(w is not None for w in who)
+        with pytest.raises(RateLimited):  # over its own 10, the tenant's untouched
+            await admission.admit(who[4], 11)  # type: ignore[arg-type]
+        await admission.admit(who[0], 60)  # type: ignore[arg-type]
+        await admission.admit(who[1], 40)  # type: ignore[arg-type]
+        for caller in who[2:4]:
+            with pytest.raises(RateLimited) as e:
+                await admission.admit(caller, 1)  # type: ignore[arg-type]
+            assert "monthly text quota" in e.value.message
+
+    asyncio.run(run())
 
 
 def test_serves_known_keys_while_the_registry_is_down(registry: SqlRegistry) -> None:
