@@ -176,9 +176,10 @@ class Recommendations(ApiModel):
 
 
 class SearchIndexes(ApiModel):
-    """`GET /admin/v1/search/indexes`: per catalog, each version's index completeness."""
+    """`GET /admin/v1/search/indexes`: per catalog, each version's index completeness;
+    `seq`, the change log's position (every tenant's writes), for the operator only."""
 
-    seq: int
+    seq: int | None = None
     spaces: list[str]
     pending: dict[str, int]
     catalogs: list[dict[str, Any]]

@@ -98,7 +98,8 @@ export type KeyRotate = Schemas["RotateBody"];
 export type SearchIndexes = Documented<
   ResponseOf<"/admin/v1/search/indexes", "get">,
   {
-    seq: number;
+    /** The change log's position (every tenant's writes): the operator's answer only. */
+    seq?: number;
     spaces: string[];
     pending: Record<string, number>;
     catalogs: {
