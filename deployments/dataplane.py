@@ -241,9 +241,11 @@ class DataPlane:
             if not weights:
                 return False
             targets.extend((model, version) for version in weights)
-        return all(await asyncio.gather(*(self._version_ready(m, v) for m, v in targets)))
+        return all(await asyncio.gather(*(self.version_ready(m, v) for m, v in targets)))
 
-    async def _version_ready(self, model: str, version: str) -> bool:
+    async def version_ready(self, model: str, version: str) -> bool:
+        """Whether one version has a ready replica (a dedicated one's answer is kept
+        a few seconds)."""
         backend = self.router.backends[(model, version)]
         if backend.placement == "inline":  # in this process: no call, no cache
             return await backend.ready()

@@ -190,14 +190,26 @@ class Ingress:
     @api.get("/v2/models/{name}/ready", summary="Model readiness", responses=V2_ERRORS)
     async def model_ready(self, request: Request, name: str) -> Response:
         """200 when every version of the model with traffic has a ready replica."""
+        return await self._run(
+            request,
+            "/v2/models/ready",
+            True,
+            lambda call: inference.ready(self.plane, call, name, None),
+        )
 
-        async def work(call: CallRecord) -> Response:
-            self.plane.check_model(name)
-            call.model = name
-            ok = await self.plane.ready([name])
-            return inference.json_response({"name": name, "ready": ok}, 200 if ok else 503)
-
-        return await self._run(request, "/v2/models/ready", True, work)
+    @api.get(
+        "/v2/models/{name}/versions/{version}/ready",
+        summary="Model version readiness",
+        responses=V2_ERRORS,
+    )
+    async def version_ready(self, request: Request, name: str, version: str) -> Response:
+        """200 when the version has a ready replica, whatever its traffic."""
+        return await self._run(
+            request,
+            "/v2/models/ready",
+            True,
+            lambda call: inference.ready(self.plane, call, name, version),
+        )
 
     @api.post(
         "/v2/models/{name}/infer",

@@ -100,6 +100,19 @@ async def metadata(plane: DataPlane, call: CallRecord, name: str, version: str |
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+async def ready(plane: DataPlane, call: CallRecord, name: str, version: str | None) -> Response:
+    """200 when every version of the model with traffic (or the one version named) has
+    a ready replica, else 503; 404 for a model or version not served here."""
+    plane.check_model(name, version)
+    call.model = name
+    if version is None:
+        ok = await plane.ready([name])
+    else:
+        call.version = version
+        ok = await plane.version_ready(name, version)
+    return json_response({"name": name, "ready": ok}, 200 if ok else 503)
+
+
 def json_response(doc: Any, status: int = 200) -> Response:
     """A JSON response from a plain document."""
     return Response(orjson.dumps(doc), status_code=status, media_type="application/json")

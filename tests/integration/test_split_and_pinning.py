@@ -71,6 +71,7 @@ def test_docs_and_openapi_cover_every_route(service: Service) -> None:
         "/v2/models/{name}",
         "/v2/models/{name}/ready",
         "/v2/models/{name}/versions/{version}",
+        "/v2/models/{name}/versions/{version}/ready",
         "/v2/models/{name}/infer",
         "/v2/models/{name}/versions/{version}/infer",
     } <= paths
