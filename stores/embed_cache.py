@@ -1,15 +1,16 @@
 """The embedding cache: the vector and token count of each text already embedded, keyed by
 tenant, embedding space and the hash of the normalized text.
 
-A space is a `model/version` (callers add the artifact's digest, `minilm/v1@0a4936834d14`):
-an entry is never served for another version, nor to another tenant, because both are
-part of its key. Two backends answer one interface (`EmbedStore`): `MemoryStore`, an LRU
-in this process bounded in bytes, and `RedisStore` (`stores/embed_cache_redis.py`),
-shared by every replica. `EmbedCache` puts them in two tiers: memory first, then Redis;
-a Redis hit fills memory. Redis never fails a request and never holds one up for long:
-a lookup it does not answer within its short timeout counts as a miss, writes go in the
-background, and an outage is logged once, after which Redis is left alone for
-`RETRY_S` between tries.
+A space is a `model/version` (callers add the artifact's digest,
+`minilm/v1@0a4936834d14`): an entry is never served for another version, nor to another
+tenant, because both are part of its key. Two backends answer one interface
+(`EmbedStore`): `MemoryStore`, an LRU in this process bounded in bytes, and `RedisStore`
+(`stores/embed_cache_redis.py`), shared by every replica. `EmbedCache` puts them in two
+tiers: memory first, then Redis; a Redis hit fills memory for the time it has left in
+Redis (never a fresh TTL, so no entry outlives its TTL by being copied). Redis never
+fails a request and never holds one up for long: a lookup it does not answer within its
+short timeout counts as a miss, writes go in the background, and an outage is logged
+once, after which Redis is left alone for `RETRY_S` between tries.
 
 Versions are retired by telling the cache which spaces are live (`EmbedCache.retain`):
 memory drops the entries of the others at once; Redis keeps the set of spaces it holds
@@ -92,6 +93,12 @@ class EmbedStore(Protocol):
         """The entry of each key, in order; None where there is none (or it expired)."""
         ...
 
+    async def get_many_with_ttl(
+        self, keys: Sequence[CacheKey]
+    ) -> list[tuple[Cached, float] | None]:
+        """`get_many`, each entry with the seconds it has left before it expires."""
+        ...
+
     async def put_many(self, entries: Sequence[tuple[CacheKey, Cached]], ttl_s: float) -> None:
         """Write (or replace) entries, each to expire `ttl_s` from now."""
         ...
@@ -121,8 +128,12 @@ class MemoryStore:
 
     def lookup(self, keys: Sequence[CacheKey]) -> list[Cached | None]:
         """`get_many` without a coroutine (what `EmbedCache` calls)."""
+        return [None if found is None else found[0] for found in self.lookup_with_ttl(keys)]
+
+    def lookup_with_ttl(self, keys: Sequence[CacheKey]) -> list[tuple[Cached, float] | None]:
+        """`get_many_with_ttl` without a coroutine."""
         now = self._clock()
-        found: list[Cached | None] = []
+        found: list[tuple[Cached, float] | None] = []
         for key in keys:
             entry = self._entries.get(key)
             if entry is not None and entry[1] <= now:
@@ -132,7 +143,7 @@ class MemoryStore:
                 found.append(None)
             else:
                 self._entries.move_to_end(key)
-                found.append(entry[0])
+                found.append((entry[0], entry[1] - now))
         return found
 
     def store(
@@ -142,8 +153,15 @@ class MemoryStore:
         `cold`: the entries go in as the least recently used (first out unless looked up
         again; each takes the place of the least recently used), so a bulk write (a
         catalog's items) never pushes out more than its own size of the coldest."""
-        expires = self._clock() + ttl_s
-        for key, value in entries:
+        self.store_with_ttl([(key, value, ttl_s) for key, value in entries], cold)
+
+    def store_with_ttl(
+        self, entries: Sequence[tuple[CacheKey, Cached, float]], cold: bool = False
+    ) -> None:
+        """`store`, each entry to expire the seconds given with it from now."""
+        now = self._clock()
+        for key, value, ttl_s in entries:
+            expires = now + ttl_s
             self._drop(key)
             size = entry_bytes(key, value)
             if size > self.max_bytes:
@@ -179,6 +197,12 @@ class MemoryStore:
     async def get_many(self, keys: Sequence[CacheKey]) -> list[Cached | None]:
         """The entry of each key, in order (each hit becomes the most recently used)."""
         return self.lookup(keys)
+
+    async def get_many_with_ttl(
+        self, keys: Sequence[CacheKey]
+    ) -> list[tuple[Cached, float] | None]:
+        """`get_many`, each entry with the seconds it has left."""
+        return self.lookup_with_ttl(keys)
 
     async def put_many(self, entries: Sequence[tuple[CacheKey, Cached]], ttl_s: float) -> None:
         """Write entries, then drop the least recently used until the bound holds."""
@@ -276,26 +300,28 @@ class EmbedCache:
         self._retiring = asyncio.get_running_loop().create_task(self._retire())
 
     async def get(self, use: str, keys: Sequence[CacheKey]) -> list[Cached | None]:
-        """The entry of each key, in order, or None: memory, then Redis for the rest."""
+        """The entry of each key, in order, or None: memory, then Redis for the rest
+        (copied into memory for what is left of their time in Redis, at most the TTL)."""
         found = self.memory.lookup(keys)
         missing = [n for n, entry in enumerate(found) if entry is None]
         self._metrics.looked_up(use, MEMORY, len(keys) - len(missing), len(missing))
         if not missing or self.redis is None:
             return found
-        shared: list[Cached | None] = [None] * len(missing)
+        shared: list[tuple[Cached, float] | None] = [None] * len(missing)
         if self._redis_usable():
             try:
-                shared = await self.redis.get_many([keys[n] for n in missing])
+                shared = await self.redis.get_many_with_ttl([keys[n] for n in missing])
             except CacheUnavailable as e:
                 self._failed("get", e)
             else:
                 self._answered()
         fill = []
-        for n, entry in zip(missing, shared, strict=True):
-            if entry is not None:
-                found[n] = entry
-                fill.append((keys[n], entry))
-        self.memory.store(self._live_only(fill), self.ttl_s)
+        for n, hit in zip(missing, shared, strict=True):
+            if hit is not None:
+                found[n] = hit[0]
+                if keys[n].space in self.live:
+                    fill.append((keys[n], hit[0], min(hit[1], self.ttl_s)))
+        self.memory.store_with_ttl(fill)
         self._metrics.looked_up(use, REDIS, len(fill), len(missing) - len(fill))
         return found
 

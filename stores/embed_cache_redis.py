@@ -3,11 +3,13 @@ interface and the memory tier).
 
 Keys: `<prefix><space>:<tenant>:<digest>`, each a string value: the token count (uint32
 little-endian) then the float32 vector, written with `SET ... PX <ttl>` (pipelined, one
-round trip per request) and read with one `MGET`. The set `<prefix>spaces` names every
-space with entries; retiring a space deletes its keys (`SCAN MATCH <prefix><space>:*`,
-`UNLINK`), then takes it out of the set. A write that races with the deletion (a replica
-that has not applied the new config yet) adds its space back, so the next retirement
-catches it; whatever slips through still expires with its TTL.
+round trip per request) and read with one `MGET` (with each key's `PTTL` in the same
+transaction when the reader keeps a copy, so the copy expires when the key does). The
+set `<prefix>spaces` names every space with entries; retiring a space deletes its keys
+(`SCAN MATCH <prefix><space>:*`, `UNLINK`), then takes it out of the set. A write that
+races with the deletion (a replica that has not applied the new config yet) adds its
+space back, so the next retirement catches it; whatever slips through still expires with
+its TTL.
 
 Spaces contain no ':', so `<prefix><space>:` starts the keys of one space only. Redis
 bounds its own memory (`maxmemory` with an `allkeys-lru` or `volatile-lru` policy).
@@ -15,6 +17,7 @@ bounds its own memory (`maxmemory` with an `allkeys-lru` or `volatile-lru` polic
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Awaitable, Collection, Sequence
 from typing import cast
@@ -64,6 +67,24 @@ class RedisStore:
         except RedisError as e:
             raise self._unavailable(e) from e
         return [decode(value) for value in values]
+
+    async def get_many_with_ttl(
+        self, keys: Sequence[CacheKey]
+    ) -> list[tuple[Cached, float] | None]:
+        """`get_many`, each entry with the seconds it has left: `MGET` and a `PTTL` per
+        key in one transaction, one round trip."""
+        if not keys:
+            return []
+        names = [self._key(key) for key in keys]
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.mget(names)
+                for name in names:
+                    pipe.pttl(name)
+                values, *left_ms = await pipe.execute()
+        except RedisError as e:
+            raise self._unavailable(e) from e
+        return [_with_ttl(decode(raw), ms) for raw, ms in zip(values, left_ms, strict=True)]
 
     async def put_many(self, entries: Sequence[tuple[CacheKey, Cached]], ttl_s: float) -> None:
         """`SET ... PX` of each entry and `SADD` of their spaces: one round trip per
@@ -129,6 +150,14 @@ class RedisStore:
 def encode(value: Cached) -> bytes:
     """The stored form: the token count, then the vector's bytes."""
     return _TOKENS.pack(value.tokens) + value.vector
+
+
+def _with_ttl(entry: Cached | None, left_ms: int) -> tuple[Cached, float] | None:
+    """An entry with its seconds left (`PTTL`: -1 for a key without expiry, -2 for
+    none); an entry at its last millisecond is a miss."""
+    if entry is None or left_ms == 0 or left_ms < -1:
+        return None
+    return entry, math.inf if left_ms == -1 else left_ms / 1000
 
 
 def decode(raw: bytes | None) -> Cached | None:

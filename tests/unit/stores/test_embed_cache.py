@@ -157,6 +157,21 @@ def test_retain_deletes_the_retired_versions_only(backend: Backend) -> None:
     backend.run(body)
 
 
+def test_an_entry_comes_back_with_the_time_it_has_left(backend: Backend) -> None:
+    async def body(store: EmbedStore) -> None:
+        (key, value), (never, _) = entries("acme", V1, ["red shoe", "blue sock"])
+        await store.put_many([(key, value)], 60)
+        await backend.advance(0.4)
+        missing, found = await store.get_many_with_ttl([never, key])
+        assert missing is None
+        assert found is not None
+        assert found[0] == value
+        assert 58.0 < found[1] <= 59.6 + 1e-9  # Redis: real time, on a busy machine
+        assert await store.get_many_with_ttl([]) == []
+
+    backend.run(body)
+
+
 # ---- keys: the normalized text ---------------------------------------------------------
 
 
@@ -311,6 +326,81 @@ def test_memory_first_then_redis_and_a_redis_hit_fills_memory(redis_url: str) ->
         assert counts.misses[("search", REDIS)] == 1
         for cache in (writer, reader):
             await cache.close()
+
+    asyncio.run(body())
+
+
+def test_a_copy_from_the_shared_tier_expires_with_its_entry() -> None:
+    """The embedded store as the shared tier, on a fake clock: a hit copied into a
+    replica's memory keeps only the time the shared entry had left."""
+    clock = FakeClock()
+    shared = MemoryStore(1 << 20, clock)
+
+    def replica() -> EmbedCache:
+        cache = EmbedCache(MemoryStore(1 << 20, clock), shared, clock=clock)
+        cache.configure(True, 1 << 20, 3600, ["search"])
+        cache.retain([V1])
+        return cache
+
+    async def body() -> None:
+        writer, reader = replica(), replica()
+        written = entries("acme", V1, ["red shoe"])
+        writer.put(written)  # at t=0, for 3600 s
+        await writer.settle()
+        keys = [k for k, _ in written]
+        clock.now += 3000
+        assert await reader.get("search", keys) == [written[0][1]]  # from the shared tier
+        assert reader.memory.lookup_with_ttl(keys) == [(written[0][1], 600.0)]
+        clock.now += 600
+        assert reader.memory.lookup(keys) == [None]
+        assert await reader.get("search", keys) == [None]
+
+    asyncio.run(body())
+
+
+def test_a_copy_from_redis_expires_with_its_key(redis_url: str) -> None:
+    prefix = _prefix()
+
+    async def body() -> None:
+        writer, _ = _tiered(redis_url, prefix, timeout_s=1.0)
+        writer.configure(True, 1 << 20, 0.5, ["search"])  # keys live 0.5 s
+        reader, _ = _tiered(redis_url, prefix, timeout_s=1.0)  # its own TTL: 60 s
+        for cache in (writer, reader):
+            cache.retain([V1])
+        written = entries("acme", V1, ["red shoe"])
+        writer.put(written)
+        await writer.settle()
+        keys = [k for k, _ in written]
+        assert await reader.get("search", keys) == [written[0][1]]
+        ((_, left),) = [hit for hit in reader.memory.lookup_with_ttl(keys) if hit]
+        assert 0 < left <= 0.5
+        await asyncio.sleep(0.6)
+        assert reader.memory.lookup(keys) == [None]
+        for cache in (writer, reader):
+            await cache.close()
+
+    asyncio.run(body())
+
+
+def test_a_redis_key_without_expiry_is_copied_for_the_cache_ttl(redis_url: str) -> None:
+    import redis
+
+    prefix = _prefix()
+    ((key, value),) = entries("acme", V1, ["red shoe"])
+    client = redis.Redis.from_url(redis_url)
+    client.set(f"{prefix}{key.space}:{key.tenant}:{key.digest}", encode(value))  # no PX
+    client.close()
+
+    async def body() -> None:
+        store = RedisStore(redis_url, prefix=prefix, timeout_s=1.0)
+        assert await store.get_many_with_ttl([key]) == [(value, float("inf"))]
+        await store.close()
+        reader, _ = _tiered(redis_url, prefix, timeout_s=1.0)
+        reader.retain([V1])
+        assert await reader.get("search", [key]) == [value]
+        ((_, left),) = [hit for hit in reader.memory.lookup_with_ttl([key]) if hit]
+        assert 59.0 < left <= 60.0  # the reader's own TTL (real time passes)
+        await reader.close()
 
     asyncio.run(body())
 
