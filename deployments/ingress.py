@@ -114,6 +114,13 @@ class Ingress:
 
         return await self.envelope.run(rid, route, oip_route, admitted, principal_of(request.scope))
 
+    async def _v2(
+        self, request: Request, route: str, work: Any, name: str, version: str | None
+    ) -> Response:
+        """An inference protocol route about one model (or version): `work(plane, call,
+        name, version)` in the envelope."""
+        return await self._run(request, route, True, lambda c: work(self.plane, c, name, version))
+
     # ---- servekit's own /v1 routes ------------------------------------------------
 
     @api.get("/v1/models", **inference.LIST_DOC)
@@ -165,12 +172,7 @@ class Ingress:
     )
     async def model_metadata(self, request: Request, name: str) -> Response:
         """Versions, platform and tensor signature of a model."""
-        return await self._run(
-            request,
-            "/v2/models/metadata",
-            True,
-            lambda call: inference.metadata(self.plane, call, name, None),
-        )
+        return await self._v2(request, "/v2/models/metadata", inference.metadata, name, None)
 
     @api.get(
         "/v2/models/{name}/versions/{version}",
@@ -180,22 +182,12 @@ class Ingress:
     )
     async def version_metadata(self, request: Request, name: str, version: str) -> Response:
         """Platform and tensor signature of one version."""
-        return await self._run(
-            request,
-            "/v2/models/metadata",
-            True,
-            lambda call: inference.metadata(self.plane, call, name, version),
-        )
+        return await self._v2(request, "/v2/models/metadata", inference.metadata, name, version)
 
     @api.get("/v2/models/{name}/ready", summary="Model readiness", responses=V2_ERRORS)
     async def model_ready(self, request: Request, name: str) -> Response:
         """200 when every version of the model with traffic has a ready replica."""
-        return await self._run(
-            request,
-            "/v2/models/ready",
-            True,
-            lambda call: inference.ready(self.plane, call, name, None),
-        )
+        return await self._v2(request, "/v2/models/ready", inference.ready, name, None)
 
     @api.get(
         "/v2/models/{name}/versions/{version}/ready",
@@ -204,12 +196,7 @@ class Ingress:
     )
     async def version_ready(self, request: Request, name: str, version: str) -> Response:
         """200 when the version has a ready replica, whatever its traffic."""
-        return await self._run(
-            request,
-            "/v2/models/ready",
-            True,
-            lambda call: inference.ready(self.plane, call, name, version),
-        )
+        return await self._v2(request, "/v2/models/ready", inference.ready, name, version)
 
     @api.post(
         "/v2/models/{name}/infer",
