@@ -3,8 +3,8 @@ interface and the memory tier).
 
 Keys: `<prefix><space>:<tenant>:<digest>`, each a string value: the token count (uint32
 little-endian) then the float32 vector, written with `SET ... PX <ttl>` (pipelined, one
-round trip per request) and read with one `MGET` (with each key's `PTTL` in the same
-transaction when the reader keeps a copy, so the copy expires when the key does). The
+round trip per request) and read with one `MGET` (or, when the reader keeps a copy, one
+script answering each key's value and `PTTL`, so the copy expires when the key does). The
 set `<prefix>spaces` names every space with entries; retiring a space deletes its keys
 (`SCAN MATCH <prefix><space>:*`, `UNLINK`), then takes it out of the set. A write that
 races with the deletion (a replica that has not applied the new config yet) adds its
@@ -34,6 +34,15 @@ DEFAULT_TIMEOUT_S = 0.05
 DEFAULT_MAX_CONNECTIONS = 16
 SCAN_COUNT = 1000  # keys Redis looks at per SCAN call while retiring a space
 _TOKENS = struct.Struct("<I")
+# Each key's value (false: none) and its PTTL, in turn.
+_GET_WITH_TTL = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[2 * i - 1] = redis.call('GET', key)
+  out[2 * i] = redis.call('PTTL', key)
+end
+return out
+"""
 _GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 
@@ -57,6 +66,7 @@ class RedisStore:
         self._password = self._client.connection_pool.connection_kwargs.get("password")
         self._prefix = prefix
         self._spaces = f"{prefix}spaces"
+        self._get_with_ttl = self._client.register_script(_GET_WITH_TTL)
 
     async def get_many(self, keys: Sequence[CacheKey]) -> list[Cached | None]:
         """The entry of each key, in order; None where there is none: one `MGET`."""
@@ -71,20 +81,19 @@ class RedisStore:
     async def get_many_with_ttl(
         self, keys: Sequence[CacheKey]
     ) -> list[tuple[Cached, float] | None]:
-        """`get_many`, each entry with the seconds it has left: `MGET` and a `PTTL` per
-        key in one transaction, one round trip."""
+        """`get_many`, each entry with the seconds it has left: one script reading each
+        key's value and `PTTL` on the server, one round trip (a transaction of `MGET`
+        and a `PTTL` per key cost the client about 8 us a text more)."""
         if not keys:
             return []
-        names = [self._key(key) for key in keys]
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.mget(names)
-                for name in names:
-                    pipe.pttl(name)
-                values, *left_ms = await pipe.execute()
+            reply = await self._get_with_ttl(keys=[self._key(key) for key in keys])
         except RedisError as e:
             raise self._unavailable(e) from e
-        return [_with_ttl(decode(raw), ms) for raw, ms in zip(values, left_ms, strict=True)]
+        return [
+            _with_ttl(decode(raw or None), int(ms))
+            for raw, ms in zip(reply[::2], reply[1::2], strict=True)
+        ]
 
     async def put_many(self, entries: Sequence[tuple[CacheKey, Cached]], ttl_s: float) -> None:
         """`SET ... PX` of each entry and `SADD` of their spaces: one round trip per
