@@ -135,6 +135,8 @@ class SqlEventLog:
     ) -> list[tuple[str, float]]:
         """The tenant's items with the most weighted events since `since`, most first
         (with `catalog`: of its events and those that named none)."""
+        if not any(w > 0 for w in weights.values()):
+            return []  # nothing weighs anything: no item is popular
         c = events_table.c
         weight = case(
             *((c.type == kind, literal(float(w))) for kind, w in sorted(weights.items())),

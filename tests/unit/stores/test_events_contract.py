@@ -192,3 +192,5 @@ def test_popular_items_of_one_catalog(log: SqlEventLog) -> None:
     assert log.popular("tn_a", since, weights, 10, "kitchen") == [("mug", 8.0), ("sock", 1.0)]
     assert [i for i, _ in log.popular("tn_a", since, weights, 10)] == ["mug", "shoe", "sock"]
     assert log.popular("tn_b", since, weights, 10, "shop") == []
+    assert log.popular("tn_a", since, {}, 10, "shop") == []  # nothing weighs anything
+    assert log.popular("tn_a", since, {"view": 0.0}, 10) == []
