@@ -80,12 +80,13 @@ def item_problem(item: Item) -> str | None:
 
 def same_body(a: Item, b: Item) -> bool:
     """Whether two items have the same text and attributes, as JSON says them: `1`
-    and `true`, or `1` and `1.0`, differ (Python's `==` equates them)."""
+    and `true`, or `1` and `1.0`, differ (Python's `==` equates them); so do text
+    fields in another order, which embed as another text (`item_text`)."""
     return _canonical(a) == _canonical(b)
 
 
 def _canonical(item: Item) -> str:
-    return json.dumps([item.text, item.attributes], sort_keys=True)
+    return json.dumps([list(item.text.items()), item.attributes], sort_keys=True)
 
 
 def item_text(item: Item) -> str:

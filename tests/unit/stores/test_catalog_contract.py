@@ -547,3 +547,16 @@ def test_vectors_made_from_an_item_since_replaced_are_not_stored(store: SqlCatal
     current = {"x": item("x", "blue sock", n=1), "z": item("z", on=True)}
     assert store.put_vectors("tn_a", "c", SPACE, blobs, current) == ["x", "z"]
     assert store.put_vectors("tn_a", "c", OTHER_SPACE, blobs) == ["x", "y", "z"]
+
+
+def test_an_item_is_the_same_body_only_with_its_text_fields_in_the_same_order() -> None:
+    """Fields in another order embed as another text: a vector made from one must not
+    stand for the other (the backfill's check against a newer upsert)."""
+    from stores.catalog import item_text, same_body
+
+    a = Item("x", {"title": "red", "body": "shoe"}, {"n": 1})
+    b = Item("x", {"body": "shoe", "title": "red"}, {"n": 1})
+    assert item_text(a) != item_text(b)
+    assert not same_body(a, b)
+    assert same_body(a, Item("x", {"title": "red", "body": "shoe"}, {"n": 1}))
+    assert not same_body(a, Item("x", {"title": "red", "body": "shoe"}, {"n": True}))
