@@ -146,6 +146,12 @@ class CatalogStore(Protocol):
     def get(self, tenant_id: str, catalog: str, item_id: str) -> Item | None:
         """One item of the tenant's catalog, or None (also for another tenant's)."""
 
+    def get_many(self, tenant_id: str, catalog: str, item_ids: list[str]) -> dict[str, Item]:
+        """The items of these ids in the tenant's catalog (missing ones left out)."""
+
+    def has_catalog(self, tenant_id: str, catalog: str) -> bool:
+        """Whether the tenant has a catalog of that name."""
+
     def configure(self, tenant_id: str, catalog: str, settings: dict[str, Any]) -> int:
         """Replace a catalog's settings (creating the catalog); the change's seq."""
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
@@ -227,12 +228,16 @@ async def post_events(request: Request, body: Annotated[EventsBody, Body()]) -> 
 async def _check_catalog(host: Any, tenant: str, catalog: str) -> None:
     """404 for a catalog the tenant does not have (a typo would be kept in the log and
     leave every attribute feature still): known to this replica, or else to the store
-    (made since this replica last looked, or held by the search shards)."""
+    (made since this replica last looked, or held by the search shards: one indexed
+    lookup); 503 when the store does not answer, as when the log does not."""
     search = getattr(host, "search", None)
     if search is None or (tenant, catalog) in search.catalogs:
         return
-    found = await asyncio.to_thread(search.store.catalogs, tenant)
-    if not any(info.name == catalog for info in found):
+    try:
+        known = await asyncio.to_thread(search.store.has_catalog, tenant, catalog)
+    except SQLAlchemyError as e:
+        raise Unavailable("catalog: the catalog store is unavailable; nothing was kept") from e
+    if not known:
         raise NotFound("catalog: no such catalog")
 
 

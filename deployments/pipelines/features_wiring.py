@@ -62,12 +62,8 @@ def catalog_items(search: SearchService | None) -> ItemLookup | None:
         store = search.store
 
         def read(tenant: str, catalog: str, item_ids: list[str]) -> Attributes:
-            found: Attributes = {}
-            for item_id in dict.fromkeys(item_ids):
-                item = store.get(tenant, catalog, item_id)
-                if item is not None:
-                    found[item_id] = item_attributes(item.attributes, item.text)
-            return found
+            items = store.get_many(tenant, catalog, item_ids)
+            return {i: item_attributes(item.attributes, item.text) for i, item in items.items()}
 
         async def from_store(tenant: str, catalog: str, item_ids: list[str]) -> Attributes:
             return await asyncio.to_thread(read, tenant, catalog, item_ids)

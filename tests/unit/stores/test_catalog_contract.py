@@ -560,3 +560,20 @@ def test_an_item_is_the_same_body_only_with_its_text_fields_in_the_same_order() 
     assert not same_body(a, b)
     assert same_body(a, Item("x", {"title": "red", "body": "shoe"}, {"n": 1}))
     assert not same_body(a, Item("x", {"title": "red", "body": "shoe"}, {"n": True}))
+
+
+def test_get_many_and_has_catalog(store: SqlCatalogStore) -> None:
+    items = [Item(f"i{n}", {"title": f"t{n}"}, {"n": n}) for n in range(1200)]
+    store.upsert("tn_a", "shop", items)
+    store.upsert("tn_b", "shop", [Item("i1", {"title": "theirs"}, {})])
+    wanted = ["i1", "i1199", "i1", "absent", *(f"i{n}" for n in range(600, 700))]
+    found = store.get_many("tn_a", "shop", wanted)
+    assert set(found) == {"i1", "i1199", *(f"i{n}" for n in range(600, 700))}
+    assert found["i1"].text == {"title": "t1"}
+    assert found["i1"].attributes == {"n": 1}
+    assert store.get_many("tn_b", "shop", ["i1", "i2"])["i1"].text == {"title": "theirs"}
+    assert store.get_many("tn_a", "other", ["i1"]) == {}
+    assert store.get_many("tn_a", "shop", []) == {}
+    assert store.has_catalog("tn_a", "shop")
+    assert not store.has_catalog("tn_a", "shops")
+    assert not store.has_catalog("tn_c", "shop")  # another tenant's name
