@@ -2,7 +2,8 @@
 
 Two token buckets (requests/s, texts/s; each holds one second's worth, so a burst of a
 second is allowed) and a monthly text counter per subject (a tenant, or a key with its
-own limits). One `admit` checks all three and takes from all or none, atomically.
+own limits). One `admit` checks all three, of one subject or several (a key and its
+tenant), and takes from all or none, atomically.
 Backends: `EmbeddedLimiter` (this process only: each replica limits alone) and
 `RedisLimiter` (shared by every replica; one round trip per request).
 
@@ -15,6 +16,7 @@ of zero or less refuses everything (`stores._ratelimit.BLOCKED_RETRY_S`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,9 +49,17 @@ class LimiterUnavailable(Exception):
 class Limiter(Protocol):
     """Admits or refuses one request of `texts` texts for `subject` under `limits`."""
 
-    async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
-        """Take one request and `texts` texts from `subject`'s buckets and month, or
-        nothing when any of them is short. Subjects carry the tenant (`tn_x`, `tn_x/key_y`)."""
+    async def admit(
+        self,
+        subject: str,
+        limits: RateLimits,
+        texts: int,
+        also: Sequence[tuple[str, RateLimits]] = (),
+    ) -> Decision:
+        """Take one request and `texts` texts from `subject`'s buckets and month and from
+        those of each `(subject, limits)` of `also`, or nothing when any of them is
+        short; the decision reports the tightest limit of them all. Subjects carry the
+        tenant (`tn_x`, `tn_x/key_y`); the subjects of one call share their tenant."""
 
     async def close(self) -> None:
         """Release connections."""

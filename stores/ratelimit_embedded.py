@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -93,44 +93,55 @@ class EmbeddedLimiter:
         self._sync_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
-    async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
-        """Take one request and `texts` texts from `subject`'s buckets and month, or
-        nothing when any of them is short (see `stores.ratelimit`)."""
+    async def admit(
+        self,
+        subject: str,
+        limits: RateLimits,
+        texts: int,
+        also: Sequence[tuple[str, RateLimits]] = (),
+    ) -> Decision:
+        """Take one request and `texts` texts from `subject`'s buckets and month and
+        from each of `also`'s, or nothing when any of them is short (see
+        `stores.ratelimit`)."""
         if texts < 0:
             raise ValueError(f"texts must be >= 0, got {texts}")
-        if not limits.is_set():
+        charges = [(s, lim) for s, lim in ((subject, limits), *also) if lim.is_set()]
+        if not charges:
             return ALLOWED
-        refusal = blocked(limits)
-        if refusal is not None:
-            return refusal
-        if self._counts is not None and limits.monthly_texts is not None:
+        for _, lim in charges:
+            if (refusal := blocked(lim)) is not None:
+                return refusal
+        if self._counts is not None and any(lim.monthly_texts is not None for _, lim in charges):
             await self._load_month()
         now = self._clock()
         self._evict(now)
-        entry = self._buckets.get(subject) or _Buckets()
         checks: list[Check] = []
-        taken = _Buckets()
-        if limits.requests_per_s is not None:
-            check, taken.requests = check_bucket(
-                "requests", limits.requests_per_s, entry.requests, now, 1
-            )
-            checks.append(check)
-        if limits.texts_per_s is not None:
-            check, taken.texts = check_bucket("texts", limits.texts_per_s, entry.texts, now, texts)
-            checks.append(check)
-        if limits.monthly_texts is not None:
-            used = self._used_by(subject, now)
-            checks.append(check_month(limits.monthly_texts, used, now, texts))
+        takes: list[tuple[str, RateLimits, _Buckets]] = []
+        for who, lim in charges:
+            entry = self._buckets.get(who) or _Buckets()
+            taken = _Buckets()
+            if lim.requests_per_s is not None:
+                check, taken.requests = check_bucket(
+                    "requests", lim.requests_per_s, entry.requests, now, 1
+                )
+                checks.append(check)
+            if lim.texts_per_s is not None:
+                check, taken.texts = check_bucket("texts", lim.texts_per_s, entry.texts, now, texts)
+                checks.append(check)
+            if lim.monthly_texts is not None:
+                checks.append(check_month(lim.monthly_texts, self._used_by(who, now), now, texts))
+            takes.append((who, lim, taken))
         decision = decide(checks)
         if decision.allowed:
-            if taken.requests is not None or taken.texts is not None:
-                self._take(subject, taken, limits, now)
-            if limits.monthly_texts is not None and texts:
-                if self._counts is None:
-                    self._used[subject] = self._used.get(subject, 0) + texts
-                else:
-                    key = (self._month, subject)
-                    self._pending[key] = self._pending.get(key, 0) + texts
+            for who, lim, taken in takes:
+                if taken.requests is not None or taken.texts is not None:
+                    self._take(who, taken, lim, now)
+                if lim.monthly_texts is not None and texts:
+                    if self._counts is None:
+                        self._used[who] = self._used.get(who, 0) + texts
+                    else:
+                        key = (self._month, who)
+                        self._pending[key] = self._pending.get(key, 0) + texts
         return decision
 
     async def close(self) -> None:

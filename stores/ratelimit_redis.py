@@ -1,17 +1,21 @@
 """Rate limits in Redis, shared by every replica: one round trip (EVALSHA) per request.
 
 One Lua script checks and takes atomically, on the server's clock (`TIME`), so replicas
-whose clocks disagree still share one bucket. Per subject there are two keys, both
-carrying the subject in a hash tag (`{...}`) so that Redis Cluster keeps them in one slot:
-- `<prefix>{<subject>}:b`, a hash of each bucket's level and when it was measured
+whose clocks disagree still share one bucket; a key with limits of its own and its
+tenant are checked and taken together in one run. Per subject there are two keys, both
+carrying the subject's tenant in a hash tag (`{...}`) so that Redis Cluster keeps a
+tenant's and its keys' in one slot (`<subject>` below: `{tn_x}` or `{tn_x}/key_y`):
+- `<prefix><subject>:b`, a hash of each bucket's level and when it was measured
   (`r`/`rt` requests, `x`/`xt` texts, times in microseconds of the server's clock),
   expiring when the buckets are full again (an absent bucket is a full one);
-- `<prefix>{<subject>}:m:<YYYYMM>`, the texts counted in that UTC month, expiring a day
+- `<prefix><subject>:m:<YYYYMM>`, the texts counted in that UTC month, expiring a day
   after the month. The script derives YYYYMM from the server's clock, so it appends it
   to the key name it is given (the hash tag keeps the key in the declared slot).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
@@ -56,15 +60,16 @@ end
 """
 
 _ADMIT = """
--- KEYS[1]: the bucket hash; KEYS[2]: the monthly counter's name without YYYYMM
--- ARGV: requests_per_s, texts_per_s, monthly_texts ('' when not checked), texts
+-- For each subject s (0-based): KEYS[2s+1] its bucket hash, KEYS[2s+2] its monthly
+-- counter's name without YYYYMM; ARGV[1] the texts, then per subject ARGV[3s+2..3s+4]:
+-- requests_per_s, texts_per_s, monthly_texts ('' when not checked). Takes from every
+-- subject or from none.
 local EPSILON = 1e-9
 local MIN_MONTHLY_RETRY = 1
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- exact in a double
 local now = now_us / 1000000
-local rr, xr, mq = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[1])
 local function num(x) return string.format('%.17g', x) end
 
 -- wait, remaining, reset; then the level and its time (µs) to store if all have room
@@ -86,42 +91,56 @@ local function bucket(rate, tokens, at, take)
   return 0, left, (cap - left) / rate, left, at
 end
 
-local stored = redis.call('HMGET', KEYS[1], 'r', 'rt', 'x', 'xt')
-local out, ok, fields, full_s = {}, true, {}, 0
+local out, ok = {}, true
 local function report(wait, remaining, reset)
   if wait > 0 then ok = false end
   table.insert(out, num(wait)); table.insert(out, num(remaining)); table.insert(out, num(reset))
 end
-local function check(rate, tokens, at, take, name)
-  local wait, remaining, reset, level, level_at = bucket(rate, tonumber(tokens), tonumber(at), take)
-  report(wait, remaining, reset)
-  for _, v in ipairs({name, num(level), name .. 't', num(level_at)}) do table.insert(fields, v) end
-  full_s = math.max(full_s, reset)
-end
-if rr then check(rr, stored[1], stored[2], 1, 'r') end
-if xr then check(xr, stored[3], stored[4], n, 'x') end
-local month_key, next_start
-if mq then
-  local ym
-  ym, next_start = month_of(now)
-  month_key = KEYS[2] .. ym
-  local used = tonumber(redis.call('GET', month_key)) or 0
-  local reset = math.max(MIN_MONTHLY_RETRY, next_start - now)
-  if used + n > mq then report(reset, math.max(0, mq - used), reset)
-  else report(0, mq - used - n, reset) end
+local ym, next_start = month_of(now)
+local writes, months = {}, {}
+for s = 0, #KEYS / 2 - 1 do
+  local rr, xr = tonumber(ARGV[3 * s + 2]), tonumber(ARGV[3 * s + 3])
+  local mq = tonumber(ARGV[3 * s + 4])
+  local bkey = KEYS[2 * s + 1]
+  local stored = redis.call('HMGET', bkey, 'r', 'rt', 'x', 'xt')
+  local fields, full_s = {}, 0
+  local function check(rate, tokens, at, take, name)
+    local wait, remaining, reset, level, level_at =
+      bucket(rate, tonumber(tokens), tonumber(at), take)
+    report(wait, remaining, reset)
+    for _, v in ipairs({name, num(level), name .. 't', num(level_at)}) do
+      table.insert(fields, v)
+    end
+    full_s = math.max(full_s, reset)
+  end
+  if rr then check(rr, stored[1], stored[2], 1, 'r') end
+  if xr then check(xr, stored[3], stored[4], n, 'x') end
+  table.insert(writes, {bkey, fields, full_s})
+  if mq then
+    local month_key = KEYS[2 * s + 2] .. ym
+    local used = tonumber(redis.call('GET', month_key)) or 0
+    local reset = math.max(MIN_MONTHLY_RETRY, next_start - now)
+    if used + n > mq then report(reset, math.max(0, mq - used), reset)
+    else report(0, mq - used - n, reset) end
+    table.insert(months, month_key)
+  end
 end
 if not ok then return out end
 
-if #fields > 0 then
-  -- a bucket not checked now is forgotten (set again, it starts full); the hash lives
-  -- until the buckets are full again, plus a second
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(fields))
-  redis.call('PEXPIRE', KEYS[1], math.ceil(full_s * 1000) + 1000)
+for _, w in ipairs(writes) do
+  if #w[2] > 0 then
+    -- a bucket not checked now is forgotten (set again, it starts full); the hash lives
+    -- until the buckets are full again, plus a second
+    redis.call('DEL', w[1])
+    redis.call('HSET', w[1], unpack(w[2]))
+    redis.call('PEXPIRE', w[1], math.ceil(w[3] * 1000) + 1000)
+  end
 end
-if mq and n > 0 then
-  redis.call('INCRBY', month_key, n)
-  redis.call('EXPIREAT', month_key, next_start + 86400)
+if n > 0 then
+  for _, month_key in ipairs(months) do
+    redis.call('INCRBY', month_key, n)
+    redis.call('EXPIREAT', month_key, next_start + 86400)
+  end
 end
 return out
 """
@@ -155,26 +174,52 @@ class RedisLimiter:
         self._script = self._client.register_script(SCRIPT)
         self._prefix = prefix
 
-    async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
-        """Take one request and `texts` texts from `subject`'s buckets and month, or
-        nothing when any of them is short (see `stores.ratelimit`); one round trip."""
+    async def admit(
+        self,
+        subject: str,
+        limits: RateLimits,
+        texts: int,
+        also: Sequence[tuple[str, RateLimits]] = (),
+    ) -> Decision:
+        """Take one request and `texts` texts from `subject`'s buckets and month and from
+        each of `also`'s, or nothing when any of them is short (see `stores.ratelimit`);
+        one round trip."""
         if texts < 0:
             raise ValueError(f"texts must be >= 0, got {texts}")
-        if not limits.is_set():
+        charges = [(s, lim) for s, lim in ((subject, limits), *also) if lim.is_set()]
+        if not charges:
             return ALLOWED
-        refusal = blocked(limits)
-        if refusal is not None:
-            return refusal
-        tagged = f"{self._prefix}{{{subject}}}"
-        args = [_arg(limits.requests_per_s), _arg(limits.texts_per_s)]
-        args += [_arg(limits.monthly_texts), str(texts)]
+        for _, lim in charges:
+            if (refusal := blocked(lim)) is not None:
+                return refusal
+        keys: list[str] = []
+        args = [str(texts)]
+        for who, lim in charges:
+            tagged = self._tagged(who)
+            keys += [f"{tagged}:b", f"{tagged}:m:"]
+            args += [_arg(lim.requests_per_s), _arg(lim.texts_per_s), _arg(lim.monthly_texts)]
         try:
-            reply = await self._script(keys=[f"{tagged}:b", f"{tagged}:m:"], args=args)
+            reply = await self._script(keys=keys, args=args)
         except RedisError as e:
             raise LimiterUnavailable(
                 f"rate limit store {self._where} failed: {type(e).__name__}: {e}"
             ) from e
-        return decide(_checks(limits, [float(v) for v in reply]))
+        values = [float(v) for v in reply]
+        checks: list[Check] = []
+        for _, lim in charges:
+            named = _named(lim)
+            checks += _checks(named, values[: 3 * len(named)])
+            values = values[3 * len(named) :]
+        if values:
+            raise LimiterUnavailable("rate limit script answered more values than checked")
+        return decide(checks)
+
+    def _tagged(self, subject: str) -> str:
+        """A subject's key prefix, its tenant as the hash tag: a key's subject
+        (`tn_x/key_y`) and its tenant's land in one Redis Cluster slot, which one
+        script over both needs."""
+        tenant, _, rest = subject.partition("/")
+        return f"{self._prefix}{{{tenant}}}{'/' + rest if rest else ''}"
 
     async def close(self) -> None:
         """Close the connections."""
@@ -186,8 +231,8 @@ def _arg(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
-def _checks(limits: RateLimits, values: list[float]) -> list[Check]:
-    """The script's (wait, remaining, reset) triples, in the order it checked them."""
+def _named(limits: RateLimits) -> list[tuple[str, float]]:
+    """The limits the script checks for one subject, in its order, with their sizes."""
     named: list[tuple[str, float]] = []
     if limits.requests_per_s is not None:
         named.append(("requests", capacity(limits.requests_per_s)))
@@ -195,6 +240,11 @@ def _checks(limits: RateLimits, values: list[float]) -> list[Check]:
         named.append(("texts", capacity(limits.texts_per_s)))
     if limits.monthly_texts is not None:
         named.append(("monthly", float(limits.monthly_texts)))
+    return named
+
+
+def _checks(named: list[tuple[str, float]], values: list[float]) -> list[Check]:
+    """One subject's (wait, remaining, reset) triples, in the order the script checked."""
     if len(values) != 3 * len(named):
         raise LimiterUnavailable(f"rate limit script answered {len(values)} values")
     return [

@@ -1,6 +1,6 @@
-"""Rate limits and monthly quotas on the request path: one limiter call per request (two
-for a key with limits of its own), answered with the IETF `RateLimit` /
-`RateLimit-Policy` headers, and a 429 with `Retry-After` when over."""
+"""Rate limits and monthly quotas on the request path: one limiter call per request,
+answered with the IETF `RateLimit` / `RateLimit-Policy` headers, and a 429 with
+`Retry-After` when over."""
 
 from __future__ import annotations
 
@@ -13,11 +13,6 @@ from deployments.tenancy.principal import Principal
 from stores.ratelimit import Decision, Limiter, LimiterUnavailable
 
 WARN_EVERY_S = 30.0
-
-
-def _left(decision: Decision) -> float:
-    """The share of its limit a decision's tightest limit has left."""
-    return decision.remaining / decision.limit if decision.limit > 0 else 0.0
 
 
 def ratelimit_headers(decision: Decision) -> dict[str, str]:
@@ -45,11 +40,10 @@ class Admission:
 
     async def admit(self, principal: Principal, texts: int) -> dict[str, str]:
         """The `RateLimit` headers for the response; raises `RateLimited` when over.
-        A key with limits of its own is checked against them first, then the request
-        against its tenant's: every key of a tenant shares the tenant's buckets and
-        month, so no key takes more than the tenant has. A key over its own limits is
-        refused before the tenant's are touched (its burst leaves the tenant's other
-        keys their share); one refused by the tenant's has spent its own."""
+        Every key of a tenant draws on the tenant's buckets and month; a key with limits
+        of its own on those too, in the same limiter call: the request takes from both
+        or from neither (a key over its own limit leaves the tenant's to its other keys,
+        a tenant over its limits costs the key nothing)."""
         if principal.operator:
             return {}
         charges = [
@@ -60,23 +54,21 @@ class Admission:
             )
             if limits.is_set()
         ]
-        tightest: Decision | None = None
-        for subject, limits in charges:
-            try:
-                decision = await self.limiter.admit(subject, limits, texts)
-            except LimiterUnavailable as e:
-                return self._unavailable(e)
-            if not decision.allowed:
-                headers = ratelimit_headers(decision)
-                retry = max(1, math.ceil(decision.retry_after_s))
-                what = "monthly text quota" if decision.policy == "monthly" else "rate limit"
-                raise RateLimited(
-                    f"{what} exceeded: retry after {retry} s",
-                    {**headers, "Retry-After": str(retry)},
-                )
-            if tightest is None or _left(decision) < _left(tightest):
-                tightest = decision
-        return ratelimit_headers(tightest) if tightest is not None else {}
+        if not charges:
+            return {}
+        (subject, limits), *also = charges
+        try:
+            decision = await self.limiter.admit(subject, limits, texts, also)
+        except LimiterUnavailable as e:
+            return self._unavailable(e)
+        headers = ratelimit_headers(decision)
+        if not decision.allowed:
+            retry = max(1, math.ceil(decision.retry_after_s))
+            what = "monthly text quota" if decision.policy == "monthly" else "rate limit"
+            raise RateLimited(
+                f"{what} exceeded: retry after {retry} s", {**headers, "Retry-After": str(retry)}
+            )
+        return headers
 
     def _unavailable(self, error: LimiterUnavailable) -> dict[str, str]:
         now = time.monotonic()

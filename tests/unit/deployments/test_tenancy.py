@@ -202,7 +202,9 @@ def test_admission_headers_and_429() -> None:
 
 def test_admission_without_limits_does_nothing() -> None:
     class Exploding:
-        async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
+        async def admit(
+            self, subject: str, limits: RateLimits, texts: int, also: object = ()
+        ) -> Decision:
             raise AssertionError("no limiter call without limits")
 
         async def close(self) -> None:
@@ -215,7 +217,9 @@ def test_admission_without_limits_does_nothing() -> None:
 @pytest.mark.parametrize("fail_open", [True, False])
 def test_limiter_down(fail_open: bool) -> None:
     class Down:
-        async def admit(self, subject: str, limits: RateLimits, texts: int) -> Decision:
+        async def admit(
+            self, subject: str, limits: RateLimits, texts: int, also: object = ()
+        ) -> Decision:
             raise LimiterUnavailable("down")
 
         async def close(self) -> None:

@@ -179,6 +179,31 @@ def test_subjects_do_not_share(backend: Backend, subject: str) -> None:
     backend.run(body)
 
 
+def test_a_key_and_its_tenant_take_together_or_not_at_all(backend: Backend, subject: str) -> None:
+    """`also`: a key's own limits checked with its tenant's in one call. A refusal by
+    either takes from neither; the decision reports the tightest limit of both."""
+    key = f"{subject}/key_1"
+    tenant_limits = RateLimits(monthly_texts=10)
+    key_limits = RateLimits(requests_per_s=100, monthly_texts=4)
+
+    async def body(limiter: Limiter) -> None:
+        both = await limiter.admit(key, key_limits, 3, [(subject, tenant_limits)])
+        assert (both.allowed, both.policy, both.remaining) == (True, "monthly", 1)  # the key's
+        refused = await limiter.admit(key, key_limits, 2, [(subject, tenant_limits)])
+        assert (refused.allowed, refused.policy, refused.limit) == (False, "monthly", 4)
+        # The key's refusal took nothing from the tenant: 7 of its 10 are left.
+        assert (await limiter.admit(subject, tenant_limits, 7)).allowed
+        # Now the tenant refuses; the key's own month is not charged for it.
+        over = await limiter.admit(key, key_limits, 1, [(subject, tenant_limits)])
+        assert (over.allowed, over.limit) == (False, 10)
+        raised = RateLimits(monthly_texts=20)
+        again = await limiter.admit(key, key_limits, 1, [(subject, raised)])
+        assert (again.allowed, again.remaining) == (True, 0)  # the key's 4th text
+        assert not (await limiter.admit(key, key_limits, 1, [(subject, raised)])).allowed
+
+    backend.run(body)
+
+
 def test_a_request_larger_than_the_bucket_is_refused(backend: Backend, subject: str) -> None:
     async def body(limiter: Limiter) -> None:
         limits = RateLimits(texts_per_s=5)
