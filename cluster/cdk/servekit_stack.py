@@ -13,19 +13,24 @@ Security properties the tests assert on the synthesized template:
 - the Kubernetes API endpoint is private to the VPC, or public only to the CIDRs given
   in the context value `servekit:apiPublicCidrs` (never to every address);
 - NetworkPolicies are enforced (the VPC CNI's network policy agent is on), so the Ray
-  pods' policy in cluster/networkpolicy.yaml takes effect.
+  pods' policy in cluster/networkpolicy.yaml takes effect;
+- exactly one IAM role administers the cluster: the one named by the context value
+  `servekit:adminRoleArn`, through an EKS access entry (the stack refuses to synthesize
+  without it: no one could run kubectl on the cluster it makes).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Sequence
 
 from aws_cdk import CfnOutput, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_eks as eks
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk.lambda_layer_kubectl_v33 import KubectlV33Layer
 from constructs import Construct
@@ -45,6 +50,13 @@ API_PUBLIC_CIDRS_CONTEXT = "servekit:apiPublicCidrs"
 # Context value: whether the tenant registry's database refuses deletion (default true;
 # `cdk deploy -c servekit:registryDeletionProtection=false` before tearing a stack down).
 REGISTRY_DELETION_PROTECTION_CONTEXT = "servekit:registryDeletionProtection"
+# Context value: the IAM role that administers the cluster (kubectl, the README's
+# runbook), `cdk deploy -c servekit:adminRoleArn=arn:aws:iam::<account>:role/<name>`.
+# Required: EKS admits only the principals it is told of, and the stack's own creator is
+# a role of CloudFormation's that no person assumes.
+ADMIN_ROLE_ARN_CONTEXT = "servekit:adminRoleArn"
+# Access entries take a role's ARN with its path (SSO roles have one).
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 
 
 def api_public_cidrs(value: object) -> list[str]:
@@ -80,6 +92,23 @@ def registry_deletion_protection(value: object) -> bool:
     )
 
 
+def admin_role_arn(value: object) -> str:
+    """The context value: an IAM role's ARN, or a message that says how to give one."""
+    if value is None or value == "":
+        raise ValueError(
+            f"{ADMIN_ROLE_ARN_CONTEXT} is not set: name the IAM role that administers the "
+            f"cluster, `cdk deploy -c {ADMIN_ROLE_ARN_CONTEXT}=arn:aws:iam::<account>:role/"
+            "<name>` (or the same key under `context` in cdk.json); without it no one can "
+            "reach the Kubernetes API of the cluster this stack makes"
+        )
+    if not isinstance(value, str) or not _ROLE_ARN.match(value.strip()):
+        raise ValueError(
+            f"{ADMIN_ROLE_ARN_CONTEXT}: expected an IAM role ARN "
+            f"(arn:aws:iam::<account>:role/<name>), got {value!r}"
+        )
+    return value.strip()
+
+
 def endpoint_access(cidrs: list[str]) -> eks.EndpointAccess:
     """Private only without CIDRs; otherwise private plus public from those CIDRs."""
     if not cidrs:
@@ -92,6 +121,13 @@ class ServekitStack(Stack):
 
     def __init__(self, scope: Construct, construct_id: str, **kwargs: object) -> None:
         super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        # First, so that a missing value fails before anything is built.
+        admin = iam.Role.from_role_arn(
+            self,
+            "Admin",
+            admin_role_arn(self.node.try_get_context(ADMIN_ROLE_ARN_CONTEXT)),
+            mutable=False,
+        )
 
         vpc = ec2.Vpc(
             self,
@@ -137,6 +173,11 @@ class ServekitStack(Stack):
             vpc=vpc,
             vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
             default_capacity=0,
+            # Access entries beside the aws-auth ConfigMap: the admin role gets one with
+            # AmazonEKSClusterAdminPolicy, and the ConfigCommand output is the
+            # `aws eks update-kubeconfig ... --role-arn <it>` to run.
+            authentication_mode=eks.AuthenticationMode.API_AND_CONFIG_MAP,
+            masters_role=admin,
             endpoint_access=endpoint_access(
                 api_public_cidrs(self.node.try_get_context(API_PUBLIC_CIDRS_CONTEXT))
             ),

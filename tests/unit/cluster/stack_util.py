@@ -16,6 +16,9 @@ CDK_DIR = REPO_ROOT / "cluster" / "cdk"
 # An address in the stack's private subnets, where the registry and Redis live (the
 # NetworkPolicy tests check the Ray pods may reach it; the stack's tests that it is).
 PRIVATE_SUBNET_ADDRESS = "10.0.64.20"
+# The cluster's administrator, which the stack requires (`servekit:adminRoleArn`); with
+# a path, as IAM Identity Center's roles have.
+ADMIN_ROLE_ARN = "arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/PlatformAdmin"
 
 needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="CDK synthesis needs Node.js")
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
@@ -32,11 +35,12 @@ def load_stack_module() -> Any:
 
 
 def synth(stack_module: Any, context: dict[str, Any] | None = None) -> Any:
-    """The stack's `aws_cdk.assertions.Template`, with these context values."""
+    """The stack's `aws_cdk.assertions.Template`, with these context values (and the
+    admin role, unless they set it)."""
     from aws_cdk import App
     from aws_cdk.assertions import Template
 
-    app = App(context=context)
+    app = App(context={stack_module.ADMIN_ROLE_ARN_CONTEXT: ADMIN_ROLE_ARN, **(context or {})})
     return Template.from_stack(stack_module.ServekitStack(app, "Servekit"))
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.unit.cluster.stack_util import (
+    ADMIN_ROLE_ARN,
     CDK_DIR,
     as_list,
     needs_node,
@@ -188,6 +189,75 @@ def test_api_public_cidrs_refuse_the_open_world(
     assert stack_module.api_public_cidrs(None) == []
 
 
+def test_admin_role_administers_the_cluster_through_an_access_entry(template: Any) -> None:
+    (cluster,) = resources(template, "Custom::AWSCDK-EKS-Cluster").values()
+    assert cluster["Properties"]["Config"]["accessConfig"]["authenticationMode"] == (
+        "API_AND_CONFIG_MAP"
+    )
+    # The only access entry: the creator's own (CloudFormation's role) is implicit.
+    (entry,) = resources(template, "AWS::EKS::AccessEntry").values()
+    assert entry["Properties"]["PrincipalArn"] == ADMIN_ROLE_ARN
+    assert entry["Properties"]["AccessPolicies"] == [
+        {
+            "AccessScope": {"Type": "cluster"},
+            "PolicyArn": {
+                "Fn::Join": [
+                    "",
+                    [
+                        "arn:",
+                        {"Ref": "AWS::Partition"},
+                        ":eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+                    ],
+                ]
+            },
+        }
+    ]
+
+
+def test_outputs_the_kubeconfig_command_for_the_admin_role(template: Any) -> None:
+    (command,) = (
+        o["Value"]
+        for name, o in template.to_json()["Outputs"].items()
+        if name.startswith("EksConfigCommand")
+    )
+    (cluster_id,) = resources(template, "Custom::AWSCDK-EKS-Cluster")
+    assert command == {
+        "Fn::Join": [
+            "",
+            [
+                "aws eks update-kubeconfig --name ",
+                {"Ref": cluster_id},
+                " --region ",
+                {"Ref": "AWS::Region"},
+                f" --role-arn {ADMIN_ROLE_ARN}",
+            ],
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "servekit:adminRoleArn is not set"),
+        ("", "servekit:adminRoleArn is not set"),
+        ("arn:aws:iam::123456789012:user/alice", "expected an IAM role ARN"),
+        ("arn:aws:sts::123456789012:assumed-role/Admin/alice", "expected an IAM role ARN"),
+        ("PlatformAdmin", "expected an IAM role ARN"),
+        (["arn:aws:iam::123456789012:role/Admin"], "expected an IAM role ARN"),
+    ],
+)
+def test_admin_role_is_required(stack_module: Any, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        stack_module.admin_role_arn(value)
+    arn = "arn:aws:iam::123456789012:role/Admin"
+    assert stack_module.admin_role_arn(arn) == arn
+
+
+def test_stack_refuses_to_synthesize_without_an_admin_role(stack_module: Any) -> None:
+    with pytest.raises(ValueError, match="cdk deploy -c servekit:adminRoleArn="):
+        synth(stack_module, {stack_module.ADMIN_ROLE_ARN_CONTEXT: None})
+
+
 def test_network_policies_are_enforced(template: Any) -> None:
     # Without the VPC CNI's network policy agent, EKS stores NetworkPolicies and
     # enforces none: cluster/networkpolicy.yaml would be decoration.
@@ -201,7 +271,11 @@ def test_cfn_lint_passes(tmp_path: Path) -> None:
     synth = subprocess.run(
         [sys.executable, "-c", "import runpy; runpy.run_path('app.py', run_name='__main__')"],
         cwd=CDK_DIR,
-        env={**os.environ, "CDK_OUTDIR": str(out)},
+        env={
+            **os.environ,
+            "CDK_OUTDIR": str(out),
+            "CDK_CONTEXT_JSON": json.dumps({"servekit:adminRoleArn": ADMIN_ROLE_ARN}),
+        },
         capture_output=True,
         text=True,
         check=False,
