@@ -1,6 +1,7 @@
-"""servekit's AWS footprint: VPC, EKS with CPU and GPU node groups, the artifact bucket,
-the image repository, the Ray pods' IAM role (IRSA), the KubeRay operator, and the
-stores of multi-tenant auth with their secret (serving_stores.py).
+"""servekit's AWS footprint: VPC, EKS with CPU and GPU node groups and the Cluster
+Autoscaler that sizes them (cluster_addons.py), the artifact bucket, the image
+repository, the Ray pods' IAM role (IRSA), the KubeRay operator, and the stores of
+multi-tenant auth with their secret (serving_stores.py).
 
 Security properties the tests assert on the synthesized template:
 - the artifact bucket is encrypted, versioned, blocks every kind of public access and
@@ -33,6 +34,7 @@ from aws_cdk import aws_eks as eks
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk.lambda_layer_kubectl_v33 import KubectlV33Layer
+from cluster_addons import GPU_TYPE_LABELS, POOL_LABEL, add_cluster_autoscaler
 from constructs import Construct
 from serving_stores import ServingStores
 
@@ -197,7 +199,7 @@ class ServekitStack(Stack):
             instance_types=[ec2.InstanceType("m7i.2xlarge")],
             min_size=1,
             max_size=8,
-            labels={"servekit.io/pool": "cpu"},
+            labels={POOL_LABEL: "cpu"},
             subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
         )
         cluster.add_nodegroup_capacity(
@@ -206,7 +208,7 @@ class ServekitStack(Stack):
             ami_type=eks.NodegroupAmiType.AL2023_X86_64_NVIDIA,
             min_size=0,
             max_size=4,
-            labels={"servekit.io/pool": "gpu"},
+            labels={POOL_LABEL: "gpu", **GPU_TYPE_LABELS},
             taints=[
                 eks.TaintSpec(
                     effect=eks.TaintEffect.NO_SCHEDULE, key="nvidia.com/gpu", value="present"
@@ -214,6 +216,8 @@ class ServekitStack(Stack):
             ],
             subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
         )
+        # Nodes follow the pods: the groups above start at their minimum size.
+        add_cluster_autoscaler(cluster)
 
         namespace = cluster.add_manifest(
             "Namespace",

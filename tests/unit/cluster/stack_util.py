@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from typing import Any
@@ -56,9 +57,10 @@ def one(template: Any, kind: str) -> tuple[str, Any]:
     return item
 
 
-def ray_pods_role(template: Any) -> tuple[str, Any]:
-    """The IRSA role whose trust condition names the servekit-ray service account."""
+def irsa_role(template: Any, namespace: str, service_account: str) -> tuple[str, Any]:
+    """The IRSA role whose trust condition names that service account, and no other."""
     everything = template.to_json()["Resources"]
+    subject = re.compile(rf"system:serviceaccount:{namespace}:{service_account}(?![\w-])")
     matches = []
     for name, role in resources(template, "AWS::IAM::Role").items():
         trust = json.dumps(role["Properties"]["AssumeRolePolicyDocument"])
@@ -67,10 +69,57 @@ def ray_pods_role(template: Any) -> tuple[str, Any]:
         # The condition is computed by a CfnJson custom resource at deploy time.
         condition_ids = [rid for rid in everything if f'"{rid}"' in trust]
         text = trust + "".join(json.dumps(everything[rid]) for rid in condition_ids)
-        if "system:serviceaccount:servekit:servekit-ray" in text:
+        if subject.search(text):
             matches.append((name, role))
     assert len(matches) == 1
     return matches[0]
+
+
+def ray_pods_role(template: Any) -> tuple[str, Any]:
+    """The IRSA role of the servekit-ray service account."""
+    return irsa_role(template, "servekit", "servekit-ray")
+
+
+def role_statements(template: Any, role_id: str) -> list[Any]:
+    """The statements of the one inline policy attached to a role."""
+    policies = [
+        p
+        for p in resources(template, "AWS::IAM::Policy").values()
+        if {"Ref": role_id} in p["Properties"]["Roles"]
+    ]
+    assert len(policies) == 1
+    statements: list[Any] = policies[0]["Properties"]["PolicyDocument"]["Statement"]
+    return statements
+
+
+def helm_chart(template: Any, chart: str) -> Any:
+    """The properties of the one Helm release of a chart."""
+    (found,) = (
+        c["Properties"]
+        for c in resources(template, "Custom::AWSCDK-EKS-HelmChart").values()
+        if c["Properties"]["Chart"] == chart
+    )
+    return found
+
+
+def text(value: Any) -> str:
+    """A template string value with its intrinsic parts as `<Ref:id>` / `<GetAtt:id.attr>`."""
+    if isinstance(value, str):
+        return value
+    (function, args), *rest = value.items()
+    assert not rest, value
+    if function == "Ref":
+        return f"<Ref:{args}>"
+    if function == "Fn::GetAtt":
+        return f"<GetAtt:{args[0]}.{args[1]}>"
+    assert function == "Fn::Join", value
+    assert args[0] == "", value
+    return "".join(text(part) for part in args[1])
+
+
+def helm_values(chart: Any) -> Any:
+    """A Helm release's values, with references as `<Ref:id>` strings."""
+    return json.loads(text(chart["Values"]))
 
 
 def as_list(value: Any) -> list[Any]:

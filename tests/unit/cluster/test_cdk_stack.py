@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,13 @@ from tests.unit.cluster.stack_util import (
     ADMIN_ROLE_ARN,
     CDK_DIR,
     as_list,
+    helm_chart,
+    helm_values,
+    irsa_role,
     needs_node,
     ray_pods_role,
     resources,
+    role_statements,
     synth,
 )
 
@@ -127,11 +132,17 @@ def test_node_groups_and_kuberay(template: Any) -> None:
     assert gpu["Properties"]["Taints"] == [
         {"Effect": "NO_SCHEDULE", "Key": "nvidia.com/gpu", "Value": "present"}
     ]
-    assert gpu["Properties"]["Labels"] == {"servekit.io/pool": "gpu"}
+    assert gpu["Properties"]["Labels"] == {
+        "servekit.io/pool": "gpu",
+        "k8s.amazonaws.com/accelerator": "nvidia-a10g",
+    }
     cpu = next(g for g in groups if g is not gpu)
     assert cpu["Properties"]["Labels"] == {"servekit.io/pool": "cpu"}
     charts = resources(template, "Custom::AWSCDK-EKS-HelmChart")
-    assert [c["Properties"]["Chart"] for c in charts.values()] == ["kuberay-operator"]
+    assert {c["Properties"]["Chart"] for c in charts.values()} >= {
+        "kuberay-operator",
+        "cluster-autoscaler",
+    }
     settings = (REPO_ROOT / "cluster" / "settings.yaml").read_text()
     assert "servekit.io/pool: gpu" in settings
     assert "service_account: servekit-ray" in settings
@@ -140,13 +151,80 @@ def test_node_groups_and_kuberay(template: Any) -> None:
 def test_kuberay_supports_token_auth_and_sits_where_the_policy_admits_it(template: Any) -> None:
     from configs.cluster import load_cluster_settings
 
-    (chart,) = resources(template, "Custom::AWSCDK-EKS-HelmChart").values()
+    chart = helm_chart(template, "kuberay-operator")
     # The operator must send the Ray token on its dashboard calls: KubeRay 1.5.1 or later.
-    version = tuple(int(part) for part in chart["Properties"]["Version"].split("."))
+    version = tuple(int(part) for part in chart["Version"].split("."))
     assert version >= (1, 5, 1), version
     # The NetworkPolicy admits the operator's namespace to the dashboard port.
     settings = load_cluster_settings(REPO_ROOT / "cluster" / "settings.yaml")
-    assert chart["Properties"]["Namespace"] == settings.network.operator_namespace
+    assert chart["Namespace"] == settings.network.operator_namespace
+
+
+def _cluster_id(template: Any) -> str:
+    (cluster_id,) = resources(template, "Custom::AWSCDK-EKS-Cluster")
+    return cluster_id
+
+
+def test_node_groups_grow_to_what_the_worker_groups_may_ask(template: Any) -> None:
+    from configs.cluster import load_cluster_settings
+
+    settings = load_cluster_settings(REPO_ROOT / "cluster" / "settings.yaml")
+    groups = {
+        g["Properties"]["Labels"]["servekit.io/pool"]: g["Properties"]
+        for g in resources(template, "AWS::EKS::Nodegroup").values()
+    }
+    for worker in settings.worker_groups:
+        pool = groups[worker.node_selector["servekit.io/pool"]]
+        # At least a node per worker pod at its group's maximum (one GPU per g5.2xlarge).
+        assert pool["ScalingConfig"]["MaxSize"] >= worker.max_replicas, worker.name
+
+
+def test_cluster_autoscaler_discovers_this_clusters_node_groups(template: Any) -> None:
+    chart = helm_chart(template, "cluster-autoscaler")
+    assert chart["Repository"] == "https://kubernetes.github.io/autoscaler"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["Version"])
+    assert chart["Namespace"] == "kube-system"
+    values = helm_values(chart)
+    assert values["cloudProvider"] == "aws"
+    assert values["autoDiscovery"] == {"clusterName": f"<Ref:{_cluster_id(template)}>"}
+    assert values["awsRegion"]
+    # Its service account is the stack's, with the role below.
+    assert values["rbac"]["serviceAccount"] == {"create": False, "name": "cluster-autoscaler"}
+    # The autoscaler's minor version is the cluster's Kubernetes minor version.
+    (cluster,) = resources(template, "Custom::AWSCDK-EKS-Cluster").values()
+    kubernetes = cluster["Properties"]["Config"]["version"]
+    assert values["image"]["tag"].startswith(f"v{kubernetes}."), values["image"]
+
+
+def test_cluster_autoscaler_may_resize_only_this_clusters_node_groups(template: Any) -> None:
+    role_id, role = irsa_role(template, "kube-system", "cluster-autoscaler")
+    assert not role["Properties"].get("ManagedPolicyArns")
+    reads, writes = [], []
+    for statement in role_statements(template, role_id):
+        assert statement["Effect"] == "Allow"
+        actions = as_list(statement["Action"])
+        if "Condition" in statement:
+            writes += actions
+            assert statement["Resource"] == "*"
+            assert statement["Condition"] == {
+                "StringEquals": {
+                    "aws:ResourceTag/eks:cluster-name": {"Ref": _cluster_id(template)},
+                    "aws:ResourceTag/k8s.io/cluster-autoscaler/enabled": "true",
+                }
+            }
+        else:
+            reads += actions
+    assert sorted(writes) == [
+        "autoscaling:SetDesiredCapacity",
+        "autoscaling:TerminateInstanceInAutoScalingGroup",
+    ]
+    # Everything else only reads; eks:DescribeNodegroup gives the labels and taints of a
+    # group at zero nodes (the GPU group's start).
+    assert "eks:DescribeNodegroup" in reads
+    assert all(
+        a.split(":")[1].startswith(("Describe", "GetInstanceTypesFromInstanceRequirements"))
+        for a in reads
+    ), reads
 
 
 def _api_endpoint(template: Any) -> Any:
