@@ -7,7 +7,13 @@ from models.runtime import Runtime, RuntimeOptions
 
 
 def runtime_for(artifact: ResolvedArtifact, options: RuntimeOptions) -> Runtime:
-    """Build (not load) the runtime named by the package's metadata."""
+    """Build (not load) the runtime named by the package's metadata; a package of
+    another task (a recommender's) is refused by name, before any file is read."""
+    if artifact.meta.task != "text-embedding":
+        raise ValueError(
+            f"{artifact.ref.uri}: the package's task is {artifact.meta.task}, not "
+            "text-embedding (a recommender's package belongs under a recommendation model)"
+        )
     if artifact.meta.runtime == "onnx":
         from models.onnx_runtime import OnnxEmbedder
 

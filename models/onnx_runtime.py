@@ -47,6 +47,17 @@ class OnnxEmbedder(TextEmbedder):
         path = str(self.package_dir / self.meta.model_file)
         self._session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         self._providers = tuple(self._session.get_providers())
+        if self.options.device == "gpu":
+            # ONNX Runtime builds a CPU-only session when CUDA cannot start (cuDNN or
+            # cuBLAS missing, no free device) and, by default, moves a session whose run
+            # failed on CUDA to the CPU: a GPU version would then answer from the CPU,
+            # ready and slow. Refuse to load instead, and never fall back.
+            if self._providers[:1] != ("CUDAExecutionProvider",):
+                raise RuntimeError(
+                    "device gpu asked for, but ONNX Runtime could not start its CUDA "
+                    f"provider (session providers: {', '.join(self._providers)}; its log says why)"
+                )
+            self._session.disable_fallback()
         if self.options.busy_lanes > 1 and self.device_name == "cpu":
             # One thread per run: concurrent runs never meet at a barrier waiting for a
             # thread that lost its core, which is what two-thread runs do under load.

@@ -178,3 +178,40 @@ def test_one_thread_session_is_its_own_busy_lane(
         _ref(example_store, manifest["v1-torch"]), RuntimeOptions(busy_lanes=2), cache
     )
     assert torch_rt.busy_lanes == 0  # lanes are an ONNX Runtime CPU feature
+
+
+def test_a_package_of_another_task_is_refused_by_name(
+    manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    """A recommender's package declared as a text-embedding version: a clear error
+    naming the task, not the tokenizer's `Is a directory`."""
+    from models.artifacts import ResolvedArtifact
+
+    real = cache.resolve(_ref(example_store, manifest["v1"]))
+    meta = real.meta.model_copy(update={"task": "recommendation"})
+    with pytest.raises(ValueError, match="task is recommendation, not text-embedding"):
+        runtime_for(ResolvedArtifact(real.ref, real.path, meta), RuntimeOptions())
+
+
+def test_a_gpu_version_never_loads_on_the_cpu(
+    manifest: dict[str, Any],
+    example_store: Path,
+    cache: ArtifactStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ONNX Runtime builds a CPU-only session when CUDA cannot start: a `device: gpu`
+    version refuses to load then, instead of answering ready from the CPU."""
+    import onnxruntime as ort
+
+    built: list[list[str]] = []
+    real_session = ort.InferenceSession
+
+    def cpu_only(path: str, sess_options: Any = None, providers: Any = None) -> Any:
+        built.append(list(providers or []))
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", cpu_only)
+    with pytest.raises(RuntimeError, match="could not start its CUDA provider"):
+        load_model(_ref(example_store, manifest["v1"]), RuntimeOptions(device="gpu"), cache)
+    assert built[0][0] == "CUDAExecutionProvider"
