@@ -1,4 +1,5 @@
-"""What the node groups need besides themselves: something that adds and removes nodes.
+"""What the node groups need besides themselves: something that adds and removes nodes,
+and something that makes the GPUs schedulable.
 
 - The Kubernetes Cluster Autoscaler. Ray's autoscaler adds worker pods between each
   group's min and max (cluster/settings.yaml); the node groups start at their minimum
@@ -7,6 +8,9 @@
   them, reads their labels and taints from EKS (a group at zero nodes has none to look
   at), and may resize only the Auto Scaling groups of this cluster. Its role (IRSA) is
   its service account's alone.
+- The NVIDIA device plugin, on the GPU nodes only. The EKS NVIDIA AMI brings the driver
+  and the container runtime, not the plugin: without it no node advertises
+  `nvidia.com/gpu`, and a GPU worker pod (which requests one) never schedules.
 """
 
 from __future__ import annotations
@@ -17,10 +21,18 @@ from aws_cdk import aws_iam as iam
 
 # The label that puts Ray pods on a node group (`node_selector` in cluster/settings.yaml).
 POOL_LABEL = "servekit.io/pool"
+# The taint on GPU nodes: only pods that tolerate it (GPU workers, the device plugin) land.
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_TAINT_VALUE = "present"
 # The GPU type label the Cluster Autoscaler's AWS provider reads: a new GPU node counts as
 # the GPU it will advertise before the device plugin has started on it, so one pending
 # GPU pod does not add several nodes. g5 instances carry an NVIDIA A10G.
 GPU_TYPE_LABELS = {"k8s.amazonaws.com/accelerator": "nvidia-a10g"}
+
+NVIDIA_DEVICE_PLUGIN_CHART = "nvidia-device-plugin"
+NVIDIA_DEVICE_PLUGIN_REPOSITORY = "https://nvidia.github.io/k8s-device-plugin"
+NVIDIA_DEVICE_PLUGIN_CHART_VERSION = "0.19.3"
+NVIDIA_DEVICE_PLUGIN_NAMESPACE = "nvidia-device-plugin"
 
 CLUSTER_AUTOSCALER_CHART = "cluster-autoscaler"
 CLUSTER_AUTOSCALER_REPOSITORY = "https://kubernetes.github.io/autoscaler"
@@ -101,3 +113,32 @@ def add_cluster_autoscaler(cluster: eks.Cluster) -> eks.HelmChart:
     # The pod must start with its role: the service account first.
     chart.node.add_dependency(account)
     return chart
+
+
+def add_nvidia_device_plugin(cluster: eks.Cluster, gpu_pool: str) -> eks.HelmChart:
+    """The NVIDIA device plugin (Helm) as a DaemonSet on the nodes of the GPU pool."""
+    only_gpu_nodes = {
+        "matchExpressions": [{"key": POOL_LABEL, "operator": "In", "values": [gpu_pool]}]
+    }
+    return cluster.add_helm_chart(
+        "NvidiaDevicePlugin",
+        chart=NVIDIA_DEVICE_PLUGIN_CHART,
+        repository=NVIDIA_DEVICE_PLUGIN_REPOSITORY,
+        version=NVIDIA_DEVICE_PLUGIN_CHART_VERSION,
+        release=NVIDIA_DEVICE_PLUGIN_CHART,
+        namespace=NVIDIA_DEVICE_PLUGIN_NAMESPACE,
+        create_namespace=True,
+        values={
+            # The chart's default affinity asks for labels of Node Feature Discovery,
+            # which EKS nodes do not carry: the plugin would run nowhere. Helm replaces a
+            # list of values whole, so this term is the only one.
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [only_gpu_nodes]
+                    }
+                }
+            },
+            "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    )

@@ -1,7 +1,7 @@
-"""servekit's AWS footprint: VPC, EKS with CPU and GPU node groups and the Cluster
-Autoscaler that sizes them (cluster_addons.py), the artifact bucket, the image
-repository, the Ray pods' IAM role (IRSA), the KubeRay operator, and the stores of
-multi-tenant auth with their secret (serving_stores.py).
+"""servekit's AWS footprint: VPC, EKS with CPU and GPU node groups, the Cluster
+Autoscaler that sizes them and the NVIDIA device plugin (cluster_addons.py), the
+artifact bucket, the image repository, the Ray pods' IAM role (IRSA), the KubeRay
+operator, and the stores of multi-tenant auth with their secret (serving_stores.py).
 
 Security properties the tests assert on the synthesized template:
 - the artifact bucket is encrypted, versioned, blocks every kind of public access and
@@ -34,7 +34,14 @@ from aws_cdk import aws_eks as eks
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk.lambda_layer_kubectl_v33 import KubectlV33Layer
-from cluster_addons import GPU_TYPE_LABELS, POOL_LABEL, add_cluster_autoscaler
+from cluster_addons import (
+    GPU_TAINT_KEY,
+    GPU_TAINT_VALUE,
+    GPU_TYPE_LABELS,
+    POOL_LABEL,
+    add_cluster_autoscaler,
+    add_nvidia_device_plugin,
+)
 from constructs import Construct
 from serving_stores import ServingStores
 
@@ -211,13 +218,15 @@ class ServekitStack(Stack):
             labels={POOL_LABEL: "gpu", **GPU_TYPE_LABELS},
             taints=[
                 eks.TaintSpec(
-                    effect=eks.TaintEffect.NO_SCHEDULE, key="nvidia.com/gpu", value="present"
+                    effect=eks.TaintEffect.NO_SCHEDULE, key=GPU_TAINT_KEY, value=GPU_TAINT_VALUE
                 )
             ],
             subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
         )
         # Nodes follow the pods: the groups above start at their minimum size.
         add_cluster_autoscaler(cluster)
+        # GPUs become a resource the scheduler sees (nvidia.com/gpu) only with the plugin.
+        add_nvidia_device_plugin(cluster, gpu_pool="gpu")
 
         namespace = cluster.add_manifest(
             "Namespace",

@@ -142,6 +142,7 @@ def test_node_groups_and_kuberay(template: Any) -> None:
     assert {c["Properties"]["Chart"] for c in charts.values()} >= {
         "kuberay-operator",
         "cluster-autoscaler",
+        "nvidia-device-plugin",
     }
     settings = (REPO_ROOT / "cluster" / "settings.yaml").read_text()
     assert "servekit.io/pool: gpu" in settings
@@ -177,6 +178,44 @@ def test_node_groups_grow_to_what_the_worker_groups_may_ask(template: Any) -> No
         pool = groups[worker.node_selector["servekit.io/pool"]]
         # At least a node per worker pod at its group's maximum (one GPU per g5.2xlarge).
         assert pool["ScalingConfig"]["MaxSize"] >= worker.max_replicas, worker.name
+
+
+def _selects(term: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a node selector term (`In` expressions) selects a node with these labels."""
+    assert set(term) == {"matchExpressions"}, term
+    for expression in term["matchExpressions"]:
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _tolerates(tolerations: list[dict[str, str]], taint: dict[str, str]) -> bool:
+    effect = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute"}[taint["Effect"]]
+    return any(
+        t["key"] == taint["Key"]
+        and t.get("effect", effect) == effect
+        and (t["operator"] == "Exists" or t.get("value") == taint["Value"])
+        for t in tolerations
+    )
+
+
+def test_nvidia_device_plugin_runs_on_every_gpu_node_and_only_there(template: Any) -> None:
+    chart = helm_chart(template, "nvidia-device-plugin")
+    assert chart["Repository"] == "https://nvidia.github.io/k8s-device-plugin"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["Version"])
+    assert chart["Namespace"] not in ("default", "servekit")
+    values = helm_values(chart)
+    affinity = values["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    terms = affinity["nodeSelectorTerms"]
+    for group in resources(template, "AWS::EKS::Nodegroup").values():
+        props = group["Properties"]
+        is_gpu = props.get("AmiType") == "AL2023_x86_64_NVIDIA"
+        assert any(_selects(t, props["Labels"]) for t in terms) == is_gpu, props["Labels"]
+        # Scheduled there despite the taint that keeps every other pod off.
+        assert all(_tolerates(values["tolerations"], taint) for taint in props.get("Taints", []))
+        if is_gpu:
+            assert props["Taints"], "GPU nodes are tainted for GPU pods only"
 
 
 def test_cluster_autoscaler_discovers_this_clusters_node_groups(template: Any) -> None:
