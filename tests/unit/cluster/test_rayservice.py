@@ -135,6 +135,39 @@ def test_cluster_shape(manifest: dict[str, Any]) -> None:
     assert gpu["rayStartParams"]["num-gpus"] == "1"
 
 
+def test_every_container_resolves_artifacts_where_the_embedded_config_does(
+    manifest: dict[str, Any],
+) -> None:
+    # A config submitted to the dashboard without `artifact_root` (serve deploy of
+    # serve_config.yaml itself) must not resolve relative uris inside the image.
+    embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    (root,) = {app["args"]["artifact_root"] for app in embedded["applications"]}
+    assert root == load_cluster_settings(kube.SETTINGS).artifact_root
+    for name, _, template in _pods(manifest):
+        (container,) = template["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["SERVEKIT_ARTIFACT_ROOT"] == root, name
+
+
+def test_a_config_without_artifact_root_resolves_under_the_pods_prefix(
+    manifest: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from configs.settings import resolve_artifact_uri
+
+    (container,) = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    monkeypatch.setenv("SERVEKIT_ARTIFACT_ROOT", env["SERVEKIT_ARTIFACT_ROOT"])
+    local = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    (app,) = (a for a in local["applications"] if "models" in a.get("args", {}))
+    assert "artifact_root" not in app["args"]
+    for model in app["args"]["models"].values():
+        for version in model["versions"].values():
+            uri = resolve_artifact_uri(version["artifact"]["uri"], None)
+            assert uri.startswith(env["SERVEKIT_ARTIFACT_ROOT"].rstrip("/") + "/"), uri
+
+
 def test_every_container_knows_the_secret_and_redis(manifest: dict[str, Any]) -> None:
     settings = load_cluster_settings(kube.SETTINGS)
     for name, _, template in _pods(manifest):
