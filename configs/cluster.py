@@ -114,8 +114,13 @@ class ClusterSettings(_Strict):
     image: str = Field(description="Serving image, with a pinned tag (never latest).")
     gpu_image: str = Field(description="Serving image for GPU workers, pinned tag.")
     ray_version: str
-    service_account: str = Field(
-        description="Kubernetes service account (IRSA): reads the artifacts and the secret."
+    service_account: DnsLabel = Field(
+        description="Kubernetes service account of the head (IRSA): reads the artifacts "
+        "and the secret; KubeRay binds the Ray autoscaler's Role (patch pods) to it."
+    )
+    worker_service_account: DnsLabel = Field(
+        description="Kubernetes service account of the workers (IRSA): reads the artifacts "
+        "and the secret, and holds no Kubernetes permission."
     )
     artifact_root: str = Field(description="s3:// prefix the relative artifact uris live under.")
     aws_region: str
@@ -134,6 +139,15 @@ class ClusterSettings(_Strict):
         if not tag or tag == "latest":
             raise ValueError("expected a pinned tag (repository:1.2.3) or digest, never latest")
         return value
+
+    @model_validator(mode="after")
+    def _workers_apart_from_the_head(self) -> ClusterSettings:
+        if self.worker_service_account == self.service_account:
+            raise ValueError(
+                "worker_service_account: the head's service account; workers need their "
+                "own, without the Ray autoscaler's permissions"
+            )
+        return self
 
     @field_validator("worker_groups")
     @classmethod

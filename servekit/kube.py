@@ -105,7 +105,8 @@ def _container(name: str, image: str, res: PodResources, head: bool, s: ClusterS
 
 def _pod(container: Any, s: ClusterSettings, group: WorkerGroup | None) -> Any:
     spec: dict[str, Any] = {
-        "serviceAccountName": s.service_account,
+        # Workers apart: KubeRay binds the Ray autoscaler's Role to the head's account.
+        "serviceAccountName": s.service_account if group is None else s.worker_service_account,
         "terminationGracePeriodSeconds": 60,
         "containers": [container],
     }

@@ -6,8 +6,10 @@ operator, and the stores of multi-tenant auth with their secret (serving_stores.
 Security properties the tests assert on the synthesized template:
 - the artifact bucket is encrypted, versioned, blocks every kind of public access and
   refuses plain HTTP;
-- the Ray pods' role can be assumed only by the `servekit-ray` service account, and may
-  only read that bucket and the serving secret, which no other principal may read;
+- the Ray head's role can be assumed only by the `servekit-ray` service account, the
+  workers' only by `servekit-ray-worker` (the head's carries the RBAC KubeRay binds for
+  Ray's autoscaler, which workers must not have); each may only read that bucket and
+  the serving secret, which no other principal may read;
 - the tenant registry (RDS PostgreSQL) and Redis are encrypted, private, and admit
   only the Ray pods' security group, each on its own port;
 - images are scanned on push and their tags are immutable;
@@ -46,7 +48,9 @@ from constructs import Construct
 from serving_stores import ServingStores
 
 NAMESPACE = "servekit"
+# `service_account` and `worker_service_account` in cluster/settings.yaml (a test checks).
 SERVICE_ACCOUNT = "servekit-ray"
+WORKER_SERVICE_ACCOUNT = "servekit-ray-worker"
 # 1.5.1 is the first operator that sends the Ray token on its dashboard calls
 # (authOptions in cluster/rayservice.yaml); the tests validate against 1.7.0's CRD.
 KUBERAY_CHART_VERSION = "1.7.0"
@@ -232,10 +236,16 @@ class ServekitStack(Stack):
             "Namespace",
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
         )
+        # The head's, and the workers' own: KubeRay binds the Ray autoscaler's Role (patch
+        # pods and RayClusters) to the head's service account.
         ray_pods = cluster.add_service_account("RayPods", name=SERVICE_ACCOUNT, namespace=NAMESPACE)
-        ray_pods.node.add_dependency(namespace)
-        # Read-only, and only this bucket.
-        artifacts.grant_read(ray_pods)
+        ray_workers = cluster.add_service_account(
+            "RayWorkers", name=WORKER_SERVICE_ACCOUNT, namespace=NAMESPACE
+        )
+        for account in (ray_pods, ray_workers):
+            account.node.add_dependency(namespace)
+            # Read-only, and only this bucket.
+            artifacts.grant_read(account)
 
         # Managed node groups without a launch template carry the EKS cluster security
         # group, and with the VPC CNI the pods' traffic leaves through their nodes'
@@ -246,7 +256,7 @@ class ServekitStack(Stack):
             vpc=vpc,
             subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS,
             clients=cluster.cluster_security_group,
-            reader=ray_pods.role,
+            readers=[ray_pods.role, ray_workers.role],
             deletion_protection=registry_deletion_protection(
                 self.node.try_get_context(REGISTRY_DELETION_PROTECTION_CONTEXT)
             ),
@@ -265,6 +275,7 @@ class ServekitStack(Stack):
         CfnOutput(self, "ImageRepositoryUri", value=images.repository_uri)
         CfnOutput(self, "ClusterName", value=cluster.cluster_name)
         CfnOutput(self, "RayPodsRoleArn", value=ray_pods.role.role_arn)
+        CfnOutput(self, "RayWorkersRoleArn", value=ray_workers.role.role_arn)
         # `stores:` in cluster/settings.yaml.
         CfnOutput(self, "ServingSecretName", value=stores.secret.secret_name)
         CfnOutput(self, "RedisUrl", value=stores.redis_url)

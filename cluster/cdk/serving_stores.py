@@ -6,8 +6,9 @@
   encrypted at rest and in transit, AUTH token required. It holds the shared rate limits,
   the embedding cache's shared tier and the online features, each in its own database.
 - The serving secret (`SERVING_SECRET_NAME`): one JSON object with the keys the serving
-  processes read (`SECRET_KEYS`). Only the Ray pods' role may read it: it alone is
-  granted GetSecretValue on it, and the secret's resource policy denies everyone else.
+  processes read (`SECRET_KEYS`). Only the Ray pods' roles (the head's and the
+  workers') may read it: they alone are granted GetSecretValue on it, and the secret's
+  resource policy denies everyone else.
 
 Both stores admit only the security group the Ray pods' traffic carries, on their port.
 """
@@ -15,6 +16,8 @@ Both stores admit only the security group the Ray pods' traffic carries, on thei
 from __future__ import annotations
 
 import string
+
+from collections.abc import Sequence
 
 from aws_cdk import Duration, RemovalPolicy, SecretValue
 from aws_cdk import aws_ec2 as ec2
@@ -56,7 +59,7 @@ GENERATED_LENGTH = 64
 
 
 class ServingStores(Construct):
-    """The registry, Redis and the serving secret, readable only by `reader`."""
+    """The registry, Redis and the serving secret, readable only by `readers`."""
 
     def __init__(
         self,
@@ -66,7 +69,7 @@ class ServingStores(Construct):
         vpc: ec2.IVpc,
         subnet_type: ec2.SubnetType,
         clients: ec2.ISecurityGroup,
-        reader: iam.IRole,
+        readers: Sequence[iam.IRole],
         deletion_protection: bool,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -140,7 +143,7 @@ class ServingStores(Construct):
         # the serving secret, not as a password-less SERVEKIT_REGISTRY_DSN: the serving
         # processes read `registry_dsn` whole (the environment before the secret) and
         # have no separate password key, so such a variable would shadow the working
-        # DSN. One secret, one reader and one grant are also simpler to hold shut.
+        # DSN. One secret, one grant per reader are also simpler to hold shut.
         # The password is in the template only as a dynamic reference to the master
         # secret, which CloudFormation resolves at deploy time; nothing else reads that
         # secret. The master password is not rotated: a rotation would have to rewrite
@@ -175,7 +178,8 @@ class ServingStores(Construct):
             # API keys are stored as HMACs under hmac_secret: losing it revokes them all.
             removal_policy=RemovalPolicy.RETAIN,
         )
-        self.secret.grant_read(reader)
+        for reader in readers:
+            self.secret.grant_read(reader)
         self.secret.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="OnlyTheRayPodsRead",
@@ -183,7 +187,10 @@ class ServingStores(Construct):
                 principals=[iam.AnyPrincipal()],
                 actions=["secretsmanager:GetSecretValue"],
                 resources=["*"],
-                conditions={"ArnNotEquals": {"aws:PrincipalArn": reader.role_arn}},
+                # A negated condition with several values: none of them matches.
+                conditions={
+                    "ArnNotEquals": {"aws:PrincipalArn": [reader.role_arn for reader in readers]}
+                },
             )
         )
 

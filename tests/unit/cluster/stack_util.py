@@ -76,8 +76,13 @@ def irsa_role(template: Any, namespace: str, service_account: str) -> tuple[str,
 
 
 def ray_pods_role(template: Any) -> tuple[str, Any]:
-    """The IRSA role of the servekit-ray service account."""
+    """The IRSA role of the servekit-ray service account (the Ray head's)."""
     return irsa_role(template, "servekit", "servekit-ray")
+
+
+def ray_workers_role(template: Any) -> tuple[str, Any]:
+    """The IRSA role of the servekit-ray-worker service account (the Ray workers')."""
+    return irsa_role(template, "servekit", "servekit-ray-worker")
 
 
 def role_statements(template: Any, role_id: str) -> list[Any]:

@@ -22,6 +22,7 @@ from tests.unit.cluster.stack_util import (
     irsa_role,
     needs_node,
     ray_pods_role,
+    ray_workers_role,
     resources,
     role_statements,
     synth,
@@ -71,18 +72,23 @@ def test_artifact_bucket_is_private_encrypted_versioned(template: Any) -> None:
     )
 
 
-def test_ray_pods_role_is_irsa_for_one_service_account(template: Any) -> None:
-    _, role = ray_pods_role(template)
+RAY_ROLES = pytest.mark.parametrize("ray_role", [ray_pods_role, ray_workers_role])
+
+
+@RAY_ROLES
+def test_ray_pods_role_is_irsa_for_one_service_account(template: Any, ray_role: Any) -> None:
+    _, role = ray_role(template)
     (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
     assert "StringEquals" in json.dumps(statement["Condition"])
     assert not role["Properties"].get("ManagedPolicyArns")
 
 
+@RAY_ROLES
 def test_ray_pods_may_only_read_the_artifact_bucket_and_the_serving_secret(
-    template: Any,
+    template: Any, ray_role: Any
 ) -> None:
-    name, _ = ray_pods_role(template)
+    name, _ = ray_role(template)
     (bucket_id,) = resources(template, "AWS::S3::Bucket")
     (secret_id,) = (
         sid
@@ -146,7 +152,15 @@ def test_node_groups_and_kuberay(template: Any) -> None:
     }
     settings = (REPO_ROOT / "cluster" / "settings.yaml").read_text()
     assert "servekit.io/pool: gpu" in settings
-    assert "service_account: servekit-ray" in settings
+
+
+def test_settings_name_the_service_accounts_the_stack_creates(stack_module: Any) -> None:
+    from configs.cluster import load_cluster_settings
+
+    settings = load_cluster_settings(REPO_ROOT / "cluster" / "settings.yaml")
+    assert settings.namespace == stack_module.NAMESPACE
+    assert settings.service_account == stack_module.SERVICE_ACCOUNT
+    assert settings.worker_service_account == stack_module.WORKER_SERVICE_ACCOUNT
 
 
 def test_kuberay_supports_token_auth_and_sits_where_the_policy_admits_it(template: Any) -> None:

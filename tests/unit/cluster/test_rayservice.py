@@ -114,7 +114,10 @@ def test_cluster_shape(manifest: dict[str, Any]) -> None:
     for name, group, template in _pods(manifest):
         pod = template["spec"]
         (container,) = pod["containers"]
-        assert pod["serviceAccountName"] == "servekit-ray", name
+        # The head's account carries the Role KubeRay binds for Ray's autoscaler
+        # (patch pods and RayClusters); the workers' has none.
+        account = "servekit-ray" if name == "head" else "servekit-ray-worker"
+        assert pod["serviceAccountName"] == account, name
         assert re.search(r":[0-9][\w.-]*$", container["image"]), f"{name}: image tag not pinned"
         assert container["resources"]["requests"] == container["resources"]["limits"], name
         assert {"name": "metrics", "containerPort": 8080} in container["ports"], name
@@ -204,6 +207,15 @@ def test_settings_refuse_bad_store_fields(change: dict[str, Any], message: str) 
     with pytest.raises(ValidationError, match=message) as caught:
         ClusterSettings.model_validate(doc)
     assert "hunter2" not in str(caught.value)
+
+
+def test_settings_refuse_workers_on_the_heads_service_account() -> None:
+    from pydantic import ValidationError
+
+    doc = load_cluster_settings(kube.SETTINGS).model_dump()
+    doc["worker_service_account"] = doc["service_account"]
+    with pytest.raises(ValidationError, match="worker_service_account: the head's"):
+        ClusterSettings.model_validate(doc)
 
 
 def test_podmonitor_selects_the_ray_pods(manifest: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from tests.unit.cluster.stack_util import (
     needs_node,
     one,
     ray_pods_role,
+    ray_workers_role,
     resources,
     synth,
 )
@@ -214,7 +215,7 @@ def _statements(template: Any) -> list[tuple[str, dict[str, Any], list[Any]]]:
 
 
 def test_only_the_ray_pods_role_may_read_the_serving_secret(template: Any) -> None:
-    role_id, _ = ray_pods_role(template)
+    role_ids = [ray_pods_role(template)[0], ray_workers_role(template)[0]]
     secret_id, _ = _serving_secret(template)
     readers = []
     for pid, statement, roles in _statements(template):
@@ -228,17 +229,21 @@ def test_only_the_ray_pods_role_may_read_the_serving_secret(template: Any) -> No
         if "*" in targets or secret_id in json.dumps(targets):
             readers.append((pid, roles, targets))
     assert readers, "the pods' role is granted the secret"
+    granted = []
     for pid, roles, targets in readers:
-        assert roles == [{"Ref": role_id}], f"{pid} grants the secret to {roles}"
+        assert roles in ([{"Ref": r}] for r in role_ids), f"{pid} grants the secret to {roles}"
+        granted += roles
         assert targets == [{"Ref": secret_id}], f"{pid} grants more than the secret: {targets}"
     for rid, role in resources(template, "AWS::IAM::Role").items():
         managed = json.dumps(role["Properties"].get("ManagedPolicyArns", []))
         for broad in ("AdministratorAccess", "PowerUserAccess", "SecretsManagerReadWrite"):
             assert broad not in managed, rid
+    # The head's role and the workers' each.
+    assert sorted(r["Ref"] for r in granted) == sorted(role_ids)
 
 
 def test_the_secrets_resource_policy_refuses_every_other_principal(template: Any) -> None:
-    role_id, _ = ray_pods_role(template)
+    role_ids = [ray_pods_role(template)[0], ray_workers_role(template)[0]]
     secret_id, _ = _serving_secret(template)
     (policy,) = (
         p
@@ -250,7 +255,7 @@ def test_the_secrets_resource_policy_refuses_every_other_principal(template: Any
     assert statement["Principal"] == {"AWS": "*"}
     assert statement["Action"] == "secretsmanager:GetSecretValue"
     assert statement["Condition"] == {
-        "ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": [role_id, "Arn"]}}
+        "ArnNotEquals": {"aws:PrincipalArn": [{"Fn::GetAtt": [r, "Arn"]} for r in role_ids]}
     }
 
 
