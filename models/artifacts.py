@@ -5,6 +5,9 @@ and the `sha256` of its bytes. Resolving it downloads the bytes once per machine
 a cache directory, verifies the checksum, unpacks the model package and returns the
 local directory. Nothing half-written ever becomes visible in the cache: downloads
 and unpacking happen under temporary names and are renamed into place at the end.
+The completion marker of an unpacked package records each file's size and sha256;
+a cache hit checks them, so a cached file truncated or edited after the fact is
+fetched again rather than served under the artifact's sha256.
 
 S3 access uses boto3's standard configuration chain (environment, shared config,
 instance/pod role); the endpoint may be overridden with `AWS_ENDPOINT_URL_S3` or
@@ -16,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
+import logging
 import os
 import re
 import shutil
@@ -32,7 +37,9 @@ from models.errors import (
     ArtifactNotFoundError,
     ArtifactStoreUnreachableError,
 )
-from models.package import PackageMeta, read_meta, unpack
+from models.package import PackageMeta, read_meta, sha256_file, unpack
+
+log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK_BYTES = 1 << 20
@@ -83,36 +90,49 @@ class ArtifactStore:
         self._s3_client = s3_client
 
     def resolve(self, ref: ArtifactRef) -> ResolvedArtifact:
-        """Return the unpacked, checksum-verified package for `ref`, fetching it if needed."""
+        """Return the unpacked, checksum-verified package for `ref`, fetching it if needed.
+
+        A cached package is used only when every file still has the size and sha256
+        recorded when it was unpacked; otherwise it is fetched again.
+        """
         final = self.cache_dir / ref.sha256
-        if (final / _COMPLETE_MARK).is_file():
+        if _package_problem(final) is None:
             return ResolvedArtifact(ref, final, read_meta(final, ref.uri))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with self._lock(ref.sha256):
-            # Another process may have finished while we waited for the lock.
-            if (final / _COMPLETE_MARK).is_file():
+            # Another process may have finished (or repaired it) while we waited.
+            problem = _package_problem(final)
+            if problem is None:
                 return ResolvedArtifact(ref, final, read_meta(final, ref.uri))
+            if (final / _COMPLETE_MARK).is_file():
+                log.warning("cached artifact %s: %s; fetching it again", ref.uri, problem)
+            if final.exists():  # failed verification, or left incomplete by a crash
+                shutil.rmtree(final)
             with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".partial-") as tmp:
                 blob = Path(tmp) / "blob"
                 self._download_verified(ref, blob)
                 staged = Path(tmp) / "package"
                 meta = unpack(blob, staged, ref.uri)
-                (staged / _COMPLETE_MARK).write_text(ref.uri + "\n")
-                if final.exists():  # a stale, incomplete directory from a crash
-                    shutil.rmtree(final)
+                record = {"uri": ref.uri, "files": _file_record(staged)}
+                (staged / _COMPLETE_MARK).write_text(json.dumps(record, indent=1) + "\n")
                 staged.rename(final)
         return ResolvedArtifact(ref, final, meta)
 
     def fetch_file(self, ref: ArtifactRef, suffix: str = "") -> Path:
         """Return a checksum-verified local copy of a single-file artifact (an index
-        snapshot, not a model package), fetching it once per machine."""
+        snapshot, not a model package), fetching it once per machine. A cached copy
+        is hashed again before it is returned."""
         final = self.cache_dir / f"{ref.sha256}{suffix}"
-        if final.is_file():
+        if _file_problem(final, ref.sha256) is None:
             return final
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with self._lock(ref.sha256):
-            if final.is_file():
+            problem = _file_problem(final, ref.sha256)
+            if problem is None:
                 return final
+            if final.exists():
+                log.warning("cached artifact %s: %s; fetching it again", ref.uri, problem)
+                final.unlink()
             fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".partial-")
             os.close(fd)
             try:
@@ -124,7 +144,8 @@ class ArtifactStore:
         return final
 
     def is_cached(self, ref: ArtifactRef) -> bool:
-        """Whether `ref` is already resolved in this cache."""
+        """Whether `ref` is already resolved in this cache (its files are not hashed
+        here; `resolve` does that)."""
         return (self.cache_dir / ref.sha256 / _COMPLETE_MARK).is_file()
 
     @contextlib.contextmanager
@@ -178,6 +199,64 @@ class ArtifactStore:
         if self._s3_client is None:
             self._s3_client = make_s3_client()
         return self._s3_client
+
+
+def _file_record(package: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file of an unpacked package, by relative path."""
+    return {
+        name: {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        for name, path in sorted(_package_files(package).items())
+    }
+
+
+def _package_files(package: Path) -> dict[str, Path]:
+    return {
+        name: path
+        for path in package.rglob("*")
+        if path.is_file() and (name := path.relative_to(package).as_posix()) != _COMPLETE_MARK
+    }
+
+
+def _package_problem(package: Path) -> str | None:
+    """Why a cached package cannot be used as it is, or None when it is intact.
+
+    Sizes are checked first (a stat per file), then every file is hashed again:
+    about 0.1 s per 100 MB, once per replica start (see the README).
+    """
+    marker = package / _COMPLETE_MARK
+    if not marker.is_file():
+        return "not cached"
+    try:
+        record = json.loads(marker.read_text())["files"]
+        expected = {name: (int(e["bytes"]), str(e["sha256"])) for name, e in record.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # Markers written before files were recorded: nothing to verify against.
+        return "no file record in its completion marker"
+    try:
+        files = _package_files(package)
+        if set(files) != set(expected):
+            return "its files differ from those unpacked"
+        for name, (size, _) in expected.items():
+            if (actual := files[name].stat().st_size) != size:
+                return f"{name} is {actual} bytes, {size} were unpacked"
+        for name, (_, digest) in expected.items():
+            if sha256_file(files[name]) != digest:
+                return f"{name} no longer has the sha256 it was unpacked with"
+    except OSError as e:  # e.g. removed by another process repairing the entry
+        return f"its files cannot be read ({type(e).__name__})"
+    return None
+
+
+def _file_problem(path: Path, sha256: str) -> str | None:
+    """Why a cached single-file artifact cannot be used, or None when it verifies."""
+    if not path.is_file():
+        return "not cached"
+    try:
+        if sha256_file(path) != sha256:
+            return "its bytes no longer hash to the declared sha256"
+    except OSError as e:
+        return f"it cannot be read ({type(e).__name__})"
+    return None
 
 
 def make_s3_client() -> Any:

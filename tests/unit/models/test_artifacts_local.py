@@ -119,3 +119,84 @@ def test_not_a_package_is_refused(tmp_path: Path) -> None:
 def test_invalid_refs_are_refused(uri: str, sha: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ArtifactRef(uri, sha)
+
+
+def _cached_model(store: ArtifactStore, ref: ArtifactRef) -> Path:
+    return store.cache_dir / ref.sha256 / "model.onnx"
+
+
+def test_truncated_cached_file_is_fetched_again(
+    package: tuple[Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, digest = package
+    ref = ArtifactRef(str(path), digest)
+    store = ArtifactStore(tmp_path / "cache")
+    store.resolve(ref)
+    _cached_model(store, ref).write_bytes(b"graph")  # truncated after the fact
+    resolved = store.resolve(ref)
+    assert (resolved.path / "model.onnx").read_bytes() == b"graph bytes"
+    assert "model.onnx is 5 bytes, 11 were unpacked" in caplog.text
+    assert _partials(tmp_path / "cache") == []
+
+
+def test_edited_cached_file_of_the_same_size_is_fetched_again(
+    package: tuple[Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, digest = package
+    ref = ArtifactRef(str(path), digest)
+    store = ArtifactStore(tmp_path / "cache")
+    store.resolve(ref)
+    _cached_model(store, ref).write_bytes(b"graph BYTES")
+    assert (store.resolve(ref).path / "model.onnx").read_bytes() == b"graph bytes"
+    assert "model.onnx no longer has the sha256" in caplog.text
+
+
+def test_added_cached_file_is_fetched_again(package: tuple[Path, str], tmp_path: Path) -> None:
+    path, digest = package
+    ref = ArtifactRef(str(path), digest)
+    store = ArtifactStore(tmp_path / "cache")
+    store.resolve(ref)
+    (store.cache_dir / ref.sha256 / "extra.onnx").write_bytes(b"x")
+    assert not (store.resolve(ref).path / "extra.onnx").exists()
+
+
+def test_corrupt_cache_entry_is_removed_even_when_the_source_is_gone(
+    package: tuple[Path, str], tmp_path: Path
+) -> None:
+    path, digest = package
+    ref = ArtifactRef(str(path), digest)
+    store = ArtifactStore(tmp_path / "cache")
+    store.resolve(ref)
+    _cached_model(store, ref).write_bytes(b"")
+    path.unlink()
+    with pytest.raises(ArtifactNotFoundError):
+        store.resolve(ref)
+    assert not (store.cache_dir / ref.sha256).exists()
+
+
+def test_marker_without_file_record_is_fetched_again_once(
+    package: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A cache entry completed before files were recorded is unverified: fetched once,
+    then verified like any other."""
+    path, digest = package
+    ref = ArtifactRef(str(path), digest)
+    store = ArtifactStore(tmp_path / "cache")
+    store.resolve(ref)
+    (store.cache_dir / ref.sha256 / ".servekit-complete").write_text(str(path) + "\n")
+    _cached_model(store, ref).write_bytes(b"graph BYTES")  # undetectable without a record
+    assert (store.resolve(ref).path / "model.onnx").read_bytes() == b"graph bytes"
+    path.unlink()  # from now on the cache alone answers
+    assert (store.resolve(ref).path / "model.onnx").read_bytes() == b"graph bytes"
+
+
+def test_corrupt_cached_single_file_is_fetched_again(
+    package: tuple[Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, digest = package
+    ref = ArtifactRef(str(path), digest)
+    store = ArtifactStore(tmp_path / "cache")
+    local = store.fetch_file(ref, ".snapshot")
+    local.write_bytes(local.read_bytes()[:1000])
+    assert sha256_file(store.fetch_file(ref, ".snapshot")) == digest
+    assert "no longer hash to the declared sha256" in caplog.text
