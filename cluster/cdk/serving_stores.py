@@ -16,7 +16,6 @@ Both stores admit only the security group the Ray pods' traffic carries, on thei
 from __future__ import annotations
 
 import string
-
 from collections.abc import Sequence
 
 from aws_cdk import Duration, RemovalPolicy, SecretValue
