@@ -116,3 +116,67 @@ def test_dockerfile_gpu_variant_keeps_only_onnxruntime_gpu() -> None:
     # was installed would delete the GPU build's files, so: install, drop both, put back.
     assert install < uninstall < reinstall < check
     assert 'if [ "${VARIANT}" = gpu ]' in dockerfile[install:uninstall]
+
+
+def _dockerignore_patterns() -> list[str]:
+    lines = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as Docker reads it: `**` any number of folders, `*` and
+    `?` within one path element."""
+    out = ""
+    for part in re.split(r"(\*\*/|\*\*|\*|\?)", pattern.strip("/")):
+        out += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part))
+    return re.compile(out)
+
+
+def _docker_context_excludes(path: str, patterns: list[str]) -> bool:
+    """Whether `docker build .` leaves a file out: a pattern matches the path or a folder
+    above it, and the last matching pattern decides (`!` puts back)."""
+    parts = path.split("/")
+    excluded = False
+    for pattern in patterns:
+        regex = _pattern_regex(pattern.removeprefix("!"))
+        if any(regex.fullmatch("/".join(parts[:i])) for i in range(1, len(parts) + 1)):
+            excluded = not pattern.startswith("!")
+    return excluded
+
+
+def test_docker_context_keeps_what_the_dockerfile_copies() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    sources = [
+        source
+        for line in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", dockerfile, re.M)
+        for source in line.split()
+    ]
+    assert {"pyproject.toml", "README.md", "serve_config.yaml", *PACKAGES} <= set(sources)
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *sources],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert len(tracked) > len(sources)
+    patterns = _dockerignore_patterns()
+    assert [f for f in tracked if _docker_context_excludes(f, patterns)] == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".git/HEAD",
+        ".venv/bin/python",
+        "artifacts/minilm/v1.tar",
+        ".servekit/dev-api-key",
+        "bench/results/latest.json",
+        "sdk/typescript/node_modules/typescript/package.json",
+        "deployments/__pycache__/app.cpython-311.pyc",
+        "tests/unit/test_packaging.py",
+        ".serve_config.yaml.lock",
+    ],
+)
+def test_docker_context_leaves_out_local_state_and_tooling(path: str) -> None:
+    assert _docker_context_excludes(path, _dockerignore_patterns())
