@@ -3,6 +3,7 @@ packages, and the serving image's CPU and GPU variants install what pyproject.to
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import subprocess
 import sys
@@ -180,3 +181,28 @@ def test_docker_context_keeps_what_the_dockerfile_copies() -> None:
 )
 def test_docker_context_leaves_out_local_state_and_tooling(path: str) -> None:
     assert _docker_context_excludes(path, _dockerignore_patterns())
+
+
+def test_every_data_file_of_the_packages_ships_with_them() -> None:
+    # What the packages read beside their modules at run time (feature definitions, the
+    # dashboard's files, the migration template) must be in an installed copy too.
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *PACKAGES],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    data = [Path(f) for f in tracked if not f.endswith(".py")]
+    assert Path("configs/features.yaml") in data
+    missing = []
+    for path in data:
+        owner = max(
+            (p for p in setuptools["packages"] if path.is_relative_to(p.replace(".", "/"))),
+            key=len,
+        )
+        inside = path.relative_to(owner.replace(".", "/")).as_posix()
+        if not any(fnmatch.fnmatch(inside, g) for g in setuptools["package-data"].get(owner, [])):
+            missing.append(str(path))
+    assert missing == []
