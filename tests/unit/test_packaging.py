@@ -27,10 +27,17 @@ def test_declared_packages_are_the_repository_packages() -> None:
         for p in REPO_ROOT.glob("*/__init__.py")
         if p.parent.name not in ("tests", "bench", "cluster")
     }
-    # Sub-packages are listed where a top-level one carries data files (migrations).
     top = {p for p in declared if "." not in p}
     assert all(p.split(".")[0] in top for p in declared)
     assert top == on_disk == set(PACKAGES)
+    # setuptools installs only the packages listed, not their sub-packages: a package
+    # left out is missing from the wheel (and so from the serving image).
+    importable = {
+        ".".join(p.parent.relative_to(REPO_ROOT).parts)
+        for name in PACKAGES
+        for p in (REPO_ROOT / name).rglob("__init__.py")
+    }
+    assert sorted(importable - set(declared)) == []
 
 
 @pytest.mark.parametrize("name", PACKAGES)
