@@ -14,8 +14,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import yaml
-
 from deployments.tenancy.access import UnsafeSettings
 from servekit import instance
 
@@ -181,16 +179,13 @@ def _run_rollout_command(args: argparse.Namespace) -> int:
 
 
 def _validate(path: Path) -> int:
-    from servekit.local import check_document
+    from servekit.local import DeployError, check_document, read_config
 
     try:
-        doc = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        print(f"{path}: no such file", file=sys.stderr)
-        return 2
-    except yaml.YAMLError:
-        print(f"{path}: not valid YAML", file=sys.stderr)
-        return 1
+        doc = read_config(path)
+    except DeployError as e:
+        print(e, file=sys.stderr)
+        return 2 if isinstance(e.__cause__, OSError) else 1
     problems = check_document(doc)
     for problem in problems:
         print(f"{path}: {problem}", file=sys.stderr)
@@ -228,8 +223,8 @@ def _serve(
 
     try:
         doc = local.load_config(path)
-    except (local.DeployError, FileNotFoundError) as e:
-        print(e, file=sys.stderr)
+    except local.DeployError as e:
+        print(f"servekit: {e}", file=sys.stderr)
         return 1
     host, port = _local_http(doc)
     settle_s = _usage_settle_s(doc)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from configs.schema import INGRESS_DEPLOYMENT
 from configs.validate import IMPORT_PATH
@@ -83,12 +84,39 @@ class Promotion:
         )
 
 
+def read_problem(path: Path, error: Exception, what: str = "a config file") -> str:
+    """What went wrong reading a file (`what` it should be), naming it: missing, a
+    directory, unreadable, not text, or not valid YAML (with the line, for PyYAML's
+    errors and ruamel's alike)."""
+    if isinstance(error, FileNotFoundError):
+        return f"{path}: no such file"
+    if isinstance(error, IsADirectoryError):
+        return f"{path}: is a directory, not {what}"
+    if isinstance(error, OSError):
+        return f"{path}: cannot be read ({error.strerror or error})"
+    if isinstance(error, UnicodeDecodeError):
+        return f"{path}: not a text file (UTF-8)"
+    mark = getattr(error, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    problem = getattr(error, "problem", None)
+    return f"{where}: not valid YAML" + (f" ({problem})" if problem else "")
+
+
 def _yaml() -> YAML:
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)
     return yaml
+
+
+def _kind(doc: Any) -> str:
+    """How a YAML document that is not a mapping reads, in words."""
+    if doc is None:
+        return "an empty document"
+    if isinstance(doc, list):
+        return "a list"
+    return f"a {type(doc).__name__} value"
 
 
 @dataclass
@@ -101,9 +129,19 @@ class ConfigFile:
 
     @classmethod
     def load(cls, path: Path) -> ConfigFile:
-        """Read a file; comments and layout are kept for `render()`."""
-        text = path.read_text()
-        return cls(path, text, _yaml().load(text))
+        """Read a file; comments and layout are kept for `render()`. Raises EditError,
+        naming the file, when it cannot be read or is not a YAML mapping."""
+        try:
+            text = path.read_text()
+            doc = _yaml().load(text)
+        except (OSError, UnicodeDecodeError, YAMLError) as e:
+            raise EditError(read_problem(path, e)) from e
+        if not isinstance(doc, dict):
+            raise EditError(
+                f"{path}: expected a mapping (a Serve config with applications:), "
+                f"found {_kind(doc)}"
+            )
+        return cls(path, text, doc)
 
     def render(self) -> str:
         """The document as YAML, comments and layout preserved."""
@@ -124,8 +162,9 @@ class ConfigFile:
 
     def app(self) -> Any:
         """The servekit application of the file."""
-        for app in self.doc.get("applications") or []:
-            if app.get("import_path") == IMPORT_PATH:
+        apps = self.doc.get("applications") or []
+        for app in apps if isinstance(apps, list) else []:
+            if isinstance(app, dict) and app.get("import_path") == IMPORT_PATH:
                 return app
         raise EditError(f"no application with import_path {IMPORT_PATH!r}")
 

@@ -13,6 +13,7 @@ declare it under `args.search.snapshots` in serve_config.yaml. Vectors are cache
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,24 @@ def run(args: argparse.Namespace) -> int:
     from models.example_catalog import generate, read_items, write_items
 
     started = time.monotonic()
+    config = Path(args.config)
+    if not config.is_file():
+        problem = "is a directory, not a config file" if config.is_dir() else "no such file"
+        print(f"servekit: {config}: {problem}", file=sys.stderr)
+        return 2
     if args.items is not None:
-        items = read_items(args.items)
+        try:
+            items = read_items(args.items)
+        except (OSError, ValueError) as e:
+            print(f"servekit: {_unreadable(args.items, e)}", file=sys.stderr)
+            return 2
     elif DEFAULT_ITEMS.is_file():
         items = read_items(DEFAULT_ITEMS)
     else:
         items = generate().items
         write_items(items, DEFAULT_ITEMS)
     versions = args.versions.split(",") if args.versions else None
-    spaces, _, _ = config_spaces(Path(args.config), versions)
+    spaces, _, _ = config_spaces(config, versions)
     vectors = {}
     for space in spaces:
         matrix, cached = item_vectors(space, items, args.cache_dir, print)
@@ -68,3 +78,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"      - tenant_id: {args.tenant}\n        catalog: {args.catalog}")
     print(f"        artifact:\n          uri: {args.out}\n          sha256: {digest}")
     return 0
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why a catalog file cannot be read, naming it (a line that is not an item is
+    named by `read_items` itself)."""
+    from servekit.configedit import read_problem
+
+    if isinstance(error, OSError | UnicodeDecodeError):
+        return read_problem(path, error, "a JSON-lines file")
+    return str(error)

@@ -46,12 +46,26 @@ class DeployError(RuntimeError):
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    """Read a config file and validate it (servekit's checks and Serve's schema)."""
-    doc = yaml.safe_load(path.read_text())
+    """Read a config file and validate it (servekit's checks and Serve's schema).
+    Raises DeployError naming the file when it cannot be read, is not YAML or is
+    not a valid config."""
+    doc = read_config(path)
     problems = check_document(doc)
     if problems:
         raise DeployError("\n".join(f"{path}: {p}" for p in problems))
     return dict(doc)
+
+
+def read_config(path: Path) -> Any:
+    """The parsed YAML of a config file; raises DeployError naming the file (see
+    `configedit.read_problem`) when it cannot be read or parsed (caused by the
+    OSError when it cannot be read)."""
+    from servekit.configedit import read_problem
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DeployError(read_problem(path, e)) from e
 
 
 def check_document(doc: Any, check_artifacts: bool = True) -> list[str]:

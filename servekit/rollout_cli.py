@@ -67,7 +67,8 @@ def _holding_edit_lock(edit: Edit[P]) -> Edit[P]:
     @functools.wraps(edit)
     def locked(path: Path, /, *args: P.args, **kwargs: P.kwargs) -> int:
         if not path.is_file():
-            print(f"servekit: {path}: no such file", file=sys.stderr)
+            what = "is a directory, not a config file" if path.is_dir() else "no such file"
+            print(f"servekit: {path}: {what}", file=sys.stderr)
             return 2
         with _editing(path):
             return edit(path, *args, **kwargs)
@@ -100,7 +101,7 @@ def edit_and_apply(
             notes = promote(cfg, model, version, weight)
         else:
             notes = rollback(cfg, model, arg)
-    except (EditError, FileNotFoundError) as e:
+    except EditError as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 2
     if action == "promote" and arg[1] > 0 and (apply or dry_run) and not allow_incomplete_index:
@@ -194,7 +195,7 @@ def deploy(path: Path, address: str) -> int:
 
     try:
         doc = local.load_config(path)
-    except (local.DeployError, FileNotFoundError) as e:
+    except local.DeployError as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 1
     if not _is_dashboard_url(address):
