@@ -5,6 +5,8 @@ and the `sha256` of its bytes. Resolving it downloads the bytes once per machine
 a cache directory, verifies the checksum, unpacks the model package and returns the
 local directory. Nothing half-written ever becomes visible in the cache: downloads
 and unpacking happen under temporary names and are renamed into place at the end.
+A download killed midway leaves its temporary files behind; the next resolve on the
+machine removes them (see `_remove_leftover_partials`).
 The completion marker of an unpacked package records each file's size and sha256;
 a cache hit checks them, so a cached file truncated or edited after the fact is
 fetched again rather than served under the artifact's sha256.
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK_BYTES = 1 << 20
 _COMPLETE_MARK = ".servekit-complete"
+_PARTIAL = ".partial-"
+_PARTIAL_SHA256 = re.compile(r"^\.partial-([0-9a-f]{64})-")
+_LOCK_SHA256 = re.compile(r"^\.([0-9a-f]{64})\.lock$")
 DEFAULT_CACHE_DIR = Path(
     os.environ.get("SERVEKIT_ARTIFACT_CACHE", Path.home() / ".cache" / "servekit" / "artifacts")
 )
@@ -96,6 +101,7 @@ class ArtifactStore:
         recorded when it was unpacked; otherwise it is fetched again.
         """
         final = self.cache_dir / ref.sha256
+        self._remove_leftover_partials()
         if _package_problem(final) is None:
             return ResolvedArtifact(ref, final, read_meta(final, ref.uri))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +114,7 @@ class ArtifactStore:
                 log.warning("cached artifact %s: %s; fetching it again", ref.uri, problem)
             if final.exists():  # failed verification, or left incomplete by a crash
                 shutil.rmtree(final)
-            with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".partial-") as tmp:
+            with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=_partial(ref)) as tmp:
                 blob = Path(tmp) / "blob"
                 self._download_verified(ref, blob)
                 staged = Path(tmp) / "package"
@@ -123,6 +129,7 @@ class ArtifactStore:
         snapshot, not a model package), fetching it once per machine. A cached copy
         is hashed again before it is returned."""
         final = self.cache_dir / f"{ref.sha256}{suffix}"
+        self._remove_leftover_partials()
         if _file_problem(final, ref.sha256) is None:
             return final
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +140,7 @@ class ArtifactStore:
             if final.exists():
                 log.warning("cached artifact %s: %s; fetching it again", ref.uri, problem)
                 final.unlink()
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".partial-")
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=_partial(ref))
             os.close(fd)
             try:
                 self._download_verified(ref, Path(tmp))
@@ -156,6 +163,63 @@ class ArtifactStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _try_lock(self, sha256: str) -> Iterator[bool]:
+        """Take `sha256`'s lock if no one holds it; say whether it was taken."""
+        with (self.cache_dir / f".{sha256}.lock").open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _remove_leftover_partials(self) -> None:
+        """Remove the temporary files of downloads that were killed midway.
+
+        A download runs only while it holds its sha256's lock, under a `.partial-`
+        name that carries the sha256: a partial listed while its lock is free belongs
+        to no live download (the lock, held here while removing, keeps a new one from
+        starting). A partial named by an earlier release carries no sha256, so it is
+        removed only when no lock at all is held.
+        """
+        if not self.cache_dir.is_dir():
+            return
+        partials = sorted(self.cache_dir.glob(f"{_PARTIAL}*"))
+        if not partials:
+            return
+        with contextlib.ExitStack() as held:
+            taken: set[str] = set()
+
+            def free(sha256: str) -> bool:
+                if sha256 not in taken:
+                    if not held.enter_context(self._try_lock(sha256)):
+                        return False
+                    taken.add(sha256)
+                return True
+
+            for path in partials:
+                if match := _PARTIAL_SHA256.match(path.name):
+                    owner_gone = free(match.group(1))
+                else:
+                    owner_gone = all(free(sha256) for sha256 in self._lock_names())
+                if owner_gone:
+                    log.info("artifact cache: removing %s, left by a download killed midway", path)
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+
+    def _lock_names(self) -> list[str]:
+        return sorted(
+            match.group(1)
+            for path in self.cache_dir.glob(".*.lock")
+            if (match := _LOCK_SHA256.match(path.name))
+        )
 
     def _download_verified(self, ref: ArtifactRef, dest: Path) -> None:
         digest = hashlib.sha256()
@@ -270,6 +334,11 @@ def make_s3_client() -> Any:
         retries={"max_attempts": 3, "mode": "standard"},
     )
     return boto3.session.Session().client("s3", config=config)
+
+
+def _partial(ref: ArtifactRef) -> str:
+    """The prefix of a download's temporary name; it says whose lock guards it."""
+    return f"{_PARTIAL}{ref.sha256}-"
 
 
 def _split_s3(uri: str) -> tuple[str, str]:

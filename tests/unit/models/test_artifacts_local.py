@@ -200,3 +200,43 @@ def test_corrupt_cached_single_file_is_fetched_again(
     local.write_bytes(local.read_bytes()[:1000])
     assert sha256_file(store.fetch_file(ref, ".snapshot")) == digest
     assert "no longer hash to the declared sha256" in caplog.text
+
+
+def _killed_download(cache: Path, name: str) -> Path:
+    """What a download killed midway leaves: a temporary folder with part of a blob."""
+    partial = cache / name
+    partial.mkdir(parents=True)
+    (partial / "blob").write_bytes(b"half a package")
+    return partial
+
+
+def test_leftovers_of_a_killed_download_are_removed(
+    package: tuple[Path, str], tmp_path: Path
+) -> None:
+    path, digest = package
+    cache = tmp_path / "cache"
+    mine = _killed_download(cache, f".partial-{digest}-k1ll3d00")
+    other = _killed_download(cache, f".partial-{'e' * 64}-k1ll3d00")
+    earlier_release = _killed_download(cache, ".partial-x7yz_0ab")
+    ArtifactStore(cache).resolve(ArtifactRef(str(path), digest))
+    assert [p for p in (mine, other, earlier_release) if p.exists()] == []
+
+
+def test_a_live_download_is_left_alone(package: tuple[Path, str], tmp_path: Path) -> None:
+    """A partial whose lock another process holds is a download in progress."""
+    import fcntl
+
+    path, digest = package
+    cache = tmp_path / "cache"
+    live = _killed_download(cache, f".partial-{'e' * 64}-l1ve0000")
+    earlier_release = _killed_download(cache, ".partial-x7yz_0ab")
+    with (cache / f".{'e' * 64}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # as that download's process does
+        store = ArtifactStore(cache)
+        store.resolve(ArtifactRef(str(path), digest))
+        store.fetch_file(ArtifactRef(str(path), digest), ".snapshot")
+        assert live.exists()
+        # Its sha256 unknown, it may be the live download's: kept while any lock is held.
+        assert earlier_release.exists()
+    store.fetch_file(ArtifactRef(str(path), digest), ".snapshot")
+    assert _partials(cache) == []
