@@ -14,7 +14,8 @@ nothing fetched from a hub, this writes three model packages and a manifest:
 - `manifest.json`: each version's file, sha256, runtime and size.
 
 A build refuses to write a version whose outputs drift from the source weights
-(parity against the PyTorch model on texts of very different lengths). It is
+(parity against the PyTorch model on texts of very different lengths), and then
+writes none: the packages and the manifest replace the old ones only together. It is
 idempotent: when the manifest and the files it names are present and verify,
 nothing is rebuilt.
 """
@@ -262,35 +263,62 @@ def _manifest_ok(out: Path) -> bool:
 
 
 def build(out: Path, force: bool = False) -> dict[str, Any]:
-    """Build every version into `out` unless an intact build is already there."""
+    """Build every version into `out` unless an intact build is already there.
+
+    Every package is written into a staging folder inside `out` first; only when all
+    of them passed parity are they renamed into place, the manifest last. A build
+    that fails changes nothing in `out`: no package ever disagrees with the manifest
+    (and the serve config's sha256s) because a later version failed.
+    """
     if not force and _manifest_ok(out):
         print(f"artifacts: {out}/manifest.json is up to date, nothing to build")
         return dict(json.loads((out / "manifest.json").read_text()))
     src = source_dir()
     versions: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="servekit-build-") as tmp:
-        work = Path(tmp)
+    out.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="servekit-build-") as tmp,
+        tempfile.TemporaryDirectory(dir=out, prefix=".build-") as staging_dir,
+    ):
+        work, staging = Path(tmp), Path(staging_dir)
         for version in VERSIONS:
             meta = _stage(version, src, work)
             (work / version / "servekit-model.json").write_text(meta.model_dump_json())
             cosine = _check_parity(version, work / version, src)
             if cosine < BUILD_PARITY_MIN[version]:
                 raise SystemExit(
-                    f"{version}: parity {cosine:.6f} below {BUILD_PARITY_MIN[version]}; not written"
+                    f"{version}: parity {cosine:.6f} below {BUILD_PARITY_MIN[version]}; "
+                    f"nothing written to {out}"
                 )
             rel = f"{MODEL_NAME}/{version}.tar"
-            digest = write_package(work / version, meta, out / rel)
+            digest = write_package(work / version, meta, staging / rel)
             versions[version] = {
                 "file": rel,
                 "sha256": digest,
                 "runtime": meta.runtime,
-                "bytes": (out / rel).stat().st_size,
+                "bytes": (staging / rel).stat().st_size,
                 "build_parity_min_cosine": round(cosine, 6),
             }
             print(f"artifacts: {rel} sha256={digest} parity_min_cosine={cosine:.6f}")
-    manifest = {"recipe": RECIPE, "models": {MODEL_NAME: {"source": SOURCE, "versions": versions}}}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = {
+            "recipe": RECIPE,
+            "models": {MODEL_NAME: {"source": SOURCE, "versions": versions}},
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _move_into_place(staging, out, [entry["file"] for entry in versions.values()])
     return manifest
+
+
+def _move_into_place(staging: Path, out: Path, files: list[str]) -> None:
+    """Rename the staged packages into `out`, then the manifest that names them.
+
+    Same file system, so each rename is atomic: a reader sees a package's old bytes
+    or its new ones, never part of a file.
+    """
+    for rel in files:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staging / rel).replace(out / rel)
+    (staging / "manifest.json").replace(out / "manifest.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,3 +66,55 @@ def test_a_store_built_by_an_earlier_recipe_is_rebuilt(example_store: Path, tmp_
     data["recipe"] = RECIPE - 1
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     assert not _manifest_ok(tmp_path)
+
+
+def _fake_build(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, graph: bytes, parity: dict[str, float]
+) -> None:
+    """A build whose stages write tiny files and whose parity is given: no weights."""
+    from models import build
+
+    def stage(version: str, src: Path, work: Path) -> Any:
+        (work / version).mkdir(parents=True)
+        (work / version / "model.onnx").write_bytes(graph + version.encode())
+        return build._meta("onnx", "model.onnx")
+
+    monkeypatch.setattr(build, "source_dir", lambda: tmp_path / "weights")
+    monkeypatch.setattr(build, "_stage", stage)
+    monkeypatch.setattr(build, "_check_parity", lambda version, package, src: parity[version])
+
+
+def test_a_failed_build_changes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """v2 failing parity after v1 was rebuilt leaves v1's old bytes and the manifest
+    that pins them: every package is staged and moved into place only when all pass."""
+    from models.build import _manifest_ok, build
+
+    out = tmp_path / "artifacts"
+    _fake_build(monkeypatch, tmp_path, b"old graph", {"v1": 1.0, "v2": 1.0, "v1-torch": 1.0})
+    build(out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    _fake_build(monkeypatch, tmp_path, b"new graph", {"v1": 1.0, "v2": 0.5, "v1-torch": 1.0})
+    with pytest.raises(SystemExit, match=r"v2: parity 0\.500000 below 0\.98"):
+        build(out, force=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "minilm"]
+    assert _manifest_ok(out)
+
+
+def test_a_build_that_passes_replaces_every_package_and_the_manifest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+
+    from models.build import _manifest_ok, build
+
+    out = tmp_path / "artifacts"
+    passing = {"v1": 1.0, "v2": 1.0, "v1-torch": 1.0}
+    _fake_build(monkeypatch, tmp_path, b"old graph", passing)
+    first = build(out)
+    _fake_build(monkeypatch, tmp_path, b"new graph", passing)
+    second = build(out, force=True)
+    assert json.loads((out / "manifest.json").read_text()) == second != first
+    assert _manifest_ok(out)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "minilm"]
