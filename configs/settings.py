@@ -83,15 +83,23 @@ def artifact_root(configured: str | None) -> Path:
 
 
 def resolve_artifact_uri(uri: str, configured_root: str | None) -> str:
-    """An absolute uri. S3 uris stay as they are; a relative path is joined to the
-    artifact root, which may itself be an S3 prefix (as on a cluster)."""
+    """An absolute uri. S3 uris stay as they are (with the scheme in lower case); a
+    relative path is joined to the artifact root, which may itself be an S3 prefix
+    (as on a cluster)."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        return uri
+        return _lowercase_scheme(uri)
     path = Path(parsed.path) if parsed.scheme == "file" else Path(uri)
     if path.is_absolute():
         return str(path)
     root = configured_root or os.environ.get("SERVEKIT_ARTIFACT_ROOT")
-    if root and root.startswith("s3://"):
-        return f"{root.rstrip('/')}/{path.as_posix()}"
+    if root and urlparse(root).scheme == "s3":
+        return f"{_lowercase_scheme(root).rstrip('/')}/{path.as_posix()}"
     return str(artifact_root(configured_root) / path)
+
+
+def _lowercase_scheme(uri: str) -> str:
+    """`S3://bucket/key` as `s3://bucket/key`: URL schemes are case-insensitive (which
+    `urlparse` honours), so whatever compares the text gets one spelling."""
+    scheme = urlparse(uri).scheme
+    return scheme + uri[len(scheme) :]

@@ -74,8 +74,9 @@ class ArtifactRef:
 
     @property
     def is_s3(self) -> bool:
-        """Whether the bytes live in S3 (or an S3-compatible store)."""
-        return self.uri.startswith("s3://")
+        """Whether the bytes live in S3 (or an S3-compatible store). The parsed scheme
+        decides, as in validation: `S3://bucket/key` is an S3 uri too."""
+        return urlparse(self.uri).scheme == "s3"
 
 
 @dataclass(frozen=True)

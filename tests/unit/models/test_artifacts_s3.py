@@ -117,3 +117,31 @@ def test_unreachable_store_names_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         ArtifactStore(tmp_path / "cache").resolve(ArtifactRef(uri, "c" * 64))
     assert uri in str(info.value)
     assert "test-only" not in str(info.value)
+
+
+class _FakeS3:
+    """Records what the store asks of S3 and answers with one object's bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.asked: list[tuple[str, str]] = []
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        import io
+
+        self.asked.append((Bucket, Key))
+        return {"Body": io.BytesIO(self.data)}
+
+
+def test_an_upper_case_scheme_is_still_s3(tmp_path: Path) -> None:
+    """`S3://` passes validation (schemes are case-insensitive), so it reads from S3 too,
+    never as a local path."""
+    import hashlib
+
+    data = b"not a package, only bytes"
+    ref = ArtifactRef("S3://bucket/m/snapshot.bin", hashlib.sha256(data).hexdigest())
+    assert ref.is_s3
+    client = _FakeS3(data)
+    local = ArtifactStore(tmp_path / "cache", s3_client=client).fetch_file(ref)
+    assert local.read_bytes() == data
+    assert client.asked == [("bucket", "m/snapshot.bin")]
