@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -89,11 +91,21 @@ def write_package(src_dir: Path, meta: PackageMeta, out_file: Path) -> str:
 
 
 def unpack(archive: Path, dest: Path, uri: str) -> PackageMeta:
-    """Extract a verified archive into `dest` and return its metadata."""
+    """Extract a verified archive into `dest` and return its metadata.
+
+    An archive that is not a readable tar is an `ArtifactFormatError`. An error of
+    the file system (a full disk, an I/O error, a permission: an `OSError` with an
+    errno) is raised as it is: the package is fine, the machine is not.
+    """
     try:
         with tarfile.open(archive, "r") as tar:
             tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError) as e:
+    except OSError as e:
+        if e.errno is not None:
+            raise
+        # Errno-less OSErrors are a compressed stream's (gzip.BadGzipFile, bz2).
+        raise ArtifactFormatError(uri, f"not a readable model package ({type(e).__name__})") from e
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:
         raise ArtifactFormatError(uri, f"not a readable model package ({type(e).__name__})") from e
     return read_meta(dest, uri)
 

@@ -240,3 +240,41 @@ def test_a_live_download_is_left_alone(package: tuple[Path, str], tmp_path: Path
         assert earlier_release.exists()
     store.fetch_file(ArtifactRef(str(path), digest), ".snapshot")
     assert _partials(cache) == []
+
+
+def test_a_full_disk_is_not_called_a_bad_package(
+    package: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while unpacking is the machine's problem, raised as what it is."""
+    import errno
+    import tarfile
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", full_disk)
+    path, digest = package
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match="No space left on device") as info:
+        ArtifactStore(cache).resolve(ArtifactRef(str(path), digest))
+    assert info.value.errno == errno.ENOSPC
+    assert _partials(cache) == []
+    assert not (cache / digest).exists()
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:xz"])
+def test_a_truncated_compressed_archive_is_not_a_package(mode: str, tmp_path: Path) -> None:
+    import io
+    import os
+    import tarfile
+
+    blob = tmp_path / "cut.tar"
+    with tarfile.open(blob, mode) as tar:
+        data = os.urandom(100_000)
+        info = tarfile.TarInfo("model.onnx")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    blob.write_bytes(blob.read_bytes()[:50_000])
+    ref = ArtifactRef(str(blob), sha256_file(blob))
+    with pytest.raises(ArtifactFormatError, match=r"cut\.tar: not a readable model package"):
+        ArtifactStore(tmp_path / "cache").resolve(ref)
