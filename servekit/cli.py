@@ -244,7 +244,8 @@ def _serve(
         )
         # Again after Ray's start-up, which installs handlers of its own.
         _on_stop_signals(_stop)
-        record = record.seen()
+        # Where `--address local` finds this instance.
+        record = record.seen(local.ray_address())
         local.deploy(doc)
         record = record.seen()
         print(_banner(path, f"http://{host}:{port}", metrics_port, dashboard, logs), flush=True)

@@ -7,9 +7,11 @@ in its environment, a random value no other process has. The instance's processe
 are those whose environment carries the token, their descendants, and the
 processes recorded by pid and start time while the instance ran (Ray's agents
 overwrite their environment with their process title): never a process name.
-`servekit serve` records the token, its pid, its port and those processes in
-`.servekit/serve-<pid>.json` under the project folder; a later start whose
-record's owner is gone stops whatever of that instance still runs.
+`servekit serve` records the token, its pid, its port, those processes and the
+instance's GCS address in `.servekit/serve-<pid>.json` under the project folder (so
+does any other process that starts an instance with `local.start_ray`, such as the
+tests); a later start whose record's owner is gone stops whatever of that instance
+still runs, and `--address local` is the GCS address of the one live record.
 
 Linux only (it reads `/proc`); no Ray, no HTTP.
 """
@@ -184,6 +186,8 @@ class Record:
     config: str
     # (pid, start ticks) of the instance's processes, as last seen.
     processes: list[list[int]] = field(default_factory=list)
+    # Where a Ray driver reaches the instance (host:port); empty until Ray is up.
+    gcs_address: str = ""
 
     @property
     def path(self) -> Path:
@@ -205,12 +209,18 @@ class Record:
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
-    def seen(self) -> Record:
-        """This record with the instance's processes as they run now, written."""
+    def seen(self, gcs_address: str | None = None) -> Record:
+        """This record with the instance's processes as they run now (and its GCS
+        address, when given), written."""
         known = identities(instance_processes(self.token, self.processes))
-        record = replace(self, processes=known)
+        record = replace(self, processes=known, gcs_address=gcs_address or self.gcs_address)
         record.write()
         return record
+
+    def describe(self) -> str:
+        """`pid 4242 (serve_config.yaml) at 127.0.0.1:6379`, for messages."""
+        what = self.config or command_line(self.pid)[:60] or "?"
+        return f"pid {self.pid} ({what})" + (f" at {self.gcs_address}" if self.gcs_address else "")
 
 
 def records() -> list[Record]:
@@ -230,6 +240,53 @@ def record_this(token: str, port: int, config: Path) -> Record:
     record = Record(pid, start_ticks(pid), token, port, str(config))
     record.write()
     return record
+
+
+def record_started(token: str, gcs_address: str) -> Record:
+    """Record an instance this process has just started without `servekit serve`
+    (which records its own first): its processes and GCS address, under this
+    process's pid, with no HTTP port (0). Removed again by `forget`."""
+    pid = os.getpid()
+    return Record(pid, start_ticks(pid), token, 0, "").seen(gcs_address)
+
+
+def forget(token: str) -> None:
+    """Remove this process's record of instance `token`, if it has one."""
+    path = STATE_DIR / f"serve-{os.getpid()}.json"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("token") == token:
+            path.unlink()
+
+
+LOCAL_HELP = (
+    "give --address: the instance's GCS address (host:port, printed by servekit serve "
+    "as `ray`) or a Ray dashboard URL"
+)
+
+
+def local_address() -> str:
+    """The GCS address of the one local instance of this checkout that is running
+    (what `--address local` names). Raises InstanceError when none runs, or several
+    do: then `--address` has to say which."""
+    live = [r for r in records() if r.owner_running()]
+    ready = [r for r in live if r.gcs_address]
+    if len(ready) == 1:
+        return ready[0].gcs_address
+    if ready:
+        listed = "; ".join(r.describe() for r in ready)
+        raise InstanceError(
+            f"--address local: {len(ready)} local instances of this checkout are running "
+            f"({listed}); say which with --address host:port"
+        )
+    if live:
+        raise InstanceError(
+            f"--address local: the instance of this checkout ({live[0].describe()}) is "
+            f"still starting; try again once it serves, or {LOCAL_HELP}"
+        )
+    raise InstanceError(
+        f"--address local: no servekit serve of this checkout is running (none recorded "
+        f"in {STATE_DIR}); start one (make serve), or {LOCAL_HELP}"
+    )
 
 
 def clean_up_earlier(port: int) -> list[str]:

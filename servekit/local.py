@@ -162,7 +162,9 @@ def start_ray(
     quiet_logs: Path | None = None,
     node_ip_address: str | None = None,
 ) -> None:
-    """Start (or join) a local Ray instance in the Serve namespace.
+    """Start a local Ray instance in the Serve namespace: always a new one of this
+    process's own (`address="local"`), never one that `RAY_ADDRESS` or Ray's record of
+    the last `ray start` names.
 
     Without Ray's dashboard unless asked: it is a dozen processes and about 1 GB, and
     nothing servekit does locally needs it (changes are applied as a Ray driver,
@@ -174,6 +176,9 @@ def start_ray(
     Every process of the instance carries `instance_token` (a fresh one if not
     given) in its environment, and nothing else does: this process drops it again
     once Ray is up, so what it starts later is not mistaken for the instance's.
+    Without `instance_token` (nothing recorded the instance beforehand, as
+    `servekit serve` does), it is recorded here once it is up, with its GCS address,
+    so that `--address local` finds it; `shutdown` removes that record.
 
     `node_ip_address` is passed on as the node's address (one reachable from elsewhere
     opens Ray's servers to the network); a loopback one is asked for before Ray is
@@ -197,6 +202,9 @@ def start_ray(
         return
     ray_worker.skip_arrow_serializers()
     kwargs: dict[str, Any] = {
+        # A new instance even when RAY_ADDRESS (or the last `ray start`) names another:
+        # joining it would fail on `num_cpus` below, or serve on someone else's cluster.
+        "address": "local",
         "namespace": "serve",
         # Workers' stderr reaches this console: servekit's events, real warnings.
         "log_to_driver": True,
@@ -228,6 +236,8 @@ def start_ray(
     if node is None:
         return
     _started_token = token
+    if instance_token is None:
+        instance.record_started(token, ray_address())
     if quiet_logs is not None:
         _link(quiet_logs / RAY_LOGS_LINK, Path(node.get_logs_dir_path()))
     if not dashboard:
@@ -396,6 +406,7 @@ def shutdown(
         threading.Thread(target=stop_ray, name="ray-shutdown", daemon=True).start()
         finished.wait(RAY_STOP_TIMEOUT_S)
     instance.sweep(token, known, grace_s=1.0)
+    instance.forget(token)
     return finished.is_set()
 
 

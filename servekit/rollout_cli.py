@@ -18,6 +18,7 @@ from urllib.request import Request, urlopen
 
 import yaml
 
+from servekit import instance
 from servekit.configedit import ConfigFile, EditError, promote, rollback
 
 # Where changes are applied: "local" (the instance `servekit serve` runs on this
@@ -163,7 +164,11 @@ def _pending(text: str, path: Path, address: str) -> str | None:
     the service cannot be asked."""
     from servekit.deployed import deployed_apps, pending_diff
 
-    details = _serve_details(address)
+    try:
+        details = _serve_details(address)
+    except instance.InstanceError as e:
+        print(f"note: cannot compare with what is deployed ({e})")
+        return None
     if details is None:
         print(f"note: cannot compare with what is deployed (no answer from {address})")
         return None
@@ -184,6 +189,8 @@ def _serve_details(address: str) -> dict[str, Any] | None:
         with _as_driver(address):
             client = _get_global_client(raise_if_no_controller_running=False)
             return {} if client is None else dict(client.get_serve_details())
+    except instance.InstanceError:
+        raise
     except (ConnectionError, RuntimeError):
         return None
 
@@ -232,15 +239,33 @@ def _is_dashboard_url(address: str) -> bool:
     return address.startswith(("http://", "https://"))
 
 
+def gcs_address(address: str) -> str:
+    """The GCS address a driver connects to: `local` is the one local instance of this
+    checkout that runs (its record says where; raises InstanceError when none or
+    several run), never whichever Ray instance Ray would pick."""
+    return instance.local_address() if address == LOCAL else address
+
+
+def _shown(address: str) -> str:
+    """`local (127.0.0.1:6379)` for `local`; any other address as it is."""
+    if address != LOCAL:
+        return address
+    with contextlib.suppress(instance.InstanceError):
+        return f"{LOCAL} ({instance.local_address()})"
+    return address
+
+
 @contextlib.contextmanager
 def _as_driver(address: str) -> Iterator[None]:
     """Connected to the instance at `address` as a Ray driver; disconnected after,
-    leaving the instance running. Raises ConnectionError when nothing answers."""
+    leaving the instance running. Raises InstanceError when `local` names no single
+    instance, ConnectionError when nothing answers."""
     import ray
 
+    target = gcs_address(address)
     try:
         ray.init(
-            address="auto" if address == LOCAL else address,
+            address=target,
             namespace="serve",
             log_to_driver=False,
             logging_level=logging.ERROR,
@@ -259,13 +284,13 @@ def deploy_as_driver(doc: dict[str, Any], address: str) -> int:
     try:
         with _as_driver(address):
             local.deploy(doc, progress=lambda line: print(line, flush=True))
-    except local.DeployError as e:
+    except (local.DeployError, instance.InstanceError) as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 1
     except ConnectionError as e:
         print(f"servekit: no Ray instance at {address} ({e})", file=sys.stderr)
         return 1
-    print(f"applied to {address}")
+    print(f"applied to {_shown(address)}")
     return 0
 
 
@@ -296,6 +321,9 @@ def clear_rollback(model: str, address: str, config: Path) -> int:
                 return 1
             reply: Any = judge.clear.remote(model)
             cleared = int(ray.get(reply, timeout=10))
+    except instance.InstanceError as e:
+        print(f"servekit: {e}", file=sys.stderr)
+        return 1
     except ConnectionError as e:
         print(f"servekit: no Ray instance at {address} ({e})", file=sys.stderr)
         return 1
@@ -377,7 +405,11 @@ def status(url: str, address: str, config: Path | None = None) -> int:
     except (URLError, OSError, ValueError) as e:
         print(f"servekit: cannot reach the service at {url} ({e})", file=sys.stderr)
         return 1
-    replicas = _replicas(address)
+    unreachable = f"no Ray instance reachable at {address}"
+    try:
+        replicas = _replicas(address)
+    except instance.InstanceError as e:
+        replicas, unreachable = None, str(e)
     live = _file_live_config(config) if config is not None else None
     for detail in details:
         _print_model(detail, replicas)
@@ -389,7 +421,7 @@ def status(url: str, address: str, config: Path | None = None) -> int:
                 print(f"  `servekit apply {config}` deploys the file")
     _print_indexes(url, auth)
     if replicas is None:
-        print(f"(replica counts unavailable: no Ray instance reachable at {address})")
+        print(f"(replica counts unavailable: {unreachable})")
     return 0
 
 
@@ -465,6 +497,8 @@ def _replicas_as_driver(address: str) -> dict[str, str] | None:
     try:
         with _as_driver(address):
             apps = serve.status().applications
+    except instance.InstanceError:
+        raise
     except (ConnectionError, RuntimeError):
         return None
     counts = {}

@@ -25,7 +25,7 @@ class _Record:
     token = "t"
     processes: tuple[Any, ...] = ()
 
-    def seen(self) -> _Record:
+    def seen(self, gcs_address: str | None = None) -> _Record:
         return self
 
     def remove(self) -> None:
@@ -42,6 +42,7 @@ class _Run:
         monkeypatch.setattr(local, "before_ray", lambda address: None)
         monkeypatch.setattr(local, "load_config", lambda path: doc)
         monkeypatch.setattr(local, "start_ray", lambda **kwargs: None)
+        monkeypatch.setattr(local, "ray_address", lambda: "127.0.0.1:6379")
         monkeypatch.setattr(local, "deploy", self._deploy)
         monkeypatch.setattr(local, "shutdown", self._shutdown)
         monkeypatch.setattr(cli, "_on_stop_signals", lambda handler: None)
