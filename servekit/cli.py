@@ -333,11 +333,15 @@ def _prepare_auth(doc: dict[str, Any]) -> list[str]:
 
 def _claim(path: Path, host: str, port: int, metrics_port: int) -> instance.Record:
     """Stop what earlier instances of this checkout left running, check that the
-    ports are free, and record this instance before it starts anything."""
+    ports are free (and move Serve's fixed ones, such as HAProxy's stats and metrics
+    ports, off those another instance holds), and record this instance before it
+    starts anything."""
     for line in instance.clean_up_earlier(port):
         print(f"servekit: {line}", flush=True)
     instance.check_port(host, port, f"http_options.port of {path}")
     instance.check_port("0.0.0.0", metrics_port, "--metrics-port")
+    for line in instance.claim_serve_ports():
+        print(f"servekit: {line}", flush=True)
     return instance.record_this(instance.new_token(), port, path)
 
 

@@ -359,6 +359,53 @@ def listeners(port: int) -> list[Proc]:
     return holders
 
 
+def free_port(host: str = "0.0.0.0") -> int:
+    """A TCP port nothing listens on now, chosen by the system."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+# Ports every Ray Serve instance binds at a fixed default unless its variable (read
+# when Ray's processes start) says otherwise, on every interface: a second local
+# instance would share them with the first (HAProxy and Serve's proxies bind with
+# SO_REUSEPORT, so neither start fails: connections and scrapes are split between
+# the two instances).
+SERVE_PORTS: dict[str, tuple[int, str]] = {
+    "RAY_SERVE_HAPROXY_STATS_PORT": (8404, "HAProxy's stats page"),
+    "RAY_SERVE_HAPROXY_METRICS_PORT": (9101, "HAProxy's metrics"),
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": (8500, "Serve's fallback HTTP proxy"),
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": (9500, "Serve's fallback gRPC proxy"),
+}
+
+
+def claim_serve_ports(ports: dict[str, tuple[int, str]] | None = None) -> list[str]:
+    """Settle the ports of `SERVE_PORTS` in this process's environment, before Ray
+    starts: a port its variable names must be free (InstanceError naming the variable
+    otherwise); a default that is in use (another instance's) is replaced by a free
+    port. Returns a line per port moved."""
+    lines = []
+    for name, (default, what) in (SERVE_PORTS if ports is None else ports).items():
+        given = os.environ.get(name)
+        if given:
+            try:
+                port = int(given)
+            except ValueError:
+                raise InstanceError(f"{name}={given!r}: not a port number") from None
+            check_port("0.0.0.0", port, f"{name}, {what}")
+            continue
+        if port_free("0.0.0.0", default):
+            os.environ[name] = str(default)
+            continue
+        holders = ", ".join(str(p) for p in listeners(default)) or "another user's process"
+        os.environ[name] = str(free_port())
+        lines.append(
+            f"port {default} ({what}) is in use by {holders}: this instance uses "
+            f"{os.environ[name]} ({name})"
+        )
+    return lines
+
+
 CLOSING_WAIT_S = 5.0  # a port whose holder just stopped may take a moment to free
 
 
