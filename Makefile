@@ -2,27 +2,48 @@
 # Every target creates/updates .venv first; each step is skipped when already done.
 
 SHELL := /bin/bash
+# The Python that creates .venv: python3.11, else python3 when that is 3.11.
 PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.servekit-installed
+# Exits 0 for a Python 3.11. A .venv that is not a venv of one with pip (its creation
+# stopped after bin/python, as without python3.11-venv, or another Python made it) is
+# made again.
+IS_PY311 := import sys; sys.exit(sys.version_info[:2] != (3, 11))
+VENV_CHECK := import pip, sys; sys.prefix != sys.base_prefix or sys.exit(1); $(IS_PY311)
+VENV_OK := $(shell $(PY) -c '$(VENV_CHECK)' >/dev/null 2>&1 && echo yes)
 ARTIFACTS := artifacts
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: sdk-ts serve test lint models artifacts servers bench bench-gpu bench-raw eval index cluster install clean
+.PHONY: venv-remake sdk-ts serve test lint models artifacts servers bench bench-gpu bench-raw eval index cluster install clean
 
 install: $(STAMP)
 
 # Reinstall only when the dependency declaration changes. The Python SDK (sdk/python,
 # its own package) is installed beside servekit, editable, for its tests.
-$(STAMP): pyproject.toml sdk/python/pyproject.toml
-	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+$(STAMP): pyproject.toml sdk/python/pyproject.toml $(if $(VENV_OK),,venv-remake)
+	@if ! $(PY) -c '$(VENV_CHECK)' >/dev/null 2>&1; then \
+	  boot="$(PYTHON_BOOT)"; \
+	  if [ -z "$$boot" ] || ! "$$boot" -c '$(IS_PY311)' >/dev/null 2>&1; then \
+	    echo "servekit needs Python 3.11 to create $(VENV): $${boot:-no python3.11 or python3 is on PATH}$${boot:+ is $$("$$boot" -V 2>&1 | head -1)}; install python3.11 and python3.11-venv (Debian: apt-get install python3.11 python3.11-venv), or give make PYTHON_BOOT=/path/to/python3.11" >&2; \
+	    exit 1; \
+	  fi; \
+	  if [ -e $(VENV) ]; then echo "$(VENV) is not a working Python 3.11 environment with pip: making it again"; fi; \
+	  rm -rf $(VENV); \
+	  "$$boot" -m venv $(VENV) && $(PY) -c '$(VENV_CHECK)' >/dev/null 2>&1 || { \
+	    rm -rf $(VENV); \
+	    echo "could not create $(VENV) with $$boot (no ensurepip?): install python3.11-venv (Debian: apt-get install python3.11-venv)" >&2; \
+	    exit 1; \
+	  }; \
+	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]" -e ./sdk/python
 	@touch $@
+venv-remake:
 
 # The embedding model's versions, then the example recommender (trained, about 4 minutes
 # on 2 cores the first time); each is skipped when an intact build is there. The
