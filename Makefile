@@ -81,11 +81,15 @@ servers:
 	@bash scripts/install-servers.sh
 
 # The TypeScript SDK's development dependencies (typescript, openapi-typescript) from the
-# npm registry, again only when its lock file changes; its tests build it.
+# npm registry, again only when its lock file changes; its tests build it. Needs Node.js
+# 20 or newer (its engines field) and npm: without them it stops with one line saying so.
 SDK_TS := sdk/typescript
 sdk-ts: $(SDK_TS)/node_modules/.package-lock.json
 
 $(SDK_TS)/node_modules/.package-lock.json: $(SDK_TS)/package.json $(SDK_TS)/package-lock.json
+	@node=$$(node -v 2>/dev/null); major=$${node#v}; \
+	command -v npm >/dev/null && [ "$${major%%.*}" -ge 20 ] 2>/dev/null || { \
+	  echo "make sdk-ts: the TypeScript SDK (and make test) needs Node.js 20 or newer and npm: install them (nodejs.org, or your distribution's nodejs and npm packages when they are 20 or newer); found node $${node:-none}, npm $$(command -v npm >/dev/null && echo yes || echo none)" >&2; exit 1; }
 	cd $(SDK_TS) && npm ci --ignore-scripts --no-audit --no-fund
 	@touch $@
 

@@ -1,7 +1,7 @@
 """The Makefile's bootstrap, run on a copy in a scratch folder (its installs replaced by
 a line naming the Python that would run them): a `.venv` that is not a Python 3.11 venv
-with pip is made again, and a missing Python 3.11 stops make at once with one line
-saying what to install."""
+with pip is made again, a missing Python 3.11 stops make at once with one line saying
+what to install, and so does a missing Node.js 20 with npm for `make sdk-ts`."""
 
 from __future__ import annotations
 
@@ -79,3 +79,27 @@ def test_a_venv_without_pip_is_made_again(tmp_path: Path) -> None:
     again = _make(folder, "install", f"PYTHON_BOOT={sys._base_executable}")
     assert again.returncode == 0
     assert again.stdout == ""  # a working venv, installed: nothing to do
+
+
+def test_sdk_ts_without_npm_stops_with_one_line(tmp_path: Path) -> None:
+    folder = _scratch(tmp_path)
+    empty = folder / "bin"
+    empty.mkdir()
+    done = _make(folder, "sdk-ts", path=str(empty))
+    assert done.returncode != 0
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("make sdk-ts: the TypeScript SDK (and make test) needs Node.js 20 or ")
+    assert first.endswith("found node none, npm none")
+    (empty / "node").write_text("#!/bin/sh\necho v18.20.4\n")
+    (empty / "npm").write_text("#!/bin/sh\n")
+    for tool in ("node", "npm"):
+        (empty / tool).chmod(0o755)
+    done = _make(folder, "sdk-ts", path=str(empty))
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[0].endswith("found node v18.20.4, npm yes")
+    (empty / "node").write_text("#!/bin/sh\necho v20.11.0\n")
+    for tool in ("mkdir", "touch"):  # what the rest of the recipe runs
+        (empty / tool).symlink_to(str(shutil.which(tool)))
+    done = _make(folder, "sdk-ts", path=str(empty))
+    assert done.returncode == 0, done.stderr
+    assert "would run npm ci" in done.stdout
