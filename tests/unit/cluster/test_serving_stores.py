@@ -23,6 +23,7 @@ from tests.unit.cluster.stack_util import (
     ray_workers_role,
     resources,
     synth,
+    text,
 )
 
 pytestmark = needs_node
@@ -40,21 +41,6 @@ SECRET_KEYS = {
 REDIS_DATABASES = {"cache_redis_url": 1, "features_redis_url": 2}
 # `{{resolve:secretsmanager:<secret>:SecretString:<json key>::}}`, the secret a Ref.
 DYNAMIC_REFERENCE = r"\{\{resolve:secretsmanager:<Ref:(\w+)>:SecretString:(\w*)::\}\}"
-
-
-def _text(value: Any) -> str:
-    """A template string value with its intrinsic parts as `<Ref:id>` / `<GetAtt:id.attr>`."""
-    if isinstance(value, str):
-        return value
-    (function, args), *rest = value.items()
-    assert not rest, value
-    if function == "Ref":
-        return f"<Ref:{args}>"
-    if function == "Fn::GetAtt":
-        return f"<GetAtt:{args[0]}.{args[1]}>"
-    assert function == "Fn::Join", value
-    assert args[0] == "", value
-    return "".join(_text(part) for part in args[1])
 
 
 def _serving_secret(template: Any) -> tuple[str, Any]:
@@ -80,7 +66,7 @@ def _generated(template: Any, secret_id: str) -> dict[str, Any]:
 
 def _serving_values(template: Any) -> dict[str, str]:
     _, secret = _serving_secret(template)
-    values: dict[str, str] = json.loads(_text(secret["Properties"]["SecretString"]))
+    values: dict[str, str] = json.loads(text(secret["Properties"]["SecretString"]))
     return values
 
 
@@ -124,7 +110,7 @@ def test_registry_dsn_is_composed_from_the_instance_and_its_generated_password(
     source, json_key = found.groups()
     assert json_key == "password"
     # The same generated password the instance was created with.
-    password = _text(db["Properties"]["MasterUserPassword"])
+    password = text(db["Properties"]["MasterUserPassword"])
     master = re.fullmatch(DYNAMIC_REFERENCE, password)
     assert master is not None
     assert _generated(template, source) == _generated(template, master.group(1))
@@ -163,7 +149,7 @@ def test_redis_urls_are_composed_from_the_endpoint_and_the_generated_password(
     assert database == REDIS_DATABASES[key]
     # The password Redis's AUTH token is, and the secret's redis_password.
     _, redis = one(template, "AWS::ElastiCache::ReplicationGroup")
-    token = re.fullmatch(DYNAMIC_REFERENCE, _text(redis["Properties"]["AuthToken"]))
+    token = re.fullmatch(DYNAMIC_REFERENCE, text(redis["Properties"]["AuthToken"]))
     password = re.fullmatch(DYNAMIC_REFERENCE, _serving_values(template)["redis_password"])
     assert token is not None
     assert password is not None
@@ -193,7 +179,7 @@ def test_the_redis_urls_resolve_to_what_the_stores_connect_to(template: Any, key
 def test_rate_limits_cache_and_features_use_separate_redis_databases(template: Any) -> None:
     settings = load_cluster_settings(kube.SETTINGS)
     rate_limits = parse_url(settings.stores.redis_url)["db"]
-    output = _text(template.to_json()["Outputs"]["RedisUrl"]["Value"])
+    output = text(template.to_json()["Outputs"]["RedisUrl"]["Value"])
     assert int(output.rsplit("/", 1)[1]) == rate_limits
     databases = [rate_limits] + [_redis_url(template, key)[1] for key in REDIS_DATABASES]
     assert len(set(databases)) == len(databases), databases
@@ -272,7 +258,7 @@ def test_the_settings_name_the_secret_the_pods_may_read(template: Any) -> None:
     outputs = template.to_json()["Outputs"]
     assert {"ServingSecretName", "RedisUrl", "RegistryEndpoint"} <= set(outputs)
     redis_id, _ = one(template, "AWS::ElastiCache::ReplicationGroup")
-    assert _text(outputs["RedisUrl"]["Value"]) == (
+    assert text(outputs["RedisUrl"]["Value"]) == (
         f"rediss://<GetAtt:{redis_id}.PrimaryEndPoint.Address>"
         f":<GetAtt:{redis_id}.PrimaryEndPoint.Port>/0"
     )
@@ -343,7 +329,7 @@ def test_redis_admits_only_the_ray_pods_and_encrypts(template: Any) -> None:
     assert props["AutomaticFailoverEnabled"] is True
     assert props["MultiAZEnabled"] is True
     # AUTH with the serving secret's redis_password, both the same generated value.
-    token = re.fullmatch(DYNAMIC_REFERENCE, _text(props["AuthToken"]))
+    token = re.fullmatch(DYNAMIC_REFERENCE, text(props["AuthToken"]))
     password = re.fullmatch(DYNAMIC_REFERENCE, _serving_values(template)["redis_password"])
     assert token is not None
     assert password is not None
