@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
@@ -68,6 +68,14 @@ class EventIn(BaseModel):
         description="When it happened: RFC 3339 with a time zone, or Unix seconds; "
         "default: when received.",
     )
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        # JSON true is not a time (Python would read it as 1, 1970-01-01T00:00:01Z).
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a time")
+        return value
 
 
 class EventsBody(BaseModel):
@@ -142,6 +150,8 @@ def parse_events(
             first = sorted(e.errors(), key=lambda x: x.get("type") != "extra_forbidden")[0]
             name = ".".join(str(p) for p in first["loc"][:1])
             message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+            if first["type"] == "value_error":  # our own check: its words, no prefix
+                message = str(first.get("ctx", {}).get("error", message))
             errors.append(_error(index, name, message))
             continue
         except ValueError as e:

@@ -378,3 +378,15 @@ def test_a_timestamp_past_the_calendar_in_utc_is_named_and_the_batch_kept() -> N
         ("events.0.timestamp", "out of range"),
         ("events.2.timestamp", "out of range"),
     ]
+
+
+def test_a_boolean_timestamp_is_named_not_read_as_1970() -> None:
+    raw: list[dict[str, Any]] = [
+        {"user": "u", "item": "i1", "type": "view", "timestamp": True},
+        {"user": "u", "item": "i2", "type": "view", "timestamp": 1_700_000_000},
+    ]
+    good, errors = parse_events(raw, time.time(), 300, None)
+    assert [e.item for e in good] == ["i2"]
+    assert errors == [
+        {"index": 0, "field": "events.0.timestamp", "message": "a boolean is not a time"}
+    ]
