@@ -9,7 +9,9 @@ The model keeps a shape and a level. The shape, a / b, comes from pairs of
 consecutive batches of clearly different sizes (close in time, so a change of the
 machine's speed between them is rare), smoothed over pairs. The level, b, follows
 every batch's time under that shape (a geometric mean, so one stalled batch moves it
-little), so a slow phase moves it within a few batches whatever sizes they have.
+little), so a slow phase moves it within a few batches whatever sizes they have. One
+batch moves the level, and one pair the shape, by at most `MAX_STEP`; the fixed part
+is at most `MAX_RATIO` texts' worth.
 Two calibration runs at load (one text, then several) give the first shape; without
 one, the cost is per text.
 """
@@ -22,6 +24,15 @@ from collections.abc import Callable
 
 # Weight the past keeps at each new batch (or pair of batches for the shape).
 DECAY = 0.7
+# One batch moves the level, and one pair the shape, by at most this factor before the
+# decay: a batch that stalled (the process descheduled, a pause) for a hundred times
+# its cost would otherwise make the next few requests look a hundred times as slow and
+# refuse them, though the stall is over; a machine that really is slower is followed
+# within a few batches.
+MAX_STEP = 4.0
+# The shape's fixed part is at most this many texts' worth (short texts make it
+# several; a stalled small batch beside a normal large one would make it hundreds).
+MAX_RATIO = 64.0
 # Two consecutive batches this many texts apart or more measure the shape.
 MIN_SIZE_GAP = 4
 # Texts in the larger calibration batch.
@@ -46,12 +57,15 @@ class BatchCost:
             a = seconds - b * texts
             if b > 0 and a >= 0:
                 if self._ratio is None:
-                    self._ratio, self.per_text_s = a / b, b
+                    self._ratio, self.per_text_s = min(a / b, MAX_RATIO), b
                 else:
-                    self._ratio = DECAY * self._ratio + (1 - DECAY) * a / b
+                    seen = min(a / b, max(self._ratio, 1.0) * MAX_STEP, MAX_RATIO)
+                    self._ratio = DECAY * self._ratio + (1 - DECAY) * seen
         self._last = (texts, seconds)
         ratio = self._ratio or 0.0
         level = seconds / (ratio + texts)
+        if self.per_text_s is not None:
+            level = min(max(level, self.per_text_s / MAX_STEP), self.per_text_s * MAX_STEP)
         self.per_text_s = (
             level
             if self.per_text_s is None

@@ -65,8 +65,26 @@ def test_without_a_shape_the_cost_is_per_text() -> None:
 
 def test_one_stalled_batch_moves_the_level_little() -> None:
     cost = _line(0.010, 0.002)
-    cost.observe(1, 0.120)  # ten times as long as the line says
-    assert cost.seconds(1, 64) == pytest.approx(0.012 * 10**0.3, rel=1e-6)  # about 2x
+    cost.observe(1, 0.120)  # ten times as long as the line says: taken as four times
+    assert cost.seconds(1, 64) == pytest.approx(0.012 * 4**0.3, rel=1e-6)  # about 1.5x
+    stalled = _line(0.010, 0.002)
+    stalled.observe(1, 2.0)  # a 2 s pause: no worse than four times either
+    assert stalled.seconds(1, 64) == pytest.approx(0.012 * 4**0.3, rel=1e-6)
+
+
+def test_a_stalled_small_batch_beside_a_large_one_leaves_the_shape_sane() -> None:
+    """A one-text batch stalled for half a second, then a 32-text batch of long texts
+    (half a second of real work): as a pair they say "500 ms fixed, 0.6 ms a text",
+    which made every request look like a second's wait and refused a burst at once.
+    The shape moves by a bounded step."""
+    cost = _line(0.001, 0.003)
+    cost.observe(1, 0.500)
+    cost.observe(32, 0.520)
+    assert cost.fixed_s < 0.05
+    assert cost.seconds(1, 64) < 0.05  # not about 0.5 s
+    for _ in range(10):  # normal batches afterwards: back near the line
+        cost.observe(1, 0.004)
+    assert cost.seconds(1, 64) == pytest.approx(0.004, rel=0.5)
 
 
 def test_a_slope_never_goes_negative() -> None:
