@@ -140,6 +140,7 @@ class InlineBatcher:
         self._waited = False  # the queue waited once; it goes next, full or not
         self._refused_since_log = 0
         self._refusal_logged_at = -REFUSAL_LOG_EVERY_S
+        self._refusal_tail: asyncio.TimerHandle | None = None
         threads.join(self)
 
     def configure(self, live: InlineBatchingConfig, batch_wait_s: float = 0.0) -> None:
@@ -356,6 +357,11 @@ class InlineBatcher:
         self._refused_since_log += 1
         now = time.monotonic()
         if now - self._refusal_logged_at < REFUSAL_LOG_EVERY_S:
+            if self._refusal_tail is None:  # the burst's end gets a line of its own
+                wait = self._refusal_logged_at + REFUSAL_LOG_EVERY_S - now
+                self._refusal_tail = asyncio.get_running_loop().call_later(
+                    wait, self._log_refusal_tail
+                )
             return
         lane, full = self.lane_cost, self.cost
         log.warning(
@@ -376,6 +382,20 @@ class InlineBatcher:
         )
         self._refused_since_log = 0
         self._refusal_logged_at = now
+
+    def _log_refusal_tail(self) -> None:
+        """The refusals held back since the last line, once the interval has passed
+        (a burst shorter than the interval would otherwise end unsaid)."""
+        self._refusal_tail = None
+        if self._refused_since_log:
+            log.warning(
+                "%d more requests refused in the %g s after the last line; version=%s",
+                self._refused_since_log,
+                REFUSAL_LOG_EVERY_S,
+                self.label,
+            )
+            self._refused_since_log = 0
+            self._refusal_logged_at = time.monotonic()
 
     def _dispatch(self) -> None:
         """Start what may start now, on the threads the versions share."""

@@ -127,6 +127,37 @@ def test_refusals_are_logged_once_per_interval_with_their_count(
     assert "(3 refused since the last line)" in lines[1]
 
 
+def test_the_end_of_a_burst_of_refusals_is_logged(
+    runtime: FakeRuntime,
+    executor: SharedThreads,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refusals held back after a line, with none after the interval to carry their
+    count, get a line of their own when the interval ends."""
+    monkeypatch.setattr("deployments.replicas.inline.REFUSAL_LOG_EVERY_S", 0.05)
+    batcher, _ = _batcher(runtime, executor, max_queued_texts=2)
+    batcher.label = "minilm/v1"
+
+    async def then() -> None:
+        waiting = asyncio.create_task(batcher.embed(_texts("a", 2)))
+        await asyncio.sleep(0)
+        for _ in range(3):
+            with pytest.raises(Overloaded):
+                await batcher.embed(["refused"])
+        await asyncio.sleep(0.15)
+        runtime.gate.set()
+        await waiting
+
+    with caplog.at_level("WARNING", logger="servekit.batching"):
+        _while_busy(runtime, batcher, then)
+    lines = [r.getMessage() for r in caplog.records if r.name == "servekit.batching"]
+    assert len(lines) == 2
+    assert (
+        lines[1] == "2 more requests refused in the 0.05 s after the last line; version=minilm/v1"
+    )
+
+
 def test_an_empty_queue_admits_any_size(runtime: FakeRuntime, executor: SharedThreads) -> None:
     batcher, metrics = _batcher(runtime, executor, max_queued_texts=10)
 
