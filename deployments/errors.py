@@ -126,7 +126,10 @@ def request_invalid(errors: Sequence[Mapping[str, Any]]) -> BadRequest:
     where = ".".join(loc) or "body"
     if first.get("type") == "extra_forbidden":
         return BadRequest(f"{where}: unknown field")
-    return BadRequest(f"{where}: {first.get('msg', 'invalid')}")
+    # A check of servekit's own (a validator's ValueError) in its words, without the
+    # validation library's "Value error, " in front.
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return BadRequest(f"{where}: {message}")
 
 
 class MethodNotAllowed(ServekitError):

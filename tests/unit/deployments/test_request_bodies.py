@@ -75,6 +75,20 @@ def test_a_body_that_is_not_json_is_named_as_the_body() -> None:
     assert request_invalid(errors).message == "body: not valid JSON"
 
 
+def test_a_check_of_our_own_is_said_in_its_words() -> None:
+    """A validator's ValueError reaches the caller as its message, naming the field,
+    without the validation library's prefix."""
+    from pydantic import ValidationError
+
+    from deployments.http.admin import TenantCreate
+
+    try:
+        TenantCreate(name="x", id="operator")
+    except ValidationError as e:
+        errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors()]
+    assert request_invalid(errors).message == "id: 'operator' is reserved"
+
+
 @pytest.mark.parametrize(
     ("model", "doc", "field"),
     [
