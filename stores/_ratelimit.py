@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from stores.ratelimit import Decision
+from stores.ratelimit import ALLOWED, Decision
 from stores.tenants import RateLimits
 
 # The wait a refusal under a rate of zero (or less) reports: such a subject is blocked
@@ -49,6 +49,26 @@ def blocked(limits: RateLimits) -> Decision | None:
         if rate is not None and rate <= 0:
             return Decision(False, retry_after_s=BLOCKED_RETRY_S)
     return None
+
+
+def charges(
+    subject: str,
+    limits: RateLimits,
+    texts: int,
+    also: Sequence[tuple[str, RateLimits]],
+) -> list[tuple[str, RateLimits]] | Decision:
+    """The subjects an `admit` call takes from (those with any limit set), or the
+    decision reached without looking at a bucket: allowed when none has a limit, refused
+    when one has a rate of zero or less. Raises ValueError for a negative `texts`."""
+    if texts < 0:
+        raise ValueError(f"texts must be >= 0, got {texts}")
+    charged = [(s, lim) for s, lim in ((subject, limits), *also) if lim.is_set()]
+    if not charged:
+        return ALLOWED
+    for _, lim in charged:
+        if (refusal := blocked(lim)) is not None:
+            return refusal
+    return charged
 
 
 @dataclass(frozen=True)

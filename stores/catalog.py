@@ -155,8 +155,8 @@ class CatalogStore(Protocol):
     def configure(self, tenant_id: str, catalog: str, settings: dict[str, Any]) -> int:
         """Replace a catalog's settings (creating the catalog); the change's seq."""
 
-    def catalogs(self, tenant_id: str) -> list[CatalogInfo]:
-        """The tenant's catalogs."""
+    def catalogs(self, tenant_id: str, name: str | None = None) -> list[CatalogInfo]:
+        """The tenant's catalogs (only the one called `name`, when given)."""
 
     def scan(self, tenant_id: str, catalog: str, after_id: str | None, limit: int) -> list[Item]:
         """Items by id, after `after_id`, at most `limit`: a consistent read of the

@@ -317,8 +317,9 @@ class SqlCatalogStore:
             )  # fmt: skip
         return seq
 
-    def catalogs(self, tenant_id: str) -> list[CatalogInfo]:
-        """The tenant's catalogs by name, with their item counts."""
+    def catalogs(self, tenant_id: str, name: str | None = None) -> list[CatalogInfo]:
+        """The tenant's catalogs by name, with their item counts (only the one called
+        `name`, when given: its items alone are counted)."""
         count = (
             select(func.count())
             .where(
@@ -337,6 +338,8 @@ class SqlCatalogStore:
             .where(catalogs_table.c.tenant_id == tenant_id)
             .order_by(catalogs_table.c.name)
         )
+        if name is not None:
+            query = query.where(catalogs_table.c.name == name)
         with reading_consistently(self._engine) as conn:
             return [
                 CatalogInfo(tenant_id, r.name, int(r.n_items), r.created_at, dict(r.settings))

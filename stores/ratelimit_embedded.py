@@ -26,13 +26,13 @@ from typing import Protocol
 from stores._ratelimit import (
     Bucket,
     Check,
-    blocked,
+    charges,
     check_bucket,
     check_month,
     decide,
     month_key,
 )
-from stores.ratelimit import ALLOWED, Decision
+from stores.ratelimit import Decision
 from stores.tenants import RateLimits
 
 # Idle entries dropped per call at most, so that no single request pays for a sweep.
@@ -103,21 +103,16 @@ class EmbeddedLimiter:
         """Take one request and `texts` texts from `subject`'s buckets and month and
         from each of `also`'s, or nothing when any of them is short (see
         `stores.ratelimit`)."""
-        if texts < 0:
-            raise ValueError(f"texts must be >= 0, got {texts}")
-        charges = [(s, lim) for s, lim in ((subject, limits), *also) if lim.is_set()]
-        if not charges:
-            return ALLOWED
-        for _, lim in charges:
-            if (refusal := blocked(lim)) is not None:
-                return refusal
-        if self._counts is not None and any(lim.monthly_texts is not None for _, lim in charges):
+        charged = charges(subject, limits, texts, also)
+        if isinstance(charged, Decision):
+            return charged
+        if self._counts is not None and any(lim.monthly_texts is not None for _, lim in charged):
             await self._load_month()
         now = self._clock()
         self._evict(now)
         checks: list[Check] = []
         takes: list[tuple[str, RateLimits, _Buckets]] = []
-        for who, lim in charges:
+        for who, lim in charged:
             entry = self._buckets.get(who) or _Buckets()
             taken = _Buckets()
             if lim.requests_per_s is not None:

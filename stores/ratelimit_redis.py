@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from stores._ratelimit import Check, blocked, capacity, decide
+from stores._ratelimit import Check, capacity, charges, decide
 from stores._redis import connect
-from stores.ratelimit import ALLOWED, Decision, LimiterUnavailable
+from stores.ratelimit import Decision, LimiterUnavailable
 from stores.tenants import RateLimits
 
 # Mirrors stores/_ratelimit.py (check_bucket, check_month, the calendar). Numbers leave
@@ -184,17 +184,12 @@ class RedisLimiter:
         """Take one request and `texts` texts from `subject`'s buckets and month and from
         each of `also`'s, or nothing when any of them is short (see `stores.ratelimit`);
         one round trip."""
-        if texts < 0:
-            raise ValueError(f"texts must be >= 0, got {texts}")
-        charges = [(s, lim) for s, lim in ((subject, limits), *also) if lim.is_set()]
-        if not charges:
-            return ALLOWED
-        for _, lim in charges:
-            if (refusal := blocked(lim)) is not None:
-                return refusal
+        charged = charges(subject, limits, texts, also)
+        if isinstance(charged, Decision):
+            return charged
         keys: list[str] = []
         args = [str(texts)]
-        for who, lim in charges:
+        for who, lim in charged:
             tagged = self._tagged(who)
             keys += [f"{tagged}:b", f"{tagged}:m:"]
             args += [_arg(lim.requests_per_s), _arg(lim.texts_per_s), _arg(lim.monthly_texts)]
@@ -206,7 +201,7 @@ class RedisLimiter:
             ) from e
         values = [float(v) for v in reply]
         checks: list[Check] = []
-        for _, lim in charges:
+        for _, lim in charged:
             named = _named(lim)
             checks += _checks(named, values[: 3 * len(named)])
             values = values[3 * len(named) :]

@@ -363,8 +363,8 @@ async def configure_catalog(
         service = _service(host)
         tenant = search_tenant(call)
         await service.configure(tenant, catalog, body.model_dump(exclude_none=True))
-        found = await asyncio.to_thread(service.store.catalogs, tenant)
-        info = next((c for c in found if c.name == catalog), None)
+        found = await asyncio.to_thread(service.store.catalogs, tenant, catalog)
+        info = found[0] if found else None
         if info is None:  # deleted by another writer since: nothing to show
             raise NotFound("catalog: no such catalog")
         return json_response(_catalog(info))

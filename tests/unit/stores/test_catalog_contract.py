@@ -329,6 +329,10 @@ def test_catalog_settings_are_stored_and_logged(store: SqlCatalogStore) -> None:
     assert by_name["shoes"].settings == {"hybrid": False}
     assert (by_name["new"].settings, by_name["new"].items) == ({"hybrid": True}, 0)
     assert [c.settings for c in store.catalogs("tn_b")] == [{"hybrid": True}]
+    # One catalog by name: its own count and settings, none of another tenant's.
+    assert [(c.name, c.items) for c in store.catalogs("tn_a", "shoes")] == [("shoes", 1)]
+    assert store.catalogs("tn_a", "absent") == []
+    assert [c.tenant_id for c in store.catalogs("tn_b", "shoes")] == ["tn_b"]
     # In the change log as a change of the catalog itself, with the settings as now.
     store.configure("tn_a", "shoes", {})
     logged = [c for c in store.changes(0, 100) if c.item_id == CATALOG_CHANGE]
