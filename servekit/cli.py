@@ -198,8 +198,30 @@ def _validate(path: Path) -> int:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+# A stop signal again within this long is the same request to stop, not a second one:
+# `make serve` forwards the SIGTERM a supervisor sends to the whole process group, so
+# `servekit serve` gets it twice, a moment apart.
+REPEAT_S = 1.0
+
+
+class _Stopper:
+    """The stop signals' handler: the first raises KeyboardInterrupt in the main thread
+    (it leaves the serving loop), any later one only sets `hurry` (cuts the drain
+    short), and one within `REPEAT_S` of the first is ignored. A second exception from
+    the handler would escape the stop itself, halfway, and leave the instance running."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.hurry = threading.Event()
+        self._clock = clock
+        self._first: float | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        now = self._clock()
+        if self._first is None:
+            self._first = now
+            raise KeyboardInterrupt
+        if now - self._first >= REPEAT_S:
+            self.hurry.set()
 
 
 def _on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> None:
@@ -228,9 +250,9 @@ def _serve(
         return 1
     host, port = _local_http(doc)
     settle_s = _usage_settle_s(doc)
-    hurry = threading.Event()
+    stopper = _Stopper()
     record = None
-    _on_stop_signals(_stop)
+    _on_stop_signals(stopper)
     try:
         record = _claim(path, host, port, metrics_port)
         auth_lines = _prepare_auth(doc)
@@ -243,7 +265,12 @@ def _serve(
             node_ip_address=node_ip_address,
         )
         # Again after Ray's start-up, which installs handlers of its own.
-        _on_stop_signals(_stop)
+        _on_stop_signals(stopper)
+        # Ray's hook for a driver's uncaught exception first reports it to GCS, which
+        # waits a minute and then aborts when GCS is gone (a group's SIGTERM stops it
+        # too): any such exception is printed at once instead.
+        if getattr(sys.excepthook, "__module__", "").startswith("ray."):
+            sys.excepthook = sys.__excepthook__
         # Where `--address local` finds this instance.
         record = record.seen(local.ray_address())
         local.deploy(doc)
@@ -260,11 +287,10 @@ def _serve(
         print(f"servekit: {e}", file=sys.stderr)
         code = 1
     finally:
-        # A second signal while stopping cuts the drain short.
-        _on_stop_signals(lambda signum, frame: hurry.set())
+        # A second signal while stopping cuts the drain short (see `_Stopper`).
         began = time.monotonic()
         known = record.processes if record is not None else []
-        ray_finished = local.shutdown(drain_timeout_s, hurry, known, settle_s)
+        ray_finished = local.shutdown(drain_timeout_s, stopper.hurry, known, settle_s)
         if record is not None:
             record.remove()
     if record is not None:

@@ -118,3 +118,20 @@ def test_another_applications_args_never_keep_the_stop_from_happening(
 )
 def test_usage_settle_s_never_raises(apps: list[Any], settle_s: float) -> None:
     assert cli._usage_settle_s({"applications": apps}) == pytest.approx(settle_s)
+
+
+def test_a_stop_signal_repeated_at_once_is_one_stop() -> None:
+    """`make serve` forwards a group's SIGTERM: the copy a moment later must neither
+    escape the stop as a second KeyboardInterrupt nor cut the drain short; a signal
+    sent later (a second Ctrl-C) cuts it short, and none raises again."""
+    now = [100.0]
+    stopper = cli._Stopper(clock=lambda: now[0])
+    with pytest.raises(KeyboardInterrupt):
+        stopper(15, None)
+    now[0] += 0.01
+    stopper(15, None)  # the forwarded copy
+    assert not stopper.hurry.is_set()
+    now[0] += cli.REPEAT_S
+    stopper(2, None)  # Ctrl-C again, later
+    assert stopper.hurry.is_set()
+    stopper(15, None)
