@@ -7,19 +7,23 @@ reads). A local `servekit serve` keeps its console for servekit's events: it nam
 file in `SERVEKIT_LOG_FILE`, which then takes every line as JSON (each request, each
 event with its traceback), and asks with `SERVEKIT_LOG_FORMAT=text` for the console's
 lines (events, and the requests a caller saw fail: 5xx) as one readable line each,
-a few of a kind at most every 10 s.
+a few of a kind at most every 10 s. That file is rotated by size (`RotatingFile`):
+every process of the instance appends to it, and it must not fill the disk of an
+instance left running.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import orjson
 
@@ -28,6 +32,12 @@ _LOGGER_NAME = "servekit"
 LOG_FILE_ENV = "SERVEKIT_LOG_FILE"
 # "text": console lines as `level logger: message key=value ...`; else JSON.
 LOG_FORMAT_ENV = "SERVEKIT_LOG_FORMAT"
+# The file's size (MB) at which it is rotated, and how many rotated files are kept
+# (`servekit.log.1` the newest): at most (1 + keep) x the size on disk.
+LOG_FILE_MAX_MB_ENV = "SERVEKIT_LOG_FILE_MAX_MB"
+LOG_FILE_KEEP_ENV = "SERVEKIT_LOG_FILE_KEEP"
+DEFAULT_LOG_FILE_MAX_MB = 100.0
+DEFAULT_LOG_FILE_KEEP = 3
 # On a text console, lines of one kind (logger and message) shown per window.
 REPEAT_BURST = 3
 REPEAT_WINDOW_S = 10.0
@@ -112,6 +122,14 @@ def _caller_saw_failure(record: logging.LogRecord) -> bool:
     return int(getattr(record, "fields", {}).get("status", 0)) >= 500
 
 
+class LineSink(Protocol):
+    """Where a `BatchedLineHandler` writes: a text stream, or a `RotatingFile`."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class BatchedLineHandler(logging.Handler):
     """Formats on the caller's thread, writes from a background one.
 
@@ -120,7 +138,7 @@ class BatchedLineHandler(logging.Handler):
     Warnings and errors are written at once, with everything queued before them.
     """
 
-    def __init__(self, stream: TextIO, interval_s: float = 0.25, max_lines: int = 512) -> None:
+    def __init__(self, stream: LineSink, interval_s: float = 0.25, max_lines: int = 512) -> None:
         super().__init__()
         self._stream = stream
         self._lines: list[str] = []
@@ -160,6 +178,77 @@ class BatchedLineHandler(logging.Handler):
             self.flush()
 
 
+class RotatingFile:
+    """A log file that many processes append to, rotated when it reaches `max_bytes`:
+    `path` becomes `path.1` (`.1` becomes `.2`, and so on; the oldest beyond `keep` is
+    dropped), and a new `path` is started.
+
+    Every process of an instance writes to it, so the rotation is shared: before each
+    write (one batch of lines, see `BatchedLineHandler`) a writer checks whether `path`
+    is still the file it holds open. When it is not, another process rotated it, and
+    this one opens the new `path`. When it is and has reached the size, this one rotates
+    it, under an exclusive lock on `path.lock`, after checking again under the lock that
+    nobody did so meanwhile. A writer's batch that raced a rotation lands at the end of
+    `path.1`: no line is lost, none is written twice."""
+
+    def __init__(self, path: str, max_bytes: int, keep: int) -> None:
+        if max_bytes < 1 or keep < 1:
+            raise ValueError(f"max_bytes and keep must be >= 1, got {max_bytes}, {keep}")
+        self.path = path
+        self._max_bytes = max_bytes
+        self._keep = keep
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (process-long)
+
+    def write(self, text: str) -> int:
+        """Append `text` (after a rotation, if one is due), not yet flushed."""
+        self._follow()
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _is_current(self) -> bool:
+        """Whether `path` is the file this writer has open."""
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self._file.fileno())
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+    def _follow(self) -> None:
+        if not self._is_current():
+            self._reopen()
+        elif os.fstat(self._file.fileno()).st_size >= self._max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        with open(f"{self.path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._is_current() and os.fstat(self._file.fileno()).st_size >= self._max_bytes:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f"{self.path}.{self._keep}")
+                for i in range(self._keep - 1, 0, -1):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+                os.replace(self.path, f"{self.path}.1")
+            self._reopen()
+
+    def _reopen(self) -> None:
+        self._file.close()
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (process-long)
+
+
+def rotating_file(path: str, env: Mapping[str, str]) -> RotatingFile:
+    """The log file at `path`, rotated as `env` says (or by the defaults)."""
+    max_mb = float(env.get(LOG_FILE_MAX_MB_ENV) or DEFAULT_LOG_FILE_MAX_MB)
+    keep = int(env.get(LOG_FILE_KEEP_ENV) or DEFAULT_LOG_FILE_KEEP)
+    return RotatingFile(path, max(1, int(max_mb * 1024 * 1024)), keep)
+
+
 def get_logger(name: str = "") -> logging.Logger:
     """servekit's logger (or a child), set up once: JSON lines to stderr, or, as the
     environment asks (see the module's docstring), access lines to a file and events
@@ -189,7 +278,7 @@ def handlers_from_env(
     console.addFilter(lambda r: not is_access(r) or _caller_saw_failure(r))
     if text:
         console.addFilter(RepeatLimit())
-    every = BatchedLineHandler(open(path, "a", encoding="utf-8"))  # noqa: SIM115 (process-long)
+    every = BatchedLineHandler(rotating_file(path, env))
     every.setFormatter(JsonFormatter())
     return [every, console]
 

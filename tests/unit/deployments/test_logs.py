@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,14 @@ import orjson
 
 from deployments.observability.logs import (
     LOG_FILE_ENV,
+    LOG_FILE_KEEP_ENV,
+    LOG_FILE_MAX_MB_ENV,
     LOG_FORMAT_ENV,
     REPEAT_WINDOW_S,
     BatchedLineHandler,
     JsonFormatter,
     RepeatLimit,
+    RotatingFile,
     handlers_from_env,
     log_request,
 )
@@ -121,3 +125,73 @@ def test_by_default_every_line_is_json_on_stderr() -> None:
     console = io.StringIO()
     [handler] = handlers_from_env({}, stderr=console)
     assert isinstance(handler.formatter, JsonFormatter)
+
+
+def _lines(path: Path) -> list[str]:
+    """Every line of the log and its rotated files, oldest file first."""
+    files = sorted(path.parent.glob(f"{path.name}.*[0-9]"), key=lambda f: -int(f.suffix[1:]))
+    return [line for f in [*files, path] if f.exists() for line in f.read_text().splitlines()]
+
+
+def test_the_log_file_is_rotated_by_size_and_keeps_the_newest(tmp_path: Path) -> None:
+    """An instance left running must not fill its disk: at the size the file becomes
+    `.1` (and `.1` `.2`, ...), at most `keep` rotated files stay, no line is lost
+    from those kept, and each file stays near the size (one batch over at most)."""
+    path = tmp_path / "servekit.log"
+    log = RotatingFile(str(path), max_bytes=1000, keep=2)
+    for batch in range(40):
+        log.write("".join(f"line {batch}.{i} {'x' * 20}\n" for i in range(3)))
+        log.flush()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "servekit.log", "servekit.log.1", "servekit.log.2", "servekit.log.lock",
+    ]  # fmt: skip
+    for f in (path, path.with_name("servekit.log.1"), path.with_name("servekit.log.2")):
+        assert f.stat().st_size < 1000 + 100
+    kept = _lines(path)
+    written = [f"line {b}.{i} {'x' * 20}" for b in range(40) for i in range(3)]
+    assert kept == written[-len(kept) :]
+    assert len(kept) > 60
+
+
+def _write_lines(path: str, who: int, batches: int) -> None:
+    log = RotatingFile(path, max_bytes=2000, keep=1000)
+    for batch in range(batches):
+        log.write("".join(f"{who} {batch} {i}\n" for i in range(5)))
+        log.flush()
+    log.close()
+
+
+def test_processes_sharing_the_log_rotate_it_once_and_lose_no_line(tmp_path: Path) -> None:
+    """Every process of an instance appends to the one file: whichever finds it full
+    rotates it, the others follow to the new file, and every line is in exactly one
+    file, in its writer's order."""
+    path = tmp_path / "servekit.log"
+    spawn = multiprocessing.get_context("spawn")
+    writers = [spawn.Process(target=_write_lines, args=(str(path), w, 150)) for w in range(3)]
+    for p in writers:
+        p.start()
+    for p in writers:
+        p.join(60)
+        assert p.exitcode == 0
+    lines = _lines(path)
+    assert len(lines) == 3 * 150 * 5 == len(set(lines))
+    for w in range(3):
+        mine = [tuple(map(int, line.split()[1:])) for line in lines if line.startswith(f"{w} ")]
+        assert mine == sorted(mine)
+    assert len(list(tmp_path.glob("servekit.log.*[0-9]"))) >= 5
+
+
+def test_an_instance_rotates_as_its_environment_says(tmp_path: Path) -> None:
+    path = tmp_path / "servekit.log"
+    env = {LOG_FILE_ENV: str(path), LOG_FILE_MAX_MB_ENV: "0.001", LOG_FILE_KEEP_ENV: "1"}
+    every = handlers_from_env(env, io.StringIO())[0]
+    logger = logging.getLogger(f"test-rotate-{id(every)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(every)
+    for i in range(60):
+        log_request(logger, f"r{i}", "/v1/embeddings", "m", "v1", 200, time.monotonic(), 1)
+        every.flush()
+    assert sorted(p.name for p in tmp_path.glob("servekit.log*")) == [
+        "servekit.log", "servekit.log.1", "servekit.log.lock",
+    ]  # fmt: skip
