@@ -139,9 +139,12 @@ class Envelope:
         tenant = "-"
         if call.principal is not None:
             tenant = call.principal.tenant_id
-            self.metrics.observe_tenant(tenant, status)
-            if self.usage is not None and not call.principal.operator:
-                self.usage.add(tenant, call.model, call.inputs, status >= 400)
+            # The operator is no tenant: its calls (the dashboard's polling, the CLI)
+            # would read as a tenant's in the pooled series `other`.
+            if not call.principal.operator:
+                self.metrics.observe_tenant(tenant, status)
+                if self.usage is not None:
+                    self.usage.add(tenant, call.model, call.inputs, status >= 400)
         log_request(
             self.log, rid, route, call.model, call.version, status, started, call.inputs, tenant
         )
