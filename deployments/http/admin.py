@@ -402,6 +402,47 @@ async def list_keys(request: Request, tenant_id: str) -> Response:
     return await _run(request, "/admin/v1/tenants/{id}/keys", work)
 
 
+LIMIT_FIELDS = ("requests_per_s", "texts_per_s", "monthly_texts")
+
+
+def _beyond(
+    principal: Principal,
+    scopes: frozenset[str],
+    models: frozenset[str] | None,
+    may_pin: bool,
+    limits: RateLimits,
+) -> list[str]:
+    """What of these rights the caller's own key lacks (nothing for the operator): a
+    tenant admin grants, rotates and revokes only keys within its own rights."""
+    if principal.operator:
+        return []
+    out = []
+    extra = sorted(scopes - principal.scopes)
+    if extra:
+        out.append(f"scopes {', '.join(extra)} (it has {', '.join(sorted(principal.scopes))})")
+    if principal.models is not None:
+        if models is None:
+            out.append(f"every model (it may use {', '.join(sorted(principal.models))})")
+        elif models - principal.models:
+            out.append(f"models {', '.join(sorted(models - principal.models))}")
+    if may_pin and not principal.may_pin:
+        out.append("may_pin")
+    for name in LIMIT_FIELDS:
+        own = getattr(principal.key_limits, name)
+        value = getattr(limits, name)
+        if own is not None and (value is None or value > own):
+            shown = "unlimited" if value is None else f"{value:g}"
+            out.append(f"limits.{name} {shown} (its own: {own:g})")
+    return out
+
+
+def _check_within(principal: Principal, key: ApiKey, what: str) -> None:
+    """403 unless `key`'s rights are within the caller's."""
+    beyond = _beyond(principal, key.scopes, key.models, key.may_pin, key.limits)
+    if beyond:
+        raise Forbidden(f"key: {what} a key with more rights than this one: {'; '.join(beyond)}")
+
+
 async def _issue(
     access: Access,
     principal: Principal,
@@ -410,10 +451,20 @@ async def _issue(
     rotated: ApiKey | None = None,
 ) -> dict[str, Any]:
     """Issue a key as `body` says; for a rotation, `rotated` is the old key, whose
-    expiry and pin right the new one keeps (rotating grants nothing new)."""
+    expiry and pin right the new one keeps (rotating grants nothing new). A tenant
+    admin's key grants only rights of its own: its key limits carry over to the new
+    key where the body sets none."""
     await _tenant(access, principal, tenant_id)
     if body.may_pin and not principal.operator and rotated is None:
-        raise Forbidden()
+        raise Forbidden("may_pin: only the operator grants it")
+    scopes = frozenset(body.scopes)
+    models = frozenset(body.models) if body.models is not None else None
+    limits = body.limits.value() if body.limits else RateLimits()
+    if not principal.operator:
+        limits = limits.over(principal.key_limits)
+    beyond = _beyond(principal, scopes, models, body.may_pin, limits)
+    if beyond:
+        raise Forbidden(f"key: more rights than this API key has: {'; '.join(beyond)}")
     now = _now()
     expires = now + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
     if rotated is not None:
@@ -424,11 +475,11 @@ async def _issue(
             access.keys.secret,
             tenant_id,
             name=body.name,
-            scopes=frozenset(body.scopes),
-            models=frozenset(body.models) if body.models is not None else None,
+            scopes=scopes,
+            models=models,
             may_pin=body.may_pin,
             expires_at=expires,
-            limits=body.limits.value() if body.limits else RateLimits(),
+            limits=limits,
             now=now,
         )
     )
@@ -453,6 +504,23 @@ async def create_key(request: Request, tenant_id: str, body: KeyCreate) -> Respo
     return await _run(request, "/admin/v1/tenants/{id}/keys", work)
 
 
+async def _revoke(
+    access: Access, principal: Principal, tenant_id: str, key_id: str
+) -> dict[str, Any]:
+    """Revoke a key of the tenant, if its rights are within the caller's."""
+    _own(principal, tenant_id)
+    key = await asyncio.to_thread(access.registry.get_key, tenant_id, key_id)
+    if key is None:
+        raise NotFound("key: no such key")
+    _check_within(principal, key, "may not revoke")
+    now = _now()
+    revoked = await asyncio.to_thread(access.registry.revoke_key, tenant_id, key_id, now)
+    if revoked is None:
+        raise NotFound("key: no such key")
+    await access.keys.refresh_now()
+    return key_doc(revoked, now)
+
+
 @router.delete(
     "/admin/v1/tenants/{tenant_id}/keys/{key_id}",
     summary="Revoke an API key",
@@ -464,15 +532,52 @@ async def revoke_key(request: Request, tenant_id: str, key_id: str) -> Response:
     """Revoke now: refused on this replica at once, on every replica within seconds."""
 
     async def work(access: Access, principal: Principal) -> Any:
-        _own(principal, tenant_id)
-        now = _now()
-        key = await asyncio.to_thread(access.registry.revoke_key, tenant_id, key_id, now)
-        if key is None:
-            raise NotFound("key: no such key")
-        await access.keys.refresh_now()
-        return key_doc(key, now)
+        return await _revoke(access, principal, tenant_id, key_id)
 
     return await _run(request, "/admin/v1/tenants/{id}/keys/{key}", work)
+
+
+async def _rotate(
+    access: Access,
+    principal: Principal,
+    tenant_id: str,
+    key_id: str,
+    body: RotateBody | None = None,
+) -> dict[str, Any]:
+    """A new key with the old one's rights, if those are within the caller's; the old
+    key stays valid for the overlap."""
+    _own(principal, tenant_id)
+    old = await asyncio.to_thread(access.registry.get_key, tenant_id, key_id)
+    now = _now()
+    if old is None or not old.live(now):
+        raise NotFound("key: no such active key")
+    _check_within(principal, old, "may not rotate")
+    if old.rotated_at is not None:
+        # Its replacement would inherit the end of this key's overlap, not the end
+        # it was created with: rotate the key that replaced it instead.
+        raise Conflict("key: already rotated; rotate the key that replaced it")
+    overlap = body.overlap_s if body and body.overlap_s is not None else None
+    if overlap is None:
+        overlap = access.settings.rotation_overlap_s
+    spec = KeyCreate(
+        name=old.name,
+        scopes=sorted(old.scopes),
+        models=sorted(old.models) if old.models is not None else None,
+        may_pin=old.may_pin,
+        limits=LimitsBody(**_limits_out(old.limits)),
+    )
+    created = await _issue(access, principal, tenant_id, spec, rotated=old)
+    # The old key ends after the overlap, or sooner if it was to expire sooner;
+    # marked rotated in the same step, once: a rotation that lost a race to
+    # another takes back the key it issued.
+    until = now + timedelta(seconds=overlap)
+    claimed = await asyncio.to_thread(access.registry.rotate_out, tenant_id, key_id, until, now)
+    if claimed is None:
+        await asyncio.to_thread(access.registry.revoke_key, tenant_id, created["id"], now)
+        await access.keys.refresh_now()
+        raise Conflict("key: already rotated; rotate the key that replaced it")
+    await access.keys.refresh_now()
+    return created
 
 
 @router.post(
@@ -489,37 +594,7 @@ async def rotate_key(
     """A new key with the old one's rights; the old key stays valid for `overlap_s`."""
 
     async def work(access: Access, principal: Principal) -> Any:
-        _own(principal, tenant_id)
-        old = await asyncio.to_thread(access.registry.get_key, tenant_id, key_id)
-        now = _now()
-        if old is None or not old.live(now):
-            raise NotFound("key: no such active key")
-        if old.rotated_at is not None:
-            # Its replacement would inherit the end of this key's overlap, not the end
-            # it was created with: rotate the key that replaced it instead.
-            raise Conflict("key: already rotated; rotate the key that replaced it")
-        overlap = body.overlap_s if body and body.overlap_s is not None else None
-        if overlap is None:
-            overlap = access.settings.rotation_overlap_s
-        spec = KeyCreate(
-            name=old.name,
-            scopes=sorted(old.scopes),
-            models=sorted(old.models) if old.models is not None else None,
-            may_pin=old.may_pin,
-            limits=LimitsBody(**_limits_out(old.limits)),
-        )
-        created = await _issue(access, principal, tenant_id, spec, rotated=old)
-        # The old key ends after the overlap, or sooner if it was to expire sooner;
-        # marked rotated in the same step, once: a rotation that lost a race to
-        # another takes back the key it issued.
-        until = now + timedelta(seconds=overlap)
-        claimed = await asyncio.to_thread(access.registry.rotate_out, tenant_id, key_id, until, now)
-        if claimed is None:
-            await asyncio.to_thread(access.registry.revoke_key, tenant_id, created["id"], now)
-            await access.keys.refresh_now()
-            raise Conflict("key: already rotated; rotate the key that replaced it")
-        await access.keys.refresh_now()
-        return json_response(created, 201)
+        return json_response(await _rotate(access, principal, tenant_id, key_id, body), 201)
 
     return await _run(request, "/admin/v1/tenants/{id}/keys/{key}/rotate", work)
 

@@ -171,8 +171,12 @@ def test_a_tenant_admin_sees_only_its_own_tenant(service: Service) -> None:
         assert c.post("/admin/v1/tenants", json={"name": "x"}).status_code == 403
         pin = c.post(f"/admin/v1/tenants/{mine}/keys", json={"may_pin": True})
         assert pin.status_code == 403
-        own = c.post(f"/admin/v1/tenants/{mine}/keys", json={"name": "made by the tenant"})
-        assert own.status_code == 201
+        wider = c.post(f"/admin/v1/tenants/{mine}/keys", json={"name": "every scope"})
+        assert wider.status_code == 403  # the default scopes are more than its own
+        assert "scopes events, recommend, search, usage" in wider.json()["error"]["message"]
+        made = {"name": "made by the tenant", "scopes": ["embed"]}
+        own = c.post(f"/admin/v1/tenants/{mine}/keys", json=made)
+        assert own.status_code == 201, own.text
         MADE_KEYS.append(own.json()["key"])
         listed = c.get(f"/admin/v1/tenants/{mine}/keys").json()
         assert all("key" not in k and "key_hash" not in k for k in listed)
