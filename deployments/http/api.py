@@ -218,9 +218,11 @@ api = ServekitAPI(
 )
 
 
-def _framework_error(request: Request, error: ServekitError) -> Response:
+def _framework_error(
+    request: Request, error: ServekitError, headers: dict[str, str] | None = None
+) -> Response:
     rid = request_id(request.headers.get("x-request-id"))
-    return error_response(error, rid, request.url.path.startswith("/v2"))
+    return error_response(error, rid, request.url.path.startswith("/v2"), headers)
 
 
 @api.exception_handler(RequestValidationError)
@@ -235,4 +237,5 @@ async def _http(request: Request, exc: HTTPException) -> Response:
         error = NotFound("no such route")
     elif exc.status_code == 405:
         error = MethodNotAllowed("method not allowed on this route")
-    return _framework_error(request, error)
+    # Starlette's own headers: a 405's `Allow` names the methods the route takes.
+    return _framework_error(request, error, dict(exc.headers or {}))

@@ -1,0 +1,30 @@
+"""How the FastAPI routes answer what is wrong with a call before their work runs, on
+the service's app outside a Serve replica (no Ray)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    from deployments import ingress
+
+    return TestClient(ingress.api)
+
+
+def _error(response: Any) -> dict[str, Any]:
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+def test_a_wrong_method_names_the_methods_the_route_takes(client: TestClient) -> None:
+    got = client.get("/v1/events")
+    assert got.status_code == 405
+    assert got.headers["allow"] == "POST"
+    assert _error(got)["code"] == "method_not_allowed"
