@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the production backends the tests start as real servers on 127.0.0.1:
-# redis-server (Redis 7) and PostgreSQL 15, and the headless browser the dashboard's test
-# drives (Chromium and its WebDriver), from Debian's packages. Idempotent: does nothing
+# redis-server (Redis 7) and PostgreSQL 15, the headless browser the dashboard's test
+# drives (Chromium and its WebDriver), and promtool (package prometheus: the alert rules'
+# check and unit tests), from Debian's packages. Idempotent: does nothing
 # when all are present. Without root or apt-get it says what is missing, and the tests
 # that need a missing one fail with that message.
 # Node.js and npm (the TypeScript SDK's build and tests, the CDK stack's synthesis) come
@@ -16,6 +17,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v promtool >/dev/null || missing+=(prometheus)
 
 NODE_MIN=20  # sdk/typescript/package.json: "engines": {"node": ">=20"}
 major() { local v=${1#v}; v=${v#*:}; echo "${v%%.*}"; }  # v20.1.0, 1:20.19.2+dfsg-1 -> 20
@@ -52,7 +54,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     command -v npm >/dev/null || install npm
   fi
   # The packages start system-wide services; the tests start their own servers.
-  for svc in redis-server postgresql; do
+  for svc in redis-server postgresql prometheus; do
     command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1 || true
   done
 else
