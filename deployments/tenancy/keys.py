@@ -3,12 +3,15 @@ the background, so a key check on the request path never waits on the database.
 
 A refresh asks the registry for its generation (one cheap read) and reloads the whole
 snapshot only when it changed; a revoked key is refused within `refresh_s` plus one
-read. When the registry cannot be reached, the last good copy keeps serving."""
+read. Refreshes run one at a time and a snapshot older than the copy is never loaded,
+so the background refresh cannot put back a key a write just revoked. When the registry
+cannot be reached, the last good copy keeps serving."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +73,9 @@ class KeyCache:
         self.generation = -1
         self.loaded_at = 0.0  # monotonic time of the last successful check
         self._failing = False
+        # One refresh at a time: the background one and a write's own must not
+        # interleave (an older snapshot loaded last would undo a revocation).
+        self._refreshing = threading.Lock()
 
     def lookup(self, token: str) -> Principal | None:
         """The caller a bearer token stands for, or None (unknown, expired, revoked,
@@ -92,16 +98,30 @@ class KeyCache:
         return None
 
     def refresh(self) -> bool:
-        """Reload when the registry changed (blocking). True when it reloaded."""
-        generation = self.registry.generation()
-        changed = generation != self.generation
-        if changed:
-            self.load(self.registry.snapshot())
-        self.loaded_at = time.monotonic()
-        return changed
+        """Reload when the registry changed (blocking; one at a time). True when it
+        reloaded."""
+        with self._refreshing:
+            generation = self.registry.generation()
+            changed = generation != self.generation
+            if changed:
+                if generation < self.generation:
+                    # Generations only grow: this is another registry (a restored
+                    # database), whose snapshot replaces the copy whatever its number.
+                    self.log.warning(
+                        "key registry generation went back from %d to %d; reloading",
+                        self.generation,
+                        generation,
+                    )
+                    self.generation = -1
+                self.load(self.registry.snapshot())
+            self.loaded_at = time.monotonic()
+            return changed
 
     def load(self, snapshot: Snapshot) -> None:
-        """Replace the copy with `snapshot` (one assignment each: readers never see a mix)."""
+        """Replace the copy with `snapshot` (one assignment each: readers never see a mix);
+        a snapshot not newer than the copy is ignored."""
+        if snapshot.generation <= self.generation:
+            return
         by_prefix: dict[str, list[_Entry]] = {}
         for key in snapshot.keys:
             tenant = snapshot.tenants.get(key.tenant_id)
