@@ -13,9 +13,10 @@ JSON = {"content-type": "application/json"}
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    from deployments import ingress
+    import deployments.ingress  # noqa: F401 - declares the routes on the app
+    from deployments.http.api import api
 
-    return TestClient(ingress.api)
+    return TestClient(api)
 
 
 def _error(response: Any) -> dict[str, Any]:
