@@ -33,6 +33,7 @@ HISTOGRAMS: dict[str, tuple[str, ...]] = {
 }
 TENANT_LABEL = "tenant"
 MODEL_LABEL = "model"
+NO_MODEL = "-"  # the model label of a request that names no served model
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -80,18 +81,20 @@ class Snapshot:
         """Keep what a tenant's admin key may see: its own tenant's series (none when
         `tenant` is None: a tenant without series of its own is counted in the pooled
         one, which is every other tenant's too) and the series of the models the key
-        may use (series without a model label stay: the cache's)."""
+        may use (series without a model label stay: the cache's). Series of no model
+        (`-`: catalog writes, events, admin calls, every tenant's 401s and 403s) are
+        every tenant's together: the operator's alone."""
+
+        def visible(labels: Labels) -> bool:
+            model = dict(labels).get(MODEL_LABEL)
+            return model is None or (model != NO_MODEL and may_use(model))
+
         self.counters = {
             key: value
             for key, value in self.counters.items()
-            if dict(key[1]).get(TENANT_LABEL, tenant) == tenant
-            and (MODEL_LABEL not in dict(key[1]) or may_use(dict(key[1])[MODEL_LABEL]))
+            if dict(key[1]).get(TENANT_LABEL, tenant) == tenant and visible(key[1])
         }
-        self.histograms = {
-            key: value
-            for key, value in self.histograms.items()
-            if MODEL_LABEL not in dict(key[1]) or may_use(dict(key[1])[MODEL_LABEL])
-        }
+        self.histograms = {key: value for key, value in self.histograms.items() if visible(key[1])}
 
     def document(self) -> dict[str, Any]:
         """As the JSON route answers: series sorted by name and labels."""

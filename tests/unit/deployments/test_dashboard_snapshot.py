@@ -151,6 +151,38 @@ def test_a_key_sees_only_the_models_it_may_use() -> None:
     assert any(h["labels"].get("model") == "minilm" for h in everything.document()["histograms"])
 
 
+NO_MODEL_NODE = """\
+# TYPE ray_servekit_requests_total counter
+ray_servekit_requests_total{code="401",model="-",replica="r1",route="-",version="-"} 900.0
+ray_servekit_requests_total{code="201",model="-",replica="r1",\
+route="/admin/v1/tenants/{id}/keys",version="-"} 4.0
+ray_servekit_requests_total{code="200",model="minilm",replica="r1",route="/v1/embeddings",\
+version="v1"} 8.0
+# TYPE ray_servekit_request_duration_seconds histogram
+ray_servekit_request_duration_seconds_bucket{le="0.01",model="-",replica="r1",\
+route="/v1/catalogs/{name}/items",version="-"} 1.0
+ray_servekit_request_duration_seconds_bucket{le="+Inf",model="-",replica="r1",\
+route="/v1/catalogs/{name}/items",version="-"} 1.0
+ray_servekit_request_duration_seconds_count{model="-",replica="r1",\
+route="/v1/catalogs/{name}/items",version="-"} 1.0
+ray_servekit_request_duration_seconds_sum{model="-",replica="r1",\
+route="/v1/catalogs/{name}/items",version="-"} 0.005
+"""
+
+
+def test_a_key_for_every_model_sees_no_series_of_no_model() -> None:
+    """Requests naming no model (catalog writes, events, admin calls, every tenant's
+    401s and 403s) are pooled over tenants: the operator sees them, a tenant not."""
+    snapshot = _snapshot(NO_MODEL_NODE)
+    snapshot.for_tenant("acme", lambda model: True)
+    document = snapshot.document()
+    assert [c["labels"]["model"] for c in document["counters"]] == ["minilm"]
+    assert document["histograms"] == []
+    operator = _snapshot(NO_MODEL_NODE).document()
+    assert {c["labels"]["model"] for c in operator["counters"]} == {"-", "minilm"}
+    assert len(operator["histograms"]) == 1
+
+
 def test_an_empty_exposition_is_an_empty_snapshot() -> None:
     assert _snapshot("").document() == {"counters": [], "histograms": []}
 
