@@ -95,6 +95,17 @@ class InferenceFailed(ServekitError):
     code = "inference_failed"
 
 
+# The most of a name the caller chose (an unknown field's, an attribute's) a message
+# repeats: a key of 100,000 characters must not come back as a 100,000-character 400.
+MAX_NAME_CHARS = 64
+
+
+def field_path(loc: Sequence[object]) -> str:
+    """`loc` as a message names it (`items.0.attributes.price`), each part cut to
+    `MAX_NAME_CHARS`."""
+    return ".".join(str(part)[:MAX_NAME_CHARS] for part in loc)
+
+
 def _first_error(errors: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     """The error a 400 names: unknown fields first, as they usually explain the rest (a
     misspelt field name); else the first reported."""
@@ -104,7 +115,7 @@ def _first_error(errors: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
 def from_validation_error(error: ValidationError, prefix: str = "") -> BadRequest:
     """A 400 naming the first invalid field, without the offending value."""
     first = _first_error(error.errors(include_input=False, include_url=False))
-    loc = ".".join(str(part) for part in first["loc"])
+    loc = field_path(first["loc"])
     where = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "body")
     if first["type"] == "extra_forbidden":
         return BadRequest(f"{where}: unknown field")
@@ -120,10 +131,10 @@ def request_invalid(errors: Sequence[Mapping[str, Any]]) -> BadRequest:
     first = _first_error(errors or [{"loc": (), "msg": "invalid request"}])
     if first.get("type") == "json_invalid":  # its `loc` is a character offset, no field
         return BadRequest("body: not valid JSON")
-    loc = [str(p) for p in first.get("loc", ())]
+    loc = list(first.get("loc", ()))
     if len(loc) > 1 and loc[0] in ("body", "query", "path"):
         loc = loc[1:]  # the field's own name, as the /v1 routes read by hand say it
-    where = ".".join(loc) or "body"
+    where = field_path(loc) or "body"
     if first.get("type") == "extra_forbidden":
         return BadRequest(f"{where}: unknown field")
     # A check of servekit's own (a validator's ValueError) in its words, without the

@@ -50,6 +50,8 @@ class Item:
 MAX_ITEM_ID = 256
 MAX_TEXT_FIELDS = 16
 MAX_ATTRIBUTES = 64
+# The most of a field name (the caller's) a problem repeats.
+MAX_NAME_CHARS = 64
 
 
 def item_problem(item: Item) -> str | None:
@@ -66,7 +68,7 @@ def item_problem(item: Item) -> str | None:
         return f"text: an object of 1 to {MAX_TEXT_FIELDS} text fields"
     for name, value in text.items():
         if not isinstance(name, str) or not isinstance(value, str):
-            return f"text.{name}: a string"
+            return f"text.{str(name)[:MAX_NAME_CHARS]}: a string"
     attributes: object = item.attributes
     if not isinstance(attributes, dict) or len(attributes) > MAX_ATTRIBUTES:
         return f"attributes: an object of at most {MAX_ATTRIBUTES} attributes"
@@ -74,7 +76,7 @@ def item_problem(item: Item) -> str | None:
         if not isinstance(name, str):
             return "attributes: names are strings"
         if (problem := attribute_problem(value)) is not None:
-            return f"attributes.{name}: {problem}"
+            return f"attributes.{name[:MAX_NAME_CHARS]}: {problem}"
     return None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from deployments.errors import MAX_NAME_CHARS
 from stores.catalog import MAX_SAFE_INTEGER, AttrValue
 
 Mask = npt.NDArray[np.bool_]
@@ -98,7 +99,7 @@ class AttributeColumns:
         return out
 
     def _condition(self, name: str, condition: Any, size: int) -> Mask:
-        where = f"filters.{name}"
+        where = f"filters.{name[:MAX_NAME_CHARS]}"
         if isinstance(condition, dict):
             ops = set(condition)
             if ops and ops <= set(RANGE_OPS):

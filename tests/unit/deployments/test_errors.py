@@ -29,3 +29,11 @@ def test_a_wrong_method_names_the_methods_the_route_takes(client: TestClient) ->
     assert got.status_code == 405
     assert got.headers["allow"] == "POST"
     assert _error(got)["code"] == "method_not_allowed"
+
+
+def test_a_long_unknown_field_comes_back_cut_short(client: TestClient) -> None:
+    body = b'{"items": [{"id": "x", "text": {"t": "a"}, "' + b"k" * 100_000 + b'": 1}]}'
+    got = client.put("/v1/catalogs/c/items", content=body, headers=JSON)
+    assert got.status_code == 400
+    message = _error(got)["message"]
+    assert message == f"items.0.{'k' * 64}: unknown field"

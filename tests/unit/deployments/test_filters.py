@@ -89,6 +89,13 @@ def test_bad_filters_name_the_field(
         columns.mask(filters, 4)
 
 
+def test_a_long_attribute_name_is_cut_in_the_message(columns: AttributeColumns) -> None:
+    with pytest.raises(FilterError) as refused:
+        columns.mask({"k" * 100_000: None}, 4)
+    assert str(refused.value).startswith("filters." + "k" * 64 + ":")
+    assert len(str(refused.value)) < 200
+
+
 def test_a_number_no_column_holds_changes_nothing(columns: AttributeColumns) -> None:
     with pytest.raises(OverflowError):
         columns.set(0, {"category": "hats", "price": 10**400})

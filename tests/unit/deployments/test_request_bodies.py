@@ -14,6 +14,7 @@ from deployments.http.admin import KeyCreate, LimitsBody, RotateBody, TenantCrea
 from deployments.http.events_routes import EventIn
 from deployments.http.recommend_routes import RecommendBody
 from deployments.http.search_routes import ItemIn, SearchBody
+from stores.catalog import ATTRIBUTE_KINDS, Item, item_problem
 
 
 def _refusal(model: type[BaseModel], raw: str, prefix: str = "") -> str:
@@ -132,3 +133,24 @@ def test_an_id_a_url_cannot_carry_is_refused_at_write(
     assert message == f"{field}: must not be . or .. (a URL path cannot carry it)"
     ok = {k: "..." if v == "{}" else v for k, v in doc.items()}
     model.model_validate(ok)  # three dots are a name like any
+
+
+LONG_NAME = "k" * 100_000
+
+
+def test_a_long_unknown_field_is_named_cut_short() -> None:
+    """An unknown key comes back as its first 64 characters, not its whole length."""
+    raw = json.dumps({"id": "x", "text": {"t": "a"}, LONG_NAME: 1})
+    message = _refusal(ItemIn, raw, "items.0.")
+    assert message == f"items.0.{'k' * 64}: unknown field"
+    errors = [{"type": "extra_forbidden", "loc": ("body", "items", 0, LONG_NAME), "msg": "x"}]
+    assert len(request_invalid(errors).message) < 200
+
+
+def test_a_long_attribute_name_is_named_cut_short() -> None:
+    raw = json.dumps({"id": "x", "text": {"t": "a"}, "attributes": {LONG_NAME: None}})
+    assert len(_refusal(ItemIn, raw, "items.0.")) < 200
+    problem = item_problem(Item("x", {LONG_NAME: 1}, {LONG_NAME: None}))  # type: ignore[dict-item]
+    assert problem == f"text.{'k' * 64}: a string"
+    problem = item_problem(Item("x", {"t": "a"}, {LONG_NAME: None}))  # type: ignore[dict-item]
+    assert problem == f"attributes.{'k' * 64}: {ATTRIBUTE_KINDS}"
