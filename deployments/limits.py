@@ -43,7 +43,9 @@ def check_count(count: int, max_inputs: int, field: str) -> None:
 
 
 def check_lengths(texts: list[str], max_chars: int, field: str) -> None:
-    """400 naming the first text longer than `max_chars`."""
+    """400 naming the first text longer than `max_chars`: by its index in a list, by
+    the field alone when it is the only one (a search's query, a single `input`)."""
     for i, text in enumerate(texts):
         if len(text) > max_chars:
-            raise InputTooLong(f"{field}.{i}: longer than {max_chars} characters")
+            where = field if len(texts) == 1 else f"{field}.{i}"
+            raise InputTooLong(f"{where}: longer than {max_chars} characters")

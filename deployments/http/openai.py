@@ -128,7 +128,9 @@ def parse_request(body: bytes, max_inputs: int) -> EmbeddingRequest:
     if unknown:
         raise BadRequest(f"{unknown[0][:64]}: unknown field")
     raw = doc.get("input")
-    if raw is not None and not isinstance(raw, str | list):
+    # `null` included: the validation library would name a member of the union
+    # (`input.str`), a field the caller never sent.
+    if "input" in doc and not isinstance(raw, str | list):
         raise BadRequest("input: expected a string or a list of strings")
     if isinstance(raw, list):
         check_count(len(raw), max_inputs, "input")

@@ -8,9 +8,10 @@ import numpy as np
 import orjson
 import pytest
 
-from deployments.errors import BadRequest
+from deployments.errors import BadRequest, InputTooLong
 from deployments.http.oip import encode_bytes_tensor, encode_infer, parse_infer
 from deployments.http.openai import encode_response, parse_request
+from deployments.limits import check_lengths
 
 SECRET = "value-that-must-not-come-back"
 
@@ -30,6 +31,9 @@ def test_openai_request_forms() -> None:
         (b'"just a string"', "body: expected a JSON object"),
         (b'{"model": "m", "input": [1, 2]}', "input.0: expected a string"),
         (b'{"model": "m", "input": {"a": 1}}', "input: expected a string or a list"),
+        (b'{"model": "m", "input": null}', "input: expected a string or a list of strings"),
+        (b'{"model": "m", "input": 3}', "input: expected a string or a list of strings"),
+        (b'{"model": "m"}', "input: field required"),
         (b'{"model": "m", "input": "x", "extra": "' + SECRET.encode() + b'"}', "extra: unknown"),
         (b'{"model": "m", "input": "x", "encoding_format": "' + SECRET.encode() + b'"}', "encoding_format"),
         (b'{"model": "", "input": "x"}', "model"),
@@ -40,6 +44,21 @@ def test_openai_request_errors_name_the_field(body: bytes, message: str) -> None
         parse_request(body, 2048)
     assert message in info.value.message
     assert SECRET not in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("texts", "field", "named"),
+    [
+        (["x" * 6], "input", "input"),  # one text (`"input": "..."`, a search's query)
+        (["x" * 6], "query", "query"),
+        (["ok", "x" * 6], "input", "input.1"),
+        (["ok", "x" * 6], "inputs.0.data", "inputs.0.data.1"),
+    ],
+)
+def test_a_text_over_the_limit_is_named(texts: list[str], field: str, named: str) -> None:
+    with pytest.raises(InputTooLong) as info:
+        check_lengths(texts, 5, field)
+    assert info.value.message == f"{named}: longer than 5 characters"
 
 
 def test_openai_response_float_and_base64() -> None:
