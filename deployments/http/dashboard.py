@@ -48,6 +48,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 PAGE_FILES = {
     "": ("dashboard.html", "text/html; charset=utf-8"),
     "dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "metrics.js": ("metrics.js", "text/javascript; charset=utf-8"),
     "dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
     "uPlot.iife.min.js": ("uPlot.iife.min.js", "text/javascript; charset=utf-8"),
     "uPlot.min.css": ("uPlot.min.css", "text/css; charset=utf-8"),
