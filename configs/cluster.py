@@ -106,6 +106,37 @@ class StoreAccess(_Strict):
         return value
 
 
+class TracingSettings(_Strict):
+    """Where the serving processes send traces (OpenTelemetry, OTLP over HTTP); they
+    reach the processes as OpenTelemetry's own environment variables."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="The collector's OTLP/HTTP base URL (spans go to <url>/v1/traces), "
+        "e.g. http://otel-collector.monitoring:4318: OTEL_EXPORTER_OTLP_ENDPOINT. Null: "
+        "nothing is exported; access lines still carry each request's trace id.",
+    )
+    sample_ratio: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of requests without a caller's traceparent that are traced "
+        "(a caller's sampled flag decides for its own): OTEL_TRACES_SAMPLER_ARG.",
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("http", "https") or not rest:
+            raise ValueError("expected an http:// or https:// URL of the OTLP collector")
+        if "@" in rest.split("/", 1)[0]:
+            raise ValueError("holds credentials: a collector's token belongs in a secret")
+        return value
+
+
 class ClusterSettings(_Strict):
     """`cluster/settings.yaml`."""
 
@@ -129,6 +160,7 @@ class ClusterSettings(_Strict):
     autoscaler_idle_timeout_s: int = Field(60, ge=0)
     network: NetworkAccess
     stores: StoreAccess
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("image", "gpu_image")
     @classmethod

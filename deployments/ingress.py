@@ -112,7 +112,8 @@ class Ingress:
             response: Response = await work(call)
             return response
 
-        return await self.envelope.run(rid, route, oip_route, admitted, principal_of(request.scope))
+        principal, parent = principal_of(request.scope), request.headers.get("traceparent")
+        return await self.envelope.run(rid, route, oip_route, admitted, principal, parent)
 
     async def _v2(
         self, request: Request, route: str, work: Any, name: str, version: str | None

@@ -95,12 +95,25 @@ def _container(name: str, image: str, res: PodResources, head: bool, s: ClusterS
             {"name": "SERVEKIT_ENV", "value": "production"},
             {"name": SECRET_ID_ENV, "value": s.stores.aws_secret_id},
             {"name": REDIS_URL_ENV, "value": s.stores.redis_url},
+            *_tracing_env(s),
         ],
         # Let in-flight requests finish before the pod goes (Serve drains replicas).
         "lifecycle": {
             "preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop --grace-period 30"]}}
         },
     }
+
+
+def _tracing_env(s: ClusterSettings) -> list[dict[str, str]]:
+    """OpenTelemetry's variables for the serving processes (deployments/observability/
+    tracing.py reads them)."""
+    env = [
+        {"name": "OTEL_SERVICE_NAME", "value": s.name},
+        {"name": "OTEL_TRACES_SAMPLER_ARG", "value": repr(s.tracing.sample_ratio)},
+    ]
+    if s.tracing.otlp_endpoint is not None:
+        env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": s.tracing.otlp_endpoint})
+    return env
 
 
 def _pod(container: Any, s: ClusterSettings, group: WorkerGroup | None) -> Any:

@@ -55,7 +55,9 @@ async def serve_embeddings(host: Any, scope: Scope, receive: Receive, send: Send
         content = encode_response(body.model, out.vectors, out.tokens, body.encoding_format)
         return Response(content, media_type="application/json")
 
-    response = await host.envelope.run(rid, ROUTE, False, work, principal_of(scope))
+    response = await host.envelope.run(
+        rid, ROUTE, False, work, principal_of(scope), headers.get(b"traceparent")
+    )
     await answer(scope, receive, send, response)
 
 

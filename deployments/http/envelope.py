@@ -16,6 +16,8 @@ from starlette.responses import Response
 from deployments.dataplane import CallRecord
 from deployments.errors import InferenceFailed, PayloadTooLarge, ServekitError
 from deployments.observability.logs import log_request
+from deployments.observability.tracing import RequestTrace, Tracing
+from deployments.observability.tracing import from_env as tracing_from_env
 from deployments.tenancy.access import Access
 from deployments.tenancy.principal import Principal
 
@@ -87,10 +89,18 @@ class Envelope:
     """Runs a request's work: maps its failure to the error shape, records metrics and
     the access line, also for requests whose caller went away."""
 
-    def __init__(self, metrics: RequestMetrics, log: Logger, access: Access | None = None) -> None:
+    def __init__(
+        self,
+        metrics: RequestMetrics,
+        log: Logger,
+        access: Access | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
+        """`tracing` None: as the process's environment configures it."""
         self.metrics = metrics
         self.log = log
         self.usage = access.usage if access is not None else None
+        self.tracing = tracing if tracing is not None else tracing_from_env()
 
     async def run(
         self,
@@ -99,17 +109,20 @@ class Envelope:
         is_oip: bool,
         work: Callable[[CallRecord], Awaitable[Response]],
         principal: Principal | None = None,
+        traceparent: str | bytes | None = None,
     ) -> Response:
         """Answer one request with `work`'s response or its error; count it against the
-        caller's tenant."""
+        caller's tenant; trace it as part of the caller's `traceparent` (or a trace of
+        its own)."""
         started = time.perf_counter()
         call = CallRecord(principal=principal)
+        trace = self.tracing.begin(route, traceparent)
         try:
             response = await work(call)
         except ServekitError as e:
             response = error_response(e, rid, is_oip)
         except asyncio.CancelledError:  # the caller went away (or the server stops)
-            self._record(rid, route, call, CLIENT_CLOSED, started)
+            self._record(rid, route, call, CLIENT_CLOSED, started, trace)
             raise
         except Exception as e:  # an unmapped failure: log it, say nothing internal
             self.log.error("unhandled", exc_info=e, extra={"fields": {"request_id": rid}})
@@ -119,7 +132,7 @@ class Envelope:
             response.headers["X-Model-Version"] = call.version
         if call.headers:
             response.headers.update(call.headers)
-        self._record(rid, route, call, response.status_code, started)
+        self._record(rid, route, call, response.status_code, started, trace)
         return response
 
     def refused(self, rid: str, path: str, status: int, tenant: str, started: float) -> None:
@@ -133,7 +146,15 @@ class Envelope:
             self.metrics.observe_tenant(tenant, status)
         log_request(self.log, rid, path[:64], "-", "-", status, started, 0, tenant)
 
-    def _record(self, rid: str, route: str, call: CallRecord, status: int, started: float) -> None:
+    def _record(
+        self,
+        rid: str,
+        route: str,
+        call: CallRecord,
+        status: int,
+        started: float,
+        trace: RequestTrace,
+    ) -> None:
         seconds = time.perf_counter() - started
         self.metrics.observe(call.model, call.version, route, status, seconds, call.inputs)
         tenant = "-"
@@ -146,5 +167,26 @@ class Envelope:
                 if self.usage is not None:
                     self.usage.add(tenant, call.model, call.inputs, status >= 400)
         log_request(
-            self.log, rid, route, call.model, call.version, status, started, call.inputs, tenant
+            self.log,
+            rid,
+            route,
+            call.model,
+            call.version,
+            status,
+            started,
+            call.inputs,
+            tenant,
+            trace.trace_id,
         )
+        if trace.sampled:
+            trace.end(
+                status,
+                {
+                    "http.route": route,
+                    "servekit.request_id": rid,
+                    "servekit.model": call.model,
+                    "servekit.version": call.version,
+                    "servekit.inputs": call.inputs,
+                    "servekit.tenant": tenant,
+                },
+            )

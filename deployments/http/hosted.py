@@ -28,6 +28,6 @@ async def run_route(
     host = replica_host()
     rid = request_id(request.headers.get("x-request-id"))
     response: Response = await host.envelope.run(
-        rid, route, False, work, principal_of(request.scope)
+        rid, route, False, work, principal_of(request.scope), request.headers.get("traceparent")
     )
     return response

@@ -148,7 +148,9 @@ async def serve_json(
         return await work(host, call, parse_body(raw, model), headers)
 
     rid = request_id(headers.get("x-request-id"))
-    response = await host.envelope.run(rid, route, False, parsed, principal_of(scope))
+    response = await host.envelope.run(
+        rid, route, False, parsed, principal_of(scope), headers.get("traceparent")
+    )
     await answer(scope, receive, send, response)
 
 

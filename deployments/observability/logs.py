@@ -293,14 +293,17 @@ def log_request(
     started: float,
     inputs: int,
     tenant: str = "-",
+    trace_id: str = "-",
 ) -> None:
-    """The access line of one request (the tenant, never the key)."""
+    """The access line of one request (the tenant, never the key; the trace it belongs
+    to, the caller's or its own: `deployments/observability/tracing.py`)."""
     logger.info(
         "request",
         extra={
             "access": True,
             "fields": {
                 "request_id": request_id,
+                "trace_id": trace_id,
                 "tenant": tenant,
                 "route": route,
                 "model": model,

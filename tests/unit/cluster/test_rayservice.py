@@ -209,6 +209,44 @@ def test_settings_refuse_bad_store_fields(change: dict[str, Any], message: str) 
     assert "hunter2" not in str(caught.value)
 
 
+def test_every_container_sends_traces_where_the_settings_say(tmp_path: Path) -> None:
+    doc = load_cluster_settings(kube.SETTINGS).model_dump()
+    doc["tracing"] = {"otlp_endpoint": "http://otel-collector.monitoring:4318", "sample_ratio": 0.2}
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump(doc))
+    manifest = yaml.safe_load(kube.render(settings_path=settings))
+    for name, _, template in _pods(manifest):
+        (container,) = template["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4318", name
+        assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.2", name
+        assert env["OTEL_SERVICE_NAME"] == doc["name"], name
+    # The shipped settings export nothing and sample the default share.
+    shipped = yaml.safe_load(kube.MANIFEST.read_text())
+    for name, _, template in _pods(shipped):
+        env = {e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]}
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env, name
+        assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.01", name
+
+
+@pytest.mark.parametrize(
+    ("tracing", "message"),
+    [
+        ({"otlp_endpoint": "otel:4318"}, "expected an http:// or https:// URL"),
+        ({"otlp_endpoint": "https://user:hunter2@otel:4318"}, "holds credentials"),
+        ({"sample_ratio": 1.5}, "less than or equal to 1"),
+    ],
+)
+def test_settings_refuse_bad_tracing_fields(tracing: dict[str, Any], message: str) -> None:
+    from pydantic import ValidationError
+
+    doc = load_cluster_settings(kube.SETTINGS).model_dump()
+    doc["tracing"] = tracing
+    with pytest.raises(ValidationError, match=message) as caught:
+        ClusterSettings.model_validate(doc)
+    assert "hunter2" not in str(caught.value)
+
+
 def test_settings_refuse_workers_on_the_heads_service_account() -> None:
     from pydantic import ValidationError
 
