@@ -84,6 +84,7 @@ def test_the_sync_client_covers_the_v1_routes(url: str, tenant_key: str) -> None
     with Client(tenant_key, url) as client:
         vectors = client.embed(["red running shoes", "trail boots"], model="minilm")
         assert [len(d.embedding) for d in vectors.data] == [384, 384]
+        assert vectors.version in ("v1", "v2")  # X-Model-Version: the split's pick
         packed = client.embed("one", model="minilm", encoding_format="base64", routing_key=user)
         assert isinstance(packed.data[0].embedding, str)
         configured = client.configure_catalog(catalog, hybrid=True)
@@ -139,6 +140,7 @@ def test_the_async_client_covers_the_same_routes(url: str, tenant_key: str) -> N
             found, vectors, item, *_ = both
             assert found.data[0].id == "sock"
             assert len(vectors.data) == 3
+            assert vectors.version in ("v1", "v2")
             assert item.text["title"] == "Merino wool hiking sock"
             for answer in both:
                 _exact(answer)

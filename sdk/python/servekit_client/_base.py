@@ -4,7 +4,9 @@ the routes, building a request and turning a response into a model or an excepti
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import uuid
 import warnings
 from datetime import date, datetime, timezone
@@ -21,9 +23,11 @@ from servekit_client.errors import (
     APIConnectionError,
     APITimeoutError,
     DeprecatedRouteWarning,
+    InvalidArgumentError,
     UnexpectedResponseError,
     error_for,
 )
+from servekit_client.models import Embeddings
 
 __version__ = "0.1.0"
 API_KEY_ENV = "SERVEKIT_API_KEY"
@@ -34,6 +38,12 @@ USER_AGENT = f"servekit-client-python/{__version__}"
 
 T = TypeVar("T")
 TimeoutLike = float | httpx.Timeout | None
+# A credential as a transport's error text may show it: `Bearer <token>`.
+_BEARER = re.compile(r"(?i)\bbearer\s+[^\s'\",)]+")
+REDACTED = "[redacted]"
+# An API key: visible ASCII, nothing else. A header value: that and inner spaces.
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+_NOT_IN_A_HEADER = re.compile(r"[^\x20-\x7e]")
 
 
 class Route(Generic[T]):
@@ -53,13 +63,14 @@ class Route(Generic[T]):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """A client's resolved settings."""
+    """A client's resolved settings; the key and the headers that carry it are left out
+    of the repr."""
 
     base_url: str
-    api_key: str | None
+    api_key: str | None = dataclasses.field(repr=False)
     timeout: httpx.Timeout
     retry: RetryPolicy
-    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    headers: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
 
 
 def resolve(
@@ -69,12 +80,21 @@ def resolve(
     max_retries: int | None,
     retry: RetryPolicy | None,
 ) -> Settings:
-    """Arguments first, then `SERVEKIT_API_KEY` / `SERVEKIT_URL`, then the defaults."""
+    """Arguments first, then `SERVEKIT_API_KEY` / `SERVEKIT_URL` (empty: unset), then the
+    defaults. A key that is not visible ASCII, or a URL that is not http(s) with a host,
+    is refused here, before any call."""
+    key_from = "api_key" if api_key is not None else API_KEY_ENV
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
     key = key.strip() if key else None
+    if key and not _VISIBLE_ASCII.fullmatch(key):
+        raise InvalidArgumentError(
+            f"{key_from}: has a space, a control character or a non-ASCII character inside;"
+            " an API key is visible ASCII (the key is not shown)"
+        )
+    url_from = "base_url" if base_url else BASE_URL_ENV
     url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ValueError("base_url: must start with http:// or https://")
+    if not _http_url(url):
+        raise InvalidArgumentError(f"{url_from}: must be an http:// or https:// URL with a host")
     policy = retry or RetryPolicy()
     if max_retries is not None:
         policy = dataclasses.replace(policy, max_retries=max_retries)
@@ -94,6 +114,15 @@ def with_options(settings: Settings, timeout: TimeoutLike, max_retries: int | No
     return settings
 
 
+def _http_url(url: str) -> bool:
+    if not url.startswith(("http://", "https://")):
+        return False
+    try:
+        return bool(httpx.URL(url).host)
+    except httpx.InvalidURL:
+        return False
+
+
 def as_timeout(timeout: TimeoutLike) -> httpx.Timeout:
     """An httpx timeout from seconds (every phase), a Timeout, or None (the default)."""
     if timeout is None:
@@ -104,10 +133,24 @@ def as_timeout(timeout: TimeoutLike) -> httpx.Timeout:
 
 
 def body(**fields: Any) -> dict[str, Any]:
-    """A JSON body from keyword arguments; None means "left out" (the service default)."""
+    """A JSON body from keyword arguments; None means "left out" (the service default).
+    NaN and the infinities, which JSON has no number for, are refused, naming where."""
     doc = {name: value for name, value in fields.items() if value is not None}
     out: dict[str, Any] = to_jsonable_python(doc, exclude_none=True)
+    _refuse_non_finite(out, "")
     return out
+
+
+def _refuse_non_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        name = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        raise InvalidArgumentError(f"{where}: {name} cannot be sent (JSON has no such number)")
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _refuse_non_finite(inner, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for n, inner in enumerate(value):
+            _refuse_non_finite(inner, f"{where}.{n}")
 
 
 def day(value: date | str | None) -> str | None:
@@ -131,18 +174,42 @@ def path(route: Route[Any], **params: str) -> str:
     to another route)."""
     for name, value in params.items():
         if str(value) in ("", ".", ".."):
-            raise ValueError(f"{name}: {str(value)!r} cannot be sent as a URL path segment")
+            raise InvalidArgumentError(
+                f"{name}: {str(value)!r} cannot be sent as a URL path segment"
+            )
     return route.path.format(**{name: quote(str(v), safe="") for name, v in params.items()})
 
 
 def pin_headers(model_version: str | None, routing_key: str | None) -> dict[str, str]:
-    """`X-Model-Version` (pin a version) and `X-Routing-Key` (sticky A/B)."""
+    """`X-Model-Version` (pin a version) and `X-Routing-Key` (sticky A/B), each checked
+    to be a value an HTTP header carries as is."""
     headers = {}
     if model_version is not None:
-        headers["X-Model-Version"] = model_version
+        headers["X-Model-Version"] = header_value("model_version", "X-Model-Version", model_version)
     if routing_key is not None:
-        headers["X-Routing-Key"] = routing_key
+        headers["X-Routing-Key"] = header_value("routing_key", "X-Routing-Key", routing_key)
     return headers
+
+
+def header_value(name: str, header: str, value: object) -> str:
+    """`value`, when the `header` it is sent as can carry it unchanged: visible ASCII
+    and inner spaces (HTTP drops outer ones; anything else is refused on the way or
+    arrives as other characters). Refused naming the parameter, never showing it (a
+    routing key is often a user's id)."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{name}: must be a string")
+    bad = _NOT_IN_A_HEADER.search(value)
+    if bad is not None:
+        raise InvalidArgumentError(
+            f"{name}: cannot be sent as the {header} header: the character at index"
+            f" {bad.start()} is not visible ASCII (hash or percent-encode such a value)"
+        )
+    if value != value.strip(" "):
+        raise InvalidArgumentError(
+            f"{name}: cannot be sent as the {header} header: it begins or ends with a space,"
+            " which HTTP drops"
+        )
+    return value
 
 
 def build(
@@ -174,18 +241,57 @@ def finish(route: Route[T], response: httpx.Response, rid: str) -> T:
         raise error_for(response, rid)
     _warn_deprecated(route, response)
     try:
-        return route.adapter.validate_json(response.content)
+        result = route.adapter.validate_json(response.content)
     except ValidationError as e:
         got = response.headers.get(REQUEST_ID_HEADER) or rid
         raise UnexpectedResponseError(response.status_code, e, request_id=got) from e
+    return _served_version(result, response)
 
 
-def connection_error(error: httpx.TransportError, rid: str) -> APIConnectionError:
-    """The exception for a call that got no HTTP answer."""
+def _served_version(result: T, response: httpx.Response) -> T:
+    """Embeddings in OpenAI's shape have no field for the version that served them: it
+    comes in `X-Model-Version` (with a traffic split, not always the same one)."""
+    if isinstance(result, Embeddings) and result.version is None:
+        result.version = response.headers.get("x-model-version")
+    return result
+
+
+def connection_error(
+    error: httpx.TransportError, rid: str, secret: str | None
+) -> APIConnectionError:
+    """The exception for a call that got no HTTP answer; raise it `from` its
+    `__cause__`. Its text never shows the credential (`secret`, or any `Bearer ...`),
+    and when the transport's own text showed it (an illegal header value is echoed), the
+    transport's exception is not chained either: a traceback would print it."""
     name = type(error).__name__
     if isinstance(error, httpx.TimeoutException):
-        return APITimeoutError(f"no answer within the timeout ({name})", request_id=rid)
-    return APIConnectionError(f"connection failed ({name}: {error})", request_id=rid)
+        failure: APIConnectionError = APITimeoutError(
+            f"no answer within the timeout ({name})", request_id=rid
+        )
+    else:
+        text = redact(str(error), secret)
+        failure = APIConnectionError(f"connection failed ({name}: {text})", request_id=rid)
+    failure.__cause__ = None if _shows_a_secret(error, secret) else error
+    return failure
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` without the credential: `secret` itself and any `Bearer <token>`."""
+    if secret:
+        text = text.replace(secret, REDACTED)
+    return _BEARER.sub(f"Bearer {REDACTED}", text)
+
+
+def _shows_a_secret(error: BaseException, secret: str | None) -> bool:
+    """Whether an exception or one it was raised from mentions the credential."""
+    seen: set[int] = set()
+    at: BaseException | None = error
+    while at is not None and id(at) not in seen:
+        seen.add(id(at))
+        if redact(str(at), secret) != str(at):
+            return True
+        at = at.__cause__ or at.__context__
+    return False
 
 
 def _warn_deprecated(route: Route[Any], response: httpx.Response) -> None:

@@ -7,11 +7,17 @@ not take the write: nothing kept), so those are safe to repeat for every route; 
 the request on, so for routes that are not idempotent only servekit's own 503 is
 repeated. A connection that broke or timed out after the request was sent may have done
 the work: that is retried only for idempotent routes (reads, PUT, DELETE, PATCH).
+
+A proxy's 503 is one such attempt too: the request may have been acted on. So a delete
+repeated after one, or after a lost answer, that finds the item gone counts as done; but
+only on servekit's own 404 naming the missing resource (`item: no such item in this
+catalog`), never on a proxy's page or servekit's `no such route`.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -19,6 +25,9 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 RETRY_STATUSES = frozenset({429, 503})
+# servekit's messages name the field first (`item: no such item in this catalog`); a
+# route it does not have names none (`no such route`).
+_NAMES_A_FIELD = re.compile(r"[A-Za-z_][\w.-]*: ")
 # Raised before a byte of the request reached the service: always safe to repeat.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # The request may have reached the service: repeat only what is idempotent.
@@ -74,13 +83,41 @@ def retry_answer(response: httpx.Response, idempotent: bool) -> bool:
     return status == 429 or idempotent or _from_the_service(response)
 
 
+def maybe_acted(response: httpx.Response) -> bool:
+    """Whether the request of an error answer may have been acted on all the same: a 503
+    that is not servekit's (a proxy may answer it after passing the request on)."""
+    return response.status_code == 503 and not _from_the_service(response)
+
+
+def resource_missing(response: httpx.Response) -> bool:
+    """Whether an answer is servekit's own 404 `not_found` naming the missing resource:
+    not a proxy's page, nor servekit's `no such route`, which say nothing of the item."""
+    if response.status_code != 404:
+        return False
+    detail = _envelope(response)
+    message = detail.get("message") if detail is not None else None
+    return (
+        detail is not None
+        and detail.get("code") == "not_found"
+        and isinstance(message, str)
+        and _NAMES_A_FIELD.match(message) is not None
+    )
+
+
 def _from_the_service(response: httpx.Response) -> bool:
+    return _envelope(response) is not None
+
+
+def _envelope(response: httpx.Response) -> dict[str, object] | None:
+    """servekit's `{"error": {"code": ..., ...}}`, or None for any other body."""
     try:
         body = response.json()
     except ValueError:
-        return False
+        return None
     detail = body.get("error") if isinstance(body, dict) else None
-    return isinstance(detail, dict) and isinstance(detail.get("code"), str)
+    if isinstance(detail, dict) and isinstance(detail.get("code"), str):
+        return detail
+    return None
 
 
 def retry_exception(error: Exception, idempotent: bool) -> bool:

@@ -27,6 +27,8 @@ from servekit_client._base import (
 from servekit_client._retry import (
     NOT_SENT,
     RetryPolicy,
+    maybe_acted,
+    resource_missing,
     retry_after_s,
     retry_answer,
     retry_exception,
@@ -95,6 +97,9 @@ class Client:
         """The service's address."""
         return self._settings.base_url
 
+    def __repr__(self) -> str:
+        return f"Client(base_url={self._settings.base_url!r})"  # never the key
+
     def with_options(
         self, *, timeout: TimeoutLike = None, max_retries: int | None = None
     ) -> Client:
@@ -128,8 +133,9 @@ class Client:
         done_on_404: Callable[[], T] | None = None,
     ) -> T:
         """One call: sent, retried while the policy allows, answered or raised.
-        `done_on_404`: the answer when a repeat, sent after an attempt whose answer was
-        lost, finds nothing (a delete that the lost attempt already did)."""
+        `done_on_404`: the answer when a repeat, sent after an attempt that may have
+        acted (its answer lost, or a proxy's 503), gets servekit's own 404 naming the
+        missing resource (a delete that the earlier attempt already did)."""
         policy = self._settings.retry
         request, rid = build(
             self._http, route, url or route.path, json, params, headers, self._settings.timeout
@@ -142,12 +148,14 @@ class Client:
             except httpx.TransportError as e:
                 wait = policy.delay_s(retry, None) if retry_exception(e, route.idempotent) else None
                 if wait is None:
-                    raise connection_error(e, rid) from e
+                    failure = connection_error(e, rid, self._settings.api_key)
+                    raise failure from failure.__cause__
                 lost = lost or not isinstance(e, NOT_SENT)
             else:
                 wait = None
-                if lost and done_on_404 is not None and response.status_code == 404:
+                if lost and done_on_404 is not None and resource_missing(response):
                     return done_on_404()
+                lost = lost or maybe_acted(response)
                 if retry_answer(response, route.idempotent):
                     wait = policy.delay_s(retry, retry_after_s(response.headers.get("retry-after")))
                 if wait is None:

@@ -23,6 +23,7 @@ __all__ = [
     "DeprecatedRouteWarning",
     "GatewayTimeoutError",
     "InternalServerError",
+    "InvalidArgumentError",
     "InvalidEventsError",
     "MethodNotAllowedError",
     "NotFoundError",
@@ -41,6 +42,14 @@ MAX_TEXT_CHARS = 200
 
 class ServekitError(Exception):
     """Base of every exception this package raises."""
+
+
+class InvalidArgumentError(ServekitError, ValueError):
+    """An argument or setting refused before anything is sent, so never retried: a value
+    an HTTP header cannot carry (the API key, `routing_key`, `model_version`), a number
+    JSON cannot carry (NaN, an infinity), a base URL without http(s). The message names
+    the parameter and never shows its value. Also a `ValueError`, as Python's own
+    refusals of an argument are."""
 
 
 def _rebuilt(cls: type[APIError], state: dict[str, Any]) -> APIError:

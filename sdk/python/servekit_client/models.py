@@ -15,6 +15,7 @@ from datetime import date, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import SkipJsonSchema
 
 __all__ = [
     "ApiKey",
@@ -82,13 +83,18 @@ class EmbeddingData(ApiModel):
 
 
 class Embeddings(ApiModel):
-    """`POST /v1/embeddings` (OpenAI's shape)."""
+    """`POST /v1/embeddings` (OpenAI's shape), and `version`: the model version that
+    served the call, from the `X-Model-Version` header (`model` is only the name asked
+    for; with a traffic split two calls may be served by different versions, whose
+    vectors must not be mixed). None when the answer did not say."""
 
     openapi_schema = "EmbeddingResponse"
     object: Literal["list"] = "list"
     data: list[EmbeddingData]
     model: str
     usage: TokenUsage
+    # Not in the body, so not in the document's schema: filled from the header.
+    version: SkipJsonSchema[str | None] = None
 
 
 # ---- catalogs and search -------------------------------------------------------

@@ -78,9 +78,16 @@ class Resource {
 
 /** `POST /v1/embeddings`. */
 export class EmbeddingsApi extends Resource {
-  /** Vectors for one text or a list (retried: it only reads). */
+  /** Vectors for one text or a list (retried: it only reads), with `version`: the
+   * model version that served them (`X-Model-Version`), which a traffic split may vary
+   * from call to call. */
   async create(body: T.EmbeddingRequest, options?: ModelRequestOptions): Promise<T.EmbeddingResponse> {
-    return data(this.transport, { method: "POST", path: "/v1/embeddings", body, retry: "idempotent" }, options);
+    const call: Call = { method: "POST", path: "/v1/embeddings", body, retry: "idempotent" };
+    const answer = await this.transport.request<T.EmbeddingResponse>(call, options);
+    const embeddings = answer.data;
+    const version = embeddings?.version ?? answer.modelVersion;
+    if (version === undefined || typeof embeddings !== "object" || embeddings === null) return embeddings;
+    return { ...embeddings, version };
   }
 }
 

@@ -13,10 +13,13 @@ export const DEFAULT_MAX_RETRIES = 2;
 /** How a client is set up; every field is optional. */
 export interface ClientOptions {
   /** The service, e.g. `https://api.example.com`; default: `SERVEKIT_URL`, else
-   * `http://127.0.0.1:8000` (what `make serve` listens on). */
+   * `http://127.0.0.1:8000` (what `make serve` listens on). An empty one is unset; one
+   * that is not an http(s) URL with a host throws a `ServekitError` here. */
   baseUrl?: string;
   /** A tenant API key (`sk-...`) or the operator credential; default:
-   * `SERVEKIT_API_KEY`. `null`: send none (a service with auth off). */
+   * `SERVEKIT_API_KEY`. `null`: send none (a service with auth off). Outer whitespace
+   * is dropped; one with a space, a control or a non-ASCII character inside throws a
+   * `ServekitError` here (which never shows the key). */
   apiKey?: string | null;
   /** Time allowed for one attempt, answer body included (default 30000). */
   timeoutMs?: number;
@@ -24,7 +27,8 @@ export interface ClientOptions {
   maxRetries?: number;
   /** Waiting between attempts. */
   backoff?: Partial<Backoff>;
-  /** Headers sent with every call. */
+  /** Headers sent with every call (checked here: names are tokens, values visible
+   * ASCII and inner spaces). */
   headers?: Record<string, string>;
   /** The `fetch` to use (default: the platform's). */
   fetch?: typeof globalThis.fetch;
@@ -62,11 +66,14 @@ export interface RequestOptions {
   requestId?: string;
 }
 
-/** Options of a call that runs a model (embeddings, search, recommendations). */
+/** Options of a call that runs a model (embeddings, search, recommendations). Like
+ * every value sent as a header, each must be visible ASCII (inner spaces allowed): one
+ * that is not throws a `TypeError` naming the option before anything is sent. */
 export interface ModelRequestOptions extends RequestOptions {
   /** Pin a version (`X-Model-Version`; the key needs the right to pin). */
   version?: string;
-  /** Sticky A/B (`X-Routing-Key`): the same key gets the same version. */
+  /** Sticky A/B (`X-Routing-Key`): the same key gets the same version. Hash or
+   * percent-encode one that is not ASCII (a name, say). */
   routingKey?: string;
 }
 
@@ -101,8 +108,10 @@ export interface Call {
   query?: Record<string, string | undefined>;
   body?: unknown;
   retry: RetryMode;
-  /** The answer when a repeat sent after a lost answer finds nothing (404): a delete
-   * that the lost attempt already did. */
+  /** The answer when a repeat sent after an attempt that may have acted (its answer
+   * lost, or a proxy's 503) gets servekit's own 404 naming the missing resource
+   * (`item: no such item in this catalog`; not a proxy's page, nor `no such route`): a
+   * delete that the earlier attempt already did. */
   doneOn404?: () => unknown;
 }
 
@@ -128,16 +137,12 @@ export class Transport {
 
   constructor(options: ClientOptions = {}) {
     const vars = env();
-    this.baseUrl = (options.baseUrl ?? vars["SERVEKIT_URL"] ?? DEFAULT_BASE_URL).replace(/\/+$/, "");
-    const key = options.apiKey === undefined ? vars["SERVEKIT_API_KEY"] : options.apiKey;
-    if (key === undefined || key === "") {
-      throw new ServekitError("no API key: pass `apiKey` or set SERVEKIT_API_KEY (apiKey: null sends none)");
-    }
-    this.#apiKey = key;
+    this.baseUrl = baseUrlOf(options.baseUrl, vars["SERVEKIT_URL"]);
+    this.#apiKey = apiKeyOf(options.apiKey, vars["SERVEKIT_API_KEY"]);
     this.timeoutMs = nonNegative("timeoutMs", options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     this.maxRetries = nonNegative("maxRetries", options.maxRetries ?? DEFAULT_MAX_RETRIES);
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
-    this.headers = { ...options.headers };
+    this.headers = checkedHeaders("headers", options.headers, (message) => new ServekitError(message));
     const platformFetch = (globalThis as { fetch?: typeof globalThis.fetch }).fetch;
     const chosen = options.fetch ?? platformFetch;
     if (chosen === undefined) throw new ServekitError("no fetch: pass `fetch` (this platform has none)");
@@ -153,7 +158,7 @@ export class Transport {
     const timeoutMs = nonNegative("timeoutMs", options.timeoutMs ?? this.timeoutMs);
     const url = this.url(call);
     const init = { method: call.method, headers: this.headersOf(call, options, requestId), body: bodyOf(call) };
-    let lost = false; // an attempt may have reached the service; its answer did not come
+    let lost = false; // an attempt may have acted: its answer did not come, or a proxy's 503
     for (let retry = 0; ; retry++) {
       let error: ServekitError;
       let retryable: boolean;
@@ -162,10 +167,11 @@ export class Transport {
         const answer = await this.attempt(url, init, timeoutMs, requestId, options.signal);
         this.checkDeprecation(call, answer.response.headers);
         if (answer.response.ok) return answered<T>(answer, requestId);
-        if (lost && call.doneOn404 !== undefined && answer.response.status === 404) {
+        const failed = errorOf(answer, requestId);
+        if (lost && call.doneOn404 !== undefined && resourceMissing(failed)) {
           return { ...answered<T>({ ...answer, text: "" }, requestId), data: call.doneOn404() as T, status: 200 };
         }
-        const failed = errorOf(answer, requestId);
+        lost = lost || maybeActed(failed);
         error = failed;
         retryable = retryableAnswer(failed, call.retry);
         retryAfterS = failed.retryAfterS;
@@ -208,14 +214,27 @@ export class Transport {
     return `${this.baseUrl}${call.path}${search ? `?${search}` : ""}`;
   }
 
+  /** The call's headers; a value HTTP cannot carry as is throws a `TypeError` naming
+   * its option before anything is sent (fetch would refuse some, send others as
+   * latin-1). */
   private headersOf(call: Call, options: ModelRequestOptions, requestId: string): Record<string, string> {
+    const invalid = (message: string): Error => new TypeError(message);
     const headers: Record<string, string> = { Accept: "application/json", ...this.headers };
     if (this.#apiKey !== null) headers["Authorization"] = `Bearer ${this.#apiKey}`;
     if (call.body !== undefined) headers["Content-Type"] = "application/json";
-    if (options.version !== undefined) headers["X-Model-Version"] = options.version;
-    if (options.routingKey !== undefined) headers["X-Routing-Key"] = options.routingKey;
-    headers["X-Request-ID"] = requestId;
-    return { ...headers, ...options.headers };
+    if (options.version !== undefined) {
+      headers["X-Model-Version"] = headerValue("version", "X-Model-Version", options.version, invalid);
+    }
+    if (options.routingKey !== undefined) {
+      headers["X-Routing-Key"] = headerValue("routingKey", "X-Routing-Key", options.routingKey, invalid);
+    }
+    headers["X-Request-ID"] = headerValue("requestId", "X-Request-ID", requestId, invalid);
+    return { ...headers, ...checkedHeaders("headers", options.headers, invalid) };
+  }
+
+  /** `text` without the credential: the key itself and any `Bearer <token>`. */
+  private redact(text: string): string {
+    return redact(text, this.#apiKey);
   }
 
   /** One attempt: the answer and its whole body, or an `APIConnectionError`. */
@@ -238,7 +257,10 @@ export class Transport {
       if (timeout.signal.aborted) {
         throw new APITimeoutError(`no answer within ${timeoutMs} ms`, requestId, { cause: e });
       }
-      throw new APIConnectionError(`connection failed: ${describe(e)}`, requestId, { cause: e });
+      // The platform's error may echo a header value: never the key, in the message or
+      // in a `cause` that console.log would print.
+      const shown = mentions(e, (text) => this.redact(text) !== text) ? undefined : { cause: e };
+      throw new APIConnectionError(`connection failed: ${this.redact(describe(e))}`, requestId, shown);
     } finally {
       clearTimeout(timer);
       unlink();
@@ -269,17 +291,39 @@ function answered<T>({ response, text }: Answer, sentId: string): ApiResponse<T>
   };
 }
 
-/** The `APIError` for an error answer: servekit's `{"error": {code, message,
- * request_id}}`, the inference protocol's `{"error": "..."}`, or anything else. */
 /** Whether an error answer may be tried again: 429 always (refused before anything was
  * done); 503 on calls that may repeat, and on the others only when servekit itself said
  * so (its error envelope): a proxy's 503 may come after it passed the request on. */
 function retryableAnswer(failed: APIError, mode: RetryMode): boolean {
   if (!RETRY_STATUSES.has(failed.status)) return false;
   if (failed.status !== 503 || mode === "idempotent") return true;
+  return fromTheService(failed);
+}
+
+/** Whether servekit itself gave the error answer (its error envelope, whose code
+ * `errorOf` keeps; any other answer's code is `http_<status>`). */
+function fromTheService(failed: APIError): boolean {
   return !failed.code.startsWith("http_");
 }
 
+/** Whether the request of an error answer may have been acted on all the same: a 503
+ * that is not servekit's (a proxy may answer it after passing the request on). */
+function maybeActed(failed: APIError): boolean {
+  return failed.status === 503 && !fromTheService(failed);
+}
+
+/** servekit's messages name the field first (`item: no such item in this catalog`); a
+ * route it does not have names none (`no such route`). */
+const NAMES_A_FIELD = /^[A-Za-z_][\w.-]*: /;
+
+/** Whether an error answer is servekit's own 404 `not_found` naming the missing
+ * resource: not a proxy's page, nor servekit's `no such route`. */
+function resourceMissing(failed: APIError): boolean {
+  return failed.status === 404 && failed.code === "not_found" && NAMES_A_FIELD.test(failed.message);
+}
+
+/** The `APIError` for an error answer: servekit's `{"error": {code, message,
+ * request_id}}`, the inference protocol's `{"error": "..."}`, or anything else. */
 function errorOf({ response, text }: Answer, sentId: string): APIError {
   let body: unknown = text;
   try {
@@ -304,8 +348,110 @@ function errorOf({ response, text }: Answer, sentId: string): APIError {
   return APIError.from({ status: response.status, code, message, requestId, headers: response.headers, body });
 }
 
+/** The JSON body. NaN and the infinities, which `JSON.stringify` would turn into
+ * `null`, throw a `TypeError` naming where they are. */
 function bodyOf(call: Call): string | undefined {
-  return call.body === undefined ? undefined : JSON.stringify(call.body);
+  if (call.body === undefined) return undefined;
+  refuseNonFinite(call.body, "", new Set());
+  return JSON.stringify(call.body);
+}
+
+function refuseNonFinite(value: unknown, where: string, seen: Set<object>): void {
+  if (typeof value === "number" && !Number.isFinite(value)) {
+    throw new TypeError(`${where}: ${String(value)} cannot be sent (JSON has no such number)`);
+  }
+  if (typeof value !== "object" || value === null || seen.has(value)) return;
+  const proto = Object.getPrototypeOf(value);
+  if (!Array.isArray(value) && proto !== Object.prototype && proto !== null) return; // a Date, say: its toJSON
+  seen.add(value);
+  for (const [key, inner] of Object.entries(value)) refuseNonFinite(inner, where === "" ? key : `${where}.${key}`, seen);
+}
+
+/** The service's address: `""` is unset; else an http(s) URL with a host, or a
+ * `ServekitError` naming where it came from (not the value: it may carry credentials). */
+function baseUrlOf(option: string | undefined, fromEnv: string | undefined): string {
+  const source = option ? "baseUrl" : "SERVEKIT_URL";
+  const url = (option || fromEnv || DEFAULT_BASE_URL).trim().replace(/\/+$/, "");
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = undefined;
+  }
+  const http = parsed !== undefined && (parsed.protocol === "http:" || parsed.protocol === "https:");
+  if (!http || parsed?.hostname === "" || !/^https?:\/\//.test(url)) {
+    throw new ServekitError(`${source}: must be an http:// or https:// URL with a host`);
+  }
+  return url;
+}
+
+/** The API key to send (null: none). Outer whitespace is dropped; one that an HTTP
+ * header cannot carry is refused without showing it. */
+function apiKeyOf(option: string | null | undefined, fromEnv: string | undefined): string | null {
+  if (option === null) return null;
+  const source = option === undefined ? "SERVEKIT_API_KEY" : "apiKey";
+  const key = option === undefined ? fromEnv : option;
+  if (key !== undefined && typeof key !== "string") throw new ServekitError("apiKey: must be a string or null");
+  if (key === undefined || key.trim() === "") {
+    throw new ServekitError("no API key: pass `apiKey` or set SERVEKIT_API_KEY (apiKey: null sends none)");
+  }
+  if (!/^[\x21-\x7e]+$/.test(key.trim())) {
+    throw new ServekitError(
+      `${source}: has a space, a control character or a non-ASCII character inside; an API key is visible ASCII (the key is not shown)`,
+    );
+  }
+  return key.trim();
+}
+
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** `value`, when the `header` it is sent as carries it unchanged: visible ASCII and
+ * inner spaces (HTTP drops outer ones; fetch refuses some characters and sends others
+ * as latin-1). Refused naming the option, never showing the value. */
+function headerValue(name: string, header: string, value: unknown, invalid: (message: string) => Error): string {
+  if (typeof value !== "string") throw invalid(`${name}: must be a string`);
+  const bad = value.search(/[^\x20-\x7e]/);
+  if (bad >= 0) {
+    throw invalid(
+      `${name}: cannot be sent as the ${header} header: the character at index ${bad} is not visible ASCII (hash or percent-encode such a value)`,
+    );
+  }
+  if (value !== value.replace(/^ +| +$/g, "")) {
+    throw invalid(`${name}: cannot be sent as the ${header} header: it begins or ends with a space, which HTTP drops`);
+  }
+  return value;
+}
+
+/** Headers of an option, each name a token and each value one `headerValue` takes. */
+function checkedHeaders(
+  option: string,
+  headers: Record<string, string> | undefined,
+  invalid: (message: string) => Error,
+): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers ?? {})) {
+    if (!TOKEN.test(name)) throw invalid(`${option}: a header name is not an HTTP token`);
+    out[name] = headerValue(`${option}[${JSON.stringify(name)}]`, name, value, invalid);
+  }
+  return out;
+}
+
+const BEARER = /\bbearer\s+[^\s'",)]+/gi;
+
+/** `text` without the credential: `secret` itself and any `Bearer <token>`. */
+function redact(text: string, secret: string | null): string {
+  const without = secret === null || secret === "" ? text : text.split(secret).join("[redacted]");
+  return without.replace(BEARER, "Bearer [redacted]");
+}
+
+/** Whether an error, its causes or the errors it aggregates have a message `test`
+ * finds something in. */
+function mentions(error: unknown, test: (text: string) => boolean, depth = 0): boolean {
+  if (typeof error !== "object" || error === null || depth > 4) return false;
+  const { message, cause, errors } = error as { message?: unknown; cause?: unknown; errors?: unknown };
+  if (typeof message === "string" && test(message)) return true;
+  if (mentions(cause, test, depth + 1)) return true;
+  return Array.isArray(errors) && errors.some((inner) => mentions(inner, test, depth + 1));
 }
 
 /** Abort `target` when `signal` aborts; returns the unlinker. */

@@ -29,7 +29,11 @@ export type Documented<T, Fallback> = unknown extends T ? Fallback : T;
 
 // ---- /v1/embeddings ------------------------------------------------------------------
 export type EmbeddingRequest = Schemas["EmbeddingRequest"];
-export type EmbeddingResponse = Schemas["EmbeddingResponse"];
+/** The answer (OpenAI's shape) and `version`: the model version that served the call,
+ * from the `X-Model-Version` header (`model` is only the name asked for; with a traffic
+ * split two calls may be served by different versions, whose vectors must not be
+ * mixed). Absent when the answer did not say. */
+export type EmbeddingResponse = Schemas["EmbeddingResponse"] & { version?: string };
 
 // ---- /v1/search, catalogs and items ----------------------------------------------------
 export type SearchRequest = Schemas["SearchBody"];

@@ -12,6 +12,7 @@ import {
   APITimeoutError,
   AuthenticationError,
   InternalServerError,
+  NotFoundError,
   parseRetryAfter,
   RateLimitError,
   retryDelayMs,
@@ -193,6 +194,46 @@ describe("retries", () => {
     assert.equal(server.seen.length, 2);
     const again = await c.catalogs.deleteItem("c", "sku-1").catch((e) => e); // no lost answer
     assert.equal(again.status, 404);
+  });
+
+  test("a lost delete is not done by a 404 that is not about the item", async () => {
+    const text = (status, body) => (req, res) => {
+      res.writeHead(status, { "content-type": "text/plain" });
+      res.end(body);
+    };
+    const notTheItem = [
+      text(404, "Not Found"), // a proxy's page
+      json(404, { message: "no route" }), // a proxy's JSON
+      json(404, { error: "not found" }), // not servekit's envelope
+      json(404, { error: { code: "not_found", message: "no such route", request_id: "r" } }), // servekit: a route it lacks
+      json(404, { error: { code: "not_found", message: "no such route (search is off)", request_id: "r" } }),
+    ];
+    for (const answer of notTheItem) {
+      const server = await serve([drop, answer]);
+      const { client: c } = client(server.url, { maxRetries: 2 });
+      const error = await c.catalogs.deleteItem("c", "sku-1").catch((e) => e);
+      assert.ok(error instanceof NotFoundError, String(error));
+      assert.equal(server.seen.length, 2);
+    }
+  });
+
+  test("a delete after a proxy's 503 is done when the repeat finds nothing", async () => {
+    const gone = json(404, { error: { code: "not_found", message: "item: no such item in this catalog", request_id: "r" } });
+    const page = (req, res) => {
+      res.writeHead(503, { "content-type": "text/plain" });
+      res.end("upstream connect error or disconnect/reset before headers");
+    };
+    // A proxy may answer 503 after passing the delete on: that attempt may have acted.
+    const server = await serve([page, gone]);
+    const { client: c } = client(server.url, { maxRetries: 2 });
+    assert.deepEqual(await c.catalogs.deleteItem("c", "sku-1"), { id: "sku-1", deleted: true });
+    assert.equal(server.seen.length, 2);
+    // servekit's own 503 did nothing: a 404 after it is the item's absence.
+    const refused = await serve([refuse(503, "0"), gone]);
+    const { client: d } = client(refused.url, { maxRetries: 2 });
+    const error = await d.catalogs.deleteItem("c", "sku-1").catch((e) => e);
+    assert.ok(error instanceof NotFoundError, String(error));
+    assert.equal(refused.seen.length, 2);
   });
 
   test("a connection never made is retried even for events", async () => {

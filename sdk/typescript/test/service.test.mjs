@@ -43,6 +43,9 @@ describe("against the service", { skip }, () => {
     const made = await tenant.embeddings.create({ model: "minilm", input: ["red running shoes", "trail sneakers"] });
     assert.equal(made.data.length, 2);
     assert.equal(made.data[0].embedding.length, DIM);
+    assert.ok(["v1", "v2"].includes(made.version), String(made.version)); // X-Model-Version: the split's pick
+    const pinnedMade = await tenant.embeddings.create({ model: "minilm", input: "pinned" }, { version: "v1" });
+    assert.equal(pinnedMade.version, "v1");
     const pinned = await tenant.request({ method: "POST", path: "/v1/embeddings", retry: "idempotent",
       body: { model: "minilm", input: "pinned" } }, { version: "v1" });
     assert.equal(pinned.modelVersion, "v1");

@@ -46,6 +46,11 @@ SEARCH_OUT = {"object": "search.result", "catalog": "c", "model": "m", "version"
               "index": {}, "data": []}  # fmt: skip
 EVENTS_OUT = {"object": "events.result", "accepted": 1, "rejected": 0, "seq": 3,
               "features_updated": True, "errors": []}  # fmt: skip
+EMBEDDINGS_OUT = {"object": "list", "model": "minilm",
+                  "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
+                  "usage": {"prompt_tokens": 1, "total_tokens": 1}}  # fmt: skip
+ITEM_GONE = {"error": {"code": "not_found", "message": "item: no such item in this catalog",
+                       "request_id": "rid-from-body"}}  # fmt: skip
 FAST = RetryPolicy(max_retries=3, initial_delay_s=0.2, max_delay_s=1.0, rng=random.Random(7))
 
 # Each method with arguments, and the path it must call.
@@ -456,6 +461,23 @@ def test_a_success_of_the_wrong_shape_is_named() -> None:
         _client(script).search("c", "q")
 
 
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_embeddings_say_the_version_that_served_them(kind: type[Client | AsyncClient]) -> None:
+    """The body (OpenAI's shape) names only the model asked for; the version that served
+    the call comes in `X-Model-Version`, and a traffic split may vary it per call."""
+    script = Script(
+        _answer(200, EMBEDDINGS_OUT, {"X-Model-Version": "v2"}),
+        _answer(200, EMBEDDINGS_OUT, {"X-Model-Version": "v1"}),
+        _answer(200, EMBEDDINGS_OUT),
+    )
+    client = kind("sk-test", "http://svc", transport=_transport(kind, script), retry=FAST)
+    served = [_call(client, "embed", "x", model="minilm") for _ in range(3)]
+    assert [e.version for e in served] == ["v2", "v1", None]  # None: the answer did not say
+    assert served[0].model == "minilm"
+    assert served[0].model_extra == {}
+    assert served[0].model_dump()["version"] == "v2"
+
+
 def test_unknown_response_fields_are_kept() -> None:
     script = Script(_answer(200, {**SEARCH_OUT, "took_ms": 3}))
     result = _client(script).search("c", "q")
@@ -540,6 +562,52 @@ def test_a_delete_whose_answer_was_lost_is_done_when_the_repeat_finds_nothing(
     third = kind("sk-test", "http://svc", transport=_transport(kind, refused), retry=FAST)
     with pytest.raises(NotFoundError):
         _call(third, "delete_item", "c", "sku-1")
+
+
+@pytest.mark.parametrize(
+    "not_the_item",  # each a function: a response is read once
+    [
+        lambda: httpx.Response(404, text="Not Found"),  # a proxy's page
+        lambda: httpx.Response(404, json={"message": "no route"}),  # a proxy's JSON
+        lambda: httpx.Response(404, json={"error": "not found"}),  # not servekit's envelope
+        lambda: _error(404, "not_found", "no such route"),  # servekit: a route it lacks
+        lambda: _error(404, "not_found", "no such route (search is off)"),
+    ],
+    ids=["text", "json", "error-string", "no-such-route", "search-off"],
+)
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_a_lost_delete_is_not_done_by_a_404_that_is_not_about_the_item(
+    kind: type[Client | AsyncClient],
+    not_the_item: Callable[[], httpx.Response],
+    sleeps: list[float],
+) -> None:
+    """Only servekit's own `not_found` naming the missing resource says the item is
+    gone; any other 404 says nothing of it, so the call raises."""
+    script = Script(httpx.ReadTimeout("timed out"), not_the_item())
+    client = kind("sk-test", "http://svc", transport=_transport(kind, script), retry=FAST)
+    with pytest.raises(NotFoundError):
+        _call(client, "delete_item", "c", "sku-1")
+    assert len(script.requests) == 2
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_a_delete_after_a_proxys_503_is_done_when_the_repeat_finds_nothing(
+    kind: type[Client | AsyncClient], sleeps: list[float]
+) -> None:
+    """A proxy may answer 503 after passing the delete on: the attempt may have acted,
+    like one whose answer was lost. servekit's own 503 did nothing: a 404 after it is
+    the item's absence, raised."""
+    page = httpx.Response(503, text="upstream connect error or disconnect/reset before headers")
+    script = Script(page, _answer(404, ITEM_GONE))
+    client = kind("sk-test", "http://svc", transport=_transport(kind, script), retry=FAST)
+    done = _call(client, "delete_item", "c", "sku-1")
+    assert (done.id, done.deleted) == ("sku-1", True)
+    assert len(script.requests) == 2
+    refused = Script(_error(503, "overloaded", "queue full"), _answer(404, ITEM_GONE))
+    again = kind("sk-test", "http://svc", transport=_transport(kind, refused), retry=FAST)
+    with pytest.raises(NotFoundError):
+        _call(again, "delete_item", "c", "sku-1")
+    assert len(refused.requests) == 2
 
 
 @pytest.mark.parametrize("item_id", ["", ".", ".."])
