@@ -19,13 +19,30 @@ AttrValue = str | int | float | bool | list[str]
 # float64 filter column, orjson's 64 bits) holds the integers up to here exactly.
 MAX_SAFE_INTEGER = 2**53 - 1
 ATTRIBUTE_KINDS = "a string, a finite number, true or false, or a list of strings"
+# JSON's `\ud800` escape carries a lone surrogate into a Python string, which no UTF-8
+# writer (orjson answering a search, a database) can write.
+NOT_UNICODE = "valid Unicode text (no unpaired surrogate, \\ud800-\\udfff)"
+
+
+def is_unicode(text: str) -> bool:
+    """Whether `text` can be written as UTF-8 (holds no lone surrogate)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def attribute_problem(value: object) -> str | None:
     """Why `value` cannot be an attribute value, or None when it can: a string, a
-    boolean, an integer within +-`MAX_SAFE_INTEGER`, a finite float or a list of strings."""
-    if isinstance(value, str | bool):
+    boolean, an integer within +-`MAX_SAFE_INTEGER`, a finite float or a list of
+    strings; every string valid Unicode."""
+    if isinstance(value, bool):
         return None
+    if isinstance(value, str):
+        return None if is_unicode(value) else NOT_UNICODE
     if isinstance(value, int):
         if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             return None
@@ -33,7 +50,7 @@ def attribute_problem(value: object) -> str | None:
     if isinstance(value, float) and math.isfinite(value):
         return None
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return None
+        return None if all(is_unicode(v) for v in value) else NOT_UNICODE
     return ATTRIBUTE_KINDS
 
 
@@ -63,18 +80,24 @@ def item_problem(item: Item) -> str | None:
         return f"id: a string of 1 to {MAX_ITEM_ID} characters"
     if "\x00" in item_id or item_id in (".", ".."):
         return "id: no NUL character, and not . or .."
+    if not is_unicode(item_id):
+        return f"id: {NOT_UNICODE}"
     text: object = item.text
     if not isinstance(text, dict) or not 0 < len(text) <= MAX_TEXT_FIELDS:
         return f"text: an object of 1 to {MAX_TEXT_FIELDS} text fields"
     for name, value in text.items():
         if not isinstance(name, str) or not isinstance(value, str):
             return f"text.{str(name)[:MAX_NAME_CHARS]}: a string"
+        if not (is_unicode(name) and is_unicode(value)):
+            return f"text.{name[:MAX_NAME_CHARS]}: {NOT_UNICODE}"
     attributes: object = item.attributes
     if not isinstance(attributes, dict) or len(attributes) > MAX_ATTRIBUTES:
         return f"attributes: an object of at most {MAX_ATTRIBUTES} attributes"
     for name, value in attributes.items():
         if not isinstance(name, str):
             return "attributes: names are strings"
+        if not is_unicode(name):
+            return f"attributes: names are {NOT_UNICODE}"
         if (problem := attribute_problem(value)) is not None:
             return f"attributes.{name[:MAX_NAME_CHARS]}: {problem}"
     return None

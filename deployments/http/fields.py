@@ -7,16 +7,22 @@ from typing import Annotated
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
+from stores.catalog import NOT_UNICODE, is_unicode
+
 
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    if not value.isascii() and not is_unicode(value):  # isascii: O(1), a flag of the str
+        raise PydanticCustomError("not_unicode", NOT_UNICODE)
     return value
 
 
 # A string that a database column keeps as text (an id, a name): PostgreSQL's text
 # cannot hold NUL where SQLite's can, so both backends refuse it here alike, as a 400
 # naming the field, instead of PostgreSQL failing the write after the request was taken.
+# Nor can either hold a lone surrogate (JSON's `\ud800`, which FastAPI's JSON reader
+# takes and no UTF-8 writer writes).
 StoredText = Annotated[str, AfterValidator(_no_nul)]
 
 

@@ -37,3 +37,11 @@ def test_a_long_unknown_field_comes_back_cut_short(client: TestClient) -> None:
     assert got.status_code == 400
     message = _error(got)["message"]
     assert message == f"items.0.{'k' * 64}: unknown field"
+
+
+def test_an_attribute_with_a_lone_surrogate_is_refused(client: TestClient) -> None:
+    """Stored, it made every answer holding the item a 500 (no UTF-8 writer takes it)."""
+    body = rb'{"items": [{"id": "x", "text": {"t": "a"}, "attributes": {"tags": ["x\udc00"]}}]}'
+    got = client.put("/v1/catalogs/c/items", content=body, headers=JSON)
+    assert got.status_code == 400
+    assert _error(got)["message"].startswith("items.0.attributes.tags: valid Unicode")
