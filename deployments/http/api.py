@@ -14,10 +14,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
+from ray import serve
+from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from configs.schema import Limits
 from deployments.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -26,7 +30,7 @@ from deployments.errors import (
     request_invalid,
 )
 from deployments.http import deprecation, oip
-from deployments.http.envelope import API_VERSION_HEADER, error_response, request_id
+from deployments.http.envelope import API_VERSION_HEADER, BodyLimit, error_response, request_id
 from deployments.http.openai import EmbeddingRequest, EmbeddingResponse
 from deployments.http.route_docs import (
     STATUSES,
@@ -230,9 +234,43 @@ async def _invalid(request: Request, exc: RequestValidationError) -> Response:
     return _framework_error(request, request_invalid(exc.errors()))
 
 
+def _body_limit() -> int:
+    """The replica's `limits.max_body_bytes` (outside a replica, the default's)."""
+    global _BODY_LIMIT
+    if _BODY_LIMIT is None:
+        try:
+            host: Any = serve.get_replica_context().servable_object
+        except RayServeException:  # not inside a Serve replica
+            return DEFAULT_BODY_LIMIT
+        _BODY_LIMIT = int(host.args.limits.max_body_bytes)
+    return _BODY_LIMIT
+
+
+DEFAULT_BODY_LIMIT: int = Limits.model_fields["max_body_bytes"].default
+_BODY_LIMIT: int | None = None
+# Added first, so innermost of the middleware: inside `HotRoutes`, whose routes bound
+# their bodies themselves, at no cost to them.
+api.add_middleware(BodyLimit, limit=_body_limit)
+
+
+def _body_error(exc: HTTPException) -> ServekitError | None:
+    """What went wrong reading a body FastAPI parses, when it failed there: FastAPI
+    answers every failure but invalid JSON as 400 "There was an error parsing the
+    body", with the failure as its cause (the body over the limit, not UTF-8, nested
+    past what the JSON reader takes)."""
+    cause = exc.__cause__
+    if isinstance(cause, ServekitError):
+        return cause
+    if isinstance(cause, ClientDisconnect):
+        return BadRequest("body: the client went away")
+    if cause is not None and exc.status_code == 400:
+        return BadRequest("body: not valid JSON")
+    return None
+
+
 @api.exception_handler(HTTPException)
 async def _http(request: Request, exc: HTTPException) -> Response:
-    error: ServekitError = BadRequest(str(exc.detail))
+    error: ServekitError = _body_error(exc) or BadRequest(str(exc.detail))
     if exc.status_code == 404:
         error = NotFound("no such route")
     elif exc.status_code == 405:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import orjson
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.dataplane import CallRecord
 from deployments.errors import InferenceFailed, PayloadTooLarge, ServekitError
@@ -71,18 +72,60 @@ def error_response(
     )
 
 
+def too_large(limit: int) -> PayloadTooLarge:
+    """The 413 of a body over `limits.max_body_bytes`."""
+    return PayloadTooLarge(f"body: larger than the {limit}-byte limit")
+
+
 async def read_body(declared: str, stream: AsyncIterator[bytes], limit: int) -> bytes:
     """The whole body, refused (413) as soon as it is known to exceed `limit` bytes:
     from `Content-Length` before reading, else while streaming."""
     if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body: larger than the {limit}-byte limit")
+        raise too_large(limit)
     chunks, size = [], 0
     async for chunk in stream:
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"body: larger than the {limit}-byte limit")
+            raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class BodyLimit:
+    """ASGI: a call's body bounded by `limits.max_body_bytes` as `read_body` bounds the
+    hot routes' (which never reach this layer): refused (413) from `Content-Length`
+    before a byte is read, else as soon as the chunks received pass the limit. The
+    refusal is raised from `receive`, where the route reads its body, so that the route
+    answers it in its own error shape: a body read by hand in its envelope, one FastAPI
+    parses through the app's handler of FastAPI's errors (`api._http`)."""
+
+    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+        self.app = app
+        self.limit = limit  # the replica's limit, known only once it serves
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the call with `receive` bounded."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit()
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        over = declared.isdigit() and int(declared) > limit
+        received, done = 0, False
+
+        async def bounded() -> Message:
+            nonlocal received, done
+            if over:
+                raise too_large(limit)
+            message = await receive()
+            if not done and message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise too_large(limit)
+                done = not message.get("more_body", False)
+            return message
+
+        await self.app(scope, bounded, send)
 
 
 class Envelope:
