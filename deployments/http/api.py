@@ -263,9 +263,12 @@ def _body_error(exc: HTTPException) -> ServekitError | None:
         return cause
     if isinstance(cause, ClientDisconnect):
         return BadRequest("body: the client went away")
-    if cause is not None and exc.status_code == 400:
+    if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
         return BadRequest("body: not valid JSON")
     return None
+
+
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 
 @api.exception_handler(HTTPException)
