@@ -6,8 +6,12 @@ that later hangs, so each version backend keeps a `HealthProbe`:
 
 - a model run in flight for longer than `hung_after_s` means the runtime is wedged;
 - a run that finished within `fresh_s` proves it works: the check costs nothing;
-- otherwise (idle) a tiny inference probe runs, at most one at a time, bounded by
-  `probe_timeout_s`, so an idle replica is still proven every `fresh_s`.
+- a run in flight proves it works too (it will answer, or turn hung), unless the last
+  run to end failed: a runtime that raises on every call (a sticky CUDA error, a broken
+  session) always has a run in flight under traffic, and none of them proves anything;
+- otherwise (idle, or failing) a tiny inference probe runs, at most one at a time,
+  bounded by `probe_timeout_s`, so an idle replica is still proven every `fresh_s`,
+  and a failing one is replaced once a probe fails too.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class HealthProbe:
         self._ids = itertools.count()
         self._running: dict[int, float] = {}
         self._last_ok = clock()  # just loaded (and warmed up)
+        # Runs that raised since the last one that answered (or the last good probe):
+        # while any, a run in flight proves nothing.
+        self.failed_runs = 0
         self._probing: asyncio.Task[object] | None = None
         self.healthy = True
         self.reason = ""
@@ -82,6 +89,9 @@ class HealthProbe:
         if ok:
             self._last_ok = self._clock()
             self.healthy, self.reason = True, ""
+            self.failed_runs = 0
+        else:
+            self.failed_runs += 1
 
     def stuck_for_s(self) -> float:
         """How long the oldest run in flight has been running (0 when none)."""
@@ -94,7 +104,9 @@ class HealthProbe:
         stuck = self.stuck_for_s()
         if stuck > self.hung_after_s:
             self._fail(f"a model run has been going for {stuck:.0f} s")
-        if self._running or self._clock() - self._last_ok < self.fresh_s:
+        if self._clock() - self._last_ok < self.fresh_s:
+            return
+        if self._running and not self.failed_runs:  # busy and answering
             return
         if self._probing is None or self._probing.done():
             deadline = self._clock() + self.probe_timeout_s
@@ -108,6 +120,7 @@ class HealthProbe:
         else:
             self._last_ok = self._clock()
             self.healthy, self.reason = True, ""
+            self.failed_runs = 0
 
     def _fail(self, reason: str) -> None:
         self.healthy, self.reason = False, reason

@@ -8,7 +8,9 @@ gathered and go together as the next batch (up to `max_batch_size` requests and
 `max_batch_texts` texts); with busy lanes (`busy_lanes`), the queue is split over
 that many one-thread runs at once (a lane that frees while another runs takes the share
 that ends the queue soonest, not all of it). The versions of a replica share its
-inference threads (`threads.SharedThreads`): a batch starts only on a free thread.
+inference threads (`threads.SharedThreads`): a batch starts only on a free thread, and
+a lone request's run on a full session of several threads never overlaps another batch
+of any version (beside others, it runs on a busy lane instead).
 The queue is bounded in time and in texts: a request that would not fit in the next
 batch and would wait longer than `max_queue_wait_s` (the batches running and the
 texts ahead of it, every version's, by each version's measured batch cost, see
@@ -102,8 +104,12 @@ class InlineBatcher:
     A lone request gets the runtime's full session (all its intra-op threads). When
     requests queue up and the runtime has busy lanes, the queue is split across them:
     up to `busy_lanes` batches run at once, one thread each, so no run waits at a
-    thread barrier for a core the others hold. The two kinds never overlap within a
-    version; versions share the inference threads (`threads`), each batch holding one.
+    thread barrier for a core the others hold. The two kinds never overlap, within a
+    version or across the versions sharing the inference threads (`threads`), each
+    batch holding one: while a full-session run of several threads goes, no other
+    batch starts, and it starts only while no other batch runs (else the lone request
+    runs on a lane; without lanes, it waits for every thread). A full session of one
+    thread (`intra_op_threads: 1`) is a lane as far as the others are concerned.
     """
 
     def __init__(
@@ -136,6 +142,10 @@ class InlineBatcher:
         self.cost = BatchCost()
         self.lane_cost = BatchCost()
         self._lanes = min(runtime.busy_lanes, threads.workers)
+        # Whether a run on the full session takes several cores (on CPU, more than one
+        # intra-op thread; 0 lets the runtime take one per core): it then runs only
+        # with no other batch beside it, of any version (see `threads`).
+        self._wide = runtime.device_name == "cpu" and runtime.options.intra_op_threads != 1
         self._waiting: asyncio.TimerHandle | None = None
         self._waited = False  # the queue waited once; it goes next, full or not
         self._refused_since_log = 0
@@ -231,12 +241,13 @@ class InlineBatcher:
         batch cost of the kind of run that will take it (0 until a batch has been
         measured). With nothing running: the queue with it as the next batch. Without
         lanes (or with one): until this version's batch running ends (with none, and
-        every thread held, the first thread to free), then the queue. With lanes, the
-        queue is shared by the threads as they free (see `_lane_share`): the work
-        running and queued, this version's and the other versions' (ahead of it), over
-        the lanes, each batch paying its fixed part, and never less than the first
-        thread to free running this request alone. A lone run on the full session
-        holds every lane until it ends."""
+        every thread held, the first thread to free; a full-session run of several
+        threads waits for every thread), then the queue. With lanes, the queue is
+        shared by the threads as they free (see `_lane_share`): the work running and
+        queued, this version's and the other versions' (ahead of it), over the lanes,
+        each batch paying its fixed part, and never less than the first thread to free
+        running this request alone. A lone run on the full session (this version's, or
+        any version's of several threads) holds every lane until it ends."""
         busy = self._runs_busy(len(self._queue) + 1)
         cost = self._cost(busy)
         queue = cost.seconds(self._queued_texts + texts, self.max_batch_texts)
@@ -245,14 +256,24 @@ class InlineBatcher:
             return queue or 0.0
         mine = self._threads.remaining_s(self)
         if self._lanes < 2:
-            first = min(mine) if mine else (min(held) if self._threads.free() < 1 else 0.0)
+            if mine:
+                first = min(mine)
+            elif self._wide and self._lanes == 0:
+                first = max(held)
+            else:
+                first = min(held) if self._threads.free() < 1 else 0.0
             return queue + first
         lanes = self._lanes
         ahead = sum(held) + self._threads.queued_s(besides=self) + queue
         first = min(held)
-        if self._solo and mine:
-            ahead += (lanes - 1) * mine[0]
-            first = mine[0]
+        whole = None  # what is left of a run on a full session, which holds every lane
+        if mine and self._solo:
+            whole = mine[0]
+        elif self._threads.wide:  # another version's, the only batch running
+            whole = max(held)
+        if whole is not None:
+            ahead += (lanes - 1) * whole
+            first = whole
         shared = (ahead + (lanes - 1) * cost.fixed_s) / lanes
         return max(shared, first + self.batch_seconds(texts, busy))
 
@@ -278,11 +299,17 @@ class InlineBatcher:
 
     def _runs_busy(self, requests: int) -> bool:
         """Whether `requests` queued requests run on busy lanes: with lanes, when they
-        are more than one or a batch of this version runs on a lane (a lone request
-        after a lone run gets the full session)."""
+        are more than one, a batch of this version runs on a lane, or (a full session
+        of several threads) another version's batch runs (a lone request after a lone
+        run gets the full session)."""
         if self._lanes == 0:
             return False
-        return requests > 1 or any(busy for _, _, busy in self._threads.held_by(self))
+        if requests > 1:
+            return True
+        mine = self._threads.held_by(self)
+        return any(busy for _, _, busy in mine) or (
+            self._wide and not mine and self._threads.free() < self._threads.workers
+        )
 
     def head_arrival(self) -> float | None:
         """When the oldest queued request arrived; None with none queued."""
@@ -403,15 +430,20 @@ class InlineBatcher:
 
     def start_next(self) -> bool:
         """Start this version's next batch on a free thread if it may now: a lone request
-        on the full session; a share of the queue on a free busy lane; without lanes,
-        the queue as one batch at a time. Whether it started one."""
+        on the full session (one of several threads only while no batch of any version
+        runs, else on a free busy lane); a share of the queue on a free busy lane;
+        without lanes, the queue as one batch at a time. Whether it started one."""
         self._drop_gone()
         if not self._queue or self._solo:
             return False
         running = len(self._threads.held_by(self))
         if running == 0 and self._wait_to_fill():
             return False
-        if running == 0 and (self._lanes == 0 or len(self._queue) == 1):
+        if (
+            running == 0
+            and (self._lanes == 0 or len(self._queue) == 1)
+            and (not self._wide or self._threads.free() == self._threads.workers)
+        ):
             self._start(len(self._queue), solo=True)
         elif self._lanes > 0 and running < self._lanes:
             free = min(self._lanes - running, self._threads.free())
@@ -419,6 +451,18 @@ class InlineBatcher:
         else:
             return False
         return True
+
+    def waits_for_every_thread(self) -> bool:
+        """Whether the next batch, which did not start, is a full-session run of several
+        threads with no lanes to run on instead, waiting for every thread to free (not
+        for its fill wait): the threads keep its turn (see `threads`)."""
+        return (
+            self._wide
+            and self._lanes == 0
+            and bool(self._queue)
+            and self._waiting is None
+            and not self._threads.held_by(self)
+        )
 
     def _wait_to_fill(self) -> bool:
         """Whether an idle batcher holds its queue back to let more requests join (once,
@@ -439,15 +483,19 @@ class InlineBatcher:
         self._dispatch()
 
     def _drop_gone(self) -> None:
-        """Take out requests nobody waits for any more, before they cost a run."""
+        """Take out requests nobody waits for any more, before they cost a run: those
+        whose deadline passed (`expired`, whether or not the caller's own timeout at
+        that deadline cancelled them already, as `InlineBackend`'s does) and those whose
+        caller went away before it (`cancelled`)."""
         now = time.monotonic()
         kept = []
         for item in self._queue:
-            if item.future.done():  # cancelled: the caller timed out or went away
-                self._metrics.dropped("cancelled")
-            elif item.deadline is not None and now >= item.deadline:
+            if item.deadline is not None and now >= item.deadline:
                 self._metrics.dropped("expired")
-                item.future.set_exception(Timeout("the deadline passed before the model ran"))
+                if not item.future.done():
+                    item.future.set_exception(Timeout("the deadline passed before the model ran"))
+            elif item.future.done():  # cancelled: the caller went away
+                self._metrics.dropped("cancelled")
             else:
                 kept.append(item)
                 continue
@@ -473,7 +521,7 @@ class InlineBatcher:
         del self._queue[: len(batch)]
         self._queued_texts -= texts
         self._waited = False
-        self._threads.hold(id(batch), self, texts, busy=not solo)
+        self._threads.hold(id(batch), self, texts, busy=not solo, wide=solo and self._wide)
         asyncio.get_running_loop().create_task(self._run_batch(batch, busy=not solo))
 
     async def _run_batch(self, batch: list[_Pending], busy: bool) -> None:

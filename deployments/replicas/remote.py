@@ -8,8 +8,8 @@ call. In the same service a call took half the time and half the CPU on each sid
 Every call is bounded by the caller's deadline, which travels with it (as the
 seconds left), so the replica drops work whose caller has already given up. A call
 whose replica died is retried once on another replica within the same deadline
-(inference is idempotent). Every failure becomes an error that carries its status:
-no Ray exception reaches the caller unmapped.
+(inference is idempotent), told the seconds left by then. Every failure becomes an
+error that carries its status: no Ray exception reaches the caller unmapped.
 """
 
 from __future__ import annotations
@@ -60,11 +60,17 @@ async def call_version(
     deadline: float,
     label: str,
     timeout_s: float | None = None,
+    seconds_left_at: int | None = None,
 ) -> Any:
     """Call `method(*args)` on a version's replicas by `deadline` (`time.monotonic()`);
-    `timeout_s`: the whole budget, named in the 504's message."""
+    `timeout_s`: the whole budget, named in the 504's message. `seconds_left_at`: the
+    position in `args` of the seconds the caller has left, which a retry sends anew
+    (what is left then, not what was left at the first attempt)."""
     budget = timeout_s if timeout_s is not None else remaining_s(deadline)
     for attempt in (1, 2):
+        if attempt == 2 and seconds_left_at is not None:
+            i = seconds_left_at
+            args = (*args[:i], remaining_s(deadline), *args[i + 1 :])
         response = getattr(handle, method).remote(*args)
         try:
             return await asyncio.wait_for(_await(response), remaining_s(deadline))
@@ -121,9 +127,10 @@ class DedicatedBackend:
         self._meta: dict[str, Any] | None = None
 
     async def embed(self, texts: list[str], deadline: float) -> EmbedResult:
-        """Vectors for `texts` from the version's replicas, by `deadline`; the call names
-        this replica while it serves one request at a time (the version's replica may
-        then run it on its event loop, see `traffic`)."""
+        """Vectors for `texts` from the version's replicas, by `deadline` (sent as the
+        seconds left, at each attempt); the call names this replica while it serves one
+        request at a time (the version's replica may then run it on its event loop, see
+        `traffic`)."""
         result: EmbedResult = await call_version(
             self.handle,
             "embed",
@@ -131,6 +138,7 @@ class DedicatedBackend:
             deadline,
             self.label,
             self.timeout_s,
+            seconds_left_at=1,
         )
         return result
 

@@ -8,6 +8,14 @@ queued request came first starts its next batch, one batch per pick, so two vers
 under load take turns and neither waits behind the other's whole queue. The threads'
 holders are what a request's expected wait counts: the work of every version ahead of
 it, not only its own version's.
+
+A batch on a version's full session of several ONNX threads (a lone request, see
+`inline`) takes every thread: while it runs no other batch starts beside it, and it
+starts only while no batch of any version runs (a version with busy lanes runs the
+request on a lane instead; one without waits, and the threads that free meanwhile
+stay free for it when its request came first). A run on several threads beside
+others stalls at its barriers whenever one of its threads lost its core: what busy
+lanes exist to avoid.
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ class Member(Protocol):
     def start_next(self) -> bool:
         """Start this version's next batch on a free thread if it may now; whether it did."""
 
+    def waits_for_every_thread(self) -> bool:
+        """Whether this version's next batch, which did not start, waits for every
+        thread to free (a full-session run it cannot run on a lane instead)."""
+
 
 class SharedThreads:
     """`workers` inference threads, the batches holding them and the versions waiting."""
@@ -50,6 +62,8 @@ class SharedThreads:
         self._members: list[Member] = []
         # batch -> (version, started, texts, on a busy lane)
         self._held: dict[int, tuple[Member, float, int, bool]] = {}
+        # The batch that takes every thread (a full-session run on several), if any.
+        self._wide: int | None = None
 
     def __enter__(self) -> SharedThreads:
         return self
@@ -66,8 +80,13 @@ class SharedThreads:
         self._members.append(member)
 
     def free(self) -> int:
-        """Threads no batch holds."""
-        return self.workers - len(self._held)
+        """Threads no batch holds (none while a batch holds them all)."""
+        return 0 if self._wide is not None else self.workers - len(self._held)
+
+    @property
+    def wide(self) -> bool:
+        """Whether a full-session run on several threads holds them all now."""
+        return self._wide is not None
 
     def idle(self) -> bool:
         """No batch running and none waiting, of any version."""
@@ -84,15 +103,21 @@ class SharedThreads:
         texts: int,
         busy: bool = False,
         started: float | None = None,
+        wide: bool = False,
     ) -> None:
         """`member`'s batch `batch` of `texts` texts takes a thread (`busy`: it runs on
-        a busy lane, else on the version's full session)."""
+        a busy lane, else on the version's full session; `wide`: on a full session of
+        several threads, when no other batch runs: it takes them all)."""
         when = self._clock() if started is None else started
         self._held[batch] = (member, when, texts, busy)
+        if wide:
+            self._wide = batch
 
     def release(self, batch: int) -> None:
         """`batch` ended: its thread goes to the versions waiting."""
         self._held.pop(batch, None)
+        if batch == self._wide:
+            self._wide = None
         self.dispatch()
 
     def remaining_s(self, member: Member | None = None) -> list[float]:
@@ -111,13 +136,21 @@ class SharedThreads:
 
     def dispatch(self) -> None:
         """Give the free threads to the waiting versions, oldest queued request first,
-        one batch per pick. Starting a batch never calls back here at once: its run, a
-        fill timer and a dropped request's waiter all go on the loop later."""
+        one batch per pick. A version whose next batch waits for every thread keeps its
+        turn: no later request takes a thread that frees before it. Starting a batch
+        never calls back here at once: its run, a fill timer and a dropped request's
+        waiter all go on the loop later."""
         while self.free() > 0:
             waiting = [
                 (t, i) for i, m in enumerate(self._members) if (t := m.head_arrival()) is not None
             ]
-            if not any(self._members[i].start_next() for _, i in sorted(waiting)):
+            for _, i in sorted(waiting):
+                member = self._members[i]
+                if member.start_next():
+                    break
+                if member.waits_for_every_thread():
+                    return
+            else:
                 return
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from models.runtime import RuntimeOptions
+
 DIM = 4
 GATE_TIMEOUT_S = 10.0  # a test that forgets to open the gate fails instead of hanging
 
@@ -17,15 +19,20 @@ GATE_TIMEOUT_S = 10.0  # a test that forgets to open the gate fails instead of h
 class FakeRuntime:
     """Stands in for a `TextEmbedder`: token ids are a text's UTF-8 bytes, and a text's
     vector is `[its byte count, 0, 0, 0]`. Every run is recorded with the texts it got.
-    While `gate` is cleared, runs block inside the inference thread."""
+    While `gate` is cleared, runs block inside the inference thread. Its full session
+    has `intra_op_threads` (0: one per core, as ONNX Runtime's default)."""
 
     ready = True
     device_name = "cpu"
 
     def __init__(
-        self, busy_lanes: int = 1, run_seconds: Callable[[int, bool], float] | None = None
+        self,
+        busy_lanes: int = 1,
+        run_seconds: Callable[[int, bool], float] | None = None,
+        intra_op_threads: int = 0,
     ) -> None:
         self.busy_lanes = busy_lanes
+        self.options = RuntimeOptions(intra_op_threads=intra_op_threads)
         self.run_seconds = run_seconds  # (texts, busy) -> how long a run takes
         self.busy_runs: list[bool] = []
         self.gate = threading.Event()

@@ -131,6 +131,46 @@ def test_a_failed_run_proves_nothing() -> None:
     assert len(probe.deadlines) == 1
 
 
+def test_runs_in_flight_prove_nothing_while_the_runs_fail() -> None:
+    """A runtime that raises on every call (a sticky CUDA error) always has a run in
+    flight under traffic: that is no proof once runs fail, so the check probes, and
+    the failed probe makes the version unhealthy."""
+    probe, clock = Probe("fail"), Clock()
+    health = _probe(probe, clock)
+    for _ in range(3):
+        clock.now += 2
+        health.run_finished(health.run_started(), ok=False)
+    health.run_started()  # traffic keeps a run in flight
+    clock.now += 1  # 7 s since the last good answer
+    with pytest.raises(Unhealthy, match=r"^minilm/v1: the health probe failed \(RuntimeError\)$"):
+        asyncio.run(health.check())
+    assert len(probe.deadlines) == 1
+    assert not health.ok
+
+
+def test_a_good_run_or_probe_makes_runs_in_flight_proof_again() -> None:
+    probe, clock = Probe(), Clock()
+    health = _probe(probe, clock)
+    clock.now += 1
+    health.run_finished(health.run_started(), ok=False)
+    busy = health.run_started()
+    clock.now += 5
+    asyncio.run(health.check())  # the last run failed: probed, and the probe answered
+    assert (len(probe.deadlines), health.failed_runs, health.healthy) == (1, 0, True)
+    clock.now += 6
+    asyncio.run(health.check())  # a run in flight, none failed since: no probe
+    assert len(probe.deadlines) == 1
+    clock.now += 1
+    health.run_finished(health.run_started(), ok=False)
+    assert health.failed_runs == 1
+    health.run_finished(busy, ok=True)  # a run that ended after it answered
+    assert health.failed_runs == 0
+    health.run_started()
+    clock.now += 6
+    asyncio.run(health.check())
+    assert len(probe.deadlines) == 1
+
+
 # ---- an inline version whose runtime wedges ------------------------------------
 
 

@@ -90,6 +90,7 @@ class _LaneRecorder:
         self.runs: list[tuple[bool, int]] = []  # (busy, runs in flight when it started)
         self._in_flight = 0
         self._guard = threading.Lock()
+        self.options, self.device_name = runtime.options, runtime.device_name
 
     @property
     def busy_lanes(self) -> int:
@@ -176,6 +177,7 @@ class _ThreadRecorder:
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self.threads: list[int] = []
+        self.options, self.device_name = runtime.options, runtime.device_name
 
     @property
     def busy_lanes(self) -> int:

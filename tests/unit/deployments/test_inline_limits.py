@@ -9,11 +9,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import yaml
 
-from configs.schema import InlineBatchingConfig
+from configs.schema import AppArgs, InlineBatchingConfig
 from deployments.errors import Overloaded, Timeout
 from deployments.replicas.inline import InlineBatcher
+from deployments.replicas.inline_backend import InlineBackend
 from deployments.replicas.threads import SharedThreads
+from tests.conftest import REPO_ROOT
 from tests.unit.deployments.fakes import BatchRecorder, FakeRuntime
 
 
@@ -244,6 +247,36 @@ def test_a_request_whose_deadline_passed_while_queued_is_dropped_unrun(
     assert runtime.runs == [["first"], ["kept"]]
     assert not runtime.ran("late")
     assert metrics.drops == ["expired"]
+    assert batcher.queued_texts == 0
+
+
+def test_through_the_backend_a_request_that_expires_queued_counts_as_expired(
+    runtime: FakeRuntime, executor: SharedThreads
+) -> None:
+    """`InlineBackend` answers its caller at the deadline itself (a 504), which cancels
+    the queued request's wait: the drop is still counted as `expired`, and a caller
+    that goes away before its deadline as `cancelled`."""
+    batcher, metrics = _batcher(runtime, executor)
+    doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    backend = InlineBackend(
+        "minilm/v1", batcher, AppArgs.model_validate(doc["applications"][0]["args"])
+    )
+
+    async def then() -> None:
+        late = asyncio.create_task(backend.embed(["late"], time.monotonic() + 0.05))
+        gone = asyncio.create_task(backend.embed(["gone"], time.monotonic() + 30))
+        await asyncio.sleep(0)
+        gone.cancel()  # the caller disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        with pytest.raises(Timeout) as caught:
+            await late  # the first still runs; "late" expires in the queue
+        assert caught.value.status == 504
+        assert batcher.queued_texts == 2  # taken out when a thread frees
+
+    _while_busy(runtime, batcher, then)
+    assert runtime.runs == [["first"]]
+    assert metrics.drops == ["expired", "cancelled"]
     assert batcher.queued_texts == 0
 
 

@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 import pytest
+from ray.exceptions import ActorDiedError
 
 from deployments.errors import InferenceFailed, Overloaded, Timeout
 from deployments.replicas.loading import InjectedFault
-from deployments.replicas.remote import call_version
+from deployments.replicas.remote import DedicatedBackend, call_version
 
 
 class _Response:
@@ -57,3 +58,60 @@ def test_the_replicas_own_verdict_keeps_its_status_and_names_the_version() -> No
 def test_any_other_exception_from_the_replica_is_a_model_failure() -> None:
     with pytest.raises(InferenceFailed, match="m/v1: the model failed"):
         _call(InjectedFault("injected fault"))
+
+
+class _DiesOnce:
+    """Records each attempt's arguments; the first attempt's replica dies after
+    `dies_after_s`, the second answers."""
+
+    def __init__(self, dies_after_s: float) -> None:
+        self.dies_after_s = dies_after_s
+        self.calls: list[tuple[Any, ...]] = []
+
+    def options(self, **_: Any) -> _DiesOnce:
+        return self
+
+    def __getattr__(self, method: str) -> Any:
+        calls, dies_after_s = self.calls, self.dies_after_s
+
+        class _Method:
+            def remote(self, *args: Any) -> Any:
+                calls.append(args)
+                return _Answer(dies=len(calls) == 1, after_s=dies_after_s)
+
+        return _Method()
+
+
+class _Answer:
+    def __init__(self, dies: bool, after_s: float) -> None:
+        self.dies, self.after_s = dies, after_s
+
+    def __await__(self) -> Any:
+        return self._answer().__await__()
+
+    async def _answer(self) -> str:
+        if self.dies:
+            await asyncio.sleep(self.after_s)
+            raise ActorDiedError()
+        return "answer"
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_a_retry_on_another_replica_sends_the_seconds_left_then() -> None:
+    """A replica that dies after 0.2 s of a 5 s budget: the retry tells the next replica
+    it has about 4.8 s, not the 5 s the first was told (it would keep the request
+    queued past the caller's deadline)."""
+    handle = _DiesOnce(dies_after_s=0.2)
+    backend = DedicatedBackend("m/v1", handle, timeout_s=5)  # type: ignore[arg-type]
+
+    async def call() -> Any:
+        return await backend.embed(["text"], time.monotonic() + 5)
+
+    assert asyncio.run(call()) == "answer"
+    (texts, first, caller), (texts_again, second, caller_again) = handle.calls
+    assert (texts_again, caller_again) == (texts, caller)
+    assert texts == ["text"]
+    assert 4.9 < first <= 5.0
+    assert first - 0.5 < second <= first - 0.19
