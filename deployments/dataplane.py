@@ -115,7 +115,7 @@ class DataPlane:
             dim = (await self.metadata(model, version))["embedding_dim"]
             if dimensions != dim:
                 raise BadRequest(f"dimensions: {model} returns {dim} dimensions")
-        await self.admit(call, len(texts))
+        await self.admit(call, len(texts), field)
         deadline = time.monotonic() + self.args.request_timeout_s
         vectors, tokens = await self.embed_cached(
             EMBEDDINGS, tenant_of(call), model, version, texts, deadline
@@ -133,7 +133,7 @@ class DataPlane:
         limits = self.args.limits
         check_count(len(texts), limits.max_inputs_per_request, field)
         check_lengths(texts, limits.max_input_chars, field)
-        await self.admit(call, len(texts))
+        await self.admit(call, len(texts), field)
         deadline = time.monotonic() + self.args.request_timeout_s
         tenant = tenant_of(call)
         vectors, _ = await self.embed_cached(SEARCH, tenant, model, version, texts, deadline)
@@ -190,11 +190,12 @@ class DataPlane:
             if pinned is not None:
                 call.principal.check_pin()
 
-    async def admit(self, call: CallRecord, texts: int) -> None:
-        """Take one request and `texts` texts from the caller's limits (429 when over);
-        the `RateLimit` headers go on the response."""
+    async def admit(self, call: CallRecord, texts: int, field: str | None = None) -> None:
+        """Take one request and `texts` texts from the caller's limits (429 when over; a
+        400 naming `field`, the request's texts, when they never fit); the `RateLimit`
+        headers go on the response."""
         if call.principal is not None and self.admission is not None:
-            call.headers.update(await self.admission.admit(call.principal, texts))
+            call.headers.update(await self.admission.admit(call.principal, texts, field))
 
     def check_target(
         self, model: str, pinned: str | None, source: str, call: CallRecord | None = None

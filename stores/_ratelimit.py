@@ -6,6 +6,11 @@ what refilled since. Keeping the level (a small number) rather than a point in t
 the arithmetic precise at any rate: sums of `n / rate` on a unix time would round off.
 A full bucket and a missing one answer alike, which lets idle subjects be dropped.
 `stores/ratelimit_redis.py` does the same arithmetic in Lua.
+
+A request with more texts than a texts bucket holds never fits, whatever the bucket's
+level: `charges` refuses it (`too_large`) before any bucket is read, so neither limiter
+needs its store to say so (a store that is down changes nothing: the answer is the same
+400). `check_bucket`, and the Lua script, mark such a take `too_large` as well.
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ MIN_MONTHLY_RETRY_S = 1.0
 @dataclass(frozen=True)
 class Check:
     """One limit checked for one request: `wait_s` is 0 when it has room, else the
-    seconds until it would; `limit`, `remaining` and `reset_s` feed the headers."""
+    seconds until it would; `too_large` when it never will (more than the bucket holds);
+    `limit`, `remaining` and `reset_s` feed the headers."""
 
     policy: str
     limit: float
     remaining: float
     reset_s: float
     wait_s: float
+    too_large: bool = False
 
 
 def capacity(rate: float) -> float:
@@ -51,6 +58,19 @@ def blocked(limits: RateLimits) -> Decision | None:
     return None
 
 
+def too_large(limits: Sequence[RateLimits], texts: int) -> Decision | None:
+    """The refusal of a request carrying more texts than one of the texts buckets holds
+    (no wait lets it pass), naming the smallest such bucket; else None."""
+    sizes = [
+        capacity(lim.texts_per_s)
+        for lim in limits
+        if lim.texts_per_s is not None and texts > capacity(lim.texts_per_s)
+    ]
+    if not sizes:
+        return None
+    return Decision(False, 0.0, "texts", min(sizes), too_large=True)
+
+
 def charges(
     subject: str,
     limits: RateLimits,
@@ -59,7 +79,9 @@ def charges(
 ) -> list[tuple[str, RateLimits]] | Decision:
     """The subjects an `admit` call takes from (those with any limit set), or the
     decision reached without looking at a bucket: allowed when none has a limit, refused
-    when one has a rate of zero or less. Raises ValueError for a negative `texts`."""
+    when one has a rate of zero or less, refused as `too_large` when the request carries
+    more texts than one of their texts buckets holds. Raises ValueError for a negative
+    `texts`."""
     if texts < 0:
         raise ValueError(f"texts must be >= 0, got {texts}")
     charged = [(s, lim) for s, lim in ((subject, limits), *also) if lim.is_set()]
@@ -68,7 +90,7 @@ def charges(
     for _, lim in charged:
         if (refusal := blocked(lim)) is not None:
             return refusal
-    return charged
+    return too_large([lim for _, lim in charged], texts) or charged
 
 
 @dataclass(frozen=True)
@@ -93,15 +115,13 @@ def check_bucket(
     # clock that stepped back refills nothing (and keeps the later time).
     at = now if state is None else max(now, state.at)
     tokens = cap if state is None else min(cap, state.tokens + max(0.0, now - state.at) * rate)
-    if n > cap:
-        # Never fits: tell the caller to back off for as long as filling the bucket takes.
-        wait = cap / rate
-    elif tokens + EPSILON < n:
+    if n > cap:  # never fits, however long the caller waits: no wait to tell
+        return Check(policy, cap, tokens, (cap - tokens) / rate, 0.0, True), Bucket(tokens, at)
+    if tokens + EPSILON < n:
         wait = (n - tokens) / rate
-    else:
-        left = max(0.0, tokens - n)
-        return Check(policy, cap, left, (cap - left) / rate, 0.0), Bucket(left, at)
-    return Check(policy, cap, tokens, wait, wait), Bucket(tokens, at)
+        return Check(policy, cap, tokens, wait, wait), Bucket(tokens, at)
+    left = max(0.0, tokens - n)
+    return Check(policy, cap, left, (cap - left) / rate, 0.0), Bucket(left, at)
 
 
 def check_month(limit: int, used: int, now: float, n: int) -> Check:
@@ -126,10 +146,14 @@ def next_month_start(now: float) -> float:
 
 
 def decide(checks: Sequence[Check]) -> Decision:
-    """Refused with the longest wait when any check has none left, else allowed with the
+    """Refused as `too_large` (the smallest such bucket) when a check can never pass,
+    else with the longest wait when any check has none left, else allowed with the
     tightest limit (the smallest fraction left) for the `RateLimit` headers."""
     if not checks:
         return Decision(True)
+    if never := [c for c in checks if c.too_large]:
+        c = min(never, key=lambda c: c.limit)
+        return Decision(False, 0.0, c.policy, c.limit, c.remaining, c.reset_s, too_large=True)
     worst = max(checks, key=lambda c: c.wait_s)
     if worst.wait_s > 0:
         return Decision(

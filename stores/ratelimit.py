@@ -8,10 +8,12 @@ Backends: `EmbeddedLimiter` (this process only: each replica limits alone) and
 `RedisLimiter` (shared by every replica; one round trip per request).
 
 Refusals carry the exact wait until the same request would pass. A request with more
-texts than the texts bucket holds (more than one second's worth) can never pass: it is
-refused with the time to fill the whole bucket, and callers answer 429 (the client should
-split it). A request over the monthly quota is refused until the next month (UTC). A rate
-of zero or less refuses everything (`stores._ratelimit.BLOCKED_RETRY_S`).
+texts than a texts bucket holds (more than one second's worth) can never pass, however
+long it waits: it is refused as `too_large`, with no wait, naming the bucket's size (the
+most one request may carry), and callers answer a 400 that is not retried (the client
+must split it), never a 429. A request over the monthly quota is refused until the next
+month (UTC). A rate of zero or less refuses everything (`stores._ratelimit.
+BLOCKED_RETRY_S`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from stores.tenants import RateLimits
 @dataclass(frozen=True)
 class Decision:
     """The answer of `admit`. When refused, `retry_after_s` says when the same request
-    would be admitted (at least 1 s for a monthly quota: the start of next month)."""
+    would be admitted (at least 1 s for a monthly quota: the start of next month), except
+    when `too_large`: the request carries more texts than the `texts` bucket holds
+    (`limit`, the most one request may carry), so no wait lets it pass."""
 
     allowed: bool
     retry_after_s: float = 0.0
@@ -36,6 +40,7 @@ class Decision:
     limit: float = 0.0
     remaining: float = 0.0
     reset_s: float = 0.0
+    too_large: bool = False
 
 
 ALLOWED = Decision(True)

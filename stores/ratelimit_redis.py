@@ -25,7 +25,8 @@ from stores.ratelimit import Decision, LimiterUnavailable
 from stores.tenants import RateLimits
 
 # Mirrors stores/_ratelimit.py (check_bucket, check_month, the calendar). Numbers leave
-# the script as strings: Redis would truncate a Lua number to an integer.
+# the script as strings: Redis would truncate a Lua number to an integer. A wait of -1
+# says the take never fits (more than the bucket holds): `too_large`, no wait to tell.
 _CALENDAR = """
 local function civil(days)  -- days since 1970-01-01 -> year, month (proleptic Gregorian)
   local z = days + 719468
@@ -72,7 +73,8 @@ local now = now_us / 1000000
 local n = tonumber(ARGV[1])
 local function num(x) return string.format('%.17g', x) end
 
--- wait, remaining, reset; then the level and its time (µs) to store if all have room
+-- wait (-1: never fits), remaining, reset; then the level and its time (µs) to store if
+-- all have room
 local function bucket(rate, tokens, at, take)
   local cap = math.max(1, rate)
   local level = cap
@@ -82,7 +84,7 @@ local function bucket(rate, tokens, at, take)
   else
     at = now_us
   end
-  if take > cap then return cap / rate, level, cap / rate, level, at end
+  if take > cap then return -1, level, (cap - level) / rate, level, at end
   if level + EPSILON < take then
     local wait = (take - level) / rate
     return wait, level, wait, level, at
@@ -93,7 +95,7 @@ end
 
 local out, ok = {}, true
 local function report(wait, remaining, reset)
-  if wait > 0 then ok = false end
+  if wait ~= 0 then ok = false end
   table.insert(out, num(wait)); table.insert(out, num(remaining)); table.insert(out, num(reset))
 end
 local ym, next_start = month_of(now)
@@ -242,7 +244,9 @@ def _checks(named: list[tuple[str, float]], values: list[float]) -> list[Check]:
     """One subject's (wait, remaining, reset) triples, in the order the script checked."""
     if len(values) != 3 * len(named):
         raise LimiterUnavailable(f"rate limit script answered {len(values)} values")
-    return [
-        Check(policy, limit, values[3 * i + 1], values[3 * i + 2], values[3 * i])
-        for i, (policy, limit) in enumerate(named)
-    ]
+    checks: list[Check] = []
+    for i, (policy, limit) in enumerate(named):
+        wait, remaining, reset = values[3 * i : 3 * i + 3]
+        never = wait < 0  # the script's mark of a take larger than the bucket
+        checks.append(Check(policy, limit, remaining, reset, 0.0 if never else wait, never))
+    return checks

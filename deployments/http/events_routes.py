@@ -7,12 +7,24 @@ the answer (and then merged into the user's and the item's online rows, so the n
 read on any replica sees them), the bad ones are named by index and field. When any
 event is bad the answer is 400 (`invalid_events`), and its body says how many of the
 batch were accepted all the same.
+
+A batch sent with a key (`Idempotency-Key`, else the caller's `X-Request-ID`: the SDKs
+send one per call, the same on every retry) is appended once per tenant and key: the key
+is kept with the batch in the transaction that appends it, and a repeat within a day is
+answered as the first was (`Idempotent-Replayed: true`), appending and counting nothing.
+So a 503 is always safe to retry with its key, even when the connection to the database
+was lost after its commit. Without a key, a commit that fails leaves the batch's fate
+unknown: that is a 500 (`events_outcome_unknown`), which no client retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -22,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
-from deployments.errors import BadRequest, NotFound, Unavailable
+from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
 from deployments.http.envelope import request_id
 from deployments.http.fields import PathId, StoredText
 from deployments.http.hosted import replica_host, run_route
@@ -30,11 +42,19 @@ from deployments.http.inference import json_response
 from deployments.http.route_docs import REQUEST_ID, example, responses
 from deployments.http.search_routes import CATALOG_PATTERN, caller_tenant
 from deployments.pipelines.features import FeatureService
-from stores.events import Event, EventLogUnavailable
+from stores.events import (
+    MAX_BATCH_KEY,
+    BatchKey,
+    BatchKeyReused,
+    Event,
+    EventLogOutcomeUnknown,
+    EventLogUnavailable,
+)
 
 router = APIRouter(tags=["events"])
 INVALID_EVENTS = "invalid_events"
 MAX_ERRORS_LISTED = 100
+REPLAYED = "Idempotent-Replayed"  # on the answer to a repeat of a batch kept with its key
 _RESULT = {"object": "events.result", "accepted": 2, "rejected": 0, "seq": 90412,
            "features_updated": True, "errors": []}  # fmt: skip
 _INVALID = {
@@ -101,6 +121,20 @@ class EventsBody(BaseModel):
         min_length=1,
         description="Events: {user, item, type (view, click, add_to_cart, purchase), timestamp?}.",
     )
+
+
+class IdempotencyKeyReused(BadRequest):
+    """An `Idempotency-Key` the tenant sent with another batch within a day."""
+
+    code = "idempotency_key_reused"
+
+
+class OutcomeUnknown(ServekitError):
+    """The log's commit of a batch sent without a key failed: it may be kept or not.
+    A 500, which clients do not retry: resent, it could be counted twice."""
+
+    status = 500
+    code = "events_outcome_unknown"
 
 
 class EventError(BaseModel):
@@ -195,7 +229,12 @@ def _time(value: datetime | float | None, now: float, max_future_s: float) -> da
 async def post_events(request: Request, body: Annotated[EventsBody, Body()]) -> Response:
     """Durable when answered; the users' and items' online features reflect them at
     once, on every replica. Bad events are named (index, field) and the rest is kept:
-    400 `invalid_events` with the accepted count when any is bad."""
+    400 `invalid_events` with the accepted count when any is bad. A batch sent with an
+    `Idempotency-Key` header (1 to 128 printable characters), else with an `X-Request-ID`
+    (the SDKs send one per call, the same on every retry), is stored once: a repeat
+    within 24 h is answered as the first was (`Idempotent-Replayed: true`) and stores
+    nothing, so a retry after a 503 or a lost answer never counts its events twice; an
+    `Idempotency-Key` sent with another batch is a 400 (`idempotency_key_reused`)."""
 
     async def work(call: CallRecord) -> Response:
         host = replica_host()
@@ -204,6 +243,8 @@ async def post_events(request: Request, body: Annotated[EventsBody, Body()]) -> 
         settings = host.args.features
         if len(body.events) > settings.max_events_per_request:
             raise BadRequest(f"events: at most {settings.max_events_per_request} per request")
+        headers = request.headers
+        key = batch_key(headers.get("idempotency-key"), headers.get("x-request-id"), body)
         call.inputs = len(body.events)
         if body.catalog is not None:
             await _check_catalog(host, tenant, body.catalog)
@@ -211,28 +252,132 @@ async def post_events(request: Request, body: Annotated[EventsBody, Body()]) -> 
         catalog = body.catalog or _only_catalog(host, tenant)
         good, errors = parse_events(body.events, time.time(), settings.max_future_s, catalog)
         try:
-            done = await service.ingest(tenant, good, catalog) if good else None
-        except EventLogUnavailable as e:  # nothing kept: the client retries the batch
-            raise Unavailable("events: the event log is unavailable; nothing was kept") from e
-        service.counted(len(good), len(errors))
+            done = await record(service, tenant, good, errors, catalog, key)
+        except EventLogUnavailable as e:  # nothing kept, or (keyed) kept once at most
+            kept = (
+                "resend the batch with the same key: it is stored once"
+                if key
+                else "nothing was kept"
+            )
+            raise Unavailable(f"events: the event log is unavailable; {kept}") from e
+        except EventLogOutcomeUnknown as e:
+            raise OutcomeUnknown(
+                "events: the event log failed while committing the batch, which may or may "
+                "not be kept; do not resend it as it is (sent with an Idempotency-Key, a "
+                "batch is stored once however often it is sent)"
+            ) from e
+        if done.replayed:
+            call.headers[REPLAYED] = "true"
+        else:
+            service.counted(done.accepted, done.rejected)
         doc: dict[str, Any] = {
             "object": "events.result",
-            "accepted": len(good),
-            "rejected": len(errors),
-            "seq": done.seq if done else 0,
-            "features_updated": done.features_updated if done else False,
-            "errors": errors[:MAX_ERRORS_LISTED],
+            "accepted": done.accepted,
+            "rejected": done.rejected,
+            "seq": done.seq,
+            "features_updated": done.features_updated,
+            "errors": done.errors,
         }
-        if not errors:
+        if not done.errors:
             return json_response(doc)
-        first = errors[0]
+        first = done.errors[0]
         rid = request_id(request.headers.get("x-request-id"))
-        kept = f"{len(good)} of {len(body.events)} accepted"
+        kept = f"{done.accepted} of {len(body.events)} accepted"
         message = f"{first['field']}: {first['message']} ({kept})"
         error = {"code": INVALID_EVENTS, "message": message, "request_id": rid}
         return json_response({"error": error, **doc}, 400)
 
     return await run_route(request, "/v1/events", work)
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """A batch's key, and whether the caller chose it for that (`Idempotency-Key`: the
+    same key with another batch is its mistake) or it is a request id (`X-Request-ID`:
+    another batch under it is stored as one sent without a key)."""
+
+    key: BatchKey
+    chosen: bool
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a batch did, as its answer says it; `replayed`: the repeat of a batch kept
+    with its key, which stored nothing now."""
+
+    accepted: int
+    rejected: int
+    seq: int
+    features_updated: bool
+    errors: list[dict[str, Any]]
+    replayed: bool = False
+
+
+def batch_key(chosen: str | None, request_id: str | None, body: EventsBody) -> Keyed | None:
+    """The key a batch is stored once under, with a digest of its content (which a
+    repeat must match): `Idempotency-Key`, else the caller's `X-Request-ID` (as the
+    envelope reads it: its first 128 characters), else none."""
+    if chosen is not None and not (0 < len(chosen) <= MAX_BATCH_KEY and chosen.isprintable()):
+        raise BadRequest(f"header.idempotency-key: 1 to {MAX_BATCH_KEY} printable characters")
+    key = chosen if chosen is not None else (request_id or "")[:MAX_BATCH_KEY]
+    if not key.strip() or not key.isprintable():
+        return None
+    content = json.dumps(
+        {"catalog": body.catalog, "events": body.events},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    digest = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+    return Keyed(BatchKey(key, digest), chosen is not None)
+
+
+async def record(
+    service: FeatureService,
+    tenant: str,
+    good: list[Event],
+    errors: list[dict[str, Any]],
+    catalog: str | None,
+    keyed: Keyed | None,
+) -> Recorded:
+    """Append the good events (durable first) and merge them into the online rows; with
+    a key, once: a repeat answers what the first call kept, merging its events only when
+    the first call never did. Raises `EventLogUnavailable` (nothing appended by this
+    call), `EventLogOutcomeUnknown` (no key; appended or not: unknown) and, for a key
+    the caller chose, `IdempotencyKeyReused`."""
+    listed = errors[:MAX_ERRORS_LISTED]
+    log = service.events
+    if not good:
+        return Recorded(0, len(errors), 0, False, listed)
+    if keyed is None or log is None:
+        done = await service.ingest(tenant, good, catalog)
+        return Recorded(len(good), len(errors), done.seq, done.features_updated, listed)
+    outcome = {"rejected": len(errors), "errors": listed}
+    try:
+        kept = await asyncio.to_thread(log.append_once, tenant, good, keyed.key, outcome)
+    except BatchKeyReused as e:
+        if keyed.chosen:
+            raise IdempotencyKeyReused(
+                "header.idempotency-key: sent with another batch within the last 24 h; "
+                "a new batch needs a new key"
+            ) from e
+        return await record(service, tenant, good, errors, catalog, None)
+    merged = True  # a repeat of a batch its first call merges (or merged)
+    if kept.merge:
+        events = good
+        if kept.repeat:  # the events as the first call stored them (times included)
+            stored = await asyncio.to_thread(log.scan, tenant, kept.first_seq - 1, kept.accepted)
+            events = [s.event for s in stored]
+            catalog = events[0].catalog if events else catalog
+        merged = not events or await service.merge(tenant, events, catalog)
+        if not merged:  # the store is down: a repeat may merge them later (and if this
+            # mark is lost too, `servekit features rebuild` restores the rows from the log)
+            with contextlib.suppress(EventLogUnavailable):
+                await asyncio.to_thread(log.batch_merged, tenant, keyed.key.key, False)
+    if kept.repeat:
+        rejected, listed = int(kept.outcome["rejected"]), list(kept.outcome["errors"])
+        return Recorded(kept.accepted, rejected, kept.seq, merged, listed, replayed=True)
+    return Recorded(len(good), len(errors), kept.seq, merged, listed)
 
 
 async def _check_catalog(host: Any, tenant: str, catalog: str) -> None:

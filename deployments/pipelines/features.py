@@ -126,13 +126,18 @@ class FeatureService:
         seq = 0
         if self.events is not None:
             seq = await asyncio.to_thread(self.events.append, tenant, events)
+        return Ingested(len(events), seq, await self.merge(tenant, events, catalog))
+
+    async def merge(self, tenant: str, events: list[Event], catalog: str | None) -> bool:
+        """Merge events the log already holds (a batch appended with its key) into the
+        online rows; False when the store did not take them (never an error)."""
         attrs = await self._attributes(tenant, catalog, events)
         try:
             await self.store.merge(self.merges(tenant, events, attrs))
         except FeatureStoreUnavailable as e:
             self._failed("merge", e)
-            return Ingested(len(events), seq, False)
-        return Ingested(len(events), seq, True)
+            return False
+        return True
 
     def counted(self, accepted: int, rejected: int) -> None:
         """Count one batch's events (accepted ones are in the log)."""

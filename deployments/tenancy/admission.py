@@ -1,6 +1,9 @@
 """Rate limits and monthly quotas on the request path: one limiter call per request,
 answered with the IETF `RateLimit` / `RateLimit-Policy` headers, and a 429 with
-`Retry-After` when over."""
+`Retry-After` when over. A request that no wait would let through (more texts than the
+caller's `texts_per_s` bucket holds) is a 400 instead, `too_large_for_rate_limit`,
+naming the field and the most one request may carry, with no `Retry-After`: a client
+that honours 429 would otherwise send it again forever."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import math
 import time
 from logging import Logger
 
-from deployments.errors import RateLimited, Unavailable
+from deployments.errors import BadRequest, RateLimited, Unavailable
 from deployments.tenancy.principal import Principal
 from stores.ratelimit import Decision, Limiter, LimiterUnavailable
 
@@ -29,8 +32,21 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
     }
 
 
+class TooLargeForRateLimit(BadRequest):
+    """More texts in one request than the caller's `texts_per_s` bucket holds: it can
+    never be admitted, so it is refused as the request's fault (never retried), not 429.
+    `RateLimit-Policy` says the bucket's size."""
+
+    code = "too_large_for_rate_limit"
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
+
+
 class Admission:
-    """Admits a request of `texts` texts for a caller, or raises 429."""
+    """Admits a request of `texts` texts for a caller, or raises 429 (or 400 for a
+    request larger than a texts bucket)."""
 
     def __init__(self, limiter: Limiter, fail_open: bool, log: Logger) -> None:
         self.limiter = limiter
@@ -38,8 +54,12 @@ class Admission:
         self.log = log
         self._warned = 0.0
 
-    async def admit(self, principal: Principal, texts: int) -> dict[str, str]:
-        """The `RateLimit` headers for the response; raises `RateLimited` when over.
+    async def admit(
+        self, principal: Principal, texts: int, field: str | None = None
+    ) -> dict[str, str]:
+        """The `RateLimit` headers for the response; raises `RateLimited` when over, and
+        `TooLargeForRateLimit` (naming `field`, the request's texts) when the request
+        carries more texts than a `texts_per_s` bucket holds.
         Every key of a tenant draws on the tenant's buckets and month; a key with limits
         of its own on those too, in the same limiter call: the request takes from both
         or from neither (a key over its own limit leaves the tenant's to its other keys,
@@ -62,6 +82,8 @@ class Admission:
         except LimiterUnavailable as e:
             return self._unavailable(e)
         headers = ratelimit_headers(decision)
+        if decision.too_large:
+            raise _too_large(principal, decision, texts, field)
         if not decision.allowed:
             retry = max(1, math.ceil(decision.retry_after_s))
             what = "monthly text quota" if decision.policy == "monthly" else "rate limit"
@@ -82,3 +104,20 @@ class Admission:
         if self.fail_open:
             return {}
         raise Unavailable("rate limits cannot be checked right now") from error
+
+
+def _too_large(
+    principal: Principal, decision: Decision, texts: int, field: str | None
+) -> TooLargeForRateLimit:
+    """The 400 for a request no wait lets through: whose `texts_per_s` refused it (the
+    smaller of the key's own and the tenant's) and the most one request may carry."""
+    key_rate, tenant_rate = principal.key_limits.texts_per_s, principal.limits.texts_per_s
+    mine = key_rate is not None and (tenant_rate is None or key_rate <= tenant_rate)
+    whose = "this API key's" if mine else "the tenant's"
+    most = math.floor(decision.limit)
+    message = (
+        f"{field or 'texts'}: {texts} texts in one request, more than {whose} texts_per_s "
+        f"limit ({decision.limit:g}/s) ever admits; send at most {most} per request"
+    )
+    policy = ratelimit_headers(decision).get("RateLimit-Policy")
+    return TooLargeForRateLimit(message, {"RateLimit-Policy": policy} if policy else {})

@@ -323,7 +323,12 @@ export interface paths {
          * Record interactions
          * @description Durable when answered; the users' and items' online features reflect them at
          *     once, on every replica. Bad events are named (index, field) and the rest is kept:
-         *     400 `invalid_events` with the accepted count when any is bad.
+         *     400 `invalid_events` with the accepted count when any is bad. A batch sent with an
+         *     `Idempotency-Key` header (1 to 128 printable characters), else with an `X-Request-ID`
+         *     (the SDKs send one per call, the same on every retry), is stored once: a repeat
+         *     within 24 h is answered as the first was (`Idempotent-Replayed: true`) and stores
+         *     nothing, so a retry after a 503 or a lost answer never counts its events twice; an
+         *     `Idempotency-Key` sent with another batch is a 400 (`idempotency_key_reused`).
          */
         post: operations["post_events_v1_events_post"];
         delete?: never;

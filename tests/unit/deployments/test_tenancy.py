@@ -200,6 +200,78 @@ def test_admission_headers_and_429() -> None:
     asyncio.run(run())
 
 
+def test_a_request_no_wait_admits_is_a_400_that_names_the_field_and_the_most() -> None:
+    """More texts than the texts bucket holds: never admitted, so a 400 with its own
+    code, no `Retry-After` (a client honouring 429 would resend it forever), naming the
+    field, whose limit and the most a request may carry; nothing is taken."""
+    from deployments.http.envelope import error_response
+    from deployments.tenancy.admission import TooLargeForRateLimit
+
+    admission = Admission(EmbeddedLimiter(), fail_open=True, log=LOG)
+    tenant = _principal(RateLimits(requests_per_s=1, texts_per_s=50))
+
+    async def run() -> None:
+        for field in ("input", "items"):
+            with pytest.raises(TooLargeForRateLimit) as e:
+                await admission.admit(tenant, 100, field)
+            assert not isinstance(e.value, RateLimited)
+            assert (e.value.status, e.value.code) == (400, "too_large_for_rate_limit")
+            assert e.value.message == (
+                f"{field}: 100 texts in one request, more than the tenant's texts_per_s "
+                "limit (50/s) ever admits; send at most 50 per request"
+            )
+            assert e.value.headers == {"RateLimit-Policy": '"texts";q=50;w=1'}
+        wire = error_response(e.value, "rid-1", oip=False)
+        assert wire.status_code == 400
+        assert "retry-after" not in wire.headers
+        assert b'"code":"too_large_for_rate_limit"' in wire.body
+        # nothing was taken: the one request a second and 50 texts are still there
+        assert (await admission.admit(tenant, 50, "input"))["RateLimit"].startswith('"')
+        with pytest.raises(RateLimited):  # now a plain wait: the request bucket is empty
+            await admission.admit(tenant, 1, "input")
+
+    asyncio.run(run())
+
+
+def test_too_large_names_the_keys_own_limit_when_it_is_the_smaller() -> None:
+    from deployments.tenancy.admission import TooLargeForRateLimit
+
+    admission = Admission(EmbeddedLimiter(), fail_open=True, log=LOG)
+    key = Principal("acme", "k", "sk-x", frozenset(SCOPES), None, False,
+                    RateLimits(texts_per_s=2000), "acme",
+                    key_limits=RateLimits(texts_per_s=20.5))  # fmt: skip
+    with pytest.raises(TooLargeForRateLimit) as e:
+        asyncio.run(admission.admit(key, 21))
+    assert e.value.message == (
+        "texts: 21 texts in one request, more than this API key's texts_per_s limit "
+        "(20.5/s) ever admits; send at most 20 per request"
+    )
+
+
+def test_the_data_plane_names_the_requests_field() -> None:
+    """Through the data plane as `/v1/embeddings`, the inference protocol and a catalog
+    upsert call it: the 400 names their field."""
+    from deployments.tenancy.admission import TooLargeForRateLimit
+    from tests.unit.deployments.test_dataplane_cache import _call, _live, _plane
+
+    plane, versions = _plane()
+    asyncio.run(plane.configure(_live()))
+    limits = RateLimits(texts_per_s=50)
+    texts = [f"text {n}" for n in range(51)]
+    for field in ("input", "inputs.0.data"):
+        embed = plane.embed(_call("acme", limits), "minilm", texts, None, "v", None, field)
+        with pytest.raises(TooLargeForRateLimit) as e:
+            asyncio.run(embed)
+        assert e.value.message.startswith(f"{field}: 51 texts in one request")
+    with pytest.raises(TooLargeForRateLimit) as e:
+        asyncio.run(plane.admit(_call("acme", limits), 51, "items"))
+    assert e.value.message.startswith("items: 51 texts")
+    assert versions["v1"].calls == []  # refused before any work
+    out = asyncio.run(plane.embed(_call("acme", limits), "minilm", texts[:50], None, "v",
+                                  None, "input"))  # fmt: skip
+    assert out.vectors.shape == (50, 4)
+
+
 def test_admission_without_limits_does_nothing() -> None:
     class Exploding:
         async def admit(

@@ -204,16 +204,53 @@ def test_a_key_and_its_tenant_take_together_or_not_at_all(backend: Backend, subj
     backend.run(body)
 
 
-def test_a_request_larger_than_the_bucket_is_refused(backend: Backend, subject: str) -> None:
+def test_a_request_larger_than_the_bucket_is_refused_as_too_large(
+    backend: Backend, subject: str
+) -> None:
+    """No wait lets it pass: refused as `too_large` with no wait and the bucket's size
+    (the most one request may carry), full bucket or not, and nothing is taken."""
+
     async def body(limiter: Limiter) -> None:
-        limits = RateLimits(texts_per_s=5)
+        limits = RateLimits(requests_per_s=10, texts_per_s=5)
         refused = await limiter.admit(subject, limits, 6)
-        assert (refused.allowed, refused.policy) == (False, "texts")
-        # Never fits: the wait is the time to fill the whole bucket, even when it is full.
-        assert refused.retry_after_s == pytest.approx(1.0)
+        assert (refused.allowed, refused.too_large, refused.policy) == (False, True, "texts")
+        assert (refused.limit, refused.retry_after_s) == (5, 0)
         assert (await limiter.admit(subject, limits, 5)).allowed  # nothing was taken
+        for _ in range(9):  # the request bucket empty and the texts one too
+            await limiter.admit(subject, limits, 0)
+        again = await limiter.admit(subject, limits, 6)  # still too large, not a wait
+        assert (again.too_large, again.retry_after_s) == (True, 0)
+        assert not (await limiter.admit(subject, limits, 1)).too_large  # a plain refusal
         slow = RateLimits(texts_per_s=0.5)  # holds one text, refills in 2 s
-        assert (await limiter.admit(subject + "/slow", slow, 2)).retry_after_s == pytest.approx(2)
+        one = await limiter.admit(subject + "/slow", slow, 2)
+        assert (one.too_large, one.limit) == (True, 1)
+
+    backend.run(body)
+
+
+def test_too_large_for_a_key_or_its_tenant_names_the_smaller_bucket(
+    backend: Backend, subject: str
+) -> None:
+    key = f"{subject}/key_a"
+
+    async def body(limiter: Limiter) -> None:
+        tenant, own = RateLimits(texts_per_s=50), RateLimits(texts_per_s=20)
+        by_key = await limiter.admit(key, own, 21, [(subject, tenant)])
+        assert (by_key.too_large, by_key.limit) == (True, 20)
+        by_tenant = await limiter.admit(key, RateLimits(texts_per_s=80), 51, [(subject, tenant)])
+        assert (by_tenant.too_large, by_tenant.limit) == (True, 50)
+        fits = await limiter.admit(key, own, 20, [(subject, tenant)])
+        assert fits.allowed  # both took 20: neither bucket was charged by the refusals
+        assert (fits.policy, fits.remaining) == ("texts", pytest.approx(0, abs=0.5))
+
+    backend.run(body)
+
+
+def test_a_blocked_subject_is_blocked_before_too_large(backend: Backend, subject: str) -> None:
+    async def body(limiter: Limiter) -> None:
+        limits = RateLimits(requests_per_s=0, texts_per_s=5)
+        decision = await limiter.admit(subject, limits, 6)
+        assert (decision.too_large, decision.retry_after_s) == (False, BLOCKED_RETRY_S)
 
     backend.run(body)
 

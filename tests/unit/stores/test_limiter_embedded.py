@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+from stores._ratelimit import Bucket, check_bucket, decide
 from stores.ratelimit_embedded import EmbeddedLimiter
 from stores.tenants import RateLimits
 from tests.unit.stores.fake_clock import FakeClock
@@ -27,6 +28,19 @@ def test_the_wait_is_exact() -> None:
         assert (await limiter.admit("tn_a", limits, 2)).allowed
 
     asyncio.run(body())
+
+
+def test_a_take_larger_than_the_bucket_is_too_large_at_any_level() -> None:
+    """`admit` refuses it before reading a bucket; the bucket's own check agrees, with
+    no wait and the level left as it was."""
+    for level in (None, Bucket(0.0, 10.0), Bucket(2.5, 10.0)):
+        check, after = check_bucket("texts", 5.0, level, 10.0, 6)
+        assert (check.too_large, check.wait_s, check.limit) == (True, 0.0, 5.0)
+        assert after.tokens == (5.0 if level is None else level.tokens)
+        assert decide([check]).too_large
+    fits = check_bucket("texts", 5.0, Bucket(0.0, 10.0), 10.0, 5)[0]  # a wait, not never
+    assert (fits.too_large, fits.wait_s) == (False, 1.0)
+    assert decide([fits, check]).retry_after_s == 0  # never wins over any wait
 
 
 def test_the_month_turns_over_at_midnight_utc() -> None:

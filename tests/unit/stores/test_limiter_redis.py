@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stores._ratelimit import month_key, next_month_start
-from stores.ratelimit import ALLOWED, LimiterUnavailable
-from stores.ratelimit_redis import _CALENDAR, RedisLimiter
+from stores._ratelimit import decide, month_key, next_month_start
+from stores.ratelimit import ALLOWED, Decision, LimiterUnavailable
+from stores.ratelimit_redis import _CALENDAR, SCRIPT, RedisLimiter, _checks
 from stores.tenants import RateLimits
 from tests.conftest import free_port
 from tests.redis_server import RedisServer
@@ -126,6 +126,37 @@ def test_the_script_calendar_matches_python(redis_url: str) -> None:
         for moment in moments:
             ym, nxt = client.eval(probe, 0, repr(moment))
             assert (int(ym), float(nxt)) == (month_key(moment), next_month_start(moment)), moment
+
+
+def test_the_script_marks_a_take_larger_than_the_bucket_too_large(
+    redis_url: str, subject: str
+) -> None:
+    """`admit` refuses such a request before the script runs; the script, run on its own
+    (as another caller of it could), says the same: the -1 mark, nothing written."""
+    server = RedisServer(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    keys = [f"servekit:rl:{{{subject}}}:b", f"servekit:rl:{{{subject}}}:m:"]
+    with server.client() as client:
+        reply = client.eval(SCRIPT, 2, *keys, "6", "10.0", "5.0", "100")
+        assert [float(v) for v in reply[3:6]] == [-1, 5, 0]  # never; full; nothing to refill
+        assert client.exists(keys[0]) == 0
+        assert not list(client.scan_iter(match=f"servekit:rl:{{{subject}}}*"))
+    checks = _checks([("requests", 10), ("texts", 5), ("monthly", 100)], [float(v) for v in reply])
+    assert [c.too_large for c in checks] == [False, True, False]
+    assert decide(checks) == Decision(False, 0.0, "texts", 5, 5, 0, too_large=True)
+
+
+def test_too_large_is_answered_without_the_server(subject: str) -> None:
+    async def body() -> None:
+        limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+        try:
+            refused = await limiter.admit(subject, RateLimits(texts_per_s=50), 100)
+            assert (refused.too_large, refused.limit) == (True, 50)
+            with pytest.raises(LimiterUnavailable):  # one that fits asks the server
+                await limiter.admit(subject, RateLimits(texts_per_s=50), 50)
+        finally:
+            await limiter.close()
+
+    asyncio.run(body())
 
 
 def test_no_limits_need_no_server(subject: str) -> None:
