@@ -17,6 +17,7 @@ import numpy.typing as npt
 from configs.schema import AppArgs, IngressLiveConfig
 from deployments.errors import BadRequest, NotFound
 from deployments.limits import check_count, check_lengths
+from deployments.observability.tracing import step
 from deployments.replicas.backend import EmbedResult
 from deployments.routing.router import VersionRouter
 from deployments.tenancy.access import Access
@@ -154,12 +155,14 @@ class DataPlane:
         distinct text once) and stored for `tenant`."""
         space = self._spaces.get((model, version))
         if not texts or space is None or not self.cache.serves(use, space):
-            return await self.router.embed(model, version, texts, deadline)
+            with step("model", model=model, version=version, texts=len(texts)):
+                return await self.router.embed(model, version, texts, deadline)
         if sum(map(len, texts)) <= LOOP_HASH_MAX_CHARS:
             keys = cache_keys(tenant, space, texts)
         else:  # normalizing and hashing long texts would hold the event loop
             keys = await asyncio.to_thread(cache_keys, tenant, space, texts)
-        found = await self.cache.get(use, keys)
+        with step("cache lookup", texts=len(keys)):
+            found = await self.cache.get(use, keys)
         rows: dict[CacheKey, int] = {}  # a missing key -> its row among the texts embedded
         for n, (key, entry) in enumerate(zip(keys, found, strict=True)):
             if entry is None and key not in rows:
@@ -168,9 +171,10 @@ class DataPlane:
         counts: list[int] = []
         if rows:
             todo = list(rows.values())
-            fresh, counts = await self.router.embed(
-                model, version, [texts[n] for n in todo], deadline
-            )
+            with step("model", model=model, version=version, texts=len(todo)):
+                fresh, counts = await self.router.embed(
+                    model, version, [texts[n] for n in todo], deadline
+                )
             self.cache.put(
                 [
                     (keys[n], Cached(fresh[row].astype("<f4").tobytes(), counts[row]))
@@ -195,7 +199,8 @@ class DataPlane:
         400 naming `field`, the request's texts, when they never fit); the `RateLimit`
         headers go on the response."""
         if call.principal is not None and self.admission is not None:
-            call.headers.update(await self.admission.admit(call.principal, texts, field))
+            with step("admission", texts=texts):
+                call.headers.update(await self.admission.admit(call.principal, texts, field))
 
     def check_target(
         self, model: str, pinned: str | None, source: str, call: CallRecord | None = None

@@ -69,8 +69,9 @@ def parse_traceparent(value: str | bytes | None) -> Parent | None:
     return Parent(trace_id, span_id, bool(int(flags, 16) & 1))
 
 
-# The OpenTelemetry context of the sampled request being served (None: not sampled).
-_CURRENT: ContextVar[Any] = ContextVar("servekit_trace", default=None)
+# The tracer and OpenTelemetry context of the sampled request being served (None: not
+# sampled), so that `step` works anywhere on the request's path without plumbing.
+_CURRENT: ContextVar[tuple[Any, Any] | None] = ContextVar("servekit_trace", default=None)
 
 
 class RequestTrace:
@@ -78,14 +79,14 @@ class RequestTrace:
 
     __slots__ = ("_span", "_token", "trace_id")
 
-    def __init__(self, trace_id: str, span: Any = None) -> None:
+    def __init__(self, trace_id: str, span: Any = None, tracer: Any = None) -> None:
         self.trace_id = trace_id
         self._span = span
         self._token: Any = None
         if span is not None:
             from opentelemetry import trace
 
-            self._token = _CURRENT.set(trace.set_span_in_context(span))
+            self._token = _CURRENT.set((tracer, trace.set_span_in_context(span)))
 
     @property
     def sampled(self) -> bool:
@@ -146,29 +147,41 @@ class Tracing:
             )
             context = trace.set_span_in_context(trace.NonRecordingSpan(remote))
         span = self._tracer.start_span(name, context=context, kind=trace.SpanKind.SERVER)
-        return RequestTrace(format(span.get_span_context().trace_id, "032x"), span)
+        return RequestTrace(format(span.get_span_context().trace_id, "032x"), span, self._tracer)
 
-    @contextlib.contextmanager
-    def step(self, name: str, **attributes: str | int) -> Iterator[None]:
-        """A child span of the sampled request being served around a step of its work
-        (nothing at all for an unsampled one)."""
-        context = _CURRENT.get()
-        if context is None or self._tracer is None:
-            yield
-            return
-        from opentelemetry import trace
+    def step(self, name: str, **attributes: str | int) -> contextlib.AbstractContextManager[None]:
+        """See `step`."""
+        return step(name, **attributes)
 
-        span = self._tracer.start_span(name, context=context, attributes=attributes)
-        token = _CURRENT.set(trace.set_span_in_context(span, context))
-        try:
-            yield
-        except BaseException as e:
-            span.record_exception(e)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, type(e).__name__))
-            raise
-        finally:
-            span.end()
-            _CURRENT.reset(token)
+
+_UNTRACED = contextlib.nullcontext()
+
+
+def step(name: str, **attributes: str | int) -> contextlib.AbstractContextManager[None]:
+    """A child span of the sampled request being served around a step of its work (a
+    context variable lookup, nothing more, for an unsampled one or outside a request)."""
+    current = _CURRENT.get()
+    if current is None:
+        return _UNTRACED
+    return _span(current, name, attributes)
+
+
+@contextlib.contextmanager
+def _span(current: tuple[Any, Any], name: str, attributes: dict[str, str | int]) -> Iterator[None]:
+    from opentelemetry import trace
+
+    tracer, context = current
+    span = tracer.start_span(name, context=context, attributes=attributes)
+    token = _CURRENT.set((tracer, trace.set_span_in_context(span, context)))
+    try:
+        yield
+    except BaseException as e:
+        span.record_exception(e)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(e).__name__))
+        raise
+    finally:
+        span.end()
+        _CURRENT.reset(token)
 
 
 # Trace ids only: what a process without a collector (and the tests) uses.

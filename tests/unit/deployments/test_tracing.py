@@ -244,3 +244,33 @@ def test_the_envelope_traces_each_request_and_logs_its_trace_id(
         "servekit.tenant": "-",
     }
     assert spans["embed"].parent_span_id == spans["/v1/embeddings"].span_id
+
+
+def test_a_sampled_requests_admission_cache_and_model_are_its_steps(
+    collector: ThreadingHTTPServer,
+) -> None:
+    """Through the real data plane (router, cache, admission): the first search embeds
+    (a model step), the second finds its vector in the cache (no model step)."""
+    import asyncio
+
+    from tests.unit.deployments.test_dataplane_cache import _call, _live, _plane
+
+    tracing = from_env(_env(collector, "1"))
+    plane, _ = _plane()
+    asyncio.run(plane.configure(_live()))
+
+    async def request() -> None:
+        trace = tracing.begin("/v1/search", None)
+        await plane.embed_version(_call("acme"), "minilm", "v1", ["red shoes"], "query")
+        trace.end(200, {})
+
+    asyncio.run(request())
+    asyncio.run(request())
+    assert tracing.flush()
+    by_trace: dict[bytes, list[str]] = {}
+    for _, span in collector.spans:  # type: ignore[attr-defined]
+        by_trace.setdefault(span.trace_id, []).append(span.name)
+    assert sorted(map(sorted, by_trace.values())) == [
+        ["/v1/search", "admission", "cache lookup"],
+        ["/v1/search", "admission", "cache lookup", "model"],
+    ]
