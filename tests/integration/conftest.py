@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, auth_headers, free_port
+from tests.otlp_collector import Collector
 
 APP = "servekit"
 # Test-sized limits, so every limit can be hit with small requests.
@@ -113,8 +115,23 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def service(example_store: Any) -> Iterator[Service]:
-    """Start Ray once, deploy the test config, wait until ready; stop it all at the end."""
+def otlp_collector() -> Iterator[Collector]:
+    """Where the instance's replicas send traces. Only requests whose caller's
+    `traceparent` is sampled are traced (the share of the others is 0), so no other
+    test's request leaves a span."""
+    collector = Collector().start()
+    os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = collector.url
+    os.environ["OTEL_TRACES_SAMPLER_ARG"] = "0"
+    try:
+        yield collector
+    finally:
+        collector.stop()
+
+
+@pytest.fixture(scope="session")
+def service(example_store: Any, otlp_collector: Collector) -> Iterator[Service]:
+    """Start Ray once, deploy the test config, wait until ready; stop it all at the end.
+    Its processes get the environment as it is now (the trace collector's too)."""
     from servekit import local
 
     port, metrics_port = free_port(), free_port()

@@ -4,13 +4,10 @@ unsampled ones cost no span, and every request has a trace id."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from deployments.observability.tracing import (
     DEFAULT_SAMPLE_RATIO,
@@ -19,40 +16,20 @@ from deployments.observability.tracing import (
     parse_traceparent,
     sample_ratio,
 )
+from tests.otlp_collector import Collector, attributes
 
 CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 IDS = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
 
 
-class _Collector(BaseHTTPRequestHandler):
-    spans: list[Any]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        request = ExportTraceServiceRequest.FromString(body)
-        for resource in request.resource_spans:
-            service = {a.key: a.value.string_value for a in resource.resource.attributes}
-            for scope in resource.scope_spans:
-                self.server.spans.extend((service, s) for s in scope.spans)  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def collector() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
-    server.spans = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def collector() -> Iterator[Collector]:
+    server = Collector().start()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
-def _env(server: ThreadingHTTPServer, ratio: str) -> dict[str, str]:
+def _env(server: Collector, ratio: str) -> dict[str, str]:
     url = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
     return {
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": url,
@@ -61,16 +38,8 @@ def _env(server: ThreadingHTTPServer, ratio: str) -> dict[str, str]:
     }
 
 
-def _attrs(span: Any) -> dict[str, Any]:
-    out = {}
-    for a in span.attributes:
-        v = a.value
-        out[a.key] = v.int_value if v.HasField("int_value") else v.string_value
-    return out
-
-
 def test_a_callers_sampled_trace_continues_here_with_the_steps(
-    collector: ThreadingHTTPServer,
+    collector: Collector,
 ) -> None:
     tracing = from_env(_env(collector, "0"))  # the caller's flag decides, not the share
     trace = tracing.begin("/v1/embeddings", CALLER)
@@ -80,13 +49,13 @@ def test_a_callers_sampled_trace_continues_here_with_the_steps(
         pass
     trace.end(200, {"servekit.model": "minilm", "servekit.tenant": "acme"})
     assert tracing.flush()
-    spans = {s.name: (service, s) for service, s in collector.spans}  # type: ignore[attr-defined]
+    spans = {s.name: (service, s) for service, s in collector.spans}
     assert set(spans) == {"/v1/embeddings", "embed", "model run"}
     service, request = spans["/v1/embeddings"]
     assert service["service.name"] == "servekit-test"
     assert request.trace_id.hex() == trace.trace_id
     assert request.parent_span_id.hex() == "00f067aa0ba902b7"
-    assert _attrs(request) == {
+    assert attributes(request) == {
         "http.response.status_code": 200,
         "servekit.model": "minilm",
         "servekit.tenant": "acme",
@@ -95,11 +64,11 @@ def test_a_callers_sampled_trace_continues_here_with_the_steps(
     assert embed.parent_span_id == request.span_id
     assert run.parent_span_id == embed.span_id
     assert {embed.trace_id.hex(), run.trace_id.hex()} == {trace.trace_id}
-    assert _attrs(embed) == {"model": "minilm"}
+    assert attributes(embed) == {"model": "minilm"}
 
 
 def test_unsampled_requests_export_nothing_and_keep_their_trace_id(
-    collector: ThreadingHTTPServer,
+    collector: Collector,
 ) -> None:
     tracing = from_env(_env(collector, "0"))
     unsampled = CALLER[:-2] + "00"
@@ -115,11 +84,11 @@ def test_unsampled_requests_export_nothing_and_keep_their_trace_id(
     assert own.trace_id != trace.trace_id
     own.end(200, {})
     assert tracing.flush()
-    assert collector.spans == []  # type: ignore[attr-defined]
+    assert collector.spans == []
 
 
 def test_the_share_samples_requests_without_a_callers_trace(
-    collector: ThreadingHTTPServer,
+    collector: Collector,
 ) -> None:
     tracing = from_env(_env(collector, "1"))
     trace = tracing.begin("/v1/recommendations", "not a traceparent")
@@ -128,7 +97,7 @@ def test_the_share_samples_requests_without_a_callers_trace(
         raise RuntimeError("store down")
     trace.end(503, {})
     assert tracing.flush()
-    spans = {s.name: s for _, s in collector.spans}  # type: ignore[attr-defined]
+    spans = {s.name: s for _, s in collector.spans}
     assert len(spans["/v1/recommendations"].parent_span_id) == 0  # a root: no caller
     assert spans["/v1/recommendations"].status.code == 2  # ERROR: a 5xx
     assert spans["recommend"].status.code == 2
@@ -202,7 +171,7 @@ def test_the_general_endpoint_gets_the_traces_path() -> None:
 
 
 def test_the_envelope_traces_each_request_and_logs_its_trace_id(
-    collector: ThreadingHTTPServer, caplog: pytest.LogCaptureFixture
+    collector: Collector, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A request's span carries what its access line says; the line carries the
     trace id, the caller's when it sent one."""
@@ -228,13 +197,13 @@ def test_the_envelope_traces_each_request_and_logs_its_trace_id(
         asyncio.run(envelope.run("r-1", "/v1/embeddings", False, work, None, CALLER))
         asyncio.run(envelope.run("r-2", "/v1/embeddings", False, work, None, None))
     assert tracing.flush()
-    lines = [r.fields for r in caplog.records if getattr(r, "access", False)]  # type: ignore[attr-defined]
+    lines = [r.fields for r in caplog.records if getattr(r, "access", False)]
     assert lines[0]["trace_id"] == IDS[0]
     assert len(lines[1]["trace_id"]) == 32
     assert lines[1]["trace_id"] != IDS[0]
-    spans = {s.name: s for _, s in collector.spans}  # type: ignore[attr-defined]
+    spans = {s.name: s for _, s in collector.spans}
     assert set(spans) == {"/v1/embeddings", "embed"}  # the second was not sampled
-    assert _attrs(spans["/v1/embeddings"]) == {
+    assert attributes(spans["/v1/embeddings"]) == {
         "http.response.status_code": 200,
         "http.route": "/v1/embeddings",
         "servekit.request_id": "r-1",
@@ -247,7 +216,7 @@ def test_the_envelope_traces_each_request_and_logs_its_trace_id(
 
 
 def test_a_sampled_requests_admission_cache_and_model_are_its_steps(
-    collector: ThreadingHTTPServer,
+    collector: Collector,
 ) -> None:
     """Through the real data plane (router, cache, admission): the first search embeds
     (a model step), the second finds its vector in the cache (no model step)."""
@@ -268,7 +237,7 @@ def test_a_sampled_requests_admission_cache_and_model_are_its_steps(
     asyncio.run(request())
     assert tracing.flush()
     by_trace: dict[bytes, list[str]] = {}
-    for _, span in collector.spans:  # type: ignore[attr-defined]
+    for _, span in collector.spans:
         by_trace.setdefault(span.trace_id, []).append(span.name)
     assert sorted(map(sorted, by_trace.values())) == [
         ["/v1/search", "admission", "cache lookup"],
