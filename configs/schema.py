@@ -41,6 +41,9 @@ MAX_REQUESTS_PER_S = 1e6
 MAX_TEXTS_PER_S = 1e7
 MAX_MONTHLY_TEXTS = 10**15
 MAX_KEY_LIFETIME_S = 100 * 365 * 86400
+# The most canary calls a rollout window holds (the latest; older ones drop off), so the
+# most a policy's `min_requests` may ask for: more could never be reached.
+CANARY_WINDOW_MAX_CALLS = 20_000
 
 
 class _Strict(BaseModel):
@@ -528,8 +531,22 @@ class RolloutPolicy(_Strict):
     )
     window_s: float = Field(60.0, gt=0, le=3600, description="Sliding window judged.")
     min_requests: int = Field(
-        20, ge=1, description="Canary calls in the window before any judgement."
+        20,
+        ge=1,
+        description="Canary calls in the window before any judgement; at most "
+        f"{CANARY_WINDOW_MAX_CALLS} (the window keeps that many of the latest calls).",
     )
+
+    @field_validator("min_requests")
+    @classmethod
+    def _reachable(cls, value: int) -> int:
+        if value > CANARY_WINDOW_MAX_CALLS:
+            raise ValueError(
+                f"at most {CANARY_WINDOW_MAX_CALLS}: the canary window keeps the latest "
+                f"{CANARY_WINDOW_MAX_CALLS} calls, so {value} could never be reached and the "
+                "canary would never be judged"
+            )
+        return value
 
 
 class CacheLiveConfig(_Strict):

@@ -85,24 +85,25 @@ def _rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         if name == "promote":
             cmd.add_argument("version")
             cmd.add_argument("--weight", type=int, required=True, help="percent, 0..100")
-            cmd.add_argument(
-                "--allow-incomplete-index",
-                action="store_true",
-                help="give traffic although the version's search index of some catalog is "
-                "still incomplete (searches keep to versions whose index is, until it is)",
-            )
-            cmd.add_argument(
-                "--url",
-                default=DEFAULT_URL,
-                help="servekit's HTTP address, asked whether the version's search indexes "
-                "are complete (default: SERVEKIT_URL, else http://127.0.0.1:8000)",
-            )
         else:
             cmd.add_argument(
                 "--to",
                 help="send all traffic to this version (default: undo the last promotion "
                 "recorded in the file; without one, all traffic to the primary)",
             )
+        # A rollback gives traffic too (to each version that had none): the same check.
+        cmd.add_argument(
+            "--allow-incomplete-index",
+            action="store_true",
+            help="give traffic although the version's search index of some catalog is "
+            "still incomplete (searches keep to versions whose index is, until it is)",
+        )
+        cmd.add_argument(
+            "--url",
+            default=DEFAULT_URL,
+            help="servekit's HTTP address, asked whether the version's search indexes "
+            "are complete (default: SERVEKIT_URL, else http://127.0.0.1:8000)",
+        )
         cmd.add_argument("--config", type=Path, default=Path("serve_config.yaml"))
         cmd.add_argument("--dry-run", action="store_true", help="show the diff only")
         cmd.add_argument("--no-apply", action="store_true", help="write the file, do not deploy")

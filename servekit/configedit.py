@@ -319,15 +319,21 @@ def _set_weights(traffic: Any, declared: list[str], weights: dict[str, int]) -> 
 
 
 def _rollback_target(cfg: ConfigFile, model: str, weights: dict[str, int]) -> str:
+    """The primary: the heaviest version with traffic that is not the canary. Two tied
+    for heaviest are refused (whether or not a canary is watched): which one is the
+    primary is the operator's call, made with --to."""
     policy = (cfg.ingress_live().get("rollout") or {}).get(model)
     canary = policy.get("canary") if policy is not None else None
     candidates = {v: w for v, w in weights.items() if v != canary and w > 0}
-    if canary is None and len(candidates) > 1:
-        ranked = sorted(candidates.values(), reverse=True)
-        if ranked[0] == ranked[1]:
-            raise EditError(f"{model}: no single primary version; say which with --to")
     if not candidates:
         raise EditError(f"{model}: no version to roll back to; say which with --to")
+    ranked = sorted(candidates.values(), reverse=True)
+    if len(ranked) > 1 and ranked[0] == ranked[1]:
+        tied = sorted(v for v, w in candidates.items() if w == ranked[0])
+        raise EditError(
+            f"{model}: no single primary version ({' and '.join(tied)} tie at {ranked[0]}); "
+            "say which with --to"
+        )
     return max(candidates, key=lambda v: candidates[v])
 
 

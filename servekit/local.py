@@ -76,7 +76,7 @@ def check_document(doc: Any, check_artifacts: bool = True) -> list[str]:
     report = validate_document(doc, check_artifacts=check_artifacts)
     if not report.ok:
         return report.problems
-    problems = _unknown_deployment_keys(doc)
+    problems = _unknown_deployment_keys(doc) + _autoscaling_problems(doc)
     if problems:
         return problems
     try:
@@ -109,6 +109,57 @@ def _unknown_deployment_keys(doc: dict[str, Any]) -> list[str]:
                     f"applications[{i}].deployments[{entry.get('name')}].{key}: "
                     "unknown field (Ray Serve schema)"
                 )
+    return problems
+
+
+def _autoscaling_problems(doc: dict[str, Any]) -> list[str]:
+    """Each deployment's `autoscaling_config` read as Serve will read it (Ray's
+    `AutoscalingConfig`): Serve's file schema takes any mapping there and checks it only
+    when it deploys (`max_replicas` below `min_replicas` fails the apply), and the config
+    itself ignores keys it does not know (a misspelt `downscale_delay` is silently
+    dropped). Paths as Ray's schema names them: applications.N.deployments.M...."""
+    import warnings
+
+    from pydantic import ValidationError
+    from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
+
+    problems = []
+    for i, app in enumerate(doc.get("applications") or []):
+        for j, entry in enumerate(app.get("deployments") or []):
+            config = entry.get("autoscaling_config") if isinstance(entry, dict) else None
+            if config is None:
+                continue
+            where = f"applications.{i}.deployments.{j}.autoscaling_config"
+            if not isinstance(config, dict):
+                problems.append(f"{where}: expected a mapping (Ray Serve autoscaling_config)")
+                continue
+            unknown = _unknown_keys(config, AutoscalingConfig.model_fields, where)
+            policy = config.get("policy")
+            if isinstance(policy, dict):
+                unknown += _unknown_keys(policy, AutoscalingPolicy.model_fields, f"{where}.policy")
+            problems += unknown
+            try:
+                with warnings.catch_warnings():  # Ray's deprecation notes: not problems
+                    warnings.simplefilter("ignore")
+                    AutoscalingConfig.model_validate(config)
+            except ValidationError as e:
+                for err in e.errors(include_input=False, include_url=False):
+                    path = where + "".join(f".{part}" for part in err["loc"])
+                    message = str(err["msg"]).removeprefix("Value error, ")
+                    problems.append(f"{path}: {message} (Ray Serve autoscaling_config)")
+    return problems
+
+
+def _unknown_keys(given: dict[str, Any], known: Mapping[str, Any], where: str) -> list[str]:
+    """`<where>.<key>: unknown field` for each key not among `known`, with the known one
+    it is most likely a misspelling of."""
+    import difflib
+
+    problems = []
+    for key in sorted(set(given) - set(known), key=str):
+        close = difflib.get_close_matches(str(key), list(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(f"{where}.{key}: unknown field (Ray Serve autoscaling_config){hint}")
     return problems
 
 

@@ -20,6 +20,7 @@ import yaml
 
 from servekit import instance
 from servekit.configedit import ConfigFile, EditError, promote, rollback
+from servekit.deployed import changed_versions, deployed_apps, pending_diff
 
 # Where changes are applied: "local" (the instance `servekit serve` runs on this
 # machine, reached as a Ray driver: no dashboard needed), a GCS address (host:port),
@@ -90,27 +91,39 @@ def edit_and_apply(
     url: str = DEFAULT_URL,
 ) -> int:
     """Edit the traffic of `model`, show the diff, validate, write and apply, holding
-    the file's edit lock throughout. A promote refuses a version whose search index is
-    incomplete unless `allow_incomplete_index` (a dry run says so, refusing nothing);
-    `url`: servekit's HTTP address, asked whether those indexes are complete."""
+    the file's edit lock throughout. A promote, and a rollback, refuse to give traffic
+    to a version whose search index is incomplete (promote: the version promoted;
+    rollback: each version it gives traffic that had none) unless
+    `allow_incomplete_index` (a dry run says so, refusing nothing); `url`: servekit's
+    HTTP address, asked whether those indexes are complete. An apply that would change
+    the artifact, runtime or task of a version Serve runs is refused as well (see
+    `deployed.changed_versions`)."""
     from servekit.local import check_document
 
     try:
         cfg = ConfigFile.load(path)
+        before = _weights_of(cfg, model)
         if action == "promote":
             version, weight = arg
             notes = promote(cfg, model, version, weight)
+            gaining = [version] if weight > 0 else []
         else:
             notes = rollback(cfg, model, arg)
+            after = _weights_of(cfg, model)
+            gaining = [v for v, w in after.items() if w > 0 and not before.get(v, 0)]
     except EditError as e:
         print(f"servekit: {e}", file=sys.stderr)
         return 2
-    if action == "promote" and arg[1] > 0 and (apply or dry_run) and not allow_incomplete_index:
-        blocker = search_index_blocker(url, model, arg[0], unasked=_cannot_ask)
-        if blocker and dry_run:
-            print(f"note: applying would be refused: {blocker}")
-        elif blocker:
-            print(f"servekit: {blocker}", file=sys.stderr)
+    if gaining and (apply or dry_run) and not allow_incomplete_index:
+        blockers = search_index_blockers(url, model, gaining, unasked=_cannot_ask)
+        if blockers and dry_run:
+            for blocker in blockers:
+                print(f"note: applying would be refused: {blocker}")
+        elif blockers:
+            for blocker in blockers:
+                print(f"servekit: {blocker}", file=sys.stderr)
+            if action == "rollback":
+                print(ROLLBACK_INDEX_HINT, file=sys.stderr)
             return 1
     # Feasibility first: a change that cannot be deployed shows no diff.
     problems = check_document(yaml.safe_load(cfg.render()))
@@ -121,7 +134,19 @@ def edit_and_apply(
     diff = cfg.diff()
     # An apply deploys the whole file: what it already says that is not deployed goes
     # with the edit, so it is shown too (a hand-added block, an earlier --no-apply).
-    pending = _pending(cfg.text, path, address) if apply or dry_run else None
+    deployed = _deployed(address) if apply or dry_run else None
+    pending = None
+    if deployed is not None:
+        pending = pending_diff(deployed, yaml.safe_load(cfg.text), str(path))
+        changed = changed_versions(deployed, yaml.safe_load(cfg.render()))
+        if changed and dry_run:
+            for line in changed:
+                print(f"note: applying would be refused: {line}")
+        elif changed and apply:
+            for line in changed:
+                print(f"servekit: {line}", file=sys.stderr)
+            print("servekit: nothing written, nothing applied", file=sys.stderr)
+            return 1
     if not diff:
         if dry_run or not apply:
             print(f"servekit: {path} already says so; nothing to change")
@@ -137,7 +162,7 @@ def edit_and_apply(
         print(f"servekit: {path} already says so; applying it, as the service may differ")
         if pending:
             print(pending, end="")
-        return deploy(path, address)
+        return deploy(path, address, versions_checked=True)
     print(diff, end="")
     if pending:
         print(f"{path} already differed from the service; applying deploys that too:")
@@ -156,14 +181,30 @@ def edit_and_apply(
     if not apply:
         print(f"not applied: `servekit apply {path}` deploys it")
         return 0
-    return deploy(path, address)
+    return deploy(path, address, versions_checked=True)
 
 
-def _pending(text: str, path: Path, address: str) -> str | None:
-    """The diff from what is deployed to the file's `text` (before the edit); None when
-    the service cannot be asked."""
-    from servekit.deployed import deployed_apps, pending_diff
+# What a rollback refused for an incomplete search index may do instead.
+ROLLBACK_INDEX_HINT = (
+    "servekit: nothing written, nothing applied. Roll back to a version whose indexes "
+    "are complete with --to, or pass --allow-incomplete-index to roll back anyway (until "
+    "its index is complete, searches of those catalogs use another version's complete "
+    "index while a replica still keeps one, else answer 503 index_building; embeddings "
+    "are not affected)"
+)
 
+
+def _weights_of(cfg: ConfigFile, model: str) -> dict[str, int]:
+    """The model's weights in the file as it is now (empty when it has none)."""
+    try:
+        return {str(v): int(w) for v, w in cfg.traffic(model).items()}
+    except (EditError, TypeError, ValueError, AttributeError):
+        return {}
+
+
+def _deployed(address: str) -> dict[str, dict[str, Any]] | None:
+    """Each application's config as Serve last deployed it (see `deployed_apps`); None,
+    with a note, when the service cannot be asked."""
     try:
         details = _serve_details(address)
     except instance.InstanceError as e:
@@ -172,7 +213,18 @@ def _pending(text: str, path: Path, address: str) -> str | None:
     if details is None:
         print(f"note: cannot compare with what is deployed (no answer from {address})")
         return None
-    return pending_diff(deployed_apps(details), yaml.safe_load(text), str(path))
+    return deployed_apps(details)
+
+
+def refuse_changed_versions(doc: dict[str, Any], details: dict[str, Any]) -> bool:
+    """Print why `doc` may not be applied over what `details` (Serve's) say runs, and
+    say so, when it changes what a deployed version name stands for."""
+    changed = changed_versions(deployed_apps(details), doc)
+    for line in changed:
+        print(f"servekit: {line}", file=sys.stderr)
+    if changed:
+        print("servekit: nothing applied", file=sys.stderr)
+    return bool(changed)
 
 
 def _serve_details(address: str) -> dict[str, Any] | None:
@@ -183,21 +235,28 @@ def _serve_details(address: str) -> dict[str, Any] | None:
         except (URLError, OSError, ValueError):
             return None
         return details
-    from ray.serve.context import _get_global_client
-
     try:
         with _as_driver(address):
-            client = _get_global_client(raise_if_no_controller_running=False)
-            return {} if client is None else dict(client.get_serve_details())
+            return _driver_details()
     except instance.InstanceError:
         raise
     except (ConnectionError, RuntimeError):
         return None
 
 
-def deploy(path: Path, address: str) -> int:
+def _driver_details() -> dict[str, Any]:
+    """Serve's instance details, asked as the connected driver ({}: Serve not started)."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return {} if client is None else dict(client.get_serve_details())
+
+
+def deploy(path: Path, address: str, versions_checked: bool = False) -> int:
     """Apply the file to a running instance: `serve deploy` to a dashboard URL, or
-    as a Ray driver for `local` and GCS addresses."""
+    as a Ray driver for `local` and GCS addresses. Refused when it would change the
+    artifact, runtime or task of a version Serve runs (unless `versions_checked`: the
+    caller compared already)."""
     from servekit import local
 
     try:
@@ -206,7 +265,13 @@ def deploy(path: Path, address: str) -> int:
         print(f"servekit: {e}", file=sys.stderr)
         return 1
     if not _is_dashboard_url(address):
-        return deploy_as_driver(doc, address)
+        return deploy_as_driver(doc, address, check_versions=not versions_checked)
+    if not versions_checked:
+        details = _serve_details(address)
+        if details is None:
+            print(f"note: cannot compare with what is deployed (no answer from {address})")
+        elif refuse_changed_versions(doc, details):
+            return 1
     serve_cli = Path(sys.executable).with_name("serve")
     token_mode_if_token()  # a token is at hand: let `serve` send it
     done = subprocess.run([str(serve_cli), "deploy", str(path), "--address", address], check=False)
@@ -276,13 +341,16 @@ def _as_driver(address: str) -> Iterator[None]:
             ray.shutdown()
 
 
-def deploy_as_driver(doc: dict[str, Any], address: str) -> int:
+def deploy_as_driver(doc: dict[str, Any], address: str, check_versions: bool = True) -> int:
     """Hand Serve a validated config as a Ray driver, as `serve deploy` does through
-    the dashboard."""
+    the dashboard; with `check_versions`, refused when it would change what a deployed
+    version name stands for (compared with what the controller says it runs)."""
     from servekit import local
 
     try:
         with _as_driver(address):
+            if check_versions and refuse_changed_versions(doc, _driver_details()):
+                return 1
             local.deploy(doc, progress=lambda line: print(line, flush=True))
     except (local.DeployError, instance.InstanceError) as e:
         print(f"servekit: {e}", file=sys.stderr)
@@ -366,25 +434,51 @@ def search_index_blocker(
     unasked: Callable[[str, str, Exception], None] | None = None,
 ) -> str | None:
     """Why `model/version` may not take search traffic yet (its index of some catalog
-    is incomplete), or None. A service that cannot be asked blocks nothing; `unasked`
-    is told so (the command line prints a note)."""
+    is incomplete), or None; see `search_index_blockers`."""
+    blockers = search_index_blockers(url, model, [version], unasked)
+    return blockers[0] if blockers else None
+
+
+def search_index_blockers(
+    url: str,
+    model: str,
+    versions: list[str],
+    unasked: Callable[[str, str, Exception], None] | None = None,
+) -> list[str]:
+    """Why each of `model`'s `versions` may not take search traffic yet (its index of
+    some catalog is incomplete); empty when none is blocked. A model that catalogs do
+    not index (an embedding model other than the catalogs', say) blocks nothing: giving
+    it traffic changes no search. A service that cannot be asked blocks nothing either;
+    `unasked` is told so (the command line prints a note)."""
     from servekit.credentials import operator_headers
 
     try:
         doc = _get(f"{url}/admin/v1/search/indexes", operator_headers())
     except (URLError, OSError, ValueError) as e:
         if unasked is not None:
-            unasked(url, f"{model}/{version}", e)
-        return None
+            unasked(url, ", ".join(f"{model}/{v}" for v in versions), e)
+        return []
+    blockers = [_index_blocker(doc, model, version) for version in versions]
+    return [b for b in blockers if b is not None]
+
+
+def _index_blocker(doc: dict[str, Any], model: str, version: str) -> str | None:
+    """`search_index_blockers` for one version, from `/admin/v1/search/indexes`."""
     space = f"{model}/{version}"
     catalogs = doc.get("catalogs") or []
-    if not catalogs:
+    kept = doc.get("spaces") or []
+    # Catalogs keep the spaces of every version of their models that has traffic, a
+    # shadow or a canary: a model with none kept is not one catalogs index.
+    if not catalogs or not any(s.startswith(f"{model}/") for s in kept):
         return None
     incomplete = [c for c in catalogs if not c["indexes"].get(space, {}).get("complete")]
     if not incomplete:
         return None
-    if space not in doc.get("spaces", []):
-        how = "give it a shadow or a canary first, so its index is built"
+    if space not in kept:
+        how = (
+            "no replica keeps an index of it (it has no traffic, shadow or canary): give "
+            "it a shadow or a canary first, so its index is built"
+        )
     else:
         how = f"its backfill is running ({doc['pending'].get(space, 0)} items left)"
     return (

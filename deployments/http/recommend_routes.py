@@ -8,6 +8,7 @@ catalog is still being built, the most-weighted version whose index is complete 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from typing import Annotated, Any
@@ -39,6 +40,7 @@ from deployments.pipelines.recommend import (
     RecommendQuery,
     RecommendService,
 )
+from deployments.routing.shadow import NoRoom
 
 router = APIRouter(tags=["recommendations"])
 
@@ -151,7 +153,8 @@ async def recommend_work(
         tenant, catalog, body.user, version, body.k, body.filters, body.exclude_seen,
         (body.context or {}).get("item"),
     )  # fmt: skip
-    started, ok = time.perf_counter(), False
+    started = time.perf_counter()
+    ok: bool | None = False  # None: the caller went away, nothing to judge the version by
     try:
         got = await service.recommend(query)
         ok = True
@@ -161,8 +164,14 @@ async def recommend_work(
     except CatalogMissing as e:
         ok = True
         raise NotFound(f"catalog: no catalog named {e.args[0]!r}") from e
+    except asyncio.CancelledError:
+        # A client that times out or hangs up says nothing of the version: no sample (an
+        # embedding call records none either), so it never counts against a canary.
+        ok = None
+        raise
     finally:  # for status and the canary watch, as any version's calls
-        host.router.record(model, version, ok, time.perf_counter() - started)
+        if ok is not None:
+            host.router.record(model, version, ok, time.perf_counter() - started)
     service.served(version, got)
     if pinned is None:
         _mirror(host, service, query, [h.item.id for h in got.hits])
@@ -179,10 +188,26 @@ async def recommend_work(
 def _mirror(host: Any, service: RecommendService, query: RecommendQuery, ids: list[str]) -> None:
     """A sampled copy to the recommender's shadow version (once its index of the catalog
     is complete), off the caller's path; the agreement is the share of these items the
-    shadow also answers."""
+    shadow also answers.
+
+    Copies only use room nobody waits for: a recommendation worker process that is up
+    with nothing waiting (`spare`). They never run on the Ingress's event loop, where
+    callers' requests run: without a worker (`worker_process: false`, or none up yet),
+    or once the idle one got busy or gave no answer, the copy is dropped and counted."""
 
     async def run(shadow: str) -> Recommendations:
-        return await service.recommend(replace(query, version=shadow))
+        worker = _idle_worker(service)
+        if worker is None:
+            raise NoRoom
+        got: Recommendations | None = await worker.recommend(
+            replace(query, version=shadow), copy=True
+        )
+        if got is None:  # restarting, stalled, or it has not indexed the catalog yet
+            raise NoRoom
+        return got
+
+    def spare(shadow: str) -> bool:
+        return _idle_worker(service) is not None
 
     def agreement(answer: Recommendations) -> list[float]:
         return [len(set(ids) & {h.item.id for h in answer.hits}) / max(1, len(ids))]
@@ -190,7 +215,21 @@ def _mirror(host: Any, service: RecommendService, query: RecommendQuery, ids: li
     def ready(shadow: str) -> bool:
         return service.space(shadow) in host.search.ready_spaces(query.tenant, query.catalog)
 
-    host.router.shadow.maybe_mirror(service.model, query.version, run, agreement, ready)
+    host.router.shadow.maybe_mirror(
+        service.model, query.version, run, agreement, ready=ready, spare=spare
+    )
+
+
+def _idle_worker(service: RecommendService) -> Any:
+    """A recommendation worker of this replica that is up with no request waiting for
+    it (None: every one is busy, down or not started, or there is none)."""
+    worker = service.worker
+    if worker is None:
+        return None
+    for one in getattr(worker, "workers", None) or [worker]:  # a pool, or a worker
+        if getattr(one, "up", False) and getattr(one, "waiting", 1) == 0:
+            return one
+    return None
 
 
 def _only_catalog(host: Any, tenant: str) -> str:

@@ -185,15 +185,16 @@ class RecommendWorker:
         """The worker process's id while it runs."""
         return self._process.pid if self._process is not None else None
 
-    async def recommend(self, q: RecommendQuery) -> Recommendations | None:
+    async def recommend(self, q: RecommendQuery, copy: bool = False) -> Recommendations | None:
         """The worker's answer, or None when the caller should answer here (not started,
         restarting, stalled, `here_when`, or the worker has not indexed the version or
-        catalog)."""
+        catalog). `copy`: a shadow copy nobody waits for, handed over whatever
+        `here_when` says (it is about callers' latency; a copy must not run here)."""
         answers = self._answers
         if not self.up or answers is None or answers.transport is None:
             self.start_if_due()
             return None
-        if self.here_when is not None and self.here_when():
+        if not copy and self.here_when is not None and self.here_when():
             return None
         self._next += 1
         number = self._next

@@ -11,10 +11,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from configs.schema import RolloutPolicy
+from configs.schema import CANARY_WINDOW_MAX_CALLS, RolloutPolicy
 
-# Enough samples for a stable p95 at any realistic canary rate; older ones drop off.
-MAX_SAMPLES = 20_000
+# Enough samples for a stable p95 at any realistic canary rate; older ones drop off. A
+# policy's `min_requests` is capped at it by the schema: a larger one could never be met.
+MAX_SAMPLES = CANARY_WINDOW_MAX_CALLS
 
 
 class CallWindow:

@@ -25,6 +25,13 @@ MAX_SHADOW_IN_FLIGHT_PER_VERSION = 4
 # (callers never see them; the metrics count every one).
 FAILURE_LOG_EVERY_S = 60.0
 
+
+class NoRoom(Exception):
+    """Raised by a copy's `run` when the room it was sent for is gone by the time it
+    runs (a recommendation worker that got busy or went away): the copy is dropped and
+    counted as such, never run elsewhere."""
+
+
 EmbedCall = Callable[[str, str, list[str]], Awaitable[tuple[np.ndarray[Any, Any], list[int]]]]
 
 
@@ -62,7 +69,8 @@ class Shadower:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[tuple[str, str], int] = {}  # per (model, shadow)
         self.specs: dict[str, ShadowSpec] = {}
-        self.counts: dict[str, dict[str, float]] = {}
+        # model -> "<primary>-><shadow>" -> figures: two models' versions may share names
+        self.counts: dict[str, dict[str, dict[str, float]]] = {}
 
     def maybe_shadow(
         self,
@@ -98,13 +106,15 @@ class Shadower:
         """Mirror a sampled share of served requests to the model's shadow version:
         `run(shadow)` repeats the request with it, off the caller's path, and
         `agreement(its answer)` says how far it agrees with the primary's, per input (1:
-        the same). `ready(shadow)`: whether the shadow can answer yet (else skipped)."""
+        the same). `ready(shadow)`: whether the shadow can answer yet (else skipped);
+        `spare(shadow)`: whether there is room nobody waits for to run the copy now (else
+        it is dropped, counted; `run` may still raise `NoRoom`, counted the same way)."""
         spec = self.specs.get(model)
         if spec is None or spec.version == primary or self._rng.random() >= spec.fraction:
             return
         if ready is not None and not ready(spec.version):
             return
-        counts = self.counts.setdefault(
+        counts = self.counts.setdefault(model, {}).setdefault(
             f"{primary}->{spec.version}",
             {"requests": 0, "errors": 0, "dropped": 0, "cosine_sum": 0.0, "texts": 0},
         )
@@ -146,6 +156,11 @@ class Shadower:
         QUIET_FAILURES.set(True)  # this task's own context: the backend logs no traceback
         try:
             answer = await run(shadow)
+        except NoRoom:
+            counts["requests"] -= 1
+            counts["dropped"] += 1
+            self._metrics.shadow(model, primary, shadow, "dropped")
+            return
         except ServekitError as e:
             counts["errors"] += 1
             self._metrics.shadow(model, primary, shadow, "error")
@@ -170,7 +185,7 @@ class Shadower:
         if spec is None:
             return None
         pairs = {}
-        for pair, counts in self.counts.items():
+        for pair, counts in self.counts.get(model, {}).items():
             if pair.endswith(f"->{spec.version}"):
                 texts = counts["texts"]
                 pairs[pair] = {

@@ -89,3 +89,15 @@ def test_a_recommender_needs_what_it_reads() -> None:
     for doc, message in cases:
         with pytest.raises(ValidationError, match=message):
             AppArgs.model_validate(doc)
+
+
+def test_a_canary_min_requests_is_capped_at_what_its_window_holds() -> None:
+    """The window keeps the latest calls only: a policy waiting for more than it holds
+    would never judge its canary, so it is refused, saying why."""
+    from configs.schema import CANARY_WINDOW_MAX_CALLS, RolloutPolicy
+    from deployments.routing.rollout import CallWindow
+
+    assert CallWindow(60)._calls.maxlen == CANARY_WINDOW_MAX_CALLS
+    assert RolloutPolicy(canary="v2", min_requests=CANARY_WINDOW_MAX_CALLS).min_requests == 20_000
+    with pytest.raises(ValidationError, match="at most 20000: the canary window keeps the latest"):
+        RolloutPolicy(canary="v2", min_requests=CANARY_WINDOW_MAX_CALLS + 1)

@@ -67,7 +67,7 @@ def test_failures_are_counted_and_summarised_without_tracebacks() -> None:
     assert [r.levelno for r in lines] == [logging.WARNING] * 2
     assert [r.fields["failed"] for r in lines] == [1, 8]  # type: ignore[attr-defined]
     assert all(r.exc_info is None for r in lines)
-    assert shadower.counts["v1->v2"]["errors"] == 9
+    assert shadower.counts["minilm"]["v1->v2"]["errors"] == 9
 
 
 def _shadower(call: Any, metrics: _Metrics) -> Shadower:
@@ -99,7 +99,7 @@ def test_a_copy_is_dropped_when_the_shadow_version_has_no_room() -> None:
     asyncio.run(body())
     assert calls == [["b"]]
     assert metrics.outcomes == ["dropped", "ok"]
-    assert shadower.counts["v1->v2"]["dropped"] == 1
+    assert shadower.counts["minilm"]["v1->v2"]["dropped"] == 1
 
 
 def test_copies_in_flight_are_capped_per_shadow_version() -> None:
@@ -151,6 +151,65 @@ def test_a_shadow_answering_another_dimension_is_an_error_not_a_crash() -> None:
     finally:
         logger.removeHandler(records)
     assert metrics.outcomes == ["error"]
-    assert shadower.counts["v1->v2"]["errors"] == 1
+    assert shadower.counts["minilm"]["v1->v2"]["errors"] == 1
     (line,) = [r for r in records.records if r.getMessage().startswith("shadow copies failing")]
     assert "cannot be compared" in line.fields["error"]  # type: ignore[attr-defined]
+
+
+def test_copies_are_counted_per_model() -> None:
+    """Two models whose versions share names (minilm v1->v2, a recommender v1->v2): each
+    model's card shows its own copies alone."""
+
+    async def same(model: str, version: str, texts: list[str]) -> Any:
+        return np.ones((len(texts), 4), np.float32) / 2, [1] * len(texts)
+
+    metrics = _Metrics()
+    shadower = Shadower(same, metrics)
+    shadower.specs = {
+        "minilm": ShadowSpec(version="v2", fraction=1.0),
+        "recommender": ShadowSpec(version="v2", fraction=1.0),
+    }
+
+    async def body() -> None:
+        async def run(shadow: str) -> list[str]:
+            return ["a"]
+
+        def agreement(answer: list[str]) -> list[float]:
+            return [0.5]
+
+        shadower.maybe_shadow("minilm", "v1", ["x"], np.ones((1, 4), np.float32) / 2)
+        for _ in range(3):
+            shadower.maybe_mirror("recommender", "v1", run, agreement)
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+
+    asyncio.run(body())
+    minilm, recommender = shadower.state("minilm"), shadower.state("recommender")
+    assert minilm is not None
+    assert recommender is not None
+    assert minilm["pairs"] == {
+        "v1->v2": {"requests": 1, "errors": 0, "dropped": 0, "mean_cosine": 1.0}
+    }
+    assert recommender["pairs"] == {
+        "v1->v2": {"requests": 3, "errors": 0, "dropped": 0, "mean_cosine": 0.5}
+    }
+    assert shadower.state("other") is None
+
+
+def test_a_copy_whose_room_is_gone_when_it_runs_is_dropped() -> None:
+    from deployments.routing.shadow import NoRoom
+
+    metrics = _Metrics()
+    shadower = _shadower(None, metrics)
+
+    async def body() -> None:
+        async def run(shadow: str) -> Any:
+            raise NoRoom
+
+        shadower.maybe_mirror("minilm", "v1", run, lambda answer: [1.0], spare=lambda v: True)
+        await asyncio.sleep(0.01)
+
+    asyncio.run(body())
+    assert metrics.outcomes == ["dropped"]
+    counts = shadower.counts["minilm"]["v1->v2"]
+    assert (counts["requests"], counts["dropped"], counts["errors"]) == (0, 1, 0)

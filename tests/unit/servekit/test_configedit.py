@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import sys
@@ -151,12 +152,63 @@ def test_rollback_without_a_usable_record_says_why_it_needs_to(config: Path) -> 
     cfg = ConfigFile.load(config)
     promote(cfg, "minilm", "v2", 30)
     cfg.traffic("minilm")["v1"], cfg.traffic("minilm")["v2"] = 50, 50
-    with pytest.raises(EditError, match=r"no single primary version; say which with --to \(the"):
+    with pytest.raises(
+        EditError,
+        match=r"no single primary version \(v1 and v2 tie at 50\); say which with --to \(the",
+    ):
         rollback(cfg, "minilm", None)
     cfg = ConfigFile.load(config)
     cfg.traffic("minilm")["v1"], cfg.traffic("minilm")["v2"] = 50, 50
     with pytest.raises(EditError, match="no promotion of minilm is recorded in the file"):
         rollback(cfg, "minilm", None)
+
+
+def _three_versions(cfg: ConfigFile, weights: dict[str, int], canary: str | None) -> None:
+    """minilm with a v3 beside v1 and v2 (the same artifact), these weights, and a
+    canary watch on `canary`."""
+    versions = cfg.app()["args"]["models"]["minilm"]["versions"]
+    versions["v3"] = copy.deepcopy(versions["v2"])
+    traffic = cfg.traffic("minilm")
+    for version, weight in weights.items():
+        traffic[version] = weight
+    if canary is not None:
+        cfg.ingress_live()["rollout"] = {"minilm": {"canary": canary}}
+
+
+@pytest.mark.parametrize("canary", [None, "v3"])
+def test_rollback_to_the_primary_refuses_a_tie_with_or_without_a_canary(
+    config: Path, canary: str | None
+) -> None:
+    """v1 and v2 tie as the heaviest versions that are not the canary: no version is the
+    primary, whether a canary is watched or not; nothing is changed."""
+    cfg = ConfigFile.load(config)
+    _three_versions(cfg, {"v1": 45, "v2": 45, "v3": 10}, canary)
+    with pytest.raises(EditError, match=r"no single primary version \(v1 and v2 tie at 45\)"):
+        rollback(cfg, "minilm", None)
+    assert {v: int(w) for v, w in cfg.traffic("minilm").items()} == {"v1": 45, "v2": 45, "v3": 10}
+    # Named with --to, it goes through.
+    assert rollback(cfg, "minilm", "v2")[0] == "all traffic of minilm goes to v2"
+
+
+def test_rollback_to_the_primary_skips_the_canary_even_when_it_is_heaviest(config: Path) -> None:
+    cfg = ConfigFile.load(config)
+    _three_versions(cfg, {"v1": 30, "v2": 20, "v3": 50}, "v3")
+    assert rollback(cfg, "minilm", None)[-1] == "all traffic of minilm goes to v1"
+    # The canary ties with the primary: no tie among the others, no refusal.
+    cfg = ConfigFile.load(config)
+    _three_versions(cfg, {"v1": 40, "v2": 20, "v3": 40}, "v3")
+    assert rollback(cfg, "minilm", None)[-1] == "all traffic of minilm goes to v1"
+
+
+def test_cli_rollback_exits_2_on_a_tie_with_a_canary(config: Path) -> None:
+    cfg = ConfigFile.load(config)
+    _three_versions(cfg, {"v1": 45, "v2": 45, "v3": 10}, "v3")
+    config.write_text(cfg.render())
+    before = config.read_text()
+    out = _cli("rollback", "minilm", "--config", str(config), "--no-apply")
+    assert out.returncode == 2, out
+    assert "no single primary version (v1 and v2 tie at 45); say which with --to" in out.stderr
+    assert config.read_text() == before
 
 
 def test_rollback_to_a_named_version_drops_the_record(config: Path) -> None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from servekit import rollout_cli
 from servekit.rollout_cli import _editing, edit_and_apply
 from tests.conftest import REPO_ROOT
 
@@ -92,3 +98,237 @@ def test_a_symlinked_config_stays_a_link_and_its_target_is_edited(config: Path) 
     assert link.is_symlink()
     assert _traffic(config)["minilm"] == {"v1": 70, "v2": 30}
     assert (config.parent / f".{config.name}.lock").exists()  # one lock, at the target
+
+
+# ---- a deployed version keeps its artifact -------------------------------------------
+
+
+def _running_with_other_sha(path: Path) -> dict[str, Any]:
+    """Serve's details as the controller answers them: what runs is the file, except
+    that minilm/v1 was deployed from other bytes."""
+    app = copy.deepcopy(yaml.safe_load(path.read_text())["applications"][0])
+    app["args"]["models"]["minilm"]["versions"]["v1"]["artifact"]["sha256"] = "f" * 64
+    return {"applications": {app["name"]: {"status": "RUNNING", "deployed_app_config": app}}}
+
+
+@pytest.fixture
+def deployed_nowhere(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Nothing is deployed for real: what would be is recorded instead."""
+    from servekit import local
+
+    applied: list[str] = []
+    monkeypatch.setattr(rollout_cli, "_as_driver", lambda address: contextlib.nullcontext())
+    monkeypatch.setattr(local, "deploy", lambda doc, **kwargs: applied.append("driver"))
+
+    def serve_deploy(argv: list[str], check: bool) -> Any:
+        applied.append("serve deploy")
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(rollout_cli.subprocess, "run", serve_deploy)
+    return applied
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:6379", "http://127.0.0.1:8265"])
+def test_apply_refuses_other_bytes_under_a_deployed_version_name(
+    config: Path,
+    example_store: Path,
+    deployed_nowhere: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    address: str,
+) -> None:
+    details = _running_with_other_sha(config)
+    monkeypatch.setattr(rollout_cli, "_driver_details", lambda: details)
+    monkeypatch.setattr(rollout_cli, "_get", lambda url, headers=None: details)
+    assert rollout_cli.deploy(config, address) == 1
+    assert deployed_nowhere == []
+    err = capsys.readouterr().err
+    assert "servekit: applications[0].args.models.minilm.versions.v1: minilm/v1 is deployed" in err
+    assert "declare the new model under a new version name instead of v1" in err
+    assert err.endswith("servekit: nothing applied\n")
+    # What runs is what the file says: applied.
+    same = copy.deepcopy(details)
+    same["applications"]["servekit"]["deployed_app_config"] = yaml.safe_load(config.read_text())[
+        "applications"
+    ][0]
+    monkeypatch.setattr(rollout_cli, "_driver_details", lambda: same)
+    monkeypatch.setattr(rollout_cli, "_get", lambda url, headers=None: same)
+    assert rollout_cli.deploy(config, address) == 0
+    assert len(deployed_nowhere) == 1
+
+
+def test_promote_refuses_other_bytes_under_a_deployed_version_name(
+    config: Path,
+    example_store: Path,
+    deployed_nowhere: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A promote applies the whole file: one whose v1 is not the v1 that runs is refused
+    before anything is written; a dry run says it would be."""
+    before = config.read_text()
+    details = _running_with_other_sha(config)
+    monkeypatch.setattr(rollout_cli, "_serve_details", lambda address: details)
+    url = "http://127.0.0.1:9"  # no search indexes to ask about
+    code = edit_and_apply(config, "minilm", "promote", ("v2", 30), True, True, "local", url=url)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "note: applying would be refused: applications[0].args.models.minilm.versions.v1" in out
+    code = edit_and_apply(config, "minilm", "promote", ("v2", 30), False, True, "local", url=url)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "minilm/v1 is deployed, and the file changes its artifact.sha256" in err
+    assert err.endswith("servekit: nothing written, nothing applied\n")
+    assert config.read_text() == before
+    assert deployed_nowhere == []
+
+
+# ---- search indexes: promote and rollback alike --------------------------------------
+
+# `/admin/v1/search/indexes` of a service whose catalogs index minilm v1 (its only
+# version with traffic) and the recommender; minilm/v2 has no index.
+INDEXES = {
+    "seq": 7,
+    "spaces": ["minilm/v1", "recommender/v1"],
+    "pending": {"minilm/v1": 0, "recommender/v1": 0},
+    "catalogs": [
+        {"tenant_id": "acme", "catalog": "products", "items": 3,
+         "indexes": {"minilm/v1": {"vectors": 3, "complete": True},
+                     "recommender/v1": {"vectors": 3, "complete": True}}},
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture
+def indexes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """servekit's index state as above; the URLs asked."""
+    asked: list[str] = []
+
+    def get(url: str, headers: dict[str, str] | None = None) -> Any:
+        asked.append(url)
+        return copy.deepcopy(INDEXES)
+
+    monkeypatch.setattr(rollout_cli, "_get", get)
+    monkeypatch.setattr(rollout_cli, "_serve_details", lambda address: None)
+    return asked
+
+
+def _set_weights(path: Path, weights: dict[str, int]) -> None:
+    text = path.read_text()
+    old = "            minilm:\n              v1: 90\n              v2: 10\n"
+    assert old in text
+    new = "            minilm:\n" + "".join(f"              {v}: {w}\n" for v, w in weights.items())
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_rollback_to_a_version_without_an_index_is_refused_as_a_promote_is(
+    config: Path, example_store: Path, indexes: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """v2 had no traffic, so no catalog index: a rollback giving it all the traffic would
+    leave searches 503 index_building; refused (a dry run says it would be)."""
+    _set_weights(config, {"v1": 100, "v2": 0})
+    before = config.read_text()
+    url = "http://servekit.test"
+    code = edit_and_apply(config, "minilm", "rollback", "v2", False, True, "local", url=url)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "servekit: minilm/v2 has no complete search index for 1 of 1 catalogs: no replica "
+        "keeps an index of it (it has no traffic, shadow or canary): give it a shadow or a "
+        "canary first, so its index is built; `servekit status` shows the progress\n"
+    )
+    assert "Roll back to a version whose indexes are complete with --to" in err
+    assert "--allow-incomplete-index" in err
+    assert config.read_text() == before
+    assert indexes == [f"{url}/admin/v1/search/indexes"]
+    code = edit_and_apply(config, "minilm", "rollback", "v2", True, True, "local", url=url)
+    assert code == 0
+    assert "note: applying would be refused: minilm/v2 has no complete" in capsys.readouterr().out
+    # As promote's: the same refusal, the same way past it.
+    code = edit_and_apply(config, "minilm", "promote", ("v2", 5), False, True, "local", url=url)
+    assert code == 1
+    assert "minilm/v2 has no complete search index" in capsys.readouterr().err
+    code = edit_and_apply(
+        config, "minilm", "rollback", "v2", False, False, "local",
+        allow_incomplete_index=True, url=url,
+    )  # fmt: skip
+    assert code == 0
+    assert _traffic(config)["minilm"] == {"v1": 0, "v2": 100}
+
+
+def test_a_rollback_that_gives_no_version_new_traffic_asks_nothing(
+    config: Path, example_store: Path, indexes: list[str]
+) -> None:
+    """v1 had traffic all along (its index is kept): undoing v2's promotion gives no
+    version traffic it did not have; nothing to check."""
+    assert edit_and_apply(config, "minilm", "promote", ("v2", 30), False, False, "local") == 0
+    indexes.clear()
+    assert edit_and_apply(config, "minilm", "rollback", None, True, True, "local") == 0
+    assert indexes == []
+    assert edit_and_apply(config, "minilm", "rollback", None, False, False, "local") == 0
+    assert _traffic(config)["minilm"] == {"v1": 90, "v2": 10}
+
+
+def test_a_model_catalogs_do_not_index_is_never_blocked(indexes: list[str]) -> None:
+    """A second embedding model (e5) has no space in any catalog: no shadow would ever
+    build one, and its traffic changes no search."""
+    assert rollout_cli.search_index_blockers("http://s", "e5", ["v2"]) == []
+    assert rollout_cli.search_index_blocker("http://s", "e5", "v1") is None
+    assert rollout_cli.search_index_blocker("http://s", "minilm", "v1") is None
+    blocked = rollout_cli.search_index_blockers("http://s", "minilm", ["v1", "v2"])
+    assert [b.split(" has ")[0] for b in blocked] == ["minilm/v2"]
+
+
+@pytest.fixture
+def index_server() -> Iterator[str]:
+    """servekit's `/admin/v1/search/indexes` answering INDEXES, at the URL yielded."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(INDEXES).encode()
+            self.send_response(200 if self.path == "/admin/v1/search/indexes" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def _environment() -> Iterator[None]:
+    """The commands set Ray's switches in the environment before Ray is imported."""
+    import os
+
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.usefixtures("_environment")
+def test_the_rollback_command_takes_url_and_allow_incomplete_index_as_promote_does(
+    config: Path, example_store: Path, index_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from servekit import cli
+
+    _set_weights(config, {"v1": 100, "v2": 0})
+    argv = ["rollback", "minilm", "--to", "v2", "--config", str(config), "--url", index_server]
+    assert cli.main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "note: applying would be refused: minilm/v2 has no complete search index" in out
+    assert cli.main([*argv, "--dry-run", "--allow-incomplete-index"]) == 0
+    assert "would be refused" not in capsys.readouterr().out
