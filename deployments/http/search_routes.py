@@ -276,7 +276,7 @@ async def upsert_items(request: Request, catalog: CatalogName, body: UpsertBody)
                 if len(text) > limit:
                     raise BadRequest(f"items.{n}.text.{name}: longer than {limit} characters")
         call.model, call.inputs = host.args.search_model(), len(body.items)
-        await host.plane.admit(call, len(body.items))
+        await host.plane.admit(call, len(body.items), "items")
         items = [Item(i.id, i.text, i.attributes) for i in body.items]
         seq = await service.upsert(tenant, catalog, items)
         return json_response({"catalog": catalog, "upserted": len(items), "seq": seq})
@@ -454,15 +454,27 @@ def index_version(
     key: str | None,
 ) -> str:
     """The version whose index answers: the split's (or the pin), unless its index of
-    this catalog is still being built."""
+    this catalog is still being built. Then (no pin) any complete index the replica
+    keeps: the most-weighted version's, then a shadow's or a canary's, then one a
+    version that just left keeps for a while (a rollback's, while the version it
+    returns to reloads), so search answers while another version's index fills."""
     chosen: str = host.router.choose(model, pinned, "X-Model-Version", key)
     ready = service.ready_spaces(tenant, catalog)
     if f"{model}/{chosen}" in ready:
         return chosen
     if pinned is not None:
         raise Unavailable(f"version: the index of {model}/{pinned} is still being built")
+    prefix = f"{model}/"
+    complete = [
+        s.removeprefix(prefix)
+        for s in service.complete_spaces(tenant, catalog)
+        if s.startswith(prefix)
+    ]
+    if chosen in complete:
+        return chosen
     weights: dict[str, int] = host.router.weights(model)
-    usable = [v for v in sorted(weights, key=lambda v: -weights[v]) if f"{model}/{v}" in ready]
+    # sorted is stable: among versions without traffic, kept before retained
+    usable = sorted(complete, key=lambda v: -weights.get(v, 0))
     if not usable:
         raise _Building()
     return usable[0]

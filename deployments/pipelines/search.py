@@ -4,9 +4,11 @@ store's change log, item embeddings per model version, and the search itself.
 The store (`stores/catalog_sql.py`) is the source of truth: an upsert is embedded for
 every version that serves the search model (traffic, shadow or canary), written with
 its vectors, applied here at once and by every other replica within `follow_s` (they
-read the vectors the writer stored). A version added later is backfilled: the items
-it lacks vectors for are embedded in the background, and searches use it only when its
-index is complete.
+read the vectors the writer stored). A version added later is backfilled: the vectors
+the store already holds for it are read at once, page by page, then the items it still
+lacks vectors for are embedded in the background; searches use it only when its index
+is complete. A version that leaves the set keeps its index for `RETAIN_S` (a quick
+rollback finds it as it was, less the items changed meanwhile), then it is dropped.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ ProgressFn = Callable[[str, int], None]  # (space, items without a vector)
 IdleFn = Callable[[str], bool]  # whether a space's version has nothing waiting
 PROGRESS_EVERY_S = 2.0
 PAGE = 1000
+# A returning space's stored vectors are read this many items a store round trip, each
+# page indexed under the writers' lock: an upsert meanwhile waits for one page at most.
+LOAD_PAGE = 256
 BACKFILL_BATCH = 4
 ITEM_MODEL_BATCH = 512  # an item tower embeds a batch in milliseconds: no duty limit
 # Backfill embeds at most this share of the time, so live requests keep their latency
@@ -63,6 +68,10 @@ BACKFILL_DUTY = 0.2
 BACKFILL_DELAY_S = 10.0
 IDLE_POLL_S = 0.05
 BACKFILL_RETRY_S = 5.0  # after an embedding failure, how soon the backfill tries again
+# A version that leaves the set (no traffic, shadow or canary left) keeps its indexes
+# this long: a rollback within it searches them at once instead of rebuilding every
+# vector graph (~0.5 ms an item). Costs that version's vectors in memory meanwhile.
+RETAIN_S = 600.0
 
 
 def _nothing(item_id: str) -> bool:
@@ -102,12 +111,15 @@ class SearchService:
         space_artifacts: dict[str, str] | None = None,
         owns: Callable[[str], bool] | None = None,
         shards: ShardSet | None = None,
+        retain_s: float = RETAIN_S,
     ) -> None:
         """`snapshots`: catalogs to start from a snapshot artifact; `space_artifacts`:
         the model artifact's sha256 of each space, which a snapshot's space must match.
         `owns`: on a shard, whether an item id is this shard's (the others are never
         indexed here). `shards`: on an ingress of a sharded catalog, the shards that
-        hold the items (this service then writes to the store and indexes nothing)."""
+        hold the items (this service then writes to the store and indexes nothing).
+        `retain_s`: how long a space that is no longer kept keeps its indexes (0: it
+        loses them at once)."""
         self.owns = owns
         self.shards = shards
         # (model, its vectors) of a model whose spaces read whole items (the recommender)
@@ -128,8 +140,13 @@ class SearchService:
         self.log = log
         self.catalogs: dict[tuple[str, str], CatalogIndex] = {}
         self.spaces: list[str] = []
+        self.retain_s = retain_s
+        # Spaces no longer kept whose indexes stay until then (monotonic time): not
+        # written to (a changed item loses its vector there), searched only as a fallback.
+        self.retained: dict[str, float] = {}
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
+        self._loads: set[asyncio.Task[None]] = set()  # stored vectors of returning spaces
         self._backfill_task: asyncio.Task[None] | None = None
         self._backfill_due = False
         self._lock = asyncio.Lock()  # one writer at a time: follower, upserts, backfill
@@ -137,24 +154,84 @@ class SearchService:
     # ---- following the store -----------------------------------------------------
 
     async def start(self, spaces: list[str]) -> None:
-        """Catch up with the change log (first call), set the spaces to keep, backfill."""
-        retired = [s for s in self.spaces if s not in spaces]
+        """Catch up with the change log (first call), set the spaces to keep, backfill.
+
+        A space that leaves is retained for `retain_s`; one that comes back (retained
+        or not) starts reading its stored vectors at once, in the background, page by
+        page, before the backfill embeds what the store lacks."""
+        now = time.monotonic()
+        returning = [s for s in spaces if s not in self.spaces]
+        for space in self.spaces:
+            if space not in spaces:
+                self.retained[space] = now + self.retain_s
+        for space in spaces:
+            self.retained.pop(space, None)
         self.spaces = list(spaces)
-        for index in self.catalogs.values():
-            for space in retired:
-                index.drop_space(space)
+        await self._drop_expired()
         if self.shards is not None:
             await self.shards.start(spaces)
         if self._task is None:
             for source in self.snapshots if self.owns is None else []:
                 await self._load_snapshot(*source)
-            await self.follow_once()
+            await self.follow_once()  # reads every kept space's stored vectors
             self._drop_unconfirmed()
             self._task = asyncio.create_task(self._follow())
+        elif returning and self.catalogs:
+            load = asyncio.create_task(self._load_stored(returning))
+            self._loads.add(load)
+            load.add_done_callback(self._loads.discard)
         if self._backfill_task is None or self._backfill_task.done():
             self._backfill_task = asyncio.create_task(self.backfill(self.backfill_delay_s))
         else:
             self._backfill_due = True
+
+    async def _drop_expired(self) -> None:
+        """Drop the indexes of retained spaces whose time is up (under the writers'
+        lock: an apply running in a thread walks each index's spaces)."""
+        if not any(until <= time.monotonic() for until in self.retained.values()):
+            return
+        async with self._lock:
+            now = time.monotonic()  # kept again while the lock was awaited: not expired
+            expired = [s for s, until in self.retained.items() if until <= now]
+            for space in expired:
+                del self.retained[space]
+                for index in self.catalogs.values():
+                    index.drop_space(space)
+        if expired:
+            self.log.info("retired indexes dropped", extra={"fields": {"spaces": expired}})
+
+    async def _load_stored(self, spaces: list[str]) -> None:
+        """Read the stored vectors of spaces that came back into use, every catalog,
+        `LOAD_PAGE` items a store round trip: what their indexes lack and another replica
+        (or this one, before) stored. No delay: nothing is embedded here. Each page is
+        read and indexed under the writers' lock, so no upsert lands in between."""
+        started, loaded = time.monotonic(), 0
+        try:
+            for (tenant, catalog), index in list(self.catalogs.items()):
+                for space in spaces:
+                    ids = [item.id for item in index.missing(space)]
+                    for start in range(0, len(ids), LOAD_PAGE):
+                        if space not in self.spaces:
+                            break  # left again
+                        page = ids[start : start + LOAD_PAGE]
+                        async with self._lock:
+                            stored = await asyncio.to_thread(
+                                self.store.get_vectors, tenant, catalog, space, page
+                            )
+                            vectors = {
+                                i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()
+                            }
+                            await asyncio.to_thread(index.set_vectors, space, vectors)
+                        loaded += len(stored)
+        except Exception as e:  # the store is down: the backfill reads them later
+            self._backfill_due = True
+            self.log.warning(
+                "stored vectors not loaded", extra={"fields": {"error": type(e).__name__}}
+            )
+            return
+        seconds = round(time.monotonic() - started, 2)
+        self.log.info("stored vectors loaded", extra={"fields": {
+            "spaces": spaces, "vectors": loaded, "seconds": seconds}})  # fmt: skip
 
     async def _load_snapshot(
         self, tenant: str, catalog: str, load: Callable[[], CatalogSnapshot]
@@ -230,6 +307,7 @@ class SearchService:
                 last_progress = time.monotonic()
                 for space, pending in self.pending().items():
                     self.progress(space, pending)
+            await self._drop_expired()
             running = self._backfill_task is not None and not self._backfill_task.done()
             if (
                 self._backfill_due
@@ -345,8 +423,10 @@ class SearchService:
 
     async def backfill(self, delay_s: float = 0.0) -> None:
         """Embed what each kept space lacks (stored vectors first), in batches, after
-        `delay_s`."""
+        `delay_s`, once the stored vectors being read are in."""
         await asyncio.sleep(delay_s)
+        if self._loads:
+            await asyncio.wait(list(self._loads))
         try:
             for (tenant, catalog), index in list(self.catalogs.items()):
                 for space in list(self.spaces):
@@ -366,6 +446,8 @@ class SearchService:
         cheap = self._item_space(space)
         size = ITEM_MODEL_BATCH if cheap else BACKFILL_BATCH
         for start in range(0, len(missing), size):
+            if space not in self.spaces:
+                break  # no longer kept: nothing more goes into its index
             batch = missing[start : start + size]
             ids = [i.id for i in batch]
             async with self._lock:  # the writers' lock: no apply in between
@@ -525,10 +607,17 @@ class SearchService:
                 out[space] += max(0, len(index) - len(index.with_vector.get(space, ())))
         return out
 
+    def _retained_left(self) -> dict[str, int]:
+        """Each retained space and the seconds until its indexes are dropped."""
+        now = time.monotonic()
+        return {s: max(0, round(until - now)) for s, until in sorted(self.retained.items())}
+
     def indexes(self, tenant: str | None) -> list[dict[str, Any]]:
-        """Every catalog (of `tenant`, or all) with each kept space's completeness."""
+        """Every catalog (of `tenant`, or all) with each kept space's completeness, and
+        each retained space's, with `retained_s`: the seconds until it is dropped."""
         if self.shards is not None:
             return self.shards.indexes(tenant)
+        retained = self._retained_left()
         rows = []
         for (owner, catalog), index in sorted(self.catalogs.items()):
             if tenant is not None and owner != tenant:
@@ -540,6 +629,12 @@ class SearchService:
                 }
                 for space in self.spaces
             }
+            for space, left in retained.items():
+                spaces[space] = {
+                    "vectors": len(index.with_vector.get(space, ())),
+                    "complete": index.complete(space),
+                    "retained_s": left,
+                }
             rows.append({"tenant_id": owner, "catalog": catalog, "items": len(index),
                          "indexes": spaces})  # fmt: skip
         return rows
@@ -552,6 +647,17 @@ class SearchService:
         if index is None:
             return list(self.spaces)
         return [s for s in self.spaces if index.complete(s)]
+
+    def complete_spaces(self, tenant: str, catalog: str) -> list[str]:
+        """Every space with a complete index of this catalog that a search may fall
+        back on: the kept ones (`ready_spaces`), then the retained ones."""
+        if self.shards is not None:
+            return self.shards.complete_spaces(tenant, catalog)
+        ready = self.ready_spaces(tenant, catalog)
+        index = self.catalogs.get((tenant, catalog))
+        if index is None:
+            return ready
+        return ready + [s for s in sorted(self.retained) if index.complete(s)]
 
     def search(
         self,
@@ -595,23 +701,34 @@ class SearchService:
         return None if index is None else index.term_stats(text)
 
     def status(self) -> dict[str, Any]:
-        """A shard's answer to the ingress's sync: position and complete spaces."""
+        """A shard's answer to the ingress's sync: position, complete spaces (kept, and
+        retained: `retained` says until when, in seconds left)."""
         catalogs = list(self.catalogs.items())
+        retained = self._retained_left()
         ready = {
             catalog_key(tenant, catalog): [s for s in self.spaces if index.complete(s)]
+            for (tenant, catalog), index in catalogs
+        }
+        retained_ready = {
+            catalog_key(tenant, catalog): [s for s in retained if index.complete(s)]
             for (tenant, catalog), index in catalogs
         }
         sizes = {
             catalog_key(tenant, catalog): {
                 "items": len(index),
-                "vectors": {s: len(index.with_vector.get(s, ())) for s in self.spaces},
+                "vectors": {
+                    s: len(index.with_vector.get(s, ())) for s in [*self.spaces, *retained]
+                },
             }
             for (tenant, catalog), index in catalogs
         }
-        return {"seq": self.seq, "ready": ready, "sizes": sizes}
+        return {"seq": self.seq, "ready": ready, "sizes": sizes, "retained": retained,
+                "retained_ready": retained_ready}  # fmt: skip
 
     async def close(self) -> None:
-        """Stop following."""
+        """Stop following (and reading returning spaces' stored vectors)."""
+        for load in list(self._loads):
+            load.cancel()
         if self._task is not None:
             self._task.cancel()
         if self.shards is not None:

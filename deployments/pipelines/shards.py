@@ -53,6 +53,10 @@ class ShardStatus:
     ready: dict[str, list[str]] = field(default_factory=dict)
     # per catalog: {"items": n, "vectors": {space: n}}
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # spaces no longer kept whose indexes the shard still holds: seconds left, and per
+    # catalog those complete (a shard of an earlier release says nothing: none)
+    retained: dict[str, int] = field(default_factory=dict)
+    retained_ready: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Shard(Protocol):
@@ -101,7 +105,12 @@ class ShardSet:
                 )
                 return
             self.status[n] = ShardStatus(
-                True, int(got["seq"]), dict(got["ready"]), dict(got.get("sizes", {}))
+                True,
+                int(got["seq"]),
+                dict(got["ready"]),
+                dict(got.get("sizes", {})),
+                dict(got.get("retained", {})),
+                dict(got.get("retained_ready", {})),
             )
 
         await asyncio.gather(*(one(n, s) for n, s in enumerate(self.shards)))
@@ -116,24 +125,45 @@ class ShardSet:
             ready &= set(status.ready.get(key, self.spaces))
         return [s for s in self.spaces if s in ready]
 
+    def retained(self) -> dict[str, int]:
+        """Spaces no longer kept that every shard still holds, with the seconds until
+        the first shard drops them."""
+        if not self.status or not all(status.started for status in self.status):
+            return {}
+        common = set.intersection(*(set(status.retained) for status in self.status))
+        common -= set(self.spaces)
+        return {s: min(int(st.retained[s]) for st in self.status) for s in sorted(common)}
+
+    def complete_spaces(self, tenant: str, catalog: str) -> list[str]:
+        """The kept spaces complete on every shard, then the retained ones."""
+        key = catalog_key(tenant, catalog)
+        complete = set(self.retained())
+        for status in self.status:
+            complete &= set(status.retained_ready.get(key, ()))
+        return self.ready_spaces(tenant, catalog) + sorted(complete)
+
     def indexes(self, tenant: str | None) -> list[dict[str, Any]]:
         """Every catalog (of `tenant`, or all) summed over the shards: items, and per
-        kept space its vectors and whether every shard's index is complete."""
+        kept (and retained, with its `retained_s`) space its vectors and whether every
+        shard's index is complete."""
         keys = sorted({key for status in self.status for key in status.sizes})
+        retained = self.retained()
         rows = []
         for key in keys:
             owner, catalog = key.split("\x00", 1)
             if tenant is not None and owner != tenant:
                 continue
             sizes = [status.sizes.get(key, {}) for status in self.status]
-            ready = set(self.ready_spaces(owner, catalog))
-            spaces = {
+            ready = set(self.complete_spaces(owner, catalog))
+            spaces: dict[str, dict[str, Any]] = {
                 space: {
                     "vectors": sum(int(s.get("vectors", {}).get(space, 0)) for s in sizes),
                     "complete": space in ready,
                 }
-                for space in self.spaces
+                for space in [*self.spaces, *retained]
             }
+            for space, left in retained.items():
+                spaces[space]["retained_s"] = left
             items = sum(int(s.get("items", 0)) for s in sizes)
             rows.append({"tenant_id": owner, "catalog": catalog, "items": items,
                          "indexes": spaces, "shards": len(self.shards)})  # fmt: skip

@@ -118,7 +118,8 @@ def snapshot_sources(args: AppArgs) -> list[SnapshotSource]:
 
 def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:
     """`model/version` of every version of the search model, and of the recommender,
-    with traffic, a shadow or a canary: the spaces catalogs keep an index for."""
+    with traffic, a shadow or a canary: the spaces catalogs keep an index for (one that
+    leaves this list keeps its index for `search.RETAIN_S`, for a quick rollback)."""
     models = [args.search_model(), *([r] if (r := args.recommender()) else [])]
     return [f"{m}/{v}" for m in models for v in sorted(live.versions_in_use(m))]
 

@@ -188,7 +188,9 @@ def test_filters_hybrid_and_sku(url: str) -> None:
 
 def test_a_new_space_is_backfilled_and_a_retired_one_dropped(url: str) -> None:
     async def run() -> None:
-        service = _service(url)
+        service = SearchService(
+            open_catalog_store(url), embed_items, 0.05, LOG, backfill_delay_s=0, retain_s=0
+        )
         await service.start(["m/v1"])
         await service.upsert("acme", "shop", _items())
         await service.start(["m/v1", "m/v3"])
