@@ -23,26 +23,12 @@ from servekit_client import (
     _async,
     _sync,
 )
+from tests.unit.sdk.test_python_sdk_transport import Script
 
 SECRET = "sk-live-0123456789abcdef"
 SEARCH_OUT = {"object": "search.result", "catalog": "c", "model": "m", "version": "v1",
               "index": {}, "data": []}  # fmt: skip
 FAST = RetryPolicy(max_retries=3, initial_delay_s=0.0, max_delay_s=0.0)
-
-
-class Script:
-    """Answers requests in order (an exception is raised); records what was sent."""
-
-    def __init__(self, *answers: httpx.Response | Exception) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 @pytest.fixture(autouse=True)
