@@ -19,6 +19,17 @@ from servekit.rollout_cli import _editing, edit_and_apply
 from tests.conftest import REPO_ROOT
 
 
+@pytest.fixture(autouse=True)
+def _no_instance_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Ray instance is connected to unless a test says what it answers: the suite's
+    own instance may be up, and its record names this process."""
+
+    def nothing_answers(address: str) -> Any:
+        raise ConnectionError(f"no instance at {address} in these tests")
+
+    monkeypatch.setattr(rollout_cli, "_as_driver", nothing_answers)
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "serve_config.yaml"
@@ -321,7 +332,10 @@ def _environment() -> Iterator[None]:
 
 @pytest.mark.usefixtures("_environment")
 def test_the_rollback_command_takes_url_and_allow_incomplete_index_as_promote_does(
-    config: Path, example_store: Path, index_server: str, capsys: pytest.CaptureFixture[str]
+    config: Path,
+    example_store: Path,
+    index_server: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from servekit import cli
 
