@@ -210,25 +210,30 @@ class RotatingFile:
     def close(self) -> None:
         self._file.close()
 
-    def _is_current(self) -> bool:
-        """Whether `path` is the file this writer has open."""
+    def _held_size(self) -> int | None:
+        """The size of the file this writer has open, None when `path` is no longer it
+        (another writer rotated it, or it was removed)."""
+        held = os.fstat(self._file.fileno())
         try:
             named = os.stat(self.path)
         except FileNotFoundError:
-            return False
-        held = os.fstat(self._file.fileno())
-        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+            return None
+        if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+            return None
+        return held.st_size
 
     def _follow(self) -> None:
-        if not self._is_current():
+        size = self._held_size()
+        if size is None:
             self._reopen()
-        elif os.fstat(self._file.fileno()).st_size >= self._max_bytes:
+        elif size >= self._max_bytes:
             self._rotate()
 
     def _rotate(self) -> None:
         with open(f"{self.path}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if self._is_current() and os.fstat(self._file.fileno()).st_size >= self._max_bytes:
+            size = self._held_size()
+            if size is not None and size >= self._max_bytes:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(f"{self.path}.{self._keep}")
                 for i in range(self._keep - 1, 0, -1):

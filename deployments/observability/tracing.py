@@ -149,10 +149,6 @@ class Tracing:
         span = self._tracer.start_span(name, context=context, kind=trace.SpanKind.SERVER)
         return RequestTrace(format(span.get_span_context().trace_id, "032x"), span, self._tracer)
 
-    def step(self, name: str, **attributes: str | int) -> contextlib.AbstractContextManager[None]:
-        """See `step`."""
-        return step(name, **attributes)
-
 
 _UNTRACED = contextlib.nullcontext()
 

@@ -15,6 +15,7 @@ from deployments.observability.tracing import (
     from_env,
     parse_traceparent,
     sample_ratio,
+    step,
 )
 from tests.otlp_collector import Collector, attributes
 
@@ -45,7 +46,7 @@ def test_a_callers_sampled_trace_continues_here_with_the_steps(
     trace = tracing.begin("/v1/embeddings", CALLER)
     assert trace.sampled
     assert trace.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
-    with tracing.step("embed", model="minilm"), tracing.step("model run"):
+    with step("embed", model="minilm"), step("model run"):
         pass
     trace.end(200, {"servekit.model": "minilm", "servekit.tenant": "acme"})
     assert tracing.flush()
@@ -75,7 +76,7 @@ def test_unsampled_requests_export_nothing_and_keep_their_trace_id(
     trace = tracing.begin("/v1/search", unsampled)
     assert not trace.sampled
     assert trace.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
-    with tracing.step("search"):
+    with step("search"):
         pass
     trace.end(200, {})
     own = tracing.begin("/v1/search", None)  # share 0: not sampled, an id of its own
@@ -93,7 +94,7 @@ def test_the_share_samples_requests_without_a_callers_trace(
     tracing = from_env(_env(collector, "1"))
     trace = tracing.begin("/v1/recommendations", "not a traceparent")
     assert trace.sampled
-    with pytest.raises(RuntimeError), tracing.step("recommend"):
+    with pytest.raises(RuntimeError), step("recommend"):
         raise RuntimeError("store down")
     trace.end(503, {})
     assert tracing.flush()
@@ -111,7 +112,7 @@ def test_without_a_collector_requests_get_trace_ids_only() -> None:
     trace = tracing.begin("/v1/embeddings", CALLER)
     assert not trace.sampled
     assert trace.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
-    with tracing.step("embed"):
+    with step("embed"):
         pass
     trace.end(500, {})
 
@@ -190,7 +191,7 @@ def test_the_envelope_traces_each_request_and_logs_its_trace_id(
 
     async def work(call: CallRecord) -> Response:
         call.model, call.version, call.inputs = "minilm", "v2", 3
-        with tracing.step("embed"):
+        with step("embed"):
             return Response("ok")
 
     with caplog.at_level(logging.INFO, logger=log.name):
