@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,61 @@ def test_fp32_version_runs_on_fused_transformer_operators(
     assert ops["SkipLayerNormalization"] == 12
     assert ops["BiasGelu"] == 6
     assert ops["Softmax"] == ops["Transpose"] == 0
+
+
+def test_int8_version_has_constant_activation_scales(
+    manifest: dict[str, Any], example_store: Path
+) -> None:
+    """v2 is quantized statically: no DynamicQuantizeLinear (one scale from the whole
+    batch, which made a text's vector depend on the texts beside it); every activation
+    is quantized with a scale and zero point stored in the graph, and its int8-rounded
+    copy goes to matrix products only (the word embeddings aside, stored in int8): the
+    residual connections and the outlier channels' products read the fp32 tensor."""
+    import collections
+
+    import onnx
+
+    with tarfile.open(example_store / manifest["v2"]["file"]) as tar:
+        member = tar.extractfile("model.onnx")
+        assert member is not None
+        graph = onnx.load_model_from_string(member.read()).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    assert ops["DynamicQuantizeLinear"] == ops["MatMulInteger"] == 0
+    constants = {init.name for init in graph.initializer}
+    made_by = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[str]] = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node.op_type)
+    quantize = [node for node in graph.node if node.op_type == "QuantizeLinear"]
+    assert len(quantize) >= 18  # per layer: Q/K/V input, output projection, down-projection
+    for node in quantize:
+        assert set(node.input[1:]) <= constants, node.name
+        if made_by[node.input[0]].op_type == "Gather":
+            continue  # an embedding table's rows
+        (dequantize,) = (n for n in graph.node if node.output[0] in n.input)
+        assert set(readers[dequantize.output[0]]) == {"MatMul"}, node.name
+    outlier_gathers = [node for node in graph.node if node.name.endswith("_outlier_gather")]
+    assert outlier_gathers  # the down-projections' largest channels, multiplied in fp32
+    for node in outlier_gathers:
+        assert made_by[node.input[0]].op_type != "DequantizeLinear", node.name
+
+
+def test_widened_ranges_keep_six_significant_bits() -> None:
+    """Calibrated bounds are rounded away from zero onto a coarse grid, so that the last
+    bits a CPU's kernels change do not change the graph's scales (or its sha256)."""
+    from models.build import widen
+
+    for value in (6.334993362426758, -2.766230583190918, 24.605951, -0.16997123, 1e-3):
+        got = widen(value)
+        assert abs(got) >= abs(value)
+        assert got * value > 0
+        assert abs(got - value) < abs(value) * 2**-5
+        assert widen(got) == got
+        mantissa = abs(got) / 2.0 ** math.floor(math.log2(abs(got)))
+        assert (mantissa * 2**5).is_integer()
+    assert widen(6.334993362426758) == widen(6.334993362426758 * (1 + 1e-6)) == 6.375
+    assert widen(0.0) == 0.0
 
 
 def test_a_store_built_by_an_earlier_recipe_is_rebuilt(example_store: Path, tmp_path: Path) -> None:
