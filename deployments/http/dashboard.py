@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -119,6 +120,11 @@ class MetricsSnapshot(BaseModel):
     at: float = Field(description="Server time, Unix seconds.")
     nodes: int = Field(description="Nodes whose metrics endpoint answered.")
     nodes_failed: int = Field(description="Nodes whose endpoint did not answer in time.")
+    node_set: str = Field(
+        description="Names the set of nodes that answered (a digest of their ids): two "
+        "snapshots' difference is a rate only when both have the same set, since a node "
+        "that replaced another brings its own totals."
+    )
     counters: list[CounterSeries]
     histograms: list[HistogramSeries]
 
@@ -151,6 +157,7 @@ METRICS_EXAMPLE = {
     "at": 1764640000.0,
     "nodes": 1,
     "nodes_failed": 0,
+    "node_set": "5f1c0a9e2b7d4c38",
     "counters": [
         {"name": "servekit_requests_total",
          "labels": {"model": "minilm", "version": "v1", "route": "/v1/embeddings", "code": "200"},
@@ -259,7 +266,8 @@ async def dashboard_metrics(request: Request) -> Response:
     `auth.metrics_tenants` names it) and the series of the models its key may use."""
 
     async def work(principal: Principal | None) -> Any:
-        at, texts, failed = await _scrape()
+        at, answered, failed = await _scrape()
+        texts = [text for _, text in answered]
         snapshot = Snapshot()
         for text in texts:
             snapshot.add_exposition(text)
@@ -267,7 +275,8 @@ async def dashboard_metrics(request: Request) -> Response:
             named = replica_host().args.auth.metrics_tenants
             tenant = principal.tenant_id if principal.tenant_id in named else None
             snapshot.for_tenant(tenant, principal.may_use)
-        return {"at": at, "nodes": len(texts), "nodes_failed": failed, **snapshot.document()}
+        nodes = {"nodes": len(texts), "nodes_failed": failed, "node_set": node_set(answered)}
+        return {"at": at, **nodes, **snapshot.document()}
 
     return await _run(request, "/admin/v1/dashboard/metrics", work)
 
@@ -319,27 +328,38 @@ async def _usage_today(access: Any, principal: Principal | None, day: Any) -> li
     return await asyncio.to_thread(read)
 
 
-async def _scrape() -> tuple[float, list[str], int]:
-    """Every live node's metrics exposition (when taken, the texts, nodes that failed)."""
+def node_set(answered: list[tuple[str, str]]) -> str:
+    """A short name of the set of nodes in `answered` ((node id, text) pairs), the same
+    for the same nodes in any order."""
+    ids = "\n".join(sorted(node for node, _ in answered))
+    return hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+
+async def _scrape() -> tuple[float, list[tuple[str, str]], int]:
+    """Every live node's metrics exposition (when taken, (node id, text) of each node
+    that answered, how many did not)."""
     return await _cached("scrape", _scrape_nodes)  # type: ignore[no-any-return]
 
 
-def _scrape_nodes() -> tuple[float, list[str], int]:
+def _scrape_nodes() -> tuple[float, list[tuple[str, str]], int]:
     import ray
 
     urls = [
-        f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+        (
+            str(node["NodeID"]),
+            f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics",
+        )
         for node in ray.nodes()
         if node.get("Alive") and node.get("MetricsExportPort")
     ]
-    texts, failed = [], 0
-    for url in urls:  # a handful of nodes; each bounded by the timeout
+    answered, failed = [], 0
+    for node, url in urls:  # a handful of nodes; each bounded by the timeout
         try:
             with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
-                texts.append(response.read().decode())
+                answered.append((node, response.read().decode()))
         except OSError:
             failed += 1
-    return time.time(), texts, failed
+    return time.time(), answered, failed
 
 
 _CACHE: dict[str, tuple[float, Any]] = {}

@@ -202,6 +202,8 @@ def test_a_tenant_admin_sees_its_own_tenant_only(service: Service) -> None:
         if c["name"] == "servekit_tenant_requests_total"
     }
     assert tenants <= {TEST_TENANT}  # never `other` (every other tenant) nor another's
+    assert metrics["nodes"] == 1
+    assert len(metrics["node_set"]) == 16
 
 
 def test_a_wrong_key_is_refused_and_forgotten(service: Service, browser: Any) -> None:

@@ -13,11 +13,14 @@ const servekitMetrics = (() => {
 
   const seriesKey = (s) => s.name + JSON.stringify(s.labels);
 
-  // A snapshot as the route answers it -> {at, nodes, counters: Map, histograms: Map}.
+  // A snapshot as the route answers it -> {at, nodes, nodeSet, counters: Map, histograms: Map}.
   function snapshotOf(doc) {
     return {
       at: doc.at,
       nodes: doc.nodes,
+      // The same count of nodes can be other nodes (one replaced another between two
+      // refreshes): the set's name tells them apart where the route gives it.
+      nodeSet: doc.node_set ?? String(doc.nodes),
       counters: new Map(doc.counters.map((s) => [seriesKey(s), s])),
       histograms: new Map(doc.histograms.map((s) => [seriesKey(s), s])),
     };
@@ -42,7 +45,7 @@ const servekitMetrics = (() => {
         this.push({ t: doc.at, plots: {} });
         return;
       }
-      if (last && last.nodes !== snap.nodes) {
+      if (last && (last.nodes !== snap.nodes || last.nodeSet !== snap.nodeSet)) {
         // Nodes came or went: their totals are not this window's; start again here.
         this.snapshots = [snap];
         this.push({ t: doc.at, plots: {} });

@@ -398,5 +398,6 @@ class MetricsSnapshot(ApiModel):
     at: float
     nodes: int
     nodes_failed: int
+    node_set: str
     counters: list[CounterSeries]
     histograms: list[HistogramSeries]

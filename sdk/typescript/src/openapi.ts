@@ -1285,6 +1285,11 @@ export interface components {
             /** Histograms */
             histograms: components["schemas"]["HistogramSeries"][];
             /**
+             * Node Set
+             * @description Names the set of nodes that answered (a digest of their ids): two snapshots' difference is a rate only when both have the same set, since a node that replaced another brings its own totals.
+             */
+            node_set: string;
+            /**
              * Nodes
              * @description Nodes whose metrics endpoint answered.
              */
@@ -1994,6 +1999,7 @@ export interface operations {
                      *           "sum": 11.9
                      *         }
                      *       ],
+                     *       "node_set": "5f1c0a9e2b7d4c38",
                      *       "nodes": 1,
                      *       "nodes_failed": 0
                      *     }

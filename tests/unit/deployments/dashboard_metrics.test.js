@@ -13,13 +13,15 @@ const { History, quantile } = require(
 const WINDOW_S = 30;
 const SERIES = { model: "minilm", version: "v1", route: "/v1/embeddings", code: "200" };
 
-// A metrics route answer: `perNode` requests on each node that answered.
-function doc(at, perNode, failed = 0) {
+// A metrics route answer: `perNode` requests on each node that answered (node ids "n0",
+// "n1", ... unless `ids` names them).
+function doc(at, perNode, failed = 0, ids = perNode.map((_, n) => `n${n}`)) {
   const total = perNode.reduce((a, b) => a + b, 0);
   return {
     at,
     nodes: perNode.length,
     nodes_failed: failed,
+    node_set: [...ids].sort().join(","),
     counters: [{ name: "servekit_requests_total", labels: SERIES, value: total }],
     histograms: [],
   };
@@ -64,6 +66,30 @@ test("another set of nodes starts the difference again", () => {
   history.add(doc(15, [1150, 7050]));
   assert.deepEqual(rates(history), [10, null, 20]);
   assert.deepEqual(history.snapshots.map((s) => s.at), [10, 15]);
+});
+
+test("a node replaced by another between two refreshes starts the difference again", () => {
+  // Two nodes at 10 req/s each; between t=10 and t=15 node b left and node c, with a
+  // larger total of its own, took its place: the count of nodes stayed 2.
+  const history = new History(WINDOW_S, 900);
+  history.add(doc(0, [1000, 2000], 0, ["a", "b"]));
+  history.add(doc(5, [1050, 2050], 0, ["a", "b"]));
+  history.add(doc(10, [1100, 2100], 0, ["a", "b"]));
+  history.add(doc(15, [1150, 9000], 0, ["a", "c"]));
+  history.add(doc(20, [1200, 9050], 0, ["a", "c"]));
+  assert.deepEqual(rates(history), [20, 20, null, 20]);
+});
+
+test("snapshots without a node set compare by count", () => {
+  const history = new History(WINDOW_S, 900);
+  const bare = (at, perNode) => {
+    const d = doc(at, perNode);
+    delete d.node_set;
+    return d;
+  };
+  history.add(bare(0, [1000]));
+  history.add(bare(5, [1050]));
+  assert.deepEqual(rates(history), [10]);
 });
 
 test("no gap is drawn before the first point", () => {

@@ -226,3 +226,14 @@ def test_the_gate_lets_the_page_through_without_a_key_and_nothing_else(tmp_path:
     assert client.get("/dashboards").status_code == 401
     operator = {"Authorization": "Bearer operator-token"}
     assert client.get("/admin/v1/dashboard/state", headers=operator).status_code == 200
+
+
+def test_the_node_set_names_the_nodes_not_their_count() -> None:
+    """Two snapshots are differenced only over the same nodes: a node that replaced
+    another gives another name, the same nodes in another order the same one."""
+    from deployments.http.dashboard import node_set
+
+    a, b, c = ("node-a", "x"), ("node-b", "y"), ("node-c", "z")
+    assert node_set([a, b]) == node_set([b, a])
+    assert node_set([a, b]) != node_set([a, c])
+    assert len(node_set([a])) == 16
