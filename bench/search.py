@@ -168,6 +168,7 @@ def in_process(registry_dsn: str, queries: list[str], batch: int, seconds: float
     a search of its index; `batch` queries embedded together (grouped by version)."""
     from configs.schema import AppArgs, IngressLiveConfig
     from deployments.pipelines.catalog_index import CatalogIndex
+    from deployments.pipelines.search import stored_space
     from models import ArtifactRef, ArtifactStore, RuntimeOptions, load_model
     from models.text import TextEmbedder
     from stores.catalog_sql import open_catalog_store
@@ -192,9 +193,10 @@ def in_process(registry_dsn: str, queries: list[str], batch: int, seconds: float
     artifacts = ArtifactStore()
     for version in weights:
         space = f"{model}/{version}"
-        stored = store.get_vectors(tenant, CATALOG, space, [i.id for i in items])
-        index.set_vectors(space, {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()})
         spec = args.models[model].versions[version]
+        named = stored_space(space, spec.artifact.sha256)  # as servekit stored them
+        stored = store.get_vectors(tenant, CATALOG, named, [i.id for i in items])
+        index.set_vectors(space, {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()})
         ref = ArtifactRef(str(ROOT / spec.artifact.uri), spec.artifact.sha256)
         runtime = load_model(ref, RuntimeOptions(), artifacts)
         assert isinstance(runtime, TextEmbedder)

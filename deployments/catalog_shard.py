@@ -20,6 +20,7 @@ from deployments.observability.logs import get_logger
 from deployments.pipelines.catalog_index import Candidates, SearchQuery
 from deployments.pipelines.search import SearchService
 from deployments.pipelines.shards import shard_of
+from deployments.pipelines.wiring import space_artifacts
 from deployments.tenancy.access import registry_url
 from models.lexical import CorpusStats
 from stores.secrets import load_secrets
@@ -41,6 +42,7 @@ class CatalogShard:
             self.args.search.follow_s,
             get_logger("search"),
             owns=lambda item_id: shard_of(item_id, shards) == shard,
+            space_artifacts=space_artifacts(self.args),
         )
         self.started = False
         self._ingress: Any = None

@@ -441,6 +441,7 @@ async def serve_worker(args_json: str, socket_path: str) -> None:
     from deployments.pipelines.features_wiring import catalog_items, open_online_store
     from deployments.pipelines.recommend import PopularItems, RecommendService
     from deployments.pipelines.search import SearchService
+    from deployments.pipelines.wiring import space_artifacts
     from deployments.replicas.recommender_backend import load_recommenders
     from deployments.tenancy.access import registry_url
     from stores.catalog_sql import open_catalog_store
@@ -457,7 +458,13 @@ async def serve_worker(args_json: str, socket_path: str) -> None:
     async def no_texts(tenant: str, space: str, texts: list[str]) -> Any:
         raise RuntimeError("the recommendation worker embeds no text")
 
-    search = SearchService(open_catalog_store(dsn), no_texts, args.search.follow_s, log)
+    search = SearchService(
+        open_catalog_store(dsn),
+        no_texts,
+        args.search.follow_s,
+        log,
+        space_artifacts=space_artifacts(args),
+    )
     errors = _StoreErrors()
     features = FeatureService(
         load_definitions(args.features.definitions),

@@ -95,6 +95,12 @@ def _unindexable(item: Item) -> str | None:
     return None
 
 
+def stored_space(space: str, sha256: str | None) -> str:
+    """The name the vectors of `space` made by the artifact `sha256` have in the catalog
+    store (`SearchService.stored_space`)."""
+    return f"{space}@{sha256[:12]}" if sha256 else space
+
+
 class SearchService:
     """Every catalog of every tenant this replica serves searches for."""
 
@@ -114,7 +120,10 @@ class SearchService:
         retain_s: float = RETAIN_S,
     ) -> None:
         """`snapshots`: catalogs to start from a snapshot artifact; `space_artifacts`:
-        the model artifact's sha256 of each space, which a snapshot's space must match.
+        the model artifact's sha256 of each space, which a snapshot's space must match
+        and which names the space's vectors in the store (`stored_space`): every
+        service over one store (the Ingress, shards, the recommendation worker) passes
+        the same.
         `owns`: on a shard, whether an item id is this shard's (the others are never
         indexed here). `shards`: on an ingress of a sharded catalog, the shards that
         hold the items (this service then writes to the store and indexes nothing).
@@ -216,7 +225,11 @@ class SearchService:
                         page = ids[start : start + LOAD_PAGE]
                         async with self._lock:
                             stored = await asyncio.to_thread(
-                                self.store.get_vectors, tenant, catalog, space, page
+                                self.store.get_vectors,
+                                tenant,
+                                catalog,
+                                self.stored_space(space),
+                                page,
                             )
                             vectors = {
                                 i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()
@@ -248,7 +261,9 @@ class SearchService:
             existing = await asyncio.to_thread(self.store.catalogs, tenant)
             seeded = None
             if catalog not in {c.name for c in existing}:
-                vectors = {space: snapshot.vectors_bytes(space) for space in usable}
+                vectors = {
+                    self.stored_space(space): snapshot.vectors_bytes(space) for space in usable
+                }
                 seeded = await asyncio.to_thread(
                     self.store.seed, tenant, catalog, snapshot.items, vectors
                 )
@@ -415,7 +430,9 @@ class SearchService:
         is embedded by a backfill, which the follower starts within `BACKFILL_RETRY_S`."""
         index = self.catalogs[(tenant, catalog)]
         for space in self.spaces:
-            stored = await asyncio.to_thread(self.store.get_vectors, tenant, catalog, space, ids)
+            stored = await asyncio.to_thread(
+                self.store.get_vectors, tenant, catalog, self.stored_space(space), ids
+            )
             vectors = {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
             await asyncio.to_thread(index.set_vectors, space, vectors)
             if len(stored) < len(set(ids)):
@@ -452,7 +469,7 @@ class SearchService:
             ids = [i.id for i in batch]
             async with self._lock:  # the writers' lock: no apply in between
                 stored = await asyncio.to_thread(
-                    self.store.get_vectors, tenant, catalog, space, ids
+                    self.store.get_vectors, tenant, catalog, self.stored_space(space), ids
                 )
                 index.set_vectors(
                     space, {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
@@ -488,7 +505,7 @@ class SearchService:
         blobs = {i: v.astype(np.float32).tobytes() for i, v in by_id.items()}
         async with self._lock:
             written = await asyncio.to_thread(
-                self.store.put_vectors, tenant, catalog, space, blobs, made_from
+                self.store.put_vectors, tenant, catalog, self.stored_space(space), blobs, made_from
             )
             current = {i: index.get(i) for i in written}
             kept = {
@@ -498,6 +515,16 @@ class SearchService:
             }
             index.set_vectors(space, kept)
         return len(kept)
+
+    def stored_space(self, space: str) -> str:
+        """The name of `space`'s vectors in the store: the space and the first 12 hex
+        digits of the artifact that made them (`space_artifacts`), as the embedding
+        cache names its spaces. Vectors made by another artifact under the same version
+        name (a rebuilt example model, a manifest applied around the immutability
+        check) are then never read as this artifact's: its index is embedded again
+        instead of mixing two models' vectors. A space without a known artifact keeps
+        its bare name."""
+        return stored_space(space, self.space_artifacts.get(space))
 
     # ---- what the routes call ----------------------------------------------------
 
@@ -515,7 +542,9 @@ class SearchService:
         follower that sees the items sees their vectors), apply here; the seq."""
         vectors = await self._embed_all(tenant, items)
         blobs = {
-            space: {item.id: matrix[n].astype(np.float32).tobytes() for n, item in enumerate(items)}
+            self.stored_space(space): {
+                item.id: matrix[n].astype(np.float32).tobytes() for n, item in enumerate(items)
+            }
             for space, matrix in vectors.items()
         }
         # Written and applied under the writers' lock, as `delete` and `configure`: this

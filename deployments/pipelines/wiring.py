@@ -80,8 +80,6 @@ def open_search(
 
     metrics = SearchMetrics()
     embed = item_embedder(args, plane)
-    model = args.search_model()
-    artifacts = {f"{model}/{v}": s.artifact.sha256 for v, s in args.models[model].versions.items()}
     return SearchService(
         store,
         embed,
@@ -90,7 +88,7 @@ def open_search(
         metrics.pending_items,
         idle=idle,
         snapshots=snapshot_sources(args),
-        space_artifacts=artifacts,
+        space_artifacts=space_artifacts(args),
         shards=ShardSet([HandleShard(h) for h in shards], log) if shards else None,
     )
 
@@ -114,6 +112,18 @@ def snapshot_sources(args: AppArgs) -> list[SnapshotSource]:
 
         sources.append((spec.tenant_id, spec.catalog, load))
     return sources
+
+
+def space_artifacts(args: AppArgs) -> dict[str, str]:
+    """The artifact sha256 of every space catalogs may index (each version of the search
+    model and of the recommender): what names a space's vectors in the store, so every
+    search service over the store is given the same."""
+    models = [args.search_model(), *([r] if (r := args.recommender()) else [])]
+    return {
+        f"{m}/{v}": spec.artifact.sha256
+        for m in models
+        for v, spec in args.models[m].versions.items()
+    }
 
 
 def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:

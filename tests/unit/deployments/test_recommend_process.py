@@ -46,6 +46,7 @@ from deployments.pipelines.recommend_process import (
     query_of,
 )
 from deployments.pipelines.search import SearchService
+from deployments.pipelines.wiring import space_artifacts
 from deployments.replicas.recommender_backend import load_recommenders
 from stores.catalog import Item
 from stores.catalog_sql import open_catalog_store
@@ -216,7 +217,10 @@ def stores(
     async def no_text(tenant: str, space: str, texts: list[str]) -> Any:
         raise AssertionError("only the recommender's space is kept here")
 
-    search = SearchService(catalogs, no_text, 0.05, LOG, backfill_delay_s=0)
+    # As the Ingress and the workers are: the stored vectors named by their artifact.
+    search = SearchService(
+        catalogs, no_text, 0.05, LOG, backfill_delay_s=0, space_artifacts=space_artifacts(args)
+    )
     store: Any = SqliteFeatureStore(embedded_path(dsn))
     if redis is not None:
         store = RedisFeatureStore(redis.url, timeout_s=0.2)

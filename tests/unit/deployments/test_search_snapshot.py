@@ -74,7 +74,9 @@ def test_a_replica_starts_from_a_snapshot_and_seeds_the_store(
         store = first.store
         head = store.head()
         assert head == len(_items())
-        assert len(store.get_vectors("acme", "shop", SPACE, [i.id for i in _items()])) == 6
+        named = first.stored_space(SPACE)
+        assert named == f"{SPACE}@{SHA[:12]}"
+        assert len(store.get_vectors("acme", "shop", named, [i.id for i in _items()])) == 6
         second = _service(url, snapshot, embed)  # another replica: nothing seeded twice
         await second.start([SPACE])
         assert store.head() == head
@@ -152,6 +154,42 @@ def test_vectors_of_another_artifact_are_not_used(
         assert service.ready_spaces("acme", "shop") == [SPACE]
         assert embed.texts == 6
         await service.close()
+
+    asyncio.run(run())
+
+
+async def _ready(service: SearchService) -> None:
+    for _ in range(200):  # the backfill start() began
+        if service.ready_spaces("acme", "shop"):
+            break
+        await asyncio.sleep(0.02)
+    assert service.ready_spaces("acme", "shop") == [SPACE]
+
+
+def test_stored_vectors_of_another_artifact_are_not_read(
+    url: str, snapshot: Callable[[], CatalogSnapshot]
+) -> None:
+    """The version's artifact was rebuilt under the same name (the store holds the old
+    one's vectors, the snapshot too): a replica of the new one embeds the catalog again
+    instead of indexing the old vectors beside its queries; one of the old artifact
+    still finds the old vectors, none embedded."""
+
+    async def run() -> None:
+        old = _service(url, snapshot, Counting())
+        await old.start([SPACE])  # seeds the store with the old artifact's vectors
+        await old.close()
+        embed = Counting()
+        new = _service(url, snapshot, embed, sha="cd" * 32)
+        await new.start([SPACE])
+        await _ready(new)
+        assert embed.texts == 6  # every item embedded by the new artifact
+        await new.close()
+        again = Counting()
+        later = _service(url, snapshot, again, sha="cd" * 32)  # its vectors are stored now
+        await later.start([SPACE])
+        await _ready(later)
+        assert again.texts == 0  # the backfill found them all stored
+        await later.close()
 
     asyncio.run(run())
 
