@@ -9,12 +9,17 @@ import json
 import sys
 from typing import Any
 from urllib.error import HTTPError, URLError
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 from urllib.request import Request, urlopen
 
-from servekit.credentials import operator_headers
+from servekit.credentials import operator_token
+from stores.secrets import SecretsError
 
 SCOPE_HELP = "comma-separated: embed,search,recommend,events,usage,admin"
+
+
+class UsageError(Exception):
+    """A command the user gave wrongly, or a setup it cannot run in: one line, exit 1."""
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], url: str) -> None:
@@ -23,11 +28,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], url: 
     tenants.add_argument("--url", default=url, help="servekit's HTTP address")
     verbs = tenants.add_subparsers(dest="verb", required=True)
     create = verbs.add_parser("create", help="create a tenant")
+    _url_arg(create)
     create.add_argument("name")
     create.add_argument("--id", help="tenant id (default: generated)")
     _limit_args(create)
-    verbs.add_parser("list", help="list tenants")
+    _url_arg(verbs.add_parser("list", help="list tenants"))
     usage = verbs.add_parser("usage", help="a tenant's usage this month")
+    _url_arg(usage)
     usage.add_argument("tenant")
     usage.add_argument("--start", help="first day, YYYY-MM-DD")
     usage.add_argument("--end", help="last day, YYYY-MM-DD")
@@ -35,6 +42,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], url: 
         dest="key_verb", required=True
     )
     make = keys.add_parser("create", help="create a key (printed once)")
+    _url_arg(make)
     make.add_argument("tenant")
     make.add_argument("--name", default="default")
     make.add_argument("--scopes", help=f"{SCOPE_HELP} (default: all but admin)")
@@ -43,13 +51,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], url: 
     make.add_argument("--expires-in-s", type=int, help="seconds until it expires")
     _limit_args(make)
     listing = keys.add_parser("list", help="list a tenant's keys (never the keys)")
+    _url_arg(listing)
     listing.add_argument("tenant")
     for verb, text in (("revoke", "revoke a key now"), ("rotate", "new key; old one expires")):
         cmd = keys.add_parser(verb, help=text)
+        _url_arg(cmd)
         cmd.add_argument("tenant")
         cmd.add_argument("key_id")
         if verb == "rotate":
             cmd.add_argument("--overlap-s", type=float, help="old key stays valid this long")
+
+
+def _url_arg(parser: argparse.ArgumentParser) -> None:
+    """`--url` after the verb as well as before it (`servekit tenants list --url ...`);
+    left out there, the one before it (or the default) holds."""
+    parser.add_argument("--url", default=argparse.SUPPRESS, help="servekit's HTTP address")
 
 
 def _limit_args(parser: argparse.ArgumentParser) -> None:
@@ -67,16 +83,45 @@ def _limits(args: argparse.Namespace) -> dict[str, Any] | None:
     return {k: v for k, v in values.items() if v is not None} or None
 
 
-def _csv(text: str | None) -> list[str] | None:
-    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+def _csv(text: str | None, option: str) -> list[str] | None:
+    """The parts of a comma-separated option; None when it was not given. Given but
+    empty (`--models "$UNSET"`) is an error, not the default: for `--models` the
+    default is every model."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise UsageError(f"{option}: empty; leave it out for the default")
+    return parts
+
+
+def _operator_headers() -> dict[str, str]:
+    """The operator credential's `Authorization`, or a UsageError saying where it is
+    looked for (sent without one, every call would be a bare 401)."""
+    try:
+        token = operator_token()
+    except (SecretsError, OSError) as e:  # OSError: the generated one, unreadable
+        raise UsageError(f"the operator credential cannot be read: {e}") from e
+    if not token:
+        raise UsageError(
+            "no operator credential: set SERVEKIT_ADMIN_TOKEN (or SERVEKIT_ADMIN_TOKEN_FILE, "
+            "SERVEKIT_SECRETS_DIR), or run where `servekit serve` generated one"
+        )
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    headers = {**operator_headers(), "Content-Type": "application/json"}
+    headers = {**_operator_headers(), "Content-Type": "application/json"}
     request = Request(f"{url}{path}", data=data, method=method, headers=headers)
     with urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+        raw = response.read()
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise UsageError(
+            f"{url} answered {path} with something other than JSON: is it servekit?"
+        ) from e
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/")
     try:
         result = _dispatch(url, args)
+    except UsageError as e:
+        print(f"servekit: {e}", file=sys.stderr)
+        return 1
     except HTTPError as e:
         try:
             message = json.loads(e.read())["error"]["message"]
@@ -108,20 +156,22 @@ def _dispatch(url: str, args: argparse.Namespace) -> Any:
         return _call(url, "GET", "/admin/v1/tenants")
     tenant = quote(args.tenant, safe="")
     if args.verb == "usage":
-        query = "&".join(f"{k}={v}" for k, v in (("start", args.start), ("end", args.end)) if v)
-        return _call(url, "GET", f"/admin/v1/tenants/{tenant}/usage?{query}")
+        query = urlencode({k: v for k, v in (("start", args.start), ("end", args.end)) if v})
+        return _call(
+            url, "GET", f"/admin/v1/tenants/{tenant}/usage" + (f"?{query}" if query else "")
+        )
     keys = f"/admin/v1/tenants/{tenant}/keys"
     if args.key_verb == "list":
         return _call(url, "GET", keys)
     if args.key_verb == "create":
         body = {
             "name": args.name,
-            "models": _csv(args.models),
+            "models": _csv(args.models, "--models"),
             "may_pin": args.may_pin,
             "expires_in_s": args.expires_in_s,
             "limits": _limits(args),
         }
-        scopes = _csv(args.scopes)
+        scopes = _csv(args.scopes, "--scopes")
         if scopes is not None:
             body["scopes"] = scopes
         return _call(url, "POST", keys, body)

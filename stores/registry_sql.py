@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -63,6 +63,12 @@ _MIGRATE_LOCK_ID = 0x5E7E_4E61
 # How long SQLite waits for another process's write to finish before "database is locked".
 _SQLITE_BUSY_TIMEOUT_S = 30.0
 _MIGRATE_ATTEMPTS = 5
+
+
+def _unstorable(*values: str) -> bool:
+    """Whether an id can name nothing stored: PostgreSQL refuses text holding NUL (a
+    500 for an id from a request's path), and no id the registry makes holds one."""
+    return any("\x00" in value for value in values)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -190,6 +196,8 @@ class SqlRegistry:
     def create_tenant(self, name: str, limits: RateLimits, tenant_id: str | None = None) -> Tenant:
         """A new tenant; `tenant_id` is generated unless given. Duplicate id: ValueError."""
         tenant = Tenant(tenant_id or new_id("tn"), name, datetime.now(UTC), limits)
+        if _unstorable(tenant.id):
+            raise ValueError(f"tenant id {tenant.id!r} holds a NUL character")
         try:
             with self._writing(bump=True) as conn:
                 conn.execute(tenants.insert().values(_tenant_values(tenant)))
@@ -199,6 +207,8 @@ class SqlRegistry:
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         """One tenant, or None."""
+        if _unstorable(tenant_id):
+            return None
         with self._engine.connect() as conn:
             row = conn.execute(select(tenants).where(tenants.c.id == tenant_id)).first()
         return None if row is None else _tenant(row)
@@ -209,15 +219,26 @@ class SqlRegistry:
             return _all_tenants(conn)
 
     def update_tenant(
-        self, tenant_id: str, limits: RateLimits | None = None, disabled: bool | None = None
+        self,
+        tenant_id: str,
+        limits: RateLimits | None = None,
+        disabled: bool | None = None,
+        limit_fields: Collection[str] | None = None,
     ) -> Tenant | None:
-        """Change a tenant's limits or disabled flag; None when there is no such tenant."""
+        """Change a tenant's limits or disabled flag; None when there is no such tenant.
+        `limit_fields`: the limits that change (default: all of them); the others keep
+        their stored values, read and written in one transaction (writers queue on the
+        generation bump, so two changes of different limits both hold)."""
+        if _unstorable(tenant_id):
+            return None
         with self._writing(bump=True) as conn:
             row = conn.execute(select(tenants).where(tenants.c.id == tenant_id)).first()
             if row is None:
                 conn.rollback()  # nothing written: the generation stays
                 return None
             tenant = _tenant(row)
+            if limits is not None:
+                limits = tenant.limits.changed(limits, limit_fields)
             tenant = replace(
                 tenant,
                 limits=tenant.limits if limits is None else limits,
@@ -232,22 +253,29 @@ class SqlRegistry:
     def add_key(self, key: ApiKey) -> None:
         """Store a new key (its tenant must exist: else KeyError; a key with the same id
         or hash exists: ValueError)."""
+        if _unstorable(key.tenant_id):
+            raise KeyError(key.tenant_id)
         try:
             with self._writing(bump=True) as conn:
                 found = conn.execute(select(tenants.c.id).where(tenants.c.id == key.tenant_id))
                 if found.first() is None:
                     raise KeyError(key.tenant_id)
                 conn.execute(api_keys.insert().values(_key_values(key)))
-        except IntegrityError as e:
-            raise ValueError(f"key {key.id!r} or its hash already exists") from e
+        except IntegrityError:
+            # Not chained: PostgreSQL's message quotes the duplicate value, the hash.
+            raise ValueError(f"key {key.id!r} or its hash already exists") from None
 
     def get_key(self, tenant_id: str, key_id: str) -> ApiKey | None:
         """One key of a tenant, or None (also for another tenant's key)."""
+        if _unstorable(tenant_id, key_id):
+            return None
         with self._engine.connect() as conn:
             return _one_key(conn, tenant_id, key_id)
 
     def list_keys(self, tenant_id: str) -> list[ApiKey]:
         """A tenant's keys, revoked and expired included, oldest first."""
+        if _unstorable(tenant_id):
+            return []
         query = (
             select(api_keys)
             .where(api_keys.c.tenant_id == tenant_id)
@@ -265,6 +293,8 @@ class SqlRegistry:
     ) -> ApiKey | None:
         """Mark a key rotated at `now`, valid until `until` at the latest, in one step
         and only once: None when it is not the tenant's key or was rotated already."""
+        if _unstorable(tenant_id, key_id):
+            return None
         when = bindparam("until", until, type_=UtcDateTime)
         column = api_keys.c.expires_at
         earliest = case((column.is_(None) | (column > when), when), else_=column)
@@ -292,6 +322,8 @@ class SqlRegistry:
     ) -> ApiKey | None:
         """Set a key's timestamp to `at` unless it is already earlier, in SQL, so that
         concurrent calls keep the earliest whatever their order."""
+        if _unstorable(tenant_id, key_id):
+            return None
         when = bindparam("at", at, type_=UtcDateTime)
         earliest = case((column.is_(None) | (column > when), when), else_=column)
         with self._writing(bump=True) as conn:
@@ -353,6 +385,8 @@ class SqlRegistry:
 
     def usage(self, tenant_id: str, start: date, end: date) -> list[UsageRow]:
         """A tenant's rows for days in [start, end], by day then model."""
+        if _unstorable(tenant_id):
+            return []
         query = (
             select(usage)
             .where(usage.c.tenant_id == tenant_id, usage.c.day >= start, usage.c.day <= end)
@@ -421,7 +455,9 @@ def open_registry(url: str) -> SqlRegistry:
 
 
 def create_sql_engine(url: str) -> Engine:
-    """An engine for `url`, SQLite or PostgreSQL, set up as the stores expect."""
+    """An engine for `url`, SQLite or PostgreSQL, set up as the stores expect. Its errors
+    name no bound values (`hide_parameters`): a failed write would otherwise put a key's
+    hash, or a tenant's data, into the traceback that the service logs."""
     if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(url)
     return _pg_engine(url)
@@ -490,6 +526,7 @@ def _sqlite_engine(url: str) -> Engine:
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_S},
+        hide_parameters=True,
     )
 
     @event.listens_for(engine, "connect")
@@ -515,7 +552,7 @@ def _pg_engine(url: str) -> Engine:
     """PostgreSQL: pooled connections, checked before use (a server restart or an idle
     timeout closes them). The session's time zone is left alone (a pooler may refuse
     startup options): `UtcDateTime` converts whatever comes back."""
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 # --- rows and values ---

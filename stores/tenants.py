@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Protocol
 
@@ -19,6 +20,7 @@ SCOPES = ("embed", "search", "recommend", "events", "usage", "admin")
 KEY_PREFIX = "sk-"
 VISIBLE_CHARS = 8  # random characters after `sk-` that are stored in the clear
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+LIMIT_FIELDS = ("requests_per_s", "texts_per_s", "monthly_texts")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,17 @@ class RateLimits:
             self.texts_per_s if self.texts_per_s is not None else base.texts_per_s,
             self.monthly_texts if self.monthly_texts is not None else base.monthly_texts,
         )
+
+    def changed(self, new: RateLimits, fields: Collection[str] | None = None) -> RateLimits:
+        """These limits with `fields` (default: all) taken from `new`, the others kept: a
+        change that names one limit leaves the rest as they were. A field of `new` that is
+        None removes that limit."""
+        if fields is None:
+            return new
+        unknown = set(fields) - set(LIMIT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown limit {sorted(unknown)[0]!r}")
+        return replace(self, **{name: getattr(new, name) for name in fields})
 
     def is_set(self) -> bool:
         """Whether any limit is set."""
@@ -119,9 +132,15 @@ class Registry(Protocol):
         """Every tenant, oldest first."""
 
     def update_tenant(
-        self, tenant_id: str, limits: RateLimits | None = None, disabled: bool | None = None
+        self,
+        tenant_id: str,
+        limits: RateLimits | None = None,
+        disabled: bool | None = None,
+        limit_fields: Collection[str] | None = None,
     ) -> Tenant | None:
-        """Change a tenant's limits or disabled flag; None when there is no such tenant."""
+        """Change a tenant's limits or disabled flag; None when there is no such tenant.
+        `limit_fields`: the limits that change (default: all of them); the others keep
+        their stored values, read and written in one transaction."""
 
     def add_key(self, key: ApiKey) -> None:
         """Store a new key (its tenant must exist: else KeyError)."""

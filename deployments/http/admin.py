@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -31,7 +32,7 @@ from deployments.http.inference import json_response
 from deployments.http.route_docs import example, responses
 from deployments.tenancy.access import Access
 from deployments.tenancy.principal import RESERVED_TENANT_IDS, Principal
-from stores.tenants import SCOPES, ApiKey, RateLimits, Tenant, issue_key
+from stores.tenants import LIMIT_FIELDS, SCOPES, ApiKey, RateLimits, Tenant, issue_key
 
 DEFAULT_SCOPES = ["embed", "search", "recommend", "events", "usage"]
 MAX_USAGE_DAYS = 400
@@ -276,11 +277,26 @@ async def _run(
         principal = call.principal
         if access is None or principal is None:
             raise NotFound("no such route (auth is off)")
-        await host.plane.admit(call, 0)
+        # One request from the caller's request buckets; nothing from, and never refused
+        # by, the monthly text quota: a tenant past it (its quota lowered mid-month, or
+        # replicas that each admitted a second past it) still reads its usage and
+        # revokes a leaked key.
+        admitted = CallRecord(principal=_without_monthly(principal))
+        await host.plane.admit(admitted, 0)
+        call.headers.update(admitted.headers)
         result = await work(access, principal)
         return result if isinstance(result, Response) else json_response(result)
 
     return await run_route(request, route, call_work)
+
+
+def _without_monthly(principal: Principal) -> Principal:
+    """The caller with its rate limits and no monthly quota (its tenant's or its key's)."""
+    return replace(
+        principal,
+        limits=replace(principal.limits, monthly_texts=None),
+        key_limits=replace(principal.key_limits, monthly_texts=None),
+    )
 
 
 def _own(principal: Principal, tenant_id: str) -> None:
@@ -371,9 +387,12 @@ async def patch_tenant(request: Request, tenant_id: str, body: TenantPatch) -> R
     async def work(access: Access, principal: Principal) -> Any:
         if not principal.operator:
             raise Forbidden()
+        # A merge: only the limits the body names change (null removes one); the others,
+        # a monthly quota say, stay as they were.
         limits = body.limits.value() if body.limits else None
+        fields = sorted(body.limits.model_fields_set) if body.limits else None
         tenant = await asyncio.to_thread(
-            access.registry.update_tenant, tenant_id, limits, body.disabled
+            access.registry.update_tenant, tenant_id, limits, body.disabled, fields
         )
         if tenant is None:
             raise NotFound("tenant: no such tenant")
@@ -400,9 +419,6 @@ async def list_keys(request: Request, tenant_id: str) -> Response:
         return [key_doc(k, now) for k in keys]
 
     return await _run(request, "/admin/v1/tenants/{id}/keys", work)
-
-
-LIMIT_FIELDS = ("requests_per_s", "texts_per_s", "monthly_texts")
 
 
 def _beyond(

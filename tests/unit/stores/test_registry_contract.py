@@ -4,6 +4,7 @@ PostgreSQL server."""
 from __future__ import annotations
 
 import threading
+import traceback
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -80,6 +81,66 @@ def test_update_tenant(registry: SqlRegistry) -> None:
     assert relimited.disabled
     assert relimited.limits == RateLimits(monthly_texts=7)
     assert registry.update_tenant("tn_nobody", disabled=True) is None
+
+
+def test_a_change_of_some_limits_keeps_the_others(registry: SqlRegistry) -> None:
+    """`limit_fields` names the limits that change: raising a rate keeps the monthly
+    quota; a named limit set to None is removed; none named changes nothing."""
+    t = registry.create_tenant("Acme", RateLimits(5.0, 100.0, 10_000))
+    faster = registry.update_tenant(t.id, RateLimits(requests_per_s=50.0), None, ["requests_per_s"])
+    assert faster is not None
+    assert faster.limits == RateLimits(50.0, 100.0, 10_000)
+    unmetered = registry.update_tenant(t.id, RateLimits(), None, ["monthly_texts"])
+    assert unmetered is not None
+    assert unmetered.limits == RateLimits(50.0, 100.0, None)
+    assert registry.update_tenant(t.id, RateLimits(1.0, 1.0, 1), True, []) == replace(
+        unmetered, disabled=True
+    )
+    assert registry.get_tenant(t.id) == replace(unmetered, disabled=True)
+    with pytest.raises(ValueError, match="burst"):
+        registry.update_tenant(t.id, RateLimits(), None, ["burst"])
+
+
+def test_ids_holding_nul_name_nothing(registry: SqlRegistry) -> None:
+    """PostgreSQL refuses text with NUL: an id from a request's path holding one is
+    simply unknown (None, empty), on both databases, and nothing is written."""
+    t = registry.create_tenant("Acme", RateLimits())
+    key = make_key(t.id)
+    registry.add_key(key)
+    registry.add_usage([UsageRow(t.id, "minilm", date(2026, 5, 1), 1, 1, 0)])
+    generation = registry.generation()
+    bad_tenant, bad_key = t.id + "\x00", key.id + "\x00"
+    assert registry.get_tenant(bad_tenant) is None
+    assert registry.update_tenant(bad_tenant, disabled=True) is None
+    assert registry.list_keys(bad_tenant) == []
+    assert registry.usage(bad_tenant, date(2026, 5, 1), date(2026, 5, 1)) == []
+    for tenant_id, key_id in ((t.id, bad_key), (bad_tenant, key.id)):
+        assert registry.get_key(tenant_id, key_id) is None
+        assert registry.revoke_key(tenant_id, key_id, T0) is None
+        assert registry.expire_key(tenant_id, key_id, T0) is None
+        assert registry.rotate_out(tenant_id, key_id, T0, T0) is None
+    with pytest.raises(KeyError):
+        registry.add_key(make_key(bad_tenant))
+    with pytest.raises(ValueError, match="NUL"):
+        registry.create_tenant("Nul", RateLimits(), "tn\x00nul")
+    assert registry.generation() == generation
+    assert registry.get_key(t.id, key.id) == key
+
+
+def test_a_failed_write_names_no_stored_values(registry: SqlRegistry) -> None:
+    """The database's error (which the service logs with its traceback when a write
+    fails) carries the statement, never the bound values: no key hash, no name."""
+    t = registry.create_tenant("Acme", RateLimits())
+    key = replace(make_key(t.id), name="name-that-must-not-show")
+    registry.add_key(key)
+    with pytest.raises(ValueError, match="already exists") as caught:
+        registry.add_key(replace(key, id=new_id("key")))  # the same hash
+    logged = "".join(traceback.format_exception(caught.value))
+    assert key.key_hash not in logged  # PostgreSQL's own message quotes the duplicate
+    assert key.name not in logged
+    database_error = caught.value.__context__
+    assert database_error is not None
+    assert key.name not in str(database_error)  # SQLAlchemy's parameters are hidden
 
 
 def test_keys_add_get_list(registry: SqlRegistry) -> None:
