@@ -125,11 +125,13 @@ def check_bucket(
 
 
 def check_month(limit: int, used: int, now: float, n: int) -> Check:
-    """Check adding `n` texts to a month in which `used` are counted already."""
+    """Check adding `n` texts to a month in which `used` are counted already. A call
+    with no texts is never refused by the quota, even past it (a quota lowered
+    mid-month, replicas that each admitted a second past it): the quota counts texts."""
     reset_s = max(MIN_MONTHLY_RETRY_S, next_month_start(now) - now)
-    if used + n > limit:
+    if n > 0 and used + n > limit:
         return Check("monthly", limit, max(0, limit - used), reset_s, reset_s)
-    return Check("monthly", limit, limit - used - n, reset_s, 0.0)
+    return Check("monthly", limit, max(0, limit - used - n), reset_s, 0.0)
 
 
 def month_key(now: float) -> int:

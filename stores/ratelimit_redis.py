@@ -122,8 +122,8 @@ for s = 0, #KEYS / 2 - 1 do
     local month_key = KEYS[2 * s + 2] .. ym
     local used = tonumber(redis.call('GET', month_key)) or 0
     local reset = math.max(MIN_MONTHLY_RETRY, next_start - now)
-    if used + n > mq then report(reset, math.max(0, mq - used), reset)
-    else report(0, mq - used - n, reset) end
+    if n > 0 and used + n > mq then report(reset, math.max(0, mq - used), reset)
+    else report(0, math.max(0, mq - used - n), reset) end
     table.insert(months, month_key)
   end
 end

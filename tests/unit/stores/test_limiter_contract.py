@@ -153,6 +153,23 @@ def test_monthly_quota_exhausted_until_next_month(backend: Backend, subject: str
     backend.run(body)
 
 
+def test_a_call_without_texts_is_never_refused_by_the_monthly_quota(
+    backend: Backend, subject: str
+) -> None:
+    """Past the quota (lowered after the month's texts were counted), a call carrying no
+    texts (a tenant admin reading its usage, revoking a leaked key) still passes, with
+    nothing left; one text is refused."""
+
+    async def body(limiter: Limiter) -> None:
+        assert (await limiter.admit(subject, RateLimits(monthly_texts=5), 5)).allowed
+        lowered = RateLimits(monthly_texts=3)
+        empty = await limiter.admit(subject, lowered, 0)
+        assert (empty.allowed, empty.policy, empty.remaining) == (True, "monthly", 0)
+        assert not (await limiter.admit(subject, lowered, 1)).allowed
+
+    backend.run(body)
+
+
 def test_limits_that_are_none_are_not_checked(backend: Backend, subject: str) -> None:
     async def body(limiter: Limiter) -> None:
         assert await limiter.admit(subject, RateLimits(), 10**9) is ALLOWED
