@@ -99,6 +99,8 @@ KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without", 
 def selectors(expr: str) -> Iterator[tuple[str, list[tuple[str, str, str]]]]:
     """(metric, [(label, op, value)]) of every series selector in `expr`."""
     bare = GROUPING.sub(" ", re.sub(r"\[[^\]]*\]", " ", expr))
+    # Strings outside a selector's braces are arguments (label_join's), not metrics.
+    bare = re.sub(r'\{[^}]*\}|"[^"]*"', lambda m: m[0] if m[0][0] == "{" else '""', bare)
     for name, braces in SELECTOR.findall(bare):
         if name not in KEYWORDS:
             yield name, MATCHER.findall(braces)
