@@ -67,8 +67,14 @@ def test_the_rollbacks_panel_counts_a_rollback_that_starts_its_series(tmp_path: 
         'ray_servekit_rollbacks_total{model="e5",version="v2",replica="b"}': "1x89 2x50",
         # e5/v3: once long ago, nothing in the last hour.
         'ray_servekit_rollbacks_total{model="e5",version="v3",replica="b"}': "1x140",
+        # Prometheus started at 0: every series is new to it for an hour.
+        'up{job="servekit-ray",pod="servekit-raycluster-head"}': "1x140",
     }
     checks = [
+        {"expr": expr, "eval_time": "30m", "exp_samples": [
+            {"labels": '{model="e5",version="v2"}', "value": 0},
+            {"labels": '{model="e5",version="v3"}', "value": 0},
+        ]},
         {"expr": expr, "eval_time": "79m", "exp_samples": [
             {"labels": '{model="e5",version="v2"}', "value": 0},
             {"labels": '{model="e5",version="v3"}', "value": 0},
