@@ -12,9 +12,10 @@ midpoints, as Ray's agent rebuilds it). Tests compare the monitoring's queries w
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from types import SimpleNamespace
 from typing import Any
 
@@ -133,21 +134,29 @@ def _record_one_of_each() -> None:
     features.events_seen(accepted=2, rejected=1)
     for op in ("read", "merge"):
         features.store_failed(op)
-    metrics.RECORDS.flush()
 
 
-def render() -> str:
-    """The text exposition of servekit's metrics, one point of each recorded."""
-    from prometheus_client import REGISTRY, generate_latest
+@cache
+def _recorder() -> Any:
+    """The process's one recorder: OpenTelemetry keeps the first instrument of a name
+    (and its callback) for the life of the process, as Ray's agent does."""
     from ray._private.telemetry.open_telemetry_metric_recorder import (
         OpenTelemetryMetricRecorder,
     )
 
-    recorder = OpenTelemetryMetricRecorder(gauge_metric_ttl_seconds=3600)
+    return OpenTelemetryMetricRecorder(gauge_metric_ttl_seconds=3600)
+
+
+def render(record: Callable[[], None] = _record_one_of_each) -> str:
+    """The text exposition of servekit's metrics after `record` (one point of each
+    kind, by default) built and used the metrics module's classes."""
+    from prometheus_client import REGISTRY, generate_latest
+
     with _in_a_replica(), pytest.MonkeyPatch.context() as patch:
-        for name, cls in _recording(recorder).items():
+        for name, cls in _recording(_recorder()).items():
             patch.setattr(metrics, name, cls)
-        _record_one_of_each()
+        record()
+        metrics.RECORDS.flush()
     text: str = generate_latest(REGISTRY).decode()
     return text
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.unit.cluster.exposition import render
 
 DASHBOARD = REPO_ROOT / "cluster" / "monitoring" / "grafana-dashboard.json"
 
@@ -95,3 +97,49 @@ def test_each_panel_describes_itself() -> None:
         text = panel["description"]
         assert text not in seen, f"{panel['title']!r} has {seen[text]!r}'s description"
         seen[text] = panel["title"]
+
+
+def _per_minute(record: Callable[[], None], metric: str, model: str) -> dict[str, str]:
+    """promtool series of `metric`'s `_sum` and `_count` for `model`, as Ray's agent
+    exports them after `record`, growing by that much every minute."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series = {}
+    for family in text_string_to_metric_families(render(record)):
+        for sample in family.samples:
+            ours = sample.labels.get("model") == model
+            if ours and sample.name in (f"{metric}_sum", f"{metric}_count"):
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                series[f"{sample.name}{{{labels}}}"] = f"0+{sample.value}x20"
+    assert len(series) == 2, series
+    return series
+
+
+def test_mean_batch_size_and_inputs_per_request_are_whole_inputs(tmp_path: Path) -> None:
+    """Ray's agent rebuilds a histogram's sum from its buckets' midpoints: a batch of
+    one input counts 0.5, of two 1.5. Model calls of 1 and 2 inputs alike, requests of
+    1 and 2 texts alike: the panels say 1.5."""
+    from deployments.observability import metrics
+
+    def batches() -> None:
+        model = metrics.ModelMetrics("mean-check", "v1")
+        for inputs in (1, 2) * 10:
+            model.observe_batch(inputs, 0.01)
+
+    def requests() -> None:
+        ingress = metrics.IngressMetrics()
+        for inputs in (1, 2) * 10:
+            ingress.observe("mean-check", "v1", "/v1/embeddings", 200, 0.01, inputs)
+
+    cases = [
+        ("Mean batch size (inputs per model call)", batches, "ray_servekit_batch_size"),
+        ("Inputs per request", requests, "ray_servekit_inputs_per_request"),
+    ]
+    for title, record, metric in cases:
+        [expr] = panel_exprs(title)
+        check = {
+            "expr": expr,
+            "eval_time": "10m",
+            "exp_samples": [{"labels": '{model="mean-check",version="v1"}', "value": 1.5}],
+        }
+        evaluate(tmp_path, _per_minute(record, metric, "mean-check"), [check])
