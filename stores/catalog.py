@@ -88,7 +88,9 @@ def item_problem(item: Item) -> str | None:
     for name, value in text.items():
         if not isinstance(name, str) or not isinstance(value, str):
             return f"text.{str(name)[:MAX_NAME_CHARS]}: a string"
-        if not (is_unicode(name) and is_unicode(value)):
+        if not is_unicode(name):  # named, the problem could not be written either
+            return f"text: names are {NOT_UNICODE}"
+        if not is_unicode(value):
             return f"text.{name[:MAX_NAME_CHARS]}: {NOT_UNICODE}"
     attributes: object = item.attributes
     if not isinstance(attributes, dict) or len(attributes) > MAX_ATTRIBUTES:

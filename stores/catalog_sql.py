@@ -48,10 +48,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from stores.catalog import (
     CATALOG_CHANGE,
+    NOT_UNICODE,
     CatalogInfo,
     Change,
     Item,
     attribute_problem,
+    is_unicode,
     same_body,
 )
 from stores.registry_sql import (
@@ -270,6 +272,8 @@ class SqlCatalogStore:
 
     def get(self, tenant_id: str, catalog: str, item_id: str) -> Item | None:
         """One item of the tenant's catalog, or None (also for another tenant's)."""
+        if not _storable(tenant_id, catalog, item_id):
+            return None
         query = select(items_table).where(_in_catalog(items_table, tenant_id, catalog, [item_id]))
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
@@ -278,8 +282,10 @@ class SqlCatalogStore:
     def get_many(self, tenant_id: str, catalog: str, item_ids: list[str]) -> dict[str, Item]:
         """The items of these ids (missing ones left out): one read per 500 ids."""
         found: dict[str, Item] = {}
+        if not _storable(tenant_id, catalog):
+            return found
         with reading_consistently(self._engine) as conn:
-            for chunk in _chunks(sorted(set(item_ids))):
+            for chunk in _chunks(sorted({i for i in item_ids if _storable(i)})):
                 query = select(items_table).where(
                     _in_catalog(items_table, tenant_id, catalog, chunk)
                 )
@@ -288,6 +294,8 @@ class SqlCatalogStore:
 
     def has_catalog(self, tenant_id: str, catalog: str) -> bool:
         """Whether the tenant has a catalog of that name (one indexed lookup)."""
+        if not _storable(tenant_id, catalog):
+            return False
         query = select(catalogs_table.c.name).where(
             catalogs_table.c.tenant_id == tenant_id, catalogs_table.c.name == catalog
         )
@@ -320,6 +328,8 @@ class SqlCatalogStore:
     def catalogs(self, tenant_id: str, name: str | None = None) -> list[CatalogInfo]:
         """The tenant's catalogs by name, with their item counts (only the one called
         `name`, when given: its items alone are counted)."""
+        if not _storable(tenant_id, name or ""):
+            return []
         count = (
             select(func.count())
             .where(
@@ -350,10 +360,14 @@ class SqlCatalogStore:
         """Items by id (byte order), after `after_id`, at most `limit`: each page is one
         consistent read, and paging visits every item that exists throughout once."""
         _check_limit(limit)
+        if not _storable(tenant_id, catalog):
+            return []
         query = select(items_table).where(
             items_table.c.tenant_id == tenant_id, items_table.c.catalog == catalog
         )
         if after_id is not None:
+            # No stored id holds NUL: past `p` NUL `q` are the ids past `p`.
+            after_id = after_id.partition("\x00")[0]
             query = query.where(items_table.c.item_id > after_id)
         with self._engine.connect() as conn:
             page = conn.execute(query.order_by(items_table.c.item_id).limit(limit))
@@ -458,8 +472,10 @@ class SqlCatalogStore:
     ) -> dict[str, bytes]:
         """Stored embeddings of these items in one space (missing ones left out)."""
         found: dict[str, bytes] = {}
+        if not _storable(tenant_id, catalog, space):
+            return found
         with reading_consistently(self._engine) as conn:
-            for chunk in _chunks(sorted(set(item_ids))):
+            for chunk in _chunks(sorted({i for i in item_ids if _storable(i)})):
                 query = select(vectors_table.c.item_id, vectors_table.c.vector).where(
                     _in_catalog(vectors_table, tenant_id, catalog, chunk),
                     vectors_table.c.space == space,
@@ -539,9 +555,18 @@ def _lock_log(conn: Connection) -> None:
 # --- input ---
 
 
+def _storable(*texts: str) -> bool:
+    """Whether both backends can hold these strings in a text column: PostgreSQL's
+    cannot hold NUL (SQLite's can), so no stored key holds one, and a lookup of one
+    finds nothing on both (instead of a `DataError` on PostgreSQL alone)."""
+    return not any("\x00" in t for t in texts)
+
+
 def _check_catalog(tenant_id: str, catalog: str) -> None:
     if not 0 < len(tenant_id) <= _MAX_TENANT_ID:
         raise ValueError(f"a tenant id has 1 to {_MAX_TENANT_ID} characters")
+    if not _storable(tenant_id):
+        raise ValueError("a tenant id has no NUL character")
     if not _CATALOG_NAME.fullmatch(catalog):
         raise ValueError(
             "a catalog name has 1 to 64 letters, digits, '_', '.' or '-', "
@@ -552,11 +577,15 @@ def _check_catalog(tenant_id: str, catalog: str) -> None:
 def _check_item_id(item_id: str) -> None:
     if not 0 < len(item_id) <= _MAX_ITEM_ID:
         raise ValueError(f"an item id has 1 to {_MAX_ITEM_ID} characters")
+    if not _storable(item_id):
+        raise ValueError("an item id has no NUL character")
+    if not is_unicode(item_id):
+        raise ValueError(f"an item id is {NOT_UNICODE}")
 
 
 def _check_space(space: str) -> None:
-    if not 0 < len(space) <= _MAX_SPACE:
-        raise ValueError(f"an embedding space has 1 to {_MAX_SPACE} characters")
+    if not 0 < len(space) <= _MAX_SPACE or not _storable(space):
+        raise ValueError(f"an embedding space has 1 to {_MAX_SPACE} characters, no NUL")
 
 
 def _check_vectors(vectors: dict[str, dict[str, bytes]]) -> None:
@@ -572,13 +601,23 @@ def _check_limit(limit: int) -> None:
 
 
 def _checked(item: Item) -> Item:
-    """`item` when its id, text fields and attributes have the types `Item` declares."""
+    """`item` when its id, text fields and attributes have the types `Item` declares,
+    every string valid Unicode: both backends would store a lone surrogate (escaped in
+    the JSON), and every answer holding the item would then fail (no UTF-8 writer
+    writes it)."""
     _check_item_id(item.id)
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in item.text.items()):
-        raise ValueError("an item's text maps field names to strings")
+    for name, field in item.text.items():
+        if not isinstance(name, str) or not isinstance(field, str):
+            raise ValueError("an item's text maps field names to strings")
+        if not is_unicode(name):
+            raise ValueError(f"text: names are {NOT_UNICODE}")
+        if not is_unicode(field):
+            raise ValueError(f"text.{name}: {NOT_UNICODE}")
     for name, value in item.attributes.items():
         if not isinstance(name, str):
             raise ValueError("an item's attributes map names to values")
+        if not is_unicode(name):
+            raise ValueError(f"attributes: names are {NOT_UNICODE}")
         if (problem := attribute_problem(value)) is not None:
             raise ValueError(f"attributes.{name}: {problem}")
     return item

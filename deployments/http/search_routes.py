@@ -11,11 +11,14 @@ most-weighted version whose index is complete answers (a pin to it: 503).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from fastapi.routing import APIRoute
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -38,15 +41,33 @@ from stores.catalog import (
     MAX_ATTRIBUTES,
     MAX_ITEM_ID,
     MAX_TEXT_FIELDS,
+    NOT_UNICODE,
     AttrValue,
     CatalogInfo,
     Item,
     attribute_problem,
+    is_unicode,
 )
 
 CATALOG_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 NO_AUTH_TENANT = "default"  # the one tenant when auth is off
-router = APIRouter(tags=["search"])
+
+
+class _AnyCharacterRoute(APIRoute):
+    """A route whose path parameters take any character, line breaks included (an item
+    id may hold any but NUL). Starlette's `{item_id:path}` is `.*`, which stops at a
+    line break, before a closing `$` that also matches ahead of a final one: an id
+    holding a line break found no route, and one ending in a line break was read, and
+    deleted, as the id without it. The path stays `{item_id:path}` for every reader
+    of the app's routes (OpenAPI, Ray Serve's proxy)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        pattern = self.path_regex.pattern.removesuffix("$")
+        self.path_regex = re.compile(pattern + r"\Z", re.DOTALL)
+
+
+router = APIRouter(tags=["search"], route_class=_AnyCharacterRoute)
 CatalogName = Annotated[str, Path(pattern=CATALOG_PATTERN, description="Catalog name.")]
 ItemId = Annotated[StoredText, Path(min_length=1, max_length=256, description="Item id.")]
 # 404 while search is off; 400 also for the operator credential, which has no catalogs.
@@ -79,18 +100,40 @@ def _attribute(value: Any) -> AttrValue:
 AttrIn = Annotated[AttrValue, PlainValidator(_attribute, json_schema_input_type=AttrValue)]
 
 
+def _unicode(value: str) -> str:
+    if not is_unicode(value):
+        raise PydanticCustomError("not_unicode", NOT_UNICODE)
+    return value
+
+
+def _unicode_names(value: Any) -> Any:
+    """The object's names checked before its entries, so that the error names the object
+    (a name's own path would hold the character no UTF-8 writer writes)."""
+    if isinstance(value, dict) and not all(is_unicode(k) for k in value if isinstance(k, str)):
+        raise PydanticCustomError("not_unicode", f"names are {NOT_UNICODE}")
+    return value
+
+
+# Text no UTF-8 writer writes (JSON's `\ud800` escape, which FastAPI's JSON reader takes)
+# is refused: an item holding it in a name was stored, then made every read of it and
+# every search finding it a 500; in a text field, the upsert a 500 (the tokenizer).
+TextIn = Annotated[str, AfterValidator(_unicode)]
+TextFields = Annotated[dict[str, TextIn], BeforeValidator(_unicode_names)]
+Attributes = Annotated[dict[str, AttrIn], BeforeValidator(_unicode_names)]
+
+
 class ItemIn(_Body):
     """A catalog item: text fields (embedded and matched by BM25) and attributes (for
     filters)."""
 
     # The limits `stores.catalog.item_problem` applies to items that come another way.
     id: PathId = Field(min_length=1, max_length=MAX_ITEM_ID)
-    text: dict[str, str] = Field(
+    text: TextFields = Field(
         min_length=1,
         max_length=MAX_TEXT_FIELDS,
         description="Text fields, e.g. title, description, brand.",
     )
-    attributes: dict[str, AttrIn] = Field(
+    attributes: Attributes = Field(
         default_factory=dict,
         max_length=MAX_ATTRIBUTES,
         description="e.g. category, price, tags, in_stock.",

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stores.catalog import CATALOG_CHANGE, CatalogStore, Change, Item
+from stores.catalog import CATALOG_CHANGE, NOT_UNICODE, CatalogStore, Change, Item, item_problem
 from stores.catalog_sql import SqlCatalogStore, metadata, open_catalog_store
 from stores.registry_sql import VERSION_TABLE, open_registry
 from stores.tenants import RateLimits
@@ -595,3 +595,58 @@ def test_get_many_and_has_catalog(store: SqlCatalogStore) -> None:
     assert store.has_catalog("tn_a", "shop")
     assert not store.has_catalog("tn_a", "shops")
     assert not store.has_catalog("tn_c", "shop")  # another tenant's name
+
+
+def test_a_nul_in_an_id_is_refused_or_found_nowhere_on_both_backends(
+    store: SqlCatalogStore,
+) -> None:
+    """PostgreSQL's text cannot hold NUL, SQLite's can: SQLite stored such an id and
+    PostgreSQL failed the statement (a `DataError`, for reads too). Both refuse the
+    writes now, naming the id, and find no such item."""
+    store.upsert("tn_a", "c", [item("a")])
+    for tenant_id, item_id in (("tn_a", "a\x00b"), ("tn\x00a", "a")):
+        with pytest.raises(ValueError, match="NUL"):
+            store.upsert(tenant_id, "c", [item(item_id)])
+        with pytest.raises(ValueError, match="NUL"):
+            store.delete(tenant_id, "c", item_id)
+        with pytest.raises(ValueError, match="NUL"):
+            store.put_vectors(tenant_id, "c", SPACE, {item_id: vec(1.0)})
+        assert store.get(tenant_id, "c", item_id) is None
+        assert set(store.get_many(tenant_id, "c", [item_id, "a"])) == (
+            {"a"} if tenant_id == "tn_a" else set()
+        )
+        assert store.get_vectors(tenant_id, "c", SPACE, [item_id]) == {}
+    assert not store.has_catalog("tn\x00a", "c")
+    assert store.catalogs("tn\x00a") == []
+    assert store.scan("tn\x00a", "c", None, 10) == []
+    assert [i.id for i in store.scan("tn_a", "c", "\x00", 10)] == ["a"]
+    assert store.head() == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "field"),
+    [
+        (Item("x", {"title": "shoe \ud800"}), "text.title"),
+        (Item("x", {"title\udc00": "shoe"}), "text"),
+        (Item("x", {"title": "shoe"}, {"size\ud800": 42}), "attributes"),
+        (Item("x", {"title": "shoe"}, {"size": "4\udc002"}), "attributes.size"),
+    ],
+)
+def test_text_no_utf8_writer_writes_is_refused_on_both_backends(
+    store: SqlCatalogStore, sent: Item, field: str
+) -> None:
+    """A lone surrogate (JSON's `\\ud800`) in a text field or a name was stored by both
+    backends (escaped in the JSON), and every answer holding the item then failed."""
+    with pytest.raises(ValueError, match=rf"^{field}: "):
+        store.upsert("tn_a", "c", [item("ok"), sent])
+    with pytest.raises(ValueError, match=rf"^{field}: "):
+        store.seed("tn_a", "c", [sent], {})
+    assert store.head() == 0
+    assert store.get("tn_a", "c", "ok") is None
+
+
+def test_an_item_problem_never_repeats_a_name_no_utf8_writer_writes() -> None:
+    """`item_problem` (items from a snapshot or a JSON-lines file) named the text field
+    whose name held a lone surrogate: a problem that no log line could write."""
+    assert item_problem(Item("x", {"t\ud800": "a"})) == f"text: names are {NOT_UNICODE}"
+    assert item_problem(Item("x", {"t": "a\ud800"})) == f"text.t: {NOT_UNICODE}"
