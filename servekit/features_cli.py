@@ -60,6 +60,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def run(args: argparse.Namespace) -> int:
     """Run `features materialize` or `rebuild`; 0 when done, 1 with a message when not."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         if args.verb == "rebuild":
             report = asyncio.run(rebuild(args.tenant, args.catalog, args.definitions))
@@ -68,6 +70,15 @@ def run(args: argparse.Namespace) -> int:
             report = asyncio.run(materialize(path, args.tenant, args.catalog, definitions))
     except MaterializeError as e:
         print(f"servekit features {args.verb}: {e}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as e:  # the event log or the catalog: a line, not a traceback
+        # Its first line names the server, never the password; the rest is SQL.
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        print(
+            f"servekit features {args.verb}: the registry's database did not answer "
+            f"({first}); run it again once it does",
+            file=sys.stderr,
+        )
         return 1
     print(report)
     return 0

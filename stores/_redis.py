@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.retry import Retry
 
 
 def connect(
@@ -25,6 +25,10 @@ def connect(
         timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
+        # The asyncio client's own Retry: the synchronous one returns the call's
+        # coroutine from its loop unawaited, so the error comes when the client awaits
+        # it, outside the loop: nothing was retried, and each pooled connection failed
+        # its first call after a Redis restart or failover.
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis.from_pool(pool), location(pool.connection_kwargs)

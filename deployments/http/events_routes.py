@@ -36,7 +36,7 @@ from starlette.responses import Response
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
 from deployments.http.envelope import request_id
-from deployments.http.fields import PathId, StoredText
+from deployments.http.fields import AnyCharacterRoute, PathId, StoredText
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.http.route_docs import REQUEST_ID, example, responses
@@ -51,7 +51,7 @@ from stores.events import (
     EventLogUnavailable,
 )
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=AnyCharacterRoute)
 INVALID_EVENTS = "invalid_events"
 MAX_ERRORS_LISTED = 100
 REPLAYED = "Idempotent-Replayed"  # on the answer to a repeat of a batch kept with its key

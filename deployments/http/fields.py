@@ -1,9 +1,13 @@
-"""Field types shared by the request bodies and paths of several routes."""
+"""Field types shared by the request bodies and paths of several routes, and the route
+class that lets a path parameter hold any character."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from collections.abc import Callable
+from typing import Annotated, Any
 
+from fastapi.routing import APIRoute
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
@@ -36,3 +40,19 @@ def _not_a_dot_segment(value: str) -> str:
 # `/v1/features/user/{id}`): `.` and `..` are resolved away by every URL library, so
 # such an id could be written but never read or deleted.
 PathId = Annotated[StoredText, AfterValidator(_not_a_dot_segment)]
+
+
+class AnyCharacterRoute(APIRoute):
+    """A route whose path parameters take any character, line breaks included (ids may
+    hold any but NUL). Starlette's `{item_id:path}` is `.*`, which stops at a line
+    break, before a closing `$` that also matches ahead of a final one: an id holding a
+    line break found no route, and one ending in a line break was read, and deleted, as
+    the id without it (`GET /v1/catalogs/shop/items/abc%0A` answered item `abc`,
+    `GET /v1/features/user/abc%0A` user `abc`'s features). The path stays
+    `{item_id:path}` for every reader of the app's routes (OpenAPI, Ray Serve's proxy,
+    which rebuilds the routes from their paths, without this process's convertors)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        pattern = self.path_regex.pattern.removesuffix("$")
+        self.path_regex = re.compile(pattern + r"\Z", re.DOTALL)

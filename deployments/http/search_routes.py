@@ -11,13 +11,10 @@ most-weighted version whose index is complete answers (a pin to it: 503).
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
-from fastapi.routing import APIRoute
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
@@ -27,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
-from deployments.http.fields import PathId, StoredText
+from deployments.http.fields import AnyCharacterRoute, PathId, StoredText
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.hot import serve_json
 from deployments.http.inference import json_response
@@ -53,21 +50,7 @@ CATALOG_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 NO_AUTH_TENANT = "default"  # the one tenant when auth is off
 
 
-class _AnyCharacterRoute(APIRoute):
-    """A route whose path parameters take any character, line breaks included (an item
-    id may hold any but NUL). Starlette's `{item_id:path}` is `.*`, which stops at a
-    line break, before a closing `$` that also matches ahead of a final one: an id
-    holding a line break found no route, and one ending in a line break was read, and
-    deleted, as the id without it. The path stays `{item_id:path}` for every reader
-    of the app's routes (OpenAPI, Ray Serve's proxy)."""
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        super().__init__(path, endpoint, **kwargs)
-        pattern = self.path_regex.pattern.removesuffix("$")
-        self.path_regex = re.compile(pattern + r"\Z", re.DOTALL)
-
-
-router = APIRouter(tags=["search"], route_class=_AnyCharacterRoute)
+router = APIRouter(tags=["search"], route_class=AnyCharacterRoute)
 CatalogName = Annotated[str, Path(pattern=CATALOG_PATTERN, description="Catalog name.")]
 ItemId = Annotated[StoredText, Path(min_length=1, max_length=256, description="Item id.")]
 # 404 while search is off; 400 also for the operator credential, which has no catalogs.

@@ -87,6 +87,7 @@ class FeatureService:
         self.items = items
         self.log = log
         self.store_failures = 0  # reads and writes the store did not answer
+        self._store_down = False  # since the first failure, until the store answers
 
     async def read(self, tenant: str, entity: str, entity_id: str) -> FeatureValues:
         """Every view of `entity` for `entity_id`: one round trip to the store."""
@@ -98,6 +99,8 @@ class FeatureService:
         except FeatureStoreUnavailable as e:
             self._failed("read", e)
             rows, out.degraded = [None] * len(keys), True
+        else:
+            self._answered()
         for (name, view), row in zip(views.items(), rows, strict=True):
             out.views[name] = values(view, row)
             out.fresh[name] = row is not None
@@ -115,10 +118,11 @@ class FeatureService:
             rows: list[Row | None] = await self.store.read(
                 [RowKey(tenant, view_name, i) for i in ids]
             )
-            return rows, False
         except FeatureStoreUnavailable as e:
             self._failed("read", e)
             return [None] * len(ids), True
+        self._answered()
+        return rows, False
 
     async def ingest(self, tenant: str, events: list[Event], catalog: str | None) -> Ingested:
         """Append `events` to the log (durable when this returns), then merge them into
@@ -130,13 +134,22 @@ class FeatureService:
 
     async def merge(self, tenant: str, events: list[Event], catalog: str | None) -> bool:
         """Merge events the log already holds (a batch appended with its key) into the
-        online rows; False when the store did not take them (never an error)."""
-        attrs = await self._attributes(tenant, catalog, events)
+        online rows; False when they were not merged (never an error): the store did not
+        take them, or the items' attributes could not be read (the catalog store of
+        sharded catalogs did not answer). Merged without them, the events would move
+        counts but never the affinities and sums; left out, a repeat of a keyed batch
+        merges them whole, and `servekit features rebuild` restores the rows."""
+        try:
+            attrs = await self._attributes(tenant, catalog, events)
+        except Exception as e:  # the events are in the log already: never a 500 here
+            self._attributes_failed(e)
+            return False
         try:
             await self.store.merge(self.merges(tenant, events, attrs))
         except FeatureStoreUnavailable as e:
             self._failed("merge", e)
             return False
+        self._answered()
         return True
 
     def counted(self, accepted: int, rejected: int) -> None:
@@ -207,7 +220,9 @@ class FeatureService:
             merge.push[name] = ([(e.item, e.at.timestamp()) for e in events], spec.max_items)
         elif spec.kind == "sum":
             total = sum(_number(attrs.get(e.item, {}).get(spec.attribute or "")) for e in events)
-            if total:
+            # Finite numbers can add up to infinity (prices near 1e308): Redis refuses
+            # to add it (the row's script stops half way) and SQLite keeps it as null.
+            if total and math.isfinite(total):
                 merge.add[name] = total
         else:  # affinity
             for event in events:
@@ -224,11 +239,33 @@ class FeatureService:
         return await self.items(tenant, catalog, sorted({e.item for e in events}))
 
     def _failed(self, what: str, error: FeatureStoreUnavailable) -> None:
+        """Count every failure; log the first of an outage as a warning (then one
+        line when the store answers again), not one per request: while Redis is down
+        every read fails, and a warning each would flood the replica's log."""
         self.store_failures += 1
         if self.meter is not None:
             self.meter.store_failed(what)
+        fields = {"op": what, "error": str(error)}
+        if not self._store_down:
+            self._store_down = True
+            self.log.warning("feature store unavailable", extra={"fields": fields})
+        else:
+            self.log.debug("feature store unavailable", extra={"fields": fields})
+
+    def _answered(self) -> None:
+        if self._store_down:
+            self._store_down = False
+            self.log.info("feature store answers again")
+
+    def _attributes_failed(self, error: Exception) -> None:
+        self.store_failures += 1
+        if self.meter is not None:
+            self.meter.store_failed("merge")
+        # The error's first line only: a database's message may go on with its statement.
+        first = (str(error).splitlines() or [""])[0][:200]
         self.log.warning(
-            "feature store unavailable", extra={"fields": {"op": what, "error": str(error)}}
+            "feature merge skipped: the items' attributes could not be read",
+            extra={"fields": {"op": "merge", "error": f"{type(error).__name__}: {first}"}},
         )
 
 
@@ -245,7 +282,10 @@ def values(view: FeatureViewSpec, row: Row | None) -> dict[str, Any]:
             out[name] = value if isinstance(value, list) else spec.default_value()
         else:
             number = row.get(name)
-            out[name] = _plain(number) if isinstance(number, float | int) else spec.default_value()
+            if isinstance(number, float | int) and math.isfinite(number):
+                out[name] = _plain(number)
+            else:  # missing, or a sum past the largest double (Redis adds in long double)
+                out[name] = spec.default_value()
     return out
 
 
@@ -265,12 +305,18 @@ def _affinity(name: str, spec: FeatureSpec, row: Row) -> dict[str, float]:
     return {k: round(v / total, 6) for k, v in top}
 
 
+_SAFE_INTEGER = 2.0**53  # the largest whole number every JSON reader keeps exactly
+
+
 def _plain(number: float) -> float | int:
     """Whole numbers as ints (counts), others to 6 decimals: Redis adds in long double
     and SQLite's rows in double, so three purchases at 89.9 read 269.7 from one and
-    269.70000000000005 from the other; rounded, both backends answer alike."""
+    269.70000000000005 from the other; rounded, both backends answer alike. Whole
+    numbers past 2**53 stay floats: JSON readers lose their digits anyway, and the
+    answer's encoder refuses integers past 64 bits (a spend of 1e20, one purchase of an
+    item priced so, made every read of the user's features a 500)."""
     rounded = round(float(number), 6)
-    return int(rounded) if rounded.is_integer() else rounded
+    return int(rounded) if rounded.is_integer() and abs(rounded) <= _SAFE_INTEGER else rounded
 
 
 def _number(value: Any) -> float:

@@ -468,6 +468,38 @@ def test_a_failed_write_never_turns_lookups_off(own_server: RedisServer) -> None
     asyncio.run(body())
 
 
+def test_a_redis_restarted_between_lookups_answers_the_next_one(
+    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart (or failover) closes the pooled connections while nothing is asked:
+    the next call finds its connection broken and retries once on a new one, so no
+    lookup misses and no outage is declared (the asyncio client ignored the retry
+    policy of the synchronous one it was given, and each pooled connection failed one
+    call after every restart)."""
+
+    async def body() -> None:
+        cache, counts = _tiered(own_server.url, _prefix(), timeout_s=1.0)
+        cache.retain([V1])
+        written = entries("acme", V1, ["a", "b"])
+        keys = [k for k, _ in written]
+        cache.put(written)
+        await cache.settle()
+        own_server.stop()
+        own_server.start()  # back, empty
+        cache.memory.clear()
+        with caplog.at_level(logging.INFO, logger="test.cache"):
+            assert await cache.get("search", keys) == [None, None]
+            cache.put(written)
+            await cache.settle()
+            cache.memory.clear()
+            assert await cache.get("search", keys) == [v for _, v in written]
+        assert counts.failures == []
+        assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+        await cache.close()
+
+    asyncio.run(body())
+
+
 def test_redis_writes_in_flight_are_bounded(redis_url: str) -> None:
     prefix = _prefix()
 

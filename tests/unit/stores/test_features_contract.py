@@ -354,6 +354,39 @@ def test_redis_down_is_unavailable(own_server: RedisServer) -> None:
     asyncio.run(body())
 
 
+def test_a_redis_restarted_between_calls_answers_the_next_ones(own_server: RedisServer) -> None:
+    """The pooled connections a restart (or failover) closed are retried once on a new
+    connection: reads and merges right after it are answered, not unavailable (each
+    pooled connection used to fail its next call: a degraded read, events not merged)."""
+
+    async def body() -> None:
+        store = RedisFeatureStore(own_server.url, timeout_s=1.0)
+        try:
+            await store.merge([merge(add={"n": 1})])
+            await store.read([key(), key("u2")])  # the pipelined read's connection too
+            own_server.stop()
+            own_server.start()  # back, empty (no persistence)
+            assert await store.read([key()]) == [None]
+            own_server.stop()
+            own_server.start()
+            assert await store.read([key(), key("u2")]) == [None, None]
+            own_server.stop()
+            own_server.start()
+            await store.merge([merge(add={"n": 1})])
+            (row,) = await store.read([key()])
+            assert row is not None
+            assert row["n"] == 1  # merged once, not again by the retry
+            own_server.stop()
+            own_server.start()
+            now = time.time()
+            await store.replace([(key(), {"n": 5.0, AT_FIELD: now}, DAY)])
+            assert await store.read([key()]) == [{"n": 5, AT_FIELD: pytest.approx(now)}]
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
 def test_redis_password_never_in_the_error(redis_with_password: RedisServer) -> None:
     async def body() -> None:
         url = redis_with_password.url.replace("redis://", "redis://:wrong-secret-pw@")
