@@ -144,6 +144,7 @@ class SearchService:
         self.idle = idle
         self.backfill_delay_s = backfill_delay_s
         self.progress = progress
+        self._reported: set[str] = set()  # spaces whose pending count was reported
         self.embed = embed
         self.follow_s = follow_s
         self.log = log
@@ -320,8 +321,14 @@ class SearchService:
             await asyncio.sleep(self.follow_s)
             if self.progress is not None and time.monotonic() - last_progress > PROGRESS_EVERY_S:
                 last_progress = time.monotonic()
-                for space, pending in self.pending().items():
-                    self.progress(space, pending)
+                pending = self.pending()
+                # A space that left reports 0 once: its last count would otherwise stay
+                # the value of its series (the gauge keeper re-reports it).
+                for space in self._reported - set(pending):
+                    self.progress(space, 0)
+                self._reported = set(pending)
+                for space, items in pending.items():
+                    self.progress(space, items)
             await self._drop_expired()
             running = self._backfill_task is not None and not self._backfill_task.done()
             if (

@@ -449,3 +449,46 @@ def test_an_attribute_from_1_to_true_reaches_a_follower(url: str) -> None:
         await follower.close()
 
     asyncio.run(run())
+
+
+def test_a_space_that_leaves_reports_no_pending_items(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pending-items gauge of a version that left with its index incomplete goes
+    to 0 (the gauge keeper kept re-reporting its last count, and the index-behind alert
+    fired for good on a healthy service)."""
+    import deployments.pipelines.search as search_module
+
+    monkeypatch.setattr(search_module, "PROGRESS_EVERY_S", 0.0)
+    reported: dict[str, int] = {}
+
+    async def run() -> None:
+        writer = _service(url)
+        await writer.start(["m/v1"])
+        await writer.upsert("acme", "shop", _items())
+        never = asyncio.Event()
+
+        async def stuck(tenant: str, space: str, texts: list[str]) -> npt.NDArray[np.float32]:
+            await never.wait()  # m/v2's backfill never ends
+            raise AssertionError
+
+        service = SearchService(
+            open_catalog_store(url), stuck, 0.02, LOG, backfill_delay_s=0,
+            progress=lambda space, n: reported.__setitem__(space, n),
+        )  # fmt: skip
+        await service.start(["m/v1", "m/v2"])
+        for _ in range(100):
+            if reported.get("m/v2"):
+                break
+            await asyncio.sleep(0.02)
+        assert reported["m/v2"] == len(_items())
+        await service.start(["m/v1"])  # v2 leaves, its index incomplete
+        for _ in range(100):
+            if reported["m/v2"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert reported["m/v2"] == 0
+        await service.close()
+        await writer.close()
+
+    asyncio.run(run())
