@@ -452,6 +452,25 @@ def _beyond(
     return out
 
 
+def _outlives(principal: Principal, expires: datetime | None, rotating: bool) -> None:
+    """403 when a tenant admin's key would issue a key that works after it stops: a key
+    that expires tomorrow would otherwise mint one that never does (a rotation's new
+    key keeps the old one's expiry, and is shown to the caller)."""
+    own = principal.expires_at
+    if principal.operator or own is None or (expires is not None and expires <= own):
+        return
+    until = "never expires" if expires is None else f"expires at {expires.isoformat()}"
+    if rotating:
+        raise Forbidden(
+            f"key: may not rotate a key that outlives this API key (it {until}; this "
+            f"key expires at {own.isoformat()})"
+        )
+    raise Forbidden(
+        f"expires_in_s: the new key {until}, after this API key expires "
+        f"({own.isoformat()}): set expires_in_s so that it ends by then"
+    )
+
+
 def _check_within(principal: Principal, key: ApiKey, what: str) -> None:
     """403 unless `key`'s rights are within the caller's."""
     beyond = _beyond(principal, key.scopes, key.models, key.may_pin, key.limits)
@@ -485,6 +504,7 @@ async def _issue(
     expires = now + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
     if rotated is not None:
         expires = rotated.expires_at
+    _outlives(principal, expires, rotated is not None)
     key, record = await asyncio.to_thread(
         lambda: issue_key(
             access.registry,

@@ -46,6 +46,7 @@ def principal_of(key: ApiKey, tenant: Tenant) -> Principal:
         limits=tenant.limits,
         subject=key.tenant_id,
         key_limits=key.limits,
+        expires_at=key.expires_at,
     )
 
 

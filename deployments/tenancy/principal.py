@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from deployments.errors import Forbidden
 from stores.tenants import SCOPES, RateLimits
@@ -33,6 +34,8 @@ class Principal:
     # The key's own limits (none: only the tenant's apply), counted for the key alone
     # and always within the tenant's: a request must fit both.
     key_limits: RateLimits = field(default_factory=RateLimits)
+    # When the key stops working (None: never): a key it issues may not outlive it.
+    expires_at: datetime | None = None
 
     @property
     def key_subject(self) -> str:

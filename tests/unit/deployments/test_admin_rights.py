@@ -144,3 +144,36 @@ def test_the_operator_rotates_a_pinning_key(registry: SqlRegistry) -> None:
     key_id, _ = _made(registry, may_pin=True)
     rotated = _sync(_rotate(_access(registry), operator_principal(), "acme", key_id, None))
     assert rotated["may_pin"]
+
+
+def test_a_tenant_admin_key_issues_no_key_that_outlives_it(registry: SqlRegistry) -> None:
+    """A tenant admin key that expires in a day made keys that never expire, and by a
+    rotation got the secret of one; keys ending by its own expiry are still issued, and
+    it still revokes a longer-lived key."""
+    from datetime import timedelta
+
+    _, admin = _made(
+        registry,
+        scopes=frozenset({"admin", "embed"}),
+        models=frozenset({"minilm"}),
+        expires_at=_now() + timedelta(days=1),
+    )
+    body = {"scopes": ["embed"], "models": ["minilm"]}
+    assert "expires_in_s: the new key never expires" in _refused(registry, admin, body)
+    week = {**body, "expires_in_s": 7 * 86400}
+    assert "expires_in_s: the new key expires at" in _refused(registry, admin, week)
+    hour = KeyCreate.model_validate({**body, "expires_in_s": 3600})
+    made = _sync(_issue(_access(registry), admin, "acme", hour))
+    assert made["expires_at"] is not None
+
+    access = _access(registry)
+    forever, _ = _made(registry, models=frozenset({"minilm"}))
+    with pytest.raises(Forbidden) as caught:
+        _sync(_rotate(access, admin, "acme", forever, None))
+    assert "may not rotate a key that outlives this API key" in str(caught.value)
+    still = registry.get_key("acme", forever)
+    assert still is not None
+    assert still.rotated_at is None
+    assert _sync(_revoke(access, admin, "acme", forever))["state"] == "revoked"
+    ops = operator_principal()  # the operator's credential never expires
+    _sync(_issue(access, ops, "acme", KeyCreate.model_validate(body)))
