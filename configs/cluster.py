@@ -16,9 +16,20 @@ from pydantic import (
     model_validator,
 )
 
-# A DNS-1123 label: what Kubernetes takes as a namespace, a RayService or a group name.
+# A DNS-1123 label: what Kubernetes takes as a namespace, a service account or a group name.
 DnsLabel = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+]
+# What the KubeRay operator takes as a RayService name: a DNS-1035 label (a letter first)
+# of at most 47 characters, so that the RayCluster names it derives stay labels too.
+RayServiceName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=47)
+]
+# Kubernetes quantities as the API server parses them: CPUs whole, decimal or in
+# millicores ("4", "0.5", "500m"); memory in bytes with an optional suffix ("16Gi").
+CpuQuantity = Annotated[str, StringConstraints(pattern=r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$")]
+MemoryQuantity = Annotated[
+    str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$")
 ]
 
 
@@ -31,8 +42,8 @@ class _Strict(BaseModel):
 class PodResources(_Strict):
     """Requests and limits of a Ray pod (requests = limits: guaranteed QoS)."""
 
-    cpu: str = Field(description="Kubernetes CPU quantity, for example '4'.")
-    memory: str = Field(description="Kubernetes memory quantity, for example '16Gi'.")
+    cpu: CpuQuantity = Field(description="Kubernetes CPU quantity, for example '4'.")
+    memory: MemoryQuantity = Field(description="Kubernetes memory quantity, for example '16Gi'.")
     gpus: int = Field(0, ge=0, description="nvidia.com/gpu per pod.")
 
 
@@ -140,7 +151,7 @@ class TracingSettings(_Strict):
 class ClusterSettings(_Strict):
     """`cluster/settings.yaml`."""
 
-    name: DnsLabel = Field(description="RayService name.")
+    name: RayServiceName = Field(description="RayService name.")
     namespace: DnsLabel
     image: str = Field(description="Serving image, with a pinned tag (never latest).")
     gpu_image: str = Field(description="Serving image for GPU workers, pinned tag.")
