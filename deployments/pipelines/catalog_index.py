@@ -10,7 +10,7 @@ searches run concurrently. A lock guards the slot tables; the indexes guard them
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,23 +98,39 @@ class CatalogIndex:
         """Add or replace an item; its vectors are dropped until new ones arrive."""
         return self.upsert_many([item])[0]
 
-    def upsert_many(self, items: Sequence[Item]) -> list[int]:
+    def upsert_many(
+        self,
+        items: Sequence[Item],
+        vectors: Mapping[str, Mapping[str, npt.NDArray[np.float32]]] | None = None,
+    ) -> list[int]:
         """Add or replace items (the last of an id given twice wins), each index written
         once: loading a whole catalog this way takes one BM25 write, not one per item
-        (each rebuilds the BM25 delta, so item by item costs grow with the catalog)."""
-        with self.lock:
+        (each rebuilds the BM25 delta, so item by item costs grow with the catalog).
+
+        `vectors` (by space, then item id) come in the same write: the items become
+        visible (to searches, filters and `complete`) only once their vectors are in,
+        so a space that gets a vector for each of them stays complete throughout, and
+        a replaced item keeps a vector there. In spaces where an item gets none, its
+        old vector is dropped until a new one arrives."""
+        with self.lock:  # slots first: searches skip slots that have no item yet
             slots = []
             for item in items:
                 slot = self.slots.get(item.id)
                 if slot is None:
                     slot = self.slots[item.id] = self._next
                     self._next += 1
-                self.items[slot] = item
-                self.attrs.set(slot, item.attributes)
                 slots.append(slot)
         self.lexical.upsert(slots, [item.text for item in items])
-        for slot in dict.fromkeys(slots):
-            self._forget_vectors(slot)
+        last = {item.id: slot for item, slot in zip(items, slots, strict=True)}
+        given = vectors or {}
+        for item_id, slot in last.items():
+            self._forget_vectors(slot, keep={s for s, v in given.items() if item_id in v})
+        for space, by_id in given.items():
+            self._add_vectors(space, [(last[i], v) for i, v in by_id.items() if i in last])
+        with self.lock:
+            for item, slot in zip(items, slots, strict=True):
+                self.items[slot] = item
+                self.attrs.set(slot, item.attributes)
         return slots
 
     def delete(self, item_id: str) -> bool:
@@ -129,10 +145,10 @@ class CatalogIndex:
         self._forget_vectors(slot)
         return True
 
-    def _forget_vectors(self, slot: int) -> None:
+    def _forget_vectors(self, slot: int, keep: Collection[str] = ()) -> None:
         keys = np.array([slot], dtype=np.uint64)
         for space, index in self.spaces.items():
-            if slot in self.with_vector[space]:
+            if space not in keep and slot in self.with_vector[space]:
                 index.remove(keys)
                 self.with_vector[space].discard(slot)
 
@@ -140,6 +156,10 @@ class CatalogIndex:
         """Vectors of items (by id) in one space; ids no longer here are ignored."""
         with self.lock:
             pairs = [(self.slots[i], v) for i, v in vectors.items() if i in self.slots]
+        self._add_vectors(space, pairs)
+
+    def _add_vectors(self, space: str, pairs: list[tuple[int, npt.NDArray[np.float32]]]) -> None:
+        """Insert or replace the vectors of these slots in `space`."""
         if not pairs:
             return
         matrix = np.stack([v for _, v in pairs]).astype(np.float32)

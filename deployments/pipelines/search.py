@@ -53,6 +53,8 @@ EmbedFn = Callable[[str, str, list[str]], Awaitable[npt.NDArray[np.float32]]]
 ItemVectorFn = Callable[[str, list[Item]], npt.NDArray[np.float32]]
 ProgressFn = Callable[[str, int], None]  # (space, items without a vector)
 IdleFn = Callable[[str], bool]  # whether a space's version has nothing waiting
+# Vectors of items by space, then item id.
+Vectors = dict[str, dict[str, npt.NDArray[np.float32]]]
 PROGRESS_EVERY_S = 2.0
 PAGE = 1000
 # A returning space's stored vectors are read this many items a store round trip, each
@@ -360,22 +362,33 @@ class SearchService:
                 return
 
     async def _apply(self, changes: list[Change]) -> None:
+        # The stored vectors of the page's items first, so that each item and its vectors
+        # go into the index in one write: a complete index stays complete while another
+        # replica's writes are followed (searches and recommendations of a version do
+        # not find it incomplete, and answer 503, for the moment in between).
+        upserted: dict[tuple[str, str], list[str]] = {}
+        for change in changes:
+            key = (change.tenant_id, change.catalog)
+            if change.item is None or (self.owns is not None and not self.owns(change.item_id)):
+                continue
+            current = index.get(change.item_id) if (index := self.catalogs.get(key)) else None
+            if current is None or not same_body(current, change.item):  # else not applied
+                upserted.setdefault(key, []).append(change.item_id)
+        stored = {key: await self._stored_vectors(*key, ids) for key, ids in upserted.items()}
         # Index updates (BM25, graph inserts) take milliseconds per item: off the loop.
-        fetch = await asyncio.to_thread(self._apply_changes, changes)
-        for (tenant, catalog), ids in fetch.items():
-            await self._load_vectors(tenant, catalog, ids)
+        await asyncio.to_thread(self._apply_changes, changes, stored)
         # The position moves once the changes are searchable, vectors included.
         self.seq = max(self.seq, changes[-1].seq)
 
-    def _apply_changes(self, changes: list[Change]) -> dict[tuple[str, str], list[str]]:
-        """Apply changes in order; a catalog's consecutive upserts go to its index in
-        one write (item by item, each BM25 write costs more as the catalog grows)."""
-        fetch: dict[tuple[str, str], list[str]] = {}
+    def _apply_changes(self, changes: list[Change], stored: dict[tuple[str, str], Vectors]) -> None:
+        """Apply changes in order, each upserted item with its `stored` vectors; a
+        catalog's consecutive upserts go to its index in one write (item by item, each
+        BM25 write costs more as the catalog grows)."""
         pending: dict[tuple[str, str], list[Item]] = {}
 
         def flush(key: tuple[str, str]) -> None:
             if items := pending.pop(key, None):
-                fetch.setdefault(key, []).extend(self._index_items(key, items))
+                self._index_items(key, items, stored.get(key, {}))
 
         for change in changes:
             key = (change.tenant_id, change.catalog)
@@ -400,24 +413,20 @@ class SearchService:
                 index.delete(change.item_id)
         for key in list(pending):
             flush(key)
-        return fetch
 
-    def _index_items(self, key: tuple[str, str], items: list[Item]) -> list[str]:
-        """Add or replace items in one write; should that fail, item by item, an item
-        that cannot be indexed logged and left out. The ids indexed."""
+    def _index_items(self, key: tuple[str, str], items: list[Item], vectors: Vectors) -> None:
+        """Add or replace items with their vectors in one write; should that fail, item
+        by item, an item that cannot be indexed logged and left out."""
         index = self.catalogs[key]
         try:
-            index.upsert_many(items)
-            return [i.id for i in items]
+            index.upsert_many(items, vectors)
         except Exception:
-            done = []
             for item in items:
+                own = {space: {item.id: v[item.id]} for space, v in vectors.items() if item.id in v}
                 try:
-                    index.upsert_many([item])
-                    done.append(item.id)
+                    index.upsert_many([item], own)
                 except Exception as e:
                     self._skip(key, item.id, f"{type(e).__name__}: {str(e)[:200]}")
-            return done
 
     def _skip(self, key: tuple[str, str], item_id: str, problem: str) -> None:
         """Leave out a stored item this replica cannot index (written before the store
@@ -431,19 +440,19 @@ class SearchService:
                               "problem": problem}},
         )  # fmt: skip
 
-    async def _load_vectors(self, tenant: str, catalog: str, ids: list[str]) -> None:
-        """The stored vectors of items just applied, in every kept space; an item a
+    async def _stored_vectors(self, tenant: str, catalog: str, ids: list[str]) -> Vectors:
+        """The stored vectors of items about to be applied, in every kept space; an item a
         space has none for (its writer's embedding failed, or it was stored without)
         is embedded by a backfill, which the follower starts within `BACKFILL_RETRY_S`."""
-        index = self.catalogs[(tenant, catalog)]
+        out: Vectors = {}
         for space in self.spaces:
             stored = await asyncio.to_thread(
                 self.store.get_vectors, tenant, catalog, self.stored_space(space), ids
             )
-            vectors = {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
-            await asyncio.to_thread(index.set_vectors, space, vectors)
+            out[space] = {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
             if len(stored) < len(set(ids)):
                 self._backfill_due = True
+        return out
 
     async def backfill(self, delay_s: float = 0.0) -> None:
         """Embed what each kept space lacks (stored vectors first), in batches, after
@@ -573,9 +582,10 @@ class SearchService:
         mine = [n for n, item in enumerate(items) if self.owns is None or self.owns(item.id)]
         if not mine:
             return
-        index.upsert_many([items[n] for n in mine])
-        for space, matrix in vectors.items():
-            index.set_vectors(space, {items[n].id: matrix[n] for n in mine})
+        index.upsert_many(
+            [items[n] for n in mine],
+            {space: {items[n].id: matrix[n] for n in mine} for space, matrix in vectors.items()},
+        )
 
     async def _embed_all(
         self, tenant: str, items: list[Item]
