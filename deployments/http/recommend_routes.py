@@ -95,7 +95,10 @@ class RecommendOut(BaseModel):
     model: str
     version: str
     source: str = Field(description="model: the two stages; popular: cold start or degraded.")
-    degraded: bool = Field(description="The feature store did not answer: popular items.")
+    degraded: bool = Field(
+        description="The feature store did not answer: popular items, or model ranks made "
+        "without the candidates' popularity."
+    )
     index: dict[str, Any]
     data: list[SearchHit]
 

@@ -232,15 +232,17 @@ class RecommendService:
         found = [h for h in found if h.item.id not in seen]
         timings["candidates"] = _ms(step)
         step = time.perf_counter()
+        degraded = got.degraded
         if like_this:
             hits = found[: q.k]
         else:
-            hits = await self._rank(q.tenant, recommender, index, profile, found, q.k)
+            hits, unread = await self._rank(q.tenant, recommender, index, profile, found, q.k)
+            degraded = degraded or unread  # ranked without the items' popularity
         timings["rank"] = _ms(step)
         if len(hits) < q.k:  # a small catalog, or filters few items pass
             taken = {h.item.id for h in hits}
-            hits += await self._popular(q, index, seen, taken)
-        return Recommendations(hits[: q.k], "model", got.degraded, len(found), timings)
+            hits += _below(hits, await self._popular(q, index, seen, taken))
+        return Recommendations(hits[: q.k], "model", degraded, len(found), timings)
 
     async def _rank(
         self,
@@ -250,12 +252,13 @@ class RecommendService:
         profile: Profile,
         found: list[Hit],
         k: int,
-    ) -> list[Hit]:
-        """The best `k` of the candidates by the ranker."""
+    ) -> tuple[list[Hit], bool]:
+        """The best `k` of the candidates by the ranker; and whether the store did not
+        answer for the candidates' rows (ranked without their popularity and recency)."""
         if not found:
-            return []
+            return [], False
         ids = [h.item.id for h in found]
-        rows, _ = await self.features.read_rows(tenant, ITEM_VIEW, ids)
+        rows, unread = await self.features.read_rows(tenant, ITEM_VIEW, ids)
         stats = [_item_stats(row) for row in rows]
         recent = index.matching(profile.recent, None, len(profile.recent))
         prices = [item.attributes.get("price") for item in recent]
@@ -265,7 +268,7 @@ class RecommendService:
         )  # fmt: skip
         scores = recommender.ranker.score(features)
         order = np.argsort(-scores, kind="stable")
-        return [Hit(found[n].item, float(scores[n])) for n in order[:k]]
+        return [Hit(found[n].item, float(scores[n])) for n in order[:k]], unread
 
     async def _popular(
         self, q: RecommendQuery, index: CatalogIndex, seen: set[str], taken: set[str]
@@ -281,6 +284,18 @@ class RecommendService:
             items += [i for i in extra if i.id not in have][: want - len(items)]
         n = len(items)
         return [Hit(item, round(1.0 - r / max(1, n), 6)) for r, item in enumerate(items)]
+
+
+def _below(ranked: list[Hit], extra: list[Hit]) -> list[Hit]:
+    """`extra` (in its order) scored below the last of `ranked`: items that top an answer
+    up come after the ranked ones, and the scores still read best first (a popular
+    item's own score, 1 down to 0, would stand above every ranker's probability)."""
+    if not ranked or not extra:
+        return extra
+    floor, n = ranked[-1].score, len(extra)
+    if floor > 0:  # probabilities, similarities: keep within (0, floor)
+        return [Hit(h.item, floor * (n - r) / (n + 1)) for r, h in enumerate(extra)]
+    return [Hit(h.item, floor - (r + 1) / (n + 1)) for r, h in enumerate(extra)]
 
 
 def _item_stats(row: Row | None) -> ItemStats:

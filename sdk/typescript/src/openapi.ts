@@ -1483,7 +1483,7 @@ export interface components {
             data: components["schemas"]["SearchHit"][];
             /**
              * Degraded
-             * @description The feature store did not answer: popular items.
+             * @description The feature store did not answer: popular items, or model ranks made without the candidates' popularity.
              */
             degraded: boolean;
             /** Index */

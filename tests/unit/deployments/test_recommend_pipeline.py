@@ -240,3 +240,127 @@ def test_popular_items_rank_by_the_definitions_weights_within_the_catalog(
 
     asyncio.run(run())
     events.close()
+
+
+class _ItemRowsDown:
+    """An online store whose reads of many item rows fail (a timeout on the candidates'
+    150 rows) while the user's one row still reads."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def read(self, keys: Any) -> Any:
+        if any(key.view == "item_popularity" for key in keys):
+            raise FeatureStoreUnavailable("feature store timed out")
+        return await self.inner.read(keys)
+
+    async def merge(self, merges: Any) -> None:
+        await self.inner.merge(merges)
+
+    async def replace(self, rows: Any) -> None:
+        await self.inner.replace(rows)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_an_answer_ranked_without_the_items_rows_says_degraded(parts: dict[str, Any]) -> None:
+    """The ranker's largest weight is the items' popularity, read from their online rows:
+    ranked without them the answer is not the model's usual one, and says so."""
+    search, features = parts["search"], parts["features"]
+    service: RecommendService = parts["service"]
+
+    async def run() -> None:
+        await search.start([SPACE])
+        await search.upsert(TENANT, "shop", _items())
+        crowd = [_event(f"u{n}", "mugs-4", "purchase") for n in range(20)]
+        await features.ingest(TENANT, [_event("ann", "hats-1", "purchase"), *crowd], "shop")
+        up = await service.recommend(_query("ann"))
+        assert (up.source, up.degraded) == ("model", False)
+        features.store, redis = _ItemRowsDown(features.store), features.store
+        try:
+            down = await service.recommend(_query("ann"))
+        finally:
+            features.store = redis
+        assert down.source == "model"  # the user's row answered
+        assert down.degraded
+        assert "hats-1" not in {h.item.id for h in down.hits}
+
+    asyncio.run(run())
+
+
+def test_items_topped_up_past_the_ranked_ones_score_below_them(parts: dict[str, Any]) -> None:
+    """Items without a vector yet (applied by the catalog follower a moment before their
+    vectors are read) can only top the answer up: after the ranked ones, and scored
+    below them, so the scores still read best first."""
+    search, features = parts["search"], parts["features"]
+    service: RecommendService = parts["service"]
+
+    async def run() -> None:
+        await search.start([SPACE])
+        await search.upsert(TENANT, "shop", _items())
+        await features.ingest(TENANT, [_event("ann", "hats-1", "purchase")], "shop")
+        index = search.catalogs[(TENANT, "shop")]
+        index.upsert_many(
+            [Item(f"new-{n}", {"title": f"hat {n}"}, {"category": "hats"}) for n in range(5)]
+        )  # items as the follower applies them, their vectors not read yet
+        got = await service.recommend_here(_query("ann", k=40), index)
+        ids = [h.item.id for h in got.hits]
+        assert len(ids) == len(set(ids)) == 40
+        assert {f"new-{n}" for n in range(5)} <= set(ids[-5:])
+        scores = [h.score for h in got.hits]
+        assert scores == sorted(scores, reverse=True), scores
+        cold = await service.recommend_here(_query("nobody", k=3), index)
+        assert [h.score for h in cold.hits] == [1.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]
+
+    asyncio.run(run())
+
+
+def test_every_k_answers_each_eligible_item_once_best_first_within_the_tenant(
+    parts: dict[str, Any],
+) -> None:
+    """k from 1 to past the catalog, with and without filters and an item in view: as
+    many items as asked or as there are (the catalog's, within the filters, less what
+    the user touched and the item in view), each once, scores best first; the same item
+    ids under another tenant, and that tenant's events, never show."""
+    search, features = parts["search"], parts["features"]
+    service: RecommendService = parts["service"]
+    other = "tn-other"
+
+    async def run() -> None:
+        await search.start([SPACE])
+        await search.upsert(TENANT, "shop", _items())
+        await search.upsert(other, "shop", [*_items(), Item("theirs", {"title": "mugs x"})])
+        await features.ingest(
+            other, [_event(f"o{n}", "theirs", "purchase") for n in range(10)], "shop"
+        )
+        await features.ingest(TENANT, [_event("ann", "socks-3", "click")], "shop")
+        cases = [("ann", None, None), ("ann", {"category": "mugs"}, None),
+                 ("ann", None, "hats-4"), ("nobody", {"price": {"lt": 15}}, None),
+                 ("nobody", None, "mugs-2"), ("o1", None, None)]  # fmt: skip
+        for user, filters, context in cases:
+            for k in (1, 7, 35, 36, 100):
+                q = _query(user, k=k, filters=filters, context_item=context)
+                got = await service.recommend(q)
+                ids = [h.item.id for h in got.hits]
+                # what the user touched, unless the store did not answer in time
+                touched = {"socks-3"} if user == "ann" and not got.degraded else set()
+                eligible = {
+                    i.id
+                    for i in _items()
+                    if (filters is None or _passes(i, filters)) and i.id not in {*touched, context}
+                }
+                assert len(ids) == len(set(ids)) == min(k, len(eligible)), (user, k, ids)
+                assert set(ids) <= eligible, (user, filters, context, k)
+                scores = [h.score for h in got.hits]
+                assert scores == sorted(scores, reverse=True), (user, k, scores)
+
+    asyncio.run(run())
+
+
+def _passes(item: Item, filters: dict[str, Any]) -> bool:
+    from deployments.pipelines.filters import AttributeColumns
+
+    columns = AttributeColumns()
+    columns.set(0, item.attributes)
+    return bool(columns.mask(filters, 1)[0])
