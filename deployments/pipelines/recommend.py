@@ -173,6 +173,8 @@ class RecommendService:
         self.clock = clock
         # Where recommendations run when it answers (`recommend_process.py`); None: here.
         self.worker: Worker | None = None
+        # Each loaded version's `servekit_replicas` (set by the Ingress, which has them).
+        self.replica_metrics: list[Any] = []
 
     def served(self, version: str, got: Recommendations) -> None:
         """Count one answer."""

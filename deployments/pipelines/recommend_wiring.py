@@ -36,11 +36,15 @@ def open_recommend(
     popular = PopularItems(
         features.events, args.recommendations, log, features.definitions.weights()
     )
-    from deployments.observability.metrics import RecommendMetrics
+    from deployments.observability.metrics import ModelMetrics, RecommendMetrics
 
     service = RecommendService(
         model, versions, search, features, popular, args.recommendations, RecommendMetrics()
     )
+    # Each version loaded here is a live replica of it, as an inline embedding version
+    # is: without the gauge, the version-without-replicas alert fired for every
+    # recommender version with traffic, and the replicas panel left them out.
+    service.replica_metrics = [ModelMetrics(model, version) for version in sorted(versions)]
 
     def vectors(space: str, items: list[Any]) -> Any:
         return service.item_vectors(space, items)

@@ -62,12 +62,20 @@ def test_metrics_are_exported_per_model_and_version(service: Service) -> None:
     def ok(text: str) -> bool:
         # Gauges are re-reported every few seconds; the rest appear with their events.
         lines = [ln for ln in text.splitlines() if ln.startswith("ray_servekit_requests_total{")]
-        return all(name in text for name in wanted) and any(
-            'model="minilm"' in ln
-            and 'version="v1"' in ln
-            and 'code="200"' in ln
-            and 'route="/v1/embeddings"' in ln
-            for ln in lines
+        replicas = [ln for ln in text.splitlines() if ln.startswith("ray_servekit_replicas{")]
+        # Every version with traffic has a replica: the recommender's too (the
+        # version-without-replicas alert reads this).
+        recommender = any('model="recommender"' in ln and 'version="v1"' in ln for ln in replicas)
+        return (
+            recommender
+            and all(name in text for name in wanted)
+            and any(
+                'model="minilm"' in ln
+                and 'version="v1"' in ln
+                and 'code="200"' in ln
+                and 'route="/v1/embeddings"' in ln
+                for ln in lines
+            )
         )
 
     text = scrape_until(service, ok)
