@@ -134,8 +134,11 @@ def _pod(container: Any, s: ClusterSettings, group: WorkerGroup | None) -> Any:
 
 def pod_labels(s: ClusterSettings) -> dict[str, str]:
     """The labels of every Ray pod of the service (head and workers, old and new cluster
-    during an upgrade); the NetworkPolicy selects the pods by them."""
-    return {"app.kubernetes.io/name": "servekit", "app.kubernetes.io/part-of": s.name}
+    during an upgrade); the NetworkPolicy and the PodMonitor select the pods by them.
+    Not `app.kubernetes.io/name`: KubeRay's RayService head Service selects its pod by
+    `app.kubernetes.io/name: kuberay`, so a pod named otherwise left `<name>-head-svc`
+    (the runbook's `kubectl exec` and `port-forward`) with no endpoint."""
+    return {"app.kubernetes.io/part-of": s.name}
 
 
 def rayservice(serve_config: Path, settings: ClusterSettings) -> dict[str, Any]:

@@ -401,6 +401,10 @@ def test_ports_agree(variant: str) -> None:
 # Labels KubeRay sets on every Ray pod and selects its Services by; a template may not
 # take them over (KubeRay ignores some, and the others would leave a Service empty).
 KUBERAY_POD_LABELS = ("ray.io/cluster", "ray.io/node-type", "ray.io/group", "ray.io/serve")
+# KubeRay's RayService head Service selects `app.kubernetes.io/name: kuberay` whatever the
+# pods say (ray-operator common/service.go, BuildHeadServiceForRayService): a pod template
+# that sets the label otherwise leaves `<name>-head-svc` without an endpoint.
+KUBERAY_SELECTED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/created-by")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -414,6 +418,7 @@ def test_labels_and_selectors_match(variant: str) -> None:
         labels = group["template"]["metadata"]["labels"]
         assert selector.items() <= labels.items(), name
         assert not set(labels) & set(KUBERAY_POD_LABELS), name
+        assert not set(labels) & set(KUBERAY_SELECTED_LABELS), name
         for key, value in labels.items():
             assert len(value) <= 63, (name, key)
             assert re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", value), (name, key)
