@@ -178,6 +178,40 @@ class FeatureSettings(_Strict):
                 raise ValueError(f"definitions: {e}") from e
         return self
 
+    def loaded(self) -> FeatureDefinitions:
+        """The definitions file, read and checked."""
+        return load_definitions(self.definitions)
+
+
+# What a recommender reads of the online features: view -> (entity, feature -> kind).
+RECOMMENDER_READS: dict[str, tuple[str, dict[str, str]]] = {
+    "user_activity": ("user", {
+        "recent_items": "recent_items", "category_affinity": "affinity",
+        "brand_affinity": "affinity", "views": "count", "clicks": "count",
+        "add_to_carts": "count", "purchases": "count"}),
+    "item_popularity": ("item", {
+        "views": "count", "clicks": "count", "add_to_carts": "count", "purchases": "count",
+        "last_event_at": "last_at"}),
+}  # fmt: skip
+
+
+def lacks_for_recommender(definitions: FeatureDefinitions) -> list[str]:
+    """What of `RECOMMENDER_READS` the definitions do not define as the recommender
+    reads it (empty: nothing)."""
+    out = []
+    for name, (entity, features) in RECOMMENDER_READS.items():
+        view = definitions.feature_views.get(name)
+        if view is None:
+            out.append(f"feature view {name} (entity {entity})")
+            continue
+        if view.entity != entity:
+            out.append(f"feature_views.{name}.entity {entity}")
+        for feature, kind in features.items():
+            spec = view.features.get(feature)
+            if spec is None or spec.kind != kind:
+                out.append(f"feature_views.{name}.features.{feature} (kind {kind})")
+    return out
+
 
 class DefinitionsError(ValueError):
     """A definitions file that cannot be used; the message says where and why."""

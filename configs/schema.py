@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from configs.features import FeatureSettings
+from configs.features import FeatureSettings, lacks_for_recommender
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -403,6 +403,12 @@ class AppArgs(_Strict):
             raise ValueError(f"models.{recommenders[0]}: recommendations need search.shards: 1")
         if recommenders and not self.features.enabled:
             raise ValueError(f"models.{recommenders[0]}: recommendations need features.enabled")
+        if recommenders and (lacks := lacks_for_recommender(self.features.loaded())):
+            raise ValueError(
+                f"features.definitions: the recommender models.{recommenders[0]} reads "
+                f"what the definitions lack: {'; '.join(lacks)} (configs/features.yaml "
+                "defines them)"
+            )
         if self.search.model is not None and self.search.model in recommenders:
             raise ValueError(f"search.model: {self.search.model!r} is a recommender")
         if len(recommenders) == len(self.models):

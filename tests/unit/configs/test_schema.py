@@ -91,6 +91,33 @@ def test_a_recommender_needs_what_it_reads() -> None:
             AppArgs.model_validate(doc)
 
 
+def test_a_recommender_needs_the_feature_views_it_reads(tmp_path: Path) -> None:
+    """Definitions without `item_popularity` made every recommendation a 500 (a KeyError
+    in the ranker's read); they are refused when the config is validated, naming what
+    is missing. Without a recommender they are fine."""
+    import yaml
+
+    from configs.features import DEFAULT_DEFINITIONS
+
+    doc = yaml.safe_load(DEFAULT_DEFINITIONS.read_text())
+    del doc["feature_views"]["item_popularity"]
+    doc["feature_views"]["user_activity"]["features"]["recent_items"]["kind"] = "count"
+    del doc["feature_views"]["user_activity"]["features"]["recent_items"]["max_items"]
+    custom = tmp_path / "features.yaml"
+    custom.write_text(yaml.safe_dump(doc))
+    embed = {"artifact": {"uri": "a", "sha256": "0" * 64}, "runtime": "onnx"}
+    rec = {"task": "recommendation", "placement": "inline", "versions": {"v1": embed}}
+    args = {"models": {"m": {"versions": {"v1": embed}}, "r": rec},
+            "features": {"definitions": str(custom)}}  # fmt: skip
+    with pytest.raises(ValidationError) as caught:
+        AppArgs.model_validate(args)
+    message = str(caught.value)
+    assert "features.definitions: the recommender models.r reads" in message
+    assert "feature view item_popularity (entity item)" in message
+    assert "feature_views.user_activity.features.recent_items (kind recent_items)" in message
+    AppArgs.model_validate({**args, "models": {"m": args["models"]["m"]}})  # type: ignore[index]
+
+
 def test_a_canary_min_requests_is_capped_at_what_its_window_holds() -> None:
     """The window keeps the latest calls only: a policy waiting for more than it holds
     would never judge its canary, so it is refused, saying why."""
