@@ -213,7 +213,7 @@ def _mirror(host: Any, service: RecommendService, query: RecommendQuery, ids: li
         return _idle_worker(service) is not None
 
     def agreement(answer: Recommendations) -> list[float]:
-        return [len(set(ids) & {h.item.id for h in answer.hits}) / max(1, len(ids))]
+        return [_agreement(ids, [h.item.id for h in answer.hits])]
 
     def ready(shadow: str) -> bool:
         return service.space(shadow) in host.search.ready_spaces(query.tenant, query.catalog)
@@ -221,6 +221,14 @@ def _mirror(host: Any, service: RecommendService, query: RecommendQuery, ids: li
     host.router.shadow.maybe_mirror(
         service.model, query.version, run, agreement, ready=ready, spare=spare
     )
+
+
+def _agreement(primary: list[str], shadow: list[str]) -> float:
+    """The share of the primary's items the shadow answers too; 1 when both answer
+    nothing (a filter no item passes: they agree), 0 when only one does."""
+    if not primary:
+        return 0.0 if shadow else 1.0
+    return len(set(primary) & set(shadow)) / len(primary)
 
 
 def _idle_worker(service: RecommendService) -> Any:

@@ -251,3 +251,14 @@ def test_a_copy_whose_worker_got_busy_or_gave_no_answer_is_dropped() -> None:
     assert host.router.metrics.outcomes == ["dropped"]
     pair = host.router.shadow.state(MODEL)["pairs"]["v1->v2"]
     assert (pair["requests"], pair["dropped"]) == (0, 1)
+
+
+def test_shadow_agreement_of_two_empty_answers_is_full() -> None:
+    """Both versions answering nothing (a filter no item passes) agree; they pulled the
+    shadow's mean agreement down as if they had disagreed."""
+    from deployments.http.recommend_routes import _agreement
+
+    assert _agreement([], []) == 1.0
+    assert _agreement([], ["a"]) == 0.0
+    assert _agreement(["a", "b"], []) == 0.0
+    assert _agreement(["a", "b"], ["b", "c"]) == 0.5
