@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote
 from urllib.request import Request, urlopen
 
 import yaml
@@ -452,14 +453,36 @@ def search_index_blockers(
     `unasked` is told so (the command line prints a note)."""
     from servekit.credentials import operator_headers
 
+    headers = operator_headers()
     try:
-        doc = _get(f"{url}/admin/v1/search/indexes", operator_headers())
+        doc = _get(f"{url}/admin/v1/search/indexes", headers)
+        blockers = []
+        for version in versions:
+            blocker = _index_blocker(doc, model, version)
+            if blocker is not None and _reloads_at_once(url, headers, model, version):
+                blocker = None
+            if blocker is not None:
+                blockers.append(blocker)
     except (URLError, OSError, ValueError) as e:
         if unasked is not None:
             unasked(url, ", ".join(f"{model}/{v}" for v in versions), e)
         return []
-    blockers = [_index_blocker(doc, model, version) for version in versions]
-    return [b for b in blockers if b is not None]
+    return blockers
+
+
+def _reloads_at_once(url: str, headers: dict[str, str], model: str, version: str) -> bool:
+    """Whether the store holds a vector of `model/version` for every item of every
+    catalog (its index was dropped after it left, but its vectors stay): its index
+    then comes back from them in seconds, with nothing embedded, while searches keep to
+    the indexes the replicas still hold, so giving it traffic again is no risk. A
+    service that does not count them (an older one) says no."""
+    space = quote(f"{model}/{version}", safe="")
+    try:
+        doc = _get(f"{url}/admin/v1/search/indexes?stored={space}", headers)
+    except HTTPError:
+        return False
+    catalogs = doc.get("catalogs") or []
+    return all("stored" in c and c["stored"] >= c["items"] for c in catalogs)
 
 
 def _index_blocker(doc: dict[str, Any], model: str, version: str) -> str | None:

@@ -220,6 +220,10 @@ class CatalogStore(Protocol):
     ) -> dict[str, bytes]:
         """Stored embeddings of these items in one space (missing ones left out)."""
 
+    def count_vectors(self, space: str, tenant_id: str | None = None) -> dict[tuple[str, str], int]:
+        """How many embeddings of `space` are stored, per (tenant, catalog) that has any
+        (of every tenant, or of `tenant_id`'s catalogs only)."""
+
     def drop_space(self, space: str) -> int:
         """Delete every stored embedding of a retired version; how many."""
 

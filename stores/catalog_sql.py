@@ -483,6 +483,21 @@ class SqlCatalogStore:
                 found.update((r.item_id, bytes(r.vector)) for r in conn.execute(query))
         return found
 
+    def count_vectors(self, space: str, tenant_id: str | None = None) -> dict[tuple[str, str], int]:
+        """How many embeddings of `space` are stored, per (tenant, catalog) that has any
+        (of every tenant, or of `tenant_id`'s catalogs only). One grouped count: it
+        reads the space's rows, for an operator's question (a rollback's), not a
+        request's."""
+        if not _storable(space, tenant_id or ""):
+            return {}
+        t = vectors_table.c
+        query = select(t.tenant_id, t.catalog, func.count()).where(t.space == space)
+        if tenant_id is not None:
+            query = query.where(t.tenant_id == tenant_id)
+        query = query.group_by(t.tenant_id, t.catalog)
+        with reading_consistently(self._engine) as conn:
+            return {(r[0], r[1]): int(r[2]) for r in conn.execute(query)}
+
     def drop_space(self, space: str) -> int:
         """Delete every stored embedding of a retired space, every tenant's; how many."""
         _check_space(space)

@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
@@ -527,24 +527,47 @@ class _Building(ServekitError):
         super().__init__("no version's index of this catalog is complete yet")
 
 
-def indexes_doc(service: SearchService, call: CallRecord) -> dict[str, Any]:
+def indexes_doc(
+    service: SearchService, call: CallRecord, stored: dict[tuple[str, str], int] | None = None
+) -> dict[str, Any]:
     """What `/admin/v1/search/indexes` answers `call`: a tenant admin's catalogs and
     their pending items only; the change log's position (every tenant's writes) to the
-    operator (and with auth off) alone."""
-    principal = call.principal
-    tenant = None if principal is None or principal.operator else principal.tenant_id
-    doc = {"spaces": service.spaces, "pending": service.pending(tenant),
-           "catalogs": service.indexes(tenant)}  # fmt: skip
+    operator (and with auth off) alone. `stored`: the stored vectors of the space asked
+    about, per (tenant, catalog), put on each catalog as `stored`."""
+    tenant = _admin_tenant(call)
+    catalogs = service.indexes(tenant)
+    if stored is not None:
+        for row in catalogs:
+            row["stored"] = stored.get((row["tenant_id"], row["catalog"]), 0)
+    doc = {"spaces": service.spaces, "pending": service.pending(tenant), "catalogs": catalogs}
     return doc if tenant is not None else {"seq": service.seq, **doc}
+
+
+def _admin_tenant(call: CallRecord) -> str | None:
+    """The tenant an admin route shows (None: every tenant's, for the operator)."""
+    principal = call.principal
+    return None if principal is None or principal.operator else principal.tenant_id
 
 
 @router.get(
     "/admin/v1/search/indexes",
     summary="Catalog indexes and their completeness per version",
-    responses=responses(404, example=INDEXES_EXAMPLE),
+    responses=responses(400, 404, example=INDEXES_EXAMPLE),
     tags=["admin"],
 )
-async def search_indexes(request: Request) -> Response:
+async def search_indexes(
+    request: Request,
+    stored: Annotated[
+        str | None,
+        Query(
+            max_length=400,
+            description="A declared version (`model/version`) whose stored vectors to "
+            "count: each catalog then has `stored`, what an index of that version "
+            "reloads at once, without embedding (a rollback to a version whose index "
+            "was dropped checks it).",
+        ),
+    ] = None,
+) -> Response:
     """Per catalog (the operator: every tenant's; a tenant admin: its own), each kept
     version's vectors and whether its index is complete, as the answering replica holds
     them; and per version, the items still to embed (0: searches may use it)."""
@@ -552,6 +575,12 @@ async def search_indexes(request: Request) -> Response:
     async def work(call: CallRecord) -> Response:
         host = replica_host()
         service = _service(host)
-        return json_response(indexes_doc(service, call))
+        counts = None
+        if stored is not None:
+            if stored not in service.space_artifacts:
+                known = ", ".join(sorted(service.space_artifacts)) or "none"
+                raise BadRequest(f"stored: {stored[:80]!r} is not a declared version ({known})")
+            counts = await asyncio.to_thread(service.stored_counts, stored, _admin_tenant(call))
+        return json_response(indexes_doc(service, call, counts))
 
     return await run_route(request, "/admin/v1/search/indexes", work)

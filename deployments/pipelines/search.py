@@ -685,6 +685,11 @@ class SearchService:
                          "indexes": spaces})  # fmt: skip
         return rows
 
+    def stored_counts(self, space: str, tenant: str | None) -> dict[tuple[str, str], int]:
+        """Per (tenant, catalog): the vectors of `space` the store holds (what an index
+        of it reloads at once, without embedding); every tenant's, or `tenant`'s."""
+        return self.store.count_vectors(self.stored_space(space), tenant)
+
     def ready_spaces(self, tenant: str, catalog: str) -> list[str]:
         """Kept spaces whose index of this catalog is complete (on every shard)."""
         if self.shards is not None:

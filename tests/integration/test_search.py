@@ -369,6 +369,17 @@ def test_index_completeness_is_shown_and_guards_promote(
     )
     assert mine["items"] == len(items)
     assert mine["indexes"]["minilm/v2"] == {"vectors": len(items), "complete": True}
+    with service.client(headers=operator_headers()) as admin:
+        counted = admin.get("/admin/v1/search/indexes", params={"stored": "minilm/v2"})
+        unknown = admin.get("/admin/v1/search/indexes", params={"stored": "minilm/v9"})
+    assert counted.status_code == 200, counted.text
+    stored = next(
+        c for c in counted.json()["catalogs"]
+        if c["catalog"] == name and c["tenant_id"] == TEST_TENANT
+    )  # fmt: skip
+    assert stored["stored"] == len(items)  # what an index of v2 would reload at once
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["message"].startswith("stored: 'minilm/v9' is not a declared")
     assert search_index_blocker(service.base_url, "minilm", "v2") is None
     blocked = search_index_blocker(service.base_url, "minilm", "v2-slow")
     assert blocked is not None

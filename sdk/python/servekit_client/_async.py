@@ -380,9 +380,10 @@ class AsyncAdmin:
             r.TENANT_USAGE, url, params=query(start=day(start), end=day(end))
         )
 
-    async def search_indexes(self) -> SearchIndexes:
-        """Per catalog, each version's index and whether it is complete."""
-        return await self._client._send(r.SEARCH_INDEXES)
+    async def search_indexes(self, *, stored: str | None = None) -> SearchIndexes:
+        """Per catalog, each version's index and whether it is complete; with `stored`
+        (a declared `model/version`), each catalog's `stored` vectors of it too."""
+        return await self._client._send(r.SEARCH_INDEXES, params=query(stored=stored))
 
     async def dashboard_state(self) -> DashboardState:
         """What the dashboard shows: models with weights and rollout state, deployments

@@ -372,9 +372,10 @@ class Admin:
         url = path(r.TENANT_USAGE, tenant_id=tenant_id)
         return self._client._send(r.TENANT_USAGE, url, params=query(start=day(start), end=day(end)))
 
-    def search_indexes(self) -> SearchIndexes:
-        """Per catalog, each version's index and whether it is complete."""
-        return self._client._send(r.SEARCH_INDEXES)
+    def search_indexes(self, *, stored: str | None = None) -> SearchIndexes:
+        """Per catalog, each version's index and whether it is complete; with `stored`
+        (a declared `model/version`), each catalog's `stored` vectors of it too."""
+        return self._client._send(r.SEARCH_INDEXES, params=query(stored=stored))
 
     def dashboard_state(self) -> DashboardState:
         """What the dashboard shows: models with weights and rollout state, deployments

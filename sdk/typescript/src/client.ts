@@ -193,8 +193,12 @@ export class AdminApi extends Resource {
   }
 
   /** `GET /admin/v1/search/indexes`: each catalog's index completeness per version. */
-  async searchIndexes(options?: RequestOptions): Promise<T.SearchIndexes> {
-    return data(this.transport, { method: "GET", path: "/admin/v1/search/indexes", retry: "idempotent" }, options);
+  async searchIndexes(
+    params: { stored?: string } = {},
+    options?: RequestOptions,
+  ): Promise<T.SearchIndexes> {
+    const query = { stored: params.stored };
+    return data(this.transport, { method: "GET", path: "/admin/v1/search/indexes", query, retry: "idempotent" }, options);
   }
 }
 

@@ -2301,7 +2301,10 @@ export interface operations {
     };
     search_indexes_admin_v1_search_indexes_get: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description A declared version (`model/version`) whose stored vectors to count: each catalog then has `stored`, what an index of that version reloads at once, without embedding (a rollback to a version whose index was dropped checks it). */
+                stored?: string | null;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -2346,6 +2349,25 @@ export interface operations {
                      *     }
                      */
                     "application/json": unknown;
+                };
+            };
+            /** @description The request is malformed or breaks a limit; the message names the field. */
+            400: {
+                headers: {
+                    "API-Version": components["headers"]["API-Version"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "invalid_request",
+                     *         "message": "k: Input should be greater than or equal to 1",
+                     *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description No API key, or one that is unknown, expired or revoked. */

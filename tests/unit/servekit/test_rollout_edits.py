@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import yaml
@@ -210,14 +211,24 @@ INDEXES = {
 }  # fmt: skip
 
 
+# Vectors the store holds per space, for every catalog (`?stored=` of the route).
+STORED: dict[str, int] = {}
+
+
 @pytest.fixture
 def indexes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """servekit's index state as above; the URLs asked."""
+    """servekit's index state as above (stored vectors: STORED); the URLs asked."""
     asked: list[str] = []
+    STORED.clear()
 
     def get(url: str, headers: dict[str, str] | None = None) -> Any:
         asked.append(url)
-        return copy.deepcopy(INDEXES)
+        doc = copy.deepcopy(INDEXES)
+        if "?stored=" in url:
+            space = unquote(url.split("?stored=", 1)[1])
+            for catalog in doc["catalogs"]:
+                catalog["stored"] = STORED.get(space, 0)
+        return doc
 
     monkeypatch.setattr(rollout_cli, "_get", get)
     monkeypatch.setattr(rollout_cli, "_serve_details", lambda address: None)
@@ -251,7 +262,8 @@ def test_rollback_to_a_version_without_an_index_is_refused_as_a_promote_is(
     assert "Roll back to a version whose indexes are complete with --to" in err
     assert "--allow-incomplete-index" in err
     assert config.read_text() == before
-    assert indexes == [f"{url}/admin/v1/search/indexes"]
+    asked = f"{url}/admin/v1/search/indexes"
+    assert indexes == [asked, f"{asked}?stored=minilm%2Fv2"]  # nor are its vectors stored
     code = edit_and_apply(config, "minilm", "rollback", "v2", True, True, "local", url=url)
     assert code == 0
     assert "note: applying would be refused: minilm/v2 has no complete" in capsys.readouterr().out
@@ -263,6 +275,25 @@ def test_rollback_to_a_version_without_an_index_is_refused_as_a_promote_is(
         config, "minilm", "rollback", "v2", False, False, "local",
         allow_incomplete_index=True, url=url,
     )  # fmt: skip
+    assert code == 0
+    assert _traffic(config)["minilm"] == {"v1": 0, "v2": 100}
+
+
+def test_a_rollback_to_a_version_whose_vectors_are_all_stored_goes_ahead(
+    config: Path, example_store: Path, indexes: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """v2 left long enough ago that replicas dropped its index, but the store holds its
+    vector of every item: its index comes back from them in seconds, so the rollback is
+    not refused (one vector short, it is)."""
+    _set_weights(config, {"v1": 100, "v2": 0})
+    url = "http://servekit.test"
+    STORED["minilm/v2"] = 2  # of 3 items
+    assert edit_and_apply(config, "minilm", "rollback", "v2", True, True, "local", url=url) == 0
+    assert "note: applying would be refused: minilm/v2" in capsys.readouterr().out
+    STORED["minilm/v2"] = 3
+    assert edit_and_apply(config, "minilm", "rollback", "v2", True, True, "local", url=url) == 0
+    assert "would be refused" not in capsys.readouterr().out
+    code = edit_and_apply(config, "minilm", "rollback", "v2", False, False, "local", url=url)
     assert code == 0
     assert _traffic(config)["minilm"] == {"v1": 0, "v2": 100}
 

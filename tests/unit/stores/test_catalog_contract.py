@@ -286,6 +286,23 @@ def test_an_upsert_or_delete_removes_the_items_vectors(store: SqlCatalogStore) -
     assert store.get_vectors("tn_a", "c", SPACE, ["y"]) == {}
 
 
+def test_count_vectors(store: SqlCatalogStore) -> None:
+    store.upsert("tn_a", "c", [item("x"), item("y")])
+    store.upsert("tn_a", "d", [item("x")])
+    store.upsert("tn_b", "c", [item("x")])
+    store.put_vectors("tn_a", "c", SPACE, {"x": vec(1), "y": vec(2)})
+    store.put_vectors("tn_a", "d", SPACE, {"x": vec(1)})
+    store.put_vectors("tn_b", "c", SPACE, {"x": vec(1)})
+    store.put_vectors("tn_a", "c", OTHER_SPACE, {"x": vec(9)})
+    assert store.count_vectors(SPACE) == {("tn_a", "c"): 2, ("tn_a", "d"): 1, ("tn_b", "c"): 1}
+    assert store.count_vectors(SPACE, "tn_a") == {("tn_a", "c"): 2, ("tn_a", "d"): 1}
+    assert store.count_vectors(OTHER_SPACE) == {("tn_a", "c"): 1}
+    assert store.count_vectors("m/none") == {}
+    assert store.count_vectors(SPACE, "tn\x00a") == {}
+    store.delete("tn_a", "c", "y")
+    assert store.count_vectors(SPACE, "tn_a")[("tn_a", "c")] == 1
+
+
 def test_drop_space(store: SqlCatalogStore) -> None:
     store.upsert("tn_a", "c", [item("x"), item("y")])
     store.upsert("tn_b", "c", [item("x")])
