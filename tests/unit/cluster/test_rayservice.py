@@ -15,6 +15,7 @@ from configs.cluster import ClusterSettings, load_cluster_settings
 from configs.settings import LOCAL_SERVE_ENV, SERVE_ENV
 from servekit import kube
 from tests.conftest import REPO_ROOT
+from tests.unit.cluster.test_manifest_schemas import _strict
 
 # KubeRay's published CRD sits beside the project (../shared); another location may be
 # given with KUBERAY_RAYSERVICE_CRD.
@@ -59,17 +60,6 @@ def test_manifest_matches_kuberay_crd_schema(manifest: dict[str, Any]) -> None:
     assert [f"{list(e.path)}: {e.message}" for e in errors] == []
     assert manifest["apiVersion"] == f"{crd['spec']['group']}/v1"
     assert manifest["kind"] == crd["spec"]["names"]["kind"]
-
-
-def _strict(node: Any) -> Any:
-    if isinstance(node, list):
-        return [_strict(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _strict(v) for k, v in node.items()}
-    if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
-        out.setdefault("additionalProperties", False)
-    return out
 
 
 def test_strict_schema_catches_unknown_fields(manifest: dict[str, Any]) -> None:

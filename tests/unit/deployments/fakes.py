@@ -3,9 +3,11 @@ a recorder of what a batcher reports."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -103,3 +105,35 @@ class RequestRecorder:
 
     def observe_tenant(self, tenant: str, code: int) -> None:
         self.tenants.append((tenant, code))
+
+
+def events_app(features: Any, monkeypatch: Any) -> Any:
+    """A FastAPI app of the events and features routes alone over `features` (a
+    `FeatureService`), as a replica hosts them (its envelope and error handlers,
+    admission letting everything through)."""
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+
+    from deployments.dataplane import CallRecord
+    from deployments.http import events_routes, hosted
+    from deployments.http.api import api
+    from deployments.http.envelope import Envelope
+
+    async def admit(call: CallRecord, texts: int, field: str | None = None) -> None:
+        return None
+
+    host = SimpleNamespace(
+        envelope=Envelope(RequestRecorder(), logging.getLogger("test")),
+        plane=SimpleNamespace(admit=admit),
+        args=SimpleNamespace(features=SimpleNamespace(max_events_per_request=1000,
+                                                      max_future_s=300.0)),
+        features=features,
+        search=None,
+    )  # fmt: skip
+    monkeypatch.setattr(hosted, "replica_host", lambda: host)
+    monkeypatch.setattr(events_routes, "replica_host", lambda: host)
+    app = FastAPI()
+    app.exception_handlers.update(api.exception_handlers)
+    app.include_router(events_routes.router)
+    return app

@@ -10,21 +10,16 @@ import asyncio
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from configs.features import load_definitions
-from deployments.dataplane import CallRecord
-from deployments.http import events_routes, hosted
-from deployments.http.envelope import Envelope
 from deployments.pipelines.features import FeatureService
 from stores.features import FeatureStoreUnavailable, Merge, Row, RowKey
 from stores.features_sqlite import SqliteFeatureStore
-from tests.unit.deployments.fakes import RequestRecorder
+from tests.unit.deployments.fakes import events_app
 from tests.unit.stores.test_events_once_contract import FlakyCommits
 
 LOG = logging.getLogger("test.events")
@@ -83,25 +78,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
 
 @pytest.fixture
 def client(service: Service, monkeypatch: pytest.MonkeyPatch) -> TestClient:
-    from deployments.http.api import api
-
-    async def admit(call: CallRecord, texts: int, field: str | None = None) -> None:
-        return None
-
-    host = SimpleNamespace(
-        envelope=Envelope(RequestRecorder(), LOG),
-        plane=SimpleNamespace(admit=admit),
-        args=SimpleNamespace(features=SimpleNamespace(max_events_per_request=1000,
-                                                      max_future_s=300.0)),
-        features=service.features,
-        search=None,
-    )  # fmt: skip
-    monkeypatch.setattr(hosted, "replica_host", lambda: host)
-    monkeypatch.setattr(events_routes, "replica_host", lambda: host)
-    app = FastAPI()
-    app.exception_handlers.update(api.exception_handlers)
-    app.include_router(events_routes.router)
-    return TestClient(app)
+    return TestClient(events_app(service.features, monkeypatch))
 
 
 def post(client: TestClient, body: dict[str, Any], **headers: str) -> Any:

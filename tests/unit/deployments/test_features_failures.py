@@ -12,26 +12,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
 from configs.features import load_definitions
-from deployments.dataplane import CallRecord
-from deployments.http import events_routes, hosted
-from deployments.http.envelope import Envelope
 from deployments.pipelines.features import Attributes, FeatureService, ItemLookup
 from stores.events import Event
 from stores.events_sql import SqlEventLog, open_event_log
 from stores.features import OnlineStore
 from stores.features_redis import RedisFeatureStore
 from stores.features_sqlite import SqliteFeatureStore
-from tests.unit.deployments.fakes import RequestRecorder
+from tests.unit.deployments.fakes import events_app
 from tests.unit.deployments.test_features_service import DownStore, Meter
 
 LOG = logging.getLogger("test.features.failures")
@@ -181,30 +176,13 @@ def test_a_store_outage_is_logged_once_then_its_end(caplog: pytest.LogCaptureFix
 def client(
     tmp_path: Path, log: SqlEventLog, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[TestClient]:
-    from deployments.http.api import api
-
     async def lookup(tenant: str, catalog: str, ids: list[str]) -> Attributes:
         return {"gold": {"price": 1e20}}
 
     items: ItemLookup = lookup
     svc = FeatureService(load_definitions(), SqliteFeatureStore(tmp_path / "f.db"), log, items, LOG)
 
-    async def admit(call: CallRecord, texts: int, field: str | None = None) -> None:
-        return None
-
-    host = SimpleNamespace(
-        envelope=Envelope(RequestRecorder(), LOG),
-        plane=SimpleNamespace(admit=admit),
-        args=SimpleNamespace(features=SimpleNamespace(max_events_per_request=1000,
-                                                      max_future_s=300.0)),
-        features=svc,
-        search=None,
-    )  # fmt: skip
-    monkeypatch.setattr(hosted, "replica_host", lambda: host)
-    monkeypatch.setattr(events_routes, "replica_host", lambda: host)
-    app = FastAPI()
-    app.exception_handlers.update(api.exception_handlers)
-    app.include_router(events_routes.router)
+    app = events_app(svc, monkeypatch)
     with TestClient(app) as c:
         yield c
 
