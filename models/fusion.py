@@ -34,6 +34,12 @@ def _best(scores: dict[int, float], seen: dict[int, int], k: int) -> list[tuple[
     return [(item, scores[item]) for item in order[:k]]
 
 
+def rrf_top(lists: int = 2, k_rrf: int = 60) -> float:
+    """The highest score `rrf` gives (an item first in each of `lists` rankings, weights
+    1): what maps its scores onto about 0 to 1."""
+    return lists / (k_rrf + 1)
+
+
 def rrf(
     rankings: Sequence[Sequence[int]],
     k: int,

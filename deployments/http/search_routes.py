@@ -33,6 +33,7 @@ from deployments.pipelines.catalog_index import Hit, SearchQuery
 from deployments.pipelines.filters import FilterError
 from deployments.pipelines.personalize import depth, personalize
 from deployments.pipelines.search import SearchService
+from models.fusion import rrf_top
 from models.recommender import Profile
 from stores.catalog import (
     MAX_ATTRIBUTES,
@@ -455,7 +456,8 @@ async def search_work(host: Any, call: CallRecord, body: SearchBody, headers: He
         got = await features.read(tenant, "user", body.user)
         profile = Profile.from_features(got.views)
         personal = not got.degraded and not profile.cold
-        hits = personalize(result.hits, profile, body.k) if personal else hits
+        top = rrf_top() if hybrid and settings.fusion == "rrf" else 1.0
+        hits = personalize(result.hits, profile, body.k, score_top=top) if personal else hits
     return json_response(
         {
             "object": "search.result",

@@ -36,12 +36,18 @@ def affinity(hit: Hit, profile: Profile) -> float:
 
 
 def personalize(
-    hits: Sequence[Hit], profile: Profile, k: int, weight: float = AFFINITY_WEIGHT
+    hits: Sequence[Hit],
+    profile: Profile,
+    k: int,
+    weight: float = AFFINITY_WEIGHT,
+    score_top: float = 1.0,
 ) -> list[Hit]:
     """The k best of `hits` once each gains `weight` x its affinity (stable: equal
-    scores keep the search's order)."""
+    scores keep the search's order). `score_top`: the highest score the search gives
+    (1 for vectors and convex fusion; reciprocal rank fusion's is about 0.033), by which
+    the scores are divided first, so the affinity weighs the same against either."""
     if profile.cold or weight == 0:
         return list(hits[:k])
-    rescored = [Hit(h.item, h.score + weight * affinity(h, profile)) for h in hits]
+    rescored = [Hit(h.item, h.score / score_top + weight * affinity(h, profile)) for h in hits]
     order = sorted(range(len(rescored)), key=lambda n: -rescored[n].score)
     return [rescored[n] for n in order[:k]]

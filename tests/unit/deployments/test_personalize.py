@@ -38,3 +38,20 @@ def test_a_personal_search_takes_more_candidates() -> None:
     assert depth(10, False) == 10
     assert depth(10, True) == 50
     assert depth(80, True) == 80
+
+
+def test_reciprocal_rank_scores_weigh_as_convex_ones_do() -> None:
+    """Fused by reciprocal ranks, the best score is about 0.033: added as is, a small
+    affinity for the last candidate's category beat the search's clear first. Scaled by
+    the fusion's top score, the same hits reorder as their convex scores would."""
+    from models.fusion import rrf_top
+
+    top = rrf_top()
+    assert abs(top - 2 / 61) < 1e-12
+    fused = [_hit(h.item.id, h.item.attributes["category"], h.item.text["brand"], h.score * top)
+             for h in HITS]  # fmt: skip
+    slight = Profile(["x"], {"mugs": 0.15}, {}, {"view": 1})
+    assert personalize(fused, slight, 4)[0].item.id == "d"  # unscaled
+    scaled = personalize(fused, slight, 4, score_top=top)
+    assert [h.item.id for h in scaled] == [h.item.id for h in personalize(HITS, slight, 4)]
+    assert scaled[0].item.id == "a"
