@@ -37,7 +37,11 @@ from stores.catalog import Item
 from stores.events import EventLog
 from stores.features import Row
 
-POPULAR_LIMIT = 1000  # popular items kept per tenant, before filters
+# Popular items kept per tenant and catalog, before filters: a cold user's filters (a
+# category) pick from these in order, and only past them from the catalog's order. At
+# 1,000, a category whose items ranked past the thousandth came in catalog order,
+# engaged items and never-seen ones alike.
+POPULAR_LIMIT = 10_000
 STALE_WAIT_S = 0.05  # how long a request waits for a re-read before the stale list
 ITEM_VIEW = "item_popularity"
 # The view's counts and what one event of each kind weighs (the feature definitions').

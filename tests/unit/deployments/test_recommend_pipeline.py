@@ -242,6 +242,30 @@ def test_popular_items_rank_by_the_definitions_weights_within_the_catalog(
     events.close()
 
 
+def test_a_cold_users_filter_finds_popular_items_well_past_the_first_thousand(
+    tmp_path: Path,
+) -> None:
+    """1,500 engaged items: the popular list keeps them all in order, so a filter that
+    only items ranked past 1,000 pass still answers them most engaged first."""
+    events = open_event_log(f"sqlite:///{tmp_path / 'events.db'}")
+    now = datetime.now(UTC)
+    batch = [
+        Event(f"u{n}-{v}", f"item-{n:04d}", "view", now, "shop")
+        for n in range(1500)
+        for v in range(1 + (1500 - n) // 100)
+    ]
+    events.append("acme", batch)
+
+    async def run() -> None:
+        popular = PopularItems(events, RecommendationSettings(), LOG)
+        ids = await popular.of("acme", "shop")
+        assert len(ids) == 1500
+        assert ids[1200:1203] == ["item-1200", "item-1201", "item-1202"]
+
+    asyncio.run(run())
+    events.close()
+
+
 class _ItemRowsDown:
     """An online store whose reads of many item rows fail (a timeout on the candidates'
     150 rows) while the user's one row still reads."""
