@@ -141,6 +141,18 @@ def body(**fields: Any) -> dict[str, Any]:
     return out
 
 
+def limits_patch(limits: Any) -> dict[str, Any] | None:
+    """A tenant PATCH's `limits`: the fields named, and only those (the service keeps the
+    others); a field named with None is sent as null, which removes that limit. From a
+    `Limits` model, the fields set on it; from a mapping, its keys."""
+    if limits is None:
+        return None
+    named = limits.model_dump(exclude_unset=True) if hasattr(limits, "model_dump") else dict(limits)
+    out: dict[str, Any] = to_jsonable_python(named)
+    _refuse_non_finite(out, "limits")
+    return out
+
+
 def _refuse_non_finite(value: Any, where: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         name = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")

@@ -18,6 +18,7 @@ from servekit_client._base import (
     connection_error,
     day,
     finish,
+    limits_patch,
     path,
     pin_headers,
     query,
@@ -321,9 +322,13 @@ class Admin:
         limits: Limits | LimitsInput | None = None,
         disabled: bool | None = None,
     ) -> Tenant:
-        """New limits, or disable a tenant (its keys refused) (operator)."""
+        """Change the limits named (the others are kept; a limit named with None is
+        removed), or disable a tenant (its keys refused) (operator)."""
         url = path(r.UPDATE_TENANT, tenant_id=tenant_id)
-        return self._client._send(r.UPDATE_TENANT, url, json=body(limits=limits, disabled=disabled))
+        doc = body(disabled=disabled)
+        if limits is not None:
+            doc["limits"] = limits_patch(limits)
+        return self._client._send(r.UPDATE_TENANT, url, json=doc)
 
     def list_keys(self, tenant_id: str) -> list[ApiKey]:
         """Every key of a tenant, revoked and expired ones included (never the key)."""

@@ -39,6 +39,7 @@ from servekit_client import (
 )
 from servekit_client._retry import retry_after_s
 from servekit_client._routes import ROUTES
+from servekit_client.models import Limits
 from tests.conftest import free_port
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -223,6 +224,29 @@ def test_bodies_leave_out_what_was_not_given() -> None:
     sent = script.requests[0]
     assert json.loads(sent.content) == {"catalog": "c", "query": "q", "k": 3}
     assert (sent.headers["x-model-version"], sent.headers["x-routing-key"]) == ("v2", "u-1")
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_a_tenant_patch_sends_the_limits_named_and_null_to_remove_one(
+    kind: type[Client | AsyncClient],
+) -> None:
+    """The service keeps the limits a PATCH leaves out and removes one sent as null;
+    the SDK dropped every None, so no limit could be removed."""
+    tenant = {"id": "acme", "name": "Acme", "created_at": "2026-12-01T00:00:00+00:00",
+              "limits": {"requests_per_s": 5.0}, "disabled": False}  # fmt: skip
+    script = Script(*[_answer(200, tenant) for _ in range(4)])
+    client = kind("sk-test", "http://svc", transport=_transport(kind, script), retry=FAST)
+    _call(client, "admin.update_tenant", "acme", limits={"monthly_texts": None})
+    _call(client, "admin.update_tenant", "acme", limits=Limits(monthly_texts=None))
+    _call(client, "admin.update_tenant", "acme", limits=Limits(requests_per_s=5))
+    _call(client, "admin.update_tenant", "acme", disabled=True)
+    sent = [json.loads(r.content) for r in script.requests]
+    assert sent == [
+        {"limits": {"monthly_texts": None}},
+        {"limits": {"monthly_texts": None}},  # the model's field set to None: removed
+        {"limits": {"requests_per_s": 5.0}},
+        {"disabled": True},
+    ]
 
 
 def test_event_times_and_days_are_sent_as_text() -> None:
