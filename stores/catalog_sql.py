@@ -62,6 +62,7 @@ from stores.registry_sql import (
     create_sql_engine,
     migrate_database,
     reading_consistently,
+    storable,
     writing,
 )
 
@@ -272,7 +273,7 @@ class SqlCatalogStore:
 
     def get(self, tenant_id: str, catalog: str, item_id: str) -> Item | None:
         """One item of the tenant's catalog, or None (also for another tenant's)."""
-        if not _storable(tenant_id, catalog, item_id):
+        if not storable(tenant_id, catalog, item_id):
             return None
         query = select(items_table).where(_in_catalog(items_table, tenant_id, catalog, [item_id]))
         with self._engine.connect() as conn:
@@ -282,10 +283,10 @@ class SqlCatalogStore:
     def get_many(self, tenant_id: str, catalog: str, item_ids: list[str]) -> dict[str, Item]:
         """The items of these ids (missing ones left out): one read per 500 ids."""
         found: dict[str, Item] = {}
-        if not _storable(tenant_id, catalog):
+        if not storable(tenant_id, catalog):
             return found
         with reading_consistently(self._engine) as conn:
-            for chunk in _chunks(sorted({i for i in item_ids if _storable(i)})):
+            for chunk in _chunks(sorted({i for i in item_ids if storable(i)})):
                 query = select(items_table).where(
                     _in_catalog(items_table, tenant_id, catalog, chunk)
                 )
@@ -294,7 +295,7 @@ class SqlCatalogStore:
 
     def has_catalog(self, tenant_id: str, catalog: str) -> bool:
         """Whether the tenant has a catalog of that name (one indexed lookup)."""
-        if not _storable(tenant_id, catalog):
+        if not storable(tenant_id, catalog):
             return False
         query = select(catalogs_table.c.name).where(
             catalogs_table.c.tenant_id == tenant_id, catalogs_table.c.name == catalog
@@ -328,7 +329,7 @@ class SqlCatalogStore:
     def catalogs(self, tenant_id: str, name: str | None = None) -> list[CatalogInfo]:
         """The tenant's catalogs by name, with their item counts (only the one called
         `name`, when given: its items alone are counted)."""
-        if not _storable(tenant_id, name or ""):
+        if not storable(tenant_id, name or ""):
             return []
         count = (
             select(func.count())
@@ -360,7 +361,7 @@ class SqlCatalogStore:
         """Items by id (byte order), after `after_id`, at most `limit`: each page is one
         consistent read, and paging visits every item that exists throughout once."""
         _check_limit(limit)
-        if not _storable(tenant_id, catalog):
+        if not storable(tenant_id, catalog):
             return []
         query = select(items_table).where(
             items_table.c.tenant_id == tenant_id, items_table.c.catalog == catalog
@@ -472,10 +473,10 @@ class SqlCatalogStore:
     ) -> dict[str, bytes]:
         """Stored embeddings of these items in one space (missing ones left out)."""
         found: dict[str, bytes] = {}
-        if not _storable(tenant_id, catalog, space):
+        if not storable(tenant_id, catalog, space):
             return found
         with reading_consistently(self._engine) as conn:
-            for chunk in _chunks(sorted({i for i in item_ids if _storable(i)})):
+            for chunk in _chunks(sorted({i for i in item_ids if storable(i)})):
                 query = select(vectors_table.c.item_id, vectors_table.c.vector).where(
                     _in_catalog(vectors_table, tenant_id, catalog, chunk),
                     vectors_table.c.space == space,
@@ -488,7 +489,7 @@ class SqlCatalogStore:
         (of every tenant, or of `tenant_id`'s catalogs only). One grouped count: it
         reads the space's rows, for an operator's question (a rollback's), not a
         request's."""
-        if not _storable(space, tenant_id or ""):
+        if not storable(space, tenant_id or ""):
             return {}
         t = vectors_table.c
         query = select(t.tenant_id, t.catalog, func.count()).where(t.space == space)
@@ -570,17 +571,10 @@ def _lock_log(conn: Connection) -> None:
 # --- input ---
 
 
-def _storable(*texts: str) -> bool:
-    """Whether both backends can hold these strings in a text column: PostgreSQL's
-    cannot hold NUL (SQLite's can), so no stored key holds one, and a lookup of one
-    finds nothing on both (instead of a `DataError` on PostgreSQL alone)."""
-    return not any("\x00" in t for t in texts)
-
-
 def _check_catalog(tenant_id: str, catalog: str) -> None:
     if not 0 < len(tenant_id) <= _MAX_TENANT_ID:
         raise ValueError(f"a tenant id has 1 to {_MAX_TENANT_ID} characters")
-    if not _storable(tenant_id):
+    if not storable(tenant_id):
         raise ValueError("a tenant id has no NUL character")
     if not _CATALOG_NAME.fullmatch(catalog):
         raise ValueError(
@@ -592,14 +586,14 @@ def _check_catalog(tenant_id: str, catalog: str) -> None:
 def _check_item_id(item_id: str) -> None:
     if not 0 < len(item_id) <= _MAX_ITEM_ID:
         raise ValueError(f"an item id has 1 to {_MAX_ITEM_ID} characters")
-    if not _storable(item_id):
+    if not storable(item_id):
         raise ValueError("an item id has no NUL character")
     if not is_unicode(item_id):
         raise ValueError(f"an item id is {NOT_UNICODE}")
 
 
 def _check_space(space: str) -> None:
-    if not 0 < len(space) <= _MAX_SPACE or not _storable(space):
+    if not 0 < len(space) <= _MAX_SPACE or not storable(space):
         raise ValueError(f"an embedding space has 1 to {_MAX_SPACE} characters, no NUL")
 
 

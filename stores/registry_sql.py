@@ -65,12 +65,6 @@ _SQLITE_BUSY_TIMEOUT_S = 30.0
 _MIGRATE_ATTEMPTS = 5
 
 
-def _unstorable(*values: str) -> bool:
-    """Whether an id can name nothing stored: PostgreSQL refuses text holding NUL (a
-    500 for an id from a request's path), and no id the registry makes holds one."""
-    return any("\x00" in value for value in values)
-
-
 class UtcDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on both dialects: `timestamptz` in PostgreSQL; in
     SQLite, which has no time zones, naive UTC text that is read back as aware UTC."""
@@ -196,7 +190,7 @@ class SqlRegistry:
     def create_tenant(self, name: str, limits: RateLimits, tenant_id: str | None = None) -> Tenant:
         """A new tenant; `tenant_id` is generated unless given. Duplicate id: ValueError."""
         tenant = Tenant(tenant_id or new_id("tn"), name, datetime.now(UTC), limits)
-        if _unstorable(tenant.id):
+        if not storable(tenant.id):
             raise ValueError(f"tenant id {tenant.id!r} holds a NUL character")
         try:
             with self._writing(bump=True) as conn:
@@ -207,7 +201,7 @@ class SqlRegistry:
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         """One tenant, or None."""
-        if _unstorable(tenant_id):
+        if not storable(tenant_id):
             return None
         with self._engine.connect() as conn:
             row = conn.execute(select(tenants).where(tenants.c.id == tenant_id)).first()
@@ -229,7 +223,7 @@ class SqlRegistry:
         `limit_fields`: the limits that change (default: all of them); the others keep
         their stored values, read and written in one transaction (writers queue on the
         generation bump, so two changes of different limits both hold)."""
-        if _unstorable(tenant_id):
+        if not storable(tenant_id):
             return None
         with self._writing(bump=True) as conn:
             row = conn.execute(select(tenants).where(tenants.c.id == tenant_id)).first()
@@ -253,7 +247,7 @@ class SqlRegistry:
     def add_key(self, key: ApiKey) -> None:
         """Store a new key (its tenant must exist: else KeyError; a key with the same id
         or hash exists: ValueError)."""
-        if _unstorable(key.tenant_id):
+        if not storable(key.tenant_id):
             raise KeyError(key.tenant_id)
         try:
             with self._writing(bump=True) as conn:
@@ -267,14 +261,14 @@ class SqlRegistry:
 
     def get_key(self, tenant_id: str, key_id: str) -> ApiKey | None:
         """One key of a tenant, or None (also for another tenant's key)."""
-        if _unstorable(tenant_id, key_id):
+        if not storable(tenant_id, key_id):
             return None
         with self._engine.connect() as conn:
             return _one_key(conn, tenant_id, key_id)
 
     def list_keys(self, tenant_id: str) -> list[ApiKey]:
         """A tenant's keys, revoked and expired included, oldest first."""
-        if _unstorable(tenant_id):
+        if not storable(tenant_id):
             return []
         query = (
             select(api_keys)
@@ -293,7 +287,7 @@ class SqlRegistry:
     ) -> ApiKey | None:
         """Mark a key rotated at `now`, valid until `until` at the latest, in one step
         and only once: None when it is not the tenant's key or was rotated already."""
-        if _unstorable(tenant_id, key_id):
+        if not storable(tenant_id, key_id):
             return None
         when = bindparam("until", until, type_=UtcDateTime)
         column = api_keys.c.expires_at
@@ -322,7 +316,7 @@ class SqlRegistry:
     ) -> ApiKey | None:
         """Set a key's timestamp to `at` unless it is already earlier, in SQL, so that
         concurrent calls keep the earliest whatever their order."""
-        if _unstorable(tenant_id, key_id):
+        if not storable(tenant_id, key_id):
             return None
         when = bindparam("at", at, type_=UtcDateTime)
         earliest = case((column.is_(None) | (column > when), when), else_=column)
@@ -385,7 +379,7 @@ class SqlRegistry:
 
     def usage(self, tenant_id: str, start: date, end: date) -> list[UsageRow]:
         """A tenant's rows for days in [start, end], by day then model."""
-        if _unstorable(tenant_id):
+        if not storable(tenant_id):
             return []
         query = (
             select(usage)
@@ -452,6 +446,14 @@ def open_registry(url: str) -> SqlRegistry:
 
 
 # --- engines, transactions and migrations (shared with the catalog store) ---
+
+
+def storable(*texts: str) -> bool:
+    """Whether both backends can hold these strings in a text column: PostgreSQL's
+    cannot hold NUL (SQLite's can), so no stored key holds one, and a lookup of one
+    finds nothing on both (instead of a `DataError` on PostgreSQL alone, a 500 for an
+    id from a request's path)."""
+    return not any("\x00" in t for t in texts)
 
 
 def create_sql_engine(url: str) -> Engine:
