@@ -97,6 +97,12 @@ def _unindexable(item: Item) -> str | None:
     return None
 
 
+def _changes_body(index: CatalogIndex | None, item: Item) -> bool:
+    """Whether an upsert of `item` changes what `index` holds (None: nothing yet)."""
+    current = index.get(item.id) if index is not None else None
+    return current is None or not same_body(current, item)
+
+
 def stored_space(space: str, sha256: str | None) -> str:
     """The name the vectors of `space` made by the artifact `sha256` have in the catalog
     store (`SearchService.stored_space`)."""
@@ -228,16 +234,9 @@ class SearchService:
                         page = ids[start : start + LOAD_PAGE]
                         async with self._lock:
                             stored = await asyncio.to_thread(
-                                self.store.get_vectors,
-                                tenant,
-                                catalog,
-                                self.stored_space(space),
-                                page,
+                                self._read_stored, tenant, catalog, space, page
                             )
-                            vectors = {
-                                i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()
-                            }
-                            await asyncio.to_thread(index.set_vectors, space, vectors)
+                            await asyncio.to_thread(index.set_vectors, space, stored)
                         loaded += len(stored)
         except Exception as e:  # the store is down: the backfill reads them later
             self._backfill_due = True
@@ -371,8 +370,7 @@ class SearchService:
             key = (change.tenant_id, change.catalog)
             if change.item is None or (self.owns is not None and not self.owns(change.item_id)):
                 continue
-            current = index.get(change.item_id) if (index := self.catalogs.get(key)) else None
-            if current is None or not same_body(current, change.item):  # else not applied
+            if _changes_body(self.catalogs.get(key), change.item):  # else not applied
                 upserted.setdefault(key, []).append(change.item_id)
         stored = {key: await self._stored_vectors(*key, ids) for key, ids in upserted.items()}
         # Index updates (BM25, graph inserts) take milliseconds per item: off the loop.
@@ -402,8 +400,7 @@ class SearchService:
                     flush(key)  # its earlier versions first: this one replaces them
                     self._skip(key, change.item_id, problem)
                     continue
-                current = index.get(change.item_id)
-                if current is None or not same_body(current, change.item):
+                if _changes_body(index, change.item):
                     pending.setdefault(key, []).append(change.item)
                 continue
             flush(key)
@@ -446,10 +443,9 @@ class SearchService:
         is embedded by a backfill, which the follower starts within `BACKFILL_RETRY_S`."""
         out: Vectors = {}
         for space in self.spaces:
-            stored = await asyncio.to_thread(
-                self.store.get_vectors, tenant, catalog, self.stored_space(space), ids
+            stored = out[space] = await asyncio.to_thread(
+                self._read_stored, tenant, catalog, space, ids
             )
-            out[space] = {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
             if len(stored) < len(set(ids)):
                 self._backfill_due = True
         return out
@@ -484,12 +480,8 @@ class SearchService:
             batch = missing[start : start + size]
             ids = [i.id for i in batch]
             async with self._lock:  # the writers' lock: no apply in between
-                stored = await asyncio.to_thread(
-                    self.store.get_vectors, tenant, catalog, self.stored_space(space), ids
-                )
-                index.set_vectors(
-                    space, {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
-                )
+                stored = await asyncio.to_thread(self._read_stored, tenant, catalog, space, ids)
+                index.set_vectors(space, stored)
             batch = [i for i in batch if i.id not in stored]
             if not batch:
                 continue
@@ -531,6 +523,14 @@ class SearchService:
             }
             index.set_vectors(space, kept)
         return len(kept)
+
+    def _read_stored(
+        self, tenant: str, catalog: str, space: str, ids: list[str]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """The vectors of `space` the store holds for these items, by id (a store round
+        trip: call it in a thread)."""
+        stored = self.store.get_vectors(tenant, catalog, self.stored_space(space), ids)
+        return {i: np.frombuffer(b, dtype=np.float32) for i, b in stored.items()}
 
     def stored_space(self, space: str) -> str:
         """The name of `space`'s vectors in the store: the space and the first 12 hex
