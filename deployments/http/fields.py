@@ -14,12 +14,21 @@ from pydantic_core import PydanticCustomError
 from stores.catalog import NOT_UNICODE, is_unicode
 
 
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+def _unicode(value: str) -> str:
     if not value.isascii() and not is_unicode(value):  # isascii: O(1), a flag of the str
         raise PydanticCustomError("not_unicode", NOT_UNICODE)
     return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    return _unicode(value)
+
+
+# Text no UTF-8 writer writes (JSON's `\ud800` escape, which FastAPI's JSON reader takes)
+# refused as a 400 naming the field; NUL is allowed (JSON text, not a database key).
+UnicodeText = Annotated[str, AfterValidator(_unicode)]
 
 
 # A string that a database column keeps as text (an id, a name): PostgreSQL's text

@@ -15,7 +15,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
-from deployments.http.fields import AnyCharacterRoute, PathId, StoredText
+from deployments.http.fields import AnyCharacterRoute, PathId, StoredText, UnicodeText
 from deployments.http.hosted import replica_host, run_route
 from deployments.http.hot import serve_json
 from deployments.http.inference import json_response
@@ -84,12 +84,6 @@ def _attribute(value: Any) -> AttrValue:
 AttrIn = Annotated[AttrValue, PlainValidator(_attribute, json_schema_input_type=AttrValue)]
 
 
-def _unicode(value: str) -> str:
-    if not is_unicode(value):
-        raise PydanticCustomError("not_unicode", NOT_UNICODE)
-    return value
-
-
 def _unicode_names(value: Any) -> Any:
     """The object's names checked before its entries, so that the error names the object
     (a name's own path would hold the character no UTF-8 writer writes)."""
@@ -101,8 +95,7 @@ def _unicode_names(value: Any) -> Any:
 # Text no UTF-8 writer writes (JSON's `\ud800` escape, which FastAPI's JSON reader takes)
 # is refused: an item holding it in a name was stored, then made every read of it and
 # every search finding it a 500; in a text field, the upsert a 500 (the tokenizer).
-TextIn = Annotated[str, AfterValidator(_unicode)]
-TextFields = Annotated[dict[str, TextIn], BeforeValidator(_unicode_names)]
+TextFields = Annotated[dict[str, UnicodeText], BeforeValidator(_unicode_names)]
 Attributes = Annotated[dict[str, AttrIn], BeforeValidator(_unicode_names)]
 
 
