@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -169,18 +170,21 @@ class FeatureSettings(_Strict):
         0.1, gt=0, le=5, description="Bound on one online store call (Redis); then defaults."
     )
 
+    # The definitions as validation read them (when enabled): `loaded` reads it no second time.
+    _loaded: FeatureDefinitions | None = PrivateAttr(None)
+
     @model_validator(mode="after")
     def _definitions_load(self) -> FeatureSettings:
         if self.enabled:
             try:
-                load_definitions(self.definitions)
+                self._loaded = load_definitions(self.definitions)
             except DefinitionsError as e:
                 raise ValueError(f"definitions: {e}") from e
         return self
 
     def loaded(self) -> FeatureDefinitions:
-        """The definitions file, read and checked."""
-        return load_definitions(self.definitions)
+        """The definitions file, read and checked (once, when these settings were)."""
+        return self._loaded if self._loaded is not None else load_definitions(self.definitions)
 
 
 # What a recommender reads of the online features: view -> (entity, feature -> kind).
