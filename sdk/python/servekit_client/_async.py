@@ -18,6 +18,7 @@ from servekit_client._base import (
     connection_error,
     day,
     finish,
+    idempotency_headers,
     limits_patch,
     path,
     pin_headers,
@@ -264,12 +265,24 @@ class AsyncClient:
         return await self._send(r.DELETE_ITEM, url, done_on_404=lambda: done)
 
     async def send_events(
-        self, events: Sequence[EventInput], *, catalog: str | None = None
+        self,
+        events: Sequence[EventInput],
+        *,
+        catalog: str | None = None,
+        idempotency_key: str | None = None,
     ) -> EventsResult:
         """Record interactions (`POST /v1/events`). When some events are invalid the
-        rest are kept and `InvalidEventsError` says which (its `result`). Not repeated
-        after a lost answer: the service cannot tell a repeated batch from a new one."""
-        return await self._send(r.SEND_EVENTS, json=body(catalog=catalog, events=list(events)))
+        rest are kept and `InvalidEventsError` says which (its `result`). The service
+        stores a batch once per `idempotency_key` (`Idempotency-Key`, 1 to 128 visible
+        ASCII characters; kept 24 h), else per this call's request id, so an attempt
+        whose answer was lost is repeated and a repeat is answered as the first was. To
+        resend a batch in a later call (after `APIConnectionError`, or from another
+        process), give both calls the same `idempotency_key`; one key sent with another
+        batch is a `BadRequestError` (`idempotency_key_reused`)."""
+        headers = idempotency_headers(idempotency_key)
+        return await self._send(
+            r.SEND_EVENTS, json=body(catalog=catalog, events=list(events)), headers=headers
+        )
 
     async def get_features(self, entity: Literal["user", "item"], entity_id: str) -> Features:
         """A user's or an item's online features (`GET /v1/features/{entity}/{id}`)."""

@@ -41,6 +41,8 @@ TimeoutLike = float | httpx.Timeout | None
 # A credential as a transport's error text may show it: `Bearer <token>`.
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s'\",)]+")
 REDACTED = "[redacted]"
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 128  # the longest key the service keeps
 # An API key: visible ASCII, nothing else. A header value: that and inner spaces.
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _NOT_IN_A_HEADER = re.compile(r"[^\x20-\x7e]")
@@ -201,6 +203,19 @@ def pin_headers(model_version: str | None, routing_key: str | None) -> dict[str,
     if routing_key is not None:
         headers["X-Routing-Key"] = header_value("routing_key", "X-Routing-Key", routing_key)
     return headers
+
+
+def idempotency_headers(key: str | None) -> dict[str, str]:
+    """`Idempotency-Key`: the service stores a batch of events once per key (for 24 h);
+    1 to 128 characters a header carries as they are."""
+    if key is None:
+        return {}
+    value = header_value("idempotency_key", IDEMPOTENCY_KEY_HEADER, key)
+    if not 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidArgumentError(
+            f"idempotency_key: must be 1 to {MAX_IDEMPOTENCY_KEY} characters, has {len(value)}"
+        )
+    return {IDEMPOTENCY_KEY_HEADER: value}
 
 
 def header_value(name: str, header: str, value: object) -> str:

@@ -6,7 +6,8 @@ not take the write: nothing kept), so those are safe to repeat for every route; 
 503 from a proxy in between (no servekit error envelope) may come after the proxy passed
 the request on, so for routes that are not idempotent only servekit's own 503 is
 repeated. A connection that broke or timed out after the request was sent may have done
-the work: that is retried only for idempotent routes (reads, PUT, DELETE, PATCH).
+the work: that is retried only for idempotent routes (reads, PUT, DELETE, PATCH, and
+event batches, which the service stores once per key: see `_routes.py`).
 
 A proxy's 503 is one such attempt too: the request may have been acted on. So a delete
 repeated after one, or after a lost answer, that finds the item gone counts as done; but

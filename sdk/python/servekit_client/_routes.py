@@ -5,10 +5,11 @@ is the schema the document names.
 
 Idempotent: a repeat has the effect of one call, so a call whose answer was lost may
 be sent again. GET, PUT, DELETE and PATCH (which sets values) are; so are the POSTs that
-only read (embeddings, search, recommendations). The other POSTs create something each
-time (a tenant, a key, a rotated key) or append (`/v1/events`: a batch carries no id the
-service could recognise a repeat by), so they are repeated only when the service
-certainly did not act: see `_retry.py`.
+only read (embeddings, search, recommendations), and `POST /v1/events`: the service
+stores a batch once per `Idempotency-Key`, else per `X-Request-ID` (which a call sends
+unchanged on every attempt), and answers a repeat within 24 h as it answered the first.
+The other POSTs create something each time (a tenant, a key, a rotated key), so they
+are repeated only when the service certainly did not act: see `_retry.py`.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ GET_ITEM: Route[Item] = Route(
 DELETE_ITEM: Route[ItemDeleted] = Route(
     "DELETE", "/v1/catalogs/{catalog}/items/{item_id}", ItemDeleted, idempotent=True
 )
-SEND_EVENTS: Route[EventsResult] = Route("POST", "/v1/events", EventsResult, idempotent=False)
+SEND_EVENTS: Route[EventsResult] = Route("POST", "/v1/events", EventsResult, idempotent=True)
 GET_FEATURES: Route[Features] = Route(
     "GET", "/v1/features/{entity}/{entity_id}", Features, idempotent=True
 )

@@ -4,7 +4,7 @@
  * gives the status and headers too.
  */
 
-import { type ApiResponse, type Call, type ClientOptions, type ModelRequestOptions, type RequestOptions, Transport } from "./http.js";
+import { type ApiResponse, type Call, type ClientOptions, type EventsRequestOptions, type ModelRequestOptions, type RequestOptions, Transport } from "./http.js";
 import type * as T from "./types.js";
 
 /** A client of one servekit service. */
@@ -137,13 +137,19 @@ export class CatalogsApi extends Resource {
 /** `POST /v1/events`. */
 export class EventsApi extends Resource {
   /**
-   * Record interactions. The event log appends, so a batch whose answer was lost is
-   * not resent (it may have been kept: resending would count it twice); 429 and 503,
-   * which keep nothing, are retried. When some events are bad the rest are kept and
-   * this throws `InvalidEventsError` (its `result` says what was accepted).
+   * Record interactions. The service stores a batch once per `idempotencyKey`
+   * (`Idempotency-Key`; kept 24 h), else per the call's `X-Request-ID` (the same on
+   * every attempt), and answers a repeat as it answered the first: so an attempt whose
+   * answer was lost is resent like any other idempotent call. To resend a batch in a
+   * later call (after an `APIConnectionError`, or from another process), give both
+   * calls the same `idempotencyKey`; one key sent with another batch throws a
+   * `BadRequestError` (`idempotency_key_reused`). When some events are bad the rest
+   * are kept and this throws `InvalidEventsError` (its `result` says what was accepted).
    */
-  async send(body: T.EventsRequest, options?: RequestOptions): Promise<T.EventsResult> {
-    return data(this.transport, { method: "POST", path: "/v1/events", body, retry: "refusals" }, options);
+  async send(body: T.EventsRequest, options?: EventsRequestOptions): Promise<T.EventsResult> {
+    const { idempotencyKey, ...rest } = options ?? {};
+    const call: Call = { method: "POST", path: "/v1/events", body, retry: "idempotent", idempotencyKey };
+    return data(this.transport, call, rest);
   }
 }
 

@@ -77,6 +77,18 @@ export interface ModelRequestOptions extends RequestOptions {
   routingKey?: string;
 }
 
+/** Options of `events.send`. */
+export interface EventsRequestOptions extends RequestOptions {
+  /** Sent as `Idempotency-Key` (1 to 128 visible ASCII characters): the service stores
+   * a batch once per key for 24 h, so a later call resending the batch with the same
+   * key stores nothing more. Default: none (the call's `X-Request-ID` keys its own
+   * attempts). */
+  idempotencyKey?: string;
+}
+
+/** The longest `Idempotency-Key` the service keeps. */
+export const MAX_IDEMPOTENCY_KEY = 128;
+
 /** What `onRetry` is told. */
 export interface RetryInfo {
   method: string;
@@ -113,6 +125,8 @@ export interface Call {
    * (`item: no such item in this catalog`; not a proxy's page, nor `no such route`): a
    * delete that the earlier attempt already did. */
   doneOn404?: () => unknown;
+  /** Sent as `Idempotency-Key` (events). */
+  idempotencyKey?: string | undefined;
 }
 
 type Env = Record<string, string | undefined>;
@@ -227,6 +241,13 @@ export class Transport {
     }
     if (options.routingKey !== undefined) {
       headers["X-Routing-Key"] = headerValue("routingKey", "X-Routing-Key", options.routingKey, invalid);
+    }
+    if (call.idempotencyKey !== undefined) {
+      const key = headerValue("idempotencyKey", "Idempotency-Key", call.idempotencyKey, invalid);
+      if (key.length === 0 || key.length > MAX_IDEMPOTENCY_KEY) {
+        throw invalid(`idempotencyKey: must be 1 to ${MAX_IDEMPOTENCY_KEY} characters, has ${key.length}`);
+      }
+      headers["Idempotency-Key"] = key;
     }
     headers["X-Request-ID"] = headerValue("requestId", "X-Request-ID", requestId, invalid);
     return { ...headers, ...checkedHeaders("headers", options.headers, invalid) };

@@ -14,6 +14,8 @@ export {
   DEFAULT_MAX_RETRIES,
   DEFAULT_TIMEOUT_MS,
   type DeprecationNotice,
+  type EventsRequestOptions,
+  MAX_IDEMPOTENCY_KEY,
   type ModelRequestOptions,
   type RequestOptions,
   type RetryInfo,

@@ -5,9 +5,10 @@
  * still being built, an event log that kept nothing) before it does a call's work, so
  * those are retried for every call, after `Retry-After` when the answer has one. A call
  * that got no answer may or may not have been done: it is retried only when doing it
- * twice is harmless (`"idempotent"`: reads, PUT, DELETE, PATCH, and the POSTs that only
- * read, /v1/embeddings, /v1/search, /v1/recommendations), or when the connection was
- * never made, so nothing was sent.
+ * twice is harmless (`"idempotent"`: reads, PUT, DELETE, PATCH, the POSTs that only
+ * read, /v1/embeddings, /v1/search, /v1/recommendations, and /v1/events, whose batch the
+ * service stores once per `Idempotency-Key`, else per `X-Request-ID`), or when the
+ * connection was never made, so nothing was sent.
  */
 
 /** `"idempotent"`: retry refusals and lost answers; `"refusals"`: retry only what the

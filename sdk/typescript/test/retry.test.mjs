@@ -136,26 +136,58 @@ describe("retries", () => {
     }
   });
 
-  test("a lost answer is retried for a read, never for events", async () => {
+  test("a lost answer is retried for a read, never for a call that creates", async () => {
     const server = await serve([drop]);
     const { client: c, retries } = client(server.url, { maxRetries: 2 });
     const read = await c.search(SEARCH).catch((e) => e);
     assert.ok(read instanceof APIConnectionError);
     assert.equal(server.seen.length, 3);
     assert.equal(retries.length, 2);
-    const write = await c.events.send(EVENTS).catch((e) => e);
-    assert.ok(write instanceof APIConnectionError);
-    assert.equal(server.seen.length, 4); // sent once: it may have been kept
-    // The same holds for the other calls that are not idempotent.
+    // Creating a tenant or a key and rotating a key are sent once: each may have acted.
     await c.admin.tenants.create({ name: "t" }).catch(() => {});
     await c.admin.keys.create("t").catch(() => {});
     await c.admin.keys.rotate("t", "k").catch(() => {});
-    assert.equal(server.seen.length, 7);
+    assert.equal(server.seen.length, 6);
     // ... while PUT, PATCH and DELETE are resent.
     await c.catalogs.upsertItems("c", [{ id: "i", text: { title: "t" } }]).catch(() => {});
     await c.admin.tenants.update("t", { disabled: true }).catch(() => {});
     await c.catalogs.deleteItem("c", "i").catch(() => {});
-    assert.equal(server.seen.length, 16);
+    assert.equal(server.seen.length, 15);
+  });
+
+  test("a lost event batch is resent under the same X-Request-ID, which the service stores it once by", async () => {
+    const server = await serve([drop, json(200, { accepted: 1 })]);
+    const { client: c, retries } = client(server.url, { maxRetries: 2 });
+    const result = await c.events.send(EVENTS);
+    assert.equal(result.accepted, 1);
+    assert.equal(retries.length, 1);
+    assert.equal(server.seen.length, 2);
+    const [first, again] = server.seen;
+    assert.equal(again.headers["x-request-id"], first.headers["x-request-id"]);
+    assert.equal(again.body, first.body);
+    assert.equal(first.headers["idempotency-key"], undefined); // none unless asked for
+  });
+
+  test("an idempotency key is sent as Idempotency-Key on every attempt", async () => {
+    const server = await serve([drop, json(200, { accepted: 1 })]);
+    const { client: c } = client(server.url);
+    await c.events.send(EVENTS, { idempotencyKey: "order-7/events", requestId: "r-1" });
+    assert.deepEqual(server.seen.map((s) => s.headers["idempotency-key"]), ["order-7/events", "order-7/events"]);
+    assert.deepEqual(server.seen.map((s) => s.headers["x-request-id"]), ["r-1", "r-1"]);
+  });
+
+  test("an idempotency key a header cannot carry, or longer than 128, is refused before sending", async () => {
+    const server = await serve([ok]);
+    const { client: c } = client(server.url);
+    for (const key of ["", "x".repeat(129), "café", "a\nb", " key"]) {
+      const error = await c.events.send(EVENTS, { idempotencyKey: key }).catch((e) => e);
+      assert.ok(error instanceof TypeError, `${JSON.stringify(key)}: ${error}`);
+      assert.match(error.message, /^idempotencyKey: /);
+      assert.ok(!key || key.trim() === "" || !error.message.includes(key));
+    }
+    assert.equal(server.seen.length, 0);
+    await c.events.send(EVENTS, { idempotencyKey: "x".repeat(128) });
+    assert.equal(server.seen.length, 1);
   });
 
   test("events are retried when the service refused them (429, 503: nothing kept)", async () => {
@@ -174,16 +206,17 @@ describe("retries", () => {
     };
     const server = await serve([page]);
     const { client: c, retries } = client(server.url, { maxRetries: 2 });
-    const sent = await c.events.send(EVENTS).catch((e) => e);
+    const sent = await c.admin.tenants.create({ name: "t" }).catch((e) => e);
     assert.ok(sent instanceof ServiceUnavailableError);
     assert.equal(sent.code, "http_503");
-    await c.admin.tenants.create({ name: "t" }).catch(() => {});
     await c.admin.keys.create("t").catch(() => {});
     await c.admin.keys.rotate("t", "k").catch(() => {});
-    assert.equal(server.seen.length, 4); // once each
+    assert.equal(server.seen.length, 3); // once each
     assert.equal(retries.length, 0);
     await c.search(SEARCH).catch(() => {}); // a read is repeated
-    assert.equal(server.seen.length, 7);
+    assert.equal(server.seen.length, 6);
+    await c.events.send(EVENTS).catch(() => {}); // so is a batch: stored once by its key
+    assert.equal(server.seen.length, 9);
   });
 
   test("a delete whose answer was lost is done when the repeat finds nothing", async () => {
@@ -255,9 +288,9 @@ describe("retries", () => {
     assert.ok(error instanceof APITimeoutError, String(error));
     assert.equal(server.seen.length, 2);
     assert.equal(retries.length, 1);
-    const write = await c.events.send(EVENTS).catch((e) => e);
+    const write = await c.admin.tenants.create({ name: "t" }).catch((e) => e);
     assert.ok(write instanceof APITimeoutError);
-    assert.equal(server.seen.length, 3);
+    assert.equal(server.seen.length, 3); // sent once: it may have created the tenant
   });
 
   test("the caller's signal stops the call, waits included, with its reason", async () => {

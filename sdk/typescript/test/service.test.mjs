@@ -137,6 +137,19 @@ describe("against the service", { skip }, () => {
     const features = await tenant.features.get("user", user);
     assert.equal(features.object, "features");
     assert.equal(features.id, user);
+    assert.equal(features.views.user_activity.clicks, 1);
+    // A batch resent in another call with the same idempotency key is stored once.
+    const idempotencyKey = unique("batch");
+    const batch = { catalog, events: [{ user, item: "sock", type: "click" }] };
+    const first = await tenant.events.send(batch, { idempotencyKey });
+    const again = await tenant.events.send(batch, { idempotencyKey });
+    assert.deepEqual(again, first);
+    assert.equal((await tenant.features.get("user", user)).views.user_activity.clicks, 2);
+    const reused = await tenant.events
+      .send({ catalog, events: [{ user, item: "boot", type: "view" }] }, { idempotencyKey })
+      .catch((e) => e);
+    assert.ok(reused instanceof BadRequestError, String(reused));
+    assert.equal(reused.code, "idempotency_key_reused");
     const mixed = await tenant.events
       .send({ catalog, events: [{ user, item: "sock", type: "view" }, { user, item: "boot", type: "teleport" }] })
       .catch((e) => e);

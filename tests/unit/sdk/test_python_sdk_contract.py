@@ -26,8 +26,9 @@ OPERATIONS = sorted(
 )
 BY_OPERATION = {(route.method, route.path): name for name, route in ROUTES.items()}
 # Headers a method takes beyond the document's parameters (the search route reads them
-# too; the document lists them for embeddings only).
-EXTRA_PARAMETERS = {"model_version", "routing_key"}
+# too; the document lists them for embeddings only; `Idempotency-Key` of the events route
+# is in its description only).
+EXTRA_PARAMETERS = {"model_version", "routing_key", "idempotency_key"}
 # What shapes a type: titles, descriptions, examples, defaults and bounds do not.
 TYPE_KEYS = {"type", "format", "items", "additionalProperties", "anyOf", "$ref", "enum", "const"}
 MODELS = {

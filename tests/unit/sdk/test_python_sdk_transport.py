@@ -28,6 +28,7 @@ from servekit_client import (
     DeprecatedRouteWarning,
     GatewayTimeoutError,
     InternalServerError,
+    InvalidArgumentError,
     InvalidEventsError,
     NotFoundError,
     RateLimitError,
@@ -364,9 +365,7 @@ def test_a_lost_answer_is_repeated_for_a_search(sleeps: list[float]) -> None:
     "lost",
     [httpx.ReadTimeout("timed out"), httpx.RemoteProtocolError("closed"), httpx.ReadError("reset")],
 )
-@pytest.mark.parametrize(
-    "name", ["send_events", "admin.create_tenant", "admin.create_key", "admin.rotate_key"]
-)
+@pytest.mark.parametrize("name", ["admin.create_tenant", "admin.create_key", "admin.rotate_key"])
 def test_a_lost_answer_is_never_repeated_for_a_call_that_may_have_acted(
     name: str, lost: Exception, sleeps: list[float]
 ) -> None:
@@ -399,12 +398,54 @@ def test_the_async_client_retries_the_same_way(sleeps: list[float]) -> None:
     assert 0.1 <= sleeps[1] <= 0.4
 
 
-def test_the_async_client_never_repeats_a_lost_event_batch(sleeps: list[float]) -> None:
+def test_the_async_client_never_repeats_a_lost_tenant_creation(sleeps: list[float]) -> None:
     script = Script(httpx.ReadTimeout("timed out"))
     client = AsyncClient("k", "http://svc", retry=FAST, transport=httpx.MockTransport(script))
     with pytest.raises(APITimeoutError):
-        asyncio.run(client.send_events([{"user": "u", "item": "i", "type": "view"}]))
+        asyncio.run(client.admin.create_tenant("Acme"))
     assert len(script.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [httpx.ReadTimeout("timed out"), httpx.RemoteProtocolError("closed"), httpx.ReadError("reset")],
+)
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_a_lost_event_batch_is_resent_as_it_was(
+    kind: type[Client | AsyncClient], lost: Exception, sleeps: list[float]
+) -> None:
+    """The service stores a batch once per X-Request-ID (the same on every attempt), so
+    a batch whose answer was lost is resent unchanged: no Idempotency-Key unless asked."""
+    script = Script(lost, _answer(200, EVENTS_OUT))
+    client = kind("sk-test", "http://svc", transport=_transport(kind, script), retry=FAST)
+    assert _call(client, "send_events", [{"user": "u", "item": "i", "type": "view"}]).seq == 3
+    first, again = script.requests
+    assert again.headers["x-request-id"] == first.headers["x-request-id"]
+    assert again.content == first.content
+    assert "idempotency-key" not in first.headers
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_an_idempotency_key_is_sent_on_every_attempt(
+    kind: type[Client | AsyncClient], sleeps: list[float]
+) -> None:
+    script = Script(httpx.ReadTimeout("timed out"), _answer(200, EVENTS_OUT))
+    client = kind("sk-test", "http://svc", transport=_transport(kind, script), retry=FAST)
+    events = [{"user": "u", "item": "i", "type": "view"}]
+    _call(client, "send_events", events, idempotency_key="order-7/events")
+    assert [r.headers["idempotency-key"] for r in script.requests] == ["order-7/events"] * 2
+
+
+@pytest.mark.parametrize("key", ["", "x" * 129, "café", "a\nb", " key", 7])
+def test_an_idempotency_key_that_cannot_be_sent_is_refused_before_sending(key: Any) -> None:
+    script = Script()
+    with pytest.raises(InvalidArgumentError) as caught:
+        _client(script).send_events(
+            [{"user": "u", "item": "i", "type": "view"}], idempotency_key=key
+        )
+    assert str(caught.value).startswith("idempotency_key: ")
+    assert not (isinstance(key, str) and key.strip() and key in str(caught.value))
+    assert script.requests == []
 
 
 def test_an_unreachable_service_is_a_connection_error(sleeps: list[float]) -> None:
@@ -541,9 +582,7 @@ def test_the_deprecation_warning_shows_under_default_filters(tmp_path: Path) -> 
 # ---- what a proxy's 503, a lost delete, odd ids and days do ------------------------
 
 
-@pytest.mark.parametrize(
-    "name", ["send_events", "admin.create_tenant", "admin.create_key", "admin.rotate_key"]
-)
+@pytest.mark.parametrize("name", ["admin.create_tenant", "admin.create_key", "admin.rotate_key"])
 @pytest.mark.parametrize("kind", [Client, AsyncClient])
 def test_a_proxys_503_is_not_repeated_for_a_call_that_may_have_acted(
     name: str, kind: type[Client | AsyncClient], sleeps: list[float]
@@ -564,6 +603,14 @@ def test_a_proxys_503_is_not_repeated_for_a_call_that_may_have_acted(
 def test_a_proxys_503_is_repeated_for_a_read(sleeps: list[float]) -> None:
     script = Script(httpx.Response(503, text="<html>busy</html>"), _answer(200, SEARCH_OUT))
     assert _client(script).search("c", "q").version == "v1"
+    assert len(script.requests) == 2
+
+
+def test_a_proxys_503_is_repeated_for_an_event_batch(sleeps: list[float]) -> None:
+    """The repeat carries the batch's key (its request id), so it is stored once."""
+    script = Script(httpx.Response(503, text="<html>busy</html>"), _answer(200, EVENTS_OUT))
+    assert _client(script).send_events([{"user": "u", "item": "i", "type": "view"}]).seq == 3
+    assert len({r.headers["x-request-id"] for r in script.requests}) == 1
     assert len(script.requests) == 2
 
 
