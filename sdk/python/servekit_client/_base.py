@@ -9,6 +9,7 @@ import os
 import re
 import uuid
 import warnings
+from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -46,6 +47,8 @@ MAX_IDEMPOTENCY_KEY = 128  # the longest key the service keeps
 # An API key: visible ASCII, nothing else. A header value: that and inner spaces.
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _NOT_IN_A_HEADER = re.compile(r"[^\x20-\x7e]")
+# A code point of the surrogate range: in a Python str, always an unpaired one.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Route(Generic[T]):
@@ -136,10 +139,12 @@ def as_timeout(timeout: TimeoutLike) -> httpx.Timeout:
 
 def body(**fields: Any) -> dict[str, Any]:
     """A JSON body from keyword arguments; None means "left out" (the service default).
-    NaN and the infinities, which JSON has no number for, are refused, naming where."""
+    NaN and the infinities, which JSON has no number for, and text with a lone surrogate,
+    which UTF-8 has no bytes for, are refused, naming where."""
     doc = {name: value for name, value in fields.items() if value is not None}
+    _refuse_unsendable_keys(doc, "")  # before pydantic, which fails on such a key
     out: dict[str, Any] = to_jsonable_python(doc, exclude_none=True)
-    _refuse_non_finite(out, "")
+    _refuse_unsendable(out, "")
     return out
 
 
@@ -150,21 +155,47 @@ def limits_patch(limits: Any) -> dict[str, Any] | None:
     if limits is None:
         return None
     named = limits.model_dump(exclude_unset=True) if hasattr(limits, "model_dump") else dict(limits)
+    _refuse_unsendable_keys(named, "limits")
     out: dict[str, Any] = to_jsonable_python(named)
-    _refuse_non_finite(out, "limits")
+    _refuse_unsendable(out, "limits")
     return out
 
 
-def _refuse_non_finite(value: Any, where: str) -> None:
+def _refuse_unsendable(value: Any, where: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         name = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
         raise InvalidArgumentError(f"{where}: {name} cannot be sent (JSON has no such number)")
-    if isinstance(value, dict):
+    if isinstance(value, str):
+        refuse_lone_surrogate(where, value)
+    elif isinstance(value, dict):
         for key, inner in value.items():
-            _refuse_non_finite(inner, f"{where}.{key}" if where else str(key))
+            _refuse_unsendable(inner, f"{where}.{key}" if where else str(key))
     elif isinstance(value, list):
         for n, inner in enumerate(value):
-            _refuse_non_finite(inner, f"{where}.{n}")
+            _refuse_unsendable(inner, f"{where}.{n}")
+
+
+def _refuse_unsendable_keys(value: Any, where: str) -> None:
+    """The keys of the mappings in `value` (as given: lists, tuples, dicts) checked
+    for a lone surrogate, naming the mapping that has one (not the key)."""
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            if isinstance(key, str):
+                refuse_lone_surrogate(where or "body", key, "a key ")
+            _refuse_unsendable_keys(inner, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list | tuple):
+        for n, inner in enumerate(value):
+            _refuse_unsendable_keys(inner, f"{where}.{n}")
+
+
+def refuse_lone_surrogate(where: str, text: str, subject: str = "") -> None:
+    """Refuse text with a lone surrogate (U+D800 to U+DFFF unpaired, as a decoder with
+    `surrogateescape` or a JavaScript string cut mid-pair leaves it): it is not Unicode
+    text, so UTF-8, and a request, has no bytes for it. Never shows the text."""
+    if _LONE_SURROGATE.search(text) is not None:
+        raise InvalidArgumentError(
+            f"{where}: {subject}has a lone surrogate, which is not Unicode text and cannot be sent"
+        )
 
 
 def day(value: date | str | None) -> str | None:
@@ -179,6 +210,9 @@ def day(value: date | str | None) -> str | None:
 
 def query(**params: str | None) -> dict[str, str]:
     """Query parameters, those left out dropped."""
+    for name, value in params.items():
+        if value is not None:
+            refuse_lone_surrogate(name, value)
     return {name: value for name, value in params.items() if value is not None}
 
 
@@ -191,6 +225,7 @@ def path(route: Route[Any], **params: str) -> str:
             raise InvalidArgumentError(
                 f"{name}: {str(value)!r} cannot be sent as a URL path segment"
             )
+        refuse_lone_surrogate(name, str(value))
     return route.path.format(**{name: quote(str(v), safe="") for name, v in params.items()})
 
 

@@ -4,7 +4,7 @@
  * gives the status and headers too.
  */
 
-import { type ApiResponse, type Call, type ClientOptions, type EventsRequestOptions, type ModelRequestOptions, type RequestOptions, Transport } from "./http.js";
+import { type ApiResponse, type Call, type ClientOptions, type EventsRequestOptions, type ModelRequestOptions, type RequestOptions, refuseLoneSurrogate, Transport } from "./http.js";
 import type * as T from "./types.js";
 
 /** A client of one servekit service. */
@@ -60,10 +60,12 @@ async function data<R>(transport: Transport, call: Call, options?: ModelRequestO
 }
 
 /** A path segment, escaped. `.` and `..` are refused: a URL keeps neither as a segment
- * (fetch resolves them, `%2E%2E` included), so the call would reach another route. */
+ * (fetch resolves them, `%2E%2E` included), so the call would reach another route; so is
+ * text with a lone surrogate, which no URL can carry. */
 function seg(value: string): string {
   if (value === "") throw new TypeError("a path parameter is empty");
   if (value === "." || value === "..") throw new TypeError(`a path parameter is "${value}", which a URL cannot carry`);
+  refuseLoneSurrogate("a path parameter", value);
   return encodeURIComponent(value);
 }
 

@@ -222,7 +222,9 @@ export class Transport {
   private url(call: Call): string {
     const query = new URLSearchParams();
     for (const [name, value] of Object.entries(call.query ?? {})) {
-      if (value !== undefined) query.set(name, value);
+      if (value === undefined) continue;
+      refuseLoneSurrogate(name, value);
+      query.set(name, value);
     }
     const search = query.toString();
     return `${this.baseUrl}${call.path}${search ? `?${search}` : ""}`;
@@ -370,22 +372,39 @@ function errorOf({ response, text }: Answer, sentId: string): APIError {
 }
 
 /** The JSON body. NaN and the infinities, which `JSON.stringify` would turn into
- * `null`, throw a `TypeError` naming where they are. */
+ * `null`, and text with a lone surrogate, throw a `TypeError` naming where they are. */
 function bodyOf(call: Call): string | undefined {
   if (call.body === undefined) return undefined;
-  refuseNonFinite(call.body, "", new Set());
+  refuseUnsendable(call.body, "", new Set());
   return JSON.stringify(call.body);
 }
 
-function refuseNonFinite(value: unknown, where: string, seen: Set<object>): void {
+function refuseUnsendable(value: unknown, where: string, seen: Set<object>): void {
   if (typeof value === "number" && !Number.isFinite(value)) {
     throw new TypeError(`${where}: ${String(value)} cannot be sent (JSON has no such number)`);
   }
+  if (typeof value === "string") refuseLoneSurrogate(where, value);
   if (typeof value !== "object" || value === null || seen.has(value)) return;
   const proto = Object.getPrototypeOf(value);
   if (!Array.isArray(value) && proto !== Object.prototype && proto !== null) return; // a Date, say: its toJSON
   seen.add(value);
-  for (const [key, inner] of Object.entries(value)) refuseNonFinite(inner, where === "" ? key : `${where}.${key}`, seen);
+  for (const [key, inner] of Object.entries(value)) {
+    if (!Array.isArray(value)) refuseLoneSurrogate(where === "" ? "body" : where, key, "a key ");
+    refuseUnsendable(inner, where === "" ? key : `${where}.${key}`, seen);
+  }
+}
+
+/** Unpaired UTF-16 surrogates: what a string cut between the two halves of an emoji
+ * holds. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** Text with a lone surrogate is not Unicode text: `JSON.stringify` sends it escaped
+ * (the service refuses it), a URL cannot carry it at all. A `TypeError` naming where,
+ * never showing the text. */
+export function refuseLoneSurrogate(where: string, text: string, subject = ""): void {
+  if (LONE_SURROGATE.test(text)) {
+    throw new TypeError(`${where}: ${subject}has a lone surrogate, which is not Unicode text and cannot be sent`);
+  }
 }
 
 /** The service's address: `""` is unset; else an http(s) URL with a host, or a

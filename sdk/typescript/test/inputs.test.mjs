@@ -175,6 +175,39 @@ describe("numbers JSON cannot carry", () => {
   });
 });
 
+describe("text that is not Unicode (a lone surrogate)", () => {
+  const refusal = (where, subject = "") =>
+    `${where}: ${subject}has a lone surrogate, which is not Unicode text and cannot be sent`;
+
+  test("anywhere in a body, a key of it, a path or a query: a TypeError naming where, before sending", async () => {
+    const { fetch, seen } = scripted();
+    const { client: c } = client(fetch);
+    const cut = "\u{1F600}".slice(0, 1); // an emoji cut in half
+    const refused = [
+      [() => c.embeddings.create({ model: "m", input: ["fine", `red shoes ${cut}`] }), refusal("input.1")],
+      [() => c.catalogs.upsertItems("c", [{ id: "a", text: { title: `x${cut}` } }]), refusal("items.0.text.title")],
+      [() => c.search({ catalog: "c", query: "q", filters: { [`b${cut}`]: 1 } }), refusal("filters", "a key ")],
+      [() => c.events.send({ events: [{ user: "\udc00", item: "i", type: "view" }] }), refusal("events.0.user")],
+      [() => c.catalogs.getItem("c", `sku${cut}`), refusal("a path parameter")],
+      [() => c.admin.searchIndexes({ stored: `minilm/${cut}` }), refusal("stored")],
+    ];
+    for (const [call, message] of refused) {
+      const error = await call().catch((e) => e);
+      assert.ok(error instanceof TypeError, String(error));
+      assert.equal(error.message, message);
+    }
+    assert.equal(seen.length, 0);
+  });
+
+  test("whole emoji, other scripts and line separators are sent as they are", async () => {
+    const { fetch, seen } = scripted(answer(EMBEDDINGS));
+    const { client: c } = client(fetch);
+    const input = ["\u{1F600} ok", "Łukasz café", "a\u2028b", "\uFFFF"];
+    await c.embeddings.create({ model: "m", input });
+    assert.deepEqual(JSON.parse(seen[0].init.body).input, input);
+  });
+});
+
 describe("the API key", () => {
   test("a key a header cannot carry is refused at construction, never shown", () => {
     for (const key of [`${SECRET}\nextra`, `sk-live\r\n${SECRET}`, "sk-live josé", `${SECRET} tail`, "sk\x7f"]) {

@@ -1,11 +1,13 @@
 """What the Python SDK refuses before sending anything, and what it never shows: values an
 HTTP header cannot carry (a routing key, a pinned version, the API key), numbers JSON
-cannot carry, base URLs that are not http(s); and the API key kept out of every error
-text, traceback and repr, even when a transport's own error text echoes it."""
+cannot carry, text UTF-8 cannot carry (a lone surrogate), base URLs that are not
+http(s); and the API key kept out of every error text, traceback and repr, even when a
+transport's own error text echoes it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import traceback
 from typing import Any
@@ -23,7 +25,7 @@ from servekit_client import (
     _async,
     _sync,
 )
-from tests.unit.sdk.test_python_sdk_transport import Script
+from tests.unit.sdk.test_python_sdk_transport import EMBEDDINGS_OUT, Script, _answer
 
 SECRET = "sk-live-0123456789abcdef"
 SEARCH_OUT = {"object": "search.result", "catalog": "c", "model": "m", "version": "v1",
@@ -138,6 +140,49 @@ def test_non_finite_numbers_anywhere_in_a_body_are_refused() -> None:
     events: Any = [{"user": "u", "item": "i", "type": "view", "timestamp": math.nan}]
     with pytest.raises(InvalidArgumentError, match=r"^events\.0\.timestamp: NaN "):
         client.send_events(events)
+
+
+CUT = "\U0001f600".encode("utf-16-le", "surrogatepass")[:2].decode("utf-16-le", "surrogatepass")
+
+
+def _lone(where: str, subject: str = "") -> str:
+    return f"{where}: {subject}has a lone surrogate, which is not Unicode text and cannot be sent"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c: c.embed(["fine", f"red shoes {CUT}"], model="m"), _lone("input.1")),
+        (
+            lambda c: c.upsert_items("c", [{"id": "a", "text": {"title": f"x{CUT}"}}]),
+            _lone("items.0.text.title"),
+        ),
+        (lambda c: c.search("c", "q", filters={f"b{CUT}": 1}), _lone("filters", "a key ")),
+        (
+            lambda c: c.send_events([{"user": "\udc00", "item": "i", "type": "view"}]),
+            _lone("events.0.user"),
+        ),
+        (lambda c: c.get_item("c", f"sku{CUT}"), _lone("item_id")),
+        (lambda c: c.admin.search_indexes(stored=f"minilm/{CUT}"), _lone("stored")),
+        (lambda c: c.admin.update_tenant("t", limits={CUT: 1}), _lone("limits", "a key ")),
+    ],
+    ids=["input", "item-text", "filter-key", "event", "path", "query", "limits-key"],
+)
+def test_text_with_a_lone_surrogate_is_refused_naming_where(call: Any, message: str) -> None:
+    """Not Unicode text: UTF-8 has no bytes for it (httpx raised UnicodeEncodeError,
+    no ServekitError), so it is refused before sending, as the TypeScript SDK does."""
+    script = Script()
+    with pytest.raises(InvalidArgumentError) as caught:
+        call(_client(Client, script))
+    assert str(caught.value) == message
+    assert script.requests == []
+
+
+def test_whole_emoji_other_scripts_and_line_separators_are_sent_as_they_are() -> None:
+    script = Script(_answer(200, EMBEDDINGS_OUT))
+    texts = ["\U0001f600 ok", "Łukasz café", "a\u2028b", "\uffff"]
+    _client(Client, script).embed(texts, model="m")
+    assert json.loads(script.requests[0].content)["input"] == texts
 
 
 # ---- the API key ---------------------------------------------------------------
