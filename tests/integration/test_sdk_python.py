@@ -105,6 +105,12 @@ def test_the_sync_client_covers_the_v1_routes(url: str, tenant_key: str) -> None
         assert (sent.accepted, sent.rejected) == (2, 0)
         features = client.get_features("user", user)
         assert features.views["user_activity"]["purchases"] == 1
+        # A batch resent by another call with the same idempotency key is stored once.
+        key = f"batch-{uuid.uuid4().hex[:8]}"
+        again: Any = [{"user": user, "item": "boot", "type": "purchase"}]
+        first = client.send_events(again, catalog=catalog, idempotency_key=key)
+        assert client.send_events(again, catalog=catalog, idempotency_key=key) == first
+        assert client.get_features("user", user).views["user_activity"]["purchases"] == 2
         models = client.list_models()
         assert "minilm" in [m.id for m in models.data]
         detail = client.get_model("minilm")
@@ -231,12 +237,14 @@ def test_errors_name_the_field_and_keep_the_request_id(url: str) -> None:
             client.search("products", "q", k=0)
         assert bad.value.code == "invalid_request"
         assert bad.value.message.startswith("k:")
+        assert bad.value.field == "k"
         events: Any = [{"user": user, "item": "x", "type": "view"},
                        {"user": user, "item": "x", "type": "wishlist"}]  # fmt: skip
         with pytest.raises(InvalidEventsError) as partly:
             client.send_events(events)
         assert (partly.value.result.accepted, partly.value.result.rejected) == (1, 1)
         assert partly.value.result.errors[0].field == "events.1.type"
+        assert partly.value.field == "events.1.type"
         assert "wishlist" not in str(partly.value)
 
 

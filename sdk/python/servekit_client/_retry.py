@@ -28,7 +28,7 @@ import httpx
 RETRY_STATUSES = frozenset({429, 503})
 # servekit's messages name the field first (`item: no such item in this catalog`); a
 # route it does not have names none (`no such route`).
-_NAMES_A_FIELD = re.compile(r"[A-Za-z_][\w.-]*: ")
+_NAMES_A_FIELD = re.compile(r"([A-Za-z_][\w.-]*): ")
 # Raised before a byte of the request reached the service: always safe to repeat.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # The request may have reached the service: repeat only what is idempotent.
@@ -101,8 +101,16 @@ def resource_missing(response: httpx.Response) -> bool:
         detail is not None
         and detail.get("code") == "not_found"
         and isinstance(message, str)
-        and _NAMES_A_FIELD.match(message) is not None
+        and field_named(message) is not None
     )
+
+
+def field_named(message: str) -> str | None:
+    """The field, parameter or header a servekit message names first
+    (`items.0.attributes.price: ...`, `header.x-routing-key: ...`); None when it names
+    none (`no such route`)."""
+    named = _NAMES_A_FIELD.match(message)
+    return named.group(1) if named is not None else None
 
 
 def _from_the_service(response: httpx.Response) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from servekit_client._retry import retry_after_s
+from servekit_client._retry import field_named, retry_after_s
 from servekit_client.models import EventsResult
 
 __all__ = [
@@ -86,9 +86,13 @@ class APITimeoutError(APIConnectionError):
 
 
 class APIStatusError(APIError):
-    """The service answered with an error status."""
+    """The service answered with an error status. `field`: the request field, parameter
+    or header servekit's message names first (`items.0.attributes.price`,
+    `header.x-routing-key`, `events.1.type`); None when it names none, or when the
+    answer is not servekit's (a proxy's page)."""
 
     status: int
+    field: str | None
 
     def __init__(
         self,
@@ -103,6 +107,7 @@ class APIStatusError(APIError):
         super().__init__(message, request_id=request_id)
         self.status = status
         self.code = code
+        self.field = None if code.startswith("http_") else field_named(message)
         self.headers = httpx.Headers(headers)
         self.body = body
 

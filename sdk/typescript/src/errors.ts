@@ -30,6 +30,10 @@ export class APIError extends ServekitError {
   /** servekit's error code (`invalid_request`, `rate_limited`, ...), or `http_<status>`
    * when the answer was not servekit's error shape (a proxy's, say). */
   readonly code: string;
+  /** The request field, parameter or header servekit's message names first
+   * (`items.0.attributes.price`, `header.x-routing-key`, `events.1.type`); undefined
+   * when it names none, or when the answer is not servekit's. */
+  readonly field: string | undefined;
   /** The request id the service logged the call under. */
   readonly requestId: string | undefined;
   /** The response's headers. */
@@ -41,6 +45,7 @@ export class APIError extends ServekitError {
     super(fields.message);
     this.status = fields.status;
     this.code = fields.code;
+    this.field = fields.code.startsWith("http_") ? undefined : fieldNamed(fields.message);
     this.requestId = fields.requestId;
     this.headers = fields.headers;
     this.body = fields.body;
@@ -163,6 +168,16 @@ export class APIConnectionError extends ServekitError {
 /** No answer within the timeout. */
 export class APITimeoutError extends APIConnectionError {
   override name = "APITimeoutError";
+}
+
+/** servekit's messages name the field first (`item: no such item in this catalog`); a
+ * route it does not have names none (`no such route`). */
+const NAMES_A_FIELD = /^([A-Za-z_][\w.-]*): /;
+
+/** The field, parameter or header a servekit message names first; undefined when it
+ * names none. */
+function fieldNamed(message: string): string | undefined {
+  return NAMES_A_FIELD.exec(message)?.[1];
 }
 
 /** `Retry-After` in seconds: a number of seconds or an HTTP date (RFC 9110 10.2.3). */

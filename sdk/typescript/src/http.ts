@@ -335,14 +335,11 @@ function maybeActed(failed: APIError): boolean {
   return failed.status === 503 && !fromTheService(failed);
 }
 
-/** servekit's messages name the field first (`item: no such item in this catalog`); a
- * route it does not have names none (`no such route`). */
-const NAMES_A_FIELD = /^[A-Za-z_][\w.-]*: /;
-
 /** Whether an error answer is servekit's own 404 `not_found` naming the missing
- * resource: not a proxy's page, nor servekit's `no such route`. */
+ * resource (`item: no such item in this catalog`): not a proxy's page, nor servekit's
+ * `no such route`, which names no field. */
 function resourceMissing(failed: APIError): boolean {
-  return failed.status === 404 && failed.code === "not_found" && NAMES_A_FIELD.test(failed.message);
+  return failed.status === 404 && failed.code === "not_found" && failed.field !== undefined;
 }
 
 /** The `APIError` for an error answer: servekit's `{"error": {code, message,

@@ -318,6 +318,26 @@ describe("retries", () => {
     assert.equal(error.code, "http_502");
     assert.equal(error.message, "<html>bad gateway</html>");
     assert.equal(typeof error.requestId, "string");
+    assert.equal(error.field, undefined);
+  });
+
+  test("an error names the field its message names first", async () => {
+    const bad = (message) => json(400, { error: { code: "invalid_request", message, request_id: "r" } });
+    const cases = [
+      [bad("items.0.attributes.price: NaN"), "items.0.attributes.price"],
+      [bad("header.x-routing-key: too long"), "header.x-routing-key"],
+      [json(404, { error: { code: "not_found", message: "item: no such item in this catalog", request_id: "r" } }), "item"],
+      [bad("no such route"), undefined],
+      [(req, res) => { res.writeHead(400, { "content-type": "text/plain" }); res.end("k: bad"); }, undefined],
+      [json(400, { error: "k: bad" }), undefined],
+    ];
+    for (const [step, field] of cases) {
+      const server = await serve([step]);
+      const { client: c } = client(server.url);
+      const error = await c.search(SEARCH).catch((e) => e);
+      assert.ok(error instanceof APIError, String(error));
+      assert.equal(error.field, field, error.message);
+    }
   });
 });
 

@@ -73,6 +73,7 @@ describe("against the service", { skip }, () => {
     assert.ok(bad instanceof BadRequestError, String(bad));
     assert.equal(bad.code, "invalid_request");
     assert.match(bad.message, /^k:/);
+    assert.equal(bad.field, "k");
 
     const retries = [];
     const stranger = new ServekitClient({ baseUrl: URL, apiKey: "sk-not-a-key", onRetry: (r) => retries.push(r) });

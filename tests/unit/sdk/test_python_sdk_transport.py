@@ -485,6 +485,30 @@ def test_each_status_has_its_exception(status: int, cls: type[Exception]) -> Non
     assert str(error) == f"{status} some_code: k: at most 100 (request id rid-from-body)"
 
 
+@pytest.mark.parametrize(
+    ("answer", "field"),
+    [
+        (
+            lambda: _error(400, "invalid_request", "items.0.attributes.price: NaN"),
+            "items.0.attributes.price",
+        ),
+        (
+            lambda: _error(400, "invalid_request", "header.x-routing-key: too long"),
+            "header.x-routing-key",
+        ),
+        (lambda: _error(404, "not_found", "item: no such item in this catalog"), "item"),
+        (lambda: _error(404, "not_found", "no such route"), None),
+        (lambda: httpx.Response(400, text="k: bad"), None),  # not servekit's: no field
+        (lambda: httpx.Response(400, json={"error": "k: bad"}), None),
+    ],
+    ids=["nested", "header", "resource", "none", "proxy-text", "not-the-envelope"],
+)
+def test_an_error_names_the_field_its_message_names_first(answer: Any, field: str | None) -> None:
+    with pytest.raises(servekit_client.APIStatusError) as caught:
+        _client(Script(answer())).search("c", "q")
+    assert caught.value.field == field
+
+
 def test_a_proxys_error_page_still_says_status_and_request_id() -> None:
     page = httpx.Response(502, text="<html>Bad Gateway</html>", headers={"X-Request-ID": "rid-h"})
     with pytest.raises(InternalServerError) as caught:
