@@ -9,7 +9,7 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -196,6 +196,17 @@ def refuse_lone_surrogate(where: str, text: str, subject: str = "") -> None:
         raise InvalidArgumentError(
             f"{where}: {subject}has a lone surrogate, which is not Unicode text and cannot be sent"
         )
+
+
+def names(param: str, values: Sequence[str] | None) -> list[str] | None:
+    """A list parameter's values as a list. One string is refused: it is a sequence of
+    strings too, so it would be sent as its characters (`models="minilm"`: a key for
+    the models `m`, `i`, `n`, `l`)."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        raise InvalidArgumentError(f"{param}: must be a list of strings, not one string")
+    return list(values)
 
 
 def day(value: date | str | None) -> str | None:

@@ -20,6 +20,7 @@ from servekit_client._base import (
     finish,
     idempotency_headers,
     limits_patch,
+    names,
     path,
     pin_headers,
     query,
@@ -362,8 +363,8 @@ class Admin:
         every model, never expires, the tenant's limits."""
         doc = body(
             name=name,
-            scopes=list(scopes) if scopes is not None else None,
-            models=list(models) if models is not None else None,
+            scopes=names("scopes", scopes),
+            models=names("models", models),
             may_pin=may_pin,
             expires_in_s=expires_in_s,
             limits=limits,

@@ -178,6 +178,27 @@ def test_text_with_a_lone_surrogate_is_refused_naming_where(call: Any, message: 
     assert script.requests == []
 
 
+@pytest.mark.parametrize("param", ["models", "scopes"])
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_one_string_for_a_list_of_names_is_refused(
+    param: str, kind: type[Client | AsyncClient]
+) -> None:
+    """A str is a sequence of strings too: `models="minilm"` was sent as the models
+    m, i, n, i, l, m (a key that may call none), `scopes="search"` as six scopes."""
+    script = Script()
+    with pytest.raises(InvalidArgumentError) as caught:
+        _run(_client(kind, script).admin.create_key("acme", **{param: "search"}))
+    assert str(caught.value) == f"{param}: must be a list of strings, not one string"
+    assert script.requests == []
+
+
+def test_lists_and_tuples_of_names_are_sent_as_lists() -> None:
+    script = Script(_answer(500, {}))
+    with pytest.raises(ServekitError):
+        _client(Client, script).admin.create_key("acme", models=("minilm",), scopes=["search"])
+    assert json.loads(script.requests[0].content) == {"models": ["minilm"], "scopes": ["search"]}
+
+
 def test_whole_emoji_other_scripts_and_line_separators_are_sent_as_they_are() -> None:
     script = Script(_answer(200, EMBEDDINGS_OUT))
     texts = ["\U0001f600 ok", "Łukasz café", "a\u2028b", "\uffff"]
