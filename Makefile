@@ -96,9 +96,11 @@ $(SDK_TS)/node_modules/.package-lock.json: $(SDK_TS)/package.json $(SDK_TS)/pack
 test: lint models servers sdk-ts
 	$(PY) -m pytest
 
-# Regenerate cluster/rayservice.yaml from serve_config.yaml and cluster/settings.yaml.
+# Regenerate cluster/rayservice.yaml from serve_config.yaml and cluster/settings.yaml;
+# refused while it would give a version of the manifest it replaces other bytes (ARGS=
+# --allow-changed-versions when that manifest never reached a cluster).
 cluster: $(STAMP)
-	$(PY) -m servekit.kube
+	$(PY) -m servekit.kube $(ARGS)
 
 # Serving benchmark: raw vs plain Ray Serve vs servekit (bench/results/latest.json, .png);
 # then /v1/search against an in-process loop, and the embedding cache on and off under a

@@ -80,11 +80,14 @@ def _shown(value: Any) -> str:
     return f"{text[:12]}..." if len(text) == 64 and text.isalnum() else text  # a sha256
 
 
-def changed_versions(deployed: dict[str, dict[str, Any]], doc: dict[str, Any]) -> list[str]:
+def changed_versions(
+    deployed: dict[str, dict[str, Any]], doc: dict[str, Any], runs: str = "is deployed"
+) -> list[str]:
     """Each version of servekit's applications in `doc` (a whole config file) that Serve
     already runs under the same name, in the application of the same name, with another
     artifact (`uri`, `sha256`), `runtime` or model `task`: one line naming it and what
-    changed, and saying to declare a new version name (empty: none)."""
+    changed (`runs`: how the line says the version runs), and saying to declare a new
+    version name (empty: none)."""
     from configs.validate import IMPORT_PATH
 
     out = []
@@ -118,7 +121,7 @@ def changed_versions(deployed: dict[str, dict[str, Any]], doc: dict[str, Any]) -
                 if said:
                     out.append(
                         f"applications[{index}].args.models.{model}.versions.{version}: "
-                        f"{model}/{version} is deployed, and the file changes its "
+                        f"{model}/{version} {runs}, and the file changes its "
                         f"{', its '.join(said)}. A deployed version is immutable (catalog "
                         "indexes keep its vectors under its name, callers pin it by name): "
                         f"declare the new model under a new version name instead of {version}, "

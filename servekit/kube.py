@@ -12,6 +12,12 @@ The Ray cluster runs with token authentication, and the NetworkPolicy admits fro
 outside the Ray pods only the Serve port (from the client namespaces), the dashboard
 and Serve ports (from the KubeRay operator's namespace) and the metrics port (from the
 monitoring namespace). `--check` exits 1 when a committed file is stale.
+
+A version name stands for one artifact for good (see `servekit.deployed`): the manifest
+being replaced is what the cluster was last given, so a new one that declares one of
+its versions with another artifact, runtime or task is not written (exit 1, each such
+version named) unless `--allow-changed-versions` says the old one never reached a
+cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from configs.cluster import ClusterSettings, PodResources, WorkerGroup, load_clu
 from configs.settings import PROJECT_ROOT, SERVE_ENV
 from configs.validate import IMPORT_PATH
 from servekit.configedit import ConfigFile
+from servekit.deployed import changed_versions
 
 MANIFEST = PROJECT_ROOT / "cluster" / "rayservice.yaml"
 NETWORK_POLICY = PROJECT_ROOT / "cluster" / "networkpolicy.yaml"
@@ -289,11 +296,50 @@ def render_network_policy(settings_path: Path = SETTINGS) -> str:
     return _dump(network_policy(load_cluster_settings(settings_path)), "cluster/settings.yaml")
 
 
+def manifest_apps(text: str) -> dict[str, dict[str, Any]]:
+    """The Serve applications a RayService manifest's text embeds, by name (none when
+    the text holds no readable `spec.serveConfigV2`)."""
+    try:
+        doc = yaml.safe_load(text)
+        serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
+        apps = serve["applications"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return {}
+    if not isinstance(apps, list):
+        return {}
+    return {str(a.get("name", "default")): a for a in apps if isinstance(a, dict)}
+
+
+def versions_changed_from(current: str, new: str) -> list[str]:
+    """Each version the manifest `current` runs under a name that `new` gives another
+    artifact, runtime or task: one line each (empty: none)."""
+    new_doc = yaml.safe_load(yaml.safe_load(new)["spec"]["serveConfigV2"])
+    return changed_versions(manifest_apps(current), new_doc, "runs in the cluster")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the manifests, or with `--check` report whether they are current."""
     parser = argparse.ArgumentParser(prog="python -m servekit.kube")
     parser.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
+    parser.add_argument(
+        "--allow-changed-versions",
+        action="store_true",
+        help="write the manifest although it gives a version of the one it replaces "
+        "another artifact (only when that one never reached a cluster)",
+    )
     args = parser.parse_args(argv)
+    if not args.check and MANIFEST.exists() and not args.allow_changed_versions:
+        changed = versions_changed_from(MANIFEST.read_text(), render())
+        if changed:
+            print(
+                f"{MANIFEST} not written: the manifest it replaces, the one `kubectl apply` "
+                "gave the cluster, runs these versions with other bytes "
+                "(pass --allow-changed-versions only if that one never reached a cluster):",
+                file=sys.stderr,
+            )
+            for line in changed:
+                print(f"  {line}", file=sys.stderr)
+            return 1
     stale = 0
     for path, text in ((MANIFEST, render()), (NETWORK_POLICY, render_network_policy())):
         current = path.read_text() if path.exists() else ""

@@ -306,3 +306,54 @@ def test_check_mode_detects_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert kube.main(["--check"]) == 1
     assert kube.main([]) == 0
     assert kube.main(["--check"]) == 0
+
+
+def _manifest_with(tmp_path: Path, edit: Any) -> Path:
+    """The current manifest with its embedded Serve config changed by `edit`, as the
+    manifest a cluster was given before."""
+    doc = yaml.safe_load(kube.render())
+    serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    edit(serve["applications"][0]["args"]["models"]["minilm"]["versions"])
+    doc["spec"]["serveConfigV2"] = yaml.safe_dump(serve)
+    path = tmp_path / "rayservice.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _run_kube(monkeypatch: pytest.MonkeyPatch, manifest: Path, *argv: str) -> int:
+    monkeypatch.setattr(kube, "MANIFEST", manifest)
+    monkeypatch.setattr(kube, "NETWORK_POLICY", manifest.parent / "networkpolicy.yaml")
+    return kube.main(list(argv))
+
+
+def test_make_cluster_refuses_a_version_the_cluster_ran_with_other_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def older_v1(versions: dict[str, Any]) -> None:
+        versions["v1"]["artifact"]["sha256"] = "0a" * 32
+
+    old = _manifest_with(tmp_path, older_v1)
+    before = old.read_text()
+    assert _run_kube(monkeypatch, old) == 1
+    err = capsys.readouterr().err
+    assert "applications[0].args.models.minilm.versions.v1: minilm/v1 runs in the cluster" in err
+    assert "artifact.sha256" in err
+    assert "--allow-changed-versions" in err
+    assert old.read_text() == before  # nothing written
+
+    assert _run_kube(monkeypatch, old, "--allow-changed-versions") == 0
+    assert old.read_text() == kube.render()
+
+
+def test_make_cluster_writes_a_manifest_that_adds_or_drops_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def one_version_less(versions: dict[str, Any]) -> None:
+        versions.pop("v2")
+
+    old = _manifest_with(tmp_path, one_version_less)
+    assert _run_kube(monkeypatch, old) == 0
+    assert old.read_text() == kube.render()
+    # An unreadable manifest (hand-edited, half written) holds nothing to compare.
+    old.write_text("not: [a manifest")
+    assert _run_kube(monkeypatch, old) == 0
