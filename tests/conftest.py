@@ -11,9 +11,9 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -227,3 +227,19 @@ def moto_server(what: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_feature_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
+    """A factory of online feature stores of one backend, all on the same data: the
+    embedded SQLite store (a file in tmp_path), then Redis (the session's server)."""
+    import uuid
+
+    from stores.features_redis import RedisFeatureStore
+    from stores.features_sqlite import SqliteFeatureStore
+
+    if request.param == "sqlite":
+        return lambda: SqliteFeatureStore(tmp_path / "features.db")
+    url: str = request.getfixturevalue("redis_url")
+    prefix = f"t{uuid.uuid4().hex[:10]}:fs:"  # the server is shared by the session
+    return lambda: RedisFeatureStore(url, prefix=prefix, timeout_s=1.0)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,22 +23,12 @@ from deployments.pipelines.features import Attributes, FeatureService, ItemLooku
 from stores.events import Event
 from stores.events_sql import SqlEventLog, open_event_log
 from stores.features import OnlineStore
-from stores.features_redis import RedisFeatureStore
 from stores.features_sqlite import SqliteFeatureStore
 from tests.unit.deployments.fakes import events_app
 from tests.unit.deployments.test_features_service import DownStore, Meter
 
 LOG = logging.getLogger("test.features.failures")
 TENANT = "default"  # auth off: the one tenant
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], OnlineStore]:
-    if request.param == "sqlite":
-        return lambda: SqliteFeatureStore(tmp_path / "features.db")
-    url: str = request.getfixturevalue("redis_url")
-    prefix = f"t{uuid.uuid4().hex[:10]}:fs:"  # the server is shared by the session
-    return lambda: RedisFeatureStore(url, prefix=prefix, timeout_s=1.0)
 
 
 @pytest.fixture
@@ -54,7 +43,7 @@ def ev(user: str, item: str, kind: str) -> Event:
 
 
 def test_a_sum_past_the_largest_double_reads_its_default_and_the_rest_merges(
-    make_store: Callable[[], OnlineStore],
+    make_feature_store: Callable[[], OnlineStore],
 ) -> None:
     """Prices near 1e308 are finite (a catalog takes them), their sum is not: Redis
     refused to add it, so the row's script stopped half way (no recent items, no newest
@@ -66,7 +55,7 @@ def test_a_sum_past_the_largest_double_reads_its_default_and_the_rest_merges(
 
     async def body() -> None:
         meter = Meter()
-        svc = FeatureService(load_definitions(), make_store(), None, items, LOG, meter)
+        svc = FeatureService(load_definitions(), make_feature_store(), None, items, LOG, meter)
         try:
             batch = [
                 ev("u", "big", "purchase"),
@@ -96,7 +85,7 @@ def test_a_sum_past_the_largest_double_reads_its_default_and_the_rest_merges(
 
 
 def test_a_catalog_store_that_does_not_answer_leaves_the_events_unmerged(
-    make_store: Callable[[], OnlineStore], log: SqlEventLog
+    make_feature_store: Callable[[], OnlineStore], log: SqlEventLog
 ) -> None:
     """The sharded ingress reads the items' attributes from the catalog store after the
     events are appended: its failure was a 500 for a batch that was kept (and a keyed
@@ -113,7 +102,7 @@ def test_a_catalog_store_that_does_not_answer_leaves_the_events_unmerged(
     async def body() -> None:
         nonlocal down
         meter = Meter()
-        svc = FeatureService(load_definitions(), make_store(), log, items, LOG, meter)
+        svc = FeatureService(load_definitions(), make_feature_store(), log, items, LOG, meter)
         try:
             done = await svc.ingest(TENANT, [ev("u1", "shoe", "click")], "shop")
             assert (done.accepted, done.features_updated) == (1, False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -32,16 +31,6 @@ Body = Callable[[OnlineStore], Awaitable[None]]
 DAY = 86400.0
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], OnlineStore]:
-    """A factory of stores of one backend, all on the same data."""
-    if request.param == "sqlite":
-        return lambda: SqliteFeatureStore(tmp_path / "features.db")
-    url: str = request.getfixturevalue("redis_url")
-    prefix = f"t{uuid.uuid4().hex[:10]}:fs:"  # the server is shared by the session
-    return lambda: RedisFeatureStore(url, prefix=prefix, timeout_s=1.0)
-
-
 def run(make: Callable[[], OnlineStore], body: Body) -> None:
     async def main() -> None:
         store = make()
@@ -62,7 +51,7 @@ def merge(entity: str = "u1", tenant: str = "tn_a", at: float | None = None, **k
 
 
 def test_a_missing_row_reads_none_and_reads_keep_order(
-    make_store: Callable[[], OnlineStore],
+    make_feature_store: Callable[[], OnlineStore],
 ) -> None:
     async def body(store: OnlineStore) -> None:
         assert await store.read([]) == []
@@ -73,11 +62,11 @@ def test_a_missing_row_reads_none_and_reads_keep_order(
         assert got[1] is not None
         assert got[1]["clicks"] == 1
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
 def test_merges_add_keep_highs_and_lows_and_push_lists(
-    make_store: Callable[[], OnlineStore],
+    make_feature_store: Callable[[], OnlineStore],
 ) -> None:
     async def body(store: OnlineStore) -> None:
         now = time.time()
@@ -107,11 +96,11 @@ def test_merges_add_keep_highs_and_lows_and_push_lists(
         assert row is not None
         assert row["recent"] == ["i3", "i1", "i2"]
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
 def test_a_late_event_takes_its_place_by_time_not_the_front(
-    make_store: Callable[[], OnlineStore],
+    make_feature_store: Callable[[], OnlineStore],
 ) -> None:
     """Events may arrive dated in the past: the list keeps the newest by event time."""
     now = time.time()
@@ -136,11 +125,11 @@ def test_a_late_event_takes_its_place_by_time_not_the_front(
         assert row["recent"][9:12] == ["new10", "mid", "new9"]
         assert row["recent"][-1] == "new1"  # new0, the oldest, made room
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
 def test_a_list_stored_without_times_still_reads_and_merges(
-    make_store: Callable[[], OnlineStore],
+    make_feature_store: Callable[[], OnlineStore],
 ) -> None:
     """A row from before the items' times were kept: it reads as it was; its items count
     as of the row's newest event when the next merge orders them."""
@@ -160,10 +149,12 @@ def test_a_list_stored_without_times_still_reads_and_merges(
             AT_FIELD: now,
         }  # fmt: skip
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
-def test_sums_read_back_alike_on_both_backends(make_store: Callable[[], OnlineStore]) -> None:
+def test_sums_read_back_alike_on_both_backends(
+    make_feature_store: Callable[[], OnlineStore],
+) -> None:
     """Redis adds in long double, SQLite's rows in double; the feature values agree."""
     from configs.features import load_definitions
     from deployments.pipelines.features import values
@@ -178,11 +169,11 @@ def test_sums_read_back_alike_on_both_backends(make_store: Callable[[], OnlineSt
         assert (got["spend"], got["purchases"]) == (269.7, 3)
         assert type(got["purchases"]) is int
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
 def test_what_memory_holds_agrees_with_the_reference_merge(
-    make_store: Callable[[], OnlineStore],
+    make_feature_store: Callable[[], OnlineStore],
 ) -> None:
     now = time.time()
     merges = [
@@ -199,12 +190,12 @@ def test_what_memory_holds_agrees_with_the_reference_merge(
             await store.merge([m])
         assert await store.read([key()]) == [expected]
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
-def test_concurrent_merges_lose_no_update(make_store: Callable[[], OnlineStore]) -> None:
+def test_concurrent_merges_lose_no_update(make_feature_store: Callable[[], OnlineStore]) -> None:
     async def body(store: OnlineStore) -> None:
-        others = [make_store() for _ in range(3)]
+        others = [make_feature_store() for _ in range(3)]
         try:
             writes = [
                 s.merge([merge(add={"events": 1}, push={"r": ([(f"i{n}", time.time())], 50)})])
@@ -220,10 +211,10 @@ def test_concurrent_merges_lose_no_update(make_store: Callable[[], OnlineStore])
         assert row["events"] == 40
         assert sorted(row["r"]) == sorted(f"i{n}" for n in range(10))  # type: ignore[arg-type]
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
-def test_tenants_and_views_never_share_a_row(make_store: Callable[[], OnlineStore]) -> None:
+def test_tenants_and_views_never_share_a_row(make_feature_store: Callable[[], OnlineStore]) -> None:
     async def body(store: OnlineStore) -> None:
         await store.merge([merge(tenant="tn_a", add={"clicks": 5})])
         await store.merge([merge(tenant="tn_b", add={"clicks": 1})])
@@ -240,11 +231,11 @@ def test_tenants_and_views_never_share_a_row(make_store: Callable[[], OnlineStor
         assert row is not None
         assert row["clicks"] == 7
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
 def test_a_read_of_many_rows_answers_each_key_in_order(
-    make_store: Callable[[], OnlineStore],
+    make_feature_store: Callable[[], OnlineStore],
 ) -> None:
     """A recommendation's read: hundreds of keys at once (more than one statement's
     worth), repeated and missing ones, ids that need quoting, two tenants and views."""
@@ -273,10 +264,12 @@ def test_a_read_of_many_rows_answers_each_key_in_order(
         # a recommendation's size (the embedded store reads it on the caller's thread)
         assert await store.read(keys[:140] + keys[-5:]) == expected[:140] + expected[-5:]
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
-def test_a_row_goes_stale_ttl_after_its_newest_event(make_store: Callable[[], OnlineStore]) -> None:
+def test_a_row_goes_stale_ttl_after_its_newest_event(
+    make_feature_store: Callable[[], OnlineStore],
+) -> None:
     async def body(store: OnlineStore) -> None:
         now = time.time()
         # Its newest event was DAY - 0.6 s ago: fresh for 0.6 s more.
@@ -294,10 +287,10 @@ def test_a_row_goes_stale_ttl_after_its_newest_event(make_store: Callable[[], On
         await store.merge([merge(entity="old", at=now - 2 * DAY, add={"clicks": 1})])
         assert await store.read([key("old")]) == [None]
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
-def test_replace_writes_whole_rows(make_store: Callable[[], OnlineStore]) -> None:
+def test_replace_writes_whole_rows(make_feature_store: Callable[[], OnlineStore]) -> None:
     async def body(store: OnlineStore) -> None:
         now = time.time()
         await store.merge([merge(add={"clicks": 9, "views": 4})])
@@ -315,17 +308,17 @@ def test_replace_writes_whole_rows(make_store: Callable[[], OnlineStore]) -> Non
         with pytest.raises(ValueError, match=AT_FIELD):
             await store.replace([(key(), {"clicks": 1.0}, DAY)])
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
-def test_keys_are_bounded(make_store: Callable[[], OnlineStore]) -> None:
+def test_keys_are_bounded(make_feature_store: Callable[[], OnlineStore]) -> None:
     async def body(store: OnlineStore) -> None:
         with pytest.raises(ValueError, match="entity id"):
             await store.merge([merge(entity="x" * 257, add={"n": 1})])
         with pytest.raises(ValueError, match="tenant"):
             await store.merge([merge(tenant="", add={"n": 1})])
 
-    run(make_store, body)
+    run(make_feature_store, body)
 
 
 def test_pushed_keeps_each_item_once_at_its_newest_time_newest_first() -> None:
