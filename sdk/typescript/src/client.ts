@@ -159,7 +159,7 @@ export class EventsApi extends Resource {
 export class FeaturesApi extends Resource {
   /** A user's or an item's online features (defaults where no fresh row answers). */
   async get(entity: "user" | "item", id: string, options?: RequestOptions): Promise<T.Features> {
-    const path = `/v1/features/${entity}/${seg(id)}`;
+    const path = `/v1/features/${seg(entity)}/${seg(id)}`;
     return data(this.transport, { method: "GET", path, retry: "idempotent" }, options);
   }
 }

@@ -62,7 +62,10 @@ export interface RequestOptions {
   maxRetries?: number;
   /** Extra headers for this call. */
   headers?: Record<string, string>;
-  /** Sent as `X-Request-ID` (the same on every attempt); default: a fresh one. */
+  /** Sent as `X-Request-ID` (the same on every attempt); default: a fresh one. Give
+   * each call its own: the service stores an event batch once per request id (when it
+   * has no `idempotencyKey`), so a second `events.send` of the same events under the
+   * same id is answered as a repeat and stores nothing. */
   requestId?: string;
 }
 

@@ -374,6 +374,18 @@ describe("paths and secrets", () => {
     const { client: c } = client("http://127.0.0.1:9");
     for (const id of ["", ".", ".."]) {
       await assert.rejects(c.catalogs.getItem("c", id), TypeError);
+      await assert.rejects(c.features.get(id, "u"), TypeError); // the entity too, as in Python
+    }
+  });
+
+  test("every path parameter is percent-encoded, the features' entity included", async () => {
+    const server = await scripted([json(404, { error: { code: "not_found", message: "entity: no such entity", request_id: "r" } })]);
+    try {
+      const { client: c } = client(server.url);
+      await c.features.get("user/../../admin", "u 1").catch(() => {});
+      assert.equal(server.seen[0].url, "/v1/features/user%2F..%2F..%2Fadmin/u%201");
+    } finally {
+      await server.close();
     }
   });
 
