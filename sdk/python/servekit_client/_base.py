@@ -142,7 +142,7 @@ def body(**fields: Any) -> dict[str, Any]:
     NaN and the infinities, which JSON has no number for, and text with a lone surrogate,
     which UTF-8 has no bytes for, are refused, naming where."""
     doc = {name: value for name, value in fields.items() if value is not None}
-    _refuse_unsendable_keys(doc, "")  # before pydantic, which fails on such a key
+    _refuse_unsendable_as_given(doc, "")  # before pydantic, which fails on such a key
     out: dict[str, Any] = to_jsonable_python(doc, exclude_none=True)
     _refuse_unsendable(out, "")
     return out
@@ -155,7 +155,7 @@ def limits_patch(limits: Any) -> dict[str, Any] | None:
     if limits is None:
         return None
     named = limits.model_dump(exclude_unset=True) if hasattr(limits, "model_dump") else dict(limits)
-    _refuse_unsendable_keys(named, "limits")
+    _refuse_unsendable_as_given(named, "limits")
     out: dict[str, Any] = to_jsonable_python(named)
     _refuse_unsendable(out, "limits")
     return out
@@ -175,17 +175,24 @@ def _refuse_unsendable(value: Any, where: str) -> None:
             _refuse_unsendable(inner, f"{where}.{n}")
 
 
-def _refuse_unsendable_keys(value: Any, where: str) -> None:
-    """The keys of the mappings in `value` (as given: lists, tuples, dicts) checked
-    for a lone surrogate, naming the mapping that has one (not the key)."""
+def _refuse_unsendable_as_given(value: Any, where: str) -> None:
+    """What JSON conversion would lose, checked in `value` as given (lists, tuples,
+    dicts): a key with a lone surrogate, naming the mapping that has it (not the key),
+    and a datetime without a time zone (an event's `timestamp` from `datetime.now()`),
+    which the service refuses, keeping the rest of the batch."""
+    if isinstance(value, datetime) and value.utcoffset() is None:
+        raise InvalidArgumentError(
+            f"{where}: a datetime without a time zone cannot be sent (the service needs"
+            " one: datetime.now(timezone.utc), say)"
+        )
     if isinstance(value, Mapping):
         for key, inner in value.items():
             if isinstance(key, str):
                 refuse_lone_surrogate(where or "body", key, "a key ")
-            _refuse_unsendable_keys(inner, f"{where}.{key}" if where else str(key))
+            _refuse_unsendable_as_given(inner, f"{where}.{key}" if where else str(key))
     elif isinstance(value, list | tuple):
         for n, inner in enumerate(value):
-            _refuse_unsendable_keys(inner, f"{where}.{n}")
+            _refuse_unsendable_as_given(inner, f"{where}.{n}")
 
 
 def refuse_lone_surrogate(where: str, text: str, subject: str = "") -> None:

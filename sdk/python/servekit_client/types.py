@@ -25,7 +25,8 @@ class ItemInput(TypedDict):
 
 class EventInput(TypedDict):
     """One interaction; `timestamp` (a datetime with a time zone, RFC 3339 text or Unix
-    seconds) defaults to when the service receives it."""
+    seconds) defaults to when the service receives it. A datetime without a time zone
+    is refused before sending (`InvalidArgumentError`)."""
 
     user: str
     item: str

@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import traceback
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -175,6 +176,22 @@ def test_text_with_a_lone_surrogate_is_refused_naming_where(call: Any, message: 
     with pytest.raises(InvalidArgumentError) as caught:
         call(_client(Client, script))
     assert str(caught.value) == message
+    assert script.requests == []
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_an_event_time_without_a_time_zone_is_refused_before_sending(
+    kind: type[Client | AsyncClient],
+) -> None:
+    """The service refuses it (`needs a time zone`) and keeps the rest of the batch, so
+    a batch stamped with `datetime.now()` was stored in part."""
+    script = Script()
+    now = datetime.now()  # no time zone: the mistake under test
+    events: Any = [{"user": "u", "item": "i", "type": "view"},
+                   {"user": "u", "item": "j", "type": "view", "timestamp": now}]  # fmt: skip
+    with pytest.raises(InvalidArgumentError) as caught:
+        _run(_client(kind, script).send_events(events))
+    assert str(caught.value).startswith("events.1.timestamp: a datetime without a time zone ")
     assert script.requests == []
 
 
