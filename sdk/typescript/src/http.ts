@@ -372,7 +372,8 @@ function errorOf({ response, text }: Answer, sentId: string): APIError {
 }
 
 /** The JSON body. NaN and the infinities, which `JSON.stringify` would turn into
- * `null`, and text with a lone surrogate, throw a `TypeError` naming where they are. */
+ * `null`, an invalid `Date` (sent as `null` too) and text with a lone surrogate throw a
+ * `TypeError` naming where they are. */
 function bodyOf(call: Call): string | undefined {
   if (call.body === undefined) return undefined;
   refuseUnsendable(call.body, "", new Set());
@@ -384,6 +385,10 @@ function refuseUnsendable(value: unknown, where: string, seen: Set<object>): voi
     throw new TypeError(`${where}: ${String(value)} cannot be sent (JSON has no such number)`);
   }
   if (typeof value === "string") refuseLoneSurrogate(where, value);
+  if (value instanceof Date && Number.isNaN(value.getTime())) {
+    // `JSON.stringify` sends it as null: an event's time would become "when received".
+    throw new TypeError(`${where}: an invalid Date cannot be sent (JSON has no such time)`);
+  }
   if (typeof value !== "object" || value === null || seen.has(value)) return;
   const proto = Object.getPrototypeOf(value);
   if (!Array.isArray(value) && proto !== Object.prototype && proto !== null) return; // a Date, say: its toJSON

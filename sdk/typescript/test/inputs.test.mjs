@@ -166,6 +166,16 @@ describe("numbers JSON cannot carry", () => {
     assert.match(event.message, /^events\.0\.timestamp: NaN /);
   });
 
+  test("an invalid Date (which JSON.stringify sends as null) throws a TypeError naming where", async () => {
+    const { fetch, seen } = scripted();
+    const { client: c } = client(fetch);
+    const events = [{ user: "u", item: "i", type: "view", timestamp: new Date("yesterday-ish") }];
+    const error = await c.events.send({ events }).catch((e) => e);
+    assert.ok(error instanceof TypeError, String(error));
+    assert.equal(error.message, "events.0.timestamp: an invalid Date cannot be sent (JSON has no such time)");
+    assert.equal(seen.length, 0);
+  });
+
   test("a Date and finite numbers are sent as JSON has them", async () => {
     const { fetch, seen } = scripted(answer({ object: "events.result", accepted: 1 }));
     const { client: c } = client(fetch);
