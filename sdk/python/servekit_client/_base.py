@@ -139,8 +139,9 @@ def as_timeout(timeout: TimeoutLike) -> httpx.Timeout:
 
 def body(**fields: Any) -> dict[str, Any]:
     """A JSON body from keyword arguments; None means "left out" (the service default).
-    NaN and the infinities, which JSON has no number for, and text with a lone surrogate,
-    which UTF-8 has no bytes for, are refused, naming where."""
+    NaN and the infinities, which JSON has no number for, text with a lone surrogate,
+    which UTF-8 has no bytes for, and a datetime without a time zone, which the service
+    refuses, are refused, naming where."""
     doc = {name: value for name, value in fields.items() if value is not None}
     _refuse_unsendable_as_given(doc, "")  # before pydantic, which fails on such a key
     out: dict[str, Any] = to_jsonable_python(doc, exclude_none=True)
