@@ -638,7 +638,10 @@ def _key_values(key: ApiKey) -> dict[str, Any]:
 
 
 def _merge_usage(rows: Iterable[UsageRow]) -> list[UsageRow]:
-    """One row per (tenant, model, day): an upsert may not touch a row twice."""
+    """One row per (tenant, model, day) (an upsert may not touch a row twice), in that
+    order: every replica's batch then locks the rows it shares with another's in the
+    same order. In the order a replica first counted them, two batches deadlocked on
+    PostgreSQL (one flush in five failed, and waited a second for the next)."""
     merged: dict[tuple[str, str, date], UsageRow] = {}
     for r in rows:
         k = (r.tenant_id, r.model, r.day)
@@ -653,4 +656,4 @@ def _merge_usage(rows: Iterable[UsageRow]) -> list[UsageRow]:
                 errors=seen.errors + r.errors,
             )
         )
-    return list(merged.values())
+    return [merged[k] for k in sorted(merged)]

@@ -331,6 +331,37 @@ def test_usage_adds_up(registry: SqlRegistry) -> None:
     ]
 
 
+def test_concurrent_usage_writes_in_any_order_all_count_and_none_fails(
+    registry: SqlRegistry,
+) -> None:
+    """Replicas flush their counts at once, each batch in the order it first counted
+    its rows: on PostgreSQL two batches that share rows in opposite orders deadlocked,
+    and one flush in five failed (kept for the next, a second later, with a warning)."""
+    day = date(2026, 5, 1)
+    models = [f"m{i:02d}" for i in range(20)]
+    errors: list[str] = []
+    per_thread = 40
+
+    def flush(backwards: bool) -> None:
+        order = models[::-1] if backwards else models
+        for _ in range(per_thread):
+            try:
+                registry.add_usage([UsageRow("acme", m, day, 1, 2, 0) for m in order])
+            except Exception:
+                errors.append(traceback.format_exc(limit=1))
+
+    threads = [threading.Thread(target=flush, args=(n % 2 == 1,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rows = registry.usage("acme", day, day)
+    assert [(r.model, r.requests, r.texts) for r in rows] == [
+        (m, 4 * per_thread, 8 * per_thread) for m in models
+    ]
+
+
 def test_usage_by_day_range_and_tenant(registry: SqlRegistry) -> None:
     a = registry.create_tenant("Acme", RateLimits())
     b = registry.create_tenant("Globex", RateLimits())
