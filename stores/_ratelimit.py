@@ -43,11 +43,18 @@ class Check:
     reset_s: float
     wait_s: float
     too_large: bool = False
+    window_s: float = 1.0  # see `Decision.window_s`
 
 
 def capacity(rate: float) -> float:
     """A bucket holds one second's worth, and at least one."""
     return max(1.0, rate)
+
+
+def window(rate: float) -> float:
+    """The seconds a bucket at `rate` takes to refill from empty: what `RateLimit-Policy`
+    says its `capacity` is admitted in (1 s from 1/s up; 4 s for a rate of 0.25/s)."""
+    return capacity(rate) / rate
 
 
 def blocked(limits: RateLimits) -> Decision | None:
@@ -61,14 +68,15 @@ def blocked(limits: RateLimits) -> Decision | None:
 def too_large(limits: Sequence[RateLimits], texts: int) -> Decision | None:
     """The refusal of a request carrying more texts than one of the texts buckets holds
     (no wait lets it pass), naming the smallest such bucket; else None."""
-    sizes = [
-        capacity(lim.texts_per_s)
+    rates = [
+        lim.texts_per_s
         for lim in limits
         if lim.texts_per_s is not None and texts > capacity(lim.texts_per_s)
     ]
-    if not sizes:
+    if not rates:
         return None
-    return Decision(False, 0.0, "texts", min(sizes), too_large=True)
+    rate = min(rates, key=capacity)
+    return Decision(False, 0.0, "texts", capacity(rate), too_large=True, window_s=window(rate))
 
 
 def charges(
@@ -110,18 +118,18 @@ def check_bucket(
 ) -> tuple[Check, Bucket]:
     """Check taking `n` from a bucket (None: full); returns the check and the bucket
     after taking (only to be stored when every limit has room)."""
-    cap = capacity(rate)
+    cap, w = capacity(rate), window(rate)
     # Capped at the capacity, so a lowered rate never leaves more than a full bucket; a
     # clock that stepped back refills nothing (and keeps the later time).
     at = now if state is None else max(now, state.at)
     tokens = cap if state is None else min(cap, state.tokens + max(0.0, now - state.at) * rate)
     if n > cap:  # never fits, however long the caller waits: no wait to tell
-        return Check(policy, cap, tokens, (cap - tokens) / rate, 0.0, True), Bucket(tokens, at)
+        return Check(policy, cap, tokens, (cap - tokens) / rate, 0.0, True, w), Bucket(tokens, at)
     if tokens + EPSILON < n:
         wait = (n - tokens) / rate
-        return Check(policy, cap, tokens, wait, wait), Bucket(tokens, at)
+        return Check(policy, cap, tokens, wait, wait, window_s=w), Bucket(tokens, at)
     left = max(0.0, tokens - n)
-    return Check(policy, cap, left, (cap - left) / rate, 0.0), Bucket(left, at)
+    return Check(policy, cap, left, (cap - left) / rate, 0.0, window_s=w), Bucket(left, at)
 
 
 def check_month(limit: int, used: int, now: float, n: int) -> Check:
@@ -130,8 +138,8 @@ def check_month(limit: int, used: int, now: float, n: int) -> Check:
     mid-month, replicas that each admitted a second past it): the quota counts texts."""
     reset_s = max(MIN_MONTHLY_RETRY_S, next_month_start(now) - now)
     if n > 0 and used + n > limit:
-        return Check("monthly", limit, max(0, limit - used), reset_s, reset_s)
-    return Check("monthly", limit, max(0, limit - used - n), reset_s, 0.0)
+        return Check("monthly", limit, max(0, limit - used), reset_s, reset_s, window_s=0.0)
+    return Check("monthly", limit, max(0, limit - used - n), reset_s, 0.0, window_s=0.0)
 
 
 def month_key(now: float) -> int:
@@ -155,11 +163,15 @@ def decide(checks: Sequence[Check]) -> Decision:
         return Decision(True)
     if never := [c for c in checks if c.too_large]:
         c = min(never, key=lambda c: c.limit)
-        return Decision(False, 0.0, c.policy, c.limit, c.remaining, c.reset_s, too_large=True)
+        return _decision(False, 0.0, c, too_large=True)
     worst = max(checks, key=lambda c: c.wait_s)
     if worst.wait_s > 0:
-        return Decision(
-            False, worst.wait_s, worst.policy, worst.limit, worst.remaining, worst.reset_s
-        )
+        return _decision(False, worst.wait_s, worst)
     tight = min(checks, key=lambda c: c.remaining / c.limit if c.limit > 0 else 0.0)
-    return Decision(True, 0.0, tight.policy, tight.limit, tight.remaining, tight.reset_s)
+    return _decision(True, 0.0, tight)
+
+
+def _decision(allowed: bool, wait_s: float, c: Check, too_large: bool = False) -> Decision:
+    return Decision(
+        allowed, wait_s, c.policy, c.limit, c.remaining, c.reset_s, too_large, c.window_s
+    )

@@ -41,6 +41,9 @@ class Decision:
     remaining: float = 0.0
     reset_s: float = 0.0
     too_large: bool = False
+    # Seconds in which the limit's `limit` is admitted from empty: 1 for a rate of at
+    # least 1/s, longer below (a bucket of one at 0.5/s refills in 2 s); 0 for the month.
+    window_s: float = 1.0
 
 
 ALLOWED = Decision(True)

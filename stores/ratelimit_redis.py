@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from stores._ratelimit import Check, capacity, charges, decide
+from stores._ratelimit import Check, capacity, charges, decide, window
 from stores._redis import connect
 from stores.ratelimit import Decision, LimiterUnavailable
 from stores.tenants import RateLimits
@@ -228,25 +228,29 @@ def _arg(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
-def _named(limits: RateLimits) -> list[tuple[str, float]]:
-    """The limits the script checks for one subject, in its order, with their sizes."""
-    named: list[tuple[str, float]] = []
+def _named(limits: RateLimits) -> list[tuple[str, float, float]]:
+    """The limits the script checks for one subject, in its order, with their sizes and
+    windows (`Decision.window_s`)."""
+    named: list[tuple[str, float, float]] = []
     if limits.requests_per_s is not None:
-        named.append(("requests", capacity(limits.requests_per_s)))
+        rate = limits.requests_per_s
+        named.append(("requests", capacity(rate), window(rate)))
     if limits.texts_per_s is not None:
-        named.append(("texts", capacity(limits.texts_per_s)))
+        rate = limits.texts_per_s
+        named.append(("texts", capacity(rate), window(rate)))
     if limits.monthly_texts is not None:
-        named.append(("monthly", float(limits.monthly_texts)))
+        named.append(("monthly", float(limits.monthly_texts), 0.0))
     return named
 
 
-def _checks(named: list[tuple[str, float]], values: list[float]) -> list[Check]:
+def _checks(named: list[tuple[str, float, float]], values: list[float]) -> list[Check]:
     """One subject's (wait, remaining, reset) triples, in the order the script checked."""
     if len(values) != 3 * len(named):
         raise LimiterUnavailable(f"rate limit script answered {len(values)} values")
     checks: list[Check] = []
-    for i, (policy, limit) in enumerate(named):
+    for i, (policy, limit, window_s) in enumerate(named):
         wait, remaining, reset = values[3 * i : 3 * i + 3]
         never = wait < 0  # the script's mark of a take larger than the bucket
-        checks.append(Check(policy, limit, remaining, reset, 0.0 if never else wait, never))
+        wait = 0.0 if never else wait
+        checks.append(Check(policy, limit, remaining, reset, wait, never, window_s))
     return checks

@@ -23,7 +23,12 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
     ratelimit-headers) for the tightest of the caller's limits."""
     if not decision.policy:
         return {}
-    window = "2592000" if decision.policy == "monthly" else "1"
+    # A bucket's window is the time it refills in: a rate under 1/s (a bucket of one)
+    # said `q=1;w=1`, and a client pacing itself by it was refused every other time.
+    if decision.policy == "monthly":
+        window = "2592000"
+    else:
+        window = str(max(1, math.ceil(decision.window_s - 1e-9)))
     name = f'"{decision.policy}"'
     return {
         "RateLimit-Policy": f"{name};q={math.floor(decision.limit)};w={window}",
@@ -114,10 +119,13 @@ def _too_large(
     key_rate, tenant_rate = principal.key_limits.texts_per_s, principal.limits.texts_per_s
     mine = key_rate is not None and (tenant_rate is None or key_rate <= tenant_rate)
     whose = "this API key's" if mine else "the tenant's"
+    rate = key_rate if mine else tenant_rate
     most = math.floor(decision.limit)
+    # The rate as set (a bucket holds at least one text: 0.5/s is not "1/s").
+    shown = f"{rate:g}" if rate is not None else f"{decision.limit:g}"
     message = (
         f"{field or 'texts'}: {texts} texts in one request, more than {whose} texts_per_s "
-        f"limit ({decision.limit:g}/s) ever admits; send at most {most} per request"
+        f"limit ({shown}/s) ever admits; send at most {most} per request"
     )
     policy = ratelimit_headers(decision).get("RateLimit-Policy")
     return TooLargeForRateLimit(message, {"RateLimit-Policy": policy} if policy else {})

@@ -306,6 +306,35 @@ def test_limiter_down(fail_open: bool) -> None:
             asyncio.run(admission.admit(who, 1))
 
 
+def test_a_slow_rate_is_announced_over_the_window_it_refills_in() -> None:
+    """0.5 requests/s: `RateLimit-Policy` said `q=1;w=1` (one a second, twice the
+    limit); it says one per 2 s. A 400 for a request no wait admits named the bucket's
+    size as the rate (`limit (1/s)` for 0.5/s); it names the rate as set."""
+    from deployments.tenancy.admission import TooLargeForRateLimit
+
+    admission = Admission(EmbeddedLimiter(), fail_open=True, log=LOG)
+    who = _principal(RateLimits(requests_per_s=0.5, texts_per_s=0.2))
+
+    async def run() -> None:
+        first = await admission.admit(who, 1)
+        assert first["RateLimit-Policy"] in ('"requests";q=1;w=2', '"texts";q=1;w=5')
+        with pytest.raises(RateLimited) as e:
+            await admission.admit(who, 0)
+        assert e.value.headers["RateLimit-Policy"] == '"requests";q=1;w=2'
+        assert e.value.headers["Retry-After"] == "2"
+        with pytest.raises(TooLargeForRateLimit) as big:
+            await admission.admit(who, 2, "input")
+        assert big.value.message == (
+            "input: 2 texts in one request, more than the tenant's texts_per_s limit "
+            "(0.2/s) ever admits; send at most 1 per request"
+        )
+        assert big.value.headers == {"RateLimit-Policy": '"texts";q=1;w=5'}
+
+    asyncio.run(run())
+    fractional = Decision(True, 0, "texts", 2.5, 1.2, 0.5, window_s=1.0)
+    assert ratelimit_headers(fractional)["RateLimit-Policy"] == '"texts";q=2;w=1'
+
+
 def test_ratelimit_headers_monthly() -> None:
     decision = Decision(True, 0, "monthly", 1000, 250.5, 86_400.2)
     assert ratelimit_headers(decision) == {

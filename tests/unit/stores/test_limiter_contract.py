@@ -317,3 +317,31 @@ def test_concurrent_admits_never_over_admit(backend: Backend, subject: str) -> N
         assert 50 <= sum(d.allowed for d in decisions) <= 50 + refilled
 
     backend.run(body)
+
+
+def test_a_rate_under_one_per_second_reports_the_window_it_refills_in(
+    backend: Backend, subject: str
+) -> None:
+    """A bucket holds at least one: at 0.25 requests/s that one comes back in 4 s. The
+    decision carried only the size, so the headers said one a second (`q=1;w=1`) and a
+    client pacing itself by them was refused three times in four; both limiters now
+    report the window (1 s from 1/s up, none for the month)."""
+    slow = RateLimits(requests_per_s=0.25, texts_per_s=0.5, monthly_texts=1000)
+
+    async def body(limiter: Limiter) -> None:
+        first = await limiter.admit(subject, slow, 1)
+        assert first.allowed
+        assert (first.policy, first.limit, first.window_s) == ("requests", 1, 4.0)
+        refused = await limiter.admit(subject, slow, 0)
+        assert (refused.allowed, refused.policy, refused.window_s) == (False, "requests", 4.0)
+        assert refused.retry_after_s == pytest.approx(4.0, abs=0.5)
+        never = await limiter.admit(f"{subject}-b", slow, 2)
+        assert (never.too_large, never.policy, never.limit, never.window_s) == (
+            True, "texts", 1, 2.0
+        )  # fmt: skip
+        fast = await limiter.admit(f"{subject}-c", RateLimits(requests_per_s=10), 0)
+        assert (fast.limit, fast.window_s) == (10, 1.0)
+        month = await limiter.admit(f"{subject}-d", RateLimits(monthly_texts=5), 1)
+        assert (month.policy, month.window_s) == ("monthly", 0.0)
+
+    backend.run(body)

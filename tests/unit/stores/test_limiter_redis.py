@@ -140,7 +140,8 @@ def test_the_script_marks_a_take_larger_than_the_bucket_too_large(
         assert [float(v) for v in reply[3:6]] == [-1, 5, 0]  # never; full; nothing to refill
         assert client.exists(keys[0]) == 0
         assert not list(client.scan_iter(match=f"servekit:rl:{{{subject}}}*"))
-    checks = _checks([("requests", 10), ("texts", 5), ("monthly", 100)], [float(v) for v in reply])
+    named = [("requests", 10.0, 1.0), ("texts", 5.0, 1.0), ("monthly", 100.0, 0.0)]
+    checks = _checks(named, [float(v) for v in reply])
     assert [c.too_large for c in checks] == [False, True, False]
     assert decide(checks) == Decision(False, 0.0, "texts", 5, 5, 0, too_large=True)
 
