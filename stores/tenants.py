@@ -76,7 +76,9 @@ class ApiKey:
     id: str
     tenant_id: str
     prefix: str  # `sk-` plus the visible characters: safe to show and log
-    key_hash: str  # hex HMAC-SHA256 of the whole key under the server secret
+    # Hex HMAC-SHA256 of the whole key under the server secret; out of the repr, so a
+    # key that reaches a log line, an assertion or a traceback's locals never shows it.
+    key_hash: str = field(repr=False)
     name: str
     scopes: frozenset[str]
     models: frozenset[str] | None  # None: every model

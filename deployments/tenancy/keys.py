@@ -14,7 +14,7 @@ import hmac
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import Logger
 
 from deployments.tenancy.principal import Principal, operator_principal
@@ -23,7 +23,7 @@ from stores.tenants import ApiKey, Registry, Snapshot, Tenant, hash_key, visible
 
 @dataclass(frozen=True)
 class _Entry:
-    key_hash: str
+    key_hash: str = field(repr=False)  # never in a log line (see `ApiKey.key_hash`)
     revoked_ts: float  # inf when not revoked
     expires_ts: float  # inf when it never expires
     tenant_id: str

@@ -59,6 +59,18 @@ def test_a_key_resolves_to_its_tenant_and_rights(registry: SqlRegistry) -> None:
     assert not who.may_pin
 
 
+def test_no_stored_key_or_cached_entry_shows_its_hash(registry: SqlRegistry) -> None:
+    """A stored key, a snapshot and the key cache's entries printed their keyed hash in
+    their repr: what a log line, an assertion message or a traceback's locals show."""
+    _key(registry)
+    snapshot = registry.snapshot()
+    (stored,) = snapshot.keys
+    cache = _cache(registry)
+    shown = repr(snapshot) + repr(stored) + repr(cache._by_prefix)
+    assert stored.key_hash not in shown
+    assert stored.prefix in shown  # the visible part still is
+
+
 def test_unknown_wrong_and_malformed_keys_resolve_to_nobody(registry: SqlRegistry) -> None:
     key = _key(registry)
     cache = _cache(registry)
