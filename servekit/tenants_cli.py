@@ -137,6 +137,13 @@ def run(args: argparse.Namespace) -> int:
             message = json.loads(e.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = e.reason
+        if e.code == 401:
+            # "a valid API key is required" to someone who gave none: the credential
+            # this command sent (the operator's) is not the one the service runs with.
+            message = (
+                f"the service at {url} refused the operator credential: set "
+                "SERVEKIT_ADMIN_TOKEN (or SERVEKIT_ADMIN_TOKEN_FILE) to its admin_token"
+            )
         print(f"servekit: {e.code} {message}", file=sys.stderr)
         return 1
     except (URLError, OSError) as e:

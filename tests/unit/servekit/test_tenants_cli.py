@@ -161,3 +161,19 @@ def test_a_new_key_is_printed_once_with_the_reminder(
     assert made["key"] not in err
     assert "shown only this once" in err
     assert server.seen[0][3]["models"] == ["minilm"]
+
+
+def test_a_refused_operator_credential_says_which_credential(
+    server: Recorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong operator credential printed the gate's "a valid API key is required" to
+    someone who had passed no key; it names the credential the command sent and where
+    it comes from, and never the credential itself."""
+    server.status = 401
+    server.answer = json.dumps({"error": {"message": "a valid API key is required"}}).encode()
+    assert main(["tenants", "list", "--url", server.url]) == 1
+    err = capsys.readouterr().err
+    _no_traceback(err)
+    assert err.startswith(f"servekit: 401 the service at {server.url} refused the operator ")
+    assert "SERVEKIT_ADMIN_TOKEN" in err
+    assert TOKEN not in err
