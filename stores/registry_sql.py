@@ -286,7 +286,8 @@ class SqlRegistry:
         self, tenant_id: str, key_id: str, until: datetime, now: datetime
     ) -> ApiKey | None:
         """Mark a key rotated at `now`, valid until `until` at the latest, in one step
-        and only once: None when it is not the tenant's key or was rotated already."""
+        and only once: None when it is not the tenant's key, was rotated already, or is
+        revoked (a revocation that came first stands: no replacement outlives it)."""
         if not storable(tenant_id, key_id):
             return None
         when = bindparam("until", until, type_=UtcDateTime)
@@ -299,6 +300,7 @@ class SqlRegistry:
                     api_keys.c.id == key_id,
                     api_keys.c.tenant_id == tenant_id,
                     api_keys.c.rotated_at.is_(None),
+                    api_keys.c.revoked_at.is_(None),
                 )
                 .values(expires_at=earliest, rotated_at=bindparam("now", now, type_=UtcDateTime))
             )

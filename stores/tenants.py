@@ -21,6 +21,8 @@ KEY_PREFIX = "sk-"
 VISIBLE_CHARS = 8  # random characters after `sk-` that are stored in the clear
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 LIMIT_FIELDS = ("requests_per_s", "texts_per_s", "monthly_texts")
+# A key's state as listed: only `active` is accepted (see `ApiKey.state`).
+KEY_STATES = ("active", "tenant_disabled", "expired", "revoked")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,17 @@ class ApiKey:
             return False
         return self.expires_at is None or now < self.expires_at
 
+    def state(self, now: datetime, tenant_disabled: bool) -> str:
+        """What a caller presenting the key gets at `now` (one of `KEY_STATES`): a
+        revoked or expired key says so whatever its tenant (that holds for good); a
+        live key of a disabled tenant is `tenant_disabled` (refused until the tenant
+        is enabled again); else `active`."""
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "tenant_disabled" if tenant_disabled else "active"
+
 
 @dataclass(frozen=True)
 class UsageRow:
@@ -160,7 +173,8 @@ class Registry(Protocol):
         self, tenant_id: str, key_id: str, until: datetime, now: datetime
     ) -> ApiKey | None:
         """Mark a key rotated at `now`, valid until `until` at the latest, in one step
-        and only once: None when it is not the tenant's key or was rotated already."""
+        and only once: None when it is not the tenant's key, was rotated already, or is
+        revoked."""
 
     def expire_key(self, tenant_id: str, key_id: str, at: datetime) -> ApiKey | None:
         """Set the expiry to `at` unless it already expires earlier; None when not found."""

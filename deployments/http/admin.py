@@ -119,7 +119,11 @@ class TenantPatch(_Body):
     )
 
     limits: LimitsBody | None = None
-    disabled: bool | None = Field(None, description="A disabled tenant's keys are refused.")
+    disabled: bool | None = Field(
+        None,
+        description="A disabled tenant's keys are refused (listed as `tenant_disabled`) "
+        "until it is enabled again.",
+    )
 
 
 class TenantOut(BaseModel):
@@ -183,7 +187,11 @@ class KeyOut(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     limits: LimitsBody
-    state: Literal["active", "expired", "revoked"]
+    state: Literal["active", "tenant_disabled", "expired", "revoked"] = Field(
+        description="What a caller presenting the key gets now: only `active` is "
+        "accepted; `tenant_disabled`: refused while its tenant is disabled, accepted "
+        "again when it is enabled (unless it expired or was revoked meanwhile)."
+    )
 
 
 class KeyCreated(KeyOut):
@@ -243,13 +251,9 @@ def tenant_doc(tenant: Tenant) -> dict[str, Any]:
     }
 
 
-def key_doc(key: ApiKey, now: datetime) -> dict[str, Any]:
-    """A key as the API shows it (no hash, no key)."""
-    state = "active"
-    if key.revoked_at is not None and key.revoked_at <= now:
-        state = "revoked"
-    elif key.expires_at is not None and key.expires_at <= now:
-        state = "expired"
+def key_doc(key: ApiKey, now: datetime, tenant_disabled: bool) -> dict[str, Any]:
+    """A key as the API shows it (no hash, no key); its `state` is what a caller
+    presenting it gets now, its tenant's `disabled` flag included."""
     return {
         "id": key.id,
         "tenant_id": key.tenant_id,
@@ -262,7 +266,7 @@ def key_doc(key: ApiKey, now: datetime) -> dict[str, Any]:
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
         "limits": _limits_out(key.limits),
-        "state": state,
+        "state": key.state(now, tenant_disabled),
     }
 
 
@@ -343,7 +347,7 @@ async def create_tenant(request: Request, body: TenantCreate) -> Response:
 
     async def work(access: Access, principal: Principal) -> Any:
         if not principal.operator:
-            raise Forbidden()
+            raise Forbidden("tenant: only the operator credential creates tenants")
         default = access.settings.default_limits
         limits = body.limits.value() if body.limits else RateLimits(**default.model_dump())
         try:
@@ -386,7 +390,7 @@ async def patch_tenant(request: Request, tenant_id: str, body: TenantPatch) -> R
 
     async def work(access: Access, principal: Principal) -> Any:
         if not principal.operator:
-            raise Forbidden()
+            raise Forbidden("tenant: only the operator credential changes a tenant")
         # A merge: only the limits the body names change (null removes one); the others,
         # a monthly quota say, stay as they were.
         limits = body.limits.value() if body.limits else None
@@ -413,10 +417,10 @@ async def list_keys(request: Request, tenant_id: str) -> Response:
     """Every key of the tenant, revoked and expired ones included (never the key)."""
 
     async def work(access: Access, principal: Principal) -> Any:
-        await _tenant(access, principal, tenant_id)
+        tenant = await _tenant(access, principal, tenant_id)
         keys = await asyncio.to_thread(access.registry.list_keys, tenant_id)
         now = _now()
-        return [key_doc(k, now) for k in keys]
+        return [key_doc(k, now, tenant.disabled) for k in keys]
 
     return await _run(request, "/admin/v1/tenants/{id}/keys", work)
 
@@ -489,7 +493,7 @@ async def _issue(
     expiry and pin right the new one keeps (rotating grants nothing new). A tenant
     admin's key grants only rights of its own: its key limits carry over to the new
     key where the body sets none."""
-    await _tenant(access, principal, tenant_id)
+    tenant = await _tenant(access, principal, tenant_id)
     if body.may_pin and not principal.operator and rotated is None:
         raise Forbidden("may_pin: only the operator grants it")
     scopes = frozenset(body.scopes)
@@ -520,7 +524,7 @@ async def _issue(
         )
     )
     await access.keys.refresh_now()
-    return {**key_doc(record, now), "key": key}
+    return {**key_doc(record, now, tenant.disabled), "key": key}
 
 
 @router.post(
@@ -554,7 +558,7 @@ async def _revoke(
     if revoked is None:
         raise NotFound("key: no such key")
     await access.keys.refresh_now()
-    return key_doc(revoked, now)
+    return key_doc(revoked, now, tenant_disabled=False)  # revoked, whatever its tenant
 
 
 @router.delete(
@@ -585,9 +589,13 @@ async def _rotate(
     _own(principal, tenant_id)
     old = await asyncio.to_thread(access.registry.get_key, tenant_id, key_id)
     now = _now()
-    if old is None or not old.live(now):
-        raise NotFound("key: no such active key")
+    if old is None:
+        raise NotFound("key: no such key")
     _check_within(principal, old, "may not rotate")
+    if not old.live(now):
+        # It is listed, so "no such key" misled: say why, and what to do instead.
+        state = old.state(now, tenant_disabled=False)
+        raise Conflict(f"key: {state}; only a live key rotates: create a new key instead")
     if old.rotated_at is not None:
         # Its replacement would inherit the end of this key's overlap, not the end
         # it was created with: rotate the key that replaced it instead.
@@ -609,8 +617,13 @@ async def _rotate(
     until = now + timedelta(seconds=overlap)
     claimed = await asyncio.to_thread(access.registry.rotate_out, tenant_id, key_id, until, now)
     if claimed is None:
+        # Another rotation, or a revocation, came first: the replacement must not
+        # outlive it. Revoked: a leaked key's replacement would have stayed live.
         await asyncio.to_thread(access.registry.revoke_key, tenant_id, created["id"], now)
         await access.keys.refresh_now()
+        again = await asyncio.to_thread(access.registry.get_key, tenant_id, key_id)
+        if again is not None and again.revoked_at is not None:
+            raise Conflict("key: revoked while it was rotated; its replacement is revoked too")
         raise Conflict("key: already rotated; rotate the key that replaced it")
     await access.keys.refresh_now()
     return created

@@ -1,8 +1,8 @@
 """API keys ahead of every route: ASGI middleware, outermost, so the embeddings fast
 path is covered too. It resolves `Authorization: Bearer <key>` through the replica's key
 cache (no database on the request path), checks the route's scope, and hands the caller
-to the routes in the ASGI scope. 401 without or with an unusable key, 403 outside the
-key's rights; neither says which."""
+to the routes in the ASGI scope. 401 without or with an unusable key (never saying
+why); 403 outside the key's rights, naming the scope the route needs."""
 
 from __future__ import annotations
 

@@ -75,15 +75,16 @@ STATUSES: dict[int, Status] = {
         "k: Input should be greater than or equal to 1",
     ),
     401: Status(
-        "No API key, or one that is unknown, expired or revoked.",
+        "No API key, or one that is unknown, expired, revoked or of a disabled tenant.",
         "unauthorized",
         "a valid API key is required",
         ("WWW-Authenticate",),
     ),
     403: Status(
-        "The key is valid but may not call this route or model.",
+        "The key is valid but may not call this route or model; the message names the "
+        "scope, model or right it lacks.",
         "forbidden",
-        "this API key may not do that",
+        "scope: this route needs the 'search' scope, which this API key lacks",
     ),
     404: Status("No such resource (or not the caller's).", "not_found", "item: no such item"),
     409: Status(

@@ -53,23 +53,27 @@ class Principal:
         return "admin" in self.scopes
 
     def require(self, scope: str) -> None:
-        """403 unless the key has `scope`."""
+        """403 naming `scope` unless the key has it (the route's scope is documented:
+        naming it tells the caller nothing it could not look up, and what to ask for)."""
         if scope not in self.scopes:
-            raise Forbidden()
+            raise Forbidden(
+                f"scope: this route needs the {scope!r} scope, which this API key lacks"
+            )
 
     def may_use(self, model: str) -> bool:
         """Whether the key may call `model`."""
         return self.models is None or model in self.models
 
     def check_model(self, model: str) -> None:
-        """403 unless the key may call `model` (whether or not it is served)."""
+        """403 unless the key may call `model` (whether or not it is served: the message
+        is the same for a model that does not exist)."""
         if not self.may_use(model):
-            raise Forbidden()
+            raise Forbidden("model: this API key may not call this model")
 
     def check_pin(self) -> None:
         """403 unless the key may choose a version itself."""
         if not (self.may_pin or self.admin):
-            raise Forbidden()
+            raise Forbidden("version: this API key may not choose a version (may_pin)")
 
 
 def operator_principal() -> Principal:

@@ -299,7 +299,7 @@ class ApiKey(ApiModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     limits: Limits
-    state: Literal["active", "expired", "revoked"]
+    state: Literal["active", "tenant_disabled", "expired", "revoked"]
 
 
 class CreatedApiKey(ApiKey):

@@ -1181,9 +1181,10 @@ export interface components {
             scopes: string[];
             /**
              * State
+             * @description What a caller presenting the key gets now: only `active` is accepted; `tenant_disabled`: refused while its tenant is disabled, accepted again when it is enabled (unless it expired or was revoked meanwhile).
              * @enum {string}
              */
-            state: "active" | "expired" | "revoked";
+            state: "active" | "tenant_disabled" | "expired" | "revoked";
             /** Tenant Id */
             tenant_id: string;
         };
@@ -1239,9 +1240,10 @@ export interface components {
             scopes: string[];
             /**
              * State
+             * @description What a caller presenting the key gets now: only `active` is accepted; `tenant_disabled`: refused while its tenant is disabled, accepted again when it is enabled (unless it expired or was revoked meanwhile).
              * @enum {string}
              */
-            state: "active" | "expired" | "revoked";
+            state: "active" | "tenant_disabled" | "expired" | "revoked";
             /** Tenant Id */
             tenant_id: string;
         };
@@ -1779,7 +1781,7 @@ export interface components {
         TenantPatch: {
             /**
              * Disabled
-             * @description A disabled tenant's keys are refused.
+             * @description A disabled tenant's keys are refused (listed as `tenant_disabled`) until it is enabled again.
              */
             disabled?: boolean | null;
             limits?: components["schemas"]["LimitsBody"] | null;
@@ -2007,7 +2009,7 @@ export interface operations {
                     "application/json": components["schemas"]["MetricsSnapshot"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2028,7 +2030,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2039,7 +2041,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -2192,7 +2194,7 @@ export interface operations {
                     "application/json": components["schemas"]["DashboardState"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2213,7 +2215,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2224,7 +2226,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -2370,7 +2372,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2391,7 +2393,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2402,7 +2404,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -2515,7 +2517,7 @@ export interface operations {
                     "application/json": components["schemas"]["TenantOut"][];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2536,7 +2538,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2547,7 +2549,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -2683,7 +2685,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2704,7 +2706,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2715,7 +2717,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -2830,7 +2832,7 @@ export interface operations {
                     "application/json": components["schemas"]["TenantOut"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2851,7 +2853,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -2862,7 +2864,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -3000,7 +3002,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3021,7 +3023,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3032,7 +3034,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -3147,7 +3149,7 @@ export interface operations {
                     "application/json": components["schemas"]["KeyOut"][];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3168,7 +3170,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3179,7 +3181,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -3317,7 +3319,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3338,7 +3340,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3349,7 +3351,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -3465,7 +3467,7 @@ export interface operations {
                     "application/json": components["schemas"]["KeyOut"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3486,7 +3488,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3497,7 +3499,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -3636,7 +3638,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3657,7 +3659,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3668,7 +3670,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -3826,7 +3828,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3847,7 +3849,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -3858,7 +3860,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -4005,7 +4007,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4026,7 +4028,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4037,7 +4039,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -4176,7 +4178,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4197,7 +4199,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4208,7 +4210,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -4347,7 +4349,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4368,7 +4370,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4379,7 +4381,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -4516,7 +4518,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4537,7 +4539,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4548,7 +4550,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -4691,7 +4693,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4712,7 +4714,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4723,7 +4725,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -4864,7 +4866,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4885,7 +4887,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -4896,7 +4898,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -5082,7 +5084,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5103,7 +5105,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5114,7 +5116,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -5278,7 +5280,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5299,7 +5301,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5310,7 +5312,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -5423,7 +5425,7 @@ export interface operations {
                     "application/json": components["schemas"]["ModelList"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5444,7 +5446,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5455,7 +5457,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -5611,7 +5613,7 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5632,7 +5634,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5643,7 +5645,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -5779,7 +5781,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5800,7 +5802,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5811,7 +5813,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -5947,7 +5949,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5968,7 +5970,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -5979,7 +5981,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -6135,7 +6137,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6156,7 +6158,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6167,7 +6169,7 @@ export interface operations {
                      * @example {
                      *       "error": {
                      *         "code": "forbidden",
-                     *         "message": "this API key may not do that",
+                     *         "message": "scope: this route needs the 'search' scope, which this API key lacks",
                      *         "request_id": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *       }
                      *     }
@@ -6280,7 +6282,7 @@ export interface operations {
                     "application/json": components["schemas"]["ServerMetadata"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6297,7 +6299,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6306,7 +6308,7 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "error": "this API key may not do that"
+                     *       "error": "scope: this route needs the 'search' scope, which this API key lacks"
                      *     }
                      */
                     "application/json": components["schemas"]["OipError"];
@@ -6420,7 +6422,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6437,7 +6439,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6446,7 +6448,7 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "error": "this API key may not do that"
+                     *       "error": "scope: this route needs the 'search' scope, which this API key lacks"
                      *     }
                      */
                     "application/json": components["schemas"]["OipError"];
@@ -6564,7 +6566,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6581,7 +6583,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6590,7 +6592,7 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "error": "this API key may not do that"
+                     *       "error": "scope: this route needs the 'search' scope, which this API key lacks"
                      *     }
                      */
                     "application/json": components["schemas"]["OipError"];
@@ -6700,7 +6702,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6717,7 +6719,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6726,7 +6728,7 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "error": "this API key may not do that"
+                     *       "error": "scope: this route needs the 'search' scope, which this API key lacks"
                      *     }
                      */
                     "application/json": components["schemas"]["OipError"];
@@ -6837,7 +6839,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6854,7 +6856,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6863,7 +6865,7 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "error": "this API key may not do that"
+                     *       "error": "scope: this route needs the 'search' scope, which this API key lacks"
                      *     }
                      */
                     "application/json": components["schemas"]["OipError"];
@@ -6979,7 +6981,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -6996,7 +6998,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -7005,7 +7007,7 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "error": "this API key may not do that"
+                     *       "error": "scope: this route needs the 'search' scope, which this API key lacks"
                      *     }
                      */
                     "application/json": components["schemas"]["OipError"];
@@ -7116,7 +7118,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description No API key, or one that is unknown, expired or revoked. */
+            /** @description No API key, or one that is unknown, expired, revoked or of a disabled tenant. */
             401: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -7133,7 +7135,7 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description The key is valid but may not call this route or model. */
+            /** @description The key is valid but may not call this route or model; the message names the scope, model or right it lacks. */
             403: {
                 headers: {
                     "API-Version": components["headers"]["API-Version"];
@@ -7142,7 +7144,7 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "error": "this API key may not do that"
+                     *       "error": "scope: this route needs the 'search' scope, which this API key lacks"
                      *     }
                      */
                     "application/json": components["schemas"]["OipError"];

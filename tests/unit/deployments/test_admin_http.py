@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -277,3 +277,89 @@ def test_usage_is_counted_on_the_utc_day_it_was_served_and_once(
     by_day = {(d["day"], d["model"]): d["texts"] for d in both["days"]}
     assert by_day[("2026-11-30", "minilm")] == 3
     assert by_day[("2026-12-01", "minilm")] == 4
+
+
+def test_a_disabled_tenants_keys_list_as_refused_until_it_is_enabled(service: Service) -> None:
+    """A key's listed state is what its caller gets: the live keys of a disabled tenant
+    were listed `active` while every call with them was a 401. They list as
+    `tenant_disabled` (created, listed or rotated while it is), and `active` again
+    once it is enabled; a revoked or an expired key keeps saying so either way."""
+    service.tenant("acme")
+    live = service.key("acme")
+    gone = service.key("acme")
+    short = service.key("acme", expires_in_s=1)
+    assert service.call("DELETE", f"/admin/v1/tenants/acme/keys/{gone['id']}").status_code == 200
+    later = datetime.now(UTC) + timedelta(seconds=2)  # past the short key's end
+
+    def states() -> dict[str, str]:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(admin, "_now", lambda: later)
+            keys = service.call("GET", "/admin/v1/tenants/acme/keys").json()
+        return {k["id"]: k["state"] for k in keys}
+
+    off = service.call("PATCH", "/admin/v1/tenants/acme", json={"disabled": True})
+    assert off.json()["disabled"] is True
+    made = service.key("acme")
+    assert made["state"] == "tenant_disabled"
+    r = service.call("POST", f"/admin/v1/tenants/acme/keys/{live['id']}/rotate", json={})
+    assert r.status_code == 201, r.text
+    rotated = r.json()
+    assert rotated["state"] == "tenant_disabled"
+    usable = (live, made, rotated)
+    assert states() == {
+        **{k["id"]: "tenant_disabled" for k in usable},
+        gone["id"]: "revoked",
+        short["id"]: "expired",
+    }
+    for key in usable:
+        assert service.access.keys.lookup(key["key"]) is None  # as listed: refused
+    service.call("PATCH", "/admin/v1/tenants/acme", json={"disabled": False})
+    assert states() == {
+        **{k["id"]: "active" for k in usable},
+        gone["id"]: "revoked",
+        short["id"]: "expired",
+    }
+    for key in usable:
+        assert service.access.keys.lookup(key["key"]) is not None  # as listed: accepted
+
+
+def test_rotating_a_revoked_or_expired_key_says_so_and_a_revocation_wins_a_race(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rotating a key the list shows as revoked or expired was a 404 "no such active
+    key"; it is a 409 saying which. A key revoked while it was being rotated (a leak
+    revoked as a rotation job ran) got a replacement that stayed live; the revocation
+    stands and the replacement is revoked too."""
+    service.tenant("acme")
+    gone = service.key("acme")
+    service.call("DELETE", f"/admin/v1/tenants/acme/keys/{gone['id']}")
+    short = service.key("acme", expires_in_s=1)
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(admin, "_now", lambda: later)
+        for key, state in ((gone, "revoked"), (short, "expired")):
+            r = service.call("POST", f"/admin/v1/tenants/acme/keys/{key['id']}/rotate", json={})
+            assert r.status_code == 409, r.text
+            assert r.json()["error"]["message"].startswith(f"key: {state}; ")
+    unknown = service.call("POST", "/admin/v1/tenants/acme/keys/key_nope/rotate", json={})
+    assert (unknown.status_code, unknown.json()["error"]["message"]) == (404, "key: no such key")
+
+    leaked = service.key("acme")
+    registry = service.access.registry
+    read = registry.get_key
+
+    def read_then_revoked(tenant_id: str, key_id: str) -> Any:
+        found = read(tenant_id, key_id)
+        monkeypatch.setattr(registry, "get_key", read)  # once
+        registry.revoke_key(tenant_id, key_id, datetime.now(UTC))  # the other admin
+        return found
+
+    monkeypatch.setattr(registry, "get_key", read_then_revoked)
+    r = service.call("POST", f"/admin/v1/tenants/acme/keys/{leaked['id']}/rotate", json={})
+    assert r.status_code == 409, r.text
+    assert "revoked while it was rotated" in r.json()["error"]["message"]
+    listed = service.call("GET", "/admin/v1/tenants/acme/keys").json()
+    others = {k["id"]: k["state"] for k in listed if k["id"] not in (gone["id"], short["id"])}
+    assert len(others) == 2  # the leaked key and the replacement it got
+    assert set(others.values()) == {"revoked"}
+    assert service.access.keys.lookup(leaked["key"]) is None

@@ -123,6 +123,33 @@ def test_scopes_and_models(keys: tuple[TestClient, dict[str, str]]) -> None:
     assert _get(client, "/admin/v1/tenants", "operator-token") == 200
 
 
+def test_a_403_names_the_scope_the_route_needs(keys: tuple[TestClient, dict[str, str]]) -> None:
+    """A key without a route's scope was told only "this API key may not do that": the
+    403 names the scope (documented per route, so it gives nothing away) and what to
+    ask for. A model outside the key's rights says the same whether it exists."""
+    client, made = keys
+
+    def message(path: str, key: str, method: str = "GET") -> str:
+        r = client.request(method, path, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 403, r.text
+        error = r.json()["error"]
+        return str(error["message"] if isinstance(error, dict) else error)
+
+    for path, method, key, scope in (
+        ("/v1/usage", "GET", "embed", "usage"),
+        ("/v1/embeddings", "POST", "usage", "embed"),
+        ("/v2/models/a/infer", "POST", "usage", "embed"),
+        ("/admin/v1/tenants", "GET", "embed", "admin"),
+    ):
+        expected = f"scope: this route needs the '{scope}' scope, which this API key lacks"
+        assert message(path, made[key], method) == expected, path
+    assert (
+        message("/v1/models/b", made["one-model"])
+        == message("/v2/models/no-such-model/infer", made["one-model"], "POST")
+        == "model: this API key may not call this model"
+    )
+
+
 def test_refusals_are_counted(tmp_path: Path) -> None:
     """A 401 or 403 shows in the requests series (model, version and route `-`: the
     path is the caller's), a 403 in its tenant's too; what passes is the app's to count."""

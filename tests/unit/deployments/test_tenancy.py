@@ -163,11 +163,16 @@ def test_rights() -> None:
                     RateLimits(), "acme")  # fmt: skip
     who.require("embed")
     who.check_model("m")
-    for check in (lambda: who.require("admin"), lambda: who.check_model("n"), who.check_pin):
+    for check, names in (
+        (lambda: who.require("admin"), "scope: this route needs the 'admin' scope"),
+        (lambda: who.check_model("n"), "model: this API key may not call this model"),
+        (who.check_pin, "version: this API key may not choose a version (may_pin)"),
+    ):
         with pytest.raises(Forbidden) as e:
             check()
         assert e.value.status == 403
-        assert "scope" not in e.value.message
+        assert e.value.message.startswith(names)
+        assert "'n'" not in e.value.message  # the model asked for is not echoed
 
 
 def test_only_the_operator_credential_is_the_operator() -> None:

@@ -233,6 +233,19 @@ def test_a_key_is_rotated_out_once_keeping_the_earlier_end(registry: SqlRegistry
     assert registry.snapshot().keys[0].rotated_at == T0
 
 
+def test_a_revoked_key_is_not_rotated_out(registry: SqlRegistry) -> None:
+    """A revocation that came first stands: the rotation that read the key live before
+    it loses, and takes back the replacement it issued."""
+    t = registry.create_tenant("Acme", RateLimits())
+    key = make_key(t.id)
+    registry.add_key(key)
+    registry.revoke_key(t.id, key.id, T0)
+    assert registry.rotate_out(t.id, key.id, T0 + timedelta(hours=1), T0) is None
+    stored = registry.get_key(t.id, key.id)
+    assert stored is not None
+    assert (stored.revoked_at, stored.rotated_at, stored.expires_at) == (T0, None, None)
+
+
 def test_concurrent_rotations_of_one_key_claim_it_once(registry: SqlRegistry) -> None:
     t = registry.create_tenant("Acme", RateLimits())
     key = make_key(t.id)
