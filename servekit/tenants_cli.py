@@ -14,6 +14,7 @@ from urllib.request import Request, urlopen
 
 from servekit.credentials import operator_token
 from stores.secrets import SecretsError
+from stores.tenants import LIMIT_FIELDS
 
 SCOPE_HELP = "comma-separated: embed,search,recommend,events,usage,admin"
 
@@ -23,7 +24,7 @@ class UsageError(Exception):
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], url: str) -> None:
-    """`tenants create|list|usage` and `tenants keys create|list|revoke|rotate`."""
+    """`tenants create|list|update|usage` and `tenants keys create|list|revoke|rotate`."""
     tenants = sub.add_parser("tenants", help="tenants and API keys (admin API, as operator)")
     tenants.add_argument("--url", default=url, help="servekit's HTTP address")
     verbs = tenants.add_subparsers(dest="verb", required=True)
@@ -33,6 +34,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], url: 
     create.add_argument("--id", help="tenant id (default: generated)")
     _limit_args(create)
     _url_arg(verbs.add_parser("list", help="list tenants"))
+    update = verbs.add_parser(
+        "update", help="disable or enable a tenant, change or remove its limits"
+    )
+    _url_arg(update)
+    update.add_argument("tenant")
+    state = update.add_mutually_exclusive_group()
+    state.add_argument("--disable", action="store_true", help="refuse its keys")
+    state.add_argument("--enable", action="store_true", help="accept its keys again")
+    _limit_args(update)
+    update.add_argument(
+        "--unlimited",
+        help="comma-separated limits to remove: requests_per_s,texts_per_s,monthly_texts",
+    )
     usage = verbs.add_parser("usage", help="a tenant's usage this month")
     _url_arg(usage)
     usage.add_argument("tenant")
@@ -93,6 +107,24 @@ def _csv(text: str | None, option: str) -> list[str] | None:
     if not parts:
         raise UsageError(f"{option}: empty; leave it out for the default")
     return parts
+
+
+def _update_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The PATCH of `tenants update`: only what the options name changes (the other
+    limits stay); nothing named is an error, not a no-op that looks like success."""
+    limits: dict[str, Any] = _limits(args) or {}
+    for name in _csv(args.unlimited, "--unlimited") or []:
+        if name not in LIMIT_FIELDS:
+            raise UsageError(f"--unlimited: {name!r} is no limit; one of {', '.join(LIMIT_FIELDS)}")
+        if name in limits:
+            raise UsageError(f"--unlimited: {name} is also given a value")
+        limits[name] = None
+    body: dict[str, Any] = {"limits": limits} if limits else {}
+    if args.disable or args.enable:
+        body["disabled"] = bool(args.disable)
+    if not body:
+        raise UsageError("nothing to change: give --disable, --enable, a limit or --unlimited")
+    return body
 
 
 def _operator_headers() -> dict[str, str]:
@@ -162,6 +194,8 @@ def _dispatch(url: str, args: argparse.Namespace) -> Any:
     if args.verb == "list":
         return _call(url, "GET", "/admin/v1/tenants")
     tenant = quote(args.tenant, safe="")
+    if args.verb == "update":
+        return _call(url, "PATCH", f"/admin/v1/tenants/{tenant}", _update_body(args))
     if args.verb == "usage":
         query = urlencode({k: v for k, v in (("start", args.start), ("end", args.end)) if v})
         return _call(

@@ -177,3 +177,39 @@ def test_a_refused_operator_credential_says_which_credential(
     assert err.startswith(f"servekit: 401 the service at {server.url} refused the operator ")
     assert "SERVEKIT_ADMIN_TOKEN" in err
     assert TOKEN not in err
+
+
+def test_update_disables_enables_and_changes_only_the_limits_named(
+    server: Recorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Disabling a tenant, or changing one of its limits, took a hand-written curl PATCH:
+    `tenants update` sends the PATCH, naming only what its options name."""
+    server.answer = b"{}"
+    base = ["tenants", "update", "acme", "--url", server.url]
+    assert main([*base, "--disable"]) == 0
+    assert main([*base, "--enable", "--requests-per-s", "100"]) == 0
+    assert main([*base, "--unlimited", "monthly_texts,texts_per_s"]) == 0
+    assert {(m, p) for m, p, _, _ in server.seen} == {("PATCH", "/admin/v1/tenants/acme")}
+    assert [body for _, _, _, body in server.seen] == [
+        {"disabled": True},
+        {"limits": {"requests_per_s": 100.0}, "disabled": False},
+        {"limits": {"monthly_texts": None, "texts_per_s": None}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        ([], "nothing to change"),
+        (["--unlimited", "qps"], "--unlimited: 'qps' is no limit"),
+        (["--unlimited", "texts_per_s", "--texts-per-s", "5"], "also given a value"),
+    ],
+)
+def test_update_refuses_what_would_change_nothing_or_contradict(
+    server: Recorder, capsys: pytest.CaptureFixture[str], options: list[str], names: str
+) -> None:
+    assert main(["tenants", "update", "acme", "--url", server.url, *options]) == 1
+    err = capsys.readouterr().err
+    _no_traceback(err)
+    assert names in err
+    assert server.seen == []
