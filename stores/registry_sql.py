@@ -127,6 +127,7 @@ api_keys = Table(
     Column("expires_at", UtcDateTime),
     Column("revoked_at", UtcDateTime),
     Column("rotated_at", UtcDateTime),  # migration 0007
+    Column("replaced_by", String(64)),  # migration 0009: the key a rotation issued
     Column("requests_per_s", Float),
     Column("texts_per_s", Float),
     Column("monthly_texts", BigInteger),
@@ -283,11 +284,17 @@ class SqlRegistry:
         return self._set_earliest(api_keys.c.revoked_at, tenant_id, key_id, at)
 
     def rotate_out(
-        self, tenant_id: str, key_id: str, until: datetime, now: datetime
+        self,
+        tenant_id: str,
+        key_id: str,
+        until: datetime,
+        now: datetime,
+        replaced_by: str | None = None,
     ) -> ApiKey | None:
-        """Mark a key rotated at `now`, valid until `until` at the latest, in one step
-        and only once: None when it is not the tenant's key, was rotated already, or is
-        revoked (a revocation that came first stands: no replacement outlives it)."""
+        """Mark a key rotated at `now` (by the key `replaced_by`), valid until `until`
+        at the latest, in one step and only once: None when it is not the tenant's key,
+        was rotated already, or is revoked (a revocation that came first stands: no
+        replacement outlives it)."""
         if not storable(tenant_id, key_id):
             return None
         when = bindparam("until", until, type_=UtcDateTime)
@@ -302,7 +309,11 @@ class SqlRegistry:
                     api_keys.c.rotated_at.is_(None),
                     api_keys.c.revoked_at.is_(None),
                 )
-                .values(expires_at=earliest, rotated_at=bindparam("now", now, type_=UtcDateTime))
+                .values(
+                    expires_at=earliest,
+                    rotated_at=bindparam("now", now, type_=UtcDateTime),
+                    replaced_by=replaced_by,
+                )
             )
             if changed.rowcount == 0:
                 conn.rollback()
@@ -618,6 +629,7 @@ def _key(row: Row[Any]) -> ApiKey:
         revoked_at=row.revoked_at,
         limits=_limits(row),
         rotated_at=row.rotated_at,
+        replaced_by=row.replaced_by,
     )
 
 
@@ -635,6 +647,7 @@ def _key_values(key: ApiKey) -> dict[str, Any]:
         "expires_at": key.expires_at,
         "revoked_at": key.revoked_at,
         "rotated_at": key.rotated_at,
+        "replaced_by": key.replaced_by,
         **_limit_values(key.limits),
     }
 

@@ -90,6 +90,7 @@ class ApiKey:
     revoked_at: datetime | None = None
     limits: RateLimits = RateLimits()  # overrides of the tenant's limits
     rotated_at: datetime | None = None  # when a replacement was issued (once per key)
+    replaced_by: str | None = None  # the id of that replacement (migration 0009 on)
 
     def live(self, now: datetime) -> bool:
         """Not revoked and not expired at `now`."""
@@ -170,11 +171,16 @@ class Registry(Protocol):
         """Revoke at `at` (kept if already revoked earlier); None when not the tenant's."""
 
     def rotate_out(
-        self, tenant_id: str, key_id: str, until: datetime, now: datetime
+        self,
+        tenant_id: str,
+        key_id: str,
+        until: datetime,
+        now: datetime,
+        replaced_by: str | None = None,
     ) -> ApiKey | None:
-        """Mark a key rotated at `now`, valid until `until` at the latest, in one step
-        and only once: None when it is not the tenant's key, was rotated already, or is
-        revoked."""
+        """Mark a key rotated at `now` by the key `replaced_by`, valid until `until` at
+        the latest, in one step and only once: None when it is not the tenant's key,
+        was rotated already, or is revoked."""
 
     def expire_key(self, tenant_id: str, key_id: str, at: datetime) -> ApiKey | None:
         """Set the expiry to `at` unless it already expires earlier; None when not found."""

@@ -49,6 +49,7 @@ KEY_EXAMPLE = {
     "id": "k_5f1c2a", "tenant_id": "acme", "prefix": "sk-ab12cd34", "name": "search backend",
     "scopes": ["embed", "search"], "models": ["minilm"], "may_pin": False,
     "created_at": "2026-11-02T09:31:00Z", "expires_at": None, "revoked_at": None,
+    "rotated_at": None, "replaced_by": None,
     "limits": {"requests_per_s": None, "texts_per_s": None, "monthly_texts": None},
     "state": "active",
 }  # fmt: skip
@@ -186,6 +187,13 @@ class KeyOut(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    rotated_at: datetime | None = Field(
+        description="When it was rotated (its end is then `expires_at`); null: never."
+    )
+    replaced_by: str | None = Field(
+        description="The id of the key its rotation issued, the one to rotate next; "
+        "null: never rotated (or rotated before this was recorded)."
+    )
     limits: LimitsBody
     state: Literal["active", "tenant_disabled", "expired", "revoked"] = Field(
         description="What a caller presenting the key gets now: only `active` is "
@@ -265,6 +273,8 @@ def key_doc(key: ApiKey, now: datetime, tenant_disabled: bool) -> dict[str, Any]
         "created_at": key.created_at.isoformat(),
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "rotated_at": key.rotated_at.isoformat() if key.rotated_at else None,
+        "replaced_by": key.replaced_by,
         "limits": _limits_out(key.limits),
         "state": key.state(now, tenant_disabled),
     }
@@ -599,7 +609,7 @@ async def _rotate(
     if old.rotated_at is not None:
         # Its replacement would inherit the end of this key's overlap, not the end
         # it was created with: rotate the key that replaced it instead.
-        raise Conflict("key: already rotated; rotate the key that replaced it")
+        raise _rotated_already(old)
     overlap = body.overlap_s if body and body.overlap_s is not None else None
     if overlap is None:
         overlap = access.settings.rotation_overlap_s
@@ -615,7 +625,9 @@ async def _rotate(
     # marked rotated in the same step, once: a rotation that lost a race to
     # another takes back the key it issued.
     until = now + timedelta(seconds=overlap)
-    claimed = await asyncio.to_thread(access.registry.rotate_out, tenant_id, key_id, until, now)
+    claimed = await asyncio.to_thread(
+        access.registry.rotate_out, tenant_id, key_id, until, now, created["id"]
+    )
     if claimed is None:
         # Another rotation, or a revocation, came first: the replacement must not
         # outlive it. Revoked: a leaked key's replacement would have stayed live.
@@ -624,9 +636,18 @@ async def _rotate(
         again = await asyncio.to_thread(access.registry.get_key, tenant_id, key_id)
         if again is not None and again.revoked_at is not None:
             raise Conflict("key: revoked while it was rotated; its replacement is revoked too")
-        raise Conflict("key: already rotated; rotate the key that replaced it")
+        raise _rotated_already(again)
     await access.keys.refresh_now()
     return created
+
+
+def _rotated_already(key: ApiKey | None) -> Conflict:
+    """The 409 of rotating a key again, naming its replacement where it is recorded
+    (keys rotated before migration 0009 have none)."""
+    replacement = key.replaced_by if key is not None else None
+    if replacement is None:
+        return Conflict("key: already rotated; rotate the key that replaced it")
+    return Conflict(f"key: already rotated; rotate {replacement}, the key that replaced it")
 
 
 @router.post(

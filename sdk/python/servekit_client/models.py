@@ -298,6 +298,8 @@ class ApiKey(ApiModel):
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    rotated_at: datetime | None
+    replaced_by: str | None
     limits: Limits
     state: Literal["active", "tenant_disabled", "expired", "revoked"]
 

@@ -1145,7 +1145,9 @@ export interface components {
          *       ],
          *       "name": "search backend",
          *       "prefix": "sk-ab12cd34",
+         *       "replaced_by": null,
          *       "revoked_at": null,
+         *       "rotated_at": null,
          *       "scopes": [
          *         "embed",
          *         "search"
@@ -1175,8 +1177,18 @@ export interface components {
             name: string;
             /** Prefix */
             prefix: string;
+            /**
+             * Replaced By
+             * @description The id of the key its rotation issued, the one to rotate next; null: never rotated (or rotated before this was recorded).
+             */
+            replaced_by: string | null;
             /** Revoked At */
             revoked_at: string | null;
+            /**
+             * Rotated At
+             * @description When it was rotated (its end is then `expires_at`); null: never.
+             */
+            rotated_at: string | null;
             /** Scopes */
             scopes: string[];
             /**
@@ -1206,7 +1218,9 @@ export interface components {
          *       ],
          *       "name": "search backend",
          *       "prefix": "sk-ab12cd34",
+         *       "replaced_by": null,
          *       "revoked_at": null,
+         *       "rotated_at": null,
          *       "scopes": [
          *         "embed",
          *         "search"
@@ -1234,8 +1248,18 @@ export interface components {
             name: string;
             /** Prefix */
             prefix: string;
+            /**
+             * Replaced By
+             * @description The id of the key its rotation issued, the one to rotate next; null: never rotated (or rotated before this was recorded).
+             */
+            replaced_by: string | null;
             /** Revoked At */
             revoked_at: string | null;
+            /**
+             * Rotated At
+             * @description When it was rotated (its end is then `expires_at`); null: never.
+             */
+            rotated_at: string | null;
             /** Scopes */
             scopes: string[];
             /**

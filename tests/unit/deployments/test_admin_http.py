@@ -363,3 +363,30 @@ def test_rotating_a_revoked_or_expired_key_says_so_and_a_revocation_wins_a_race(
     assert len(others) == 2  # the leaked key and the replacement it got
     assert set(others.values()) == {"revoked"}
     assert service.access.keys.lookup(leaked["key"]) is None
+
+
+def test_rotating_a_rotated_key_names_its_replacement(service: Service) -> None:
+    """A second rotation (a re-run script) is a 409 that said "rotate the key that
+    replaced it" without saying which, and the list did not show which key replaced
+    which; the 409 names it, and the list shows when a key was rotated and by what."""
+    service.tenant("acme")
+    old = service.key("acme", name="nightly")
+    path = f"/admin/v1/tenants/acme/keys/{old['id']}/rotate"
+    first = service.call("POST", path, json={"overlap_s": 60})
+    assert first.status_code == 201, first.text
+    new_id = first.json()["id"]
+    assert (first.json()["rotated_at"], first.json()["replaced_by"]) == (None, None)
+    again = service.call("POST", path, json={})
+    assert again.status_code == 409, again.text
+    message = again.json()["error"]["message"]
+    assert message == f"key: already rotated; rotate {new_id}, the key that replaced it"
+    listed = {k["id"]: k for k in service.call("GET", "/admin/v1/tenants/acme/keys").json()}
+    assert listed[old["id"]]["replaced_by"] == new_id
+    rotated_at = datetime.fromisoformat(listed[old["id"]]["rotated_at"])
+    ends = datetime.fromisoformat(listed[old["id"]]["expires_at"])
+    assert ends - rotated_at == timedelta(seconds=60)
+    assert (listed[new_id]["rotated_at"], listed[new_id]["replaced_by"]) == (None, None)
+    assert (
+        service.call("POST", f"/admin/v1/tenants/acme/keys/{new_id}/rotate", json={}).status_code
+        == 201
+    )

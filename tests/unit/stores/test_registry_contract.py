@@ -225,12 +225,14 @@ def test_a_key_is_rotated_out_once_keeping_the_earlier_end(registry: SqlRegistry
     registry.add_key(key)
     registry.expire_key(t.id, key.id, T0 + timedelta(days=30))
     assert registry.rotate_out(other.id, key.id, T0 + timedelta(days=1), T0) is None
-    out = registry.rotate_out(t.id, key.id, T0 + timedelta(days=60), T0)
+    out = registry.rotate_out(t.id, key.id, T0 + timedelta(days=60), T0, "key_next")
     assert out is not None
     assert (out.rotated_at, out.expires_at) == (T0, T0 + timedelta(days=30))
+    assert out.replaced_by == "key_next"
     assert registry.rotate_out(t.id, key.id, T0 + timedelta(days=1), T0) is None  # once
     assert registry.get_key(t.id, key.id) == out
     assert registry.snapshot().keys[0].rotated_at == T0
+    assert registry.list_keys(t.id)[0].replaced_by == "key_next"
 
 
 def test_a_revoked_key_is_not_rotated_out(registry: SqlRegistry) -> None:
