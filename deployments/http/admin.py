@@ -35,6 +35,8 @@ from deployments.tenancy.principal import RESERVED_TENANT_IDS, Principal
 from stores.tenants import LIMIT_FIELDS, SCOPES, ApiKey, RateLimits, Tenant, issue_key
 
 DEFAULT_SCOPES = ["embed", "search", "recommend", "events", "usage"]
+# The limiter subject of a tenant's admin calls (`<tenant>/admin`): no key id is `admin`.
+ADMIN_SUBJECT = "admin"
 MAX_USAGE_DAYS = 400
 Scope = Literal["embed", "search", "recommend", "events", "usage", "admin"]
 # Every admin route answers 404 while auth is off (there are no tenants then).
@@ -291,11 +293,11 @@ async def _run(
         principal = call.principal
         if access is None or principal is None:
             raise NotFound("no such route (auth is off)")
-        # One request from the caller's request buckets; nothing from, and never refused
-        # by, the monthly text quota: a tenant past it (its quota lowered mid-month, or
-        # replicas that each admitted a second past it) still reads its usage and
-        # revokes a leaked key.
-        admitted = CallRecord(principal=_without_monthly(principal))
+        # One request from the key's own request bucket and from the tenant's admin
+        # bucket (see `_as_admin_call`); nothing from, and never refused by, the monthly
+        # text quota: a tenant past it (its quota lowered mid-month, or replicas that
+        # each admitted a second past it) still reads its usage and revokes a leaked key.
+        admitted = CallRecord(principal=_as_admin_call(principal))
         await host.plane.admit(admitted, 0)
         call.headers.update(admitted.headers)
         result = await work(access, principal)
@@ -304,11 +306,16 @@ async def _run(
     return await run_route(request, route, call_work)
 
 
-def _without_monthly(principal: Principal) -> Principal:
-    """The caller with its rate limits and no monthly quota (its tenant's or its key's)."""
+def _as_admin_call(principal: Principal) -> Principal:
+    """The caller as an admin call is limited: by its key's own rate limits, and by a
+    bucket of the tenant's admin calls (`<tenant>/admin`) at the tenant's requests_per_s,
+    not by the tenant's traffic buckets: traffic at the tenant's rate (a batch job, a
+    leaked key hammering the API) took every token, and its admin could neither revoke
+    the key nor read usage until it stopped. No monthly quota applies."""
     return replace(
         principal,
-        limits=replace(principal.limits, monthly_texts=None),
+        subject=f"{principal.tenant_id}/{ADMIN_SUBJECT}",
+        limits=RateLimits(requests_per_s=principal.limits.requests_per_s),
         key_limits=replace(principal.key_limits, monthly_texts=None),
     )
 

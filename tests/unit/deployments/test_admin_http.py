@@ -390,3 +390,38 @@ def test_rotating_a_rotated_key_names_its_replacement(service: Service) -> None:
         service.call("POST", f"/admin/v1/tenants/acme/keys/{new_id}/rotate", json={}).status_code
         == 201
     )
+
+
+def test_traffic_at_the_tenants_rate_limit_leaves_its_admin_calls_their_own_bucket(
+    service: Service,
+) -> None:
+    """A tenant's traffic at its requests_per_s (a batch job, or a leaked key hammering
+    the API) took every token the admin calls needed: its admin could not list keys,
+    revoke the leaked one or read usage (429) until the traffic stopped. Admin calls
+    take from a bucket of their own at the tenant's rate, so they are still bounded."""
+    service.tenant("acme", requests_per_s=2)
+    admin_key = service.key("acme", scopes=["admin", "usage", "embed"])["key"]
+    leaked = service.key("acme", scopes=["embed"])
+    hammer = service.access.keys.lookup(leaked["key"])
+    assert hammer is not None
+
+    def drain() -> None:
+        async def run() -> None:
+            for _ in range(5):
+                try:
+                    await service.access.admission.admit(hammer, 0)
+                except Exception:
+                    return
+
+        asyncio.run(run())
+
+    drain()
+    listed = service.call("GET", "/admin/v1/tenants/acme/keys", admin_key)
+    assert listed.status_code == 200, listed.text
+    drain()
+    revoked = service.call("DELETE", f"/admin/v1/tenants/acme/keys/{leaked['id']}", admin_key)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.headers["RateLimit-Policy"] == '"requests";q=2;w=1'
+    third = service.call("GET", "/v1/usage", admin_key)  # the admin bucket holds 2
+    assert third.status_code == 429, third.text
+    assert third.headers["Retry-After"] == "1"
