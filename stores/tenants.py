@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 # What a key may be allowed to call.
 SCOPES = ("embed", "search", "recommend", "events", "usage", "admin")
@@ -22,7 +22,7 @@ VISIBLE_CHARS = 8  # random characters after `sk-` that are stored in the clear
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 LIMIT_FIELDS = ("requests_per_s", "texts_per_s", "monthly_texts")
 # A key's state as listed: only `active` is accepted (see `ApiKey.state`).
-KEY_STATES = ("active", "tenant_disabled", "expired", "revoked")
+KeyState = Literal["active", "tenant_disabled", "expired", "revoked"]
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,11 @@ class ApiKey:
             return False
         return self.expires_at is None or now < self.expires_at
 
-    def state(self, now: datetime, tenant_disabled: bool) -> str:
-        """What a caller presenting the key gets at `now` (one of `KEY_STATES`): a
-        revoked or expired key says so whatever its tenant (that holds for good); a
-        live key of a disabled tenant is `tenant_disabled` (refused until the tenant
-        is enabled again); else `active`."""
+    def state(self, now: datetime, tenant_disabled: bool) -> KeyState:
+        """What a caller presenting the key gets at `now`: a revoked or expired key
+        says so whatever its tenant (that holds for good); a live key of a disabled
+        tenant is `tenant_disabled` (refused until the tenant is enabled again); else
+        `active`."""
         if self.revoked_at is not None and self.revoked_at <= now:
             return "revoked"
         if self.expires_at is not None and self.expires_at <= now:

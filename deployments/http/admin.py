@@ -32,7 +32,15 @@ from deployments.http.inference import json_response
 from deployments.http.route_docs import example, responses
 from deployments.tenancy.access import Access
 from deployments.tenancy.principal import RESERVED_TENANT_IDS, Principal
-from stores.tenants import LIMIT_FIELDS, SCOPES, ApiKey, RateLimits, Tenant, issue_key
+from stores.tenants import (
+    LIMIT_FIELDS,
+    SCOPES,
+    ApiKey,
+    KeyState,
+    RateLimits,
+    Tenant,
+    issue_key,
+)
 
 DEFAULT_SCOPES = ["embed", "search", "recommend", "events", "usage"]
 # The limiter subject of a tenant's admin calls (`<tenant>/admin`): no key id is `admin`.
@@ -197,7 +205,7 @@ class KeyOut(BaseModel):
         "null: never rotated (or rotated before this was recorded)."
     )
     limits: LimitsBody
-    state: Literal["active", "tenant_disabled", "expired", "revoked"] = Field(
+    state: KeyState = Field(
         description="What a caller presenting the key gets now: only `active` is "
         "accepted; `tenant_disabled`: refused while its tenant is disabled, accepted "
         "again when it is enabled (unless it expired or was revoked meanwhile)."
