@@ -45,7 +45,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], url: 
     _limit_args(update)
     update.add_argument(
         "--unlimited",
-        help="comma-separated limits to remove: requests_per_s,texts_per_s,monthly_texts",
+        help=f"comma-separated limits to remove: {','.join(LIMIT_FIELDS)}",
     )
     usage = verbs.add_parser("usage", help="a tenant's usage this month")
     _url_arg(usage)
