@@ -31,7 +31,19 @@ class CallWindow:
         self._calls.append((self._clock(), ok, latency_s))
 
     def stats(self) -> dict[str, float]:
-        """Calls, rate, error rate and p95 latency (ms) over the window."""
+        """Calls, rate, error rate and p95 latency (ms) over the window, rounded for
+        display (a verdict is judged on `exact_stats`)."""
+        exact = self.exact_stats()
+        return {
+            "requests": exact["requests"],
+            "rate_per_s": round(exact["rate_per_s"], 3),
+            "error_rate": round(exact["error_rate"], 4),
+            "p95_latency_ms": round(exact["p95_latency_ms"], 2),
+        }
+
+    def exact_stats(self) -> dict[str, float]:
+        """`stats` unrounded: what a threshold is compared with (rounded, 2.005 % of
+        failed calls read as 2.0 % and passed a 2 % threshold)."""
         horizon = self._clock() - self.window_s
         while self._calls and self._calls[0][0] < horizon:
             self._calls.popleft()
@@ -43,9 +55,9 @@ class CallWindow:
         p95 = latencies[min(n - 1, max(0, math.ceil(0.95 * n) - 1))]
         return {
             "requests": n,
-            "rate_per_s": round(n / self.window_s, 3),
-            "error_rate": round(errors / n, 4),
-            "p95_latency_ms": round(p95 * 1000, 2),
+            "rate_per_s": n / self.window_s,
+            "error_rate": errors / n,
+            "p95_latency_ms": p95 * 1000,
         }
 
 
@@ -62,17 +74,23 @@ class CanaryMonitor:
 
     def breach(self) -> str | None:
         """Why the policy is breached, or None while the canary behaves."""
-        stats = self.window.stats()
+        stats = self.window.exact_stats()
         if stats["requests"] < self.policy.min_requests:
             return None
         if stats["error_rate"] > self.policy.max_error_rate:
-            return (
-                f"error rate {stats['error_rate']:.1%} over {stats['requests']:.0f} calls "
-                f"> {self.policy.max_error_rate:.1%}"
-            )
+            seen, limit = _apart(stats["error_rate"] * 100, self.policy.max_error_rate * 100)
+            return f"error rate {seen}% over {stats['requests']:.0f} calls > {limit}%"
         if stats["p95_latency_ms"] > self.policy.max_p95_latency_ms:
-            return (
-                f"p95 latency {stats['p95_latency_ms']:.0f} ms over {stats['requests']:.0f} "
-                f"calls > {self.policy.max_p95_latency_ms:.0f} ms"
-            )
+            seen, limit = _apart(stats["p95_latency_ms"], self.policy.max_p95_latency_ms, 0)
+            return f"p95 latency {seen} ms over {stats['requests']:.0f} calls > {limit} ms"
         return None
+
+
+def _apart(seen: float, limit: float, digits: int = 1) -> tuple[str, str]:
+    """`seen` and `limit` with `digits` decimals, or with as many more as it takes for
+    them to read apart (2.005 % against 2 % reads 2.005% > 2.000%, not 2.0% > 2.0%)."""
+    for places in range(digits, digits + 6):
+        shown = f"{seen:.{places}f}", f"{limit:.{places}f}"
+        if shown[0] != shown[1]:
+            return shown
+    return shown

@@ -69,3 +69,30 @@ def test_call_window_stats() -> None:
     assert stats["requests"] == 100
     assert stats["error_rate"] == 0.01
     assert stats["p95_latency_ms"] == 95.0
+
+
+def test_a_threshold_is_judged_on_the_exact_figures_not_the_rounded_ones() -> None:
+    """401 failed calls of 20,000 are 2.005 %, over a 2 % threshold: rounded to the
+    displayed 2.0 % first, the canary passed; so did a p95 of 250.004 ms against 250."""
+    errors = CanaryMonitor(
+        RolloutPolicy(canary="v2", max_error_rate=0.02, min_requests=50), Clock()
+    )
+    for i in range(20_000):
+        errors.record(i >= 401, 0.01)
+    assert errors.window.stats()["error_rate"] == 0.02  # what status shows
+    assert errors.breach() == "error rate 2.005% over 20000 calls > 2.000%"
+    third = CanaryMonitor(
+        RolloutPolicy(canary="v2", max_error_rate=0.3333, min_requests=3), Clock()
+    )
+    for ok in (False, True, True):
+        third.record(ok, 0.01)
+    assert third.breach() == "error rate 33.333% over 3 calls > 33.330%"
+    slow = CanaryMonitor(RolloutPolicy(canary="v2", max_p95_latency_ms=250), Clock())
+    for _ in range(20):
+        slow.record(True, 0.250004)
+    assert slow.window.stats()["p95_latency_ms"] == 250.0
+    assert slow.breach() == "p95 latency 250.004 ms over 20 calls > 250.000 ms"
+    at = CanaryMonitor(RolloutPolicy(canary="v2", max_error_rate=0.02, min_requests=50), Clock())
+    for i in range(100):
+        at.record(i >= 2, 0.01)  # exactly 2 %: not over
+    assert at.breach() is None
