@@ -373,8 +373,12 @@ def clear_rollback(model: str, address: str, config: Path) -> int:
               "(host:6379) or run it on the head node", file=sys.stderr)  # fmt: skip
         return 2
     try:
-        app = _servekit_app(yaml.safe_load(config.read_text()))["name"]
-    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, StopIteration) as e:
+        # Serve names an application that the file leaves unnamed "default".
+        app = str(_servekit_app(yaml.safe_load(config.read_text())).get("name", "default"))
+    except (
+        OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, IndexError, TypeError,
+        AttributeError, StopIteration,
+    ) as e:  # fmt: skip
         print(f"servekit: cannot read the application's name from {config} ({e})", file=sys.stderr)
         return 2
     import ray
@@ -528,6 +532,8 @@ def status(url: str, address: str, config: Path | None = None) -> int:
     except instance.InstanceError as e:
         replicas, unreachable = None, str(e)
     live = _file_live_config(config) if config is not None else None
+    if live is not None:
+        live = _validated_live_config(live, config)
     for detail in details:
         _print_model(detail, replicas)
         if live is not None:
@@ -559,6 +565,22 @@ def _file_live_config(path: Path) -> dict[str, Any] | None:
     except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, StopIteration):
         return None
     return live
+
+
+def _validated_live_config(live: dict[str, Any], path: Path | None) -> dict[str, Any] | None:
+    """The file's Ingress `user_config` as servekit reads it (weights as numbers, the
+    policies' defaults filled in), for `drift`; None, with a note, when it does not
+    validate: `status` then compares nothing rather than failing on a hand edit."""
+    from pydantic import ValidationError
+
+    from configs.schema import IngressLiveConfig
+
+    try:
+        return IngressLiveConfig.model_validate(live).model_dump()
+    except ValidationError:
+        print(f"note: the Ingress user_config of {path} does not validate (`servekit "
+              f"validate {path}` says why); not compared with what is deployed")  # fmt: skip
+        return None
 
 
 def drift(live: dict[str, Any], detail: dict[str, Any]) -> list[str]:

@@ -377,3 +377,30 @@ def test_the_rollback_command_takes_url_and_allow_incomplete_index_as_promote_do
     assert "note: applying would be refused: minilm/v2 has no complete search index" in out
     assert cli.main([*argv, "--dry-run", "--allow-incomplete-index"]) == 0
     assert "would be refused" not in capsys.readouterr().out
+
+
+def test_rollout_clear_finds_the_judge_of_an_unnamed_application(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Serve names an application the file leaves unnamed `default`, and so its judge;
+    `rollout clear` refused such a file (`cannot read the application's name ...
+    ('name')`, exit 2) instead of asking that judge."""
+    import ray
+
+    from deployments.canary_sync import judge_name
+
+    doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    del doc["applications"][0]["name"]
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    asked = []
+
+    def get_actor(name: str, namespace: str) -> None:
+        asked.append(name)
+        raise ValueError("no such actor")
+
+    monkeypatch.setattr(rollout_cli, "_as_driver", lambda address: contextlib.nullcontext())
+    monkeypatch.setattr(ray, "get_actor", get_actor)
+    assert rollout_cli.clear_rollback("minilm", "127.0.0.1:6379", path) == 1
+    assert asked == [judge_name("default")]
+    assert "default has no canary judge" in capsys.readouterr().out

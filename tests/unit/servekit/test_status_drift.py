@@ -62,3 +62,29 @@ def test_the_file_is_read_at_servekits_application_wherever_it_stands(tmp_path: 
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(doc))
     assert _file_live_config(path) == live
+
+
+def test_a_file_whose_live_config_does_not_validate_is_not_compared(
+    capsys: Any,
+) -> None:
+    """A hand edit `status` cannot read (a weight that is no number, a policy that is no
+    mapping, a fraction in quotes that is no number) failed `drift` with a ValueError or
+    AttributeError traceback; it is now a note, and what the service runs still shows."""
+    from pathlib import Path
+
+    from servekit.rollout_cli import _validated_live_config
+
+    path = Path("serve_config.yaml")
+    for live in (
+        {"traffic": {"minilm": {"v1": "ninety", "v2": 10}}},
+        {"traffic": {"minilm": {"v1": 100}}, "rollout": {"minilm": "v2"}},
+        {"traffic": {"minilm": {"v1": 100}}, "shadow": {"minilm": {"version": "v2",
+                                                                   "fraction": "a tenth"}}},
+    ):  # fmt: skip
+        assert _validated_live_config(live, path) is None
+        assert "does not validate" in capsys.readouterr().out
+    quoted = {"traffic": {"minilm": {"v1": "80", "v2": 20}},
+              "shadow": {"minilm": {"version": "v2", "fraction": "0.5"}}}  # fmt: skip
+    read = _validated_live_config(quoted, path)
+    assert read is not None
+    assert drift(read, _detail({"v1": 80, "v2": 20}, shadow=("v2", 0.5))) == []
