@@ -316,7 +316,7 @@ class SearchSettings(_Strict):
             key = (snap.tenant_id, snap.catalog)
             if key in seen:
                 raise ValueError(
-                    f"search.snapshots[{n}]: a second snapshot of {snap.tenant_id}/{snap.catalog}"
+                    f"snapshots[{n}]: a second snapshot of {snap.tenant_id}/{snap.catalog}"
                 )
             seen.add(key)
         return self

@@ -8,6 +8,7 @@ because this package does not import Ray.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,9 @@ from configs.schema import (
 from configs.settings import resolve_artifact_uri
 
 IMPORT_PATH = "deployments.app:build_app"
+# A validator's message that starts with the path it is about (`versions.v1.device: `,
+# `placement: `), relative to the model that raised it.
+_RELATIVE_PATH = re.compile(r"^[a-z_][a-z0-9_]*(?:\.[^\s:]+|\[\d+\])*: ")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -121,7 +125,29 @@ def _validate_ingress(
     live = _parse(IngressLiveConfig, entry["user_config"], base, problems)
     if live is not None:
         problems.extend(f"{base}.{p}" for p in live.check_against(args))
+        for name, batching in live.batching.items():
+            problems.extend(
+                _batch_unreachable(
+                    entry, batching.max_batch_size, f"{where}.deployments[{INGRESS_DEPLOYMENT}]",
+                    f"user_config.batching.{name}.max_batch_size",
+                )
+            )  # fmt: skip
     return live
+
+
+def _batch_unreachable(entry: dict[str, Any], batch: int, where: str, field: str) -> list[str]:
+    """A deployment's `max_ongoing_requests` below a batch size it serves: a replica holds
+    at most that many requests, so a batch of `batch` could never fill (the README's
+    "must stay above max_batch_size"). Only a value the file sets is compared (the code's
+    defaults, 512 for the Ingress and 256 for a version, are above the default batch)."""
+    ongoing = entry.get("max_ongoing_requests")
+    if isinstance(ongoing, bool) or not isinstance(ongoing, int) or ongoing >= batch:
+        return []
+    return [
+        f"{where}.max_ongoing_requests: {ongoing} is below {field} ({batch}): a replica "
+        f"holds at most {ongoing} requests, so its batches could never fill; raise it to "
+        f"at least {batch} (or lower the batch size)"
+    ]
 
 
 def _validate_versions(
@@ -143,6 +169,12 @@ def _validate_versions(
         )
         if live is not None:
             batching[name] = live
+            problems.extend(
+                _batch_unreachable(
+                    entry, live.max_batch_size, f"{where}.deployments[{name}]",
+                    "user_config.max_batch_size",
+                )
+            )  # fmt: skip
         options = f"{where}.deployments[{name}].ray_actor_options"
         gpus = _num_gpus(entry.get("ray_actor_options"), options, problems)
         if gpus is not None and spec.device == "gpu" and not gpus > 0:
@@ -191,22 +223,60 @@ def _parse(model: type[M], data: Any, base: str, problems: list[str]) -> M | Non
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        problems.extend(_describe(base, e))
+        problems.extend(_describe(base, e, model))
         return None
 
 
-def _describe(base: str, error: ValidationError) -> list[str]:
+# Where a setting that is not servekit's `args` nor a live one belongs, told when it is
+# written in the other place (`traffic` under `args`, `models` under a `user_config`):
+# what restarts replicas and what is applied live are kept apart on purpose.
+_LIVE_INGRESS = frozenset(IngressLiveConfig.model_fields)
+_LIVE_BATCHING = frozenset(BatchLiveConfig.model_fields)
+_ARGS = frozenset(AppArgs.model_fields)
+_SERVE_DEPLOYMENT = frozenset(
+    {"autoscaling_config", "num_replicas", "max_ongoing_requests", "max_queued_requests",
+     "ray_actor_options", "graceful_shutdown_timeout_s", "health_check_period_s",
+     "health_check_timeout_s", "user_config"}
+)  # fmt: skip
+
+
+def _misplaced(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:
+    """Where an unknown field at `loc` of `model` belongs, when it is a setting of
+    another part of the file ('' when it is none)."""
+    field = str(loc[-1]) if loc else ""
+    if model is AppArgs and len(loc) == 1 and field in _LIVE_INGRESS:
+        return f"; {field} is a live setting: it belongs under deployments[Ingress].user_config"
+    if model is AppArgs and loc[:1] == ("models",) and len(loc) == 5 and field in _LIVE_BATCHING:
+        name = f"{loc[1]}-{loc[3]}"
+        return (
+            f"; {field} is a live setting: it belongs under deployments[Ingress].user_config."
+            f"batching.{name} (inline) or deployments[{name}].user_config (dedicated)"
+        )
+    if model in (IngressLiveConfig, BatchLiveConfig) and len(loc) == 1:
+        if field in _ARGS:
+            return f"; {field} belongs under the application's args (changing it replaces replicas)"
+        if field in _SERVE_DEPLOYMENT:
+            return f"; {field} is a Serve deployment setting: beside user_config, not in it"
+    return ""
+
+
+def _describe(base: str, error: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
     """Turn pydantic errors into `path: message` lines that never echo input values."""
     lines = []
     for err in error.errors(include_input=False, include_url=False):
         path = base + "".join(f".{part}" for part in err["loc"])
         if err["type"] == "extra_forbidden":
-            lines.append(f"{path}: unknown field")
+            lines.append(f"{path}: unknown field{_misplaced(model, err['loc'])}")
         elif err["type"] == "missing":
             lines.append(f"{path}: missing required field")
-        elif err["type"] == "value_error" and not err["loc"]:
-            # Our own model validators already name the relative path.
-            lines.append(f"{base}.{str(err['msg']).removeprefix('Value error, ')}")
+        elif err["type"] == "value_error":
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if not err["loc"] or _RELATIVE_PATH.match(message):
+                # A model validator of ours names the path from where it sits
+                # (`versions.v1.device: ...` of a model): one path, not two halves.
+                lines.append(f"{path}.{message}")
+            else:
+                lines.append(f"{path}: {message}")
         else:
             lines.append(f"{path}: {err['msg']}")
     return lines
