@@ -110,6 +110,16 @@ def _yaml() -> YAML:
     return yaml
 
 
+def _mapping(value: Any, where: str) -> Any:
+    """`value` when it is a mapping (an empty one for None); else EditError naming
+    `where`: an edit never fails on a hand-edited file with a traceback."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EditError(f"{where}: expected a mapping, found {_kind(value)}")
+    return value
+
+
 def _kind(doc: Any) -> str:
     """How a YAML document that is not a mapping reads, in words."""
     if doc is None:
@@ -160,28 +170,48 @@ class ConfigFile:
             )
         )
 
+    def _app(self) -> tuple[str, Any]:
+        """Where servekit's application is (`applications[0]`) and its mapping."""
+        apps = self.doc.get("applications") or []
+        for n, app in enumerate(apps if isinstance(apps, list) else []):
+            if isinstance(app, dict) and app.get("import_path") == IMPORT_PATH:
+                return f"applications[{n}]", app
+        raise EditError(f"no application with import_path {IMPORT_PATH!r}")
+
     def app(self) -> Any:
         """The servekit application of the file."""
-        apps = self.doc.get("applications") or []
-        for app in apps if isinstance(apps, list) else []:
-            if isinstance(app, dict) and app.get("import_path") == IMPORT_PATH:
-                return app
-        raise EditError(f"no application with import_path {IMPORT_PATH!r}")
+        return self._app()[1]
 
     def versions(self, model: str) -> list[str]:
         """Declared versions of a model."""
-        models = self.app().get("args", {}).get("models", {})
+        where, app = self._app()
+        args = _mapping(app.get("args"), f"{where}.args")
+        models = _mapping(args.get("models"), f"{where}.args.models")
         if model not in models:
-            raise EditError(f"model {model!r} is not declared (declared: {', '.join(models)})")
-        return list(models[model].get("versions", {}))
+            declared = ", ".join(str(m) for m in models)
+            raise EditError(f"model {model!r} is not declared (declared: {declared})")
+        spec = _mapping(models[model], f"{where}.args.models.{model}")
+        versions = _mapping(spec.get("versions"), f"{where}.args.models.{model}.versions")
+        return [str(v) for v in versions]
+
+    def _ingress_where(self) -> str:
+        return f"{self._app()[0]}.deployments[{INGRESS_DEPLOYMENT}].user_config"
 
     def ingress_live(self) -> Any:
         """The ingress deployment's user_config mapping."""
-        for entry in self.app().get("deployments") or []:
-            if entry.get("name") == INGRESS_DEPLOYMENT:
+        where, app = self._app()
+        deployments = app.get("deployments") or []
+        if not isinstance(deployments, list):
+            raise EditError(f"{where}.deployments: expected a list of deployments")
+        for entry in deployments:
+            if isinstance(entry, dict) and entry.get("name") == INGRESS_DEPLOYMENT:
                 live = entry.get("user_config")
-                if live is None or "traffic" not in live:
+                if live is None:
                     break
+                _mapping(live, self._ingress_where())
+                if "traffic" not in live:
+                    break
+                _mapping(live["traffic"], f"{self._ingress_where()}.traffic")
                 return live
         raise EditError(f"deployments[{INGRESS_DEPLOYMENT}].user_config.traffic is missing")
 
@@ -190,7 +220,42 @@ class ConfigFile:
         traffic = self.ingress_live()["traffic"]
         if model not in traffic:
             raise EditError(f"traffic has no entry for model {model!r}")
-        return traffic[model]
+        weights = traffic[model]
+        if not isinstance(weights, dict):  # None too: the edit must land in the file
+            raise EditError(
+                f"{self._ingress_where()}.traffic.{model}: expected a mapping of version: "
+                f"weight, found {'nothing' if weights is None else _kind(weights)}"
+            )
+        return weights
+
+    def weights(self, model: str, declared: list[str]) -> dict[str, int]:
+        """The model's weight of each declared version (0 where it has none), each a
+        whole number in 0..100 (else EditError naming it)."""
+        traffic = self.traffic(model)
+        weights = {}
+        for version in declared:
+            weight = traffic.get(version, 0)
+            try:
+                if isinstance(weight, bool) or (isinstance(weight, float) and weight % 1):
+                    raise ValueError
+                weights[version] = int(weight)
+                if not 0 <= weights[version] <= 100:
+                    raise ValueError
+            except (TypeError, ValueError, OverflowError):
+                where = f"{self._ingress_where()}.traffic.{model}.{version}"
+                raise EditError(f"{where}: the weight is not a whole number 0..100") from None
+        return weights
+
+    def rollout_policy(self, model: str) -> Any:
+        """The model's rollout policy mapping (None when there is none)."""
+        live = self.ingress_live()
+        rollout = live.get("rollout")
+        if rollout is None:
+            return None
+        policy = _mapping(rollout, f"{self._ingress_where()}.rollout").get(model)
+        if policy is None:
+            return None
+        return _mapping(policy, f"{self._ingress_where()}.rollout.{model}")
 
     def last_promotion(self, model: str) -> Promotion | None:
         """The promotion recorded on the model's line under `traffic`, if any."""
@@ -245,7 +310,7 @@ def promote(cfg: ConfigFile, model: str, version: str, weight: int) -> list[str]
     if not 0 <= weight <= 100:
         raise EditError(f"weight {weight} is outside 0..100")
     traffic = cfg.traffic(model)
-    current = {v: int(traffic.get(v, 0)) for v in declared}
+    current = cfg.weights(model, declared)
     split = split_rest(current, version, weight)
     new = {v: split[v] for v in declared}
     if new != current:
@@ -264,14 +329,83 @@ def _end_watch(cfg: ConfigFile, model: str, version: str) -> bool:
     """Remove `model`'s rollout policy when it watches `version` (which is taking all
     the traffic), and the `rollout` block once it is empty; whether it did."""
     live = cfg.ingress_live()
-    rollout = live.get("rollout") or {}
-    policy = rollout.get(model)
+    policy = cfg.rollout_policy(model)
     if policy is None or policy.get("canary") != version:
         return False
-    del rollout[model]
+    rollout = live["rollout"]
+    below = _remove(rollout, model)
     if not rollout and "rollout" in live:
-        del live["rollout"]
+        below = _remove(live, "rollout", below)
+        rollout = live
+    if below and rollout:  # it came first: the comment lines go above what follows
+        _keep_below(rollout, next(iter(rollout)), below, before=True)
     return True
+
+
+def _remove(mapping: Any, key: str, carried: str = "") -> str:
+    """Delete `key` from a mapping, keeping the comment lines that follow its entry (the
+    next section's comment, commented-out settings): ruamel holds them on the last entry
+    of the removed block, so they went with it. They move to the entry before it; when
+    there is none, they are returned (with `carried`, lines an inner removal returned)."""
+    below = carried
+    where = _last_entry(mapping, key)
+    if where is not None:
+        token = _eol_token(*where)
+        if token is not None and "\n" in token.value:
+            below = token.value.partition("\n")[2] + carried
+    keys = list(mapping)
+    del mapping[key]
+    at = keys.index(key)
+    if not below.strip():
+        return ""
+    if at == 0:
+        return below
+    _keep_below(mapping, keys[at - 1], below)
+    return ""
+
+
+def _last_entry(mapping: Any, key: Any) -> tuple[Any, Any] | None:
+    """(mapping, key) of the last entry written in `mapping[key]`'s block (itself, for
+    a scalar or a flow collection): where ruamel keeps the comment lines below it."""
+    node = mapping
+    while True:
+        child = node[key]
+        flow = getattr(getattr(child, "fa", None), "flow_style", lambda: False)()
+        if isinstance(child, dict) and child and not flow:
+            node, key = child, next(reversed(child))
+            continue
+        if isinstance(child, list) and child and not flow:
+            return None  # a block sequence keeps its comments elsewhere: left as it was
+        return node, key
+
+
+def _eol_token(mapping: Any, key: Any) -> Any:
+    entry = getattr(mapping, "ca", None) and mapping.ca.items.get(key)
+    return entry[2] if entry and len(entry) > 2 else None
+
+
+def _keep_below(mapping: Any, key: Any, lines: str, before: bool = False) -> None:
+    """Write comment `lines` below the block of `mapping[key]` (after whatever comment
+    lines it has there already), or, with `before`, above that key's line."""
+    from ruamel.yaml.error import CommentMark
+    from ruamel.yaml.tokens import CommentToken
+
+    if before:
+        column = mapping.lc.col if getattr(mapping, "lc", None) is not None else 0
+        text = "\n".join(line.strip().removeprefix("#").removeprefix(" ")
+                         for line in lines.splitlines() if line.strip())  # fmt: skip
+        mapping.yaml_set_comment_before_after_key(key, before=text, indent=column or 0)
+        return
+    where = _last_entry(mapping, key)
+    if where is None:
+        return
+    node, last = where
+    token = _eol_token(node, last)
+    if token is None:
+        node.ca.items[last] = [None, None, CommentToken("\n" + lines, CommentMark(0), None), None]
+    else:
+        token.value = token.value if token.value.endswith("\n") else token.value + "\n"
+        token.value += lines
 
 
 def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
@@ -280,7 +414,7 @@ def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
     traffic to one version. Returns notes saying which happened and why."""
     declared = cfg.versions(model)
     traffic = cfg.traffic(model)
-    current = {v: int(traffic.get(v, 0)) for v in declared}
+    current = cfg.weights(model, declared)
     last = cfg.last_promotion(model)
     cfg.record_promotion(model, None)
     if to is None and last is not None and last.describes(current, declared):
@@ -314,15 +448,39 @@ def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
 
 def _set_weights(traffic: Any, declared: list[str], weights: dict[str, int]) -> None:
     for v in declared:
-        if v in traffic or weights[v]:
+        if v in traffic:
             traffic[v] = weights[v]
+        elif weights[v]:
+            _append(traffic, v, weights[v])
+
+
+def _append(mapping: Any, key: str, value: int) -> None:
+    """Add `key` at the end of a block mapping, below its last entry. ruamel keeps the
+    comment lines that follow a mapping (the next section's comment, when the mapping
+    ends a block) on its last entry's comment, so a key added after it was written
+    below them, away from its mapping; they move to the new last entry instead."""
+    last = next(reversed(mapping), None) if len(mapping) else None
+    comment = getattr(mapping, "ca", None)
+    token = None
+    if last is not None and comment is not None:
+        entry = comment.items.get(last)
+        token = entry[2] if entry is not None and len(entry) > 2 else None
+    mapping[key] = value
+    if token is None or "\n" not in token.value.rstrip("\n"):
+        return  # no comment lines below the last entry: nothing to move
+    from ruamel.yaml.error import CommentMark
+    from ruamel.yaml.tokens import CommentToken
+
+    own, _, below = token.value.partition("\n")
+    token.value = own + "\n"
+    mapping.ca.items[key] = [None, None, CommentToken("\n" + below, CommentMark(0), None), None]
 
 
 def _rollback_target(cfg: ConfigFile, model: str, weights: dict[str, int]) -> str:
     """The primary: the heaviest version with traffic that is not the canary. Two tied
     for heaviest are refused (whether or not a canary is watched): which one is the
     primary is the operator's call, made with --to."""
-    policy = (cfg.ingress_live().get("rollout") or {}).get(model)
+    policy = cfg.rollout_policy(model)
     canary = policy.get("canary") if policy is not None else None
     candidates = {v: w for v, w in weights.items() if v != canary and w > 0}
     if not candidates:
@@ -339,8 +497,8 @@ def _rollback_target(cfg: ConfigFile, model: str, weights: dict[str, int]) -> st
 
 def split_rest(current: dict[str, int], version: str, weight: int) -> dict[str, int]:
     """New weights: `version` gets `weight`; the others share the rest in proportion
-    to their current weights (largest remainder), or the heaviest takes it all when
-    none has any."""
+    to their current weights (largest remainder), or, when none has any, the one other
+    version takes it all (with several, which one is the operator's call: refused)."""
     others = {v: w for v, w in current.items() if v != version}
     rest = 100 - weight
     total = sum(others.values())
@@ -348,8 +506,13 @@ def split_rest(current: dict[str, int], version: str, weight: int) -> dict[str, 
     if total == 0:
         if rest and not others:
             raise EditError(f"{version} is the only version; its weight must be 100")
-        heir = max(others, key=lambda v: current[v]) if others else None
-        new.update({v: (rest if v == heir else 0) for v in others})
+        if rest and len(others) > 1:
+            raise EditError(
+                f"no other version has traffic to take the other {rest}% "
+                f"({', '.join(others)} are at 0): promote the one that should take it "
+                f"instead (--weight {rest})"
+            )
+        new.update(dict.fromkeys(others, rest))
         return new
     exact = {v: rest * w / total for v, w in others.items()}
     floors = {v: int(x) for v, x in exact.items()}

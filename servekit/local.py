@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,9 @@ def check_document(doc: Any, check_artifacts: bool = True) -> list[str]:
     report = validate_document(doc, check_artifacts=check_artifacts)
     if not report.ok:
         return report.problems
-    problems = _unknown_deployment_keys(doc) + _autoscaling_problems(doc)
+    problems = (
+        _malformed_deployments(doc) + _unknown_deployment_keys(doc) + _autoscaling_problems(doc)
+    )
     if problems:
         return problems
     try:
@@ -86,7 +88,26 @@ def check_document(doc: Any, check_artifacts: bool = True) -> list[str]:
             ".".join(str(p) for p in err["loc"]) + f": {err['msg']} (Ray Serve schema)"
             for err in e.errors(include_input=False, include_url=False)
         ]
+    except (AttributeError, TypeError, KeyError) as e:
+        # Serve's own validators assume some shapes the checks above may not cover.
+        return [f"applications: not a config Ray Serve can read ({type(e).__name__}: {e})"]
     return []
+
+
+def _malformed_deployments(doc: dict[str, Any]) -> list[str]:
+    """Each deployment entry, of any application, that is not a mapping: Serve's schema
+    fails on one with an exception of its own rather than a validation error (servekit's
+    own applications were checked already)."""
+    problems = []
+    for i, app in enumerate(doc.get("applications") or []):
+        entries = app.get("deployments") if isinstance(app, dict) else None
+        for j, entry in enumerate(entries if isinstance(entries, list) else []):
+            if not isinstance(entry, dict):
+                problems.append(
+                    f"applications[{i}].deployments[{j}]: expected a mapping with a name "
+                    "(Ray Serve schema)"
+                )
+    return problems
 
 
 # Logical CPUs of a local instance. On a cluster `num_cpus` are real reservations;
@@ -102,14 +123,26 @@ def _unknown_deployment_keys(doc: dict[str, Any]) -> list[str]:
 
     known = set(DeploymentSchema.model_fields)
     problems = []
-    for i, app in enumerate(doc.get("applications") or []):
-        for entry in app.get("deployments") or []:
-            for key in sorted(set(entry) - known):
-                problems.append(
-                    f"applications[{i}].deployments[{entry.get('name')}].{key}: "
-                    "unknown field (Ray Serve schema)"
-                )
+    for i, _, entry in _deployment_entries(doc):
+        for key in sorted(set(entry) - known, key=str):
+            problems.append(
+                f"applications[{i}].deployments[{entry.get('name')}].{key}: "
+                "unknown field (Ray Serve schema)"
+            )
     return problems
+
+
+def _deployment_entries(doc: dict[str, Any]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(application index, deployment index, entry) of every deployment entry that is a
+    mapping in an application that is one. Only servekit's applications were checked
+    before; another application's malformed `deployments` is left to Serve's schema,
+    which names it, rather than failing here."""
+    apps = doc.get("applications")
+    for i, app in enumerate(apps if isinstance(apps, list) else []):
+        entries = app.get("deployments") if isinstance(app, dict) else None
+        for j, entry in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(entry, dict):
+                yield i, j, entry
 
 
 def _autoscaling_problems(doc: dict[str, Any]) -> list[str]:
@@ -124,29 +157,28 @@ def _autoscaling_problems(doc: dict[str, Any]) -> list[str]:
     from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 
     problems = []
-    for i, app in enumerate(doc.get("applications") or []):
-        for j, entry in enumerate(app.get("deployments") or []):
-            config = entry.get("autoscaling_config") if isinstance(entry, dict) else None
-            if config is None:
-                continue
-            where = f"applications.{i}.deployments.{j}.autoscaling_config"
-            if not isinstance(config, dict):
-                problems.append(f"{where}: expected a mapping (Ray Serve autoscaling_config)")
-                continue
-            unknown = _unknown_keys(config, AutoscalingConfig.model_fields, where)
-            policy = config.get("policy")
-            if isinstance(policy, dict):
-                unknown += _unknown_keys(policy, AutoscalingPolicy.model_fields, f"{where}.policy")
-            problems += unknown
-            try:
-                with warnings.catch_warnings():  # Ray's deprecation notes: not problems
-                    warnings.simplefilter("ignore")
-                    AutoscalingConfig.model_validate(config)
-            except ValidationError as e:
-                for err in e.errors(include_input=False, include_url=False):
-                    path = where + "".join(f".{part}" for part in err["loc"])
-                    message = str(err["msg"]).removeprefix("Value error, ")
-                    problems.append(f"{path}: {message} (Ray Serve autoscaling_config)")
+    for i, j, entry in _deployment_entries(doc):
+        config = entry.get("autoscaling_config")
+        if config is None:
+            continue
+        where = f"applications.{i}.deployments.{j}.autoscaling_config"
+        if not isinstance(config, dict):
+            problems.append(f"{where}: expected a mapping (Ray Serve autoscaling_config)")
+            continue
+        unknown = _unknown_keys(config, AutoscalingConfig.model_fields, where)
+        policy = config.get("policy")
+        if isinstance(policy, dict):
+            unknown += _unknown_keys(policy, AutoscalingPolicy.model_fields, f"{where}.policy")
+        problems += unknown
+        try:
+            with warnings.catch_warnings():  # Ray's deprecation notes: not problems
+                warnings.simplefilter("ignore")
+                AutoscalingConfig.model_validate(config)
+        except ValidationError as e:
+            for err in e.errors(include_input=False, include_url=False):
+                path = where + "".join(f".{part}" for part in err["loc"])
+                message = str(err["msg"]).removeprefix("Value error, ")
+                problems.append(f"{path}: {message} (Ray Serve autoscaling_config)")
     return problems
 
 

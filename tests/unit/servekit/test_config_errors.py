@@ -121,3 +121,72 @@ def test_a_document_that_is_not_a_mapping_is_refused(tmp_path: Path, text: str, 
 def test_a_missing_file_is_an_edit_error(tmp_path: Path) -> None:
     with pytest.raises(EditError, match=r"nope\.yaml: no such file"):
         ConfigFile.load(tmp_path / "nope.yaml")
+
+
+SHIPPED = (Path(__file__).parents[3] / "serve_config.yaml").read_text()
+MINILM_WEIGHTS = "            minilm:\n              v1: 90\n              v2: 10\n"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "says"),
+    [
+        (MINILM_WEIGHTS, "            minilm: [v1, v2]\n",
+         "applications[0].deployments[Ingress].user_config.traffic.minilm: expected a mapping "
+         "of version: weight, found a list"),
+        (MINILM_WEIGHTS, "            minilm:\n",
+         "applications[0].deployments[Ingress].user_config.traffic.minilm: expected a mapping "
+         "of version: weight, found nothing"),
+        ("v1: 90", "v1: ninety",
+         "applications[0].deployments[Ingress].user_config.traffic.minilm.v1: the weight is "
+         "not a whole number 0..100"),
+        ("v1: 90", "v1: 90.5",
+         "applications[0].deployments[Ingress].user_config.traffic.minilm.v1: the weight is "
+         "not a whole number 0..100"),
+        ("    deployments:\n      - name: Ingress",
+         "    deployments:\n      x:\n      - name: Ingress",
+         "applications[0].deployments: expected a list of deployments"),
+        ("      models:\n        minilm:", "      models: [1]\n      xmodels:\n        minilm:",
+         "applications[0].args.models: expected a mapping, found a list"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["promote", "rollback"])
+def test_an_edit_of_a_malformed_file_names_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, old: str, new: str, says: str
+) -> None:
+    """promote and rollback on a hand-edited file whose traffic or layout is malformed
+    exit 2 naming where, as validation would: they failed with AttributeError or
+    ValueError tracebacks."""
+    assert old in SHIPPED
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(SHIPPED.replace(old, new, 1))
+    argv = [command, "minilm", *(["v2", "--weight", "50"] if command == "promote" else [])]
+    code, err = _run([*argv, "--config", str(path), "--dry-run"], capsys)
+    assert code == 2
+    assert err == f"servekit: {says}\n"
+    assert path.read_text() == SHIPPED.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    ("deployments", "says"),
+    [
+        ([None], "applications[1].deployments[0]: expected a mapping with a name (Ray Serve "
+         "schema)"),
+        (5, "applications.1.deployments: Input should be a valid list (Ray Serve schema)"),
+        (["Ingress"], "applications[1].deployments[0]: expected a mapping with a name (Ray Serve "
+         "schema)"),
+    ],
+)  # fmt: skip
+def test_another_applications_malformed_deployments_are_named(
+    deployments: object, says: str
+) -> None:
+    """servekit's checks of Serve's settings (unknown keys, autoscaling) read every
+    application's deployments: another application's malformed list failed with a
+    TypeError (and Serve's own schema with an AttributeError) instead of a problem."""
+    import yaml
+
+    doc = yaml.safe_load(SHIPPED)
+    doc["applications"].append(
+        {"name": "other", "import_path": "other:app", "route_prefix": "/other",
+         "deployments": deployments}
+    )  # fmt: skip
+    assert local.check_document(doc, check_artifacts=False) == [says]

@@ -73,6 +73,16 @@ def test_split_rest(
     assert sum(result.values()) == 100
 
 
+def test_lowering_the_only_version_with_traffic_needs_to_know_who_takes_the_rest() -> None:
+    """v1 at 100 beside v2 and v3 at 0 (retired, or not yet rolled out): lowering v1
+    gave the rest to whichever was declared first; which one takes it is the
+    operator's call, as a rollback's primary is. With one other version it is plain."""
+    with pytest.raises(EditError, match=r"the other 60% \(v2, v3 are at 0\)"):
+        split_rest({"v1": 100, "v2": 0, "v3": 0}, "v1", 40)
+    assert split_rest({"v1": 100, "v2": 0}, "v1", 40) == {"v1": 40, "v2": 60}
+    assert split_rest({"v1": 100, "v2": 0, "v3": 0}, "v1", 100) == {"v1": 100, "v2": 0, "v3": 0}
+
+
 def test_rollback_to_primary_and_errors(config: Path) -> None:
     cfg = ConfigFile.load(config)
     assert rollback(cfg, "minilm", None)[-1] == "all traffic of minilm goes to v1"
@@ -272,6 +282,111 @@ def test_the_record_keeps_a_comment_already_on_the_line(config: Path) -> None:
     cfg = ConfigFile.load(config)
     rollback(cfg, "minilm", None)
     assert cfg.render() == commented
+
+
+@pytest.mark.parametrize("eol", ["", "   # all of it"])
+def test_a_version_new_to_the_last_model_is_written_under_its_mapping(
+    config: Path, eol: str
+) -> None:
+    """The shipped file's last model under `traffic` (the recommender) is followed by the
+    batching section's comment, which ruamel keeps on that model's last entry: a version
+    promoted that had no weight line yet was written below that comment, six lines away
+    from its model."""
+    text = config.read_text()
+    declared = "              runtime: onnx\n      limits:"
+    weights = "            recommender:               # split, shadow and canary like any model\n"
+    assert text.count(declared) == 1
+    assert weights + "              v1: 100\n" in text
+    config.write_text(
+        text.replace(
+            declared,
+            "              runtime: onnx\n            v2:\n              artifact:\n"
+            "                uri: artifacts/recommender/v1.tar\n                sha256: "
+            "570f43e90d92bf2107d0c7ba448ba040013ac0ff57fe58b71284a496985e8826\n"
+            "              runtime: onnx\n      limits:",
+        ).replace(weights + "              v1: 100\n", f"{weights}              v1: 100{eol}\n")
+    )
+    cfg = ConfigFile.load(config)
+    promote(cfg, "recommender", "v2", 5)
+    lines = cfg.render().splitlines()
+    at = next(n for n, line in enumerate(lines) if line.startswith("            recommender:"))
+    assert lines[at + 1].startswith("              v1: 95")
+    assert lines[at + 1].endswith(eol)
+    assert lines[at + 2] == "              v2: 5"
+    assert lines[at + 3].startswith("          # Batching of inline versions")
+    doc = yaml.safe_load(cfg.render())
+    assert doc["applications"][0]["deployments"][0]["user_config"]["traffic"]["recommender"] == {
+        "v1": 95,
+        "v2": 5,
+    }
+    config.write_text(cfg.render())
+    cfg = ConfigFile.load(config)
+    rollback(cfg, "recommender", None)
+    assert (
+        "              v1: 100" + eol + "\n              v2: 0\n          # Batching"
+        in cfg.render()
+    )
+
+
+def _comments(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("#")]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "          rollout:\n            minilm:\n              canary: v2\n"
+        "              max_error_rate: 0.05\n",
+        "          rollout:\n            minilm:\n              canary: v2\n"
+        "            recommender:\n              canary: v1\n",
+        "          rollout:\n            recommender:\n              canary: v1\n"
+        "            minilm:\n              canary: v2\n",
+    ],
+)
+@pytest.mark.parametrize("ended_by", ["promote", "rollback --to"])
+def test_ending_a_watch_keeps_the_comments_that_follow_it(
+    config: Path, policy: str, ended_by: str
+) -> None:
+    """A block-style policy written above the shipped file's commented-out `shadow` and
+    `rollout` examples (where the runbook's step 3 adds it) holds those comment lines
+    in ruamel: removing the watch (promote to 100, rollback --to the canary) deleted
+    six lines of comments with it."""
+    text = config.read_text()
+    anchor = "          # Optional, also live:\n"
+    assert text.count(anchor) == 1
+    config.write_text(text.replace(anchor, policy + anchor))
+    cfg = ConfigFile.load(config)
+    if ended_by == "promote":
+        promote(cfg, "minilm", "v2", 100)
+    else:
+        rollback(cfg, "minilm", "v2")
+    rendered = cfg.render()
+    assert _comments(rendered) == _comments(text)
+    assert "              canary: v2\n" not in rendered
+    rollout = _live(cfg).get("rollout")
+    assert rollout == ({"recommender": {"canary": "v1"}} if "recommender" in policy else None)
+    assert (anchor + "          # shadow:") in rendered  # where it was, as it was
+
+
+def test_ending_a_watch_written_first_keeps_the_comment_above_what_follows(
+    config: Path,
+) -> None:
+    text = config.read_text()
+    anchor = "        user_config:\n          traffic:\n"
+    assert text.count(anchor) == 1
+    config.write_text(
+        text.replace(
+            anchor,
+            "        user_config:\n          rollout:\n            minilm:\n"
+            "              canary: v2\n          # the split, in percent:\n          traffic:\n",
+        )
+    )
+    cfg = ConfigFile.load(config)
+    promote(cfg, "minilm", "v2", 100)
+    assert "        user_config:\n          # the split, in percent:\n          traffic:\n" in (
+        cfg.render()
+    )
+    assert "rollout" not in _live(cfg)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
