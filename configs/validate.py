@@ -182,6 +182,14 @@ def _validate_versions(
                 f"{options}.num_gpus: must be > 0 "
                 f"because args.models.{model}.versions.{version}.device is gpu"
             )
+        elif gpus is not None and spec.device == "cpu" and gpus > 0:
+            # The other half of "one without the other": a replica that reserves a GPU
+            # its CPU runtime never uses, and waits for one on a node without any.
+            problems.append(
+                f"{options}.num_gpus: must be 0 (or unset) because "
+                f"args.models.{model}.versions.{version}.device is cpu; set device: gpu "
+                "to run it on the GPU"
+            )
     if not check_artifacts:
         return batching
     for model, model_spec in args.models.items():
