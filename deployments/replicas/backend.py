@@ -17,10 +17,12 @@ import numpy.typing as npt
 
 # One request's answer: vectors `[n, dim]` and the tokens the model read for each text
 # (their sum is the request's usage; the embedding cache keeps each text's count).
-# Set in a task whose model failures someone else reports (shadow copies: counted and
-# summarised by the shadower): backends then log no traceback of their own.
-QUIET_FAILURES: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "servekit_quiet_failures", default=False
+# Set in a task that runs a shadow copy, which no caller waits for: its backend logs no
+# traceback of its own when it fails (the shadower counts and summarises failures), and
+# an inline version never runs it on the replica's event loop (the callers' requests
+# need the loop; see `inline`).
+SHADOW_COPY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "servekit_shadow_copy", default=False
 )
 
 EmbedResult = tuple[npt.NDArray[np.float32], list[int]]

@@ -38,7 +38,7 @@ from typing import Protocol
 
 from configs.schema import FaultInjection, InlineBatchingConfig
 from deployments.errors import Overloaded, Timeout
-from deployments.replicas.backend import EmbedResult, split_batch
+from deployments.replicas.backend import SHADOW_COPY, EmbedResult, split_batch
 from deployments.replicas.batch_cost import BatchCost
 from deployments.replicas.loading import Wedge, inject_fault
 from deployments.replicas.threads import SharedThreads
@@ -206,9 +206,11 @@ class InlineBatcher:
         at a time (see `traffic`), nothing is queued or running on any inference thread,
         no fill wait is set, the run is short, the deadline has not passed (the queue
         drops such work) and the runtime is not wedged (a probe never runs here: it
-        must notice a runtime that hangs)."""
+        must notice a runtime that hangs; nor a shadow copy, which the caller's request,
+        still being answered, or the next one would wait for)."""
         return (
             self._traffic is not None
+            and not SHADOW_COPY.get()
             and not self._queue
             and self._threads.free() == self._threads.workers
             and self._traffic.sequential()

@@ -10,7 +10,7 @@ from configs.schema import AppArgs, InlineBatchingConfig, deployment_name
 from deployments.errors import InferenceFailed, ServekitError, Timeout
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import ModelMetrics
-from deployments.replicas.backend import QUIET_FAILURES, EmbedResult, remaining_s
+from deployments.replicas.backend import SHADOW_COPY, EmbedResult, remaining_s
 from deployments.replicas.health import PROBE_TEXT, HealthProbe
 from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.loading import load_version, runtime_metadata
@@ -54,7 +54,7 @@ class InlineBackend:
             e.message = f"{self.label}: {e.message}"
             raise
         except Exception as e:
-            if not QUIET_FAILURES.get():
+            if not SHADOW_COPY.get():
                 self._log.error(
                     "inline model call failed", exc_info=e, extra={"fields": {"target": self.label}}
                 )

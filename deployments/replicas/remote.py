@@ -44,7 +44,7 @@ from deployments.errors import (
     Unavailable,
 )
 from deployments.observability.logs import get_logger
-from deployments.replicas.backend import QUIET_FAILURES, EmbedResult, VersionBackend, remaining_s
+from deployments.replicas.backend import SHADOW_COPY, EmbedResult, VersionBackend, remaining_s
 from deployments.replicas.traffic import caller_if_sequential
 
 _log = get_logger("calls")
@@ -89,7 +89,7 @@ async def call_version(
         except (RequestCancelledError, TaskCancelledError) as e:
             raise Unavailable(f"{label}: the call was cancelled, retry later") from e
         except (RayServeException, RayError, grpc.aio.AioRpcError) as e:  # anything else
-            if not QUIET_FAILURES.get():
+            if not SHADOW_COPY.get():
                 _log.error(
                     "model call failed in Ray", exc_info=e, extra={"fields": {"target": label}}
                 )
@@ -104,7 +104,7 @@ def _from_replica(raised: Exception, label: str) -> ServekitError:
     (e.g. expired) under the version's label; any other failure a logged 500."""
     if isinstance(raised, ServekitError):
         return type(raised)(f"{label}: {raised.message}")
-    if not QUIET_FAILURES.get():
+    if not SHADOW_COPY.get():
         _log.error("model call failed", exc_info=raised, extra={"fields": {"target": label}})
     return InferenceFailed(f"{label}: the model failed on this request")
 

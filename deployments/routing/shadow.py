@@ -14,7 +14,7 @@ import numpy as np
 from configs.schema import ShadowSpec
 from deployments.errors import InferenceFailed, ServekitError
 from deployments.observability.logs import get_logger
-from deployments.replicas.backend import QUIET_FAILURES
+from deployments.replicas.backend import SHADOW_COPY
 
 # Shadow copies in flight per ingress replica, and per shadow version; beyond either
 # they are dropped, counted. Per version, so that copies never fill the queue that the
@@ -153,7 +153,7 @@ class Shadower:
     ) -> None:
         started = time.perf_counter()
         counts["requests"] += 1
-        QUIET_FAILURES.set(True)  # this task's own context: the backend logs no traceback
+        SHADOW_COPY.set(True)  # this task's own context: no traceback, never on the loop
         try:
             answer = await run(shadow)
         except NoRoom:

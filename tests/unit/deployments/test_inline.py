@@ -275,3 +275,58 @@ def test_the_threads_are_idle_only_with_nothing_running_or_waiting(runtime: Any)
 
     asyncio.run(run())
     assert seen == [True, False, True]
+
+
+def test_a_shadow_copy_never_runs_on_the_event_loop(
+    manifest: dict[str, Any], example_store: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A replica serving one caller at a time runs that caller's small request on the
+    loop, but a shadow copy of it (no HTTP request of its own, so the replica still
+    counts one caller) goes to an inference thread: on the loop it would hold the
+    caller's answer and the next request's parsing for the length of a run."""
+    import threading
+
+    import numpy as np
+
+    from configs.schema import ShadowSpec
+    from deployments.replicas import inline
+    from deployments.replicas.traffic import Traffic
+    from deployments.routing.shadow import Shadower
+
+    monkeypatch.setattr(inline, "LOOP_RUN_MAX_S", 60.0)
+    entry = manifest["v2"]
+    ref = ArtifactRef(str(example_store / entry["file"]), entry["sha256"])
+    runtime: Any = load_model(ref, RuntimeOptions(), ArtifactStore(tmp_path))
+    recorder = _ThreadRecorder(runtime)
+    traffic = Traffic(quiet_s=60)
+    batcher = InlineBatcher(recorder, BatchRecorder(), SharedThreads(1), traffic=traffic)  # type: ignore[arg-type]
+    batcher.calibrate()
+
+    class Metrics:
+        def shadow(self, *_: Any, **__: Any) -> None:
+            pass
+
+    async def call(model: str, version: str, texts: list[str]) -> Any:
+        return await batcher.embed(texts)
+
+    shadower = Shadower(call, Metrics())  # type: ignore[arg-type]
+    shadower.specs = {"minilm": ShadowSpec(version="v2", fraction=1.0)}
+
+    async def run() -> None:
+        loop_thread = threading.get_ident()
+        traffic.enter()  # the caller's request, in flight
+        recorder.threads.clear()  # the calibration's runs
+        await call("minilm", "v2", ["a red running shoe"])
+        assert recorder.threads == [loop_thread]  # the caller's own: on the loop
+        recorder.threads.clear()
+        primary = np.ones((1, 384), dtype=np.float32)
+        shadower.maybe_shadow("minilm", "v1", ["a red running shoe"], primary, spare=lambda v: True)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if recorder.threads:
+                break
+        assert recorder.threads
+        assert recorder.threads[0] != loop_thread
+        traffic.leave()
+
+    asyncio.run(run())

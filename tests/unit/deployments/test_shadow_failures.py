@@ -10,7 +10,7 @@ import numpy as np
 
 from configs.schema import ShadowSpec
 from deployments.errors import InferenceFailed
-from deployments.replicas.backend import QUIET_FAILURES
+from deployments.replicas.backend import SHADOW_COPY
 from deployments.routing.shadow import FAILURE_LOG_EVERY_S, Shadower
 
 
@@ -35,7 +35,7 @@ def test_failures_are_counted_and_summarised_without_tracebacks() -> None:
     quiet_seen: list[bool] = []
 
     async def failing(model: str, version: str, texts: list[str]) -> Any:
-        quiet_seen.append(QUIET_FAILURES.get())  # what a backend would read
+        quiet_seen.append(SHADOW_COPY.get())  # what a backend would read
         raise InferenceFailed(f"{model}/{version}: the model failed on this request")
 
     now = [1000.0]
@@ -61,7 +61,7 @@ def test_failures_are_counted_and_summarised_without_tracebacks() -> None:
     finally:
         logger.removeHandler(records)
     assert quiet_seen == [True] * 9
-    assert not QUIET_FAILURES.get()  # the caller's own context is untouched
+    assert not SHADOW_COPY.get()  # the caller's own context is untouched
     assert metrics.outcomes == ["error"] * 9
     lines = [r for r in records.records if r.getMessage().startswith("shadow copies failing")]
     assert [r.levelno for r in lines] == [logging.WARNING] * 2
