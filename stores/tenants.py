@@ -16,7 +16,7 @@ from datetime import date, datetime
 from typing import Literal, Protocol
 
 # What a key may be allowed to call.
-SCOPES = ("embed", "search", "recommend", "events", "usage", "admin")
+SCOPES = ("embed", "search", "catalog", "recommend", "events", "usage", "admin")
 KEY_PREFIX = "sk-"
 VISIBLE_CHARS = 8  # random characters after `sk-` that are stored in the clear
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"

@@ -42,11 +42,11 @@ from stores.tenants import (
     issue_key,
 )
 
-DEFAULT_SCOPES = ["embed", "search", "recommend", "events", "usage"]
+DEFAULT_SCOPES = ["embed", "search", "catalog", "recommend", "events", "usage"]
 # The limiter subject of a tenant's admin calls (`<tenant>/admin`): no key id is `admin`.
 ADMIN_SUBJECT = "admin"
 MAX_USAGE_DAYS = 400
-Scope = Literal["embed", "search", "recommend", "events", "usage", "admin"]
+Scope = Literal["embed", "search", "catalog", "recommend", "events", "usage", "admin"]
 # Every admin route answers 404 while auth is off (there are no tenants then).
 ERRORS = responses(400, 404)
 READ = responses(404)

@@ -21,11 +21,15 @@ from deployments.tenancy.principal import Principal
 PRINCIPAL = "servekit.principal"  # ASGI scope key of the resolved caller
 
 # Path prefix -> the scope a key needs (the first match wins); other routes need a
-# valid key of the tenant and nothing more.
+# valid key of the tenant and nothing more. Catalog writes (any method but GET and HEAD
+# under CATALOGS) need `catalog` instead: a search key (one a browser may hold) reads
+# items but neither changes nor deletes them.
+CATALOGS = "/v1/catalogs"
+READS = frozenset({"GET", "HEAD"})
 ROUTE_SCOPES: tuple[tuple[str, str], ...] = (
     ("/v1/embeddings", "embed"),
     ("/v1/search", "search"),
-    ("/v1/catalogs", "search"),
+    (CATALOGS, "search"),
     ("/v1/recommendations", "recommend"),
     ("/v1/events", "events"),
     ("/v1/features", "recommend"),
@@ -42,10 +46,13 @@ def is_page(path: str) -> bool:
     return path == PAGE_PREFIX or path.startswith(PAGE_PREFIX + "/")
 
 
-def required_scope(path: str) -> str | None:
-    """The scope a route needs, if any; OIP inference needs `embed`."""
+def required_scope(path: str, method: str = "GET") -> str | None:
+    """The scope a call of `method` on a route needs, if any; OIP inference needs
+    `embed`, a catalog write `catalog`."""
     for prefix, scope in ROUTE_SCOPES:
         if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            if prefix == CATALOGS and method not in READS:
+                return "catalog"
             return scope
     if path.startswith("/v2/models/") and path.endswith("/infer"):
         return "embed"
@@ -84,9 +91,10 @@ class AccessHost(Protocol):
     envelope: Envelope
 
 
-def check_rights(principal: Principal, path: str) -> None:
-    """403 unless the caller's key covers the route's scope and the model it names."""
-    needed = required_scope(path)
+def check_rights(principal: Principal, path: str, method: str = "GET") -> None:
+    """403 unless the caller's key covers the scope of a call of `method` on the route
+    and the model it names."""
+    needed = required_scope(path, method)
     if needed is not None:
         principal.require(needed)
     model = model_in_path(path)
@@ -125,7 +133,7 @@ class AuthGate:
             await self._refuse(Unauthorized(), "-", scope, receive, send, path, started)
             return
         try:
-            check_rights(principal, path)
+            check_rights(principal, path, scope.get("method", "GET"))
         except ServekitError as e:
             await self._refuse(e, principal.tenant_id, scope, receive, send, path, started)
             return

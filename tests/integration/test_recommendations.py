@@ -50,7 +50,7 @@ def _tenant(service: Service) -> dict[str, str]:
     with service.client(headers=operator_headers()) as admin:
         made = admin.post("/admin/v1/tenants", json={"name": tenant, "id": tenant})
         assert made.status_code == 201, made.text
-        scopes = ["search", "events", "recommend", "embed"]
+        scopes = ["search", "catalog", "events", "recommend", "embed"]
         body = {"scopes": scopes, "may_pin": True}
         key = admin.post(f"/admin/v1/tenants/{tenant}/keys", json=body).json()
     return {"Authorization": f"Bearer {key['key']}"}

@@ -73,8 +73,8 @@ def tenant_key(url: str) -> str:
     tenant = f"sdk-{uuid.uuid4().hex[:8]}"
     with _operator(url) as op:
         op.admin.create_tenant("SDK tests", id=tenant)
-        made = op.admin.create_key(tenant, scopes=["embed", "search", "events", "recommend",
-                                                   "usage", "admin"])  # fmt: skip
+        made = op.admin.create_key(tenant, scopes=["embed", "search", "catalog", "events",
+                                                   "recommend", "usage", "admin"])  # fmt: skip
     return made.key
 
 
@@ -304,7 +304,7 @@ def _readme_example() -> str:
 def test_the_readme_example_runs_from_a_fresh_install(url: str, tmp_path: Path) -> None:
     with _operator(url) as op:
         tenant = op.admin.create_tenant("SDK readme", id=f"sdk-{uuid.uuid4().hex[:8]}").id
-        key = op.admin.create_key(tenant, scopes=["embed", "search"]).key
+        key = op.admin.create_key(tenant, scopes=["embed", "search", "catalog"]).key
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]

@@ -252,8 +252,17 @@ def test_another_tenant_sees_nothing(
         assert (
             admin.post("/admin/v1/tenants", json={"name": tenant, "id": tenant}).status_code == 201
         )
-        key = admin.post(f"/admin/v1/tenants/{tenant}/keys", json={"scopes": ["search"]}).json()
+        body = {"scopes": ["search", "catalog"]}
+        key = admin.post(f"/admin/v1/tenants/{tenant}/keys", json=body).json()
+        reader = admin.post(f"/admin/v1/tenants/{tenant}/keys", json={"scopes": ["search"]})
     other = {"Authorization": f"Bearer {key['key']}"}
+    with service.client(headers={"Authorization": f"Bearer {reader.json()['key']}"}) as client:
+        # A search key (one a browser may hold) reads and searches, never writes.
+        put = client.put(f"/v1/catalogs/{name}/items", json={"items": []})
+        assert put.status_code == 403
+        assert "'catalog' scope" in put.json()["error"]["message"]
+        assert client.delete(f"/v1/catalogs/{name}/items/item-1").status_code == 403
+        assert client.get(f"/v1/catalogs/{name}/items/item-1").status_code == 404
     with service.client(headers=other) as client:
         assert client.get(f"/v1/catalogs/{name}/items/item-1").status_code == 404
         assert client.delete(f"/v1/catalogs/{name}/items/item-1").status_code == 404

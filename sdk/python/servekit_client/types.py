@@ -12,7 +12,7 @@ from servekit_client.models import AttrValue
 __all__ = ["EventInput", "EventType", "ItemInput", "LimitsInput", "Scope"]
 
 EventType = Literal["view", "click", "add_to_cart", "purchase"]
-Scope = Literal["embed", "search", "recommend", "events", "usage", "admin"]
+Scope = Literal["embed", "search", "catalog", "recommend", "events", "usage", "admin"]
 
 
 class ItemInput(TypedDict):

@@ -1124,7 +1124,7 @@ export interface components {
              */
             name?: string;
             /** Scopes */
-            scopes?: ("embed" | "search" | "recommend" | "events" | "usage" | "admin")[];
+            scopes?: ("embed" | "search" | "catalog" | "recommend" | "events" | "usage" | "admin")[];
         };
         /**
          * KeyCreated

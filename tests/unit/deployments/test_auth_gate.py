@@ -47,9 +47,10 @@ async def _who(request: Request) -> JSONResponse:
 
 APP = Starlette(
     routes=[
-        Route(path, _who, methods=["GET", "POST"])
+        Route(path, _who, methods=["GET", "POST", "PUT", "DELETE"])
         for path in ("/v1/embeddings", "/v1/models", "/v1/models/{m}", "/v2/health/ready",
-                     "/v2/models/{m}/infer", "/admin/v1/tenants", "/v1/usage")
+                     "/v2/models/{m}/infer", "/admin/v1/tenants", "/v1/usage",
+                     "/v1/catalogs/{c}/items", "/v1/catalogs/{c}/items/{i}")
     ]
 )  # fmt: skip
 
@@ -72,6 +73,8 @@ def _gate(tmp_path: Path) -> tuple[TestClient, dict[str, str], Host]:
             ("embed", {"embed"}, None),
             ("one-model", {"embed"}, frozenset({"a"})),
             ("usage", {"usage"}, None),
+            ("search", {"search"}, None),
+            ("catalog", {"search", "catalog"}, None),
         )
     }  # fmt: skip
     cache = KeyCache(registry, SECRET, "operator-token", 1.0, LOG)
@@ -121,6 +124,25 @@ def test_scopes_and_models(keys: tuple[TestClient, dict[str, str]]) -> None:
     assert _get(client, "/v1/models", made["one-model"]) == 200
     assert _get(client, "/admin/v1/tenants", made["embed"]) == 403
     assert _get(client, "/admin/v1/tenants", "operator-token") == 200
+
+
+def test_a_search_key_reads_catalogs_and_a_catalog_key_writes_them(
+    keys: tuple[TestClient, dict[str, str]],
+) -> None:
+    """A key with `search` alone (one a browser may hold to search) reads catalog items
+    but neither changes nor deletes them: catalog writes need `catalog`."""
+    client, made = keys
+    item = "/v1/catalogs/shoes/items/a"
+    assert _get(client, item, made["search"]) == 200
+    assert _get(client, item, made["search"], "HEAD") == 200
+    for method, path in (("PUT", "/v1/catalogs/shoes/items"), ("DELETE", item)):
+        r = client.request(method, path, headers={"Authorization": f"Bearer {made['search']}"})
+        assert r.status_code == 403
+        assert r.json()["error"]["message"] == (
+            "scope: this route needs the 'catalog' scope, which this API key lacks"
+        )
+        assert _get(client, path, made["catalog"], method) == 200
+    assert _get(client, item, made["embed"]) == 403  # reading still needs search
 
 
 def test_a_403_names_the_scope_the_route_needs(keys: tuple[TestClient, dict[str, str]]) -> None:
@@ -184,6 +206,23 @@ def test_without_access_the_gate_passes_everything() -> None:
 )
 def test_route_scopes(path: str, scope: str | None) -> None:
     assert required_scope(path) == scope
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scope"),
+    [
+        ("GET", "/v1/catalogs", "search"),
+        ("HEAD", "/v1/catalogs/shoes/items/a", "search"),
+        ("PUT", "/v1/catalogs/shoes", "catalog"),
+        ("PUT", "/v1/catalogs/shoes/items", "catalog"),
+        ("DELETE", "/v1/catalogs/shoes/items/a", "catalog"),
+        ("POST", "/v1/catalogs/shoes/items", "catalog"),
+        ("POST", "/v1/search", "search"),
+        ("DELETE", "/admin/v1/tenants/x/keys/k", "admin"),
+    ],
+)
+def test_catalog_writes_need_their_own_scope(method: str, path: str, scope: str) -> None:
+    assert required_scope(path, method) == scope
 
 
 def test_model_in_path_and_bearer() -> None:

@@ -537,3 +537,32 @@ def test_migrations_match_the_tables_the_code_uses(registry: SqlRegistry) -> Non
         opts = {"version_table": VERSION_TABLE, "include_name": ours}
         context = MigrationContext.configure(conn, opts=opts)
         assert compare_metadata(context, metadata) == []
+
+
+def test_keys_issued_before_the_catalog_scope_keep_writing_catalogs(url: str) -> None:
+    """Migration 0010: catalog writes got a scope of their own (`catalog`); every key
+    that held `search` (which covered them) is given it, and no other key is."""
+    from alembic import command
+    from alembic.config import Config
+
+    from stores.registry_sql import MIGRATIONS_DIR, writing
+
+    reg = SqlRegistry(url)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with writing(reg._engine) as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0009")
+        tenant = reg.create_tenant("Acme", RateLimits())
+        searcher = make_key(tenant.id)  # embed, search
+        embedder = replace(make_key(tenant.id), scopes=frozenset({"embed"}))
+        for key in (searcher, embedder):
+            reg.add_key(key)
+        reg.migrate()
+        assert reg.get_key(tenant.id, searcher.id).scopes == {"embed", "search", "catalog"}  # type: ignore[union-attr]
+        assert reg.get_key(tenant.id, embedder.id).scopes == {"embed"}  # type: ignore[union-attr]
+        reg.migrate()  # again: nothing changes
+        assert reg.get_key(tenant.id, searcher.id).scopes == {"embed", "search", "catalog"}  # type: ignore[union-attr]
+    finally:
+        reg.close()
