@@ -14,9 +14,9 @@ from urllib.request import Request, urlopen
 
 from servekit.credentials import operator_token
 from stores.secrets import SecretsError
-from stores.tenants import LIMIT_FIELDS
+from stores.tenants import LIMIT_FIELDS, SCOPES
 
-SCOPE_HELP = "comma-separated: embed,search,recommend,events,usage,admin"
+SCOPE_HELP = f"comma-separated: {','.join(SCOPES)}"
 
 
 class UsageError(Exception):
