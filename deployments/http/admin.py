@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -27,7 +26,7 @@ from configs.schema import (
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, Conflict, Forbidden, NotFound
 from deployments.http.fields import StoredText
-from deployments.http.hosted import replica_host, run_route
+from deployments.http.hosted import admit_admin_call, replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.http.route_docs import example, responses
 from deployments.tenancy.access import Access
@@ -43,8 +42,6 @@ from stores.tenants import (
 )
 
 DEFAULT_SCOPES = ["embed", "search", "catalog", "recommend", "events", "usage"]
-# The limiter subject of a tenant's admin calls (`<tenant>/admin`): no key id is `admin`.
-ADMIN_SUBJECT = "admin"
 MAX_USAGE_DAYS = 400
 Scope = Literal["embed", "search", "catalog", "recommend", "events", "usage", "admin"]
 # Every admin route answers 404 while auth is off (there are no tenants then).
@@ -302,30 +299,15 @@ async def _run(
         if access is None or principal is None:
             raise NotFound("no such route (auth is off)")
         # One request from the key's own request bucket and from the tenant's admin
-        # bucket (see `_as_admin_call`); nothing from, and never refused by, the monthly
-        # text quota: a tenant past it (its quota lowered mid-month, or replicas that
-        # each admitted a second past it) still reads its usage and revokes a leaked key.
-        admitted = CallRecord(principal=_as_admin_call(principal))
-        await host.plane.admit(admitted, 0)
-        call.headers.update(admitted.headers)
+        # bucket (see `Principal.as_admin_call`); nothing from, and never refused by, the
+        # monthly text quota: a tenant past it (its quota lowered mid-month, or replicas
+        # that each admitted a second past it) still reads its usage and revokes a
+        # leaked key.
+        await admit_admin_call(host, call)
         result = await work(access, principal)
         return result if isinstance(result, Response) else json_response(result)
 
     return await run_route(request, route, call_work)
-
-
-def _as_admin_call(principal: Principal) -> Principal:
-    """The caller as an admin call is limited: by its key's own rate limits, and by a
-    bucket of the tenant's admin calls (`<tenant>/admin`) at the tenant's requests_per_s,
-    not by the tenant's traffic buckets: traffic at the tenant's rate (a batch job, a
-    leaked key hammering the API) took every token, and its admin could neither revoke
-    the key nor read usage until it stopped. No monthly quota applies."""
-    return replace(
-        principal,
-        subject=f"{principal.tenant_id}/{ADMIN_SUBJECT}",
-        limits=RateLimits(requests_per_s=principal.limits.requests_per_s),
-        key_limits=replace(principal.key_limits, monthly_texts=None),
-    )
 
 
 def _own(principal: Principal, tenant_id: str) -> None:

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
-from deployments.http.hosted import replica_host, run_route
+from deployments.http.hosted import admit_admin_call, replica_host, run_route
 from deployments.http.inference import json_response
 from deployments.http.route_docs import responses
 from deployments.observability.snapshot import Snapshot
@@ -209,7 +209,9 @@ async def _run(
     off (development) the caller is nobody and sees everything, as on `/v1/models`."""
 
     async def call_work(call: CallRecord) -> Response:
-        await replica_host().plane.admit(call, 0)
+        # As every admin call: never from the tenant's traffic buckets, which a burst
+        # of traffic empties when the dashboard is most needed.
+        await admit_admin_call(replica_host(), call)
         return json_response(await work(call.principal))
 
     return await run_route(request, route, call_work)

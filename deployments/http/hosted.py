@@ -31,3 +31,14 @@ async def run_route(
         rid, route, False, work, principal_of(request.scope), request.headers.get("traceparent")
     )
     return response
+
+
+async def admit_admin_call(host: Any, call: CallRecord) -> None:
+    """Admit an admin call (one request, no texts) as `Principal.as_admin_call` limits
+    it, its rate limit headers onto `call`; with auth off (no caller) as any call."""
+    if call.principal is None:
+        await host.plane.admit(call, 0)
+        return
+    admitted = CallRecord(principal=call.principal.as_admin_call())
+    await host.plane.admit(admitted, 0)
+    call.headers.update(admitted.headers)

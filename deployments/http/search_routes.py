@@ -25,7 +25,7 @@ from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
 from deployments.http.embeddings import ROUTING_KEY_MAX_CHARS
 from deployments.http.fields import AnyCharacterRoute, PathId, StoredText, UnicodeText
-from deployments.http.hosted import replica_host, run_route
+from deployments.http.hosted import admit_admin_call, replica_host, run_route
 from deployments.http.hot import serve_json
 from deployments.http.inference import json_response
 from deployments.http.route_docs import example, responses
@@ -569,6 +569,7 @@ async def search_indexes(
 
     async def work(call: CallRecord) -> Response:
         host = replica_host()
+        await admit_admin_call(host, call)  # as every admin call (it was not limited)
         service = _service(host)
         counts = None
         if stored is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from deployments.errors import Forbidden
@@ -14,6 +14,8 @@ POOLED_TENANT = "other"
 # Ids no tenant may take: a tenant by either name would read as the operator in logs
 # and usage, or as every unnamed tenant in the metrics.
 RESERVED_TENANT_IDS = frozenset({OPERATOR, POOLED_TENANT})
+# The limiter subject of a tenant's admin calls (`<tenant>/admin`): no key id is `admin`.
+ADMIN_SUBJECT = "admin"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,20 @@ class Principal:
         is the same for a model that does not exist)."""
         if not self.may_use(model):
             raise Forbidden("model: this API key may not call this model")
+
+    def as_admin_call(self) -> Principal:
+        """The caller as an admin call (`/admin/...`, `/v1/usage`) is limited: by its
+        key's own rate limits, and by a bucket of the tenant's admin calls
+        (`<tenant>/admin`) at the tenant's requests_per_s, not by the tenant's traffic
+        buckets: traffic at the tenant's rate (a batch job, a leaked key hammering the
+        API) took every token, and its admin could neither revoke the key nor read
+        usage until it stopped. No monthly quota applies."""
+        return replace(
+            self,
+            subject=f"{self.tenant_id}/{ADMIN_SUBJECT}",
+            limits=RateLimits(requests_per_s=self.limits.requests_per_s),
+            key_limits=replace(self.key_limits, monthly_texts=None),
+        )
 
     def check_pin(self) -> None:
         """403 unless the key may choose a version itself."""

@@ -425,3 +425,54 @@ def test_traffic_at_the_tenants_rate_limit_leaves_its_admin_calls_their_own_buck
     third = service.call("GET", "/v1/usage", admin_key)  # the admin bucket holds 2
     assert third.status_code == 429, third.text
     assert third.headers["Retry-After"] == "1"
+
+
+def test_the_dashboard_and_index_reads_are_admin_calls(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard's data and `/admin/v1/search/indexes` took from the tenant's
+    traffic buckets (the dashboard) or were not limited at all (the indexes, whose
+    `stored=` counts a version's vectors in the store): both are admin calls now, from
+    the bucket of the tenant's admin calls, never emptied by its traffic."""
+    from deployments.http import dashboard, search_routes
+    from deployments.http.api import api
+
+    host = hosted.replica_host()
+    host.args = SimpleNamespace(auth=AuthSettings())
+    for module in (dashboard, search_routes):
+        monkeypatch.setattr(module, "replica_host", lambda: host)
+
+    async def scrape() -> tuple[float, list[Any], int]:
+        return 0.0, [], 0
+
+    monkeypatch.setattr(dashboard, "_scrape", scrape)
+    monkeypatch.setattr(search_routes, "_service", lambda host: None)
+    monkeypatch.setattr(search_routes, "indexes_doc", lambda service, call, counts: {})
+    app = FastAPI()
+    app.exception_handlers.update(api.exception_handlers)
+    app.include_router(dashboard.router)
+    app.include_router(search_routes.router)
+    client = TestClient(AuthGate(app, host), raise_server_exceptions=False)
+
+    service.tenant("acme", requests_per_s=2)
+    admin_key = service.key("acme", scopes=["admin", "embed"])["key"]
+    hammer = service.access.keys.lookup(service.key("acme", scopes=["embed"])["key"])
+    assert hammer is not None
+
+    async def drain() -> None:
+        for _ in range(5):
+            try:
+                await service.access.admission.admit(hammer, 0)
+            except Exception:
+                return
+
+    asyncio.run(drain())
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    answers = [
+        client.get(path, headers=headers)
+        for path in ("/admin/v1/dashboard/metrics", "/admin/v1/search/indexes")
+    ]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert answers[1].headers["RateLimit-Policy"] == '"requests";q=2;w=1'
+    third = client.get("/admin/v1/search/indexes", headers=headers)  # the admin bucket holds 2
+    assert third.status_code == 429, third.text
