@@ -98,16 +98,11 @@ def _malformed_deployments(doc: dict[str, Any]) -> list[str]:
     """Each deployment entry, of any application, that is not a mapping: Serve's schema
     fails on one with an exception of its own rather than a validation error (servekit's
     own applications were checked already)."""
-    problems = []
-    for i, app in enumerate(doc.get("applications") or []):
-        entries = app.get("deployments") if isinstance(app, dict) else None
-        for j, entry in enumerate(entries if isinstance(entries, list) else []):
-            if not isinstance(entry, dict):
-                problems.append(
-                    f"applications[{i}].deployments[{j}]: expected a mapping with a name "
-                    "(Ray Serve schema)"
-                )
-    return problems
+    return [
+        f"applications[{i}].deployments[{j}]: expected a mapping with a name (Ray Serve schema)"
+        for i, j, entry in _any_deployment_entries(doc)
+        if not isinstance(entry, dict)
+    ]
 
 
 # Logical CPUs of a local instance. On a cluster `num_cpus` are real reservations;
@@ -132,17 +127,23 @@ def _unknown_deployment_keys(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _deployment_entries(doc: dict[str, Any]) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """(application index, deployment index, entry) of every deployment entry that is a
-    mapping in an application that is one. Only servekit's applications were checked
-    before; another application's malformed `deployments` is left to Serve's schema,
-    which names it, rather than failing here."""
+def _any_deployment_entries(doc: dict[str, Any]) -> Iterator[tuple[int, int, Any]]:
+    """(application index, deployment index, entry) of every entry of a `deployments`
+    list in an application that is a mapping, whatever the entry is."""
     apps = doc.get("applications")
     for i, app in enumerate(apps if isinstance(apps, list) else []):
         entries = app.get("deployments") if isinstance(app, dict) else None
         for j, entry in enumerate(entries if isinstance(entries, list) else []):
-            if isinstance(entry, dict):
-                yield i, j, entry
+            yield i, j, entry
+
+
+def _deployment_entries(doc: dict[str, Any]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """The entries of `_any_deployment_entries` that are mappings. Only servekit's
+    applications were checked before; another application's malformed `deployments` is
+    left to Serve's schema, which names it, rather than failing here."""
+    for i, j, entry in _any_deployment_entries(doc):
+        if isinstance(entry, dict):
+            yield i, j, entry
 
 
 def _autoscaling_problems(doc: dict[str, Any]) -> list[str]:
