@@ -460,11 +460,7 @@ def _append(mapping: Any, key: str, value: int) -> None:
     ends a block) on its last entry's comment, so a key added after it was written
     below them, away from its mapping; they move to the new last entry instead."""
     last = next(reversed(mapping), None) if len(mapping) else None
-    comment = getattr(mapping, "ca", None)
-    token = None
-    if last is not None and comment is not None:
-        entry = comment.items.get(last)
-        token = entry[2] if entry is not None and len(entry) > 2 else None
+    token = _eol_token(mapping, last) if last is not None else None
     mapping[key] = value
     if token is None or "\n" not in token.value.rstrip("\n"):
         return  # no comment lines below the last entry: nothing to move
