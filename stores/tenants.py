@@ -93,10 +93,8 @@ class ApiKey:
     replaced_by: str | None = None  # the id of that replacement (migration 0009 on)
 
     def live(self, now: datetime) -> bool:
-        """Not revoked and not expired at `now`."""
-        if self.revoked_at is not None and self.revoked_at <= now:
-            return False
-        return self.expires_at is None or now < self.expires_at
+        """Not revoked and not expired at `now` (whatever its tenant)."""
+        return self.state(now, tenant_disabled=False) == "active"
 
     def state(self, now: datetime, tenant_disabled: bool) -> KeyState:
         """What a caller presenting the key gets at `now`: a revoked or expired key
