@@ -143,10 +143,7 @@ def body(**fields: Any) -> dict[str, Any]:
     which UTF-8 has no bytes for, and a datetime without a time zone, which the service
     refuses, are refused, naming where."""
     doc = {name: value for name, value in fields.items() if value is not None}
-    _refuse_unsendable_as_given(doc, "")  # before pydantic, which fails on such a key
-    out: dict[str, Any] = to_jsonable_python(doc, exclude_none=True)
-    _refuse_unsendable(out, "")
-    return out
+    return _jsonable(doc, "", exclude_none=True)
 
 
 def limits_patch(limits: Any) -> dict[str, Any] | None:
@@ -156,9 +153,16 @@ def limits_patch(limits: Any) -> dict[str, Any] | None:
     if limits is None:
         return None
     named = limits.model_dump(exclude_unset=True) if hasattr(limits, "model_dump") else dict(limits)
-    _refuse_unsendable_as_given(named, "limits")
-    out: dict[str, Any] = to_jsonable_python(named)
-    _refuse_unsendable(out, "limits")
+    return _jsonable(named, "limits")
+
+
+def _jsonable(doc: dict[str, Any], where: str, exclude_none: bool = False) -> dict[str, Any]:
+    """`doc` as JSON-ready values, refusing what cannot be sent, naming where under
+    `where`: checked as given (before pydantic, which fails on a key with a lone
+    surrogate), then as converted."""
+    _refuse_unsendable_as_given(doc, where)
+    out: dict[str, Any] = to_jsonable_python(doc, exclude_none=exclude_none)
+    _refuse_unsendable(out, where)
     return out
 
 
