@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,6 +22,7 @@ import yaml
 from configs.settings import apply_serve_env
 from configs.validate import validate_document
 from servekit import instance, ray_worker
+from servekit.worker_output import WorkerOutput
 
 apply_serve_env()
 
@@ -36,6 +38,8 @@ DRAIN_TIMEOUT_S = 5.0
 RAY_STOP_TIMEOUT_S = 1.0
 # The token of the instance this process started (None: none, or one it joined).
 _started_token: str | None = None
+# What prints the workers' output on a quiet console (see `start_ray`).
+_worker_output: WorkerOutput | None = None
 
 # How often a long apply says what is still starting.
 PROGRESS_EVERY_S = 5.0
@@ -269,7 +273,10 @@ def start_ray(
     imported (`before_ray`). None: Ray's choice.
 
     With `quiet_logs` (a folder), the console is kept for servekit's own lines (see
-    `quiet_env`): Ray's INFO lines and servekit's JSON log are written under it instead.
+    `quiet_env`): Ray's INFO lines and servekit's JSON log are written under it instead,
+    and the workers' output reaches the console from their files, read by this process
+    (`worker_output`), rather than through Ray's log monitor (stopped: one process and
+    about 80 MB less).
 
     Neither this process nor the instance's workers import pyarrow for Ray's Arrow
     serializers (`ray_worker.skip_arrow_serializers`): every worker runs
@@ -281,7 +288,7 @@ def start_ray(
     import ray
     from ray._private import ray_constants
 
-    global _started_token
+    global _started_token, _worker_output
     if ray.is_initialized():
         return
     ray_worker.skip_arrow_serializers()
@@ -300,6 +307,8 @@ def start_ray(
         quiet_logs.mkdir(parents=True, exist_ok=True)
         os.environ.update(quiet_env(quiet_logs))
         kwargs["logging_level"] = logging.WARNING
+        # The workers' output is read from their files here (see below).
+        kwargs["log_to_driver"] = False
         # This driver's own Serve lines ("Started Serve in namespace ...").
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     kwargs["num_cpus"] = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_LOGICAL_CPUS)
@@ -324,6 +333,9 @@ def start_ray(
         instance.record_started(token, ray_address())
     if quiet_logs is not None:
         _link(quiet_logs / RAY_LOGS_LINK, Path(node.get_logs_dir_path()))
+        node.kill_log_monitor(check_alive=False)
+        _worker_output = WorkerOutput(Path(node.get_logs_dir_path()), sys.stderr)
+        _worker_output.start()
     if not dashboard:
         # The autoscaler monitor and the usage-stats-only dashboard head.
         node.kill_monitor(check_alive=False)
@@ -476,6 +488,8 @@ def shutdown(
             finally:
                 ray.shutdown()
         return True
+    if _worker_output is not None:
+        _worker_output.stopping()
     known = [*known, *instance.identities(instance.instance_processes(token, known))]
     drain_http(token, drain_timeout_s, hurry)
     if settle_s > 0 and not (hurry and hurry.is_set()):
@@ -491,7 +505,16 @@ def shutdown(
         finished.wait(RAY_STOP_TIMEOUT_S)
     instance.sweep(token, known, grace_s=1.0)
     instance.forget(token)
+    _stop_worker_output()
     return finished.is_set()
+
+
+def _stop_worker_output() -> None:
+    """Print the workers' last lines (their files outlive them) and stop reading."""
+    global _worker_output
+    output, _worker_output = _worker_output, None
+    if output is not None:
+        output.stop()
 
 
 def _head_running() -> bool:

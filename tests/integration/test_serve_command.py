@@ -121,6 +121,10 @@ def test_serve_runs_in_foreground_and_stops_on_ctrl_c(
         assert "gcs_server" in commands
         assert "autoscaler/_private/monitor.py" not in commands
         assert "dashboard/dashboard.py" not in commands
+        # The workers' lines reach the console from their files, without Ray's log monitor.
+        assert "log_monitor.py" not in commands
+        relayed = r"^\(ServeReplica:servekit:Ingress pid=\d+\) info \S+: live config applied"
+        assert re.search(relayed, log.read_text(), re.MULTILINE), log.read_text()[-3000:]
         _promote_rollback_and_status_without_dashboard(log, config, port)
         # Ctrl-C, as a terminal sends it: SIGINT to the foreground process group.
         # A request in flight is answered; a new connection is refused at once.
