@@ -11,7 +11,7 @@ import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -37,7 +37,11 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 USER_AGENT = f"servekit-client-python/{__version__}"
 
+NO_API_KEY = "no API key: pass `api_key` or set SERVEKIT_API_KEY (api_key=False sends none)"
+
 T = TypeVar("T")
+# `api_key`: a key; None: SERVEKIT_API_KEY's; False: send none (a service with auth off).
+ApiKeyArg = str | Literal[False] | None
 TimeoutLike = float | httpx.Timeout | None
 # A credential as a transport's error text may show it: `Bearer <token>`.
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s'\",)]+")
@@ -79,23 +83,16 @@ class Settings:
 
 
 def resolve(
-    api_key: str | None,
+    api_key: ApiKeyArg,
     base_url: str | None,
     timeout: TimeoutLike,
     max_retries: int | None,
     retry: RetryPolicy | None,
 ) -> Settings:
-    """Arguments first, then `SERVEKIT_API_KEY` / `SERVEKIT_URL` (empty: unset), then the
-    defaults. A key that is not visible ASCII, or a URL that is not http(s) with a host,
-    is refused here, before any call."""
-    key_from = "api_key" if api_key is not None else API_KEY_ENV
-    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-    key = key.strip() if key else None
-    if key and not _VISIBLE_ASCII.fullmatch(key):
-        raise InvalidArgumentError(
-            f"{key_from}: has a space, a control character or a non-ASCII character inside;"
-            " an API key is visible ASCII (the key is not shown)"
-        )
+    """Arguments first, then `SERVEKIT_API_KEY` / `SERVEKIT_URL` (an empty URL: unset),
+    then the defaults. No key at all (unless `api_key=False`), a key that is not visible
+    ASCII, or a URL that is not http(s) with a host, is refused here, before any call."""
+    key = _api_key(api_key)
     url_from = "base_url" if base_url else BASE_URL_ENV
     url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).strip().rstrip("/")
     if not _http_url(url):
@@ -107,6 +104,27 @@ def resolve(
     if key:
         headers["Authorization"] = f"Bearer {key}"
     return Settings(url, key, as_timeout(timeout), policy, headers)
+
+
+def _api_key(api_key: ApiKeyArg) -> str | None:
+    """The key to send (None: none, only when `api_key=False` says so). Outer whitespace
+    is dropped; a missing or empty key is refused, as is one an HTTP header cannot carry
+    (without showing it): a client that silently sent no key would meet a 401 on its
+    first call, far from the setting that was wrong."""
+    if api_key is False:
+        return None
+    if api_key is not None and not isinstance(api_key, str):
+        raise InvalidArgumentError("api_key: must be a string, None or False")
+    source = "api_key" if api_key is not None else API_KEY_ENV
+    key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")).strip()
+    if not key:
+        raise InvalidArgumentError(NO_API_KEY)
+    if not _VISIBLE_ASCII.fullmatch(key):
+        raise InvalidArgumentError(
+            f"{source}: has a space, a control character or a non-ASCII character inside;"
+            " an API key is visible ASCII (the key is not shown)"
+        )
+    return key
 
 
 def with_options(settings: Settings, timeout: TimeoutLike, max_retries: int | None) -> Settings:

@@ -11,6 +11,7 @@ import httpx
 
 from servekit_client import _routes as r
 from servekit_client._base import (
+    ApiKeyArg,
     Route,
     TimeoutLike,
     body,
@@ -67,17 +68,19 @@ _sleep = time.sleep  # replaced by the tests of the retry loop
 class Client:
     """servekit's API over HTTP, one call at a time (thread-safe; reuse one client).
 
-    `api_key` defaults to `SERVEKIT_API_KEY`, `base_url` to `SERVEKIT_URL`, else
-    `http://127.0.0.1:8000`. `timeout` (seconds, or an `httpx.Timeout`) bounds each
-    attempt. Calls answered 429 or 503, and calls that could not connect, are retried up
-    to `max_retries` times with exponential backoff and jitter, waiting `Retry-After`
-    when the service gives one; see `RetryPolicy` for the rest. Use as a context manager,
-    or call `close()`.
+    `api_key` defaults to `SERVEKIT_API_KEY`; with neither, the client is refused
+    (`InvalidArgumentError`) unless `api_key=False`, which sends no key (a service with
+    auth off). `base_url` defaults to `SERVEKIT_URL`, else `http://127.0.0.1:8000`.
+    `timeout` (seconds, or an `httpx.Timeout`) bounds each attempt. Calls answered 429
+    or 503, and calls that could not connect, are retried up to `max_retries` times
+    with exponential backoff and jitter, waiting `Retry-After` when the service gives
+    one; see `RetryPolicy` for the rest. Use as a context manager, or call
+    `close()`.
     """
 
     def __init__(
         self,
-        api_key: str | None = None,
+        api_key: ApiKeyArg = None,
         base_url: str | None = None,
         *,
         timeout: TimeoutLike = None,

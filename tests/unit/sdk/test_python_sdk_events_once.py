@@ -51,7 +51,7 @@ def _client(
 ) -> tuple[Client, LosesAnswers]:
     app = TestClient(events_app(service.features, monkeypatch))
     transport = LosesAnswers(app._transport, lose)
-    return Client(None, "http://testserver", transport=transport, retry=NO_WAIT), transport
+    return Client(False, "http://testserver", transport=transport, retry=NO_WAIT), transport
 
 
 def test_a_batch_whose_answer_was_lost_is_resent_and_stored_once(

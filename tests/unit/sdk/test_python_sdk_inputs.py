@@ -301,7 +301,7 @@ def test_a_transport_error_echoing_the_key_shows_it_nowhere(
 def test_a_bearer_token_is_redacted_even_when_it_is_not_this_clients_key() -> None:
     other = "sk-someone-elses-key"
     script = Script(httpx.ConnectError(f"proxy refused Authorization: Bearer {other}"))
-    client = Client(None, "http://svc", transport=httpx.MockTransport(script), retry=FAST)
+    client = Client(False, "http://svc", transport=httpx.MockTransport(script), retry=FAST)
     client = client.with_options(max_retries=0)
     with pytest.raises(APIConnectionError) as caught:
         client.search("c", "q")

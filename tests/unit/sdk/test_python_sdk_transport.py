@@ -169,9 +169,36 @@ def test_key_and_url_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert str(script.requests[0].url) == "https://api.example.com/servekit/v1/search"
 
 
-def test_without_a_key_no_authorization_is_sent() -> None:
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+@pytest.mark.parametrize("key", [None, "", " \n"])
+def test_no_key_at_all_is_refused_at_construction(
+    kind: type[Client | AsyncClient], key: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the TypeScript client: no key given and none in the environment (or an empty
+    one) is refused when the client is made, not answered 401 by the first call."""
+    expected = r"^no API key: pass `api_key` or set SERVEKIT_API_KEY \(api_key=False sends none\)$"
+    with pytest.raises(InvalidArgumentError, match=expected):
+        kind(key, "http://svc")
+    if key is not None:
+        return
+    for empty in ("", "  "):
+        monkeypatch.setenv("SERVEKIT_API_KEY", empty)
+        with pytest.raises(InvalidArgumentError, match=expected):
+            kind(base_url="http://svc")
+
+
+@pytest.mark.parametrize("key", [True, 0, b"sk-bytes"])
+def test_a_key_that_is_not_a_string_is_refused(key: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^api_key: must be a string, None or False$"):
+        Client(key, "http://svc")
+
+
+def test_api_key_false_sends_no_authorization_even_with_one_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERVEKIT_API_KEY", "sk-env")
     script = Script(_answer(200, SEARCH_OUT))
-    Client(transport=httpx.MockTransport(script)).search("c", "q")
+    Client(False, transport=httpx.MockTransport(script)).search("c", "q")
     assert "authorization" not in script.requests[0].headers
     assert str(script.requests[0].url) == "http://127.0.0.1:8000/v1/search"
 
