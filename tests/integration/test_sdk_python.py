@@ -261,6 +261,49 @@ class _Seen(httpx.HTTPTransport):
         return response
 
 
+def test_answers_say_their_request_id_version_and_rate_limit(url: str) -> None:
+    """`.response` on each result: the request id the service logged the call under (the
+    one sent), the version that served it and the caller's rate limit, from the
+    service's own headers; through both clients, and on a list answer."""
+    tenant = f"sdk-{uuid.uuid4().hex[:8]}"
+    with _operator(url) as op:
+        op.admin.create_tenant("SDK headers", id=tenant, limits={"requests_per_s": 50})
+        key = op.admin.create_key(tenant, scopes=["embed"]).key
+        listed = op.admin.list_tenants()
+        assert tenant in [t.id for t in listed]
+        assert listed.response is not None
+        assert (listed.response.status, len(listed.response.request_id)) == (200, 32)
+    seen = _Seen()
+    with Client(key, url, transport=seen) as client:
+        vectors = client.embed("x", model="minilm")
+    info = vectors.response
+    assert info is not None
+    assert (info.status, info.request_id) == (200, seen.seen[-1][1])
+    assert info.model_version == vectors.version
+    assert info.model_version in ("v1", "v2")
+    limit = info.rate_limit
+    assert limit is not None, dict(info.headers)
+    assert limit.policy
+    assert limit.limit is not None
+    assert limit.remaining is not None
+    assert 0 <= limit.remaining <= limit.limit
+    assert limit.window_s is not None
+    assert limit.window_s >= 1
+
+    async def run() -> None:
+        async with AsyncClient(key, url) as client:
+            first, second = await asyncio.gather(
+                client.embed("a", model="minilm-inline"), client.embed("b", model="minilm-inline")
+            )
+        assert first.response is not None
+        assert second.response is not None
+        assert first.response.request_id != second.response.request_id
+        assert first.response.model_version == first.version
+        assert first.response.rate_limit is not None
+
+    asyncio.run(run())
+
+
 def _first_refusal(client: Client) -> RateLimitError:
     """Calls until the limit refuses one (after the bucket's burst)."""
     for _ in range(5):
@@ -281,6 +324,8 @@ def test_a_429_is_waited_out_and_a_long_one_raised(url: str) -> None:
     assert refusal.code == "rate_limited"
     assert refusal.retry_after_s is not None
     assert refusal.retry_after_s >= 1
+    assert refusal.rate_limit is not None
+    assert (refusal.rate_limit.policy, refusal.rate_limit.remaining) == ("requests", 0)
     seen = _Seen()
     with Client(key, url, transport=seen) as patient:
         for _ in range(3):
@@ -338,4 +383,6 @@ def test_the_readme_example_runs_from_a_fresh_install(url: str, tmp_path: Path) 
     lines = ran.stdout.splitlines()
     assert lines[0] == "2 384"
     assert lines[1] == "sku-1"
-    assert re.fullmatch(r"404 not_found [0-9a-f]{32}", lines[2]), lines
+    # The search's request id and served version; this tenant has no rate limit.
+    assert re.fullmatch(r"[0-9a-f]{32} v[12] None", lines[2]), lines
+    assert re.fullmatch(r"404 not_found [0-9a-f]{32}", lines[3]), lines

@@ -29,6 +29,7 @@ from servekit_client.errors import (
     UnexpectedResponseError,
     UnprocessableEntityError,
 )
+from servekit_client.response import RateLimit, ResponseInfo, ResponseList
 
 __all__ = [
     "API_KEY_ENV",
@@ -54,7 +55,10 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimit",
     "RateLimitError",
+    "ResponseInfo",
+    "ResponseList",
     "RetryPolicy",
     "ServekitError",
     "ServiceUnavailableError",

@@ -14,6 +14,7 @@ from servekit_client._base import (
     ApiKeyArg,
     Route,
     TimeoutLike,
+    answered,
     body,
     build,
     connection_error,
@@ -59,6 +60,7 @@ from servekit_client.models import (
     UpsertResult,
     UsageReport,
 )
+from servekit_client.response import ResponseList
 from servekit_client.types import EventInput, ItemInput, LimitsInput, Scope
 
 T = TypeVar("T")
@@ -160,7 +162,7 @@ class AsyncClient:
             else:
                 wait = None
                 if lost and done_on_404 is not None and resource_missing(response):
-                    return done_on_404()
+                    return answered(done_on_404(), response, rid)
                 lost = lost or maybe_acted(response)
                 if retry_answer(response, route.idempotent):
                     wait = policy.delay_s(retry, retry_after_s(response.headers.get("retry-after")))
@@ -316,7 +318,7 @@ class AsyncAdmin:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    async def list_tenants(self) -> list[Tenant]:
+    async def list_tenants(self) -> ResponseList[Tenant]:
         """Every tenant (the operator), or the caller's own."""
         return await self._client._send(r.LIST_TENANTS)
 
@@ -349,7 +351,7 @@ class AsyncAdmin:
             doc["limits"] = limits_patch(limits)
         return await self._client._send(r.UPDATE_TENANT, url, json=doc)
 
-    async def list_keys(self, tenant_id: str) -> list[ApiKey]:
+    async def list_keys(self, tenant_id: str) -> ResponseList[ApiKey]:
         """Every key of a tenant, revoked and expired ones included (never the key)."""
         return await self._client._send(r.LIST_KEYS, path(r.LIST_KEYS, tenant_id=tenant_id))
 

@@ -11,7 +11,7 @@ import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -20,7 +20,6 @@ from pydantic_core import to_jsonable_python
 
 from servekit_client._retry import RetryPolicy
 from servekit_client.errors import (
-    REQUEST_ID_HEADER,
     APIConnectionError,
     APITimeoutError,
     DeprecatedRouteWarning,
@@ -28,7 +27,8 @@ from servekit_client.errors import (
     UnexpectedResponseError,
     error_for,
 )
-from servekit_client.models import Embeddings
+from servekit_client.models import ApiModel, Embeddings
+from servekit_client.response import REQUEST_ID_HEADER, ResponseInfo, ResponseList
 
 __version__ = "0.1.0"
 API_KEY_ENV = "SERVEKIT_API_KEY"
@@ -339,7 +339,8 @@ def build(
 
 
 def finish(route: Route[T], response: httpx.Response, rid: str) -> T:
-    """The typed result of a response, or the exception for it."""
+    """The typed result of a response, with what its headers said (`.response`), or
+    the exception for it."""
     if response.status_code >= 400:
         raise error_for(response, rid)
     _warn_deprecated(route, response)
@@ -348,7 +349,19 @@ def finish(route: Route[T], response: httpx.Response, rid: str) -> T:
     except ValidationError as e:
         got = response.headers.get(REQUEST_ID_HEADER) or rid
         raise UnexpectedResponseError(response.status_code, e, request_id=got) from e
-    return _served_version(result, response)
+    return answered(_served_version(result, response), response, rid)
+
+
+def answered(result: T, response: httpx.Response, rid: str) -> T:
+    """`result` with `.response`: the status and headers of the answer it came from (a
+    list as a `ResponseList`)."""
+    info = ResponseInfo.of(response, rid)
+    if isinstance(result, ApiModel):
+        object.__setattr__(result, "_response", info)
+    elif isinstance(result, list):
+        listed: Any = ResponseList(result, info)
+        return cast(T, listed)
+    return result
 
 
 def _served_version(result: T, response: httpx.Response) -> T:

@@ -38,6 +38,7 @@ from servekit_client.models import (
     UpsertResult,
     UsageReport,
 )
+from servekit_client.response import ResponseList
 
 EMBED: Route[Embeddings] = Route("POST", "/v1/embeddings", Embeddings, idempotent=True)
 SEARCH: Route[SearchResult] = Route("POST", "/v1/search", SearchResult, idempotent=True)
@@ -63,13 +64,16 @@ LIST_MODELS: Route[ModelList] = Route("GET", "/v1/models", ModelList, idempotent
 GET_MODEL: Route[ModelDetail] = Route("GET", "/v1/models/{name}", ModelDetail, idempotent=True)
 GET_USAGE: Route[UsageReport] = Route("GET", "/v1/usage", UsageReport, idempotent=True)
 
-LIST_TENANTS: Route[list[Tenant]] = Route("GET", "/admin/v1/tenants", list[Tenant], idempotent=True)
+# A list answer comes back as a ResponseList (`finish` makes it one, with `.response`).
+LIST_TENANTS: Route[ResponseList[Tenant]] = Route(
+    "GET", "/admin/v1/tenants", list[Tenant], idempotent=True
+)
 CREATE_TENANT: Route[Tenant] = Route("POST", "/admin/v1/tenants", Tenant, idempotent=False)
 GET_TENANT: Route[Tenant] = Route("GET", "/admin/v1/tenants/{tenant_id}", Tenant, idempotent=True)
 UPDATE_TENANT: Route[Tenant] = Route(
     "PATCH", "/admin/v1/tenants/{tenant_id}", Tenant, idempotent=True
 )
-LIST_KEYS: Route[list[ApiKey]] = Route(
+LIST_KEYS: Route[ResponseList[ApiKey]] = Route(
     "GET", "/admin/v1/tenants/{tenant_id}/keys", list[ApiKey], idempotent=True
 )
 CREATE_KEY: Route[CreatedApiKey] = Route(

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from servekit_client._retry import field_named, retry_after_s
 from servekit_client.models import EventsResult
+from servekit_client.response import REQUEST_ID_HEADER, RateLimit
 
 __all__ = [
     "APIConnectionError",
@@ -36,7 +37,6 @@ __all__ = [
     "UnprocessableEntityError",
 ]
 
-REQUEST_ID_HEADER = "X-Request-ID"
 MAX_TEXT_CHARS = 200
 
 
@@ -115,6 +115,12 @@ class APIStatusError(APIError):
     def retry_after_s(self) -> float | None:
         """Seconds the service asked the caller to wait (`Retry-After`), if it said."""
         return retry_after_s(self.headers.get("retry-after"))
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """The caller's tightest limit as the answer said it (`RateLimit`,
+        `RateLimit-Policy`): with a 429, the policy that refused it."""
+        return RateLimit.from_headers(self.headers)
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message} (request id {self.request_id})"

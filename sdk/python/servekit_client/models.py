@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import SkipJsonSchema
 
+from servekit_client.response import ResponseInfo
+
 __all__ = [
     "ApiKey",
     "AttrValue",
@@ -56,10 +58,21 @@ AttrValue = str | int | float | bool | list[str]
 
 
 class ApiModel(BaseModel):
-    """Base of every response model."""
+    """Base of every response model. A client method's result has `response`: what
+    the answer's headers said (request id, model version, rate limit)."""
 
+    # Not a field nor a private attribute: pydantic compares both, and two answers with
+    # the same body (a repeat answered as the first) are equal whatever their headers.
+    __slots__ = ("_response",)
     model_config = ConfigDict(extra="allow")
     openapi_schema: ClassVar[str | None] = None
+
+    @property
+    def response(self) -> ResponseInfo | None:
+        """The answer's status, request id, model version and rate limit; None for a
+        model not returned by a call (built or copied)."""
+        info: ResponseInfo | None = getattr(self, "_response", None)
+        return info
 
 
 # ---- embeddings -------------------------------------------------------------------
