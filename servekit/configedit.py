@@ -248,14 +248,22 @@ class ConfigFile:
 
     def rollout_policy(self, model: str) -> Any:
         """The model's rollout policy mapping (None when there is none)."""
-        live = self.ingress_live()
-        rollout = live.get("rollout")
-        if rollout is None:
+        return self._live_entry("rollout", model)
+
+    def shadow(self, model: str) -> Any:
+        """The model's shadow mapping (`version`, `fraction`; None when there is none)."""
+        return self._live_entry("shadow", model)
+
+    def _live_entry(self, section: str, model: str) -> Any:
+        """The model's mapping under the ingress user_config's `section` (None when
+        there is none)."""
+        block = self.ingress_live().get(section)
+        if block is None:
             return None
-        policy = _mapping(rollout, f"{self._ingress_where()}.rollout").get(model)
-        if policy is None:
+        entry = _mapping(block, f"{self._ingress_where()}.{section}").get(model)
+        if entry is None:
             return None
-        return _mapping(policy, f"{self._ingress_where()}.rollout.{model}")
+        return _mapping(entry, f"{self._ingress_where()}.{section}.{model}")
 
     def last_promotion(self, model: str) -> Promotion | None:
         """The promotion recorded on the model's line under `traffic`, if any."""
@@ -301,6 +309,8 @@ class ConfigFile:
 
 def promote(cfg: ConfigFile, model: str, version: str, weight: int) -> list[str]:
     """Give `version` `weight` percent; the rest keeps its proportions. Returns notes.
+    A version left with all the traffic loses what was aimed at it as a candidate: the
+    canary watch of the promoted version, and a shadow mirroring to it.
 
     The rollout is recorded for `rollback`: steps of the same version in a row are
     one rollout, so the record keeps the weights from before its first step."""
@@ -322,24 +332,44 @@ def promote(cfg: ConfigFile, model: str, version: str, weight: int) -> list[str]
     notes = []
     if weight == 100 and _end_watch(cfg, model, version):
         notes.append(f"{version} now takes all traffic: its canary watch is removed")
-    return notes
+    return notes + _end_shadow(cfg, model, new)
 
 
 def _end_watch(cfg: ConfigFile, model: str, version: str) -> bool:
     """Remove `model`'s rollout policy when it watches `version` (which is taking all
     the traffic), and the `rollout` block once it is empty; whether it did."""
-    live = cfg.ingress_live()
     policy = cfg.rollout_policy(model)
     if policy is None or policy.get("canary") != version:
         return False
-    rollout = live["rollout"]
-    below = _remove(rollout, model)
-    if not rollout and "rollout" in live:
-        below = _remove(live, "rollout", below)
-        rollout = live
-    if below and rollout:  # it came first: the comment lines go above what follows
-        _keep_below(rollout, next(iter(rollout)), below, before=True)
+    _drop_live_entry(cfg, "rollout", model)
     return True
+
+
+def _end_shadow(cfg: ConfigFile, model: str, weights: dict[str, int]) -> list[str]:
+    """Remove `model`'s shadow when it mirrors to the version `weights` give all the
+    traffic (its copies would go to the version that already answers every request:
+    work for nothing), and the `shadow` block once it is empty; a note saying so."""
+    sole = next((v for v, w in weights.items() if w == 100), None)
+    shadow = cfg.shadow(model)
+    if sole is None or shadow is None or shadow.get("version") != sole:
+        return []
+    fraction = shadow.get("fraction")
+    share = f"{fraction * 100:g}% of " if isinstance(fraction, int | float) else ""
+    _drop_live_entry(cfg, "shadow", model)
+    return [f"{sole} takes all traffic: the shadow mirroring {share}its requests to it is removed"]
+
+
+def _drop_live_entry(cfg: ConfigFile, section: str, model: str) -> None:
+    """Delete `model` from the ingress user_config's `section` (`rollout`, `shadow`),
+    and the section once it is empty, keeping the comment lines that followed it."""
+    live = cfg.ingress_live()
+    block = live[section]
+    below = _remove(block, model)
+    if not block and section in live:
+        below = _remove(live, section, below)
+        block = live
+    if below and block:  # it came first: the comment lines go above what follows
+        _keep_below(block, next(iter(block)), below, before=True)
 
 
 def _remove(mapping: Any, key: str, carried: str = "") -> str:
@@ -418,10 +448,12 @@ def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
     last = cfg.last_promotion(model)
     cfg.record_promotion(model, None)
     if to is None and last is not None and last.describes(current, declared):
-        _set_weights(traffic, declared, {v: last.before.get(v, 0) for v in declared})
+        restored = {v: last.before.get(v, 0) for v in declared}
+        _set_weights(traffic, declared, restored)
         return [
             f"undid the last promotion of {model} {last.version}: "
-            f"weights back to {_weights_text(last.before)}"
+            f"weights back to {_weights_text(last.before)}",
+            *_end_shadow(cfg, model, restored),
         ]
     why = ""
     if to is None and last is not None:
@@ -437,12 +469,14 @@ def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
         raise EditError(f"{e} ({why})" if why else str(e)) from e
     if target not in declared:
         raise EditError(f"{model} has no version {target!r} (declared: {', '.join(declared)})")
-    _set_weights(traffic, declared, {v: 100 if v == target else 0 for v in declared})
+    all_to_target = {v: 100 if v == target else 0 for v in declared}
+    _set_weights(traffic, declared, all_to_target)
     ended = _end_watch(cfg, model, target)
     return [
         *([why] if why else []),
         f"all traffic of {model} goes to {target}",
         *([f"{target} was the canary: its canary watch is removed"] if ended else []),
+        *_end_shadow(cfg, model, all_to_target),
     ]
 
 

@@ -188,10 +188,15 @@ def test_the_rollout_runbook_end_to_end(
     assert any(version == "v3" for _, version in seen)
     step("cleared")
 
-    # 4. Widen: all traffic to v3; its watch (and the empty rollout block) goes.
+    # 4. Widen: all traffic to v3; its watch and its shadow (and the empty rollout and
+    # shadow blocks) go.
     out = operator.verb("promote", "minilm", "v3", "--weight", "100", "--allow-incomplete-index")
     assert "v3 now takes all traffic: its canary watch is removed" in out
-    assert "rollout" not in _ingress(yaml.safe_load(operator.path.read_text()))
+    assert "v3 takes all traffic: the shadow mirroring 100% of its requests to it is removed" in out
+    widened = _ingress(yaml.safe_load(operator.path.read_text()))
+    assert "rollout" not in widened
+    assert "shadow" not in widened
+    assert not operator.detail().get("shadow")
     assert _weights(operator.detail()) == {"v3": 100}
     assert set(operator.calls(10)) == {(200, "v3")}
     status = operator.status()

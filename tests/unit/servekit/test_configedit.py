@@ -389,6 +389,151 @@ def test_ending_a_watch_written_first_keeps_the_comment_above_what_follows(
     assert "rollout" not in _live(cfg)
 
 
+SHADOW_ANCHOR = "          # Optional, also live:\n"
+
+
+def _with_shadow(config: Path, shadow: str) -> str:
+    """The shipped file with `shadow` written above its commented-out `shadow` and
+    `rollout` examples (where the runbook's step 2 adds one); the text before."""
+    text = config.read_text()
+    assert text.count(SHADOW_ANCHOR) == 1
+    config.write_text(text.replace(SHADOW_ANCHOR, shadow + SHADOW_ANCHOR))
+    return text
+
+
+SHADOW_BLOCK = (
+    "          shadow:\n            minilm:\n"
+    "              version: v2\n              fraction: 0.1\n"
+)
+SHADOW_FLOW = "          shadow:\n            minilm: {version: v2, fraction: 0.1}\n"
+SHADOW_NOTE = "v2 takes all traffic: the shadow mirroring 10% of its requests to it is removed"
+
+
+@pytest.mark.parametrize("shadow", [SHADOW_BLOCK, SHADOW_FLOW], ids=["block", "flow"])
+def test_promoting_the_shadowed_version_to_all_traffic_removes_the_shadow(
+    config: Path, shadow: str
+) -> None:
+    """Mirroring requests to the version that answers all of them does nothing useful:
+    the promotion removes the shadow (and the emptied `shadow:`), keeping every comment
+    where it was, and says so."""
+    text = _with_shadow(config, shadow)
+    cfg = ConfigFile.load(config)
+    assert _live(cfg)["shadow"] == {"minilm": {"version": "v2", "fraction": 0.1}}
+    assert promote(cfg, "minilm", "v2", 100) == [SHADOW_NOTE]
+    rendered = cfg.render()
+    assert "shadow" not in _live(cfg)
+    assert _comments(rendered) == _comments(text)
+    assert (SHADOW_ANCHOR + "          # shadow:") in rendered
+    # The file as promoting it without a shadow leaves it: nothing else moved.
+    config.write_text(text)
+    bare = ConfigFile.load(config)
+    promote(bare, "minilm", "v2", 100)
+    assert rendered == bare.render()
+
+
+def test_a_shadow_of_another_version_or_model_stays(config: Path) -> None:
+    _with_shadow(
+        config,
+        "          shadow:\n            minilm: {version: v2, fraction: 0.1}\n"
+        "            recommender: {version: v1, fraction: 0.5}\n",
+    )
+    cfg = ConfigFile.load(config)
+    assert promote(cfg, "minilm", "v2", 50) == []  # not all of it: still a candidate
+    assert promote(cfg, "minilm", "v1", 100) == []  # the shadow mirrors to v2, not v1
+    assert promote(cfg, "minilm", "v2", 100) == [SHADOW_NOTE]
+    assert _live(cfg)["shadow"] == {"recommender": {"version": "v1", "fraction": 0.5}}
+
+
+def test_the_shadowed_version_left_with_all_traffic_loses_its_shadow_however_it_got_it(
+    config: Path,
+) -> None:
+    _with_shadow(config, SHADOW_FLOW)
+    cfg = ConfigFile.load(config)
+    assert promote(cfg, "minilm", "v1", 0) == [SHADOW_NOTE]  # v2 takes the rest: all
+    assert _weights(cfg) == {"v1": 0, "v2": 100}
+    assert "shadow" not in _live(cfg)
+    cfg = ConfigFile.load(config)
+    assert rollback(cfg, "minilm", "v2") == [
+        "all traffic of minilm goes to v2",
+        SHADOW_NOTE,
+    ]
+    assert "shadow" not in _live(cfg)
+    cfg = ConfigFile.load(config)  # to the primary: the shadow stays
+    assert rollback(cfg, "minilm", "v1") == ["all traffic of minilm goes to v1"]
+    assert _live(cfg)["shadow"] == {"minilm": {"version": "v2", "fraction": 0.1}}
+
+
+def test_undoing_a_promotion_to_all_traffic_does_not_bring_the_shadow_back(
+    config: Path,
+) -> None:
+    """The runbook's order: a shadow on v2 before it has traffic, then v2 promoted."""
+    text = config.read_text()
+    weights = "            minilm:\n              v1: 90\n              v2: 10\n"
+    assert text.count(weights) == 1
+    config.write_text(text.replace(weights, "            minilm:\n              v1: 100\n"))
+    _with_shadow(config, SHADOW_FLOW)
+    cfg = ConfigFile.load(config)
+    assert promote(cfg, "minilm", "v2", 100) == [SHADOW_NOTE]
+    config.write_text(cfg.render())
+    cfg = ConfigFile.load(config)
+    assert rollback(cfg, "minilm", None) == [
+        "undid the last promotion of minilm v2: weights back to v1=100 v2=0"
+    ]
+    assert "shadow" not in _live(cfg)
+    # An undo that leaves all the traffic to the version a shadow mirrors to removes it.
+    config.write_text(
+        cfg.render().replace(SHADOW_ANCHOR, SHADOW_FLOW.replace("v2", "v1") + SHADOW_ANCHOR)
+    )
+    cfg = ConfigFile.load(config)
+    promote(cfg, "minilm", "v2", 30)
+    assert rollback(cfg, "minilm", None) == [
+        "undid the last promotion of minilm v2: weights back to v1=100 v2=0",
+        "v1 takes all traffic: the shadow mirroring 10% of its requests to it is removed",
+    ]
+    assert "shadow" not in _live(cfg)
+
+
+def test_a_canary_watch_and_a_shadow_of_the_promoted_version_both_go(config: Path) -> None:
+    text = _with_shadow(
+        config,
+        SHADOW_FLOW + "          rollout:\n            minilm:\n              canary: v2\n",
+    )
+    cfg = ConfigFile.load(config)
+    assert promote(cfg, "minilm", "v2", 100) == [
+        "v2 now takes all traffic: its canary watch is removed",
+        SHADOW_NOTE,
+    ]
+    assert "shadow" not in _live(cfg)
+    assert "rollout" not in _live(cfg)
+    assert _comments(cfg.render()) == _comments(text)
+    # Nothing left but the weights changed (and the record of the promotion).
+    config.write_text(text)
+    bare = ConfigFile.load(config)
+    promote(bare, "minilm", "v2", 100)
+    assert cfg.render() == bare.render()
+
+
+def test_a_shadow_written_first_keeps_the_comment_above_what_follows(config: Path) -> None:
+    text = config.read_text()
+    anchor = "        user_config:\n          traffic:\n"
+    assert text.count(anchor) == 1
+    config.write_text(
+        text.replace(
+            anchor,
+            "        user_config:\n          shadow:\n            minilm: {version: v2, "
+            "fraction: 0.25}\n          # the split, in percent:\n          traffic:\n",
+        )
+    )
+    cfg = ConfigFile.load(config)
+    assert promote(cfg, "minilm", "v2", 100) == [
+        "v2 takes all traffic: the shadow mirroring 25% of its requests to it is removed"
+    ]
+    assert "        user_config:\n          # the split, in percent:\n          traffic:\n" in (
+        cfg.render()
+    )
+    assert "shadow" not in _live(cfg)
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "servekit", *args], capture_output=True, text=True, check=False

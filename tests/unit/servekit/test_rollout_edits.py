@@ -101,6 +101,26 @@ def test_a_promote_that_cannot_ask_about_search_indexes_says_so(
     assert "dry run: nothing written, nothing applied" in out
 
 
+def test_a_promote_that_removes_a_shadow_says_so_and_writes_it(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = config.read_text()
+    anchor = "          # Optional, also live:\n"
+    shadow = "          shadow:\n            minilm: {version: v2, fraction: 0.1}\n"
+    config.write_text(text.replace(anchor, shadow + anchor))
+    assert edit_and_apply(config, "minilm", "promote", ("v2", 100), False, False, "local") == 0
+    out = capsys.readouterr().out
+    assert "-          shadow:\n-            minilm: {version: v2, fraction: 0.1}\n" in out
+    assert (
+        "note: v2 takes all traffic: the shadow mirroring 10% of its requests to it is removed"
+        in out
+    )
+    written = yaml.safe_load(config.read_text())
+    ingress = next(d for d in written["applications"][0]["deployments"] if d["name"] == "Ingress")
+    assert "shadow" not in ingress["user_config"]
+    assert _traffic(config)["minilm"] == {"v1": 0, "v2": 100}
+
+
 def test_a_symlinked_config_stays_a_link_and_its_target_is_edited(config: Path) -> None:
     link = config.with_name("linked.yaml")
     link.symlink_to(config)
