@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         return _validate(args.config)
     if args.command == "serve":
+        # Not passed on to what the starter starts (Ray's processes).
+        owner = os.environ.pop(OWNER_ENV, None)
+        if not owner:
+            argv = sys.argv[1:] if argv is None else argv
+            return _supervise(argv, args.config, args.drain_timeout_s)
         return _serve(
             args.config,
             args.metrics_port,
@@ -63,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             args.drain_timeout_s,
             args.verbose,
             args.node_ip_address,
+            owner=int(owner),
         )
     return _run_rollout_command(args)
 
@@ -230,6 +237,85 @@ def _on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> None:
         signal.signal(signum, handler)
 
 
+# In the environment of the process `servekit serve` starts the instance from: the pid
+# of that `servekit serve`, which keeps the instance running and stops it.
+OWNER_ENV = "SERVEKIT_SERVE_OWNER"
+# How often `servekit serve` looks for exited processes to collect while it serves.
+REAP_EVERY_S = 1.0
+# What starts the instance: this command again, with `OWNER_ENV` set.
+STARTER_COMMAND = [sys.executable, "-m", "servekit"]
+
+
+def _supervise(argv: list[str], path: Path, drain_timeout_s: float) -> int:
+    """`servekit serve`: start the instance from a second process (`_serve`, a Ray
+    driver that deploys the file and exits), then keep it running without Ray in this
+    one until a stop signal, print its workers' output (`WorkerOutput`), and stop it
+    (`local.stop_instance`). Ray's driver and its imports (about 140 MB) are gone once
+    the instance serves; the instance stays this process's tree (`adopt_orphans`)."""
+    from servekit import local
+    from servekit.worker_output import WorkerOutput
+
+    try:
+        settle_s = _usage_settle_s(local.precheck(path))
+    except local.DeployError as e:
+        print(f"servekit: {e}", file=sys.stderr)
+        return 1
+    instance.adopt_orphans()
+    stopper = _Stopper()
+    _on_stop_signals(stopper)
+    env = {**os.environ, OWNER_ENV: str(os.getpid())}
+    starter = subprocess.Popen([*STARTER_COMMAND, *argv], env=env)
+    output: WorkerOutput | None = None
+    record: instance.Record | None = None
+    try:
+        while starter.poll() is None:
+            record = instance.own_record()
+            if output is None and record is not None and record.logs_dir:
+                output = WorkerOutput(Path(record.logs_dir), sys.stderr)
+                output.start()
+            time.sleep(0.2)
+        record = instance.own_record()
+        if record is None:  # it failed, or was stopped while starting: nothing runs
+            return starter.returncode
+        if starter.returncode != 0:  # it was killed halfway: stop what it left
+            local.stop_instance(record.token, record.processes, drain_timeout_s=0.0)
+            record.remove()
+            return starter.returncode
+        if output is None:
+            output = WorkerOutput(Path(record.logs_dir), sys.stderr)
+            output.start()
+        while True:
+            time.sleep(REAP_EVERY_S)
+            instance.reap()
+    except KeyboardInterrupt:
+        pass
+    if starter.poll() is None:
+        # Stopped while starting: the starter stops what it started (the signal may
+        # have reached this process alone).
+        with contextlib.suppress(ProcessLookupError):
+            starter.send_signal(signal.SIGTERM)
+        while starter.poll() is None:
+            with contextlib.suppress(KeyboardInterrupt):
+                starter.wait()
+        record = instance.own_record()
+        if record is None:
+            if output is not None:
+                output.stop()
+            return starter.returncode
+    assert record is not None
+    print("servekit: stopping", flush=True)
+    began = time.monotonic()
+    if output is not None:
+        output.stopping()
+    local.stop_instance(record.token, record.processes, drain_timeout_s, stopper.hurry, settle_s)
+    record.remove()
+    if output is not None:
+        output.stop()
+    instance.reap()
+    print(f"servekit: stopped in {time.monotonic() - began:.1f} s", flush=True)
+    return 0
+
+
 def _serve(
     path: Path,
     metrics_port: int,
@@ -237,9 +323,13 @@ def _serve(
     drain_timeout_s: float,
     verbose: bool = False,
     node_ip_address: str = "127.0.0.1",
+    owner: int | None = None,
 ) -> int:
-    """Serve a config in the foreground until a stop signal; then stop everything
-    started here (see `local.shutdown`) and exit 0."""
+    """Start the instance of a config for `servekit serve` (`owner`, see `_supervise`):
+    check the file, claim the ports, start Ray detached, deploy, say where it serves,
+    and leave it to the owner (exit 0). Stopped (a stop signal) or failed while
+    starting, it stops everything started here itself and removes the instance's
+    record, so the owner knows nothing runs."""
     from servekit import local
 
     local.before_ray(node_ip_address)
@@ -255,7 +345,7 @@ def _serve(
     record = None
     _on_stop_signals(stopper)
     try:
-        record = _claim(path, host, port, metrics_port)
+        record = _claim(path, host, port, metrics_port, owner)
         auth_lines = _prepare_auth(doc)
         logs = None if verbose else instance.STATE_DIR / "logs"
         local.start_ray(
@@ -264,6 +354,7 @@ def _serve(
             instance_token=record.token,
             quiet_logs=logs,
             node_ip_address=node_ip_address,
+            detached=True,
         )
         # Again after Ray's start-up, which installs handlers of its own.
         _on_stop_signals(stopper)
@@ -272,36 +363,35 @@ def _serve(
         # too): any such exception is printed at once instead.
         if getattr(sys.excepthook, "__module__", "").startswith("ray."):
             sys.excepthook = sys.__excepthook__
-        # Where `--address local` finds this instance.
-        record = record.seen(local.ray_address())
+        # Where `--address local` finds this instance, and its workers' output.
+        record = record.seen(local.ray_address(), logs_dir=local.logs_dir())
         local.deploy(doc)
         record = record.seen()
+        # From here on a stop is the owner's to carry out.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         print(_banner(path, f"http://{host}:{port}", metrics_port, dashboard, logs), flush=True)
         for line in auth_lines:
             print(f"  {line}", flush=True)
-        while True:
-            time.sleep(3600)
+        local.disconnect()
+        return 0
     except KeyboardInterrupt:
         print("servekit: stopping", flush=True)
         code = 0
     except (local.DeployError, instance.InstanceError, UnsafeSettings) as e:
         print(f"servekit: {e}", file=sys.stderr)
         code = 1
-    finally:
-        # A second signal while stopping cuts the drain short (see `_Stopper`).
-        began = time.monotonic()
-        known = record.processes if record is not None else []
-        ray_finished = local.shutdown(drain_timeout_s, stopper.hurry, known, settle_s)
-        if record is not None:
-            record.remove()
+    # A second signal while stopping cuts the drain short (see `_Stopper`).
+    began = time.monotonic()
+    known = record.processes if record is not None else []
+    ray_finished = local.shutdown(drain_timeout_s, stopper.hurry, known, settle_s)
     if record is not None:
+        record.remove()
         print(f"servekit: stopped in {time.monotonic() - began:.1f} s", flush=True)
     if not ray_finished:
         # Ray's shutdown is still waiting for processes that are gone (the signal
         # reached them too); at interpreter exit it would wait again. Reap them.
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
+        instance.reap()
         sys.stderr.flush()
         os._exit(code)
     return code
@@ -358,7 +448,9 @@ def _prepare_auth(doc: dict[str, Any]) -> list[str]:
     return credentials.prepare_local(enabled)
 
 
-def _claim(path: Path, host: str, port: int, metrics_port: int) -> instance.Record:
+def _claim(
+    path: Path, host: str, port: int, metrics_port: int, owner: int | None = None
+) -> instance.Record:
     """Stop what earlier instances of this checkout left running, check that the
     ports are free (and move Serve's fixed ones, such as HAProxy's stats and metrics
     ports, off those another instance holds), and record this instance before it
@@ -369,7 +461,7 @@ def _claim(path: Path, host: str, port: int, metrics_port: int) -> instance.Reco
     instance.check_port("0.0.0.0", metrics_port, "--metrics-port")
     for line in instance.claim_serve_ports():
         print(f"servekit: {line}", flush=True)
-    return instance.record_this(instance.new_token(), port, path)
+    return instance.record_this(instance.new_token(), port, path, owner)
 
 
 def _banner(path: Path, base: str, metrics_port: int, dashboard: bool, logs: Path | None) -> str:

@@ -188,6 +188,8 @@ class Record:
     processes: list[list[int]] = field(default_factory=list)
     # Where a Ray driver reaches the instance (host:port); empty until Ray is up.
     gcs_address: str = ""
+    # The Ray session's log folder (its workers' output); empty until Ray is up.
+    logs_dir: str = ""
 
     @property
     def path(self) -> Path:
@@ -209,11 +211,16 @@ class Record:
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
-    def seen(self, gcs_address: str | None = None) -> Record:
+    def seen(self, gcs_address: str | None = None, logs_dir: str | None = None) -> Record:
         """This record with the instance's processes as they run now (and its GCS
-        address, when given), written."""
+        address and log folder, when given), written."""
         known = identities(instance_processes(self.token, self.processes))
-        record = replace(self, processes=known, gcs_address=gcs_address or self.gcs_address)
+        record = replace(
+            self,
+            processes=known,
+            gcs_address=gcs_address or self.gcs_address,
+            logs_dir=logs_dir or self.logs_dir,
+        )
         record.write()
         return record
 
@@ -234,12 +241,43 @@ def records() -> list[Record]:
     return found
 
 
-def record_this(token: str, port: int, config: Path) -> Record:
-    """Record this process as a `servekit serve` instance, before it starts Ray."""
-    pid = os.getpid()
+def record_this(token: str, port: int, config: Path, owner: int | None = None) -> Record:
+    """Record a `servekit serve` instance, before it starts Ray: this process's, or
+    that of `owner` (the `servekit serve` that keeps it running once this process has
+    started it)."""
+    pid = owner or os.getpid()
     record = Record(pid, start_ticks(pid), token, port, str(config))
     record.write()
     return record
+
+
+def own_record() -> Record | None:
+    """This process's record, when it has one."""
+    return next((r for r in records() if r.pid == os.getpid() and r.owner_running()), None)
+
+
+# prctl(2)'s option: orphaned descendants are re-parented to this process, not to init.
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> bool:
+    """Make this process the parent of its descendants whose parent exits (Linux
+    `PR_SET_CHILD_SUBREAPER`), so that what it started stays its process tree; False
+    where the system does not allow it. They are then reaped by `reap`."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def reap() -> None:
+    """Collect every exited child of this process (adopted ones included)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
 
 
 def record_started(token: str, gcs_address: str) -> Record:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,7 +21,6 @@ import yaml
 from configs.settings import apply_serve_env
 from configs.validate import validate_document
 from servekit import instance, ray_worker
-from servekit.worker_output import WorkerOutput
 
 apply_serve_env()
 
@@ -38,8 +36,8 @@ DRAIN_TIMEOUT_S = 5.0
 RAY_STOP_TIMEOUT_S = 1.0
 # The token of the instance this process started (None: none, or one it joined).
 _started_token: str | None = None
-# What prints the workers' output on a quiet console (see `start_ray`).
-_worker_output: WorkerOutput | None = None
+# The head this process started to outlive it (see `start_ray`'s `detached`).
+_detached_node: Any = None
 
 # How often a long apply says what is still starting.
 PROGRESS_EVERY_S = 5.0
@@ -57,6 +55,16 @@ def load_config(path: Path) -> dict[str, Any]:
     problems = check_document(doc)
     if problems:
         raise DeployError("\n".join(f"{path}: {p}" for p in problems))
+    return dict(doc)
+
+
+def precheck(path: Path) -> dict[str, Any]:
+    """`load_config` without Ray: the file read and servekit's own checks (Serve's
+    schema is checked by `load_config`, in the process that starts Ray)."""
+    doc = read_config(path)
+    report = validate_document(doc)
+    if not report.ok:
+        raise DeployError("\n".join(f"{path}: {p}" for p in report.problems))
     return dict(doc)
 
 
@@ -249,10 +257,17 @@ def start_ray(
     instance_token: str | None = None,
     quiet_logs: Path | None = None,
     node_ip_address: str | None = None,
+    detached: bool = False,
 ) -> None:
     """Start a local Ray instance in the Serve namespace: always a new one of this
     process's own (`address="local"`), never one that `RAY_ADDRESS` or Ray's record of
     the last `ray start` names.
+
+    `detached`: the instance outlives this process, as one `ray start --head` starts
+    does (`servekit serve` deploys from a short-lived process and keeps running
+    without Ray; see `cli._supervise`); this process joins it as its first driver.
+    Its workers' output is then left in their files for whoever reads them (Ray's log
+    monitor, which publishes it to drivers, is stopped: no driver stays).
 
     Without Ray's dashboard unless asked: it is a dozen processes and about 1 GB, and
     nothing servekit does locally needs it (changes are applied as a Ray driver,
@@ -273,10 +288,7 @@ def start_ray(
     imported (`before_ray`). None: Ray's choice.
 
     With `quiet_logs` (a folder), the console is kept for servekit's own lines (see
-    `quiet_env`): Ray's INFO lines and servekit's JSON log are written under it instead,
-    and the workers' output reaches the console from their files, read by this process
-    (`worker_output`), rather than through Ray's log monitor (stopped: one process and
-    about 80 MB less).
+    `quiet_env`): Ray's INFO lines and servekit's JSON log are written under it instead.
 
     Neither this process nor the instance's workers import pyarrow for Ray's Arrow
     serializers (`ray_worker.skip_arrow_serializers`): every worker runs
@@ -288,7 +300,7 @@ def start_ray(
     import ray
     from ray._private import ray_constants
 
-    global _started_token, _worker_output
+    global _started_token
     if ray.is_initialized():
         return
     ray_worker.skip_arrow_serializers()
@@ -307,8 +319,6 @@ def start_ray(
         quiet_logs.mkdir(parents=True, exist_ok=True)
         os.environ.update(quiet_env(quiet_logs))
         kwargs["logging_level"] = logging.WARNING
-        # The workers' output is read from their files here (see below).
-        kwargs["log_to_driver"] = False
         # This driver's own Serve lines ("Started Serve in namespace ...").
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     kwargs["num_cpus"] = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_LOGICAL_CPUS)
@@ -321,7 +331,11 @@ def start_ray(
     }
     os.environ.update(own_env)
     try:
-        ray.init(**kwargs)
+        if detached:
+            _start_detached_head(kwargs)
+            ray.init(**_driver_of(kwargs, _detached_node.address))
+        else:
+            ray.init(**kwargs)
     finally:
         for name in own_env:
             del os.environ[name]
@@ -333,13 +347,47 @@ def start_ray(
         instance.record_started(token, ray_address())
     if quiet_logs is not None:
         _link(quiet_logs / RAY_LOGS_LINK, Path(node.get_logs_dir_path()))
+    if detached:
+        # Its driver goes: the workers' output is read from their files instead.
         node.kill_log_monitor(check_alive=False)
-        _worker_output = WorkerOutput(Path(node.get_logs_dir_path()), sys.stderr)
-        _worker_output.start()
     if not dashboard:
         # The autoscaler monitor and the usage-stats-only dashboard head.
         node.kill_monitor(check_alive=False)
         node.kill_dashboard(check_alive=False)
+
+
+def _start_detached_head(init_kwargs: dict[str, Any]) -> None:
+    """Start the head processes of a new instance the way `ray start --head` does: not
+    tied to this process (no reaper, no kill-on-parent-death), so that they keep
+    running when it exits; with what `ray.init` would have given them."""
+    global _detached_node
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    # What `ray.init` settles before it starts a new instance.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ensure_token_if_auth_enabled({}, create_token_if_missing=True)
+    params = RayParams(
+        node_ip_address=init_kwargs.get("_node_ip_address"),
+        redirect_output=None,
+        num_cpus=init_kwargs["num_cpus"],
+        include_dashboard=init_kwargs["include_dashboard"],
+        metrics_export_port=init_kwargs.get("_metrics_export_port"),
+    )
+    _detached_node = Node(params, head=True, shutdown_at_exit=False, spawn_reaper=False)
+
+
+def _driver_of(init_kwargs: dict[str, Any], address: str) -> dict[str, Any]:
+    """`ray.init`'s arguments for joining the detached head as its first driver."""
+    keep = ("namespace", "logging_level", "_node_ip_address")
+    return {
+        "address": address,
+        "log_to_driver": False,
+        **{k: v for k, v in init_kwargs.items() if k in keep},
+    }
 
 
 def _link(link: Path, target: Path) -> None:
@@ -355,8 +403,26 @@ def _own_head_node() -> Any:
     joined one)."""
     from ray._private import worker
 
+    if _detached_node is not None:
+        return _detached_node
     node = getattr(worker, "_global_node", None)
     return node if node is not None and node.head else None
+
+
+def logs_dir() -> str:
+    """The log folder of the instance this process started ("" when it joined one)."""
+    node = _own_head_node()
+    return str(node.get_logs_dir_path()) if node is not None else ""
+
+
+def disconnect() -> None:
+    """Leave the detached instance this process started running, for its owner to stop
+    (`stop_instance`): only this driver goes."""
+    import ray
+
+    global _started_token, _detached_node
+    _started_token = _detached_node = None
+    ray.shutdown()
 
 
 def ray_address() -> str:
@@ -479,7 +545,7 @@ def shutdown(
     import ray
     from ray import serve
 
-    global _started_token
+    global _started_token, _detached_node
     token, _started_token = _started_token, None
     if token is None:
         if ray.is_initialized():
@@ -488,33 +554,41 @@ def shutdown(
             finally:
                 ray.shutdown()
         return True
-    if _worker_output is not None:
-        _worker_output.stopping()
-    known = [*known, *instance.identities(instance.instance_processes(token, known))]
-    drain_http(token, drain_timeout_s, hurry)
-    if settle_s > 0 and not (hurry and hurry.is_set()):
-        (hurry or threading.Event()).wait(settle_s)
     finished = threading.Event()
 
     def stop_ray() -> None:
         ray.shutdown()
         finished.set()
 
-    if _head_running():
-        threading.Thread(target=stop_ray, name="ray-shutdown", daemon=True).start()
-        finished.wait(RAY_STOP_TIMEOUT_S)
-    instance.sweep(token, known, grace_s=1.0)
-    instance.forget(token)
-    _stop_worker_output()
+    def ray_first() -> None:
+        if _head_running():
+            threading.Thread(target=stop_ray, name="ray-shutdown", daemon=True).start()
+            finished.wait(RAY_STOP_TIMEOUT_S)
+
+    stop_instance(token, known, drain_timeout_s, hurry, settle_s, ray_first)
+    _detached_node = None
     return finished.is_set()
 
 
-def _stop_worker_output() -> None:
-    """Print the workers' last lines (their files outlive them) and stop reading."""
-    global _worker_output
-    output, _worker_output = _worker_output, None
-    if output is not None:
-        output.stop()
+def stop_instance(
+    token: str,
+    known: Sequence[Sequence[int]] = (),
+    drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    hurry: threading.Event | None = None,
+    settle_s: float = 0.0,
+    before_sweep: Callable[[], None] | None = None,
+) -> None:
+    """Stop a local instance by its token, without Ray (see `shutdown`): HAProxy
+    drained, the replicas given `settle_s`, then every process of the instance
+    stopped (`before_sweep` runs just before)."""
+    known = [*known, *instance.identities(instance.instance_processes(token, known))]
+    drain_http(token, drain_timeout_s, hurry)
+    if settle_s > 0 and not (hurry and hurry.is_set()):
+        (hurry or threading.Event()).wait(settle_s)
+    if before_sweep is not None:
+        before_sweep()
+    instance.sweep(token, known, grace_s=1.0)
+    instance.forget(token)
 
 
 def _head_running() -> bool:

@@ -125,6 +125,17 @@ def test_serve_runs_in_foreground_and_stops_on_ctrl_c(
         assert "log_monitor.py" not in commands
         relayed = r"^\(ServeReplica:servekit:Ingress pid=\d+\) info \S+: live config applied"
         assert re.search(relayed, log.read_text(), re.MULTILINE), log.read_text()[-3000:]
+        # Ray's driver, which started and deployed it, leaves once it has said where it
+        # serves; the head is this one's then.
+        deadline = time.monotonic() + 30
+        while True:
+            rows = [r.split(None, 4) for r in _session_processes(proc.pid, "pid=,ppid=,args=")]
+            drivers = [r[2] for r in rows if "-m servekit serve" in r[4]]
+            if drivers == [str(proc.pid)] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert drivers == [str(proc.pid)], rows
+        assert [r[3] for r in rows if "gcs_server" in r[4]] == [str(proc.pid)], rows
         _promote_rollback_and_status_without_dashboard(log, config, port)
         # Ctrl-C, as a terminal sends it: SIGINT to the foreground process group.
         # A request in flight is answered; a new connection is refused at once.

@@ -25,7 +25,7 @@ class _Record:
     token = "t"
     processes: tuple[Any, ...] = ()
 
-    def seen(self, gcs_address: str | None = None) -> _Record:
+    def seen(self, gcs_address: str | None = None, logs_dir: str | None = None) -> _Record:
         return self
 
     def remove(self) -> None:
@@ -43,13 +43,16 @@ class _Run:
         monkeypatch.setattr(local, "load_config", lambda path: doc)
         monkeypatch.setattr(local, "start_ray", lambda **kwargs: None)
         monkeypatch.setattr(local, "ray_address", lambda: "127.0.0.1:6379")
+        monkeypatch.setattr(local, "logs_dir", lambda: "/tmp/ray/session_x/logs")
         monkeypatch.setattr(local, "deploy", self._deploy)
         monkeypatch.setattr(local, "shutdown", self._shutdown)
         monkeypatch.setattr(cli, "_on_stop_signals", lambda handler: None)
         monkeypatch.setattr(cli, "_claim", self._claim)
         monkeypatch.setattr(cli, "_prepare_auth", lambda doc: [])
 
-    def _claim(self, path: Path, host: str, port: int, metrics_port: int) -> _Record:
+    def _claim(
+        self, path: Path, host: str, port: int, metrics_port: int, owner: int | None
+    ) -> _Record:
         self.claimed = (host, port)
         return _Record()
 

@@ -1,0 +1,129 @@
+"""`servekit serve` keeps the instance its starter process started, without Ray: it
+prints the workers' output from their files, adopts what the starter leaves, stops it
+all on SIGTERM, and stops what a starter killed halfway left behind. The starter here
+is a stand-in process that records an instance (one sleeping process carrying its
+token) the way the real one does, then exits or is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from servekit import instance
+
+STARTER = """
+import os, signal, subprocess, sys
+from pathlib import Path
+from servekit import instance
+
+owner = int(os.environ["SERVEKIT_SERVE_OWNER"])
+logs = Path(sys.argv[1])
+token = instance.new_token()
+env = {**os.environ, instance.INSTANCE_ENV: token}
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=env)
+instance.record_this(token, 0, Path("c.yaml"), owner).seen(logs_dir=str(logs))
+(logs / "worker-ab12-01000000-42.err").write_text(":actor_name:Replica\\nhello\\n")
+if sys.argv[2] == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)
+print("starter: serving", flush=True)
+"""
+
+OWNER = """
+import sys
+from pathlib import Path
+from servekit import cli, local
+
+local.precheck = lambda path: {{"applications": []}}
+cli.STARTER_COMMAND = [sys.executable, {starter!r}, {logs!r}, {mode!r}]
+sys.exit(cli._supervise([], Path("c.yaml"), 1.0))
+"""
+
+
+def _owner(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[str], Path]:
+    starter, logs = tmp_path / "starter.py", tmp_path / "logs"
+    starter.write_text(STARTER)
+    logs.mkdir()
+    code = textwrap.dedent(OWNER).format(starter=str(starter), logs=str(logs), mode=mode)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return proc, logs
+
+
+def _instance_of(owner: int) -> list[instance.Proc]:
+    record = next((r for r in instance.records() if r.pid == owner), None)
+    return [] if record is None else instance.instance_processes(record.token)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers() -> None:
+    before = {r.pid for r in instance.records()}
+    yield
+    for record in instance.records():
+        if record.pid not in before:
+            instance.sweep(record.token, grace_s=0.5)
+            record.remove()
+
+
+def test_the_owner_keeps_prints_and_stops_what_the_starter_left(tmp_path: Path) -> None:
+    proc, _ = _owner(tmp_path, "serving")
+    try:
+        deadline = time.monotonic() + 30
+        procs: list[instance.Proc] = []
+        while time.monotonic() < deadline and not procs:
+            procs = _instance_of(proc.pid)
+            time.sleep(0.1)
+        assert len(procs) == 1, procs
+        sleeper = procs[0].pid
+        # The starter has exited; what it started is the owner's child now.
+        while time.monotonic() < deadline and _parent(sleeper) != proc.pid:
+            time.sleep(0.1)
+        assert _parent(sleeper) == proc.pid
+        time.sleep(0.5)  # a poll of the worker files
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    lines = out.splitlines()
+    assert "(Replica pid=42) hello" in lines, out
+    assert lines[-2:][0] == "servekit: stopping", out
+    assert lines[-1].startswith("servekit: stopped in "), out
+    assert not instance.is_running(sleeper)
+    assert all(r.pid != proc.pid for r in instance.records())
+
+
+def test_a_starter_killed_halfway_leaves_nothing_running(tmp_path: Path) -> None:
+    proc, _ = _owner(tmp_path, "killed")
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0, out
+    assert "servekit: stopping" not in out
+    assert all(r.pid != proc.pid for r in instance.records())
+    leftover = [
+        line
+        for line in subprocess.run(
+            ["ps", "-eo", "sid=,args="], capture_output=True, text=True
+        ).stdout.splitlines()
+        if line.split() and line.split()[0] == str(proc.pid) and "time.sleep(600)" in line
+    ]
+    assert leftover == []
