@@ -54,11 +54,12 @@ class _File:
 
 class WorkerOutput:
     """Prints the new complete lines of the instance's worker files to `sink`, from a
-    thread (`start`) or by hand (`poll`). `stop` reads what is left and ends the thread;
-    a line not ended by a newline is printed then too. The raylet's lines are held for
-    one poll, and from `stopping` on they are left in its file: they are about the stop
-    itself (each agent it sees exit, which the stop signal may reach first), not news
-    for whoever stops it."""
+    thread (`start`) or by hand (`poll`). The raylet's lines are held for one poll.
+    `stopping` prints what the workers wrote until then (a last line not ended by a
+    newline too) and nothing after: what they and the raylet write while the instance
+    stops is about the stop itself (each process it sees exit, which the stop signal
+    may reach first), not news for whoever stops it; the files keep it. `stop` also
+    ends the thread."""
 
     def __init__(self, logs_dir: Path, sink: TextIO, poll_s: float = POLL_S) -> None:
         self.logs_dir = logs_dir
@@ -68,7 +69,7 @@ class WorkerOutput:
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._stopping = False
+        self._closed = False
         self._raylet_held: list[str] = []
 
     def start(self) -> None:
@@ -76,48 +77,53 @@ class WorkerOutput:
         self._thread.start()
 
     def stopping(self) -> None:
-        """The instance is stopping: the raylet's lines from now on stay in its file."""
+        """The instance is stopping: print what the workers wrote so far, then nothing."""
         with self._lock:
-            self._stopping = True
+            if self._closed:
+                return
             self._raylet_held = []
+            workers = [path for path in self._paths() if path.name != RAYLET_FILE]
+            self._print([line for path in workers for line in self._read(path, True)])
+            self._closed = True
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self.stopping()
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        self.poll(final=True)
 
     def _run(self) -> None:
         while not self._stopped.wait(self._poll_s):
             self.poll()
 
-    def poll(self, final: bool = False) -> None:
+    def poll(self) -> None:
         """Print what the files gained since the last poll."""
         with self._lock:
+            if self._closed:
+                return
             lines, self._raylet_held = self._raylet_held, []
             for path in self._paths():
                 if path.name == RAYLET_FILE:
-                    self._raylet_held = self._read(path, final)
+                    self._raylet_held = self._read(path, False)
                 else:
-                    lines.extend(self._read(path, final))
-            if lines:
-                try:
-                    self._sink.write("".join(line + "\n" for line in lines))
-                    self._sink.flush()
-                except (OSError, ValueError):
-                    pass  # the console is gone (a closed terminal): the files keep it all
+                    lines.extend(self._read(path, False))
+            self._print(lines)
+
+    def _print(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        try:
+            self._sink.write("".join(line + "\n" for line in lines))
+            self._sink.flush()
+        except (OSError, ValueError):
+            pass  # the console is gone (a closed terminal): the files keep it all
 
     def _paths(self) -> list[Path]:
         try:
             names = sorted(p.name for p in self.logs_dir.iterdir())
         except OSError:
             return []
-        return [
-            self.logs_dir / n
-            for n in names
-            if (n == RAYLET_FILE and not self._stopping) or WORKER_FILE.match(n)
-        ]
+        return [self.logs_dir / n for n in names if n == RAYLET_FILE or WORKER_FILE.match(n)]
 
     def _read(self, path: Path, final: bool) -> list[str]:
         state = self._files.get(path.name)

@@ -58,7 +58,9 @@ def test_a_truncated_file_is_read_again_from_its_start(tmp_path: Path) -> None:
     assert console.getvalue().splitlines() == ["(pid=19876) one long first line", "(pid=19876) two"]
 
 
-def test_the_raylets_lines_wait_a_poll_and_are_dropped_once_stopping(tmp_path: Path) -> None:
+def test_the_raylets_lines_wait_a_poll_and_nothing_is_printed_once_stopping(
+    tmp_path: Path,
+) -> None:
     console = io.StringIO()
     output = WorkerOutput(tmp_path, console)
     _append(tmp_path / "raylet.err", "a worker was killed\n")
@@ -68,11 +70,16 @@ def test_the_raylets_lines_wait_a_poll_and_are_dropped_once_stopping(tmp_path: P
     assert console.getvalue() == "a worker was killed\n"
     # What it writes as the stop reaches its agents is about the stop itself.
     _append(tmp_path / "raylet.err", "The raylet exited immediately because one Ray agent failed\n")
+    _append(tmp_path / INGRESS, "written before the stop\n")
     output.poll()
     output.stopping()
-    _append(tmp_path / INGRESS, "drained\n")
+    _append(tmp_path / INGRESS, "RuntimeError: Failed to send socket command\n")
+    output.poll()
     output.stop()
-    assert console.getvalue().splitlines() == ["a worker was killed", "(pid=19876) drained"]
+    assert console.getvalue().splitlines() == [
+        "a worker was killed",
+        "(pid=19876) written before the stop",
+    ]
 
 
 def test_the_thread_prints_while_running_and_a_closed_console_loses_nothing_else(
