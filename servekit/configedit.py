@@ -329,20 +329,19 @@ def promote(cfg: ConfigFile, model: str, version: str, weight: int) -> list[str]
         before = last.before if last is not None and goes_on else current
         _set_weights(traffic, declared, new)
         cfg.record_promotion(model, Promotion(version, before, new) if new != before else None)
-    notes = []
-    if weight == 100 and _end_watch(cfg, model, version):
-        notes.append(f"{version} now takes all traffic: its canary watch is removed")
-    return notes + _end_shadow(cfg, model, new)
+    return _end_watch(cfg, model, new) + _end_shadow(cfg, model, new)
 
 
-def _end_watch(cfg: ConfigFile, model: str, version: str) -> bool:
-    """Remove `model`'s rollout policy when it watches `version` (which is taking all
-    the traffic), and the `rollout` block once it is empty; whether it did."""
+def _end_watch(cfg: ConfigFile, model: str, weights: dict[str, int]) -> list[str]:
+    """Remove `model`'s rollout policy when it watches the version `weights` give all
+    the traffic (however it came to have it: promoted to 100, or every other version
+    promoted to 0), and the `rollout` block once it is empty; a note saying so."""
+    sole = next((v for v, w in weights.items() if w == 100), None)
     policy = cfg.rollout_policy(model)
-    if policy is None or policy.get("canary") != version:
-        return False
+    if sole is None or policy is None or policy.get("canary") != sole:
+        return []
     _drop_live_entry(cfg, "rollout", model)
-    return True
+    return [f"{sole} now takes all traffic: its canary watch is removed"]
 
 
 def _end_shadow(cfg: ConfigFile, model: str, weights: dict[str, int]) -> list[str]:
@@ -453,6 +452,7 @@ def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
         return [
             f"undid the last promotion of {model} {last.version}: "
             f"weights back to {_weights_text(last.before)}",
+            *_end_watch(cfg, model, restored),
             *_end_shadow(cfg, model, restored),
         ]
     why = ""
@@ -471,11 +471,10 @@ def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
         raise EditError(f"{model} has no version {target!r} (declared: {', '.join(declared)})")
     all_to_target = {v: 100 if v == target else 0 for v in declared}
     _set_weights(traffic, declared, all_to_target)
-    ended = _end_watch(cfg, model, target)
     return [
         *([why] if why else []),
         f"all traffic of {model} goes to {target}",
-        *([f"{target} was the canary: its canary watch is removed"] if ended else []),
+        *_end_watch(cfg, model, all_to_target),
         *_end_shadow(cfg, model, all_to_target),
     ]
 

@@ -256,11 +256,21 @@ def test_the_canary_taking_everything_ends_its_watch_either_way(config: Path) ->
     cfg = ConfigFile.load(config)
     assert rollback(cfg, "minilm", "v2") == [
         "all traffic of minilm goes to v2",
-        "v2 was the canary: its canary watch is removed",
+        "v2 now takes all traffic: its canary watch is removed",
     ]
+    assert "rollout" not in _live(cfg)
+    # The other version promoted to 0 hands the canary everything too.
+    cfg = ConfigFile.load(config)
+    assert promote(cfg, "minilm", "v1", 0) == [
+        "v2 now takes all traffic: its canary watch is removed"
+    ]
+    assert _weights(cfg) == {"v1": 0, "v2": 100}
     assert "rollout" not in _live(cfg)
     cfg = ConfigFile.load(config)  # to the primary: the watch stays
     assert rollback(cfg, "minilm", "v1")[-1] == "all traffic of minilm goes to v1"
+    assert "rollout" in _live(cfg)
+    cfg = ConfigFile.load(config)
+    assert promote(cfg, "minilm", "v2", 0) == []
     assert "rollout" in _live(cfg)
 
 
