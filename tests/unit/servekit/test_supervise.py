@@ -32,6 +32,15 @@ instance.record_this(token, 0, Path("c.yaml"), owner).seen(logs_dir=str(logs))
 (logs / "worker-ab12-01000000-42.err").write_text(":actor_name:Replica\\nhello\\n")
 if sys.argv[2] == "killed":
     os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[2] == "slow":  # still deploying when the stop comes: it stops what it started
+    def stop(signum, frame):
+        instance.sweep(token, grace_s=0.5)
+        instance.Record(owner, instance.start_ticks(owner), token, 0, "").remove()
+        print("starter: stopped", flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    print("starter: deploying", flush=True)
+    signal.pause()
 print("starter: serving", flush=True)
 """
 
@@ -127,3 +136,25 @@ def test_a_starter_killed_halfway_leaves_nothing_running(tmp_path: Path) -> None
         if line.split() and line.split()[0] == str(proc.pid) and "time.sleep(600)" in line
     ]
     assert leftover == []
+
+
+def test_a_stop_while_starting_is_passed_to_the_starter(tmp_path: Path) -> None:
+    """SIGTERM to `servekit serve` alone (not its group) while the starter deploys: the
+    starter is told, stops what it started, and `servekit serve` exits with it."""
+    proc, _ = _owner(tmp_path, "slow")
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first == "starter: deploying\n", first
+        procs = _instance_of(proc.pid)
+        assert len(procs) == 1, procs
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    assert out.splitlines()[-1] == "starter: stopped", out
+    assert "servekit: stopping" not in out
+    assert not instance.is_running(procs[0].pid)
+    assert all(r.pid != proc.pid for r in instance.records())
