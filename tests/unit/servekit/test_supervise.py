@@ -6,12 +6,14 @@ token) the way the real one does, then exits or is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,21 @@ def _owner(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[str], Path]:
     return proc, logs
 
 
+@contextlib.contextmanager
+def _killed_if_left(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """Whatever happens in the block, `servekit serve` and its group end with it."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _unrecorded(proc: subprocess.Popen[str]) -> bool:
+    """No instance record is left under `servekit serve`'s pid."""
+    return all(r.pid != proc.pid for r in instance.records())
+
+
 def _instance_of(owner: int) -> list[instance.Proc]:
     record = next((r for r in instance.records() if r.pid == owner), None)
     return [] if record is None else instance.instance_processes(record.token)
@@ -80,7 +97,7 @@ def _parent(pid: int) -> int:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftovers() -> None:
+def _no_leftovers() -> Iterator[None]:
     before = {r.pid for r in instance.records()}
     yield
     for record in instance.records():
@@ -91,7 +108,7 @@ def _no_leftovers() -> None:
 
 def test_the_owner_keeps_prints_and_stops_what_the_starter_left(tmp_path: Path) -> None:
     proc, _ = _owner(tmp_path, "serving")
-    try:
+    with _killed_if_left(proc):
         deadline = time.monotonic() + 30
         procs: list[instance.Proc] = []
         while time.monotonic() < deadline and not procs:
@@ -106,28 +123,22 @@ def test_the_owner_keeps_prints_and_stops_what_the_starter_left(tmp_path: Path) 
         time.sleep(0.5)  # a poll of the worker files
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, out
     lines = out.splitlines()
     assert "(Replica pid=42) hello" in lines, out
-    assert lines[-2:][0] == "servekit: stopping", out
+    assert lines[-2] == "servekit: stopping", out
     assert lines[-1].startswith("servekit: stopped in "), out
     assert not instance.is_running(sleeper)
-    assert all(r.pid != proc.pid for r in instance.records())
+    assert _unrecorded(proc)
 
 
 def test_a_starter_killed_halfway_leaves_nothing_running(tmp_path: Path) -> None:
     proc, _ = _owner(tmp_path, "killed")
-    try:
+    with _killed_if_left(proc):
         out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0, out
     assert "servekit: stopping" not in out
-    assert all(r.pid != proc.pid for r in instance.records())
+    assert _unrecorded(proc)
     leftover = [
         line
         for line in subprocess.run(
@@ -142,7 +153,7 @@ def test_a_stop_while_starting_is_passed_to_the_starter(tmp_path: Path) -> None:
     """SIGTERM to `servekit serve` alone (not its group) while the starter deploys: the
     starter is told, stops what it started, and `servekit serve` exits with it."""
     proc, _ = _owner(tmp_path, "slow")
-    try:
+    with _killed_if_left(proc):
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first == "starter: deploying\n", first
@@ -150,11 +161,8 @@ def test_a_stop_while_starting_is_passed_to_the_starter(tmp_path: Path) -> None:
         assert len(procs) == 1, procs
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, out
     assert out.splitlines()[-1] == "starter: stopped", out
     assert "servekit: stopping" not in out
     assert not instance.is_running(procs[0].pid)
-    assert all(r.pid != proc.pid for r in instance.records())
+    assert _unrecorded(proc)
