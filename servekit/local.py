@@ -263,8 +263,8 @@ def start_ray(
     process's own (`address="local"`), never one that `RAY_ADDRESS` or Ray's record of
     the last `ray start` names.
 
-    `detached`: the instance outlives this process, as one `ray start --head` starts
-    does (`servekit serve` deploys from a short-lived process and keeps running
+    `detached`: the instance outlives this process, like one that `ray start --head`
+    starts (`servekit serve` deploys from a short-lived process and keeps running
     without Ray; see `cli._supervise`); this process joins it as its first driver.
     Its workers' output is then left in their files for whoever reads them (Ray's log
     monitor, which publishes it to drivers, is stopped: no driver stays).
