@@ -266,13 +266,18 @@ def _supervise(argv: list[str], path: Path, drain_timeout_s: float) -> int:
     env = {**os.environ, OWNER_ENV: str(os.getpid())}
     starter = subprocess.Popen([*STARTER_COMMAND, *argv], env=env)
     output: WorkerOutput | None = None
-    record: instance.Record | None = None
+
+    def print_output(record: instance.Record | None) -> None:
+        """Print the workers' output once the starter has said where it is."""
+        nonlocal output
+        if output is None and record is not None and record.logs_dir:
+            output = WorkerOutput(Path(record.logs_dir), sys.stderr)
+            output.start()
+
     try:
         while starter.poll() is None:
-            record = instance.own_record()
-            if output is None and record is not None and record.logs_dir:
-                output = WorkerOutput(Path(record.logs_dir), sys.stderr)
-                output.start()
+            if output is None:
+                print_output(instance.own_record())
             time.sleep(0.2)
         record = instance.own_record()
         if record is None:  # it failed, or was stopped while starting: nothing runs
@@ -281,9 +286,7 @@ def _supervise(argv: list[str], path: Path, drain_timeout_s: float) -> int:
             local.stop_instance(record.token, record.processes, drain_timeout_s=0.0)
             record.remove()
             return starter.returncode
-        if output is None:
-            output = WorkerOutput(Path(record.logs_dir), sys.stderr)
-            output.start()
+        print_output(record)
         while True:
             time.sleep(REAP_EVERY_S)
             instance.reap()
@@ -297,12 +300,11 @@ def _supervise(argv: list[str], path: Path, drain_timeout_s: float) -> int:
         while starter.poll() is None:
             with contextlib.suppress(KeyboardInterrupt):
                 starter.wait()
-        record = instance.own_record()
-        if record is None:
-            if output is not None:
-                output.stop()
-            return starter.returncode
-    assert record is not None
+    record = instance.own_record()
+    if record is None:  # the starter stopped what it started
+        if output is not None:
+            output.stop()
+        return starter.returncode
     print("servekit: stopping", flush=True)
     began = time.monotonic()
     if output is not None:

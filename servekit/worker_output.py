@@ -1,14 +1,15 @@
 """The output of a local instance's workers on the `servekit serve` console, read from
-their files in the driver itself.
+their files by `servekit serve` itself.
 
 Ray writes each worker's stdout and stderr to `worker-<id>-<job>-<pid>.out|.err` in
 the session's log folder; by default its log monitor (a Python process of its own,
-about 80 MB) reads them and publishes every line to the driver, which prints it. A
-local `servekit serve` has one driver and one node, so it reads the files itself, in
-a thread that sleeps between polls, and the log monitor is stopped (see
-`local.start_ray`). Each line is printed as Ray prints it, after the writer's name
-and pid: `(ServeReplica:servekit:Ingress pid=1234) warning servekit.access: ...`;
-the raylet's error output without one.
+about 80 MB) reads them and publishes every line to a driver, which prints it. A
+local `servekit serve` keeps no driver once the instance serves (see
+`cli._supervise`), so it reads the files itself, in a thread that sleeps between
+polls, and the log monitor is stopped (see `local.start_ray`). Each line is printed
+as Ray prints it, after the writer's name and pid:
+`(ServeReplica:servekit:Ingress pid=1234) warning servekit.access: ...`; the raylet's
+error output without one.
 
 Linux and Ray's file layout only; no Ray import.
 """
