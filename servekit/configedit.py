@@ -329,28 +329,36 @@ def promote(cfg: ConfigFile, model: str, version: str, weight: int) -> list[str]
         before = last.before if last is not None and goes_on else current
         _set_weights(traffic, declared, new)
         cfg.record_promotion(model, Promotion(version, before, new) if new != before else None)
-    return _end_watch(cfg, model, new) + _end_shadow(cfg, model, new)
+    return _end_candidacy(cfg, model, new)
 
 
-def _end_watch(cfg: ConfigFile, model: str, weights: dict[str, int]) -> list[str]:
-    """Remove `model`'s rollout policy when it watches the version `weights` give all
-    the traffic (however it came to have it: promoted to 100, or every other version
-    promoted to 0), and the `rollout` block once it is empty; a note saying so."""
+def _end_candidacy(cfg: ConfigFile, model: str, weights: dict[str, int]) -> list[str]:
+    """When `weights` give one version all of the model's traffic (however it came to
+    have it: promoted to 100, every other version promoted to 0, a rollback), what was
+    aimed at it as a candidate goes: its canary watch and a shadow mirroring to it.
+    Notes saying what went."""
     sole = next((v for v, w in weights.items() if w == 100), None)
+    if sole is None:
+        return []
+    return _end_watch(cfg, model, sole) + _end_shadow(cfg, model, sole)
+
+
+def _end_watch(cfg: ConfigFile, model: str, sole: str) -> list[str]:
+    """Remove `model`'s rollout policy when it watches `sole` (which takes all the
+    traffic), and the `rollout` block once it is empty; a note saying so."""
     policy = cfg.rollout_policy(model)
-    if sole is None or policy is None or policy.get("canary") != sole:
+    if policy is None or policy.get("canary") != sole:
         return []
     _drop_live_entry(cfg, "rollout", model)
     return [f"{sole} now takes all traffic: its canary watch is removed"]
 
 
-def _end_shadow(cfg: ConfigFile, model: str, weights: dict[str, int]) -> list[str]:
-    """Remove `model`'s shadow when it mirrors to the version `weights` give all the
-    traffic (its copies would go to the version that already answers every request:
-    work for nothing), and the `shadow` block once it is empty; a note saying so."""
-    sole = next((v for v, w in weights.items() if w == 100), None)
+def _end_shadow(cfg: ConfigFile, model: str, sole: str) -> list[str]:
+    """Remove `model`'s shadow when it mirrors to `sole` (its copies would go to the
+    version that already answers every request: work for nothing), and the `shadow`
+    block once it is empty; a note saying so."""
     shadow = cfg.shadow(model)
-    if sole is None or shadow is None or shadow.get("version") != sole:
+    if shadow is None or shadow.get("version") != sole:
         return []
     fraction = shadow.get("fraction")
     share = f"{fraction * 100:g}% of " if isinstance(fraction, int | float) else ""
@@ -452,8 +460,7 @@ def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
         return [
             f"undid the last promotion of {model} {last.version}: "
             f"weights back to {_weights_text(last.before)}",
-            *_end_watch(cfg, model, restored),
-            *_end_shadow(cfg, model, restored),
+            *_end_candidacy(cfg, model, restored),
         ]
     why = ""
     if to is None and last is not None:
@@ -474,8 +481,7 @@ def rollback(cfg: ConfigFile, model: str, to: str | None) -> list[str]:
     return [
         *([why] if why else []),
         f"all traffic of {model} goes to {target}",
-        *_end_watch(cfg, model, all_to_target),
-        *_end_shadow(cfg, model, all_to_target),
+        *_end_candidacy(cfg, model, all_to_target),
     ]
 
 
