@@ -349,13 +349,14 @@ def finish(route: Route[T], response: httpx.Response, rid: str) -> T:
     except ValidationError as e:
         got = response.headers.get(REQUEST_ID_HEADER) or rid
         raise UnexpectedResponseError(response.status_code, e, request_id=got) from e
-    return answered(_served_version(result, response), response, rid)
+    return answered(result, response, rid)
 
 
 def answered(result: T, response: httpx.Response, rid: str) -> T:
     """`result` with `.response`: the status and headers of the answer it came from (a
     list as a `ResponseList`)."""
     info = ResponseInfo.of(response, rid)
+    _served_version(result, info)
     if isinstance(result, ApiModel):
         object.__setattr__(result, "_response", info)
     elif isinstance(result, list):
@@ -364,12 +365,11 @@ def answered(result: T, response: httpx.Response, rid: str) -> T:
     return result
 
 
-def _served_version(result: T, response: httpx.Response) -> T:
+def _served_version(result: Any, info: ResponseInfo) -> None:
     """Embeddings in OpenAI's shape have no field for the version that served them: it
     comes in `X-Model-Version` (with a traffic split, not always the same one)."""
     if isinstance(result, Embeddings) and result.version is None:
-        result.version = response.headers.get("x-model-version")
-    return result
+        result.version = info.model_version
 
 
 def connection_error(
