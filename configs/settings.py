@@ -36,14 +36,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #     second between them (410 and 280 of their threads' switches), and each wake-up
 #     on a core where a model run's thread works holds that run back at its next
 #     barrier. Deploys, health checks and autoscaling act within 0.5 s instead of
-#     0.1 s (health checks run every 10 s, scaling waits seconds for its delays anyway).
+#     0.1 s (serve_config.yaml checks health every 10 s and scales after delays of
+#     10 s and more anyway).
 #     Measured on 2 cores (see the README, "What the instance does while idle"): a
 #     model's batch-1 runs beside the idle service p99 6.1-6.2 -> 4.5 ms; one
 #     connection through HTTP 235-241 -> 249-268 requests/s, p99 11-12 -> 9.7-11 ms.
 #   RAY_SERVE_HAPROXY_METRICS_ENABLED=0: HAProxy sends no metric line per request to
 #     Serve's HAProxy manager, a Python process that woke and parsed each one while
 #     the next request's model ran. Serve's own per-request HTTP metrics from HAProxy
-#     (`serve_num_http_requests` and its family) go with it; servekit's request
+#     (`ray_serve_num_http_requests_total` and its family) go with it; servekit's request
 #     metrics (recorded in the Ingress) and HAProxy's own exporter stay. Measured:
 #     HAProxy's cost at one connection 0.23-0.68 -> 0.09-0.13 ms at the median, p99
 #     9.4-10.5 -> 6.6-7.9 ms.
