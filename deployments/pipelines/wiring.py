@@ -16,6 +16,7 @@ from configs.schema import AppArgs, IngressLiveConfig
 from deployments.dataplane import NO_TENANT, SEARCH, DataPlane
 from deployments.pipelines.search import EmbedFn, SearchService, SnapshotSource
 from deployments.pipelines.shards import ShardSet
+from deployments.replicas.remote import on_calling_loop
 from deployments.tenancy.access import registry_url
 from stores.embed_cache import EmbedCache, EmbedStore, MemoryStore
 from stores.secrets import load_secrets
@@ -135,10 +136,18 @@ def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:
 
 
 class HandleShard:
-    """A catalog shard reached through its deployment handle."""
+    """A catalog shard reached through its deployment handle, whose router runs on the
+    replica's event loop (set up there on first use, see `remote.on_calling_loop`)."""
 
     def __init__(self, handle: Any) -> None:
-        self.handle = handle
+        self._handle = handle
+        self._ready = False
+
+    @property
+    def handle(self) -> Any:
+        if not self._ready:
+            self._handle, self._ready = on_calling_loop(self._handle), True
+        return self._handle
 
     async def sync(self, spaces: list[str]) -> dict[str, Any]:
         """Keep these spaces; the shard's status."""
