@@ -85,7 +85,12 @@ class VersionSpec(_Strict):
         "cpu", description="gpu needs `ray_actor_options.num_gpus` > 0 on its deployment."
     )
     intra_op_threads: int = Field(
-        0, ge=0, le=256, description="Threads per inference; 0 lets the runtime choose."
+        0,
+        ge=0,
+        le=256,
+        description="Threads per inference; 0: one per physical core the replica may run "
+        "on (ONNX Runtime's own count, given explicitly so that none of its threads is "
+        "pinned to one CPU).",
     )
     intra_op_spinning: Literal["during_run", "always", "never"] = Field(
         "during_run",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from models import (
     load_model,
     runtime_for,
 )
+from models.onnx_runtime import intra_op_threads, physical_cores
 from models.runtime import Spinning
 
 
@@ -259,3 +261,32 @@ def test_a_gpu_version_never_loads_on_the_cpu(
     with pytest.raises(RuntimeError, match="could not start its CUDA provider"):
         load_model(_ref(example_store, manifest["v1"]), RuntimeOptions(device="gpu"), cache)
     assert built[0][0] == "CUDAExecutionProvider"
+
+
+def test_a_session_left_to_choose_its_threads_pins_none_of_them(
+    manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    """Left at 0, ONNX Runtime pins each pool thread to one CPU, where a thread cannot
+    move to a core that goes idle: the count it would pick is given explicitly."""
+    before = set(os.listdir("/proc/self/task"))
+    runtime: Any = load_model(_ref(example_store, manifest["v1"]), RuntimeOptions(), cache)
+    assert runtime._session.get_session_options().intra_op_num_threads == physical_cores()
+    allowed = os.sched_getaffinity(0)
+    started = set(os.listdir("/proc/self/task")) - before
+    assert len(started) >= physical_cores() - 1  # the pool; the caller is the last thread
+    for tid in started:
+        assert os.sched_getaffinity(int(tid)) == allowed, tid
+    runtime.predict_batch(["a red running shoe"])
+
+
+def test_physical_cores_count_each_core_once_within_the_affinity(tmp_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    for cpu in cpus:  # hyperthreads: two CPUs a core
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text("0\n")
+        (topology / "core_id").write_text(f"{cpu // 2}\n")
+    assert physical_cores(tmp_path) == len({cpu // 2 for cpu in cpus})
+    assert physical_cores(tmp_path / "absent") == len(cpus)  # no topology: a CPU a core
+    assert intra_op_threads(3) == 3
+    assert intra_op_threads(0) == physical_cores()
