@@ -16,6 +16,7 @@ Linux and Ray's file layout only; no Ray import.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -83,8 +84,8 @@ class WorkerOutput:
             if self._closed:
                 return
             self._raylet_held = []
-            workers = [path for path in self._paths() if path.name != RAYLET_FILE]
-            self._print([line for path in workers for line in self._read(path, True)])
+            workers = [(path, size) for path, size in self._paths() if path.name != RAYLET_FILE]
+            self._print([line for path, size in workers for line in self._read(path, size, True)])
             self._closed = True
 
     def stop(self, timeout_s: float = 2.0) -> None:
@@ -103,11 +104,11 @@ class WorkerOutput:
             if self._closed:
                 return
             lines, self._raylet_held = self._raylet_held, []
-            for path in self._paths():
+            for path, size in self._paths():
                 if path.name == RAYLET_FILE:
-                    self._raylet_held = self._read(path, False)
+                    self._raylet_held = self._read(path, size, False)
                 else:
-                    lines.extend(self._read(path, False))
+                    lines.extend(self._read(path, size, False))
             self._print(lines)
 
     def _print(self, lines: list[str]) -> None:
@@ -119,27 +120,38 @@ class WorkerOutput:
         except (OSError, ValueError):
             pass  # the console is gone (a closed terminal): the files keep it all
 
-    def _paths(self) -> list[Path]:
+    def _paths(self) -> list[tuple[Path, int]]:
+        """The worker files and the raylet's, by name, each with its size: a file that
+        did not grow since the last poll is not opened (a poll runs beside the model's
+        runs on the same cores, and most polls find nothing new)."""
+        found: list[tuple[Path, int]] = []
         try:
-            names = sorted(p.name for p in self.logs_dir.iterdir())
+            with os.scandir(self.logs_dir) as entries:
+                for entry in entries:
+                    if entry.name == RAYLET_FILE or WORKER_FILE.match(entry.name):
+                        try:
+                            found.append((Path(entry.path), entry.stat().st_size))
+                        except OSError:
+                            continue  # gone since the listing
         except OSError:
             return []
-        return [self.logs_dir / n for n in names if n == RAYLET_FILE or WORKER_FILE.match(n)]
+        return sorted(found)
 
-    def _read(self, path: Path, final: bool) -> list[str]:
+    def _read(self, path: Path, size: int, final: bool) -> list[str]:
         state = self._files.get(path.name)
         if state is None:
             match = WORKER_FILE.match(path.name)
             state = self._files[path.name] = _File(pid=match.group(1) if match else "")
-        try:
-            with path.open("rb") as f:
-                f.seek(0, 2)
-                if f.tell() < state.offset:  # truncated: start again
-                    state.offset, state.pending = 0, b""
-                f.seek(state.offset)
-                data = f.read(READ_LIMIT)
-        except OSError:
-            return []
+        if size < state.offset:  # truncated: start again
+            state.offset, state.pending = 0, b""
+        data = b""
+        if size > state.offset:
+            try:
+                with path.open("rb") as f:
+                    f.seek(state.offset)
+                    data = f.read(READ_LIMIT)
+            except OSError:
+                return []
         state.offset += len(data)
         data = state.pending + data
         *complete, state.pending = data.split(b"\n")
