@@ -8,7 +8,7 @@ call. In the same service a call took half the time and half the CPU on each sid
 The handle's router runs on the calling replica's own event loop (`on_calling_loop`),
 not on the loop Serve otherwise starts for it in a thread of its own: a call then
 needs no hand-over to that thread and back. At one connection through a dedicated
-version, 148-150 -> 162-169 requests/s (README, "The dedicated placement's hop").
+version, 150-160 -> 163-168 requests/s (README, "The dedicated placement's hop").
 
 Every call is bounded by the caller's deadline, which travels with it (as the
 seconds left), so the replica drops work whose caller has already given up. A call

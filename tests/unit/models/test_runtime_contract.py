@@ -273,7 +273,7 @@ def test_a_session_left_to_choose_its_threads_pins_none_of_them(
     assert runtime._session.get_session_options().intra_op_num_threads == physical_cores()
     allowed = os.sched_getaffinity(0)
     started = set(os.listdir("/proc/self/task")) - before
-    assert len(started) >= physical_cores() - 1  # the pool; the caller is the last thread
+    assert len(started) >= physical_cores() - 1  # the pool (the caller runs with it)
     for tid in started:
         assert os.sched_getaffinity(int(tid)) == allowed, tid
     runtime.predict_batch(["a red running shoe"])
