@@ -141,13 +141,10 @@ class HandleShard:
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
-        self._ready = False
 
     @property
     def handle(self) -> Any:
-        if not self._ready:
-            self._handle, self._ready = on_calling_loop(self._handle), True
-        return self._handle
+        return on_calling_loop(self._handle)  # sets it up on first use only
 
     async def sync(self, spaces: list[str]) -> dict[str, Any]:
         """Keep these spaces; the shard's status."""
