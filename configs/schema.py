@@ -89,8 +89,8 @@ class VersionSpec(_Strict):
         ge=0,
         le=256,
         description="Threads per inference; 0: one per physical core the replica may run "
-        "on, at most its container's CPU limit (given explicitly, so that none of ONNX "
-        "Runtime's threads is pinned to one CPU).",
+        "on, at most its container's CPU limit (ONNX Runtime and torch alike; given "
+        "explicitly, so that none of ONNX Runtime's threads is pinned to one CPU).",
     )
     intra_op_spinning: Literal["during_run", "always", "never"] = Field(
         "during_run",

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.ann import VectorIndex
+from models.cpus import usable_cpus
 from models.errors import ArtifactFormatError
 from stores.catalog import Item, item_text
 
@@ -77,7 +78,8 @@ def write_snapshot(
     threads: int = 0,
 ) -> str:
     """Write a snapshot of `items` with, per space, (model artifact sha256, vectors in
-    item order); atomically. Returns the file's sha256 (its artifact reference)."""
+    item order); atomically. Returns the file's sha256 (its artifact reference). `threads`
+    builds each index (0: the CPUs this process may use, within its CPU limit)."""
     if not items:
         raise ValueError("a snapshot holds at least one item")
     if len({item.id for item in items}) != len(items):
@@ -91,7 +93,7 @@ def write_snapshot(
         if len(vectors) != len(items):
             raise ValueError(f"{space}: {len(vectors)} vectors for {len(items)} items")
         index = VectorIndex(vectors.shape[1])
-        index.upsert(keys, vectors, threads=threads or os.cpu_count() or 1)
+        index.upsert(keys, vectors, threads=threads or usable_cpus())
         fields[f"space_{n}"] = np.frombuffer(index.to_bytes(), dtype=np.uint8)
         meta["spaces"][space] = {"model_sha256": model_sha, "field": f"space_{n}"}
     lines = "".join(

@@ -2,67 +2,25 @@
 
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models.cpus import physical_cores
 from models.text import Float32Array, Int64Array, TextEmbedder
-
-
-def physical_cores(
-    cpu_root: Path = Path("/sys/devices/system/cpu"),
-    cgroup_root: Path = Path("/sys/fs/cgroup"),
-) -> int:
-    """Physical cores among the CPUs this process may run on: ONNX Runtime's own
-    default thread count (one per core; hyperthreads share a core), within the process's
-    affinity, and no more than its container's CPU limit (`cpu_limit`). The CPUs'
-    topology as Linux reports it; each CPU is its own core where it does not."""
-    cpus = sorted(os.sched_getaffinity(0))
-    cores = set()
-    for cpu in cpus:
-        topology = cpu_root / f"cpu{cpu}" / "topology"
-        try:
-            package = (topology / "physical_package_id").read_text().strip()
-            core = (topology / "core_id").read_text().strip()
-        except OSError:
-            cores.add(("cpu", str(cpu)))
-            continue
-        cores.add((package, core))
-    limit = cpu_limit(cgroup_root)
-    return max(1, min(len(cores), limit) if limit else len(cores))
-
-
-def cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The container's CPU limit, rounded up to whole CPUs (a pod's `resources.limits.cpu`
-    is a CFS quota: every CPU of the node stays in the affinity, but the container gets
-    only this much time), or None without one. cgroup v2's `cpu.max`, else v1's
-    `cpu.cfs_quota_us` over `cpu.cfs_period_us`, as a container sees its own cgroup."""
-    try:
-        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
-    return None if quota_us <= 0 or period_us <= 0 else max(1, math.ceil(quota_us / period_us))
 
 
 def intra_op_threads(configured: int) -> int:
     """The intra-op thread count a session is given: `configured`, or with 0 the count
-    ONNX Runtime would pick, given explicitly. Left at 0, ONNX Runtime also pins each of
-    its pool's threads to one CPU, and a pinned thread cannot move to a core that goes
-    idle: on two cores, whenever the thread that calls the run (the replica's event
-    loop, free to run anywhere) was on the pinned thread's CPU, the two shared that CPU
-    while the other idled, the caller spinning at a barrier for the thread it
-    displaced (1-3 ms a time; 47 times in 4 s at one connection through a dedicated
-    version, the other CPU idle in 46 of them, `perf sched`; README, "The dedicated
-    placement's hop")."""
+    ONNX Runtime would pick (one per physical core), within the CPU limit of the
+    process's cgroup (`models.cpus.physical_cores`), given explicitly. Left at 0, ONNX
+    Runtime also pins each of its pool's threads to one CPU, and a pinned thread cannot
+    move to a core that goes idle: on two cores, whenever the thread that calls the run
+    (the replica's event loop, free to run anywhere) was on the pinned thread's CPU, the
+    two shared that CPU while the other idled, the caller spinning at a barrier for the
+    thread it displaced (1-3 ms a time; 47 times in 4 s at one connection through a
+    dedicated version, the other CPU idle in 46 of them, `perf sched`; README, "The
+    dedicated placement's hop")."""
     return configured if configured > 0 else physical_cores()
 
 

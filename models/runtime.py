@@ -30,8 +30,8 @@ class RuntimeOptions:
     """How a runtime should run, independent of which model it runs."""
 
     device: Device = "cpu"
-    # 0 lets the runtime pick (ONNX Runtime: one thread per physical core the process
-    # may run on, at most its container's CPU limit, none pinned; see onnx_runtime.py).
+    # 0: one thread per physical core the process may run on, at most its container's
+    # CPU limit (models/cpus.py), ONNX Runtime's none pinned (onnx_runtime.py).
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     # ONNX Runtime's default; serving uses "during_run" (configs/schema.py).

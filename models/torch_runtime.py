@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.cpus import physical_cores
 from models.text import Float32Array, Int64Array, TextEmbedder
 
 if TYPE_CHECKING:
@@ -27,8 +28,11 @@ class TorchEmbedder(TextEmbedder):
         from models.pooling import SentenceEmbedding
 
         self._load_tokenizer()
-        if self.options.intra_op_threads:
-            torch.set_num_threads(self.options.intra_op_threads)
+        # torch's own default is one thread per physical core of the machine, whatever
+        # a container's CPU limit: in a pod on a large node, far more threads than its
+        # quota runs at once, each waiting for the others at every step (README, "CPU
+        # limits"). Left at 0, the count stays within the limit.
+        torch.set_num_threads(self.options.intra_op_threads or physical_cores())
         if self.options.device == "gpu":
             if not torch.cuda.is_available():
                 raise RuntimeError("device gpu asked for, but torch sees no CUDA device")

@@ -20,7 +20,8 @@ from models import (
     load_model,
     runtime_for,
 )
-from models.onnx_runtime import cpu_limit, intra_op_threads, physical_cores
+from models.cpus import physical_cores
+from models.onnx_runtime import intra_op_threads
 from models.runtime import Spinning
 
 
@@ -277,37 +278,26 @@ def test_a_session_left_to_choose_its_threads_pins_none_of_them(
     for tid in started:
         assert os.sched_getaffinity(int(tid)) == allowed, tid
     runtime.predict_batch(["a red running shoe"])
-
-
-def test_physical_cores_count_each_core_once_within_the_affinity(tmp_path: Path) -> None:
-    cpus = sorted(os.sched_getaffinity(0))
-    for cpu in cpus:  # hyperthreads: two CPUs a core
-        topology = tmp_path / f"cpu{cpu}" / "topology"
-        topology.mkdir(parents=True)
-        (topology / "physical_package_id").write_text("0\n")
-        (topology / "core_id").write_text(f"{cpu // 2}\n")
-    none = tmp_path / "no-cgroup"
-    assert physical_cores(tmp_path, none) == len({cpu // 2 for cpu in cpus})
-    assert physical_cores(tmp_path / "absent", none) == len(cpus)  # no topology: a CPU a core
     assert intra_op_threads(3) == 3
     assert intra_op_threads(0) == physical_cores()
 
 
-def test_a_containers_cpu_limit_caps_the_thread_count(tmp_path: Path) -> None:
-    """A pod's CPU limit is a CFS quota, not an affinity: the node's every CPU stays
-    visible, and one thread per core of a large node would fight over a few CPUs' time."""
-    v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
-    assert cpu_limit(v2) == 2
-    (v2 / "cpu.max").write_text("max 100000\n")
-    assert cpu_limit(v2) is None
-    v1 = tmp_path / "v1"
-    (v1 / "cpu").mkdir(parents=True)
-    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
-    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert cpu_limit(v1) == 1
-    assert physical_cores(tmp_path / "no-topology", v1) == 1
-    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert cpu_limit(v1) is None
-    assert cpu_limit(tmp_path / "absent") is None
+def test_torch_left_to_choose_its_threads_stays_within_the_cpu_limit(
+    manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    """torch's own default counts the machine's cores whatever the container's limit:
+    left at 0, the runtime sets the count `physical_cores` gives (the limit applied)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(physical_cores() + 3)  # what a large node's default would be
+        runtime = load_model(_ref(example_store, manifest["v1-torch"]), RuntimeOptions(), cache)
+        assert torch.get_num_threads() == physical_cores()
+        load_model(
+            _ref(example_store, manifest["v1-torch"]), RuntimeOptions(intra_op_threads=1), cache
+        )
+        assert torch.get_num_threads() == 1
+        assert len(runtime.predict_batch(["a red running shoe"])) == 1
+    finally:
+        torch.set_num_threads(before)
