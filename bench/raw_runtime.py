@@ -3,6 +3,7 @@
     python bench/raw_runtime.py [--store artifacts] [--seconds 2] [--out bench/results/raw.json]
     python bench/raw_runtime.py --lanes   # one batch on all threads vs two one-thread lanes
     python bench/raw_runtime.py --latency 3000   # batch-1 run times: p50, p90, p99, max
+    python bench/raw_runtime.py --micro-batches  # batches of 32 in passes of 64/32/16/8
 
 Prints texts/s for batch sizes 1, 8, 32, 128 on short (~12 tokens) and long
 (~128 tokens) texts, and writes the same figures as JSON. Serving benchmarks divide
@@ -26,6 +27,7 @@ from models import ArtifactRef, ArtifactStore, Runtime, RuntimeOptions, load_mod
 
 BATCH_SIZES = (1, 8, 32, 128)
 LANE_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+MICRO_BATCH_SIZES = (64, 32, 16, 8)
 _WORDS = (
     "search ranking model replica batch latency vector embedding user product query "
     "catalog shipping review price customer session click cart brand color size"
@@ -108,6 +110,41 @@ def run_lanes(store_dir: Path, seconds: float, versions: list[str] | None) -> di
     return results
 
 
+def mixed_texts(n: int, seed: int = 0) -> list[str]:
+    """Pseudo-sentences of 3 to 20 words, lengths mixed as a request's texts are."""
+    return [make_texts(1, 3 + (i * 5) % 18, seed + i)[0] for i in range(n)]
+
+
+def run_micro_batches(
+    store_dir: Path, seconds: float, versions: list[str] | None
+) -> dict[str, Any]:
+    """Batches of 32 per micro-batch size (texts per forward pass): one batch at a time
+    on the full session and, for ONNX versions, two one-thread lanes side by side; on
+    texts of mixed length (3-20 words) and on long ones (~128 tokens)."""
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    store = ArtifactStore()
+    shapes = {"mixed": mixed_texts(512), "long": make_texts(256, 110)}
+    results: dict[str, Any] = {}
+    for version, entry in manifest["models"]["minilm"]["versions"].items():
+        if versions and version not in versions:
+            continue
+        ref = ArtifactRef(str(store_dir / entry["file"]), entry["sha256"])
+        lanes = 2 if entry.get("runtime") == "onnx" else 1
+        rows: dict[str, Any] = {}
+        for size in MICRO_BATCH_SIZES:
+            options = RuntimeOptions(spinning="during_run", busy_lanes=lanes, micro_batch_size=size)
+            runtime: Any = load_model(ref, options, store)
+            for shape, texts in shapes.items():
+                row = rows.setdefault(shape, {})
+                row[f"full_{size}"] = round(texts_per_second(runtime, texts, 32, seconds), 1)
+                if runtime.busy_lanes:
+                    figure = lanes_texts_per_second(runtime, texts, 32, seconds)
+                    row[f"lanes_{size}"] = round(figure, 1)
+            del runtime
+        results[version] = rows
+    return results
+
+
 def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     """p50, p90, p99 and the longest of run times given in seconds, in milliseconds."""
     if not seconds:
@@ -187,7 +224,19 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/raw.json"))
     parser.add_argument("--lanes", action="store_true", help="all threads vs two lanes")
     parser.add_argument("--latency", type=int, metavar="RUNS", help="batch-1 run times")
+    parser.add_argument(
+        "--micro-batches", action="store_true", help="batches of 32 per micro-batch size"
+    )
     args = parser.parse_args()
+    if args.micro_batches:
+        figures = run_micro_batches(args.store, args.seconds, args.version)
+        for version, shapes in figures.items():
+            for shape, row in shapes.items():
+                cells = "  ".join(f"{k} {v:.1f}" for k, v in row.items())
+                print(f"{version:<9} {shape:<6} {cells}")
+        print("(texts/s, batches of 32, in-process; full: one batch at a time on a")
+        print(" session of all threads, lanes: two one-thread batches at once; _N: texts a pass)")
+        return 0
     if args.latency:
         for version, figures in run_latency(args.store, args.latency, args.version).items():
             print(f"{version:<4} " + "  ".join(f"{k[:-3]} {v:.2f}" for k, v in figures.items()))

@@ -118,7 +118,11 @@ class VersionSpec(_Strict):
         "time.",
     )
     micro_batch_size: int = Field(
-        64, ge=1, le=4096, description="Texts per forward pass inside one batch."
+        0,
+        ge=0,
+        le=4096,
+        description="Texts per forward pass inside one batch (a batch's texts sorted by "
+        "length, cut into passes of this many); 0: 8 on cpu, 64 on gpu.",
     )
     gpu_graphs: bool = Field(
         True,

@@ -24,6 +24,16 @@ Device = Literal["cpu", "gpu"]
 # "never": they sleep at once (each parallel section then pays a wake-up).
 Spinning = Literal["always", "during_run", "never"]
 
+# Texts per forward pass when a version leaves `micro_batch_size` at 0. On CPU, small
+# passes cut from a batch's texts sorted by length pad each text only to its neighbours'
+# length and keep a pass's activations in the cores' caches: batches of 32 texts of 3-20
+# words, v1 on two one-thread lanes, 347 texts/s in passes of 64, 485 in passes of 16,
+# 526 in passes of 8 (v2 602 / 782 / 865; ~128-token texts 68 / 69 / 71, v2 88 / 100 /
+# 114; `bench/raw_runtime.py --micro-batches`, README "Micro-batches on CPU"). A GPU
+# wants its passes wide.
+CPU_MICRO_BATCH = 8
+GPU_MICRO_BATCH = 64
+
 
 @dataclass(frozen=True)
 class RuntimeOptions:
@@ -41,8 +51,9 @@ class RuntimeOptions:
     # lone batch still gets `intra_op_threads`. 1: one batch at a time.
     busy_lanes: int = 1
     # Largest number of texts run through the graph at once. Inputs are sorted by
-    # length and cut into micro-batches of this size, so padding stays small.
-    micro_batch_size: int = 64
+    # length and cut into micro-batches of this size, so padding stays small. 0: the
+    # device's (`micro_batch`).
+    micro_batch_size: int = 0
     # Half precision on GPU (torch runtime). Ignored on CPU.
     gpu_fp16: bool = True
     # Replay CUDA graphs, one per padded batch shape (torch runtime on GPU; see
@@ -54,8 +65,15 @@ class RuntimeOptions:
             raise ValueError("thread counts must be >= 0")
         if self.busy_lanes < 1:
             raise ValueError("busy_lanes must be >= 1")
-        if self.micro_batch_size < 1:
-            raise ValueError("micro_batch_size must be >= 1")
+        if self.micro_batch_size < 0:
+            raise ValueError("micro_batch_size must be >= 0")
+
+    @property
+    def micro_batch(self) -> int:
+        """The micro-batch size in force: `micro_batch_size`, or with 0 the device's."""
+        if self.micro_batch_size:
+            return self.micro_batch_size
+        return GPU_MICRO_BATCH if self.device == "gpu" else CPU_MICRO_BATCH
 
 
 class Runtime(ABC):

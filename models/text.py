@@ -73,7 +73,7 @@ class TextEmbedder(Runtime):
         run on a one-thread lane, beside other busy runs (see `busy_lanes`)."""
         out = np.empty((len(ids), self.meta.embedding_dim), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        step = self.options.micro_batch_size
+        step = self.options.micro_batch
         for start in range(0, len(order), step):
             chunk = order[start : start + step]
             input_ids, mask = _pad([ids[i] for i in chunk])

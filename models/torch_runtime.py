@@ -48,7 +48,7 @@ class TorchEmbedder(TextEmbedder):
             self._graphs = ShapeGraphs(
                 model,
                 self._device,
-                rows_top=min(self.options.micro_batch_size, MAX_ROWS),
+                rows_top=min(self.options.micro_batch, MAX_ROWS),
                 width_top=self.meta.max_seq_length_tokens,
             )
             self._graphs.prepare()

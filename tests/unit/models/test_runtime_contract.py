@@ -22,7 +22,7 @@ from models import (
 )
 from models.cpus import physical_cores
 from models.onnx_runtime import intra_op_threads
-from models.runtime import Spinning
+from models.runtime import CPU_MICRO_BATCH, GPU_MICRO_BATCH, Spinning
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +150,40 @@ def test_wrong_output_count_is_caught(
         runtime.predict_batch(["a", "b"])
 
 
+def test_micro_batches_left_at_zero_follow_the_device() -> None:
+    assert RuntimeOptions().micro_batch == CPU_MICRO_BATCH == 8
+    assert RuntimeOptions(device="gpu").micro_batch == GPU_MICRO_BATCH == 64
+    assert RuntimeOptions(micro_batch_size=5, device="gpu").micro_batch == 5
+
+
+@pytest.mark.parametrize("version", ["v1", "v1-torch"])
+def test_a_cpu_runtime_runs_a_batch_in_passes_of_eight(
+    version: str, manifest: dict[str, Any], example_store: Path, cache: ArtifactStore
+) -> None:
+    """Twenty texts with `micro_batch_size` left at 0 go through the graph as 8 + 8 + 4,
+    the shortest together: each pass pads only to its own longest text."""
+    runtime: Any = load_model(_ref(example_store, manifest[version]), RuntimeOptions(), cache)
+    passes: list[tuple[int, int]] = []
+    forward = runtime._forward
+
+    def counted(input_ids: np.ndarray, mask: np.ndarray, busy: bool = False) -> Any:
+        passes.append(input_ids.shape)
+        return forward(input_ids, mask, busy)
+
+    runtime._forward = counted
+    texts = [("word " * (1 + (i * 7) % 40)).strip() for i in range(20)]
+    vectors = runtime.predict_batch(texts)
+    assert [rows for rows, _ in passes] == [8, 8, 4]
+    assert [width for _, width in passes] == sorted(width for _, width in passes)
+    assert len(vectors) == 20
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"intra_op_threads": -1}, "thread counts"),
         ({"inter_op_threads": -2}, "thread counts"),
-        ({"micro_batch_size": 0}, "micro_batch_size"),
+        ({"micro_batch_size": -1}, "micro_batch_size"),
         ({"busy_lanes": 0}, "busy_lanes"),
     ],
 )
