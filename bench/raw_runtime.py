@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,13 @@ def print_table(results: dict[str, Any]) -> None:
     print("(texts/s, in-process, one runtime at a time)")
 
 
+def print_rows(results: dict[str, Any], cell: Callable[[str, float], str]) -> None:
+    """One line per version and row name (a mode, a text shape), its cells after it."""
+    for version, rows in results.items():
+        for name, row in rows.items():
+            print(f"{version:<9} {name:<14}" + "".join(cell(k, v) for k, v in row.items()))
+
+
 def main() -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description="raw runtime throughput")
@@ -230,10 +238,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.micro_batches:
         figures = run_micro_batches(args.store, args.seconds, args.version)
-        for version, shapes in figures.items():
-            for shape, row in shapes.items():
-                cells = "  ".join(f"{k} {v:.1f}" for k, v in row.items())
-                print(f"{version:<9} {shape:<6} {cells}")
+        print_rows(figures, lambda size, value: f"  {size} {value:.1f}")
         print("(texts/s, batches of 32, in-process; full: one batch at a time on a")
         print(" session of all threads, lanes: two one-thread batches at once; _N: texts a pass)")
         return 0
@@ -244,10 +249,7 @@ def main() -> int:
         return 0
     if args.lanes:
         lanes = run_lanes(args.store, args.seconds, args.version)
-        for version, rows in lanes.items():
-            for mode, row in rows.items():
-                cells = "".join(f"{'b' + b:>6}{v:>8.1f}" for b, v in row.items())
-                print(f"{version:<4} {mode:<14}{cells}")
+        print_rows(lanes, lambda batch, value: f"{'b' + batch:>6}{value:>8.1f}")
         print("(texts/s, short texts, in-process)")
         return 0
     results = run(args.store, args.seconds, args.version)
