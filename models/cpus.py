@@ -40,6 +40,13 @@ def physical_cores(
     return max(1, min(len(cores), limit) if limit else len(cores))
 
 
+def intra_op_threads(configured: int) -> int:
+    """A model runtime's intra-op thread count: `configured`, or with 0 one per physical
+    core this process may run on, within its cgroup's CPU limit (`physical_cores`; ONNX
+    Runtime's and torch's own defaults count the machine's cores, whatever the limit)."""
+    return configured if configured > 0 else physical_cores()
+
+
 def usable_cpus(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int:
     """The CPUs in this process's affinity, no more than its cgroup's CPU limit: the
     thread count of a bulk job that does not wait for its threads (an index build)."""

@@ -6,22 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from models.cpus import physical_cores
+from models.cpus import intra_op_threads
 from models.text import Float32Array, Int64Array, TextEmbedder
-
-
-def intra_op_threads(configured: int) -> int:
-    """The intra-op thread count a session is given: `configured`, or with 0 the count
-    ONNX Runtime would pick (one per physical core), within the CPU limit of the
-    process's cgroup (`models.cpus.physical_cores`), given explicitly. Left at 0, ONNX
-    Runtime also pins each of its pool's threads to one CPU, and a pinned thread cannot
-    move to a core that goes idle: on two cores, whenever the thread that calls the run
-    (the replica's event loop, free to run anywhere) was on the pinned thread's CPU, the
-    two shared that CPU while the other idled, the caller spinning at a barrier for the
-    thread it displaced (1-3 ms a time; 47 times in 4 s at one connection through a
-    dedicated version, the other CPU idle in 46 of them, `perf sched`; README, "The
-    dedicated placement's hop")."""
-    return configured if configured > 0 else physical_cores()
 
 
 class OnnxEmbedder(TextEmbedder):
@@ -39,6 +25,14 @@ class OnnxEmbedder(TextEmbedder):
         self._load_tokenizer()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Given explicitly even when left to choose: left at 0, ONNX Runtime also pins
+        # each of its pool's threads to one CPU, and a pinned thread cannot move to a
+        # core that goes idle: on two cores, whenever the thread that calls the run (the
+        # replica's event loop, free to run anywhere) was on the pinned thread's CPU, the
+        # two shared that CPU while the other idled, the caller spinning at a barrier for
+        # the thread it displaced (1-3 ms a time; 47 times in 4 s at one connection
+        # through a dedicated version, the other CPU idle in 46 of them, `perf sched`;
+        # README, "The dedicated placement's hop").
         opts.intra_op_num_threads = intra_op_threads(self.options.intra_op_threads)
         opts.inter_op_num_threads = self.options.inter_op_threads
         opts.log_severity_level = 3

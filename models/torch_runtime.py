@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.cpus import physical_cores
+from models.cpus import intra_op_threads
 from models.text import Float32Array, Int64Array, TextEmbedder
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class TorchEmbedder(TextEmbedder):
         # a container's CPU limit: in a pod on a large node, far more threads than its
         # quota runs at once, each waiting for the others at every step (README, "CPU
         # limits"). Left at 0, the count stays within the limit.
-        torch.set_num_threads(self.options.intra_op_threads or physical_cores())
+        torch.set_num_threads(intra_op_threads(self.options.intra_op_threads))
         if self.options.device == "gpu":
             if not torch.cuda.is_available():
                 raise RuntimeError("device gpu asked for, but torch sees no CUDA device")

@@ -20,8 +20,7 @@ from models import (
     load_model,
     runtime_for,
 )
-from models.cpus import physical_cores
-from models.onnx_runtime import intra_op_threads
+from models.cpus import intra_op_threads, physical_cores
 from models.runtime import CPU_MICRO_BATCH, GPU_MICRO_BATCH, Spinning
 
 
