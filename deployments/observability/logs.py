@@ -122,6 +122,15 @@ def _caller_saw_failure(record: logging.LogRecord) -> bool:
     return int(getattr(record, "fields", {}).get("status", 0)) >= 500
 
 
+class EventsAndFailures(logging.Filter):
+    """Every event, and of the access lines only those of requests a caller saw fail
+    (5xx): a local instance's console, beside a file that takes every line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Let the line through unless it is the access line of an answered request."""
+        return not is_access(record) or _caller_saw_failure(record)
+
+
 class LineSink(Protocol):
     """Where a `BatchedLineHandler` writes: a text stream, or a `RotatingFile`."""
 
@@ -158,6 +167,14 @@ class BatchedLineHandler(logging.Handler):
         with self._guard:
             self._lines.append(line)
             urgent = record.levelno >= logging.WARNING or len(self._lines) >= self._max_lines
+        if urgent:
+            self.flush()
+
+    def add_line(self, line: str) -> None:
+        """Queue a line formatted by the caller (an access line, see `log_request`)."""
+        with self._guard:
+            self._lines.append(line)
+            urgent = len(self._lines) >= self._max_lines
         if urgent:
             self.flush()
 
@@ -280,7 +297,7 @@ def handlers_from_env(
     path = env.get(LOG_FILE_ENV)
     if not path:
         return [console]
-    console.addFilter(lambda r: not is_access(r) or _caller_saw_failure(r))
+    console.addFilter(EventsAndFailures())
     if text:
         console.addFilter(RepeatLimit())
     every = BatchedLineHandler(rotating_file(path, env))
@@ -301,21 +318,63 @@ def log_request(
     trace_id: str = "-",
 ) -> None:
     """The access line of one request (the tenant, never the key; the trace it belongs
-    to, the caller's or its own: `deployments/observability/tracing.py`)."""
-    logger.info(
-        "request",
-        extra={
-            "access": True,
-            "fields": {
-                "request_id": request_id,
-                "trace_id": trace_id,
-                "tenant": tenant,
-                "route": route,
-                "model": model,
-                "version": version,
-                "status": status,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-                "inputs": inputs,
-            },
-        },
-    )
+    to, the caller's or its own: `deployments/observability/tracing.py`).
+
+    One line a request is the logging module's busiest use, and its record (the caller's
+    frame looked up, a `LogRecord` of some twenty attributes, every handler's lock) cost
+    about 44 us of the Ingress's event loop a request, in place; so when every handler the
+    line reaches is one of servekit's (`BatchedLineHandler`), the line goes to each as
+    its JSON formatter would write it, and a handler that keeps access lines off its
+    output (`EventsAndFailures`) is skipped. Any other handler (a test's, one a user
+    adds) gets the line through the logging module, as before."""
+    fields = {
+        "request_id": request_id,
+        "trace_id": trace_id,
+        "tenant": tenant,
+        "route": route,
+        "model": model,
+        "version": version,
+        "status": status,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "inputs": inputs,
+    }
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    sinks = _access_sinks(logger)
+    if sinks is None:
+        logger.info("request", extra={"access": True, "fields": fields})
+        return
+    line = None
+    for handler in sinks:
+        if status < 500 and any(isinstance(f, EventsAndFailures) for f in handler.filters):
+            continue  # an answered request's line never shows on this handler
+        if type(handler.formatter) is JsonFormatter and not handler.filters:
+            if line is None:
+                doc = {"ts": round(time.time(), 3), "level": "info", "logger": logger.name}
+                doc["msg"] = "request"
+                doc.update(fields)
+                line = orjson.dumps(doc).decode()
+            handler.add_line(line)
+        else:  # its own format or filters: a record, through the handler's own steps
+            record = logger.makeRecord(
+                logger.name, logging.INFO, "", 0, "request", (), None,
+                extra={"access": True, "fields": fields},
+            )  # fmt: skip
+            handler.handle(record)
+
+
+def _access_sinks(logger: logging.Logger) -> list[BatchedLineHandler] | None:
+    """The handlers an INFO line of `logger` reaches, as `Logger.callHandlers` finds
+    them, when each is a `BatchedLineHandler` at INFO or below; None otherwise (another
+    kind of handler, none at all, a disabled logger)."""
+    sinks: list[BatchedLineHandler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.disabled:
+            return None
+        for handler in current.handlers:
+            if type(handler) is not BatchedLineHandler or handler.level > logging.INFO:
+                return None
+            sinks.append(handler)
+        current = current.parent if current.propagate else None
+    return sinks or None

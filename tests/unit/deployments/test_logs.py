@@ -195,3 +195,88 @@ def test_an_instance_rotates_as_its_environment_says(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("servekit.log*")) == [
         "servekit.log", "servekit.log.1", "servekit.log.lock",
     ]  # fmt: skip
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _counting_records() -> tuple[list[int], Any]:
+    """A record factory that counts the records made; returns the count and the old one."""
+    made = [0]
+    old = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made[0] += 1
+        return old(*args, **kwargs)
+
+    logging.setLogRecordFactory(factory)
+    return made, old
+
+
+def test_an_access_line_written_directly_is_the_line_the_json_formatter_writes() -> None:
+    """servekit's handlers get the line without a `LogRecord` (see `log_request`): the
+    same JSON, field for field, as the logging module's way through `JsonFormatter`."""
+    direct, stream = io.StringIO(), io.StringIO()
+    fast = _logger(direct, interval_s=60)
+    slow = logging.getLogger(f"test-slow-{id(stream)}")
+    slow.propagate = False
+    slow.setLevel(logging.INFO)
+    plain = logging.StreamHandler(stream)
+    plain.setFormatter(JsonFormatter())
+    slow.addHandler(plain)
+    for logger in (fast, slow):
+        log_request(
+            logger, "r-1", "/v1/search", "m", "v2", 200, time.perf_counter(), 3, "acme", "t"
+        )
+    _flush(fast)
+    [a], [b] = direct.getvalue().splitlines(), stream.getvalue().splitlines()
+    line_a, line_b = orjson.loads(a), orjson.loads(b)
+    assert abs(line_a.pop("ts") - line_b.pop("ts")) < 5
+    assert line_a.pop("logger") == fast.name
+    assert line_b.pop("logger") == slow.name
+    line_a.pop("latency_ms"), line_b.pop("latency_ms")
+    assert line_a == line_b
+    assert list(orjson.loads(a)) == list(orjson.loads(b))  # the same order of keys
+
+
+def test_a_local_instance_makes_no_record_for_an_answered_request(tmp_path: Path) -> None:
+    """The file takes every access line and the text console only failed ones: answered
+    requests reach the file without a `LogRecord`; a failed one still reaches both."""
+    console, path = io.StringIO(), tmp_path / "servekit.log"
+    logger = _local(console, path)
+    made, old = _counting_records()
+    try:
+        for i in range(20):
+            log_request(logger, f"ok-{i}", "/v1/embeddings", "m", "v1", 200, time.perf_counter(), 1)
+        assert made[0] == 0
+        log_request(logger, "failed", "/v1/embeddings", "m", "v1", 503, time.perf_counter(), 1)
+        assert made[0] == 1  # for the console's text line
+    finally:
+        logging.setLogRecordFactory(old)
+    _flush(logger)
+    written = [orjson.loads(line)["request_id"] for line in path.read_text().splitlines()]
+    assert written == [*(f"ok-{i}" for i in range(20)), "failed"]
+    [shown] = console.getvalue().splitlines()
+    assert 'request_id="failed"' in shown
+    assert "status=503" in shown
+
+
+def test_an_access_line_reaches_any_other_handler_as_a_record() -> None:
+    """A handler that is not servekit's (a user's, a test's) gets the access line as the
+    logging module gives it, with its fields."""
+    stream = io.StringIO()
+    logger = _logger(stream, interval_s=60)
+    theirs = _Records()
+    logger.addHandler(theirs)
+    log_request(logger, "r-2", "/v1/embeddings", "m", "v1", 200, time.perf_counter(), 1)
+    [record] = theirs.records
+    assert record.access is True  # type: ignore[attr-defined]
+    assert record.fields["request_id"] == "r-2"  # type: ignore[attr-defined]
+    _flush(logger)
+    assert orjson.loads(stream.getvalue())["request_id"] == "r-2"
