@@ -366,12 +366,12 @@ def log_request(
 def _access_sinks(logger: logging.Logger) -> list[BatchedLineHandler] | None:
     """The handlers an INFO line of `logger` reaches, as `Logger.callHandlers` finds
     them, when each is a `BatchedLineHandler` at INFO or below; None otherwise (another
-    kind of handler, none at all, a disabled logger)."""
+    kind of handler, none at all, a disabled logger, a logger with filters of its own)."""
+    if logger.disabled or logger.filters:
+        return None
     sinks: list[BatchedLineHandler] = []
     current: logging.Logger | None = logger
     while current is not None:
-        if current.disabled:
-            return None
         for handler in current.handlers:
             if type(handler) is not BatchedLineHandler or handler.level > logging.INFO:
                 return None

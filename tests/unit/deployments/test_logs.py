@@ -280,3 +280,15 @@ def test_an_access_line_reaches_any_other_handler_as_a_record() -> None:
     assert record.fields["request_id"] == "r-2"  # type: ignore[attr-defined]
     _flush(logger)
     assert orjson.loads(stream.getvalue())["request_id"] == "r-2"
+
+
+def test_a_filter_on_the_logger_still_decides_for_access_lines() -> None:
+    stream = io.StringIO()
+    logger = _logger(stream, interval_s=60)
+    logger.addFilter(lambda record: record.fields["status"] >= 500)  # type: ignore[attr-defined]
+    log_request(logger, "ok", "/v1/embeddings", "m", "v1", 200, time.perf_counter(), 1)
+    log_request(logger, "failed", "/v1/embeddings", "m", "v1", 500, time.perf_counter(), 1)
+    _flush(logger)
+    assert [orjson.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == [
+        "failed"
+    ]
