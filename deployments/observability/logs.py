@@ -344,22 +344,22 @@ def log_request(
     if sinks is None:
         logger.info("request", extra={"access": True, "fields": fields})
         return
-    line = None
+    line: str | None = None
+    record: logging.LogRecord | None = None
     for handler in sinks:
         if status < 500 and any(isinstance(f, EventsAndFailures) for f in handler.filters):
             continue  # an answered request's line never shows on this handler
         if type(handler.formatter) is JsonFormatter and not handler.filters:
             if line is None:
                 doc = {"ts": round(time.time(), 3), "level": "info", "logger": logger.name}
-                doc["msg"] = "request"
-                doc.update(fields)
-                line = orjson.dumps(doc).decode()
+                line = orjson.dumps({**doc, "msg": "request", **fields}).decode()
             handler.add_line(line)
         else:  # its own format or filters: a record, through the handler's own steps
-            record = logger.makeRecord(
-                logger.name, logging.INFO, "", 0, "request", (), None,
-                extra={"access": True, "fields": fields},
-            )  # fmt: skip
+            if record is None:
+                extra = {"access": True, "fields": fields}
+                record = logger.makeRecord(
+                    logger.name, logging.INFO, "", 0, "request", (), None, extra=extra
+                )
             handler.handle(record)
 
 
