@@ -137,3 +137,14 @@ def events_app(features: Any, monkeypatch: Any) -> Any:
     app.exception_handlers.update(api.exception_handlers)
     app.include_router(events_routes.router)
     return app
+
+
+class RecordedLogs(logging.Handler):
+    """A log handler that keeps every record it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

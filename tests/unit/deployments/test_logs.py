@@ -24,6 +24,7 @@ from deployments.observability.logs import (
     handlers_from_env,
     log_request,
 )
+from tests.unit.deployments.fakes import RecordedLogs
 
 
 def _logger(stream: io.StringIO, interval_s: float) -> logging.Logger:
@@ -197,15 +198,6 @@ def test_an_instance_rotates_as_its_environment_says(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def _counting_records() -> tuple[list[int], Any]:
     """A record factory that counts the records made; returns the count and the old one."""
     made = [0]
@@ -272,7 +264,7 @@ def test_an_access_line_reaches_any_other_handler_as_a_record() -> None:
     logging module gives it, with its fields."""
     stream = io.StringIO()
     logger = _logger(stream, interval_s=60)
-    theirs = _Records()
+    theirs = RecordedLogs()
     logger.addHandler(theirs)
     log_request(logger, "r-2", "/v1/embeddings", "m", "v1", 200, time.perf_counter(), 1)
     [record] = theirs.records

@@ -12,15 +12,7 @@ from configs.schema import ShadowSpec
 from deployments.errors import InferenceFailed
 from deployments.replicas.backend import SHADOW_COPY
 from deployments.routing.shadow import FAILURE_LOG_EVERY_S, Shadower
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+from tests.unit.deployments.fakes import RecordedLogs
 
 
 class _Metrics:
@@ -42,7 +34,7 @@ def test_failures_are_counted_and_summarised_without_tracebacks() -> None:
     metrics = _Metrics()
     shadower = Shadower(failing, metrics, clock=lambda: now[0])
     shadower.specs = {"minilm": ShadowSpec(version="v2", fraction=1.0)}
-    records = _Records()
+    records = RecordedLogs()
     logger = logging.getLogger("servekit.shadow")
     logger.addHandler(records)
     try:
@@ -138,7 +130,7 @@ def test_a_shadow_answering_another_dimension_is_an_error_not_a_crash() -> None:
 
     metrics = _Metrics()
     shadower = _shadower(wider, metrics)
-    records = _Records()
+    records = RecordedLogs()
     logger = logging.getLogger("servekit.shadow")
     logger.addHandler(records)
     try:
