@@ -75,14 +75,15 @@ def embeddings_sender(url: str, key: str, text: str) -> Callable[[], int]:
     parts = urlsplit(url)
     body = json.dumps({"model": "minilm", "input": text})
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=30)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = kind(parts.hostname or "127.0.0.1", parts.port, timeout=30)
 
     def send() -> int:
         try:
             conn.request("POST", "/v1/embeddings", body, headers)
             response = conn.getresponse()
             response.read()
-        except (ConnectionError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException):  # refused, reset, timed out
             conn.close()
             return 0  # no answer: counted as failed, under status 0
         return response.status

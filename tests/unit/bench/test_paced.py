@@ -72,3 +72,12 @@ def test_a_pause_gets_a_few_seconds_of_requests_within_bounds() -> None:
     assert requests_for(0) == 400
     assert requests_for(20) == 173
     assert requests_for(1000) == 40
+
+
+def test_no_server_is_a_failed_request_not_a_crash() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]  # nothing listens there once it is closed
+    assert embeddings_sender(f"http://127.0.0.1:{free}", "sk-test", "red shoes")() == 0
