@@ -48,16 +48,32 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render the record as a JSON line."""
-        doc: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        doc.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
+        exc = self.formatException(record.exc_info) if record.exc_info else None
+        return json_line(
+            record.created,
+            record.levelname.lower(),
+            record.name,
+            record.getMessage(),
+            getattr(record, "fields", {}),
+            exc,
+        )
+
+
+def json_line(
+    created: float,
+    level: str,
+    logger: str,
+    msg: str,
+    fields: Mapping[str, Any],
+    exc: str | None = None,
+) -> str:
+    """One log line as JSON: when, level, logger, message, then the fields (and the
+    traceback, if any). `JsonFormatter`'s lines and `log_request`'s direct ones."""
+    doc: dict[str, Any] = {"ts": round(created, 3), "level": level, "logger": logger, "msg": msg}
+    doc.update(fields)
+    if exc is not None:
+        doc["exc"] = exc
+    return orjson.dumps(doc).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -118,17 +134,20 @@ def is_access(record: logging.LogRecord) -> bool:
     return bool(getattr(record, "access", False))
 
 
-def _caller_saw_failure(record: logging.LogRecord) -> bool:
-    return int(getattr(record, "fields", {}).get("status", 0)) >= 500
-
-
 class EventsAndFailures(logging.Filter):
     """Every event, and of the access lines only those of requests a caller saw fail
     (5xx): a local instance's console, beside a file that takes every line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Let the line through unless it is the access line of an answered request."""
-        return not is_access(record) or _caller_saw_failure(record)
+        return not is_access(record) or self.shows_access(
+            int(getattr(record, "fields", {}).get("status", 0))
+        )
+
+    @staticmethod
+    def shows_access(status: int) -> bool:
+        """Whether the access line of a request answered with `status` gets through."""
+        return status >= 500
 
 
 class LineSink(Protocol):
@@ -327,6 +346,8 @@ def log_request(
     its JSON formatter would write it, and a handler that keeps access lines off its
     output (`EventsAndFailures`) is skipped. Any other handler (a test's, one a user
     adds) gets the line through the logging module, as before."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
     fields = {
         "request_id": request_id,
         "trace_id": trace_id,
@@ -338,8 +359,6 @@ def log_request(
         "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         "inputs": inputs,
     }
-    if not logger.isEnabledFor(logging.INFO):
-        return
     sinks = _access_sinks(logger)
     if sinks is None:
         logger.info("request", extra={"access": True, "fields": fields})
@@ -347,12 +366,13 @@ def log_request(
     line: str | None = None
     record: logging.LogRecord | None = None
     for handler in sinks:
-        if status < 500 and any(isinstance(f, EventsAndFailures) for f in handler.filters):
-            continue  # an answered request's line never shows on this handler
+        if any(
+            isinstance(f, EventsAndFailures) and not f.shows_access(status) for f in handler.filters
+        ):
+            continue  # this handler keeps the line off its output
         if type(handler.formatter) is JsonFormatter and not handler.filters:
             if line is None:
-                doc = {"ts": round(time.time(), 3), "level": "info", "logger": logger.name}
-                line = orjson.dumps({**doc, "msg": "request", **fields}).decode()
+                line = json_line(time.time(), "info", logger.name, "request", fields)
             handler.add_line(line)
         else:  # its own format or filters: a record, through the handler's own steps
             if record is None:
