@@ -20,29 +20,16 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import LoadFigures
+
 WARMUP = 50
 DEFAULT_TEXT = "red running shoes for trail and road"
-
-
-@dataclass
-class Paced:
-    """What one pause measured."""
-
-    gap_ms: float
-    latencies_ms: list[float] = field(default_factory=list)
-    failed: dict[int, int] = field(default_factory=dict)
-
-    def percentile(self, q: float) -> float:
-        """Latency percentile in ms (0 without any request answered)."""
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def requests_for(gap_ms: float, budget_s: float = 4.0, least: int = 40, most: int = 400) -> int:
@@ -52,20 +39,26 @@ def requests_for(gap_ms: float, budget_s: float = 4.0, least: int = 40, most: in
 
 def measure(
     send: Callable[[], int], gap_ms: float, count: int, sleep: Callable[[float], None] = time.sleep
-) -> Paced:
-    """`count` calls of `send` (which answers the HTTP status), each after a pause of
-    `gap_ms`; the latency is timed around `send` alone."""
-    result = Paced(gap_ms)
+) -> LoadFigures:
+    """`count` calls of `send` (which answers the HTTP status, 0 for no answer), each
+    after a pause of `gap_ms`; the latency is timed around `send` alone. Counted as the
+    serving benchmark's load generators count: a failure is an error, and a non-2xx
+    answer is also counted by its status."""
+    result = LoadFigures()
     for _ in range(count):
         if gap_ms > 0:
             sleep(gap_ms / 1000)
         started = time.perf_counter()
         status = send()
-        took = (time.perf_counter() - started) * 1000
+        took = time.perf_counter() - started
+        result.requests += 1
+        result.seconds += took
         if 200 <= status < 300:
-            result.latencies_ms.append(took)
-        else:
-            result.failed[status] = result.failed.get(status, 0) + 1
+            result.latencies_s.append(took)
+            continue
+        result.errors += 1
+        if status:
+            result.statuses[str(status)] = result.statuses.get(str(status), 0) + 1
     return result
 
 
@@ -114,10 +107,11 @@ def main() -> int:
     measure(send, 0, WARMUP)
     for gap in (float(g) for g in args.gaps.split(",")):
         paced = measure(send, gap, requests_for(gap))
-        failed = f" failed {paced.failed}" if paced.failed else ""
+        failed = f"  failed {paced.errors} {paced.statuses}" if paced.errors else ""
         print(
-            f"pause {gap:6.1f} ms  n={len(paced.latencies_ms):4d}  p50 {paced.percentile(0.5):6.2f}"
-            f"  p90 {paced.percentile(0.9):6.2f}  p99 {paced.percentile(0.99):6.2f} ms{failed}",
+            f"pause {gap:6.1f} ms  n={len(paced.latencies_s):4d}"
+            f"  p50 {paced.percentile_ms(0.5):6.2f}  p90 {paced.percentile_ms(0.9):6.2f}"
+            f"  p99 {paced.percentile_ms(0.99):6.2f} ms{failed}",
             flush=True,
         )
     return 0

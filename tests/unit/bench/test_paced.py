@@ -48,9 +48,11 @@ def test_each_request_follows_its_pause_and_is_timed_alone() -> None:
     statuses = iter([200, 200, 503, 200, 0])
     paced = measure(lambda: next(statuses), 20.0, 5, sleep=pauses.append)
     assert pauses == [0.02] * 5  # seconds, before every request
-    assert len(paced.latencies_ms) == 3
-    assert paced.failed == {503: 1, 0: 1}
-    assert 0 <= paced.percentile(0.5) < 5  # the pause is not part of a latency
+    assert len(paced.latencies_s) == 3
+    assert paced.requests == 5
+    assert paced.errors == 2  # the 503, and the request with no answer
+    assert paced.statuses == {"503": 1}
+    assert 0 <= paced.percentile_ms(0.5) < 5  # the pause is not part of a latency
 
 
 def test_back_to_back_sends_without_pausing() -> None:
