@@ -183,17 +183,14 @@ class BatchedLineHandler(logging.Handler):
         except Exception:  # a broken record must not break the request
             self.handleError(record)
             return
-        with self._guard:
-            self._lines.append(line)
-            urgent = record.levelno >= logging.WARNING or len(self._lines) >= self._max_lines
-        if urgent:
-            self.flush()
+        self.add_line(line, urgent=record.levelno >= logging.WARNING)
 
-    def add_line(self, line: str) -> None:
-        """Queue a line formatted by the caller (an access line, see `log_request`)."""
+    def add_line(self, line: str, urgent: bool = False) -> None:
+        """Queue a line already formatted (by `emit`, or by `log_request` for an access
+        line); flush at once when `urgent` or when `max_lines` wait."""
         with self._guard:
             self._lines.append(line)
-            urgent = len(self._lines) >= self._max_lines
+            urgent = urgent or len(self._lines) >= self._max_lines
         if urgent:
             self.flush()
 
