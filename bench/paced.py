@@ -1,6 +1,6 @@
 """Latency of one caller that pauses between its requests, against a running instance.
 
-    python bench/paced.py [--gaps 0,5,20,50] [--url http://127.0.0.1:8000] [--text ...]
+    .venv/bin/python bench/paced.py [--gaps 0,5,20,50] [--url http://127.0.0.1:8000] [--text ...]
 
 The serving benchmark keeps its connections busy back to back; a product backend at a
 modest rate sends a request, waits for the answer, and sends the next some milliseconds
