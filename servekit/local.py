@@ -422,7 +422,21 @@ def disconnect() -> None:
 
     global _started_token, _detached_node
     _started_token = _detached_node = None
+    close_handles()
     ray.shutdown()
+
+
+def close_handles() -> None:
+    """Stop the routers of the deployment handles this driver made
+    (`serve.get_deployment_handle`), before Ray goes. Each runs a task that reports
+    its queue to Serve's controller every few seconds; left running, its next report
+    calls into Ray after `ray.shutdown()`, and Ray's auto-connect starts a new local
+    instance from that thread, as late as the interpreter's exit."""
+    from ray.serve import context
+
+    client = context._global_client
+    if client is not None:
+        client.shutdown_cached_handles()
 
 
 def ray_address() -> str:
@@ -547,6 +561,7 @@ def shutdown(
 
     global _started_token, _detached_node
     token, _started_token = _started_token, None
+    close_handles()
     if token is None:
         if ray.is_initialized():
             try:
