@@ -34,6 +34,9 @@ DRAIN_TIMEOUT_S = 5.0
 # too (SIGTERM to the process group), it waits many seconds for a GCS that is going
 # away: it is skipped when they have exited already, and cut short otherwise.
 RAY_STOP_TIMEOUT_S = 1.0
+# How long a stop waits for this driver's deployment handles to close (`close_handles`):
+# a router's last report to Serve's controller gets a few seconds, never the whole stop.
+HANDLES_CLOSE_TIMEOUT_S = 3.0
 # The token of the instance this process started (None: none, or one it joined).
 _started_token: str | None = None
 # The head this process started to outlive it (see `start_ray`'s `detached`).
@@ -431,12 +434,24 @@ def close_handles() -> None:
     (`serve.get_deployment_handle`), before Ray goes. Each runs a task that reports
     its queue to Serve's controller every few seconds; left running, its next report
     calls into Ray after `ray.shutdown()`, and Ray's auto-connect starts a new local
-    instance from that thread, as late as the interpreter's exit."""
+    instance from that thread, as late as the interpreter's exit. Bounded by
+    `HANDLES_CLOSE_TIMEOUT_S`, and a handle that fails to close never stops the stop:
+    the instance goes regardless."""
     from ray.serve import context
 
-    client = context._global_client
-    if client is not None:
-        client.shutdown_cached_handles()
+    client: Any = context._global_client  # None until this driver used Serve
+    if client is None:
+        return
+
+    def close() -> None:
+        try:
+            client.shutdown_cached_handles()
+        except Exception as e:  # whatever a router raises, the stop goes on
+            logging.getLogger("servekit").warning("deployment handles not closed: %s", e)
+
+    closer = threading.Thread(target=close, name="close-handles", daemon=True)
+    closer.start()
+    closer.join(HANDLES_CLOSE_TIMEOUT_S)
 
 
 def ray_address() -> str:
