@@ -11,6 +11,7 @@ from typing import ClassVar
 import pytest
 
 from bench.paced import embeddings_sender, measure, requests_for
+from tests.conftest import free_port
 
 
 class _Answers(BaseHTTPRequestHandler):
@@ -77,9 +78,5 @@ def test_a_pause_gets_a_few_seconds_of_requests_within_bounds() -> None:
 
 
 def test_no_server_is_a_failed_request_not_a_crash() -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        free = sock.getsockname()[1]  # nothing listens there once it is closed
+    free = free_port()  # nothing listens there
     assert embeddings_sender(f"http://127.0.0.1:{free}", "sk-test", "red shoes")() == 0
