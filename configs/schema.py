@@ -360,6 +360,11 @@ class RecommendationSettings(_Strict):
     )
 
 
+# The autoscaling policy of dedicated versions the ingress calls directly (it counts
+# those calls; `deployments/replicas/direct_scaling.py`).
+DIRECT_SCALING_POLICY = "deployments.replicas.direct_scaling:policy"
+
+
 class AppArgs(_Strict):
     """Everything under the application's `args:`."""
 
@@ -367,6 +372,14 @@ class AppArgs(_Strict):
     limits: Limits = Field(default_factory=Limits)
     request_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Bound on one model call, queueing included."
+    )
+    dedicated_calls: Literal["direct", "handle"] = Field(
+        "direct",
+        description=(
+            "How the ingress calls dedicated versions: `direct` (a connection of "
+            "servekit's own to each replica, Serve's handle whenever it is not open) "
+            "or `handle` (Serve's handle only)."
+        ),
     )
     health: HealthSettings = Field(default_factory=HealthSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

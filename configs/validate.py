@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from configs.schema import (
+    DIRECT_SCALING_POLICY,
     INGRESS_DEPLOYMENT,
     AppArgs,
     BatchLiveConfig,
@@ -150,6 +151,21 @@ def _batch_unreachable(entry: dict[str, Any], batch: int, where: str, field: str
     ]
 
 
+def _direct_scaling(args: AppArgs, entry: dict[str, Any], where: str) -> list[str]:
+    """A dedicated version that autoscales while the ingress calls it directly must
+    count those calls: Serve's default policy sees only what its handles route."""
+    scaling = entry.get("autoscaling_config")
+    if args.dedicated_calls != "direct" or not isinstance(scaling, dict):
+        return []
+    if scaling.get("policy") is not None:
+        return []  # the operator's own policy (README: it sees servekit_direct_calls)
+    return [
+        f"{where}.autoscaling_config.policy: missing; the ingress calls this version "
+        "directly, which Serve's default policy does not count: set "
+        f"`policy: {{policy_function: {DIRECT_SCALING_POLICY}}}` (or args.dedicated_calls: handle)"
+    ]
+
+
 def _validate_versions(
     args: AppArgs,
     by_name: dict[str, dict[str, Any]],
@@ -175,6 +191,7 @@ def _validate_versions(
                     "user_config.max_batch_size",
                 )
             )  # fmt: skip
+        problems.extend(_direct_scaling(args, entry, f"{where}.deployments[{name}]"))
         options = f"{where}.deployments[{name}].ray_actor_options"
         gpus = _num_gpus(entry.get("ray_actor_options"), options, problems)
         if gpus is not None and spec.device == "gpu" and not gpus > 0:

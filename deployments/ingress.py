@@ -30,7 +30,7 @@ from deployments.pipelines.features_wiring import open_features
 from deployments.pipelines.recommend_wiring import open_recommend
 from deployments.pipelines.wiring import item_embedder, open_cache, open_search, search_spaces
 from deployments.replicas.inline_backend import InlineBackend, configure_inline, load_inline
-from deployments.replicas.remote import version_backends
+from deployments.replicas.remote import closeable, version_backends
 from deployments.routing.router import VersionRouter
 from deployments.tenancy.access import Access
 
@@ -85,7 +85,7 @@ class Ingress:
         """Serve's replica shutdown: the worker first, then each part whatever the others do."""
         worker = self.recommend.worker if self.recommend is not None else None
         parts = [worker, self.access, self.search, self.plane.cache, self.features]
-        await wiring.close_parts(parts, self.log)
+        await wiring.close_parts([*parts, *closeable(self.router.backends)], self.log)
 
     async def check_health(self) -> None:
         """Serve's health check: raises while an inline version's runtime is wedged."""

@@ -13,6 +13,7 @@ cut into several small batches. The settings come from the deployment's
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from configs.settings import tune_interpreter
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import ModelMetrics
 from deployments.replicas.backend import EmbedResult
+from deployments.replicas.direct import DirectServer, replica_server
+from deployments.replicas.direct_scaling import DIRECT_CALLS_METRIC
 from deployments.replicas.health import PROBE_TEXT, HealthProbe
 from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.loading import load_version, runtime_metadata
@@ -49,6 +52,7 @@ class ModelServer:
         artifact_root: str | None = None,
         cache_dir: str | None = None,
         health: dict[str, Any] | None = None,
+        direct_calls: bool = False,
     ) -> None:
         tune_interpreter()
         self.model = model
@@ -87,6 +91,10 @@ class ModelServer:
                 "fault injection is ON for this version (test-only setting)",
                 extra={"fields": self.spec.fault_injection.model_dump()},
             )
+        # Direct calls from the ingress (`direct`), opened on the replica's event loop.
+        self.direct: DirectServer | None = None
+        if direct_calls:
+            self._open_direct()
         self._log.info(
             "loaded",
             extra={
@@ -98,6 +106,41 @@ class ModelServer:
                 }
             },
         )
+
+    def _open_direct(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not in a replica's event loop: Serve's handle only
+        server = replica_server(self)
+        if server is None:
+            return
+
+        async def open_it() -> None:
+            try:
+                await server.start()
+                self.direct = server
+            except Exception as e:  # Serve's handle still serves every call
+                self._log.warning("direct calls not opened", extra={"fields": {"error": str(e)}})
+
+        self._direct_opening = loop.create_task(open_it())
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The direct calls held now, for the autoscaler (`direct_scaling.policy`)."""
+        return {DIRECT_CALLS_METRIC: float(self.direct.in_flight if self.direct else 0)}
+
+    async def __del__(self) -> None:
+        """Serve's replica shutdown: callers told to stop, the calls held answered."""
+        if self.direct is not None:
+            await self.direct.close(self._drain_s())
+
+    @staticmethod
+    def _drain_s() -> float:
+        try:
+            config = serve.get_replica_context()._deployment_config
+            return max(1.0, float(config.graceful_shutdown_timeout_s) / 2)
+        except Exception:
+            return 5.0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply live batching settings without a restart."""
@@ -127,6 +170,14 @@ class ModelServer:
             "max_queued_texts": self.batcher.max_queued_texts,
             "max_queue_wait_s": self.batcher.max_queue_wait_s,
         }
+
+    def direct_stats(self) -> dict[str, Any]:
+        """Whether direct calls are open here, and the calls held and answered."""
+        replica = str(serve.get_replica_context().replica_id.unique_id)
+        if self.direct is None:
+            return {"replica": replica, "open": False, "in_flight": 0, "served": 0}
+        held, served = self.direct.in_flight, self.direct.served
+        return {"replica": replica, "open": True, "in_flight": held, "served": served}
 
     def metadata(self) -> dict[str, Any]:
         """Signature and runtime facts for the inference protocol's metadata routes."""
@@ -166,4 +217,5 @@ def model_server_args(config: AppArgs, model: str, version: str) -> tuple[Any, .
         config.artifact_root,
         config.artifact_cache_dir,
         config.health.model_dump(mode="json"),
+        config.dedicated_calls == "direct",
     )

@@ -50,6 +50,12 @@ from deployments.errors import (
 )
 from deployments.observability.logs import get_logger
 from deployments.replicas.backend import SHADOW_COPY, EmbedResult, VersionBackend, remaining_s
+from deployments.replicas.direct import (
+    DirectPool,
+    DirectUnavailable,
+    RemoteFailure,
+    deployment_prefix,
+)
 from deployments.replicas.traffic import caller_if_sequential
 
 _log = get_logger("calls")
@@ -134,9 +140,16 @@ class DedicatedBackend:
 
     placement = "dedicated"
 
-    def __init__(self, label: str, handle: DeploymentHandle[Any], timeout_s: float) -> None:
+    def __init__(
+        self,
+        label: str,
+        handle: DeploymentHandle[Any],
+        timeout_s: float,
+        direct: DirectPool | None = None,
+    ) -> None:
         self.label = label
         self._handle = handle
+        self.direct = direct
         self._calls: DeploymentHandle[Any] | None = None
         self.timeout_s = timeout_s  # request_timeout_s, for the 504's message
         self._meta: dict[str, Any] | None = None
@@ -157,7 +170,13 @@ class DedicatedBackend:
         """Vectors for `texts` from the version's replicas, by `deadline` (sent as the
         seconds left, at each attempt); the call names this replica while it serves one
         request at a time (the version's replica may then run it on its event loop, see
-        `traffic`)."""
+        `traffic`). Directly when a replica takes direct calls (`direct`), else, or
+        when that call is lost, through the handle."""
+        if self.direct is not None:
+            try:
+                return await self._embed_direct(texts, deadline)
+            except DirectUnavailable:
+                pass
         result: EmbedResult = await call_version(
             self.handle,
             "embed",
@@ -168,6 +187,22 @@ class DedicatedBackend:
             seconds_left_at=1,
         )
         return result
+
+    async def _embed_direct(self, texts: list[str], deadline: float) -> EmbedResult:
+        assert self.direct is not None
+        args = (texts, remaining_s(deadline), caller_if_sequential())
+        try:
+            result: EmbedResult = await self.direct.call("embed", args, remaining_s(deadline))
+            return result
+        except TimeoutError as e:
+            raise Timeout(f"{self.label}: no answer within {self.timeout_s:g} s") from e
+        except (ServekitError, RemoteFailure) as e:  # what the replica raised
+            raise _from_replica(e, self.label) from e
+
+    async def close(self) -> None:
+        """Close the direct connections (the replica's shutdown)."""
+        if self.direct is not None:
+            await self.direct.close()
 
     async def metadata(self) -> dict[str, Any]:
         """Signature and runtime facts, asked once and kept (a version is immutable)."""
@@ -201,8 +236,25 @@ def version_backends(
     from deployments.replicas.recommender_backend import load_recommenders
 
     backends: dict[tuple[str, str], VersionBackend] = {**inline, **load_recommenders(args)}
+    app = _replica_app() if args.dedicated_calls == "direct" else None
     for name, (model, version) in args.deployment_names().items():
+        direct = DirectPool(deployment_prefix(app, name)) if app is not None else None
         backends[(model, version)] = DedicatedBackend(
-            f"{model}/{version}", servers[name], args.request_timeout_s
+            f"{model}/{version}", servers[name], args.request_timeout_s, direct
         )
     return backends
+
+
+def closeable(backends: Mapping[tuple[str, str], VersionBackend]) -> list[DedicatedBackend]:
+    """The backends that hold connections to let go of at the replica's shutdown."""
+    return [b for b in backends.values() if isinstance(b, DedicatedBackend)]
+
+
+def _replica_app() -> str | None:
+    """The application of the Serve replica this runs in (None outside one)."""
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().app_name)
+    except Exception:
+        return None

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from configs.schema import DIRECT_SCALING_POLICY
 from tests.conftest import REPO_ROOT, auth_headers, free_port
 from tests.otlp_collector import Collector
 
@@ -27,6 +28,7 @@ FAST_AUTOSCALING = {
     "target_ongoing_requests": 2,
     "upscale_delay_s": 1,
     "downscale_delay_s": 4,
+    "policy": {"policy_function": DIRECT_SCALING_POLICY},
 }
 
 
@@ -47,7 +49,11 @@ def dedicated_deployment(name: str) -> dict[str, Any]:
         "max_ongoing_requests": 256,
         "max_queued_requests": 1024,
         "graceful_shutdown_timeout_s": 30,
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 2},
+        "autoscaling_config": {
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "policy": {"policy_function": DIRECT_SCALING_POLICY},
+        },
         "ray_actor_options": {"num_cpus": 1},
     }
 

@@ -105,6 +105,38 @@ def test_traffic_weights_change_live_without_restart(service: Service) -> None:
     assert replica_actor_ids("Ingress") | replica_actor_ids("minilm-v1") == before
 
 
+def _direct_served(deployment: str) -> dict[str, int]:
+    """Direct calls each running replica of a dedicated version has answered."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app_name=APP)
+    seen: dict[str, int] = {}
+    for _ in range(60):
+        stats = handle.direct_stats.remote().result()
+        assert stats["open"], stats
+        seen[stats["replica"]] = stats["served"]
+        if len(seen) >= running_replicas(deployment):
+            break
+    return seen
+
+
+def test_the_ingress_calls_a_dedicated_version_directly(service: Service) -> None:
+    before = sum(_direct_served("minilm-v2").values())
+    with service.client() as client:
+        for i in range(20):
+            r = client.post(
+                "/v1/embeddings",
+                json={"model": "minilm", "input": f"direct {i}"},
+                headers={"X-Model-Version": "v2"},
+            )
+            assert r.status_code == 200, r.text
+            assert r.headers["x-model-version"] == "v2"
+            assert len(r.json()["data"][0]["embedding"]) == 384
+    # Every request went over the direct connection, none through Serve's handle (the
+    # Ingress's health checks of the version go through the handle, and count nothing).
+    assert sum(_direct_served("minilm-v2").values()) - before >= 20
+
+
 def test_version_autoscales_up_and_down(service: Service, report: list[str]) -> None:
     stop = threading.Event()
     failures: list[int] = []
