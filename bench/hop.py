@@ -1,12 +1,13 @@
 """What one handle call between two replicas costs, as the Ingress calls a dedicated version.
 
-    python bench/hop.py [--calls 3000] [--concurrency 1,16] [--transports actor,grpc]
+    python bench/hop.py [--calls 3000] [--concurrency 1,16] [--transports actor,grpc,direct]
 
 Starts a local Ray instance with servekit's Serve settings and two deployments: a caller
 and a callee whose methods do no work, so only the hop is measured. For each answer
 shape (nothing; one text's vector as a numpy array with its token count, as
 `ModelServer.embed` answers; the same vector as raw bytes), each transport (Ray actor
-calls, Serve's default, or the replicas' gRPC servers) and each concurrency, the
+calls, Serve's default; the replicas' gRPC servers; servekit's direct calls, as the
+Ingress calls dedicated versions, `deployments/replicas/direct.py`) and each concurrency, the
 caller makes `--calls` handle calls and reports the wall time a call takes, and the
 CPU time each side spends per call (`time.process_time` of the whole process, so
 Ray's own threads count). In-process, it also times pickling the call's arguments
@@ -50,10 +51,24 @@ class Callee:
 
     def __init__(self) -> None:
         self._answers = {shape: answer(shape) for shape in ("none", "numpy", "bytes")}
+        self._direct: Any = None
 
     async def call(self, texts: list[str], timeout_s: float, shape: str) -> Any:
         """The answer of `shape`; `texts` and `timeout_s` as `ModelServer.embed` gets."""
         return self._answers[shape]
+
+    async def embed(self, texts: list[str], timeout_s: float, shape: str) -> Any:
+        """`call`, by the name a direct call may use."""
+        return self._answers[shape]
+
+    async def open_direct(self) -> str:
+        """Take direct calls (as a dedicated version's replica does); the KV prefix."""
+        from deployments.replicas.direct import replica_server
+
+        if self._direct is None:
+            self._direct = replica_server(self)
+            await self._direct.start()
+        return str(self._direct.key.rsplit("/", 1)[0] + "/")
 
     def cpu_s(self) -> float:
         """This process's CPU time so far."""
@@ -71,10 +86,28 @@ class Caller:
     ) -> dict[str, float]:
         """`calls` handle calls, `concurrency` at a time: calls a second, wall µs per
         call, the median latency and each side's CPU µs per call. `transport`: `actor`
-        (Ray's actor calls, the default) or `grpc` (`_by_reference=False`)."""
-        handle = self.callee.options(method_name="call", _by_reference=transport == "actor")
+        (Ray's actor calls, the default), `grpc` (`_by_reference=False`) or `direct`."""
+        if transport == "direct":
+            from deployments.replicas.direct import DirectPool
+
+            pool = DirectPool(await self.callee.open_direct.remote())
+            await pool.refresh()
+
+            async def one() -> Any:
+                return await pool.call("embed", ([TEXT], 30.0, shape), 30.0)
+
+        else:
+            from deployments.replicas.remote import on_calling_loop
+
+            handle = on_calling_loop(self.callee).options(
+                method_name="call", _by_reference=transport == "actor"
+            )
+
+            async def one() -> Any:
+                return await handle.remote([TEXT], 30.0, shape)
+
         for _ in range(50):  # warm up
-            await handle.remote([TEXT], 30.0, shape)
+            await one()
         callee_cpu = await self.callee.cpu_s.remote()
         own_cpu = time.process_time()
         latencies: list[float] = []
@@ -85,7 +118,7 @@ class Caller:
             while left > 0:
                 left -= 1
                 started = time.perf_counter()
-                await handle.remote([TEXT], 30.0, shape)
+                await one()
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -121,7 +154,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--concurrency", default="1,16")
-    parser.add_argument("--transports", default="actor,grpc", help="actor and/or grpc")
+    parser.add_argument("--transports", default="actor,grpc,direct", help="actor, grpc, direct")
     parser.add_argument("--out", type=Path, default=Path("hop.json"))
     args = parser.parse_args()
     from configs.settings import apply_serve_env

@@ -59,6 +59,7 @@ METHODS = frozenset({"embed"})
 _HEADER = struct.Struct("!BIQ")
 HELLO, CALL, OK, ERROR, GOAWAY = range(5)
 MAX_FRAME_BYTES = 512 * 1024 * 1024
+HELLO_MAX_BYTES = 256  # what a connection may send before its token is checked
 
 
 class DirectUnavailable(Exception):
@@ -76,8 +77,9 @@ def _frame(kind: int, call_id: int, body: bytes = b"") -> bytes:
 class _Frames:
     """Cuts a byte stream into (kind, call id, body) frames."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = MAX_FRAME_BYTES) -> None:
         self._buffer = bytearray()
+        self.max_bytes = max_bytes  # the largest frame body taken
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         buffer = self._buffer
@@ -87,7 +89,7 @@ class _Frames:
         size = _HEADER.size
         while len(buffer) - offset >= size:
             kind, length, call_id = _HEADER.unpack_from(buffer, offset)
-            if length > MAX_FRAME_BYTES:
+            if length > self.max_bytes:
                 raise ValueError(f"frame of {length} bytes")
             end = offset + size + length
             if len(buffer) < end:
@@ -217,7 +219,7 @@ class DirectServer:
 class _ServerConnection(asyncio.Protocol):
     def __init__(self, server: DirectServer) -> None:
         self.server = server
-        self.frames = _Frames()
+        self.frames = _Frames(HELLO_MAX_BYTES)  # until the token is checked
         self.transport: asyncio.Transport | None = None
         self.greeted = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -243,6 +245,7 @@ class _ServerConnection(asyncio.Protocol):
                     self.close()
                     return
                 self.greeted = True
+                self.frames.max_bytes = MAX_FRAME_BYTES
                 if self.server.closing:
                     self.goaway()
             elif kind == CALL:

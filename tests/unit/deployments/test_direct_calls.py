@@ -123,6 +123,11 @@ def test_a_connection_without_the_token_is_closed() -> None:
         writer.write(direct._frame(direct.CALL, 1, b"x"))
         assert await asyncio.wait_for(reader.read(), 2) == b""
         writer.close()
+        # Nor does one that announces a large frame before its token hold memory for it.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(direct._HEADER.pack(direct.HELLO, 100 * 1024 * 1024, 0) + b"x" * 1000)
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        writer.close()
         await pool.close()
         await server.close(1.0)
 
