@@ -10,8 +10,9 @@ each way on a kept TCP connection, read on each side's event loop: about 0.1 ms 
 - **Finding the replicas.** Each version replica listens on its node's address (any
   free port) and writes where, with a token drawn at start, to Ray's cluster KV store
   under its application, deployment and replica id; it writes it again every
-  `HEARTBEAT_S`. An Ingress reads the deployment's entries every `REFRESH_S` and keeps
-  those written within `STALE_S`. A connection's first frame must carry the token, or
+  `HEARTBEAT_S`. An Ingress reads the deployment's entries every `REFRESH_S` and calls
+  those written again within `STALE_S` by its own clock (it removes those unchanged
+  for `FORGET_S`: replicas gone without a word). A connection's first frame must carry the token, or
   the replica closes it: only a process that can read the cluster's KV store can call.
 - **Choosing one.** The replica with the fewest of this Ingress's calls in flight,
   below the deployment's `max_ongoing_requests`.
@@ -48,10 +49,10 @@ _log = get_logger("direct")
 
 KV_NAMESPACE = "servekit_direct"
 HEARTBEAT_S = 2.0
-STALE_S = 10.0
+STALE_S = 10.0  # an entry not written again for this long is not called
+FORGET_S = 60.0  # nor kept in the store
 REFRESH_S = 1.0
 CONNECT_TIMEOUT_S = 1.0
-DOWN_S = 2.0  # a replica that refused a connection is not tried again for this long
 # The methods a direct call may name.
 METHODS = frozenset({"embed"})
 
@@ -305,6 +306,7 @@ class _ClientConnection(asyncio.Protocol):
         self.closed = True
         if self.peer.connection is self:
             self.peer.connection = None
+        self.peer.lost()  # unless the replica said goodbye: it may be gone
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(DirectUnavailable("connection lost"))
@@ -351,14 +353,27 @@ class _Peer:
     port: int
     token: str
     max_in_flight: int
+    at: float  # the entry's own timestamp, as last read (the replica's clock)
+    changed: float  # when this Ingress last saw that timestamp change (its own clock)
     in_flight: int = 0
     draining: bool = False
-    down_until: float = 0.0
+    # Set when its connection was refused or lost other than by draining, to the entry's
+    # timestamp then: not tried again until the replica writes a later one (it lives).
+    lost_after: float | None = None
     connection: _ClientConnection | None = None
     connecting: asyncio.Future[_ClientConnection] | None = field(default=None, repr=False)
 
     def usable(self, now: float) -> bool:
-        return not self.draining and now >= self.down_until and self.in_flight < self.max_in_flight
+        return (
+            not self.draining
+            and self.lost_after is None
+            and now - self.changed <= STALE_S
+            and self.in_flight < self.max_in_flight
+        )
+
+    def lost(self) -> None:
+        if not self.draining:
+            self.lost_after = self.at
 
 
 class DirectPool:
@@ -369,7 +384,7 @@ class DirectPool:
         self,
         prefix: str,
         kv: KVStore | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.prefix = prefix
         self.kv = kv if kv is not None else RayKV()
@@ -393,29 +408,34 @@ class DirectPool:
             await asyncio.sleep(REFRESH_S)
 
     async def refresh(self) -> None:
+        """Read the deployment's entries. Each entry's age is judged by this Ingress's
+        own clock (when its timestamp last changed), so clocks apart between nodes do
+        not matter; one unchanged for `FORGET_S` is a replica gone without a word, and
+        its entry is removed."""
         entries = await asyncio.to_thread(self.kv.entries, self.prefix)
         now = self.clock()
-        fresh: dict[str, dict[str, Any]] = {}
+        for key in [k for k in self.peers if k not in entries]:
+            self._drop(key)
         for key, raw in entries.items():
             try:
                 entry = json.loads(raw)
-                if now - float(entry["at"]) <= STALE_S:
-                    fresh[key] = entry
+                address = (str(entry["host"]), int(entry["port"]), str(entry["token"]))
+                at, cap = float(entry["at"]), int(entry.get("max_in_flight", 256))
             except (ValueError, KeyError, TypeError):
                 continue
-        for key in list(self.peers):
-            if key not in fresh:
-                self._drop(key)
-        for key, entry in fresh.items():
             peer = self.peers.get(key)
-            address = (str(entry["host"]), int(entry["port"]), str(entry["token"]))
             if peer is not None and (peer.host, peer.port, peer.token) != address:
                 self._drop(key)  # the same replica id at a new address: a new process
                 peer = None
             if peer is None:
-                self.peers[key] = _Peer(
-                    key, *address, max_in_flight=int(entry.get("max_in_flight", 256))
-                )
+                self.peers[key] = _Peer(key, *address, max_in_flight=cap, at=at, changed=now)
+            elif at != peer.at:
+                peer.at, peer.changed = at, now
+                if peer.lost_after is not None and at > peer.lost_after:
+                    peer.lost_after = None  # written since it was lost: it lives
+            elif now - peer.changed > FORGET_S:
+                self._drop(key)
+                await asyncio.to_thread(self.kv.delete, key)
 
     def _drop(self, key: str) -> None:
         peer = self.peers.pop(key)
@@ -424,7 +444,7 @@ class DirectPool:
 
     def pick(self) -> _Peer | None:
         """The usable replica with the fewest of this Ingress's calls in flight."""
-        now = time.monotonic()
+        now = self.clock()
         best: list[_Peer] = []
         for peer in self.peers.values():
             if not peer.usable(now):
@@ -456,7 +476,7 @@ class DirectPool:
                     lambda: _ClientConnection(peer), peer.host, peer.port
                 )
         except (OSError, TimeoutError) as e:
-            peer.down_until = time.monotonic() + DOWN_S
+            peer.lost()
             raise DirectUnavailable(f"connect: {e}") from e
         peer.connection = connection
         return connection

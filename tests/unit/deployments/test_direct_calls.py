@@ -134,20 +134,37 @@ def test_a_connection_without_the_token_is_closed() -> None:
     asyncio.run(run())
 
 
-def test_no_fresh_entry_means_no_direct_call() -> None:
+def test_an_entry_not_written_again_is_not_called_then_forgotten() -> None:
     async def run() -> None:
         kv = MemoryKV()
-        pool = DirectPool(PREFIX, kv=kv)
+        now = [1000.0]
+        pool = DirectPool(PREFIX, kv=kv, clock=lambda: now[0])
         await pool.refresh()
         with pytest.raises(DirectUnavailable, match="no replica"):
             await pool.call("embed", (["red"], 5.0, None), 5.0)
-        # An entry not written for longer than STALE_S is a replica gone without a word.
-        old = {"host": "127.0.0.1", "port": 9, "token": "t", "at": time.time() - 60}
-        kv.put(PREFIX + "gone", json.dumps(old).encode())
+        # The entry's own timestamp is the replica's clock, hours off here: only whether
+        # it changes counts, by this pool's clock.
+        entry = {"host": "127.0.0.1", "port": 9, "token": "t", "at": 5.0}
+        kv.put(PREFIX + "r1", json.dumps(entry).encode())
         kv.put(PREFIX + "garbled", b"{not json")
-        kv.put(deployment_prefix("servekit", "minilm-v1") + "other", json.dumps(old).encode())
+        kv.put(deployment_prefix("servekit", "minilm-v1") + "r9", json.dumps(entry).encode())
+        await pool.refresh()
+        assert list(pool.peers) == [PREFIX + "r1"]
+        assert pool.pick() is pool.peers[PREFIX + "r1"]
+        now[0] += 9
+        kv.put(PREFIX + "r1", json.dumps({**entry, "at": 7.0}).encode())  # a heartbeat
+        await pool.refresh()
+        now[0] += 9
+        await pool.refresh()
+        assert pool.pick() is not None  # written 9 s ago
+        now[0] += 2
+        await pool.refresh()
+        assert pool.pick() is None  # 11 s: not called
+        assert PREFIX + "r1" in kv.data
+        now[0] += 50
         await pool.refresh()
         assert pool.peers == {}
+        assert PREFIX + "r1" not in kv.data  # 61 s: removed from the store
         await pool.close()
 
     asyncio.run(run())
@@ -165,6 +182,16 @@ def test_a_refused_connection_sets_the_replica_aside_for_a_while() -> None:
             await pool.call("embed", (["red"], 5.0, None), 5.0)
         with pytest.raises(DirectUnavailable, match="no replica"):  # not tried again yet
             await pool.call("embed", (["red"], 5.0, None), 5.0)
+        await pool.refresh()  # the same entry, written before the refusal
+        with pytest.raises(DirectUnavailable, match="no replica"):
+            await pool.call("embed", (["red"], 5.0, None), 5.0)
+        # Written again after it (a replica that lives): tried again, and it answers.
+        version = Version()
+        again = DirectServer(version, PREFIX + "r1", "127.0.0.1", 256, kv=kv)
+        await again.start()
+        await pool.refresh()
+        assert await pool.call("embed", (["red"], 5.0, None), 5.0) == ([[3.0]], [3])
+        await again.close(1.0)
         await pool.close()
 
     asyncio.run(run())
@@ -211,6 +238,12 @@ def test_a_call_lost_with_its_connection_says_so() -> None:
         version.release.set()
         await asyncio.sleep(0.01)
         assert server.in_flight == 0  # the orphaned call was cancelled
+        # Lost without a goodbye: set aside until the replica writes its entry again.
+        with pytest.raises(DirectUnavailable, match="no replica"):
+            await pool.call("embed", (["red"], 5.0, None), 5.0)
+        await asyncio.to_thread(server._publish)  # its next heartbeat
+        await pool.refresh()
+        assert await pool.call("embed", (["red"], 5.0, None), 5.0) == ([[3.0]], [3])
         await pool.close()
         await server.close(1.0)
 
