@@ -141,7 +141,7 @@ class DirectServer:
         self.token = secrets.token_hex(16)
         self.kv = kv if kv is not None else RayKV()
         self.in_flight = 0
-        self.served = 0  # calls answered, for tests and operators
+        self.served = 0  # calls run to their end (answered, failed or dropped)
         self.port = 0
         self.closing = False
         self._server: asyncio.AbstractServer | None = None

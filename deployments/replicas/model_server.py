@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +130,13 @@ class ModelServer:
         """The direct calls held now, for the autoscaler (`direct_scaling.policy`)."""
         return {DIRECT_CALLS_METRIC: float(self.direct.in_flight if self.direct else 0)}
 
-    async def __del__(self) -> None:
-        """Serve's replica shutdown: callers told to stop, the calls held answered."""
-        if self.direct is not None:
-            await self.direct.close(self._drain_s())
+    def __del__(self) -> Coroutine[Any, Any, None] | None:
+        """Serve's replica shutdown, which awaits what this returns: direct callers told
+        to stop, the calls held answered. Without direct calls it returns nothing, so
+        the garbage collector, which calls it too, leaves no coroutine unawaited."""
+        if self.direct is None or self.direct.closing:
+            return None
+        return self.direct.close(self._drain_s())
 
     @staticmethod
     def _drain_s() -> float:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +175,26 @@ def test_one_caller_at_a_time_runs_on_the_loop_several_in_threads(
 
     assert asyncio.run(run()) == [True, True, False, False, True, False]
     assert traffic.in_flight == 0
+
+
+def test_the_collector_finds_nothing_to_await_in_a_replica_without_direct_calls(
+    manifest: dict[str, Any], example_store: Path, tmp_path: Path
+) -> None:
+    # Serve awaits what `__del__` returns at a replica's shutdown; the garbage
+    # collector calls it too, and a coroutine made then would never be awaited.
+    entry = manifest["v2"]
+    spec = {
+        "artifact": {"uri": str(example_store / entry["file"]), "sha256": entry["sha256"]},
+        "runtime": "onnx",
+    }
+    server = ModelServer("minilm", "v2", spec, cache_dir=str(tmp_path), direct_calls=True)
+    assert server.direct is None  # outside a Serve replica
+    assert server.__del__() is None
+    unraisable: list[Any] = []
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        del server
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert unraisable == []
