@@ -176,7 +176,7 @@ class ModelServer:
         }
 
     def direct_stats(self) -> dict[str, Any]:
-        """Whether direct calls are open here, and the calls held and answered."""
+        """Whether direct calls are open here, the calls held now and those run to their end."""
         replica = str(serve.get_replica_context().replica_id.unique_id)
         if self.direct is None:
             return {"replica": replica, "open": False, "in_flight": 0, "served": 0}
