@@ -12,8 +12,9 @@ each way on a kept TCP connection, read on each side's event loop: about 0.1 ms 
   under its application, deployment and replica id; it writes it again every
   `HEARTBEAT_S`. An Ingress reads the deployment's entries every `REFRESH_S` and calls
   those written again within `STALE_S` by its own clock (it removes those unchanged
-  for `FORGET_S`: replicas gone without a word). A connection's first frame must carry the token, or
-  the replica closes it: only a process that can read the cluster's KV store can call.
+  for `FORGET_S`: replicas gone without a word). A connection's first frame must carry
+  the token, or the replica closes it: only a process that can read the cluster's KV
+  store can call.
 - **Choosing one.** The replica with the fewest of this Ingress's calls in flight,
   below the deployment's `max_ongoing_requests`.
 - **When this way is not open** (no replica known yet, all at their cap, a connection
@@ -25,8 +26,9 @@ each way on a kept TCP connection, read on each side's event loop: about 0.1 ms 
   `graceful_shutdown_timeout_s`.
 - **Autoscaling.** Serve's autoscaler counts the calls that go through handles; a
   version replica also reports the direct calls it holds (`record_autoscaling_stats`),
-  and `deployments.replicas.direct_scaling:policy`, Serve's
-  own rule over both counts, is the policy servekit sets for dedicated versions.
+  and `deployments.replicas.direct_scaling:policy`, Serve's own rule over both counts,
+  is the policy a dedicated version's `autoscaling_config` names (`servekit validate`
+  refuses one that names none).
 """
 
 from __future__ import annotations
@@ -316,7 +318,7 @@ class _ClientConnection(asyncio.Protocol):
         try:
             frames = self.frames.feed(data)
         except ValueError:
-            self.transport.close()  # type: ignore[union-attr]
+            self.close()
             return
         for kind, call_id, body in frames:
             if kind == GOAWAY:
@@ -332,6 +334,10 @@ class _ClientConnection(asyncio.Protocol):
                     future.set_exception(_error_from(body))
             except Exception as e:  # an answer that does not unpickle
                 future.set_exception(RemoteFailure(f"unreadable answer: {e}"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def send(self, method: str, args: tuple[Any, ...]) -> tuple[int, asyncio.Future[Any]]:
         self.next_id += 1
@@ -374,6 +380,12 @@ class _Peer:
     def lost(self) -> None:
         if not self.draining:
             self.lost_after = self.at
+
+    def release(self) -> None:
+        """Close its connection once no call of this Ingress is in flight on it (a
+        replica no longer listed; the last call to end closes it otherwise)."""
+        if self.connection is not None and self.in_flight == 0:
+            self.connection.close()
 
 
 class DirectPool:
@@ -438,9 +450,7 @@ class DirectPool:
                 await asyncio.to_thread(self.kv.delete, key)
 
     def _drop(self, key: str) -> None:
-        peer = self.peers.pop(key)
-        if peer.connection is not None and peer.in_flight == 0:
-            peer.connection.transport.close()  # type: ignore[union-attr]
+        self.peers.pop(key).release()
 
     def pick(self) -> _Peer | None:
         """The usable replica with the fewest of this Ingress's calls in flight."""
@@ -500,8 +510,8 @@ class DirectPool:
                     connection.pending.pop(call_id, None)
         finally:
             peer.in_flight -= 1
-            if peer.key not in self.peers and peer.in_flight == 0 and peer.connection:
-                peer.connection.transport.close()  # type: ignore[union-attr]
+            if peer.key not in self.peers:
+                peer.release()
         self.calls += 1
         return result
 
@@ -509,10 +519,10 @@ class DirectPool:
         self._closed = True
         if self._refresher is not None:
             self._refresher.cancel()
-        for key in list(self.peers):
-            peer = self.peers.pop(key)
+        for peer in self.peers.values():
             if peer.connection is not None:
-                peer.connection.transport.close()  # type: ignore[union-attr]
+                peer.connection.close()
+        self.peers.clear()
 
 
 # ---------------------------------------------------------------------------------
@@ -563,12 +573,13 @@ def deployment_prefix(app: str, deployment: str) -> str:
 
 def replica_server(target: Any) -> DirectServer | None:
     """A `DirectServer` for the Serve replica this runs in (None outside one)."""
-    try:
-        from ray import serve
-        from ray.util import get_node_ip_address
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+    from ray.util import get_node_ip_address
 
+    try:
         context = serve.get_replica_context()
-    except Exception:
+    except RayServeException:
         return None
     key = deployment_prefix(context.app_name, context.deployment) + context.replica_id.unique_id
     config = getattr(context, "_deployment_config", None)

@@ -124,7 +124,7 @@ class ModelServer:
             except Exception as e:  # Serve's handle still serves every call
                 self._log.warning("direct calls not opened", extra={"fields": {"error": str(e)}})
 
-        self._direct_opening = loop.create_task(open_it())
+        self._direct_opening = loop.create_task(open_it())  # held: the loop keeps weak ones
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The direct calls held now, for the autoscaler (`direct_scaling.policy`)."""

@@ -252,9 +252,9 @@ def closeable(backends: Mapping[tuple[str, str], VersionBackend]) -> list[Dedica
 
 def _replica_app() -> str | None:
     """The application of the Serve replica this runs in (None outside one)."""
-    try:
-        from ray import serve
+    from ray import serve
 
+    try:
         return str(serve.get_replica_context().app_name)
-    except Exception:
+    except RayServeException:
         return None
