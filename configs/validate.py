@@ -110,6 +110,9 @@ def _validate_app(
             report.problems.append(
                 f"{where}.deployments[{name}]: no such deployment (known: {choices})"
             )
+    for name in args.shard_names():
+        entry = by_name.get(name, {})
+        report.problems.extend(_direct_scaling(args, entry, f"{where}.deployments[{name}]"))
     ingress = _validate_ingress(by_name.get(INGRESS_DEPLOYMENT), args, where, report.problems)
     batching = _validate_versions(args, by_name, where, report.problems, check_artifacts)
     if ingress is not None and not report.problems:
@@ -152,15 +155,16 @@ def _batch_unreachable(entry: dict[str, Any], batch: int, where: str, field: str
 
 
 def _direct_scaling(args: AppArgs, entry: dict[str, Any], where: str) -> list[str]:
-    """A dedicated version that autoscales while the ingress calls it directly must
-    count those calls: Serve's default policy sees only what its handles route."""
+    """A dedicated version or catalog shard that autoscales while the ingress calls it
+    directly must count those calls: Serve's default policy sees only what its handles
+    route."""
     scaling = entry.get("autoscaling_config")
     if args.dedicated_calls != "direct" or not isinstance(scaling, dict):
         return []
     if scaling.get("policy") is not None:
         return []  # the operator's own policy (README: it sees servekit_direct_calls)
     return [
-        f"{where}.autoscaling_config.policy: missing; the ingress calls this version "
+        f"{where}.autoscaling_config.policy: missing; the ingress calls this deployment "
         "directly, which Serve's default policy does not count: set "
         f"`policy: {{policy_function: {DIRECT_SCALING_POLICY}}}` (or args.dedicated_calls: handle)"
     ]

@@ -4,10 +4,15 @@ whose id hashes to it, of every catalog, followed from the store's change log.
 It runs no model: the ingress embeds queries and upserts, and stores the vectors with
 the items; a shard reads them from the store. A version added later is backfilled
 here through the ingress (`Ingress.embed_for_index`), which has the models.
+
+The ingress calls a shard directly (`deployments/replicas/direct.py`, with
+`args.dedicated_calls: direct`, the default), through Serve's handle otherwise or
+whenever that way is not open.
 """
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
 import numpy as np
@@ -21,12 +26,13 @@ from deployments.pipelines.catalog_index import Candidates, SearchQuery
 from deployments.pipelines.search import SearchService
 from deployments.pipelines.shards import shard_of
 from deployments.pipelines.wiring import space_artifacts
+from deployments.replicas.direct import SHARD_METHODS, DirectCallee
 from deployments.tenancy.access import registry_url
 from models.lexical import CorpusStats
 from stores.secrets import load_secrets
 
 
-class CatalogShard:
+class CatalogShard(DirectCallee):
     """Shard `shard` of `shards`: a search service over its part of every catalog."""
 
     def __init__(self, args: dict[str, Any], shard: int, shards: int) -> None:
@@ -46,6 +52,10 @@ class CatalogShard:
         )
         self.started = False
         self._ingress: Any = None
+        self._closed = False
+        self.direct = None
+        if self.args.dedicated_calls == "direct":
+            self.open_direct(SHARD_METHODS)
 
     async def _embed(self, tenant: str, space: str, texts: list[str]) -> npt.NDArray[np.float32]:
         if self._ingress is None:
@@ -72,6 +82,18 @@ class CatalogShard:
         """This shard's best items of each half of a search."""
         return self.service.candidates(q, stats)
 
-    async def __del__(self) -> None:
-        """Serve's replica shutdown: stop following."""
-        await self.service.close()
+    def __del__(self) -> Coroutine[Any, Any, None] | None:
+        """Serve's replica shutdown, which awaits what this returns: direct callers told
+        to stop and the calls held answered, then the change log no longer followed.
+        Once only, so the garbage collector's call leaves no coroutine unawaited."""
+        if getattr(self, "_closed", True):
+            return None
+        self._closed = True
+        drain = self.close_direct()
+
+        async def close() -> None:
+            if drain is not None:
+                await drain
+            await self.service.close()
+
+        return close()

@@ -60,13 +60,15 @@ class ShardStatus:
 
 
 class Shard(Protocol):
-    """How the ingress reaches one shard (a deployment handle, wrapped)."""
+    """How the ingress reaches one shard (`wiring.ShardCalls`)."""
 
     async def sync(self, spaces: list[str]) -> dict[str, Any]: ...
 
     async def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None: ...
 
     async def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates: ...
+
+    async def close(self) -> None: ...
 
 
 class ShardSet:
@@ -196,6 +198,7 @@ class ShardSet:
             raise Unavailable("search: a catalog shard did not answer; try again") from e
 
     async def close(self) -> None:
-        """Stop syncing."""
+        """Stop syncing; let the shards' connections go."""
         if self._task is not None:
             self._task.cancel()
+        await asyncio.gather(*(shard.close() for shard in self.shards))

@@ -15,8 +15,9 @@ import numpy.typing as npt
 from configs.schema import AppArgs, IngressLiveConfig
 from deployments.dataplane import NO_TENANT, SEARCH, DataPlane
 from deployments.pipelines.search import EmbedFn, SearchService, SnapshotSource
-from deployments.pipelines.shards import ShardSet
-from deployments.replicas.remote import on_calling_loop
+from deployments.pipelines.shards import CALL_TIMEOUT_S, SYNC_TIMEOUT_S, ShardSet
+from deployments.replicas.direct import DirectPool, DirectUnavailable, deployment_prefix
+from deployments.replicas.remote import on_calling_loop, replica_app
 from deployments.tenancy.access import registry_url
 from stores.embed_cache import EmbedCache, EmbedStore, MemoryStore
 from stores.secrets import load_secrets
@@ -63,7 +64,8 @@ def open_search(
 ) -> SearchService | None:
     """The search service over the catalog store (the registry's database), or None
     when `search.enabled` is false. `shards`: the catalog shards' deployment handles
-    (`search.shards` > 1): the items then live there, and searches fan out."""
+    (`search.shards` > 1, in `args.shard_names()`'s order): the items then live there,
+    and searches fan out, directly with `dedicated_calls: direct`."""
     if not args.search.enabled:
         return None
     from stores.catalog_sql import open_catalog_store
@@ -90,7 +92,7 @@ def open_search(
         idle=idle,
         snapshots=snapshot_sources(args),
         space_artifacts=space_artifacts(args),
-        shards=ShardSet([HandleShard(h) for h in shards], log) if shards else None,
+        shards=ShardSet(shard_calls(args, shards), log) if shards else None,
     )
 
 
@@ -135,29 +137,56 @@ def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:
     return [f"{m}/{v}" for m in models for v in sorted(live.versions_in_use(m))]
 
 
-class HandleShard:
-    """A catalog shard reached through its deployment handle, whose router runs on the
-    replica's event loop (set up there on first use, see `remote.on_calling_loop`)."""
+def shard_calls(args: AppArgs, handles: Sequence[Any]) -> list[ShardCalls]:
+    """How this Ingress reaches each catalog shard: directly when `dedicated_calls` is
+    `direct` and it runs in a Serve replica, else through the handle alone."""
+    app = replica_app() if args.dedicated_calls == "direct" else None
+    return [
+        ShardCalls(handle, DirectPool(deployment_prefix(app, name)) if app is not None else None)
+        for name, handle in zip(args.shard_names(), handles, strict=True)
+    ]
 
-    def __init__(self, handle: Any) -> None:
+
+class ShardCalls:
+    """A catalog shard reached directly (`direct`, its replicas' own connections) or
+    through its deployment handle, whose router runs on the replica's event loop (set
+    up there on first use, see `remote.on_calling_loop`); the handle whenever the
+    direct way is not open, or a call sent on it was lost (the shard's calls read
+    only)."""
+
+    def __init__(self, handle: Any, direct: DirectPool | None = None) -> None:
         self._handle = handle
+        self.direct = direct
 
     @property
     def handle(self) -> Any:
         return on_calling_loop(self._handle)  # sets it up on first use only
 
+    async def _call(self, method: str, args: tuple[Any, ...], timeout_s: float) -> Any:
+        if self.direct is not None:
+            try:
+                return await self.direct.call(method, args, timeout_s)
+            except DirectUnavailable:
+                pass
+        return await getattr(self.handle, method).remote(*args)
+
     async def sync(self, spaces: list[str]) -> dict[str, Any]:
         """Keep these spaces; the shard's status."""
-        result: dict[str, Any] = await self.handle.sync.remote(spaces)
+        result: dict[str, Any] = await self._call("sync", (spaces,), SYNC_TIMEOUT_S)
         return result
 
     async def term_stats(self, tenant: str, catalog: str, text: str) -> Any:
         """The shard's part of a query's BM25 statistics."""
-        return await self.handle.term_stats.remote(tenant, catalog, text)
+        return await self._call("term_stats", (tenant, catalog, text), CALL_TIMEOUT_S)
 
     async def candidates(self, q: Any, stats: Any) -> Any:
         """The shard's best items of each half."""
-        return await self.handle.candidates.remote(q, stats)
+        return await self._call("candidates", (q, stats), CALL_TIMEOUT_S)
+
+    async def close(self) -> None:
+        """Close the direct connections (the replica's shutdown)."""
+        if self.direct is not None:
+            await self.direct.close()
 
 
 class Closeable(Protocol):

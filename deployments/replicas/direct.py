@@ -1,20 +1,23 @@
-"""Direct calls: the Ingress calls a dedicated version's replicas over a connection of
-its own, beside Serve's handle, which stays the way in whenever this one is not open.
+"""Direct calls: the Ingress calls its other deployments' replicas (dedicated versions,
+catalog shards) over a connection of its own, beside Serve's handle, which stays the
+way in whenever this one is not open.
 
 A handle call, even over the replicas' gRPC servers, costs about 1 ms of CPU on each
 side (Serve's router, request wrapper and replica machinery; `bench/hop.py`): at one
-connection it was a third of a dedicated request's time. Here a call is one frame
+connection it was a third of a dedicated request's time, and a sharded search makes
+one or two on every shard. Here a call is one frame
 each way on a kept TCP connection, read on each side's event loop: about 0.1 ms and
 0.06 ms of CPU a side (README, "The dedicated placement's hop").
 
-- **Finding the replicas.** Each version replica listens on its node's address (any
+- **Finding the replicas.** Each callee replica listens on its node's address (any
   free port) and writes where, with a token drawn at start, to Ray's cluster KV store
   under its application, deployment and replica id; it writes it again every
   `HEARTBEAT_S`. An Ingress reads the deployment's entries every `REFRESH_S` and calls
   those written again within `STALE_S` by its own clock (it removes those unchanged
   for `FORGET_S`: replicas gone without a word). A connection's first frame must carry
   the token, or the replica closes it: only a process that can read the cluster's KV
-  store can call.
+  store can call, and only the methods its deployment lists (`VERSION_METHODS`,
+  `SHARD_METHODS`).
 - **Choosing one.** The replica with the fewest of this Ingress's calls in flight,
   below the deployment's `max_ongoing_requests`.
 - **When this way is not open** (no replica known yet, all at their cap, a connection
@@ -25,27 +28,29 @@ each way on a kept TCP connection, read on each side's event loop: about 0.1 ms 
   and answers the calls it holds before its process goes, within the deployment's
   `graceful_shutdown_timeout_s`.
 - **Autoscaling.** Serve's autoscaler counts the calls that go through handles; a
-  version replica also reports the direct calls it holds (`record_autoscaling_stats`),
+  callee replica also reports the direct calls it holds (`record_autoscaling_stats`),
   and `deployments.replicas.direct_scaling:policy`, Serve's own rule over both counts,
-  is the policy a dedicated version's `autoscaling_config` names (`servekit validate`
+  is the policy an autoscaling callee's `autoscaling_config` names (`servekit validate`
   refuses one that names none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import pickle
 import random
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from deployments.errors import ServekitError
 from deployments.observability.logs import get_logger
+from deployments.replicas.direct_scaling import DIRECT_CALLS_METRIC
 
 _log = get_logger("direct")
 
@@ -55,8 +60,9 @@ STALE_S = 10.0  # an entry not written again for this long is not called
 FORGET_S = 60.0  # nor kept in the store
 REFRESH_S = 1.0
 CONNECT_TIMEOUT_S = 1.0
-# The methods a direct call may name.
-METHODS = frozenset({"embed"})
+# The methods a direct call may name, per callee.
+VERSION_METHODS = frozenset({"embed"})
+SHARD_METHODS = frozenset({"sync", "term_stats", "candidates"})
 
 # Frames: kind, body length, call id; then the body (pickled).
 _HEADER = struct.Struct("!BIQ")
@@ -126,7 +132,8 @@ def _error_from(body: bytes) -> Exception:
 
 
 class DirectServer:
-    """Serves `target`'s `METHODS` to direct callers; `key` names it in the KV store."""
+    """Serves `target`'s `methods` to direct callers (each a coroutine function or a
+    plain one, run on the loop as Serve runs it); `key` names it in the KV store."""
 
     def __init__(
         self,
@@ -135,8 +142,10 @@ class DirectServer:
         host: str,
         max_in_flight: int,
         kv: KVStore | None = None,
+        methods: frozenset[str] = VERSION_METHODS,
     ) -> None:
         self.target = target
+        self.methods = methods
         self.key = key
         self.host = host
         self.max_in_flight = max_in_flight
@@ -144,6 +153,7 @@ class DirectServer:
         self.kv = kv if kv is not None else RayKV()
         self.in_flight = 0
         self.served = 0  # calls run to their end (answered, failed or dropped)
+        self.answered: dict[str, int] = {}  # calls answered, by method
         self.port = 0
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
@@ -265,10 +275,13 @@ class _ServerConnection(asyncio.Protocol):
         try:
             try:
                 method, args = pickle.loads(body)
-                if method not in METHODS:
+                if method not in server.methods:
                     raise RemoteFailure(f"no direct method {method!r}")
-                result = await getattr(server.target, method)(*args)
+                result = getattr(server.target, method)(*args)
+                if inspect.isawaitable(result):
+                    result = await result
                 reply = _frame(OK, call_id, pickle.dumps(result, protocol=5))
+                server.answered[method] = server.answered.get(method, 0) + 1
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -352,7 +365,7 @@ class _ClientConnection(asyncio.Protocol):
 
 @dataclass
 class _Peer:
-    """One version replica as this Ingress sees it."""
+    """One callee replica as this Ingress sees it."""
 
     key: str
     host: str
@@ -389,7 +402,7 @@ class _Peer:
 
 
 class DirectPool:
-    """A dedicated deployment's replicas that take direct calls, as one Ingress sees them.
+    """A deployment's replicas that take direct calls, as one Ingress sees them.
     `prefix`: the KV keys of the deployment's entries (`deployment_prefix`)."""
 
     def __init__(
@@ -571,7 +584,7 @@ def deployment_prefix(app: str, deployment: str) -> str:
     return f"{app}/{deployment}/"
 
 
-def replica_server(target: Any) -> DirectServer | None:
+def replica_server(target: Any, methods: frozenset[str]) -> DirectServer | None:
     """A `DirectServer` for the Serve replica this runs in (None outside one)."""
     from ray import serve
     from ray.serve.exceptions import RayServeException
@@ -584,4 +597,66 @@ def replica_server(target: Any) -> DirectServer | None:
     key = deployment_prefix(context.app_name, context.deployment) + context.replica_id.unique_id
     config = getattr(context, "_deployment_config", None)
     cap = int(getattr(config, "max_ongoing_requests", 0) or 256)
-    return DirectServer(target, key, get_node_ip_address(), cap)
+    return DirectServer(target, key, get_node_ip_address(), cap, methods=methods)
+
+
+def drain_s() -> float:
+    """How long a stopping replica answers the direct calls it holds: half its
+    deployment's `graceful_shutdown_timeout_s`, at least 1 s."""
+    from ray import serve
+
+    try:
+        config = serve.get_replica_context()._deployment_config
+        return max(1.0, float(config.graceful_shutdown_timeout_s) / 2)
+    except Exception:
+        return 5.0
+
+
+class DirectCallee:
+    """What a deployment's class takes on to be called directly: it calls `open_direct`
+    from its constructor, which Serve runs on the replica's event loop (outside a
+    replica nothing opens, and Serve's handle serves every call)."""
+
+    direct: DirectServer | None = None
+
+    def open_direct(self, methods: frozenset[str]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not on a replica's event loop: Serve's handle only
+        server = replica_server(self, methods)
+        if server is None:
+            return
+
+        async def open_it() -> None:
+            try:
+                await server.start()
+                self.direct = server
+            except Exception as e:  # Serve's handle still serves every call
+                _log.warning("direct calls not opened", extra={"fields": {"error": str(e)}})
+
+        self._direct_opening = loop.create_task(open_it())  # held: the loop keeps weak ones
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The direct calls held now, for the autoscaler (`direct_scaling.policy`)."""
+        return {DIRECT_CALLS_METRIC: float(self.direct.in_flight if self.direct else 0)}
+
+    def direct_stats(self) -> dict[str, Any]:
+        """Whether direct calls are open here, the calls held now, those run to their
+        end, and those answered by method."""
+        from ray import serve
+
+        replica = str(serve.get_replica_context().replica_id.unique_id)
+        server = self.direct
+        if server is None:
+            return {"replica": replica, "open": False, "in_flight": 0, "served": 0, "answered": {}}
+        return {"replica": replica, "open": True, "in_flight": server.in_flight,
+                "served": server.served, "answered": dict(server.answered)}  # fmt: skip
+
+    def close_direct(self) -> Coroutine[Any, Any, None] | None:
+        """Callers told to stop and the calls held answered, for Serve's replica
+        shutdown to await; None when nothing is open (or it is closing already), so a
+        second call (the garbage collector's `__del__`) leaves no coroutine unawaited."""
+        if self.direct is None or self.direct.closing:
+            return None
+        return self.direct.close(drain_s())

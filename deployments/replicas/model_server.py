@@ -13,7 +13,6 @@ cut into several small batches. The settings come from the deployment's
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -32,8 +31,7 @@ from configs.settings import tune_interpreter
 from deployments.observability.logs import get_logger
 from deployments.observability.metrics import ModelMetrics
 from deployments.replicas.backend import EmbedResult
-from deployments.replicas.direct import DirectServer, replica_server
-from deployments.replicas.direct_scaling import DIRECT_CALLS_METRIC
+from deployments.replicas.direct import VERSION_METHODS, DirectCallee
 from deployments.replicas.health import PROBE_TEXT, HealthProbe
 from deployments.replicas.inline import InlineBatcher
 from deployments.replicas.loading import load_version, runtime_metadata
@@ -42,7 +40,7 @@ from deployments.replicas.traffic import Traffic
 from models import ArtifactStore
 
 
-class ModelServer:
+class ModelServer(DirectCallee):
     """Serves one immutable model version."""
 
     def __init__(
@@ -93,9 +91,9 @@ class ModelServer:
                 extra={"fields": self.spec.fault_injection.model_dump()},
             )
         # Direct calls from the ingress (`direct`), opened on the replica's event loop.
-        self.direct: DirectServer | None = None
+        self.direct = None
         if direct_calls:
-            self._open_direct()
+            self.open_direct(VERSION_METHODS)
         self._log.info(
             "loaded",
             extra={
@@ -108,43 +106,10 @@ class ModelServer:
             },
         )
 
-    def _open_direct(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # not in a replica's event loop: Serve's handle only
-        server = replica_server(self)
-        if server is None:
-            return
-
-        async def open_it() -> None:
-            try:
-                await server.start()
-                self.direct = server
-            except Exception as e:  # Serve's handle still serves every call
-                self._log.warning("direct calls not opened", extra={"fields": {"error": str(e)}})
-
-        self._direct_opening = loop.create_task(open_it())  # held: the loop keeps weak ones
-
-    async def record_autoscaling_stats(self) -> dict[str, float]:
-        """The direct calls held now, for the autoscaler (`direct_scaling.policy`)."""
-        return {DIRECT_CALLS_METRIC: float(self.direct.in_flight if self.direct else 0)}
-
     def __del__(self) -> Coroutine[Any, Any, None] | None:
         """Serve's replica shutdown, which awaits what this returns: direct callers told
-        to stop, the calls held answered. Without direct calls it returns nothing, so
-        the garbage collector, which calls it too, leaves no coroutine unawaited."""
-        if self.direct is None or self.direct.closing:
-            return None
-        return self.direct.close(self._drain_s())
-
-    @staticmethod
-    def _drain_s() -> float:
-        try:
-            config = serve.get_replica_context()._deployment_config
-            return max(1.0, float(config.graceful_shutdown_timeout_s) / 2)
-        except Exception:
-            return 5.0
+        to stop, the calls held answered (`close_direct`)."""
+        return self.close_direct()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply live batching settings without a restart."""
@@ -174,14 +139,6 @@ class ModelServer:
             "max_queued_texts": self.batcher.max_queued_texts,
             "max_queue_wait_s": self.batcher.max_queue_wait_s,
         }
-
-    def direct_stats(self) -> dict[str, Any]:
-        """Whether direct calls are open here, the calls held now and those run to their end."""
-        replica = str(serve.get_replica_context().replica_id.unique_id)
-        if self.direct is None:
-            return {"replica": replica, "open": False, "in_flight": 0, "served": 0}
-        held, served = self.direct.in_flight, self.direct.served
-        return {"replica": replica, "open": True, "in_flight": held, "served": served}
 
     def metadata(self) -> dict[str, Any]:
         """Signature and runtime facts for the inference protocol's metadata routes."""

@@ -236,7 +236,7 @@ def version_backends(
     from deployments.replicas.recommender_backend import load_recommenders
 
     backends: dict[tuple[str, str], VersionBackend] = {**inline, **load_recommenders(args)}
-    app = _replica_app() if args.dedicated_calls == "direct" else None
+    app = replica_app() if args.dedicated_calls == "direct" else None
     for name, (model, version) in args.deployment_names().items():
         direct = DirectPool(deployment_prefix(app, name)) if app is not None else None
         backends[(model, version)] = DedicatedBackend(
@@ -250,7 +250,7 @@ def closeable(backends: Mapping[tuple[str, str], VersionBackend]) -> list[Dedica
     return [b for b in backends.values() if isinstance(b, DedicatedBackend)]
 
 
-def _replica_app() -> str | None:
+def replica_app() -> str | None:
     """The application of the Serve replica this runs in (None outside one)."""
     from ray import serve
 

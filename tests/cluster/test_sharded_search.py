@@ -4,12 +4,16 @@ Two applications on one two-node cluster share the store: `one` holds the catalo
 its ingress (`search.shards: 1`), `two` splits it over `CatalogShard-0` (head node) and
 `CatalogShard-1` (worker node). Items written through `one` reach `two`'s shards from
 the change log; every search (vector, hybrid, filtered) answers the same items in the
-same order with the same scores from both.
+same order with the same scores from both, and `two`'s Ingress calls its shards
+directly (`args.dedicated_calls: direct`, the default).
 """
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster_util import RayNode, serve_deploy, serve_details
+from tests.cluster_util import RayNode, cluster_env, serve_deploy, serve_details
 from tests.conftest import REPO_ROOT, auth_headers, free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -98,6 +102,26 @@ def _shard_nodes(head: RayNode) -> dict[str, str]:
     return found
 
 
+def _direct_answered(head: RayNode) -> dict[str, dict[str, int]]:
+    """Direct calls each shard replica of `two` has answered, by method (a driver on
+    the cluster asks each through its handle)."""
+    code = (
+        "import json, ray\n"
+        "from ray import serve\n"
+        f"ray.init(address={head.gcs_address!r}, logging_level='ERROR')\n"
+        "names = ('CatalogShard-0', 'CatalogShard-1')\n"
+        "print(json.dumps({n: serve.get_deployment_handle(n, app_name='two')"
+        ".direct_stats.remote().result()['answered'] for n in names}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=cluster_env(), capture_output=True, text=True,
+        timeout=120, cwd=REPO_ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    answered: dict[str, dict[str, int]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return answered
+
+
 def _search(base: str, app: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{base}/{app}/v1/search", json=body, headers=auth_headers(), timeout=30)
 
@@ -166,6 +190,16 @@ def test_two_shards_on_two_nodes_answer_as_one_index(
             assert _search(base, app, body).status_code == 200
             took.append(time.perf_counter() - started)
         p50[app] = sorted(took)[len(took) // 2] * 1000
+    # Every search of `two` reached each shard directly (statistics, then candidates
+    # for a hybrid one), none through Serve's handles.
+    answered = _direct_answered(head)
+    hybrid = sum(b["hybrid"] for b in bodies) + sum(
+        bodies[n % len(bodies)]["hybrid"] for n in range(40)
+    )
+    for shard in answered.values():
+        assert shard.get("candidates", 0) >= len(bodies) + 40, answered
+        assert shard.get("term_stats", 0) >= hybrid, answered
+        assert shard.get("sync", 0) > 0, answered
     report.append(
         f"sharded search: p50 {p50['one']:.1f} ms in one index, {p50['two']:.1f} ms over two "
         f"shards (one request at a time, both nodes on this 2-core machine)"

@@ -346,4 +346,4 @@ def test_the_backend_goes_through_the_handle_when_no_direct_way_is_open() -> Non
 
 
 def test_a_replica_outside_serve_opens_no_direct_way() -> None:
-    assert direct.replica_server(object()) is None
+    assert direct.replica_server(object(), direct.VERSION_METHODS) is None

@@ -89,3 +89,27 @@ def test_a_dedicated_version_that_autoscales_names_the_policy(
             "policy_function": "ray.serve.autoscaling_policy:default_autoscaling_policy"
         }
     assert validate_document(own, check_artifacts=False).problems == []
+
+
+def test_a_catalog_shard_that_autoscales_names_the_policy() -> None:
+    doc = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    app = doc["applications"][0]
+    app["args"]["search"] = {"shards": 2}
+    app["args"]["models"].pop("recommender")  # recommendations keep to one index
+    live = app["deployments"][0]["user_config"]
+    live["traffic"].pop("recommender")
+    live.get("batching", {}).pop("recommender-v1", None)
+    app["deployments"].append(
+        {"name": "CatalogShard-1", "autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}
+    )
+    problems = validate_document(doc, check_artifacts=False).problems
+    assert problems == [
+        "applications[0].deployments[CatalogShard-1].autoscaling_config.policy: missing; the "
+        "ingress calls this deployment directly, which Serve's default policy does not count: "
+        f"set `policy: {{policy_function: {DIRECT_SCALING_POLICY}}}` "
+        "(or args.dedicated_calls: handle)"
+    ]
+    app["deployments"][-1]["autoscaling_config"]["policy"] = {
+        "policy_function": DIRECT_SCALING_POLICY
+    }
+    assert validate_document(doc, check_artifacts=False).problems == []

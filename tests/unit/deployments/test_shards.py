@@ -14,12 +14,21 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from deployments.errors import BadRequest
 from deployments.pipelines.catalog_index import Candidates, SearchQuery
 from deployments.pipelines.search import SearchService
-from deployments.pipelines.shards import ShardSet, shard_of
+from deployments.pipelines.shards import Shard, ShardSet, shard_of
+from deployments.pipelines.wiring import ShardCalls
+from deployments.replicas.direct import (
+    SHARD_METHODS,
+    DirectPool,
+    DirectServer,
+    deployment_prefix,
+)
 from models.lexical import CorpusStats, LexicalIndex
 from stores.catalog import Item
 from stores.catalog_sql import open_catalog_store
+from tests.unit.deployments.test_direct_calls import MemoryKV, _Handle
 from tests.unit.deployments.test_search_service import LOG
 
 SPACE = "m/v1"
@@ -41,6 +50,56 @@ class InProcessShard:
 
     async def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates | None:
         return self.service.candidates(q, stats)
+
+    async def close(self) -> None:
+        """Nothing held here (the Ingress's `ShardCalls` closes its connections)."""
+
+
+class ShardReplica:
+    """What a `CatalogShard` replica serves, as it serves it (`term_stats` and
+    `candidates` plain methods), for direct calls."""
+
+    def __init__(self, service: SearchService) -> None:
+        self.service = service
+
+    async def sync(self, spaces: list[str]) -> dict[str, Any]:
+        await self.service.start(spaces)
+        return self.service.status()
+
+    def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None:
+        return self.service.term_stats(tenant, catalog, text)
+
+    def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates | None:
+        if q.k < 0:
+            raise BadRequest("k: must be at least 1")
+        return self.service.candidates(q, stats)
+
+
+class NoHandle:
+    """Serve's handle where no call may reach it."""
+
+    def __getattr__(self, method: str) -> Any:
+        raise AssertionError(f"{method} went through the handle")
+
+
+async def _direct_shards(
+    services: list[SearchService],
+) -> tuple[list[ShardCalls], list[DirectServer]]:
+    """Each service behind a replica's direct server, reached by the Ingress's
+    `ShardCalls` over real sockets (the handle never used)."""
+    kv = MemoryKV()
+    calls, servers = [], []
+    for n, service in enumerate(services):
+        prefix = deployment_prefix("servekit", f"CatalogShard-{n}")
+        server = DirectServer(
+            ShardReplica(service), prefix + "r1", "127.0.0.1", 256, kv=kv, methods=SHARD_METHODS
+        )
+        await server.start()
+        pool = DirectPool(prefix, kv=kv)
+        await pool.refresh()
+        calls.append(ShardCalls(NoHandle(), pool))
+        servers.append(server)
+    return calls, servers
 
 
 def _items(n: int) -> list[Item]:
@@ -103,7 +162,8 @@ def test_bm25_over_shards_with_summed_stats_scores_as_one_index() -> None:
     assert np.allclose([s for _, s in merged], [s for _, s in expected])
 
 
-def test_two_shards_answer_as_one_index(url: str) -> None:
+@pytest.mark.parametrize("transport", ["in_process", "direct"])
+def test_two_shards_answer_as_one_index(url: str, transport: str) -> None:
     async def run() -> None:
         one = SearchService(open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0)
         shards = [
@@ -113,9 +173,13 @@ def test_two_shards_answer_as_one_index(url: str) -> None:
             )
             for n in range(2)
         ]  # fmt: skip
+        servers: list[DirectServer] = []
+        reach: list[Shard] = [InProcessShard(s) for s in shards]
+        if transport == "direct":
+            reach, servers = await _direct_shards(shards)  # type: ignore[assignment]
         front = SearchService(
             open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0,
-            shards=ShardSet([InProcessShard(s) for s in shards], LOG),
+            shards=ShardSet(reach, LOG),
         )  # fmt: skip
         await one.start([SPACE])
         await front.start([SPACE])
@@ -166,8 +230,43 @@ def test_two_shards_answer_as_one_index(url: str) -> None:
             SearchQuery("globex", "shop", SPACE, vector, "red", 5, None, True)
         )
         assert other.hits == []
+        for server in servers:  # every search was answered over the connections
+            assert server.served > 50
         for service in (one, front, *shards):
             await service.close()
+        for server in servers:
+            await server.close(1.0)
+
+    asyncio.run(run())
+
+
+def test_shard_calls_use_the_handle_until_a_direct_way_opens(url: str) -> None:
+    async def run() -> None:
+        kv, handle = MemoryKV(), _Handle()
+        prefix = deployment_prefix("servekit", "CatalogShard-0")
+        shard = ShardCalls(handle, DirectPool(prefix, kv=kv))
+        await shard.sync([SPACE])  # no replica listed: through the handle
+        assert handle.calls == [("sync", [SPACE])]
+        service = SearchService(open_catalog_store(url), embed, 0.05, LOG)
+        server = DirectServer(
+            ShardReplica(service), prefix + "r1", "127.0.0.1", 256, kv=kv, methods=SHARD_METHODS
+        )
+        await server.start()
+        await shard.direct.refresh()  # type: ignore[union-attr]
+        status = await shard.sync([SPACE])
+        assert status["seq"] == service.status()["seq"]
+        assert len(handle.calls) == 1
+        assert await shard.term_stats("acme", "shop", "red") is None  # no such catalog
+        vector = (await embed("", SPACE, ["red"]))[0]
+        bad = SearchQuery("acme", "shop", SPACE, vector, "red", -1, None, False)
+        with pytest.raises(BadRequest, match=r"^k: must be at least 1$"):
+            await shard.candidates(bad, None)  # the shard's error, as itself
+        assert server.served == 3
+        assert server.answered == {"sync": 1, "term_stats": 1}  # the failed call: not
+        assert len(handle.calls) == 1
+        await shard.close()
+        await service.close()
+        await server.close(1.0)
 
     asyncio.run(run())
 

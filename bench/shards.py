@@ -1,0 +1,113 @@
+"""Sharded search benchmark: `/v1/search` over a catalog in the Ingress, and split over two
+catalog shards called through Serve's handles or directly, in one run.
+
+    python bench/shards.py [--items 5000] [--seconds 12] [--warmup 3] [--rounds 1]
+
+Each configuration is servekit as shipped (`servekit serve`, auth on) but for the
+recommender (recommendations keep to one index, so a sharded config leaves it out, and
+so does the one-index config here) and the embedding cache (off: every query is
+embedded, as each is distinct): `search.shards: 1`, then `search.shards: 2` with
+`args.dedicated_calls: handle`, then with `direct`, all on one store (the first loads
+`--items` products of the example catalog). Distinct hybrid queries at one and 16
+connections. `--rounds 2` runs the two sharded configurations again, in the other order.
+Writes bench/results/shards.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.search import catalog_items, load_catalog, search_bodies, wait_searchable, workload
+from bench.serving import Server, bench_credentials, free_port
+
+
+def config(tmp: Path, port: int, shards: int, calls: str) -> Path:
+    """serve_config.yaml on a free port, without the recommender, the cache off,
+    `shards` catalog shards called by `calls`."""
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    doc["http_options"]["port"] = port
+    app = doc["applications"][0]
+    args = app["args"]
+    args["models"].pop("recommender")
+    args.setdefault("search", {})["shards"] = shards
+    args["dedicated_calls"] = calls
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    live = ingress["user_config"]
+    live["traffic"].pop("recommender")
+    live.get("batching", {}).pop("recommender-v1", None)
+    live.setdefault("cache", {})["enabled"] = False
+    path = tmp / f"shards-{shards}-{calls}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def start(tmp: Path, name: str, shards: int, calls: str, env: dict[str, str], key: str) -> Server:
+    port = free_port()
+    argv = [sys.executable, "-m", "servekit", "serve", str(config(tmp, port, shards, calls))]
+    server = Server(name, argv, port, tmp / f"{name}.log", env, f"Bearer {key}")
+    server.wait_ready(orjson.dumps({"model": "minilm", "input": "ready?"}))
+    return server
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--items", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shards.json")
+    args = parser.parse_args()
+    items, queries = catalog_items(args.items)
+    half = len(queries) // 2
+    pools = {"c1": (1, search_bodies(queries[:half])), "c16": (16, search_bodies(queries[half:]))}
+    runs: list[dict[str, Any]] = []
+    order = [("one index", 1, "direct"), ("2 shards, handle", 2, "handle"),
+             ("2 shards, direct", 2, "direct")]  # fmt: skip
+    if args.rounds == 2:
+        order += [("2 shards, direct", 2, "direct"), ("2 shards, handle", 2, "handle")]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        env, key = bench_credentials(tmp)
+        for n, (label, shards, calls) in enumerate(order):
+            server = start(tmp, f"shards-{n}", shards, calls, env, key)
+            try:
+                if n == 0:
+                    load_catalog(server.port, key, items)
+                wait_searchable(server.port, key)
+                run: dict[str, Any] = {"configuration": label}
+                for name, (connections, bodies) in pools.items():
+                    run[name] = workload(
+                        server.port, key, bodies, connections, args.warmup, args.seconds
+                    )
+                print(f"{label}: {run}", flush=True)
+                runs.append(run)
+            finally:
+                server.stop()
+    print()
+    print("| configuration | c1 searches/s | c1 p50 / p99 ms | c16 searches/s | c16 p50 / p99 ms |")
+    print("|---|---|---|---|---|")
+    for run in runs:
+        cells = [
+            f"{w['requests_per_s']} | {w['p50_ms']} / {w['p99_ms']}"
+            for w in (run["c1"], run["c16"])
+        ]
+        print(f"| {run['configuration']} | {' | '.join(cells)} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"items": len(items), "runs": runs}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
