@@ -360,8 +360,8 @@ class RecommendationSettings(_Strict):
     )
 
 
-# The autoscaling policy of dedicated versions the ingress calls directly (it counts
-# those calls; `deployments/replicas/direct_scaling.py`).
+# The autoscaling policy of dedicated versions and catalog shards the ingress calls
+# directly (it counts those calls; `deployments/replicas/direct_scaling.py`).
 DIRECT_SCALING_POLICY = "deployments.replicas.direct_scaling:policy"
 
 
@@ -376,9 +376,9 @@ class AppArgs(_Strict):
     dedicated_calls: Literal["direct", "handle"] = Field(
         "direct",
         description=(
-            "How the ingress calls dedicated versions: `direct` (a connection of "
-            "servekit's own to each replica, Serve's handle whenever it is not open) "
-            "or `handle` (Serve's handle only)."
+            "How the ingress calls dedicated versions and catalog shards: `direct` (a "
+            "connection of servekit's own to each replica, Serve's handle whenever it is "
+            "not open) or `handle` (Serve's handle only)."
         ),
     )
     health: HealthSettings = Field(default_factory=HealthSettings)

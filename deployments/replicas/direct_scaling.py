@@ -1,9 +1,9 @@
-"""The autoscaling policy of a dedicated version: Serve's own rule over the calls its
-handles count and the direct calls its replicas hold (`direct`).
+"""The autoscaling policy of a dedicated version or catalog shard: Serve's own rule over
+the calls its handles count and the direct calls its replicas hold (`direct`).
 
 Serve's default policy scales a deployment to `total requests / target_ongoing_requests`
 replicas, counting the requests its handles routed. Calls an Ingress makes directly
-(`deployments/replicas/direct.py`) pass no handle, so each version replica reports the
+(`deployments/replicas/direct.py`) pass no handle, so each callee replica reports the
 direct calls it holds as a metric of its own (`servekit_direct_calls`, sampled and
 averaged over `look_back_period_s` as Serve does its own count), and this policy adds
 them before the same rule. Serve applies the deployment's delays, factors and bounds
