@@ -9,8 +9,8 @@ so does the one-index config here) and the embedding cache (off: every query is
 embedded, as each is distinct): `search.shards: 1`, then `search.shards: 2` with
 `args.dedicated_calls: handle`, then with `direct`, all on one store (the first loads
 `--items` products of the example catalog). Distinct hybrid queries at one and 16
-connections. `--rounds 2` runs the two sharded configurations again, in the other order.
-Writes bench/results/shards.json.
+connections. `--rounds 2` runs the two sharded configurations again, in the other order;
+`--only handle|direct` the one index and that way alone. Writes bench/results/shards.json.
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=1, choices=(1, 2))
+    parser.add_argument(
+        "--only", choices=("handle", "direct"), help="one index, then this way only"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shards.json")
     args = parser.parse_args()
     items, queries = catalog_items(args.items)
@@ -76,6 +79,8 @@ def main() -> int:
              ("2 shards, direct", 2, "direct")]  # fmt: skip
     if args.rounds == 2:
         order += [("2 shards, direct", 2, "direct"), ("2 shards, handle", 2, "handle")]
+    if args.only:
+        order = [run for run in order if run[1] == 1 or run[2] == args.only]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         env, key = bench_credentials(tmp)

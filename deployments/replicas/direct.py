@@ -132,8 +132,8 @@ def _error_from(body: bytes) -> Exception:
 
 
 class DirectServer:
-    """Serves `target`'s `methods` to direct callers (each a coroutine function or a
-    plain one, run on the loop as Serve runs it); `key` names it in the KV store."""
+    """Serves `target`'s `methods` to direct callers (a coroutine function on the
+    loop, a plain one in a thread, as Serve runs each); `key` names it in the KV store."""
 
     def __init__(
         self,
@@ -277,9 +277,11 @@ class _ServerConnection(asyncio.Protocol):
                 method, args = pickle.loads(body)
                 if method not in server.methods:
                     raise RemoteFailure(f"no direct method {method!r}")
-                result = getattr(server.target, method)(*args)
-                if inspect.isawaitable(result):
-                    result = await result
+                function = getattr(server.target, method)
+                if inspect.iscoroutinefunction(function):
+                    result = await function(*args)
+                else:  # a plain method runs in a thread, as Serve runs it
+                    result = await asyncio.to_thread(function, *args)
                 reply = _frame(OK, call_id, pickle.dumps(result, protocol=5))
                 server.answered[method] = server.answered.get(method, 0) + 1
             except asyncio.CancelledError:
