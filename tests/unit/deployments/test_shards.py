@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,14 @@ class ShardReplica:
 
     def __init__(self, service: SearchService) -> None:
         self.service = service
+        self.threads: set[str] = set()  # where the plain methods ran
 
     async def sync(self, spaces: list[str]) -> dict[str, Any]:
         await self.service.start(spaces)
         return self.service.status()
 
     def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None:
+        self.threads.add(threading.current_thread().name)
         return self.service.term_stats(tenant, catalog, text)
 
     def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates | None:
@@ -248,8 +251,9 @@ def test_shard_calls_use_the_handle_until_a_direct_way_opens(url: str) -> None:
         await shard.sync([SPACE])  # no replica listed: through the handle
         assert handle.calls == [("sync", [SPACE])]
         service = SearchService(open_catalog_store(url), embed, 0.05, LOG)
+        replica = ShardReplica(service)
         server = DirectServer(
-            ShardReplica(service), prefix + "r1", "127.0.0.1", 256, kv=kv, methods=SHARD_METHODS
+            replica, prefix + "r1", "127.0.0.1", 256, kv=kv, methods=SHARD_METHODS
         )
         await server.start()
         await shard.direct.refresh()  # type: ignore[union-attr]
@@ -257,12 +261,15 @@ def test_shard_calls_use_the_handle_until_a_direct_way_opens(url: str) -> None:
         assert status["seq"] == service.status()["seq"]
         assert len(handle.calls) == 1
         assert await shard.term_stats("acme", "shop", "red") is None  # no such catalog
+        # A plain method ran in a thread, as Serve runs it, not on the event loop's.
+        assert replica.threads
+        assert threading.current_thread().name not in replica.threads
         vector = (await embed("", SPACE, ["red"]))[0]
         bad = SearchQuery("acme", "shop", SPACE, vector, "red", -1, None, False)
         with pytest.raises(BadRequest, match=r"^k: must be at least 1$"):
             await shard.candidates(bad, None)  # the shard's error, as itself
         assert server.served == 3
-        assert server.answered == {"sync": 1, "term_stats": 1}  # the failed call: not
+        assert server.answered == {"sync": 1, "term_stats": 1}  # the refused one is not
         assert len(handle.calls) == 1
         await shard.close()
         await service.close()
