@@ -53,7 +53,6 @@ class CatalogShard(DirectCallee):
         self.started = False
         self._ingress: Any = None
         self._closed = False
-        self.direct = None
         if self.args.dedicated_calls == "direct":
             self.open_direct(SHARD_METHODS)
 

@@ -16,8 +16,8 @@ from configs.schema import AppArgs, IngressLiveConfig
 from deployments.dataplane import NO_TENANT, SEARCH, DataPlane
 from deployments.pipelines.search import EmbedFn, SearchService, SnapshotSource
 from deployments.pipelines.shards import CALL_TIMEOUT_S, SYNC_TIMEOUT_S, ShardSet
-from deployments.replicas.direct import DirectPool, DirectUnavailable, deployment_prefix
-from deployments.replicas.remote import on_calling_loop, replica_app
+from deployments.replicas.direct import DirectPool, DirectUnavailable
+from deployments.replicas.remote import direct_pool, on_calling_loop
 from deployments.tenancy.access import registry_url
 from stores.embed_cache import EmbedCache, EmbedStore, MemoryStore
 from stores.secrets import load_secrets
@@ -140,9 +140,8 @@ def search_spaces(args: AppArgs, live: IngressLiveConfig) -> list[str]:
 def shard_calls(args: AppArgs, handles: Sequence[Any]) -> list[ShardCalls]:
     """How this Ingress reaches each catalog shard: directly when `dedicated_calls` is
     `direct` and it runs in a Serve replica, else through the handle alone."""
-    app = replica_app() if args.dedicated_calls == "direct" else None
     return [
-        ShardCalls(handle, DirectPool(deployment_prefix(app, name)) if app is not None else None)
+        ShardCalls(handle, direct_pool(args, name))
         for name, handle in zip(args.shard_names(), handles, strict=True)
     ]
 

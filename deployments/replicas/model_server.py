@@ -91,7 +91,6 @@ class ModelServer(DirectCallee):
                 extra={"fields": self.spec.fault_injection.model_dump()},
             )
         # Direct calls from the ingress (`direct`), opened on the replica's event loop.
-        self.direct = None
         if direct_calls:
             self.open_direct(VERSION_METHODS)
         self._log.info(

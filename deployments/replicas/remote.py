@@ -236,13 +236,19 @@ def version_backends(
     from deployments.replicas.recommender_backend import load_recommenders
 
     backends: dict[tuple[str, str], VersionBackend] = {**inline, **load_recommenders(args)}
-    app = replica_app() if args.dedicated_calls == "direct" else None
     for name, (model, version) in args.deployment_names().items():
-        direct = DirectPool(deployment_prefix(app, name)) if app is not None else None
         backends[(model, version)] = DedicatedBackend(
-            f"{model}/{version}", servers[name], args.request_timeout_s, direct
+            f"{model}/{version}", servers[name], args.request_timeout_s, direct_pool(args, name)
         )
     return backends
+
+
+def direct_pool(args: AppArgs, deployment: str) -> DirectPool | None:
+    """The direct way to a deployment's replicas (a dedicated version's or a catalog
+    shard's) when `dedicated_calls` is `direct` and this runs in a Serve replica; else
+    None: Serve's handle alone."""
+    app = replica_app() if args.dedicated_calls == "direct" else None
+    return DirectPool(deployment_prefix(app, deployment)) if app is not None else None
 
 
 def closeable(backends: Mapping[tuple[str, str], VersionBackend]) -> list[DedicatedBackend]:
