@@ -10,7 +10,10 @@ embedded, as each is distinct): `search.shards: 1`, then `search.shards: 2` with
 `args.dedicated_calls: handle`, then with `direct`, all on one store (the first loads
 `--items` products of the example catalog). Distinct hybrid queries at one and 16
 connections. `--rounds 2` runs the two sharded configurations again, in the other order;
-`--only handle|direct` the one index and that way alone. Writes bench/results/shards.json.
+`--only handle|direct` the one index and that way alone. For the sharded ones, the
+fan-out rounds a search took, from `servekit_search_shard_rounds_total`: the shards'
+statistics asked for (a query term not searched before) and rounds answered stale, per
+search. Writes bench/results/shards.json.
 """
 
 from __future__ import annotations
@@ -19,16 +22,25 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.search import catalog_items, load_catalog, search_bodies, wait_searchable, workload
+from bench.search import (
+    METRICS_SETTLE_S,
+    catalog_items,
+    load_catalog,
+    search_bodies,
+    wait_searchable,
+    workload,
+)
 from bench.serving import Server, bench_credentials, free_port
 
 
@@ -52,12 +64,43 @@ def config(tmp: Path, port: int, shards: int, calls: str) -> Path:
     return path
 
 
-def start(tmp: Path, name: str, shards: int, calls: str, env: dict[str, str], key: str) -> Server:
-    port = free_port()
-    argv = [sys.executable, "-m", "servekit", "serve", str(config(tmp, port, shards, calls))]
+def start(
+    tmp: Path, name: str, shards: int, calls: str, env: dict[str, str], key: str
+) -> tuple[Server, int]:
+    """servekit on a config of its own; the server and its metrics port."""
+    port, metrics_port = free_port(), free_port()
+    argv = [sys.executable, "-m", "servekit", "serve", str(config(tmp, port, shards, calls)),
+            "--metrics-port", str(metrics_port)]  # fmt: skip
     server = Server(name, argv, port, tmp / f"{name}.log", env, f"Bearer {key}")
     server.wait_ready(orjson.dumps({"model": "minilm", "input": "ready?"}))
-    return server
+    return server, metrics_port
+
+
+def shard_rounds(metrics_port: int) -> dict[str, float]:
+    """Fan-out rounds of sharded searches so far, by round, over every replica."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    out = {"stats": 0.0, "candidates": 0.0, "stale": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name == "ray_servekit_search_shard_rounds":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels.get("round") in out:
+                    out[sample.labels["round"]] += sample.value
+    return out
+
+
+def per_search(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Statistics rounds and stale rounds per search between two counts (a search makes
+    one candidates round, and one more for each answered stale)."""
+    delta = {k: after[k] - before[k] for k in after}
+    searches = delta["candidates"] - delta["stale"]
+    if searches <= 0:
+        return {}
+    return {
+        "stats_rounds_per_search": round(delta["stats"] / searches, 3),
+        "stale_rounds_per_search": round(delta["stale"] / searches, 3),
+    }
 
 
 def main() -> int:
@@ -85,29 +128,39 @@ def main() -> int:
         tmp = Path(tmp_name)
         env, key = bench_credentials(tmp)
         for n, (label, shards, calls) in enumerate(order):
-            server = start(tmp, f"shards-{n}", shards, calls, env, key)
+            server, metrics_port = start(tmp, f"shards-{n}", shards, calls, env, key)
             try:
                 if n == 0:
                     load_catalog(server.port, key, items)
                 wait_searchable(server.port, key)
                 run: dict[str, Any] = {"configuration": label}
                 for name, (connections, bodies) in pools.items():
+                    if shards > 1:
+                        time.sleep(METRICS_SETTLE_S)
+                        before = shard_rounds(metrics_port)
                     run[name] = workload(
                         server.port, key, bodies, connections, args.warmup, args.seconds
                     )
+                    if shards > 1:
+                        time.sleep(METRICS_SETTLE_S)
+                        run[name].update(per_search(before, shard_rounds(metrics_port)))
                 print(f"{label}: {run}", flush=True)
                 runs.append(run)
             finally:
                 server.stop()
     print()
-    print("| configuration | c1 searches/s | c1 p50 / p99 ms | c16 searches/s | c16 p50 / p99 ms |")
-    print("|---|---|---|---|---|")
+    print(
+        "| configuration | c1 searches/s | c1 p50 / p99 ms | c16 searches/s | c16 p50 / p99 ms"
+        " | statistics rounds per search c1 / c16 |"
+    )
+    print("|---|---|---|---|---|---|")
     for run in runs:
         cells = [
             f"{w['requests_per_s']} | {w['p50_ms']} / {w['p99_ms']}"
             for w in (run["c1"], run["c16"])
         ]
-        print(f"| {run['configuration']} | {' | '.join(cells)} |")
+        stats = " / ".join(str(run[w].get("stats_rounds_per_search", "-")) for w in ("c1", "c16"))
+        print(f"| {run['configuration']} | {' | '.join(cells)} | {stats} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"items": len(items), "runs": runs}, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -77,9 +77,16 @@ class CatalogShard(DirectCallee):
         """This shard's part of a query's BM25 statistics."""
         return self.service.term_stats(tenant, catalog, text)
 
-    def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates:
-        """This shard's best items of each half of a search."""
-        return self.service.candidates(q, stats)
+    def term_stats_at(self, tenant: str, catalog: str, text: str) -> tuple[int, CorpusStats | None]:
+        """`term_stats`, with the generation of this shard's index they were read at."""
+        return self.service.term_stats_at(tenant, catalog, text)
+
+    def candidates(
+        self, q: SearchQuery, stats: CorpusStats | None, generation: int | None = None
+    ) -> Candidates:
+        """This shard's best items of each half of a search (with `generation`: none
+        of BM25's, but this shard's statistics, when its index is no longer there)."""
+        return self.service.candidates(q, stats, generation)
 
     def __del__(self) -> Coroutine[Any, Any, None] | None:
         """Serve's replica shutdown, which awaits what this returns: direct callers told

@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import operator
 import re
+import secrets
 import threading
 import unicodedata
 from collections import Counter
@@ -141,6 +142,17 @@ class CorpusStats:
         return CorpusStats(self.n_docs + other.n_docs, self.total_length + other.total_length, df)
 
 
+class StaleStats(Exception):
+    """The corpus statistics a shard was asked to score with were not summed from its
+    current state (a write since, or a query term they leave out): `generation` and
+    `stats` are this index's, read together, to sum anew."""
+
+    def __init__(self, generation: int, stats: CorpusStats) -> None:
+        super().__init__("stale corpus statistics")
+        self.generation = generation
+        self.stats = stats
+
+
 @dataclass(frozen=True, slots=True)
 class _Doc:
     """One document's distinct term ids, their weighted counts, its weighted length."""
@@ -172,6 +184,7 @@ class _State:
     base: _Segment
     base_live: Mask
     delta: _Segment
+    generation: int  # changes with every published write or compaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +346,9 @@ class LexicalIndex:
         self._delta: dict[int, _Doc] = {}  # keys whose current document is in the delta
         self._delta_segment, self._delta_dirty = _EMPTY, False
         self._changed: set[int] = set()  # keys written since the last compaction's snapshot
+        # Each published state's generation: a random start, so no other index (another
+        # catalog's, this catalog's on a restarted replica) is likely to reuse one.
+        self._generation = secrets.randbits(62)
         self._state: _State
         self._publish()
 
@@ -367,7 +383,16 @@ class LexicalIndex:
 
     def stats(self, query: str) -> CorpusStats:
         """This index's part of the corpus statistics a search for `query` reads."""
+        return self.stats_at(query)[1]
+
+    def stats_at(self, query: str) -> tuple[int, CorpusStats]:
+        """`stats`, with the generation of the state they were read from: a search
+        given that generation (`search(..., generation=)`) scores only if this index
+        is still at it."""
         state = self._state
+        return state.generation, self._stats(state, query)
+
+    def _stats(self, state: _State, query: str) -> CorpusStats:
         found = self._query_terms(state, query)
         df = {term: int(state.df[tid]) for term, tid in found.items()}
         return CorpusStats(state.n_docs, state.total_length, df)
@@ -387,18 +412,28 @@ class LexicalIndex:
         k: int,
         allowed: Mask | None = None,
         stats: CorpusStats | None = None,
+        generation: int | None = None,
     ) -> list[tuple[int, float]]:
         """The `k` best (key, BM25 score) for `query`, best first, ties by smaller key.
         `allowed`: a boolean mask indexed by key (keys at or past its end are not
         allowed); every allowed matching document competes, so `k` come back whenever
         `k` allowed documents match. `stats`: the corpus statistics to score with when
-        this index is one shard of a corpus (the sum of every shard's `stats`)."""
+        this index is one shard of a corpus (the sum of every shard's `stats`).
+        `generation`: the generation this index's part of `stats` was read at
+        (`stats_at`); when the index has moved on since, or `stats` leave out a term
+        of the query it holds, nothing is scored: `StaleStats` carries its own anew."""
         if k < 0:
             raise InvalidInputError("k must be >= 0")
         if allowed is not None and (allowed.dtype != np.bool_ or allowed.ndim != 1):
             raise InvalidInputError("allowed must be a one-dimensional boolean mask")
         state = self._state  # read once: everything below sees one published write
         found = self._query_terms(state, query)
+        if generation is not None and (
+            generation != state.generation
+            or stats is None
+            or any(term not in stats.df for term in found)
+        ):
+            raise StaleStats(state.generation, self._stats(state, query))
         if k == 0 or not found:
             return []
         # Terms in text order, not id order: a document's score then sums its terms in
@@ -491,6 +526,7 @@ class LexicalIndex:
         return True
 
     def _publish(self) -> None:
+        self._generation += 1
         if self._delta_dirty:
             self._delta_segment = _segment_of(self._delta)
             self._delta_dirty = False
@@ -502,6 +538,7 @@ class LexicalIndex:
             base=self._base,
             base_live=self._live.copy(),
             delta=self._delta_segment,
+            generation=self._generation,
         )
 
     def _install(

@@ -44,6 +44,14 @@ CATALOGUE = {
         "Catalog items (all tenants) still without a vector in a version's index, as "
         "the answering replica sees them: 0 when every index of the version is complete.",
     ),
+    "servekit_search_shard_rounds_total": (
+        "counter",
+        "Fan-out rounds of searches over catalog shards, by round: stats (each shard's "
+        "part of a hybrid query's BM25 statistics asked for: a term not searched before, "
+        "or no statistics kept), candidates (each shard's best items asked for), stale "
+        "(of those, rounds a shard answered with its new statistics instead: written to "
+        "since they were kept; the search then takes one round more).",
+    ),
     "servekit_inference_duration_seconds": ("histogram", "Model time per batch."),
     "servekit_replicas": ("gauge", "1 per live model replica; sum by model and version."),
     "servekit_traffic_weight": ("gauge", "Effective traffic weight per version, in percent."),
@@ -351,7 +359,8 @@ class RouterMetrics:
 
 
 class SearchMetrics:
-    """Index completeness of catalog search, per embedding space."""
+    """Index completeness of catalog search, per embedding space, and the fan-out
+    rounds of searches over catalog shards."""
 
     def __init__(self) -> None:
         self._keeper = GaugeKeeper()
@@ -360,10 +369,19 @@ class SearchMetrics:
             description=CATALOGUE["servekit_search_index_pending_items"][1],
             tag_keys=("space",),
         )
+        self.shard_rounds = Counter(
+            "servekit_search_shard_rounds_total",
+            description=CATALOGUE["servekit_search_shard_rounds_total"][1],
+            tag_keys=("round",),
+        )
 
     def pending_items(self, space: str, items: int) -> None:
         """Items of `space` still to embed."""
         self._keeper.set(self.pending, items, {"space": space})
+
+    def shard_round(self, kind: str) -> None:
+        """One fan-out round of a search over catalog shards."""
+        RECORDS.inc(self.shard_rounds, 1, {"round": kind})
 
 
 class CacheMetrics:

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from deployments.pipelines.filters import AttributeColumns, Mask
 from models.ann import VectorIndex
 from models.fusion import convex, rrf
-from models.lexical import CorpusStats, LexicalIndex
+from models.lexical import CorpusStats, LexicalIndex, StaleStats, tokenize
 from stores.catalog import Item, item_text
 
 __all__ = ["Candidates", "CatalogIndex", "Hit", "SearchQuery", "fuse", "item_text"]
@@ -31,6 +31,15 @@ CANDIDATES = 50  # per half of a hybrid search, before fusion
 # comes first; lower, paraphrases lose).
 CONVEX_ALPHA = 0.45
 TEXT_WEIGHTS = {"title": 2.0, "name": 2.0}  # BM25: a title word counts twice
+# How the BM25 index analyses text; `query_terms` analyses a query the same way.
+STEM, STOPWORDS = True, True
+# A shard's generation for a catalog it does not hold (an index's are random, never 0).
+ABSENT = 0
+
+
+def query_terms(text: str) -> frozenset[str]:
+    """The terms a catalog's BM25 index looks up for a query `text`."""
+    return frozenset(tokenize(text, stem=STEM, stopwords=STOPWORDS))
 
 
 @dataclass(frozen=True)
@@ -59,10 +68,14 @@ class SearchQuery:
 
 @dataclass(frozen=True)
 class Candidates:
-    """Each half's best items of one index (or shard), before fusion."""
+    """Each half's best items of one index (or shard), before fusion. `stale`: a shard
+    asked to score BM25 with statistics it no longer matches answers its own instead,
+    as (generation, statistics; `ABSENT`, None: it holds no such catalog), and no
+    lexical half."""
 
     vector: list[Hit]
     lexical: list[Hit]
+    stale: tuple[int, CorpusStats | None] | None = None
 
 
 class CatalogIndex:
@@ -73,7 +86,7 @@ class CatalogIndex:
         self.slots: dict[str, int] = {}
         self.items: dict[int, Item] = {}
         self.attrs = AttributeColumns()
-        self.lexical = LexicalIndex(field_weights=TEXT_WEIGHTS)
+        self.lexical = LexicalIndex(field_weights=TEXT_WEIGHTS, stem=STEM, stopwords=STOPWORDS)
         self.spaces: dict[str, VectorIndex] = {}
         self.with_vector: dict[str, set[int]] = {}  # space -> slots that have a vector
         self.settings: dict[str, Any] = {}  # the catalog's own (e.g. hybrid by default)
@@ -226,10 +239,20 @@ class CatalogIndex:
         """This catalog's part of the BM25 statistics of a query (summed over shards)."""
         return self.lexical.stats(text)
 
-    def candidates(self, q: SearchQuery, stats: CorpusStats | None = None) -> Candidates:
+    def term_stats_at(self, text: str) -> tuple[int, CorpusStats]:
+        """`term_stats` and the BM25 index's generation they were read at."""
+        return self.lexical.stats_at(text)
+
+    def candidates(
+        self, q: SearchQuery, stats: CorpusStats | None = None, generation: int | None = None
+    ) -> Candidates:
         """The best items of each half before fusion: by vector similarity, and by BM25
-        when `q.hybrid` (scored with `stats`, the whole catalog's, on a shard)."""
-        return self._candidates(q.space, q.vector, q.text, q.k, q.filters, q.hybrid, stats)
+        when `q.hybrid` (scored with `stats`, the whole catalog's, on a shard). With
+        `generation` (that of this index's part of `stats`), BM25 scores only if the
+        index is still there; else the answer is `stale`, with no lexical half."""
+        return self._candidates(
+            q.space, q.vector, q.text, q.k, q.filters, q.hybrid, stats, generation
+        )
 
     def _candidates(
         self,
@@ -240,6 +263,7 @@ class CatalogIndex:
         filters: dict[str, Any] | None,
         hybrid: bool,
         stats: CorpusStats | None,
+        generation: int | None = None,
     ) -> Candidates:
         with self.lock:
             size = self._next
@@ -250,11 +274,18 @@ class CatalogIndex:
         if vector is not None and index is not None and len(index):
             keys, scores = index.search(vector, wanted, allowed)
             ranked = [(int(key), float(s)) for key, s in zip(keys, scores, strict=True)]
-        lexical = self.lexical.search(text, wanted, allowed, stats) if hybrid else []
+        stale = None
+        try:
+            lexical = (
+                self.lexical.search(text, wanted, allowed, stats, generation) if hybrid else []
+            )
+        except StaleStats as e:
+            lexical, stale = [], (e.generation, e.stats)
         with self.lock:
             return Candidates(
                 [Hit(self.items[s], score) for s, score in ranked if s in self.items],
                 [Hit(self.items[s], score) for s, score in lexical if s in self.items],
+                stale,
             )
 
     def search(

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from deployments.pipelines.catalog_index import (
+    ABSENT,
     Candidates,
     CatalogIndex,
     Hit,
@@ -741,15 +742,29 @@ class SearchService:
             AttributeColumns().mask(q.filters, 0)  # a bad filter is the caller's 400, here
         return SearchResult(q.space, await self.shards.search(q), self.shards.seq)
 
-    def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates:
-        """A shard's part of a search: each half's best items, before fusion."""
+    def candidates(
+        self, q: SearchQuery, stats: CorpusStats | None, generation: int | None = None
+    ) -> Candidates:
+        """A shard's part of a search: each half's best items, before fusion. With
+        `generation` (what `term_stats_at` said when the ingress read this shard's part
+        of `stats`), a shard that has moved on since answers `stale` instead of BM25."""
         index = self.catalogs.get((q.tenant, q.catalog))
-        return Candidates([], []) if index is None else index.candidates(q, stats)
+        if index is not None:
+            return index.candidates(q, stats, generation)
+        if generation is None or generation == ABSENT or not q.hybrid:
+            return Candidates([], [])
+        return Candidates([], [], (ABSENT, None))
 
     def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None:
         """A shard's part of a query's BM25 statistics (None: no such catalog here)."""
         index = self.catalogs.get((tenant, catalog))
         return None if index is None else index.term_stats(text)
+
+    def term_stats_at(self, tenant: str, catalog: str, text: str) -> tuple[int, CorpusStats | None]:
+        """`term_stats` and the generation they were read at (`ABSENT`, None: no such
+        catalog here), which `candidates` checks."""
+        index = self.catalogs.get((tenant, catalog))
+        return (ABSENT, None) if index is None else index.term_stats_at(text)
 
     def status(self) -> dict[str, Any]:
         """A shard's answer to the ingress's sync: position, complete spaces (kept, and
@@ -774,7 +789,7 @@ class SearchService:
             for (tenant, catalog), index in catalogs
         }
         return {"seq": self.seq, "ready": ready, "sizes": sizes, "retained": retained,
-                "retained_ready": retained_ready}  # fmt: skip
+                "retained_ready": retained_ready, "stats_generations": True}  # fmt: skip
 
     async def close(self) -> None:
         """Stop following (and reading returning spaces' stored vectors)."""

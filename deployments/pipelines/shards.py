@@ -6,8 +6,15 @@ A search is exact across shards, not approximately so: each shard returns its be
 items of each half (vector and BM25, `depth` each) and the ingress keeps the best
 `depth` of the union before fusing, which are the whole catalog's best `depth`. BM25
 scores depend on corpus statistics (documents, total length, each term's document
-frequency), so a hybrid search first asks every shard for its part of them, and every
-shard then scores with the sum: two fan-outs, both small.
+frequency), so a hybrid search scores on every shard with the sum of every shard's part
+of them. The ingress keeps each shard's part of the statistics of the terms it has
+searched (`StatsCache`), with the generation of the shard's BM25 index it was read
+at, and sends the shard that generation with the sum: a shard whose index has moved on
+since (a write) does not score but answers its current part, and the round is made
+again with the new sum. A search whose terms were searched before takes one fan-out,
+scored with statistics summed from the very states the shards scored; one with a new
+term, or right after a write to the catalog, takes two, as without the cache (the
+shards' parts, then their candidates).
 
 The ingress tells the shards which embedding spaces to keep (the versions with traffic,
 a shadow or a canary) every `SYNC_S`, and each answer says which of its catalogs'
@@ -19,18 +26,29 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from logging import Logger
 from typing import Any, Protocol
 
 from deployments.errors import ServekitError, Unavailable
-from deployments.pipelines.catalog_index import Candidates, Hit, SearchQuery, fuse
+from deployments.pipelines.catalog_index import (
+    ABSENT,
+    Candidates,
+    Hit,
+    SearchQuery,
+    fuse,
+    query_terms,
+)
 from models.lexical import CorpusStats
 
 SYNC_S = 1.0
 SYNC_TIMEOUT_S = 30.0  # a shard catching up on a long change log answers its first late
 CALL_TIMEOUT_S = 10.0
+# The statistics cache's bounds, over every catalog and shard: catalogs, and the terms'
+# counts (about 100 bytes each); the least recently searched catalogs go first.
+CACHED_CATALOGS = 4096
+CACHED_TERMS = 100_000
 
 
 def shard_of(item_id: str, shards: int) -> int:
@@ -57,6 +75,98 @@ class ShardStatus:
     # catalog those complete (a shard of an earlier release says nothing: none)
     retained: dict[str, int] = field(default_factory=dict)
     retained_ready: dict[str, list[str]] = field(default_factory=dict)
+    stats_generations: bool = False  # it checks the generation of cached statistics
+
+
+@dataclass
+class _ShardPart:
+    """One shard's part of a catalog's BM25 statistics, at one generation of its index:
+    documents, their total length, and the document frequency of each term asked for
+    (0 included: a term this shard does not hold)."""
+
+    generation: int
+    n_docs: int = 0
+    total_length: float = 0.0
+    df: dict[str, int] = field(default_factory=dict)
+
+
+class StatsCache:
+    """Per catalog and shard, its part of the BM25 statistics of the terms searched so
+    far, at one generation of the shard's index. Counts only: nothing of an item, and
+    keyed by tenant, so no catalog's figures reach another's searches."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self._parts: dict[tuple[str, str], list[_ShardPart | None]] = {}  # oldest first
+        self.size = 0  # terms' counts held
+
+    def lookup(
+        self, tenant: str, catalog: str, terms: frozenset[str]
+    ) -> tuple[list[int], CorpusStats | None] | None:
+        """Each shard's generation and the summed statistics of `terms`, or None when a
+        shard's part of some term is not known."""
+        parts = self._parts.get((tenant, catalog))
+        if parts is None:
+            return None
+        self._parts[tenant, catalog] = self._parts.pop((tenant, catalog))  # recently used
+        if any(p is None or (p.generation != ABSENT and not terms <= p.df.keys()) for p in parts):
+            return None
+        return self._sum(parts, terms)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _sum(
+        parts: list[_ShardPart], terms: frozenset[str]
+    ) -> tuple[list[int], CorpusStats | None]:
+        held = [p for p in parts if p.generation != ABSENT]
+        stats = None
+        if held:
+            stats = CorpusStats(
+                sum(p.n_docs for p in held),
+                sum(p.total_length for p in held),
+                {t: sum(p.df[t] for p in held) for t in sorted(terms)},
+            )
+        return [p.generation for p in parts], stats
+
+    def store(
+        self,
+        tenant: str,
+        catalog: str,
+        shard: int,
+        generation: int,
+        stats: CorpusStats | None,
+        terms: frozenset[str],
+    ) -> None:
+        """What shard `shard` said of `terms` at `generation` (`ABSENT`: no such catalog
+        there; its part of every term is then nothing)."""
+        key = (tenant, catalog)
+        parts = self._parts.get(key)
+        if parts is None:
+            parts = self._parts[key] = [None] * self.shards
+        part = parts[shard]
+        if part is None or part.generation != generation:
+            self.size -= 0 if part is None else len(part.df)
+            part = parts[shard] = _ShardPart(generation)
+        if stats is not None:
+            part.n_docs, part.total_length = stats.n_docs, stats.total_length
+            for term in terms:
+                self.size += term not in part.df
+                part.df[term] = stats.df.get(term, 0)
+        if self.size > CACHED_TERMS or len(self._parts) > CACHED_CATALOGS:
+            self._shrink(key)
+
+    def _shrink(self, key: tuple[str, str]) -> None:
+        """Drop the least recently searched catalogs but `key` until within bounds, then
+        `key`'s too if they alone are over."""
+        for old in [k for k in self._parts if k != key]:
+            if self.size <= CACHED_TERMS and len(self._parts) <= CACHED_CATALOGS:
+                return
+            self._drop(old)
+        if self.size > CACHED_TERMS:
+            self._drop(key)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        parts = self._parts.pop(key, None) or []
+        self.size -= sum(len(p.df) for p in parts if p is not None)
 
 
 class Shard(Protocol):
@@ -66,7 +176,13 @@ class Shard(Protocol):
 
     async def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None: ...
 
-    async def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates: ...
+    async def term_stats_at(
+        self, tenant: str, catalog: str, text: str
+    ) -> tuple[int, CorpusStats | None]: ...
+
+    async def candidates(
+        self, q: SearchQuery, stats: CorpusStats | None, generation: int | None = None
+    ) -> Candidates: ...
 
     async def close(self) -> None: ...
 
@@ -74,12 +190,23 @@ class Shard(Protocol):
 class ShardSet:
     """The ingress's side: fan out, merge, and keep the shards' status."""
 
-    def __init__(self, shards: Sequence[Shard], log: Logger) -> None:
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        log: Logger,
+        on_round: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_round`: told of each fan-out round of a search, by kind (`rounds`)."""
         self.shards = list(shards)
         self.log = log
         self.status = [ShardStatus() for _ in self.shards]
         self.spaces: list[str] = []
         self._task: asyncio.Task[None] | None = None
+        self.stats_cache = StatsCache(len(self.shards))
+        # Fan-out rounds of searches: the shards' BM25 statistics asked for, candidates
+        # asked for, and of those, rounds a shard answered stale.
+        self.rounds = {"stats": 0, "candidates": 0, "stale": 0}
+        self._on_round = on_round
 
     async def start(self, spaces: list[str]) -> None:
         """Keep these spaces on every shard; sync now, then every `SYNC_S`."""
@@ -113,6 +240,7 @@ class ShardSet:
                 dict(got.get("sizes", {})),
                 dict(got.get("retained", {})),
                 dict(got.get("retained_ready", {})),
+                bool(got.get("stats_generations", False)),
             )
 
         await asyncio.gather(*(one(n, s) for n, s in enumerate(self.shards)))
@@ -179,18 +307,63 @@ class ShardSet:
     async def search(self, q: SearchQuery) -> list[Hit]:
         """The catalog's k best items, as one index over every shard's items would
         answer."""
+        if q.hybrid and all(status.stats_generations for status in self.status):
+            return await self._hybrid(q)
         stats = None
-        if q.hybrid:
-            parts = await self._all(lambda s: s.term_stats(q.tenant, q.catalog, q.text))
+        if q.hybrid:  # a shard of an earlier release: its parts first, every time
+            self._round("stats")
+            parts = await self._all(lambda n, s: s.term_stats(q.tenant, q.catalog, q.text))
             known = [p for p in parts if p is not None]
             stats = sum(known[1:], known[0]) if known else None
-        found = await self._all(lambda s: s.candidates(q, stats))
+        self._round("candidates")
+        found = await self._all(lambda n, s: s.candidates(q, stats))
         return fuse([c for c in found if c is not None], q.k, q.hybrid, q.fusion)
+
+    async def _hybrid(self, q: SearchQuery) -> list[Hit]:
+        """A hybrid search scored with cached statistics where they are known and still
+        the shards' own (see the module docstring)."""
+        terms = query_terms(q.text)
+        cache = self.stats_cache
+        known = cache.lookup(q.tenant, q.catalog, terms)
+        if known is None:
+            self._round("stats")
+            parts = await self._all(lambda n, s: s.term_stats_at(q.tenant, q.catalog, q.text))
+            for n, (generation, stats) in enumerate(parts):
+                cache.store(q.tenant, q.catalog, n, generation, stats, terms)
+            known = cache.lookup(q.tenant, q.catalog, terms)
+        if known is not None:
+            generations, summed = known
+            self._round("candidates")
+            found = await self._all(lambda n, s: s.candidates(q, summed, generations[n]))
+            stale = [(n, c.stale) for n, c in enumerate(found) if c.stale is not None]
+            if not stale:
+                return fuse(found, q.k, q.hybrid, q.fusion)
+            self._round("stale")
+            for n, (generation, stats) in stale:
+                cache.store(q.tenant, q.catalog, n, generation, stats, terms)
+            known = cache.lookup(q.tenant, q.catalog, terms)
+        # A shard was written to meanwhile: score with every shard's latest part, as a
+        # search without the cache does (its parts, then its candidates, unchecked).
+        if known is None:  # the cache let go of the catalog (more than it keeps)
+            self._round("stats")
+            parts = await self._all(lambda n, s: s.term_stats(q.tenant, q.catalog, q.text))
+            held = [p for p in parts if p is not None]
+            summed = sum(held[1:], held[0]) if held else None
+        else:
+            summed = known[1]
+        self._round("candidates")
+        found = await self._all(lambda n, s: s.candidates(q, summed))
+        return fuse(found, q.k, q.hybrid, q.fusion)
+
+    def _round(self, kind: str) -> None:
+        self.rounds[kind] += 1
+        if self._on_round is not None:
+            self._on_round(kind)
 
     async def _all(self, call: Any) -> list[Any]:
         try:
             return await asyncio.wait_for(
-                asyncio.gather(*(call(s) for s in self.shards)), CALL_TIMEOUT_S
+                asyncio.gather(*(call(n, s) for n, s in enumerate(self.shards))), CALL_TIMEOUT_S
             )
         except ServekitError:
             raise

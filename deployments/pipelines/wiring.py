@@ -92,7 +92,7 @@ def open_search(
         idle=idle,
         snapshots=snapshot_sources(args),
         space_artifacts=space_artifacts(args),
-        shards=ShardSet(shard_calls(args, shards), log) if shards else None,
+        shards=ShardSet(shard_calls(args, shards), log, metrics.shard_round) if shards else None,
     )
 
 
@@ -178,9 +178,14 @@ class ShardCalls:
         """The shard's part of a query's BM25 statistics."""
         return await self._call("term_stats", (tenant, catalog, text), CALL_TIMEOUT_S)
 
-    async def candidates(self, q: Any, stats: Any) -> Any:
-        """The shard's best items of each half."""
-        return await self._call("candidates", (q, stats), CALL_TIMEOUT_S)
+    async def term_stats_at(self, tenant: str, catalog: str, text: str) -> Any:
+        """The same, with the generation of the shard's index they were read at."""
+        return await self._call("term_stats_at", (tenant, catalog, text), CALL_TIMEOUT_S)
+
+    async def candidates(self, q: Any, stats: Any, generation: int | None = None) -> Any:
+        """The shard's best items of each half (`generation`: see `ShardSet`)."""
+        args = (q, stats) if generation is None else (q, stats, generation)
+        return await self._call("candidates", args, CALL_TIMEOUT_S)
 
     async def close(self) -> None:
         """Close the direct connections (the replica's shutdown)."""

@@ -62,7 +62,7 @@ REFRESH_S = 1.0
 CONNECT_TIMEOUT_S = 1.0
 # The methods a direct call may name, per callee.
 VERSION_METHODS = frozenset({"embed"})
-SHARD_METHODS = frozenset({"sync", "term_stats", "candidates"})
+SHARD_METHODS = frozenset({"sync", "term_stats", "term_stats_at", "candidates"})
 
 # Frames: kind, body length, call id; then the body (pickled).
 _HEADER = struct.Struct("!BIQ")

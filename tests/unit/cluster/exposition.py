@@ -120,7 +120,10 @@ def _record_one_of_each() -> None:
     router.shadow("minilm", "v1", "v2", "ok", 0.01, [0.99])
     for outcome in ("error", "dropped"):
         router.shadow("minilm", "v1", "v2", outcome)
-    metrics.SearchMetrics().pending_items("minilm/v2", 12)
+    search = metrics.SearchMetrics()
+    search.pending_items("minilm/v2", 12)
+    for kind in ("stats", "candidates", "stale"):
+        search.shard_round(kind)
     cache = metrics.CacheMetrics(lambda: 4096.0)
     for use in ("search", "embeddings"):
         for tier in (MEMORY, REDIS):

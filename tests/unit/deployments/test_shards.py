@@ -16,9 +16,16 @@ import numpy.typing as npt
 import pytest
 
 from deployments.errors import BadRequest
-from deployments.pipelines.catalog_index import Candidates, SearchQuery
+from deployments.pipelines import shards as shards_module
+from deployments.pipelines.catalog_index import (
+    ABSENT,
+    Candidates,
+    CatalogIndex,
+    SearchQuery,
+    query_terms,
+)
 from deployments.pipelines.search import SearchService
-from deployments.pipelines.shards import Shard, ShardSet, shard_of
+from deployments.pipelines.shards import Shard, ShardSet, StatsCache, shard_of
 from deployments.pipelines.wiring import ShardCalls
 from deployments.replicas.direct import (
     SHARD_METHODS,
@@ -49,8 +56,15 @@ class InProcessShard:
     async def term_stats(self, tenant: str, catalog: str, text: str) -> CorpusStats | None:
         return self.service.term_stats(tenant, catalog, text)
 
-    async def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates | None:
-        return self.service.candidates(q, stats)
+    async def term_stats_at(
+        self, tenant: str, catalog: str, text: str
+    ) -> tuple[int, CorpusStats | None]:
+        return self.service.term_stats_at(tenant, catalog, text)
+
+    async def candidates(
+        self, q: SearchQuery, stats: CorpusStats | None, generation: int | None = None
+    ) -> Candidates | None:
+        return self.service.candidates(q, stats, generation)
 
     async def close(self) -> None:
         """Nothing held here (the Ingress's `ShardCalls` closes its connections)."""
@@ -72,10 +86,15 @@ class ShardReplica:
         self.threads.add(threading.current_thread().name)
         return self.service.term_stats(tenant, catalog, text)
 
-    def candidates(self, q: SearchQuery, stats: CorpusStats | None) -> Candidates | None:
+    def term_stats_at(self, tenant: str, catalog: str, text: str) -> tuple[int, CorpusStats | None]:
+        return self.service.term_stats_at(tenant, catalog, text)
+
+    def candidates(
+        self, q: SearchQuery, stats: CorpusStats | None, generation: int | None = None
+    ) -> Candidates | None:
         if q.k < 0:
             raise BadRequest("k: must be at least 1")
-        return self.service.candidates(q, stats)
+        return self.service.candidates(q, stats, generation)
 
 
 class NoHandle:
@@ -165,6 +184,54 @@ def test_bm25_over_shards_with_summed_stats_scores_as_one_index() -> None:
     assert np.allclose([s for _, s in merged], [s for _, s in expected])
 
 
+def test_statistics_cache_sums_per_tenant_and_keeps_to_its_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = StatsCache(2)
+    red = frozenset({"red"})
+    cache.store("acme", "shop", 0, 11, CorpusStats(10, 50.0, {"red": 3}), red)
+    assert cache.lookup("acme", "shop", red) is None  # shard 1 not known yet
+    cache.store("acme", "shop", 1, ABSENT, None, red)  # no such catalog there
+    assert cache.lookup("acme", "shop", red) == ([11, ABSENT], CorpusStats(10, 50.0, {"red": 3}))
+    assert cache.lookup("globex", "shop", red) is None  # another tenant's: nothing
+    assert cache.lookup("acme", "shop", frozenset({"red", "tent"})) is None  # a new term
+    cache.store("acme", "shop", 1, 21, CorpusStats(5, 20.0, {}), red)  # now it holds some
+    assert cache.lookup("acme", "shop", red) == ([11, 21], CorpusStats(15, 70.0, {"red": 3}))
+    cache.store("acme", "shop", 0, 12, CorpusStats(11, 55.0, {"tent": 1}), frozenset({"tent"}))
+    # a new generation drops what the shard said of other terms before
+    assert cache.lookup("acme", "shop", red) is None
+    assert cache.size == 2
+    monkeypatch.setattr(shards_module, "CACHED_TERMS", 4)
+    for n in range(3):  # each catalog: two terms on each shard
+        terms = frozenset({f"a{n}", f"b{n}"})
+        for shard in (0, 1):
+            cache.store("acme", f"c{n}", shard, 5, CorpusStats(1, 1.0, {}), terms)
+    assert cache.size <= 4
+    assert cache.lookup("acme", "c2", frozenset({"a2", "b2"})) is not None  # the newest kept
+    assert cache.lookup("acme", "shop", red) is None  # the oldest went first
+    many = frozenset(f"t{n}" for n in range(5))  # one catalog's alone over the bound
+    cache.store("acme", "big", 0, 5, CorpusStats(1, 1.0, {}), many)
+    assert cache.lookup("acme", "big", many) is None
+    assert cache.size <= 4
+
+
+def test_the_ingress_reads_a_query_as_the_shards_index_does() -> None:
+    """The terms the ingress caches statistics of are those a catalog's BM25 index
+    looks up (a term it left out would make every shard answer stale)."""
+    index = CatalogIndex()
+    texts = [
+        "Café AB-1234 cordless drills", "the Runner's shoes, size 10.5", "USB-C cable 2m",
+        "Ærø wool socks", "a an the of", "Über-light TENT for 2",
+    ]  # fmt: skip
+    index.upsert_many([Item(f"i{n}", {"title": t, "body": t}, {}) for n, t in enumerate(texts)])
+    found = 0
+    for text in [*texts, "drill cafe ab1234 runner usb cable wool tent"]:
+        held = set(index.term_stats(text).df)
+        assert held <= query_terms(text)
+        found += bool(held)
+    assert found == len(texts)  # all but the stop words
+
+
 @pytest.mark.parametrize("transport", ["in_process", "direct"])
 def test_two_shards_answer_as_one_index(url: str, transport: str) -> None:
     async def run() -> None:
@@ -227,6 +294,8 @@ def test_two_shards_answer_as_one_index(url: str, transport: str) -> None:
                         assert np.allclose(
                             [h.score for h in got.hits], [h.score for h in want.hits], atol=1e-6
                         )
+        # Each query's statistics were asked for once; every search went out once.
+        assert front.shards.rounds == {"stats": 4, "candidates": 48, "stale": 0}  # type: ignore[union-attr]
         # Another tenant's catalog of that name: nothing, on every shard.
         vector = (await embed("", SPACE, ["red"]))[0]
         other = await front.query(
@@ -239,6 +308,102 @@ def test_two_shards_answer_as_one_index(url: str, transport: str) -> None:
             await service.close()
         for server in servers:
             await server.close(1.0)
+
+    asyncio.run(run())
+
+
+class EarlierRelease(InProcessShard):
+    """A shard of a release before cached statistics: its status does not say it
+    checks their generation, and its `candidates` takes none."""
+
+    async def sync(self, spaces: list[str]) -> dict[str, Any]:
+        status = await super().sync(spaces)
+        del status["stats_generations"]
+        return status
+
+    async def term_stats_at(self, *args: Any) -> Any:
+        raise AssertionError("an earlier release has no term_stats_at")
+
+    async def candidates(self, q: SearchQuery, stats: Any, *more: Any) -> Any:  # type: ignore[override]
+        assert not more, "an earlier release takes no generation"
+        return self.service.candidates(q, stats)
+
+
+@pytest.mark.parametrize("release", ["current", "earlier"])
+def test_cached_statistics_follow_every_write(url: str, release: str) -> None:
+    """Hybrid searches over shards equal one index's as the catalog is created, grows,
+    loses items and is written on one shard only: with the shards' statistics cached,
+    a shard written to since answers stale and the search is scored anew."""
+
+    async def run() -> None:
+        one = SearchService(open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0)
+        shards = [
+            SearchService(
+                open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0,
+                owns=lambda item_id, n=n: shard_of(item_id, 2) == n,
+            )
+            for n in range(2)
+        ]  # fmt: skip
+        kind = InProcessShard if release == "current" else EarlierRelease
+        front = SearchService(
+            open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0,
+            shards=ShardSet([kind(s) for s in shards], LOG),
+        )  # fmt: skip
+        assert front.shards is not None
+        rounds = front.shards.rounds
+        await one.start([SPACE])
+        await front.start([SPACE])
+
+        async def settle() -> None:
+            for service in (one, *shards):
+                await service.follow_once()
+                for _ in range(200):
+                    if service.ready_spaces("acme", "shop") == [SPACE]:
+                        break
+                    await asyncio.sleep(0.05)
+            await front.shards.sync_once()  # type: ignore[union-attr]
+
+        async def same(text: str) -> int:
+            vector: npt.NDArray[np.float32] = (await embed("", SPACE, [text]))[0]
+            want = one.search("acme", "shop", SPACE, vector, text, 10, None, True, "convex")
+            got = await front.query(
+                SearchQuery("acme", "shop", SPACE, vector, text, 10, None, True)
+            )
+            assert [h.item.id for h in got.hits] == [h.item.id for h in want.hits]
+            assert [h.score for h in got.hits] == pytest.approx([h.score for h in want.hits])
+            return len(got.hits)
+
+        items = _items(300)
+        text = "red trail shoes"
+        assert await same(text) == 0  # no such catalog on any shard yet
+        await front.upsert("acme", "shop", items[:100])
+        await settle()
+        assert await same(text) == 10  # both shards hold it now
+        assert await same(text) == 10
+        await front.upsert("acme", "shop", items[100:])  # both shards written to
+        await settle()
+        assert await same(text) == 10
+        one_shard = [i for i in items if shard_of(i.id, 2) == 0][:5]
+        for item in one_shard:  # written on shard 0 only
+            await front.delete("acme", "shop", item.id)
+        await settle()
+        assert await same(text) == 10
+        await front.upsert(  # a word no item had, on shard 1 only
+            "acme", "shop", [Item("sku-new4", {"title": "red trail zephyr"}, {})]
+        )
+        await settle()
+        assert shard_of("sku-new4", 2) == 1
+        assert await same("zephyr red") == 1 + 9
+        assert await same("zephyr red") == 10
+        if release == "earlier":
+            assert rounds == {"stats": 7, "candidates": 7, "stale": 0}  # both, every time
+        else:
+            # The statistics asked for once per query; then one round per search, and
+            # one more after each of the three writes before a search of cached terms
+            # (the shards written to answered stale).
+            assert rounds == {"stats": 2, "candidates": 10, "stale": 3}
+        for service in (one, front, *shards):
+            await service.close()
 
     asyncio.run(run())
 

@@ -15,7 +15,7 @@ import pytest
 
 from models import lexical
 from models.errors import InvalidInputError
-from models.lexical import LexicalIndex, tokenize
+from models.lexical import CorpusStats, LexicalIndex, StaleStats, tokenize
 
 FIELDS = {"title": 2.0, "brand": 1.0, "description": 1.0}
 CATALOG: dict[int, dict[str, str]] = {
@@ -188,6 +188,41 @@ def assert_same_scores(a: LexicalIndex, b: LexicalIndex) -> None:
         got, want = scores_of(a, query), scores_of(b, query)
         assert got.keys() == want.keys(), query
         assert got == pytest.approx(want, rel=1e-9), query
+
+
+def test_statistics_of_a_generation_score_only_at_that_generation() -> None:
+    """A shard scores with summed statistics only while its index is at the generation
+    its part was read at, and only if they hold every query term it has; otherwise its
+    own part comes back (`StaleStats`), read from the state it checked."""
+    index = catalog_index()
+    query = "acme cordless drill"
+    generation, stats = index.stats_at(query)
+    assert stats == index.stats(query)
+    asked = CorpusStats(stats.n_docs, stats.total_length, {t: stats.df.get(t, 0) for t in
+                        lexical.tokenize(query)})  # fmt: skip
+    assert keys_of(index.search(query, 5, stats=asked, generation=generation)) == keys_of(
+        index.search(query, 5)
+    )
+    partial = CorpusStats(stats.n_docs, stats.total_length, {"drill": stats.df["drill"]})
+    with pytest.raises(StaleStats) as missing:  # a term it holds is not in them
+        index.search(query, 5, stats=partial, generation=generation)
+    assert (missing.value.generation, missing.value.stats) == (generation, stats)
+    index.upsert([9], [{"title": "cordless drill"}])
+    with pytest.raises(StaleStats) as moved:
+        index.search(query, 5, stats=asked, generation=generation)
+    assert moved.value.generation != generation
+    assert moved.value.stats == index.stats(query)
+    assert moved.value.stats.df["drill"] == stats.df["drill"] + 1
+    removed = index.stats_at(query)[0]
+    assert index.remove([12345]) == 0  # nothing removed: nothing published
+    assert index.stats_at(query)[0] == removed
+    index.remove([9])
+    assert index.stats_at(query)[0] != removed
+    before = index.stats_at(query)[0]
+    index.compact()  # scores unchanged, but the sums may differ in the last bit
+    assert index.stats_at(query)[0] != before
+    # Two indexes (two catalogs, or one on a restarted replica) never share generations.
+    assert catalog_index().stats_at(query)[0] != catalog_index().stats_at(query)[0]
 
 
 def test_delta_and_compactions_score_like_a_fresh_index() -> None:
