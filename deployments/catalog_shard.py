@@ -84,8 +84,8 @@ class CatalogShard(DirectCallee):
     def candidates(
         self, q: SearchQuery, stats: CorpusStats | None, generation: int | None = None
     ) -> Candidates:
-        """This shard's best items of each half of a search (with `generation`: none
-        of BM25's, but this shard's statistics, when its index is no longer there)."""
+        """This shard's best items of each half of a search (with `generation`: when
+        this shard's index has moved on from it, no BM25 half but its new statistics)."""
         return self.service.candidates(q, stats, generation)
 
     def __del__(self) -> Coroutine[Any, Any, None] | None:

@@ -213,6 +213,13 @@ def test_statistics_of_a_generation_score_only_at_that_generation() -> None:
     assert moved.value.generation != generation
     assert moved.value.stats == index.stats(query)
     assert moved.value.stats.df["drill"] == stats.df["drill"] + 1
+    # A query none of whose terms this index holds is stale too: its documents and
+    # their length are in the sum every other shard scores with.
+    unknown_at, unknown = index.stats_at("zzz")
+    assert unknown.df == {}
+    index.upsert([10], [{"title": "teapot"}])
+    with pytest.raises(StaleStats):
+        index.search("zzz", 5, stats=unknown, generation=unknown_at)
     removed = index.stats_at(query)[0]
     assert index.remove([12345]) == 0  # nothing removed: nothing published
     assert index.stats_at(query)[0] == removed
