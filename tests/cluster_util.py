@@ -33,6 +33,7 @@ class RayNode:
     gcs_address: str
     dashboard: str = ""
     log: Path = field(default_factory=Path)
+    metrics_port: int = 0  # the node's metrics export (every replica on it)
 
     def pids(self) -> list[int]:
         """Live processes of this node."""
@@ -107,20 +108,22 @@ def haproxy_ports_env(worker: bool = False) -> dict[str, str]:
 def start_head(log_dir: Path, num_cpus: int = 8, resources: str | None = None) -> RayNode:
     """A head node on fresh ports, with the dashboard (Serve's REST API) on 127.0.0.1."""
     temp_dir = tempfile.mkdtemp(prefix="skray-", dir="/tmp")
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard, metrics = free_port(), free_port(), free_port()
     log = log_dir / "ray-head.log"
     args = [
         _ray_cli(), "start", "--head", "--block",
         f"--port={gcs}", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
         f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={free_port()}",
         "--disable-usage-stats",
     ]  # fmt: skip
     if resources:
         args.append(f"--resources={resources}")
     proc = _launch(args, log, haproxy_ports_env())
-    node = RayNode(proc, temp_dir, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", log)
+    node = RayNode(
+        proc, temp_dir, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", log, metrics
+    )
     _wait_dashboard(node)
     return node
 

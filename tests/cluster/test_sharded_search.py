@@ -91,6 +91,26 @@ def _items(n: int) -> list[dict[str, Any]]:
     ]
 
 
+def _shard_rounds(head: RayNode, done: Any, timeout_s: float = 60) -> dict[str, float]:
+    """`ray_servekit_search_shard_rounds_total` by round from the head node's metrics
+    export, scraped until `done(rounds)` (replicas export every few seconds)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{head.metrics_port}/metrics", timeout=10).text
+        rounds: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "ray_servekit_search_shard_rounds":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        kind = sample.labels["round"]
+                        rounds[kind] = rounds.get(kind, 0.0) + sample.value
+        if done(rounds) or time.monotonic() > deadline:
+            return rounds
+        time.sleep(1)
+
+
 def _shard_nodes(head: RayNode) -> dict[str, str]:
     """Each running shard replica's node id, by deployment."""
     apps: Any = serve_details(head).get("applications") or {}
@@ -201,6 +221,10 @@ def test_two_shards_on_two_nodes_answer_as_one_index(
         assert shard.get("candidates", 0) >= len(bodies) + 40, answered
         assert 3 <= shard.get("term_stats_at", 0) < hybrid, answered
         assert shard.get("sync", 0) > 0, answered
+    # The rounds, as an SRE's scrape of the head node sees them.
+    rounds = _shard_rounds(head, lambda r: r.get("candidates", 0) >= len(bodies) + 40)
+    assert 3 <= rounds.get("stats", 0) < hybrid, rounds
+    assert rounds.get("stale", 0) == 0, rounds  # no write after the items were in
     report.append(
         f"sharded search: p50 {p50['one']:.1f} ms in one index, {p50['two']:.1f} ms over two "
         f"shards (one request at a time on a kept connection, both nodes on this 2-core machine)"

@@ -43,7 +43,8 @@ def test_metrics_are_exported_per_model_and_version(service: Service) -> None:
     # Shadow, rollback, drop and Redis error metrics appear with their first event (see
     # test_rollout.py and test_overload.py; the test service runs the cache without Redis);
     # so do the events' and the feature store's (test_events.py) and the recommendations'
-    # (test_recommendations.py).
+    # (test_recommendations.py), and the rounds of a search over catalog shards
+    # (tests/cluster/test_sharded_search.py).
     skipped = ("servekit_shadow", "servekit_rollbacks", "servekit_dropped")
     wanted = [
         f"ray_{name}"
@@ -55,6 +56,7 @@ def test_metrics_are_exported_per_model_and_version(service: Service) -> None:
                 "servekit_events",
                 "servekit_feature",
                 "servekit_recommendations",
+                "servekit_search_shard_rounds",
             )
         )
     ]
