@@ -76,11 +76,12 @@ def start(
     return server, metrics_port
 
 
-def shard_rounds(metrics_port: int) -> dict[str, float]:
-    """Fan-out rounds of sharded searches so far, by round, over every replica."""
+def shard_rounds(metrics_url: str) -> dict[str, float]:
+    """Fan-out rounds of sharded searches so far, by round, over every replica that
+    exports at `metrics_url` (a node's metrics export)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    text = httpx.get(f"{metrics_url}/metrics", timeout=10).text
     out = {"stats": 0.0, "candidates": 0.0, "stale": 0.0}
     for family in text_string_to_metric_families(text):
         if family.name == "ray_servekit_search_shard_rounds":
@@ -135,15 +136,16 @@ def main() -> int:
                 wait_searchable(server.port, key)
                 run: dict[str, Any] = {"configuration": label}
                 for name, (connections, bodies) in pools.items():
+                    metrics_url = f"http://127.0.0.1:{metrics_port}"
                     if shards > 1:
                         time.sleep(METRICS_SETTLE_S)
-                        before = shard_rounds(metrics_port)
+                        before = shard_rounds(metrics_url)
                     run[name] = workload(
                         server.port, key, bodies, connections, args.warmup, args.seconds
                     )
                     if shards > 1:
                         time.sleep(METRICS_SETTLE_S)
-                        run[name].update(per_search(before, shard_rounds(metrics_port)))
+                        run[name].update(per_search(before, shard_rounds(metrics_url)))
                 print(f"{label}: {run}", flush=True)
                 runs.append(run)
             finally:

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.shards import shard_rounds
 from tests.cluster_util import RayNode, cluster_env, serve_deploy, serve_details
 from tests.conftest import REPO_ROOT, auth_headers, free_port
 
@@ -94,18 +95,9 @@ def _items(n: int) -> list[dict[str, Any]]:
 def _shard_rounds(head: RayNode, done: Any, timeout_s: float = 60) -> dict[str, float]:
     """`ray_servekit_search_shard_rounds_total` by round from the head node's metrics
     export, scraped until `done(rounds)` (replicas export every few seconds)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     deadline = time.monotonic() + timeout_s
     while True:
-        text = httpx.get(f"http://127.0.0.1:{head.metrics_port}/metrics", timeout=10).text
-        rounds: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            if family.name == "ray_servekit_search_shard_rounds":
-                for sample in family.samples:
-                    if sample.name.endswith("_total"):
-                        kind = sample.labels["round"]
-                        rounds[kind] = rounds.get(kind, 0.0) + sample.value
+        rounds = shard_rounds(f"http://127.0.0.1:{head.metrics_port}")
         if done(rounds) or time.monotonic() > deadline:
             return rounds
         time.sleep(1)
