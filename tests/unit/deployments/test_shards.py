@@ -151,6 +151,32 @@ async def embed(tenant: str, space: str, texts: list[str]) -> npt.NDArray[np.flo
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+def _one_and_two_shards(url: str) -> tuple[SearchService, list[SearchService]]:
+    """One index of the store's catalogs, and the two shards of them."""
+    one = SearchService(open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0)
+    shards = [
+        SearchService(
+            open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0,
+            owns=lambda item_id, n=n: shard_of(item_id, 2) == n,
+        )
+        for n in range(2)
+    ]  # fmt: skip
+    return one, shards
+
+
+async def _caught_up(services: list[SearchService]) -> None:
+    """Each service has followed the change log and its index of acme's shop is complete
+    (a follower may see an item before the ingress stored its vector: its backfill then
+    embeds it; compare complete indexes only)."""
+    for service in services:
+        await service.follow_once()
+        for _ in range(200):
+            if service.ready_spaces("acme", "shop") == [SPACE]:
+                break
+            await asyncio.sleep(0.05)
+        assert service.ready_spaces("acme", "shop") == [SPACE]
+
+
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'catalog.db'}"
@@ -235,14 +261,7 @@ def test_the_ingress_reads_a_query_as_the_shards_index_does() -> None:
 @pytest.mark.parametrize("transport", ["in_process", "direct"])
 def test_two_shards_answer_as_one_index(url: str, transport: str) -> None:
     async def run() -> None:
-        one = SearchService(open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0)
-        shards = [
-            SearchService(
-                open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0,
-                owns=lambda item_id, n=n: shard_of(item_id, 2) == n,
-            )
-            for n in range(2)
-        ]  # fmt: skip
+        one, shards = _one_and_two_shards(url)
         servers: list[DirectServer] = []
         reach: list[Shard] = [InProcessShard(s) for s in shards]
         if transport == "direct":
@@ -258,15 +277,7 @@ def test_two_shards_answer_as_one_index(url: str, transport: str) -> None:
         assert front.catalogs.get(("acme", "shop")) is None or not len(
             front.catalogs[("acme", "shop")]
         )  # the ingress holds no item
-        for service in (one, *shards):
-            await service.follow_once()
-            # A follower may see an item before the ingress stored its vector: then its
-            # backfill embeds it. Compare complete indexes only.
-            for _ in range(200):
-                if service.ready_spaces("acme", "shop") == [SPACE]:
-                    break
-                await asyncio.sleep(0.05)
-            assert service.ready_spaces("acme", "shop") == [SPACE]
+        await _caught_up([one, *shards])
         await front.shards.sync_once()  # type: ignore[union-attr]
         sizes = [len(s.catalogs[("acme", "shop")]) for s in shards]
         assert sum(sizes) == 400
@@ -336,14 +347,7 @@ def test_cached_statistics_follow_every_write(url: str, release: str) -> None:
     a shard written to since answers stale and the search is scored anew."""
 
     async def run() -> None:
-        one = SearchService(open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0)
-        shards = [
-            SearchService(
-                open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0,
-                owns=lambda item_id, n=n: shard_of(item_id, 2) == n,
-            )
-            for n in range(2)
-        ]  # fmt: skip
+        one, shards = _one_and_two_shards(url)
         kind = InProcessShard if release == "current" else EarlierRelease
         front = SearchService(
             open_catalog_store(url), embed, 0.05, LOG, backfill_delay_s=0,
@@ -355,12 +359,7 @@ def test_cached_statistics_follow_every_write(url: str, release: str) -> None:
         await front.start([SPACE])
 
         async def settle() -> None:
-            for service in (one, *shards):
-                await service.follow_once()
-                for _ in range(200):
-                    if service.ready_spaces("acme", "shop") == [SPACE]:
-                        break
-                    await asyncio.sleep(0.05)
+            await _caught_up([one, *shards])
             await front.shards.sync_once()  # type: ignore[union-attr]
 
         async def same(text: str) -> int:
