@@ -248,8 +248,8 @@ class CatalogIndex:
     ) -> Candidates:
         """The best items of each half before fusion: by vector similarity, and by BM25
         when `q.hybrid` (scored with `stats`, the whole catalog's, on a shard). With
-        `generation` (that of this index's part of `stats`), BM25 scores only if the
-        index is still there; else the answer is `stale`, with no lexical half."""
+        `generation` (that of this index's part of `stats`), BM25 scores only while the
+        index is at it; else the answer is `stale`, with no lexical half."""
         return self._candidates(
             q.space, q.vector, q.text, q.k, q.filters, q.hybrid, stats, generation
         )
