@@ -135,17 +135,19 @@ def main() -> int:
                     load_catalog(server.port, key, items)
                 wait_searchable(server.port, key)
                 run: dict[str, Any] = {"configuration": label}
+                metrics_url = f"http://127.0.0.1:{metrics_port}"
+                if shards > 1:  # each reading after the exports settle; one workload's
+                    time.sleep(METRICS_SETTLE_S)  # last is the next one's first
+                    before = shard_rounds(metrics_url)
                 for name, (connections, bodies) in pools.items():
-                    metrics_url = f"http://127.0.0.1:{metrics_port}"
-                    if shards > 1:
-                        time.sleep(METRICS_SETTLE_S)
-                        before = shard_rounds(metrics_url)
                     run[name] = workload(
                         server.port, key, bodies, connections, args.warmup, args.seconds
                     )
                     if shards > 1:
                         time.sleep(METRICS_SETTLE_S)
-                        run[name].update(per_search(before, shard_rounds(metrics_url)))
+                        after = shard_rounds(metrics_url)
+                        run[name].update(per_search(before, after))
+                        before = after
                 print(f"{label}: {run}", flush=True)
                 runs.append(run)
             finally:

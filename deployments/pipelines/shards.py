@@ -309,15 +309,8 @@ class ShardSet:
         answer."""
         if q.hybrid and all(status.stats_generations for status in self.status):
             return await self._hybrid(q)
-        stats = None
-        if q.hybrid:  # a shard of an earlier release: its parts first, every time
-            self._round("stats")
-            parts = await self._all(lambda n, s: s.term_stats(q.tenant, q.catalog, q.text))
-            known = [p for p in parts if p is not None]
-            stats = sum(known[1:], known[0]) if known else None
-        self._round("candidates")
-        found = await self._all(lambda n, s: s.candidates(q, stats))
-        return fuse([c for c in found if c is not None], q.k, q.hybrid, q.fusion)
+        # A vector search; or a shard of an earlier release: the parts first, every time.
+        return await self._scored(q, await self._asked_stats(q) if q.hybrid else None)
 
     async def _hybrid(self, q: SearchQuery) -> list[Hit]:
         """A hybrid search scored with cached statistics where they are known and still
@@ -343,17 +336,23 @@ class ShardSet:
                 cache.store(q.tenant, q.catalog, n, generation, stats, terms)
             known = cache.lookup(q.tenant, q.catalog, terms)
         # A shard was written to meanwhile: score with every shard's latest part, as a
-        # search without the cache does (its parts, then its candidates, unchecked).
-        if known is None:  # the cache let go of the catalog (more than it keeps)
-            self._round("stats")
-            parts = await self._all(lambda n, s: s.term_stats(q.tenant, q.catalog, q.text))
-            held = [p for p in parts if p is not None]
-            summed = sum(held[1:], held[0]) if held else None
-        else:
-            summed = known[1]
+        # search without the cache does, unchecked (asked anew if the cache let go of
+        # the catalog: it keeps less than it would take).
+        return await self._scored(q, known[1] if known is not None else await self._asked_stats(q))
+
+    async def _asked_stats(self, q: SearchQuery) -> CorpusStats | None:
+        """Every shard's part of the query's statistics, asked now, summed (None: no
+        shard holds the catalog)."""
+        self._round("stats")
+        parts = await self._all(lambda n, s: s.term_stats(q.tenant, q.catalog, q.text))
+        held = [p for p in parts if p is not None]
+        return sum(held[1:], held[0]) if held else None
+
+    async def _scored(self, q: SearchQuery, stats: CorpusStats | None) -> list[Hit]:
+        """Every shard's candidates scored with `stats` as they are, fused."""
         self._round("candidates")
-        found = await self._all(lambda n, s: s.candidates(q, summed))
-        return fuse(found, q.k, q.hybrid, q.fusion)
+        found = await self._all(lambda n, s: s.candidates(q, stats))
+        return fuse([c for c in found if c is not None], q.k, q.hybrid, q.fusion)
 
     def _round(self, kind: str) -> None:
         self.rounds[kind] += 1
