@@ -289,7 +289,8 @@ class SearchSettings(_Strict):
 
     enabled: bool = Field(True, description="Serve catalogs and search.")
     model: Name | None = Field(
-        None, description="The embedding model of catalogs; default: the first model."
+        None,
+        description="The embedding model of catalogs; default: the first text-embedding model.",
     )
     follow_s: float = Field(
         0.2, gt=0, le=1, description="How often a replica reads the catalog change log."
@@ -391,7 +392,8 @@ class AppArgs(_Strict):
         description="Base folder of relative artifact uris; default: the project folder.",
     )
     artifact_cache_dir: str | None = Field(
-        None, description="Replica-side cache of resolved artifacts; default ~/.cache/servekit."
+        None,
+        description="Resolved artifacts on a replica; default ~/.cache/servekit/artifacts.",
     )
 
     @model_validator(mode="after")
