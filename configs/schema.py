@@ -37,6 +37,9 @@ FAULT_INJECTION_ENV = "SERVEKIT_ALLOW_FAULT_INJECTION"
 WEIGHT_TOTAL = 100
 # Bounds that keep every tenant value storable (a 64-bit column, a date before year
 # 10000), for the file's `auth` settings and the admin API's bodies alike.
+# A rate under one every 10,000 s is a monthly quota's job; one far smaller (a
+# subnormal float passes `> 0`) made a bucket's refill time infinite.
+MIN_RATE_PER_S = 1e-4
 MAX_REQUESTS_PER_S = 1e6
 MAX_TEXTS_PER_S = 1e7
 MAX_MONTHLY_TEXTS = 10**15
@@ -218,12 +221,15 @@ class TenantLimits(_Strict):
 
     requests_per_s: float | None = Field(
         None,
-        gt=0,
+        ge=MIN_RATE_PER_S,
         le=MAX_REQUESTS_PER_S,
         description="Requests per second (token bucket of one second).",
     )
     texts_per_s: float | None = Field(
-        None, gt=0, le=MAX_TEXTS_PER_S, description="Texts per second (token bucket of one second)."
+        None,
+        ge=MIN_RATE_PER_S,
+        le=MAX_TEXTS_PER_S,
+        description="Texts per second (token bucket of one second).",
     )
     monthly_texts: int | None = Field(
         None, ge=1, le=MAX_MONTHLY_TEXTS, description="Texts per calendar month (UTC)."

@@ -117,6 +117,10 @@ def _narrowed(old_doc: dict[str, Any], old: Any, new_doc: dict[str, Any], new: A
         for bound in UPPER_BOUNDS:
             if bound in new and (bound not in old or new[bound] < old[bound]):
                 yield f"{where}: {bound} tightened to {new[bound]}"
+    for old_option, new_option in _same_type_options(old_doc, old, new_doc, new, depth):
+        yield from _narrowed(
+            old_doc, old_option, new_doc, new_option, where, response, today, depth + 1
+        )
     old_props, new_props = old.get("properties", {}), new.get("properties", {})
     for name, prop in old_props.items():
         here = f"{where}.{name}"
@@ -135,6 +139,30 @@ def _narrowed(old_doc: dict[str, Any], old: Any, new_doc: dict[str, Any], new: A
         yield from _narrowed(
             old_doc, old["items"], new_doc, new["items"], f"{where}[]", response, today, depth + 1
         )
+
+
+def _options(doc: dict[str, Any], schema: dict[str, Any], depth: int) -> list[Any]:
+    """The alternatives of a schema (`anyOf`, `oneOf`), resolved; a schema of one type
+    without alternatives is its own."""
+    found = [_resolve(doc, o, depth + 1) for key in ("anyOf", "oneOf") for o in schema.get(key, [])]
+    if not found and "type" in schema:
+        return [schema]
+    return [o for o in found if isinstance(o, dict)]
+
+
+def _same_type_options(old_doc: dict[str, Any], old: dict[str, Any], new_doc: dict[str, Any],
+                       new: dict[str, Any], depth: int) -> Iterator[tuple[Any, Any]]:  # fmt: skip
+    """Pairs of alternatives of the same types in `old` and `new`, where either has
+    alternatives (a nullable field is `anyOf: [{number, bounds}, {null}]`: its bounds
+    are in the number's alternative)."""
+    if not any(key in s for s in (old, new) for key in ("anyOf", "oneOf")):
+        return
+    olds = _options(old_doc, old, depth)
+    for option in _options(new_doc, new, depth):
+        kinds = _types(option)
+        match = next((o for o in olds if kinds and _types(o) == kinds), None)
+        if match is not None:
+            yield match, option
 
 
 def _json_schema(operation: dict[str, Any], status: str | None) -> Any:

@@ -22,6 +22,7 @@ from configs.schema import (
     MAX_MONTHLY_TEXTS,
     MAX_REQUESTS_PER_S,
     MAX_TEXTS_PER_S,
+    MIN_RATE_PER_S,
 )
 from deployments.dataplane import CallRecord
 from deployments.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -78,9 +79,11 @@ class LimitsBody(_Body):
     """Rate limits and monthly quota; unset fields fall back (key -> tenant -> none)."""
 
     requests_per_s: float | None = Field(
-        None, gt=0, le=MAX_REQUESTS_PER_S, description="Requests/s."
+        None, ge=MIN_RATE_PER_S, le=MAX_REQUESTS_PER_S, description="Requests/s."
     )
-    texts_per_s: float | None = Field(None, gt=0, le=MAX_TEXTS_PER_S, description="Texts/s.")
+    texts_per_s: float | None = Field(
+        None, ge=MIN_RATE_PER_S, le=MAX_TEXTS_PER_S, description="Texts/s."
+    )
     monthly_texts: int | None = Field(
         None, ge=1, le=MAX_MONTHLY_TEXTS, description="Texts per calendar month."
     )

@@ -80,7 +80,7 @@ def too_large(limit: int) -> PayloadTooLarge:
 async def read_body(declared: str, stream: AsyncIterator[bytes], limit: int) -> bytes:
     """The whole body, refused (413) as soon as it is known to exceed `limit` bytes:
     from `Content-Length` before reading, else while streaming."""
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     chunks, size = [], 0
     async for chunk in stream:

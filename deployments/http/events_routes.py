@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from deployments.dataplane import CallRecord
-from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable
+from deployments.errors import BadRequest, NotFound, ServekitError, Unavailable, field_path
 from deployments.http.envelope import request_id
 from deployments.http.fields import AnyCharacterRoute, PathId, StoredText
 from deployments.http.hosted import replica_host, run_route
@@ -181,8 +181,9 @@ def parse_events(
             event = EventIn.model_validate(doc)
             at = _time(event.timestamp, now, max_future_s)
         except ValidationError as e:
-            first = sorted(e.errors(), key=lambda x: x.get("type") != "extra_forbidden")[0]
-            name = ".".join(str(p) for p in first["loc"][:1])
+            errs = e.errors(include_input=False, include_url=False)
+            first = sorted(errs, key=lambda x: x.get("type") != "extra_forbidden")[0]
+            name = field_path(first["loc"][:1])  # an unknown field's name is the caller's
             message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
             if first["type"] == "value_error":  # our own check: its words, no prefix
                 message = str(first.get("ctx", {}).get("error", message))

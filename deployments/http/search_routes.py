@@ -33,6 +33,7 @@ from deployments.pipelines.catalog_index import Hit, SearchQuery
 from deployments.pipelines.filters import FilterError
 from deployments.pipelines.personalize import depth, personalize
 from deployments.pipelines.search import SearchService
+from deployments.tenancy.principal import NO_AUTH_TENANT
 from models.fusion import rrf_top
 from models.recommender import Profile
 from stores.catalog import (
@@ -48,7 +49,6 @@ from stores.catalog import (
 )
 
 CATALOG_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
-NO_AUTH_TENANT = "default"  # the one tenant when auth is off
 
 
 router = APIRouter(tags=["search"], route_class=AnyCharacterRoute)

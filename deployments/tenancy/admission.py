@@ -16,6 +16,17 @@ from deployments.tenancy.principal import Principal
 from stores.ratelimit import Decision, Limiter, LimiterUnavailable
 
 WARN_EVERY_S = 30.0
+# The most seconds a header says (about 31 years): a wait that is infinite (a rate
+# stored before rates had a lower bound) is told as this instead of failing the request.
+MAX_HEADER_S = 10**9
+
+
+def whole_seconds(value: float, least: int = 0) -> int:
+    """`value` rounded up to whole seconds, at least `least`, at most `MAX_HEADER_S`
+    (also for an infinite or undefined value)."""
+    if not value < MAX_HEADER_S:
+        return MAX_HEADER_S
+    return max(least, math.ceil(value))
 
 
 def ratelimit_headers(decision: Decision) -> dict[str, str]:
@@ -28,12 +39,12 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
     if decision.policy == "monthly":
         window = "2592000"
     else:
-        window = str(max(1, math.ceil(decision.window_s - 1e-9)))
+        window = str(whole_seconds(decision.window_s - 1e-9, 1))
     name = f'"{decision.policy}"'
     return {
         "RateLimit-Policy": f"{name};q={math.floor(decision.limit)};w={window}",
         "RateLimit": f"{name};r={max(0, math.floor(decision.remaining))};"
-        f"t={max(0, math.ceil(decision.reset_s))}",
+        f"t={whole_seconds(decision.reset_s)}",
     }
 
 
@@ -90,7 +101,7 @@ class Admission:
         if decision.too_large:
             raise _too_large(principal, decision, texts, field)
         if not decision.allowed:
-            retry = max(1, math.ceil(decision.retry_after_s))
+            retry = whole_seconds(decision.retry_after_s, 1)
             what = "monthly text quota" if decision.policy == "monthly" else "rate limit"
             raise RateLimited(
                 f"{what} exceeded: retry after {retry} s", {**headers, "Retry-After": str(retry)}

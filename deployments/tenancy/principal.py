@@ -11,9 +11,12 @@ from stores.tenants import SCOPES, RateLimits
 OPERATOR = "operator"  # tenant id of the bootstrap admin credential; not a real tenant
 # The metrics' label of the tenants without series of their own (`auth.metrics_tenants`).
 POOLED_TENANT = "other"
-# Ids no tenant may take: a tenant by either name would read as the operator in logs
-# and usage, or as every unnamed tenant in the metrics.
-RESERVED_TENANT_IDS = frozenset({OPERATOR, POOLED_TENANT})
+# The one tenant when auth is off: what catalogs, events and features are kept under.
+NO_AUTH_TENANT = "default"
+# Ids no tenant may take: a tenant by one of these names would read as the operator in
+# logs and usage, as every unnamed tenant in the metrics, or would own the data written
+# while auth was off.
+RESERVED_TENANT_IDS = frozenset({OPERATOR, POOLED_TENANT, NO_AUTH_TENANT})
 # The limiter subject of a tenant's admin calls (`<tenant>/admin`): no key id is `admin`.
 ADMIN_SUBJECT = "admin"
 

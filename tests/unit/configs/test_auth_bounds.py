@@ -14,6 +14,7 @@ from configs.schema import (
     MAX_MONTHLY_TEXTS,
     MAX_REQUESTS_PER_S,
     MAX_TEXTS_PER_S,
+    MIN_RATE_PER_S,
     AuthSettings,
     TenantLimits,
 )
@@ -39,6 +40,9 @@ def test_rotation_overlap_past_the_bound_is_refused(value: float) -> None:
         ("requests_per_s", MAX_REQUESTS_PER_S * 2),
         ("texts_per_s", math.inf),
         ("texts_per_s", MAX_TEXTS_PER_S * 2),
+        ("requests_per_s", 1e-310),
+        ("requests_per_s", 0),
+        ("texts_per_s", MIN_RATE_PER_S / 2),
     ],
 )
 def test_default_limits_past_the_bounds_are_refused(field: str, value: Any) -> None:
@@ -60,6 +64,10 @@ def test_the_bounds_themselves_are_accepted() -> None:
         }
     )
     assert auth.default_limits.monthly_texts == MAX_MONTHLY_TEXTS
+    slowest = TenantLimits.model_validate(
+        {"requests_per_s": MIN_RATE_PER_S, "texts_per_s": MIN_RATE_PER_S}
+    )
+    assert slowest.requests_per_s == slowest.texts_per_s == MIN_RATE_PER_S
 
 
 @pytest.mark.parametrize(
@@ -73,6 +81,10 @@ def test_the_bounds_themselves_are_accepted() -> None:
         ("monthly_texts", MAX_MONTHLY_TEXTS + 1),
         ("monthly_texts", 0),
         ("texts_per_s", math.inf),
+        ("requests_per_s", MIN_RATE_PER_S),
+        ("requests_per_s", 1e-310),
+        ("texts_per_s", MIN_RATE_PER_S),
+        ("texts_per_s", MIN_RATE_PER_S * 0.99),
     ],
 )
 def test_file_and_admin_api_agree_on_limits(field: str, value: Any) -> None:

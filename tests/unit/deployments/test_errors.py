@@ -3,8 +3,9 @@ the service's app outside a Serve replica (no Ray)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -130,3 +131,14 @@ def test_a_body_read_by_hand_is_refused_in_its_routes_shape() -> None:
     assert got.status_code == 413
     assert client.post("/v2/models/m/infer", content=_chunks(1024, 100)).text == "1024"
     assert client.post("/v2/models/m/infer", content=b"x" * 1024).text == "1024"
+
+
+@pytest.mark.parametrize("declared", ["²", "١٢", "", "12x"])
+def test_a_length_that_is_not_ascii_digits_is_left_to_the_stream(declared: str) -> None:
+    """`"²".isdigit()` is true and `int("²")` raises: only ASCII digits are read as the
+    declared length; anything else is counted while streaming."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    assert asyncio.run(read_body(declared, stream(), 10)) == b"abc"

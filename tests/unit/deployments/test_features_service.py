@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from configs.features import FeatureDefinitions, load_definitions
+from deployments.errors import MAX_NAME_CHARS
 from deployments.http.events_routes import parse_events
 from deployments.pipelines.features import Attributes, FeatureService, values
 from stores.events import Event
@@ -354,6 +355,17 @@ def test_parse_keeps_the_good_events_and_names_the_bad_fields() -> None:
     assert "time zone" in errors[3]["message"]
     assert errors[4]["message"] == "unknown field"
     assert not any("secret-value" in e["message"] or "like" in e["message"] for e in errors)
+
+
+def test_an_unknown_field_of_any_length_is_named_cut_to_the_name_bound() -> None:
+    name = "k" * 100_000
+    good, errors = parse_events(
+        [{"user": "u1", "item": "i1", "type": "view", name: 1}], time.time(), 300, None
+    )
+    assert good == []
+    assert errors == [
+        {"index": 0, "field": f"events.0.{'k' * MAX_NAME_CHARS}", "message": "unknown field"}
+    ]
 
 
 def test_an_event_that_is_not_an_object_is_named_by_its_index() -> None:

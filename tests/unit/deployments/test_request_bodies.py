@@ -114,6 +114,20 @@ def test_a_check_of_our_own_is_said_in_its_words() -> None:
     assert request_invalid(errors).message == "id: 'operator' is reserved"
 
 
+@pytest.mark.parametrize("reserved", ["operator", "other", "default"])
+def test_reserved_tenant_ids_are_refused(reserved: str) -> None:
+    """`default` is where catalogs, events and features are kept while auth is off: a
+    tenant by that id, created later, would read all of them."""
+    from pydantic import ValidationError
+
+    from deployments.http.admin import TenantCreate
+
+    with pytest.raises(ValidationError) as caught:
+        TenantCreate(name="x", id=reserved)
+    (error,) = caught.value.errors(include_input=False)
+    assert error["loc"] == ("id",)
+
+
 @pytest.mark.parametrize(
     ("model", "doc", "field"),
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,12 @@ import pytest
 from configs.schema import AuthSettings
 from deployments.errors import Forbidden, RateLimited, Unavailable
 from deployments.tenancy.access import UnsafeSettings, check_production
-from deployments.tenancy.admission import Admission, ratelimit_headers
+from deployments.tenancy.admission import (
+    MAX_HEADER_S,
+    Admission,
+    ratelimit_headers,
+    whole_seconds,
+)
 from deployments.tenancy.keys import KeyCache
 from deployments.tenancy.principal import Principal
 from deployments.tenancy.usage import UsageMeter
@@ -350,6 +356,25 @@ def test_a_slow_rate_is_announced_over_the_window_it_refills_in() -> None:
     asyncio.run(run())
     fractional = Decision(True, 0, "texts", 2.5, 1.2, 0.5, window_s=1.0)
     assert ratelimit_headers(fractional)["RateLimit-Policy"] == '"texts";q=2;w=1'
+
+
+def test_a_rate_stored_before_the_lower_bound_is_refused_with_finite_headers() -> None:
+    """A subnormal rate (once accepted as `> 0`) made every wait infinite, and the
+    headers' rounding raised: each request of that tenant was a 500."""
+    admission = Admission(EmbeddedLimiter(), fail_open=True, log=LOG)
+    who = _principal(RateLimits(requests_per_s=1e-310))
+
+    async def run() -> None:
+        first = await admission.admit(who, 1)
+        assert first["RateLimit-Policy"] == f'"requests";q=1;w={MAX_HEADER_S}'
+        with pytest.raises(RateLimited) as e:
+            await admission.admit(who, 1)
+        assert e.value.headers["Retry-After"] == str(MAX_HEADER_S)
+
+    asyncio.run(run())
+    assert whole_seconds(math.nan, 1) == whole_seconds(math.inf) == MAX_HEADER_S
+    assert whole_seconds(-3.2) == 0
+    assert whole_seconds(0.2, 1) == 1
 
 
 def test_ratelimit_headers_monthly() -> None:

@@ -64,6 +64,32 @@ def test_removed_paths_new_required_fields_and_narrowed_types_are_breaking(
     assert any("request.query: maxLength tightened to 3" in p for p in found), found
 
 
+def test_a_bound_of_a_nullable_field_is_checked_in_its_alternative(
+    current: dict[str, Any],
+) -> None:
+    """A field that may be null is `anyOf: [{number, bounds}, {null}]`: its bounds were
+    not compared, so tightened ones passed unseen."""
+    new = copy.deepcopy(current)
+    limits = _schema(new, "LimitsBody")["properties"]
+    number = next(o for o in limits["requests_per_s"]["anyOf"] if o.get("type") == "number")
+    number["minimum"] = 5.0
+    number["maximum"] = 10.0
+    found = contract.breaking(current, new)
+    assert any(
+        p.startswith("PATCH /admin/v1/tenants/{tenant_id} request.limits.requests_per_s: "
+                     "minimum tightened to 5.0") for p in found
+    ), found  # fmt: skip
+    assert any("request.limits.requests_per_s: maximum tightened to 10.0" in p for p in found)
+    loosened = copy.deepcopy(current)
+    number = next(
+        o
+        for o in _schema(loosened, "LimitsBody")["properties"]["requests_per_s"]["anyOf"]
+        if o.get("type") == "number"
+    )
+    number["maximum"] *= 10
+    assert contract.breaking(current, loosened) == []
+
+
 def test_growth_is_not_breaking(current: dict[str, Any]) -> None:
     new = copy.deepcopy(current)
     new["paths"]["/v1/new-thing"] = {"get": {"responses": {"200": {"description": "ok"}}}}
