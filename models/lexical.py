@@ -83,6 +83,10 @@ _local = threading.local()
 # Analysis is per word, and catalogs reuse a small vocabulary: caching a word's terms makes
 # analysis several times faster. Dict reads and writes are atomic, so threads share them.
 _WORD_CACHE_SIZE = 100_000
+# Only words up to this long are cached: a compound word may run to a text's whole length
+# (32 KB), and 100,000 of those, each with its parts, would hold gigabytes. Real words and
+# codes are far shorter.
+_WORD_CACHE_MAX_CHARS = 64
 _WORD_CACHES: dict[tuple[bool, bool], dict[str, tuple[str, ...]]] = {
     (stem, stop): {} for stem in (False, True) for stop in (False, True)
 }
@@ -102,9 +106,10 @@ def tokenize(text: str, *, stem: bool = True, stopwords: bool = True) -> list[st
         terms = cache.get(word)
         if terms is None:
             terms = _terms_of(word, stem, stopwords)
-            if len(cache) >= _WORD_CACHE_SIZE:
-                cache.clear()  # crude, but the words that matter come straight back
-            cache[word] = terms
+            if len(word) <= _WORD_CACHE_MAX_CHARS:
+                if len(cache) >= _WORD_CACHE_SIZE:
+                    cache.clear()  # crude, but the words that matter come straight back
+                cache[word] = terms
         tokens.extend(terms)
     return tokens
 

@@ -39,3 +39,11 @@ def location(kwargs: dict[str, Any]) -> str:
     if kwargs.get("path"):
         return f"unix:{kwargs['path']}"
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def failure(what: str, where: str, error: Exception, client: Redis) -> str:
+    """A message saying `what` at `where` failed, with the error's words and never the
+    client's password (redis-py's messages do not repeat it; make sure)."""
+    message = f"{what} {where} failed: {type(error).__name__}: {error}"
+    password = client.connection_pool.connection_kwargs.get("password")
+    return message.replace(str(password), "***") if password else message

@@ -24,7 +24,7 @@ from typing import cast
 
 from redis.exceptions import RedisError
 
-from stores._redis import connect
+from stores._redis import connect, failure
 from stores.embed_cache import Cached, CacheKey, CacheUnavailable
 
 DEFAULT_PREFIX = "servekit:ec:"
@@ -63,7 +63,6 @@ class RedisStore:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self._client, self.where = connect(url, password, timeout_s, max_connections)
-        self._password = self._client.connection_pool.connection_kwargs.get("password")
         self._prefix = prefix
         self._spaces = f"{prefix}spaces"
         self._get_with_ttl = self._client.register_script(_GET_WITH_TTL)
@@ -150,10 +149,7 @@ class RedisStore:
         return f"{self._prefix}{key.space}:{key.tenant}:{key.digest}"
 
     def _unavailable(self, error: RedisError) -> CacheUnavailable:
-        message = f"embedding cache {self.where} failed: {type(error).__name__}: {error}"
-        if self._password:  # redis-py's messages do not repeat it; make sure
-            message = message.replace(str(self._password), "***")
-        return CacheUnavailable(message)
+        return CacheUnavailable(failure("embedding cache", self.where, error, self._client))
 
 
 def encode(value: Cached) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from stores._redis import connect
+from stores._redis import connect, failure
 from stores.features import (
     AT_FIELD,
     FeatureStoreUnavailable,
@@ -115,7 +115,6 @@ class RedisFeatureStore:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self._client, self.where = connect(url, password, timeout_s, max_connections)
-        self._password = self._client.connection_pool.connection_kwargs.get("password")
         self._script = self._client.register_script(_MERGE)
         self._prefix = prefix
 
@@ -175,10 +174,7 @@ class RedisFeatureStore:
         return f"{self._prefix}{{{key.tenant}}}:{key.view}:{key.entity}"
 
     def _unavailable(self, error: RedisError) -> FeatureStoreUnavailable:
-        message = f"feature store {self.where} failed: {type(error).__name__}: {error}"
-        if self._password:  # redis-py's messages do not repeat it; make sure
-            message = message.replace(str(self._password), "***")
-        return FeatureStoreUnavailable(message)
+        return FeatureStoreUnavailable(failure("feature store", self.where, error, self._client))
 
 
 def _args(m: Merge) -> list[Any]:

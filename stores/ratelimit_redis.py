@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from redis.exceptions import RedisError
 
 from stores._ratelimit import Check, capacity, charges, decide, window
-from stores._redis import connect
+from stores._redis import connect, failure
 from stores.ratelimit import Decision, LimiterUnavailable
 from stores.tenants import RateLimits
 
@@ -199,7 +199,7 @@ class RedisLimiter:
             reply = await self._script(keys=keys, args=args)
         except RedisError as e:
             raise LimiterUnavailable(
-                f"rate limit store {self._where} failed: {type(e).__name__}: {e}"
+                failure("rate limit store", self._where, e, self._client)
             ) from e
         values = [float(v) for v in reply]
         checks: list[Check] = []

@@ -25,6 +25,9 @@ from stores.catalog import MAX_SAFE_INTEGER, AttrValue
 Mask = npt.NDArray[np.bool_]
 RANGE_OPS = ("gte", "gt", "lte", "lt")
 MAX_IN_VALUES = 256
+# A number held by at least one slot in this many gets a column of its own (see
+# `AttributeColumns`).
+DENSE_SHARE = 16
 
 
 class FilterError(ValueError):
@@ -33,12 +36,21 @@ class FilterError(ValueError):
 
 class AttributeColumns:
     """Attributes by slot: numbers in float64 columns (NaN: missing), other values in
-    inverted lists value -> slots, so equality and membership are set lookups."""
+    inverted lists value -> slots, so equality and membership are set lookups.
+
+    Memory follows the attributes the items hold now, not every name ever written: a
+    number held by few slots is kept as slot -> value (a column of the catalog's
+    capacity for it would cost 8 bytes a slot, so a caller writing new names to one
+    item again and again grew every replica by a column each), becomes a column once
+    one slot in `DENSE_SHARE` holds it and goes back below a quarter of that, and a
+    name or a value no slot holds any more is dropped."""
 
     def __init__(self) -> None:
         self.capacity = 0
-        self.numbers: dict[str, npt.NDArray[np.float64]] = {}
+        self.numbers: dict[str, npt.NDArray[np.float64]] = {}  # dense columns
+        self.sparse: dict[str, dict[int, float]] = {}
         self.values: dict[str, dict[Any, set[int]]] = {}
+        self._counts: dict[str, int] = {}  # slots holding a number of each name
         self._held: dict[int, dict[str, AttrValue]] = {}
 
     def set(self, slot: int, attributes: dict[str, AttrValue]) -> None:
@@ -55,7 +67,7 @@ class AttributeColumns:
             if isinstance(value, bool | str):
                 self.values.setdefault(name, {}).setdefault(_key(value), set()).add(slot)
             elif name in numbers:
-                self._number_column(name)[slot] = numbers[name]
+                self._put_number(name, slot, numbers[name])
             elif isinstance(value, list):
                 for tag in value:
                     self.values.setdefault(name, {}).setdefault(tag, set()).add(slot)
@@ -68,12 +80,50 @@ class AttributeColumns:
             return
         for name, value in old.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
-                self.numbers[name][slot] = np.nan
+                self._drop_number(name, slot)
+                continue
+            index = self.values.get(name)
+            if index is None:
                 continue
             for v in value if isinstance(value, list) else [value]:
-                slots = self.values.get(name, {}).get(_key(v))
+                slots = index.get(_key(v))
                 if slots is not None:
                     slots.discard(slot)
+                    if not slots:
+                        del index[_key(v)]
+            if not index:
+                del self.values[name]
+
+    def _put_number(self, name: str, slot: int, value: float) -> None:
+        count = self._counts[name] = self._counts.get(name, 0) + 1
+        column = self.numbers.get(name)
+        if column is not None:
+            column[slot] = value
+            return
+        held = self.sparse.setdefault(name, {})
+        held[slot] = value
+        if count * DENSE_SHARE >= self.capacity:
+            column = self.numbers[name] = np.full(self.capacity, np.nan)
+            column[list(held)] = list(held.values())
+            del self.sparse[name]
+
+    def _drop_number(self, name: str, slot: int) -> None:
+        count = self._counts[name] = self._counts[name] - 1
+        column = self.numbers.get(name)
+        if column is None:
+            held = self.sparse[name]
+            del held[slot]
+        else:
+            column[slot] = np.nan
+            if count * DENSE_SHARE * 4 < self.capacity:
+                kept = np.flatnonzero(~np.isnan(column))
+                held = self.sparse[name] = dict(
+                    zip(kept.tolist(), column[kept].tolist(), strict=True)
+                )
+                del self.numbers[name]
+        if count == 0:
+            del self._counts[name]
+            self.sparse.pop(name, None)
 
     def _grow(self, size: int) -> None:
         if size <= self.capacity:
@@ -85,11 +135,21 @@ class AttributeColumns:
             self.numbers[name] = grown
         self.capacity = new
 
-    def _number_column(self, name: str) -> npt.NDArray[np.float64]:
+    def _column(self, name: str, size: int) -> npt.NDArray[np.float64] | None:
+        """The numbers of `name` over the first `size` slots (NaN: missing); None when
+        no slot holds one."""
         column = self.numbers.get(name)
-        if column is None:
-            column = self.numbers[name] = np.full(self.capacity, np.nan)
-        return column
+        if column is not None:
+            return _fit(column, size)
+        held = self.sparse.get(name)
+        if not held:
+            return None
+        slots = np.fromiter(held.keys(), dtype=np.int64, count=len(held))
+        values = np.fromiter(held.values(), dtype=np.float64, count=len(held))
+        inside = slots < size
+        out = np.full(size, np.nan)
+        out[slots[inside]] = values[inside]
+        return out
 
     def mask(self, filters: dict[str, Any], size: int) -> Mask:
         """Slots (of `size`) whose attributes satisfy every condition."""
@@ -114,8 +174,8 @@ class AttributeColumns:
         raise FilterError(f"{where}: a string, number, boolean or an object")
 
     def _range(self, name: str, condition: dict[str, Any], size: int, where: str) -> Mask:
-        column = self.numbers.get(name)
-        values = _fit(column, size) if column is not None else np.full(size, np.nan)
+        column = self._column(name, size)
+        values = column if column is not None else np.full(size, np.nan)
         out = ~np.isnan(values)
         for op, raw in condition.items():
             if isinstance(raw, bool) or not isinstance(raw, int | float):
@@ -138,9 +198,9 @@ class AttributeColumns:
         out = np.zeros(size, dtype=np.bool_)
         index = self.values.get(name, {})
         numbers = [float(v) for v in wanted if _is_number(v)]
-        column = self.numbers.get(name)
-        if numbers and column is not None:
-            out |= np.isin(_fit(column, size), numbers)
+        column = self._column(name, size) if numbers else None
+        if column is not None:
+            out |= np.isin(column, numbers)
         for value in wanted:
             if _is_number(value):
                 continue

@@ -46,9 +46,16 @@ SYNC_S = 1.0
 SYNC_TIMEOUT_S = 30.0  # a shard catching up on a long change log answers its first late
 CALL_TIMEOUT_S = 10.0
 # The statistics cache's bounds, over every catalog and shard: catalogs, and the terms'
-# counts (about 100 bytes each); the least recently searched catalogs go first.
+# counts (about 100 bytes each, one more unit for each 64 characters of a long term: a
+# query's word may be 32 KB); the least recently searched catalogs go first.
 CACHED_CATALOGS = 4096
 CACHED_TERMS = 100_000
+TERM_UNIT_CHARS = 64
+
+
+def term_units(term: str) -> int:
+    """What one term's count takes of `CACHED_TERMS`."""
+    return 1 + len(term) // TERM_UNIT_CHARS
 
 
 def shard_of(item_id: str, shards: int) -> int:
@@ -98,7 +105,7 @@ class StatsCache:
     def __init__(self, shards: int) -> None:
         self.shards = shards
         self._parts: dict[tuple[str, str], list[_ShardPart | None]] = {}  # oldest first
-        self.size = 0  # terms' counts held
+        self.size = 0  # terms' counts held, in `term_units`
 
     def lookup(
         self, tenant: str, catalog: str, terms: frozenset[str]
@@ -144,12 +151,12 @@ class StatsCache:
             parts = self._parts[key] = [None] * self.shards
         part = parts[shard]
         if part is None or part.generation != generation:
-            self.size -= 0 if part is None else len(part.df)
+            self.size -= 0 if part is None else sum(map(term_units, part.df))
             part = parts[shard] = _ShardPart(generation)
         if stats is not None:
             part.n_docs, part.total_length = stats.n_docs, stats.total_length
             for term in terms:
-                self.size += term not in part.df
+                self.size += 0 if term in part.df else term_units(term)
                 part.df[term] = stats.df.get(term, 0)
         if self.size > CACHED_TERMS or len(self._parts) > CACHED_CATALOGS:
             self._shrink(key)
@@ -166,7 +173,7 @@ class StatsCache:
 
     def _drop(self, key: tuple[str, str]) -> None:
         parts = self._parts.pop(key, None) or []
-        self.size -= sum(len(p.df) for p in parts if p is not None)
+        self.size -= sum(sum(map(term_units, p.df)) for p in parts if p is not None)
 
 
 class Shard(Protocol):

@@ -69,6 +69,7 @@ _HEADER = struct.Struct("!BIQ")
 HELLO, CALL, OK, ERROR, GOAWAY = range(5)
 MAX_FRAME_BYTES = 512 * 1024 * 1024
 HELLO_MAX_BYTES = 256  # what a connection may send before its token is checked
+HELLO_WITHIN_S = 10.0  # and how long it may take to: a silent connection is closed
 
 
 class DirectUnavailable(Exception):
@@ -236,12 +237,19 @@ class _ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.greeted = False
         self.tasks: set[asyncio.Task[None]] = set()
+        self._hello_timer: asyncio.TimerHandle
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server._connections.add(self)
+        self._hello_timer = asyncio.get_running_loop().call_later(HELLO_WITHIN_S, self._silent)
+
+    def _silent(self) -> None:
+        if not self.greeted:
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._hello_timer.cancel()
         self.server._connections.discard(self)
         for task in self.tasks:  # nobody waits for these answers any more
             task.cancel()

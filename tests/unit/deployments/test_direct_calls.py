@@ -134,6 +134,30 @@ def test_a_connection_without_the_token_is_closed() -> None:
     asyncio.run(run())
 
 
+def test_a_connection_that_never_sends_its_token_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A silent connection was held until its peer left: any host reaching the port
+    could hold the replica's descriptors."""
+    monkeypatch.setattr(direct, "HELLO_WITHIN_S", 0.2)
+
+    async def run() -> None:
+        kv = MemoryKV()
+        version, server, pool = await _pair(kv)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed by the server
+        writer.close()
+        await pool.call("embed", (["red"], 5.0, None), 5.0)
+        await asyncio.sleep(0.4)  # a greeted connection is kept past the deadline
+        await pool.call("embed", (["red"], 5.0, None), 5.0)
+        assert len(version.calls) == 2
+        assert len(server._connections) == 1
+        await pool.close()
+        await server.close(1.0)
+
+    asyncio.run(run())
+
+
 def test_an_entry_not_written_again_is_not_called_then_forgotten() -> None:
     async def run() -> None:
         kv = MemoryKV()

@@ -111,3 +111,70 @@ def test_a_boolean_and_a_number_never_match_each_other() -> None:
     assert list(np.flatnonzero(cols.mask({"level": {"in": [True]}}, 2))) == [0]
     cols.clear(1)
     assert list(np.flatnonzero(cols.mask({"flag": {"in": [True, 1]}}, 2))) == [0]
+
+
+def test_memory_follows_the_attributes_held_now() -> None:
+    """New numeric names written to one item again and again: each had a column of the
+    catalog's capacity for good (8 bytes a slot, on every replica). A name or value no
+    slot holds is dropped; a number of few slots is kept slot by slot."""
+    cols = AttributeColumns()
+    for slot in range(5000):
+        cols.set(slot, {"price": slot})
+    for round_ in range(200):
+        cols.set(7, {f"n{round_}_{i}": i for i in range(64)} | {"tag": [f"t{round_}"]})
+    assert set(cols.numbers) == {"price"}  # held by 4,999 slots: a column
+    assert set(cols.sparse) == {f"n199_{i}" for i in range(64)}
+    assert cols.values == {"tag": {"t199": {7}}}
+    assert list(np.flatnonzero(cols.mask({"n199_5": 5}, 5000))) == [7]
+    assert list(np.flatnonzero(cols.mask({"n3_5": {"gte": 0}}, 5000))) == []
+    cols.clear(7)
+    assert cols.sparse == {}
+    assert cols.values == {}
+
+
+def test_a_number_moves_between_slot_by_slot_and_a_column_with_the_same_answers() -> None:
+    """Random writes and clears against a plain evaluation of the same filters, across
+    the share at which a name gets a column and back."""
+    rng = np.random.default_rng(7)
+    cols = AttributeColumns()
+    held: dict[int, dict[str, object]] = {}
+    size = 2048
+    seen_dense = seen_sparse = False
+    for step in range(3000):
+        slot = int(rng.integers(0, size))
+        # Phases: fill slots with `w` (it becomes a column), then clear most of them.
+        if step < 1500 or rng.random() < 0.1:
+            attrs: dict[str, object] = {"w": int(rng.integers(0, 50)), "c": f"v{slot % 5}"}
+            cols.set(slot, attrs)  # type: ignore[arg-type]
+            held[slot] = attrs
+        elif held:  # clear one that holds attributes
+            slot = sorted(held)[int(rng.integers(0, len(held)))]
+            cols.clear(slot)
+            del held[slot]
+        seen_dense |= "w" in cols.numbers
+        seen_sparse |= "w" in cols.sparse and seen_dense
+        if step % 97 == 0:
+            for filters in ({"w": {"gte": 10, "lt": 30}}, {"w": 7}, {"c": "v2", "w": {"lt": 25}}):
+                expected = [
+                    s
+                    for s in range(size)
+                    if s in held and _plain_match(held[s], filters)  # type: ignore[arg-type]
+                ]
+                assert [int(i) for i in np.flatnonzero(cols.mask(filters, size))] == expected
+    assert seen_dense
+    assert seen_sparse
+
+
+def _plain_match(attrs: dict[str, object], filters: dict[str, object]) -> bool:
+    for name, condition in filters.items():
+        value = attrs.get(name)
+        if isinstance(condition, dict):
+            if not isinstance(value, int):
+                return False
+            if "gte" in condition and not value >= condition["gte"]:
+                return False
+            if "lt" in condition and not value < condition["lt"]:
+                return False
+        elif value != condition:
+            return False
+    return True

@@ -239,6 +239,14 @@ def test_statistics_cache_sums_per_tenant_and_keeps_to_its_bounds(
     cache.store("acme", "big", 0, 5, CorpusStats(1, 1.0, {}), many)
     assert cache.lookup("acme", "big", many) is None
     assert cache.size <= 4
+    monkeypatch.setattr(shards_module, "CACHED_TERMS", 1000)
+    word = frozenset({"x" * 32_768})  # one long word takes its length's share
+    before = cache.size
+    cache.store("acme", "long", 0, 5, CorpusStats(1, 1.0, {}), word)
+    assert cache.size == before + 1 + 32_768 // 64
+    cache.store("acme", "long", 1, 5, CorpusStats(1, 1.0, {}), word)  # both: over the bound
+    assert cache.lookup("acme", "long", word) is None
+    assert cache.size == 0
 
 
 def test_the_ingress_reads_a_query_as_the_shards_index_does() -> None:

@@ -359,3 +359,17 @@ def test_build_time_of_100k_products(
             f" write of 100 beside a 2k delta {write_s * 1e3:.1f} ms,"
             f" search {search_s * 1e3:.2f} ms"
         )
+
+
+def test_only_short_words_are_cached() -> None:
+    """A compound word can be a whole 32 KB text: caching such words (100,000 of them)
+    would hold gigabytes; a long word is analysed alike, only not kept."""
+    from models import lexical
+
+    long_word = "-".join(f"a{i}" for i in range(4000))
+    short = "trail-runner"
+    assert tokenize(f"{short} {long_word}")[:3] == tokenize(short)
+    assert tokenize(long_word) == list(lexical._terms_of(long_word, True, True))
+    for cache in lexical._WORD_CACHES.values():
+        assert all(len(word) <= lexical._WORD_CACHE_MAX_CHARS for word in cache)
+    assert any(short in cache for cache in lexical._WORD_CACHES.values())

@@ -262,3 +262,19 @@ def test_a_password_in_the_url_is_not_repeated(
             await limiter.close()
 
     asyncio.run(body())
+
+
+def test_a_store_error_that_repeats_the_password_is_masked() -> None:
+    """redis-py's messages do not repeat the password today; the stores' messages make
+    sure, whether it came in the url or on its own."""
+    from redis.exceptions import ResponseError
+
+    from stores._redis import connect, failure
+
+    for url, password in (
+        ("redis://:s3cr3t-pw@127.0.0.1:1/0", None),
+        ("redis://127.0.0.1:1/0", "s3cr3t-pw"),
+    ):
+        client, where = connect(url, password, 1.0, 1)
+        message = failure("rate limit store", where, ResponseError("bad auth s3cr3t-pw"), client)
+        assert message == "rate limit store 127.0.0.1:1/0 failed: ResponseError: bad auth ***"
