@@ -24,6 +24,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     Connection,
     Date,
     DateTime,
@@ -39,11 +40,14 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    and_,
     bindparam,
     case,
     create_engine,
     event,
+    func,
     make_url,
+    or_,
     select,
     text,
     update,
@@ -52,7 +56,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from stores.tenants import ApiKey, RateLimits, Snapshot, Tenant, UsageRow, new_id
+from stores.tenants import (
+    ApiKey,
+    RateLimits,
+    Snapshot,
+    Tenant,
+    TooManyKeys,
+    UsageRow,
+    new_id,
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Alembic's bookkeeping table, named for this schema so that a PostgreSQL database shared
@@ -245,16 +257,24 @@ class SqlRegistry:
 
     # --- keys ---
 
-    def add_key(self, key: ApiKey) -> None:
+    def add_key(self, key: ApiKey, max_live: int | None = None) -> None:
         """Store a new key (its tenant must exist: else KeyError; a key with the same id
-        or hash exists: ValueError)."""
+        or hash exists: ValueError); with `max_live`, not when the tenant holds that many
+        live keys at the key's creation (`TooManyKeys`; the tenant's row is locked for
+        the count, so two at once cannot both pass it)."""
         if not storable(key.tenant_id):
             raise KeyError(key.tenant_id)
         try:
             with self._writing(bump=True) as conn:
-                found = conn.execute(select(tenants.c.id).where(tenants.c.id == key.tenant_id))
-                if found.first() is None:
+                tenant = select(tenants.c.id).where(tenants.c.id == key.tenant_id)
+                if conn.execute(tenant.with_for_update()).first() is None:
                     raise KeyError(key.tenant_id)
+                if max_live is not None:
+                    held = _live_keys(conn, key.tenant_id, key.created_at)
+                    if held >= max_live:
+                        raise TooManyKeys(
+                            f"{held} live keys, the most a tenant holds; revoke one first"
+                        )
                 conn.execute(api_keys.insert().values(_key_values(key)))
         except IntegrityError:
             # Not chained: PostgreSQL's message quotes the duplicate value, the hash.
@@ -351,12 +371,16 @@ class SqlRegistry:
         with self._engine.connect() as conn:
             return _generation(conn)
 
-    def snapshot(self) -> Snapshot:
-        """Every tenant and key, consistently, with the generation they belong to."""
+    def snapshot(self, live_at: datetime | None = None) -> Snapshot:
+        """Every tenant and key, consistently, with the generation they belong to; with
+        `live_at`, without the keys revoked or expired by then (for good)."""
+        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if live_at is not None:
+            query = query.where(_live(live_at))
         with reading_consistently(self._engine) as conn:
             generation = _generation(conn)
             found = {t.id: t for t in _all_tenants(conn)}
-            keys = conn.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id))
+            keys = conn.execute(query)
             return Snapshot(generation, found, [_key(row) for row in keys])
 
     # --- usage ---
@@ -580,6 +604,19 @@ def _generation(conn: Connection) -> int:
 def _all_tenants(conn: Connection) -> list[Tenant]:
     query = select(tenants).order_by(tenants.c.created_at, tenants.c.id)
     return [_tenant(row) for row in conn.execute(query)]
+
+
+def _live(at: datetime) -> ColumnElement[bool]:
+    """Keys neither revoked nor expired at `at` (as `ApiKey.live` reads them)."""
+    return and_(
+        or_(api_keys.c.revoked_at.is_(None), api_keys.c.revoked_at > at),
+        or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > at),
+    )
+
+
+def _live_keys(conn: Connection, tenant_id: str, at: datetime) -> int:
+    query = select(func.count()).select_from(api_keys)
+    return int(conn.execute(query.where(api_keys.c.tenant_id == tenant_id, _live(at))).scalar_one())
 
 
 def _one_key(conn: Connection, tenant_id: str, key_id: str) -> ApiKey | None:

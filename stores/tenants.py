@@ -120,6 +120,15 @@ class UsageRow:
     errors: int = 0
 
 
+# The most keys a tenant holds live (neither revoked nor expired); a rotation may pass
+# it for its overlap. Every replica keeps each live key in memory.
+MAX_LIVE_KEYS = 10_000
+
+
+class TooManyKeys(ValueError):
+    """A new key past `MAX_LIVE_KEYS` of its tenant."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Every tenant and key, as of `generation` (bumped by every write)."""
@@ -156,8 +165,9 @@ class Registry(Protocol):
         `limit_fields`: the limits that change (default: all of them); the others keep
         their stored values, read and written in one transaction."""
 
-    def add_key(self, key: ApiKey) -> None:
-        """Store a new key (its tenant must exist: else KeyError)."""
+    def add_key(self, key: ApiKey, max_live: int | None = None) -> None:
+        """Store a new key (its tenant must exist: else KeyError); with `max_live`, not
+        when its tenant already holds that many live keys (`TooManyKeys`)."""
 
     def get_key(self, tenant_id: str, key_id: str) -> ApiKey | None:
         """One key of a tenant, or None (also for another tenant's key)."""
@@ -186,8 +196,9 @@ class Registry(Protocol):
     def generation(self) -> int:
         """A number that changes with every write to tenants or keys (cheap to poll)."""
 
-    def snapshot(self) -> Snapshot:
-        """Every tenant and key, consistently, with the generation they belong to."""
+    def snapshot(self, live_at: datetime | None = None) -> Snapshot:
+        """Every tenant and key, consistently, with the generation they belong to; with
+        `live_at`, without the keys revoked or expired by then (for good)."""
 
     def add_usage(self, rows: list[UsageRow]) -> None:
         """Add these counts to the stored ones (one transaction, rows may repeat)."""
@@ -242,8 +253,10 @@ def issue_key(
     expires_at: datetime | None = None,
     limits: RateLimits = RateLimits(),
     now: datetime,
+    max_live: int | None = None,
 ) -> tuple[str, ApiKey]:
-    """Make and store a key for `tenant_id`: (the key, shown once; what is stored)."""
+    """Make and store a key for `tenant_id`: (the key, shown once; what is stored); not
+    past `max_live` live keys of the tenant (`TooManyKeys`)."""
     unknown = scopes - set(SCOPES)
     if unknown:
         raise ValueError(f"scopes: unknown scope {sorted(unknown)[0]!r}")
@@ -261,5 +274,5 @@ def issue_key(
         expires_at=expires_at,
         limits=limits,
     )
-    registry.add_key(record)
+    registry.add_key(record, max_live)
     return key, record

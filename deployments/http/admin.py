@@ -34,11 +34,13 @@ from deployments.tenancy.access import Access
 from deployments.tenancy.principal import RESERVED_TENANT_IDS, Principal
 from stores.tenants import (
     LIMIT_FIELDS,
+    MAX_LIVE_KEYS,
     SCOPES,
     ApiKey,
     KeyState,
     RateLimits,
     Tenant,
+    TooManyKeys,
     issue_key,
 )
 
@@ -519,20 +521,25 @@ async def _issue(
     if rotated is not None:
         expires = rotated.expires_at
     _outlives(principal, expires, rotated is not None)
-    key, record = await asyncio.to_thread(
-        lambda: issue_key(
-            access.registry,
-            access.keys.secret,
-            tenant_id,
-            name=body.name,
-            scopes=scopes,
-            models=models,
-            may_pin=body.may_pin,
-            expires_at=expires,
-            limits=limits,
-            now=now,
+    try:
+        key, record = await asyncio.to_thread(
+            lambda: issue_key(
+                access.registry,
+                access.keys.secret,
+                tenant_id,
+                name=body.name,
+                scopes=scopes,
+                models=models,
+                may_pin=body.may_pin,
+                expires_at=expires,
+                limits=limits,
+                now=now,
+                # A rotation replaces a key: the tenant holds one more only for its overlap.
+                max_live=None if rotated is not None else MAX_LIVE_KEYS,
+            )
         )
-    )
+    except TooManyKeys as e:
+        raise Conflict(f"key: {e}") from e
     await access.keys.refresh_now()
     return {**key_doc(record, now, tenant.disabled), "key": key}
 
@@ -542,7 +549,7 @@ async def _issue(
     summary="Create an API key (shown once)",
     response_model=KeyCreated,
     status_code=201,
-    responses=ERRORS,
+    responses=responses(400, 404, 409),
     tags=["admin"],
 )
 async def create_key(request: Request, tenant_id: str, body: KeyCreate) -> Response:

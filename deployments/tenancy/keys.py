@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from logging import Logger
 
 from deployments.tenancy.principal import Principal, operator_principal
@@ -114,24 +115,28 @@ class KeyCache:
                         generation,
                     )
                     self.generation = -1
-                self.load(self.registry.snapshot())
+                live_at = datetime.fromtimestamp(self.clock(), UTC)
+                self.load(self.registry.snapshot(live_at))
             self.loaded_at = time.monotonic()
             return changed
 
     def load(self, snapshot: Snapshot) -> None:
         """Replace the copy with `snapshot` (one assignment each: readers never see a mix);
-        a snapshot not newer than the copy is ignored."""
+        a snapshot not newer than the copy is ignored. Keys revoked or expired are not
+        kept: memory follows the live keys, not every key ever issued."""
         if snapshot.generation <= self.generation:
             return
         by_prefix: dict[str, list[_Entry]] = {}
+        now = self.clock()
         for key in snapshot.keys:
             tenant = snapshot.tenants.get(key.tenant_id)
-            if tenant is None:
-                continue
+            revoked_ts, expires_ts = _ts(key.revoked_at), _ts(key.expires_at)
+            if tenant is None or min(revoked_ts, expires_ts) <= now:
+                continue  # a key revoked or expired stays so: nothing to keep of it
             entry = _Entry(
                 key.key_hash,
-                _ts(key.revoked_at),
-                _ts(key.expires_at),
+                revoked_ts,
+                expires_ts,
                 key.tenant_id,
                 principal_of(key, tenant),
             )

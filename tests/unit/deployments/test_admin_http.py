@@ -365,6 +365,27 @@ def test_rotating_a_revoked_or_expired_key_says_so_and_a_revocation_wins_a_race(
     assert service.access.keys.lookup(leaked["key"]) is None
 
 
+def test_a_tenant_past_its_live_keys_gets_a_409_and_rotations_still_work(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every replica keeps each live key in memory: a tenant admin issuing keys without
+    end grew them all. Revoked keys make room; a rotation replaces a key."""
+    monkeypatch.setattr(admin, "MAX_LIVE_KEYS", 2)
+    service.tenant("acme")
+    first, second = service.key("acme"), service.key("acme")
+    r = service.call("POST", "/admin/v1/tenants/acme/keys", json={"name": "third"})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["message"] == (
+        "key: 2 live keys, the most a tenant holds; revoke one first"
+    )
+    rotated = service.call("POST", f"/admin/v1/tenants/acme/keys/{first['id']}/rotate", json={})
+    assert rotated.status_code == 201, rotated.text
+    service.call("DELETE", f"/admin/v1/tenants/acme/keys/{second['id']}")
+    service.call("DELETE", f"/admin/v1/tenants/acme/keys/{first['id']}")
+    assert service.key("acme")["state"] == "active"  # room again
+    assert service.access.keys.lookup(second["key"]) is None
+
+
 def test_rotating_a_rotated_key_names_its_replacement(service: Service) -> None:
     """A second rotation (a re-run script) is a 409 that said "rotate the key that
     replaced it" without saying which, and the list did not show which key replaced

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -29,8 +29,8 @@ class HeldRegistry(SqlRegistry):
         self.holding = threading.Event()
         self.release = threading.Event()
 
-    def snapshot(self) -> Snapshot:
-        snap = super().snapshot()
+    def snapshot(self, live_at: datetime | None = None) -> Snapshot:
+        snap = super().snapshot(live_at)
         if self.hold:
             self.hold = False
             self.holding.set()
@@ -100,3 +100,25 @@ def test_a_registry_whose_generation_went_back_is_loaded(tmp_path: Path) -> None
     cache.registry = restored
     assert cache.refresh()
     assert cache.lookup(key) is not None
+
+
+def test_keys_revoked_or_expired_are_not_kept(registry: HeldRegistry) -> None:
+    """They stay so for good: every key ever issued used to be kept by every replica."""
+    live, _ = _key(registry)
+    revoked, revoked_id = _key(registry)
+    expiring, expiring_id = _key(registry)
+    registry.revoke_key("acme", revoked_id, NOW)
+    registry.expire_key("acme", expiring_id, NOW + timedelta(seconds=30))
+    cache = KeyCache(registry, SECRET, None, 1.0, LOG, clock=NOW.timestamp)
+    cache.refresh()
+    assert cache.lookup(live) is not None
+    assert cache.lookup(expiring) is not None  # until it expires
+    assert sum(map(len, cache._by_prefix.values())) == 2
+    later = KeyCache(
+        registry, SECRET, None, 1.0, LOG, clock=(NOW + timedelta(seconds=31)).timestamp
+    )
+    later.load(registry.snapshot())  # every key (a registry of an earlier release's)
+    assert sum(map(len, later._by_prefix.values())) == 1
+    cache = later
+    assert cache.lookup(revoked) is None
+    assert cache.lookup(expiring) is None

@@ -12,7 +12,16 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 
 from stores.registry_sql import VERSION_TABLE, SqlRegistry, metadata, open_registry
-from stores.tenants import ApiKey, RateLimits, Registry, UsageRow, hash_key, new_id, new_key
+from stores.tenants import (
+    ApiKey,
+    RateLimits,
+    Registry,
+    TooManyKeys,
+    UsageRow,
+    hash_key,
+    new_id,
+    new_key,
+)
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SECRET = b"test-secret"
@@ -305,6 +314,41 @@ def test_snapshot_is_consistent(registry: SqlRegistry) -> None:
     assert snap.generation == registry.generation()
     assert snap.tenants == {a.id: a, b.id: b}
     assert snap.keys == keys
+
+
+def test_a_snapshot_at_a_time_leaves_out_the_keys_dead_by_then(registry: SqlRegistry) -> None:
+    """What replicas keep: revoked or expired keys stay so, and are not loaded."""
+    t = registry.create_tenant("Acme", RateLimits())
+    live, revoked, expired, leaving = (make_key(t.id, T0 + timedelta(seconds=n)) for n in range(4))
+    for key in (live, revoked, expired, leaving):
+        registry.add_key(key)
+    registry.revoke_key(t.id, revoked.id, T0 + timedelta(hours=1))
+    registry.expire_key(t.id, expired.id, T0 + timedelta(hours=1))
+    registry.revoke_key(t.id, leaving.id, T0 + timedelta(hours=3))  # a rotation's overlap
+    at = T0 + timedelta(hours=2)
+    assert [k.id for k in registry.snapshot(at).keys] == [live.id, leaving.id]
+    assert len(registry.snapshot().keys) == 4  # all of them without a time
+    assert registry.snapshot(at).generation == registry.generation()
+
+
+def test_a_tenant_holds_at_most_max_live_keys(registry: SqlRegistry) -> None:
+    t = registry.create_tenant("Acme", RateLimits())
+    other = registry.create_tenant("Globex", RateLimits())
+    first, second = make_key(t.id, T0), make_key(t.id, T0 + timedelta(seconds=1))
+    registry.add_key(first, max_live=2)
+    registry.add_key(second, max_live=2)
+    registry.add_key(make_key(other.id, T0 + timedelta(seconds=2)), max_live=2)  # its own
+    third = make_key(t.id, T0 + timedelta(seconds=3))
+    generation = registry.generation()
+    with pytest.raises(TooManyKeys, match="2 live keys"):
+        registry.add_key(third, max_live=2)
+    assert registry.generation() == generation  # nothing written
+    registry.add_key(third)  # without a bound (a rotation's replacement)
+    registry.revoke_key(t.id, first.id, T0 + timedelta(seconds=4))
+    registry.expire_key(t.id, second.id, T0 + timedelta(seconds=4))
+    registry.add_key(make_key(t.id, T0 + timedelta(seconds=5)), max_live=2)  # one live: room
+    with pytest.raises(TooManyKeys):
+        registry.add_key(make_key(t.id, T0 + timedelta(seconds=6)), max_live=2)
 
 
 def test_snapshot_matches_its_generation_under_concurrent_writes(registry: SqlRegistry) -> None:
