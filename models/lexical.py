@@ -82,6 +82,9 @@ _MAX_KEY = 2**63
 _local = threading.local()
 # Analysis is per word, and catalogs reuse a small vocabulary: caching a word's terms makes
 # analysis several times faster. Dict reads and writes are atomic, so threads share them.
+# A compaction renumbers the terms, dropping those no document holds, once there are
+# more of them than this and than live ones.
+MAX_DEAD_TERMS = 50_000
 _WORD_CACHE_SIZE = 100_000
 # Only words up to this long are cached: a compound word may run to a text's whole length
 # (32 KB), and 100,000 of those, each with its parts, would hold gigabytes. Real words and
@@ -342,6 +345,7 @@ class LexicalIndex:
         self._terms: list[str] = []  # by term id
         self._vocab: dict[str, int] = {}
         self._df: I64 = np.zeros(0, np.int64)  # by term id, with room to grow
+        self._live_terms = 0  # terms some live document holds (df > 0)
         self._docs: dict[int, _Doc] = {}  # every live document
         self._n_docs = 0
         self._total_length = 0.0
@@ -509,6 +513,7 @@ class LexicalIndex:
     def _put(self, key: int, doc: _Doc) -> None:
         self._docs[key] = self._delta[key] = doc
         self._df[doc.terms] += 1
+        self._live_terms += int(np.count_nonzero(self._df[doc.terms] == 1))
         self._n_docs += 1
         self._total_length += doc.length
         self._changed.add(key)
@@ -519,6 +524,7 @@ class LexicalIndex:
         if doc is None:
             return False
         self._df[doc.terms] -= 1
+        self._live_terms -= int(np.count_nonzero(self._df[doc.terms] == 0))
         self._n_docs -= 1
         self._total_length -= doc.length
         self._changed.add(key)
@@ -554,6 +560,7 @@ class LexicalIndex:
         self._terms = merged.terms
         self._vocab = {term: i for i, term in enumerate(merged.terms)}
         self._df = merged.df.copy()
+        self._live_terms = len(merged.terms)
         self._docs = dict(merged.docs)
         self._n_docs, self._total_length = len(merged.docs), merged.total_length
         self._base = merged.base
@@ -573,7 +580,15 @@ class LexicalIndex:
 
     def _needs_compaction(self) -> bool:
         dead = len(self._live) - len(self._base_slot)
-        return len(self._delta) > self._max_delta or dead > self._max_dead * len(self._live)
+        # Terms no document holds any more stay numbered until a compaction: a small
+        # catalog whose items are rewritten with new words again and again (never a
+        # large delta, never many dead documents) would keep every word ever written.
+        dead_terms = len(self._terms) - self._live_terms
+        return (
+            len(self._delta) > self._max_delta
+            or dead > self._max_dead * len(self._live)
+            or dead_terms > max(MAX_DEAD_TERMS, self._live_terms)
+        )
 
     def _maybe_compact(self) -> None:
         with self._lock:

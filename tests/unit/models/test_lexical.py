@@ -373,3 +373,27 @@ def test_only_short_words_are_cached() -> None:
     for cache in lexical._WORD_CACHES.values():
         assert all(len(word) <= lexical._WORD_CACHE_MAX_CHARS for word in cache)
     assert any(short in cache for cache in lexical._WORD_CACHES.values())
+
+
+def test_words_no_document_holds_are_dropped_by_a_compaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One small catalog's item rewritten with new words again and again never made a
+    large delta nor many dead documents, so every word ever written stayed."""
+    from models import lexical
+
+    monkeypatch.setattr(lexical, "MAX_DEAD_TERMS", 100)
+    index = LexicalIndex(background=False)
+    index.upsert([1, 2], ["steady hiking boots", "wool socks"])
+    rng = random.Random(5)
+    first = ""
+    for _ in range(300):
+        words = " ".join("".join(rng.choices("bcdfghjklmnpqrstvz", k=12)) for _ in range(5))
+        first = first or words
+        index.upsert([1], [words])
+        live = int(np.count_nonzero(index._df[: len(index._terms)] > 0))
+        assert index._live_terms == live
+        assert len(index._terms) <= 2 * 100 + live + 5
+    assert [k for k, _ in index.search(words.split()[0], 5)] == [1]
+    assert index.search(first, 5) == []
+    assert [k for k, _ in index.search("socks", 5)] == [2]
