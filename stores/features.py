@@ -19,6 +19,8 @@ per batch of merges). The tenant is part of every key.
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -96,7 +98,7 @@ def apply_merge(row: Row | None, merge: Merge) -> Row:
     """`row` after `merge` (the reference semantics; Redis runs the same in Lua)."""
     out: Row = dict(row or {})
     for name, delta in merge.add.items():
-        out[name] = _number(out.get(name)) + delta
+        out[name] = _finite(_number(out.get(name)) + delta)
     for name, value in merge.high.items():
         current = out.get(name)
         if current is None or value > _number(current):
@@ -147,4 +149,12 @@ def _timed(row: Row, name: str) -> list[tuple[str, str]]:
 
 
 def _number(value: Value | None) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
+    """A stored value as a number: what is not one (a field whose definition changed
+    from a list, a value lost to an earlier overflow) counts 0."""
+    return float(value) if isinstance(value, int | float) and not math.isnan(value) else 0.0
+
+
+def _finite(total: float) -> float:
+    """A sum held within the largest double: one past it stays there, as it does in
+    Redis (an infinity stored as JSON would read back as nothing)."""
+    return min(max(total, -sys.float_info.max), sys.float_info.max)

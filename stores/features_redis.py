@@ -43,17 +43,35 @@ WRITE_CHUNK = 256  # rows per pipelined write
 # over the new items and the stored ones (those stored without a time: as of `_at`).
 _MERGE = """
 local key, ttl = KEYS[1], tonumber(ARGV[1])
+local MAXF = 1.7976931348623157e308
+-- A stored value as the reference merge reads it: what is not a number counts 0.
+local function num(raw)
+  local x = tonumber(raw)
+  if x == nil or x ~= x then return 0 end
+  return x
+end
+-- Sums add in double and stay finite, as the reference's do; 17 digits read back exact.
+local function fmt(x)
+  if x > MAXF then x = MAXF elseif x < -MAXF then x = -MAXF end
+  return string.format('%.17g', x)
+end
+-- A stored list as the reference reads it: what is not a list is none.
+local function list(raw)
+  if not raw then return {} end
+  local ok, v = pcall(cjson.decode, raw)
+  if ok and type(v) == 'table' then return v end
+  return {}
+end
 local function push(f, v)
   local new = cjson.decode(v)
   local max_len, tf = new[1], new[2]
   local cands = {}
   for j = 3, #new, 2 do table.insert(cands, {new[j], new[j + 1]}) end
-  local old = redis.call('HGET', key, f)
-  if old then
-    local times = redis.call('HGET', key, tf)
-    times = times and cjson.decode(times) or {}
+  local old = list(redis.call('HGET', key, f))
+  if #old > 0 then
+    local times = list(redis.call('HGET', key, tf))
     local fallback = redis.call('HGET', key, '_at') or '0.0'
-    for j, item in ipairs(cjson.decode(old)) do
+    for j, item in ipairs(old) do
       table.insert(cands, {item, times[j] or fallback})
     end
   end
@@ -85,11 +103,11 @@ end
 for i = 2, #ARGV, 3 do
   local op, f, v = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if op == 'a' then
-    redis.call('HINCRBYFLOAT', key, f, v)
+    redis.call('HSET', key, f, fmt(num(redis.call('HGET', key, f)) + tonumber(v)))
   elseif op == 'h' or op == 'l' then
-    local cur = tonumber(redis.call('HGET', key, f))
-    local x = tonumber(v)
-    if cur == nil or (op == 'h' and x > cur) or (op == 'l' and x < cur) then
+    local raw = redis.call('HGET', key, f)
+    local x, cur = tonumber(v), num(raw)
+    if not raw or (op == 'h' and x > cur) or (op == 'l' and x < cur) then
       redis.call('HSET', key, f, v)
     end
   elseif op == 'p' then

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -282,9 +283,9 @@ def values(view: FeatureViewSpec, row: Row | None) -> dict[str, Any]:
             out[name] = value if isinstance(value, list) else spec.default_value()
         else:
             number = row.get(name)
-            if isinstance(number, float | int) and math.isfinite(number):
+            if isinstance(number, float | int) and abs(number) < sys.float_info.max:
                 out[name] = _plain(number)
-            else:  # missing, or a sum past the largest double (Redis adds in long double)
+            else:  # missing, or a sum past the largest double (the stores hold it there)
                 out[name] = spec.default_value()
     return out
 

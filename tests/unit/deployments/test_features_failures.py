@@ -48,7 +48,9 @@ def test_a_sum_past_the_largest_double_reads_its_default_and_the_rest_merges(
     """Prices near 1e308 are finite (a catalog takes them), their sum is not: Redis
     refused to add it, so the row's script stopped half way (no recent items, no newest
     time, no expiry) and the whole batch counted as a store outage; SQLite kept null.
-    The sum is left out, everything else merges, and both read the default."""
+    The sum is left out, everything else merges, and both read the default. A stored
+    sum that passes the largest double stays there on both stores, read as the default
+    (SQLite's null had started again from nothing, Redis's long double had gone on)."""
 
     async def items(tenant: str, catalog: str, ids: list[str]) -> Attributes:
         return {"big": {"price": 1e308, "category": "x"}}
@@ -77,6 +79,9 @@ def test_a_sum_past_the_largest_double_reads_its_default_and_the_rest_merges(
             assert await svc.merge(TENANT, [ev("u", "big", "purchase")], "shop")
             got = (await svc.read(TENANT, "user", "u")).views["user_activity"]
             assert (got["purchases"], got["spend"]) == (4, 0)
+            assert await svc.merge(TENANT, [ev("u", "big", "purchase")], "shop")
+            got = (await svc.read(TENANT, "user", "u")).views["user_activity"]
+            assert (got["purchases"], got["spend"]) == (5, 0)
             assert meter.failed == []
         finally:
             await svc.close()

@@ -6,6 +6,7 @@ one round trip, down means unavailable)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -155,7 +156,8 @@ def test_a_list_stored_without_times_still_reads_and_merges(
 def test_sums_read_back_alike_on_both_backends(
     make_feature_store: Callable[[], OnlineStore],
 ) -> None:
-    """Redis adds in long double, SQLite's rows in double; the feature values agree."""
+    """Both add in double (Redis had added in long double): the rows agree to the bit,
+    and so do the feature values."""
     from configs.features import load_definitions
     from deployments.pipelines.features import values
 
@@ -165,6 +167,8 @@ def test_sums_read_back_alike_on_both_backends(
         for _ in range(3):
             await store.merge([merge(add={"spend": 89.9, "purchases": 1})])
         (row,) = await store.read([key()])
+        assert row is not None
+        assert row["spend"] == 89.9 + 89.9 + 89.9  # 269.70000000000005
         got = values(view, row)
         assert (got["spend"], got["purchases"]) == (269.7, 3)
         assert type(got["purchases"]) is int
@@ -189,6 +193,52 @@ def test_what_memory_holds_agrees_with_the_reference_merge(
         for m in merges:
             await store.merge([m])
         assert await store.read([key()]) == [expected]
+
+    run(make_feature_store, body)
+
+
+def test_a_field_whose_kind_changed_merges_as_the_reference_does(
+    make_feature_store: Callable[[], OnlineStore],
+) -> None:
+    """A definitions file that turns a list feature into a number (or back) finds the
+    other kind stored: the reference reads it as 0 or as no items; Redis's script had
+    failed half way through the batch, which a repeat then applied twice."""
+    now = time.time()
+    merges = [
+        merge(at=now - 3, push={"x": ([("a", now - 3)], 4)}, add={"n": 2}),
+        merge(at=now - 2, add={"x": 1}, high={"n": -1.0}, low={"n": 5.0}),
+        merge(at=now - 1, push={"n": ([("b", now - 1)], 4)}, add={"x": 0.5}),
+        merge("u2", at=now, add={"c": 1}),
+    ]
+    expected: dict[str, Row | None] = {"u1": None, "u2": None}
+    for m in merges:
+        expected[m.key.entity] = apply_merge(expected[m.key.entity], m)
+
+    async def body(store: OnlineStore) -> None:
+        await store.merge(merges[:1])
+        await store.merge(merges[1:])  # one batch: all of it applies
+        assert await store.read([key(), key("u2")]) == [expected["u1"], expected["u2"]]
+
+    run(make_feature_store, body)
+
+
+def test_a_sum_past_the_largest_double_stays_there_on_both(
+    make_feature_store: Callable[[], OnlineStore],
+) -> None:
+    """SQLite stored the infinity as null and started again from nothing; Redis refused
+    the addition (a script error) or, in long double, went on past it."""
+    biggest = sys.float_info.max
+
+    async def body(store: OnlineStore) -> None:
+        for _ in range(3):
+            await store.merge([merge(add={"spend": 1e308, "fall": -1e308})])
+        (row,) = await store.read([key()])
+        assert row is not None
+        assert (row["spend"], row["fall"]) == (biggest, -biggest)
+        await store.merge([merge(add={"spend": -1e308})])
+        (row,) = await store.read([key()])
+        assert row is not None
+        assert row["spend"] == biggest - 1e308
 
     run(make_feature_store, body)
 
