@@ -59,6 +59,7 @@ from stores.registry_sql import (
     byte_ordered,
     create_sql_engine,
     migrate_database,
+    storable,
 )
 
 _MAX_ID = 256
@@ -274,6 +275,8 @@ class SqlEventLog:
 
     def scan(self, tenant_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
         """The tenant's events after `after_seq`, oldest first, at most `limit`."""
+        if not storable(tenant_id):
+            return []
         query = (
             select(events_table)
             .where(events_table.c.tenant_id == tenant_id, events_table.c.seq > after_seq)
@@ -285,6 +288,8 @@ class SqlEventLog:
 
     def for_user(self, tenant_id: str, user: str, limit: int) -> list[StoredEvent]:
         """The user's newest events, newest first."""
+        if not storable(tenant_id, user):
+            return []
         query = (
             select(events_table)
             .where(events_table.c.tenant_id == tenant_id, events_table.c.user_id == user)
@@ -304,8 +309,8 @@ class SqlEventLog:
     ) -> list[tuple[str, float]]:
         """The tenant's items with the most weighted events since `since`, most first
         (with `catalog`: of its events and those that named none)."""
-        if not any(w > 0 for w in weights.values()):
-            return []  # nothing weighs anything: no item is popular
+        if not any(w > 0 for w in weights.values()) or not storable(tenant_id, catalog or ""):
+            return []  # nothing weighs anything (or can be stored): no item is popular
         c = events_table.c
         weight = case(
             *((c.type == kind, literal(float(w))) for kind, w in sorted(weights.items())),
@@ -358,8 +363,8 @@ def _repeat(conn: Connection, row: Row[Any], key: BatchKey, mine: ColumnElement[
 
 
 def _check_batch(tenant_id: str, events: list[Event]) -> None:
-    if not 0 < len(tenant_id) <= 64:
-        raise ValueError("a tenant id has 1 to 64 characters")
+    if not 0 < len(tenant_id) <= 64 or not storable(tenant_id):
+        raise ValueError("a tenant id has 1 to 64 characters and no NUL")
     for event in events:
         _check(event)
 
@@ -367,6 +372,10 @@ def _check_batch(tenant_id: str, events: list[Event]) -> None:
 def _check(event: Event) -> None:
     if not 0 < len(event.user) <= _MAX_ID or not 0 < len(event.item) <= _MAX_ID:
         raise ValueError(f"user and item ids have 1 to {_MAX_ID} characters")
+    if not storable(event.user, event.item, event.catalog or ""):
+        # PostgreSQL's text holds no NUL (SQLite's does): refused alike on both, not a
+        # store failure that a retry could never get past.
+        raise ValueError("user, item and catalog hold no NUL character")
     if event.type not in EVENT_TYPES:
         raise ValueError(f"type: one of {', '.join(EVENT_TYPES)}")
     if event.at.tzinfo is None or event.at.utcoffset() is None:

@@ -12,6 +12,7 @@ migration history and the engine and transaction helpers below (`create_sql_engi
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
@@ -205,6 +206,12 @@ class SqlRegistry:
         tenant = Tenant(tenant_id or new_id("tn"), name, datetime.now(UTC), limits)
         if not storable(tenant.id):
             raise ValueError(f"tenant id {tenant.id!r} holds a NUL character")
+        # What PostgreSQL alone would refuse (a DataError), refused alike on both.
+        if not 0 < len(tenant.id) <= 64:
+            raise ValueError("a tenant id has 1 to 64 characters")
+        if not storable(name):
+            raise ValueError("a tenant's name holds no NUL character")
+        _check_limits(limits)
         try:
             with self._writing(bump=True) as conn:
                 conn.execute(tenants.insert().values(_tenant_values(tenant)))
@@ -238,6 +245,8 @@ class SqlRegistry:
         generation bump, so two changes of different limits both hold)."""
         if not storable(tenant_id):
             return None
+        if limits is not None:
+            _check_limits(limits)
         with self._writing(bump=True) as conn:
             row = conn.execute(select(tenants).where(tenants.c.id == tenant_id)).first()
             if row is None:
@@ -264,6 +273,9 @@ class SqlRegistry:
         the count, so two at once cannot both pass it)."""
         if not storable(key.tenant_id):
             raise KeyError(key.tenant_id)
+        if not storable(key.id, key.name, key.prefix):
+            raise ValueError("a key's id, name and prefix hold no NUL character")
+        _check_limits(key.limits)
         try:
             with self._writing(bump=True) as conn:
                 tenant = select(tenants.c.id).where(tenants.c.id == key.tenant_id)
@@ -483,6 +495,14 @@ def open_registry(url: str) -> SqlRegistry:
 
 
 # --- engines, transactions and migrations (shared with the catalog store) ---
+
+
+def _check_limits(limits: RateLimits) -> None:
+    """Limits both databases hold alike: SQLite reads a NaN back as NULL (unlimited),
+    PostgreSQL as NaN."""
+    for value in (limits.requests_per_s, limits.texts_per_s, limits.monthly_texts):
+        if value is not None and not math.isfinite(value):
+            raise ValueError("limits are finite numbers")
 
 
 def storable(*texts: str) -> bool:

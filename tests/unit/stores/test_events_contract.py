@@ -72,7 +72,15 @@ def test_bad_events_are_refused_whole(log: SqlEventLog) -> None:
         log.append("tn_a", [ev("", "i1")])
     with pytest.raises(ValueError, match="naive"):
         log.append("tn_a", [Event("u1", "i1", "view", datetime(2026, 1, 1))])
+    # PostgreSQL's text holds no NUL: refused alike on both (it had been a store failure
+    # there, which a retry never gets past), and looked up as nothing.
+    with pytest.raises(ValueError, match="NUL"):
+        log.append("tn_a", [ev("u1", "i1"), ev("u\x00", "i1")])
+    with pytest.raises(ValueError, match="NUL"):
+        log.append("tn\x00", [ev("u1", "i1")])
     assert log.scan("tn_a", 0, 10) == []
+    assert log.for_user("tn_a", "u\x00", 5) == []
+    assert log.scan("tn\x00", 0, 10) == []
 
 
 def test_concurrent_appends_lose_nothing(log: SqlEventLog) -> None:

@@ -136,6 +136,28 @@ def test_ids_holding_nul_name_nothing(registry: SqlRegistry) -> None:
     assert registry.get_key(t.id, key.id) == key
 
 
+def test_what_postgresql_alone_would_refuse_is_refused_on_both(registry: SqlRegistry) -> None:
+    """A NUL in a name, an id over 64 characters, a NaN limit: PostgreSQL raised its own
+    error (not the ValueError of the interface) and SQLite stored them (a NaN read
+    back as no limit at all)."""
+    generation = registry.generation()
+    with pytest.raises(ValueError, match="NUL"):
+        registry.create_tenant("A\x00", RateLimits())
+    with pytest.raises(ValueError, match="64"):
+        registry.create_tenant("A", RateLimits(), "t" * 65)
+    with pytest.raises(ValueError, match="finite"):
+        registry.create_tenant("A", RateLimits(requests_per_s=float("nan")))
+    t = registry.create_tenant("A", RateLimits(), "t" * 64)
+    with pytest.raises(ValueError, match="finite"):
+        registry.update_tenant(t.id, RateLimits(texts_per_s=float("inf")))
+    with pytest.raises(ValueError, match="NUL"):
+        registry.add_key(replace(make_key(t.id), name="ci\x00"))
+    with pytest.raises(ValueError, match="finite"):
+        registry.add_key(make_key(t.id, limits=RateLimits(requests_per_s=float("nan"))))
+    assert registry.generation() == generation + 1  # the one tenant made
+    assert registry.list_keys(t.id) == []
+
+
 def test_a_failed_write_names_no_stored_values(registry: SqlRegistry) -> None:
     """The database's error (which the service logs with its traceback when a write
     fails) carries the statement, never the bound values: no key hash, no name."""
