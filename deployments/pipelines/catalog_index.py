@@ -10,6 +10,8 @@ searches run concurrently. A lock guards the slot tables; the indexes guard them
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,10 @@ TEXT_WEIGHTS = {"title": 2.0, "name": 2.0}  # BM25: a title word counts twice
 STEM, STOPWORDS = True, True
 # A shard's generation for a catalog it does not hold (an index's are random, never 0).
 ABSENT = 0
+# A deleted item's slot is given to a new item only after this long: a search maps the
+# slots its indexes answered to items after searching them, so a slot reused meanwhile
+# would answer another item with this one's score. Searches end well within it.
+REUSE_SLOT_AFTER_S = 60.0
 
 
 def query_terms(text: str) -> frozenset[str]:
@@ -91,6 +97,11 @@ class CatalogIndex:
         self.with_vector: dict[str, set[int]] = {}  # space -> slots that have a vector
         self.settings: dict[str, Any] = {}  # the catalog's own (e.g. hybrid by default)
         self._next = 0
+        # Slots of deleted items, oldest first, with when: an index whose items come and
+        # go (ids never seen again) keeps as many slots as it holds items, not as many
+        # ids as it ever saw (filter masks and attribute columns are as long).
+        self._freed: deque[tuple[float, int]] = deque()
+        self.clock = time.monotonic
 
     def __len__(self) -> int:
         return len(self.items)
@@ -130,8 +141,7 @@ class CatalogIndex:
             for item in items:
                 slot = self.slots.get(item.id)
                 if slot is None:
-                    slot = self.slots[item.id] = self._next
-                    self._next += 1
+                    slot = self.slots[item.id] = self._new_slot()
                 slots.append(slot)
         self.lexical.upsert(slots, [item.text for item in items])
         last = {item.id: slot for item, slot in zip(items, slots, strict=True)}
@@ -146,8 +156,17 @@ class CatalogIndex:
                 self.attrs.set(slot, item.attributes)
         return slots
 
+    def _new_slot(self) -> int:
+        """A slot for a new item (the lock held): one freed long enough ago, else the
+        next one."""
+        if self._freed and self._freed[0][0] <= self.clock() - REUSE_SLOT_AFTER_S:
+            return self._freed.popleft()[1]
+        self._next += 1
+        return self._next - 1
+
     def delete(self, item_id: str) -> bool:
-        """Remove an item everywhere; False when it was not here."""
+        """Remove an item everywhere; False when it was not here. Its slot is given to a
+        new item after `REUSE_SLOT_AFTER_S`."""
         with self.lock:
             slot = self.slots.pop(item_id, None)
             if slot is None:
@@ -156,6 +175,8 @@ class CatalogIndex:
             self.attrs.clear(slot)
         self.lexical.remove([slot])
         self._forget_vectors(slot)
+        with self.lock:
+            self._freed.append((self.clock(), slot))
         return True
 
     def _forget_vectors(self, slot: int, keep: Collection[str] = ()) -> None:

@@ -68,3 +68,35 @@ def test_vector_lexical_and_hybrid_rankings() -> None:
     assert [h.item.id for h in lexical] == ["shoe"]
     hybrid = index.search("m/v1", query, "ab-1234", 2, None, True)
     assert [h.item.id for h in hybrid] == ["shoe", "boot"]  # the exact code outweighs
+
+
+def test_items_that_come_and_go_reuse_slots_only_after_searches_ended() -> None:
+    """Listings that expire (an id never seen again): the slots, and with them filter
+    masks and attribute columns, grew with every id ever written."""
+    now = [1000.0]
+    index = CatalogIndex()
+    index.clock = lambda: now[0]
+    live: dict[str, int] = {}
+    for n in range(2000):
+        item = Item(f"sku-{n}", {"title": f"kettle model{n}"}, {"price": n})
+        index.upsert_many([item])
+        index.set_vectors("m/v1", {item.id: unit([1, n % 7, 1])})
+        live[item.id] = n
+        if len(live) > 50:
+            gone = min(live, key=live.__getitem__)
+            assert index.delete(gone)
+            del live[gone]
+        now[0] += 1.0  # a new item a second
+    assert len(index) == 50
+    assert index._next <= 50 + 61  # live items and those freed within the last minute
+    assert index.complete("m/v1")
+    assert index.search("", None, "model1999", 3, None, True)[0].item.id == "sku-1999"
+    found = {h.item.id for h in index.search("", None, "model1000", 60, None, True)}
+    assert found == set(live)  # by "model" alone: the item of 1000 is gone
+    cheap = index.search("m/v1", unit([1, 0, 1]), "", 60, {"price": {"lt": 1960}}, False)
+    assert sorted(h.item.id for h in cheap) == sorted(i for i, n in live.items() if n < 1960)
+    # A slot freed just now is not given out: a search may still map its answer.
+    slot = index.slots["sku-1999"]
+    index.delete("sku-1999")
+    index.upsert(Item("fresh", {"title": "teapot"}))
+    assert index.slots["fresh"] != slot
