@@ -402,7 +402,7 @@ def _only_catalog(host: Any, tenant: str) -> str | None:
     search = getattr(host, "search", None)
     if search is None:
         return None
-    names = [name for (owner, name) in search.catalogs if owner == tenant]
+    names: list[str] = search.catalogs_of(tenant)
     return names[0] if len(names) == 1 else None
 
 

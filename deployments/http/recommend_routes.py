@@ -244,7 +244,7 @@ def _idle_worker(service: RecommendService) -> Any:
 
 
 def _only_catalog(host: Any, tenant: str) -> str:
-    names = sorted(str(name) for (owner, name) in host.search.catalogs if owner == tenant)
+    names: list[str] = host.search.catalogs_of(tenant)
     if len(names) == 1:
         return names[0]
     if not names:

@@ -158,6 +158,10 @@ class SearchService:
         self.follow_s = follow_s
         self.log = log
         self.catalogs: dict[tuple[str, str], CatalogIndex] = {}
+        # Each tenant's catalog names, as of the number of catalogs held (they are only
+        # ever added): a request naming no catalog looks its tenant's up, not them all.
+        self._by_tenant: dict[str, list[str]] = {}
+        self._by_tenant_of = 0
         self.spaces: list[str] = []
         self.retain_s = retain_s
         # Spaces no longer kept whose indexes stay until then (monotonic time): not
@@ -617,6 +621,17 @@ class SearchService:
             seq = await asyncio.to_thread(self.store.configure, tenant, catalog, settings)
             self.catalogs.setdefault((tenant, catalog), CatalogIndex()).settings = dict(settings)
         return seq
+
+    def catalogs_of(self, tenant: str) -> list[str]:
+        """The names of the tenant's catalogs this replica holds, sorted."""
+        if self._by_tenant_of != len(self.catalogs):
+            keys = list(self.catalogs)  # one step: a follower may add one meanwhile
+            by_tenant: dict[str, list[str]] = {}
+            for owner, name in keys:
+                by_tenant.setdefault(owner, []).append(name)
+            self._by_tenant = {owner: sorted(names) for owner, names in by_tenant.items()}
+            self._by_tenant_of = len(keys)
+        return self._by_tenant.get(tenant, [])
 
     def catalog_settings(self, tenant: str, catalog: str) -> dict[str, Any]:
         """A catalog's settings as this replica holds them (empty: none, or no catalog)."""

@@ -66,6 +66,9 @@ class _Plane:
 class _Search:
     catalogs = {("default", "products"): object()}  # noqa: RUF012
 
+    def catalogs_of(self, tenant: str) -> list[str]:
+        return sorted(name for owner, name in self.catalogs if owner == tenant)
+
     def ready_spaces(self, tenant: str, catalog: str) -> list[str]:
         return [f"{MODEL}/v1", f"{MODEL}/v2"]
 

@@ -536,3 +536,19 @@ def test_a_followers_complete_index_stays_complete_while_it_follows_writes(url: 
         await follower.close()
 
     asyncio.run(run())
+
+
+def test_a_tenants_catalogs_are_found_without_reading_everyone_s(tmp_path: Path) -> None:
+    """A request naming no catalog (events, recommendations) takes the tenant's only one:
+    each such request scanned every tenant's catalogs."""
+    from deployments.pipelines.catalog_index import CatalogIndex
+
+    service = _service(f"sqlite:///{tmp_path / 'catalog.db'}")
+    assert service.catalogs_of("acme") == []
+    for key in [("acme", "shop"), ("globex", "b"), ("globex", "a")]:
+        service.catalogs[key] = CatalogIndex()
+    assert service.catalogs_of("globex") == ["a", "b"]
+    assert service.catalogs_of("acme") == ["shop"]
+    service.catalogs["acme", "outlet"] = CatalogIndex()  # a follower adds one
+    assert service.catalogs_of("acme") == ["outlet", "shop"]
+    assert service.catalogs_of("initech") == []
